@@ -1,0 +1,157 @@
+"""The one place for image I/O, mask thresholding, atomic writes and per-sample seeds.
+
+Every stage reads images and masks through these functions so that grayscale, RGBA, palette and
+16-bit files, JPEG masks and odd file names are handled the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+#: Masks are binarised at this grey level (PraNet convention; public masks are often JPEG).
+MASK_THRESHOLD = 127
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the offending file."""
+
+
+def _open(path: str | Path) -> Image.Image:
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # forces decoding so truncated files fail here, not later
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"{path}: unreadable or truncated image ({err})") from err
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer) and arr.max(initial=0) > 255:
+        return (arr.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)  # 16-bit
+    if np.issubdtype(arr.dtype, np.floating):
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return (arr * scale).round().clip(0, 255).astype(np.uint8)
+    return arr.clip(0, 255).astype(np.uint8)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read any supported image as an HxWx3 uint8 RGB array (alpha dropped, palette expanded)."""
+    im = _open(path)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(im))
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Read any supported image as an HxW uint8 grey-level array."""
+    im = _open(path)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _to_uint8(np.asarray(im))
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGB")
+    return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def binarize(gray: np.ndarray) -> np.ndarray:
+    """Threshold a grey-level mask at :data:`MASK_THRESHOLD` (values > 127 are foreground)."""
+    return gray > MASK_THRESHOLD
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask file as an HxW bool array."""
+    return binarize(read_gray(path))
+
+
+def fg_bbox(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
+    """Bounding box (x0, y0, x1, y1), exclusive ends, of a bool mask's foreground, padded and clipped.
+
+    Returns None for an empty mask.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    h, w = mask.shape[:2]
+    return (
+        max(int(xs.min()) - pad, 0),
+        max(int(ys.min()) - pad, 0),
+        min(int(xs.max()) + 1 + pad, w),
+        min(int(ys.max()) + 1 + pad, h),
+    )
+
+
+def sample_seed(sample_id: str, base_seed: int = 0) -> int:
+    """A stable 63-bit seed from a sample id, independent of shard layout and process."""
+    digest = hashlib.sha256(f"{base_seed}:{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
+
+    Readers never see a half-written file: either the old file (or none) or the complete new one.
+    The temporary name keeps the suffix so libraries that infer the format from it still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_image(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 (HxW or HxWx3) array atomically; the format follows the suffix."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(_to_uint8(np.asarray(array))).save(tmp, format=_pil_format(path))
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Write a bool mask as a 0/255 single-channel image, atomically."""
+    write_image(path, np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
+
+
+def _pil_format(path: Path) -> str:
+    ext = path.suffix.lower()
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}.get(
+        ext, "PNG"
+    )
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(path: str | Path, frame: Any) -> None:
+    """Write a pandas DataFrame atomically (no index)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
