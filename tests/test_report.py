@@ -190,14 +190,14 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
         for variant in gen:
             if variant == "hard" and i == 3:
                 continue  # one variant misses a sample: the grid must prefer fully covered rows
-            out = tmp_path / f"gen/{variant}/{i}.png"
+            out = tmp_path / f"generated/{variant}/{i}.png"
             write_image(out, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
             gen[variant].append({"sample_id": f"s{i}", "image": str(out)})
     pd.DataFrame(data_rows).to_csv(tmp_path / "manifest.csv", index=False)
     pd.DataFrame(cond_rows).to_csv(tmp_path / "conditions.csv", index=False)
     manifests = {}
     for variant, rows in gen.items():
-        manifests[variant] = tmp_path / f"gen/{variant}/manifest.csv"
+        manifests[variant] = tmp_path / f"generated/{variant}/manifest.csv"
         pd.DataFrame(rows).to_csv(manifests[variant], index=False)
 
     shown = report.plot_grid(report.real_pairs_from(tmp_path / "conditions.csv", tmp_path / "manifest.csv"),
@@ -208,9 +208,9 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
     loss = tmp_path / "loss.csv"
     pd.DataFrame({"sample_id": [f"s{i}" for i in range(10)], "variant": "plain", "loss": np.arange(10.0)}).to_csv(
         loss, index=False)
-    written = report.write_report(eval_tree, score_paths, manifests, tmp_path / "conditions.csv",
-                                  tmp_path / "manifest.csv", tmp_path / "tables", tmp_path / "plots",
-                                  sample_loss_csvs={"cnn": loss})
+    written = report.write_report(eval_tree, score_paths, manifests, tmp_path / "manifest.csv", tmp_path / "tables",
+                                  tmp_path / "plots", sample_loss_csvs={"cnn": loss},
+                                  conditions_csv=tmp_path / "conditions.csv")
     for name in ("benchmark.csv", "benchmark.md", "hardness.csv", "hardness_transfer.csv"):
         assert (tmp_path / "tables" / name).stat().st_size > 0
     for name in ("grid.png", "histograms.png", "benchmark.png"):
@@ -223,6 +223,18 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
     assert transfer.loc[(transfer.variant == "plain"), "spearman"].tolist() == pytest.approx([1.0, 1.0])
     # no temporary files left behind by the atomic writes
     assert not [p for p in (tmp_path / "plots").iterdir() if p.name.startswith(".")]
+
+    # the workflow's form: lists of paths laid out as in results/, and no conditions table
+    loss_in_tree = tmp_path / "results" / "eval" / "cnn" / "sample_loss.csv"
+    loss_in_tree.write_bytes(loss.read_bytes())
+    for variant, rows in gen.items():
+        frame = pd.DataFrame(rows).assign(mask=[r["mask"] for r in cond_rows[: len(rows)]],
+                                          condition=[r["condition"] for r in cond_rows[: len(rows)]])
+        frame.to_csv(manifests[variant], index=False)
+    again = report.write_report(eval_tree, score_paths, list(manifests.values()), tmp_path / "manifest.csv",
+                                tmp_path / "tables2", tmp_path / "plots2", sample_loss_csvs=[loss_in_tree])
+    assert _is_png(again["grid_png"])
+    pd.testing.assert_frame_equal(pd.read_csv(again["hardness_transfer_csv"]), transfer)
 
 
 def test_plot_histograms_requires_columns(tmp_path: Path) -> None:

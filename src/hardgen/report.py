@@ -450,24 +450,55 @@ def real_pairs_from(conditions_csv: str | Path, data_manifest_csv: str | Path) -
     """
     conditions = _read_table(conditions_csv, ("sample_id", "source_id", "condition", "mask"), "conditions")
     manifest = _read_table(data_manifest_csv, ("id", "image"), "data manifest")
-    joined = conditions.merge(
-        manifest[["id", "image"]].rename(columns={"id": "source_id"}), on="source_id", how="left"
+    joined = conditions.astype({"source_id": str}).merge(
+        manifest[["id", "image"]].astype({"id": str}).rename(columns={"id": "source_id"}), on="source_id", how="left"
     )
     return joined[["sample_id", "image", "mask", "condition"]].fillna({"image": ""})
+
+
+def _pairs_from_generated(generated: Mapping[str, Path], data_manifest_csv: str | Path) -> pd.DataFrame:
+    """Grid rows without the conditions table: condition and mask from the generated manifests; the
+    real image only where a sample id is also a data-manifest id."""
+    frames = [_read_table(p, ("sample_id", "mask", "condition"), f"generated manifest ({v})") for v, p in generated.items()]
+    pairs = pd.concat(frames, ignore_index=True).astype({"sample_id": str}).drop_duplicates("sample_id")
+    manifest = _read_table(data_manifest_csv, ("id", "image"), "data manifest").astype({"id": str})
+    images = manifest.set_index("id")["image"]
+    pairs["image"] = [images.get(sid, "") for sid in pairs["sample_id"]]
+    return pairs[["sample_id", "image", "mask", "condition"]]
+
+
+def _keyed_paths(paths: Mapping[str, str | Path] | Iterable[str | Path], pattern: str, what: str) -> dict[str, Path]:
+    """A ``{name: path}`` mapping as given, or parsed from each path with ``pattern`` (one named group)."""
+    if isinstance(paths, Mapping):
+        return {str(k): Path(v) for k, v in paths.items()}
+    mapping: dict[str, Path] = {}
+    for path in paths:
+        match = re.search(pattern, Path(path).as_posix())
+        if match is None:
+            raise DataError(f"{path}: cannot tell the {what} from this path (expected {pattern})")
+        mapping[match.group(1)] = Path(path)
+    return mapping
 
 
 def write_report(
     eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path],
     score_csvs: Iterable[str | Path],
-    generated_manifests: Mapping[str, str | Path],
-    conditions_csv: str | Path,
+    generated_manifests: Mapping[str, str | Path] | Iterable[str | Path],
     data_manifest_csv: str | Path,
     tables_dir: str | Path,
     plots_dir: str | Path,
-    sample_loss_csvs: Mapping[str, str | Path] | None = None,
+    *,
+    sample_loss_csvs: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
+    conditions_csv: str | Path | None = None,
     grid_rows: int = 6,
 ) -> dict[str, Path]:
     """Write every table and plot of the run; returns ``{name: path}`` of what was written.
+
+    Inputs: evaluation CSVs (mapping or ``.../eval/<arch>/<policy>/seed-<s>.csv`` paths), score CSVs,
+    generation manifests (``{variant: path}`` or ``.../generated/<variant>/manifest.csv`` paths), the
+    data manifest, optionally per-sample losses of the real-trained segmenters (``{name: path}`` or
+    ``.../eval/<arch>/sample_loss.csv`` paths) and the conditions table (lets the grid show each
+    condition's real image; without it only sample ids that are data-manifest ids get one).
 
     Tables (``tables_dir``): ``benchmark.csv`` (long: arch, policy, seed, testset, metric, value),
     ``benchmark.md``, ``hardness.csv`` (variant, backbone, mean_discrepancy, n),
@@ -484,13 +515,19 @@ def write_report(
         "histograms_png": plots_dir / "histograms.png",
         "benchmark_png": plots_dir / "benchmark.png",
     }
+    generated = _keyed_paths(generated_manifests, r"generated/([^/]+)/manifest\.csv$", "variant")
+    losses = _keyed_paths(sample_loss_csvs or {}, r"eval/([^/]+)/sample_loss\.csv$", "segmenter")
     long = benchmark_long(eval_csvs)
     write_csv(written["benchmark_csv"], long)
     write_text(written["benchmark_md"], benchmark_markdown(long))
     scores = _read_scores(list(score_csvs))
     write_csv(written["hardness_csv"], hardness_table(scores))
-    write_csv(written["hardness_transfer_csv"], hardness_transfer(scores, sample_loss_csvs or {}))
-    plot_grid(real_pairs_from(conditions_csv, data_manifest_csv), generated_manifests, written["grid_png"], n=grid_rows)
+    write_csv(written["hardness_transfer_csv"], hardness_transfer(scores, losses))
+    if conditions_csv is not None:
+        pairs = real_pairs_from(conditions_csv, data_manifest_csv)
+    else:
+        pairs = _pairs_from_generated(generated, data_manifest_csv)
+    plot_grid(pairs, generated, written["grid_png"], n=grid_rows)
     plot_histograms(scores, written["histograms_png"])
     plot_benchmark(long, written["benchmark_png"])
     log.info("report written: %s", ", ".join(str(p) for p in written.values()))
