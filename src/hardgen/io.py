@@ -155,3 +155,37 @@ def write_csv(path: str | Path, frame: Any) -> None:
     """Write a pandas DataFrame atomically (no index)."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def reset_if_changed(folder: str | Path, fingerprint: dict[str, Any]) -> bool:
+    """Keep ``folder`` for resuming only if it was made with the same ``fingerprint``; else empty it.
+
+    Resumable stages (training checkpoints, generation shards) keep partial work between runs. Work made under
+    other settings or inputs must not be resumed, so each such folder records what produced it.
+    Returns True when existing work was kept.
+    """
+    import shutil
+
+    folder = Path(folder)
+    stamp = folder / ".fingerprint.json"
+    wanted = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    if stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()) == wanted:
+                return True
+        except json.JSONDecodeError:
+            pass
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_json(stamp, wanted)
+    return False
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (streamed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

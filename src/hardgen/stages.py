@@ -1,0 +1,126 @@
+"""Glue between the workflow config and the library for the GPU stages (training, generation).
+
+Keeps the Snakemake scripts thin and the mapping testable: config sections in, library settings out. Also owns
+how a stage resumes safely (fingerprinted work folders) and how training fans out over several GPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hardgen.io import file_digest, reset_if_changed
+
+log = logging.getLogger("hardgen.stages")
+
+#: TrainSettings fields that may change without invalidating checkpoints (they do not affect the weights).
+_RESUME_NEUTRAL = ("resume_from_checkpoint", "validation_steps", "num_workers", "checkpoints_total_limit")
+
+
+def train_settings(
+    mode: str,
+    *,
+    base: str,
+    conditions_csv: str,
+    manifest_csv: str,
+    out_dir: str,
+    model: Mapping[str, Any],
+    lora: Mapping[str, Any],
+    train: Mapping[str, Any],
+    seed: int,
+    init_lora: str | None = None,
+    finetune: Mapping[str, Any] | None = None,
+    backbones: Mapping[str, Any] | None = None,
+    prototypes: Mapping[str, str] | None = None,
+    segmenter: Mapping[str, Any] | None = None,
+    segmenter_weights: str | None = None,
+    segment_size: int | None = None,
+    crop_pad: int = 10,
+):
+    """Build :class:`hardgen.train.TrainSettings` from config sections (``finetune`` = ``hard`` or ``feedback``)."""
+    from hardgen.train import TrainSettings
+
+    values: dict[str, Any] = dict(
+        base=base,
+        conditions_csv=conditions_csv,
+        manifest_csv=manifest_csv,
+        out_dir=out_dir,
+        family=model["family"],
+        resolution=model["resolution"],
+        prompt=model["prompt"],
+        mode=mode,
+        init_lora=init_lora,
+        preset=lora["preset"],
+        rank=lora["rank"],
+        conv_in_rank=lora["conv_in_rank"],
+        lora_init=lora["init"],
+        seed=seed,
+        resume_from_checkpoint="latest",
+        crop_pad=crop_pad,
+    )
+    for key in (
+        "batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "gradient_accumulation_steps",
+        "mixed_precision", "gradient_checkpointing", "loraplus_lr_ratio", "use_8bit_adam", "max_grad_norm",
+        "empty_prompt_prob", "prediction_type", "checkpointing_steps", "checkpoints_total_limit",
+        "validation_steps", "num_workers",
+    ):
+        if key in train:
+            values[key] = train[key]
+    values["steps"] = train["steps"]
+    if finetune is not None:
+        values["steps"] = finetune["steps"]
+        values["lambda_"] = finetune["lambda"]
+        values["margin_factor"] = finetune["margin_factor"]
+        if finetune.get("margin") is not None:
+            values["margin"] = finetune["margin"]
+        if "calibration_batches" in finetune:
+            values["calibration_batches"] = finetune["calibration_batches"]
+        # A fine-tuning run checkpoints at most as often as it has steps.
+        values["checkpointing_steps"] = min(values.get("checkpointing_steps", 0) or finetune["steps"], finetune["steps"])
+    if backbones is not None:
+        values["backbones"] = {k: dict(v) for k, v in backbones.items()}
+        values["prototypes"] = dict(prototypes or {})
+    if segmenter is not None:
+        values["segmenter"] = dict(segmenter)
+        values["segmenter_weights"] = segmenter_weights
+        values["segment_size"] = segment_size
+    settings = TrainSettings.from_dict(values, source="workflow config")
+    settings.validate()
+    return settings
+
+
+def prepare_resume(settings, inputs: Mapping[str, str]) -> bool:
+    """Keep ``out_dir/checkpoints`` only if made by the same settings and input files; True when kept."""
+    import dataclasses
+
+    fingerprint = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _RESUME_NEUTRAL}
+    fingerprint["inputs"] = {name: file_digest(path) for name, path in sorted(inputs.items()) if Path(path).is_file()}
+    kept = reset_if_changed(Path(settings.out_dir) / "checkpoints", fingerprint)
+    log.info("checkpoints %s", "kept for resuming" if kept else "started afresh")
+    return kept
+
+
+def run_training(settings, num_gpus: int) -> dict[str, Any]:
+    """Train in this process, or through ``accelerate launch`` with one process per GPU when ``num_gpus > 1``."""
+    from hardgen.train import train_control_lora
+
+    if num_gpus <= 1:
+        return train_control_lora(settings)
+    settings_path = Path(settings.out_dir) / "settings.json"
+    settings.to_json(settings_path)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_gpus),
+        "-m", "hardgen.train", "--settings", str(settings_path),
+    ]
+    log.info("launching %s", " ".join(command))
+    subprocess.run(command, check=True)  # list form: no shell, config values never reach one
+    return {"launched_processes": num_gpus}
+
+
+def generation_fingerprint(lora_path: str, base: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What a generated image depends on: the LoRA bytes, the base and every generation setting."""
+    return {"lora": file_digest(lora_path), "base": str(base), **{k: params[k] for k in sorted(params)}}

@@ -1,0 +1,81 @@
+# Everything that is not a rule: config validation, paths, wildcard constraints, input functions.
+
+import hardgen.config as hgconfig
+
+hgconfig.validate_config(config)
+
+
+onstart:
+    # Library-registry names (timm, smp) need torch: checked once before any job starts, not on dry runs.
+    hgconfig.check_registries(config)
+
+
+ENV = "../../envs/hardgen.yaml"
+
+TESTSETS = config["data"]["testsets"]
+BACKBONES = list(config["backbones"])
+VARIANTS = list(config["generation"]["variants"])
+SCORED_VARIANTS = ["real"] + VARIANTS
+POLICIES = list(config["segment"]["policies"])
+ARCHS = list(config["segment"]["archs"])
+SEEDS = [str(s) for s in config["segment"]["seeds"]]
+SHARDS = [str(k) for k in range(config["generation"]["shards"])]
+DEMO = config["data"]["root"] is None
+TINY = config["model"]["base"] == "tiny"
+
+DATA_ROOT = "results/data/demo" if DEMO else config["data"]["root"]
+BASE_MODEL = "results/base_model" if TINY else config["model"]["base"]
+JUDGE = config["feedback"]["segmenter"]
+JUDGE_SEED = SEEDS[0]
+
+
+wildcard_constraints:
+    variant="|".join(VARIANTS),
+    scored="|".join(SCORED_VARIANTS),
+    policy="|".join(POLICIES),
+    arch="|".join(ARCHS),
+    backbone="|".join(BACKBONES),
+    seed=r"\d+",
+    shard=r"\d+",
+
+
+def base_model_input(wildcards):
+    """The tiny base is a workflow product; a real base (hub id or local folder) is not tracked."""
+    return BASE_MODEL if TINY else []
+
+
+def demo_data_input(wildcards):
+    return DATA_ROOT if DEMO else []
+
+
+def lora_path(variant):
+    return f"results/lora/{variant}/pytorch_lora_weights.safetensors"
+
+
+def segmenter_path(arch, policy, seed):
+    return f"results/segment/{arch}/{policy}/seed-{seed}/model.safetensors"
+
+
+def score_input(wildcards):
+    if wildcards.scored == "real":
+        return []
+    return f"results/generated/{wildcards.scored}/manifest.csv"
+
+
+def subset_input(wildcards):
+    # The real-only policy reads no subset, so the feedback judge (a real-trained segmenter) never depends on
+    # filtering and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
+    return [] if wildcards.policy == "real" else f"results/subsets/{wildcards.policy}.csv"
+
+
+def eval_tables():
+    return expand("results/eval/{arch}/{policy}/seed-{seed}.csv", arch=ARCHS, policy=POLICIES, seed=SEEDS)
+
+
+def final_outputs():
+    return [
+        "results/tables/benchmark.csv",
+        "results/tables/benchmark.md",
+        "results/tables/hardness.csv",
+        "results/tables/hardness_transfer.csv",
+    ]

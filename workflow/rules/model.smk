@@ -1,0 +1,44 @@
+# The base generator (tiny random-init SD for the demo) and the real-feature prototypes per backbone.
+
+
+rule base_model:
+    output:
+        directory("results/base_model"),
+    log:
+        "logs/base_model.log",
+    benchmark:
+        "results/benchmarks/base_model.tsv"
+    params:
+        config_dir=config["model"].get("tiny_config", "resources/tiny-sd"),
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/base_model.py"
+
+
+rule prototype:
+    input:
+        manifest="results/data/manifest.csv",
+    output:
+        "results/prototypes/{backbone}.safetensors",
+    log:
+        "logs/prototype/{backbone}.log",
+    benchmark:
+        "results/benchmarks/prototype/{backbone}.tsv"
+    params:
+        spec=lambda wildcards: config["backbones"][wildcards.backbone],
+        pad=config["hard"].get("crop_pad", 10),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../scripts/prototype.py"

@@ -1,0 +1,8 @@
+"""Snakemake wrapper for rule generated_manifest: merge one variant's shard manifests."""
+
+from hardgen.generate import merge_shards
+from hardgen.logging_utils import stage_logging
+
+with stage_logging(snakemake.log[0]) as log:
+    merged = merge_shards(snakemake.input.shards, snakemake.output[0], conditions=snakemake.input.conditions)
+    log.info("%s: %d generated samples", snakemake.wildcards.variant, len(merged))

@@ -1,0 +1,25 @@
+"""Snakemake wrapper for rule train_control_lora: control-lora-v3 training of the plain Control-LoRA."""
+
+from pathlib import Path
+
+from hardgen.devices import claim_gpus
+from hardgen.logging_utils import stage_logging
+
+gpus = snakemake.resources.get("gpu", 0)
+with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
+    from hardgen.stages import prepare_resume, run_training, train_settings
+
+    p = snakemake.params
+    settings = train_settings(
+        "plain",
+        base=p.base,
+        conditions_csv=snakemake.input.conditions,
+        manifest_csv=snakemake.input.manifest,
+        out_dir=str(Path(snakemake.output.lora).parent),
+        model=p.model,
+        lora=p.lora,
+        train=p.train,
+        seed=p.seed,
+    )
+    prepare_resume(settings, {"conditions": snakemake.input.conditions, "manifest": snakemake.input.manifest})
+    log.info("summary: %s", run_training(settings, gpus))

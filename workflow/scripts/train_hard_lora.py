@@ -1,0 +1,31 @@
+"""Snakemake wrapper for rule train_hard_lora: hardness fine-tuning against real-feature prototypes."""
+
+from pathlib import Path
+
+from hardgen.devices import claim_gpus
+from hardgen.logging_utils import stage_logging
+
+gpus = snakemake.resources.get("gpu", 0)
+with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
+    from hardgen.stages import prepare_resume, run_training, train_settings
+
+    p, inp = snakemake.params, snakemake.input
+    keys = list(p.backbones)
+    settings = train_settings(
+        "hard",
+        base=p.base,
+        conditions_csv=inp.conditions,
+        manifest_csv=inp.manifest,
+        out_dir=str(Path(snakemake.output.lora).parent),
+        model=p.model,
+        lora=p.lora,
+        train=p.train,
+        seed=p.seed,
+        init_lora=inp.init_lora,
+        finetune=p.hard,
+        backbones=p.backbones,
+        prototypes=dict(zip(keys, inp.prototypes, strict=True)),
+        crop_pad=p.hard.get("crop_pad", 10),
+    )
+    prepare_resume(settings, {"init_lora": inp.init_lora, **dict(zip(keys, inp.prototypes, strict=True))})
+    log.info("summary: %s", run_training(settings, gpus))
