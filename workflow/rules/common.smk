@@ -1,8 +1,10 @@
 # Everything that is not a rule: config validation, paths, wildcard constraints, input functions.
 
+from pathlib import Path
+
 import hardgen.config as hgconfig
 
-hgconfig.validate_config(config)
+hgconfig.validate_config(config, hgconfig.load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
 
 
 onstart:

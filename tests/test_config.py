@@ -1,0 +1,105 @@
+"""Config validation: every bad value names its key path; overlays merge; registry names are checked."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+
+from hardgen.config import ConfigError, check_registries, deep_merge, load_config, validate_config
+
+
+@pytest.fixture(scope="module")
+def demo(repo_root):
+    return load_config([repo_root / "config" / "config.yaml"])
+
+
+def errors_for(config) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    return str(info.value)
+
+
+def test_demo_and_real_overlay_validate(demo, repo_root):
+    validate_config(demo)
+    real = load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "sd15-polyp.yaml"])
+    validate_config(real)
+    assert real["model"]["resolution"] == 512 and real["lora"]["rank"] == 128
+    assert real["segment"]["archs"]["cnn"]["encoder"] == "tu-res2net50_26w_4s"
+    # the overlay keeps demo keys it does not mention
+    assert real["generation"]["variants"] == demo["generation"]["variants"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("train", "steps"), -3, "'train.steps'"),
+        (("train", "steps"), "10", "'train.steps'"),
+        (("generation", "shards"), 0, "'generation.shards'"),
+        (("lora", "preset"), "quarter", "'lora.preset'"),
+        (("filter", "band"), [0.2, 1.5], "'filter.band.1'"),
+        (("filter", "band"), [0.9, 0.5], "'filter.band'"),
+        (("condition", "type"), "depth", "'condition.type'"),
+        (("model", "resolution"), 60, "'model.resolution'"),
+        (("lora", "init"), "kaiming", "'lora.init'"),
+        (("feedback", "segmenter"), "nope", "'feedback.segmenter'"),
+        (("filter", "score_backbone"), "clip", "'filter.score_backbone'"),
+    ],
+)
+def test_bad_values_name_their_key(demo, path, value, expected):
+    config = copy.deepcopy(demo)
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert expected in errors_for(config)
+
+
+def test_unknown_keys_are_errors(demo):
+    config = copy.deepcopy(demo)
+    config["train"]["stepz"] = 10
+    config["colour"] = "blue"
+    message = errors_for(config)
+    assert "'train'" in message and "stepz" in message and "unknown key" in message
+    assert "colour" in message
+
+
+def test_policy_needs_its_variant(demo):
+    config = copy.deepcopy(demo)
+    config["generation"]["variants"] = ["plain"]
+    message = errors_for(config)
+    assert "policy 'hard'" in message and "policy 'feedback'" in message
+
+
+def test_registry_names_are_checked(demo):
+    check_registries(demo)
+    config = copy.deepcopy(demo)
+    config["backbones"]["vit"]["name"] = "vit_gigantic_nonexistent"
+    config["segment"]["archs"]["cnn"]["encoder"] = "resnet9000"
+    config["segment"]["archs"]["transformer"]["arch"] = "UNetPlusPlusPlus"
+    with pytest.raises(ConfigError) as info:
+        check_registries(config)
+    message = str(info.value)
+    assert "'backbones.vit.name'" in message
+    assert "'segment.archs.cnn.encoder'" in message
+    assert "'segment.archs.transformer.arch'" in message
+
+
+def test_deep_merge_is_recursive_and_pure():
+    base = {"a": {"b": 1, "c": 2}, "d": [1]}
+    merged = deep_merge(base, {"a": {"c": 3}, "d": [2]})
+    assert merged == {"a": {"b": 1, "c": 3}, "d": [2]}
+    assert base == {"a": {"b": 1, "c": 2}, "d": [1]}
+
+
+def test_validate_config_cli_exit_code(repo_root, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generation:\n  shards: 0\n")
+    cmd = [sys.executable, "-m", "hardgen.cli", "validate-config", str(repo_root / "config" / "config.yaml")]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    failed = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
+    assert failed.returncode != 0
+    assert "generation.shards" in failed.stderr

@@ -1,0 +1,185 @@
+"""The workflow end to end: the embedded demo in a temp dir, caching, forced reruns, profiles and overlays."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources")
+TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir"]
+METRICS = ["mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE"]
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    jobs = {}
+    in_table = False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if match and match.group(1) != "total":
+                jobs[match.group(1)] = int(match.group(2))
+            elif line.strip().startswith("total"):
+                break
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo"))
+    start = time.perf_counter()
+    snakemake(workdir, "--cores", "2")
+    elapsed = time.perf_counter() - start
+    print(f"\ndemo run: {elapsed:.1f} s")
+    return workdir, elapsed
+
+
+@pytest.mark.workflow
+def test_demo_tables(demo_run):
+    workdir, _ = demo_run
+    tables = workdir / "results" / "tables"
+    bench = pd.read_csv(tables / "benchmark.csv")
+    assert list(bench.columns) == ["arch", "policy", "seed", "testset", "metric", "value"]
+    assert sorted(bench["testset"].unique()) == sorted(TESTSETS)
+    assert sorted(bench["metric"].unique()) == sorted(METRICS)
+    assert set(bench["policy"]) == {"real", "plain", "hard", "feedback", "hard_band", "random"}
+    assert set(bench["arch"]) == {"cnn", "transformer"}
+    # every arch x policy x seed x testset x metric present exactly once, values are proper scores
+    assert len(bench) == 2 * 6 * 1 * 5 * 7
+    assert bench["value"].between(0, 1).all()
+
+    markdown = (tables / "benchmark.md").read_text()
+    assert "mDice" in markdown and "mIoU" in markdown and "Polyp-PVT" in markdown
+    for testset in TESTSETS:
+        assert testset in markdown
+
+    hardness = pd.read_csv(tables / "hardness.csv")
+    assert list(hardness.columns)[:4] == ["variant", "backbone", "mean_discrepancy", "n"]
+    assert set(hardness["variant"]) == {"real", "plain", "hard", "feedback"}
+    assert set(hardness["backbone"]) == {"cnn", "vit"}
+    assert (hardness["mean_discrepancy"] > 0).all()
+
+    transfer = pd.read_csv(tables / "hardness_transfer.csv")
+    assert list(transfer.columns)[:4] == ["backbone", "segmenter", "variant", "spearman"]
+    assert set(transfer["segmenter"]) == {"cnn", "transformer"}
+    assert transfer["spearman"].dropna().between(-1, 1).all()
+
+    plots = sorted(p.name for p in (workdir / "results" / "plots").glob("*.png"))
+    assert plots and all((workdir / "results" / "plots" / p).stat().st_size > 1000 for p in plots)
+
+
+@pytest.mark.workflow
+def test_demo_every_rule_logged_and_benchmarked(demo_run):
+    workdir, _ = demo_run
+    logs = list((workdir / "logs").rglob("*.log"))
+    benchmarks = list((workdir / "results" / "benchmarks").rglob("*.tsv"))
+    assert len(logs) >= 40 and len(benchmarks) >= 40
+    train_log = (workdir / "logs" / "train_hard_lora.log").read_text()
+    assert "it/s" in train_log or "s/it" in train_log  # tqdm progress lands in the rule's log
+
+
+@pytest.mark.workflow
+def test_finished_run_is_cached(demo_run):
+    workdir, _ = demo_run
+    start = time.perf_counter()
+    result = snakemake(workdir, "-n", "--cores", "2")
+    elapsed = time.perf_counter() - start
+    print(f"\nsnakemake -n on a finished run: {elapsed:.2f} s")
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert elapsed < 15
+
+
+@pytest.mark.workflow
+def test_forcing_filter_reruns_only_downstream(demo_run):
+    workdir, _ = demo_run
+    result = snakemake(workdir, "-n", "--cores", "2", "--forcerun", "filter")
+    jobs = planned_jobs(result.stdout + result.stderr)
+    assert {"filter", "train_segmenter", "evaluate", "report"} <= set(jobs)
+    assert set(jobs) <= {"filter", "train_segmenter", "evaluate", "report", "all"}
+
+
+def test_lint_is_clean():
+    result = subprocess.run([SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Lints for" not in result.stdout + result.stderr
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "-n", "--cores", "1", "--config", "generation={'shards': 0}", check=False)
+    assert result.returncode != 0
+    assert "generation.shards" in result.stdout + result.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from types import SimpleNamespace
+
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "--profile", "workflow/profiles/slurm", "-n")
+    text = result.stdout + result.stderr
+    jobs = planned_jobs(text)
+    assert jobs["generate"] == 6 and jobs["train_segmenter"] == 12 and jobs["report"] == 1
+    gpu_rules = {"train_control_lora", "train_hard_lora", "train_feedback_lora", "generate", "train_segmenter"}
+    cpu_rules = {"prepare_data", "make_conditions", "filter", "report"}
+    for block in text.split("\n\n"):
+        match = re.search(r"^rule (\w+):", block, re.MULTILINE)
+        resources = re.search(r"resources: (.*)", block)
+        if not match or not resources:
+            continue
+        res = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+        gres = set_gres_string(SimpleNamespace(resources={"gpu": int(res["gpu"])}))
+        if match.group(1) in gpu_rules:
+            assert res["slurm_partition"] == "gpu" and "--gpus=1" in gres, block
+        if match.group(1) in cpu_rules:
+            assert res["slurm_partition"] == "cpu" and "--gpus" not in gres, block
+
+
+def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
+    from hardgen.data import make_demo_dataset
+
+    workdir = copy_workflow(tmp_path / "wf")
+    data_root = tmp_path / "PraNet data"  # a space in the path on purpose
+    make_demo_dataset(data_root, TESTSETS, n_train=6, n_test=2, min_size=48, max_size=64, seed=1)
+    overlay = ["--configfile", "config/sd15-polyp.yaml", "--config", f"data={{'root': '{data_root}'}}"]
+    result = snakemake(workdir, "-n", "--cores", "2", *overlay)
+    jobs = planned_jobs(result.stdout + result.stderr)
+    assert "demo_data" not in jobs and "base_model" not in jobs  # real data, hub/local SD1.5
+    assert jobs["generate"] == 8 * 3 and jobs["train_segmenter"] == 2 * 6 * 3
+    # the fake download has the layout but not the published sizes: prepare_data says so and writes nothing
+    failed = snakemake(workdir, "--cores", "1", *overlay, "results/data/manifest.csv", check=False)
+    assert failed.returncode != 0
+    log = (workdir / "logs" / "prepare_data.log").read_text()
+    assert "1450" in log and "CVC-ColonDB" in log
+    assert not (workdir / "results" / "data" / "manifest.csv").exists()
