@@ -1,0 +1,424 @@
+"""Polyp segmenters (segmentation-models-pytorch), PraNet's structure loss and the PraNet training recipe.
+
+The downstream benchmark trains one segmenter per (architecture, training subset, seed) and evaluates
+it with :mod:`hardgen.metrics`. Architectures are named strings resolved by smp's registry
+(``smp.create_model``), so the config chooses CNN vs transformer families without code changes.
+
+Training follows PraNet: Adam, multi-scale training (each batch is rescaled to
+``round(size * s / 32) * 32`` for every ``s`` in ``multi_scale`` and each scale takes its own
+optimiser step), gradient *value* clipping (PraNet's ``clip_gradient`` clamps every gradient entry
+to ``[-grad_clip, grad_clip]``), and the structure loss (weighted BCE + weighted IoU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import segmentation_models_pytorch as smp
+import timm
+import torch
+import torch.nn.functional as F
+from albumentations.pytorch import ToTensorV2
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from hardgen.io import read_mask, read_rgb, write_csv
+from hardgen.weights import load_state_dict, save_state_dict
+
+log = logging.getLogger("hardgen.segment")
+
+#: ImageNet statistics: every smp/timm encoder expects inputs normalised this way.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: smp encoders downsample by 32, so every input side must be a multiple of it.
+SIZE_MULTIPLE = 32
+
+#: PraNet's structure loss: kernel of the local average that finds pixels near the mask boundary.
+BOUNDARY_KERNEL = 31
+#: ... and how much more those boundary pixels weigh than the rest.
+BOUNDARY_WEIGHT = 5.0
+
+
+# --------------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """What segmenter to build: an smp architecture and encoder, plus optional local weights.
+
+    ``arch``: smp architecture name (``Unet``, ``FPN``, ``Segformer``, ...; case-insensitive).
+    ``encoder``: smp encoder name (``resnet18``, ``mit_b0``) or a timm model as ``tu-<name>``.
+    ``encoder_weights``: smp pretrained-weight tag (``imagenet``) or None for random init.
+    ``checkpoint``: local ``.safetensors``/plain-tensor file holding the encoder's or the whole
+    model's weights (for clusters without internet); loaded through :mod:`hardgen.weights`.
+    """
+
+    arch: str
+    encoder: str
+    encoder_weights: str | None = None
+    checkpoint: str | None = None
+
+    @classmethod
+    def from_config(cls, entry: dict[str, Any], config_key: str) -> SegmenterSpec:
+        """Build a spec from one ``segment.archs.<config_key>`` config entry (keys arch, encoder, ...)."""
+        where = f"segment.archs.{config_key}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping with keys arch, encoder, got {type(entry).__name__}")
+        for key in ("arch", "encoder"):
+            if not entry.get(key):
+                raise ValueError(f"{where}.{key}: missing or empty")
+        unknown = set(entry) - {"arch", "encoder", "encoder_weights", "checkpoint"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        return cls(
+            arch=str(entry["arch"]),
+            encoder=str(entry["encoder"]),
+            encoder_weights=entry.get("encoder_weights"),
+            checkpoint=entry.get("checkpoint"),
+        )
+
+
+def _where(config_key: str | None, field: str) -> str:
+    """Name the config key an error is about, so users know what to fix."""
+    return f"segment.archs.{config_key}.{field}" if config_key else f"SegmenterSpec.{field}"
+
+
+def _check_spec(spec: SegmenterSpec, config_key: str | None) -> None:
+    """Raise ValueError naming the config key when the architecture or encoder is unknown."""
+    if spec.arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
+        known = sorted(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
+        raise ValueError(f"{_where(config_key, 'arch')}: unknown smp architecture {spec.arch!r}; known: {known}")
+    if spec.encoder.startswith("tu-"):
+        if not timm.is_model(spec.encoder[3:]):
+            raise ValueError(f"{_where(config_key, 'encoder')}: {spec.encoder!r} is not a timm model name")
+    elif spec.encoder not in smp.encoders.get_encoder_names():
+        raise ValueError(
+            f"{_where(config_key, 'encoder')}: unknown smp encoder {spec.encoder!r} "
+            "(use an smp encoder name such as resnet18 / mit_b0, or tu-<timm name>)"
+        )
+
+
+def build_segmenter(spec: SegmenterSpec, config_key: str | None = None) -> nn.Module:
+    """Create the smp model for ``spec`` with one output channel (logits of shape (B, 1, H, W)).
+
+    Random initialisation follows torch's global RNG, so seed it first for reproducible weights.
+    ``config_key`` (the ``segment.archs`` entry name) only improves error messages.
+    """
+    _check_spec(spec, config_key)
+    try:
+        model = smp.create_model(
+            spec.arch, encoder_name=spec.encoder, encoder_weights=spec.encoder_weights, in_channels=3, classes=1
+        )
+    except (KeyError, ValueError) as err:  # e.g. an encoder that does not support this architecture
+        raise ValueError(f"{_where(config_key, 'arch')}: cannot build {spec.arch}/{spec.encoder}: {err}") from err
+    if spec.checkpoint:
+        _load_checkpoint(model, Path(spec.checkpoint), _where(config_key, "checkpoint"))
+    return model
+
+
+def _load_checkpoint(model: nn.Module, path: Path, where: str) -> None:
+    """Load a whole-model or encoder-only state dict into ``model``; raise naming the file on mismatch."""
+    state = load_state_dict(path)
+    model_keys = set(model.state_dict())
+    if set(state) <= model_keys and any(k.startswith("encoder.") for k in state):
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{where}: {path} does not match the model: {err}") from err
+        log.info("loaded whole-model weights from %s", path)
+        return
+    # Encoder-only weights, e.g. a timm/torchvision backbone export. smp's timm-universal encoders
+    # nest the timm model one level down ("model."), so try that key prefix as well.
+    encoder_keys = set(model.encoder.state_dict())
+    for prefix in ("", "model."):
+        remapped = {prefix + key: value for key, value in state.items()}
+        if encoder_keys <= set(remapped):
+            dropped = sorted(set(remapped) - encoder_keys)
+            if dropped:  # classifier heads and the like: present in backbone exports, absent in encoders
+                log.info("%s: ignoring %d keys not in the encoder (e.g. %s)", path, len(dropped), dropped[:3])
+            try:
+                # Exactly the encoder's keys, so the default strict load applies; smp encoders override
+                # load_state_dict with differing signatures, hence no keyword arguments.
+                model.encoder.load_state_dict({key: remapped[key] for key in encoder_keys})
+            except RuntimeError as err:
+                raise ValueError(f"{where}: {path} does not match the encoder: {err}") from err
+            log.info("loaded encoder weights from %s", path)
+            return
+    missing = sorted(encoder_keys - set(state))[:5]
+    raise ValueError(f"{where}: {path} holds neither whole-model nor encoder weights (missing e.g. {missing})")
+
+
+def load_segmenter(
+    spec: SegmenterSpec, weights_path: str | Path, device: str | torch.device = "cpu", config_key: str | None = None
+) -> nn.Module:
+    """Build ``spec`` and load a trained ``model.safetensors`` (as written by :func:`train_segmenter`); eval mode."""
+    # The trained weights replace everything, so skip the spec's own checkpoint / pretrained download.
+    model = build_segmenter(
+        SegmenterSpec(arch=spec.arch, encoder=spec.encoder, encoder_weights=None, checkpoint=None), config_key
+    )
+    state = load_state_dict(weights_path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{weights_path}: weights do not match {spec.arch}/{spec.encoder}: {err}") from err
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def structure_loss_per_sample(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PraNet's structure loss for each sample: boundary-weighted BCE + boundary-weighted soft IoU.
+
+    ``logits`` and ``mask`` are (B, 1, H, W); ``mask`` holds values in [0, 1]. The weight map
+    ``1 + 5 |avgpool31(mask) - mask|`` is large near object boundaries, where a local 31x31 mean
+    differs from the pixel itself (zero padding, as PraNet's ``avg_pool2d`` default). Returns (B,).
+    """
+    if logits.shape != mask.shape or logits.dim() != 4:
+        raise ValueError(f"structure loss needs logits and mask of equal (B, C, H, W) shape, got "
+                         f"{tuple(logits.shape)} and {tuple(mask.shape)}")
+    mask = mask.to(logits.dtype)
+    local_mean = F.avg_pool2d(mask, kernel_size=BOUNDARY_KERNEL, stride=1, padding=BOUNDARY_KERNEL // 2)
+    weight = 1.0 + BOUNDARY_WEIGHT * (local_mean - mask).abs()
+    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+    weighted_bce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    prob = torch.sigmoid(logits)
+    intersection = (prob * mask * weight).sum(dim=(2, 3))
+    union = ((prob + mask) * weight).sum(dim=(2, 3))
+    # +1 smoothing keeps empty masks finite and makes a perfect prediction score ~0
+    weighted_iou = 1.0 - (intersection + 1.0) / (union - intersection + 1.0)
+    return (weighted_bce + weighted_iou).mean(dim=1)
+
+
+def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Batch mean of :func:`structure_loss_per_sample` (the training objective)."""
+    return structure_loss_per_sample(logits, mask).mean()
+
+
+# ----------------------------------------------------------------------------------------------- data
+def train_transform(size: int) -> A.Compose:
+    """Training augmentation: resize, flips, small shift-scale-rotate, colour jitter, ImageNet norm."""
+    return A.Compose(
+        [
+            A.Resize(size, size),
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-15, 15), p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+            A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            ToTensorV2(),
+        ]
+    )
+
+
+def eval_transform(size: int) -> A.Compose:
+    """Test-time preprocessing: resize to size x size and ImageNet-normalise (no augmentation)."""
+    return A.Compose([A.Resize(size, size), A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+
+
+def _check_pairs(pairs_df: pd.DataFrame, what: str) -> None:
+    """Raise ValueError naming the missing column(s) or an empty table."""
+    missing = [col for col in ("image", "mask") if col not in pairs_df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; got {list(pairs_df.columns)}")
+    if len(pairs_df) == 0:
+        raise ValueError(f"{what}: no (image, mask) pairs")
+
+
+def _sample_ids(pairs_df: pd.DataFrame) -> list[str]:
+    """The ``sample_id`` column, or image file stems when a table has none."""
+    if "sample_id" in pairs_df.columns:
+        return [str(s) for s in pairs_df["sample_id"]]
+    return [Path(p).stem for p in pairs_df["image"]]
+
+
+class PairDataset(Dataset):
+    """(image, mask) path pairs as normalised tensors: image (3, S, S) float, mask (1, S, S) in {0, 1}.
+
+    With ``augment=True`` items are addressed as ``(index, augmentation_seed)`` (see
+    :class:`SeededShuffleSampler`): re-seeding the augmentation per item makes every sample's
+    augmentation a function of the run seed alone, independent of worker count and scheduling.
+    """
+
+    def __init__(self, pairs_df: pd.DataFrame, size: int, augment: bool) -> None:
+        _check_pairs(pairs_df, "pairs table")
+        self.images = [str(p) for p in pairs_df["image"]]
+        self.masks = [str(p) for p in pairs_df["mask"]]
+        self.sample_ids = _sample_ids(pairs_df)
+        self.augment = augment
+        self.transform = train_transform(size) if augment else eval_transform(size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
+        index, aug_seed = key if isinstance(key, tuple) else (key, None)
+        image = read_rgb(self.images[index])
+        mask = read_mask(self.masks[index])
+        if image.shape[:2] != mask.shape:
+            raise ValueError(
+                f"{self.masks[index]}: mask size {mask.shape} differs from image {self.images[index]} "
+                f"size {image.shape[:2]}"
+            )
+        if self.augment:
+            self.transform.set_random_seed(aug_seed)
+        out = self.transform(image=image, mask=mask.astype(np.uint8))
+        return out["image"].float(), out["mask"].float().unsqueeze(0), self.sample_ids[index]
+
+
+class SeededShuffleSampler(Sampler[tuple[int, int]]):
+    """Shuffles indices each epoch and pairs each with an augmentation seed, both from one generator."""
+
+    def __init__(self, n_items: int, generator: torch.Generator) -> None:
+        self.n_items = n_items
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.n_items, generator=self.generator).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.n_items,), generator=self.generator).tolist()
+        yield from zip(order, seeds)
+
+
+def scaled_size(size: int, scale: float) -> int:
+    """PraNet's multi-scale side: ``round(size * scale / 32) * 32``, at least 32."""
+    return max(SIZE_MULTIPLE, int(round(size * scale / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+
+def _check_size(size: int) -> None:
+    if size <= 0 or size % SIZE_MULTIPLE:
+        raise ValueError(f"segment.size: {size} must be a positive multiple of {SIZE_MULTIPLE} (smp encoders)")
+
+
+# ------------------------------------------------------------------------------------------- training
+def train_segmenter(
+    pairs_df: pd.DataFrame,
+    spec: SegmenterSpec,
+    out_dir: str | Path,
+    size: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    grad_clip: float | None,
+    multi_scale: Sequence[float] = (1.0,),
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    config_key: str | None = None,
+) -> dict[str, Any]:
+    """Train a segmenter on ``pairs_df`` (columns image, mask [+ sample_id, variant]) the PraNet way.
+
+    Writes ``out_dir/model.safetensors`` (full state dict) and ``out_dir/train_log.csv`` (columns
+    epoch, step, scale, loss; one row per optimiser step), both atomically and only after the last
+    step. Returns ``{final_loss (mean over the last epoch), last_step_loss, seconds, n_train, steps}``.
+    Deterministic for a given ``seed`` on a given device. A non-finite loss raises RuntimeError naming
+    the step; nothing is saved then. ``grad_clip`` None or <= 0 disables clipping.
+    """
+    _check_size(size)
+    if epochs < 1:
+        raise ValueError(f"segment.epochs: must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"segment.batch_size: must be >= 1, got {batch_size}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"segment.learning_rate: must be a positive number, got {lr}")
+    if not multi_scale or any(not (s > 0) for s in multi_scale):
+        raise ValueError(f"segment.multi_scale: need positive scales, got {list(multi_scale)}")
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+
+    dataset = PairDataset(pairs_df, size, augment=True)
+    torch.manual_seed(seed)  # model initialisation
+    model = build_segmenter(spec, config_key).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=SeededShuffleSampler(len(dataset), torch.Generator().manual_seed(seed)),
+        num_workers=num_workers,
+    )
+    train_sizes = [scaled_size(size, s) for s in multi_scale]
+    log.info("training %s/%s on %d pairs, sizes %s, %d epochs", spec.arch, spec.encoder, len(dataset),
+             train_sizes, epochs)
+
+    rows: list[dict[str, Any]] = []
+    step = 0
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        progress = tqdm(loader, desc=f"segmenter epoch {epoch}/{epochs}", unit="batch", leave=False)
+        for images, masks, _ in progress:
+            images, masks = images.to(device), masks.to(device)
+            for scale, train_size in zip(multi_scale, train_sizes):
+                step += 1
+                if train_size != size:  # PraNet rescales the batch (image and mask) bilinearly
+                    batch_images = F.interpolate(images, size=(train_size, train_size), mode="bilinear",
+                                                 align_corners=True)
+                    batch_masks = F.interpolate(masks, size=(train_size, train_size), mode="bilinear",
+                                                align_corners=True)
+                else:
+                    batch_images, batch_masks = images, masks
+                optimizer.zero_grad(set_to_none=True)
+                loss = structure_loss(model(batch_images), batch_masks)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(
+                        f"non-finite segmentation loss ({loss.item()}) at step {step} (epoch {epoch}, "
+                        f"scale {scale}); nothing saved to {out_dir}"
+                    )
+                loss.backward()
+                if grad_clip is not None and grad_clip > 0:
+                    nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+                optimizer.step()
+                rows.append({"epoch": epoch, "step": step, "scale": float(scale), "loss": float(loss.item())})
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+    seconds = time.perf_counter() - start
+
+    train_log = pd.DataFrame(rows, columns=["epoch", "step", "scale", "loss"])
+    metadata = {"arch": spec.arch, "encoder": spec.encoder, "size": str(size), "epochs": str(epochs),
+                "seed": str(seed)}
+    save_state_dict(out_dir / "model.safetensors", model.state_dict(), metadata=metadata)
+    write_csv(out_dir / "train_log.csv", train_log)
+    summary = {
+        "final_loss": float(train_log.loc[train_log["epoch"] == epochs, "loss"].mean()),
+        "last_step_loss": float(train_log["loss"].iloc[-1]),
+        "seconds": seconds,
+        "n_train": len(dataset),
+        "steps": step,
+    }
+    log.info("segmenter trained: %s", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ inference
+@torch.no_grad()
+def sample_losses(
+    model: nn.Module,
+    pairs_df: pd.DataFrame,
+    size: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Per-sample structure loss of a trained segmenter on (image, mask) pairs, e.g. generated samples.
+
+    Images are resized to ``size`` without augmentation; the model is put in eval mode. Returns a
+    DataFrame with columns ``sample_id`` (the column if present, else the image file stem) and ``loss``,
+    in input order. Higher loss = harder sample for this segmenter.
+    """
+    _check_size(size)
+    dataset = PairDataset(pairs_df, size, augment=False)
+    model = model.to(device).eval()
+    ids: list[str] = []
+    losses: list[float] = []
+    for images, masks, batch_ids in tqdm(DataLoader(dataset, batch_size=batch_size), desc="sample losses",
+                                         unit="batch", leave=False):
+        logits = model(images.to(device))
+        losses.extend(structure_loss_per_sample(logits, masks.to(device)).cpu().tolist())
+        ids.extend(batch_ids)
+    return pd.DataFrame({"sample_id": ids, "loss": losses})

@@ -1,0 +1,285 @@
+"""Tests for hardgen.segment: structure loss, segmenter building, PraNet-style training, sample losses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hardgen import segment
+from hardgen.io import write_image, write_mask
+from hardgen.segment import SegmenterSpec
+from hardgen.weights import load_state_dict, save_state_dict
+
+@pytest.fixture(autouse=True)
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core machine, oversubscribed threads are ~10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# Segformer/mit_b0 is the fastest family to train on CPU; Unet/resnet18 is checked for build + forward.
+FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")
+
+
+def _square_mask(size: int = 64, lo: int = 22, hi: int = 42) -> torch.Tensor:
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., lo:hi, lo:hi] = 1.0
+    return mask
+
+
+@pytest.fixture()
+def pairs_df(tmp_path: Path) -> pd.DataFrame:
+    """Six tiny polyp-like (image, mask) pairs of a non-square size, on disk."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        h, w = 72, 80
+        yy, xx = np.mgrid[:h, :w]
+        mask = ((yy - 30 - i) / (9 + i)) ** 2 + ((xx - 40) / 14) ** 2 < 1
+        image = rng.integers(0, 80, (h, w, 3)).astype(np.uint8)
+        image[mask] = (200, 90 + 10 * i, 80)
+        write_image(tmp_path / "data" / f"img{i}.png", image)
+        write_mask(tmp_path / "data" / f"mask{i}.png", mask)
+        rows.append(
+            {"image": str(tmp_path / "data" / f"img{i}.png"), "mask": str(tmp_path / "data" / f"mask{i}.png"),
+             "sample_id": f"gen-{i}", "variant": "hard"}
+        )
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ loss
+def test_structure_loss_hand_computed_uniform_case() -> None:
+    # Empty mask, zero logits: weight is 1 everywhere, BCE = ln 2, soft IoU term = 1 - 1 / (0.5 * H * W + 1).
+    size = 16
+    logits = torch.zeros(1, 1, size, size)
+    mask = torch.zeros(1, 1, size, size)
+    expected = math.log(2.0) + 1.0 - 1.0 / (0.5 * size * size + 1.0)
+    assert segment.structure_loss(logits, mask).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_structure_loss_perfect_below_wrong_and_per_sample_mean() -> None:
+    mask = _square_mask()
+    perfect = 12.0 * (2 * mask - 1)
+    wrong = -perfect
+    half = torch.zeros_like(mask)
+    per_sample = segment.structure_loss_per_sample(
+        torch.cat([perfect, half, wrong]), torch.cat([mask, mask, mask])
+    )
+    assert per_sample.shape == (3,)
+    assert per_sample[0].item() < 1e-3
+    assert per_sample[0] < per_sample[1] < per_sample[2]
+    assert per_sample[2].item() > 5.0
+    scalar = segment.structure_loss(torch.cat([perfect, half, wrong]), torch.cat([mask, mask, mask]))
+    assert scalar.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+
+
+def test_structure_loss_weights_errors_near_the_boundary_more() -> None:
+    mask = _square_mask()
+    perfect = 12.0 * (2 * mask - 1)
+    far_error = perfect.clone()
+    far_error[..., 0, 0] = 12.0  # false positive in a corner, far from the object: weight 1
+    edge_error = perfect.clone()
+    edge_error[..., 21, 30] = 12.0  # false positive just outside the object's edge: weight ~ 1 + 5 * 0.3
+    loss_far = segment.structure_loss(far_error, mask).item()
+    loss_edge = segment.structure_loss(edge_error, mask).item()
+    assert loss_edge > 1.5 * loss_far > 0
+
+
+def test_structure_loss_rejects_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match="equal"):
+        segment.structure_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
+
+
+# ---------------------------------------------------------------------------------------- models
+@pytest.mark.parametrize(("arch", "encoder"), [("Unet", "resnet18"), ("Segformer", "mit_b0")])
+def test_both_families_build_and_forward_at_64(arch: str, encoder: str) -> None:
+    torch.manual_seed(0)
+    model = segment.build_segmenter(SegmenterSpec(arch=arch, encoder=encoder)).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 1, 64, 64)
+    assert torch.isfinite(logits).all()
+
+
+def test_unknown_arch_and_encoder_name_the_config_key() -> None:
+    with pytest.raises(ValueError, match=r"segment\.archs\.cnn\.arch.*NoSuchNet"):
+        segment.build_segmenter(SegmenterSpec(arch="NoSuchNet", encoder="resnet18"), config_key="cnn")
+    with pytest.raises(ValueError, match=r"segment\.archs\.transformer\.encoder.*mit_b99"):
+        segment.build_segmenter(SegmenterSpec(arch="Segformer", encoder="mit_b99"), config_key="transformer")
+    with pytest.raises(ValueError, match=r"segment\.archs\.x\.encoder.*tu-not_a_timm_model"):
+        segment.build_segmenter(SegmenterSpec(arch="FPN", encoder="tu-not_a_timm_model"), config_key="x")
+
+
+def test_spec_from_config_reads_entry_and_names_missing_keys() -> None:
+    spec = SegmenterSpec.from_config({"arch": "Unet", "encoder": "resnet18", "encoder_weights": None}, "cnn")
+    assert spec == SegmenterSpec(arch="Unet", encoder="resnet18", encoder_weights=None, checkpoint=None)
+    with pytest.raises(ValueError, match=r"segment\.archs\.cnn\.encoder"):
+        SegmenterSpec.from_config({"arch": "Unet"}, "cnn")
+    with pytest.raises(ValueError, match=r"segment\.archs\.cnn: unknown keys \['encodr'\]"):
+        SegmenterSpec.from_config({"arch": "Unet", "encoder": "resnet18", "encodr": "x"}, "cnn")
+
+
+def test_checkpoint_loads_whole_model_or_encoder_and_rejects_mismatch(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = segment.build_segmenter(FAST_SPEC)
+    save_state_dict(tmp_path / "whole.safetensors", source.state_dict())
+    # A backbone export: encoder keys plus a classifier head the encoder does not have.
+    encoder_only = dict(source.encoder.state_dict())
+    encoder_only["head.weight"] = torch.zeros(3, 3)
+    save_state_dict(tmp_path / "encoder.safetensors", encoder_only)
+    save_state_dict(tmp_path / "bad.safetensors", {"something.else": torch.zeros(2)})
+
+    torch.manual_seed(2)  # different random init, so equality below proves the load happened
+    whole_spec = SegmenterSpec("Segformer", "mit_b0", checkpoint=str(tmp_path / "whole.safetensors"))
+    whole = segment.build_segmenter(whole_spec)
+    for key, value in source.state_dict().items():
+        assert torch.equal(whole.state_dict()[key], value), key
+
+    torch.manual_seed(3)
+    encoder_spec = SegmenterSpec("Segformer", "mit_b0", checkpoint=str(tmp_path / "encoder.safetensors"))
+    enc = segment.build_segmenter(encoder_spec)
+    for key, value in source.encoder.state_dict().items():
+        assert torch.equal(enc.encoder.state_dict()[key], value), key
+    head_key = next(k for k in source.state_dict() if k.startswith("segmentation_head") and k.endswith("weight"))
+    assert not torch.equal(enc.state_dict()[head_key], source.state_dict()[head_key])  # decoder stays random
+
+    with pytest.raises(ValueError, match=r"segment\.archs\.t\.checkpoint.*bad\.safetensors"):
+        segment.build_segmenter(
+            SegmenterSpec("Segformer", "mit_b0", checkpoint=str(tmp_path / "bad.safetensors")), config_key="t"
+        )
+
+
+# -------------------------------------------------------------------------------------- training
+def _train(pairs_df: pd.DataFrame, out_dir: Path, seed: int, spec: SegmenterSpec = FAST_SPEC) -> dict:
+    return segment.train_segmenter(
+        pairs_df, spec, out_dir, size=64, epochs=1, batch_size=3, lr=1e-3, grad_clip=0.5,
+        multi_scale=(0.5, 1.0), seed=seed,
+    )
+
+
+def test_train_writes_files_and_is_deterministic(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
+    summary = _train(pairs_df, tmp_path / "a", seed=0)
+    _train(pairs_df, tmp_path / "b", seed=0)
+    _train(pairs_df, tmp_path / "c", seed=1)
+
+    assert summary["n_train"] == 6
+    assert summary["steps"] == 4  # 2 batches x 2 scales, one optimiser step each
+    assert math.isfinite(summary["final_loss"]) and summary["final_loss"] > 0
+    assert summary["seconds"] > 0
+    log = pd.read_csv(tmp_path / "a" / "train_log.csv")
+    assert list(log.columns) == ["epoch", "step", "scale", "loss"]
+    assert log["step"].tolist() == [1, 2, 3, 4]
+    assert log["scale"].tolist() == [0.5, 1.0, 0.5, 1.0]
+    assert summary["final_loss"] == pytest.approx(log["loss"].mean())
+
+    weights_a = load_state_dict(tmp_path / "a" / "model.safetensors")
+    weights_b = load_state_dict(tmp_path / "b" / "model.safetensors")
+    weights_c = load_state_dict(tmp_path / "c" / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert not all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
+    pd.testing.assert_frame_equal(log, pd.read_csv(tmp_path / "b" / "train_log.csv"))
+
+    # Training changed the weights, and load_segmenter restores exactly what was saved.
+    model = segment.load_segmenter(FAST_SPEC, tmp_path / "a" / "model.safetensors")
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights_a[key]), key
+    assert not list((tmp_path / "a").glob("*.tmp*"))  # atomic writes leave no temporaries
+
+
+def test_training_reduces_the_loss(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    before = segment.sample_losses(segment.build_segmenter(FAST_SPEC), pairs_df, size=64)["loss"].mean()
+    summary = segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, epochs=8, batch_size=3, lr=2e-3,
+                                      grad_clip=0.5, seed=0)
+    log = pd.read_csv(tmp_path / "train_log.csv")
+    epoch_means = log.groupby("epoch")["loss"].mean()
+    assert summary["steps"] == 16
+    assert epoch_means.iloc[-1] < 0.8 * epoch_means.iloc[0]
+    trained = segment.load_segmenter(FAST_SPEC, tmp_path / "model.safetensors")
+    after = segment.sample_losses(trained, pairs_df, size=64)["loss"].mean()
+    assert after < before
+
+
+def test_train_non_finite_loss_raises_with_step_and_saves_nothing(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    broken = segment.build_segmenter(FAST_SPEC).state_dict()
+    head_key = next(k for k in broken if k.startswith("segmentation_head") and k.endswith("weight"))
+    broken[head_key] = torch.full_like(broken[head_key], float("nan"))
+    save_state_dict(tmp_path / "broken.safetensors", broken)
+    spec = SegmenterSpec("Segformer", "mit_b0", checkpoint=str(tmp_path / "broken.safetensors"))
+    out_dir = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"non-finite.*step 1\b"):
+        _train(pairs_df, out_dir, seed=0, spec=spec)
+    assert not (out_dir / "model.safetensors").exists()
+    assert not (out_dir / "train_log.csv").exists()
+
+
+def test_train_rejects_bad_settings_and_tables(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"segment\.size"):
+        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=60, epochs=1, batch_size=2, lr=1e-3, grad_clip=0.5)
+    with pytest.raises(ValueError, match=r"segment\.learning_rate"):
+        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, epochs=1, batch_size=2, lr=0.0, grad_clip=0.5)
+    with pytest.raises(ValueError, match=r"missing column.*'mask'"):
+        segment.train_segmenter(pairs_df.drop(columns="mask"), FAST_SPEC, tmp_path, size=64, epochs=1,
+                                batch_size=2, lr=1e-3, grad_clip=0.5)
+    with pytest.raises(ValueError, match="no \\(image, mask\\) pairs"):
+        segment.train_segmenter(pairs_df.iloc[:0], FAST_SPEC, tmp_path, size=64, epochs=1, batch_size=2, lr=1e-3,
+                                grad_clip=0.5)
+
+
+def test_training_augmentation_keeps_image_and_mask_aligned(pairs_df: pd.DataFrame) -> None:
+    dataset = segment.PairDataset(pairs_df, size=64, augment=True)
+    image_a, mask_a, sid = dataset[(0, 123)]
+    image_b, mask_b, _ = dataset[(0, 123)]
+    assert sid == "gen-0"
+    assert image_a.shape == (3, 64, 64) and mask_a.shape == (1, 64, 64)
+    assert torch.equal(image_a, image_b) and torch.equal(mask_a, mask_b)  # same seed -> same augmentation
+    assert set(mask_a.unique().tolist()) <= {0.0, 1.0}
+    # Red channel is bright exactly on the polyp, so it must still line up with the (augmented) mask.
+    red = image_a[0]
+    assert red[mask_a[0] > 0].mean() > red[mask_a[0] == 0].mean() + 1.0
+
+
+def test_scaled_size_follows_pranet_rounding() -> None:
+    assert segment.scaled_size(352, 0.75) == 256
+    assert segment.scaled_size(352, 1.25) == 448
+    assert segment.scaled_size(64, 0.1) == 32
+
+
+# -------------------------------------------------------------------------------------- inference
+def test_sample_losses_match_the_structure_loss_per_sample(pairs_df: pd.DataFrame) -> None:
+    torch.manual_seed(0)
+    model = segment.build_segmenter(FAST_SPEC)
+    losses = segment.sample_losses(model, pairs_df, size=64, batch_size=4)
+    assert list(losses.columns) == ["sample_id", "loss"]
+    assert losses["sample_id"].tolist() == [f"gen-{i}" for i in range(6)]
+    assert np.isfinite(losses["loss"]).all() and (losses["loss"] > 0).all()
+
+    dataset = segment.PairDataset(pairs_df, size=64, augment=False)
+    image, mask, _ = dataset[3]
+    with torch.no_grad():
+        expected = segment.structure_loss(model.eval()(image[None]), mask[None]).item()
+    assert losses["loss"].iloc[3] == pytest.approx(expected, rel=1e-4)
+
+    no_ids = segment.sample_losses(model, pairs_df.drop(columns="sample_id"), size=64)
+    assert no_ids["sample_id"].tolist() == [f"img{i}" for i in range(6)]
+    pd.testing.assert_series_equal(no_ids["loss"], losses["loss"], rtol=1e-5)
+
+
+def test_mask_image_size_mismatch_names_the_file(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
+    write_mask(tmp_path / "small.png", np.zeros((10, 10), dtype=bool))
+    bad = pairs_df.copy()
+    bad.loc[0, "mask"] = str(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="small.png"):
+        segment.sample_losses(segment.build_segmenter(FAST_SPEC), bad, size=64)
+
