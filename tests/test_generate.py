@@ -179,3 +179,68 @@ def test_resolve_device_dtype() -> None:
     assert generate.resolve_device_dtype("cpu", "bf16")[1] == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         generate.resolve_device_dtype("cpu", "fp8")
+
+
+# ------------------------------------------------------------------------------------ tiny SD model
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tuple[Path, Path]:
+    """The tiny random SD (built once per module) and a Control-LoRA file with non-zero B (so it acts)."""
+    from hardgen.base_model import build_tiny_sd, load_components
+    from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
+
+    root = tmp_path_factory.mktemp("tiny")
+    base = root / "base"
+    build_tiny_sd(repo_root / "resources" / "tiny-sd", base, seed=0)
+    unet = load_components(base)["unet"]
+    widen_conv_in(unet, num_conditions=1)
+    add_control_lora(unet, "condition", preset="half_skip_attn", rank=4, conv_in_rank=8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
+    lora = save_control_lora(root / "lora", unet, "condition")
+    return base, lora
+
+
+TINY_KW = dict(resolution=16, prompt="an endoscopic image of a colon polyp", steps=2, seed=3, device="cpu",
+               variant="plain")
+
+
+def test_generate_shard_tiny_sharding_resume_and_seeds(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    base, lora = tiny_model
+    table = _make_conditions(tmp_path, 5, duplicate_first=True)
+    one = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "one", batch_size=2, **TINY_KW)
+    three = pd.concat([generate.generate_shard(base, lora, table, k, 3, tmp_path / "three", batch_size=2, **TINY_KW)
+                       for k in range(3)])
+    assert list(one.columns) == ["sample_id", "image", "mask", "condition", "variant"]
+    assert sorted(three["sample_id"]) == list(one["sample_id"]) == [f"s{i:03d}" for i in range(5)]
+    reference = _digests(tmp_path / "one" / "images")
+    assert len(reference) == 5 and reference == _digests(tmp_path / "three" / "images")
+    images = [read_rgb(tmp_path / "one" / "images" / f"s{i:03d}.png") for i in range(5)]
+    assert all(im.shape == (16, 16, 3) for im in images)
+    assert images[0].std() > 0  # not a blank decode
+    # s000 and s001 share one condition: only their per-sample seeds differ
+    assert not np.array_equal(images[0], images[1])
+
+    # resume: drop one image of chunk [s002 s003]; only it is rewritten, with the same bytes
+    folder = tmp_path / "one" / "images"
+    for p in folder.glob("*.png"):
+        os.utime(p, ns=(1_000_000_000, 1_000_000_000))
+    (folder / "s002.png").unlink()
+    generate.generate_shard(base, lora, table, 0, 1, tmp_path / "one", batch_size=2, **TINY_KW)
+    assert _digests(folder) == reference
+    rewritten = sorted(p.name for p in folder.glob("*.png") if p.stat().st_mtime_ns != 1_000_000_000)
+    assert rewritten == ["s002.png"]
+
+
+def test_generate_shard_lora_and_condition_matter(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    base, lora = tiny_model
+    table = _make_conditions(tmp_path, 2)
+    kwargs = {**TINY_KW, "batch_size": 2}
+    generate.generate_shard(base, lora, table, 0, 1, tmp_path / "on", **kwargs)
+    generate.generate_shard(base, lora, table, 0, 1, tmp_path / "off", **{**kwargs, "condition_scale": 0.0})
+    # condition_scale 0 switches the adapter off, so the LoRA (and the condition it reads) changes the images
+    assert _digests(tmp_path / "on" / "images") != _digests(tmp_path / "off" / "images")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        generate.generate_shard(base, tmp_path / "missing.safetensors", table, 0, 1, tmp_path / "x", **kwargs)

@@ -23,8 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from diffusers import UniPCMultistepScheduler
 from tqdm.auto import tqdm
 
+from hardgen.base_model import load_components
+from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline, load_control_lora, widen_conv_in
 from hardgen.io import DataError, read_mask, read_rgb, sample_seed, write_csv, write_image, write_mask
 
 log = logging.getLogger("hardgen.generate")
@@ -32,8 +35,8 @@ log = logging.getLogger("hardgen.generate")
 CONDITION_COLUMNS: tuple[str, ...] = ("sample_id", "condition", "mask")
 MANIFEST_COLUMNS: list[str] = ["sample_id", "image", "mask", "condition", "variant"]
 
-#: Adapter name under which the Control-LoRA file is loaded into the UNet.
-ADAPTER_NAME = "control"
+#: Adapter name under which the Control-LoRA file is loaded (training's default; files store no names).
+ADAPTER_NAME = "condition"
 
 #: A batch renderer: (condition images HxWx3 uint8, one generator per image) -> (B, H, W, 3) uint8.
 RenderBatch = Callable[[list[np.ndarray], list[torch.Generator]], np.ndarray]
@@ -208,32 +211,37 @@ def load_generation_pipeline(
     family: str = "sd15",
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-):
-    """Base model (``from_pretrained``, same path for the tiny folder and SD1.5) + widened conv_in + Control-LoRA + UniPC."""
-    # imported here so the planning/merging helpers stay usable without loading diffusers
-    from diffusers import UniPCMultistepScheduler
+) -> ControlLoraPipeline | ControlLoraXLPipeline:
+    """Base model + widened conv_in + Control-LoRA + UniPC, ready to sample.
 
-    from hardgen.control_lora import ControlLoraPipeline, load_control_lora, widen_conv_in
-
-    if family != "sd15":
-        raise ValueError(f"model.family {family!r}: generation supports 'sd15' only")
-    lora_path = Path(lora_path)
-    if not lora_path.is_file():
+    The base is read by :func:`hardgen.base_model.load_components` (``from_pretrained`` of each
+    component), the same path for the tiny demo folder, SD1.5 and SDXL. The UniPC scheduler is built
+    from the base's own scheduler config, so beta schedule and prediction type match the base.
+    """
+    if not Path(lora_path).exists():  # fail before the slow base load; a folder holding the file also works
         raise FileNotFoundError(f"{lora_path}: Control-LoRA weights not found")
     device, dtype = resolve_device_dtype(device, dtype)
-    pipe = ControlLoraPipeline.from_pretrained(
-        str(base), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
-    widen_conv_in(pipe.unet, num_conditions=1)
-    load_control_lora(pipe.unet, lora_path, ADAPTER_NAME)
-    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe = pipe.to(device=device, dtype=dtype)
+    components = load_components(base, family=family, dtype=dtype)
+    unet = components["unet"]
+    widen_conv_in(unet, num_conditions=1)
+    load_control_lora(unet, lora_path, adapter_name=ADAPTER_NAME)
+    scheduler = UniPCMultistepScheduler.from_config(components["noise_scheduler"].config)
+    shared = {"vae": components["vae"], "unet": unet, "scheduler": scheduler,
+              "text_encoder": components["text_encoder"], "tokenizer": components["tokenizer"]}
+    if family == "sdxl":
+        pipe = ControlLoraXLPipeline(
+            **shared, text_encoder_2=components["text_encoder_2"], tokenizer_2=components["tokenizer_2"]
+        )
+    else:
+        pipe = ControlLoraPipeline(**shared, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    # components are already in ``dtype`` (load_components); casting again would be a no-op at best
+    pipe = pipe.to(device=device)
     pipe.set_progress_bar_config(disable=True)  # one tqdm bar per shard, not one per batch
     return pipe
 
 
 def pipeline_renderer(
-    pipe,
+    pipe: ControlLoraPipeline | ControlLoraXLPipeline,
     *,
     prompt: str,
     resolution: int,
@@ -316,7 +324,7 @@ def merge_shards(
 ) -> pd.DataFrame:
     """Concatenate shard manifests into ``out_csv`` (atomically) after checking the ids.
 
-    Raises :class:`DataError` for a sample id in two shards, an image file that does not exist, or
+    Raises :class:`DataError` for a sample id in two shards, an image or mask file that does not exist, or
     (with ``conditions``) a condition sample id that no shard generated or a generated id that is not
     a condition. Rows are sorted by sample id.
     """
@@ -338,9 +346,9 @@ def merge_shards(
         sid = duplicated["sample_id"].iloc[0]
         shards = sorted(set(duplicated.loc[duplicated["sample_id"] == sid, "_shard"]))
         raise DataError(f"sample_id {sid!r} appears more than once, in {shards}")
-    absent = [p for p in merged["image"] if not Path(p).is_file()]
+    absent = [p for p in [*merged["image"], *merged["mask"]] if not Path(p).is_file()]
     if absent:
-        raise DataError(f"{absent[0]}: listed in a shard manifest but missing ({len(absent)} missing images)")
+        raise DataError(f"{absent[0]}: listed in a shard manifest but missing ({len(absent)} missing files)")
     if conditions is not None:
         expected = set(read_conditions(conditions)["sample_id"])
         got = set(merged["sample_id"])
