@@ -1,0 +1,88 @@
+"""The ``hardgen`` console script.
+
+Subcommands register themselves in :data:`SUBCOMMANDS` (name → (add_arguments, run)); to add one, write
+the two functions and add an entry. ``run`` returns the exit code. Results meant for machines are printed
+as one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+#: Defaults mirror config/config.yaml's ``lora`` section.
+DEFAULT_PRESET, DEFAULT_RANK, DEFAULT_CONV_IN_RANK = "half_skip_attn", 16, 64
+
+
+def _add_lora_summary(parser: argparse.ArgumentParser) -> None:
+    from hardgen.control_lora import PRESETS
+
+    parser.add_argument("--unet-config", type=Path, help="UNet config.json (or its folder), e.g. resources/sd15-unet")
+    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, help="target-module preset")
+    parser.add_argument("--rank", type=int, default=DEFAULT_RANK, help="LoRA rank of every layer but conv_in")
+    parser.add_argument("--conv-in-rank", type=int, default=DEFAULT_CONV_IN_RANK, help="LoRA rank of conv_in")
+    parser.add_argument(
+        "--load",
+        type=Path,
+        help="summarise this control-lora-v3 file instead (checked against --unet-config when given)",
+    )
+
+
+def _run_lora_summary(args: argparse.Namespace) -> int:
+    from hardgen.control_lora import lora_summary, lora_summary_from_file
+
+    if args.load is not None:
+        summary = lora_summary_from_file(args.load, args.unet_config)
+    elif args.unet_config is None:
+        raise ValueError("lora-summary: give --unet-config (or --load FILE)")
+    else:
+        summary = lora_summary(args.unet_config, args.preset, args.rank, args.conv_in_rank)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def _add_build_tiny_sd(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-dir", type=Path, required=True, help="tiny-SD config folder (resources/tiny-sd)")
+    parser.add_argument("--out", type=Path, required=True, help="output diffusers pipeline folder")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _run_build_tiny_sd(args: argparse.Namespace) -> int:
+    from hardgen.base_model import build_tiny_sd
+
+    build_tiny_sd(args.config_dir, args.out, seed=args.seed)
+    print(json.dumps({"out": str(args.out)}))
+    return 0
+
+
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "lora-summary": ("Control-LoRA layer and parameter counts", _add_lora_summary, _run_lora_summary),
+    "build-tiny-sd": ("build the tiny random-init SD folder", _add_build_tiny_sd, _run_build_tiny_sd),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(prog="hardgen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hardgen`` script; returns the exit code (1 on bad input, with the reason on stderr)."""
+    args = build_parser().parse_args(argv)
+    _, _, run = SUBCOMMANDS[args.command]
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"hardgen {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
