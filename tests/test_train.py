@@ -1,0 +1,382 @@
+"""Tests for hardgen.train: losses, data order, settings, and tiny end-to-end training runs on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors import safe_open
+
+from hardgen import train
+from hardgen.io import write_image, write_mask
+from hardgen.train import (
+    LORA_WEIGHTS_NAME,
+    ResumableBatchSampler,
+    TrainingDivergedError,
+    TrainSettings,
+    dissimilarity_loss,
+    feedback_loss,
+    lora_param_groups,
+    predict_x0,
+    train_control_lora,
+)
+from hardgen.weights import load_state_dict, save_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
+RESOLUTION = 32
+N_SAMPLES = 4
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    from hardgen.base_model import build_tiny_sd
+
+    out = tmp_path_factory.mktemp("base") / "tiny-sd"
+    build_tiny_sd(REPO / "resources" / "tiny-sd", out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
+    """A 4-sample dataset: smooth colour images, elliptic masks, canny conditions; non-square sizes."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    manifest, conditions = [], []
+    for k in range(N_SAMPLES):
+        h, w = 40 + 4 * k, 48
+        yy, xx = np.mgrid[0:h, 0:w]
+        image = np.stack([(128 + 100 * np.sin(xx / (5 + k) + c)).clip(0, 255) for c in range(3)], -1)
+        image = (image + rng.normal(0, 10, image.shape)).clip(0, 255).astype(np.uint8)
+        mask = ((yy - h / 2) / (8 + k)) ** 2 + ((xx - w / 2 - k) / 10) ** 2 <= 1
+        condition = np.repeat(cv2.Canny(mask.astype(np.uint8) * 255, 100, 200)[..., None], 3, axis=2)
+        sid = f"train_{k:02d}"
+        write_image(root / "images" / f"{sid}.png", image)
+        write_mask(root / "masks" / f"{sid}.png", mask)
+        write_image(root / "conditions" / f"{sid}.png", condition)
+        manifest.append({"id": sid, "split": "train", "image": f"images/{sid}.png", "mask": f"masks/{sid}.png"})
+        conditions.append({"sample_id": sid, "source_id": sid, "kind": "real",
+                           "condition": f"conditions/{sid}.png", "mask": f"masks/{sid}.png"})
+    # a layout row must be ignored by training
+    conditions.append({"sample_id": "layout_00", "source_id": "train_00", "kind": "layout",
+                       "condition": "conditions/missing.png", "mask": "masks/missing.png"})
+    pd.DataFrame(manifest).to_csv(root / "manifest.csv", index=False)
+    pd.DataFrame(conditions).to_csv(root / "conditions.csv", index=False)
+    return root / "conditions.csv", root / "manifest.csv"
+
+
+def make_settings(base: Path, data: tuple[Path, Path], out_dir: Path, **overrides) -> TrainSettings:
+    values = dict(
+        base=str(base), conditions_csv=str(data[0]), manifest_csv=str(data[1]), out_dir=str(out_dir),
+        resolution=RESOLUTION, prompt="an endoscopic image", steps=2, batch_size=2, learning_rate=1e-3,
+        rank=4, conv_in_rank=64, checkpointing_steps=0, empty_prompt_prob=0.5, seed=0, validation_inference_steps=2,
+    )
+    values.update(overrides)
+    return TrainSettings(**values)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny_base, tiny_data, tmp_path_factory) -> tuple[Path, dict]:
+    """One plain run shared by the format test and as the init LoRA of hard/feedback runs."""
+    out = tmp_path_factory.mktemp("plain")
+    settings = make_settings(tiny_base, tiny_data, out, steps=3, checkpointing_steps=1, checkpoints_total_limit=2)
+    return out, train_control_lora(settings)
+
+
+# ------------------------------------------------------------------------------------------ losses
+def test_dissimilarity_loss_hand_values():
+    prototype = torch.zeros(2)
+    features = torch.tensor([[3.0, 0.0], [0.0, 1.0], [3.0, 4.0]])  # distances 3, 1, 5
+    loss, active = dissimilarity_loss(features, prototype, margin=1.0)
+    assert loss.item() == 0.0 and active.item() == 0.0  # every distance >= margin
+    loss, active = dissimilarity_loss(features, prototype, margin=2.0)
+    assert loss.item() == pytest.approx((2.0 - 1.0) ** 2 / 3)
+    assert active.item() == pytest.approx(1 / 3)
+    loss, active = dissimilarity_loss(features, prototype, margin=4.0)
+    assert loss.item() == pytest.approx((1.0**2 + 3.0**2 + 0.0) / 3)
+    assert active.item() == pytest.approx(2 / 3)
+
+
+def test_dissimilarity_gradient_pushes_away_from_prototype():
+    prototype = torch.tensor([1.0, -1.0, 0.5])
+    features = (prototype + torch.tensor([[0.3, 0.1, -0.2], [0.0, 0.5, 0.0]])).requires_grad_(True)
+    loss, _ = dissimilarity_loss(features, prototype, margin=2.0)
+    loss.backward()
+    direction = features.detach() - prototype
+    # gradient descent moves along -grad: that must increase the distance to the prototype
+    assert ((-features.grad * direction).sum(dim=1) > 0).all()
+    stepped = features.detach() - 0.1 * features.grad
+    assert (torch.linalg.vector_norm(stepped - prototype, dim=1)
+            > torch.linalg.vector_norm(direction, dim=1)).all()
+
+
+def test_dissimilarity_loss_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="prototype"):
+        dissimilarity_loss(torch.zeros(2, 3), torch.zeros(4), 1.0)
+
+
+def test_feedback_loss_hinge():
+    losses = torch.tensor([0.2, 0.9, 1.5])
+    value, active = feedback_loss(losses, margin=1.0)
+    assert value.item() == pytest.approx((0.8**2 + 0.1**2) / 3)
+    assert active.item() == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        feedback_loss(losses[None], 1.0)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predict_x0_inverts_the_forward_process(prediction_type):
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 4, 8, 8, generator=generator)
+    noise = torch.randn(3, 4, 8, 8, generator=generator)
+    t = torch.tensor([10, 500, 990])
+    noisy = scheduler.add_noise(x0, noise, t)
+    output = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    recovered = predict_x0(noisy, output, scheduler.alphas_cumprod[t], prediction_type)
+    assert torch.allclose(recovered, x0, atol=2e-3 if prediction_type == "epsilon" else 1e-5)
+
+
+def test_lora_plus_groups():
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2), "b": torch.nn.Linear(2, 2)})
+    model.requires_grad_(False)
+    lora_a = torch.nn.Parameter(torch.zeros(2))
+    lora_b = torch.nn.Parameter(torch.zeros(2))
+    model["a"].register_parameter("lora_A_weight", lora_a)
+    model["b"].register_parameter("lora_B_weight", lora_b)
+    groups = lora_param_groups(model, 1e-3, loraplus_lr_ratio=16.0)
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1.6e-2)]
+    assert groups[0]["params"] == [lora_a] and groups[1]["params"] == [lora_b]
+    single = lora_param_groups(model, 1e-3, 1.0)
+    assert len(single) == 1 and len(single[0]["params"]) == 2
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="trainable"):
+        lora_param_groups(model, 1e-3)
+
+
+# ------------------------------------------------------------------------------------------ data order
+def test_resumable_sampler_is_a_pure_function_of_the_step():
+    full = ResumableBatchSampler(10, 3, seed=5)
+    stream = iter(full)
+    first = [next(stream) for _ in range(8)]
+    resumed = iter(ResumableBatchSampler(10, 3, seed=5, start_micro_step=5))
+    assert [next(resumed) for _ in range(3)] == first[5:8]
+    flat = [i for b in first for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # epochs are permutations
+    assert first != [next(iter(ResumableBatchSampler(10, 3, seed=6))) for _ in range(1)] * 8
+    shards = [ResumableBatchSampler(10, 2, seed=5, num_processes=2, process_index=p).batch(0) for p in (0, 1)]
+    assert shards[0] + shards[1] == ResumableBatchSampler(10, 4, seed=5).batch(0)
+
+
+# ------------------------------------------------------------------------------------------ settings
+def test_settings_json_round_trip_and_errors(tmp_path):
+    settings = TrainSettings(base="b", conditions_csv="c.csv", manifest_csv="m.csv", out_dir="o",
+                             backbones={"cnn": {"name": "resnet18", "input_size": 64}}, prototypes={"cnn": "p"})
+    settings.to_json(tmp_path / "s.json")
+    assert TrainSettings.from_json(tmp_path / "s.json") == settings
+    (tmp_path / "bad.json").write_text(json.dumps({**json.loads((tmp_path / "s.json").read_text()), "lr": 1}))
+    with pytest.raises(ValueError, match=r"bad\.json.*lr"):
+        TrainSettings.from_json(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="TrainSettings.mode"):
+        TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", mode="harder").validate()
+    with pytest.raises(ValueError, match="TrainSettings.init_lora"):
+        TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", mode="hard").validate()
+    with pytest.raises(ValueError, match="TrainSettings.segment_size"):
+        TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", mode="feedback",
+                      init_lora=str(tmp_path / "s.json"), segmenter={"arch": "Unet", "encoder": "resnet18"},
+                      segmenter_weights=str(tmp_path / "s.json"), segment_size=40).validate()
+    with pytest.raises(ValueError, match="TrainSettings.margin"):
+        TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", mode="feedback",
+                      init_lora=str(tmp_path / "s.json"), margin=-1.0).validate()
+    with pytest.raises(ValueError, match="TrainSettings.resolution"):
+        TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", resolution=30).validate()
+
+
+def test_training_pairs_use_real_rows_and_name_bad_tables(tiny_data, tmp_path):
+    pairs = train.load_training_pairs(*tiny_data)
+    assert list(pairs["sample_id"]) == [f"train_{k:02d}" for k in range(N_SAMPLES)]
+    assert all(Path(p).is_file() for p in pairs["image"])
+    bad = tmp_path / "conditions.csv"
+    pd.read_csv(tiny_data[0]).drop(columns=["mask"]).to_csv(bad, index=False)
+    with pytest.raises(ValueError, match=r"conditions\.csv.*mask"):
+        train.load_training_pairs(bad, tiny_data[1])
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_gaussian_lora_starts_at_the_base_model(tiny_base):
+    from hardgen import base_model, control_lora
+
+    base_unet = base_model.load_components(tiny_base)["unet"]
+    unet = base_model.load_components(tiny_base)["unet"]
+    control_lora.widen_conv_in(unet, num_conditions=1)
+    control_lora.add_control_lora(unet, "condition", preset="half_skip_attn", rank=4, conv_in_rank=64,
+                                  init="gaussian")
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=generator)
+    condition = torch.randn(2, 4, 16, 16, generator=generator)
+    text = torch.randn(2, 77, 32, generator=generator)
+    t = torch.tensor([10, 700])
+    with torch.no_grad():
+        expected = base_unet(latents, t, encoder_hidden_states=text).sample
+        got = unet(torch.cat([latents, condition], 1), t, encoder_hidden_states=text).sample
+    assert torch.equal(got, expected)
+
+
+def test_plain_training_writes_control_lora_v3_artifacts(plain_run):
+    out, summary = plain_run
+    weights = out / LORA_WEIGHTS_NAME
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = list(handle.keys())
+        conv_in_a = handle.get_tensor("unet.conv_in.lora_A.weight")
+        conv_in_b = handle.get_tensor("unet.conv_in.lora_B.weight")
+    assert keys and all(k.startswith("unet.") for k in keys)
+    assert conv_in_a.shape[:2] == (64, 4 * 2)  # rank 64, noise + condition latent channels
+    assert conv_in_b.shape[1] == 64 and conv_in_b.abs().sum() > 0  # trained away from the zero init
+    assert not any("up_blocks" in k for k in keys)  # half preset: encoder half only
+    log = pd.read_csv(out / "train_log.csv")
+    assert list(log.columns) == train.LOG_COLUMNS
+    assert list(log["step"]) == [1, 2, 3] and np.isfinite(log["loss"]).all()
+    assert (log["extra"] == 0).all() and (log["loss"] == log["mse"]).all()
+    # limit 2: checkpoint-1 pruned
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    assert (out / "checkpoints" / "checkpoint-3" / LORA_WEIGHTS_NAME).is_file()
+    assert not list((out / "checkpoints" / "checkpoint-3").glob("model*"))  # no full UNet in checkpoints
+    grid = cv2.imread(str(out / "validation.png"))
+    assert grid.shape[0] == 2 * RESOLUTION and grid.shape[1] % RESOLUTION == 0
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["steps"] == summary["steps"] == 3 and on_disk["settings"]["mode"] == "plain"
+    assert TrainSettings.from_dict(on_disk["settings"]).steps == 3
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_base, tiny_data, tmp_path):
+    common = dict(steps=4, checkpointing_steps=2, learning_rate=5e-3)
+    train_control_lora(make_settings(tiny_base, tiny_data, tmp_path / "full", **common))
+    # "killed" after step 2: a 2-step run leaves checkpoint-2, then the resumed run continues to 4
+    interrupted = tmp_path / "resumed"
+    train_control_lora(make_settings(tiny_base, tiny_data, interrupted, **{**common, "steps": 2}))
+    summary = train_control_lora(make_settings(tiny_base, tiny_data, interrupted, **common,
+                                               resume_from_checkpoint="latest"))
+    assert summary["resumed_from"].endswith("checkpoint-2")
+    full = load_state_dict(tmp_path / "full" / LORA_WEIGHTS_NAME)
+    resumed = load_state_dict(interrupted / LORA_WEIGHTS_NAME)
+    at_step_2 = load_state_dict(interrupted / "checkpoints" / "checkpoint-2" / LORA_WEIGHTS_NAME)
+    assert full.keys() == resumed.keys()
+    assert max((full[k] - at_step_2[k]).abs().max().item() for k in full) > 1e-4  # steps 3-4 did train
+    diff = max((full[k] - resumed[k]).abs().max().item() for k in full)
+    assert diff < 1e-7
+    log_full = pd.read_csv(tmp_path / "full" / "train_log.csv")
+    log_resumed = pd.read_csv(interrupted / "train_log.csv")
+    assert list(log_resumed["step"]) == [1, 2, 3, 4]
+    np.testing.assert_allclose(log_resumed["loss"], log_full["loss"], rtol=1e-6)
+
+
+def test_non_finite_loss_stops_without_writing_weights(tiny_base, tiny_data, tmp_path):
+    settings = make_settings(tiny_base, tiny_data, tmp_path, steps=4, learning_rate=1e30, max_grad_norm=0.0,
+                             lr_scheduler="constant", checkpointing_steps=1)
+    with pytest.raises(TrainingDivergedError, match=r"step \d"):
+        train_control_lora(settings)
+    assert not (tmp_path / LORA_WEIGHTS_NAME).exists()
+    assert not (tmp_path / "summary.json").exists()
+    # checkpoints only hold states whose loss was finite
+    for ckpt in (tmp_path / "checkpoints").glob("checkpoint-*"):
+        tensors = load_state_dict(ckpt / LORA_WEIGHTS_NAME)
+        assert all(torch.isfinite(v).all() for v in tensors.values())
+
+
+def _write_prototype(path: Path, dim: int, name: str) -> None:
+    save_state_dict(path, {"prototype": torch.linspace(-1, 1, dim), "real_distances": torch.ones(3)},
+                    metadata={"real_mean_distance": "1.0", "real_std_distance": "0.1", "backbone": name, "n": "3"})
+
+
+def test_hard_mode_calibrates_margins_and_the_hinge_is_active(plain_run, tiny_base, tiny_data, tmp_path):
+    from hardgen import features
+
+    backbones = {"cnn": {"name": "test_resnet", "input_size": 32}, "vit": {"name": "test_vit", "input_size": 32}}
+    prototypes = {}
+    for key, entry in backbones.items():
+        dim = features.load_backbone(features.BackboneSpec.from_config(key, entry)).feature_dim
+        prototypes[key] = str(tmp_path / f"{key}.safetensors")
+        _write_prototype(Path(prototypes[key]), dim, entry["name"])
+    settings = make_settings(tiny_base, tiny_data, tmp_path / "hard", mode="hard",
+                             init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), backbones=backbones,
+                             prototypes=prototypes, crop_pad=2, calibration_batches=2, margin_factor=1.5,
+                             prediction_type="v_prediction")
+    summary = train_control_lora(settings)
+    assert set(summary["margins"]) == {"cnn", "vit"}
+    assert all(m > 0 for m in summary["margins"].values())
+    log = pd.read_csv(tmp_path / "hard" / "train_log.csv")
+    assert log.loc[0, "extra"] > 0 and log.loc[0, "active_fraction"] > 0
+    assert log.loc[0, "loss"] == pytest.approx(log.loc[0, "mse"] + settings.lambda_ * log.loc[0, "extra"], rel=1e-5)
+    # same seed without the hardness term: different weights, so L_dis gradients reach the LoRA through the VAE
+    settings.out_dir, settings.lambda_ = str(tmp_path / "hard0"), 0.0
+    train_control_lora(settings)
+    with_dis = load_state_dict(tmp_path / "hard" / LORA_WEIGHTS_NAME)
+    without = load_state_dict(tmp_path / "hard0" / LORA_WEIGHTS_NAME)
+    assert max((with_dis[k] - without[k]).abs().max().item() for k in with_dis) > 0
+
+
+def test_feedback_mode_runs_with_a_fixed_segmenter(plain_run, tiny_base, tiny_data, tmp_path):
+    from hardgen import segment
+
+    spec = {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_weights": None}
+    torch.manual_seed(0)
+    model = segment.build_segmenter(segment.SegmenterSpec.from_config(spec, "cnn"))
+    save_state_dict(tmp_path / "seg.safetensors", model.state_dict())
+    settings = make_settings(tiny_base, tiny_data, tmp_path / "fb", mode="feedback", steps=1,
+                             init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), segmenter=spec,
+                             segmenter_weights=str(tmp_path / "seg.safetensors"), segment_size=32,
+                             calibration_batches=1)
+    summary = train_control_lora(settings)
+    assert summary["margins"]["segmenter"] > 0
+    log = pd.read_csv(tmp_path / "fb" / "train_log.csv")
+    assert log.loc[0, "extra"] > 0 and 0 < log.loc[0, "active_fraction"] <= 1
+
+
+def test_main_reads_settings_json(tiny_base, tiny_data, tmp_path):
+    settings = make_settings(tiny_base, tiny_data, tmp_path / "cli", steps=1, loraplus_lr_ratio=4.0)
+    settings.to_json(tmp_path / "settings.json")
+    train.main(["--settings", str(tmp_path / "settings.json")])
+    assert (tmp_path / "cli" / LORA_WEIGHTS_NAME).is_file()
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["settings"]["loraplus_lr_ratio"] == 4.0
+
+
+def _build_tiny_sdxl(out: Path) -> None:
+    """A tiny random SDXL folder (two text encoders, text_time added embeddings), saved offline."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from hardgen.base_model import load_tokenizer
+
+    tiny = REPO / "resources" / "tiny-sd"
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=32,
+    )
+    vae = AutoencoderKL.from_config(json.loads((tiny / "vae" / "config.json").read_text()))
+    text_config = CLIPTextConfig(**json.loads((tiny / "text_encoder" / "config.json").read_text()))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_config), text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=load_tokenizer(tiny / "tokenizer"), tokenizer_2=load_tokenizer(tiny / "tokenizer"), unet=unet,
+        scheduler=DDPMScheduler.from_config(json.loads((tiny / "scheduler" / "scheduler_config.json").read_text())),
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def test_sdxl_family_trains_with_time_ids_and_pooled_embeds(tiny_data, tmp_path):
+    _build_tiny_sdxl(tmp_path / "sdxl")
+    settings = make_settings(tmp_path / "sdxl", tiny_data, tmp_path / "out", family="sdxl", steps=1)
+    summary = train_control_lora(settings)
+    assert summary["steps"] == 1 and np.isfinite(summary["final"]["loss"])
+    with safe_open(str(tmp_path / "out" / LORA_WEIGHTS_NAME), framework="pt") as handle:
+        assert handle.get_tensor("unet.conv_in.lora_A.weight").shape[1] == 8
