@@ -19,6 +19,16 @@ SD15_UNET = RESOURCES / "sd15-unet" / "config.json"
 TINY_UNET = RESOURCES / "tiny-sd" / "unet" / "config.json"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, oversubscribed OpenMP spinning makes these tiny
+    models ~5x slower; restored afterwards so other test modules are unaffected."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
@@ -81,6 +91,7 @@ def test_module_entry_point_prints_json_last():
     result = subprocess.run(
         [sys.executable, "-m", "hardgen.cli", "lora-summary", "--unet-config", str(TINY_UNET)],
         capture_output=True, text=True, check=True,
-        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": ""},
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "", "OMP_NUM_THREADS": "1",
+             "HF_HUB_OFFLINE": "1"},
     )
     assert last_json(result.stdout) == {"modules": 35, "trainable_params": 190_464}
