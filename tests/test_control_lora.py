@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from hardgen.base_model import build_tiny_sd
 from hardgen.control_lora import (
     LORA_WEIGHT_NAME,
-    PRESETS,
     ControlLoraPipeline,
     ControlLoraXLPipeline,
     add_control_lora,
