@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "envs")
 TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir"]
 METRICS = ["mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE"]
 

@@ -58,9 +58,26 @@ def _run_build_tiny_sd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_validate_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("configs", type=Path, nargs="+", help="config files, merged in order (demo config first)")
+    parser.add_argument("--schema", type=Path, default=None, help="JSON-schema YAML (default: the workflow's)")
+
+
+def _run_validate_config(args: argparse.Namespace) -> int:
+    from hardgen.config import check_registries, load_config, load_schema, validate_config
+
+    config = load_config(args.configs)
+    validate_config(config, load_schema(args.schema) if args.schema else None)
+    check_registries(config)
+    print(json.dumps({"valid": True, "configs": [str(p) for p in args.configs]}))
+    return 0
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "lora-summary": ("Control-LoRA layer and parameter counts", _add_lora_summary, _run_lora_summary),
     "build-tiny-sd": ("build the tiny random-init SD folder", _add_build_tiny_sd, _run_build_tiny_sd),
+    "validate-config": ("validate merged config files (schema, cross-key rules, timm/smp names)",
+                        _add_validate_config, _run_validate_config),
 }
 
 

@@ -74,8 +74,13 @@ def claim_gpus(
             handle.close()
 
 
-def torch_device() -> str:
-    """``cuda`` when a GPU is visible to this job, else ``cpu`` (imports torch: call after :func:`claim_gpus`)."""
+def configure_torch(threads: int) -> str:
+    """Limit torch to the job's ``threads`` and return ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Snakemake schedules jobs by their declared threads; torch would otherwise start one thread per core in every
+    job, and oversubscribed CPU jobs run several times slower. Imports torch: call after :func:`claim_gpus`.
+    """
     import torch
 
+    torch.set_num_threads(max(1, int(threads)))
     return "cuda" if torch.cuda.is_available() else "cpu"

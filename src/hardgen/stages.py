@@ -18,7 +18,10 @@ from hardgen.io import file_digest, reset_if_changed
 log = logging.getLogger("hardgen.stages")
 
 #: TrainSettings fields that may change without invalidating checkpoints (they do not affect the weights).
-_RESUME_NEUTRAL = ("resume_from_checkpoint", "validation_steps", "num_workers", "checkpoints_total_limit")
+_RESUME_NEUTRAL = (
+    "resume_from_checkpoint", "validation_steps", "validation_samples", "validation_inference_steps",
+    "num_workers", "checkpoints_total_limit",
+)
 
 
 def train_settings(

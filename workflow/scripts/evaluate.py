@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule evaluate: per-image metrics of one model on the five test sets."""
 
-from hardgen.devices import claim_gpus, torch_device
+from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
@@ -10,7 +10,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     from hardgen.segment import SegmenterSpec, load_segmenter
 
     arch = snakemake.wildcards.arch
-    device = torch_device()
+    device = configure_torch(snakemake.threads)
     model = load_segmenter(SegmenterSpec.from_config(snakemake.params.spec, arch), snakemake.input.model, device=device)
     manifest = load_manifest(snakemake.input.manifest)
     test_rows = manifest[manifest["split"].isin(snakemake.params.testsets)]

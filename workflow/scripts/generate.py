@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule generate: one shard of one variant's images."""
 
-from hardgen.devices import claim_gpus, torch_device
+from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
@@ -32,7 +32,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         condition_scale=gen.get("condition_scale", 1.0),
         seed=p.seed,
         batch_size=gen.get("batch_size", 16),
-        device=torch_device(),
+        device=configure_torch(snakemake.threads),
         variant=variant,
     )
     write_csv(snakemake.output[0], table)

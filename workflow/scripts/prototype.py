@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule prototype: mean feature of real polyp crops under one backbone."""
 
-from hardgen.devices import claim_gpus, torch_device
+from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
@@ -13,7 +13,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         BackboneSpec.from_config(key, snakemake.params.spec),
         snakemake.output[0],
         pad=snakemake.params.pad,
-        device=torch_device(),
+        device=configure_torch(snakemake.threads),
         config_key=key,
     )
     log.info("prototype %s: %s", key, summary)

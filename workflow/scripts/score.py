@@ -1,6 +1,6 @@
 """Snakemake wrapper for rule score: each sample's prototype discrepancy under every backbone."""
 
-from hardgen.devices import claim_gpus, torch_device
+from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
@@ -16,6 +16,6 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         variant=variant,
         out_path=snakemake.output[0],
         pad=snakemake.params.pad,
-        device=torch_device(),
+        device=configure_torch(snakemake.threads),
     )
     log.info("%s: mean z per backbone %s", variant, scores.groupby("backbone")["z"].mean().round(3).to_dict())

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from hardgen.devices import claim_gpus, torch_device
+from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
@@ -27,7 +27,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         grad_clip=cfg.get("grad_clip"),
         multi_scale=cfg.get("multi_scale", [1.0]),
         seed=int(snakemake.wildcards.seed),
-        device=torch_device(),
+        device=configure_torch(snakemake.threads),
         config_key=arch,
     )
     log.info("%s/%s/seed-%s: %s", arch, snakemake.wildcards.policy, snakemake.wildcards.seed, summary)
