@@ -15,6 +15,7 @@ Determinism contract (why the work is split the way it is):
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -23,12 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from diffusers import UniPCMultistepScheduler
 from tqdm.auto import tqdm
 
-from hardgen.base_model import load_components
-from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline, load_control_lora, widen_conv_in
 from hardgen.io import DataError, read_mask, read_rgb, sample_seed, write_csv, write_image, write_mask
+
+if TYPE_CHECKING:  # diffusers/transformers take seconds to import; merging shards needs neither
+    from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline
 
 log = logging.getLogger("hardgen.generate")
 
@@ -221,6 +222,11 @@ def load_generation_pipeline(
     if not Path(lora_path).exists():  # fail before the slow base load; a folder holding the file also works
         raise FileNotFoundError(f"{lora_path}: Control-LoRA weights not found")
     device, dtype = resolve_device_dtype(device, dtype)
+    from diffusers import UniPCMultistepScheduler
+
+    from hardgen.base_model import load_components
+    from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline, load_control_lora, widen_conv_in
+
     components = load_components(base, family=family, dtype=dtype)
     unet = components["unet"]
     widen_conv_in(unet, num_conditions=1)

@@ -80,6 +80,8 @@ def train_settings(
         values["margin_factor"] = finetune["margin_factor"]
         if finetune.get("margin") is not None:
             values["margin"] = finetune["margin"]
+        if finetune.get("learning_rate") is not None:
+            values["learning_rate"] = finetune["learning_rate"]
         if "calibration_batches" in finetune:
             values["calibration_batches"] = finetune["calibration_batches"]
         # A fine-tuning run checkpoints at most as often as it has steps.

@@ -19,7 +19,7 @@ rule generate:
         generation=config["generation"],
         seed=config["seed"],
         out_dir=lambda wildcards: f"results/generated/{wildcards.variant}/shard-{wildcards.shard}",
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=720,

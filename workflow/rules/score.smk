@@ -16,7 +16,7 @@ rule score:
     params:
         backbones=config["backbones"],
         pad=config["hard"].get("crop_pad", 10),
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,

@@ -15,7 +15,7 @@ rule train_segmenter:
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         segment=config["segment"],
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=720,
@@ -40,7 +40,7 @@ rule evaluate:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         size=config["segment"]["size"],
         testsets=TESTSETS,
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
@@ -64,7 +64,7 @@ rule segmenter_loss:
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         size=config["segment"]["size"],
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
