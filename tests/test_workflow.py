@@ -20,6 +20,7 @@ METRICS = ["mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE"]
 
 
 def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         src = REPO / name
         if src.is_dir():
@@ -178,7 +179,7 @@ def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
     assert "demo_data" not in jobs and "base_model" not in jobs  # real data, hub/local SD1.5
     assert jobs["generate"] == 8 * 3 and jobs["train_segmenter"] == 2 * 6 * 3
     # the fake download has the layout but not the published sizes: prepare_data says so and writes nothing
-    failed = snakemake(workdir, "--cores", "1", *overlay, "results/data/manifest.csv", check=False)
+    failed = snakemake(workdir, "results/data/manifest.csv", "--cores", "1", *overlay, check=False)
     assert failed.returncode != 0
     log = (workdir / "logs" / "prepare_data.log").read_text()
     assert "1450" in log and "CVC-ColonDB" in log

@@ -296,6 +296,8 @@ def hardness_transfer(
             groups = {v: per_backbone[per_backbone["variant"] == v] for v in _ordered(scores["variant"], VARIANT_ORDER)}
             groups["all"] = per_backbone[per_backbone["variant"] != "real"]
             for variant, group in groups.items():
+                if group.empty and variant != "all":
+                    continue  # e.g. real training images: the segmenters' losses cover generated samples only
                 rows.append(
                     {
                         "backbone": backbone,

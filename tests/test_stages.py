@@ -1,0 +1,117 @@
+"""Config -> TrainSettings mapping, checkpoint fingerprints, multi-GPU launch and generation folder reset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from hardgen import stages
+from hardgen.config import load_config
+from hardgen.io import reset_if_changed
+
+
+@pytest.fixture(scope="module")
+def demo(repo_root):
+    return load_config([repo_root / "config" / "config.yaml"])
+
+
+@pytest.fixture(scope="module")
+def real(repo_root):
+    return load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "sd15-polyp.yaml"])
+
+
+def settings_for(config, mode, tmp_path, **extra):
+    init = tmp_path / "plain.safetensors"
+    init.write_bytes(b"x")
+    common = dict(
+        base="results/base_model", conditions_csv="c.csv", manifest_csv="m.csv", out_dir=str(tmp_path / mode),
+        model=config["model"], lora=config["lora"], train=config["train"], seed=config["seed"],
+    )
+    if mode == "plain":
+        return stages.train_settings("plain", **common)
+    if mode == "hard":
+        protos = {}
+        for key in config["backbones"]:
+            protos[key] = str(tmp_path / f"{key}.safetensors")
+            (tmp_path / f"{key}.safetensors").write_bytes(b"x")
+        return stages.train_settings(
+            "hard", **common, init_lora=str(init), finetune=config["hard"], backbones=config["backbones"],
+            prototypes=protos, crop_pad=config["hard"]["crop_pad"],
+        )
+    weights = tmp_path / "seg.safetensors"
+    weights.write_bytes(b"x")
+    judge = config["feedback"]["segmenter"]
+    return stages.train_settings(
+        "feedback", **common, init_lora=str(init), finetune=config["feedback"],
+        segmenter=config["segment"]["archs"][judge], segmenter_weights=str(weights),
+        segment_size=config["segment"]["size"],
+    )
+
+
+def test_plain_settings_follow_the_config(demo, tmp_path):
+    s = settings_for(demo, "plain", tmp_path)
+    assert (s.mode, s.steps, s.learning_rate, s.rank, s.conv_in_rank) == ("plain", 40, 1e-3, 16, 64)
+    assert (s.preset, s.lora_init, s.resolution, s.family) == ("half_skip_attn", "gaussian", 64, "sd15")
+    assert s.resume_from_checkpoint == "latest" and s.checkpointing_steps == 20
+
+
+def test_finetune_overrides_steps_lr_and_margin(demo, real, tmp_path):
+    hard = settings_for(demo, "hard", tmp_path)
+    assert hard.steps == demo["hard"]["steps"] and hard.learning_rate == demo["hard"]["learning_rate"]
+    assert hard.margin is None and hard.margin_factor == 1.5 and set(hard.prototypes) == {"cnn", "vit"}
+    assert hard.checkpointing_steps <= hard.steps
+    paper = settings_for(real, "hard", tmp_path)
+    assert paper.margin == 50.0 and paper.learning_rate == 1e-4 and paper.rank == 128 and paper.resolution == 512
+    feedback = settings_for(real, "feedback", tmp_path)
+    assert feedback.segmenter["encoder"] == "mit_b2" and feedback.segment_size == 352
+
+
+def test_checkpoints_kept_only_for_the_same_settings(demo, tmp_path):
+    settings = settings_for(demo, "plain", tmp_path)
+    inputs = {"manifest": tmp_path / "m.csv"}
+    inputs["manifest"].write_text("a")
+    checkpoints = tmp_path / "plain" / "checkpoints"
+    assert stages.prepare_resume(settings, inputs) is False
+    (checkpoints / "checkpoint-20").mkdir()
+    assert stages.prepare_resume(settings, inputs) is True  # a crashed rerun resumes
+    assert (checkpoints / "checkpoint-20").is_dir()
+    settings.validation_steps = 5  # does not change the weights: still resumable
+    assert stages.prepare_resume(settings, inputs) is True
+    inputs["manifest"].write_text("changed data")  # other inputs: start afresh
+    assert stages.prepare_resume(settings, inputs) is False
+    assert not (checkpoints / "checkpoint-20").exists()
+    (checkpoints / "checkpoint-20").mkdir()
+    settings.learning_rate = 0.5  # other settings: start afresh
+    assert stages.prepare_resume(settings, inputs) is False
+    assert not (checkpoints / "checkpoint-20").exists()
+
+
+def test_multi_gpu_training_goes_through_accelerate(demo, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    settings = settings_for(demo, "plain", tmp_path)
+    assert stages.run_training(settings, num_gpus=4) == {"launched_processes": 4}
+    (cmd,) = calls
+    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
+    assert cmd[cmd.index("--num_processes") + 1] == "4"
+    assert cmd[-4:] == ["-m", "hardgen.train", "--settings", str(tmp_path / "plain" / "settings.json")]
+    saved = json.loads((tmp_path / "plain" / "settings.json").read_text())
+    assert saved["steps"] == 40 and saved["out_dir"] == str(tmp_path / "plain")
+
+
+def test_generation_folder_reset_when_lora_changes(tmp_path):
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"weights v1")
+    shard = tmp_path / "shard-0"
+    params = {"steps": 20, "shards": 2}
+    assert reset_if_changed(shard, stages.generation_fingerprint(str(lora), "base", params)) is False
+    (shard / "images").mkdir()
+    (shard / "images" / "a.png").write_bytes(b"png")
+    assert reset_if_changed(shard, stages.generation_fingerprint(str(lora), "base", params)) is True
+    assert (shard / "images" / "a.png").exists()
+    lora.write_bytes(b"weights v2")
+    assert reset_if_changed(shard, stages.generation_fingerprint(str(lora), "base", params)) is False
+    assert not (shard / "images" / "a.png").exists()
+    assert reset_if_changed(shard, stages.generation_fingerprint(str(lora), "base", {**params, "steps": 10})) is False
