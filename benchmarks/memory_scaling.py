@@ -82,10 +82,14 @@ def prepare(work: Path, sizes: list[int]) -> None:
 
 
 def peak_rss_mib(stage: str, work: Path, n: int) -> float:
-    """Run one stage in a child process; its peak RSS in MiB (Linux reports ru_maxrss in KiB)."""
+    """Run one stage in a child process; its peak RSS in MiB.
+
+    Read from ``VmHWM`` in /proc (KiB), which starts afresh with the child's own address space; ``ru_maxrss``
+    would carry over the parent's high-water mark through fork.
+    """
     code = (
-        "import resource, json\n" + STAGE_CODE[stage]
-        + "\nprint(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+        STAGE_CODE[stage]
+        + "\nimport re\nprint(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(work), str(n)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1]) / 1024
