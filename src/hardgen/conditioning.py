@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from hardgen.io import DataError, read_mask, sample_seed, write_csv, write_image, write_mask
+from hardgen.io import DataError, read_mask, sample_seed, write_image, write_mask, write_table
 
 # albumentations otherwise checks PyPI for a newer version at import; the machines may be offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -170,10 +170,7 @@ def make_conditions(
 
 def write_conditions_table(frame: pd.DataFrame, path: str | Path) -> None:
     """Write the conditions table atomically (columns in :data:`CONDITIONS_COLUMNS` order)."""
-    missing = [c for c in CONDITIONS_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: conditions table to write lacks columns {missing}")
-    write_csv(path, frame[list(CONDITIONS_COLUMNS)])
+    write_table(path, frame, CONDITIONS_COLUMNS, "conditions table")
 
 
 def load_conditions_table(path: str | Path) -> pd.DataFrame:

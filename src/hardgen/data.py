@@ -36,7 +36,7 @@ from hardgen.io import (
     binarize,
     read_gray,
     read_rgb,
-    write_csv,
+    write_table,
     write_image,
     write_mask,
     write_text,
@@ -519,10 +519,7 @@ def build_manifest(
 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
     """Write a manifest CSV atomically (columns in :data:`MANIFEST_COLUMNS` order)."""
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: manifest to write lacks columns {missing}")
-    write_csv(path, frame[list(MANIFEST_COLUMNS)])
+    write_table(path, frame, MANIFEST_COLUMNS, "manifest")
 
 
 def load_manifest(path: str | Path) -> pd.DataFrame:

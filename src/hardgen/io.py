@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,25 @@ def write_csv(path: str | Path, frame: Any) -> None:
     """Write a pandas DataFrame atomically (no index)."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def write_table(path: str | Path, frame: Any, columns: Sequence[str], what: str = "table") -> None:
+    """Write ``frame``'s ``columns`` (in that order) atomically; missing columns raise ValueError naming ``path``."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: {what} to write lacks columns {missing}")
+    write_csv(path, frame[list(columns)])
+
+
+def resolve_table_path(value: object, table: str | Path, column: str) -> Path:
+    """A path cell of a CSV table: absolute, relative to the working directory, or relative to the table's folder."""
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{table}: empty or invalid path in column {column!r}")
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    beside = Path(table).parent / path
+    return beside if beside.exists() else path
 
 
 def reset_if_changed(folder: str | Path, fingerprint: dict[str, Any]) -> bool:
