@@ -184,3 +184,13 @@ def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
     log = (workdir / "logs" / "prepare_data.log").read_text()
     assert "1450" in log and "CVC-ColonDB" in log
     assert not (workdir / "results" / "data" / "manifest.csv").exists()
+
+
+@pytest.mark.workflow
+def test_html_report_bundles_tables_and_plots(demo_run):
+    workdir, _ = demo_run
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000
+    for name in ("benchmark.csv", "hardness.csv", "hardness_transfer.csv", "grid.png"):
+        assert name in html
