@@ -2,7 +2,8 @@
 
 The demo uses a tiny random-init SD built from the config files in ``resources/tiny-sd`` and saved as a
 normal diffusers ``StableDiffusionPipeline`` folder. Real runs point ``model.base`` at SD1.5 (a hub id or a
-local copy). Both are read by :func:`load_components` through exactly the same ``from_pretrained(base,
+local copy); ``resources/sd15-random`` holds SD1.5's architecture configs, so :func:`build_random_sd` can
+make a random-init model of the real shapes offline (benchmarks, smoke tests). Both are read by :func:`load_components` through exactly the same ``from_pretrained(base,
 subfolder=...)`` calls, so the demo exercises the real loading path.
 """
 
@@ -22,7 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 #: ``model.family`` values and the text-encoder/tokenizer subfolders each one needs.
 FAMILIES = ("sd15", "sdxl")
 
-#: Sub-folders a tiny-SD config directory must hold (model_index-like layout).
+#: Files a random-SD config directory (``resources/tiny-sd``, ``resources/sd15-random``) must hold.
 TINY_CONFIG_FILES = (
     "unet/config.json",
     "vae/config.json",
@@ -43,10 +44,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable JSON config ({err})") from err
 
 
-def _check_tiny_config_dir(config_dir: Path) -> None:
+def _check_config_dir(config_dir: Path, what: str) -> None:
     missing = [name for name in TINY_CONFIG_FILES if not (config_dir / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{config_dir}: tiny-SD config dir (model.tiny_config) lacks {', '.join(missing)}")
+        raise FileNotFoundError(f"{config_dir}: {what} lacks {', '.join(missing)}")
 
 
 def load_tokenizer(path: str | Path, subfolder: str | None = None) -> CLIPTokenizer:
@@ -56,15 +57,24 @@ def load_tokenizer(path: str | Path, subfolder: str | None = None) -> CLIPTokeni
 
 
 def build_tiny_sd(config_dir: str | Path, out_dir: str | Path, seed: int = 0) -> None:
-    """Build a random-init tiny Stable Diffusion from ``config_dir`` and save it as a diffusers folder.
+    """Build the tiny demo model (``model.tiny_config``); see :func:`build_random_sd`."""
+    _check_config_dir(Path(config_dir), "tiny-SD config dir (model.tiny_config)")
+    build_random_sd(config_dir, out_dir, seed)
 
-    Every component is created right after ``torch.manual_seed(seed + k)`` so the same seed always gives
-    bit-identical weights. The folder is written to a temporary sibling and renamed into place, so
-    ``out_dir`` is either absent/old or complete. Weights are saved as safetensors.
+
+def build_random_sd(config_dir: str | Path, out_dir: str | Path, seed: int = 0) -> None:
+    """Build a random-init Stable Diffusion from the configs in ``config_dir`` and save it as a diffusers folder.
+
+    ``config_dir`` holds ``unet/``, ``vae/``, ``text_encoder/``, ``scheduler/`` configs and a ``tokenizer/``
+    (:data:`TINY_CONFIG_FILES`): ``resources/tiny-sd`` for the demo, ``resources/sd15-random`` for SD1.5's
+    real architecture (~1.1B parameters, ~4 GB in fp32). Every component is created right after
+    ``torch.manual_seed(seed + k)`` so the same seed always gives bit-identical weights. The folder is
+    written to a temporary sibling and renamed into place, so ``out_dir`` is either absent/old or complete.
+    Weights are saved as safetensors.
     """
     config_dir = Path(config_dir)
     out_dir = Path(out_dir)
-    _check_tiny_config_dir(config_dir)
+    _check_config_dir(config_dir, "random-SD config dir")
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(_read_json(config_dir / "unet" / "config.json"))
