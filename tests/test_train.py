@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -227,6 +230,20 @@ def test_gaussian_lora_starts_at_the_base_model(tiny_base):
         expected = base_unet(latents, t, encoder_hidden_states=text).sample
         got = unet(torch.cat([latents, condition], 1), t, encoder_hidden_states=text).sample
     assert torch.equal(got, expected)
+
+
+def test_bf16_training_keeps_fp32_lora_master_weights(tiny_base, tiny_data, tmp_path):
+    """In bf16 an Adam step of ~lr is below half an ulp of most LoRA weights, so they must be kept in fp32."""
+    out = tmp_path / "bf16"
+    make_settings(tiny_base, tiny_data, out, steps=1, mixed_precision="bf16", learning_rate=1e-4,
+                  validation_samples=1).to_json(tmp_path / "settings.json")
+    # its own process: accelerate's process-wide state keeps the first mixed_precision it was given
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    subprocess.run([sys.executable, "-m", "hardgen.train", "--settings", str(tmp_path / "settings.json")], env=env,
+                   check=True, capture_output=True)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 1
+    state = load_state_dict(out / LORA_WEIGHTS_NAME)
+    assert state and {v.dtype for v in state.values()} == {torch.float32}
 
 
 def test_plain_training_writes_control_lora_v3_artifacts(plain_run):

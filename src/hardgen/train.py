@@ -654,8 +654,11 @@ class _Trainer:
         else:
             control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=s.rank,
                                           conv_in_rank=s.conv_in_rank, init=s.lora_init)
-        if self.weight_dtype == torch.float16:
-            cast_training_params(self.unet, dtype=torch.float32)  # fp16 master weights would underflow
+        if self.weight_dtype != torch.float32:
+            # fp32 master weights for the LoRA (the frozen base stays in weight_dtype; autocast does the
+            # compute): in fp16 small updates underflow, and in bf16 (8-bit mantissa) an Adam step of ~lr is
+            # below half an ulp of most LoRA weights, so at SD1.5's lr 1e-4 ~3/4 of lora_A never moved.
+            cast_training_params(self.unet, dtype=torch.float32)
         if s.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if s.mode != "plain":
