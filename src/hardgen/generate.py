@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hardgen.io import DataError, read_mask, read_rgb, sample_seed, write_csv, write_image, write_mask
+from hardgen.io import DataError, read_mask, read_rgb, resolve_table_path, sample_seed, write_csv, write_image, write_mask
 
 if TYPE_CHECKING:  # diffusers/transformers take seconds to import; merging shards needs neither
     from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline
@@ -44,17 +44,6 @@ RenderBatch = Callable[[list[np.ndarray], list[torch.Generator]], np.ndarray]
 
 
 # --------------------------------------------------------------------------------- planning
-def _resolve(value: object, table: Path, column: str) -> str:
-    """A path cell: absolute, relative to the working directory, or relative to the table's folder."""
-    if not isinstance(value, str) or not value:
-        raise DataError(f"{table}: empty or invalid path in column {column!r}")
-    path = Path(value)
-    if path.is_absolute() or path.exists():
-        return value
-    beside = table.parent / path
-    return str(beside) if beside.exists() else value
-
-
 def read_conditions(conditions: pd.DataFrame | str | Path) -> pd.DataFrame:
     """Load and check a conditions table (``sample_id, source_id, kind, condition, mask``).
 
@@ -70,7 +59,7 @@ def read_conditions(conditions: pd.DataFrame | str | Path) -> pd.DataFrame:
         name, table = str(path), pd.read_csv(path, dtype={"sample_id": str, "source_id": str})
         for column in ("condition", "mask"):
             if column in table.columns:
-                table[column] = [_resolve(v, path, column) for v in table[column]]
+                table[column] = [str(resolve_table_path(v, path, column)) for v in table[column]]
     missing = [c for c in CONDITION_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{name}: lacks columns {missing} (has {list(table.columns)})")

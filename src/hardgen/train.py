@@ -44,7 +44,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
-from hardgen.io import DataError, read_mask, read_rgb, write_csv, write_image, write_json
+from hardgen.io import DataError, read_mask, read_rgb, resolve_table_path, write_csv, write_image, write_json
 
 logger = logging.getLogger("hardgen.train")
 
@@ -293,17 +293,6 @@ def lora_param_groups(model: torch.nn.Module, learning_rate: float, loraplus_lr_
 # --------------------------------------------------------------------------------------------------
 
 
-def _resolve(path_value: Any, table: Path, column: str) -> Path:
-    """Resolve a path cell: absolute, relative to the working directory, or relative to the table."""
-    if not isinstance(path_value, str) or not path_value:
-        raise DataError(f"{table}: empty or invalid path in column {column!r}")
-    path = Path(path_value)
-    if path.is_absolute() or path.exists():
-        return path
-    beside = table.parent / path
-    return beside if beside.exists() else path
-
-
 def load_training_pairs(conditions_csv: str | Path, manifest_csv: str | Path) -> pd.DataFrame:
     """Real training rows as a table (sample_id, image, condition, mask) with resolved paths.
 
@@ -330,9 +319,9 @@ def load_training_pairs(conditions_csv: str | Path, manifest_csv: str | Path) ->
         raise DataError(f"{conditions_csv}: source_id {unmatched['source_id'].iloc[0]!r} not in {manifest_csv}")
     rows = pd.DataFrame({
         "sample_id": merged["sample_id"].astype(str),
-        "image": [_resolve(p, manifest_csv, "image") for p in merged["image"]],
-        "condition": [_resolve(p, conditions_csv, "condition") for p in merged["condition"]],
-        "mask": [_resolve(p, conditions_csv, "mask") for p in merged["mask"]],
+        "image": [resolve_table_path(p, manifest_csv, "image") for p in merged["image"]],
+        "condition": [resolve_table_path(p, conditions_csv, "condition") for p in merged["condition"]],
+        "mask": [resolve_table_path(p, conditions_csv, "mask") for p in merged["mask"]],
     })
     return rows.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
