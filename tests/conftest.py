@@ -17,3 +17,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread for in-process tests: on the 2-core CI machine oversubscribed OpenMP threads make the
+    tiny models 5-10x slower. Workflow jobs set their own threads (``devices.configure_torch``)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

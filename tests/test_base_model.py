@@ -18,16 +18,6 @@ RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 TINY_CONFIG = RESOURCES / "tiny-sd"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, oversubscribed OpenMP spinning makes these tiny
-    models ~5x slower; restored afterwards so other test modules are unaffected."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base") / "tiny-sd"

@@ -19,16 +19,6 @@ SD15_UNET = RESOURCES / "sd15-unet" / "config.json"
 TINY_UNET = RESOURCES / "tiny-sd" / "unet" / "config.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, oversubscribed OpenMP spinning makes these tiny
-    models ~5x slower; restored afterwards so other test modules are unaffected."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 

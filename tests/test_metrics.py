@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,6 @@ from torch import nn
 
 from hardgen import metrics
 from hardgen.io import write_image, write_mask
-
-
-@pytest.fixture(autouse=True)
-def single_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core machine, oversubscribed threads are ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class RedChannelOracle(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,6 @@ from hardgen import segment
 from hardgen.io import write_image, write_mask
 from hardgen.segment import SegmenterSpec
 from hardgen.weights import load_state_dict, save_state_dict
-
-@pytest.fixture(autouse=True)
-def single_torch_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core machine, oversubscribed threads are ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # Segformer/mit_b0 is the fastest family to train on CPU; Unet/resnet18 is checked for build + forward.
 FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")
