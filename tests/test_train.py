@@ -339,6 +339,26 @@ def test_hard_mode_calibrates_margins_and_the_hinge_is_active(plain_run, tiny_ba
     assert max((with_dis[k] - without[k]).abs().max().item() for k in with_dis) > 0
 
 
+def test_fp16_hard_mode_decodes_x0_in_fp32(plain_run, tiny_base, tiny_data, tmp_path):
+    """fp16 overflows first in the x̂0 decode with gradients; the VAE (force_upcast) decodes in fp32 there."""
+    from hardgen import features
+
+    entry = {"name": "test_resnet", "input_size": 32}
+    dim = features.load_backbone(features.BackboneSpec.from_config("cnn", entry)).feature_dim
+    _write_prototype(tmp_path / "cnn.safetensors", dim, entry["name"])
+    make_settings(tiny_base, tiny_data, tmp_path / "hard16", mode="hard", mixed_precision="fp16", steps=1,
+                  init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), backbones={"cnn": entry},
+                  prototypes={"cnn": str(tmp_path / "cnn.safetensors")}, crop_pad=2, calibration_batches=1,
+                  validation_samples=1, validation_inference_steps=1).to_json(tmp_path / "settings.json")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    run = subprocess.run([sys.executable, "-m", "hardgen.train", "--settings", str(tmp_path / "settings.json")],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "decodes x̂0 in fp32" in run.stderr
+    log = pd.read_csv(tmp_path / "hard16" / "train_log.csv")
+    assert np.isfinite(log[["loss", "mse", "extra"]].to_numpy()).all() and log.loc[0, "extra"] > 0
+
+
 def test_feedback_mode_runs_with_a_fixed_segmenter(plain_run, tiny_base, tiny_data, tmp_path):
     from hardgen import segment
 

@@ -618,8 +618,16 @@ class _Trainer:
             if components.get(key) is not None:
                 components[key].requires_grad_(False)
 
-        # The SDXL VAE overflows in fp16, so it stays fp32 there (the condition is encoded with it).
-        vae_dtype = torch.float32 if (s.family == "sdxl" and self.weight_dtype == torch.float16) else self.weight_dtype
+        # The SDXL VAE overflows in fp16, so it stays fp32 there (the condition is encoded with it). In hard /
+        # feedback mode the VAE also *decodes* x̂0 with gradients, where fp16 overflows first (x̂0 is far out of
+        # range at high t): a VAE whose config asks for upcasting (SD1.5's does) then decodes in fp32.
+        self.decode_in_fp32 = (
+            self.weight_dtype == torch.float16 and s.mode != "plain" and bool(self.vae.config.get("force_upcast", True))
+        )
+        fp32_vae = self.weight_dtype == torch.float16 and (s.family == "sdxl" or self.decode_in_fp32)
+        if self.decode_in_fp32:
+            logger.info("fp16 training: the VAE decodes x̂0 in fp32 (vae.config.force_upcast)")
+        vae_dtype = torch.float32 if fp32_vae else self.weight_dtype
         _to(self.vae, acc.device, vae_dtype)
         for key in ("text_encoder", "text_encoder_2"):
             if components.get(key) is not None:
@@ -721,7 +729,12 @@ class _Trainer:
         return hidden, {"text_embeds": pooled, "time_ids": time_ids.repeat(batch_size, 1)}
 
     def _decode01(self, latents: torch.Tensor) -> torch.Tensor:
-        images = self.vae.decode((latents / self.scaling_factor).to(self.vae.dtype)).sample
+        latents = (latents / self.scaling_factor).to(self.vae.dtype)
+        if self.decode_in_fp32:  # autocast would run the fp32 VAE's convolutions in fp16 again
+            with torch.autocast(device_type=latents.device.type, enabled=False):
+                images = self.vae.decode(latents).sample
+        else:
+            images = self.vae.decode(latents).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
