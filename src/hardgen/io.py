@@ -80,6 +80,14 @@ def read_mask(path: str | Path) -> np.ndarray:
     return binarize(read_gray(path))
 
 
+def read_pair(image_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image and its bool mask; a size mismatch raises :class:`DataError` naming both files."""
+    image, mask = read_rgb(image_path), read_mask(mask_path)
+    if image.shape[:2] != mask.shape:
+        raise DataError(f"{mask_path}: mask size {mask.shape} differs from image {image_path} size {image.shape[:2]}")
+    return image, mask
+
+
 def fg_bbox(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
     """Bounding box (x0, y0, x1, y1), exclusive ends, of a bool mask's foreground, padded and clipped.
 

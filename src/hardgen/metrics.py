@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hardgen.io import read_mask, read_rgb
+from hardgen.io import read_pair
 from hardgen.segment import eval_transform
 
 #: Metric names, in report order. Higher is better for all except MAE.
@@ -91,13 +91,7 @@ class _TestImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = read_rgb(self.images[index])
-        gt = read_mask(self.masks[index])
-        if image.shape[:2] != gt.shape:
-            raise ValueError(
-                f"{self.masks[index]}: mask size {gt.shape} differs from image {self.images[index]} "
-                f"size {image.shape[:2]}"
-            )
+        image, gt = read_pair(self.images[index], self.masks[index])
         return {
             "image": self.transform(image=image)["image"].float(),
             "gt": gt,

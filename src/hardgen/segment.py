@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from hardgen.io import read_mask, read_rgb, write_csv
+from hardgen.io import read_pair, write_csv
 from hardgen.weights import load_state_dict, save_state_dict
 
 log = logging.getLogger("hardgen.segment")
@@ -260,13 +260,7 @@ class PairDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
         index, aug_seed = key if isinstance(key, tuple) else (key, None)
-        image = read_rgb(self.images[index])
-        mask = read_mask(self.masks[index])
-        if image.shape[:2] != mask.shape:
-            raise ValueError(
-                f"{self.masks[index]}: mask size {mask.shape} differs from image {self.images[index]} "
-                f"size {image.shape[:2]}"
-            )
+        image, mask = read_pair(self.images[index], self.masks[index])
         if self.augment:
             self.transform.set_random_seed(aug_seed)
         out = self.transform(image=image, mask=mask.astype(np.uint8))
