@@ -589,6 +589,33 @@ class _ControlLoraSampling:
             latents.append(torch.cat([encoded, encoded]) if do_cfg else encoded)
         return latents
 
+    def _start_sampling(
+        self,
+        images: list[Any],
+        n_slots: int,
+        height: int,
+        width: int,
+        batch_size: int,
+        num_images_per_prompt: int,
+        do_cfg: bool,
+        dtype: torch.dtype,
+        num_inference_steps: int,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Condition latents, the scheduler's timesteps and the initial noise (``latent_channels`` wide)."""
+        condition_latents = self._condition_latents(
+            images if n_slots > 1 else images[0], n_slots, height, width, batch_size, num_images_per_prompt,
+            do_cfg, dtype,
+        )
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self.prepare_latents(
+            batch_size * num_images_per_prompt, latent_channels(self.unet), height, width, dtype, device,
+            generator, latents,
+        )
+        return condition_latents, self.scheduler.timesteps, latents
+
     def _scale_plan(self, condition_scale: float | Sequence[float], adapters: Sequence[str] | None) -> dict[str, float]:
         names = list(adapters) if adapters is not None else active_condition_adapters(self.unet)
         if isinstance(condition_scale, (int, float)):
@@ -720,27 +747,9 @@ class ControlLoraPipeline(_ControlLoraSampling, StableDiffusionPipeline):
         )
         if do_cfg:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-        condition_latents = self._condition_latents(
-            images if n_slots > 1 else images[0],
-            n_slots,
-            height,
-            width,
-            batch_size,
-            num_images_per_prompt,
-            do_cfg,
-            prompt_embeds.dtype,
-        )
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        latents = self.prepare_latents(
-            batch_size * num_images_per_prompt,
-            latent_channels(self.unet),
-            height,
-            width,
-            prompt_embeds.dtype,
-            device,
-            generator,
-            latents,
+        condition_latents, timesteps, latents = self._start_sampling(
+            images, n_slots, height, width, batch_size, num_images_per_prompt, do_cfg, prompt_embeds.dtype,
+            num_inference_steps, device, generator, latents,
         )
         timestep_cond = None
         if self.unet.config.time_cond_proj_dim is not None:
@@ -852,27 +861,9 @@ class ControlLoraXLPipeline(_ControlLoraSampling, StableDiffusionXLPipeline):
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
             pooled = torch.cat([negative_pooled, pooled])
             time_ids = torch.cat([time_ids, time_ids])
-        condition_latents = self._condition_latents(
-            images if n_slots > 1 else images[0],
-            n_slots,
-            height,
-            width,
-            batch_size,
-            num_images_per_prompt,
-            do_cfg,
-            prompt_embeds.dtype,
-        )
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        latents = self.prepare_latents(
-            batch_size * num_images_per_prompt,
-            latent_channels(self.unet),
-            height,
-            width,
-            prompt_embeds.dtype,
-            device,
-            generator,
-            latents,
+        condition_latents, timesteps, latents = self._start_sampling(
+            images, n_slots, height, width, batch_size, num_images_per_prompt, do_cfg, prompt_embeds.dtype,
+            num_inference_steps, device, generator, latents,
         )
         latents = self._denoise(
             latents,
