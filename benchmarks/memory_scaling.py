@@ -49,7 +49,7 @@ torch.set_num_threads(1)
 work, n = sys.argv[1], int(sys.argv[2])
 manifest = load_manifest(f"{work}/data-{n}/manifest.csv")
 model = build_segmenter(SegmenterSpec(arch="Unet", encoder="resnet18")).eval()
-evaluate_segmenter(model, manifest[manifest["split"] != "train"], size=64, batch_size=8)
+evaluate_segmenter(model, manifest[manifest["split"] != "train"], size=64, pred_root=f"{work}/maps-{n}", batch_size=8)
 """,
 }
 

@@ -1,4 +1,4 @@
-"""The ``hardgen`` console script: lora-summary (parity, --load) and build-tiny-sd."""
+"""The ``hardgen`` console script: lora-summary (parity, --load), build-tiny-sd and evaluate-maps."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from hardgen.cli import main
+from hardgen.io import write_image, write_mask
 from hardgen.weights import save_state_dict
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
@@ -85,3 +88,56 @@ def test_module_entry_point_prints_json_last():
              "HF_HUB_OFFLINE": "1"},
     )
     assert last_json(result.stdout) == {"modules": 35, "trainable_params": 190_464}
+
+
+def _map_tree(root: Path) -> tuple[Path, Path]:
+    """Two PraNet-layout test sets (one with JPEG masks) and their 8-bit prediction maps."""
+    yy, xx = np.mgrid[:30, :40]
+    for testset, suffix, n in (("CVC-300", ".png", 2), ("Kvasir", ".jpg", 3)):
+        for i in range(n):
+            mask = (yy - 15) ** 2 + (xx - 12 - 4 * i) ** 2 < (6 + i) ** 2
+            write_mask(root / "gt" / testset / "masks" / f"{i}{suffix}", mask)
+            write_image(root / "pred" / testset / f"{i}.png", np.where(mask, 220, 40).astype(np.uint8)[:, ::-1])
+    return root / "pred", root / "gt"
+
+
+def test_evaluate_maps_command(capsys, tmp_path):
+    from hardgen.metrics import ALL_METRICS, OVERALL, evaluate_maps
+
+    pred, gt = _map_tree(tmp_path)
+    out = tmp_path / "eval" / "scores.csv"
+    assert main(["evaluate-maps", "--pred", str(pred), "--gt", str(gt), "--out", str(out)]) == 0
+    assert last_json(capsys.readouterr().out) == {"out": str(out), "testsets": ["CVC-300", "Kvasir"], "images": 5}
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["testset", "metric", "value"]
+    assert table["testset"].unique().tolist() == ["CVC-300", "Kvasir", OVERALL]
+    assert table["metric"].tolist() == list(ALL_METRICS) * 3
+    pd.testing.assert_frame_equal(table, evaluate_maps(pred, gt), check_exact=False, rtol=0, atol=1e-15)
+    assert 0.05 < table["value"][table["metric"] == "mDice"].min() < 0.95  # mirrored maps: partial overlap
+
+
+def test_evaluate_maps_command_missing_gt(capsys, tmp_path):
+    pred, gt = _map_tree(tmp_path)
+    missing = gt / "Kvasir" / "masks" / "1.jpg"
+    missing.unlink()
+    out = tmp_path / "scores.csv"
+    assert main(["evaluate-maps", "--pred", str(pred), "--gt", str(gt), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "evaluate-maps: error" in err
+    assert str(pred / "Kvasir" / "1.png") in err and str(gt / "Kvasir" / "masks" / "1") in err
+    assert not out.exists() and list(tmp_path.glob("*.csv*")) == []
+
+
+def test_evaluate_maps_command_size_mismatch_and_empty_root(capsys, tmp_path):
+    pred, gt = _map_tree(tmp_path)
+    write_image(pred / "CVC-300" / "0.png", np.zeros((30, 41), dtype=np.uint8))
+    out = tmp_path / "scores.csv"
+    assert main(["evaluate-maps", "--pred", str(pred), "--gt", str(gt), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(pred / "CVC-300" / "0.png") in err and str(gt / "CVC-300" / "masks" / "0.png") in err
+    (tmp_path / "nothing").mkdir()
+    assert main(["evaluate-maps", "--pred", str(tmp_path / "nothing"), "--gt", str(gt), "--out", str(out)]) == 1
+    assert "no test-set folders" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["evaluate-maps", "--pred", str(pred)])  # --gt and --out are required

@@ -73,11 +73,34 @@ def _run_validate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_maps(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", type=Path, required=True,
+                        help="prediction root: PRED/<testset>/<stem>.png, 8-bit maps (every folder is a test set)")
+    parser.add_argument("--gt", type=Path, required=True,
+                        help="PraNet test root: GT/<testset>/masks/<stem>.<png|jpg|jpeg|bmp|tif>")
+    parser.add_argument("--out", type=Path, required=True, help="output CSV: testset, metric, value")
+
+
+def _run_evaluate_maps(args: argparse.Namespace) -> int:
+    from hardgen.io import write_csv
+    from hardgen.metrics import find_map_pairs, score_testsets
+
+    pairs = find_map_pairs(args.pred, args.gt)  # evaluate_maps, keeping the pairs for the image count
+    table = score_testsets(pairs)
+    write_csv(args.out, table)
+    wide = table.pivot(index="testset", columns="metric", values="value")
+    print(wide.reindex(index=table["testset"].unique(), columns=table["metric"].unique()).round(4).to_string())
+    print(json.dumps({"out": str(args.out), "testsets": list(pairs), "images": sum(len(p) for p in pairs.values())}))
+    return 0
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "lora-summary": ("Control-LoRA layer and parameter counts", _add_lora_summary, _run_lora_summary),
     "build-tiny-sd": ("build the tiny random-init SD folder", _add_build_tiny_sd, _run_build_tiny_sd),
     "validate-config": ("validate merged config files (schema, cross-key rules, timm/smp names)",
                         _add_validate_config, _run_validate_config),
+    "evaluate-maps": ("score saved 8-bit prediction maps with the polyp toolbox's protocol (per test set + overall)",
+                      _add_evaluate_maps, _run_evaluate_maps),
 }
 
 

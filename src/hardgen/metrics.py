@@ -1,26 +1,55 @@
-"""PraNet / Polyp-PVT style evaluation of a segmenter, computed per image with PySODMetrics.
+"""The standard polyp evaluation (the PraNet / Polyp-PVT MATLAB toolbox, ``main.m``), computed with PySODMetrics.
 
-Protocol (PraNet's ``test.py`` + evaluation): each test image is resized to ``size`` x ``size`` and
-ImageNet-normalised, the logits are upsampled bilinearly (``align_corners=False``) to the ground-truth
-mask's own size and passed through a sigmoid; optionally min-max normalised per image (PraNet does this
-before saving its PNG maps; off by default so that an all-background prediction stays all-background).
-The ground truth is the mask file thresholded at 127 (:func:`hardgen.io.read_mask`).
+Prediction maps (PraNet's test script, :func:`save_prediction_maps`): each test image is resized to ``size`` x
+``size`` and ImageNet-normalised, the logits are upsampled bilinearly (``align_corners=False``) to the ground-truth
+mask's own size and passed through a sigmoid; each map is min-max normalised, ``(p - min) / (max - min + 1e-8)``,
+and saved as an 8-bit PNG, ``round(255 p)``, at ``<root>/<testset>/<stem>.png`` (``stem`` = the GT file's stem).
 
-Per image, with ``py_sod_metrics`` on the probability map ``p`` in [0, 1]:
+Scoring (:func:`score_map_pairs`, :func:`evaluate_maps`), per image, from the saved files:
 
-- ``mDice`` / ``mIoU``: Dice / IoU of ``p > 0.5`` against the ground truth (``FmeasureV2`` binary mode
-  with ``DICEHandler`` / ``IOUHandler``); an empty ground truth with an empty prediction scores 0
-  (PySODMetrics' zero-denominator convention).
-- ``wFm``: ``WeightedFmeasure`` (beta = 1; 0 for an empty ground truth, library convention).
-- ``Sm``: ``Smeasure`` (alpha = 0.5).
-- ``meanEm`` / ``maxEm``: mean / max of ``Emeasure``'s curve over the 256 thresholds.
-- ``MAE``: mean absolute error between ``p`` and the ground truth.
+- GT: the mask file as grey levels (colour files converted to grey), ``> 128``.
+- map: the first channel ``/ 255``, then min-max normalised over the image (MATLAB ``mapminmax(x, 0, 1)``); a
+  constant map is left as it is.
+- 256 thresholds ``t = 1, 254/255, ..., 0``; the binary map at ``t`` is ``map >= t``. Per threshold:
+  Dice ``2 TP / (|GT| + |pred|)``, IoU ``TP / |GT ∪ pred|`` (both 0 when TP = 0, also for an empty GT) and the
+  E-measure of the binary map (empty GT: mean of ``1 - pred``; all-foreground GT: mean of ``pred``; the sum is
+  divided by ``h w - 1``).
+- Sm: S-measure, alpha = 0.5. wFm: weighted F-measure, beta = 1 (0 for an empty GT). MAE: mean ``|map - GT|``.
 
-Dataset scores are per-image means (:func:`summarize`), as PraNet averages per image.
+Per test set (``main.m``):
+
+- ``mDice`` / ``mIoU`` (the toolbox's meanDic / meanIoU): the Dice / IoU curves are averaged over the images,
+  then over the 256 thresholds.
+- ``meanEm`` / ``maxEm``: mean / max over thresholds of the image-averaged E-measure curve (``maxEm`` is the max
+  of the mean curve, not the mean of per-image maxima).
+- ``wFm``, ``Sm``, ``MAE``: means over images.
+- Extras (:data:`EXTRA_METRICS`): ``maxDice`` / ``maxIoU`` (the toolbox's maxDic / maxIoU: max over thresholds of
+  the image-averaged curve) and ``Dice@0.5`` / ``IoU@0.5`` (per-image Dice / IoU of the normalised map ``> 0.5``,
+  PySODMetrics' binary mode, averaged over images).
+
+:data:`OVERALL` rows pool all images of all scored test sets: every per-image quantity (curves included) is
+averaged over all images, so each image weighs the same; ``maxEm`` / ``maxDice`` / ``maxIoU`` are maxima of the
+pooled mean curves.
+
+PySODMetrics implements each definition (``FmeasureV2`` with ``DICEHandler`` / ``IOUHandler`` in dynamic and binary
+mode, ``Emeasure``, ``Smeasure``, ``WeightedFmeasure``, ``MAE``, with its toolbox-style input preparation). Known
+differences from the MATLAB code (per image mostly below 5e-4; up to about 4e-3 for the normalisation and centroid
+cases; the tests hold every test-set score within 1e-3 of a transcription of the MATLAB code): thresholds are applied as
+``floor(255 map) >= k`` rather than ``map >= k/255`` (a pixel lying exactly on a threshold may fall on the other
+side by rounding), the min-max normalisation divides by ``max - min`` where MATLAB multiplies by its inverse
+(for some maps that do not span 0..255 MATLAB leaves the brightest pixels an ulp below 1, so they are not counted
+at t = 1), the S-measure centroid is rounded half-to-even where MATLAB rounds halves up (a GT whose centroid is a
+tie moves one quadrant border by a pixel), ties in ``bwdist`` may resolve differently, a negative S-measure is
+clipped to 0, and an empty GT's wFm is 0 (the MATLAB code cannot compute it). Maps saved by
+:func:`save_prediction_maps` span 0..255, so the normalisation difference never applies to them. The toolbox
+resizes a map whose size differs from its GT; here that is an error.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,142 +62,302 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hardgen.io import read_pair
+from hardgen.io import DataError, read_gray, read_pair, read_rgb, write_image
 from hardgen.segment import eval_transform
 
-#: Metric names, in report order. Higher is better for all except MAE.
+#: The published metrics, in report order. Higher is better for all except MAE.
 METRICS = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE")
 
-#: Threshold that turns probabilities into the binary map behind mDice / mIoU.
-BINARY_THRESHOLD = 0.5
+#: Further rows after :data:`METRICS` (see the module docstring).
+EXTRA_METRICS = ("maxDice", "maxIoU", "Dice@0.5", "IoU@0.5")
+
+#: Every metric name written, in row order.
+ALL_METRICS = METRICS + EXTRA_METRICS
+
+#: Test-set name of the rows pooling all images of all scored test sets.
+OVERALL = "overall"
+
+#: Number of thresholds of the Dice / IoU / E-measure curves (``1:-1/255:0``).
+N_THRESHOLDS = 256
+
+#: Ground-truth file suffixes matched by :func:`find_map_pairs` (case-insensitive).
+GT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+#: Columns of the evaluation tables.
+TABLE_COLUMNS = ("testset", "metric", "value")
 
 
-def image_metrics(prob: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """All :data:`METRICS` for one probability map ``prob`` (HxW, [0, 1]) against a bool mask ``gt`` (HxW)."""
-    prob = np.clip(np.asarray(prob, dtype=np.float64), 0.0, 1.0)
-    gt = np.asarray(gt, dtype=bool)
-    if prob.shape != gt.shape:
-        raise ValueError(f"prediction shape {prob.shape} differs from ground truth shape {gt.shape}")
-    # Fresh evaluators per image: each keeps a list of per-image results, and we only want this one.
-    binary = py_sod_metrics.FmeasureV2(
+# ------------------------------------------------------------------------------------------------ scoring
+@dataclass(frozen=True)
+class MapScores:
+    """Per-image quantities of a set of maps (one row per image), enough for test-set and pooled scores.
+
+    ``dice``, ``iou`` and ``em`` are (n, 256) curves over the thresholds (PySODMetrics' order, 1 down to 0);
+    the other fields are (n,) vectors.
+    """
+
+    dice: np.ndarray
+    iou: np.ndarray
+    em: np.ndarray
+    sm: np.ndarray
+    wfm: np.ndarray
+    mae: np.ndarray
+    dice_binary: np.ndarray
+    iou_binary: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sm)
+
+    @classmethod
+    def concat(cls, parts: Iterable[MapScores]) -> MapScores:
+        """All images of ``parts`` in one :class:`MapScores` (the pooled set)."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("no scores to pool")
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__})
+
+    def summary(self) -> dict[str, float]:
+        """The toolbox's numbers for this set of images, keyed by :data:`ALL_METRICS`."""
+        if len(self) == 0:
+            raise ValueError("no images to summarise")
+        dice, iou, em = self.dice.mean(axis=0), self.iou.mean(axis=0), self.em.mean(axis=0)
+        values = {
+            "mDice": dice.mean(), "mIoU": iou.mean(), "wFm": self.wfm.mean(), "Sm": self.sm.mean(),
+            "meanEm": em.mean(), "maxEm": em.max(), "MAE": self.mae.mean(),
+            "maxDice": dice.max(), "maxIoU": iou.max(),
+            "Dice@0.5": self.dice_binary.mean(), "IoU@0.5": self.iou_binary.mean(),
+        }
+        return {name: float(values[name]) for name in ALL_METRICS}
+
+
+def _score_image(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+    """PySODMetrics on one 8-bit map and one 8-bit grey GT of the same size (toolbox preparation by the library)."""
+    curves = py_sod_metrics.FmeasureV2(
         metric_handlers={
-            "dice": py_sod_metrics.DICEHandler(with_dynamic=False, with_adaptive=False, with_binary=True),
-            "iou": py_sod_metrics.IOUHandler(with_dynamic=False, with_adaptive=False, with_binary=True),
+            "dice": py_sod_metrics.DICEHandler(with_dynamic=True, with_adaptive=False, with_binary=True),
+            "iou": py_sod_metrics.IOUHandler(with_dynamic=True, with_adaptive=False, with_binary=True),
         }
     )
-    weighted_f = py_sod_metrics.WeightedFmeasure()
-    s_measure = py_sod_metrics.Smeasure()
-    e_measure = py_sod_metrics.Emeasure()
-    mae = py_sod_metrics.MAE()
-    for evaluator in (binary, weighted_f, s_measure, e_measure, mae):
-        # normalize=False: inputs are already a [0, 1] map and a bool mask (no re-thresholding at 128)
-        evaluator.step(pred=prob, gt=gt, normalize=False)
-    binary_results = binary.get_results()
-    em_curve = np.asarray(e_measure.get_results()["em"]["curve"], dtype=np.float64)
+    e_measure, s_measure = py_sod_metrics.Emeasure(), py_sod_metrics.Smeasure(alpha=0.5)
+    weighted_f, mae = py_sod_metrics.WeightedFmeasure(beta=1), py_sod_metrics.MAE()
+    for evaluator in (curves, e_measure, s_measure, weighted_f, mae):
+        # normalize=True: im2double + mapminmax of the map, GT > 128 (PySODMetrics' prepare_data)
+        evaluator.step(pred=pred, gt=gt, normalize=True)
+    fm = curves.get_results()
     return {
-        "mDice": float(binary_results["dice"]["binary"]),
-        "mIoU": float(binary_results["iou"]["binary"]),
-        "wFm": float(weighted_f.get_results()["wfm"]),
-        "Sm": float(s_measure.get_results()["sm"]),
-        "meanEm": float(em_curve.mean()),
-        "maxEm": float(em_curve.max()),
-        "MAE": float(mae.get_results()["mae"]),
+        "dice": np.asarray(fm["dice"]["dynamic"], dtype=np.float64),
+        "iou": np.asarray(fm["iou"]["dynamic"], dtype=np.float64),
+        "em": np.asarray(e_measure.get_results()["em"]["curve"], dtype=np.float64),
+        "sm": float(s_measure.get_results()["sm"]),
+        "wfm": float(weighted_f.get_results()["wfm"]),
+        "mae": float(mae.get_results()["mae"]),
+        "dice_binary": float(fm["dice"]["binary"]),
+        "iou_binary": float(fm["iou"]["binary"]),
     }
 
 
+def _read_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The map's first channel and the GT's grey levels (uint8); errors name both files."""
+    try:
+        pred = read_rgb(pred_path)[..., 0]
+        gt = read_gray(gt_path)
+    except DataError as err:
+        raise DataError(f"{err} [map {pred_path}, ground truth {gt_path}]") from err
+    if pred.shape != gt.shape:
+        raise DataError(
+            f"{pred_path}: map size {pred.shape[1]}x{pred.shape[0]} differs from ground truth {gt_path} "
+            f"size {gt.shape[1]}x{gt.shape[0]}"
+        )
+    return pred, gt
+
+
+def _score_pairs(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "evaluate") -> MapScores:
+    """Per-image scores of (map PNG, GT file) pairs, with a progress bar."""
+    pairs = [(Path(p), Path(g)) for p, g in pairs]
+    if not pairs:
+        raise DataError(f"{desc}: no (map, ground truth) pairs to score")
+    rows = [_score_image(*_read_pair(p, g)) for p, g in tqdm(pairs, desc=desc, unit="img", leave=False)]
+    return MapScores(**{name: np.array([row[name] for row in rows], dtype=np.float64) for name in rows[0]})
+
+
+def score_map_pairs(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "evaluate") -> dict[str, float]:
+    """Toolbox scores (keys :data:`ALL_METRICS`) of one test set given as (map PNG path, GT path) pairs."""
+    return _score_pairs(pairs, desc=desc).summary()
+
+
+def score_testsets(pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str | Path]]]) -> pd.DataFrame:
+    """Score every test set (in the mapping's order), then the pooled :data:`OVERALL` set.
+
+    Returns columns ``testset, metric, value``: per test set the :data:`ALL_METRICS` rows, then the overall rows.
+    """
+    if not pairs_by_testset:
+        raise DataError("no test sets to score")
+    if OVERALL in pairs_by_testset:
+        raise DataError(f"a test set may not be called {OVERALL!r}: that name holds the pooled scores")
+    parts = {name: _score_pairs(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
+    parts[OVERALL] = MapScores.concat(parts.values())
+    rows = [(name, metric, value) for name, scores in parts.items() for metric, value in scores.summary().items()]
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+# ------------------------------------------------------------------------------------------- map folders
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def find_map_pairs(pred_root: str | Path, gt_root: str | Path) -> dict[str, list[tuple[Path, Path]]]:
+    """Match ``<pred_root>/<testset>/<stem>.png`` with ``<gt_root>/<testset>/masks/<stem>.<png|jpg|...>``.
+
+    Every (non-hidden) folder of ``pred_root`` is a test set; test sets are sorted by name, pairs by stem.
+    A map without its GT, a GT without its map, two GT files with one stem and a ``pred_root`` without test-set
+    folders raise :class:`DataError` naming the paths.
+    """
+    pred_root, gt_root = Path(pred_root), Path(gt_root)
+    if not pred_root.is_dir():
+        raise DataError(f"{pred_root}: prediction folder not found (ground truth {gt_root})")
+    testsets = sorted(p.name for p in pred_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not testsets:
+        raise DataError(
+            f"{pred_root}: no test-set folders (expected {pred_root}/<testset>/<stem>.png, "
+            f"ground truth {gt_root}/<testset>/masks/)"
+        )
+    found: dict[str, list[tuple[Path, Path]]] = {}
+    for testset in testsets:
+        pred_dir, gt_dir = pred_root / testset, gt_root / testset / "masks"
+        maps = {p.stem: p for p in _visible_files(pred_dir) if p.suffix.lower() == ".png"}
+        gts: dict[str, Path] = {}
+        if gt_dir.is_dir():
+            for path in _visible_files(gt_dir):
+                if path.suffix.lower() not in GT_SUFFIXES:
+                    continue
+                if path.stem in gts:
+                    raise DataError(f"{gts[path.stem]} and {path}: two ground-truth files for one stem")
+                gts[path.stem] = path
+        for stem, pred in maps.items():
+            if stem not in gts:
+                raise DataError(f"{pred}: no ground truth {gt_dir}/{stem}.<{'|'.join(s[1:] for s in GT_SUFFIXES)}>")
+        for stem, gt in gts.items():
+            if stem not in maps:
+                raise DataError(f"{gt}: ground truth without its prediction map {pred_dir / (stem + '.png')}")
+        if not maps:
+            raise DataError(f"{pred_dir}: no prediction maps (*.png) and no ground truth in {gt_dir}")
+        found[testset] = [(maps[stem], gts[stem]) for stem in sorted(maps)]
+    return found
+
+
+def evaluate_maps(pred_root: str | Path, gt_root: str | Path) -> pd.DataFrame:
+    """Score saved maps against a PraNet-layout GT tree: :func:`find_map_pairs`, then :func:`score_testsets`."""
+    return score_testsets(find_map_pairs(pred_root, gt_root))
+
+
+# -------------------------------------------------------------------------------------------- prediction
 class _TestImages(Dataset):
-    """Test images resized/normalised for the model, with their full-resolution bool GT masks."""
+    """Test images resized/normalised for the model, with the size of their GT mask."""
 
     def __init__(self, test_df: pd.DataFrame, size: int) -> None:
         self.images = [str(p) for p in test_df["image"]]
         self.masks = [str(p) for p in test_df["mask"]]
-        self.testsets = [str(s) for s in test_df["split"]]
-        ids = test_df["id"] if "id" in test_df.columns else [Path(p).name for p in self.images]
-        self.ids = [str(i) for i in ids]
         self.transform = eval_transform(size)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, gt = read_pair(self.images[index], self.masks[index])
-        return {
-            "image": self.transform(image=image)["image"].float(),
-            "gt": gt,
-            "testset": self.testsets[index],
-            "id": self.ids[index],
-        }
+        image, gt = read_pair(self.images[index], self.masks[index])  # checks image and mask sizes agree
+        return {"image": self.transform(image=image)["image"].float(), "shape": gt.shape, "index": index}
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the equally sized model inputs; keep GT masks (sizes differ) as a list."""
     return {
         "image": torch.stack([item["image"] for item in items]),
-        "gt": [item["gt"] for item in items],
-        "testset": [item["testset"] for item in items],
-        "id": [item["id"] for item in items],
+        "shape": [item["shape"] for item in items],
+        "index": [item["index"] for item in items],
     }
 
 
-@torch.no_grad()
-def evaluate_segmenter(
-    model: nn.Module,
-    test_df: pd.DataFrame,
-    size: int,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-    minmax_normalize: bool = False,
-) -> pd.DataFrame:
-    """Evaluate ``model`` on manifest rows of the test splits (columns id, split, image, mask, ...).
-
-    Returns a long DataFrame with columns ``testset`` (the row's ``split``), ``image`` (the row's
-    ``id``, else the image file name), ``metric`` (one of :data:`METRICS`) and ``value``: one row per
-    image per metric, in input order. Streams ``batch_size`` images at a time. ``minmax_normalize``
-    rescales each probability map to [0, 1] first, exactly as PraNet's test script does.
-    """
+def _prediction_table(test_df: pd.DataFrame, out_root: Path) -> pd.DataFrame:
+    """``testset, stem, pred, gt`` for each row, checking names before anything is written."""
     missing = [col for col in ("split", "image", "mask") if col not in test_df.columns]
     if missing:
         raise ValueError(f"test table: missing column(s) {missing}; got {list(test_df.columns)}")
     if len(test_df) == 0:
         raise ValueError("test table: no rows to evaluate")
+    table = pd.DataFrame({
+        "testset": [str(s) for s in test_df["split"]],
+        "stem": [Path(str(m)).stem for m in test_df["mask"]],
+        "gt": [str(m) for m in test_df["mask"]],
+    })
+    bad = sorted({t for t in table["testset"] if t in ("", OVERALL) or t.startswith(".") or "/" in t})
+    if bad:
+        raise DataError(f"test table: split name(s) {bad} cannot be test-set folders")
+    table["pred"] = [str(out_root / t / f"{s}.png") for t, s in zip(table["testset"], table["stem"])]
+    clash = table[table.duplicated(["testset", "stem"], keep=False)]
+    if len(clash):
+        raise DataError(f"masks {clash['gt'].tolist()[:4]} share a stem in one test set: their maps would collide")
+    return table[["testset", "stem", "pred", "gt"]]
+
+
+def _clear_map_folders(out_root: Path) -> None:
+    """Remove the test-set folders of an existing ``out_root`` (flat folders of files only, else refuse)."""
+    if out_root.exists() and not out_root.is_dir():
+        raise DataError(f"{out_root}: prediction root is not a folder")
+    if not out_root.is_dir():
+        return
+    for folder in sorted(p for p in out_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        nested = [p for p in folder.iterdir() if p.is_dir()]
+        if nested:
+            raise DataError(f"{folder}: not a folder of prediction maps (holds {nested[0]}); refusing to clear it")
+        shutil.rmtree(folder)
+
+
+@torch.no_grad()
+def save_prediction_maps(
+    model: nn.Module,
+    test_df: pd.DataFrame,
+    size: int,
+    out_root: str | Path,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Write PraNet-style 8-bit maps ``<out_root>/<split>/<mask stem>.png`` for manifest rows (split, image, mask).
+
+    Existing test-set folders of ``out_root`` are removed first, so no stale map is ever scored. Returns
+    ``testset, stem, pred, gt`` (paths) in row order.
+    """
     if size <= 0 or size % 32:
         raise ValueError(f"segment.size: {size} must be a positive multiple of 32 (smp encoders)")
+    out_root = Path(out_root)
+    table = _prediction_table(test_df, out_root)
+    _clear_map_folders(out_root)
     model = model.to(device).eval()
     loader = DataLoader(_TestImages(test_df, size), batch_size=batch_size, collate_fn=_collate)
-    rows: list[tuple[str, str, str, float]] = []
-    for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):
+    for batch in tqdm(loader, desc="predict", unit="batch", leave=False):
         logits = model(batch["image"].to(device)).float()
-        for i, gt in enumerate(batch["gt"]):
-            # PraNet upsamples the logits to the GT's own size, then applies the sigmoid.
-            up = F.interpolate(logits[i : i + 1], size=gt.shape, mode="bilinear", align_corners=False)
+        for i, (shape, index) in enumerate(zip(batch["shape"], batch["index"])):
+            # PraNet: upsample the logits to the GT's own size, sigmoid, min-max normalise, save 8-bit.
+            up = F.interpolate(logits[i : i + 1], size=shape, mode="bilinear", align_corners=False)
             prob = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float64)
-            if minmax_normalize:
-                prob = (prob - prob.min()) / (prob.max() - prob.min() + 1e-8)
-            scores = image_metrics(prob, gt)
-            rows.extend((batch["testset"][i], batch["id"][i], name, scores[name]) for name in METRICS)
-    return pd.DataFrame(rows, columns=["testset", "image", "metric", "value"])
+            prob = (prob - prob.min()) / (prob.max() - prob.min() + 1e-8)
+            write_image(table["pred"].iat[index], np.round(prob * 255.0).clip(0, 255).astype(np.uint8))
+    return table
 
 
-def summarize(long_df: pd.DataFrame) -> pd.DataFrame:
-    """Per-testset mean over images of each metric: columns ``testset, metric, value``.
+def evaluate_segmenter(
+    model: nn.Module,
+    test_df: pd.DataFrame,
+    size: int,
+    pred_root: str | Path,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """:func:`save_prediction_maps` into ``pred_root``, then score the saved maps against the rows' GT files.
 
-    Test sets keep their order of first appearance; metrics follow :data:`METRICS` order.
+    Scoring is :func:`score_testsets` (as in :func:`evaluate_maps`) over the test sets sorted by name; returns
+    ``testset, metric, value`` including the :data:`OVERALL` rows.
     """
-    missing = [col for col in ("testset", "image", "metric", "value") if col not in long_df.columns]
-    if missing:
-        raise ValueError(f"evaluation table: missing column(s) {missing}; got {list(long_df.columns)}")
-    unknown = sorted(set(long_df["metric"]) - set(METRICS))
-    if unknown:
-        raise ValueError(f"evaluation table: unknown metric name(s) {unknown}; expected {list(METRICS)}")
-    means = long_df.groupby(["testset", "metric"], sort=False)["value"].mean().reset_index()
-    testset_order = {name: i for i, name in enumerate(pd.unique(long_df["testset"]))}
-    metric_order = {name: i for i, name in enumerate(METRICS)}
-    means = means.sort_values(
-        by=["testset", "metric"],
-        key=lambda col: col.map(testset_order if col.name == "testset" else metric_order),
-    )
-    return means.reset_index(drop=True)[["testset", "metric", "value"]]
-
-
-#: The name docs/architecture.md uses for :func:`evaluate_segmenter`.
-evaluate_model = evaluate_segmenter
+    written = save_prediction_maps(model, test_df, size, pred_root, batch_size=batch_size, device=device)
+    pairs = {
+        testset: sorted(zip(group["pred"], group["gt"]), key=lambda pair: Path(pair[0]).stem)  # as find_map_pairs
+        for testset, group in sorted(written.groupby("testset", sort=False), key=lambda item: item[0])
+    }
+    return score_testsets(pairs)
