@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen.filter import POLICIES, SUBSET_COLUMNS, build_subset, hardness, select_subset, write_subset
+from hardgen.filter import (
+    POLICIES,
+    SUBSET_COLUMNS,
+    build_subset,
+    hardness,
+    select_subset,
+    subset_seed,
+    write_subset,
+)
 from hardgen.io import DataError
 
 N = 100
@@ -83,6 +91,49 @@ def test_random_matches_hard_band_count_with_seeded_plain_draws():
     assert len(counts) == N and 0.3 < counts.mean() / 40 < 0.6
 
 
+def test_hard_random_is_a_same_size_random_subset_of_hard():
+    scores, generated, mean_z = make_tables()
+    band = select_subset("hard_band", scores, generated)
+    hard_ids = set(generated.loc[generated["variant"] == "hard", "sample_id"])
+    draws = {}
+    for seed in (subset_seed(0, 0), subset_seed(0, 1), subset_seed(1, 0)):
+        draw = select_subset("hard_random", scores, generated, seed=seed)
+        assert list(draw.columns) == SUBSET_COLUMNS
+        assert len(draw) == len(band) == 45 and draw["sample_id"].is_unique
+        assert set(draw["variant"]) == {"hard"} and set(draw["sample_id"]) <= hard_ids
+        assert draw["image"].str.startswith("gen/hard/").all()
+        pd.testing.assert_frame_equal(draw, select_subset("hard_random", scores, generated, seed=seed))
+        draws[seed] = frozenset(draw["sample_id"])
+    assert len(set(draws.values())) == 3  # other segmenter seed or config seed: another draw
+    # not the band: a uniform draw reaches below the 0.5 quantile of hardness about half of the time
+    below = [s for s in draws[subset_seed(0, 0)] if mean_z[int(s[1:])] < 49.5]
+    assert 10 < len(below) < 35
+    # random draws plain samples with the same seed: the same conditions, the other generator (a paired control)
+    plain = select_subset("random", scores, generated, seed=subset_seed(0, 0))
+    assert set(plain["variant"]) == {"plain"} and frozenset(plain["sample_id"]) == draws[subset_seed(0, 0)]
+
+
+def test_subset_seed_follows_both_seeds_and_rejects_bad_ones():
+    seeds = {subset_seed(b, s) for b in range(3) for s in range(3)}
+    assert len(seeds) == 9  # (0, 1) and (1, 0) differ too: not a sum
+    assert subset_seed(0, 2) == subset_seed(0, 2) and 0 <= subset_seed(0, 2) < 2**32
+    with pytest.raises(ValueError, match=r"segment\.seeds"):
+        subset_seed(0, -1)
+    with pytest.raises(ValueError, match=r"seed"):
+        subset_seed(1.5, 0)
+
+
+def test_random_needs_as_many_plain_samples_as_the_band_keeps():
+    scores, generated, _ = make_tables(n=10)
+    band = select_subset("hard_band", scores, generated, band=(0.0, 1.0))
+    assert len(band) == 10
+    short = pd.concat([generated[generated["variant"] != "plain"], generated[generated["variant"] == "plain"].iloc[:9]])
+    with pytest.raises(DataError, match=r"policy 'random': needs 10 plain samples.*only 9"):
+        select_subset("random", scores, short, band=(0.0, 1.0))
+    # hard_random draws from the very samples the band is a subset of, so its pool always suffices
+    assert len(select_subset("hard_random", scores, short, band=(0.0, 1.0))) == 10
+
+
 def test_bad_policy_band_and_backbone_raise_named_errors():
     scores, generated, _ = make_tables(n=10)
     with pytest.raises(ValueError, match="policy 'hardest'"):
@@ -116,12 +167,19 @@ def test_write_and_build_subset_round_trip(tmp_path):
         scores[scores["variant"] == variant].to_csv(score_paths[-1], index=False)
         generated_paths.append(tmp_path / f"gen_{variant}.csv")
         generated[generated["variant"] == variant].to_csv(generated_paths[-1], index=False)
-    out = tmp_path / "subsets" / "hard_band.csv"
+    out = tmp_path / "subsets" / "hard_band" / "seed-0.csv"
     subset = build_subset("hard_band", score_paths, generated_paths, out, band=(0.25, 0.75))
     assert len(subset) == 10  # quantiles of 0..19 at .25/.75 are 4.75 and 14.25: keeps 5..14
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"sample_id": str}), subset)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["hard_band.csv"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["seed-0.csv"]
+    for seed in (0, 1):
+        drawn = build_subset("hard_random", score_paths, generated_paths,
+                             tmp_path / "subsets" / "hard_random" / f"seed-{seed}.csv", band=(0.25, 0.75),
+                             seed=subset_seed(0, seed))
+        assert len(drawn) == 10 and set(drawn["variant"]) == {"hard"}
+    seed_tables = [pd.read_csv(tmp_path / "subsets" / "hard_random" / f"seed-{s}.csv") for s in (0, 1)]
+    assert set(seed_tables[0]["sample_id"]) != set(seed_tables[1]["sample_id"])
     with pytest.raises(DataError, match="lacks columns"):
         write_subset(subset.drop(columns="mask"), tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
-    assert set(POLICIES) == {"real", "plain", "hard", "feedback", "hard_band", "random"}
+    assert set(POLICIES) == {"real", "plain", "hard", "feedback", "hard_band", "hard_random", "random"}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from hardgen import report
 from hardgen.io import DataError, write_image, write_mask
@@ -15,82 +16,130 @@ from hardgen.io import DataError, write_image, write_mask
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_eval(path: Path, per_testset: dict[str, dict[str, list[float]]]) -> Path:
-    """Write a per-image evaluation CSV: per_testset[testset][metric] = per-image values."""
-    rows = [
-        {"testset": t, "image": f"img{i}.png", "metric": m, "value": v}
-        for t, metrics in per_testset.items()
-        for m, values in metrics.items()
-        for i, v in enumerate(values)
-    ]
+def _write_eval(path: Path, per_testset: dict[str, dict[str, float]]) -> Path:
+    """Write an evaluation CSV (testset, metric, value): per_testset[testset][metric] = toolbox score."""
+    rows = [{"testset": t, "metric": m, "value": v} for t, metrics in per_testset.items() for m, v in metrics.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
 
+def _scores(base: float) -> dict[str, dict[str, float]]:
+    """Test-set k scores mDice base + 0.1 k, mIoU base − 0.1; overall (image-weighted) is base + 0.05."""
+    table = {t: {"mDice": base + 0.1 * k, "mIoU": base - 0.1, "MAE": 0.06} for k, t in enumerate(report.TESTSETS)}
+    table[report.OVERALL] = {"mDice": base + 0.05, "mIoU": base - 0.05, "MAE": 0.06}
+    return table
+
+
+#: (arch, policy, seed) -> base score of the eval_tree fixture.
+BASES = {
+    ("cnn", "real", 0): 0.6, ("cnn", "real", 1): 0.7,
+    ("cnn", "hard_band", 0): 0.65, ("cnn", "hard_band", 1): 0.8,
+    ("cnn", "hard_random", 0): 0.6, ("cnn", "hard_random", 1): 0.65,
+    ("transformer", "real", 0): 0.5, ("transformer", "hard", 0): 0.55,
+}
+
+
 @pytest.fixture()
 def eval_tree(tmp_path: Path) -> list[Path]:
-    """Two archs x two policies; cnn/real has seeds 0 and 1 with known per-image values."""
+    """cnn: real, hard_band, hard_random with seeds 0 and 1; transformer: real, hard with seed 0 (see BASES)."""
     root = tmp_path / "results" / "eval"
-    paths = []
-    for arch in ("cnn", "transformer"):
-        for policy in ("real", "hard"):
-            for seed in (0, 1) if (arch, policy) == ("cnn", "real") else (0,):
-                offset = 0.1 * seed
-                per_testset = {
-                    t: {"mDice": [0.5 + offset + 0.1 * k, 0.7 + offset + 0.1 * k], "mIoU": [0.4 + offset, 0.6 + offset],
-                        "MAE": [0.05, 0.07]}
-                    for k, t in enumerate(report.TESTSETS)
-                }
-                paths.append(_write_eval(root / arch / policy / f"seed-{seed}.csv", per_testset))
-    return paths
+    return [_write_eval(root / a / p / f"seed-{s}.csv", _scores(base)) for (a, p, s), base in BASES.items()]
 
 
-def test_benchmark_long_means_and_columns(eval_tree: list[Path]) -> None:
+def test_benchmark_long_reads_scores_as_given(eval_tree: list[Path]) -> None:
     long = report.benchmark_long(eval_tree)
     assert list(long.columns) == ["arch", "policy", "seed", "testset", "metric", "value"]
-    # 5 runs x 5 test sets x 3 metrics
-    assert len(long) == 5 * 5 * 3
-    row = long[(long.arch == "cnn") & (long.policy == "real") & (long.seed == 1) & (long.testset == "CVC-ColonDB")
-               & (long.metric == "mDice")]
-    # CVC-ColonDB is the third test set (k=2): mean of 0.5+0.1+0.2 and 0.7+0.1+0.2
-    assert row["value"].item() == pytest.approx(0.9)
-    mae = long[long.metric == "MAE"]["value"]
-    assert np.allclose(mae, 0.06)
+    # 8 runs x (5 test sets + overall) x 3 metrics
+    assert len(long) == 8 * 6 * 3
+    def value(arch, policy, seed, testset, metric):
+        sel = long[(long.arch == arch) & (long.policy == policy) & (long.seed == seed) & (long.testset == testset)
+                   & (long.metric == metric)]
+        return sel["value"].item()
+    # CVC-ColonDB is the third test set (k=2)
+    assert value("cnn", "real", 1, "CVC-ColonDB", "mDice") == pytest.approx(0.9)
+    assert value("cnn", "hard_band", 1, "overall", "mIoU") == pytest.approx(0.75)
+    assert np.allclose(long[long.metric == "MAE"]["value"], 0.06)
 
 
-def test_benchmark_long_accepts_mapping_and_rejects_bad_paths(eval_tree: list[Path], tmp_path: Path) -> None:
+def test_benchmark_long_accepts_mapping_and_rejects_bad_tables(eval_tree: list[Path], tmp_path: Path) -> None:
     mapping = {report.parse_eval_path(p): p for p in eval_tree}
     pd.testing.assert_frame_equal(report.benchmark_long(mapping), report.benchmark_long(eval_tree))
     with pytest.raises(DataError, match="seed-"):
         report.benchmark_long([tmp_path / "somewhere" / "x.csv"])
     bad = tmp_path / "eval" / "cnn" / "real" / "seed-3.csv"
     bad.parent.mkdir(parents=True)
-    pd.DataFrame({"testset": ["Kvasir"], "metric": ["mDice"], "value": [0.5]}).to_csv(bad, index=False)
-    with pytest.raises(DataError, match=r"seed-3\.csv.*image"):
+    pd.DataFrame({"testset": ["Kvasir"], "value": [0.5]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"seed-3\.csv.*metric"):
+        report.benchmark_long([bad])
+    # the old per-image format is refused, not averaged
+    pd.DataFrame({"testset": ["Kvasir"] * 2, "image": ["a.png", "b.png"], "metric": ["mDice"] * 2,
+                  "value": [0.4, 0.6]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"seed-3\.csv.*extra \['image'\]"):
+        report.benchmark_long([bad])
+    pd.DataFrame({"testset": ["Kvasir"] * 2, "metric": ["mDice"] * 2, "value": [0.4, 0.6]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"seed-3\.csv.*more than one row.*Kvasir"):
         report.benchmark_long([bad])
 
 
-def test_benchmark_markdown_mean_sd_and_anchors(eval_tree: list[Path]) -> None:
+def test_benchmark_summary_means_over_testsets_without_overall(eval_tree: list[Path]) -> None:
+    summary = report.benchmark_summary(report.benchmark_long(eval_tree))
+    row = summary[(summary.arch == "cnn") & (summary.policy == "real") & (summary.seed == 0) & (summary.metric == "mDice")]
+    assert row["mean"].item() == pytest.approx(0.6 + 0.2)  # 0.6 + 0.1 * mean(0..4); overall not averaged in
+    assert row["overall"].item() == pytest.approx(0.65)
+
+
+def test_paired_differences_against_real_and_the_size_matched_control(eval_tree: list[Path]) -> None:
+    diffs = report.paired_differences(report.benchmark_long(eval_tree))
+    assert list(diffs.columns) == ["arch", "policy", "reference", "seed", "metric", "d_mean", "d_overall"]
+    band = diffs[(diffs.policy == "hard_band") & (diffs.metric == "mDice")].set_index(["reference", "seed"])
+    assert band.loc[("real", 0), "d_mean"] == pytest.approx(0.05)
+    assert band.loc[("real", 1), "d_mean"] == pytest.approx(0.10)
+    assert band.loc[("hard_random", 0), "d_mean"] == pytest.approx(0.05)
+    assert band.loc[("hard_random", 1), "d_overall"] == pytest.approx(0.15)
+    # hard_random's own control (random) is not in the benchmark: only its pair with real
+    assert set(diffs.loc[diffs.policy == "hard_random", "reference"]) == {"real"}
+    assert "real" not in set(diffs["policy"])
+    assert set(diffs.loc[diffs.arch == "transformer", "policy"]) == {"hard"}
+
+
+def test_benchmark_markdown_tables_differences_protocol(eval_tree: list[Path]) -> None:
     long = report.benchmark_long(eval_tree)
     md = report.benchmark_markdown(long)
-    assert "| arch | policy | seeds | CVC-300 | CVC-ClinicDB | CVC-ColonDB | ETIS-LaribPolypDB | Kvasir | mean |" in md
+    assert ("| arch | policy | seeds | CVC-300 | CVC-ClinicDB | CVC-ColonDB | ETIS-LaribPolypDB | Kvasir | mean | overall |"
+            in md)
     cnn_real_dice = next(line for line in md.splitlines() if line.startswith("| cnn | real |"))
     cells = [c.strip() for c in cnn_real_dice.strip("|").split("|")]
-    # seeds 0 and 1: CVC-300 means 0.6 and 0.7 -> 0.650 ± sd(ddof=1) 0.071
+    # seeds 0 and 1: CVC-300 is 0.6 and 0.7 -> 0.650 ± sd(ddof=1) 0.071
     assert cells[2] == "2"
     assert cells[3] == f"0.650 ± {np.std([0.6, 0.7], ddof=1):.3f}"
-    # mean over test sets per seed: 0.6 + 0.1*mean(k) = 0.8 and 0.9
-    assert cells[-1] == f"0.850 ± {np.std([0.8, 0.9], ddof=1):.3f}"
+    # mean over test sets per seed: 0.8 and 0.9; overall 0.65 and 0.75
+    assert cells[-2] == f"0.850 ± {np.std([0.8, 0.9], ddof=1):.3f}"
+    assert cells[-1] == f"0.700 ± {np.std([0.65, 0.75], ddof=1):.3f}"
     one_seed = next(line for line in md.splitlines() if line.startswith("| transformer | hard |"))
-    assert "±" not in one_seed and "0.800" in one_seed
-    # order: real policy before hard within an arch
-    assert md.index("| cnn | real |") < md.index("| cnn | hard |")
+    assert "±" not in one_seed and "0.750" in one_seed
+    # policy order: real, ..., hard_band, hard_random within an arch
+    assert md.index("| cnn | real |") < md.index("| cnn | hard_band |") < md.index("| cnn | hard_random |")
     assert "## mIoU" in md
+    # paired differences: hard_band − hard_random over seeds 0 and 1 = 0.05 and 0.15
+    pair = next(line for line in md.splitlines() if line.startswith("| mDice | cnn | hard_band | hard_random |"))
+    pair_cells = [c.strip() for c in pair.strip("|").split("|")]
+    assert pair_cells[4] == "2"
+    assert pair_cells[5] == f"+0.100 ± {np.std([0.05, 0.15], ddof=1):.3f}"
+    assert pair_cells[6] == f"+0.100 ± {np.std([0.05, 0.15], ddof=1):.3f}"
+    assert "| mIoU | transformer | hard | real | 1 | +0.050 | +0.050 |" in md
     for model in ("PraNet", "SANet", "Polyp-PVT"):
         assert f"| {model} |" in md
     assert "0.937 / 0.889" in md and "0.628 / 0.567" in md
     assert "86.84 %" in md
+    # the protocol follows the anchors; the demo note only with demo=True
+    protocol = md.index("**Protocol.**")
+    assert protocol > md.index("| Polyp-PVT |")
+    for phrase in ("GT > 128", "min-max", "256 thresholds", "meanDic", "same number of iterations", "not hardgen runs"):
+        assert phrase in md[protocol:], phrase
+    assert "noise by design" not in md
+    demo = report.benchmark_markdown(long, demo=True)
+    assert "noise by design" in demo and demo.index("noise by design") < demo.index("## mDice")
 
 
 def test_published_constant_is_complete() -> None:
@@ -120,12 +169,65 @@ def _write_scores(tmp_path: Path) -> tuple[list[Path], pd.DataFrame]:
 
 def test_hardness_table(tmp_path: Path) -> None:
     paths, _ = _write_scores(tmp_path)
-    table = report.hardness_table(paths)
-    assert list(table.columns) == ["variant", "backbone", "mean_discrepancy", "n"]
+    table = report.hardness_table(paths, loss_backbones=["vit"])
+    assert list(table.columns) == ["variant", "backbone", "mean_discrepancy", "n", "in_loss"]
     assert list(table["variant"]) == ["real", "real", "plain", "plain", "hard", "hard"]
     hard_vit = table[(table.variant == "hard") & (table.backbone == "vit")]
     assert hard_vit["mean_discrepancy"].item() == pytest.approx(3.0 + 4.5 + 0.5)
     assert (table["n"] == 10).all()
+    assert table.set_index(["variant", "backbone"])["in_loss"].xs("cnn", level="backbone").tolist() == [False] * 3
+    assert table.loc[table.backbone == "vit", "in_loss"].tolist() == [True] * 3
+    both = report.hardness_table(paths, loss_backbones=["cnn", "vit"])
+    assert both["in_loss"].all()
+    with pytest.raises(ValueError, match=r"hard\.loss_backbones.*swin"):
+        report.hardness_table(paths, loss_backbones=["swin"])
+
+
+def test_partial_spearman_removes_what_foreground_explains() -> None:
+    rng = np.random.default_rng(0)
+    n = 2000
+    fg = rng.random(n)
+    # hardness and loss both follow the polyp size, and nothing else: spearman high, partial ~ 0
+    distance = -fg + 0.15 * rng.normal(size=n)
+    loss = -fg + 0.15 * rng.normal(size=n)
+    assert report._spearman(pd.Series(distance), pd.Series(loss)) > 0.8
+    assert abs(report.partial_spearman(distance, loss, fg)) < 0.06
+    # loss follows hardness beyond the size: partial stays high
+    distance2 = rng.normal(size=n) - fg
+    loss2 = distance2 + 0.3 * rng.normal(size=n)
+    assert report.partial_spearman(distance2, loss2, fg) > 0.85
+
+    # against the residual definition on ranks: regress the ranks of x and y on the ranks of z, correlate residuals
+    def residual_partial(x, y, z):
+        rx, ry, rz = (rankdata(v) for v in (x, y, z))
+        design = np.c_[np.ones(len(rz)), rz]
+        res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in (rx, ry)]
+        return np.corrcoef(res[0], res[1])[0, 1]
+
+    small = rng.normal(size=(3, 25))
+    small[1] += small[0]
+    small[2] += 0.5 * small[0]
+    assert report.partial_spearman(*small) == pytest.approx(residual_partial(*small), abs=1e-10)
+    # by hand, 7 samples: ranks x = (1 2 3 5 7 6 4), y = (1 3 4 2 5 7 6), z = (1 .. 7) give r_xy = 9/14,
+    # r_xz = 3/4, r_yz = 6/7 and r_xy − r_xz r_yz = 9/14 − 18/28 = 0: all of the association goes through z.
+    # Monotone transforms of the values (exp, cube) leave the ranks and so the result unchanged.
+    x_hand = np.exp([1, 2, 3, 5, 7, 6, 4])
+    y_hand = np.array([1, 3, 4, 2, 5, 7, 6], dtype=float) ** 3
+    z_hand = np.linspace(0.05, 0.35, 7)
+    assert report._spearman(pd.Series(x_hand), pd.Series(y_hand)) == pytest.approx(9 / 14)
+    assert report.partial_spearman(x_hand, y_hand, z_hand) == pytest.approx(0.0, abs=1e-12)
+    # ... and the same x, y with a z unrelated to both keep their association: partial ≈ spearman
+    z_unrelated = np.array([4, 1, 7, 3, 2, 6, 5], dtype=float)
+    r = np.corrcoef([rankdata(x_hand), rankdata(y_hand), z_unrelated])
+    expected = (r[0, 1] - r[0, 2] * r[1, 2]) / np.sqrt((1 - r[0, 2] ** 2) * (1 - r[1, 2] ** 2))
+    assert report.partial_spearman(x_hand, y_hand, z_unrelated) == pytest.approx(expected)
+    assert report.partial_spearman(x_hand, y_hand, z_unrelated) > 0.6
+    # x = y exactly: whatever z is, the partial correlation is 1
+    assert report.partial_spearman([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(1.0)
+    # undefined: too few samples, constant covariate, or a covariate that determines x
+    assert np.isnan(report.partial_spearman([1, 2, 3], [1, 2, 3], [3, 1, 2]))
+    assert np.isnan(report.partial_spearman([1, 2, 3, 4], [2, 1, 4, 3], [1, 1, 1, 1]))
+    assert np.isnan(report.partial_spearman([1, 2, 3, 4], [2, 1, 4, 3], [10, 20, 30, 40]))
 
 
 def test_hardness_transfer_spearman(tmp_path: Path) -> None:
@@ -133,26 +235,33 @@ def test_hardness_transfer_spearman(tmp_path: Path) -> None:
     # segmenter A: loss a monotone (nonlinear) function of distance -> rho = 1 everywhere, pooled too
     # segmenter B: loss decreasing in distance -> rho = -1
     # segmenter C: increasing within each variant, but hard samples get lower loss -> 1 per variant, < 1 pooled
-    rows: dict[str, list[dict[str, object]]] = {"segA": [], "segB": [], "segC": []}
+    # every sample's foreground fraction follows a fixed shuffle, unrelated to distance
+    fg_of = dict(zip(range(10), np.random.default_rng(5).permutation(10) / 20 + 0.05))
+    rows: dict[str, list[dict[str, object]]] = {"cnn/seed-0": [], "cnn/seed-1": [], "vit/seed-0": []}
     for variant in ("real", "plain", "hard"):
         sub = scores[(scores.variant == variant) & (scores.backbone == "cnn")]
-        for s, d in zip(sub.sample_id, sub.distance):
-            rows["segA"].append({"sample_id": s, "variant": variant, "loss": np.exp(d)})
-            rows["segB"].append({"sample_id": s, "variant": variant, "loss": -d})
-            rows["segC"].append({"sample_id": s, "variant": variant, "loss": d - (100.0 if variant == "hard" else 0.0)})
+        for k, (s, d) in enumerate(zip(sub.sample_id, sub.distance)):
+            fg = fg_of[k]
+            rows["cnn/seed-0"].append({"sample_id": s, "variant": variant, "loss": np.exp(d), "fg_fraction": fg})
+            rows["cnn/seed-1"].append({"sample_id": s, "variant": variant, "loss": -d, "fg_fraction": fg})
+            rows["vit/seed-0"].append({"sample_id": s, "variant": variant,
+                                       "loss": d - (100.0 if variant == "hard" else 0.0), "fg_fraction": fg})
     loss_paths = {}
     for name, data in rows.items():
-        loss_paths[name] = tmp_path / f"loss_{name}.csv"
+        loss_paths[name] = tmp_path / f"loss_{name.replace('/', '_')}.csv"
         pd.DataFrame(data).to_csv(loss_paths[name], index=False)
     table = report.hardness_transfer(paths, loss_paths)
-    assert list(table.columns)[:4] == ["backbone", "segmenter", "variant", "spearman"]
+    assert list(table.columns) == ["backbone", "segmenter", "variant", "spearman", "partial_spearman", "n"]
     assert set(table["variant"]) == {"real", "plain", "hard", "all"}
+    assert set(table["segmenter"]) == {"cnn/seed-0", "cnn/seed-1", "vit/seed-0"}
     assert len(table) == 2 * 3 * 4  # backbones x segmenters x (3 variants + all)
-    a = table[table.segmenter == "segA"]
+    a = table[table.segmenter == "cnn/seed-0"]
     assert np.allclose(a["spearman"], 1.0)
-    b = table[table.segmenter == "segB"]
-    assert np.allclose(b["spearman"], -1.0)
-    c = table[table.segmenter == "segC"]
+    # loss is a function of the distance alone: controlling for the (unrelated) size leaves it at 1
+    assert np.allclose(a["partial_spearman"], 1.0)
+    b = table[table.segmenter == "cnn/seed-1"]
+    assert np.allclose(b["spearman"], -1.0) and np.allclose(b["partial_spearman"], -1.0)
+    c = table[table.segmenter == "vit/seed-0"]
     assert np.allclose(c[c.variant != "all"]["spearman"], 1.0)
     pooled = c[c.variant == "all"]
     # 'all' pools plain + hard (20 samples; shared sample ids kept apart by the variant join), not real
@@ -160,14 +269,53 @@ def test_hardness_transfer_spearman(tmp_path: Path) -> None:
     plain_d, hard_d = np.arange(10) + 1.0, np.arange(10) + 3.0
     expected = spearmanr(np.r_[plain_d, hard_d], np.r_[plain_d, hard_d - 100.0]).statistic
     assert np.allclose(pooled["spearman"], expected) and (pooled["spearman"] < 0.5).all()
+    fgs = np.r_[[fg_of[k] for k in range(10)], [fg_of[k] for k in range(10)]]
+    expected_partial = report.partial_spearman(np.r_[plain_d, hard_d], np.r_[plain_d, hard_d - 100.0], fgs)
+    assert np.allclose(pooled["partial_spearman"], expected_partial)
 
 
-def test_hardness_transfer_rejects_duplicates(tmp_path: Path) -> None:
+def test_hardness_transfer_needs_the_foreground_fraction(tmp_path: Path) -> None:
     paths, _ = _write_scores(tmp_path)
     dup = tmp_path / "dup.csv"
-    pd.DataFrame({"sample_id": ["s1", "s1"], "loss": [0.1, 0.2]}).to_csv(dup, index=False)
+    pd.DataFrame({"sample_id": ["s1", "s1"], "loss": [0.1, 0.2], "fg_fraction": [0.1, 0.1]}).to_csv(dup, index=False)
     with pytest.raises(DataError, match="dup.csv.*duplicate"):
         report.hardness_transfer(paths, {"seg": dup})
+    no_fg = tmp_path / "nofg.csv"
+    pd.DataFrame({"sample_id": ["s1"], "loss": [0.1]}).to_csv(no_fg, index=False)
+    with pytest.raises(DataError, match=r"nofg\.csv.*fg_fraction"):
+        report.hardness_transfer(paths, {"seg": no_fg})
+
+
+def _run_records(eval_tree: list[Path], iterations: int = 12) -> list[dict[str, object]]:
+    records = []
+    for path in eval_tree:
+        arch, policy, seed = report.parse_eval_path(path)
+        synthetic = {"real": 0, "hard": 48, "hard_band": 22, "hard_random": 22}[policy]
+        records.append({"arch": arch, "policy": policy, "seed": seed, "real_images": 24,
+                        "synthetic_images": synthetic, "iterations": iterations, "images_seen": iterations * 8})
+    return records
+
+
+def test_runs_table_orders_checks_and_refuses_unequal_budgets(eval_tree: list[Path], tmp_path: Path) -> None:
+    records = _run_records(eval_tree)
+    paths = []
+    for record in records:
+        paths.append(tmp_path / "segment" / str(record["arch"]) / str(record["policy"]) / f"seed-{record['seed']}.json")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        paths[-1].write_text(json.dumps({**record, "training_seed": record["seed"], "batch_size": 8}))
+    runs = report.runs_table(paths)
+    assert list(runs.columns) == report.RUNS_COLUMNS
+    assert runs[["arch", "seed", "policy"]].values.tolist()[:3] == [["cnn", 0, "real"], ["cnn", 0, "hard_band"],
+                                                                     ["cnn", 0, "hard_random"]]
+    assert (runs["images_seen"] == 96).all()
+    with pytest.raises(DataError, match="duplicate runs"):
+        report.runs_table([*paths, paths[0]])
+    with pytest.raises(DataError, match=r"unequal training budgets for arch 'transformer', seed 0"):
+        report.runs_table([*records[:-1], {**records[-1], "iterations": 13, "images_seen": 104}])
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"arch": "cnn"}))
+    with pytest.raises(DataError, match=r"broken\.json.*lacks"):
+        report.runs_table([broken])
 
 
 def _is_png(path: Path) -> bool:
@@ -206,35 +354,55 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
     assert _is_png(tmp_path / "g.png")
 
     loss = tmp_path / "loss.csv"
-    pd.DataFrame({"sample_id": [f"s{i}" for i in range(10)], "variant": "plain", "loss": np.arange(10.0)}).to_csv(
-        loss, index=False)
+    pd.DataFrame({"sample_id": [f"s{i}" for i in range(10)], "variant": "plain", "loss": np.arange(10.0),
+                  "fg_fraction": np.linspace(0.1, 0.3, 10)[::-1]}).to_csv(loss, index=False)
+    runs = _run_records(eval_tree)
     written = report.write_report(eval_tree, score_paths, manifests, tmp_path / "manifest.csv", tmp_path / "tables",
-                                  tmp_path / "plots", sample_loss_csvs={"cnn": loss},
-                                  conditions_csv=tmp_path / "conditions.csv")
-    for name in ("benchmark.csv", "benchmark.md", "hardness.csv", "hardness_transfer.csv"):
+                                  tmp_path / "plots", loss_backbones=["vit"], run_records=runs,
+                                  sample_loss_csvs={"cnn/seed-0": loss}, conditions_csv=tmp_path / "conditions.csv",
+                                  demo=True)
+    for name in ("benchmark.csv", "benchmark.md", "runs.csv", "hardness.csv", "hardness_transfer.csv"):
         assert (tmp_path / "tables" / name).stat().st_size > 0
     for name in ("grid.png", "histograms.png", "benchmark.png"):
         assert _is_png(tmp_path / "plots" / name)
-    assert set(written) == {"benchmark_csv", "benchmark_md", "hardness_csv", "hardness_transfer_csv", "grid_png",
-                            "histograms_png", "benchmark_png"}
+    assert set(written) == {"benchmark_csv", "benchmark_md", "runs_csv", "hardness_csv", "hardness_transfer_csv",
+                            "grid_png", "histograms_png", "benchmark_png"}
     bench = pd.read_csv(written["benchmark_csv"])
     assert list(bench.columns) == report.BENCHMARK_COLUMNS
+    assert "overall" in set(bench["testset"])
+    runs_csv = pd.read_csv(written["runs_csv"])
+    assert list(runs_csv.columns) == ["arch", "policy", "seed", "real_images", "synthetic_images", "iterations",
+                                      "images_seen"]
+    assert len(runs_csv) == len(eval_tree) and (runs_csv["iterations"] == 12).all()
+    md = written["benchmark_md"].read_text()
+    assert "noise by design" in md and "## Training budget" in md and "12 iterations, 96 images seen" in md
+    hardness = pd.read_csv(written["hardness_csv"])
+    assert hardness.groupby("backbone")["in_loss"].all().to_dict() == {"cnn": False, "vit": True}
     transfer = pd.read_csv(written["hardness_transfer_csv"])
-    assert transfer.loc[(transfer.variant == "plain"), "spearman"].tolist() == pytest.approx([1.0, 1.0])
+    assert list(transfer.columns) == report.TRANSFER_COLUMNS
+    assert set(transfer["segmenter"]) == {"cnn/seed-0"}
+    plain = transfer.loc[transfer.variant == "plain"]
+    assert plain["spearman"].tolist() == pytest.approx([1.0, 1.0])
+    # here the foreground fraction orders the samples exactly like the distance (and the loss): once it is
+    # controlled for, nothing is left to correlate, so the partial correlation is undefined
+    assert (plain["n"] == 10).all() and plain["partial_spearman"].isna().all()
     # no temporary files left behind by the atomic writes
     assert not [p for p in (tmp_path / "plots").iterdir() if p.name.startswith(".")]
 
     # the workflow's form: lists of paths laid out as in results/, and no conditions table
-    loss_in_tree = tmp_path / "results" / "eval" / "cnn" / "sample_loss.csv"
+    loss_in_tree = tmp_path / "results" / "eval" / "cnn" / "seed-0" / "sample_loss.csv"
+    loss_in_tree.parent.mkdir(parents=True)
     loss_in_tree.write_bytes(loss.read_bytes())
     for variant, rows in gen.items():
         frame = pd.DataFrame(rows).assign(mask=[r["mask"] for r in cond_rows[: len(rows)]],
                                           condition=[r["condition"] for r in cond_rows[: len(rows)]])
         frame.to_csv(manifests[variant], index=False)
     again = report.write_report(eval_tree, score_paths, list(manifests.values()), tmp_path / "manifest.csv",
-                                tmp_path / "tables2", tmp_path / "plots2", sample_loss_csvs=[loss_in_tree])
+                                tmp_path / "tables2", tmp_path / "plots2", loss_backbones=["vit"], run_records=runs,
+                                sample_loss_csvs=[loss_in_tree])
     assert _is_png(again["grid_png"])
     pd.testing.assert_frame_equal(pd.read_csv(again["hardness_transfer_csv"]), transfer)
+    assert "noise by design" not in again["benchmark_md"].read_text()
 
 
 def test_plot_histograms_requires_columns(tmp_path: Path) -> None:

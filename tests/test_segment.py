@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors import safe_open
 
-from hardgen import segment
-from hardgen.io import write_image, write_mask
+from hardgen import report, segment
+from hardgen.io import DataError, read_mask, write_image, write_mask
 from hardgen.segment import SegmenterSpec
 from hardgen.weights import load_state_dict, save_state_dict
 
@@ -150,7 +152,7 @@ def test_checkpoint_loads_whole_model_or_encoder_and_rejects_mismatch(tmp_path: 
 # -------------------------------------------------------------------------------------- training
 def _train(pairs_df: pd.DataFrame, out_dir: Path, seed: int, spec: SegmenterSpec = FAST_SPEC) -> dict:
     return segment.train_segmenter(
-        pairs_df, spec, out_dir, size=64, epochs=1, batch_size=3, lr=1e-3, grad_clip=0.5,
+        pairs_df, spec, out_dir, size=64, iterations=2, batch_size=3, lr=1e-3, grad_clip=0.5,
         multi_scale=(0.5, 1.0), seed=seed,
     )
 
@@ -161,14 +163,23 @@ def test_train_writes_files_and_is_deterministic(pairs_df: pd.DataFrame, tmp_pat
     _train(pairs_df, tmp_path / "c", seed=1)
 
     assert summary["n_train"] == 6
-    assert summary["steps"] == 4  # 2 batches x 2 scales, one optimiser step each
+    assert summary["steps"] == 4  # 2 iterations (batches) x 2 scales, one optimiser step each
+    assert (summary["iterations"], summary["batch_size"], summary["images_seen"]) == (2, 3, 6)
+    # the fixture's pairs are all labelled with a generated variant
+    assert (summary["real_images"], summary["synthetic_images"]) == (0, 6)
     assert math.isfinite(summary["final_loss"]) and summary["final_loss"] > 0
     assert summary["seconds"] > 0
     log = pd.read_csv(tmp_path / "a" / "train_log.csv")
-    assert list(log.columns) == ["epoch", "step", "scale", "loss"]
+    assert list(log.columns) == ["iteration", "step", "scale", "loss"]
+    assert log["iteration"].tolist() == [1, 1, 2, 2]
     assert log["step"].tolist() == [1, 2, 3, 4]
     assert log["scale"].tolist() == [0.5, 1.0, 0.5, 1.0]
+    # the last ceil(6 / 3) = 2 iterations are the whole run here
     assert summary["final_loss"] == pytest.approx(log["loss"].mean())
+    with safe_open(tmp_path / "a" / "model.safetensors", "pt") as handle:
+        metadata = handle.metadata()
+    assert {k: metadata[k] for k in ("iterations", "images_seen", "real_images", "synthetic_images", "batch_size")} \
+        == {"iterations": "2", "images_seen": "6", "real_images": "0", "synthetic_images": "6", "batch_size": "3"}
 
     weights_a = load_state_dict(tmp_path / "a" / "model.safetensors")
     weights_b = load_state_dict(tmp_path / "b" / "model.safetensors")
@@ -189,12 +200,12 @@ def test_train_writes_files_and_is_deterministic(pairs_df: pd.DataFrame, tmp_pat
 def test_training_reduces_the_loss(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
     torch.manual_seed(0)
     before = segment.sample_losses(segment.build_segmenter(FAST_SPEC), pairs_df, size=64)["loss"].mean()
-    summary = segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, epochs=8, batch_size=3, lr=2e-3,
+    summary = segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, iterations=16, batch_size=3, lr=2e-3,
                                       grad_clip=0.5, seed=0)
     log = pd.read_csv(tmp_path / "train_log.csv")
-    epoch_means = log.groupby("epoch")["loss"].mean()
-    assert summary["steps"] == 16
-    assert epoch_means.iloc[-1] < 0.8 * epoch_means.iloc[0]
+    pass_means = log.groupby((log["iteration"] - 1) // 2)["loss"].mean()  # 2 batches of 3 = one pass over 6 pairs
+    assert summary["steps"] == 16 and len(pass_means) == 8
+    assert pass_means.iloc[-1] < 0.8 * pass_means.iloc[0]
     trained = segment.load_segmenter(FAST_SPEC, tmp_path / "model.safetensors")
     after = segment.sample_losses(trained, pairs_df, size=64)["loss"].mean()
     assert after < before
@@ -216,15 +227,26 @@ def test_train_non_finite_loss_raises_with_step_and_saves_nothing(pairs_df: pd.D
 
 def test_train_rejects_bad_settings_and_tables(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"segment\.size"):
-        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=60, epochs=1, batch_size=2, lr=1e-3, grad_clip=0.5)
+        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=60, iterations=1, batch_size=2, lr=1e-3,
+                                grad_clip=0.5)
     with pytest.raises(ValueError, match=r"segment\.learning_rate"):
-        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, epochs=1, batch_size=2, lr=0.0, grad_clip=0.5)
+        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, iterations=1, batch_size=2, lr=0.0,
+                                grad_clip=0.5)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=r"segment\.iterations"):
+            segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, iterations=bad, batch_size=2, lr=1e-3,
+                                    grad_clip=0.5)
     with pytest.raises(ValueError, match=r"missing column.*'mask'"):
-        segment.train_segmenter(pairs_df.drop(columns="mask"), FAST_SPEC, tmp_path, size=64, epochs=1,
+        segment.train_segmenter(pairs_df.drop(columns="mask"), FAST_SPEC, tmp_path, size=64, iterations=1,
                                 batch_size=2, lr=1e-3, grad_clip=0.5)
     with pytest.raises(ValueError, match="no \\(image, mask\\) pairs"):
-        segment.train_segmenter(pairs_df.iloc[:0], FAST_SPEC, tmp_path, size=64, epochs=1, batch_size=2, lr=1e-3,
+        segment.train_segmenter(pairs_df.iloc[:0], FAST_SPEC, tmp_path, size=64, iterations=1, batch_size=2, lr=1e-3,
                                 grad_clip=0.5)
+    unlabelled = pairs_df.assign(variant=[None, "hard", "hard", "hard", "hard", "hard"])
+    with pytest.raises(ValueError, match="variant"):
+        segment.train_segmenter(unlabelled, FAST_SPEC, tmp_path, size=64, iterations=1, batch_size=2, lr=1e-3,
+                                grad_clip=0.5)
+    assert not list(tmp_path.glob("*.safetensors"))
 
 
 def test_training_augmentation_keeps_image_and_mask_aligned(pairs_df: pd.DataFrame) -> None:
@@ -238,6 +260,77 @@ def test_training_augmentation_keeps_image_and_mask_aligned(pairs_df: pd.DataFra
     # Red channel is bright exactly on the polyp, so it must still line up with the (augmented) mask.
     red = image_a[0]
     assert red[mask_a[0] > 0].mean() > red[mask_a[0] == 0].mean() + 1.0
+
+
+def test_epoch_stream_is_seeded_passes_cut_at_the_budget() -> None:
+    stream = segment.SeededEpochStream(5, 12, torch.Generator().manual_seed(3))
+    items = list(stream)
+    assert len(stream) == len(items) == 12
+    indices = [i for i, _ in items]
+    # two full shuffled passes over the 5 items, then the start of a third
+    assert sorted(indices[:5]) == list(range(5)) and sorted(indices[5:10]) == list(range(5))
+    assert len(set(indices[10:])) == 2
+    assert indices[:5] != indices[5:10]  # each pass is reshuffled
+    again = list(segment.SeededEpochStream(5, 12, torch.Generator().manual_seed(3)))
+    other = list(segment.SeededEpochStream(5, 12, torch.Generator().manual_seed(4)))
+    assert again == items and other != items
+    # a longer budget continues the same stream: truncation, not a different draw
+    longer = list(segment.SeededEpochStream(5, 20, torch.Generator().manual_seed(3)))
+    assert longer[:12] == items
+
+
+def test_equal_budget_across_policies_of_different_sizes(pairs_df: pd.DataFrame, tmp_path: Path, monkeypatch) -> None:
+    """Runs of one arch and seed take the same batches and see the same images, whatever the subset size."""
+    loaded: list[int] = []
+    original = segment.PairDataset.__getitem__
+
+    def counting(self, key):
+        loaded.append(key[0] if isinstance(key, tuple) else key)
+        return original(self, key)
+
+    monkeypatch.setattr(segment.PairDataset, "__getitem__", counting)
+    real = pairs_df.iloc[:2].assign(variant="real")
+    policies = {"real": real, "hard_band": pd.concat([real, pairs_df.iloc[2:3]]), "hard": pd.concat([real, pairs_df.iloc[2:]])}
+    records, images_loaded = [], {}
+    for seed in (0, 1):
+        for policy, pairs in policies.items():
+            loaded.clear()
+            out = tmp_path / "segment" / "unet" / policy / f"seed-{seed}"
+            summary = segment.train_segmenter(
+                pairs, SegmenterSpec("Unet", "resnet18"), out, size=64, iterations=3, batch_size=2, lr=1e-3,
+                grad_clip=0.5, multi_scale=(1.0,), seed=seed,
+            )
+            images_loaded[(policy, seed)] = len(loaded)
+            assert len(pd.read_csv(out / "train_log.csv")) == 3  # one optimiser step per batch at one scale
+            records.append(out / "run.json")
+            segment.write_run_record(records[-1], "unet", policy, seed, summary)
+    assert set(images_loaded.values()) == {6}  # 3 iterations x batch 2 loaded, for 2, 3 and 6 pairs alike
+
+    runs = report.runs_table(records)
+    assert list(runs.columns) == ["arch", "policy", "seed", "real_images", "synthetic_images", "iterations",
+                                  "images_seen"]
+    assert len(runs) == 6
+    per_policy = runs[runs.seed == 0].set_index("policy")
+    assert per_policy["real_images"].tolist() == [2, 2, 2]
+    assert per_policy.loc[["real", "hard", "hard_band"], "synthetic_images"].tolist() == [0, 4, 1]
+    for _, group in runs.groupby(["arch", "seed"]):
+        assert group["iterations"].tolist() == [3, 3, 3]
+        assert group["images_seen"].tolist() == [6, 6, 6]
+
+    # a run with another budget is refused, naming the arch and seed
+    bad = dict(json.loads(records[0].read_text()), policy="plain", iterations=4, images_seen=8)
+    with pytest.raises(DataError, match=r"unequal training budgets.*'unet', seed 0"):
+        report.runs_table([*records, bad])
+
+
+def test_foreground_fractions_read_the_stored_masks(pairs_df: pd.DataFrame) -> None:
+    fractions = segment.foreground_fractions(pairs_df)
+    assert fractions["sample_id"].tolist() == [f"gen-{i}" for i in range(6)]
+    expected = [read_mask(p).mean() for p in pairs_df["mask"]]
+    assert np.allclose(fractions["fg_fraction"], expected)
+    # ellipses with semi-axes (9 + i, 14) in a 72 x 80 image: about pi * a * b / (72 * 80)
+    assert fractions["fg_fraction"].iloc[0] == pytest.approx(np.pi * 9 * 14 / (72 * 80), rel=0.1)
+    assert fractions["fg_fraction"].is_monotonic_increasing
 
 
 def test_scaled_size_follows_pranet_rounding() -> None:

@@ -5,8 +5,19 @@ Policies:
 - ``plain`` / ``hard`` / ``feedback``: every generated sample of that variant;
 - ``hard_band``: hard samples whose hardness lies between two quantiles of the hard variant's
   hardness distribution — hard, but not so far from the prototype that they are broken;
-- ``random``: as many plain samples as ``hard_band`` keeps, drawn uniformly (seeded), the control
-  that separates "fewer images" from "the right images".
+- ``hard_random``: as many hard samples as ``hard_band`` keeps, drawn uniformly (seeded): the
+  size-matched control of ``hard_band`` from the same variant, so ``hard_band − hard_random`` is the
+  effect of *which* hard samples are kept, not of how many;
+- ``random``: as many plain samples as ``hard_band`` keeps, drawn uniformly (seeded): the
+  size-matched control of ``hard_random`` (same size; same draw, see below), so
+  ``hard_random − random`` is the effect of the hard generator at equal size.
+``plain``, ``hard`` and ``feedback`` are equal-size by construction (one sample per condition).
+
+Random draws follow the segmenter seed: the rule ``filter`` writes one subset per policy and seed
+(``results/subsets/<policy>/seed-<s>.csv``) drawn with :func:`subset_seed` of the config ``seed``
+and the segmenter seed (deterministic policies give the same table for every seed). ``random`` and
+``hard_random`` use the same draw on tables sorted by sample id, and generated variants share sample
+ids (one per condition), so for one seed they pick the same conditions: a paired control.
 """
 
 from __future__ import annotations
@@ -20,8 +31,21 @@ import pandas as pd
 from hardgen import io
 from hardgen.io import DataError
 
-POLICIES = ("real", "plain", "hard", "feedback", "hard_band", "random")
+POLICIES = ("real", "plain", "hard", "feedback", "hard_band", "hard_random", "random")
+#: Policies that draw at random (their subset changes with the seed).
+RANDOM_POLICIES = ("hard_random", "random")
 SUBSET_COLUMNS = ["image", "mask", "sample_id", "variant"]
+
+
+def subset_seed(base_seed: int, segmenter_seed: int) -> int:
+    """The seed of a policy's random draw for one segmenter seed: a function of both (config ``seed``).
+
+    Derived through numpy's ``SeedSequence`` (not a sum, so (0, 1) and (1, 0) draw differently).
+    """
+    for name, value in (("seed", base_seed), ("segment.seeds", segmenter_seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}: subset seeds need non-negative integers, got {value!r}")
+    return int(np.random.SeedSequence([int(base_seed), int(segmenter_seed)]).generate_state(1, np.uint32)[0])
 
 
 def _check_band(band: Sequence[float]) -> tuple[float, float]:
@@ -84,7 +108,9 @@ def select_subset(
 
     ``scores_df``: concatenated score tables (sample_id, variant, backbone, distance, z).
     ``generated_df``: concatenated generated manifests (sample_id, image, mask, condition, variant).
-    Returns columns ``image, mask, sample_id, variant``, sorted by sample_id (deterministic).
+    ``seed``: the seed of the random draw of ``hard_random`` / ``random`` (the workflow passes
+    :func:`subset_seed`); other policies ignore it. Returns columns ``image, mask, sample_id,
+    variant``, sorted by sample_id (deterministic for a given seed).
     """
     if policy not in POLICIES:
         raise ValueError(f"policy {policy!r}: unknown (choose from {', '.join(POLICIES)})")
@@ -99,11 +125,15 @@ def select_subset(
             hard = _variant_rows(generated_df, "hard")
             chosen = hard[hard["sample_id"].astype(str).isin(kept)]
         else:
-            plain = _variant_rows(generated_df, "plain").sort_values("sample_id", kind="stable")
-            if len(kept) > len(plain):
-                raise DataError(f"policy 'random': needs {len(kept)} plain samples, only {len(plain)} generated")
-            picks = np.random.default_rng(seed).choice(len(plain), size=len(kept), replace=False)
-            chosen = plain.iloc[np.sort(picks)]
+            variant = "hard" if policy == "hard_random" else "plain"
+            pool = _variant_rows(generated_df, variant).sort_values("sample_id", kind="stable")
+            if len(kept) > len(pool):
+                raise DataError(
+                    f"policy {policy!r}: needs {len(kept)} {variant} samples (the hard_band size), "
+                    f"only {len(pool)} generated"
+                )
+            picks = np.random.default_rng(seed).choice(len(pool), size=len(kept), replace=False)
+            chosen = pool.iloc[np.sort(picks)]
     return chosen.sort_values("sample_id", kind="stable")[SUBSET_COLUMNS].reset_index(drop=True)
 
 
@@ -139,7 +169,10 @@ def build_subset(
     score_backbone: str = "all",
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Workflow entry point: read score tables and generated manifests, select, write ``out_path``."""
+    """Workflow entry point: read score tables and generated manifests, select, write ``out_path``.
+
+    ``seed`` is the draw seed (:func:`subset_seed` of the config seed and the segmenter seed).
+    """
 
     def read_all(paths: Sequence[str | Path], what: str, columns: list[str]) -> pd.DataFrame:
         frames = []

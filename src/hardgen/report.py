@@ -7,6 +7,7 @@ object API (``Figure`` + Agg canvas) so no global pyplot state or display is inv
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from hardgen.io import DataError, atomic_path, read_gray, read_rgb, write_csv, write_text
 
@@ -25,14 +26,27 @@ log = logging.getLogger(__name__)
 #: PraNet's five test sets, in the order the paper's tables use.
 TESTSETS: tuple[str, ...] = ("CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir")
 
-#: Metric names written by ``hardgen.metrics.evaluate_model``.
+#: Metric names written by the evaluate rule (``hardgen.metrics``).
 METRICS: tuple[str, ...] = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE")
+
+#: The ``testset`` of the image-weighted score over every test image pooled (ArSDM's "overall").
+OVERALL = "overall"
 
 #: Metrics shown in the markdown benchmark (the paper's headline metrics).
 MARKDOWN_METRICS: tuple[str, ...] = ("mDice", "mIoU")
 
 #: Variants of the hardness table, in display order (others follow alphabetically).
 VARIANT_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback")
+
+#: Policies in display order (others follow alphabetically).
+POLICY_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback", "hard_band", "hard_random", "random")
+
+#: Size-matched controls: ``policy -> control`` with the same number of synthetic images.
+#: ``hard_band − hard_random``: which hard samples (same variant, same size, random vs selected);
+#: ``hard_random − random``: which generator (same size and, per seed, the same conditions).
+#: ``plain``, ``hard`` and ``feedback`` hold one sample per condition, so they are equal-size by
+#: construction and compare with each other directly; every policy is also compared with ``real``.
+CONTROLS: dict[str, str] = {"hard_band": "hard_random", "hard_random": "random"}
 
 #: Published mDice / mIoU of segmenters trained on real data only (Wan et al. 2026, Table; see
 #: /work/shared/reference/paper-method.md). ``PUBLISHED[model][testset] = (mDice, mIoU)``.
@@ -64,8 +78,11 @@ PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
 PAPER_HEADLINE_MEAN_MIOU: float = 0.8684
 
 BENCHMARK_COLUMNS: list[str] = ["arch", "policy", "seed", "testset", "metric", "value"]
-EVAL_COLUMNS: tuple[str, ...] = ("testset", "image", "metric", "value")
+EVAL_COLUMNS: tuple[str, ...] = ("testset", "metric", "value")
 SCORE_COLUMNS: tuple[str, ...] = ("sample_id", "variant", "backbone", "distance")
+RUNS_COLUMNS: list[str] = ["arch", "policy", "seed", "real_images", "synthetic_images", "iterations", "images_seen"]
+TRANSFER_COLUMNS: list[str] = ["backbone", "segmenter", "variant", "spearman", "partial_spearman", "n"]
+SAMPLE_LOSS_COLUMNS: tuple[str, ...] = ("sample_id", "loss", "fg_fraction")
 
 _EVAL_PATH = re.compile(r"(?:^|/)eval/(?P<arch>[^/]+)/(?P<policy>[^/]+)/seed-(?P<seed>-?\d+)\.csv$")
 
@@ -109,28 +126,38 @@ def _eval_mapping(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]
 
 
 def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]) -> pd.DataFrame:
-    """Per-testset means of per-image evaluation rows, one row per (arch, policy, seed, testset, metric).
+    """The evaluation tables in one long table, one row per (arch, policy, seed, testset, metric).
 
-    ``eval_csvs`` maps ``(arch, policy, seed)`` to an evaluation CSV (columns ``testset, image,
-    metric, value``), or is a list of paths laid out as ``results/eval/<arch>/<policy>/seed-<s>.csv``.
-    Returns exactly the columns ``arch, policy, seed, testset, metric, value``.
+    ``eval_csvs`` maps ``(arch, policy, seed)`` to an evaluation CSV, or is a list of paths laid out as
+    ``results/eval/<arch>/<policy>/seed-<s>.csv``. Each CSV holds exactly the columns ``testset,
+    metric, value``: one toolbox score per test set and metric (no per-image rows), including the
+    rows of testset :data:`OVERALL` (image-weighted over every test image pooled). Values are taken
+    as they are. Returns exactly the columns ``arch, policy, seed, testset, metric, value``.
     """
     frames = []
     for (arch, policy, seed), path in sorted(_eval_mapping(eval_csvs).items()):
         table = _read_table(path, EVAL_COLUMNS, "evaluation")
+        extra = [c for c in table.columns if c not in EVAL_COLUMNS]
+        if extra:
+            raise DataError(
+                f"{path}: evaluation table must have exactly the columns {list(EVAL_COLUMNS)} "
+                f"(one score per test set and metric), found extra {extra}"
+            )
         if table.empty:
             raise DataError(f"{path}: evaluation table has no rows")
         values = pd.to_numeric(table["value"], errors="coerce")
         if values.isna().any():
-            raise DataError(f"{path}: non-numeric entries in column 'value'")
-        means = (
-            table.assign(value=values).groupby(["testset", "metric"], sort=True)["value"].mean().reset_index()
-        )
-        frames.append(means.assign(arch=arch, policy=policy, seed=seed))
+            raise DataError(f"{path}: non-numeric or empty entries in column 'value'")
+        duplicated = table.duplicated(["testset", "metric"])
+        if duplicated.any():
+            first = table.loc[duplicated, ["testset", "metric"]].iloc[0].tolist()
+            raise DataError(f"{path}: more than one row for (testset, metric) = {first}")
+        frames.append(table.assign(value=values, arch=arch, policy=policy, seed=seed))
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=float if c == "value" else object) for c in BENCHMARK_COLUMNS})
     long = pd.concat(frames, ignore_index=True)[BENCHMARK_COLUMNS]
-    return long.astype({"seed": int, "value": float})
+    long = long.astype({"testset": str, "metric": str, "seed": int, "value": float})
+    return long.sort_values(["arch", "policy", "seed", "testset", "metric"], kind="stable").reset_index(drop=True)
 
 
 # -------------------------------------------------------------------------------------- benchmark
@@ -150,32 +177,120 @@ def _mean_sd(values: pd.Series) -> str:
 
 
 def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS) -> pd.DataFrame:
-    """Per (arch, policy, seed, metric): each test set's value plus ``mean`` = the unweighted mean over test sets.
+    """Per (arch, policy, seed, metric): each test set's score, ``mean`` and ``overall``.
 
-    The mean over test sets is taken per seed first (the paper averages the five test-set scores,
-    not the images), so the spread across seeds is the spread of that mean.
+    ``mean`` is the unweighted mean over the test sets (every testset except :data:`OVERALL`), taken
+    per seed first (the paper averages the five test-set scores, not the images), so the spread across
+    seeds is the spread of that mean; NaN when a test set is missing for that seed. ``overall`` is
+    the evaluation's image-weighted score over all test images pooled (NaN when not evaluated).
     """
     subset = long_df[long_df["metric"].isin(metrics)]
     wide = subset.pivot_table(
-        index=["arch", "policy", "seed", "metric"], columns="testset", values="value", aggfunc="mean"
+        index=["arch", "policy", "seed", "metric"], columns="testset", values="value", aggfunc="first"
     )
-    testsets = _ordered(wide.columns, TESTSETS)
-    wide = wide[testsets]
+    testsets = _ordered([t for t in wide.columns if t != OVERALL], TESTSETS)
+    overall = wide[OVERALL] if OVERALL in wide.columns else pd.Series(np.nan, index=wide.index)
+    wide = wide[testsets].copy()
     wide["mean"] = wide.mean(axis=1, skipna=False)
+    wide["overall"] = overall
     return wide.reset_index()
 
 
-def benchmark_markdown(long_df: pd.DataFrame) -> str:
-    """A markdown report: mDice and mIoU per test set and their mean, rows arch × policy, then the anchors.
+def paired_differences(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS) -> pd.DataFrame:
+    """Per seed, each policy minus ``real`` and minus its size-matched control (:data:`CONTROLS`).
+
+    Pairs share arch and seed (the same initialisation seed and iteration budget), so the seed-to-seed
+    spread of the difference is what decides whether a policy helps. Columns ``arch, policy,
+    reference, seed, metric, d_mean, d_overall`` (differences of :func:`benchmark_summary`'s ``mean``
+    and ``overall``); seeds missing on either side are left out.
+    """
+    summary = benchmark_summary(long_df, metrics).set_index(["arch", "policy", "seed", "metric"])
+    columns = ["arch", "policy", "reference", "seed", "metric", "d_mean", "d_overall"]
+    rows = []
+    present = set(summary.index.get_level_values("policy"))
+    for (arch, policy, seed, metric), row in summary.iterrows():
+        references = [] if policy == "real" else ["real"]
+        if policy in CONTROLS:
+            references.append(CONTROLS[policy])
+        for reference in references:
+            key = (arch, reference, seed, metric)
+            if reference not in present or key not in summary.index:
+                continue
+            ref = summary.loc[key]
+            rows.append({"arch": arch, "policy": policy, "reference": reference, "seed": seed, "metric": metric,
+                         "d_mean": row["mean"] - ref["mean"], "d_overall": row["overall"] - ref["overall"]})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _fmt_diff(values: pd.Series) -> str:
+    """``+mean ± sd`` over seeds of a paired difference (signed); a single seed shows the value alone."""
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:+.3f}"
+    return f"{values.mean():+.3f} ± {values.std(ddof=1):.3f}"
+
+
+PROTOCOL = (
+    "**Protocol.** Scores follow the PraNet / Polyp-PVT evaluation toolbox: ground truth is foreground where "
+    "GT > 128, each prediction map is min-max normalised to 8 bit, Dice and IoU are computed at 256 thresholds "
+    "and averaged over them per image, and mDice / mIoU are the toolbox's meanDic / meanIoU (the mean over a "
+    "test set's images). `mean` is the unweighted mean of the test-set scores, computed per seed (the paper's "
+    "headline); `overall` is the image-weighted score over all test images pooled (ArSDM's overall). Every "
+    "segmenter of one architecture and seed trains for the same number of iterations (batches of the same "
+    "size), so it takes the same optimiser steps and sees the same number of images whatever its policy's "
+    "subset size (`runs.csv`). The published anchors are other models (PraNet, SANet, Polyp-PVT) trained on "
+    "real data by their authors, with their own architectures and schedules: they show what real-data "
+    "segmenters reach on these test sets, they are not hardgen runs and not baselines of the policies above."
+)
+
+DEMO_NOTE = (
+    "**Demo run: these numbers are noise by design.** The demo trains tiny segmenters from random weights for "
+    "a few iterations at 64 px on procedural images generated by a tiny random diffusion model; the tables "
+    "show that every stage runs end to end, not whether hard samples help."
+)
+
+
+def _budget_lines(runs_df: pd.DataFrame) -> list[str]:
+    """One line per arch: iterations, batch and images seen per run, and the subset sizes in play."""
+    lines = []
+    for arch, group in runs_df.groupby("arch", sort=True):
+        iterations = sorted(group["iterations"].unique())
+        seen = sorted(group["images_seen"].unique())
+        synthetic = group.groupby("policy")["synthetic_images"].agg(["min", "max"])
+        sizes = ", ".join(
+            f"{p} {int(synthetic.at[p, 'min'])}" + (f"–{int(synthetic.at[p, 'max'])}"
+                                                    if synthetic.at[p, "min"] != synthetic.at[p, "max"] else "")
+            for p in _ordered(synthetic.index, POLICY_ORDER)
+        )
+        lines.append(
+            f"- {arch}: {', '.join(map(str, iterations))} iterations, {', '.join(map(str, seen))} images seen per "
+            f"run; real images {', '.join(map(str, sorted(group['real_images'].unique())))}; "
+            f"synthetic images per policy: {sizes}"
+        )
+    return lines
+
+
+def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = None, demo: bool = False) -> str:
+    """A markdown report of the benchmark.
+
+    Per metric (mDice, mIoU): a table of rows arch × policy with each test set, ``mean`` (over test
+    sets, per seed: the paper's headline) and ``overall`` (image-weighted, pooled); then the paired
+    differences per seed against ``real`` and against the size-matched control (:data:`CONTROLS`);
+    then the training budget (from ``runs_df``, :func:`runs_table`), the published anchors and the
+    protocol paragraph. With ``demo`` a note says the numbers are noise by design.
 
     Cells are ``mean ± sd`` over seeds with the sample standard deviation (ddof=1); with a single
     seed the sd is undefined and the cell shows the mean alone. Values are fractions (0–1), like the
-    published anchors that follow (PraNet, SANet, Polyp-PVT trained on real data; paper headline).
+    published anchors (PraNet, SANet, Polyp-PVT trained on real data; paper headline).
     """
     missing = [c for c in BENCHMARK_COLUMNS if c not in long_df.columns]
     if missing:
         raise DataError(f"benchmark table lacks columns {missing}")
     lines = ["# Segmentation benchmark", ""]
+    if demo:
+        lines += [DEMO_NOTE, ""]
     summary = benchmark_summary(long_df)
     n_seeds = long_df.groupby(["arch", "policy"])["seed"].nunique()
     for metric in MARKDOWN_METRICS:
@@ -184,22 +299,53 @@ def benchmark_markdown(long_df: pd.DataFrame) -> str:
         if rows.empty:
             lines += [f"No {metric} rows in the evaluation tables.", ""]
             continue
-        testsets = [c for c in rows.columns if c in set(long_df["testset"])]
-        testsets = _ordered(testsets, TESTSETS)
-        header = ["arch", "policy", "seeds", *testsets, "mean"]
+        testsets = _ordered([t for t in set(long_df["testset"]) if t != OVERALL and t in rows.columns], TESTSETS)
+        header = ["arch", "policy", "seeds", *testsets, "mean", "overall"]
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(testsets) + 1)) + "|")
-        archs = _ordered(rows["arch"], [])
-        for arch in archs:
-            policies = _ordered(rows.loc[rows["arch"] == arch, "policy"], ("real", "plain", "hard", "feedback"))
-            for policy in policies:
+        lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(testsets) + 2)) + "|")
+        for arch in _ordered(rows["arch"], []):
+            for policy in _ordered(rows.loc[rows["arch"] == arch, "policy"], POLICY_ORDER):
                 cell_rows = rows[(rows["arch"] == arch) & (rows["policy"] == policy)]
-                cells = [_mean_sd(cell_rows[t]) for t in [*testsets, "mean"]]
+                cells = [_mean_sd(cell_rows[t]) for t in [*testsets, "mean", "overall"]]
                 lines.append(f"| {arch} | {policy} | {n_seeds[(arch, policy)]} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Cells: mean ± sample sd (ddof=1) over seeds; a single seed shows the mean only. "
-                 "`mean` = unweighted mean over test sets, computed per seed.")
-    lines += ["", "## Published anchors (trained on real data only; mDice / mIoU)", ""]
+                 "`mean` = unweighted mean over test sets, computed per seed; `overall` = image-weighted "
+                 "score over all test images pooled.")
+
+    diffs = paired_differences(long_df)
+    lines += ["", "## Paired differences per seed", ""]
+    lines.append("Each policy minus `real`, and minus its size-matched random control, with the same arch and "
+                 "seed: `hard_band − hard_random` isolates which hard samples are kept (same variant, same size); "
+                 "`hard_random − random` isolates the generator (same size, same conditions). `plain`, `hard` and "
+                 "`feedback` hold one sample per condition and are equal-size by construction, so their rows "
+                 "compare directly. Cells: mean ± sd (ddof=1) over seeds of the per-seed difference.")
+    lines.append("")
+    if diffs.empty:
+        lines += ["No pairs (the benchmark has no `real` policy or controls for the same arch and seed).", ""]
+    else:
+        lines.append("| metric | arch | policy | vs | seeds | Δ mean | Δ overall |")
+        lines.append("|---|---|---|---|---:|---:|---:|")
+        for metric in MARKDOWN_METRICS:
+            per_metric = diffs[diffs["metric"] == metric]
+            for arch in _ordered(per_metric["arch"], []):
+                per_arch = per_metric[per_metric["arch"] == arch]
+                for policy in _ordered(per_arch["policy"], POLICY_ORDER):
+                    per_policy = per_arch[per_arch["policy"] == policy]
+                    for reference in _ordered(per_policy["reference"], POLICY_ORDER):
+                        pair = per_policy[per_policy["reference"] == reference]
+                        lines.append(
+                            f"| {metric} | {arch} | {policy} | {reference} | {pair['seed'].nunique()} | "
+                            f"{_fmt_diff(pair['d_mean'])} | {_fmt_diff(pair['d_overall'])} |"
+                        )
+        lines.append("")
+
+    if runs_df is not None and not runs_df.empty:
+        lines += ["## Training budget", ""]
+        lines += _budget_lines(runs_df)
+        lines.append("")
+
+    lines += ["## Published anchors (other models trained on real data only; mDice / mIoU)", ""]
     lines.append("| model | " + " | ".join(TESTSETS) + " | mean |")
     lines.append("|---|" + "|".join(["---:"] * (len(TESTSETS) + 1)) + "|")
     for model, scores in PUBLISHED.items():
@@ -213,8 +359,56 @@ def benchmark_markdown(long_df: pd.DataFrame) -> str:
         f"Paper headline (Wan et al., Pattern Recognition 2026): {PAPER_HEADLINE_MEAN_MIOU * 100:.2f} % mean mIoU "
         "over the five test sets, 6.14 points above CTNet.",
         "",
+        PROTOCOL,
+        "",
     ]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- runs
+def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.DataFrame:
+    """One row per segmenter run: ``arch, policy, seed, real_images, synthetic_images, iterations, images_seen``.
+
+    ``run_records``: ``run.json`` paths (written beside each benchmark model by the train_segmenter
+    rule) or their dicts. Raises :class:`DataError` (naming the file) on a missing field or a
+    duplicate run, and when runs of one (arch, seed) differ in iterations or images seen: the
+    benchmark compares policies at an equal budget only.
+    """
+    rows, sources = [], []
+    for record in run_records:
+        where = "run record"
+        if not isinstance(record, Mapping):
+            where = str(record)
+            path = Path(record)
+            if not path.is_file():
+                raise DataError(f"{path}: run record not found")
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: unreadable run record ({err})") from err
+        missing = [c for c in RUNS_COLUMNS if c not in record]
+        if missing:
+            raise DataError(f"{where}: run record lacks {missing}")
+        rows.append({c: record[c] for c in RUNS_COLUMNS})
+        sources.append(where)
+    table = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    if table.empty:
+        return table.astype({c: int for c in RUNS_COLUMNS[2:]})
+    try:
+        table = table.astype({"arch": str, "policy": str, **{c: int for c in RUNS_COLUMNS[2:]}})
+    except (TypeError, ValueError) as err:
+        raise DataError(f"run records: non-integer counts ({err})") from err
+    table["_source"] = sources
+    duplicated = table.duplicated(["arch", "policy", "seed"], keep=False)
+    if duplicated.any():
+        raise DataError(f"run records: duplicate runs in {table.loc[duplicated, '_source'].tolist()}")
+    for (arch, seed), group in table.groupby(["arch", "seed"]):
+        if group["iterations"].nunique() > 1 or group["images_seen"].nunique() > 1:
+            budgets = group[["policy", "iterations", "images_seen", "_source"]].to_dict("records")
+            raise DataError(f"run records: unequal training budgets for arch {arch!r}, seed {seed}: {budgets}")
+    order = {p: i for i, p in enumerate(_ordered(table["policy"], POLICY_ORDER))}
+    table = table.sort_values(["arch", "seed", "policy"], key=lambda c: c.map(order) if c.name == "policy" else c)
+    return table[RUNS_COLUMNS].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------- hardness
@@ -234,13 +428,20 @@ def _read_scores(score_csvs: Iterable[str | Path] | pd.DataFrame) -> pd.DataFram
     return scores
 
 
-def hardness_table(score_csvs: Iterable[str | Path] | pd.DataFrame) -> pd.DataFrame:
-    """Mean prototype discrepancy per (variant, backbone): columns ``variant, backbone, mean_discrepancy, n``.
+def hardness_table(score_csvs: Iterable[str | Path] | pd.DataFrame, loss_backbones: Sequence[str]) -> pd.DataFrame:
+    """Mean prototype discrepancy per (variant, backbone): ``variant, backbone, mean_discrepancy, n, in_loss``.
 
     ``mean_discrepancy`` is the mean ``distance`` of the variant's samples to the real prototype
-    under that backbone; ``n`` counts the samples with a finite distance.
+    under that backbone; ``n`` counts the samples with a finite distance. ``in_loss`` says whether
+    the backbone's L_dis entered the hard generator's loss (``loss_backbones``, config
+    ``hard.loss_backbones``): discrepancy under a backbone outside the loss is the held-out test of
+    whether hardness transfers, under one inside it partly the training objective.
     """
     scores = _read_scores(score_csvs)
+    backbones = set(scores["backbone"].astype(str))
+    unknown = sorted(set(map(str, loss_backbones)) - backbones)
+    if unknown:
+        raise ValueError(f"hard.loss_backbones: {unknown} are not among the scored backbones {sorted(backbones)}")
     table = (
         scores.dropna(subset=["distance"])
         .groupby(["variant", "backbone"])["distance"]
@@ -249,19 +450,21 @@ def hardness_table(score_csvs: Iterable[str | Path] | pd.DataFrame) -> pd.DataFr
     )
     order = {v: i for i, v in enumerate(_ordered(table["variant"], VARIANT_ORDER))}
     table = table.sort_values(["variant", "backbone"], key=lambda s: s.map(order) if s.name == "variant" else s)
-    return table.reset_index(drop=True).astype({"n": int})
+    table["in_loss"] = table["backbone"].astype(str).isin(set(map(str, loss_backbones)))
+    return table.reset_index(drop=True).astype({"n": int, "in_loss": bool})
 
 
 def _read_losses(name: str, path: str | Path) -> pd.DataFrame:
-    losses = _read_table(path, ("sample_id", "loss"), f"sample loss ({name})")
+    losses = _read_table(path, SAMPLE_LOSS_COLUMNS, f"sample loss ({name})")
     losses["sample_id"] = losses["sample_id"].astype(str)
-    losses["loss"] = pd.to_numeric(losses["loss"], errors="coerce")
+    for column in ("loss", "fg_fraction"):
+        losses[column] = pd.to_numeric(losses[column], errors="coerce")
     keys = ["sample_id", "variant"] if "variant" in losses.columns else ["sample_id"]
     duplicated = losses.duplicated(subset=keys)
     if duplicated.any():
         first = losses.loc[duplicated, keys].iloc[0].tolist()
         raise DataError(f"{path}: duplicate sample loss rows for {keys}={first}")
-    return losses[[*keys, "loss"]]
+    return losses[[*keys, "loss", "fg_fraction"]]
 
 
 def _spearman(x: pd.Series, y: pd.Series) -> float:
@@ -271,6 +474,27 @@ def _spearman(x: pd.Series, y: pd.Series) -> float:
     return float(spearmanr(x.to_numpy(), y.to_numpy()).statistic)
 
 
+def partial_spearman(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> float:
+    """Spearman partial correlation of ``x`` and ``y`` controlling for ``z``.
+
+    All three are rank-transformed (average ranks for ties), then the partial correlation of the
+    ranks: ``(r_xy − r_xz r_yz) / sqrt((1 − r_xz²)(1 − r_yz²))`` with Pearson ``r`` of the ranks —
+    the correlation of x and y that is left once what ``z`` explains of each is removed. NaN below 4
+    samples, for a constant input, or when ``z`` determines ``x`` or ``y`` completely (|r| = 1).
+    """
+    x, y, z = (np.asarray(v, dtype=float) for v in (x, y, z))
+    if not (len(x) == len(y) == len(z)):
+        raise ValueError(f"partial_spearman: lengths differ ({len(x)}, {len(y)}, {len(z)})")
+    if len(x) < 4 or min(np.unique(v).size for v in (x, y, z)) < 2:
+        return float("nan")
+    r = np.corrcoef(np.vstack([rankdata(x), rankdata(y), rankdata(z)]))
+    r_xy, r_xz, r_yz = r[0, 1], r[0, 2], r[1, 2]
+    denominator = (1.0 - r_xz**2) * (1.0 - r_yz**2)
+    if denominator <= 1e-12:
+        return float("nan")
+    return float(np.clip((r_xy - r_xz * r_yz) / np.sqrt(denominator), -1.0, 1.0))
+
+
 def hardness_transfer(
     score_csvs: Iterable[str | Path] | pd.DataFrame, sample_loss_csvs: Mapping[str, str | Path]
 ) -> pd.DataFrame:
@@ -278,17 +502,19 @@ def hardness_transfer(
 
     For every variant in the scores, and for ``all`` (every generated sample pooled, i.e. every
     variant except ``real``), the per-sample discrepancy under each backbone is rank-correlated with
-    the per-sample loss of each real-trained segmenter (``sample_loss_csvs[name]``: columns
-    ``sample_id, loss`` and optionally ``variant``; with ``variant`` the join is on both, since
-    generated variants share sample ids). Columns: ``backbone, segmenter, variant, spearman, n``
-    (``n`` = joined samples; spearman is NaN below 3 samples or for constant inputs).
+    the per-sample loss of each real-trained benchmark segmenter (``sample_loss_csvs[name]``, name
+    ``<arch>/seed-<s>``: columns ``sample_id, loss, fg_fraction`` and optionally ``variant``; with
+    ``variant`` the join is on both, since generated variants share sample ids). Columns: ``backbone,
+    segmenter, variant, spearman, partial_spearman, n`` — ``partial_spearman`` controls for the
+    sample's mask foreground fraction (:func:`partial_spearman`: is it hardness, or just small
+    polyps?); ``n`` = joined samples; spearman is NaN below 3 samples or for constant inputs.
     """
     scores = _read_scores(score_csvs)
     rows = []
     for segmenter, path in sorted(sample_loss_csvs.items()):
         losses = _read_losses(segmenter, path)
         keys = [c for c in ("sample_id", "variant") if c in losses.columns]
-        joined = scores.merge(losses, on=keys, how="inner").dropna(subset=["distance", "loss"])
+        joined = scores.merge(losses, on=keys, how="inner").dropna(subset=["distance", "loss", "fg_fraction"])
         if joined.empty:
             log.warning("%s: no sample ids in common with the score tables", path)
         for backbone in sorted(scores["backbone"].unique()):
@@ -304,11 +530,12 @@ def hardness_transfer(
                         "segmenter": segmenter,
                         "variant": variant,
                         "spearman": _spearman(group["distance"], group["loss"]),
+                        "partial_spearman": partial_spearman(group["distance"], group["loss"], group["fg_fraction"]),
                         "n": len(group),
                     }
                 )
-    columns = ["backbone", "segmenter", "variant", "spearman", "n"]
-    return pd.DataFrame(rows, columns=columns).astype({"spearman": float, "n": int})
+    return pd.DataFrame(rows, columns=TRANSFER_COLUMNS).astype({"spearman": float, "partial_spearman": float,
+                                                                "n": int})
 
 
 # ------------------------------------------------------------------------------------------- plots
@@ -428,7 +655,7 @@ def plot_benchmark(long_df: pd.DataFrame, out_png: str | Path, metric: str = "mD
         raise DataError(f"{out_png}: no {metric} rows to plot")
     stats = summary.groupby(["arch", "policy"])["mean"].agg(["mean", "std"]).fillna({"std": 0.0})
     archs = _ordered(summary["arch"], [])
-    policies = _ordered(summary["policy"], ("real", "plain", "hard", "feedback"))
+    policies = _ordered(summary["policy"], POLICY_ORDER)
     width = 0.8 / len(policies)
     figure = Figure(figsize=(max(4.0, 1.2 * len(archs) * len(policies) * 0.6 + 2), 3.5))
     ax = figure.subplots()
@@ -490,27 +717,35 @@ def write_report(
     tables_dir: str | Path,
     plots_dir: str | Path,
     *,
+    loss_backbones: Sequence[str],
+    run_records: Iterable[str | Path | Mapping[str, object]] = (),
     sample_loss_csvs: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
     conditions_csv: str | Path | None = None,
+    demo: bool = False,
     grid_rows: int = 6,
 ) -> dict[str, Path]:
     """Write every table and plot of the run; returns ``{name: path}`` of what was written.
 
-    Inputs: evaluation CSVs (mapping or ``.../eval/<arch>/<policy>/seed-<s>.csv`` paths), score CSVs,
-    generation manifests (``{variant: path}`` or ``.../generated/<variant>/manifest.csv`` paths), the
-    data manifest, optionally per-sample losses of the real-trained segmenters (``{name: path}`` or
-    ``.../eval/<arch>/sample_loss.csv`` paths) and the conditions table (lets the grid show each
-    condition's real image; without it only sample ids that are data-manifest ids get one).
+    Inputs: evaluation CSVs (mapping or ``.../eval/<arch>/<policy>/seed-<s>.csv`` paths; columns
+    ``testset, metric, value``), score CSVs, generation manifests (``{variant: path}`` or
+    ``.../generated/<variant>/manifest.csv`` paths), the data manifest, ``loss_backbones`` (config
+    ``hard.loss_backbones``), the benchmark runs' ``run.json`` records, optionally per-sample losses
+    of the real-trained benchmark segmenters (``{"<arch>/seed-<s>": path}`` or
+    ``.../eval/<arch>/seed-<s>/sample_loss.csv`` paths) and the conditions table (lets the grid show
+    each condition's real image; without it only sample ids that are data-manifest ids get one).
+    ``demo`` adds the note that demo numbers are noise by design.
 
     Tables (``tables_dir``): ``benchmark.csv`` (long: arch, policy, seed, testset, metric, value),
-    ``benchmark.md``, ``hardness.csv`` (variant, backbone, mean_discrepancy, n),
-    ``hardness_transfer.csv`` (backbone, segmenter, variant, spearman, n; header only without
-    ``sample_loss_csvs``). Plots (``plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``.
+    ``benchmark.md``, ``runs.csv`` (arch, policy, seed, real_images, synthetic_images, iterations,
+    images_seen), ``hardness.csv`` (variant, backbone, mean_discrepancy, n, in_loss),
+    ``hardness_transfer.csv`` (backbone, segmenter, variant, spearman, partial_spearman, n; header only
+    without ``sample_loss_csvs``). Plots (``plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``.
     """
     tables_dir, plots_dir = Path(tables_dir), Path(plots_dir)
     written = {
         "benchmark_csv": tables_dir / "benchmark.csv",
         "benchmark_md": tables_dir / "benchmark.md",
+        "runs_csv": tables_dir / "runs.csv",
         "hardness_csv": tables_dir / "hardness.csv",
         "hardness_transfer_csv": tables_dir / "hardness_transfer.csv",
         "grid_png": plots_dir / "grid.png",
@@ -518,12 +753,14 @@ def write_report(
         "benchmark_png": plots_dir / "benchmark.png",
     }
     generated = _keyed_paths(generated_manifests, r"generated/([^/]+)/manifest\.csv$", "variant")
-    losses = _keyed_paths(sample_loss_csvs or {}, r"eval/([^/]+)/sample_loss\.csv$", "segmenter")
+    losses = _keyed_paths(sample_loss_csvs or {}, r"eval/([^/]+/seed-\d+)/sample_loss\.csv$", "segmenter")
     long = benchmark_long(eval_csvs)
+    runs = runs_table(run_records)
     write_csv(written["benchmark_csv"], long)
-    write_text(written["benchmark_md"], benchmark_markdown(long))
+    write_csv(written["runs_csv"], runs)
+    write_text(written["benchmark_md"], benchmark_markdown(long, runs, demo=demo))
     scores = _read_scores(list(score_csvs))
-    write_csv(written["hardness_csv"], hardness_table(scores))
+    write_csv(written["hardness_csv"], hardness_table(scores, loss_backbones))
     write_csv(written["hardness_transfer_csv"], hardness_transfer(scores, losses))
     if conditions_csv is not None:
         pairs = real_pairs_from(conditions_csv, data_manifest_csv)

@@ -8,6 +8,13 @@ Training follows PraNet: Adam, multi-scale training (each batch is rescaled to
 ``round(size * s / 32) * 32`` for every ``s`` in ``multi_scale`` and each scale takes its own
 optimiser step), gradient *value* clipping (PraNet's ``clip_gradient`` clamps every gradient entry
 to ``[-grad_clip, grad_clip]``), and the structure loss (weighted BCE + weighted IoU).
+
+Budgets are fixed in **iterations** (batches), not epochs: every run of one architecture and seed
+takes the same number of batches and so sees the same number of images whatever the size of its
+training set, and a policy with more synthetic images does not get more optimiser steps. The
+batches come from an endless seeded stream of shuffled passes over the run's pairs
+(:class:`SeededEpochStream`), cut after ``iterations`` batches. The benchmark's real-only judge of the
+feedback generator is a separate run whose training seed is offset by :data:`JUDGE_SEED_OFFSET`.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from hardgen.io import read_pair, write_csv
+from hardgen.io import read_mask, read_pair, write_csv, write_json
 from hardgen.weights import load_state_dict, save_state_dict
 
 log = logging.getLogger("hardgen.segment")
@@ -48,6 +55,16 @@ SIZE_MULTIPLE = 32
 BOUNDARY_KERNEL = 31
 #: ... and how much more those boundary pixels weigh than the rest.
 BOUNDARY_WEIGHT = 5.0
+
+#: The feedback judge (rule ``train_judge``) trains with seed ``JUDGE_SEED_OFFSET + feedback.judge_seed``.
+#: Benchmark seeds are below 2**31 (schema), so the judge's initialisation and data stream never equal a
+#: benchmark run's, even when ``feedback.judge_seed`` equals one of ``segment.seeds``.
+JUDGE_SEED_OFFSET = 2**31
+
+#: Fields of the per-run record (``run.json`` beside each model; ``results/tables/runs.csv``).
+RUN_FIELDS: tuple[str, ...] = (
+    "arch", "policy", "seed", "real_images", "synthetic_images", "iterations", "images_seen",
+)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -243,7 +260,7 @@ class PairDataset(Dataset):
     """(image, mask) path pairs as normalised tensors: image (3, S, S) float, mask (1, S, S) in {0, 1}.
 
     With ``augment=True`` items are addressed as ``(index, augmentation_seed)`` (see
-    :class:`SeededShuffleSampler`): re-seeding the augmentation per item makes every sample's
+    :class:`SeededEpochStream`): re-seeding the augmentation per item makes every sample's
     augmentation a function of the run seed alone, independent of worker count and scheduling.
     """
 
@@ -267,20 +284,33 @@ class PairDataset(Dataset):
         return out["image"].float(), out["mask"].float().unsqueeze(0), self.sample_ids[index]
 
 
-class SeededShuffleSampler(Sampler[tuple[int, int]]):
-    """Shuffles indices each epoch and pairs each with an augmentation seed, both from one generator."""
+class SeededEpochStream(Sampler[tuple[int, int]]):
+    """``total`` items from an endless stream of shuffled passes over ``n_items``, each with an augmentation seed.
 
-    def __init__(self, n_items: int, generator: torch.Generator) -> None:
+    Pass after pass, the indices are permuted with ``generator`` and paired with augmentation seeds
+    drawn from it; the stream stops after exactly ``total`` items (the last pass is cut short). So
+    batching it into ``iterations`` batches of ``batch_size`` gives full batches that may straddle a
+    pass boundary, and the stream is a function of the generator's seed alone.
+    """
+
+    def __init__(self, n_items: int, total: int, generator: torch.Generator) -> None:
+        if n_items < 1 or total < 0:
+            raise ValueError(f"SeededEpochStream: need n_items >= 1 and total >= 0, got {n_items}, {total}")
         self.n_items = n_items
+        self.total = total
         self.generator = generator
 
     def __len__(self) -> int:
-        return self.n_items
+        return self.total
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = torch.randperm(self.n_items, generator=self.generator).tolist()
-        seeds = torch.randint(0, 2**31 - 1, (self.n_items,), generator=self.generator).tolist()
-        yield from zip(order, seeds)
+        left = self.total
+        while left > 0:
+            order = torch.randperm(self.n_items, generator=self.generator).tolist()
+            seeds = torch.randint(0, 2**31 - 1, (self.n_items,), generator=self.generator).tolist()
+            take = min(left, self.n_items)
+            yield from zip(order[:take], seeds[:take])
+            left -= take
 
 
 def scaled_size(size: int, scale: float) -> int:
@@ -294,12 +324,27 @@ def _check_size(size: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- training
+def count_real_synthetic(pairs_df: pd.DataFrame) -> tuple[int, int]:
+    """(real, synthetic) pair counts: synthetic rows have a ``variant`` other than ``real``.
+
+    A table without a ``variant`` column is all real; in one with it, every row must name its variant
+    (``real`` for real training images), so a missing label never passes as real.
+    """
+    if "variant" not in pairs_df.columns:
+        return len(pairs_df), 0
+    variants = pairs_df["variant"]
+    if variants.isna().any():
+        raise ValueError("pairs table: empty 'variant' cells (label real training images 'real')")
+    synthetic = int((variants.astype(str) != "real").sum())
+    return len(pairs_df) - synthetic, synthetic
+
+
 def train_segmenter(
     pairs_df: pd.DataFrame,
     spec: SegmenterSpec,
     out_dir: str | Path,
     size: int,
-    epochs: int,
+    iterations: int,
     batch_size: int,
     lr: float,
     grad_clip: float | None,
@@ -311,83 +356,125 @@ def train_segmenter(
 ) -> dict[str, Any]:
     """Train a segmenter on ``pairs_df`` (columns image, mask [+ sample_id, variant]) the PraNet way.
 
-    Writes ``out_dir/model.safetensors`` (full state dict) and ``out_dir/train_log.csv`` (columns
-    epoch, step, scale, loss; one row per optimiser step), both atomically and only after the last
-    step. Returns ``{final_loss (mean over the last epoch), last_step_loss, seconds, n_train, steps}``.
-    Deterministic for a given ``seed`` on a given device. A non-finite loss raises RuntimeError naming
-    the step; nothing is saved then. ``grad_clip`` None or <= 0 disables clipping.
+    The budget is ``iterations`` batches of ``batch_size`` pairs, whatever the number of pairs: the
+    batches are cut from an endless seeded stream of shuffled passes over the pairs
+    (:class:`SeededEpochStream`), so every run of one seed sees ``iterations × batch_size`` images.
+    As in PraNet, each batch takes one optimiser step per ``multi_scale`` entry (rescaled to
+    :func:`scaled_size`), so the optimiser steps are ``iterations × len(multi_scale)``.
+
+    Writes ``out_dir/model.safetensors`` (full state dict; metadata records iterations, images_seen,
+    real and synthetic counts) and ``out_dir/train_log.csv`` (columns iteration, step, scale, loss;
+    one row per optimiser step), both atomically and only after the last step. Real vs synthetic pairs
+    are told apart by :func:`count_real_synthetic`. Returns ``{final_loss, last_step_loss, seconds,
+    n_train, real_images, synthetic_images, iterations, batch_size, images_seen, steps, seed}`` where
+    ``final_loss`` is the mean loss over the last ``min(iterations, ceil(n_train / batch_size))``
+    iterations (about the last pass over the data). Deterministic for a given ``seed`` on a given
+    device. A non-finite loss raises RuntimeError naming the step; nothing is saved then.
+    ``grad_clip`` None or <= 0 disables clipping.
     """
     _check_size(size)
-    if epochs < 1:
-        raise ValueError(f"segment.epochs: must be >= 1, got {epochs}")
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
+        raise ValueError(f"segment.iterations: must be an integer >= 1, got {iterations!r}")
     if batch_size < 1:
         raise ValueError(f"segment.batch_size: must be >= 1, got {batch_size}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"segment.learning_rate: must be a positive number, got {lr}")
     if not multi_scale or any(not (s > 0) for s in multi_scale):
         raise ValueError(f"segment.multi_scale: need positive scales, got {list(multi_scale)}")
+    iterations = int(iterations)
     out_dir = Path(out_dir)
     device = torch.device(device)
 
     dataset = PairDataset(pairs_df, size, augment=True)
+    real_images, synthetic_images = count_real_synthetic(pairs_df)
     torch.manual_seed(seed)  # model initialisation
     model = build_segmenter(spec, config_key).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=SeededShuffleSampler(len(dataset), torch.Generator().manual_seed(seed)),
-        num_workers=num_workers,
-    )
+    stream = SeededEpochStream(len(dataset), iterations * batch_size, torch.Generator().manual_seed(seed))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=stream, num_workers=num_workers)
     train_sizes = [scaled_size(size, s) for s in multi_scale]
-    log.info("training %s/%s on %d pairs, sizes %s, %d epochs", spec.arch, spec.encoder, len(dataset),
-             train_sizes, epochs)
+    log.info("training %s/%s on %d pairs (%d real, %d synthetic), sizes %s, %d iterations of %d (%.2f passes)",
+             spec.arch, spec.encoder, len(dataset), real_images, synthetic_images, train_sizes, iterations,
+             batch_size, iterations * batch_size / len(dataset))
 
     rows: list[dict[str, Any]] = []
     step = 0
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        progress = tqdm(loader, desc=f"segmenter epoch {epoch}/{epochs}", unit="batch", leave=False)
-        for images, masks, _ in progress:
-            images, masks = images.to(device), masks.to(device)
-            for scale, train_size in zip(multi_scale, train_sizes):
-                step += 1
-                if train_size != size:  # PraNet rescales the batch (image and mask) bilinearly
-                    batch_images = F.interpolate(images, size=(train_size, train_size), mode="bilinear",
-                                                 align_corners=True)
-                    batch_masks = F.interpolate(masks, size=(train_size, train_size), mode="bilinear",
-                                                align_corners=True)
-                else:
-                    batch_images, batch_masks = images, masks
-                optimizer.zero_grad(set_to_none=True)
-                loss = structure_loss(model(batch_images), batch_masks)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(
-                        f"non-finite segmentation loss ({loss.item()}) at step {step} (epoch {epoch}, "
-                        f"scale {scale}); nothing saved to {out_dir}"
-                    )
-                loss.backward()
-                if grad_clip is not None and grad_clip > 0:
-                    nn.utils.clip_grad_value_(model.parameters(), grad_clip)
-                optimizer.step()
-                rows.append({"epoch": epoch, "step": step, "scale": float(scale), "loss": float(loss.item())})
-                progress.set_postfix(loss=f"{loss.item():.4f}")
+    progress = tqdm(loader, total=iterations, desc="segmenter", unit="batch", leave=False)
+    for iteration, (images, masks, _) in enumerate(progress, start=1):
+        images, masks = images.to(device), masks.to(device)
+        for scale, train_size in zip(multi_scale, train_sizes):
+            step += 1
+            if train_size != size:  # PraNet rescales the batch (image and mask) bilinearly
+                batch_images = F.interpolate(images, size=(train_size, train_size), mode="bilinear",
+                                             align_corners=True)
+                batch_masks = F.interpolate(masks, size=(train_size, train_size), mode="bilinear",
+                                            align_corners=True)
+            else:
+                batch_images, batch_masks = images, masks
+            optimizer.zero_grad(set_to_none=True)
+            loss = structure_loss(model(batch_images), batch_masks)
+            if not torch.isfinite(loss):
+                raise RuntimeError(
+                    f"non-finite segmentation loss ({loss.item()}) at step {step} (iteration {iteration}, "
+                    f"scale {scale}); nothing saved to {out_dir}"
+                )
+            loss.backward()
+            if grad_clip is not None and grad_clip > 0:
+                nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+            optimizer.step()
+            rows.append({"iteration": iteration, "step": step, "scale": float(scale), "loss": float(loss.item())})
+            progress.set_postfix(loss=f"{loss.item():.4f}")
     seconds = time.perf_counter() - start
+    if step != iterations * len(multi_scale):  # the stream is exactly iterations full batches
+        raise RuntimeError(f"segmenter training ran {step} steps, expected {iterations * len(multi_scale)}")
 
-    train_log = pd.DataFrame(rows, columns=["epoch", "step", "scale", "loss"])
-    metadata = {"arch": spec.arch, "encoder": spec.encoder, "size": str(size), "epochs": str(epochs),
-                "seed": str(seed)}
+    train_log = pd.DataFrame(rows, columns=["iteration", "step", "scale", "loss"])
+    images_seen = iterations * batch_size
+    metadata = {"arch": spec.arch, "encoder": spec.encoder, "size": str(size), "iterations": str(iterations),
+                "batch_size": str(batch_size), "images_seen": str(images_seen), "real_images": str(real_images),
+                "synthetic_images": str(synthetic_images), "seed": str(seed)}
     save_state_dict(out_dir / "model.safetensors", model.state_dict(), metadata=metadata)
     write_csv(out_dir / "train_log.csv", train_log)
+    last = min(iterations, math.ceil(len(dataset) / batch_size))
     summary = {
-        "final_loss": float(train_log.loc[train_log["epoch"] == epochs, "loss"].mean()),
+        "final_loss": float(train_log.loc[train_log["iteration"] > iterations - last, "loss"].mean()),
         "last_step_loss": float(train_log["loss"].iloc[-1]),
         "seconds": seconds,
         "n_train": len(dataset),
+        "real_images": real_images,
+        "synthetic_images": synthetic_images,
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "images_seen": images_seen,
         "steps": step,
+        "seed": int(seed),
     }
     log.info("segmenter trained: %s", summary)
     return summary
+
+
+def run_record(arch: str, policy: str, seed: int, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-run record of one benchmark (or judge) run: :data:`RUN_FIELDS` from ``summary``.
+
+    ``seed`` is the configured seed (the path's ``seed-<s>``); ``training_seed`` (the seed the run
+    actually used, ``summary['seed']``) is kept beside it, so a judge's offset seed stays visible.
+    """
+    counts = ("real_images", "synthetic_images", "iterations", "images_seen", "batch_size")
+    missing = [k for k in (*counts, "seed") if k not in summary]
+    if missing:
+        raise ValueError(f"run record {arch}/{policy}/seed-{seed}: training summary lacks {missing}")
+    record: dict[str, Any] = {"arch": str(arch), "policy": str(policy), "seed": int(seed)}
+    record.update({k: int(summary[k]) for k in counts})
+    record["training_seed"] = int(summary["seed"])
+    return record
+
+
+def write_run_record(path: str | Path, arch: str, policy: str, seed: int, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Write :func:`run_record` as JSON to ``path`` (``results/segment/<arch>/<policy>/seed-<s>/run.json``)."""
+    record = run_record(arch, policy, seed, summary)
+    write_json(path, record)
+    return record
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -416,3 +503,14 @@ def sample_losses(
         losses.extend(structure_loss_per_sample(logits, masks.to(device)).cpu().tolist())
         ids.extend(batch_ids)
     return pd.DataFrame({"sample_id": ids, "loss": losses})
+
+
+def foreground_fractions(pairs_df: pd.DataFrame) -> pd.DataFrame:
+    """Per sample, the fraction of its mask's pixels above 127 (the file as stored, not resized).
+
+    Columns ``sample_id`` (as :func:`sample_losses`) and ``fg_fraction``, in input order; the
+    covariate the hardness-transfer table partials out (bigger polyps are easier to segment).
+    """
+    _check_pairs(pairs_df, "pairs table")
+    fractions = [float(read_mask(path).mean()) for path in pairs_df["mask"]]
+    return pd.DataFrame({"sample_id": _sample_ids(pairs_df), "fg_fraction": fractions})

@@ -6,14 +6,16 @@ rule report:
         manifest="results/data/manifest.csv",
         conditions="results/conditions/conditions.csv",
         evals=eval_tables(),
+        runs=run_records(),
         scores=expand("results/scores/{scored}.csv", scored=SCORED_VARIANTS),
-        sample_losses=expand("results/eval/{arch}/sample_loss.csv", arch=ARCHS),
+        sample_losses=sample_loss_tables(),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
         benchmark=report(
             "results/tables/benchmark.csv", category="Benchmark", caption="../report/benchmark.rst"
         ),
         benchmark_md="results/tables/benchmark.md",
+        runs=report("results/tables/runs.csv", category="Benchmark", caption="../report/runs.rst"),
         hardness=report("results/tables/hardness.csv", category="Hardness", caption="../report/hardness.rst"),
         transfer=report(
             "results/tables/hardness_transfer.csv", category="Hardness", caption="../report/transfer.rst"
@@ -33,6 +35,8 @@ rule report:
         policies=POLICIES,
         seeds=SEEDS,
         testsets=TESTSETS,
+        loss_backbones=config["hard"]["loss_backbones"],
+        demo=DEMO or TINY,
     threads: 1
     resources:
         mem_mb=4000,

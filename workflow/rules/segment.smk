@@ -1,5 +1,8 @@
-# Segmentation benchmark: each architecture x policy x seed trains on real + its subset, then is evaluated on
-# the five test sets; the real-trained models also score every generated sample (does hardness transfer?).
+# Segmentation benchmark: each architecture x policy x seed trains on real + its subset for the same number of
+# iterations (segment.iterations batches), then is evaluated on the five test sets; the real-trained models of
+# every seed also score every generated sample (does hardness transfer?). The feedback generator's judge is a
+# separate real-only run (train_judge), so the transfer table never scores samples with the model the feedback
+# LoRA was trained against.
 
 
 rule train_segmenter:
@@ -8,6 +11,7 @@ rule train_segmenter:
         subset=subset_input,
     output:
         model="results/segment/{arch}/{policy}/seed-{seed}/model.safetensors",
+        run="results/segment/{arch}/{policy}/seed-{seed}/run.json",
     log:
         "logs/train_segmenter/{arch}/{policy}/seed-{seed}.log",
     benchmark:
@@ -15,6 +19,34 @@ rule train_segmenter:
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         segment=config["segment"],
+        policy=lambda wildcards: wildcards.policy,
+        judge=False,
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../scripts/train_segmenter.py"
+
+
+rule train_judge:
+    input:
+        manifest="results/data/manifest.csv",
+    output:
+        model="results/judge/{arch}/seed-{seed}/model.safetensors",
+        run="results/judge/{arch}/seed-{seed}/run.json",
+    log:
+        "logs/train_judge/{arch}/seed-{seed}.log",
+    benchmark:
+        "results/benchmarks/train_judge/{arch}/seed-{seed}.tsv"
+    params:
+        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+        segment=config["segment"],
+        policy="real",
+        judge=True,
     threads: 1
     resources:
         mem_mb=8000,
@@ -31,7 +63,8 @@ rule evaluate:
         manifest="results/data/manifest.csv",
         model="results/segment/{arch}/{policy}/seed-{seed}/model.safetensors",
     output:
-        "results/eval/{arch}/{policy}/seed-{seed}.csv",
+        table="results/eval/{arch}/{policy}/seed-{seed}.csv",
+        predictions=directory("results/predictions/{arch}/{policy}/seed-{seed}"),
     log:
         "logs/evaluate/{arch}/{policy}/seed-{seed}.log",
     benchmark:
@@ -53,14 +86,14 @@ rule evaluate:
 
 rule segmenter_loss:
     input:
-        model=lambda wildcards: segmenter_path(wildcards.arch, "real", SEEDS[0]),
+        model=lambda wildcards: segmenter_path(wildcards.arch, "real", wildcards.seed),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
-        "results/eval/{arch}/sample_loss.csv",
+        "results/eval/{arch}/seed-{seed}/sample_loss.csv",
     log:
-        "logs/segmenter_loss/{arch}.log",
+        "logs/segmenter_loss/{arch}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/segmenter_loss/{arch}.tsv"
+        "results/benchmarks/segmenter_loss/{arch}/seed-{seed}.tsv"
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         size=config["segment"]["size"],

@@ -1,4 +1,4 @@
-"""Snakemake wrapper for rule report: benchmark and hardness tables, plots."""
+"""Snakemake wrapper for rule report: benchmark, runs and hardness tables, plots."""
 
 from pathlib import Path
 
@@ -15,6 +15,9 @@ with stage_logging(snakemake.log[0]) as log:
         data_manifest_csv=inp.manifest,
         tables_dir=Path(snakemake.output.benchmark).parent,
         plots_dir=snakemake.output.plots,
-        sample_loss_csvs={Path(p).parent.name: p for p in inp.sample_losses},
+        loss_backbones=snakemake.params.loss_backbones,
+        run_records=list(inp.runs),
+        sample_loss_csvs=list(inp.sample_losses),
+        demo=bool(snakemake.params.demo),
     )
     log.info("wrote %s", sorted(str(p) for p in written.values()))

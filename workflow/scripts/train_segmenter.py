@@ -1,4 +1,9 @@
-"""Snakemake wrapper for rule train_segmenter: one architecture x policy x seed on real + its subset."""
+"""Snakemake wrapper for rules train_segmenter (arch x policy x seed on real + its subset) and train_judge.
+
+Both train on the real training images plus the policy's subset (none for the judge) for segment.iterations
+batches, and write run.json (hardgen.segment.write_run_record) beside the model. The judge (params.judge) trains
+with seed JUDGE_SEED_OFFSET + feedback.judge_seed, so it is never the same run as a benchmark segmenter.
+"""
 
 from pathlib import Path
 
@@ -9,25 +14,31 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     import pandas as pd
 
     from hardgen.data import load_manifest
-    from hardgen.segment import SegmenterSpec, train_segmenter
+    from hardgen.segment import JUDGE_SEED_OFFSET, SegmenterSpec, train_segmenter, write_run_record
 
-    arch, cfg = snakemake.wildcards.arch, snakemake.params.segment
+    arch, cfg, policy = snakemake.wildcards.arch, snakemake.params.segment, snakemake.params.policy
+    seed = int(snakemake.wildcards.seed)
+    training_seed = JUDGE_SEED_OFFSET + seed if snakemake.params.judge else seed
     manifest = load_manifest(snakemake.input.manifest)
     pairs = manifest.loc[manifest["split"] == "train", ["id", "image", "mask"]].rename(columns={"id": "sample_id"})
-    if snakemake.input.subset:
-        pairs = pd.concat([pairs, pd.read_csv(snakemake.input.subset, dtype={"sample_id": str})], ignore_index=True)
+    pairs = pairs.assign(variant="real")
+    subset_path = snakemake.input.get("subset")
+    if subset_path:
+        subset = pd.read_csv(subset_path, dtype={"sample_id": str})
+        pairs = pd.concat([pairs, subset], ignore_index=True)
     summary = train_segmenter(
         pairs,
         SegmenterSpec.from_config(snakemake.params.spec, arch),
         out_dir=Path(snakemake.output.model).parent,
         size=cfg["size"],
-        epochs=cfg["epochs"],
+        iterations=cfg["iterations"],
         batch_size=cfg["batch_size"],
         lr=cfg["learning_rate"],
-        grad_clip=cfg.get("grad_clip"),
-        multi_scale=cfg.get("multi_scale", [1.0]),
-        seed=int(snakemake.wildcards.seed),
+        grad_clip=cfg["grad_clip"],
+        multi_scale=cfg["multi_scale"],
+        seed=training_seed,
         device=configure_torch(snakemake.threads),
         config_key=arch,
     )
-    log.info("%s/%s/seed-%s: %s", arch, snakemake.wildcards.policy, snakemake.wildcards.seed, summary)
+    record = write_run_record(snakemake.output.run, arch, policy, seed, summary)
+    log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if snakemake.params.judge else "", record)
