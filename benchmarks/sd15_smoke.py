@@ -60,7 +60,7 @@ def _settings(args: argparse.Namespace, work: Path, mode: str, **extra: Any):
         preset="half_skip_attn", rank=16, conv_in_rank=64, steps=steps, batch_size=args.batch,
         learning_rate=1e-4, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         checkpointing_steps=0, validation_samples=1, validation_inference_steps=2, seed=0,
-        calibration_batches=1,
+        calibration_samples=max(1, args.batch),
     )
     if mode != "plain":
         values["init_lora"] = str(work / "lora" / "plain" / "pytorch_lora_weights.safetensors")
@@ -113,7 +113,7 @@ def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any
         # generation uses the first --images conditions
         write_conditions_table(conditions.sort_values("sample_id").head(args.images), work / "generate.csv")
         proto = compute_prototype(manifest, BackboneSpec.from_config("cnn", dict(BACKBONE)),
-                                  work / "proto-cnn.safetensors", batch_size=4)
+                                  work / "proto-cnn.safetensors", batch_size=4, resolution=args.resolution)
         if args.feedback:
             from hardgen.segment import SegmenterSpec, build_segmenter
             from hardgen.weights import save_state_dict

@@ -12,7 +12,7 @@ import pytest
 
 from hardgen import conditioning as cond
 from hardgen.data import write_manifest
-from hardgen.io import DataError, read_gray, read_mask, read_rgb, write_mask
+from hardgen.io import DataError, fit_square, read_gray, read_mask, read_rgb, write_mask
 
 SIZE = 48
 
@@ -117,8 +117,8 @@ def test_make_conditions_tree_table_and_content(manifest: pd.DataFrame, tmp_path
         condition = read_rgb(row["condition"])
         expected = cond.mask_to_condition(mask_grey > 127, "canny")
         assert np.array_equal(condition, expected)
-        resized_source = cv2.resize(read_mask(source_masks[row["source_id"]]).astype(np.uint8), (SIZE, SIZE),
-                                    interpolation=cv2.INTER_NEAREST).astype(bool)
+        # the training image's transform: short side to SIZE, centre crop (aspect ratio kept), nearest
+        resized_source = fit_square(read_mask(source_masks[row["source_id"]]), SIZE, is_mask=True)
         if row["kind"] == "real":
             assert np.array_equal(mask_grey > 127, resized_source)
         else:

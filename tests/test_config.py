@@ -71,6 +71,8 @@ def test_policy_needs_its_variant(demo):
     config["generation"]["variants"] = ["plain"]
     message = errors_for(config)
     assert "policy 'hard'" in message and "policy 'feedback'" in message
+    # the plain random control is sized by hard_band, so it needs the hard variant too
+    assert "policy 'random' needs generation.variants to include 'hard'" in message
 
 
 def test_registry_names_are_checked(demo):
@@ -103,3 +105,48 @@ def test_validate_config_cli_exit_code(repo_root, tmp_path):
     failed = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
     assert failed.returncode != 0
     assert "generation.shards" in failed.stderr
+
+
+def test_schema_defaults_fill_the_config_in_one_place(repo_root):
+    config = load_config([repo_root / "config" / "config.yaml"])
+    assert config["allow_random_weights"] is False and config["model"]["vae"] is None
+    assert config["train"]["prediction_type"] is None and config["train"]["images_per_step"] is None
+    assert config["feedback"]["loss"] == "hinge" and config["backbones"]["heldout"]["margin"] is None
+    raw = {"hard": {"steps": 1}, "backbones": {"x": {"name": "resnet18", "input_size": 32}}}
+    from hardgen.config import apply_defaults
+
+    filled = apply_defaults(raw)
+    assert filled["hard"]["crop_pad"] == 10 and filled["hard"]["calibration_samples"] == 64
+    assert filled["backbones"]["x"]["pretrained"] is False and filled["backbones"]["x"]["margin"] is None
+
+
+def test_real_data_without_weights_is_refused_unless_allowed(demo):
+    real_data = copy.deepcopy(demo)
+    real_data["data"]["root"] = "/data/polyp"
+    message = errors_for(real_data)
+    for key in ("backbones.cnn", "backbones.vit", "backbones.heldout", "segment.archs.cnn",
+                "segment.archs.transformer"):
+        assert f"'{key}'" in message
+    assert "allow_random_weights" in message
+    real_data["backbones"]["cnn"]["checkpoint"] = "/models/resnet18.safetensors"
+    assert "'backbones.cnn'" not in errors_for(real_data)
+    real_data["allow_random_weights"] = True
+    validate_config(real_data)
+    validate_config(copy.deepcopy(demo))  # the demo (data.root: null) needs no flag
+
+
+def test_loss_backbones_must_be_backbones(demo):
+    config = copy.deepcopy(demo)
+    config["hard"]["loss_backbones"] = ["vit", "clip"]
+    assert "'hard.loss_backbones': 'clip' is not a backbones key" in errors_for(config)
+
+
+def test_pinned_weight_tags_are_checked(demo, repo_root):
+    real = load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "sd15-polyp.yaml"])
+    assert all("." in spec["name"] for spec in real["backbones"].values())  # every overlay backbone pinned
+    assert real["hard"]["loss_backbones"] == ["vit"] and real["backbones"]["vit"]["margin"] == 50.0
+    check_registries(real)
+    config = copy.deepcopy(demo)
+    config["backbones"]["cnn"]["name"] = "resnet18.not_a_tag"
+    with pytest.raises(ConfigError, match=r"'backbones.cnn.name'.*not_a_tag.*Known tags"):
+        check_registries(config)

@@ -125,3 +125,26 @@ def test_score_variant_writes_one_table_for_all_backbones(real, tmp_path):
         score_variant(manifest_path, {"cnn": CNN, "vit": VIT}, {"cnn": prototypes["cnn"]}, "real", out)
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         score_variant(tmp_path / "missing.csv", {"cnn": CNN}, prototypes, "real", out)
+
+
+def test_real_images_are_scored_at_the_generation_resolution(real, tmp_path):
+    """With a resolution, a real image is scored exactly as if it had been brought to the generator's size by
+    the training transform first (short side, centre crop), like the generated images it is compared with."""
+    manifest, _ = real
+    proto_path = tmp_path / "cnn32.safetensors"
+    summary = compute_prototype(manifest, CNN, proto_path, pad=5, batch_size=5, resolution=32)
+    assert summary["resolution"] == 32 and load_prototype(proto_path).resolution == 32
+    scores = score_real(manifest, CNN, proto_path, pad=5, batch_size=4, backbone_key="cnn", resolution=32)
+    fitted_rows = []
+    for row in manifest.itertuples():
+        image, mask = hardgen.io.read_pair(row.image, row.mask)
+        hardgen.io.write_image(tmp_path / f"{row.id}.png", hardgen.io.fit_square(image, 32))
+        hardgen.io.write_mask(tmp_path / f"{row.id}_m.png", hardgen.io.fit_square(mask, 32, is_mask=True))
+        fitted_rows.append({"sample_id": row.id, "image": str(tmp_path / f"{row.id}.png"),
+                            "mask": str(tmp_path / f"{row.id}_m.png")})
+    as_generated = score_samples(pd.DataFrame(fitted_rows), CNN, proto_path, "plain", pad=5, batch_size=4,
+                                 backbone_key="cnn", resolution=32)
+    np.testing.assert_allclose(scores["distance"], as_generated["distance"], rtol=1e-5)
+    # the native-resolution prototype is not comparable: scoring at 32 px against it is refused
+    with pytest.raises(ValueError, match="resolution native, scoring at 32"):
+        score_real(manifest, CNN, real[1]["cnn"], pad=5, backbone_key="cnn", resolution=32)

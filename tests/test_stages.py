@@ -60,12 +60,40 @@ def test_plain_settings_follow_the_config(demo, tmp_path):
 def test_finetune_overrides_steps_lr_and_margin(demo, real, tmp_path):
     hard = settings_for(demo, "hard", tmp_path)
     assert hard.steps == demo["hard"]["steps"] and hard.learning_rate == demo["hard"]["learning_rate"]
-    assert hard.margin is None and hard.margin_factor == 1.5 and set(hard.prototypes) == {"cnn", "vit"}
-    assert hard.checkpointing_steps <= hard.steps
+    assert hard.margins == {} and hard.margin_factor == 1.5
+    # only the in-loss backbones reach the generator; the held-out one never does
+    assert set(hard.backbones) == set(hard.prototypes) == {"cnn", "vit"} and "heldout" in demo["backbones"]
+    assert hard.checkpointing_steps <= hard.steps and hard.calibration_samples == 64
     paper = settings_for(real, "hard", tmp_path)
-    assert paper.margin == 50.0 and paper.learning_rate == 1e-4 and paper.rank == 128 and paper.resolution == 512
+    # the paper's loss: ViT-L/16 alone, absolute margin 50, pinned weights
+    assert set(paper.backbones) == {"vit"} and paper.margins == {"vit": 50.0}
+    assert paper.backbones["vit"]["name"] == "vit_large_patch16_224.augreg_in21k_ft_in1k"
+    assert "margin" not in paper.backbones["vit"]
+    assert paper.learning_rate == 1e-4 and paper.rank == 128 and paper.resolution == 512
     feedback = settings_for(real, "feedback", tmp_path)
     assert feedback.segmenter["encoder"] == "mit_b2" and feedback.segment_size == 352
+    assert feedback.feedback_loss == "hinge" and feedback.calibration_samples >= 64
+
+
+def test_images_per_step_holds_on_any_gpu_count(real, tmp_path):
+    """The paper's 4 images per optimiser step (batch 1 on 4 GPUs) on 1, 2 or 4 GPUs."""
+    assert real["train"]["images_per_step"] == 4 and real["train"]["batch_size"] == 1
+    init = tmp_path / "plain.safetensors"
+    init.write_bytes(b"x")
+    common = dict(base="b", conditions_csv="c.csv", manifest_csv="m.csv", out_dir=str(tmp_path / "o"),
+                  model=real["model"], lora=real["lora"], train=real["train"], seed=0)
+    for gpus, accumulation in ((1, 4), (2, 2), (4, 1)):
+        s = stages.train_settings("plain", **common, num_gpus=gpus)
+        assert s.gradient_accumulation_steps == accumulation
+        assert s.batch_size * gpus * s.gradient_accumulation_steps == 4
+    with pytest.raises(ValueError, match="train.images_per_step: 4 is not a multiple"):
+        stages.train_settings("plain", **common, num_gpus=3)
+
+
+def test_unknown_loss_backbone_is_named(demo, tmp_path):
+    config = {**demo, "hard": {**demo["hard"], "loss_backbones": ["cnn", "dino"]}}
+    with pytest.raises(ValueError, match="hard.loss_backbones.*dino"):
+        settings_for(config, "hard", tmp_path)
 
 
 def test_checkpoints_kept_only_for_the_same_settings(demo, tmp_path):

@@ -24,6 +24,7 @@ from hardgen.train import (
     TrainSettings,
     dissimilarity_loss,
     feedback_loss,
+    hardness_loss,
     lora_param_groups,
     predict_x0,
     train_control_lora,
@@ -195,9 +196,11 @@ def test_settings_json_round_trip_and_errors(tmp_path):
         TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", mode="feedback",
                       init_lora=str(tmp_path / "s.json"), segmenter={"arch": "Unet", "encoder": "resnet18"},
                       segmenter_weights=str(tmp_path / "s.json"), segment_size=40).validate()
-    with pytest.raises(ValueError, match="TrainSettings.margin"):
+    with pytest.raises(ValueError, match=r"TrainSettings.margins\['cnn'\]"):
         TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", mode="feedback",
-                      init_lora=str(tmp_path / "s.json"), margin=-1.0).validate()
+                      init_lora=str(tmp_path / "s.json"), margins={"cnn": -1.0}).validate()
+    with pytest.raises(ValueError, match="TrainSettings.feedback_loss"):
+        TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", feedback_loss="abs").validate()
     with pytest.raises(ValueError, match="TrainSettings.resolution"):
         TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", resolution=30).validate()
 
@@ -307,12 +310,14 @@ def test_non_finite_loss_stops_without_writing_weights(tiny_base, tiny_data, tmp
         assert all(torch.isfinite(v).all() for v in tensors.values())
 
 
-def _write_prototype(path: Path, dim: int, name: str) -> None:
+def _write_prototype(path: Path, dim: int, name: str, resolution: int = RESOLUTION) -> None:
     save_state_dict(path, {"prototype": torch.linspace(-1, 1, dim), "real_distances": torch.ones(3)},
-                    metadata={"real_mean_distance": "1.0", "real_std_distance": "0.1", "backbone": name, "n": "3"})
+                    metadata={"real_mean_distance": "1.0", "real_std_distance": "0.1", "backbone": name, "n": "3",
+                              "resolution": str(resolution)})
 
 
-def test_hard_mode_calibrates_margins_and_the_hinge_is_active(plain_run, tiny_base, tiny_data, tmp_path):
+def _test_backbones(tmp_path: Path) -> tuple[dict, dict]:
+    """Two random timm test backbones (a CNN and a ViT) with prototypes at the training resolution."""
     from hardgen import features
 
     backbones = {"cnn": {"name": "test_resnet", "input_size": 32}, "vit": {"name": "test_vit", "input_size": 32}}
@@ -321,13 +326,68 @@ def test_hard_mode_calibrates_margins_and_the_hinge_is_active(plain_run, tiny_ba
         dim = features.load_backbone(features.BackboneSpec.from_config(key, entry)).feature_dim
         prototypes[key] = str(tmp_path / f"{key}.safetensors")
         _write_prototype(Path(prototypes[key]), dim, entry["name"])
-    settings = make_settings(tiny_base, tiny_data, tmp_path / "hard", mode="hard",
-                             init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), backbones=backbones,
-                             prototypes=prototypes, crop_pad=2, calibration_batches=2, margin_factor=1.5,
-                             prediction_type="v_prediction")
+    return backbones, prototypes
+
+
+@pytest.fixture(scope="module")
+def tiny_base_v(tiny_base, tmp_path_factory) -> Path:
+    """The tiny base with a v-prediction scheduler: the prediction type comes from the base, not the config."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("base_v") / "tiny-sd-v"
+    shutil.copytree(tiny_base, out)
+    config_path = out / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = "v_prediction"
+    config_path.write_text(json.dumps(config))
+    return out
+
+
+def test_hardness_loss_balances_backbones_by_their_margins():
+    d_small, d_large = torch.tensor([0.5, 1.5]), torch.tensor([10.0, 30.0])
+    single, active = hardness_loss({"vit": d_large}, {"vit": 20.0})
+    assert single.item() == pytest.approx(((20 - 10) ** 2 + 0) / 2)  # the paper's L_dis, unnormalised
+    assert active.item() == 0.5
+    both, active = hardness_loss({"cnn": d_small, "vit": d_large}, {"cnn": 1.0, "vit": 20.0})
+    # mean over backbones of the squared relative gaps: cnn ((1-.5)/1)²/2, vit ((20-10)/20)²/2
+    assert both.item() == pytest.approx((0.25 / 2 + 0.25 / 2) / 2)
+    assert active.item() == 0.5  # the second sample is past both margins
+    # balanced: each backbone's gradient on its own relative scale is the same size
+    d_small, d_large = d_small.clone().requires_grad_(), d_large.clone().requires_grad_()
+    hardness_loss({"cnn": d_small, "vit": d_large}, {"cnn": 1.0, "vit": 20.0})[0].backward()
+    assert (d_small.grad[0] * 1.0).item() == pytest.approx((d_large.grad[0] * 20.0).item())
+    with pytest.raises(ValueError, match="no margin"):
+        hardness_loss({"cnn": d_small}, {"vit": 1.0})
+
+
+def test_margin_check_warns_for_margins_that_do_nothing_or_ask_too_much(tmp_path, caplog):
+    backbones, prototypes = _test_backbones(tmp_path)  # real distances 1.0 ± 0.1
+    settings = TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", resolution=RESOLUTION,
+                             backbones=backbones, prototypes=prototypes)
+    judge = train.HardnessJudge(settings, torch.device("cpu"))
+    warnings = judge.check_margins({"cnn": 0.5, "vit": 1.5})
+    assert len(warnings) == 1 and "below the real features' mean" in warnings[0] and "'cnn'" in warnings[0]
+    warnings = judge.check_margins({"cnn": 1.2, "vit": 3.0})
+    assert len(warnings) == 1 and "10 sd" in warnings[0] and "'vit'" in warnings[0]
+    assert judge.check_margins({"cnn": 1.2, "vit": 1.9}) == []
+    _write_prototype(Path(prototypes["cnn"]), judge.prototypes["cnn"].numel(), "test_resnet", resolution=64)
+    with pytest.raises(ValueError, match="resolution 64"):
+        train.HardnessJudge(settings, torch.device("cpu"))
+
+
+def test_hard_mode_calibrates_margins_and_the_hinge_is_active(tiny_base_v, tiny_data, tmp_path):
+    """On a v-prediction base (read from its scheduler), relative margins, an active hinge, and gradients
+    through the VAE decode into the LoRA."""
+    backbones, prototypes = _test_backbones(tmp_path)
+    plain = train_control_lora(make_settings(tiny_base_v, tiny_data, tmp_path / "plain", steps=1))
+    assert plain["prediction_type"] == "v_prediction"
+    settings = make_settings(tiny_base_v, tiny_data, tmp_path / "hard", mode="hard",
+                             init_lora=str(tmp_path / "plain" / LORA_WEIGHTS_NAME), backbones=backbones,
+                             prototypes=prototypes, crop_pad=2, calibration_samples=8, margin_factor=1.5,
+                             margins={"vit": 1e3})
     summary = train_control_lora(settings)
-    assert set(summary["margins"]) == {"cnn", "vit"}
-    assert all(m > 0 for m in summary["margins"].values())
+    assert summary["margins"]["vit"] == 1e3  # absolute
+    assert summary["margins"]["cnn"] == pytest.approx(1.5 * summary["probe_init"]["cnn"])  # relative
     log = pd.read_csv(tmp_path / "hard" / "train_log.csv")
     assert log.loc[0, "extra"] > 0 and log.loc[0, "active_fraction"] > 0
     assert log.loc[0, "loss"] == pytest.approx(log.loc[0, "mse"] + settings.lambda_ * log.loc[0, "extra"], rel=1e-5)
@@ -339,6 +399,51 @@ def test_hard_mode_calibrates_margins_and_the_hinge_is_active(plain_run, tiny_ba
     assert max((with_dis[k] - without[k]).abs().max().item() for k in with_dis) > 0
 
 
+def test_prediction_type_must_agree_with_the_base(tiny_base_v, tiny_data, tmp_path):
+    settings = make_settings(tiny_base_v, tiny_data, tmp_path / "eps", steps=1, prediction_type="epsilon")
+    with pytest.raises(ValueError, match=r"train.prediction_type: 'epsilon' disagrees.*'v_prediction'"):
+        train_control_lora(settings)
+    assert not (tmp_path / "eps" / LORA_WEIGHTS_NAME).exists()
+
+
+def test_hard_steps_move_x0_away_from_every_in_loss_prototype(plain_run, tiny_base, tiny_data, tmp_path):
+    """Direction, not just change: on the fixed probe grid (same images, timesteps and noise) the x̂0 of the
+    fine-tuned LoRA is farther from each in-loss prototype than the init LoRA's, for a CNN and a ViT whose
+    distance scales differ."""
+    backbones, prototypes = _test_backbones(tmp_path)
+    settings = make_settings(tiny_base, tiny_data, tmp_path / "hard", mode="hard", steps=8, learning_rate=1e-2,
+                             init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), backbones=backbones,
+                             prototypes=prototypes, crop_pad=2, calibration_samples=16, margin_factor=2.0,
+                             empty_prompt_prob=0.0)
+    summary = train_control_lora(settings)
+    before, after = summary["probe_init"], summary["probe_final"]
+    assert set(before) == set(after) == {"cnn", "vit"}
+    for key in ("cnn", "vit"):
+        assert after[key] > before[key], (key, before[key], after[key])
+    # the probe is a pure function of the LoRA and the settings: probing the init LoRA again gives probe_init
+    settings.out_dir, settings.steps = str(tmp_path / "again"), 1
+    settings.lambda_ = 0.0
+    assert train_control_lora(settings)["probe_init"] == pytest.approx(before, rel=1e-5)
+
+
+def test_feedback_steps_raise_the_judge_loss(plain_run, tiny_base, tiny_data, tmp_path):
+    from hardgen import segment
+
+    spec = {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_weights": None}
+    torch.manual_seed(0)
+    model = segment.build_segmenter(segment.SegmenterSpec.from_config(spec, "cnn"))
+    save_state_dict(tmp_path / "seg.safetensors", model.state_dict())
+    settings = make_settings(tiny_base, tiny_data, tmp_path / "fb", mode="feedback", steps=8, learning_rate=1e-2,
+                             init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), segmenter=spec,
+                             segmenter_weights=str(tmp_path / "seg.safetensors"), segment_size=32,
+                             calibration_samples=16, feedback_loss="negated", empty_prompt_prob=0.0)
+    summary = train_control_lora(settings)
+    assert summary["margins"] == {}  # negated: unbounded, no margin
+    assert summary["probe_final"]["segmenter"] > summary["probe_init"]["segmenter"]
+    log = pd.read_csv(tmp_path / "fb" / "train_log.csv")
+    assert (log["extra"] < 0).all() and (log["active_fraction"] == 1).all()
+
+
 def test_fp16_hard_mode_decodes_x0_in_fp32(plain_run, tiny_base, tiny_data, tmp_path):
     """fp16 overflows first in the x̂0 decode with gradients; the VAE (force_upcast) decodes in fp32 there."""
     from hardgen import features
@@ -348,7 +453,7 @@ def test_fp16_hard_mode_decodes_x0_in_fp32(plain_run, tiny_base, tiny_data, tmp_
     _write_prototype(tmp_path / "cnn.safetensors", dim, entry["name"])
     make_settings(tiny_base, tiny_data, tmp_path / "hard16", mode="hard", mixed_precision="fp16", steps=1,
                   init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), backbones={"cnn": entry},
-                  prototypes={"cnn": str(tmp_path / "cnn.safetensors")}, crop_pad=2, calibration_batches=1,
+                  prototypes={"cnn": str(tmp_path / "cnn.safetensors")}, crop_pad=2, calibration_samples=2,
                   validation_samples=1, validation_inference_steps=1).to_json(tmp_path / "settings.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     run = subprocess.run([sys.executable, "-m", "hardgen.train", "--settings", str(tmp_path / "settings.json")],
@@ -369,7 +474,7 @@ def test_feedback_mode_runs_with_a_fixed_segmenter(plain_run, tiny_base, tiny_da
     settings = make_settings(tiny_base, tiny_data, tmp_path / "fb", mode="feedback", steps=1,
                              init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), segmenter=spec,
                              segmenter_weights=str(tmp_path / "seg.safetensors"), segment_size=32,
-                             calibration_batches=1)
+                             calibration_samples=4)
     summary = train_control_lora(settings)
     assert summary["margins"]["segmenter"] > 0
     log = pd.read_csv(tmp_path / "fb" / "train_log.csv")

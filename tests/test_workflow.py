@@ -16,7 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "envs")
 TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir"]
-METRICS = ["mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE"]
+METRICS = ["mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE"]  # the toolbox's ...
+EXTRA_METRICS = ["maxDice", "maxIoU", "Dice@0.5", "IoU@0.5"]  # ... and hardgen's extra rows
+POLICIES = {"real", "plain", "hard", "feedback", "hard_band", "hard_random", "random"}
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -72,29 +80,57 @@ def test_demo_tables(demo_run):
     tables = workdir / "results" / "tables"
     bench = pd.read_csv(tables / "benchmark.csv")
     assert list(bench.columns) == ["arch", "policy", "seed", "testset", "metric", "value"]
-    assert sorted(bench["testset"].unique()) == sorted(TESTSETS)
-    assert sorted(bench["metric"].unique()) == sorted(METRICS)
-    assert set(bench["policy"]) == {"real", "plain", "hard", "feedback", "hard_band", "random"}
+    assert sorted(bench["testset"].unique()) == sorted([*TESTSETS, "overall"])  # + the image-weighted pooled score
+    assert sorted(bench["metric"].unique()) == sorted(METRICS + EXTRA_METRICS)
+    assert set(bench["policy"]) == POLICIES
     assert set(bench["arch"]) == {"cnn", "transformer"}
-    # every arch x policy x seed x testset x metric present exactly once, values are proper scores
-    assert len(bench) == 2 * 6 * 1 * 5 * 7
+    # every arch x policy x seed x (testset + overall) x metric present exactly once, values are proper scores
+    assert len(bench) == 2 * 7 * 1 * 6 * (len(METRICS) + len(EXTRA_METRICS))
     assert bench["value"].between(0, 1).all()
 
     markdown = (tables / "benchmark.md").read_text()
     assert "mDice" in markdown and "mIoU" in markdown and "Polyp-PVT" in markdown
+    assert "| overall |" in markdown and "Paired differences" in markdown and "noise by design" in markdown
+    assert "| mDice | cnn | hard_band | hard_random |" in markdown
     for testset in TESTSETS:
         assert testset in markdown
 
+    # equal budgets: every policy of one arch and seed ran the same iterations and saw the same images
+    runs = pd.read_csv(tables / "runs.csv")
+    assert list(runs.columns) == ["arch", "policy", "seed", "real_images", "synthetic_images", "iterations",
+                                  "images_seen"]
+    assert len(runs) == 2 * 7 and set(runs["policy"]) == POLICIES
+    assert (runs["iterations"] == 12).all() and (runs["images_seen"] == 12 * 8).all()
+    assert (runs["real_images"] == 24).all() and (runs.loc[runs.policy == "real", "synthetic_images"] == 0).all()
+    sizes = runs[runs.arch == "cnn"].set_index("policy")["synthetic_images"]
+    assert sizes["hard_band"] == sizes["hard_random"] == sizes["random"] < sizes["hard"] == sizes["plain"]
+    subsets = workdir / "results" / "subsets"
+    band = pd.read_csv(subsets / "hard_band" / "seed-0.csv")
+    control = pd.read_csv(subsets / "hard_random" / "seed-0.csv")
+    assert len(band) == len(control) and set(control["variant"]) == {"hard"}
+
+    # the feedback judge is its own run, not the benchmark's real-trained segmenter
+    from hardgen.weights import load_state_dict
+
+    judge = load_state_dict(workdir / "results" / "judge" / "cnn" / "seed-0" / "model.safetensors")
+    bench_real = load_state_dict(workdir / "results" / "segment" / "cnn" / "real" / "seed-0" / "model.safetensors")
+    assert judge.keys() == bench_real.keys() and not all(torch_equal(judge[k], bench_real[k]) for k in judge)
+
     hardness = pd.read_csv(tables / "hardness.csv")
-    assert list(hardness.columns)[:4] == ["variant", "backbone", "mean_discrepancy", "n"]
+    assert list(hardness.columns)[:5] == ["variant", "backbone", "mean_discrepancy", "n", "in_loss"]
+    assert set(hardness.loc[hardness["in_loss"], "backbone"]) == {"cnn", "vit"}  # demo hard.loss_backbones
     assert set(hardness["variant"]) == {"real", "plain", "hard", "feedback"}
-    assert set(hardness["backbone"]) == {"cnn", "vit"}
+    assert set(hardness["backbone"]) == {"cnn", "vit", "heldout"}  # heldout: scored, never in the loss
+    assert not hardness.loc[hardness["backbone"] == "heldout", "in_loss"].any()
     assert (hardness["mean_discrepancy"] > 0).all()
 
     transfer = pd.read_csv(tables / "hardness_transfer.csv")
-    assert list(transfer.columns)[:4] == ["backbone", "segmenter", "variant", "spearman"]
-    assert set(transfer["segmenter"]) == {"cnn", "transformer"}
+    assert list(transfer.columns) == ["backbone", "segmenter", "variant", "spearman", "partial_spearman", "n"]
+    assert set(transfer["segmenter"]) == {"cnn/seed-0", "transformer/seed-0"}  # benchmark real runs, not the judge
     assert transfer["spearman"].dropna().between(-1, 1).all()
+    assert transfer["partial_spearman"].dropna().between(-1, 1).all()
+    every_sample = sizes["plain"] + sizes["hard"] + sizes["feedback"]  # one loss per generated sample
+    assert (transfer.loc[transfer.variant == "all", "n"] == every_sample).all()
 
     plots = sorted(p.name for p in (workdir / "results" / "plots").glob("*.png"))
     assert plots and all((workdir / "results" / "plots" / p).stat().st_size > 1000 for p in plots)
@@ -151,8 +187,10 @@ def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
     result = snakemake(workdir, "--profile", "workflow/profiles/slurm", "-n")
     text = result.stdout + result.stderr
     jobs = planned_jobs(text)
-    assert jobs["generate"] == 6 and jobs["train_segmenter"] == 12 and jobs["report"] == 1
-    gpu_rules = {"train_control_lora", "train_hard_lora", "train_feedback_lora", "generate", "train_segmenter"}
+    assert jobs["generate"] == 6 and jobs["train_segmenter"] == 14 and jobs["report"] == 1
+    assert jobs["train_judge"] == 1 and jobs["segmenter_loss"] == 2 and jobs["filter"] == 6
+    gpu_rules = {"train_control_lora", "train_hard_lora", "train_feedback_lora", "generate", "train_segmenter",
+                 "train_judge"}
     cpu_rules = {"prepare_data", "make_conditions", "filter", "report"}
     for block in text.split("\n\n"):
         match = re.search(r"^rule (\w+):", block, re.MULTILINE)
@@ -177,7 +215,8 @@ def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
     result = snakemake(workdir, "-n", "--cores", "2", *overlay)
     jobs = planned_jobs(result.stdout + result.stderr)
     assert "demo_data" not in jobs and "base_model" not in jobs  # real data, hub/local SD1.5
-    assert jobs["generate"] == 8 * 3 and jobs["train_segmenter"] == 2 * 6 * 3
+    assert jobs["generate"] == 8 * 3 and jobs["train_segmenter"] == 2 * 7 * 3
+    assert jobs["train_judge"] == 1 and jobs["segmenter_loss"] == 2 * 3 and jobs["filter"] == 6 * 3
     # the fake download has the layout but not the published sizes: prepare_data says so and writes nothing
     failed = snakemake(workdir, "results/data/manifest.csv", "--cores", "1", *overlay, check=False)
     assert failed.returncode != 0
@@ -192,5 +231,5 @@ def test_html_report_bundles_tables_and_plots(demo_run):
     snakemake(workdir, "--report", "report.html")
     html = (workdir / "report.html").read_text(errors="replace")
     assert len(html) > 100_000
-    for name in ("benchmark.csv", "hardness.csv", "hardness_transfer.csv", "grid.png"):
+    for name in ("benchmark.csv", "runs.csv", "hardness.csv", "hardness_transfer.csv", "grid.png"):
         assert name in html

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from hardgen.io import DataError, read_mask, sample_seed, write_image, write_mask, write_table
+from hardgen.io import DataError, fit_square, read_mask, sample_seed, write_image, write_mask, write_table
 
 # albumentations otherwise checks PyPI for a newer version at import; the machines may be offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -115,7 +115,8 @@ def make_conditions(
     """Write a condition image and its mask for every training mask, plus new layouts.
 
     For each ``train`` row of ``manifest`` (a DataFrame or a manifest CSV path): the mask is thresholded,
-    resized to ``size`` x ``size`` (nearest) and written as ``out_dir/masks/real-<id>.png`` (0/255) with its
+    brought to ``size`` x ``size`` by :func:`hardgen.io.fit_square` (short side to ``size``, centre crop,
+    nearest) and written as ``out_dir/masks/real-<id>.png`` (0/255) with its
     condition in ``out_dir/images/real-<id>.png``; then ``layouts_per_mask`` transformed layouts
     ``layout-<id>-<k>`` (k = 0..n-1), seeded by :func:`hardgen.io.sample_seed`. Masks empty at this size
     get no layouts (logged). Returns the table ``sample_id, source_id, kind, condition, mask`` with
@@ -153,8 +154,9 @@ def make_conditions(
 
     for source_id, mask_file in tqdm(list(zip(train["id"], train["mask"])), desc="conditions", unit="mask"):
         full = read_mask(mask_file)
-        # Resize the thresholded 0/255 mask with nearest so the result stays exactly binary.
-        mask = cv2.resize(full.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+        # The training image's own transform (short side to `size`, centre crop; nearest keeps it binary),
+        # so condition, mask and image stay aligned and keep their aspect ratio.
+        mask = fit_square(full, size, is_mask=True)
         emit(f"real-{source_id}", source_id, "real", mask)
         if layouts_per_mask and not mask.any():
             skipped.append(f"{source_id} ({'no foreground' if not full.any() else f'foreground lost at {size} px'})")

@@ -23,8 +23,12 @@ from jsonschema import Draft202012Validator
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-#: Which generated variant each segmentation policy draws its samples from.
-POLICY_VARIANTS = {"real": None, "plain": "plain", "hard": "hard", "feedback": "feedback", "hard_band": "hard", "random": "plain"}
+#: The generated variants each segmentation policy needs: the one it draws from, and ``hard`` for the
+#: size-matched controls, whose size is the size of ``hard_band``.
+POLICY_VARIANTS: dict[str, tuple[str, ...]] = {
+    "real": (), "plain": ("plain",), "hard": ("hard",), "feedback": ("feedback",), "hard_band": ("hard",),
+    "hard_random": ("hard",), "random": ("plain", "hard"),
+}
 
 
 class ConfigError(ValueError):
@@ -43,7 +47,8 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str,
 
 
 def load_config(paths: Iterable[str | Path]) -> dict[str, Any]:
-    """Load and deep-merge YAML files in order (the demo config first, overlays after)."""
+    """Load and deep-merge YAML files in order (the demo config first, overlays after), then fill the
+    schema's defaults (:func:`apply_defaults`), as the workflow sees it."""
     config: dict[str, Any] = {}
     for path in paths:
         path = Path(path)
@@ -54,7 +59,7 @@ def load_config(paths: Iterable[str | Path]) -> dict[str, Any]:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: top level must be a mapping")
         config = deep_merge(config, data)
-    return config
+    return apply_defaults(config)
 
 
 def _key_path(parts: Iterable[Any]) -> str:
@@ -65,9 +70,53 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 
 
-def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> None:
-    """Raise :class:`ConfigError` listing every problem, each with its key path."""
+def _resolve(node: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow a local ``$ref`` (``#/$defs/name``)."""
+    ref = node.get("$ref")
+    if not ref:
+        return node
+    if not ref.startswith("#/"):
+        raise ConfigError(f"schema: only local $ref are supported, got {ref!r}")
+    target: Any = schema
+    for part in ref[2:].split("/"):
+        target = target[part]
+    return _resolve(target, schema)
+
+
+def apply_defaults(config: dict[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fill every absent key that has a ``default`` in the schema, recursively (in place; also returned).
+
+    The schema is the one place defaults live: stages read ``config[section][key]`` and never repeat a
+    default of their own. Mapping-valued sections (``backbones``, ``segment.archs``) get the defaults of
+    their entry schema.
+    """
     schema = schema or load_schema()
+
+    def fill(instance: Any, node: Mapping[str, Any]) -> None:
+        node = _resolve(node, schema)
+        if not isinstance(instance, dict):
+            return
+        for key, child in node.get("properties", {}).items():
+            child = _resolve(child, schema)
+            if key not in instance and "default" in child:
+                instance[key] = copy.deepcopy(child["default"])
+            if key in instance:
+                fill(instance[key], child)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            for key, value in instance.items():
+                if key not in node.get("properties", {}):
+                    fill(value, extra)
+
+    fill(config, schema)
+    return config
+
+
+def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = None) -> None:
+    """Fill schema defaults into ``config`` (in place), then raise :class:`ConfigError` listing every problem,
+    each with its key path."""
+    schema = schema or load_schema()
+    apply_defaults(config, schema)
     validator = Draft202012Validator(schema)
     problems = []
     for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
@@ -88,10 +137,10 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     if not low < high:
         problems.append(f"config key 'filter.band': quantiles must be increasing, got [{low}, {high}]")
     cond = config["condition"]
-    if cond.get("canny_low", 100) >= cond.get("canny_high", 200):
+    if cond["canny_low"] >= cond["canny_high"]:
         problems.append("config key 'condition.canny_low': must be below condition.canny_high")
-    demo = config["data"].get("demo", {})
-    if demo.get("min_size", 0) > demo.get("max_size", 10**9):
+    demo = config["data"]["demo"]
+    if demo["min_size"] > demo["max_size"]:
         problems.append("config key 'data.demo.min_size': must not exceed data.demo.max_size")
     archs = config["segment"]["archs"]
     if config["feedback"]["segmenter"] not in archs:
@@ -99,17 +148,61 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
             f"config key 'feedback.segmenter': '{config['feedback']['segmenter']}' is not a key of segment.archs "
             f"({', '.join(archs)})"
         )
-    score_backbone = config["filter"].get("score_backbone", "all")
+    score_backbone = config["filter"]["score_backbone"]
     if score_backbone != "all" and score_backbone not in config["backbones"]:
         problems.append(f"config key 'filter.score_backbone': '{score_backbone}' is not 'all' or a backbones key")
-    variants = set(config["generation"].get("variants", ["plain", "hard", "feedback"]))
+    variants = set(config["generation"]["variants"])
     for policy in config["segment"]["policies"]:
-        needed = POLICY_VARIANTS[policy]
-        if needed and needed not in variants:
-            problems.append(f"config key 'segment.policies': policy '{policy}' needs generation.variants to include '{needed}'")
-    if config["model"]["base"] == "tiny" and not config["model"].get("tiny_config"):
-        problems.append("config key 'model.tiny_config': required when model.base is 'tiny'")
+        for needed in POLICY_VARIANTS[policy]:
+            if needed not in variants:
+                problems.append(f"config key 'segment.policies': policy '{policy}' needs generation.variants to "
+                                f"include '{needed}'")
+    for key in config["hard"]["loss_backbones"]:
+        if key not in config["backbones"]:
+            problems.append(f"config key 'hard.loss_backbones': '{key}' is not a backbones key "
+                            f"({', '.join(config['backbones'])})")
+    problems.extend(random_weight_problems(config))
     return problems
+
+
+def random_weight_problems(config: Mapping[str, Any]) -> list[str]:
+    """Backbones and segmenter encoders that would start from random weights on real data.
+
+    On real data (``data.root`` set) a feature extractor or encoder with neither pretrained weights nor a
+    checkpoint is almost always a forgotten setting, and its numbers would look real: it is an error
+    unless ``allow_random_weights: true``. The demo (``data.root: null``) runs random weights by design.
+    """
+    if config["data"]["root"] is None or config["allow_random_weights"]:
+        return []
+    problems = []
+    hint = "; give pretrained weights or a checkpoint, or set allow_random_weights: true"
+    for key, spec in config["backbones"].items():
+        if not spec["pretrained"] and not spec["checkpoint"]:
+            problems.append(f"config key 'backbones.{key}': neither pretrained nor checkpoint: random weights{hint}")
+    for key, spec in config["segment"]["archs"].items():
+        if not spec["encoder_weights"] and not spec["checkpoint"]:
+            problems.append(f"config key 'segment.archs.{key}': neither encoder_weights nor checkpoint: "
+                            f"random encoder{hint}")
+    return problems
+
+
+def timm_name_problem(name: str) -> str | None:
+    """Why ``name`` (``architecture`` or ``architecture.tag``) is not a timm model with those weights; None if it is.
+
+    ``timm.is_model`` ignores the tag, so a misspelt weight tag would silently pick other weights (and
+    another feature scale, which an absolute margin depends on).
+    """
+    import timm  # local: config validation must not need torch
+
+    if not timm.is_model(name):
+        return f"unknown timm model {name!r}"
+    if "." in name:
+        try:
+            timm.models.get_pretrained_cfg(name)
+        except RuntimeError as err:
+            tags = [t.split(".", 1)[1] for t in timm.list_pretrained(name.split(".", 1)[0] + ".*")]
+            return f"{err} Known tags: {tags[:12]}"
+    return None
 
 
 def check_registries(config: Mapping[str, Any]) -> None:
@@ -120,8 +213,9 @@ def check_registries(config: Mapping[str, Any]) -> None:
 
     problems = []
     for key, spec in config["backbones"].items():
-        if not timm.is_model(spec["name"]):
-            problems.append(f"config key 'backbones.{key}.name': unknown timm model '{spec['name']}'")
+        problem = timm_name_problem(spec["name"])
+        if problem:
+            problems.append(f"config key 'backbones.{key}.name': {problem}")
     arch_names = {name.lower() for name in smp.MODEL_ARCHITECTURES_MAPPING}
     encoders = set(get_encoder_names())
     for key, spec in config["segment"]["archs"].items():

@@ -32,6 +32,7 @@ from timm.layers import resample_abs_pos_embed
 from tqdm.auto import tqdm
 
 from hardgen import io
+from hardgen.config import timm_name_problem
 from hardgen.io import DataError
 from hardgen.weights import load_state_dict, save_state_dict
 
@@ -42,6 +43,8 @@ RANDOM_INIT_SEED = 0
 
 #: Spec fields accepted from a ``backbones.<key>`` config entry.
 _SPEC_FIELDS = ("name", "pretrained", "checkpoint", "input_size")
+#: Entry fields that belong to the hardness loss, not to the feature extractor (read by ``hardgen.stages``).
+LOSS_FIELDS = ("margin",)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class BackboneSpec:
         """Build a spec from the ``backbones.<key>`` mapping, naming the key on bad values."""
         if not isinstance(entry, dict):
             raise ValueError(f"backbones.{key}: expected a mapping with {', '.join(_SPEC_FIELDS)}")
-        unknown = sorted(set(entry) - set(_SPEC_FIELDS))
+        unknown = sorted(set(entry) - set(_SPEC_FIELDS) - set(LOSS_FIELDS))
         if unknown:
             raise ValueError(f"backbones.{key}: unknown keys {unknown}")
         if not isinstance(entry.get("name"), str) or not entry["name"]:
@@ -158,8 +161,9 @@ def load_backbone(
     ``config_key`` (e.g. ``"vit"``) only makes error messages name ``backbones.<key>.*``.
     """
     where = f"backbones.{config_key}" if config_key else "backbone"
-    if not timm.is_model(spec.name):
-        raise ValueError(f"{where}.name: unknown timm model {spec.name!r}")
+    problem = timm_name_problem(spec.name)
+    if problem:
+        raise ValueError(f"{where}.name: {problem}")
     if spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
         raise FileNotFoundError(f"{where}.checkpoint: {spec.checkpoint}: file not found")
     kwargs: dict[str, Any] = {"num_classes": 0}
@@ -240,12 +244,20 @@ def _id_column(pairs: pd.DataFrame) -> str:
 
 
 def iter_features(
-    backbone: FeatureExtractor, pairs: pd.DataFrame, pad: int, batch_size: int, size: int | None = None
+    backbone: FeatureExtractor,
+    pairs: pd.DataFrame,
+    pad: int,
+    batch_size: int,
+    size: int | None = None,
+    resolution: int | None = None,
 ) -> Iterator[tuple[list[str], torch.Tensor]]:
     """Yield (ids, (b, D) features) batch by batch; only one batch of images is in memory at a time.
 
-    Images are cropped one by one (sizes may differ), resized to ``size`` (default: the
-    backbone's input size), then stacked. Runs without autograd.
+    With ``resolution`` (the generator's, ``model.resolution``) each image and its mask first go through
+    :func:`hardgen.io.fit_square`, the transform the generator was trained on; generated images are
+    already that size, so real and generated samples are compared at the same scale. Images are then
+    cropped one by one to the mask box, resized to ``size`` (default: the backbone's input size) and
+    stacked. Runs without autograd.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -266,6 +278,8 @@ def iter_features(
                 raise DataError(
                     f"{mask_path}: mask size {mask.shape} differs from image {image_path} {image.shape[:2]}"
                 )
+            if resolution is not None:
+                image, mask = io.fit_square(image, resolution), io.fit_square(mask, resolution, is_mask=True)
             image_t = torch.tensor(image).permute(2, 0, 1)[None].float().div_(255.0)
             crops.append(crop_to_mask(image_t, torch.tensor(mask)[None], pad, size))
         with torch.inference_mode():
@@ -274,7 +288,12 @@ def iter_features(
 
 
 def extract_features(
-    backbone: FeatureExtractor, pairs: pd.DataFrame, pad: int, batch_size: int, size: int | None = None
+    backbone: FeatureExtractor,
+    pairs: pd.DataFrame,
+    pad: int,
+    batch_size: int,
+    size: int | None = None,
+    resolution: int | None = None,
 ) -> tuple[list[str], torch.Tensor]:
     """Features of every image/mask pair in ``pairs`` (columns ``sample_id``/``id``, ``image``, ``mask``).
 
@@ -282,7 +301,7 @@ def extract_features(
     """
     ids: list[str] = []
     chunks: list[torch.Tensor] = []
-    for batch_ids, features in iter_features(backbone, pairs, pad, batch_size, size):
+    for batch_ids, features in iter_features(backbone, pairs, pad, batch_size, size, resolution):
         ids.extend(batch_ids)
         chunks.append(features)
     if not chunks:
@@ -311,6 +330,8 @@ class Prototype:
     real_std: float
     backbone: str
     n: int
+    #: the resolution real images were brought to (None: their native size)
+    resolution: int | None = None
 
 
 def compute_prototype(
@@ -321,8 +342,12 @@ def compute_prototype(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     config_key: str | None = None,
+    resolution: int | None = None,
 ) -> dict[str, Any]:
     """Mean feature of the real training crops, saved to ``out_path`` (.safetensors).
+
+    ``resolution``: bring each real image to the generator's resolution first (see :func:`iter_features`),
+    so the prototype and the real spread describe images at the scale generated samples have.
 
     Tensors: ``prototype`` (D,), ``real_distances`` (N,). Metadata: ``real_mean_distance``,
     ``real_std_distance`` (sample sd), ``backbone``, ``n``, ``input_size``, ``pad``, ``sample_ids``
@@ -332,7 +357,7 @@ def compute_prototype(
     if len(pairs) < 2:
         raise DataError(f"manifest: need >= 2 training samples with foreground for a prototype, found {len(pairs)}")
     backbone = load_backbone(spec, device, config_key=config_key)
-    ids, features = extract_features(backbone, pairs, pad, batch_size)
+    ids, features = extract_features(backbone, pairs, pad, batch_size, resolution=resolution)
     prototype = features.mean(dim=0)
     distances = prototype_distance(features, prototype)
     summary = {
@@ -342,6 +367,7 @@ def compute_prototype(
         "n": len(ids),
         "input_size": spec.input_size,
         "pad": pad,
+        "resolution": resolution if resolution is not None else "native",
     }
     if not summary["real_std_distance"] > 0:
         raise DataError(f"manifest: real distances to the prototype have zero spread ({len(ids)} samples)")
@@ -370,4 +396,5 @@ def load_prototype(path: str | Path) -> Prototype:
         real_std=float(metadata["real_std_distance"]),
         backbone=metadata["backbone"],
         n=int(metadata["n"]),
+        resolution=None if metadata.get("resolution", "native") == "native" else int(metadata["resolution"]),
     )

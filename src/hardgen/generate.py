@@ -19,14 +19,23 @@ from typing import TYPE_CHECKING
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hardgen.io import DataError, read_mask, read_rgb, resolve_table_path, sample_seed, write_csv, write_image, write_mask
+from hardgen.io import (
+    DataError,
+    fit_square,
+    read_mask,
+    read_rgb,
+    resolve_table_path,
+    sample_seed,
+    write_csv,
+    write_image,
+    write_mask,
+)
 
 if TYPE_CHECKING:  # diffusers/transformers take seconds to import; merging shards needs neither
     from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline
@@ -92,17 +101,16 @@ def shard_chunks(sample_ids: Iterable[str], batch_size: int, shard_index: int, n
 
 # ---------------------------------------------------------------------------- image handling
 def load_condition(path: str | Path, resolution: int) -> np.ndarray:
-    """A condition image as ``resolution``² RGB uint8, resized exactly as training resizes it (bilinear)."""
+    """A condition image as ``resolution``² RGB uint8, brought to size exactly as training does (:func:`hardgen.io.fit_square`)."""
     image = read_rgb(path)
     if image.shape[:2] != (resolution, resolution):
-        image = cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+        image = fit_square(image, resolution)
     return image
 
 
 def resize_mask(path: str | Path, resolution: int) -> np.ndarray:
-    """A mask resized to ``resolution``² with nearest neighbour, so it stays binary."""
-    mask = read_mask(path).astype(np.uint8)
-    return cv2.resize(mask, (resolution, resolution), interpolation=cv2.INTER_NEAREST).astype(bool)
+    """A mask brought to ``resolution``² by :func:`hardgen.io.fit_square` (nearest, so it stays binary)."""
+    return fit_square(read_mask(path), resolution, is_mask=True)
 
 
 def to_uint8(images01: np.ndarray) -> np.ndarray:
@@ -201,12 +209,14 @@ def load_generation_pipeline(
     family: str = "sd15",
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    vae: str | Path | None = None,
 ) -> ControlLoraPipeline | ControlLoraXLPipeline:
     """Base model + widened conv_in + Control-LoRA + UniPC, ready to sample.
 
     The base is read by :func:`hardgen.base_model.load_components` (``from_pretrained`` of each
     component), the same path for the tiny demo folder, SD1.5 and SDXL. The UniPC scheduler is built
     from the base's own scheduler config, so beta schedule and prediction type match the base.
+    ``vae`` (``model.vae``) replaces the base's VAE, as in training.
     """
     if not Path(lora_path).exists():  # fail before the slow base load; a folder holding the file also works
         raise FileNotFoundError(f"{lora_path}: Control-LoRA weights not found")
@@ -216,7 +226,7 @@ def load_generation_pipeline(
     from hardgen.base_model import load_components
     from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline, load_control_lora, widen_conv_in
 
-    components = load_components(base, family=family, dtype=dtype)
+    components = load_components(base, family=family, dtype=dtype, vae=vae)
     unet = components["unet"]
     widen_conv_in(unet, num_conditions=1)
     load_control_lora(unet, lora_path, adapter_name=ADAPTER_NAME)
@@ -283,6 +293,7 @@ def generate_shard(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     variant: str,
+    vae: str | Path | None = None,
 ) -> pd.DataFrame:
     """Generate one image per condition row of this shard with the Control-LoRA at ``lora_path``.
 
@@ -299,7 +310,7 @@ def generate_shard(
     # loading the model is the slow part: skip it when a finished shard is rerun
     needs_model = any(not (out_dir / "images" / f"{sid}.png").exists() for chunk in chunks for sid in chunk)
     if needs_model:
-        pipe = load_generation_pipeline(base, lora_path, family=family, device=device, dtype=dtype)
+        pipe = load_generation_pipeline(base, lora_path, family=family, device=device, dtype=dtype, vae=vae)
         render = pipeline_renderer(
             pipe, prompt=prompt, resolution=resolution, steps=steps,
             guidance_scale=guidance_scale, condition_scale=condition_scale,

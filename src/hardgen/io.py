@@ -105,6 +105,32 @@ def fg_bbox(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
     )
 
 
+def fit_square(array: np.ndarray, size: int, is_mask: bool = False) -> np.ndarray:
+    """Resize the short side to ``size`` and centre-crop to ``size``² (control-lora-v3's transform).
+
+    The aspect ratio is kept. Images shrink with area interpolation (no aliasing) and grow bilinearly;
+    bool masks use nearest neighbour so they stay binary. The one transform that brings a real image,
+    its mask and its condition to the generator's resolution, so real and generated samples are
+    compared at the same scale and framing.
+    """
+    import cv2  # local: only the stages that resize need OpenCV
+
+    if size < 1:
+        raise ValueError(f"fit_square: size must be >= 1, got {size}")
+    h, w = array.shape[:2]
+    scale = size / min(h, w)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_h, new_w) != (h, w):
+        if is_mask:
+            array = cv2.resize(array.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+        else:
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            array = cv2.resize(array, (new_w, new_h), interpolation=interpolation)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    out = array[top:top + size, left:left + size]
+    return out.astype(bool) if is_mask else np.array(out)  # a writable copy, never a view of the input
+
+
 def sample_seed(sample_id: str, base_seed: int = 0) -> int:
     """A stable 63-bit seed from a sample id, independent of shard layout and process."""
     digest = hashlib.sha256(f"{base_seed}:{sample_id}".encode()).digest()

@@ -39,8 +39,13 @@ def score_samples(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     backbone_key: str | None = None,
+    resolution: int | None = None,
 ) -> pd.DataFrame:
     """Score every image/mask pair (columns ``sample_id``/``id``, ``image``, ``mask``).
+
+    ``resolution``: the generator's resolution; every image is first brought to it with the generator's
+    training transform (:func:`hardgen.io.fit_square`, a no-op for generated images), and it must be the
+    resolution the prototype was computed at.
 
     Returns a DataFrame with columns ``sample_id, variant, backbone, distance, z``; ``backbone``
     holds ``backbone_key`` (the config key, e.g. ``cnn``), defaulting to the timm name. Images
@@ -52,6 +57,11 @@ def score_samples(
             f"{prototype_path}: prototype was built with {prototype.backbone!r}, "
             f"but backbones.{backbone_key or '?'}.name is {backbone_spec.name!r}"
         )
+    if prototype.resolution != resolution:
+        raise ValueError(
+            f"{prototype_path}: prototype computed at resolution {prototype.resolution or 'native'}, "
+            f"scoring at {resolution or 'native'} (model.resolution changed? rerun the prototype rule)"
+        )
     backbone = load_backbone(backbone_spec, device, config_key=backbone_key)
     if backbone.feature_dim != prototype.prototype.shape[0]:
         raise ValueError(
@@ -60,7 +70,7 @@ def score_samples(
         )
     ids: list[str] = []
     distances: list[torch.Tensor] = []
-    for batch_ids, features in iter_features(backbone, pairs_df, pad, batch_size):
+    for batch_ids, features in iter_features(backbone, pairs_df, pad, batch_size, resolution=resolution):
         ids.extend(batch_ids)
         distances.append(prototype_distance(features, prototype.prototype))
     distance = torch.cat(distances).double().numpy() if distances else []
@@ -85,10 +95,12 @@ def score_real(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     backbone_key: str | None = None,
+    resolution: int | None = None,
 ) -> pd.DataFrame:
     """Score the real training samples (the prototype's own set) as the reference, variant ``real``."""
     return score_samples(
-        real_training_pairs(manifest_df), backbone_spec, prototype_path, "real", pad, batch_size, device, backbone_key
+        real_training_pairs(manifest_df), backbone_spec, prototype_path, "real", pad, batch_size, device, backbone_key,
+        resolution,
     )
 
 
@@ -101,6 +113,7 @@ def score_variant(
     pad: int = 10,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    resolution: int | None = None,
 ) -> pd.DataFrame:
     """Workflow entry point: score one variant with every backbone and write ``results/scores/<variant>.csv``.
 
@@ -119,9 +132,10 @@ def score_variant(
     tables = []
     for key in sorted(backbones):
         if variant == "real":
-            table = score_real(manifest, backbones[key], prototype_paths[key], pad, batch_size, device, key)
+            table = score_real(manifest, backbones[key], prototype_paths[key], pad, batch_size, device, key, resolution)
         else:
-            table = score_samples(manifest, backbones[key], prototype_paths[key], variant, pad, batch_size, device, key)
+            table = score_samples(manifest, backbones[key], prototype_paths[key], variant, pad, batch_size, device, key,
+                                  resolution)
         log.info("%s/%s: %d samples, mean z %.3f", variant, key, len(table), table["z"].mean())
         tables.append(table)
     if not tables:

@@ -24,6 +24,15 @@ _RESUME_NEUTRAL = (
 )
 
 
+#: ``train`` keys copied into TrainSettings as they are (the schema fills their defaults).
+TRAIN_KEYS = (
+    "batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "gradient_accumulation_steps",
+    "mixed_precision", "gradient_checkpointing", "loraplus_lr_ratio", "use_8bit_adam", "max_grad_norm",
+    "empty_prompt_prob", "prediction_type", "checkpointing_steps", "checkpoints_total_limit",
+    "validation_steps", "num_workers",
+)
+
+
 def train_settings(
     mode: str,
     *,
@@ -43,9 +52,17 @@ def train_settings(
     segmenter_weights: str | None = None,
     segment_size: int | None = None,
     crop_pad: int = 10,
+    num_gpus: int = 1,
 ):
-    """Build :class:`hardgen.train.TrainSettings` from config sections (``finetune`` = ``hard`` or ``feedback``)."""
-    from hardgen.train import TrainSettings
+    """Build :class:`hardgen.train_settings.TrainSettings` from validated config sections.
+
+    ``finetune`` is the ``hard`` or ``feedback`` section. In hard mode ``backbones`` is the whole
+    ``backbones`` section: only the keys in ``hard.loss_backbones`` enter the loss (with their prototype
+    files from ``prototypes`` and their absolute ``margin`` where set); the others are held-out judges
+    that never reach the generator. ``num_gpus`` (the rule's GPUs) turns ``train.images_per_step`` into
+    gradient accumulation steps, so a run sees the same images per optimiser step on any GPU count.
+    """
+    from hardgen.train_settings import TrainSettings
 
     values: dict[str, Any] = dict(
         base=base,
@@ -53,6 +70,7 @@ def train_settings(
         manifest_csv=manifest_csv,
         out_dir=out_dir,
         family=model["family"],
+        vae=model["vae"],
         resolution=model["resolution"],
         prompt=model["prompt"],
         mode=mode,
@@ -64,31 +82,33 @@ def train_settings(
         seed=seed,
         resume_from_checkpoint="latest",
         crop_pad=crop_pad,
+        steps=train["steps"],
+        **{key: train[key] for key in TRAIN_KEYS},
     )
-    for key in (
-        "batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "gradient_accumulation_steps",
-        "mixed_precision", "gradient_checkpointing", "loraplus_lr_ratio", "use_8bit_adam", "max_grad_norm",
-        "empty_prompt_prob", "prediction_type", "checkpointing_steps", "checkpoints_total_limit",
-        "validation_steps", "num_workers",
-    ):
-        if key in train:
-            values[key] = train[key]
-    values["steps"] = train["steps"]
+    if train["images_per_step"] is not None:
+        values["gradient_accumulation_steps"] = accumulation_steps(train["images_per_step"], train["batch_size"], num_gpus)
     if finetune is not None:
         values["steps"] = finetune["steps"]
         values["lambda_"] = finetune["lambda"]
         values["margin_factor"] = finetune["margin_factor"]
-        if finetune.get("margin") is not None:
-            values["margin"] = finetune["margin"]
-        if finetune.get("learning_rate") is not None:
+        values["calibration_samples"] = finetune["calibration_samples"]
+        if finetune["learning_rate"] is not None:
             values["learning_rate"] = finetune["learning_rate"]
-        if "calibration_batches" in finetune:
-            values["calibration_batches"] = finetune["calibration_batches"]
         # A fine-tuning run checkpoints at most as often as it has steps.
-        values["checkpointing_steps"] = min(values.get("checkpointing_steps", 0) or finetune["steps"], finetune["steps"])
-    if backbones is not None:
-        values["backbones"] = {k: dict(v) for k, v in backbones.items()}
-        values["prototypes"] = dict(prototypes or {})
+        values["checkpointing_steps"] = min(values["checkpointing_steps"] or finetune["steps"], finetune["steps"])
+    if mode == "hard":
+        if finetune is None or backbones is None:
+            raise ValueError("hard mode needs the hard section and the backbones section")
+        in_loss = list(finetune["loss_backbones"])
+        unknown = [key for key in in_loss if key not in backbones]
+        if unknown:
+            raise ValueError(f"hard.loss_backbones: {unknown} are not keys of backbones ({sorted(backbones)})")
+        prototypes = dict(prototypes or {})
+        values["backbones"] = {k: {f: v for f, v in backbones[k].items() if f != "margin"} for k in in_loss}
+        values["prototypes"] = {k: prototypes[k] for k in in_loss if k in prototypes}
+        values["margins"] = {k: float(backbones[k]["margin"]) for k in in_loss if backbones[k]["margin"] is not None}
+    if mode == "feedback":
+        values["feedback_loss"] = finetune["loss"]
     if segmenter is not None:
         values["segmenter"] = dict(segmenter)
         values["segmenter_weights"] = segmenter_weights
@@ -96,6 +116,15 @@ def train_settings(
     settings = TrainSettings.from_dict(values, source="workflow config")
     settings.validate()
     return settings
+
+
+def accumulation_steps(images_per_step: int, batch_size: int, num_gpus: int) -> int:
+    """Gradient accumulation that makes ``images_per_step`` images per optimiser step with ``num_gpus`` processes."""
+    per_micro_step = batch_size * max(1, num_gpus)
+    if images_per_step % per_micro_step:
+        raise ValueError(f"train.images_per_step: {images_per_step} is not a multiple of train.batch_size × GPUs "
+                         f"= {batch_size} × {max(1, num_gpus)}")
+    return images_per_step // per_micro_step
 
 
 def prepare_resume(settings, inputs: Mapping[str, str]) -> bool:

@@ -2,17 +2,23 @@
 
 The mechanics follow control-lora-v3 on public diffusers / peft / accelerate APIs: a frozen Stable
 Diffusion (SD1.5 or SDXL) whose ``conv_in`` is widened to read the VAE latent of the condition image,
-with peft LoRA adapters as the only trainable parameters.
+with peft LoRA adapters as the only trainable parameters. The prediction type (epsilon or v) is the
+base model's scheduler's, as control-lora-v3 reads it; a config value may only confirm it.
 
 * ``plain``: the denoising MSE on the noise (or velocity).
 * ``hard`` (Wan et al.): start from a plain LoRA and add ``λ · L_dis``, a squared hinge that pushes the
-  frozen-backbone features of the predicted clean image x̂0 (cropped to the mask) at least a margin
-  away from the real-data prototype of each backbone.
-* ``feedback`` (ArSDM-style baseline): start from a plain LoRA and add ``λ · mean max(0, m − ℓ_seg)²``,
-  rewarding samples on which one fixed real-trained segmenter does badly, up to a margin.
+  frozen-backbone features of the predicted clean image x̂0 (cropped to the mask box + pad) at least a
+  margin away from the real-data prototype. Only the *in-loss* backbones enter it (the paper: ViT-L/16
+  alone, unnormalised, absolute margin 50); any other backbone is a held-out judge. With several in-loss
+  backbones each term is divided by its margin², so each one moves the samples.
+* ``feedback`` (ArSDM-style baseline): start from a plain LoRA and add either ``λ · mean max(0, m − ℓ_seg)²``
+  (``hinge``: reward samples on which one fixed real-trained segmenter does badly, up to a bound) or
+  ``−λ · mean ℓ_seg`` (``negated``, the authors' unbounded form).
 
-Margins are calibrated at the start of fine-tuning from the plain LoRA's own x̂0 samples, so they are
-on the scale of the backbone (or segmenter) actually used.
+Margins are absolute where configured (per backbone), else ``margin_factor ×`` the init LoRA's mean value on a
+fixed *probe grid* (``calibration_samples`` training pairs × timesteps spread evenly over the training
+range, fixed noise). The same grid is probed again after training, so ``summary.json`` records whether
+the LoRA moved in the intended direction (``probe_init`` → ``probe_final``).
 
 Entry points: :func:`train_control_lora` (a :class:`TrainSettings`), and :func:`main` for
 ``[accelerate launch] python -m hardgen.train --settings FILE.json``.
@@ -28,12 +34,11 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -44,14 +49,45 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
-from hardgen.io import DataError, read_mask, read_rgb, resolve_table_path, write_csv, write_image, write_json
+from hardgen.io import write_csv, write_image, write_json
+from hardgen.objectives import (
+    FeedbackJudge,
+    HardnessJudge,
+    dissimilarity_loss,
+    feedback_loss,
+    hardness_loss,
+    predict_x0,
+    resolve_prediction_type,
+    squared_hinge,
+)
+from hardgen.train_data import (
+    PairDataset,
+    PromptEmbeddings,
+    ResumableBatchSampler,
+    _loader,
+    encode_prompts,
+    load_training_pairs,
+)
+from hardgen.train_settings import (
+    FAMILIES,
+    FEEDBACK_LOSSES,
+    MIXED_PRECISIONS,
+    MODES,
+    PREDICTION_TYPES,
+    TrainSettings,
+)
+
+#: Re-exported: the training API lives here, its parts in train_settings, train_data and objectives.
+__all__ = [
+    "FAMILIES", "FEEDBACK_LOSSES", "LOG_COLUMNS", "LORA_WEIGHTS_NAME", "MIXED_PRECISIONS", "MODES",
+    "PREDICTION_TYPES", "TRAINER_STATE_NAME", "FeedbackJudge", "HardnessJudge", "PairDataset", "PromptEmbeddings",
+    "ResumableBatchSampler", "TrainSettings", "TrainingDivergedError", "assign_lora_weights", "dissimilarity_loss",
+    "encode_prompts", "feedback_loss", "hardness_loss", "list_checkpoints", "load_training_pairs",
+    "lora_param_groups", "main", "predict_x0", "resolve_prediction_type", "squared_hinge", "train_control_lora",
+]
 
 logger = logging.getLogger("hardgen.train")
 
-MODES = ("plain", "hard", "feedback")
-FAMILIES = ("sd15", "sdxl")
-MIXED_PRECISIONS = ("no", "fp16", "bf16")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 #: Extra per-checkpoint state (step, calibrated margins, log so far) written next to accelerate's files.
 TRAINER_STATE_NAME = "hardgen_trainer_state.json"
@@ -60,212 +96,6 @@ LOG_COLUMNS = ["step", "loss", "mse", "extra", "active_fraction", "lr"]
 
 class TrainingDivergedError(FloatingPointError):
     """The loss or gradient norm became non-finite; the message names the optimizer step."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainSettings:
-    """Every option of a training run in one place; round-trips through JSON."""
-
-    base: str
-    conditions_csv: str
-    manifest_csv: str
-    out_dir: str
-    family: str = "sd15"
-    resolution: int = 512
-    prompt: str = ""
-    mode: str = "plain"
-    init_lora: str | None = None
-    # LoRA layout (control-lora-v3)
-    preset: str = "half_skip_attn"
-    rank: int = 16
-    conv_in_rank: int = 64
-    lora_init: str = "gaussian"
-    # optimisation
-    steps: int = 1000
-    batch_size: int = 1
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    loraplus_lr_ratio: float = 1.0
-    use_8bit_adam: bool = False
-    max_grad_norm: float = 1.0
-    empty_prompt_prob: float = 0.1
-    prediction_type: str = "epsilon"
-    # checkpoints and validation
-    checkpointing_steps: int = 0
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    validation_steps: int = 0
-    validation_samples: int = 4
-    validation_inference_steps: int = 20
-    seed: int = 0
-    num_workers: int = 0
-    adapter_name: str = "condition"
-    # hard / feedback fine-tuning
-    lambda_: float = 1.0
-    margin_factor: float = 1.5
-    #: fixed margin for every backbone (or the segmenter), e.g. the paper's 50 for ViT-L; None = calibrate
-    margin: float | None = None
-    crop_pad: int = 10
-    calibration_batches: int = 2
-    backbones: dict[str, dict[str, Any]] = field(default_factory=dict)
-    prototypes: dict[str, str] = field(default_factory=dict)
-    # feedback: the fixed real-trained segmenter (a segment.SegmenterSpec as a dict) and its weights
-    segmenter: dict[str, Any] | None = None
-    segmenter_weights: str | None = None
-    segment_size: int = 352
-
-    def validate(self) -> None:
-        """Raise ValueError naming the offending key when a setting is out of range or inconsistent."""
-
-        def bad(key: str, why: str) -> ValueError:
-            return ValueError(f"TrainSettings.{key}: {why} (got {getattr(self, key)!r})")
-
-        choices = {
-            "mode": MODES,
-            "family": FAMILIES,
-            "mixed_precision": MIXED_PRECISIONS,
-            "prediction_type": PREDICTION_TYPES,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise bad(key, f"must be one of {allowed}")
-        if self.resolution <= 0 or self.resolution % 8:
-            raise bad("resolution", "must be a positive multiple of 8")
-        for key in ("steps", "batch_size", "gradient_accumulation_steps", "rank", "conv_in_rank"):
-            if int(getattr(self, key)) < 1:
-                raise bad(key, "must be >= 1")
-        for key in ("lr_warmup_steps", "checkpointing_steps", "validation_steps", "num_workers", "crop_pad",
-                    "validation_samples", "validation_inference_steps"):
-            if int(getattr(self, key)) < 0:
-                raise bad(key, "must be >= 0")
-        if not self.learning_rate > 0:
-            raise bad("learning_rate", "must be > 0")
-        if not self.loraplus_lr_ratio > 0:
-            raise bad("loraplus_lr_ratio", "must be > 0")
-        if not 0.0 <= self.empty_prompt_prob <= 1.0:
-            raise bad("empty_prompt_prob", "must be in [0, 1]")
-        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            raise bad("checkpoints_total_limit", "must be >= 1 or null")
-        if self.mode == "plain":
-            return
-        if not self.init_lora:
-            raise bad("init_lora", f"mode={self.mode!r} fine-tunes a plain LoRA; give its path")
-        if not Path(self.init_lora).exists():
-            raise bad("init_lora", "file or folder not found")
-        if self.calibration_batches < 1:
-            raise bad("calibration_batches", "must be >= 1")
-        if not self.margin_factor > 0:
-            raise bad("margin_factor", "must be > 0")
-        if self.margin is not None and not self.margin > 0:
-            raise bad("margin", "must be > 0 or null (calibrate from margin_factor)")
-        if self.lambda_ < 0:
-            raise bad("lambda_", "must be >= 0")
-        if self.mode == "hard":
-            if not self.backbones:
-                raise bad("backbones", "hard mode needs at least one backbone")
-            if set(self.backbones) != set(self.prototypes):
-                raise bad("prototypes", f"keys must match backbones {sorted(self.backbones)}")
-            for key, path in self.prototypes.items():
-                if not Path(path).is_file():
-                    raise ValueError(f"TrainSettings.prototypes[{key!r}]: {path} not found")
-        if self.mode == "feedback":
-            if not self.segmenter:
-                raise bad("segmenter", "feedback mode needs a segmenter spec")
-            if not self.segmenter_weights or not Path(self.segmenter_weights).is_file():
-                raise bad("segmenter_weights", "feedback mode needs the real-trained segmenter's weight file")
-            if self.segment_size <= 0 or self.segment_size % 32:
-                raise bad("segment_size", "must be a positive multiple of 32 (smp encoders downsample by 32)")
-
-    def to_json(self, path: str | Path) -> None:
-        """Write the settings as JSON, atomically."""
-        write_json(path, dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "settings") -> TrainSettings:
-        """Build settings from a mapping; unknown or missing keys raise ValueError naming ``source``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown TrainSettings keys {unknown}")
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING]
-        missing = [k for k in required if k not in values]
-        if missing:
-            raise ValueError(f"{source}: missing required TrainSettings keys {missing}")
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> TrainSettings:
-        """Read settings written by :meth:`to_json`."""
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: cannot read TrainSettings JSON ({err})") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: TrainSettings JSON must be an object")
-        return cls.from_dict(values, source=str(path))
-
-
-# --------------------------------------------------------------------------------------------------
-# Losses (separately tested)
-# --------------------------------------------------------------------------------------------------
-
-
-def squared_hinge(values: torch.Tensor, margin: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mean(max(0, margin − values)²)`` and the fraction of entries where the hinge is active."""
-    gap = torch.clamp(margin - values, min=0.0)
-    return (gap**2).mean(), (gap > 0).float().mean()
-
-
-def dissimilarity_loss(
-    features: torch.Tensor, prototype: torch.Tensor, margin: float | torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's L_dis: ``mean_b max(0, m − ‖f_b − p‖₂)²``, plus the fraction of active samples.
-
-    ``features`` is (B, D), ``prototype`` is (D,). Minimising it moves each feature away from the
-    prototype until it is ``margin`` away, after which the sample contributes nothing.
-    """
-    if features.ndim != 2 or prototype.ndim != 1 or features.shape[1] != prototype.shape[0]:
-        raise ValueError(f"dissimilarity_loss: features {tuple(features.shape)} vs prototype {tuple(prototype.shape)}")
-    distances = torch.linalg.vector_norm(features - prototype.to(features), dim=1)
-    return squared_hinge(distances, margin)
-
-
-def feedback_loss(segmentation_losses: torch.Tensor, margin: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The feedback term ``mean max(0, m − ℓ_seg)²`` over per-sample segmenter losses (B,)."""
-    if segmentation_losses.ndim != 1:
-        raise ValueError(f"feedback_loss: expected per-sample losses (B,), got {tuple(segmentation_losses.shape)}")
-    return squared_hinge(segmentation_losses, margin)
-
-
-def predict_x0(
-    noisy_latents: torch.Tensor,
-    model_output: torch.Tensor,
-    alphas_cumprod_t: torch.Tensor,
-    prediction_type: str,
-) -> torch.Tensor:
-    """One-step estimate of the clean latent from the UNet output at timestep t.
-
-    epsilon: x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t; v_prediction: x̂0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂.
-    ``alphas_cumprod_t`` is (B,) and is broadcast over the latent dimensions.
-    """
-    alpha = alphas_cumprod_t.to(torch.float32).view(-1, *([1] * (noisy_latents.ndim - 1)))
-    x_t, out = noisy_latents.float(), model_output.float()
-    if prediction_type == "epsilon":
-        return (x_t - (1 - alpha).sqrt() * out) / alpha.sqrt()
-    if prediction_type == "v_prediction":
-        return alpha.sqrt() * x_t - (1 - alpha).sqrt() * out
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
 def lora_param_groups(model: torch.nn.Module, learning_rate: float, loraplus_lr_ratio: float = 1.0) -> list[dict]:
@@ -286,246 +116,6 @@ def lora_param_groups(model: torch.nn.Module, learning_rate: float, loraplus_lr_
         {"params": a_params, "lr": learning_rate},
         {"params": b_params, "lr": learning_rate * loraplus_lr_ratio},
     ]
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------------
-
-
-def load_training_pairs(conditions_csv: str | Path, manifest_csv: str | Path) -> pd.DataFrame:
-    """Real training rows as a table (sample_id, image, condition, mask) with resolved paths.
-
-    ``conditions_csv`` rows with ``kind == "real"`` are joined to the manifest on source_id == id.
-    """
-    conditions_csv, manifest_csv = Path(conditions_csv), Path(manifest_csv)
-    for table in (conditions_csv, manifest_csv):
-        if not table.is_file():
-            raise DataError(f"{table}: table not found")
-    conditions = pd.read_csv(conditions_csv)
-    manifest = pd.read_csv(manifest_csv)
-    for table, frame, cols in ((conditions_csv, conditions, {"sample_id", "source_id", "kind", "condition", "mask"}),
-                               (manifest_csv, manifest, {"id", "image"})):
-        missing = sorted(cols - set(frame.columns))
-        if missing:
-            raise DataError(f"{table}: missing columns {missing}")
-    real = conditions[conditions["kind"] == "real"]
-    if real.empty:
-        raise DataError(f"{conditions_csv}: no rows with kind == 'real'")
-    merged = real.merge(manifest[["id", "image"]].astype({"id": str}),
-                        left_on=real["source_id"].astype(str), right_on="id", how="left")
-    unmatched = merged[merged["image"].isna()]
-    if not unmatched.empty:
-        raise DataError(f"{conditions_csv}: source_id {unmatched['source_id'].iloc[0]!r} not in {manifest_csv}")
-    rows = pd.DataFrame({
-        "sample_id": merged["sample_id"].astype(str),
-        "image": [resolve_table_path(p, manifest_csv, "image") for p in merged["image"]],
-        "condition": [resolve_table_path(p, conditions_csv, "condition") for p in merged["condition"]],
-        "mask": [resolve_table_path(p, conditions_csv, "mask") for p in merged["mask"]],
-    })
-    return rows.sort_values("sample_id", kind="stable").reset_index(drop=True)
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """Real image, its condition image (both in [-1, 1], 3×R×R) and its mask (1×R×R in {0, 1})."""
-
-    def __init__(self, pairs: pd.DataFrame, resolution: int) -> None:
-        self.pairs = pairs
-        self.resolution = resolution
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def _rgb(self, path: Path) -> torch.Tensor:
-        size = (self.resolution, self.resolution)
-        array = cv2.resize(read_rgb(path), size, interpolation=cv2.INTER_LINEAR)
-        return torch.from_numpy(array).permute(2, 0, 1).float() / 127.5 - 1.0
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.pairs.iloc[index]
-        size = (self.resolution, self.resolution)
-        # nearest keeps the mask binary; crops only need its box
-        mask = cv2.resize(read_mask(row["mask"]).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-        return {
-            "pixels": self._rgb(row["image"]),
-            "condition": self._rgb(row["condition"]),
-            "mask": torch.from_numpy(mask).float()[None],
-            "index": torch.tensor(index),
-        }
-
-
-class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """An endless, seeded stream of batches that can start at any micro-step.
-
-    The sample stream is the concatenation of per-epoch permutations (epoch e uses ``seed + e``);
-    micro-batch k of process p takes stream positions ``[(k·P + p)·B, (k·P + p + 1)·B)``. The order is
-    therefore a pure function of (seed, k), so a resumed run sees exactly the batches it would have seen.
-    """
-
-    def __init__(self, n_items: int, batch_size: int, seed: int, start_micro_step: int = 0,
-                 num_processes: int = 1, process_index: int = 0) -> None:
-        if n_items < 1:
-            raise ValueError("ResumableBatchSampler: empty dataset")
-        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
-        self.start, self.num_processes, self.process_index = start_micro_step, num_processes, process_index
-
-    def _epoch(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.n_items, generator=torch.Generator().manual_seed(self.seed + epoch))
-
-    def batch(self, micro_step: int) -> list[int]:
-        """The indices of one micro-batch for this process."""
-        first = (micro_step * self.num_processes + self.process_index) * self.batch_size
-        out: list[int] = []
-        cached: dict[int, torch.Tensor] = {}
-        for pos in range(first, first + self.batch_size):
-            epoch = pos // self.n_items
-            if epoch not in cached:
-                cached[epoch] = self._epoch(epoch)
-            out.append(int(cached[epoch][pos % self.n_items]))
-        return out
-
-    def __iter__(self) -> Iterator[list[int]]:
-        micro = self.start
-        while True:
-            yield self.batch(micro)
-            micro += 1
-
-
-def _loader(dataset: PairDataset, sampler: ResumableBatchSampler, num_workers: int, seed: int) -> Iterator[dict]:
-    # A private generator keeps DataLoader's worker seeding off the global RNG, which accelerate
-    # checkpoints; otherwise creating the iterator after a resume would shift the random stream.
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                         generator=torch.Generator().manual_seed(seed),
-                                         persistent_workers=False)
-    return iter(loader)
-
-
-# --------------------------------------------------------------------------------------------------
-# Text conditioning
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PromptEmbeddings:
-    """Frozen text conditioning for the prompt and the empty prompt (dropped with empty_prompt_prob)."""
-
-    prompt: torch.Tensor  # (1, L, C)
-    empty: torch.Tensor
-    pooled_prompt: torch.Tensor | None = None  # SDXL only, (1, C2)
-    pooled_empty: torch.Tensor | None = None
-
-
-def _tokenize(tokenizer: Any, text: str) -> torch.Tensor:
-    return tokenizer([text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
-
-
-@torch.no_grad()
-def encode_prompts(components: dict[str, Any], prompt: str, family: str, device: torch.device) -> PromptEmbeddings:
-    """Encode the prompt and "" once; the text encoders are frozen so this is exact and cheap."""
-
-    def sd15(text: str) -> tuple[torch.Tensor, None]:
-        ids = _tokenize(components["tokenizer"], text).to(device)
-        return components["text_encoder"](ids).last_hidden_state, None
-
-    def sdxl(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        # SDXL conditions on the penultimate hidden states of both encoders, plus the pooled
-        # (projected) embedding of the second one.
-        hidden = []
-        pooled = None
-        for enc_key, tok_key in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
-            out = components[enc_key](_tokenize(components[tok_key], text).to(device), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])
-            if enc_key == "text_encoder_2":
-                pooled = out.text_embeds
-        return torch.cat(hidden, dim=-1), pooled
-
-    encode = sdxl if family == "sdxl" else sd15
-    prompt_h, prompt_p = encode(prompt)
-    empty_h, empty_p = encode("")
-    return PromptEmbeddings(prompt_h, empty_h, prompt_p, empty_p)
-
-
-# --------------------------------------------------------------------------------------------------
-# Hardness / feedback judges
-# --------------------------------------------------------------------------------------------------
-
-
-class HardnessJudge:
-    """Frozen backbones + prototypes: per-backbone distances and the averaged L_dis."""
-
-    def __init__(self, settings: TrainSettings, device: torch.device) -> None:
-        from hardgen import features
-
-        self.pad = settings.crop_pad
-        self.backbones: dict[str, torch.nn.Module] = {}
-        self.prototypes: dict[str, torch.Tensor] = {}
-        self.sizes: dict[str, int] = {}
-        for key, entry in sorted(settings.backbones.items()):
-            spec = features.BackboneSpec.from_config(key, entry)
-            self.backbones[key] = features.load_backbone(spec, device, config_key=key)
-            proto = features.load_prototype(settings.prototypes[key])
-            if proto.backbone != spec.name:
-                raise ValueError(f"TrainSettings.prototypes[{key!r}]: {settings.prototypes[key]} was computed "
-                                 f"with {proto.backbone!r}, but backbones.{key} is {spec.name!r}")
-            self.prototypes[key] = proto.prototype.to(device)
-            self.sizes[key] = spec.input_size
-
-    def features(self, images01: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Backbone features (B, D) of the mask-box crops, differentiable wrt the images."""
-        from hardgen import features
-
-        out = {}
-        for key, backbone in self.backbones.items():
-            crops = features.crop_to_mask(images01, masks, self.pad, self.sizes[key])
-            out[key] = backbone(crops).float()
-        return out
-
-    def distances(self, images01: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """‖f − p‖₂ per sample (B,) for every backbone."""
-        from hardgen import features
-
-        return {key: features.prototype_distance(f, self.prototypes[key])
-                for key, f in self.features(images01, masks).items()}
-
-    def loss(self, images01: torch.Tensor, masks: torch.Tensor,
-             margins: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean over backbones of L_dis, and the fraction of samples with a positive total L_dis."""
-        from hardgen import features as features_mod
-
-        terms, any_active = [], None
-        for key, feats in self.features(images01, masks).items():
-            distances = features_mod.prototype_distance(feats, self.prototypes[key])
-            gap = torch.clamp(margins[key] - distances, min=0.0)
-            terms.append((gap**2).mean())
-            any_active = gap > 0 if any_active is None else any_active | (gap > 0)
-        return torch.stack(terms).mean(), any_active.float().mean()
-
-
-class FeedbackJudge:
-    """A fixed real-trained segmenter; per-sample structure loss of its prediction on x̂0."""
-
-    def __init__(self, settings: TrainSettings, device: torch.device) -> None:
-        from hardgen import segment
-
-        self.segment = segment
-        spec = segment.SegmenterSpec.from_config(dict(settings.segmenter or {}), "feedback.segmenter")
-        self.model = segment.load_segmenter(spec, settings.segmenter_weights, device, config_key="feedback.segmenter")
-        self.model.requires_grad_(False)
-        self.size = settings.segment_size
-        self.mean = torch.tensor(segment.IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(segment.IMAGENET_STD, device=device).view(1, 3, 1, 1)
-
-    def losses(self, images01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Structure loss per sample (B,), differentiable wrt the images."""
-        size = (self.size, self.size)
-        x = F.interpolate(images01.float(), size=size, mode="bilinear", align_corners=False)
-        x = (x - self.mean) / self.std
-        target = F.interpolate(masks.float(), size=size, mode="nearest")
-        return self.segment.structure_loss_per_sample(self.model(x), target)
-
-    def loss(self, images01: torch.Tensor, masks: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return feedback_loss(self.losses(images01, masks), margin)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -609,11 +199,11 @@ class _Trainer:
         set_seed(s.seed, device_specific=True)
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[s.mixed_precision]
 
-        components = base_model.load_components(s.base, family=s.family, dtype=torch.float32)
+        components = base_model.load_components(s.base, family=s.family, dtype=torch.float32, vae=s.vae)
         self.vae = components["vae"]
         self.unet = components["unet"]
         self.noise_scheduler = components["noise_scheduler"]
-        self.noise_scheduler.register_to_config(prediction_type=s.prediction_type)
+        self.prediction_type = resolve_prediction_type(self.noise_scheduler.config, s.prediction_type, s.base)
         for key in ("vae", "unet", "text_encoder", "text_encoder_2"):
             if components.get(key) is not None:
                 components[key].requires_grad_(False)
@@ -672,6 +262,7 @@ class _Trainer:
         elif s.mode == "feedback":
             self.judge = FeedbackJudge(s, acc.device)
         self.margins: dict[str, float] = {}
+        self.probe_init: dict[str, float] = {}
 
         self.optimizer = self._optimizer()
         self.lr_scheduler = get_scheduler(
@@ -716,9 +307,12 @@ class _Trainer:
                                 origin=str(path))
 
     # -- one forward ------------------------------------------------------------------------------
-    def _text(self, batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    def _text(self, batch_size: int, drop_prompt: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         s, p = self.settings, self.prompts
-        drop = torch.rand(batch_size, device=self.accelerator.device) < s.empty_prompt_prob
+        if drop_prompt:
+            drop = torch.rand(batch_size, device=self.accelerator.device) < s.empty_prompt_prob
+        else:
+            drop = torch.zeros(batch_size, dtype=torch.bool, device=self.accelerator.device)
         hidden = torch.where(drop.view(-1, 1, 1), p.empty, p.prompt).to(self.weight_dtype)
         if s.family != "sdxl":
             return hidden, None
@@ -737,32 +331,44 @@ class _Trainer:
             images = self.vae.decode(latents).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
-    def _forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                torch.Tensor]:
-        """Noise, predict; returns (model_pred, target, noisy_latents, timesteps)."""
+    def _forward(self, batch: dict[str, torch.Tensor], timesteps: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                     torch.Tensor]:
+        """Noise, predict; returns (model_pred, target, noisy_latents, timesteps).
+
+        With ``timesteps`` given (a probe), the latents are the VAE posterior means and the noise comes
+        from ``generator``, so the same batch gives the same x̂0 for the same LoRA.
+        """
         device = self.accelerator.device
         pixels = batch["pixels"].to(device, dtype=self.vae.dtype)
         condition = batch["condition"].to(device, dtype=self.vae.dtype)
         with torch.no_grad():
-            latents = self.vae.encode(pixels).latent_dist.sample() * self.scaling_factor
-            cond_latents = self.control_lora.encode_condition(self.vae, condition, mode="sample")
+            posterior = self.vae.encode(pixels).latent_dist
+            latents = (posterior.sample() if timesteps is None else posterior.mode()) * self.scaling_factor
+            cond_latents = self.control_lora.encode_condition(self.vae, condition,
+                                                              mode="sample" if timesteps is None else "mode")
         latents = latents.to(self.weight_dtype)
         cond_latents = cond_latents.to(self.weight_dtype)
-        noise = torch.randn_like(latents)
         bsz = latents.shape[0]
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device).long()
+        if timesteps is None:
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device).long()
+            hidden, added = self._text(bsz)
+        else:  # a fixed probe: given timesteps, noise from `generator`, always the prompt (no dropout)
+            noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
+            timesteps = timesteps.to(device).long()
+            hidden, added = self._text(bsz, drop_prompt=False)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        hidden, added = self._text(bsz)
         model_pred = self.unet(torch.cat([noisy, cond_latents], dim=1), timesteps, encoder_hidden_states=hidden,
                                added_cond_kwargs=added).sample
-        if self.settings.prediction_type == "epsilon":
+        if self.prediction_type == "epsilon":
             target = noise
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         return model_pred, target, noisy, timesteps
 
     def _x0_images(self, model_pred: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        x0 = predict_x0(noisy, model_pred, self.alphas_cumprod[timesteps], self.settings.prediction_type)
+        x0 = predict_x0(noisy, model_pred, self.alphas_cumprod[timesteps], self.prediction_type)
         return self._decode01(x0)
 
     def losses(self, batch: dict[str, torch.Tensor]) -> StepLosses:
@@ -778,41 +384,89 @@ class _Trainer:
             if isinstance(self.judge, HardnessJudge):
                 extra, active = self.judge.loss(images01, masks, self.margins)
             else:
-                extra, active = self.judge.loss(images01, masks, self.margins["segmenter"])
+                extra, active = self.judge.loss(images01, masks, self.margins.get("segmenter"),
+                                                self.settings.feedback_loss)
         return StepLosses(mse + self.settings.lambda_ * extra, mse, extra.detach(), active)
 
-    # -- margin calibration -----------------------------------------------------------------------
-    @torch.no_grad()
-    def calibrate(self) -> dict[str, float]:
-        """Margins = margin_factor × mean distance (or segmenter loss) of the init LoRA's own x̂0."""
+    # -- the fixed probe grid: calibration and direction checks ---------------------------------------
+    def probe_grid(self) -> list[tuple[list[int], torch.Tensor]]:
+        """This process's share of the fixed grid: (dataset indices, timesteps) per micro-batch.
+
+        ``calibration_samples`` samples: sample i takes training pair ``i mod N`` and timestep
+        ``round(i · (T−1)/(n−1))`` of a grid spread evenly over the whole training range, paired through a
+        fixed permutation so that every image meets several noise levels. The grid depends on the settings
+        only, never on the run's random state.
+        """
         s, acc = self.settings, self.accelerator
-        if s.margin is not None:
-            keys = list(self.judge.backbones) if isinstance(self.judge, HardnessJudge) else ["segmenter"]
-            logger.info("fixed margin %.4g (TrainSettings.margin); no calibration", s.margin)
-            return {key: float(s.margin) for key in keys}
-        # a separate seeded stream so calibration does not shift the training data order
-        sampler = ResumableBatchSampler(len(self.dataset), s.batch_size, s.seed + 7919, 0,
-                                        acc.num_processes, acc.process_index)
-        batches = _loader(self.dataset, sampler, 0, s.seed)
-        sums: dict[str, list[torch.Tensor]] = {}
-        for _ in tqdm(range(s.calibration_batches), desc="calibrate margins", disable=not acc.is_local_main_process):
-            batch = next(batches)
-            with acc.autocast():
-                model_pred, _, noisy, timesteps = self._forward(batch)
-                images01 = self._x0_images(model_pred, noisy, timesteps)
-                masks = batch["mask"].to(images01.device)
-                if isinstance(self.judge, HardnessJudge):
-                    values = self.judge.distances(images01, masks)
-                else:
-                    values = {"segmenter": self.judge.losses(images01, masks)}
-            for key, v in values.items():
-                sums.setdefault(key, []).append(acc.gather(v.float().contiguous()))
-        margins = {key: s.margin_factor * float(torch.cat(v).mean()) for key, v in sums.items()}
+        n, n_items = s.calibration_samples, len(self.dataset)
+        last = self.noise_scheduler.config.num_train_timesteps - 1
+        grid = torch.linspace(0, last, n).round().long() if n > 1 else torch.tensor([last // 2])
+        grid = grid[torch.randperm(n, generator=torch.Generator().manual_seed(s.seed + 7919))]
+        mine = list(range(acc.process_index, n, acc.num_processes))
+        chunks = []
+        for start in range(0, len(mine), s.batch_size):
+            ids = mine[start:start + s.batch_size]
+            chunks.append(([i % n_items for i in ids], grid[ids]))
+        return chunks
+
+    @torch.no_grad()
+    def probe(self) -> dict[str, float]:
+        """Mean judge value over the fixed grid with the current LoRA: per in-loss backbone the x̂0 distance
+        to its prototype (hard), or the judge segmenter's loss on x̂0 (``segmenter``, feedback).
+
+        Fixed images, timesteps and noise (seeded by ``settings.seed``): two LoRAs probed with the same
+        settings see exactly the same inputs, so a larger value means harder samples, not other noise.
+        """
+        s, acc = self.settings, self.accelerator
+        if self.judge is None:
+            raise ValueError("probe: plain mode has no judge")
+        generator = torch.Generator().manual_seed(s.seed + 104729 + acc.process_index)
+        values: dict[str, list[torch.Tensor]] = {}
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            for indices, timesteps in tqdm(self.probe_grid(), desc="probe x̂0", disable=not acc.is_local_main_process):
+                items = [self.dataset[i] for i in indices]
+                batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+                with acc.autocast():
+                    model_pred, _, noisy, t = self._forward(batch, timesteps=timesteps, generator=generator)
+                    images01 = self._x0_images(model_pred, noisy, t)
+                    masks = batch["mask"].to(images01.device)
+                    if isinstance(self.judge, HardnessJudge):
+                        found = self.judge.distances(images01, masks)
+                    else:
+                        found = {"segmenter": self.judge.losses(images01, masks)}
+                for key, v in found.items():
+                    values.setdefault(key, []).append(v.float())
+        finally:
+            self.unet.train(was_training)
+        out = {}
+        for key, chunks in sorted(values.items()):
+            local = torch.cat(chunks)
+            # sum and count over processes (shares may differ by one sample), then the grid mean
+            totals = acc.reduce(torch.stack([local.sum(), torch.tensor(float(local.numel()), device=local.device)]),
+                                reduction="sum")
+            out[key] = float(totals[0] / totals[1])
+        return out
+
+    def calibrate(self, means: dict[str, float]) -> dict[str, float]:
+        """Margins: absolute ones from the settings, else margin_factor × the init LoRA's :meth:`probe` mean."""
+        s = self.settings
+        if isinstance(self.judge, FeedbackJudge) and s.feedback_loss == "negated":
+            logger.info("feedback loss 'negated': unbounded, no margin")
+            return {}
+        keys = list(self.judge.backbones) if isinstance(self.judge, HardnessJudge) else ["segmenter"]
+        margins = {key: float(s.margins[key]) if key in s.margins else s.margin_factor * means[key] for key in keys}
+        relative = sorted(set(keys) - set(s.margins))
+        if relative:
+            logger.info("relative margins (factor %.3g × the init LoRA's probe mean) for %s", s.margin_factor, relative)
         for key, m in margins.items():
             if not math.isfinite(m) or m <= 0:
                 raise TrainingDivergedError(f"margin calibration for {key!r} gave {m}; the init LoRA "
                                             f"{s.init_lora} produces non-finite or degenerate samples")
-        logger.info("calibrated margins (factor %.3g): %s", s.margin_factor, margins)
+        if isinstance(self.judge, HardnessJudge):
+            self.judge.check_margins(margins)
+        logger.info("margins: %s", margins)
         return margins
 
 
@@ -865,7 +519,7 @@ def _save_checkpoint(trainer: _Trainer) -> Path:
     acc.wait_for_everyone()
     if acc.is_main_process:
         write_json(tmp / TRAINER_STATE_NAME, {"global_step": trainer.global_step, "margins": trainer.margins,
-                                              "log": trainer.log_rows})
+                                              "probe_init": trainer.probe_init, "log": trainer.log_rows})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         if s.checkpoints_total_limit is not None:
@@ -965,11 +619,14 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
         acc.load_state(str(resume))
         trainer.global_step = int(state["global_step"])
         trainer.margins = {k: float(v) for k, v in state["margins"].items()}
+        trainer.probe_init = {k: float(v) for k, v in state.get("probe_init", {}).items()}
         trainer.log_rows = list(state["log"])
         logger.info("resumed from %s at step %d", resume, trainer.global_step)
     elif trainer.judge is not None:
         t0 = time.perf_counter()
-        trainer.margins = trainer.calibrate()
+        trainer.probe_init = trainer.probe()
+        logger.info("init LoRA on the %d-sample probe grid: %s", s.calibration_samples, trainer.probe_init)
+        trainer.margins = trainer.calibrate(trainer.probe_init)
         timings["calibration_s"] = time.perf_counter() - t0
 
     sampler = ResumableBatchSampler(len(trainer.dataset), s.batch_size, s.seed,
@@ -1018,6 +675,12 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
     timings["train_s"] = time.perf_counter() - t_train
 
     acc.wait_for_everyone()
+    probe_final: dict[str, float] = {}
+    if trainer.judge is not None:
+        # same grid, noise and timesteps as probe_init: the change is the LoRA's doing
+        probe_final = trainer.probe()
+        logger.info("probe grid, init -> final LoRA: %s",
+                    {k: f"{trainer.probe_init.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in probe_final.items()})
     summary: dict[str, Any] = {}
     if acc.is_main_process:
         unet = acc.unwrap_model(trainer.unet)
@@ -1034,6 +697,9 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
             "steps": trainer.global_step,
             "resumed_from": str(resume) if resume is not None else None,
             "margins": trainer.margins,
+            "prediction_type": trainer.prediction_type,
+            "probe_init": trainer.probe_init,
+            "probe_final": probe_final,
             "timings": timings,
             "final": {k: float(np.mean([r[k] for r in tail])) if tail else None
                       for k in ("loss", "mse", "extra", "active_fraction")},

@@ -16,6 +16,7 @@ ENV = "../../envs/hardgen.yaml"
 
 TESTSETS = config["data"]["testsets"]
 BACKBONES = list(config["backbones"])
+LOSS_BACKBONES = list(config["hard"]["loss_backbones"])  # the rest are held-out judges of hardness
 VARIANTS = list(config["generation"]["variants"])
 SCORED_VARIANTS = ["real"] + VARIANTS
 POLICIES = list(config["segment"]["policies"])
@@ -27,8 +28,11 @@ TINY = config["model"]["base"] == "tiny"
 
 DATA_ROOT = "results/data/demo" if DEMO else config["data"]["root"]
 BASE_MODEL = "results/base_model" if TINY else config["model"]["base"]
+# The feedback LoRA's judge: its own real-only segmenter (rule train_judge), never a benchmark run; its
+# training seed is offset from feedback.judge_seed (hardgen.segment.JUDGE_SEED_OFFSET) so it differs from every
+# benchmark seed even when judge_seed equals one of segment.seeds.
 JUDGE = config["feedback"]["segmenter"]
-JUDGE_SEED = SEEDS[0]
+JUDGE_SEED = str(config["feedback"]["judge_seed"])
 
 
 wildcard_constraints:
@@ -58,6 +62,10 @@ def segmenter_path(arch, policy, seed):
     return f"results/segment/{arch}/{policy}/seed-{seed}/model.safetensors"
 
 
+def judge_path(arch=JUDGE, seed=JUDGE_SEED):
+    return f"results/judge/{arch}/seed-{seed}/model.safetensors"
+
+
 def score_input(wildcards):
     if wildcards.scored == "real":
         return []
@@ -65,19 +73,32 @@ def score_input(wildcards):
 
 
 def subset_input(wildcards):
-    # The real-only policy reads no subset, so the feedback judge (a real-trained segmenter) never depends on
-    # filtering and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
-    return [] if wildcards.policy == "real" else f"results/subsets/{wildcards.policy}.csv"
+    # Subsets are per segmenter seed (random draws follow it). The real-only policy reads no subset, so the
+    # real-trained segmenters (and the separate feedback judge) never depend on filtering, and forcing `filter`
+    # reruns only filter, train_segmenter, evaluate and report.
+    return [] if wildcards.policy == "real" else f"results/subsets/{wildcards.policy}/seed-{wildcards.seed}.csv"
 
 
 def eval_tables():
     return expand("results/eval/{arch}/{policy}/seed-{seed}.csv", arch=ARCHS, policy=POLICIES, seed=SEEDS)
 
 
+def run_records():
+    return expand("results/segment/{arch}/{policy}/seed-{seed}/run.json", arch=ARCHS, policy=POLICIES, seed=SEEDS)
+
+
+def sample_loss_tables():
+    # Hardness transfer is measured on the benchmark's real-policy segmenters of every seed (never the judge).
+    if "real" not in POLICIES:
+        return []
+    return expand("results/eval/{arch}/seed-{seed}/sample_loss.csv", arch=ARCHS, seed=SEEDS)
+
+
 def final_outputs():
     return [
         "results/tables/benchmark.csv",
         "results/tables/benchmark.md",
+        "results/tables/runs.csv",
         "results/tables/hardness.csv",
         "results/tables/hardness_transfer.csv",
     ]

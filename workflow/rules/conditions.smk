@@ -14,10 +14,10 @@ rule make_conditions:
         "results/benchmarks/make_conditions.tsv"
     params:
         kind=config["condition"]["type"],
-        layouts_per_mask=config["condition"].get("layouts_per_mask", 0),
+        layouts_per_mask=config["condition"]["layouts_per_mask"],
         size=config["model"]["resolution"],
-        low=config["condition"].get("canny_low", 100),
-        high=config["condition"].get("canny_high", 200),
+        low=config["condition"]["canny_low"],
+        high=config["condition"]["canny_high"],
         seed=config["seed"],
     threads: 1
     resources:

@@ -10,7 +10,7 @@ rule demo_data:
         "results/benchmarks/demo_data.tsv"
     params:
         testsets=TESTSETS,
-        demo=config["data"].get("demo", {}),
+        demo=config["data"]["demo"],
         seed=config["seed"],
     threads: 1
     resources:
@@ -34,7 +34,7 @@ rule prepare_data:
     params:
         root=DATA_ROOT,
         testsets=TESTSETS,
-        expected_sizes=config["data"].get("expected_sizes", {}),
+        expected_sizes=config["data"]["expected_sizes"],
     threads: 1
     resources:
         mem_mb=2000,

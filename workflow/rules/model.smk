@@ -9,7 +9,7 @@ rule base_model:
     benchmark:
         "results/benchmarks/base_model.tsv"
     params:
-        config_dir=config["model"].get("tiny_config", "resources/tiny-sd"),
+        config_dir=config["model"]["tiny_config"],
         seed=config["seed"],
     threads: 1
     resources:
@@ -32,7 +32,8 @@ rule prototype:
         "results/benchmarks/prototype/{backbone}.tsv"
     params:
         spec=lambda wildcards: config["backbones"][wildcards.backbone],
-        pad=config["hard"].get("crop_pad", 10),
+        pad=config["hard"]["crop_pad"],
+        resolution=config["model"]["resolution"],
     threads: 1
     resources:
         mem_mb=4000,

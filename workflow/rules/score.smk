@@ -15,7 +15,8 @@ rule score:
         "results/benchmarks/score/{scored}.tsv"
     params:
         backbones=config["backbones"],
-        pad=config["hard"].get("crop_pad", 10),
+        pad=config["hard"]["crop_pad"],
+        resolution=config["model"]["resolution"],
     threads: 1
     resources:
         mem_mb=8000,
@@ -32,15 +33,15 @@ rule filter:
         scores=expand("results/scores/{scored}.csv", scored=SCORED_VARIANTS),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
-        "results/subsets/{policy}.csv",
+        "results/subsets/{policy}/seed-{seed}.csv",
     log:
-        "logs/filter/{policy}.log",
+        "logs/filter/{policy}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/filter/{policy}.tsv"
+        "results/benchmarks/filter/{policy}/seed-{seed}.tsv"
     params:
         band=config["filter"]["band"],
-        score_backbone=config["filter"].get("score_backbone", "all"),
-        seed=config["seed"],
+        score_backbone=config["filter"]["score_backbone"],
+        base_seed=config["seed"],
     threads: 1
     resources:
         mem_mb=1000,

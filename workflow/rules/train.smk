@@ -36,7 +36,8 @@ rule train_hard_lora:
         conditions="results/conditions/conditions.csv",
         manifest="results/data/manifest.csv",
         init_lora=lora_path("plain"),
-        prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=BACKBONES),
+        # only the in-loss backbones: the held-out ones never reach the generator
+        prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=LOSS_BACKBONES),
     output:
         lora=lora_path("hard"),
     log:
@@ -68,7 +69,7 @@ rule train_feedback_lora:
         conditions="results/conditions/conditions.csv",
         manifest="results/data/manifest.csv",
         init_lora=lora_path("plain"),
-        segmenter=segmenter_path(JUDGE, "real", JUDGE_SEED),
+        segmenter=judge_path(),
     output:
         lora=lora_path("feedback"),
     log:

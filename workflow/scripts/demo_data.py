@@ -8,10 +8,10 @@ with stage_logging(snakemake.log[0]) as log:
     make_demo_dataset(
         root=snakemake.output[0],
         testsets=snakemake.params.testsets,
-        n_train=demo.get("n_train", 24),
-        n_test=demo.get("n_test", 6),
-        min_size=demo.get("min_size", 72),
-        max_size=demo.get("max_size", 112),
+        n_train=demo["n_train"],
+        n_test=demo["n_test"],
+        min_size=demo["min_size"],
+        max_size=demo["max_size"],
         seed=snakemake.params.seed,
     )
     log.info("demo dataset written to %s", snakemake.output[0])

@@ -28,12 +28,13 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         resolution=p.model["resolution"],
         prompt=p.model["prompt"],
         steps=gen["steps"],
-        guidance_scale=gen.get("guidance_scale", 1.0),
-        condition_scale=gen.get("condition_scale", 1.0),
+        guidance_scale=gen["guidance_scale"],
+        condition_scale=gen["condition_scale"],
         seed=p.seed,
-        batch_size=gen.get("batch_size", 16),
+        batch_size=gen["batch_size"],
         device=configure_torch(snakemake.threads),
         variant=variant,
+        vae=p.model["vae"],
     )
     write_csv(snakemake.output[0], table)
     log.info("%s shard %d: %d images", variant, shard, len(table))

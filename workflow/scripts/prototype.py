@@ -15,5 +15,6 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         pad=snakemake.params.pad,
         device=configure_torch(snakemake.threads),
         config_key=key,
+        resolution=snakemake.params.resolution,
     )
     log.info("prototype %s: %s", key, summary)

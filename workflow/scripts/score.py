@@ -17,5 +17,6 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         out_path=snakemake.output[0],
         pad=snakemake.params.pad,
         device=configure_torch(snakemake.threads),
+        resolution=snakemake.params.resolution,
     )
     log.info("%s: mean z per backbone %s", variant, scores.groupby("backbone")["z"].mean().round(3).to_dict())

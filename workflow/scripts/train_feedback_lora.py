@@ -22,12 +22,13 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
         lora=p.lora,
         train=p.train,
         seed=p.seed,
+        num_gpus=gpus,
         init_lora=inp.init_lora,
         finetune=p.feedback,
         segmenter=p.segmenter,
         segmenter_weights=inp.segmenter,
         segment_size=p.segment_size,
-        crop_pad=p.hard.get("crop_pad", 10),
+        crop_pad=p.hard["crop_pad"],
     )
     prepare_resume(settings, {"init_lora": inp.init_lora, "segmenter": inp.segmenter})
     log.info("summary: %s", run_training(settings, gpus))

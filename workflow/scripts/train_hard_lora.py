@@ -12,7 +12,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
     configure_torch(snakemake.threads)
 
     p, inp = snakemake.params, snakemake.input
-    keys = list(p.backbones)
+    keys = list(p.hard["loss_backbones"])  # the order of the rule's prototypes input
     settings = train_settings(
         "hard",
         base=p.base,
@@ -23,11 +23,12 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
         lora=p.lora,
         train=p.train,
         seed=p.seed,
+        num_gpus=gpus,
         init_lora=inp.init_lora,
         finetune=p.hard,
         backbones=p.backbones,
         prototypes=dict(zip(keys, inp.prototypes, strict=True)),
-        crop_pad=p.hard.get("crop_pad", 10),
+        crop_pad=p.hard["crop_pad"],
     )
     prepare_resume(settings, {"init_lora": inp.init_lora, **dict(zip(keys, inp.prototypes, strict=True))})
     log.info("summary: %s", run_training(settings, gpus))

@@ -1,0 +1,40 @@
+"""Tests for hardgen.io.fit_square: the one transform from a real image to the generator's resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hardgen.io import fit_square
+
+
+def test_fit_square_keeps_the_aspect_ratio_and_centres_the_crop():
+    h, w = 60, 120  # 1:2 -> short side 30, width 60, centre 30 columns
+    image = np.zeros((h, w, 3), dtype=np.uint8)
+    image[:, 40:80] = 255  # a centred vertical band, 1/3 of the width
+    out = fit_square(image, 30)
+    assert out.shape == (30, 30, 3) and out.dtype == np.uint8
+    # the band is 20 px wide after scaling by 1/2 and covers columns 5..25 of the crop: not stretched
+    band = out[15, :, 0] > 127
+    assert band.sum() == 20 and band[5:25].all()
+
+
+def test_fit_square_downsamples_with_area_averaging():
+    checker = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    out = fit_square(np.repeat(checker[..., None], 3, axis=2), 32)
+    # area interpolation averages each 2x2 block: flat mid-grey, no aliasing
+    assert np.abs(out.astype(int) - 128).max() <= 1
+
+
+def test_fit_square_masks_stay_binary_and_aligned_with_their_image():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((50, 80), dtype=bool)
+    mask[10:30, 50:70] = True
+    image = np.where(mask[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2)
+    image = np.clip(image.astype(int) + rng.integers(-3, 4, image.shape), 0, 255).astype(np.uint8)
+    out_mask, out_image = fit_square(mask, 40, is_mask=True), fit_square(image, 40)
+    assert out_mask.dtype == bool and out_mask.shape == (40, 40)
+    assert (out_image[out_mask, 0] > 127).mean() > 0.95 and (out_image[~out_mask, 0] < 128).mean() > 0.95
+    assert fit_square(np.ones((8, 8), bool), 32, is_mask=True).all()  # upsampling too
+    with pytest.raises(ValueError, match="size"):
+        fit_square(mask, 0)

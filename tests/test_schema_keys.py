@@ -1,0 +1,125 @@
+"""Every key of the config schema is read by some stage, and every key is described.
+
+A key nobody reads is a promise the workflow does not keep (a user sets it and nothing changes), so the
+schema is walked leaf by leaf and each leaf must be read in the workflow or the library: either as a
+subscript of its section (``config["model"]["vae"]``, ``model["vae"]``, or the section's local name in the
+code that receives it, such as ``finetune["steps"]`` for ``hard``/``feedback``), or through the explicit
+key list of the code that maps a whole section (``stages.TRAIN_KEYS``, ``features._SPEC_FIELDS``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+#: The local names a section's mapping goes by where it is consumed (params, function arguments).
+ALIASES = {
+    "": ["config"],
+    "data": ["data"],
+    "demo": ["demo"],
+    "condition": ["condition", "cond"],
+    "model": ["model"],
+    "lora": ["lora"],
+    "train": ["train"],
+    "hard": ["hard", "finetune"],
+    "feedback": ["feedback", "finetune"],
+    "backbones.*": ["entry", "spec", r"backbones\[\w+\]"],
+    "generation": ["generation", "gen"],
+    "filter": ["filter"],
+    "segment": ["segment", "cfg"],
+    "segment.archs.*": ["entry", "spec"],
+}
+
+
+def _resolve(node: dict) -> dict:
+    while "$ref" in node:
+        target = SCHEMA
+        for part in node["$ref"][2:].split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def leaves(node: dict | None = None, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict]]:
+    node = _resolve(node if node is not None else SCHEMA)
+    props = node.get("properties")
+    entry = node.get("additionalProperties")
+    entry = _resolve(entry) if isinstance(entry, dict) else None
+    if props:
+        return [leaf for key, child in props.items() for leaf in leaves(child, (*path, key))]
+    if entry is not None and entry.get("properties"):
+        return leaves(entry, (*path, "*"))
+    return [(path, node)]
+
+
+def _code() -> str:
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk")),
+             *sorted((REPO / "workflow" / "scripts").glob("*.py")), *sorted((REPO / "src" / "hardgen").glob("*.py"))]
+    return "\n".join(f.read_text() for f in files)
+
+
+CODE = _code()
+
+
+def _key_list(name: str) -> str:
+    """The text of a module-level tuple such as ``TRAIN_KEYS = (...)``."""
+    match = re.search(rf"^{name}\b[^=]*=\s*\((.*?)\)\n", CODE, re.S | re.M)
+    assert match, f"{name} not found"
+    return match.group(1)
+
+
+def is_read(path: tuple[str, ...]) -> bool:
+    *parents, key = path
+    section = ".".join(parents) if "*" in parents else (parents[-1] if parents else "")
+    quoted = rf"\[\s*[\"']{re.escape(key)}[\"']\s*\]"
+    patterns = [rf"[\"']{re.escape(parents[-1])}[\"']\s*\]\s*{quoted}"] if parents and parents[-1] != "*" else []
+    for alias in ALIASES[section]:
+        patterns += [rf"\b{alias}\s*{quoted}", rf"\b{alias}\.get\(\s*[\"']{re.escape(key)}[\"']"]
+    if any(re.search(p, CODE) for p in patterns):
+        return True
+    lists = {"train": ["TRAIN_KEYS"], "backbones.*": ["_SPEC_FIELDS", "LOSS_FIELDS"]}.get(section, [])
+    return any(re.search(rf"[\"']{re.escape(key)}[\"']", _key_list(name)) for name in lists)
+
+
+LEAVES = leaves()
+
+
+def test_the_walk_sees_every_section():
+    sections = {path[0] for path, _ in LEAVES}
+    assert sections == set(SCHEMA["properties"])
+    assert ("model", "vae") in {path for path, _ in LEAVES} and len(LEAVES) > 60
+
+
+@pytest.mark.parametrize("path", [p for p, _ in LEAVES], ids=[".".join(p) for p, _ in LEAVES])
+def test_every_schema_key_is_read_by_a_stage(path):
+    assert is_read(path), f"config key {'.'.join(path)} is in the schema but no stage reads it"
+
+
+def test_a_key_nobody_reads_is_caught():
+    assert not is_read(("model", "unused_option"))
+    assert not is_read(("hard", "calibration_batches"))  # the key this replaced
+
+
+def test_optional_keys_have_their_default_in_the_schema():
+    """Defaults live in the schema only: every key a section does not require has a default."""
+    def check(node: dict, path: tuple[str, ...]) -> list[str]:
+        node = _resolve(node)
+        missing = []
+        required = set(node.get("required", []))
+        for key, child in node.get("properties", {}).items():
+            child_r = _resolve(child)
+            if key not in required and "default" not in child_r and "default" not in child:
+                missing.append(".".join((*path, key)))
+            missing += check(child, (*path, key))
+        entry = node.get("additionalProperties")
+        if isinstance(entry, dict):
+            missing += check(entry, (*path, "*"))
+        return missing
+
+    assert check(SCHEMA, ()) == []
