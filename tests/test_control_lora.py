@@ -1,8 +1,12 @@
-"""Control-LoRA on stock diffusers/peft: widening, presets, inits, save/load, multi-condition, pipelines."""
+"""Control-LoRA on stock diffusers/peft: widening, presets, inits, file format, save/load, slots, pipelines.
+
+The pipeline API (several adapters, style LoRAs, stock interop, fusing) is in test_control_lora_pipeline.py.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +20,23 @@ from diffusers import (
     UNet2DConditionModel,
     UniPCMultistepScheduler,
 )
+from peft import LoraConfig
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from hardgen.base_model import build_tiny_sd
 from hardgen.control_lora import (
+    LORA_ADAPTER_METADATA_KEY,
     LORA_WEIGHT_NAME,
+    METADATA_KEY,
+    MODEL_CARD_NAME,
     ControlLoraPipeline,
     ControlLoraXLPipeline,
+    active_condition_adapters,
     add_control_lora,
     condition_count,
+    condition_slots,
     control_lora_state_dict,
     encode_condition,
     latent_channels,
@@ -34,6 +45,7 @@ from hardgen.control_lora import (
     lora_summary_from_file,
     pissa_initial_factors,
     read_control_lora,
+    read_control_lora_metadata,
     save_control_lora,
     set_condition_scales,
     target_modules,
@@ -548,3 +560,182 @@ def test_sdxl_pipeline_with_time_ids_and_pooled_embeds(tiny_dir):
     assert on.shape == (1, 64, 64, 3) and np.isfinite(on).all()
     np.testing.assert_allclose(off, reference, rtol=0, atol=1e-5)
     assert np.abs(on - reference).max() > 1e-3
+
+
+# ------------------------------------------------------------------- file format: header, card, alphas, sources
+
+
+def _strong_adapter(base_unet, name: str = "cond", seed: int = 7, n: int = 1) -> UNet2DConditionModel:
+    unet = widened(base_unet, n)
+    add_control_lora(unet, name, "half_skip_attn", RANK, CONV_IN_RANK)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed)
+        for param_name, param in unet.named_parameters():
+            if "lora_B" in param_name:
+                param.normal_(0, 0.1, generator=generator)
+    return unet
+
+
+def test_saved_file_carries_header_metadata_and_model_card(base_unet, inputs, tmp_path):
+    unet = _strong_adapter(base_unet)
+    path = save_control_lora(tmp_path / "lora", unet, "cond", base_model="owner/base-sd", condition_type="canny",
+                             prediction_type="epsilon", model_card=True)
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    config = json.loads(header[LORA_ADAPTER_METADATA_KEY])
+    assert config["unet.r"] == config["unet.lora_alpha"] == RANK  # alphas = ranks: the file means W + B·A
+    assert config["unet.rank_pattern"] == config["unet.alpha_pattern"] == {"^conv_in$": CONV_IN_RANK}
+    assert set(config["unet.target_modules"]) == set(target_modules(unet, "half_skip_attn"))
+    meta = read_control_lora_metadata(path.parent)
+    assert meta == json.loads(header[METADATA_KEY])
+    assert {k: meta[k] for k in ("base_model", "preset", "rank", "conv_in_rank", "stored_rank", "lora_init",
+                                 "condition_type", "num_conditions", "condition_slots", "prediction_type")} == {
+        "base_model": "owner/base-sd", "preset": "half_skip_attn", "rank": RANK, "conv_in_rank": CONV_IN_RANK,
+        "stored_rank": RANK, "lora_init": "gaussian", "condition_type": "canny", "num_conditions": 1,
+        "condition_slots": [0], "prediction_type": "epsilon"}
+    card = (path.parent / MODEL_CARD_NAME).read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\nbase_model: owner/base-sd\n")
+    assert "| preset | half_skip_attn |" in card and "load_control_lora" in card
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([LORA_WEIGHT_NAME, MODEL_CARD_NAME])
+
+
+def test_stored_alphas_are_folded_into_the_weights(base_unet, inputs, tmp_path):
+    unet = _strong_adapter(base_unet)
+    reference = run(unet, inputs, "c1")
+    state = control_lora_state_dict(unet, "cond")
+    # the same adapter with alpha = rank/2 stored beside lora_B·2: W + (alpha/r)·B·A is unchanged
+    with_alphas = {k: (v * 2 if ".lora_B." in k or ".lora.up." in k else v) for k, v in state.items()}
+    for key, value in state.items():
+        if key.endswith(("lora_A.weight", "lora.down.weight")):
+            module = key.removesuffix(".lora_A.weight").removesuffix(".lora.down.weight")
+            with_alphas[f"{module}.alpha"] = torch.tensor(value.shape[0] / 2)
+    tensors = widened(base_unet)
+    load_control_lora(tensors, with_alphas, "cond")
+    torch.testing.assert_close(run(tensors, inputs, "c1"), reference, rtol=0, atol=1e-5)
+    # alphas in diffusers' header metadata (lora_alpha, alpha_pattern) fold the same way
+    doubled = {k: (v * 2 if ".lora_B." in k or ".lora.up." in k else v) for k, v in state.items()}
+    header = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(
+        {"unet.r": RANK, "unet.lora_alpha": RANK / 2, "unet.alpha_pattern": {"^conv_in$": CONV_IN_RANK / 2}})}
+    save_file(doubled, str(tmp_path / "alphas.safetensors"), metadata=header)
+    in_header = widened(base_unet)
+    load_control_lora(in_header, tmp_path / "alphas.safetensors", "cond")
+    torch.testing.assert_close(run(in_header, inputs, "c1"), reference, rtol=0, atol=1e-5)
+    assert in_header.conv_in.scaling["cond"] == 1.0  # folded, not carried as a runtime scale
+
+
+def test_hub_id_with_subfolder_and_weight_name_reads_an_offline_cache(base_unet, inputs, tmp_path):
+    unet = _strong_adapter(base_unet)
+    reference = run(unet, inputs, "c1")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--hardgen--tiny-control-lora"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    save_control_lora(repo / "snapshots" / commit / "canny", unet, "cond")
+    (repo / "snapshots" / commit / "canny" / LORA_WEIGHT_NAME).rename(
+        repo / "snapshots" / commit / "canny" / "canny.safetensors")
+    fresh = widened(base_unet)
+    load_control_lora(fresh, "hardgen/tiny-control-lora", "cond", subfolder="canny", weight_name="canny.safetensors",
+                      cache_dir=tmp_path / "cache", local_files_only=True)
+    torch.testing.assert_close(run(fresh, inputs, "c1"), reference, rtol=0, atol=1e-6)
+    # a local folder takes subfolder/weight_name the same way
+    local = widened(base_unet)
+    load_control_lora(local, repo / "snapshots" / commit, "cond", subfolder="canny", weight_name="canny.safetensors")
+    torch.testing.assert_close(run(local, inputs, "c1"), reference, rtol=0, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="hardgen/no-such-lora"):
+        load_control_lora(widened(base_unet), "hardgen/no-such-lora", "cond", cache_dir=tmp_path / "cache",
+                          local_files_only=True)
+
+
+def test_several_files_map_to_slots_in_one_call(base_unet, inputs, adapter_pair):
+    unet_a, unet_b = adapter_pair
+    state_a, state_b = control_lora_state_dict(unet_a, "a"), control_lora_state_dict(unet_b, "b")
+    one_by_one = widened(base_unet, 2)
+    load_control_lora(one_by_one, state_a, "a", condition_index=0)
+    load_control_lora(one_by_one, state_b, "b", condition_index=1)
+    at_once = widened(base_unet, 2)
+    load_control_lora(at_once, [state_b, state_a], ["b", "a"], condition_index=[1, 0])
+    assert condition_slots(at_once) == {"b": (1,), "a": (0,)}
+    assert active_condition_adapters(at_once) == ["a", "b"]  # slot order, not loading order
+    # equal up to the order peft sums the two adapters in (loading order): measured 1.1e-6
+    torch.testing.assert_close(run(at_once, inputs, "c1", "c2"), run(one_by_one, inputs, "c1", "c2"), rtol=0,
+                               atol=1e-5)
+    named = widened(base_unet, 2)
+    load_control_lora(named, [state_a, state_b], "cond")
+    assert condition_slots(named) == {"cond_0": (0,), "cond_1": (1,)}
+    with pytest.raises(ValueError, match="one of each"):
+        load_control_lora(widened(base_unet, 2), [state_a, state_b], ["a"])
+
+
+def test_condition_scales_leave_a_style_lora_alone(base_unet, inputs, adapter_pair):
+    unet_a, unet_b = adapter_pair
+    unet = widened(base_unet, 2)
+    load_control_lora(unet, control_lora_state_dict(unet_b, "b"), "b", condition_index=1)  # reverse slot order
+    load_control_lora(unet, control_lora_state_dict(unet_a, "a"), "a", condition_index=0)
+    style = LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_v", "proj_in"])
+    unet.add_adapter(style, adapter_name="style")
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B.style" in name:
+                param.normal_(0, 0.2, generator=torch.Generator().manual_seed(11))
+    unet.set_adapters(["a", "b", "style"], [1.0, 1.0, 0.5])
+    assert condition_slots(unet) == {"b": (1,), "a": (0,)} and "style" not in condition_slots(unet)
+    set_condition_scales(unet, {"a": 0.0, "b": 0.0})
+    style_only = run(unet, inputs, "c1", "c2")
+    assert (style_only - run(widened(base_unet, 2), inputs, "c1", "c2")).abs().max() > 1e-3  # the style acts
+    assert "style" in unet.active_adapters() and unet.down_blocks[1].attentions[0].proj_in.scaling["style"] == 0.5
+    set_condition_scales(unet, {"a": 1.0})  # b off, style untouched
+    assert set(unet.active_adapters()) == {"a", "style"}
+    assert unet.down_blocks[1].attentions[0].proj_in.scaling["style"] == 0.5
+
+
+# ------------------------------------------------------------------------------------------ PiSSA, summary
+
+
+def test_pissa_conv_falls_back_only_when_the_rank_exceeds_the_output_channels(base_unet, inputs):
+    original = widened(base_unet)
+    unet = copy.deepcopy(original)
+    add_control_lora(unet, "p", "half", 48, 16, "pissa")
+    factors = pissa_initial_factors(unet, "p")
+    layers = dict(unet.named_modules())
+    # rank 48 > 32 output channels: gaussian init kept (B = 0), as control-lora-v3
+    assert "down_blocks.0.resnets.0.conv1" not in factors
+    assert layers["down_blocks.0.resnets.0.conv1"].lora_B["p"].weight.abs().sum() == 0
+    # 3x3 conv 32 → 64 (288 inputs): full PiSSA; conv_in at rank 16 <= 32 outputs too
+    assert "down_blocks.1.resnets.0.conv1" in factors and "conv_in" in factors
+    # 1x1 shortcut 32 → 64: 32 principal components fill ranks 0..31, ranks 32..47 train from B = 0
+    shortcut = layers["down_blocks.1.resnets.0.conv_shortcut"]
+    b = shortcut.lora_B["p"].weight.reshape(64, 48)
+    assert "down_blocks.1.resnets.0.conv_shortcut" in factors
+    assert b[:, :32].abs().min(dim=0).values.max() > 0 and b[:, 32:].abs().sum() == 0
+    originals = dict(original.named_modules())
+    for name in ("conv_in", "down_blocks.1.resnets.0.conv1", "down_blocks.1.resnets.0.conv_shortcut"):
+        torch.testing.assert_close(_effective_weight(layers[name], "p"), originals[name].weight, rtol=0, atol=1e-5)
+    torch.testing.assert_close(run(unet, inputs, "c1"), run(original, inputs, "c1"), rtol=0, atol=1e-5)
+
+
+def test_summary_of_a_pissa_file_reports_stored_and_live_counts(base_unet, tmp_path, capsys):
+    from hardgen.cli import main
+
+    unet = widened(base_unet)
+    add_control_lora(unet, "p", "half_skip_attn", RANK, CONV_IN_RANK, "pissa_niter_2")
+    path = save_control_lora(tmp_path / "pissa", unet, "p", lora_init="pissa_niter_2")
+    stored = sum(v.numel() for v in load_file(str(path)).values())
+    live = lora_summary(TINY_UNET, "half_skip_attn", RANK, CONV_IN_RANK)["trainable_params"]
+    assert stored == 2 * live
+    assert main(["lora-summary", "--load", str(path), "--unet-config", str(TINY_UNET)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["modules"] == len(target_modules(base_unet, "half_skip_attn"))
+    assert summary["trainable_params"] == summary["stored_params"] == stored
+    assert summary["live_params"] == live and summary["lora_init"] == "pissa_niter_2"
+    plain = save_control_lora(tmp_path / "plain", _strong_adapter(base_unet), "cond")
+    assert lora_summary_from_file(plain)["live_params"] == lora_summary_from_file(plain)["stored_params"]
+
+
+def test_encode_condition_runs_outside_autocast(tiny_dir):
+    vae = AutoencoderKL.from_pretrained(tiny_dir, subfolder="vae")
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    reference = encode_condition(vae, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = encode_condition(vae, images)
+        assert (vae.encode(images).latent_dist.mode() * vae.config.scaling_factor - reference).abs().max() > 1e-4
+    assert inside.dtype == torch.float32 and torch.equal(inside, reference)

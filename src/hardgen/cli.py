@@ -27,7 +27,9 @@ def _add_lora_summary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--load",
         type=Path,
-        help="summarise this control-lora-v3 file instead (checked against --unet-config when given)",
+        help="summarise this control-lora-v3 file instead (checked against --unet-config when given): modules, "
+        "trainable_params, abs_sum, and stored_params / live_params (half the stored count for a PiSSA file, "
+        "saved at doubled rank) with lora_init from its header",
     )
 
 

@@ -53,6 +53,7 @@ def train_settings(
     segment_size: int | None = None,
     crop_pad: int = 10,
     num_gpus: int = 1,
+    condition_type: str | None = None,
 ):
     """Build :class:`hardgen.train_settings.TrainSettings` from validated config sections.
 
@@ -73,6 +74,7 @@ def train_settings(
         vae=model["vae"],
         resolution=model["resolution"],
         prompt=model["prompt"],
+        condition_type=condition_type,
         mode=mode,
         init_lora=init_lora,
         preset=lora["preset"],

@@ -40,6 +40,8 @@ class TrainSettings:
     vae: str | None = None
     resolution: int = 512
     prompt: str = ""
+    #: what the condition image shows (``condition.type``: canny | mask); recorded in the LoRA file's metadata
+    condition_type: str | None = None
     mode: str = "plain"
     init_lora: str | None = None
     # LoRA layout (control-lora-v3)

@@ -23,6 +23,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
         train=p.train,
         seed=p.seed,
         num_gpus=gpus,
+        condition_type=p.condition_type,
     )
     prepare_resume(settings, {"conditions": snakemake.input.conditions, "manifest": snakemake.input.manifest})
     log.info("summary: %s", run_training(settings, gpus))

@@ -24,6 +24,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
         train=p.train,
         seed=p.seed,
         num_gpus=gpus,
+        condition_type=p.condition_type,
         init_lora=inp.init_lora,
         finetune=p.hard,
         backbones=p.backbones,
