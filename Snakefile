@@ -14,6 +14,11 @@ configfile: "config/config.yaml"
 report: "workflow/report/workflow.rst"
 
 
+# With `--sdm apptainer`, every job runs in this image (config key `container`: built from the Dockerfile, same
+# pins as requirements.lock); null (the default) = no container.
+container: config.get("container")
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/conditions.smk"
@@ -26,6 +31,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

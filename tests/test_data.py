@@ -56,11 +56,6 @@ def test_demo_tree_layout_and_counts(demo: tuple[Path, float]) -> None:
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")], "staging dir left behind"
 
 
-def test_demo_is_fast(demo: tuple[Path, float]) -> None:
-    # Budget is 3 s on an idle core; the margin absorbs the shared 2-core test machine.
-    assert demo[1] < 6.0
-
-
 def test_demo_is_deterministic_and_seed_dependent(demo: tuple[Path, float], tmp_path: Path) -> None:
     data.make_demo_dataset(tmp_path / "again", **DEMO_ARGS)
     assert _files(tmp_path / "again") == _files(demo[0])

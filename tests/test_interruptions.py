@@ -18,6 +18,9 @@ from hardgen.conditioning import make_conditions, write_conditions_table
 from hardgen.data import build_manifest, make_demo_dataset, write_manifest
 from hardgen.train import TrainSettings
 
+# Two tiny training runs in subprocesses plus a kill and a resume: ~40 s on 2 cores, so `make test-all` only.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir"]
 STEPS, EVERY = 30, 5

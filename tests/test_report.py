@@ -408,3 +408,56 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
 def test_plot_histograms_requires_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="distance"):
         report.plot_histograms(pd.DataFrame({"variant": ["a"], "backbone": ["b"]}), tmp_path / "h.png")
+
+
+# ------------------------------------------------------------------------------------ training curves
+def _train_log(path: Path, steps: int, extra: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    step = np.arange(1, steps + 1)
+    pd.DataFrame({"step": step, "loss": 1.0 / step + extra, "mse": 1.0 / step, "extra": extra * np.exp(-step / 5),
+                  "active_fraction": 0.5, "lr": 1e-3}).to_csv(path, index=False)
+    return path
+
+
+def test_training_loss_plot_reads_every_variant_log(tmp_path: Path) -> None:
+    logs = {v: _train_log(tmp_path / "lora" / v / "train_log.csv", steps, extra)
+            for v, steps, extra in (("plain", 40, 0.0), ("hard", 20, 0.3), ("feedback", 20, 0.2))}
+    report.plot_training_loss(logs, tmp_path / "loss.png")
+    assert _is_png(tmp_path / "loss.png")
+    # plain only (no fine-tuned variant): the right panel says so instead of failing
+    report.plot_training_loss({"plain": logs["plain"]}, tmp_path / "plain.png")
+    assert _is_png(tmp_path / "plain.png")
+
+
+def test_training_loss_plot_names_bad_logs(tmp_path: Path) -> None:
+    bad = tmp_path / "lora" / "hard" / "train_log.csv"
+    bad.parent.mkdir(parents=True)
+    pd.DataFrame({"step": [1], "loss": [1.0]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=r"train_log\.csv: training log \(hard\) table lacks columns"):
+        report.plot_training_loss({"hard": bad}, tmp_path / "x.png")
+    with pytest.raises(DataError, match="no training steps"):
+        report.plot_training_loss({}, tmp_path / "x.png")
+
+
+def test_write_report_adds_the_training_loss_plot_from_log_paths(tmp_path: Path, eval_tree: list[Path]) -> None:
+    score_paths, _ = _write_scores(tmp_path)
+    rng = np.random.default_rng(2)
+    img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
+    write_image(img, rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    write_mask(mask, rng.random((20, 24)) > 0.5)
+    pd.DataFrame([{"id": "s0", "image": str(img), "mask": str(mask)}]).to_csv(tmp_path / "manifest.csv", index=False)
+    out = tmp_path / "generated/plain/0.png"
+    write_image(out, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    manifest = tmp_path / "generated/plain/manifest.csv"
+    pd.DataFrame([{"sample_id": "s0", "image": str(out), "mask": str(mask), "condition": str(mask)}]).to_csv(
+        manifest, index=False)
+    logs = [_train_log(tmp_path / "results/lora" / v / "train_log.csv", 10, e) for v, e in (("plain", 0), ("hard", 1))]
+    written = report.write_report(eval_tree, score_paths, [manifest], tmp_path / "manifest.csv", tmp_path / "tables",
+                                  tmp_path / "plots", loss_backbones=["vit"], run_records=_run_records(eval_tree),
+                                  train_logs=logs)
+    assert written["training_loss_png"] == tmp_path / "plots" / "training_loss.png"
+    assert _is_png(written["training_loss_png"])
+    with pytest.raises(DataError, match="cannot tell the variant"):
+        report.write_report(eval_tree, score_paths, [manifest], tmp_path / "manifest.csv", tmp_path / "t2",
+                            tmp_path / "p2", loss_backbones=["vit"], run_records=_run_records(eval_tree),
+                            train_logs=[tmp_path / "elsewhere.csv"])

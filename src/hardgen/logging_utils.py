@@ -10,8 +10,8 @@ from pathlib import Path
 def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
     """Log to stderr and, when given, to ``log_path``; returns the ``hardgen`` logger.
 
-    Snakemake scripts call this with ``snakemake.log[0]``; tqdm writes to stderr, which the
-    wrapper redirects into the same log file (see ``workflow/scripts/_common.py``).
+    Snakemake scripts call this with ``snakemake.log[0]``; tqdm writes to stderr, which
+    :class:`stage_logging` (below, used by every ``workflow/scripts/*.py``) redirects into the same log file.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path is not None:

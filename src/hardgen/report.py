@@ -48,8 +48,9 @@ POLICY_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback", "hard_band
 #: construction and compare with each other directly; every policy is also compared with ``real``.
 CONTROLS: dict[str, str] = {"hard_band": "hard_random", "hard_random": "random"}
 
-#: Published mDice / mIoU of segmenters trained on real data only (Wan et al. 2026, Table; see
-#: /work/shared/reference/paper-method.md). ``PUBLISHED[model][testset] = (mDice, mIoU)``.
+#: Published mDice / mIoU of segmenters trained on real data only, as tabulated by Wan et al., "Rethinking Hard
+#: Training Sample Generation for Medical Image Segmentation", Pattern Recognition 172 (2026) 112533 (figures
+#: first published by the PraNet, SANet and Polyp-PVT papers). ``PUBLISHED[model][testset] = (mDice, mIoU)``.
 PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
     "PraNet": {
         "CVC-ClinicDB": (0.899, 0.849),
@@ -670,6 +671,67 @@ def plot_benchmark(long_df: pd.DataFrame, out_png: str | Path, metric: str = "mD
     _save_figure(figure, out_png)
 
 
+#: Columns of a Control-LoRA training log (``hardgen.train.LOG_COLUMNS``) that the loss plot reads.
+TRAIN_LOG_COLUMNS: tuple[str, ...] = ("step", "loss", "mse", "extra")
+
+#: Variants of the loss plot, in display order (others follow alphabetically).
+LORA_ORDER: tuple[str, ...] = ("plain", "hard", "feedback")
+
+
+def _smooth(values: pd.Series, window: int) -> pd.Series:
+    return values.rolling(window, min_periods=1, center=True).mean()
+
+
+def plot_training_loss(train_logs: Mapping[str, str | Path | pd.DataFrame], out_png: str | Path) -> None:
+    """Training curves of every Control-LoRA: diffusion MSE per step (left) and the fine-tuning term (right).
+
+    ``train_logs`` maps a variant to its ``train_log.csv`` (``step, loss, mse, extra, ...``; one row per optimiser
+    step). Thin lines are the raw per-step values, thick lines a centred moving average over about a tenth of the
+    run. The right panel shows ``extra`` (hard: λ·L_dis, feedback: the judge term) for the variants that have one;
+    for ``plain`` it is zero by construction.
+    """
+    logs = {variant: _as_log(train_logs[variant], variant) for variant in _ordered(train_logs, LORA_ORDER)}
+    if not logs or all(t.empty for t in logs.values()):
+        raise DataError(f"{out_png}: no training steps to plot")
+    figure = Figure(figsize=(10, 3.4))
+    ax_mse, ax_extra = figure.subplots(1, 2)
+    colours = {v: f"C{i}" for i, v in enumerate(logs)}
+    any_extra = False
+    for variant, table in logs.items():
+        if table.empty:
+            continue
+        window = max(1, len(table) // 10)
+        for ax, column in ((ax_mse, "mse"), (ax_extra, "extra")):
+            values = table[column].astype(float)
+            if column == "extra" and not np.any(values.to_numpy() != 0):
+                continue
+            any_extra |= column == "extra"
+            ax.plot(table["step"], values, color=colours[variant], alpha=0.3, linewidth=0.8)
+            ax.plot(table["step"], _smooth(values, window), color=colours[variant], linewidth=1.8,
+                    label=f"{variant} ({len(table)} steps)")
+    ax_mse.set_title("diffusion loss (MSE on the noise / v target)")
+    ax_mse.set_xlabel("optimiser step of the run")
+    ax_mse.set_ylabel("MSE")
+    ax_mse.legend(fontsize=7)
+    ax_extra.set_title("fine-tuning term (hard: λ·L_dis, feedback: judge term)")
+    ax_extra.set_xlabel("optimiser step of the run")
+    if any_extra:
+        ax_extra.legend(fontsize=7)
+    else:
+        ax_extra.text(0.5, 0.5, "no fine-tuned variant in this run", ha="center", va="center",
+                      transform=ax_extra.transAxes)
+    _save_figure(figure, out_png)
+
+
+def _as_log(source: str | Path | pd.DataFrame, variant: str) -> pd.DataFrame:
+    table = source.copy() if isinstance(source, pd.DataFrame) else _read_table(
+        source, TRAIN_LOG_COLUMNS, f"training log ({variant})")
+    missing = [c for c in TRAIN_LOG_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"training log ({variant}) lacks columns {missing}")
+    return table.sort_values("step").reset_index(drop=True)
+
+
 # ------------------------------------------------------------------------------------- entry point
 def real_pairs_from(conditions_csv: str | Path, data_manifest_csv: str | Path) -> pd.DataFrame:
     """Join the conditions table with the data manifest: ``sample_id, image, mask, condition``.
@@ -721,6 +783,7 @@ def write_report(
     run_records: Iterable[str | Path | Mapping[str, object]] = (),
     sample_loss_csvs: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
     conditions_csv: str | Path | None = None,
+    train_logs: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
     demo: bool = False,
     grid_rows: int = 6,
 ) -> dict[str, Path]:
@@ -732,14 +795,16 @@ def write_report(
     ``hard.loss_backbones``), the benchmark runs' ``run.json`` records, optionally per-sample losses
     of the real-trained benchmark segmenters (``{"<arch>/seed-<s>": path}`` or
     ``.../eval/<arch>/seed-<s>/sample_loss.csv`` paths) and the conditions table (lets the grid show
-    each condition's real image; without it only sample ids that are data-manifest ids get one).
+    each condition's real image; without it only sample ids that are data-manifest ids get one), and the
+    Control-LoRA training logs (``{variant: path}`` or ``.../lora/<variant>/train_log.csv`` paths).
     ``demo`` adds the note that demo numbers are noise by design.
 
     Tables (``tables_dir``): ``benchmark.csv`` (long: arch, policy, seed, testset, metric, value),
     ``benchmark.md``, ``runs.csv`` (arch, policy, seed, real_images, synthetic_images, iterations,
     images_seen), ``hardness.csv`` (variant, backbone, mean_discrepancy, n, in_loss),
     ``hardness_transfer.csv`` (backbone, segmenter, variant, spearman, partial_spearman, n; header only
-    without ``sample_loss_csvs``). Plots (``plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``.
+    without ``sample_loss_csvs``). Plots (``plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``,
+    and ``training_loss.png`` when ``train_logs`` are given.
     """
     tables_dir, plots_dir = Path(tables_dir), Path(plots_dir)
     written = {
@@ -769,5 +834,9 @@ def write_report(
     plot_grid(pairs, generated, written["grid_png"], n=grid_rows)
     plot_histograms(scores, written["histograms_png"])
     plot_benchmark(long, written["benchmark_png"])
+    if train_logs:
+        written["training_loss_png"] = plots_dir / "training_loss.png"
+        plot_training_loss(_keyed_paths(train_logs, r"lora/([^/]+)/train_log\.csv$", "variant"),
+                           written["training_loss_png"])
     log.info("report written: %s", ", ".join(str(p) for p in written.values()))
     return written

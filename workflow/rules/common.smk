@@ -1,6 +1,20 @@
 # Everything that is not a rule: config validation, paths, wildcard constraints, input functions.
 
+import importlib.util
+import os
+import sys
 from pathlib import Path
+
+from snakemake.logging import logger
+
+# hardgen's library is this checkout's src/: the driver imports it from there and every job (in .venv, a conda env
+# or a container) finds it through PYTHONPATH, which jobs inherit, so envs/*.yaml carry only the pinned stack.
+SRC = str(Path(workflow.basedir) / "src")
+if Path(SRC, "hardgen").is_dir():
+    sys.path.insert(0, SRC)
+    if SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        # set, not read: PYTHONPATH is optional, so no `envvars:` assertion
+        os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 import hardgen.config as hgconfig
 
@@ -8,8 +22,12 @@ hgconfig.validate_config(config, hgconfig.load_schema(Path(workflow.basedir) / "
 
 
 onstart:
-    # Library-registry names (timm, smp) need torch: checked once before any job starts, not on dry runs.
-    hgconfig.check_registries(config)
+    # Library-registry names (timm, smp) need torch: checked once before any job starts, not on dry runs. A driver
+    # with snakemake only (jobs in conda envs or a container) leaves this check to the jobs, which fail on bad names.
+    if all(importlib.util.find_spec(m) for m in ("timm", "segmentation_models_pytorch")):
+        hgconfig.check_registries(config)
+    else:
+        logger.warning("timm/smp not importable here: backbone and encoder names are checked by the jobs")
 
 
 ENV = "../../envs/hardgen.yaml"
@@ -19,6 +37,7 @@ BACKBONES = list(config["backbones"])
 LOSS_BACKBONES = list(config["hard"]["loss_backbones"])  # the rest are held-out judges of hardness
 VARIANTS = list(config["generation"]["variants"])
 SCORED_VARIANTS = ["real"] + VARIANTS
+LORAS = ["plain"] + [v for v in VARIANTS if v != "plain"]  # hard and feedback start from plain: it always trains
 POLICIES = list(config["segment"]["policies"])
 ARCHS = list(config["segment"]["archs"])
 SEEDS = [str(s) for s in config["segment"]["seeds"]]

@@ -10,16 +10,15 @@ rule report:
         scores=expand("results/scores/{scored}.csv", scored=SCORED_VARIANTS),
         sample_losses=sample_loss_tables(),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
+        train_logs=expand("results/lora/{variant}/train_log.csv", variant=LORAS),
     output:
-        benchmark=report(
-            "results/tables/benchmark.csv", category="Benchmark", caption="../report/benchmark.rst"
-        ),
-        benchmark_md="results/tables/benchmark.md",
+        benchmark=report("results/tables/benchmark.csv", category="Benchmark", caption="../report/benchmark.rst"),
+        benchmark_md=report("results/tables/benchmark.md", category="Benchmark", caption="../report/benchmark_md.rst"),
         runs=report("results/tables/runs.csv", category="Benchmark", caption="../report/runs.rst"),
         hardness=report("results/tables/hardness.csv", category="Hardness", caption="../report/hardness.rst"),
-        transfer=report(
-            "results/tables/hardness_transfer.csv", category="Hardness", caption="../report/transfer.rst"
-        ),
+        transfer=report("results/tables/hardness_transfer.csv", category="Hardness", caption="../report/transfer.rst"),
+        # every job but the report has finished when it runs, so its benchmark file is there
+        timings=report("results/tables/timings.csv", category="Timings", caption="../report/timings.rst"),
         plots=report(
             directory("results/plots"),
             patterns=["{name}.png"],

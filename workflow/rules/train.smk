@@ -9,6 +9,13 @@ rule train_control_lora:
         manifest="results/data/manifest.csv",
     output:
         lora=lora_path("plain"),
+        train_log="results/lora/plain/train_log.csv",
+        validation=report(
+            "results/lora/plain/validation.png",
+            category="Generators",
+            subcategory="plain",
+            caption="../report/validation.rst",
+        ),
     log:
         "logs/train_control_lora.log",
     benchmark:
@@ -19,6 +26,7 @@ rule train_control_lora:
         lora=config["lora"],
         train=config["train"],
         seed=config["seed"],
+        condition_type=config["condition"]["type"],
     threads: 2
     resources:
         mem_mb=16000,
@@ -40,6 +48,13 @@ rule train_hard_lora:
         prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=LOSS_BACKBONES),
     output:
         lora=lora_path("hard"),
+        train_log="results/lora/hard/train_log.csv",
+        validation=report(
+            "results/lora/hard/validation.png",
+            category="Generators",
+            subcategory="hard",
+            caption="../report/validation.rst",
+        ),
     log:
         "logs/train_hard_lora.log",
     benchmark:
@@ -52,6 +67,7 @@ rule train_hard_lora:
         hard=config["hard"],
         backbones=config["backbones"],
         seed=config["seed"],
+        condition_type=config["condition"]["type"],
     threads: 2
     resources:
         mem_mb=24000,
@@ -72,6 +88,13 @@ rule train_feedback_lora:
         segmenter=judge_path(),
     output:
         lora=lora_path("feedback"),
+        train_log="results/lora/feedback/train_log.csv",
+        validation=report(
+            "results/lora/feedback/validation.png",
+            category="Generators",
+            subcategory="feedback",
+            caption="../report/validation.rst",
+        ),
     log:
         "logs/train_feedback_lora.log",
     benchmark:
@@ -86,6 +109,7 @@ rule train_feedback_lora:
         segmenter=config["segment"]["archs"][JUDGE],
         segment_size=config["segment"]["size"],
         seed=config["seed"],
+        condition_type=config["condition"]["type"],
     threads: 2
     resources:
         mem_mb=24000,

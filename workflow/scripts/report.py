@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from hardgen.io import write_csv
 from hardgen.logging_utils import stage_logging
 from hardgen.report import write_report
+from hardgen.timings import plot_timings, timings_table
 
 with stage_logging(snakemake.log[0]) as log:
     inp = snakemake.input
@@ -18,6 +20,12 @@ with stage_logging(snakemake.log[0]) as log:
         loss_backbones=snakemake.params.loss_backbones,
         run_records=list(inp.runs),
         sample_loss_csvs=list(inp.sample_losses),
+        train_logs=list(inp.train_logs),
         demo=bool(snakemake.params.demo),
     )
     log.info("wrote %s", sorted(str(p) for p in written.values()))
+    # per-rule times of this run, from the benchmark files of every job upstream of the report
+    timings = timings_table(Path(snakemake.output.timings).parents[1] / "benchmarks")
+    write_csv(snakemake.output.timings, timings)
+    plot_timings(timings, Path(snakemake.output.plots) / "timings.png")
+    log.info("timings: %d jobs, %.0f s of job time", len(timings), timings["s"].sum())
