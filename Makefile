@@ -1,5 +1,6 @@
 # hardgen — two entry points: `make demo` (embedded CPU demo, end to end) and `make test`.
-# Both create .venv on first use and install the pinned stack (requirements.lock) plus hardgen itself.
+# Both create .venv on first use and install the pinned stack (requirements.lock + requirements-dev.lock, universal
+# locks with platform markers: Linux and macOS) plus hardgen itself.
 
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -7,27 +8,45 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 STAMP  := $(VENV)/.hardgen-installed
 
-.PHONY: demo test test-all lint dag clean
+.PHONY: demo test test-all lint lock dag clean bench
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q -r requirements.lock -r requirements-dev.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 
+# The fast default: unit tests + one short workflow run (a shrunk demo config, every stage). CI runs this.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Slow checks too (long training parity, memory at two dataset sizes).
+# Slow checks too (tests marked `slow`: the full demo run, killed-and-resumed training, SDXL).
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""
 
+# Generation / training / scoring throughput side by side (CPU, tiny models, a few minutes):
+# results/benchmarks/{generation,training,scoring}.csv and bench.png.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/
+	$(BIN)/python envs/sync_env.py --check
+
+# Re-resolve the universal locks (uv, pinned in the dev lock) and rewrite envs/hardgen.yaml from the runtime lock.
+# Existing pins are kept unless pyproject.toml asks otherwise; `make lock UPGRADE=--upgrade` moves to the newest.
+UPGRADE ?=
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra workflow --universal --python-version 3.11 $(UPGRADE) \
+		--custom-compile-command "make lock" -o requirements.lock
+	$(BIN)/uv pip compile --group dev --universal --python-version 3.11 $(UPGRADE) -c requirements.lock \
+		--custom-compile-command "make lock" -o requirements-dev.lock
+	$(BIN)/python envs/sync_env.py
 
 dag: $(STAMP)
 	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg

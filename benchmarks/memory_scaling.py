@@ -43,7 +43,7 @@ generate_shard(f"{work}/base", f"{work}/lora", f"{work}/data-{n}/conditions.csv"
     "evaluate": """
 import sys, pandas as pd, torch
 from hardgen.data import load_manifest
-from hardgen.metrics import evaluate_segmenter
+from hardgen.predict import evaluate_segmenter
 from hardgen.segment import SegmenterSpec, build_segmenter
 torch.set_num_threads(1)
 work, n = sys.argv[1], int(sys.argv[2])

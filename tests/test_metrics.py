@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter, shift
 from torch import nn
 
-from hardgen import metrics
+from hardgen import metrics, predict
 from hardgen.io import DataError, write_image, write_mask
 
 #: hardgen metric name -> the reference's (toolbox) name
@@ -466,7 +466,7 @@ def test_save_prediction_maps_writes_pranet_maps(test_df: pd.DataFrame, tmp_path
     out = tmp_path / "pred"
     write_image(out / "Stale" / "old.png", np.zeros((4, 4), dtype=np.uint8))
     write_image(out / "CVC-300" / "old.png", np.zeros((4, 4), dtype=np.uint8))
-    table = metrics.save_prediction_maps(RedChannelOracle(), test_df, size=64, out_root=out, batch_size=2)
+    table = predict.save_prediction_maps(RedChannelOracle(), test_df, size=64, out_root=out, batch_size=2)
     assert list(table.columns) == ["testset", "stem", "pred", "gt"]
     assert table["pred"].tolist() == [str(out / s / f"{i}.png") for i, s in enumerate(test_df["split"])]
     assert table["gt"].tolist() == test_df["mask"].tolist()
@@ -491,8 +491,8 @@ def test_save_prediction_maps_upsamples_to_gt_size_and_batches_do_not_matter(tmp
         write_mask(tmp_path / f"m{i}.png", mask)
         rows.append({"split": "ETIS", "image": str(tmp_path / f"i{i}.png"), "mask": str(tmp_path / f"m{i}.png")})
     frame = pd.DataFrame(rows)
-    one = metrics.save_prediction_maps(RedChannelOracle(), frame, size=64, out_root=tmp_path / "a", batch_size=1)
-    many = metrics.save_prediction_maps(RedChannelOracle(), frame, size=64, out_root=tmp_path / "b", batch_size=8)
+    one = predict.save_prediction_maps(RedChannelOracle(), frame, size=64, out_root=tmp_path / "a", batch_size=1)
+    many = predict.save_prediction_maps(RedChannelOracle(), frame, size=64, out_root=tmp_path / "b", batch_size=8)
     for p1, p2, gt in zip(one["pred"], many["pred"], frame["mask"]):
         a, b = np.asarray(Image.open(p1)), np.asarray(Image.open(p2))
         assert a.shape == np.asarray(Image.open(gt)).shape
@@ -500,34 +500,34 @@ def test_save_prediction_maps_upsamples_to_gt_size_and_batches_do_not_matter(tmp
 
 
 def test_constant_prediction_saves_an_all_zero_map(test_df: pd.DataFrame, tmp_path: Path) -> None:
-    table = metrics.save_prediction_maps(ConstantLogits(0.0), test_df, size=64, out_root=tmp_path / "pred")
+    table = predict.save_prediction_maps(ConstantLogits(0.0), test_df, size=64, out_root=tmp_path / "pred")
     assert all(np.asarray(Image.open(p)).max() == 0 for p in table["pred"])  # (p - min) / (max - min + 1e-8) = 0
 
 
 def test_save_prediction_maps_errors(test_df: pd.DataFrame, tmp_path: Path) -> None:
     out = tmp_path / "pred"
     with pytest.raises(ValueError, match=r"missing column.*'split'"):
-        metrics.save_prediction_maps(RedChannelOracle(), test_df.drop(columns="split"), 64, out)
+        predict.save_prediction_maps(RedChannelOracle(), test_df.drop(columns="split"), 64, out)
     with pytest.raises(ValueError, match="no rows"):
-        metrics.save_prediction_maps(RedChannelOracle(), test_df.iloc[:0], 64, out)
+        predict.save_prediction_maps(RedChannelOracle(), test_df.iloc[:0], 64, out)
     with pytest.raises(ValueError, match=r"segment\.size"):
-        metrics.save_prediction_maps(RedChannelOracle(), test_df, 50, out)
+        predict.save_prediction_maps(RedChannelOracle(), test_df, 50, out)
     clash = test_df.copy()
     clash.loc[1, "mask"] = str(tmp_path / "elsewhere" / "0.png")
     with pytest.raises(DataError, match="share a stem"):
-        metrics.save_prediction_maps(RedChannelOracle(), clash, 64, out)
+        predict.save_prediction_maps(RedChannelOracle(), clash, 64, out)
     overall = test_df.assign(split=metrics.OVERALL)
     with pytest.raises(DataError, match="overall"):
-        metrics.save_prediction_maps(RedChannelOracle(), overall, 64, out)
+        predict.save_prediction_maps(RedChannelOracle(), overall, 64, out)
     (tmp_path / "dataset" / "Kvasir" / "images").mkdir(parents=True)
     with pytest.raises(DataError, match="refusing"):
-        metrics.save_prediction_maps(RedChannelOracle(), test_df, 64, tmp_path / "dataset")
+        predict.save_prediction_maps(RedChannelOracle(), test_df, 64, tmp_path / "dataset")
     assert (tmp_path / "dataset" / "Kvasir" / "images").is_dir()
     write_mask(tmp_path / "wrong.png", np.zeros((8, 8), dtype=bool))
     bad = test_df.copy()
     bad.loc[1, "mask"] = str(tmp_path / "wrong.png")
     with pytest.raises(ValueError, match="wrong.png"):
-        metrics.save_prediction_maps(RedChannelOracle(), bad, 64, out)
+        predict.save_prediction_maps(RedChannelOracle(), bad, 64, out)
 
 
 def test_evaluate_segmenter_equals_evaluate_maps_on_the_written_maps(test_df: pd.DataFrame, tmp_path: Path) -> None:
@@ -538,9 +538,32 @@ def test_evaluate_segmenter_equals_evaluate_maps_on_the_written_maps(test_df: pd
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(Path(mask).read_bytes())
     shuffled = test_df.iloc[[4, 0, 3, 1, 2]]  # row order differs from the folder order
-    scores = metrics.evaluate_segmenter(RedChannelOracle(), shuffled, size=64, pred_root=tmp_path / "pred")
+    scores = predict.evaluate_segmenter(RedChannelOracle(), shuffled, size=64, pred_root=tmp_path / "pred")
     pd.testing.assert_frame_equal(scores, metrics.evaluate_maps(tmp_path / "pred", gt_root), check_exact=True)
     assert scores["testset"].unique().tolist() == ["CVC-300", "Kvasir", metrics.OVERALL]
     wide = scores.pivot(index="testset", columns="metric", values="value")
     assert (wide["maxDice"] == 1.0).all()  # the oracle's map separates the polyp at some threshold
     assert (wide["mDice"] < 1.0).all()
+
+
+def test_evaluate_table_scores_saved_maps_and_names_a_missing_one(test_df: pd.DataFrame, tmp_path: Path) -> None:
+    """The workflow's evaluate rule: the maps listed for manifest rows, scored as evaluate_maps would."""
+    predict.save_prediction_maps(RedChannelOracle(), test_df, size=64, out_root=tmp_path / "pred")
+    table = metrics.prediction_table(test_df, tmp_path / "pred")
+    scores = metrics.evaluate_table(table)
+    pd.testing.assert_frame_equal(
+        scores, predict.evaluate_segmenter(RedChannelOracle(), test_df, size=64, pred_root=tmp_path / "again"),
+        check_exact=True,
+    )
+    Path(table["pred"].iat[2]).unlink()
+    with pytest.raises(DataError, match=rf"{table['pred'].iat[2]}.*{table['gt'].iat[2]}"):
+        metrics.evaluate_table(table)
+
+
+def test_scoring_needs_no_torch() -> None:
+    """The evaluate rule only reads maps: importing the scoring module must not pull in torch (a slow import)."""
+    import subprocess
+    import sys
+
+    code = "import sys, hardgen.metrics; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,9 +1,8 @@
 """The standard polyp evaluation (the PraNet / Polyp-PVT MATLAB toolbox, ``main.m``), computed with PySODMetrics.
 
-Prediction maps (PraNet's test script, :func:`save_prediction_maps`): each test image is resized to ``size`` x
-``size`` and ImageNet-normalised, the logits are upsampled bilinearly (``align_corners=False``) to the ground-truth
-mask's own size and passed through a sigmoid; each map is min-max normalised, ``(p - min) / (max - min + 1e-8)``,
-and saved as an 8-bit PNG, ``round(255 p)``, at ``<root>/<testset>/<stem>.png`` (``stem`` = the GT file's stem).
+Prediction maps are 8-bit PNGs at ``<root>/<testset>/<stem>.png`` (``stem`` = the GT file's stem), as PraNet and
+every polyp model save them (hardgen's own: :func:`hardgen.predict.save_prediction_maps`). This module only reads
+maps and ground truths; it needs no model and no torch.
 
 Scoring (:func:`score_map_pairs`, :func:`evaluate_maps`), per image, from the saved files:
 
@@ -41,13 +40,12 @@ side by rounding), the min-max normalisation divides by ``max - min`` where MATL
 at t = 1), the S-measure centroid is rounded half-to-even where MATLAB rounds halves up (a GT whose centroid is a
 tie moves one quadrant border by a pixel), ties in ``bwdist`` may resolve differently, a negative S-measure is
 clipped to 0, and an empty GT's wFm is 0 (the MATLAB code cannot compute it). Maps saved by
-:func:`save_prediction_maps` span 0..255, so the normalisation difference never applies to them. The toolbox
+:func:`hardgen.predict.save_prediction_maps` span 0..255, so the normalisation difference never applies to them. The toolbox
 resizes a map whose size differs from its GT; here that is an error.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +54,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import py_sod_metrics
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from hardgen.io import DataError, read_gray, read_pair, read_rgb, write_image
-from hardgen.segment import eval_transform
+from hardgen.io import DataError, read_gray, read_rgb
 
 #: The published metrics, in report order. Higher is better for all except MAE.
 METRICS = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE")
@@ -250,33 +243,10 @@ def evaluate_maps(pred_root: str | Path, gt_root: str | Path) -> pd.DataFrame:
     return score_testsets(find_map_pairs(pred_root, gt_root))
 
 
-# -------------------------------------------------------------------------------------------- prediction
-class _TestImages(Dataset):
-    """Test images resized/normalised for the model, with the size of their GT mask."""
-
-    def __init__(self, test_df: pd.DataFrame, size: int) -> None:
-        self.images = [str(p) for p in test_df["image"]]
-        self.masks = [str(p) for p in test_df["mask"]]
-        self.transform = eval_transform(size)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, gt = read_pair(self.images[index], self.masks[index])  # checks image and mask sizes agree
-        return {"image": self.transform(image=image)["image"].float(), "shape": gt.shape, "index": index}
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "image": torch.stack([item["image"] for item in items]),
-        "shape": [item["shape"] for item in items],
-        "index": [item["index"] for item in items],
-    }
-
-
-def _prediction_table(test_df: pd.DataFrame, out_root: Path) -> pd.DataFrame:
-    """``testset, stem, pred, gt`` for each row, checking names before anything is written."""
+def prediction_table(test_df: pd.DataFrame, out_root: str | Path) -> pd.DataFrame:
+    """``testset, stem, pred, gt`` for manifest rows (split, image, mask): where each row's map lives under
+    ``out_root`` (``<split>/<mask stem>.png``) and its GT file. Names are checked, nothing is read."""
+    out_root = Path(out_root)
     missing = [col for col in ("split", "image", "mask") if col not in test_df.columns]
     if missing:
         raise ValueError(f"test table: missing column(s) {missing}; got {list(test_df.columns)}")
@@ -297,67 +267,20 @@ def _prediction_table(test_df: pd.DataFrame, out_root: Path) -> pd.DataFrame:
     return table[["testset", "stem", "pred", "gt"]]
 
 
-def _clear_map_folders(out_root: Path) -> None:
-    """Remove the test-set folders of an existing ``out_root`` (flat folders of files only, else refuse)."""
-    if out_root.exists() and not out_root.is_dir():
-        raise DataError(f"{out_root}: prediction root is not a folder")
-    if not out_root.is_dir():
-        return
-    for folder in sorted(p for p in out_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        nested = [p for p in folder.iterdir() if p.is_dir()]
-        if nested:
-            raise DataError(f"{folder}: not a folder of prediction maps (holds {nested[0]}); refusing to clear it")
-        shutil.rmtree(folder)
+def evaluate_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Score the maps of a :func:`prediction_table` against its GT files (the workflow's ``evaluate`` rule).
 
-
-@torch.no_grad()
-def save_prediction_maps(
-    model: nn.Module,
-    test_df: pd.DataFrame,
-    size: int,
-    out_root: str | Path,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-) -> pd.DataFrame:
-    """Write PraNet-style 8-bit maps ``<out_root>/<split>/<mask stem>.png`` for manifest rows (split, image, mask).
-
-    Existing test-set folders of ``out_root`` are removed first, so no stale map is ever scored. Returns
-    ``testset, stem, pred, gt`` (paths) in row order.
+    Every listed map must exist (a missing one is named with its GT); test sets are scored in name
+    order, pairs in stem order, exactly as :func:`evaluate_maps` orders a folder tree, so both give
+    the same numbers for the same maps.
     """
-    if size <= 0 or size % 32:
-        raise ValueError(f"segment.size: {size} must be a positive multiple of 32 (smp encoders)")
-    out_root = Path(out_root)
-    table = _prediction_table(test_df, out_root)
-    _clear_map_folders(out_root)
-    model = model.to(device).eval()
-    loader = DataLoader(_TestImages(test_df, size), batch_size=batch_size, collate_fn=_collate)
-    for batch in tqdm(loader, desc="predict", unit="batch", leave=False):
-        logits = model(batch["image"].to(device)).float()
-        for i, (shape, index) in enumerate(zip(batch["shape"], batch["index"])):
-            # PraNet: upsample the logits to the GT's own size, sigmoid, min-max normalise, save 8-bit.
-            up = F.interpolate(logits[i : i + 1], size=shape, mode="bilinear", align_corners=False)
-            prob = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float64)
-            prob = (prob - prob.min()) / (prob.max() - prob.min() + 1e-8)
-            write_image(table["pred"].iat[index], np.round(prob * 255.0).clip(0, 255).astype(np.uint8))
-    return table
-
-
-def evaluate_segmenter(
-    model: nn.Module,
-    test_df: pd.DataFrame,
-    size: int,
-    pred_root: str | Path,
-    batch_size: int = 8,
-    device: str | torch.device = "cpu",
-) -> pd.DataFrame:
-    """:func:`save_prediction_maps` into ``pred_root``, then score the saved maps against the rows' GT files.
-
-    Scoring is :func:`score_testsets` (as in :func:`evaluate_maps`) over the test sets sorted by name; returns
-    ``testset, metric, value`` including the :data:`OVERALL` rows.
-    """
-    written = save_prediction_maps(model, test_df, size, pred_root, batch_size=batch_size, device=device)
+    absent = [(p, g) for p, g in zip(table["pred"], table["gt"]) if not Path(p).is_file()]
+    if absent:
+        raise DataError(f"prediction map {absent[0][0]} for ground truth {absent[0][1]} not found "
+                        f"({len(absent)} missing)")
     pairs = {
-        testset: sorted(zip(group["pred"], group["gt"]), key=lambda pair: Path(pair[0]).stem)  # as find_map_pairs
-        for testset, group in sorted(written.groupby("testset", sort=False), key=lambda item: item[0])
+        testset: sorted(zip(group["pred"], group["gt"]), key=lambda pair: Path(pair[0]).stem)
+        for testset, group in sorted(table.groupby("testset", sort=False), key=lambda item: item[0])
     }
     return score_testsets(pairs)
+

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
@@ -81,7 +82,7 @@ from hardgen.train_settings import (
 __all__ = [
     "FAMILIES", "FEEDBACK_LOSSES", "LOG_COLUMNS", "LORA_WEIGHTS_NAME", "MIXED_PRECISIONS", "MODES",
     "PREDICTION_TYPES", "TRAINER_STATE_NAME", "FeedbackJudge", "HardnessJudge", "PairDataset", "PromptEmbeddings",
-    "ResumableBatchSampler", "TrainSettings", "TrainingDivergedError", "assign_lora_weights", "dissimilarity_loss",
+    "ResumableBatchSampler", "TrainSettings", "TrainingDivergedError", "dissimilarity_loss",
     "encode_prompts", "feedback_loss", "hardness_loss", "list_checkpoints", "load_training_pairs",
     "lora_param_groups", "main", "predict_x0", "resolve_prediction_type", "squared_hinge", "train_control_lora",
 ]
@@ -140,38 +141,6 @@ def _ranks_of(state: dict[str, torch.Tensor], origin: str) -> tuple[int, int]:
     return int(others[0]), int(conv_in.shape[0])
 
 
-def assign_lora_weights(unet: torch.nn.Module, state: dict[str, torch.Tensor], adapter_name: str,
-                        origin: str) -> None:
-    """Copy LoRA weights (peft keys, as from ``control_lora.read_control_lora``) into an existing adapter.
-
-    Used to resume and to start fine-tuning: the adapter keeps its optimizer-registered parameters,
-    only their values change. A PiSSA adapter saved in doubled-rank form takes the first half (the
-    trained factors), as control-lora-v3 does. Mismatched modules or shapes raise naming ``origin``.
-    """
-    from hardgen.control_lora import pissa_initial_factors
-
-    pissa = bool(pissa_initial_factors(unet, adapter_name))
-    params = {}
-    for name, param in unet.named_parameters():
-        for part in (".lora_A.", ".lora_B."):
-            tail = f"{part}{adapter_name}.weight"
-            if name.endswith(tail):
-                params[name[: -len(tail)] + f"{part}weight"] = param
-    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-    if missing or unexpected:
-        raise ValueError(f"{origin}: LoRA layout differs from the adapter (preset?): missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
-    with torch.no_grad():
-        for key, param in params.items():
-            value = state[key]
-            if pissa and value.shape != param.shape:
-                value = value[: param.shape[0]] if ".lora_A." in key else value[:, : param.shape[1]]
-            if value.shape != param.shape:
-                raise ValueError(f"{origin}: {key} has shape {tuple(value.shape)}, adapter expects "
-                                 f"{tuple(param.shape)} (rank / conv_in_rank?)")
-            param.copy_(value.to(param.dtype))
-
-
 def _to(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """Move a model, casting only when the dtype really changes (diffusers warns on no-op casts)."""
     model.to(device)
@@ -228,6 +197,10 @@ class _Trainer:
 
         control_lora.widen_conv_in(self.unet, num_conditions=1)
         _to(self.unet, acc.device, self.weight_dtype)
+        if acc.device.type == "cuda":  # channels-last convolutions are faster on tensor cores (not on CPU)
+            self.unet.to(memory_format=torch.channels_last)
+        processors = sorted({type(p).__name__ for p in self.unet.attn_processors.values()})
+        logger.info("UNet attention processors: %s", processors)  # AttnProcessor2_0 = torch SDPA
         if s.init_lora:
             # Fine-tuning continues the given LoRA exactly: its own ranks, gaussian-shaped adapter (the
             # base weights must stay the original ones), then its weights copied in.
@@ -237,7 +210,8 @@ class _Trainer:
                 logger.info("init_lora %s has rank %d / conv_in rank %d; using those", s.init_lora, rank, conv_in_rank)
             control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=rank,
                                           conv_in_rank=conv_in_rank, init="gaussian")
-            assign_lora_weights(self.unet, init_state, s.adapter_name, origin=f"TrainSettings.init_lora {s.init_lora}")
+            control_lora.assign_lora_weights(self.unet, init_state, s.adapter_name,
+                                             origin=f"TrainSettings.init_lora {s.init_lora}")
         else:
             control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=s.rank,
                                           conv_in_rank=s.conv_in_rank, init=s.lora_init)
@@ -263,6 +237,10 @@ class _Trainer:
             self.judge = FeedbackJudge(s, acc.device)
         self.margins: dict[str, float] = {}
         self.probe_init: dict[str, float] = {}
+        #: per training pair (dataset index): the image's VAE posterior moments and its condition's latent.
+        #: The encoder is deterministic and the pairs are not augmented, so each pair is encoded once; drawing
+        #: from the cached posterior is exactly drawing from a fresh encode.
+        self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
         self.optimizer = self._optimizer()
         self.lr_scheduler = get_scheduler(
@@ -295,16 +273,24 @@ class _Trainer:
     def _save_hook(self, models: list, weights: list, output_dir: str) -> None:
         if self.accelerator.is_main_process:
             for model in models:
-                self.control_lora.save_control_lora(output_dir, self.accelerator.unwrap_model(model),
-                                                    self.settings.adapter_name)
+                self.save_lora(output_dir, self.accelerator.unwrap_model(model))
         weights.clear()  # nothing else to save for the model: its frozen base is not ours
+
+    def save_lora(self, out_dir: str | Path, unet: torch.nn.Module, model_card: bool = False) -> Path:
+        """The LoRA file with hardgen's header metadata (and, for the final weights, a README.md model card)."""
+        s = self.settings
+        return self.control_lora.save_control_lora(
+            out_dir, unet, s.adapter_name, base_model=s.base, preset=s.preset, lora_init=s.lora_init,
+            prediction_type=self.prediction_type, condition_type=s.condition_type,
+            model_card=model_card, extra={"mode": s.mode, "resolution": s.resolution, "steps": self.global_step},
+        )
 
     def _load_hook(self, models: list, input_dir: str) -> None:
         path = Path(input_dir) / LORA_WEIGHTS_NAME
         state = self.control_lora.read_control_lora(path)
         while models:
-            assign_lora_weights(self.accelerator.unwrap_model(models.pop()), state, self.settings.adapter_name,
-                                origin=str(path))
+            self.control_lora.assign_lora_weights(self.accelerator.unwrap_model(models.pop()), state,
+                                                  self.settings.adapter_name, origin=str(path))
 
     # -- one forward ------------------------------------------------------------------------------
     def _text(self, batch_size: int, drop_prompt: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
@@ -340,13 +326,9 @@ class _Trainer:
         from ``generator``, so the same batch gives the same x̂0 for the same LoRA.
         """
         device = self.accelerator.device
-        pixels = batch["pixels"].to(device, dtype=self.vae.dtype)
-        condition = batch["condition"].to(device, dtype=self.vae.dtype)
-        with torch.no_grad():
-            posterior = self.vae.encode(pixels).latent_dist
-            latents = (posterior.sample() if timesteps is None else posterior.mode()) * self.scaling_factor
-            cond_latents = self.control_lora.encode_condition(self.vae, condition,
-                                                              mode="sample" if timesteps is None else "mode")
+        moments, cond_latents = self._encoded(batch)
+        posterior = DiagonalGaussianDistribution(moments)
+        latents = (posterior.sample() if timesteps is None else posterior.mode()) * self.scaling_factor
         latents = latents.to(self.weight_dtype)
         cond_latents = cond_latents.to(self.weight_dtype)
         bsz = latents.shape[0]
@@ -366,6 +348,29 @@ class _Trainer:
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         return model_pred, target, noisy, timesteps
+
+    @torch.no_grad()
+    def _encoded(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(posterior moments, condition latents) of the batch's pairs, VAE-encoded on first use only.
+
+        The condition latent is the posterior mode (deterministic, as at inference). Encoding runs outside
+        autocast, like the decode: the VAE works in its own dtype (an fp32 VAE really in fp32).
+        """
+        device = self.accelerator.device
+        indices = [int(i) for i in batch["index"]]
+        new = [k for k, i in enumerate(indices) if i not in self._latent_cache]
+        for k in new:
+            # one pair per encode: a cached value must not depend on which pairs shared its first batch (a
+            # resumed run meets them in other company, and batched convolutions round differently)
+            pixels = batch["pixels"][k : k + 1].to(device, dtype=self.vae.dtype)
+            condition = batch["condition"][k : k + 1].to(device, dtype=self.vae.dtype)
+            with torch.autocast(device_type=device.type, enabled=False):
+                moments = self.vae.encode(pixels).latent_dist.parameters
+                cond_latents = self.control_lora.encode_condition(self.vae, condition, mode="mode")
+            self._latent_cache[indices[k]] = (moments[0].cpu(), cond_latents[0].cpu())  # off the accelerator
+        moments = torch.stack([self._latent_cache[i][0] for i in indices]).to(device)
+        cond_latents = torch.stack([self._latent_cache[i][1] for i in indices]).to(device)
+        return moments, cond_latents
 
     def _x0_images(self, model_pred: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         x0 = predict_x0(noisy, model_pred, self.alphas_cumprod[timesteps], self.prediction_type)
@@ -567,7 +572,8 @@ def _validation_grid(trainer: _Trainer, path: Path) -> None:
     pipe.set_progress_bar_config(disable=True)
     was_training = unet.training
     unet.eval()
-    # fork_rng: validation must not move the global RNG state that checkpoints save and restore
+    # fork_rng: validation must not move the global RNG state that checkpoints save and restore. autocast is for
+    # the UNet (fp16/bf16 base, fp32 LoRA); the pipeline VAE-encodes and decodes outside it, as training does.
     devices = [trainer.accelerator.device] if trainer.accelerator.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), trainer.accelerator.autocast():
@@ -711,7 +717,7 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
         }
         # weights last: their presence means the run finished
         write_json(out_dir / "summary.json", summary)
-        trainer.control_lora.save_control_lora(out_dir, unet, s.adapter_name)
+        trainer.save_lora(out_dir, unet, model_card=True)
     acc.wait_for_everyone()
     acc.end_training()
     return summary

@@ -12,6 +12,8 @@ rule train_segmenter:
     output:
         model="results/segment/{arch}/{policy}/seed-{seed}/model.safetensors",
         run="results/segment/{arch}/{policy}/seed-{seed}/run.json",
+        # PraNet's test script's maps, written while the model is in memory (no second model load)
+        predictions=directory("results/predictions/{arch}/{policy}/seed-{seed}"),
     log:
         "logs/train_segmenter/{arch}/{policy}/seed-{seed}.log",
     benchmark:
@@ -21,6 +23,7 @@ rule train_segmenter:
         segment=config["segment"],
         policy=lambda wildcards: wildcards.policy,
         judge=False,
+        testsets=TESTSETS,
     threads: 1
     resources:
         mem_mb=8000,
@@ -59,25 +62,23 @@ rule train_judge:
 
 
 rule evaluate:
+    # The polyp toolbox's scores of the saved maps (hardgen evaluate-maps' code): no model, no torch, so a
+    # rerun (`--forcerun evaluate`) rescores without retraining.
     input:
         manifest="results/data/manifest.csv",
-        model="results/segment/{arch}/{policy}/seed-{seed}/model.safetensors",
+        predictions="results/predictions/{arch}/{policy}/seed-{seed}",
     output:
         table="results/eval/{arch}/{policy}/seed-{seed}.csv",
-        predictions=directory("results/predictions/{arch}/{policy}/seed-{seed}"),
     log:
         "logs/evaluate/{arch}/{policy}/seed-{seed}.log",
     benchmark:
         "results/benchmarks/evaluate/{arch}/{policy}/seed-{seed}.tsv"
     params:
-        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
-        size=config["segment"]["size"],
         testsets=TESTSETS,
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=1,
+        mem_mb=2000,
+        runtime=60,
     conda:
         ENV
     script:

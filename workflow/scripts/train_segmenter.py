@@ -1,7 +1,9 @@
 """Snakemake wrapper for rules train_segmenter (arch x policy x seed on real + its subset) and train_judge.
 
 Both train on the real training images plus the policy's subset (none for the judge) for segment.iterations
-batches, and write run.json (hardgen.segment.write_run_record) beside the model. The judge (params.judge) trains
+batches, and write run.json (hardgen.segment.write_run_record) beside the model. A benchmark segmenter then
+saves its PraNet-style prediction maps of the test sets (hardgen.predict) while the model is in memory; the
+evaluate rule scores those files. The judge (params.judge) trains
 with seed JUDGE_SEED_OFFSET + feedback.judge_seed, so it is never the same run as a benchmark segmenter.
 """
 
@@ -41,4 +43,15 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         config_key=arch,
     )
     record = write_run_record(snakemake.output.run, arch, policy, seed, summary)
+    if hasattr(snakemake.output, "predictions"):
+        from hardgen.predict import save_prediction_maps
+        from hardgen.segment import load_segmenter
+
+        device = configure_torch(snakemake.threads)
+        model = load_segmenter(SegmenterSpec.from_config(snakemake.params.spec, arch), snakemake.output.model,
+                               device=device)
+        test_rows = manifest[manifest["split"].isin(snakemake.params.testsets)]
+        maps = save_prediction_maps(model, test_rows, size=cfg["size"], out_root=snakemake.output.predictions,
+                                    device=device)
+        log.info("%d prediction maps in %s", len(maps), snakemake.output.predictions)
     log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if snakemake.params.judge else "", record)

@@ -1,0 +1,60 @@
+"""Per-rule wall-clock times of a run, from the Snakemake ``benchmark:`` files (``results/benchmarks/``).
+
+Every rule writes ``results/benchmarks/<rule>[/<wildcards...>].tsv`` (Snakemake's columns ``s``, ``max_rss``,
+``cpu_time``, ...). :func:`timings_table` gathers them into one table; :func:`plot_timings` shows where the
+time goes, per rule. These are measurements of the machine the run used, not results: on a shared or
+loaded machine they say little.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hardgen.io import DataError, atomic_path
+
+TIMING_COLUMNS = ["rule", "job", "s", "cpu_time_s", "max_rss_mb"]
+
+
+def timings_table(benchmark_dir: str | Path, exclude: tuple[str, ...] = ("report",)) -> pd.DataFrame:
+    """One row per benchmark file: ``rule`` (first path part), ``job`` (the rest: wildcards), ``s``
+    (wall-clock seconds), ``cpu_time_s``, ``max_rss_mb``; sorted by rule then job. ``exclude``: rules left out
+    (the report cannot time itself while it runs)."""
+    root = Path(benchmark_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: benchmark folder not found")
+    rows = []
+    for path in sorted(root.rglob("*.tsv")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[0] in exclude:
+            continue
+        try:
+            frame = pd.read_csv(path, sep="\t")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise DataError(f"{path}: unreadable benchmark file ({err})") from err
+        missing = [c for c in ("s", "max_rss", "cpu_time") if c not in frame.columns]
+        if missing or frame.empty:
+            raise DataError(f"{path}: not a Snakemake benchmark file (missing {missing or 'rows'})")
+        last = frame.iloc[-1]  # a rerun with --benchmark-repeats appends rows; the latest counts
+        rows.append({"rule": parts[0], "job": "/".join(parts[1:]), "s": float(last["s"]),
+                     "cpu_time_s": pd.to_numeric(last["cpu_time"], errors="coerce"),
+                     "max_rss_mb": pd.to_numeric(last["max_rss"], errors="coerce")})
+    return pd.DataFrame(rows, columns=TIMING_COLUMNS).sort_values(["rule", "job"]).reset_index(drop=True)
+
+
+def plot_timings(table: pd.DataFrame, out_png: str | Path) -> None:
+    """Horizontal bars: total wall-clock seconds per rule (sum over its jobs), job count in the label."""
+    if table.empty:
+        raise DataError(f"{out_png}: no timings to plot")
+    per_rule = table.groupby("rule")["s"].agg(["sum", "count"]).sort_values("sum")
+    figure = Figure(figsize=(6.0, 0.3 * len(per_rule) + 1.2))
+    ax = figure.subplots()
+    ax.barh([f"{rule} ({int(n)})" for rule, n in zip(per_rule.index, per_rule["count"])], per_rule["sum"])
+    ax.set_xlabel("wall-clock seconds, summed over the rule's jobs (jobs)")
+    ax.set_title(f"{table['s'].sum():.0f} s of job time in {len(table)} jobs", fontsize=9)
+    FigureCanvasAgg(figure)
+    with atomic_path(out_png) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
