@@ -229,6 +229,11 @@ class _Trainer:
 
         self.pairs = load_training_pairs(s.conditions_csv, s.manifest_csv)
         self.dataset = PairDataset(self.pairs, s.resolution)
+        #: per training pair (dataset index): the image's VAE posterior moments and its condition's latent.
+        #: The encoder is deterministic and the pairs are not augmented, so each pair is encoded once; drawing
+        #: from the cached posterior is exactly drawing from a fresh encode.
+        self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.encode_pairs()  # first VAE work of the process, in dataset order: identical in a resumed run
 
         self.judge: HardnessJudge | FeedbackJudge | None = None
         if s.mode == "hard":
@@ -237,10 +242,6 @@ class _Trainer:
             self.judge = FeedbackJudge(s, acc.device)
         self.margins: dict[str, float] = {}
         self.probe_init: dict[str, float] = {}
-        #: per training pair (dataset index): the image's VAE posterior moments and its condition's latent.
-        #: The encoder is deterministic and the pairs are not augmented, so each pair is encoded once; drawing
-        #: from the cached posterior is exactly drawing from a fresh encode.
-        self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
         self.optimizer = self._optimizer()
         self.lr_scheduler = get_scheduler(
@@ -350,24 +351,31 @@ class _Trainer:
         return model_pred, target, noisy, timesteps
 
     @torch.no_grad()
-    def _encoded(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(posterior moments, condition latents) of the batch's pairs, VAE-encoded on first use only.
+    def encode_pairs(self) -> None:
+        """VAE-encode every training pair once, in dataset order, one pair per call.
 
-        The condition latent is the posterior mode (deterministic, as at inference). Encoding runs outside
-        autocast, like the decode: the VAE works in its own dtype (an fp32 VAE really in fp32).
+        The condition latent is the posterior mode (deterministic, as at inference); the image keeps its
+        posterior moments, so drawing from them is drawing from a fresh encode. Always the same calls in the
+        same order from the start of the process, so a resumed run holds bit-identical latents (batched, or
+        first-met-mid-run, encodes round differently). Runs outside autocast, like the decode: the VAE works
+        in its own dtype (an fp32 VAE really in fp32). Kept on the CPU, moved per batch.
         """
         device = self.accelerator.device
-        indices = [int(i) for i in batch["index"]]
-        new = [k for k, i in enumerate(indices) if i not in self._latent_cache]
-        for k in new:
-            # one pair per encode: a cached value must not depend on which pairs shared its first batch (a
-            # resumed run meets them in other company, and batched convolutions round differently)
-            pixels = batch["pixels"][k : k + 1].to(device, dtype=self.vae.dtype)
-            condition = batch["condition"][k : k + 1].to(device, dtype=self.vae.dtype)
+        for index in tqdm(range(len(self.dataset)), desc="encode pairs", disable=not self.accelerator.is_local_main_process):
+            item = self.dataset[index]
+            pixels = item["pixels"][None].to(device, dtype=self.vae.dtype)
+            condition = item["condition"][None].to(device, dtype=self.vae.dtype)
             with torch.autocast(device_type=device.type, enabled=False):
                 moments = self.vae.encode(pixels).latent_dist.parameters
                 cond_latents = self.control_lora.encode_condition(self.vae, condition, mode="mode")
-            self._latent_cache[indices[k]] = (moments[0].cpu(), cond_latents[0].cpu())  # off the accelerator
+            self._latent_cache[index] = (moments[0].cpu(), cond_latents[0].cpu())
+
+    def _encoded(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(posterior moments, condition latents) of the batch's pairs, from the cache :meth:`encode_pairs` fills."""
+        device = self.accelerator.device
+        if not self._latent_cache:
+            self.encode_pairs()
+        indices = [int(i) for i in batch["index"]]
         moments = torch.stack([self._latent_cache[i][0] for i in indices]).to(device)
         cond_latents = torch.stack([self._latent_cache[i][1] for i in indices]).to(device)
         return moments, cond_latents
