@@ -373,8 +373,6 @@ class _Trainer:
     def _encoded(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(posterior moments, condition latents) of the batch's pairs, from the cache :meth:`encode_pairs` fills."""
         device = self.accelerator.device
-        if not self._latent_cache:
-            self.encode_pairs()
         indices = [int(i) for i in batch["index"]]
         moments = torch.stack([self._latent_cache[i][0] for i in indices]).to(device)
         cond_latents = torch.stack([self._latent_cache[i][1] for i in indices]).to(device)
