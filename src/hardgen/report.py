@@ -167,14 +167,14 @@ def _ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
     return [v for v in preferred if v in present] + sorted(v for v in present if v not in preferred)
 
 
-def _mean_sd(values: pd.Series) -> str:
-    """``mean ± sd`` (sample sd, ddof=1) over seeds; a single seed shows the mean alone."""
+def _mean_sd(values: pd.Series, signed: bool = False) -> str:
+    """``mean ± sd`` (sample sd, ddof=1) over seeds; a single seed shows the mean alone. ``signed`` writes the
+    mean with its sign (a paired difference)."""
     values = values.dropna()
     if values.empty:
         return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+    mean = f"{values.mean():{'+' if signed else ''}.3f}"
+    return mean if len(values) == 1 else f"{mean} ± {values.std(ddof=1):.3f}"
 
 
 def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS) -> pd.DataFrame:
@@ -221,16 +221,6 @@ def paired_differences(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_
             rows.append({"arch": arch, "policy": policy, "reference": reference, "seed": seed, "metric": metric,
                          "d_mean": row["mean"] - ref["mean"], "d_overall": row["overall"] - ref["overall"]})
     return pd.DataFrame(rows, columns=columns)
-
-
-def _fmt_diff(values: pd.Series) -> str:
-    """``+mean ± sd`` over seeds of a paired difference (signed); a single seed shows the value alone."""
-    values = values.dropna()
-    if values.empty:
-        return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:+.3f}"
-    return f"{values.mean():+.3f} ± {values.std(ddof=1):.3f}"
 
 
 PROTOCOL = (
@@ -337,7 +327,7 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
                         pair = per_policy[per_policy["reference"] == reference]
                         lines.append(
                             f"| {metric} | {arch} | {policy} | {reference} | {pair['seed'].nunique()} | "
-                            f"{_fmt_diff(pair['d_mean'])} | {_fmt_diff(pair['d_overall'])} |"
+                            f"{_mean_sd(pair['d_mean'], signed=True)} | {_mean_sd(pair['d_overall'], signed=True)} |"
                         )
         lines.append("")
 

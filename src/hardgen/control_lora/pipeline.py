@@ -185,7 +185,9 @@ class _ControlLoraSampling:
 
     # ---------------------------------------------------------------------------------------- loop
     def _unet_kwargs(self, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The family's extra UNet arguments for one step (SDXL: pooled text embeds and time ids); each pipeline
+        class below defines it, the shared loop only calls it."""
+        raise NotImplementedError(f"{type(self).__name__} must define _unet_kwargs (a Control-LoRA pipeline family)")
 
     def _denoise(
         self,
