@@ -71,8 +71,36 @@ def test_policy_needs_its_variant(demo):
     config["generation"]["variants"] = ["plain"]
     message = errors_for(config)
     assert "policy 'hard'" in message and "policy 'feedback'" in message
-    # the plain random control is sized by hard_band, so it needs the hard variant too
-    assert "policy 'random' needs generation.variants to include 'hard'" in message
+    # the filtered hard pools draw from the hard variant
+    assert "policy 'hard_faithful' needs generation.variants to include 'hard'" in message
+
+
+def test_removed_controls_explain_why(demo):
+    config = copy.deepcopy(demo)
+    config["segment"]["policies"] = [*demo["segment"]["policies"], "hard_random", "random"]
+    message = errors_for(config)
+    assert "policy 'hard_random' was removed" in message and "policy 'random' was removed" in message
+    assert "'hard' at that ratio is the size-matched random control of hard_band and hard_faithful" in message
+    assert "'plain' at that ratio is the size-matched random control" in message
+
+
+def test_fidelity_backbone_ratios_and_real_policy_are_checked(demo):
+    config = copy.deepcopy(demo)
+    config["filter"]["fidelity_backbone"] = demo["hard"]["loss_backbones"][0]
+    assert "'filter.fidelity_backbone'" in errors_for(config) and "held-out" in errors_for(config)
+    config["filter"]["fidelity_backbone"] = "dino"
+    assert "'dino' is not a backbones key" in errors_for(config)
+    config = copy.deepcopy(demo)
+    config["segment"]["policies"] = ["hard", "hard_band"]
+    assert "must include 'real'" in errors_for(config)
+    config = copy.deepcopy(demo)
+    config["segment"]["synthetic_ratios"] = [0.5, 0]
+    assert "'segment.synthetic_ratios.1'" in errors_for(config)
+    config["segment"]["synthetic_ratios"] = [0.1234567, 0.1234568]
+    assert "coincide as path labels" in errors_for(config)
+    config = copy.deepcopy(demo)
+    config["filter"]["min_fidelity"] = 1.2
+    assert "'filter.min_fidelity'" in errors_for(config)
 
 
 def test_registry_names_are_checked(demo):

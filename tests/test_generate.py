@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hardgen import generate
-from hardgen.io import DataError, fit_square, read_mask, read_rgb, write_image, write_mask
+from hardgen.io import DataError, fit_square, read_mask, read_rgb, sample_seed, write_image, write_mask
 
 RESOLUTION = 32
 
@@ -38,7 +38,8 @@ def _make_conditions(root: Path, n: int, size: tuple[int, int] = (40, 48), dupli
 def fake_renderer(calls: list[list[int]]) -> generate.RenderBatch:
     """Noise from each generator plus a term that depends on the whole batch (like batched kernels may)."""
 
-    def render(conditions: list[np.ndarray], generators: list[torch.Generator]) -> np.ndarray:
+    def render(conditions: list[np.ndarray], generators: list[torch.Generator], masks: list[np.ndarray]) -> np.ndarray:
+        assert [m.shape for m in masks] == [(RESOLUTION, RESOLUTION)] * len(conditions) and masks[0].dtype == bool
         calls.append([int(c.sum()) for c in conditions])
         noise = np.stack([torch.rand(RESOLUTION, RESOLUTION, 3, generator=g).numpy() for g in generators])
         batch_term = np.mean([c.mean() for c in conditions]) / 255.0
@@ -90,8 +91,9 @@ def test_run_shard_manifest_and_masks(tmp_path: Path) -> None:
     table = _make_conditions(tmp_path, 5)
     manifest = generate.run_shard(fake_renderer([]), table, 1, 2, tmp_path / "out", resolution=RESOLUTION,
                                   variant="hard", batch_size=2)
-    assert list(manifest.columns) == ["sample_id", "image", "mask", "condition", "variant"]
+    assert list(manifest.columns) == ["sample_id", "image", "mask", "condition", "variant", "seed"]
     assert list(manifest["sample_id"]) == ["s002", "s003"]  # chunk 1 of [s000 s001][s002 s003][s004]
+    assert list(manifest["seed"]) == [sample_seed("s002", 0), sample_seed("s003", 0)]
     assert (manifest["variant"] == "hard").all()
     conditions = pd.read_csv(table).set_index("sample_id")
     for row in manifest.itertuples():
@@ -211,7 +213,7 @@ def test_generate_shard_tiny_sharding_resume_and_seeds(tiny_model: tuple[Path, P
     one = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "one", batch_size=2, **TINY_KW)
     three = pd.concat([generate.generate_shard(base, lora, table, k, 3, tmp_path / "three", batch_size=2, **TINY_KW)
                        for k in range(3)])
-    assert list(one.columns) == ["sample_id", "image", "mask", "condition", "variant"]
+    assert list(one.columns) == ["sample_id", "image", "mask", "condition", "variant", "seed"]
     assert sorted(three["sample_id"]) == list(one["sample_id"]) == [f"s{i:03d}" for i in range(5)]
     reference = _digests(tmp_path / "one" / "images")
     assert len(reference) == 5 and reference == _digests(tmp_path / "three" / "images")

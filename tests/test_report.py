@@ -31,43 +31,53 @@ def _scores(base: float) -> dict[str, dict[str, float]]:
     return table
 
 
-#: (arch, policy, seed) -> base score of the eval_tree fixture.
+#: (arch, policy, ratio, seed) -> base score of the eval_tree fixture.
 BASES = {
-    ("cnn", "real", 0): 0.6, ("cnn", "real", 1): 0.7,
-    ("cnn", "hard_band", 0): 0.65, ("cnn", "hard_band", 1): 0.8,
-    ("cnn", "hard_random", 0): 0.6, ("cnn", "hard_random", 1): 0.65,
-    ("transformer", "real", 0): 0.5, ("transformer", "hard", 0): 0.55,
+    ("cnn", "real", 0, 0): 0.6, ("cnn", "real", 0, 1): 0.7,
+    ("cnn", "hard_band", 1, 0): 0.65, ("cnn", "hard_band", 1, 1): 0.8,
+    ("cnn", "hard", 1, 0): 0.6, ("cnn", "hard", 1, 1): 0.65,
+    ("cnn", "hard_band", 0.5, 0): 0.62,
+    ("transformer", "real", 0, 0): 0.5, ("transformer", "hard", 1, 0): 0.55,
 }
 
 
 @pytest.fixture()
 def eval_tree(tmp_path: Path) -> list[Path]:
-    """cnn: real, hard_band, hard_random with seeds 0 and 1; transformer: real, hard with seed 0 (see BASES)."""
+    """cnn: real, hard_band and its control hard at ratio 1 with seeds 0 and 1, hard_band at ratio 0.5 with seed 0;
+    transformer: real, hard at ratio 1 with seed 0 (see BASES); laid out as results/eval/<arch>/<policy>/ratio-<r>/."""
     root = tmp_path / "results" / "eval"
-    return [_write_eval(root / a / p / f"seed-{s}.csv", _scores(base)) for (a, p, s), base in BASES.items()]
+    return [_write_eval(root / a / p / f"ratio-{r:g}" / f"seed-{s}.csv", _scores(base))
+            for (a, p, r, s), base in BASES.items()]
 
 
 def test_benchmark_long_reads_scores_as_given(eval_tree: list[Path]) -> None:
     long = report.benchmark_long(eval_tree)
-    assert list(long.columns) == ["arch", "policy", "seed", "testset", "metric", "value"]
-    # 8 runs x (5 test sets + overall) x 3 metrics
-    assert len(long) == 8 * 6 * 3
-    def value(arch, policy, seed, testset, metric):
+    assert list(long.columns) == ["arch", "policy", "ratio", "seed", "testset", "metric", "value"]
+    # 9 runs x (5 test sets + overall) x 3 metrics
+    assert len(long) == 9 * 6 * 3
+    def value(arch, policy, seed, testset, metric, ratio=1.0):
         sel = long[(long.arch == arch) & (long.policy == policy) & (long.seed == seed) & (long.testset == testset)
-                   & (long.metric == metric)]
+                   & (long.metric == metric) & (long.ratio == ratio)]
         return sel["value"].item()
     # CVC-ColonDB is the third test set (k=2)
-    assert value("cnn", "real", 1, "CVC-ColonDB", "mDice") == pytest.approx(0.9)
+    assert value("cnn", "real", 1, "CVC-ColonDB", "mDice", ratio=0.0) == pytest.approx(0.9)
     assert value("cnn", "hard_band", 1, "overall", "mIoU") == pytest.approx(0.75)
+    assert value("cnn", "hard_band", 0, "overall", "mIoU", ratio=0.5) == pytest.approx(0.57)
+    # the ratio comes from the path: real runs are ratio 0, synthetic ones their segment.synthetic_ratios entry
+    assert long.groupby("policy")["ratio"].unique().map(sorted).to_dict() == {
+        "real": [0.0], "hard": [1.0], "hard_band": [0.5, 1.0]}
     assert np.allclose(long[long.metric == "MAE"]["value"], 0.06)
 
 
 def test_benchmark_long_accepts_mapping_and_rejects_bad_tables(eval_tree: list[Path], tmp_path: Path) -> None:
     mapping = {report.parse_eval_path(p): p for p in eval_tree}
     pd.testing.assert_frame_equal(report.benchmark_long(mapping), report.benchmark_long(eval_tree))
-    with pytest.raises(DataError, match="seed-"):
+    with pytest.raises(DataError, match="ratio-<r>/seed-"):
         report.benchmark_long([tmp_path / "somewhere" / "x.csv"])
-    bad = tmp_path / "eval" / "cnn" / "real" / "seed-3.csv"
+    with pytest.raises(DataError, match="ratio-<r>/seed-"):  # the layout before segment.synthetic_ratios
+        report.benchmark_long([tmp_path / "eval" / "cnn" / "real" / "seed-3.csv"])
+    assert report.parse_eval_path("results/eval/cnn/hard/ratio-0.5/seed-2.csv") == ("cnn", "hard", 0.5, 2)
+    bad = tmp_path / "eval" / "cnn" / "real" / "ratio-0" / "seed-3.csv"
     bad.parent.mkdir(parents=True)
     pd.DataFrame({"testset": ["Kvasir"], "value": [0.5]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"seed-3\.csv.*metric"):
@@ -85,20 +95,27 @@ def test_benchmark_long_accepts_mapping_and_rejects_bad_tables(eval_tree: list[P
 def test_benchmark_summary_means_over_testsets_without_overall(eval_tree: list[Path]) -> None:
     summary = report.benchmark_summary(report.benchmark_long(eval_tree))
     row = summary[(summary.arch == "cnn") & (summary.policy == "real") & (summary.seed == 0) & (summary.metric == "mDice")]
+    assert row["ratio"].item() == 0.0
     assert row["mean"].item() == pytest.approx(0.6 + 0.2)  # 0.6 + 0.1 * mean(0..4); overall not averaged in
     assert row["overall"].item() == pytest.approx(0.65)
 
 
 def test_paired_differences_against_real_and_the_size_matched_control(eval_tree: list[Path]) -> None:
     diffs = report.paired_differences(report.benchmark_long(eval_tree))
-    assert list(diffs.columns) == ["arch", "policy", "reference", "seed", "metric", "d_mean", "d_overall"]
-    band = diffs[(diffs.policy == "hard_band") & (diffs.metric == "mDice")].set_index(["reference", "seed"])
+    assert list(diffs.columns) == ["arch", "policy", "ratio", "reference", "seed", "metric", "d_mean", "d_overall"]
+    band = diffs[(diffs.policy == "hard_band") & (diffs.metric == "mDice") & (diffs.ratio == 1.0)].set_index(
+        ["reference", "seed"])
     assert band.loc[("real", 0), "d_mean"] == pytest.approx(0.05)
     assert band.loc[("real", 1), "d_mean"] == pytest.approx(0.10)
-    assert band.loc[("hard_random", 0), "d_mean"] == pytest.approx(0.05)
-    assert band.loc[("hard_random", 1), "d_overall"] == pytest.approx(0.15)
-    # hard_random's own control (random) is not in the benchmark: only its pair with real
-    assert set(diffs.loc[diffs.policy == "hard_random", "reference"]) == {"real"}
+    # hard at the same ratio is hard_band's size-matched random control
+    assert report.CONTROLS["hard_band"] == report.CONTROLS["hard_faithful"] == "hard"
+    assert band.loc[("hard", 0), "d_mean"] == pytest.approx(0.05)
+    assert band.loc[("hard", 1), "d_overall"] == pytest.approx(0.15)
+    # hard_band at ratio 0.5 has no hard run at 0.5: it pairs with real only, never with hard at another ratio
+    half = diffs[(diffs.policy == "hard_band") & (diffs.ratio == 0.5)]
+    assert set(half["reference"]) == {"real"} and half.loc[half.metric == "mDice", "d_mean"].item() == pytest.approx(0.02)
+    # hard's own control (plain) is not in the benchmark: only its pair with real
+    assert set(diffs.loc[diffs.policy == "hard", "reference"]) == {"real"}
     assert "real" not in set(diffs["policy"])
     assert set(diffs.loc[diffs.arch == "transformer", "policy"]) == {"hard"}
 
@@ -106,28 +123,31 @@ def test_paired_differences_against_real_and_the_size_matched_control(eval_tree:
 def test_benchmark_markdown_tables_differences_protocol(eval_tree: list[Path]) -> None:
     long = report.benchmark_long(eval_tree)
     md = report.benchmark_markdown(long)
-    assert ("| arch | policy | seeds | CVC-300 | CVC-ClinicDB | CVC-ColonDB | ETIS-LaribPolypDB | Kvasir | mean | overall |"
-            in md)
+    assert ("| arch | policy | ratio | seeds | CVC-300 | CVC-ClinicDB | CVC-ColonDB | ETIS-LaribPolypDB | Kvasir | mean | "
+            "overall |" in md)
     cnn_real_dice = next(line for line in md.splitlines() if line.startswith("| cnn | real |"))
     cells = [c.strip() for c in cnn_real_dice.strip("|").split("|")]
     # seeds 0 and 1: CVC-300 is 0.6 and 0.7 -> 0.650 ± sd(ddof=1) 0.071
-    assert cells[2] == "2"
-    assert cells[3] == f"0.650 ± {np.std([0.6, 0.7], ddof=1):.3f}"
+    assert cells[2] == "0" and cells[3] == "2"
+    assert cells[4] == f"0.650 ± {np.std([0.6, 0.7], ddof=1):.3f}"
     # mean over test sets per seed: 0.8 and 0.9; overall 0.65 and 0.75
     assert cells[-2] == f"0.850 ± {np.std([0.8, 0.9], ddof=1):.3f}"
     assert cells[-1] == f"0.700 ± {np.std([0.65, 0.75], ddof=1):.3f}"
     one_seed = next(line for line in md.splitlines() if line.startswith("| transformer | hard |"))
     assert "±" not in one_seed and "0.750" in one_seed
-    # policy order: real, ..., hard_band, hard_random within an arch
-    assert md.index("| cnn | real |") < md.index("| cnn | hard_band |") < md.index("| cnn | hard_random |")
+    # policy order: real, hard, ..., hard_band within an arch; ratios ascending within a policy
+    assert md.index("| cnn | real |") < md.index("| cnn | hard | 1 |") < md.index("| cnn | hard_band | 0.5 |") < (
+        md.index("| cnn | hard_band | 1 |"))
     assert "## mIoU" in md
-    # paired differences: hard_band − hard_random over seeds 0 and 1 = 0.05 and 0.15
-    pair = next(line for line in md.splitlines() if line.startswith("| mDice | cnn | hard_band | hard_random |"))
+    # paired differences within a ratio: hard_band − hard at ratio 1 over seeds 0 and 1 = 0.05 and 0.15
+    pair = next(line for line in md.splitlines() if line.startswith("| mDice | cnn | hard_band | 1 | hard |"))
     pair_cells = [c.strip() for c in pair.strip("|").split("|")]
-    assert pair_cells[4] == "2"
-    assert pair_cells[5] == f"+0.100 ± {np.std([0.05, 0.15], ddof=1):.3f}"
+    assert pair_cells[5] == "2"
     assert pair_cells[6] == f"+0.100 ± {np.std([0.05, 0.15], ddof=1):.3f}"
-    assert "| mIoU | transformer | hard | real | 1 | +0.050 | +0.050 |" in md
+    assert pair_cells[7] == f"+0.100 ± {np.std([0.05, 0.15], ddof=1):.3f}"
+    assert "| mIoU | transformer | hard | 1 | real | 1 | +0.050 | +0.050 |" in md
+    assert "| mDice | cnn | hard_band | 0.5 | real | 1 | +0.020 | +0.020 |" in md
+    assert "| mDice | cnn | hard_band | 0.5 | hard |" not in md
     for model in ("PraNet", "SANet", "Polyp-PVT"):
         assert f"| {model} |" in md
     assert "0.937 / 0.889" in md and "0.628 / 0.567" in md
@@ -289,9 +309,9 @@ def test_hardness_transfer_needs_the_foreground_fraction(tmp_path: Path) -> None
 def _run_records(eval_tree: list[Path], iterations: int = 12) -> list[dict[str, object]]:
     records = []
     for path in eval_tree:
-        arch, policy, seed = report.parse_eval_path(path)
-        synthetic = {"real": 0, "hard": 48, "hard_band": 22, "hard_random": 22}[policy]
-        records.append({"arch": arch, "policy": policy, "seed": seed, "real_images": 24,
+        arch, policy, ratio, seed = report.parse_eval_path(path)
+        synthetic = round(ratio * 24)
+        records.append({"arch": arch, "policy": policy, "ratio": ratio, "seed": seed, "real_images": 24,
                         "synthetic_images": synthetic, "iterations": iterations, "images_seen": iterations * 8})
     return records
 
@@ -300,14 +320,19 @@ def test_runs_table_orders_checks_and_refuses_unequal_budgets(eval_tree: list[Pa
     records = _run_records(eval_tree)
     paths = []
     for record in records:
-        paths.append(tmp_path / "segment" / str(record["arch"]) / str(record["policy"]) / f"seed-{record['seed']}.json")
+        paths.append(tmp_path / "segment" / str(record["arch"]) / str(record["policy"]) / f"ratio-{record['ratio']:g}"
+                     / f"seed-{record['seed']}.json")
         paths[-1].parent.mkdir(parents=True, exist_ok=True)
         paths[-1].write_text(json.dumps({**record, "training_seed": record["seed"], "batch_size": 8}))
     runs = report.runs_table(paths)
     assert list(runs.columns) == report.RUNS_COLUMNS
-    assert runs[["arch", "seed", "policy"]].values.tolist()[:3] == [["cnn", 0, "real"], ["cnn", 0, "hard_band"],
-                                                                     ["cnn", 0, "hard_random"]]
+    assert runs[["arch", "seed", "policy", "ratio"]].values.tolist()[:4] == [
+        ["cnn", 0, "real", 0.0], ["cnn", 0, "hard", 1.0], ["cnn", 0, "hard_band", 0.5], ["cnn", 0, "hard_band", 1.0]]
     assert (runs["images_seen"] == 96).all()
+    assert runs.set_index(["policy", "ratio"])["synthetic_images"].groupby(level=[0, 1]).first().to_dict() == {
+        ("real", 0.0): 0, ("hard", 1.0): 24, ("hard_band", 0.5): 12, ("hard_band", 1.0): 24}
+    with pytest.raises(DataError, match=r"lacks \['ratio'\]"):  # a synthetic run.json without its ratio
+        report.runs_table([{**records[2], "ratio": None}])
     with pytest.raises(DataError, match="duplicate runs"):
         report.runs_table([*paths, paths[0]])
     with pytest.raises(DataError, match=r"unequal training budgets for arch 'transformer', seed 0"):
@@ -340,7 +365,7 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
                 continue  # one variant misses a sample: the grid must prefer fully covered rows
             out = tmp_path / f"generated/{variant}/{i}.png"
             write_image(out, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
-            gen[variant].append({"sample_id": f"s{i}", "image": str(out)})
+            gen[variant].append({"sample_id": f"s{i}", "image": str(out), "mask": str(mask)})
     pd.DataFrame(data_rows).to_csv(tmp_path / "manifest.csv", index=False)
     pd.DataFrame(cond_rows).to_csv(tmp_path / "conditions.csv", index=False)
     manifests = {}
@@ -363,15 +388,19 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
                                   demo=True)
     for name in ("benchmark.csv", "benchmark.md", "runs.csv", "hardness.csv", "hardness_transfer.csv"):
         assert (tmp_path / "tables" / name).stat().st_size > 0
-    for name in ("grid.png", "histograms.png", "benchmark.png"):
+    for name in ("grid.png", "histograms.png", "benchmark.png", "ratio.png"):
         assert _is_png(tmp_path / "plots" / name)
-    assert set(written) == {"benchmark_csv", "benchmark_md", "runs_csv", "hardness_csv", "hardness_transfer_csv",
-                            "grid_png", "histograms_png", "benchmark_png"}
+    assert set(written) >= {"benchmark_csv", "benchmark_md", "runs_csv", "hardness_csv", "hardness_transfer_csv",
+                            "grid_png", "histograms_png", "benchmark_png", "ratio_png"}
+    assert {"transfer_matrix_csv", "transfer_matrix_png", "hardest_png"} <= set(written)  # transfer, gallery
+    matrix = pd.read_csv(written["transfer_matrix_csv"])  # hardgen.transfer; tested on known relations there
+    assert list(matrix.columns)[:6] == ["source", "evaluator", "evaluator_kind", "spearman", "partial_spearman", "n"]
+    assert _is_png(written["transfer_matrix_png"]) and _is_png(written["hardest_png"])
     bench = pd.read_csv(written["benchmark_csv"])
     assert list(bench.columns) == report.BENCHMARK_COLUMNS
     assert "overall" in set(bench["testset"])
     runs_csv = pd.read_csv(written["runs_csv"])
-    assert list(runs_csv.columns) == ["arch", "policy", "seed", "real_images", "synthetic_images", "iterations",
+    assert list(runs_csv.columns) == ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
                                       "images_seen"]
     assert len(runs_csv) == len(eval_tree) and (runs_csv["iterations"] == 12).all()
     md = written["benchmark_md"].read_text()
@@ -461,3 +490,58 @@ def test_write_report_adds_the_training_loss_plot_from_log_paths(tmp_path: Path,
         report.write_report(eval_tree, score_paths, [manifest], tmp_path / "manifest.csv", tmp_path / "t2",
                             tmp_path / "p2", loss_backbones=["vit"], run_records=_run_records(eval_tree),
                             train_logs=[tmp_path / "elsewhere.csv"])
+
+
+# ------------------------------------------------------------------------------ ratio and fidelity guard
+def test_ratio_plot_draws_score_against_ratio(tmp_path: Path, eval_tree: list[Path]) -> None:
+    long = report.benchmark_long(eval_tree)
+    report.plot_ratio(long, tmp_path / "ratio.png")
+    assert _is_png(tmp_path / "ratio.png")
+    # real-only rows alone (no synthetic ratio yet) still plot: the real line
+    report.plot_ratio(long[long.policy == "real"], tmp_path / "real.png")
+    assert _is_png(tmp_path / "real.png")
+    with pytest.raises(DataError, match="no mDice/mIoU rows"):
+        report.plot_ratio(long[long.metric == "MAE"], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_write_report_writes_the_fidelity_table_and_the_ratio_plot(tmp_path: Path, eval_tree: list[Path]) -> None:
+    rng = np.random.default_rng(3)
+    img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
+    write_image(img, rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    write_mask(mask, rng.random((20, 24)) > 0.5)
+    pd.DataFrame([{"id": "r0", "image": str(img), "mask": str(mask)}]).to_csv(tmp_path / "manifest.csv", index=False)
+    scores, manifests = [], {}
+    # fidelity per sample: plain 0.9 each; hard: 0.1, 0.3, 0.5, 0.7 (two below min_fidelity 0.5; 0.5 passes)
+    fidelities = {"plain": [0.9] * 4, "hard": [0.1, 0.3, 0.5, 0.7]}
+    for variant, values in fidelities.items():
+        rows = []
+        for i, value in enumerate(values):
+            out = tmp_path / f"generated/{variant}/{i}.png"
+            write_image(out, rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+            rows.append({"sample_id": f"s{i}", "image": str(out), "mask": str(mask), "condition": str(mask)})
+            for backbone in ("cnn", "vit"):  # score tables repeat the fidelity per backbone
+                scores.append({"sample_id": f"s{i}", "variant": variant, "backbone": backbone, "distance": 1.0 + i,
+                               "z": float(i), "fidelity_dice": value, "fidelity_separation": value,
+                               "fidelity": value})
+        manifests[variant] = tmp_path / f"generated/{variant}/manifest.csv"
+        pd.DataFrame(rows).to_csv(manifests[variant], index=False)
+    for i in range(3):  # real images: the guard's calibration, no fidelity
+        scores += [{"sample_id": f"r{i}", "variant": "real", "backbone": b, "distance": 0.5, "z": 0.0}
+                   for b in ("cnn", "vit")]
+    score_csv = tmp_path / "scores.csv"
+    pd.DataFrame(scores).to_csv(score_csv, index=False)
+    written = report.write_report(eval_tree, [score_csv], manifests, tmp_path / "manifest.csv", tmp_path / "tables",
+                                  tmp_path / "plots", loss_backbones=["vit"], run_records=_run_records(eval_tree),
+                                  min_fidelity=0.5)
+    assert written["fidelity_csv"] == tmp_path / "tables" / "fidelity.csv"
+    table = pd.read_csv(written["fidelity_csv"]).set_index("variant")
+    assert list(table.reset_index().columns)[:4] == ["variant", "n", "mean_fidelity", "rejected"]
+    assert table.loc["hard", ["n", "rejected"]].tolist() == [4, 2] and table.loc["plain", "rejected"] == 0
+    assert table.loc["hard", "mean_fidelity"] == pytest.approx(0.4) and "real" not in table.index
+    md = written["benchmark_md"].read_text()
+    assert "## Fidelity guard" in md and "| hard | 4 | 0.400 | 2 (50%) |" in md
+    assert _is_png(written["ratio_png"])
+    bench = pd.read_csv(written["benchmark_csv"])
+    assert "ratio" in bench.columns and set(bench.loc[bench.policy == "real", "ratio"]) == {0}
+    assert set(bench.loc[bench.policy == "hard_band", "ratio"]) == {0.5, 1.0}

@@ -31,6 +31,7 @@ ALIASES = {
     "feedback": ["feedback", "finetune"],
     "backbones.*": ["entry", "spec", r"backbones\[\w+\]"],
     "generation": ["generation", "gen"],
+    "guided": ["guided"],
     "filter": ["filter"],
     "segment": ["segment", "cfg"],
     "segment.archs.*": ["entry", "spec"],

@@ -127,6 +127,27 @@ def test_score_variant_writes_one_table_for_all_backbones(real, tmp_path):
         score_variant(tmp_path / "missing.csv", {"cnn": CNN}, prototypes, "real", out)
 
 
+def test_score_variant_saves_the_features_behind_every_distance(real, tmp_path):
+    from hardgen.gallery import read_features
+
+    manifest, prototypes = real
+    manifest_path = tmp_path / "manifest.csv"
+    manifest.iloc[:5].to_csv(manifest_path, index=False)
+    out, feats = tmp_path / "real.csv", tmp_path / "real.features.safetensors"
+    table = score_variant(manifest_path, {"cnn": CNN, "vit": VIT}, prototypes, "real", out, pad=5, batch_size=8,
+                          features_path=feats)
+    variant, ids, arrays = read_features(feats)
+    assert variant == "real" and set(arrays) == {"cnn", "vit"}
+    for key in ("cnn", "vit"):
+        rows = table[table["backbone"] == key]
+        assert ids == rows["sample_id"].tolist()  # rows in the CSV's order
+        # the saved features are the very ones scored: their distance to the prototype is the CSV's
+        distance = np.linalg.norm(arrays[key] - load_prototype(prototypes[key]).prototype.numpy(), axis=1)
+        assert np.allclose(distance, rows["distance"], rtol=1e-5)
+    score_variant(manifest_path, {"cnn": CNN}, prototypes, "real", tmp_path / "plain.csv")  # features optional
+    assert not (tmp_path / "plain.features.safetensors").exists()
+
+
 def test_real_images_are_scored_at_the_generation_resolution(real, tmp_path):
     """With a resolution, a real image is scored exactly as if it had been brought to the generator's size by
     the training transform first (short side, centre crop), like the generated images it is compared with."""

@@ -303,13 +303,13 @@ def test_equal_budget_across_policies_of_different_sizes(pairs_df: pd.DataFrame,
             images_loaded[(policy, seed)] = len(loaded)
             assert len(pd.read_csv(out / "train_log.csv")) == 3  # one optimiser step per batch at one scale
             records.append(out / "run.json")
-            segment.write_run_record(records[-1], "unet", policy, seed, summary)
+            segment.write_run_record(records[-1], "unet", policy, seed, summary, ratio=None if policy == "real" else 1)
     assert set(images_loaded.values()) == {6}  # 3 iterations x batch 2 loaded, for 2, 3 and 6 pairs alike
 
     runs = report.runs_table(records)
-    assert list(runs.columns) == ["arch", "policy", "seed", "real_images", "synthetic_images", "iterations",
+    assert list(runs.columns) == ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
                                   "images_seen"]
-    assert len(runs) == 6
+    assert len(runs) == 6 and runs.set_index("policy")["ratio"].to_dict() == {"real": 0.0, "hard_band": 1.0, "hard": 1.0}
     per_policy = runs[runs.seed == 0].set_index("policy")
     assert per_policy["real_images"].tolist() == [2, 2, 2]
     assert per_policy.loc[["real", "hard", "hard_band"], "synthetic_images"].tolist() == [0, 4, 1]
@@ -344,15 +344,21 @@ def test_sample_losses_match_the_structure_loss_per_sample(pairs_df: pd.DataFram
     torch.manual_seed(0)
     model = segment.build_segmenter(FAST_SPEC)
     losses = segment.sample_losses(model, pairs_df, size=64, batch_size=4)
-    assert list(losses.columns) == ["sample_id", "loss"]
+    assert list(losses.columns) == ["sample_id", "loss", "dice"]
     assert losses["sample_id"].tolist() == [f"gen-{i}" for i in range(6)]
     assert np.isfinite(losses["loss"]).all() and (losses["loss"] > 0).all()
 
     dataset = segment.PairDataset(pairs_df, size=64, augment=False)
     image, mask, _ = dataset[3]
     with torch.no_grad():
-        expected = segment.structure_loss(model.eval()(image[None]), mask[None]).item()
+        logits = model.eval()(image[None])
+        expected = segment.structure_loss(logits, mask[None]).item()
     assert losses["loss"].iloc[3] == pytest.approx(expected, rel=1e-4)
+    # Dice of the prediction (sigmoid >= 0.5) against the mask, both at size
+    predicted, target = (logits[0, 0] >= 0).numpy(), mask[0].numpy() > 0.5
+    total = predicted.sum() + target.sum()
+    assert losses["dice"].iloc[3] == pytest.approx(2 * (predicted & target).sum() / total if total else 1.0)
+    assert losses["dice"].between(0, 1).all()
 
     no_ids = segment.sample_losses(model, pairs_df.drop(columns="sample_id"), size=64)
     assert no_ids["sample_id"].tolist() == [f"img{i}" for i in range(6)]

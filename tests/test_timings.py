@@ -37,3 +37,34 @@ def test_timings_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "x.tsv").write_text("a\tb\n1\t2\n")
     with pytest.raises(DataError, match=r"x\.tsv: not a Snakemake benchmark file"):
         timings_table(tmp_path)
+
+
+def test_variant_cost_adds_each_variants_training_and_generation(tmp_path: Path) -> None:
+    from hardgen.timings import VARIANT_COST_COLUMNS, variant_cost
+
+    _bench(tmp_path / "train_control_lora.tsv", 10.0)
+    _bench(tmp_path / "train_hard_lora.tsv", 5.0)
+    _bench(tmp_path / "train_feedback_lora.tsv", 7.0)
+    _bench(tmp_path / "train_judge" / "cnn" / "seed-0.tsv", 3.0)
+    _bench(tmp_path / "train_judge" / "transformer" / "seed-0.tsv", 100.0)  # a pixel-filter judge: not feedback's
+    for variant, seconds in (("plain", (2.0, 2.0)), ("hard", (2.0, 3.0)), ("feedback", (1.0, 1.0)),
+                             ("mined", (6.0, 6.0))):
+        for shard, s in enumerate(seconds):
+            _bench(tmp_path / "generate" / variant / f"shard-{shard}.tsv", s)
+    table = variant_cost(timings_table(tmp_path), ["plain", "hard", "feedback", "mined"], judge_job="cnn/seed-0")
+    assert list(table.columns) == VARIANT_COST_COLUMNS
+    rows = table.set_index("variant")
+    assert rows["training_s"].to_dict() == {"plain": 10.0, "hard": 15.0, "feedback": 20.0, "mined": 10.0}
+    assert rows["generation_s"].to_dict() == {"plain": 4.0, "hard": 5.0, "feedback": 2.0, "mined": 12.0}
+    assert rows["total_s"].to_dict() == {"plain": 14.0, "hard": 20.0, "feedback": 22.0, "mined": 22.0}
+    # mined spends its extra effort generating, hard fine-tuning: side by side
+    assert rows["fine_tuning_s"].to_dict() == {"plain": 0.0, "hard": 5.0, "feedback": 10.0, "mined": 0.0}
+    assert rows.at["feedback", "training_rules"] == "train_control_lora + train_feedback_lora + train_judge/cnn/seed-0"
+    assert rows.at["mined", "training_rules"] == "train_control_lora"
+    with pytest.raises(DataError, match=r"no generate/guided/shard-\* benchmarks"):
+        variant_cost(timings_table(tmp_path), ["guided"], judge_job="cnn/seed-0")
+    with pytest.raises(DataError, match="train_judge/None"):
+        variant_cost(timings_table(tmp_path), ["feedback"])
+    (tmp_path / "train_control_lora.tsv").unlink()
+    with pytest.raises(DataError, match="no train_control_lora benchmark"):
+        variant_cost(timings_table(tmp_path), ["plain"])

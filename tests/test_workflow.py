@@ -20,7 +20,15 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "resources", "envs")
 TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir"]
 METRICS = ["mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE"]  # the toolbox's ...
 EXTRA_METRICS = ["maxDice", "maxIoU", "Dice@0.5", "IoU@0.5"]  # ... and hardgen's extra rows
-POLICIES = {"real", "plain", "hard", "feedback", "hard_band", "hard_random", "random"}
+DEMO_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+POLICIES = set(DEMO_CONFIG["segment"]["policies"])
+RATIOS = [float(r) for r in DEMO_CONFIG["segment"]["synthetic_ratios"]]
+
+
+def runs_per_arch_and_seed(segment: dict) -> int:
+    """Benchmark runs of one arch and seed: real once (ratio 0), every other policy once per synthetic ratio."""
+    synthetic = [p for p in segment["policies"] if p != "real"]
+    return 1 + len(synthetic) * len(segment.get("synthetic_ratios", [1.0]))
 
 
 def torch_equal(a, b) -> bool:
@@ -67,9 +75,10 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 
 #: The shrunk demo of the default test run: every rule still runs for real, on less of everything (8 training
-#: images, 2 test sets, 32 px, a few steps, one segmenter family, two backbones, three policies).
+#: images, 2 test sets, 32 px, a few steps, one segmenter family, two backbones, three policies at two ratios).
 QUICK_TESTSETS = ["CVC-300", "Kvasir"]
-QUICK_POLICIES = ["real", "hard_band", "hard_random"]
+QUICK_POLICIES = ["real", "hard_band", "hard_faithful"]
+QUICK_RATIOS = [0.5, 1.0]  # 4 and 8 synthetic images for the 8 real ones
 
 
 def quick_config(path: Path) -> list[str]:
@@ -81,9 +90,11 @@ def quick_config(path: Path) -> list[str]:
     cfg["hard"].update(steps=2, calibration_samples=8, loss_backbones=["cnn"])
     cfg["feedback"].update(steps=2)
     cfg["backbones"] = {key: {**spec, "input_size": 32} for key, spec in cfg["backbones"].items() if key != "vit"}
-    cfg["generation"].update(steps=2, shards=2)
-    cfg["segment"].update(size=32, iterations=2, batch_size=4, policies=QUICK_POLICIES,
+    cfg["generation"].update(steps=2, shards=2, mining_steps=1, candidates=2)  # mined: 2 noises, scored after step 1
+    cfg["segment"].update(size=32, iterations=2, batch_size=4, policies=QUICK_POLICIES, synthetic_ratios=QUICK_RATIOS,
                           archs={"cnn": cfg["segment"]["archs"]["cnn"]})
+    # 2-iteration segmenters grade fidelity at random: a guard at 0 keeps hard_faithful's pool >= 8 whatever they say
+    cfg["filter"].update(min_fidelity=0.0)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return ["--configfile", str(path), "--replace-workflow-config"]
 
@@ -118,20 +129,45 @@ def test_quick_run_runs_every_rule_and_writes_every_artifact(quick_run):
     bench = pd.read_csv(tables / "benchmark.csv")
     assert set(bench["policy"]) == set(QUICK_POLICIES) and set(bench["arch"]) == {"cnn"}
     assert set(bench["testset"]) == {*QUICK_TESTSETS, "overall"} and bench["value"].between(0, 1).all()
+    assert set(bench.loc[bench.policy == "real", "ratio"]) == {0} and set(bench["ratio"]) == {0, *QUICK_RATIOS}
     runs = pd.read_csv(tables / "runs.csv")
-    assert len(runs) == len(QUICK_POLICIES) and (runs["iterations"] == 2).all() and (runs["images_seen"] == 8).all()
+    assert len(runs) == 1 + 2 * len(QUICK_RATIOS) and (runs["iterations"] == 2).all() and (runs["images_seen"] == 8).all()
+    # every synthetic policy trains with round(ratio x 8 real images) synthetic ones
+    synthetic = runs[runs.policy != "real"]
+    assert (synthetic["synthetic_images"] == (synthetic["ratio"] * 8).round()).all()
+    assert sorted((workdir / "results" / "subsets" / "hard_faithful").iterdir()) == [
+        workdir / "results" / "subsets" / "hard_faithful" / f"ratio-{r:g}" for r in QUICK_RATIOS]
+    # the fidelity guard: scores of generated variants carry it, the table counts what each variant loses
+    hard_scores = pd.read_csv(workdir / "results" / "scores" / "hard.csv")
+    assert {"fidelity_dice", "fidelity_separation", "fidelity"} <= set(hard_scores.columns)
+    assert hard_scores["fidelity"].between(0, 1).all() and hard_scores["fidelity_dice"].between(0, 1).all()
+    fidelity = pd.read_csv(tables / "fidelity.csv")
+    assert list(fidelity.columns)[:4] == ["variant", "n", "mean_fidelity", "rejected"]
+    assert "real" not in set(fidelity["variant"]) and (fidelity["rejected"] == 0).all()  # min_fidelity 0
     hardness = pd.read_csv(tables / "hardness.csv")
     assert set(hardness["backbone"]) == {"cnn", "heldout"}
     assert set(hardness.loc[hardness["in_loss"], "backbone"]) == {"cnn"}
     transfer = pd.read_csv(tables / "hardness_transfer.csv")
     assert set(transfer["segmenter"]) == {"cnn/seed-0"}
+    # the transfer matrix: backbones, fused and the feedback judge against backbones and the cnn segmenters
+    matrix = pd.read_csv(tables / "transfer_matrix.csv")
+    assert list(matrix.columns)[:6] == ["source", "evaluator", "evaluator_kind", "spearman", "partial_spearman", "n"]
+    assert set(matrix["source"]) == {"cnn", "heldout", "fused", "feedback_judge"}
+    assert set(matrix["evaluator"]) == {"cnn", "heldout", "seg:cnn"} and (matrix["n"] > 0).all()
+    costs = pd.read_csv(tables / "variant_cost.csv").set_index("variant")
+    assert (costs["total_s"] > costs["generation_s"]).all() and costs.at["hard", "fine_tuning_s"] > 0
+    # segment.pixel_filter (on in the demo config): synthetic runs record what they ignored, the real run null
+    for run_json in (workdir / "results" / "segment" / "cnn").rglob("run.json"):
+        fraction = json.loads(run_json.read_text())["ignored_pixel_fraction"]
+        assert fraction is None if "/real/" in run_json.as_posix() else 0 <= fraction < 1
     assert "| overall |" in (tables / "benchmark.md").read_text()
     for variant in ("plain", "hard", "feedback"):
         lora = workdir / "results" / "lora" / variant
         assert (lora / "validation.png").stat().st_size > 500
         assert len(pd.read_csv(lora / "train_log.csv")) == (4 if variant == "plain" else 2)
     plots = {p.name for p in (workdir / "results" / "plots").glob("*.png")}
-    assert {"grid.png", "histograms.png", "benchmark.png", "training_loss.png"} <= plots
+    assert {"grid.png", "histograms.png", "benchmark.png", "training_loss.png", "ratio.png"} <= plots
+    assert {"transfer_matrix.png", "hardest.png", "features.png"} <= plots
 
 
 @pytest.mark.slow
@@ -140,47 +176,56 @@ def test_demo_tables(demo_run):
     workdir = demo_run
     tables = workdir / "results" / "tables"
     bench = pd.read_csv(tables / "benchmark.csv")
-    assert list(bench.columns) == ["arch", "policy", "seed", "testset", "metric", "value"]
+    assert list(bench.columns) == ["arch", "policy", "ratio", "seed", "testset", "metric", "value"]
     assert sorted(bench["testset"].unique()) == sorted([*TESTSETS, "overall"])  # + the image-weighted pooled score
     assert sorted(bench["metric"].unique()) == sorted(METRICS + EXTRA_METRICS)
     assert set(bench["policy"]) == POLICIES
     assert set(bench["arch"]) == {"cnn", "transformer"}
-    # every arch x policy x seed x (testset + overall) x metric present exactly once, values are proper scores
-    assert len(bench) == 2 * 7 * 1 * 6 * (len(METRICS) + len(EXTRA_METRICS))
+    # every arch x (policy, ratio) x seed x (testset + overall) x metric present exactly once, values proper scores
+    runs_each = runs_per_arch_and_seed(DEMO_CONFIG["segment"])
+    assert len(bench) == 2 * runs_each * 1 * 6 * (len(METRICS) + len(EXTRA_METRICS))
     assert bench["value"].between(0, 1).all()
 
     markdown = (tables / "benchmark.md").read_text()
     assert "mDice" in markdown and "mIoU" in markdown and "Polyp-PVT" in markdown
     assert "| overall |" in markdown and "Paired differences" in markdown and "noise by design" in markdown
-    assert "| mDice | cnn | hard_band | hard_random |" in markdown
+    assert "| mDice | cnn | hard_band | 1 | hard |" in markdown and "## Fidelity guard" in markdown
     for testset in TESTSETS:
         assert testset in markdown
 
     # equal budgets: every policy of one arch and seed ran the same iterations and saw the same images
     runs = pd.read_csv(tables / "runs.csv")
-    assert list(runs.columns) == ["arch", "policy", "seed", "real_images", "synthetic_images", "iterations",
+    assert list(runs.columns) == ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
                                   "images_seen"]
-    assert len(runs) == 2 * 7 and set(runs["policy"]) == POLICIES
+    assert len(runs) == 2 * runs_each and set(runs["policy"]) == POLICIES
     assert (runs["iterations"] == 12).all() and (runs["images_seen"] == 12 * 8).all()
     assert (runs["real_images"] == 24).all() and (runs.loc[runs.policy == "real", "synthetic_images"] == 0).all()
-    sizes = runs[runs.arch == "cnn"].set_index("policy")["synthetic_images"]
-    assert sizes["hard_band"] == sizes["hard_random"] == sizes["random"] < sizes["hard"] == sizes["plain"]
+    # every synthetic policy at ratio r has round(r x 24) synthetic images: 12 at 0.5, 24 at 1
+    synthetic = runs[runs.policy != "real"]
+    assert set(synthetic["ratio"]) == set(RATIOS)
+    assert (synthetic["synthetic_images"] == (synthetic["ratio"] * 24).round()).all()
     subsets = workdir / "results" / "subsets"
-    band = pd.read_csv(subsets / "hard_band" / "seed-0.csv")
-    control = pd.read_csv(subsets / "hard_random" / "seed-0.csv")
-    assert len(band) == len(control) and set(control["variant"]) == {"hard"}
+    band = pd.read_csv(subsets / "hard_band" / "ratio-1" / "seed-0.csv")
+    control = pd.read_csv(subsets / "hard" / "ratio-1" / "seed-0.csv")  # hard_band's size-matched random control
+    assert len(band) == len(control) == 24 and set(control["variant"]) == {"hard"}
+    plain = pd.read_csv(subsets / "plain" / "ratio-1" / "seed-0.csv")  # hard's: the same conditions
+    assert set(plain["sample_id"]) == set(control["sample_id"])
+    fidelity = pd.read_csv(tables / "fidelity.csv").set_index("variant")
+    faithful = pd.read_csv(subsets / "hard_faithful" / "ratio-1" / "seed-0.csv")
+    assert len(faithful) == 24 and 0 < fidelity.loc["hard", "rejected"] <= fidelity.loc["hard", "n"] - 24
 
     # the feedback judge is its own run, not the benchmark's real-trained segmenter
     from hardgen.weights import load_state_dict
 
     judge = load_state_dict(workdir / "results" / "judge" / "cnn" / "seed-0" / "model.safetensors")
-    bench_real = load_state_dict(workdir / "results" / "segment" / "cnn" / "real" / "seed-0" / "model.safetensors")
+    bench_real = load_state_dict(workdir / "results" / "segment" / "cnn" / "real" / "ratio-0" / "seed-0" /
+                                 "model.safetensors")
     assert judge.keys() == bench_real.keys() and not all(torch_equal(judge[k], bench_real[k]) for k in judge)
 
     hardness = pd.read_csv(tables / "hardness.csv")
     assert list(hardness.columns)[:5] == ["variant", "backbone", "mean_discrepancy", "n", "in_loss"]
     assert set(hardness.loc[hardness["in_loss"], "backbone"]) == {"cnn", "vit"}  # demo hard.loss_backbones
-    assert set(hardness["variant"]) == {"real", "plain", "hard", "feedback"}
+    assert set(hardness["variant"]) == {"real", *DEMO_CONFIG["generation"]["variants"]}  # incl. mined (plain LoRA)
     assert set(hardness["backbone"]) == {"cnn", "vit", "heldout"}  # heldout: scored, never in the loss
     assert not hardness.loc[hardness["backbone"] == "heldout", "in_loss"].any()
     assert (hardness["mean_discrepancy"] > 0).all()
@@ -190,7 +235,8 @@ def test_demo_tables(demo_run):
     assert set(transfer["segmenter"]) == {"cnn/seed-0", "transformer/seed-0"}  # benchmark real runs, not the judge
     assert transfer["spearman"].dropna().between(-1, 1).all()
     assert transfer["partial_spearman"].dropna().between(-1, 1).all()
-    every_sample = sizes["plain"] + sizes["hard"] + sizes["feedback"]  # one loss per generated sample
+    every_sample = sum(len(pd.read_csv(workdir / "results" / "generated" / v / "manifest.csv"))
+                       for v in DEMO_CONFIG["generation"]["variants"])  # one loss per generated sample
     assert (transfer.loc[transfer.variant == "all", "n"] == every_sample).all()
 
     plots = sorted(p.name for p in (workdir / "results" / "plots").glob("*.png"))
@@ -220,8 +266,9 @@ def test_forcing_filter_reruns_only_downstream(quick_run):
     workdir, args = quick_run
     result = snakemake(workdir, "-n", "--cores", "2", "--forcerun", "filter", *args)
     jobs = planned_jobs(result.stdout + result.stderr)
-    assert {"filter", "train_segmenter", "evaluate", "report"} <= set(jobs)
-    assert set(jobs) <= {"filter", "train_segmenter", "evaluate", "report", "all"}
+    # the quick config inherits the demo's segment.batch_runs: synthetic runs train and are scored in batch jobs
+    assert {"filter", "train_segmenters", "evaluate_runs", "report"} <= set(jobs)
+    assert set(jobs) <= {"filter", "train_segmenters", "evaluate_runs", "report", "all"}
 
 
 def test_lint_is_clean():
@@ -245,11 +292,20 @@ def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
     result = snakemake(workdir, "--profile", "workflow/profiles/slurm", "-n")
     text = result.stdout + result.stderr
     jobs = planned_jobs(text)
-    assert jobs["generate"] == 6 and jobs["train_segmenter"] == 14 and jobs["report"] == 1
-    assert jobs["train_judge"] == 1 and jobs["segmenter_loss"] == 2 and jobs["filter"] == 6
+    runs_each, synthetic = runs_per_arch_and_seed(DEMO_CONFIG["segment"]), len(POLICIES) - 1
+    variants = DEMO_CONFIG["generation"]["variants"]
+    assert jobs["generate"] == 2 * len(variants) and jobs["report"] == 1
+    # segment.batch_runs (demo): one job per arch for the real runs, one per arch for all synthetic runs
+    assert DEMO_CONFIG["segment"]["batch_runs"] and jobs["train_segmenter"] == 2 and jobs["train_segmenters"] == 2
+    assert jobs["evaluate"] == 2 and jobs["evaluate_runs"] == 2 and runs_each > 1
+    # allocation hardness: every arch's real-only judge (the feedback judge is one of them)
+    assert jobs["train_judge"] == len(DEMO_CONFIG["segment"]["archs"]) and jobs["allocate"] == 1
+    assert jobs["segmenter_loss"] == 2 and jobs["filter"] == synthetic * len(RATIOS)
+    assert jobs["fidelity"] == len(DEMO_CONFIG["generation"]["variants"]) and jobs["fidelity_reference"] == 1
     gpu_rules = {"train_control_lora", "train_hard_lora", "train_feedback_lora", "generate", "train_segmenter",
-                 "train_judge"}
-    cpu_rules = {"prepare_data", "make_conditions", "filter", "evaluate", "report"}
+                 "train_segmenters", "train_judge", "prototype", "score", "fidelity", "fidelity_reference",
+                 "segmenter_loss", "judge_loss"}
+    cpu_rules = {"prepare_data", "make_conditions", "allocate", "filter", "evaluate", "evaluate_runs", "report"}
     for block in text.split("\n\n"):
         match = re.search(r"^rule (\w+):", block, re.MULTILINE)
         resources = re.search(r"resources: (.*)", block)
@@ -273,8 +329,13 @@ def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
     result = snakemake(workdir, "-n", "--cores", "2", *overlay)
     jobs = planned_jobs(result.stdout + result.stderr)
     assert "demo_data" not in jobs and "base_model" not in jobs  # real data, hub/local SD1.5
-    assert jobs["generate"] == 8 * 3 and jobs["train_segmenter"] == 2 * 7 * 3
-    assert jobs["train_judge"] == 1 and jobs["segmenter_loss"] == 2 * 3 and jobs["filter"] == 6 * 3
+    real_segment = yaml.safe_load((REPO / "config" / "sd15-polyp.yaml").read_text())["segment"]
+    synthetic = len(real_segment["policies"]) - 1
+    real_variants = yaml.safe_load((REPO / "config" / "sd15-polyp.yaml").read_text())["generation"]["variants"]
+    assert jobs["generate"] == 8 * len(real_variants)
+    assert jobs["train_segmenter"] == 2 * runs_per_arch_and_seed(real_segment) * 3
+    assert jobs["train_judge"] == 2 and jobs["segmenter_loss"] == 2 * 3  # allocation hardness: both archs' judges
+    assert jobs["filter"] == synthetic * len(real_segment["synthetic_ratios"]) * 3
     # the fake download has the layout but not the published sizes: prepare_data says so and writes nothing
     failed = snakemake(workdir, "results/data/manifest.csv", "--cores", "1", *overlay, check=False)
     assert failed.returncode != 0
@@ -291,8 +352,8 @@ def test_html_report_captions_every_table_and_plot(quick_run):
     results = json.loads(re.search(r"var results = (\{.*?\});\s*\n", html, re.S).group(1))
     captions = {path: entry["caption"] for path, entry in results.items()}
     tables = {f"results/tables/{name}" for name in ("benchmark.csv", "benchmark.md", "runs.csv", "hardness.csv",
-                                                     "hardness_transfer.csv")}
-    plots = {f"results/plots/{name}.png" for name in ("grid", "histograms", "benchmark", "training_loss")}
+                                                     "hardness_transfer.csv", "fidelity.csv")}
+    plots = {f"results/plots/{name}.png" for name in ("grid", "histograms", "benchmark", "training_loss", "ratio")}
     grids = {f"results/lora/{variant}/validation.png" for variant in ("plain", "hard", "feedback")}
     assert tables | plots | grids <= set(captions)
     empty = [path for path, caption in captions.items() if len(caption) < 150]

@@ -1,10 +1,12 @@
 """The base Stable Diffusion model: build the tiny offline demo model, and load any base the same way.
 
-The demo uses a tiny random-init SD built from the config files in ``resources/tiny-sd`` and saved as a
-normal diffusers ``StableDiffusionPipeline`` folder. Real runs point ``model.base`` at SD1.5 (a hub id or a
-local copy); ``resources/sd15-random`` holds SD1.5's architecture configs, so :func:`build_random_sd` can
-make a random-init model of the real shapes offline (benchmarks, smoke tests). Both are read by :func:`load_components` through exactly the same ``from_pretrained(base,
-subfolder=...)`` calls, so the demo exercises the real loading path.
+The demo's base is ``resources/tiny-sd-polyp``: the tiny SD of ``resources/tiny-sd``'s configs, pre-trained on
+the procedural polyp images by :mod:`hardgen.pretrain` (``make tiny-sd``) and shipped as a normal diffusers
+``StableDiffusionPipeline`` folder. ``model.base: tiny`` builds the same shapes with random weights
+(:func:`build_tiny_sd`; fast tests). Real runs point ``model.base`` at SD1.5 (a hub id or a local copy);
+``resources/sd15-random`` holds SD1.5's architecture configs, so :func:`build_random_sd` can make a random-init
+model of the real shapes offline (benchmarks, smoke tests). All are read by :func:`load_components` through
+exactly the same ``from_pretrained(base, subfolder=...)`` calls, so the demo exercises the real loading path.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +75,17 @@ def build_random_sd(config_dir: str | Path, out_dir: str | Path, seed: int = 0) 
     written to a temporary sibling and renamed into place, so ``out_dir`` is either absent/old or complete.
     Weights are saved as safetensors.
     """
+    save_sd_folder(random_sd_pipeline(config_dir, seed), out_dir)
+
+
+def random_sd_pipeline(config_dir: str | Path, seed: int = 0) -> StableDiffusionPipeline:
+    """The random-init ``StableDiffusionPipeline`` that :func:`build_random_sd` saves, in memory.
+
+    UNet, VAE and text encoder are created right after ``torch.manual_seed(seed)``, ``seed + 1`` and
+    ``seed + 2``; :mod:`hardgen.pretrain` starts from exactly these weights (so its frozen text encoder is the
+    ``tiny`` base's). Raises ``ValueError`` naming the config file when the parts do not fit together.
+    """
     config_dir = Path(config_dir)
-    out_dir = Path(out_dir)
     _check_config_dir(config_dir, "random-SD config dir")
 
     torch.manual_seed(seed)
@@ -95,8 +107,7 @@ def build_random_sd(config_dir: str | Path, out_dir: str | Path, seed: int = 0) 
             f"{config_dir / 'unet' / 'config.json'}: cross_attention_dim {unet.config.cross_attention_dim} "
             f"must equal the text encoder hidden_size {text_config.hidden_size}"
         )
-
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -106,10 +117,28 @@ def build_random_sd(config_dir: str | Path, out_dir: str | Path, seed: int = 0) 
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def save_sd_folder(
+    pipe: StableDiffusionPipeline, out_dir: str | Path, extra_files: Mapping[str, str] | None = None
+) -> None:
+    """Save ``pipe`` as a diffusers folder (safetensors) at ``out_dir``, atomically, plus ``extra_files``.
+
+    ``extra_files`` maps names inside the folder (e.g. ``README.md``) to their text. Everything is written
+    to a temporary sibling that is renamed into place, so ``out_dir`` is either absent/old or complete;
+    an old folder is replaced only once the new one is whole.
+    """
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         pipe.save_pretrained(tmp_dir, safe_serialization=True)
+        for name, text in (extra_files or {}).items():
+            (tmp_dir / name).write_text(text)
+        # mkdtemp makes the folder 0700 and safetensors writes 0600 files; a model folder that is shipped in
+        # the repository or shared on a cluster must be readable by all
+        for path in [tmp_dir, *tmp_dir.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
         if out_dir.exists():
             # Move the old folder aside first: a directory cannot be replaced in one rename.
             old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))

@@ -60,6 +60,40 @@ def _run_build_tiny_sd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
+    from hardgen.pretrain import PretrainSettings, setting_names
+
+    parser.add_argument("--out", type=Path, required=True, help="output diffusers folder (resources/tiny-sd-polyp)")
+    parser.add_argument("--config", type=Path, nargs="+", default=[Path("config/config.yaml")],
+                        help="workflow config(s), merged in order: model.resolution, model.prompt, "
+                        "model.tiny_config, data.demo sizes and condition.canny_* come from here")
+    parser.add_argument("--config-dir", type=Path, default=None,
+                        help="tiny-SD config folder (default: the config's model.tiny_config)")
+    defaults = PretrainSettings()
+    from_config = {"resolution", "prompt", "min_size", "max_size", "canny_low", "canny_high"}
+    for name in setting_names():
+        if name in from_config:
+            continue
+        default = getattr(defaults, name)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=None,
+                            help=f"default {default}")
+
+
+def _run_pretrain_tiny(args: argparse.Namespace) -> int:
+    from hardgen.config import load_config
+    from hardgen.pretrain import pretrain_tiny_sd, setting_names, settings_from_config
+
+    config = load_config(args.config)
+    settings = settings_from_config(config, {name: getattr(args, name, None) for name in setting_names()})
+    config_dir = args.config_dir or Path(config["model"]["tiny_config"])
+    given = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in setting_names()
+             if getattr(args, name, None) is not None]
+    command = " ".join(["hardgen pretrain-tiny --out", str(args.out), *given])  # for the model card
+    summary = pretrain_tiny_sd(config_dir, args.out, settings, command=command)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
 def _add_validate_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("configs", type=Path, nargs="+", help="config files, merged in order (demo config first)")
     parser.add_argument("--schema", type=Path, default=None, help="JSON-schema YAML (default: the workflow's)")
@@ -99,6 +133,8 @@ def _run_evaluate_maps(args: argparse.Namespace) -> int:
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "lora-summary": ("Control-LoRA layer and parameter counts", _add_lora_summary, _run_lora_summary),
     "build-tiny-sd": ("build the tiny random-init SD folder", _add_build_tiny_sd, _run_build_tiny_sd),
+    "pretrain-tiny": ("pre-train the tiny SD (VAE, then UNet) on procedural polyp images into a diffusers folder",
+                      _add_pretrain_tiny, _run_pretrain_tiny),
     "validate-config": ("validate merged config files (schema, cross-key rules, timm/smp names)",
                         _add_validate_config, _run_validate_config),
     "evaluate-maps": ("score saved 8-bit prediction maps with the polyp toolbox's protocol (per test set + overall)",

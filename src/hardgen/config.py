@@ -23,12 +23,28 @@ from jsonschema import Draft202012Validator
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-#: The generated variants each segmentation policy needs: the one it draws from, and ``hard`` for the
-#: size-matched controls, whose size is the size of ``hard_band``.
+#: The generated variant each segmentation policy draws from.
 POLICY_VARIANTS: dict[str, tuple[str, ...]] = {
     "real": (), "plain": ("plain",), "hard": ("hard",), "feedback": ("feedback",), "hard_band": ("hard",),
-    "hard_random": ("hard",), "random": ("plain", "hard"),
+    "hard_faithful": ("hard",), "mined": ("mined",), "guided": ("guided",),
 }
+
+#: Policies that no longer exist, and why: every synthetic policy now trains with round(r × n_real) images at
+#: each ratio r of segment.synthetic_ratios, so the benchmark's own policies are the size-matched controls.
+REMOVED_POLICIES: dict[str, str] = {
+    "hard_random": "Every policy now has round(r × real images) synthetic images at each segment.synthetic_ratios "
+                   "entry, so 'hard' at that ratio is the size-matched random control of hard_band and "
+                   "hard_faithful (same variant, same size, same seeded draw); drop 'hard_random' from "
+                   "segment.policies and keep 'hard'.",
+    "random": "Every policy now has round(r × real images) synthetic images at each segment.synthetic_ratios "
+              "entry, so 'plain' at that ratio is the size-matched random control of hard, feedback and mined "
+              "(same size, the same conditions); drop 'random' from segment.policies and keep 'plain'.",
+}
+
+
+def ratio_label(ratio: float) -> str:
+    """A synthetic ratio as it appears in paths and tables: ``f"{r:g}"`` (0.5, 1, 2; the real policy: 0)."""
+    return f"{float(ratio):g}"
 
 
 class ConfigError(ValueError):
@@ -123,6 +139,9 @@ def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = N
         where = _key_path(err.absolute_path)
         if err.validator == "additionalProperties":
             problems.append(f"config key '{where}': {err.message} (unknown key)")
+        elif err.validator == "enum" and err.instance in REMOVED_POLICIES and where.startswith("segment.policies"):
+            problems.append(f"config key '{where}': policy '{err.instance}' was removed. "
+                            f"{REMOVED_POLICIES[err.instance]}")
         else:
             problems.append(f"config key '{where}': {err.message}")
     if not problems:
@@ -151,12 +170,33 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     score_backbone = config["filter"]["score_backbone"]
     if score_backbone != "all" and score_backbone not in config["backbones"]:
         problems.append(f"config key 'filter.score_backbone': '{score_backbone}' is not 'all' or a backbones key")
+    fidelity_backbone = config["filter"]["fidelity_backbone"]
+    if fidelity_backbone not in config["backbones"]:
+        problems.append(f"config key 'filter.fidelity_backbone': '{fidelity_backbone}' is not a backbones key "
+                        f"({', '.join(config['backbones'])})")
+    elif fidelity_backbone in config["hard"]["loss_backbones"]:
+        problems.append(f"config key 'filter.fidelity_backbone': '{fidelity_backbone}' is in hard.loss_backbones; "
+                        "the fidelity guard needs a held-out backbone the hard generator never optimised against")
+    if "real" not in config["segment"]["policies"]:
+        problems.append("config key 'segment.policies': must include 'real' (the real-only segmenters are the "
+                        "baseline of every paired difference, the fidelity guard's Dice judges and the hardness "
+                        "transfer's segmenters)")
+    labels = [ratio_label(r) for r in config["segment"]["synthetic_ratios"]]
+    if len(set(labels)) != len(labels):
+        problems.append(f"config key 'segment.synthetic_ratios': ratios {labels} coincide as path labels (f'{{r:g}}')")
     variants = set(config["generation"]["variants"])
     for policy in config["segment"]["policies"]:
         for needed in POLICY_VARIANTS[policy]:
             if needed not in variants:
                 problems.append(f"config key 'segment.policies': policy '{policy}' needs generation.variants to "
                                 f"include '{needed}'")
+    generation = config["generation"]
+    if "mined" in variants and generation["mining_steps"] >= generation["steps"]:
+        problems.append(f"config key 'generation.mining_steps': {generation['mining_steps']} must be below "
+                        f"generation.steps ({generation['steps']}): candidates are scored part-way through sampling")
+    start, end = generation["guided"]["window"]
+    if "guided" in variants and not start < end:
+        problems.append(f"config key 'generation.guided.window': need start < end, got [{start}, {end}]")
     for key in config["hard"]["loss_backbones"]:
         if key not in config["backbones"]:
             problems.append(f"config key 'hard.loss_backbones': '{key}' is not a backbones key "

@@ -310,6 +310,38 @@ def make_demo_dataset(
     LOG.info("demo dataset: %d train + %d x %d test pairs under %s", n_train, len(testsets), n_test, root)
 
 
+#: Seed streams of :func:`render_demo_pool`. :func:`make_demo_dataset` draws its images from the streams
+#: ``[seed, 1, i]`` (train) and ``[seed, 2, name, i]`` (test sets), so a pool drawn from stream 3 or above never
+#: holds a demo image, whatever the two seeds: a base pre-trained on it has not seen the demo's test images.
+PRETRAIN_STREAM, HELDOUT_STREAM = 3, 4
+
+
+def render_demo_pool(
+    n: int, seed: int, min_size: int, max_size: int, stream: int = PRETRAIN_STREAM
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``n`` (style name, RGB uint8 image, bool mask) triples from the demo's own renderer, kept in memory.
+
+    Image ``i`` has style ``sorted(DEMO_STYLES)[i % 5]`` (every public set's look, in equal shares) and its
+    own generator ``[seed, stream, i]``, so a larger pool keeps every smaller pool's images. ``stream`` must be
+    >= :data:`PRETRAIN_STREAM`: lower streams are the demo dataset's.
+    """
+    if n < 1:
+        raise ValueError(f"render_demo_pool: n must be >= 1 (got {n})")
+    if seed < 0:
+        raise ValueError(f"render_demo_pool: seed must be >= 0 (got {seed})")
+    if stream < PRETRAIN_STREAM:
+        raise ValueError(f"render_demo_pool: stream {stream} is the demo dataset's; use >= {PRETRAIN_STREAM}")
+    if not 16 <= min_size <= max_size:
+        raise ValueError(f"render_demo_pool: need 16 <= min_size <= max_size (got {min_size}, {max_size})")
+    names = sorted(DEMO_STYLES)
+    pool = []
+    for i in tqdm(range(n), desc=f"demo pool (stream {stream})", unit="img"):
+        name = names[i % len(names)]
+        image, mask = _render_demo_sample(np.random.default_rng([seed, stream, i]), DEMO_STYLES[name], min_size, max_size)
+        pool.append((name, image, mask))
+    return pool
+
+
 # ---------------------------------------------------------------------------------------------
 # Mask checks
 # ---------------------------------------------------------------------------------------------

@@ -1,23 +1,32 @@
-"""Synthetic training subsets per policy (which generated images a segmenter is trained with).
+"""Synthetic training subsets per policy, ratio and seed (which generated images a segmenter is trained with).
 
-Policies:
-- ``real``: no synthetic images (empty table; the segmenter uses the real data only);
-- ``plain`` / ``hard`` / ``feedback``: every generated sample of that variant;
-- ``hard_band``: hard samples whose hardness lies between two quantiles of the hard variant's
-  hardness distribution — hard, but not so far from the prototype that they are broken;
-- ``hard_random``: as many hard samples as ``hard_band`` keeps, drawn uniformly (seeded): the
-  size-matched control of ``hard_band`` from the same variant, so ``hard_band − hard_random`` is the
-  effect of *which* hard samples are kept, not of how many;
-- ``random``: as many plain samples as ``hard_band`` keeps, drawn uniformly (seeded): the
-  size-matched control of ``hard_random`` (same size; same draw, see below), so
-  ``hard_random − random`` is the effect of the hard generator at equal size.
-``plain``, ``hard`` and ``feedback`` are equal-size by construction (one sample per condition).
+Every synthetic policy at ratio ``r`` (``segment.synthetic_ratios``: synthetic images per real image) trains
+with exactly ``N_r = round(r × n_real)`` synthetic images (:func:`synthetic_count`; ``n_real`` = the real
+training images), drawn at random (seeded) from its *pool*:
 
-Random draws follow the segmenter seed: the rule ``filter`` writes one subset per policy and seed
-(``results/subsets/<policy>/seed-<s>.csv``) drawn with :func:`subset_seed` of the config ``seed``
-and the segmenter seed (deterministic policies give the same table for every seed). ``random`` and
-``hard_random`` use the same draw on tables sorted by sample id, and generated variants share sample
-ids (one per condition), so for one seed they pick the same conditions: a paired control.
+- ``real``: no synthetic images (empty table; ratio 0; the segmenter uses the real data only);
+- ``plain`` / ``hard`` / ``feedback`` / ``mined`` / ``guided``: the pool is every generated sample of that
+  variant;
+- ``hard_band``: hard samples whose hardness lies between the ``filter.band`` quantiles of the hard
+  variant's hardness distribution — hard, but not so far from the prototype that they are broken;
+- ``hard_faithful``: hard samples that pass the fidelity guard (``fidelity >= filter.min_fidelity``,
+  :mod:`hardgen.fidelity`): a hard sample that no longer shows its polyp is label noise, not hardness.
+
+Since every policy has ``N_r`` images at ratio ``r``, the controls are policies of the benchmark itself:
+``hard`` at ratio ``r`` *is* the size-matched uniform random control of ``hard_band`` and of
+``hard_faithful`` (same variant, same size, same draw: ``hard_band − hard`` is the effect of *which* hard
+samples are kept), and ``plain`` that of ``hard``, ``feedback``, ``mined`` and ``guided`` (the effect of the
+generator at equal size, on the same conditions). The former ``hard_random`` and ``random`` policies would duplicate
+``hard`` and ``plain`` and are gone (:data:`REMOVED_POLICIES`).
+
+The draw (:func:`draw`) ranks samples by a seeded hash of their sample id (:func:`hardgen.io.sample_seed`
+with :func:`subset_seed` of the config ``seed`` and the segmenter seed) and keeps the ``N_r`` first of the
+pool. So, for one seed: variants share sample ids (one per condition), hence the variant policies
+(``plain``, ``hard``, ...) pick the very same conditions (paired controls); a filtered pool keeps the
+draw's order (``hard_band`` takes the band samples ``hard`` would rank first); and a larger ratio keeps
+every sample of a smaller one (nested subsets). A pool smaller than ``N_r`` is a :class:`DataError`.
+Subsets are written per policy, ratio and segmenter seed
+(``results/subsets/<policy>/ratio-<r>/seed-<s>.csv``, ``r`` as :func:`hardgen.config.ratio_label`).
 """
 
 from __future__ import annotations
@@ -29,12 +38,20 @@ import numpy as np
 import pandas as pd
 
 from hardgen import io
+from hardgen.config import REMOVED_POLICIES, ratio_label
 from hardgen.io import DataError
 
-POLICIES = ("real", "plain", "hard", "feedback", "hard_band", "hard_random", "random")
-#: Policies that draw at random (their subset changes with the seed).
-RANDOM_POLICIES = ("hard_random", "random")
+#: Policies whose pool is every sample of the generated variant of the same name.
+VARIANT_POLICIES: tuple[str, ...] = ("plain", "hard", "feedback", "mined", "guided")
+#: Policies whose pool is a filtered part of the hard variant.
+HARD_POLICIES: tuple[str, ...] = ("hard_band", "hard_faithful")
+POLICIES: tuple[str, ...] = ("real", *VARIANT_POLICIES, *HARD_POLICIES)
+#: Every synthetic policy draws at random (its subset changes with the seed, and with the ratio's size).
+RANDOM_POLICIES: tuple[str, ...] = (*VARIANT_POLICIES, *HARD_POLICIES)
 SUBSET_COLUMNS = ["image", "mask", "sample_id", "variant"]
+
+__all__ = ["POLICIES", "REMOVED_POLICIES", "SUBSET_COLUMNS", "build_subset", "draw", "faithful_ids", "hardness",
+           "pool", "ratio_label", "real_count", "select_subset", "subset_seed", "synthetic_count", "write_subset"]
 
 
 def subset_seed(base_seed: int, segmenter_seed: int) -> int:
@@ -48,6 +65,19 @@ def subset_seed(base_seed: int, segmenter_seed: int) -> int:
     return int(np.random.SeedSequence([int(base_seed), int(segmenter_seed)]).generate_state(1, np.uint32)[0])
 
 
+def synthetic_count(ratio: float, n_real: int) -> int:
+    """``N_r = round(ratio × n_real)`` synthetic images (Python's round: halves to even), at least 1."""
+    if isinstance(n_real, bool) or not isinstance(n_real, (int, np.integer)) or n_real < 1:
+        raise ValueError(f"real training images: need at least one, got {n_real!r}")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.number)) or not float(ratio) > 0:
+        raise ValueError(f"segment.synthetic_ratios: ratios must be positive numbers, got {ratio!r}")
+    count = round(float(ratio) * int(n_real))
+    if count < 1:
+        raise ValueError(f"segment.synthetic_ratios: ratio {ratio_label(ratio)} × {n_real} real images rounds to "
+                         "0 synthetic images; use a larger ratio")
+    return int(count)
+
+
 def _check_band(band: Sequence[float]) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in band)
@@ -56,6 +86,13 @@ def _check_band(band: Sequence[float]) -> tuple[float, float]:
     if not (0.0 <= low < high <= 1.0):
         raise ValueError(f"filter.band: need 0 <= low < high <= 1, got [{low}, {high}]")
     return low, high
+
+
+def _check_policy(policy: str) -> None:
+    if policy in REMOVED_POLICIES:
+        raise ValueError(f"policy {policy!r}: removed. {REMOVED_POLICIES[policy]}")
+    if policy not in POLICIES:
+        raise ValueError(f"policy {policy!r}: unknown (choose from {', '.join(POLICIES)})")
 
 
 def _variant_rows(generated_df: pd.DataFrame, variant: str) -> pd.DataFrame:
@@ -67,7 +104,7 @@ def _variant_rows(generated_df: pd.DataFrame, variant: str) -> pd.DataFrame:
         raise DataError(f"generated manifests: no samples of variant {variant!r}")
     if rows["sample_id"].duplicated().any():
         raise DataError(f"generated manifests: duplicate sample_id within variant {variant!r}")
-    return rows
+    return rows.assign(sample_id=rows["sample_id"].astype(str))
 
 
 def hardness(scores_df: pd.DataFrame, variant: str, score_backbone: str = "all") -> pd.Series:
@@ -96,52 +133,11 @@ def hardness(scores_df: pd.DataFrame, variant: str, score_backbone: str = "all")
     return table.mean(axis=1).rename("hardness")
 
 
-def select_subset(
-    policy: str,
-    scores_df: pd.DataFrame,
-    generated_df: pd.DataFrame,
-    band: Sequence[float] = (0.5, 0.95),
-    score_backbone: str = "all",
-    seed: int = 0,
-) -> pd.DataFrame:
-    """The synthetic samples a segmenter trains with under ``policy``.
-
-    ``scores_df``: concatenated score tables (sample_id, variant, backbone, distance, z).
-    ``generated_df``: concatenated generated manifests (sample_id, image, mask, condition, variant).
-    ``seed``: the seed of the random draw of ``hard_random`` / ``random`` (the workflow passes
-    :func:`subset_seed`); other policies ignore it. Returns columns ``image, mask, sample_id,
-    variant``, sorted by sample_id (deterministic for a given seed).
-    """
-    if policy not in POLICIES:
-        raise ValueError(f"policy {policy!r}: unknown (choose from {', '.join(POLICIES)})")
-    low, high = _check_band(band)
-    if policy == "real":
-        return pd.DataFrame(columns=SUBSET_COLUMNS)
-    if policy in ("plain", "hard", "feedback"):
-        chosen = _variant_rows(generated_df, policy)
-    else:
-        kept = _hard_band_ids(scores_df, generated_df, low, high, score_backbone)
-        if policy == "hard_band":
-            hard = _variant_rows(generated_df, "hard")
-            chosen = hard[hard["sample_id"].astype(str).isin(kept)]
-        else:
-            variant = "hard" if policy == "hard_random" else "plain"
-            pool = _variant_rows(generated_df, variant).sort_values("sample_id", kind="stable")
-            if len(kept) > len(pool):
-                raise DataError(
-                    f"policy {policy!r}: needs {len(kept)} {variant} samples (the hard_band size), "
-                    f"only {len(pool)} generated"
-                )
-            picks = np.random.default_rng(seed).choice(len(pool), size=len(kept), replace=False)
-            chosen = pool.iloc[np.sort(picks)]
-    return chosen.sort_values("sample_id", kind="stable")[SUBSET_COLUMNS].reset_index(drop=True)
-
-
 def _hard_band_ids(
     scores_df: pd.DataFrame, generated_df: pd.DataFrame, low: float, high: float, score_backbone: str
 ) -> set[str]:
     """sample_ids of hard samples whose hardness lies within the [low, high] quantiles (inclusive)."""
-    hard_ids = set(_variant_rows(generated_df, "hard")["sample_id"].astype(str))
+    hard_ids = set(_variant_rows(generated_df, "hard")["sample_id"])
     values = hardness(scores_df, "hard", score_backbone)
     values.index = values.index.astype(str)
     unscored = sorted(hard_ids - set(values.index))
@@ -152,6 +148,112 @@ def _hard_band_ids(
     return set(values.index[(values >= lo_value) & (values <= hi_value)])
 
 
+def faithful_ids(scores_df: pd.DataFrame, generated_df: pd.DataFrame, min_fidelity: float) -> set[str]:
+    """sample_ids of hard samples that pass the fidelity guard (``fidelity >= filter.min_fidelity``).
+
+    The fidelity comes from the score tables (the score rule joins it, :func:`hardgen.fidelity.join_fidelity`);
+    every hard sample must have one.
+    """
+    from hardgen.fidelity import passes
+
+    if "fidelity" not in scores_df.columns:
+        raise DataError("score tables: no 'fidelity' column (the score rule joins results/fidelity/<variant>.csv)")
+    hard_ids = set(_variant_rows(generated_df, "hard")["sample_id"])
+    graded = scores_df[(scores_df["variant"] == "hard")].dropna(subset=["fidelity"])
+    per_sample = graded.assign(sample_id=graded["sample_id"].astype(str)).groupby("sample_id")["fidelity"]
+    if (per_sample.nunique() > 1).any():
+        raise DataError("score tables: a hard sample has two different fidelity values")
+    fidelity = per_sample.first()
+    ungraded = sorted(hard_ids - set(fidelity.index))
+    if ungraded:
+        raise DataError(f"score tables: hard samples without a fidelity: {ungraded[:5]} ({len(ungraded)} total)")
+    fidelity = fidelity[fidelity.index.isin(hard_ids)]
+    return set(fidelity.index[passes(fidelity.to_numpy(), min_fidelity)])
+
+
+def pool(
+    policy: str,
+    scores_df: pd.DataFrame,
+    generated_df: pd.DataFrame,
+    band: Sequence[float] = (0.5, 0.95),
+    score_backbone: str = "all",
+    min_fidelity: float = 0.5,
+) -> pd.DataFrame:
+    """The samples ``policy`` draws from (columns of the generated manifests), sorted by sample_id."""
+    _check_policy(policy)
+    low, high = _check_band(band)
+    if policy == "real":
+        return pd.DataFrame(columns=SUBSET_COLUMNS)
+    if policy in VARIANT_POLICIES:
+        rows = _variant_rows(generated_df, policy)
+    else:
+        rows = _variant_rows(generated_df, "hard")
+        if policy == "hard_band":
+            kept = _hard_band_ids(scores_df, generated_df, low, high, score_backbone)
+        else:
+            kept = faithful_ids(scores_df, generated_df, min_fidelity)
+        rows = rows[rows["sample_id"].isin(kept)]
+    return rows.sort_values("sample_id", kind="stable").reset_index(drop=True)
+
+
+def draw(pool_df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` rows of ``pool_df`` drawn uniformly without replacement, seeded: the ``n`` lowest
+    :func:`hardgen.io.sample_seed` (sample_id, ``seed``) keys, so the draw of a sample depends on its id and
+    the seed alone (same picks across variants, nested across sizes, order-free). Sorted by sample_id."""
+    if n > len(pool_df):
+        raise DataError(f"draw: {n} samples asked of a pool of {len(pool_df)}")
+    keys = pd.Series([io.sample_seed(str(s), seed) for s in pool_df["sample_id"]], index=pool_df.index)
+    order = pool_df.assign(_key=keys, sample_id=pool_df["sample_id"].astype(str)).sort_values(
+        ["_key", "sample_id"], kind="stable")
+    return order.head(n).drop(columns="_key").sort_values("sample_id", kind="stable").reset_index(drop=True)
+
+
+def _pool_description(policy: str, band: Sequence[float], min_fidelity: float) -> str:
+    if policy == "hard_band":
+        return f"hard samples within filter.band {list(band)}"
+    if policy == "hard_faithful":
+        return f"hard samples with fidelity >= filter.min_fidelity {min_fidelity}"
+    return f"every {policy} sample"
+
+
+def select_subset(
+    policy: str,
+    scores_df: pd.DataFrame,
+    generated_df: pd.DataFrame,
+    ratio: float | None = None,
+    n_real: int | None = None,
+    band: Sequence[float] = (0.5, 0.95),
+    score_backbone: str = "all",
+    min_fidelity: float = 0.5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The synthetic samples a segmenter trains with under ``policy`` at ``ratio`` (``n_real`` real images).
+
+    ``scores_df``: concatenated score tables (sample_id, variant, backbone, distance, z [, fidelity]).
+    ``generated_df``: concatenated generated manifests (sample_id, image, mask, condition, variant).
+    ``seed``: the draw seed (the workflow passes :func:`subset_seed`). A synthetic policy takes
+    :func:`synthetic_count` (ratio, n_real) samples of its :func:`pool` by :func:`draw`; ``real`` takes none
+    (its ratio is 0). Returns columns ``image, mask, sample_id, variant``, sorted by sample_id.
+    """
+    _check_policy(policy)
+    if policy == "real":
+        if ratio not in (None, 0):
+            raise ValueError(f"policy 'real': trains without synthetic images (ratio 0), got ratio {ratio!r}")
+        return pd.DataFrame(columns=SUBSET_COLUMNS)
+    if ratio is None or n_real is None:
+        raise ValueError(f"policy {policy!r}: needs a ratio (segment.synthetic_ratios) and the real image count")
+    n = synthetic_count(ratio, n_real)
+    candidates = pool(policy, scores_df, generated_df, band, score_backbone, min_fidelity)
+    if len(candidates) < n:
+        raise DataError(
+            f"policy {policy!r} at ratio {ratio_label(ratio)}: needs {n} synthetic images "
+            f"(round({ratio_label(ratio)} × {n_real} real)), its pool ({_pool_description(policy, band, min_fidelity)})"
+            f" holds {len(candidates)}. Generate more samples per mask (generation.per_mask), lower "
+            "segment.synthetic_ratios, or widen filter.band / lower filter.min_fidelity"
+        )
+    return draw(candidates, n, seed)[SUBSET_COLUMNS]
+
+
 def write_subset(df: pd.DataFrame, path: str | Path) -> None:
     """Write a subset table atomically (columns ``image, mask, sample_id, variant``)."""
     missing = set(SUBSET_COLUMNS) - set(df.columns)
@@ -160,18 +262,36 @@ def write_subset(df: pd.DataFrame, path: str | Path) -> None:
     io.write_csv(path, df[SUBSET_COLUMNS])
 
 
+def real_count(manifest_csv: str | Path) -> int:
+    """The number of real training images (rows of split ``train``) in the data manifest."""
+    path = Path(manifest_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: data manifest not found")
+    manifest = pd.read_csv(path)
+    if "split" not in manifest.columns:
+        raise DataError(f"{path}: data manifest lacks column 'split'")
+    count = int((manifest["split"] == "train").sum())
+    if count < 1:
+        raise DataError(f"{path}: no training images")
+    return count
+
+
 def build_subset(
     policy: str,
     score_csvs: Sequence[str | Path],
     generated_csvs: Sequence[str | Path],
     out_path: str | Path,
+    ratio: float | None = None,
+    n_real: int | None = None,
     band: Sequence[float] = (0.5, 0.95),
     score_backbone: str = "all",
+    min_fidelity: float = 0.5,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Workflow entry point: read score tables and generated manifests, select, write ``out_path``.
 
-    ``seed`` is the draw seed (:func:`subset_seed` of the config seed and the segmenter seed).
+    ``seed`` is the draw seed (:func:`subset_seed` of the config seed and the segmenter seed); ``n_real``
+    the real training images (:func:`real_count`).
     """
 
     def read_all(paths: Sequence[str | Path], what: str, columns: list[str]) -> pd.DataFrame:
@@ -184,6 +304,6 @@ def build_subset(
 
     scores = read_all(score_csvs, "score table", ["sample_id", "variant", "backbone", "distance", "z"])
     generated = read_all(generated_csvs, "generated manifest", SUBSET_COLUMNS)
-    subset = select_subset(policy, scores, generated, band, score_backbone, seed)
+    subset = select_subset(policy, scores, generated, ratio, n_real, band, score_backbone, min_fidelity, seed)
     write_subset(subset, out_path)
     return subset

@@ -1,4 +1,4 @@
-"""Batched, shard-safe, resumable generation of one synthetic image per condition.
+"""Batched, shard-safe, resumable generation of the planned samples (one or more per condition).
 
 Determinism contract (why the work is split the way it is):
 
@@ -10,14 +10,23 @@ Determinism contract (why the work is split the way it is):
   whatever the shard count;
 * resuming recomputes a partially written chunk as a whole (same composition again) and writes only
   the missing files, so a killed shard finishes with exactly the bytes of an uninterrupted run.
+
+Which samples exist is the generation plan's business (:mod:`hardgen.allocation`: ``generation.per_mask``
+samples per condition, allocated uniformly or by hardness; each with its own id and seed). Without a plan,
+every condition row is one sample seeded by its own id. The training-free variants plug in here
+(:mod:`hardgen.mining`): ``mined`` picks each sample's initial noise among candidates before rendering, and
+``guided`` renders with a discrepancy gradient on the latents.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import TYPE_CHECKING
+import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,11 +43,13 @@ from hardgen.io import (
     sample_seed,
     write_csv,
     write_image,
+    write_json,
     write_mask,
 )
 
 if TYPE_CHECKING:  # diffusers/transformers take seconds to import; merging shards needs neither
     from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline
+    from hardgen.mining import GuidanceSettings, MiningSettings, ScoreFn
 
 log = logging.getLogger("hardgen.generate")
 
@@ -48,8 +59,26 @@ MANIFEST_COLUMNS: list[str] = ["sample_id", "image", "mask", "condition", "varia
 #: Adapter name under which the Control-LoRA file is loaded (training's default; files store no names).
 ADAPTER_NAME = "condition"
 
-#: A batch renderer: (condition images HxWx3 uint8, one generator per image) -> (B, H, W, 3) uint8.
-RenderBatch = Callable[[list[np.ndarray], list[torch.Generator]], np.ndarray]
+#: Extra columns of a shard manifest: every sample's seed; ``mined`` adds the kept candidate and its score.
+SEED_COLUMN = "seed"
+MINING_COLUMNS: list[str] = ["candidate", "mining_score"]
+
+#: A batch renderer: (condition images HxWx3 uint8, one generator per image, masks HxW bool at the generation
+#: resolution) -> (B, H, W, 3) uint8. Plain rendering ignores the masks; ``guided`` crops to them.
+RenderBatch = Callable[[list[np.ndarray], list[torch.Generator], list[np.ndarray]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PickedNoise:
+    """The initial noise a sample is rendered from: its seed, and which mining candidate it was (with its score)."""
+
+    seed: int
+    candidate: int = 0
+    score: float | None = None
+
+
+#: A noise picker (``mined``): (condition images, masks, the samples' own seeds) -> one :class:`PickedNoise` each.
+PickNoise = Callable[[list[np.ndarray], list[np.ndarray], list[int]], list[PickedNoise]]
 
 
 # --------------------------------------------------------------------------------- planning
@@ -80,6 +109,23 @@ def read_conditions(conditions: pd.DataFrame | str | Path) -> pd.DataFrame:
     if bad:
         raise DataError(f"{name}: sample_id {bad[0]!r} cannot be used as a file name")
     return table
+
+
+def planned_samples(plan: pd.DataFrame | str | Path, conditions: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """The plan's samples with their condition image and mask: ``sample_id, condition_id, condition, mask, seed``.
+
+    Every plan row must name a condition of the table (DataError otherwise, naming the id).
+    """
+    from hardgen.allocation import read_plan
+
+    samples = read_plan(plan)
+    table = read_conditions(conditions).set_index("sample_id")
+    unknown = sorted(set(samples["condition_id"]) - set(table.index))
+    if unknown:
+        raise DataError(f"generation plan: condition id(s) {unknown[:5]} are not in the conditions table")
+    joined = samples.assign(condition=table.loc[samples["condition_id"], "condition"].to_numpy(),
+                            mask=table.loc[samples["condition_id"], "mask"].to_numpy())
+    return read_conditions(joined[["sample_id", "condition_id", "condition", "mask", SEED_COLUMN]])
 
 
 def shard_chunks(sample_ids: Iterable[str], batch_size: int, shard_index: int, n_shards: int) -> list[list[str]]:
@@ -130,20 +176,31 @@ def run_shard(
     variant: str,
     seed: int = 0,
     batch_size: int = 16,
+    pick_noise: PickNoise | None = None,
 ) -> pd.DataFrame:
     """Generate this shard's missing images with ``render_batch`` and copy their masks; return the manifest.
 
-    Model-agnostic core of :func:`generate_shard`. A chunk whose images all exist is skipped; a
-    partially written chunk is re-rendered whole and only its missing files are written. Rows are
-    streamed chunk by chunk, so memory does not grow with the number of images.
-    Manifest columns: ``sample_id, image, mask, condition, variant`` (one row per sample of the shard).
+    Model-agnostic core of :func:`generate_shard`. ``conditions`` holds one row per sample (``sample_id,
+    condition, mask`` and optionally ``seed``; without it a sample's seed is :func:`hardgen.io.sample_seed` of
+    its id and ``seed``). A chunk whose images all exist is skipped; a partially written chunk is re-rendered
+    whole and only its missing files are written. Rows are streamed chunk by chunk, so memory does not grow with
+    the number of images.
+
+    ``pick_noise`` (``mined``) chooses each sample's initial noise before rendering; its choice is written to
+    ``out_dir/mining/<sample_id>.json`` before the image, so a resumed shard reports it without mining again.
+
+    Manifest columns: ``sample_id, image, mask, condition, variant, seed`` (+ ``candidate, mining_score`` with
+    ``pick_noise``), one row per sample of the shard. Wall seconds spent mining and rendering are logged.
     """
     table = read_conditions(conditions).set_index("sample_id")
     out_dir = Path(out_dir)
-    images_dir, masks_dir = out_dir / "images", out_dir / "masks"
+    images_dir, masks_dir, picks_dir = out_dir / "images", out_dir / "masks", out_dir / "mining"
     chunks = shard_chunks(table.index, batch_size, shard_index, n_shards)
-    rows: list[dict[str, str]] = []
+    own_seeds = {sid: int(table.at[sid, SEED_COLUMN]) if SEED_COLUMN in table.columns else sample_seed(sid, seed)
+                 for chunk in chunks for sid in chunk}
+    rows: list[dict[str, Any]] = []
     rendered = written = 0
+    seconds = {"mining": 0.0, "rendering": 0.0}
     progress = tqdm(
         total=sum(len(c) for c in chunks), desc=f"generate {variant} shard {shard_index + 1}/{n_shards}", unit="img"
     )
@@ -151,15 +208,32 @@ def run_shard(
         for chunk in chunks:
             image_paths = [images_dir / f"{sid}.png" for sid in chunk]
             mask_paths = [masks_dir / f"{sid}.png" for sid in chunk]
-            for sid, mask_path in zip(chunk, mask_paths):
-                if not mask_path.exists():
-                    write_mask(mask_path, resize_mask(table.at[sid, "mask"], resolution))
+            pick_paths = [picks_dir / f"{sid}.json" for sid in chunk]
             missing = [i for i, p in enumerate(image_paths) if not p.exists()]
-            if missing:
+            picks_missing = pick_noise is not None and not all(p.exists() for p in pick_paths)
+            if missing or picks_missing or not all(p.exists() for p in mask_paths):
+                masks = [resize_mask(table.at[sid, "mask"], resolution) for sid in chunk]
+                for mask, mask_path in zip(masks, mask_paths):
+                    if not mask_path.exists():
+                        write_mask(mask_path, mask)
+            if missing or picks_missing:
                 condition_images = [load_condition(table.at[sid, "condition"], resolution) for sid in chunk]
+                picks = [PickedNoise(own_seeds[sid]) for sid in chunk]
+                if pick_noise is not None:
+                    started = time.perf_counter()
+                    picks = list(pick_noise(condition_images, masks, [own_seeds[sid] for sid in chunk]))
+                    seconds["mining"] += time.perf_counter() - started
+                    if len(picks) != len(chunk):
+                        raise RuntimeError(f"noise picker returned {len(picks)} choices for {len(chunk)} samples")
+                    for pick, path in zip(picks, pick_paths):
+                        if not path.exists():
+                            write_json(path, {"seed": pick.seed, "candidate": pick.candidate,
+                                              "mining_score": pick.score})
                 # CPU generators: the same noise on any device, and independent of batch neighbours
-                generators = [torch.Generator("cpu").manual_seed(sample_seed(sid, seed)) for sid in chunk]
-                images = np.asarray(render_batch(condition_images, generators))
+                generators = [torch.Generator("cpu").manual_seed(pick.seed) for pick in picks]
+                started = time.perf_counter()
+                images = np.asarray(render_batch(condition_images, generators, masks))
+                seconds["rendering"] += time.perf_counter() - started
                 expected = (len(chunk), resolution, resolution, 3)
                 if images.shape != expected or images.dtype != np.uint8:
                     raise RuntimeError(f"renderer returned {images.dtype} {images.shape}, expected uint8 {expected}")
@@ -167,22 +241,35 @@ def run_shard(
                     write_image(image_paths[i], images[i])
                 rendered += len(chunk)
                 written += len(missing)
-            rows += [
-                {
-                    "sample_id": sid,
-                    "image": str(image_path),
-                    "mask": str(mask_path),
-                    "condition": str(table.at[sid, "condition"]),
-                    "variant": variant,
-                }
-                for sid, image_path, mask_path in zip(chunk, image_paths, mask_paths)
-            ]
+            for sid, image_path, mask_path, pick_path in zip(chunk, image_paths, mask_paths, pick_paths):
+                row = {"sample_id": sid, "image": str(image_path), "mask": str(mask_path),
+                       "condition": str(table.at[sid, "condition"]), "variant": variant}
+                if pick_noise is None:
+                    row[SEED_COLUMN] = own_seeds[sid]
+                else:
+                    pick = _read_pick(pick_path)
+                    row |= {SEED_COLUMN: pick["seed"], "candidate": pick["candidate"],
+                            "mining_score": pick["mining_score"]}
+                rows.append(row)
             progress.update(len(chunk))
     log.info(
-        "%s shard %d/%d: %d samples, %d rendered, %d images written, %d already present",
-        variant, shard_index, n_shards, len(rows), rendered, written, len(rows) - written,
+        "%s shard %d/%d: %d samples, %d rendered, %d images written, %d already present; wall seconds: "
+        "mining %.1f, rendering %.1f (%.3f s per rendered image all told)",
+        variant, shard_index, n_shards, len(rows), rendered, written, len(rows) - written, seconds["mining"],
+        seconds["rendering"], (seconds["mining"] + seconds["rendering"]) / rendered if rendered else 0.0,
     )
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    columns = MANIFEST_COLUMNS + [SEED_COLUMN] + (MINING_COLUMNS if pick_noise is not None else [])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _read_pick(path: Path) -> dict[str, Any]:
+    """A sample's recorded mining choice (``seed, candidate, mining_score``); errors name the file."""
+    try:
+        record = json.loads(path.read_text())
+        return {"seed": int(record["seed"]), "candidate": int(record["candidate"]),
+                "mining_score": float(record["mining_score"])}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: unreadable mining record ({err}); delete it to mine the sample again") from err
 
 
 # --------------------------------------------------------------------------------- the model
@@ -257,6 +344,37 @@ def load_generation_pipeline(
     return pipe
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling settings of one pipeline call (``model.prompt``/``resolution``, ``generation.*``).
+
+    Calling it runs the pipeline on a batch of condition images with one generator per image; every variant
+    (plain rendering, the mining prefix, guided rendering) samples through this one call, so they share the
+    prompt, schedule, CFG and condition scale by construction. ``extra`` goes to the pipeline as is
+    (``callback_on_step_end``, ``output_type``, ...).
+    """
+
+    prompt: str
+    resolution: int
+    steps: int
+    guidance_scale: float = 1.0
+    condition_scale: float = 1.0
+
+    def __call__(self, pipe: Any, condition_images: list[np.ndarray], generators: list[torch.Generator],
+                 **extra: Any) -> Any:
+        return pipe(
+            prompt=[self.prompt] * len(condition_images),
+            condition=[Image.fromarray(c) for c in condition_images],
+            condition_scale=self.condition_scale,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            generator=generators,
+            height=self.resolution,
+            width=self.resolution,
+            **{"output_type": "np", **extra},
+        )
+
+
 def pipeline_renderer(
     pipe: ControlLoraPipeline | ControlLoraXLPipeline,
     *,
@@ -266,21 +384,13 @@ def pipeline_renderer(
     guidance_scale: float,
     condition_scale: float,
 ) -> RenderBatch:
-    """Wrap a ``ControlLoraPipeline`` as a :data:`RenderBatch`."""
+    """Wrap a ``ControlLoraPipeline`` as a :data:`RenderBatch` (masks are not needed and ignored)."""
+    sampling = Sampling(prompt, resolution, steps, guidance_scale, condition_scale)
 
-    def render(condition_images: list[np.ndarray], generators: list[torch.Generator]) -> np.ndarray:
+    def render(condition_images: list[np.ndarray], generators: list[torch.Generator],
+               masks: list[np.ndarray] | None = None) -> np.ndarray:
         with torch.inference_mode():
-            result = pipe(
-                prompt=[prompt] * len(condition_images),
-                condition=[Image.fromarray(c) for c in condition_images],
-                condition_scale=condition_scale,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                generator=generators,
-                height=resolution,
-                width=resolution,
-                output_type="np",
-            )
+            result = sampling(pipe, condition_images, generators)
         return to_uint8(result.images)
 
     return render
@@ -306,47 +416,87 @@ def generate_shard(
     dtype: str | torch.dtype | None = None,
     variant: str,
     vae: str | Path | None = None,
+    plan: pd.DataFrame | str | Path | None = None,
+    mining: MiningSettings | None = None,
+    guidance: GuidanceSettings | None = None,
+    judge: Callable[[torch.device], ScoreFn] | None = None,
 ) -> pd.DataFrame:
-    """Generate one image per condition row of this shard with the Control-LoRA at ``lora_path``.
+    """Generate this shard's samples with the Control-LoRA at ``lora_path``.
 
-    Writes ``out_dir/images/<sample_id>.png`` (the generated RGB image, ``resolution``²) and
-    ``out_dir/masks/<sample_id>.png`` (the paired mask resized with nearest neighbour, 0/255), each
-    atomically; existing files are kept (resume). Returns the shard manifest with columns
-    ``sample_id, image, mask, condition, variant``; the caller writes it.
+    Samples: the rows of ``plan`` (:mod:`hardgen.allocation`; each names its condition and seed) or, without a
+    plan, one per condition row. Writes ``out_dir/images/<sample_id>.png`` (the generated RGB image,
+    ``resolution``²) and ``out_dir/masks/<sample_id>.png`` (the paired mask resized with nearest neighbour,
+    0/255), each atomically; existing files are kept (resume). Returns the shard manifest (columns as
+    :func:`run_shard`); the caller writes it.
+
+    Training-free hardness (:mod:`hardgen.mining`): with ``mining`` each sample's noise is the most discrepant
+    of ``mining.candidates`` seeded noises (``mined``), with ``guidance`` the discrepancy gradient steers the
+    latents while sampling (``guided``). Both score with ``judge(device)``, a differentiable
+    ``(images01, masks) -> (B,)`` discrepancy built once per shard (:func:`hardgen.mining.load_judge`).
     """
     if resolution < 8:
         raise ValueError(f"model.resolution must be >= 8, got {resolution}")
-    table = read_conditions(conditions_df)
+    if mining is not None and guidance is not None:
+        raise ValueError(f"variant {variant!r}: give mining or guidance settings, not both")
+    if (mining is not None or guidance is not None) and judge is None:
+        raise ValueError(f"variant {variant!r}: mining and guidance need a judge (the in-loss backbones)")
+    if mining is not None:
+        mining.check(steps)
+    if guidance is not None:
+        guidance.check()
+    table = planned_samples(plan, conditions_df) if plan is not None else read_conditions(conditions_df)
     chunks = shard_chunks(table["sample_id"], batch_size, shard_index, n_shards)
     out_dir = Path(out_dir)
     # loading the model is the slow part: skip it when a finished shard is rerun
     needs_model = any(not (out_dir / "images" / f"{sid}.png").exists() for chunk in chunks for sid in chunk)
+    if mining is not None:
+        needs_model |= any(not (out_dir / "mining" / f"{sid}.json").exists() for chunk in chunks for sid in chunk)
+    pick_noise: PickNoise | None = None
     if needs_model:
         # the LoRA is fixed for the whole shard: fuse it once, unless a condition scale must act per layer call
         pipe = load_generation_pipeline(base, lora_path, family=family, device=device, dtype=dtype, vae=vae,
                                         fuse=condition_scale == 1.0)
+        sampling = Sampling(prompt, resolution, steps, guidance_scale, condition_scale)
         render = pipeline_renderer(
             pipe, prompt=prompt, resolution=resolution, steps=steps,
             guidance_scale=guidance_scale, condition_scale=condition_scale,
         )
+        if mining is not None or guidance is not None:
+            from hardgen import mining as mining_module
+
+            score = judge(pipe.device)
+            if mining is not None:
+                pick_noise = mining_module.noise_picker(pipe, sampling, score, mining, batch_size=batch_size)
+            else:
+                render = mining_module.guided_renderer(pipe, sampling, score, guidance)
     else:
-        def render(condition_images: list[np.ndarray], generators: list[torch.Generator]) -> np.ndarray:
+        def render(condition_images: list[np.ndarray], generators: list[torch.Generator],
+                   masks: list[np.ndarray]) -> np.ndarray:
             raise RuntimeError("internal: no image was missing, yet a batch was to be rendered")
+
+        if mining is not None:  # a finished mined shard: its choices are read back from the records
+            def pick_noise(condition_images: list[np.ndarray], masks: list[np.ndarray],
+                           seeds: list[int]) -> list[PickedNoise]:
+                raise RuntimeError("internal: every mining record exists, yet a chunk was to be mined")
     return run_shard(
         render, table, shard_index, n_shards, out_dir,
-        resolution=resolution, variant=variant, seed=seed, batch_size=batch_size,
+        resolution=resolution, variant=variant, seed=seed, batch_size=batch_size, pick_noise=pick_noise,
     )
 
 
 # ----------------------------------------------------------------------------------- merging
 def merge_shards(
-    shard_csvs: Sequence[str | Path], out_csv: str | Path, conditions: pd.DataFrame | str | Path | None = None
+    shard_csvs: Sequence[str | Path],
+    out_csv: str | Path,
+    conditions: pd.DataFrame | str | Path | None = None,
+    plan: pd.DataFrame | str | Path | None = None,
 ) -> pd.DataFrame:
     """Concatenate shard manifests into ``out_csv`` (atomically) after checking the ids.
 
     Raises :class:`DataError` for a sample id in two shards, an image or mask file that does not exist, or
-    (with ``conditions``) a condition sample id that no shard generated or a generated id that is not
-    a condition. Rows are sorted by sample id.
+    a planned sample id (``plan``'s, else ``conditions``') that no shard generated or a generated id that is
+    not planned. Rows are sorted by sample id; columns are :data:`MANIFEST_COLUMNS` followed by the shards'
+    extra columns (``seed``; ``candidate, mining_score`` for ``mined``).
     """
     frames = []
     for path in shard_csvs:
@@ -369,13 +519,18 @@ def merge_shards(
     absent = [p for p in [*merged["image"], *merged["mask"]] if not Path(p).is_file()]
     if absent:
         raise DataError(f"{absent[0]}: listed in a shard manifest but missing ({len(absent)} missing files)")
-    if conditions is not None:
-        expected = set(read_conditions(conditions)["sample_id"])
+    if plan is not None or conditions is not None:
+        from hardgen.allocation import read_plan
+
+        what = "planned" if plan is not None else "condition"
+        expected = set(read_plan(plan)["sample_id"] if plan is not None else read_conditions(conditions)["sample_id"])
         got = set(merged["sample_id"])
         if expected - got:
-            raise DataError(f"{len(expected - got)} condition sample ids not generated, e.g. {sorted(expected - got)[0]!r}")
+            raise DataError(f"{len(expected - got)} {what} sample ids not generated, e.g. {min(expected - got)!r}")
         if got - expected:
-            raise DataError(f"{len(got - expected)} generated sample ids are not in the conditions, e.g. {sorted(got - expected)[0]!r}")
-    merged = merged.drop(columns="_shard").sort_values("sample_id").reset_index(drop=True)[MANIFEST_COLUMNS]
+            raise DataError(f"{len(got - expected)} generated sample ids are not {what} samples, "
+                            f"e.g. {min(got - expected)!r}")
+    extra = [c for c in merged.columns if c not in MANIFEST_COLUMNS and c != "_shard"]
+    merged = merged.drop(columns="_shard").sort_values("sample_id").reset_index(drop=True)[MANIFEST_COLUMNS + extra]
     write_csv(out_csv, merged)
     return merged

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import rankdata, spearmanr
 
+from hardgen.config import ratio_label
 from hardgen.io import DataError, atomic_path, read_gray, read_rgb, write_csv, write_text
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,15 @@ MARKDOWN_METRICS: tuple[str, ...] = ("mDice", "mIoU")
 VARIANT_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback")
 
 #: Policies in display order (others follow alphabetically).
-POLICY_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback", "hard_band", "hard_random", "random")
+POLICY_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback", "mined", "guided", "hard_band", "hard_faithful")
 
-#: Size-matched controls: ``policy -> control`` with the same number of synthetic images.
-#: ``hard_band − hard_random``: which hard samples (same variant, same size, random vs selected);
-#: ``hard_random − random``: which generator (same size and, per seed, the same conditions).
-#: ``plain``, ``hard`` and ``feedback`` hold one sample per condition, so they are equal-size by
-#: construction and compare with each other directly; every policy is also compared with ``real``.
-CONTROLS: dict[str, str] = {"hard_band": "hard_random", "hard_random": "random"}
+#: Size-matched controls: ``policy -> control``, compared at the same ratio (every synthetic policy trains with
+#: round(ratio × real images) synthetic images, drawn with the same seeded draw, :mod:`hardgen.filter`).
+#: ``hard_band − hard`` / ``hard_faithful − hard``: which hard samples are kept (same variant, same size, a
+#: selection vs the uniform draw); ``hard − plain`` (and feedback, mined, guided): which generator (same size,
+#: the same conditions). Every policy is also compared with ``real`` (ratio 0).
+CONTROLS: dict[str, str] = {"hard_band": "hard", "hard_faithful": "hard", "hard": "plain", "feedback": "plain",
+                            "mined": "plain", "guided": "plain"}
 
 #: Published mDice / mIoU of segmenters trained on real data only, as tabulated by Wan et al., "Rethinking Hard
 #: Training Sample Generation for Medical Image Segmentation", Pattern Recognition 172 (2026) 112533 (figures
@@ -78,16 +80,20 @@ PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
 #: The paper's headline: mean mIoU over the five test sets (a fraction, like every table here).
 PAPER_HEADLINE_MEAN_MIOU: float = 0.8684
 
-BENCHMARK_COLUMNS: list[str] = ["arch", "policy", "seed", "testset", "metric", "value"]
+BENCHMARK_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "testset", "metric", "value"]
 EVAL_COLUMNS: tuple[str, ...] = ("testset", "metric", "value")
 SCORE_COLUMNS: tuple[str, ...] = ("sample_id", "variant", "backbone", "distance")
-RUNS_COLUMNS: list[str] = ["arch", "policy", "seed", "real_images", "synthetic_images", "iterations", "images_seen"]
+RUNS_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
+                           "images_seen"]
 TRANSFER_COLUMNS: list[str] = ["backbone", "segmenter", "variant", "spearman", "partial_spearman", "n"]
 SAMPLE_LOSS_COLUMNS: tuple[str, ...] = ("sample_id", "loss", "fg_fraction")
 
-_EVAL_PATH = re.compile(r"(?:^|/)eval/(?P<arch>[^/]+)/(?P<policy>[^/]+)/seed-(?P<seed>-?\d+)\.csv$")
+_EVAL_PATH = re.compile(
+    r"(?:^|/)eval/(?P<arch>[^/]+)/(?P<policy>[^/]+)/ratio-(?P<ratio>[0-9.eE+-]+)/seed-(?P<seed>-?\d+)\.csv$"
+)
 
-EvalKey = tuple[str, str, int]
+#: ``(arch, policy, ratio, seed)`` of one benchmark run (ratio: synthetic images per real image; real: 0).
+EvalKey = tuple[str, str, float, int]
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -107,16 +113,20 @@ def _read_table(path: str | Path, required: Iterable[str], what: str) -> pd.Data
 
 
 def parse_eval_path(path: str | Path) -> EvalKey:
-    """``.../eval/<arch>/<policy>/seed-<s>.csv`` -> ``(arch, policy, s)``."""
+    """``.../eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv`` -> ``(arch, policy, r, s)``."""
     match = _EVAL_PATH.search(Path(path).as_posix())
-    if match is None:
-        raise DataError(f"{path}: evaluation path must look like .../eval/<arch>/<policy>/seed-<s>.csv")
-    return match["arch"], match["policy"], int(match["seed"])
+    try:
+        ratio = float(match["ratio"]) if match else float("nan")
+    except ValueError:
+        ratio = float("nan")
+    if match is None or not np.isfinite(ratio) or ratio < 0:
+        raise DataError(f"{path}: evaluation path must look like .../eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv")
+    return match["arch"], match["policy"], ratio, int(match["seed"])
 
 
 def _eval_mapping(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]) -> dict[EvalKey, Path]:
     if isinstance(eval_csvs, Mapping):
-        return {(str(a), str(p), int(s)): Path(v) for (a, p, s), v in eval_csvs.items()}
+        return {(str(a), str(p), float(r), int(s)): Path(v) for (a, p, r, s), v in eval_csvs.items()}
     mapping: dict[EvalKey, Path] = {}
     for path in eval_csvs:
         key = parse_eval_path(path)
@@ -127,16 +137,17 @@ def _eval_mapping(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]
 
 
 def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]) -> pd.DataFrame:
-    """The evaluation tables in one long table, one row per (arch, policy, seed, testset, metric).
+    """The evaluation tables in one long table, one row per (arch, policy, ratio, seed, testset, metric).
 
-    ``eval_csvs`` maps ``(arch, policy, seed)`` to an evaluation CSV, or is a list of paths laid out as
-    ``results/eval/<arch>/<policy>/seed-<s>.csv``. Each CSV holds exactly the columns ``testset,
+    ``eval_csvs`` maps ``(arch, policy, ratio, seed)`` to an evaluation CSV, or is a list of paths laid out
+    as ``results/eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv`` (``ratio``: synthetic images per real image,
+    ``segment.synthetic_ratios``; the real policy is 0). Each CSV holds exactly the columns ``testset,
     metric, value``: one toolbox score per test set and metric (no per-image rows), including the
     rows of testset :data:`OVERALL` (image-weighted over every test image pooled). Values are taken
-    as they are. Returns exactly the columns ``arch, policy, seed, testset, metric, value``.
+    as they are. Returns exactly the columns ``arch, policy, ratio, seed, testset, metric, value``.
     """
     frames = []
-    for (arch, policy, seed), path in sorted(_eval_mapping(eval_csvs).items()):
+    for (arch, policy, ratio, seed), path in sorted(_eval_mapping(eval_csvs).items()):
         table = _read_table(path, EVAL_COLUMNS, "evaluation")
         extra = [c for c in table.columns if c not in EVAL_COLUMNS]
         if extra:
@@ -153,12 +164,14 @@ def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path
         if duplicated.any():
             first = table.loc[duplicated, ["testset", "metric"]].iloc[0].tolist()
             raise DataError(f"{path}: more than one row for (testset, metric) = {first}")
-        frames.append(table.assign(value=values, arch=arch, policy=policy, seed=seed))
+        frames.append(table.assign(value=values, arch=arch, policy=policy, ratio=ratio, seed=seed))
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=float if c == "value" else object) for c in BENCHMARK_COLUMNS})
+        return pd.DataFrame({c: pd.Series(dtype=float if c in ("value", "ratio") else object)
+                             for c in BENCHMARK_COLUMNS})
     long = pd.concat(frames, ignore_index=True)[BENCHMARK_COLUMNS]
-    long = long.astype({"testset": str, "metric": str, "seed": int, "value": float})
-    return long.sort_values(["arch", "policy", "seed", "testset", "metric"], kind="stable").reset_index(drop=True)
+    long = long.astype({"testset": str, "metric": str, "ratio": float, "seed": int, "value": float})
+    return long.sort_values(["arch", "policy", "ratio", "seed", "testset", "metric"],
+                            kind="stable").reset_index(drop=True)
 
 
 # -------------------------------------------------------------------------------------- benchmark
@@ -178,7 +191,7 @@ def _mean_sd(values: pd.Series, signed: bool = False) -> str:
 
 
 def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS) -> pd.DataFrame:
-    """Per (arch, policy, seed, metric): each test set's score, ``mean`` and ``overall``.
+    """Per (arch, policy, ratio, seed, metric): each test set's score, ``mean`` and ``overall``.
 
     ``mean`` is the unweighted mean over the test sets (every testset except :data:`OVERALL`), taken
     per seed first (the paper averages the five test-set scores, not the images), so the spread across
@@ -187,7 +200,7 @@ def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_M
     """
     subset = long_df[long_df["metric"].isin(metrics)]
     wide = subset.pivot_table(
-        index=["arch", "policy", "seed", "metric"], columns="testset", values="value", aggfunc="first"
+        index=["arch", "policy", "ratio", "seed", "metric"], columns="testset", values="value", aggfunc="first"
     )
     testsets = _ordered([t for t in wide.columns if t != OVERALL], TESTSETS)
     overall = wide[OVERALL] if OVERALL in wide.columns else pd.Series(np.nan, index=wide.index)
@@ -198,29 +211,30 @@ def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_M
 
 
 def paired_differences(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS) -> pd.DataFrame:
-    """Per seed, each policy minus ``real`` and minus its size-matched control (:data:`CONTROLS`).
+    """Per seed and ratio, each policy minus ``real`` and minus its size-matched control (:data:`CONTROLS`).
 
     Pairs share arch and seed (the same initialisation seed and iteration budget), so the seed-to-seed
-    spread of the difference is what decides whether a policy helps. Columns ``arch, policy,
-    reference, seed, metric, d_mean, d_overall`` (differences of :func:`benchmark_summary`'s ``mean``
-    and ``overall``); seeds missing on either side are left out.
+    spread of the difference is what decides whether a policy helps. A policy at ratio ``r`` is compared
+    with its control at the same ratio (the same number of synthetic images) and with ``real`` (ratio 0).
+    Columns ``arch, policy, ratio, reference, seed, metric, d_mean, d_overall`` (differences of
+    :func:`benchmark_summary`'s ``mean`` and ``overall``); seeds missing on either side are left out.
     """
-    summary = benchmark_summary(long_df, metrics).set_index(["arch", "policy", "seed", "metric"])
-    columns = ["arch", "policy", "reference", "seed", "metric", "d_mean", "d_overall"]
+    summary = benchmark_summary(long_df, metrics).set_index(["arch", "policy", "ratio", "seed", "metric"])
+    columns = ["arch", "policy", "ratio", "reference", "seed", "metric", "d_mean", "d_overall"]
     rows = []
-    present = set(summary.index.get_level_values("policy"))
-    for (arch, policy, seed, metric), row in summary.iterrows():
-        references = [] if policy == "real" else ["real"]
+    for (arch, policy, ratio, seed, metric), row in summary.iterrows():
+        references = [] if policy == "real" else [("real", 0.0)]
         if policy in CONTROLS:
-            references.append(CONTROLS[policy])
-        for reference in references:
-            key = (arch, reference, seed, metric)
-            if reference not in present or key not in summary.index:
+            references.append((CONTROLS[policy], ratio))
+        for reference, reference_ratio in references:
+            key = (arch, reference, reference_ratio, seed, metric)
+            if key not in summary.index:
                 continue
             ref = summary.loc[key]
-            rows.append({"arch": arch, "policy": policy, "reference": reference, "seed": seed, "metric": metric,
-                         "d_mean": row["mean"] - ref["mean"], "d_overall": row["overall"] - ref["overall"]})
-    return pd.DataFrame(rows, columns=columns)
+            rows.append({"arch": arch, "policy": policy, "ratio": ratio, "reference": reference, "seed": seed,
+                         "metric": metric, "d_mean": row["mean"] - ref["mean"],
+                         "d_overall": row["overall"] - ref["overall"]})
+    return pd.DataFrame(rows, columns=columns).astype({"ratio": float})
 
 
 PROTOCOL = (
@@ -249,11 +263,13 @@ def _budget_lines(runs_df: pd.DataFrame) -> list[str]:
     for arch, group in runs_df.groupby("arch", sort=True):
         iterations = sorted(group["iterations"].unique())
         seen = sorted(group["images_seen"].unique())
-        synthetic = group.groupby("policy")["synthetic_images"].agg(["min", "max"])
+        synthetic = group.groupby(["policy", "ratio"])["synthetic_images"].agg(["min", "max"])
         sizes = ", ".join(
-            f"{p} {int(synthetic.at[p, 'min'])}" + (f"–{int(synthetic.at[p, 'max'])}"
-                                                    if synthetic.at[p, "min"] != synthetic.at[p, "max"] else "")
-            for p in _ordered(synthetic.index, POLICY_ORDER)
+            f"{p} ×{ratio_label(r)} {int(synthetic.at[(p, r), 'min'])}"
+            + (f"–{int(synthetic.at[(p, r), 'max'])}" if synthetic.at[(p, r), "min"] != synthetic.at[(p, r), "max"]
+               else "")
+            for p in _ordered(synthetic.index.get_level_values("policy"), POLICY_ORDER)
+            for r in sorted(synthetic.loc[p].index)
         )
         lines.append(
             f"- {arch}: {', '.join(map(str, iterations))} iterations, {', '.join(map(str, seen))} images seen per "
@@ -263,14 +279,16 @@ def _budget_lines(runs_df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = None, demo: bool = False) -> str:
+def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = None, demo: bool = False,
+                       fidelity_df: pd.DataFrame | None = None) -> str:
     """A markdown report of the benchmark.
 
-    Per metric (mDice, mIoU): a table of rows arch × policy with each test set, ``mean`` (over test
-    sets, per seed: the paper's headline) and ``overall`` (image-weighted, pooled); then the paired
-    differences per seed against ``real`` and against the size-matched control (:data:`CONTROLS`);
-    then the training budget (from ``runs_df``, :func:`runs_table`), the published anchors and the
-    protocol paragraph. With ``demo`` a note says the numbers are noise by design.
+    Per metric (mDice, mIoU): a table of rows arch × policy × ratio with each test set, ``mean`` (over
+    test sets, per seed: the paper's headline) and ``overall`` (image-weighted, pooled); then the paired
+    differences per seed against ``real`` and against the size-matched control at the same ratio
+    (:data:`CONTROLS`); then the training budget (from ``runs_df``, :func:`runs_table`), what the fidelity
+    guard rejects per variant (``fidelity_df``, :func:`hardgen.fidelity.fidelity_summary`), the published
+    anchors and the protocol paragraph. With ``demo`` a note says the numbers are noise by design.
 
     Cells are ``mean ± sd`` over seeds with the sample standard deviation (ddof=1); with a single
     seed the sd is undefined and the cell shows the mean alone. Values are fractions (0–1), like the
@@ -283,7 +301,7 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
     if demo:
         lines += [DEMO_NOTE, ""]
     summary = benchmark_summary(long_df)
-    n_seeds = long_df.groupby(["arch", "policy"])["seed"].nunique()
+    n_seeds = long_df.groupby(["arch", "policy", "ratio"])["seed"].nunique()
     for metric in MARKDOWN_METRICS:
         rows = summary[summary["metric"] == metric]
         lines += [f"## {metric}", ""]
@@ -291,14 +309,17 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
             lines += [f"No {metric} rows in the evaluation tables.", ""]
             continue
         testsets = _ordered([t for t in set(long_df["testset"]) if t != OVERALL and t in rows.columns], TESTSETS)
-        header = ["arch", "policy", "seeds", *testsets, "mean", "overall"]
+        header = ["arch", "policy", "ratio", "seeds", *testsets, "mean", "overall"]
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(testsets) + 2)) + "|")
+        lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(testsets) + 4)) + "|")
         for arch in _ordered(rows["arch"], []):
             for policy in _ordered(rows.loc[rows["arch"] == arch, "policy"], POLICY_ORDER):
-                cell_rows = rows[(rows["arch"] == arch) & (rows["policy"] == policy)]
-                cells = [_mean_sd(cell_rows[t]) for t in [*testsets, "mean", "overall"]]
-                lines.append(f"| {arch} | {policy} | {n_seeds[(arch, policy)]} | " + " | ".join(cells) + " |")
+                per_policy = rows[(rows["arch"] == arch) & (rows["policy"] == policy)]
+                for ratio in sorted(per_policy["ratio"].unique()):
+                    cell_rows = per_policy[per_policy["ratio"] == ratio]
+                    cells = [_mean_sd(cell_rows[t]) for t in [*testsets, "mean", "overall"]]
+                    lines.append(f"| {arch} | {policy} | {ratio_label(ratio)} | {n_seeds[(arch, policy, ratio)]} | "
+                                 + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Cells: mean ± sample sd (ddof=1) over seeds; a single seed shows the mean only. "
                  "`mean` = unweighted mean over test sets, computed per seed; `overall` = image-weighted "
@@ -306,34 +327,55 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
 
     diffs = paired_differences(long_df)
     lines += ["", "## Paired differences per seed", ""]
-    lines.append("Each policy minus `real`, and minus its size-matched random control, with the same arch and "
-                 "seed: `hard_band − hard_random` isolates which hard samples are kept (same variant, same size); "
-                 "`hard_random − random` isolates the generator (same size, same conditions). `plain`, `hard` and "
-                 "`feedback` hold one sample per condition and are equal-size by construction, so their rows "
-                 "compare directly. Cells: mean ± sd (ddof=1) over seeds of the per-seed difference.")
+    lines.append("Each policy at ratio r (synthetic images per real image) minus `real`, and minus its size-matched "
+                 "random control at the same ratio, with the same arch and seed: every synthetic policy trains with "
+                 "round(r × real images) synthetic images, so `hard_band − hard` and `hard_faithful − hard` isolate "
+                 "which hard samples are kept (same variant, same size, a selection vs the uniform draw) and "
+                 "`hard − plain` (`feedback`, `mined` likewise) isolates the generator (same size, same conditions). "
+                 "Cells: mean ± sd (ddof=1) over seeds of the per-seed difference.")
     lines.append("")
     if diffs.empty:
         lines += ["No pairs (the benchmark has no `real` policy or controls for the same arch and seed).", ""]
     else:
-        lines.append("| metric | arch | policy | vs | seeds | Δ mean | Δ overall |")
-        lines.append("|---|---|---|---|---:|---:|---:|")
+        lines.append("| metric | arch | policy | ratio | vs | seeds | Δ mean | Δ overall |")
+        lines.append("|---|---|---|---:|---|---:|---:|---:|")
         for metric in MARKDOWN_METRICS:
             per_metric = diffs[diffs["metric"] == metric]
             for arch in _ordered(per_metric["arch"], []):
                 per_arch = per_metric[per_metric["arch"] == arch]
                 for policy in _ordered(per_arch["policy"], POLICY_ORDER):
                     per_policy = per_arch[per_arch["policy"] == policy]
-                    for reference in _ordered(per_policy["reference"], POLICY_ORDER):
-                        pair = per_policy[per_policy["reference"] == reference]
-                        lines.append(
-                            f"| {metric} | {arch} | {policy} | {reference} | {pair['seed'].nunique()} | "
-                            f"{_mean_sd(pair['d_mean'], signed=True)} | {_mean_sd(pair['d_overall'], signed=True)} |"
-                        )
+                    for ratio in sorted(per_policy["ratio"].unique()):
+                        per_ratio = per_policy[per_policy["ratio"] == ratio]
+                        for reference in _ordered(per_ratio["reference"], POLICY_ORDER):
+                            pair = per_ratio[per_ratio["reference"] == reference]
+                            lines.append(
+                                f"| {metric} | {arch} | {policy} | {ratio_label(ratio)} | {reference} | "
+                                f"{pair['seed'].nunique()} | {_mean_sd(pair['d_mean'], signed=True)} | "
+                                f"{_mean_sd(pair['d_overall'], signed=True)} |"
+                            )
         lines.append("")
 
     if runs_df is not None and not runs_df.empty:
         lines += ["## Training budget", ""]
         lines += _budget_lines(runs_df)
+        lines.append("")
+
+    if fidelity_df is not None and not fidelity_df.empty:
+        threshold = fidelity_df["min_fidelity"].iloc[0] if "min_fidelity" in fidelity_df.columns else None
+        lines += ["## Fidelity guard", ""]
+        lines.append("Generated samples whose fidelity (mean of the real-only segmenters' Dice against the "
+                     "conditioning mask and the held-out backbone's calibrated feature separation inside vs outside "
+                     "the mask) is below filter.min_fidelity"
+                     + (f" ({threshold:g})" if threshold is not None else "")
+                     + ": a sample that no longer shows its polyp is label noise, not hardness. `hard_faithful` "
+                     "trains only on the hard samples that pass.")
+        lines.append("")
+        lines.append("| variant | samples | mean fidelity | rejected |")
+        lines.append("|---|---:|---:|---:|")
+        for _, row in fidelity_df.iterrows():
+            lines.append(f"| {row['variant']} | {int(row['n'])} | {row['mean_fidelity']:.3f} | "
+                         f"{int(row['rejected'])} ({int(row['rejected']) / max(int(row['n']), 1):.0%}) |")
         lines.append("")
 
     lines += ["## Published anchors (other models trained on real data only; mDice / mIoU)", ""]
@@ -358,12 +400,13 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
 
 # ------------------------------------------------------------------------------------------- runs
 def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.DataFrame:
-    """One row per segmenter run: ``arch, policy, seed, real_images, synthetic_images, iterations, images_seen``.
+    """One row per segmenter run: ``arch, policy, ratio, seed, real_images, synthetic_images, iterations,
+    images_seen``.
 
     ``run_records``: ``run.json`` paths (written beside each benchmark model by the train_segmenter
-    rule) or their dicts. Raises :class:`DataError` (naming the file) on a missing field or a
-    duplicate run, and when runs of one (arch, seed) differ in iterations or images seen: the
-    benchmark compares policies at an equal budget only.
+    rule) or their dicts. Raises :class:`DataError` (naming the file) on a missing field (a null ratio
+    included) or a duplicate run, and when runs of one (arch, seed) differ in iterations or images seen:
+    the benchmark compares policies (and ratios) at an equal budget only.
     """
     rows, sources = [], []
     for record in run_records:
@@ -377,20 +420,21 @@ def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.D
                 record = json.loads(path.read_text())
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: unreadable run record ({err})") from err
-        missing = [c for c in RUNS_COLUMNS if c not in record]
+        missing = [c for c in RUNS_COLUMNS if record.get(c) is None]
         if missing:
             raise DataError(f"{where}: run record lacks {missing}")
         rows.append({c: record[c] for c in RUNS_COLUMNS})
         sources.append(where)
     table = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    counts = {c: int for c in RUNS_COLUMNS[3:]}
     if table.empty:
-        return table.astype({c: int for c in RUNS_COLUMNS[2:]})
+        return table.astype({"ratio": float, **counts})
     try:
-        table = table.astype({"arch": str, "policy": str, **{c: int for c in RUNS_COLUMNS[2:]}})
+        table = table.astype({"arch": str, "policy": str, "ratio": float, **counts})
     except (TypeError, ValueError) as err:
-        raise DataError(f"run records: non-integer counts ({err})") from err
+        raise DataError(f"run records: non-integer counts or a non-numeric ratio ({err})") from err
     table["_source"] = sources
-    duplicated = table.duplicated(["arch", "policy", "seed"], keep=False)
+    duplicated = table.duplicated(["arch", "policy", "ratio", "seed"], keep=False)
     if duplicated.any():
         raise DataError(f"run records: duplicate runs in {table.loc[duplicated, '_source'].tolist()}")
     for (arch, seed), group in table.groupby(["arch", "seed"]):
@@ -398,7 +442,8 @@ def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.D
             budgets = group[["policy", "iterations", "images_seen", "_source"]].to_dict("records")
             raise DataError(f"run records: unequal training budgets for arch {arch!r}, seed {seed}: {budgets}")
     order = {p: i for i, p in enumerate(_ordered(table["policy"], POLICY_ORDER))}
-    table = table.sort_values(["arch", "seed", "policy"], key=lambda c: c.map(order) if c.name == "policy" else c)
+    table = table.sort_values(["arch", "seed", "policy", "ratio"],
+                              key=lambda c: c.map(order) if c.name == "policy" else c)
     return table[RUNS_COLUMNS].reset_index(drop=True)
 
 
@@ -639,25 +684,75 @@ def plot_histograms(score_df: pd.DataFrame, out_png: str | Path, bins: int = 30)
     _save_figure(figure, out_png)
 
 
+def _run_label(policy: str, ratio: float) -> str:
+    return policy if policy == "real" else f"{policy} ×{ratio_label(ratio)}"
+
+
 def plot_benchmark(long_df: pd.DataFrame, out_png: str | Path, metric: str = "mDice") -> None:
-    """Grouped bars: mean over test sets of ``metric`` per policy, one group per arch; error bars = sd over seeds."""
+    """Grouped bars: mean over test sets of ``metric`` per policy and ratio (``hard ×0.5``), one group per arch;
+    error bars = sd over seeds."""
     summary = benchmark_summary(long_df, metrics=[metric])
     if summary.empty:
         raise DataError(f"{out_png}: no {metric} rows to plot")
-    stats = summary.groupby(["arch", "policy"])["mean"].agg(["mean", "std"]).fillna({"std": 0.0})
+    stats = summary.groupby(["arch", "policy", "ratio"])["mean"].agg(["mean", "std"]).fillna({"std": 0.0})
     archs = _ordered(summary["arch"], [])
-    policies = _ordered(summary["policy"], POLICY_ORDER)
-    width = 0.8 / len(policies)
-    figure = Figure(figsize=(max(4.0, 1.2 * len(archs) * len(policies) * 0.6 + 2), 3.5))
+    runs = [(p, r) for p in _ordered(summary["policy"], POLICY_ORDER)
+            for r in sorted(summary.loc[summary["policy"] == p, "ratio"].unique())]
+    width = 0.8 / len(runs)
+    figure = Figure(figsize=(max(4.0, 1.2 * len(archs) * len(runs) * 0.6 + 2), 3.5))
     ax = figure.subplots()
-    for i, policy in enumerate(policies):
-        means = [stats["mean"].get((a, policy), np.nan) for a in archs]
-        sds = [stats["std"].get((a, policy), 0.0) for a in archs]
-        ax.bar(np.arange(len(archs)) + (i - (len(policies) - 1) / 2) * width, means, width, yerr=sds, label=policy)
+    for i, (policy, ratio) in enumerate(runs):
+        means = [stats["mean"].get((a, policy, ratio), np.nan) for a in archs]
+        sds = [stats["std"].get((a, policy, ratio), 0.0) for a in archs]
+        ax.bar(np.arange(len(archs)) + (i - (len(runs) - 1) / 2) * width, means, width, yerr=sds,
+               label=_run_label(policy, ratio))
     ax.set_xticks(np.arange(len(archs)), archs)
     ax.set_ylabel(f"{metric} (mean over test sets)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncols=min(len(policies), 3))
+    ax.legend(fontsize=7, ncols=min(len(runs), 3))
+    _save_figure(figure, out_png)
+
+
+def plot_ratio(long_df: pd.DataFrame, out_png: str | Path, metrics: Sequence[str] = MARKDOWN_METRICS) -> None:
+    """Score against the synthetic ratio: one panel per arch (rows) and metric (columns, mDice and mIoU).
+
+    Each synthetic policy is a line over its ratios (``segment.synthetic_ratios``) of the mean over test
+    sets (per seed, as in :func:`benchmark_summary`), with error bars = sd over seeds; the real-only
+    segmenter (ratio 0) is a horizontal line with a band of ± its sd.
+    """
+    summary = benchmark_summary(long_df, metrics=metrics)
+    if summary.empty:
+        raise DataError(f"{out_png}: no {'/'.join(metrics)} rows to plot")
+    stats = summary.groupby(["arch", "metric", "policy", "ratio"])["mean"].agg(["mean", "std"]).fillna({"std": 0.0})
+    archs = _ordered(summary["arch"], [])
+    present = [m for m in metrics if m in set(summary["metric"])]
+    ratios = sorted(summary.loc[summary["policy"] != "real", "ratio"].unique())
+    figure = Figure(figsize=(4.8 * len(present), 3.4 * len(archs)), layout="constrained")
+    axes = figure.subplots(len(archs), len(present), squeeze=False)
+    policies = [p for p in _ordered(summary["policy"], POLICY_ORDER) if p != "real"]
+    colours = {p: f"C{i}" for i, p in enumerate(policies)}
+    for r, arch in enumerate(archs):
+        for c, metric in enumerate(present):
+            ax = axes[r, c]
+            key = (arch, metric)
+            if (*key, "real", 0.0) in stats.index:
+                mean, sd = stats.loc[(*key, "real", 0.0), ["mean", "std"]]
+                ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label="real only")
+                if sd > 0:
+                    ax.axhspan(mean - sd, mean + sd, color="black", alpha=0.1)
+            for policy in policies:
+                rows = [(ratio, *stats.loc[(*key, policy, ratio), ["mean", "std"]])
+                        for ratio in ratios if (*key, policy, ratio) in stats.index]
+                if not rows:
+                    continue
+                xs, means, sds = (np.array(v, dtype=float) for v in zip(*rows))
+                ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, color=colours[policy], label=policy)
+            if ratios:
+                ax.set_xticks(ratios, [ratio_label(x) for x in ratios])
+            ax.set_xlabel("synthetic images per real image (ratio)")
+            ax.set_ylabel(f"{metric} (mean over test sets)")
+            ax.set_title(f"{arch}: {metric}", fontsize=9)
+            ax.legend(fontsize=7)
     _save_figure(figure, out_png)
 
 
@@ -776,10 +871,13 @@ def write_report(
     train_logs: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
     demo: bool = False,
     grid_rows: int = 6,
+    judge_loss_csv: str | Path | None = None,
+    feature_files: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
+    min_fidelity: float | None = None,
 ) -> dict[str, Path]:
     """Write every table and plot of the run; returns ``{name: path}`` of what was written.
 
-    Inputs: evaluation CSVs (mapping or ``.../eval/<arch>/<policy>/seed-<s>.csv`` paths; columns
+    Inputs: evaluation CSVs (mapping or ``.../eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv`` paths; columns
     ``testset, metric, value``), score CSVs, generation manifests (``{variant: path}`` or
     ``.../generated/<variant>/manifest.csv`` paths), the data manifest, ``loss_backbones`` (config
     ``hard.loss_backbones``), the benchmark runs' ``run.json`` records, optionally per-sample losses
@@ -789,12 +887,22 @@ def write_report(
     Control-LoRA training logs (``{variant: path}`` or ``.../lora/<variant>/train_log.csv`` paths).
     ``demo`` adds the note that demo numbers are noise by design.
 
-    Tables (``tables_dir``): ``benchmark.csv`` (long: arch, policy, seed, testset, metric, value),
-    ``benchmark.md``, ``runs.csv`` (arch, policy, seed, real_images, synthetic_images, iterations,
+    Tables (``tables_dir``): ``benchmark.csv`` (long: arch, policy, ratio, seed, testset, metric, value),
+    ``benchmark.md``, ``runs.csv`` (arch, policy, ratio, seed, real_images, synthetic_images, iterations,
     images_seen), ``hardness.csv`` (variant, backbone, mean_discrepancy, n, in_loss),
     ``hardness_transfer.csv`` (backbone, segmenter, variant, spearman, partial_spearman, n; header only
-    without ``sample_loss_csvs``). Plots (``plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``,
-    and ``training_loss.png`` when ``train_logs`` are given.
+    without ``sample_loss_csvs``), and with ``min_fidelity`` (``filter.min_fidelity``) ``fidelity.csv``
+    (variant, n, mean_fidelity, rejected, ...: :func:`hardgen.fidelity.fidelity_summary`, also in
+    ``benchmark.md``). Plots (``plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``,
+    ``ratio.png`` (score against the synthetic ratio, :func:`plot_ratio`), and ``training_loss.png`` when
+    ``train_logs`` are given.
+
+    The transfer study and the sample views (:mod:`hardgen.transfer`, :mod:`hardgen.gallery`):
+    ``transfer_matrix.csv`` / ``.png`` (sources: every backbone, the fused in-loss score and, with
+    ``judge_loss_csv``, the feedback judge's per-sample loss; evaluators: every backbone and each arch's
+    real-trained segmenters of ``sample_loss_csvs``), ``hardest.png`` (per variant the hardest kept and the
+    samples the fidelity guard rejects, ``min_fidelity``) and, with ``feature_files`` (``{scored set: path}``
+    or ``.../scores/<set>.features.safetensors`` paths, ``real`` included), ``features.png``.
     """
     tables_dir, plots_dir = Path(tables_dir), Path(plots_dir)
     written = {
@@ -806,6 +914,7 @@ def write_report(
         "grid_png": plots_dir / "grid.png",
         "histograms_png": plots_dir / "histograms.png",
         "benchmark_png": plots_dir / "benchmark.png",
+        "ratio_png": plots_dir / "ratio.png",
     }
     generated = _keyed_paths(generated_manifests, r"generated/([^/]+)/manifest\.csv$", "variant")
     losses = _keyed_paths(sample_loss_csvs or {}, r"eval/([^/]+/seed-\d+)/sample_loss\.csv$", "segmenter")
@@ -813,10 +922,31 @@ def write_report(
     runs = runs_table(run_records)
     write_csv(written["benchmark_csv"], long)
     write_csv(written["runs_csv"], runs)
-    write_text(written["benchmark_md"], benchmark_markdown(long, runs, demo=demo))
     scores = _read_scores(list(score_csvs))
+    fidelity = None
+    if min_fidelity is not None:
+        from hardgen.fidelity import fidelity_summary
+
+        fidelity = fidelity_summary(scores, min_fidelity)
+        written["fidelity_csv"] = tables_dir / "fidelity.csv"
+        write_csv(written["fidelity_csv"], fidelity)
+    write_text(written["benchmark_md"], benchmark_markdown(long, runs, demo=demo, fidelity_df=fidelity))
     write_csv(written["hardness_csv"], hardness_table(scores, loss_backbones))
     write_csv(written["hardness_transfer_csv"], hardness_transfer(scores, losses))
+    from hardgen import gallery, transfer  # both build on this module's readers, so they are imported here
+
+    written["transfer_matrix_csv"] = tables_dir / "transfer_matrix.csv"
+    written["transfer_matrix_png"] = plots_dir / "transfer_matrix.png"
+    matrix = transfer.transfer_matrix(scores, loss_backbones, losses, judge_loss_csv)
+    write_csv(written["transfer_matrix_csv"], matrix)
+    transfer.plot_transfer_matrix(matrix, written["transfer_matrix_png"])
+    written["hardest_png"] = plots_dir / "hardest.png"
+    gallery.plot_hardest(gallery.sample_hardness(scores, loss_backbones), generated, written["hardest_png"],
+                         min_fidelity)
+    if feature_files:
+        written["features_png"] = plots_dir / "features.png"
+        gallery.plot_features(_keyed_paths(feature_files, r"scores/([^/]+)\.features\.safetensors$", "scored set"),
+                              loss_backbones, written["features_png"])
     if conditions_csv is not None:
         pairs = real_pairs_from(conditions_csv, data_manifest_csv)
     else:
@@ -824,6 +954,7 @@ def write_report(
     plot_grid(pairs, generated, written["grid_png"], n=grid_rows)
     plot_histograms(scores, written["histograms_png"])
     plot_benchmark(long, written["benchmark_png"])
+    plot_ratio(long, written["ratio_png"])
     if train_logs:
         written["training_loss_png"] = plots_dir / "training_loss.png"
         plot_training_loss(_keyed_paths(train_logs, r"lora/([^/]+)/train_log\.csv$", "variant"),

@@ -7,6 +7,7 @@ across backbones whose feature norms differ by orders of magnitude.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from hardgen.features import (
     real_training_pairs,
 )
 from hardgen.io import DataError
+from hardgen.weights import save_state_dict
 
 log = logging.getLogger("hardgen.score")
 
@@ -43,13 +45,33 @@ def score_samples(
 ) -> pd.DataFrame:
     """Score every image/mask pair (columns ``sample_id``/``id``, ``image``, ``mask``).
 
+    See :func:`score_samples_with_features` (this drops the features).
+    """
+    return score_samples_with_features(pairs_df, backbone_spec, prototype_path, variant, pad, batch_size, device,
+                                       backbone_key, resolution)[0]
+
+
+def score_samples_with_features(
+    pairs_df: pd.DataFrame,
+    backbone_spec: BackboneSpec,
+    prototype_path: str | Path,
+    variant: str,
+    pad: int = 10,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    backbone_key: str | None = None,
+    resolution: int | None = None,
+) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Score every image/mask pair (columns ``sample_id``/``id``, ``image``, ``mask``); also return the features.
+
     ``resolution``: the generator's resolution; every image is first brought to it with the generator's
     training transform (:func:`hardgen.io.fit_square`, a no-op for generated images), and it must be the
     resolution the prototype was computed at.
 
     Returns a DataFrame with columns ``sample_id, variant, backbone, distance, z``; ``backbone``
     holds ``backbone_key`` (the config key, e.g. ``cnn``), defaulting to the timm name. Images
-    are streamed batch by batch and only distances are kept, so memory does not grow with N.
+    are streamed batch by batch; besides the table, the (N, D) float32 features (rows in table order)
+    are returned, for the report's real-vs-generated feature plot.
     """
     prototype = load_prototype(prototype_path)
     if prototype.backbone != backbone_spec.name:
@@ -70,9 +92,11 @@ def score_samples(
         )
     ids: list[str] = []
     distances: list[torch.Tensor] = []
+    chunks: list[torch.Tensor] = []
     for batch_ids, features in iter_features(backbone, pairs_df, pad, batch_size, resolution=resolution):
         ids.extend(batch_ids)
         distances.append(prototype_distance(features, prototype.prototype))
+        chunks.append(features.float().cpu())
     distance = torch.cat(distances).double().numpy() if distances else []
     frame = pd.DataFrame(
         {
@@ -84,7 +108,8 @@ def score_samples(
         columns=SCORE_COLUMNS[:4],
     )
     frame["z"] = (frame["distance"] - prototype.real_mean) / prototype.real_std
-    return frame[SCORE_COLUMNS]
+    features = torch.cat(chunks) if chunks else torch.empty(0, backbone.feature_dim)
+    return frame[SCORE_COLUMNS], features
 
 
 def score_real(
@@ -114,13 +139,18 @@ def score_variant(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     resolution: int | None = None,
+    features_path: str | Path | None = None,
+    fidelity_path: str | Path | None = None,
 ) -> pd.DataFrame:
     """Workflow entry point: score one variant with every backbone and write ``results/scores/<variant>.csv``.
 
     ``manifest_path`` is the data manifest for ``variant == "real"`` (training rows are scored),
     else a generated manifest (``sample_id, image, mask, ...``). ``backbones`` maps config keys to
     specs; ``prototype_paths`` maps the same keys to prototype files. Rows are ordered by backbone
-    key then manifest order.
+    key then manifest order. With ``features_path`` the samples' backbone features are saved there too
+    (:func:`save_features`: ``results/scores/<variant>.features.safetensors``). With ``fidelity_path`` (a
+    generated variant's ``results/fidelity/<variant>.csv``) the fidelity guard's columns ``fidelity_dice,
+    fidelity_separation, fidelity`` are joined by sample_id (:func:`hardgen.fidelity.join_fidelity`).
     """
     manifest_path = Path(manifest_path)
     if not manifest_path.is_file():
@@ -130,12 +160,11 @@ def score_variant(
     if missing:
         raise ValueError(f"backbones {missing}: no prototype file given")
     tables = []
+    features: dict[str, torch.Tensor] = {}
+    pairs = real_training_pairs(manifest) if variant == "real" else manifest
     for key in sorted(backbones):
-        if variant == "real":
-            table = score_real(manifest, backbones[key], prototype_paths[key], pad, batch_size, device, key, resolution)
-        else:
-            table = score_samples(manifest, backbones[key], prototype_paths[key], variant, pad, batch_size, device, key,
-                                  resolution)
+        table, features[key] = score_samples_with_features(pairs, backbones[key], prototype_paths[key], variant, pad,
+                                                           batch_size, device, key, resolution)
         log.info("%s/%s: %d samples, mean z %.3f", variant, key, len(table), table["z"].mean())
         tables.append(table)
     if not tables:
@@ -143,5 +172,25 @@ def score_variant(
     scores = pd.concat(tables, ignore_index=True)
     if scores.empty:
         raise DataError(f"{manifest_path}: no samples to score for variant {variant!r}")
+    if features_path is not None:
+        save_features(features_path, variant, tables[0]["sample_id"].tolist(), features)
+    if fidelity_path is not None:
+        from hardgen.fidelity import join_fidelity
+
+        fidelity = pd.read_csv(fidelity_path, dtype={"sample_id": str})
+        scores = join_fidelity(scores, fidelity, where=str(fidelity_path))
     io.write_csv(out_path, scores)
     return scores
+
+
+def save_features(path: str | Path, variant: str, sample_ids: list[str], features: Mapping[str, torch.Tensor]) -> None:
+    """Write the per-sample backbone features of one scored set: ``{backbone key: (N, D) float32}`` (safetensors).
+
+    Rows follow ``sample_ids`` (the score table's order, the same for every backbone); the header metadata holds
+    ``variant`` and ``sample_ids`` (JSON). :func:`hardgen.gallery.read_features` reads it back without torch.
+    """
+    for key, tensor in features.items():
+        if tensor.ndim != 2 or tensor.shape[0] != len(sample_ids):
+            raise ValueError(f"features of backbone {key!r}: shape {tuple(tensor.shape)} for {len(sample_ids)} samples")
+    metadata = {"variant": str(variant), "sample_ids": json.dumps([str(s) for s in sample_ids])}
+    save_state_dict(path, {k: v.float().contiguous() for k, v in features.items()}, metadata=metadata)

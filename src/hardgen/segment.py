@@ -63,7 +63,7 @@ JUDGE_SEED_OFFSET = 2**31
 
 #: Fields of the per-run record (``run.json`` beside each model; ``results/tables/runs.csv``).
 RUN_FIELDS: tuple[str, ...] = (
-    "arch", "policy", "seed", "real_images", "synthetic_images", "iterations", "images_seen",
+    "arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations", "images_seen",
 )
 
 
@@ -191,21 +191,36 @@ def load_segmenter(
 
 
 # ----------------------------------------------------------------------------------------------- loss
-def structure_loss_per_sample(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def structure_loss_per_sample(
+    logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """PraNet's structure loss for each sample: boundary-weighted BCE + boundary-weighted soft IoU.
 
     ``logits`` and ``mask`` are (B, 1, H, W); ``mask`` holds values in [0, 1]. The weight map
     ``1 + 5 |avgpool31(mask) - mask|`` is large near object boundaries, where a local 31x31 mean
     differs from the pixel itself (zero padding, as PraNet's ``avg_pool2d`` default). Returns (B,).
+
+    ``valid`` (same shape, 1 = use the pixel, 0 = ignore it; e.g. the FreeMask pixel filter of
+    :mod:`hardgen.pixel_filter`) multiplies the weight map, so an ignored pixel counts in neither the
+    weighted BCE nor the weighted IoU (the boundary weights still come from the whole mask). Without
+    it the loss is computed exactly as before; an all-ones ``valid`` gives the same numbers bit for
+    bit. A sample whose pixels are all ignored contributes 0.
     """
     if logits.shape != mask.shape or logits.dim() != 4:
         raise ValueError(f"structure loss needs logits and mask of equal (B, C, H, W) shape, got "
                          f"{tuple(logits.shape)} and {tuple(mask.shape)}")
+    if valid is not None and valid.shape != mask.shape:
+        raise ValueError(f"structure loss: valid-pixel mask {tuple(valid.shape)} differs from mask {tuple(mask.shape)}")
     mask = mask.to(logits.dtype)
     local_mean = F.avg_pool2d(mask, kernel_size=BOUNDARY_KERNEL, stride=1, padding=BOUNDARY_KERNEL // 2)
     weight = 1.0 + BOUNDARY_WEIGHT * (local_mean - mask).abs()
     bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
-    weighted_bce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    if valid is None:
+        weighted_bce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3))
+    else:
+        weight = weight * valid.to(logits.dtype)
+        # the unmasked weight sum is >= H*W, so the floor only acts on a fully ignored sample (0 / 0)
+        weighted_bce = (weight * bce).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp_min(1e-12)
     prob = torch.sigmoid(logits)
     intersection = (prob * mask * weight).sum(dim=(2, 3))
     union = ((prob + mask) * weight).sum(dim=(2, 3))
@@ -214,9 +229,9 @@ def structure_loss_per_sample(logits: torch.Tensor, mask: torch.Tensor) -> torch
     return (weighted_bce + weighted_iou).mean(dim=1)
 
 
-def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Batch mean of :func:`structure_loss_per_sample` (the training objective)."""
-    return structure_loss_per_sample(logits, mask).mean()
+def structure_loss(logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch mean of :func:`structure_loss_per_sample` (the training objective); ``valid`` as there."""
+    return structure_loss_per_sample(logits, mask, valid).mean()
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -282,6 +297,56 @@ class PairDataset(Dataset):
             self.transform.set_random_seed(aug_seed)
         out = self.transform(image=image, mask=mask.astype(np.uint8))
         return out["image"].float(), out["mask"].float().unsqueeze(0), self.sample_ids[index]
+
+
+class FilteredPairDataset(PairDataset):
+    """A :class:`PairDataset` whose items also carry an ignore map: ``(image, mask, ignore, sample_id)``.
+
+    ``ignore`` holds one entry per row of ``pairs_df``: None (no pixel ignored, e.g. every real image)
+    or a bool ``(size, size)`` map of the pixels to leave out of the loss, at the training size before
+    augmentation (:func:`hardgen.pixel_filter.pixel_filter_masks` computes it on the resize of
+    :func:`eval_transform`). Items return it as a (1, S, S) float tensor in {0, 1}. A row with a map is
+    first resized to ``size`` (the transform's own first step, which is then the identity: same image
+    and mask as without a map, bit for bit) and the map then goes through the very augmentation of
+    the mask (albumentations' mask target: nearest resampling; pixels shifted in from outside the
+    image are filled with 0, "not ignored", like the mask's background). A row without a map is the
+    parent's item plus an all-zero map.
+    """
+
+    def __init__(self, pairs_df: pd.DataFrame, size: int, ignore: Sequence[np.ndarray | None],
+                 augment: bool = True) -> None:
+        super().__init__(pairs_df, size, augment)
+        if len(ignore) != len(self.images):
+            raise ValueError(f"ignore maps: {len(ignore)} entries for {len(self.images)} pairs")
+        self.size = size
+        self.resize = A.Resize(size, size)
+        self.ignore: list[np.ndarray | None] = []  # bit-packed: 1/8 of the memory of bool maps
+        for row, entry in enumerate(ignore):
+            if entry is not None and np.shape(entry) != (size, size):
+                raise ValueError(f"ignore map of pair {row} ({self.sample_ids[row]}): shape {np.shape(entry)}, "
+                                 f"expected ({size}, {size}) (segment.size)")
+            self.ignore.append(None if entry is None else np.packbits(np.asarray(entry, dtype=bool)))
+
+    def ignore_map(self, index: int) -> np.ndarray | None:
+        """The bool (size, size) ignore map of pair ``index`` before augmentation (None: nothing ignored)."""
+        packed = self.ignore[index]
+        if packed is None:
+            return None
+        return np.unpackbits(packed, count=self.size * self.size).reshape(self.size, self.size).astype(bool)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+        index, aug_seed = key if isinstance(key, tuple) else (key, None)
+        ignore = self.ignore_map(index)
+        if ignore is None:
+            image, mask, sample_id = super().__getitem__(key)
+            return image, mask, torch.zeros_like(mask), sample_id
+        image, mask = read_pair(self.images[index], self.masks[index])
+        resized = self.resize(image=image, mask=mask.astype(np.uint8))
+        if self.augment:
+            self.transform.set_random_seed(aug_seed)
+        out = self.transform(image=resized["image"], mask=resized["mask"], masks=[ignore.astype(np.uint8)])
+        return (out["image"].float(), out["mask"].float().unsqueeze(0), out["masks"][0].float().unsqueeze(0),
+                self.sample_ids[index])
 
 
 class SeededEpochStream(Sampler[tuple[int, int]]):
@@ -353,6 +418,7 @@ def train_segmenter(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     config_key: str | None = None,
+    ignore_masks: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Train a segmenter on ``pairs_df`` (columns image, mask [+ sample_id, variant]) the PraNet way.
 
@@ -371,6 +437,13 @@ def train_segmenter(
     iterations (about the last pass over the data). Deterministic for a given ``seed`` on a given
     device. A non-finite loss raises RuntimeError naming the step; nothing is saved then.
     ``grad_clip`` None or <= 0 disables clipping.
+
+    ``ignore_masks`` (segment.pixel_filter; one entry per row of ``pairs_df``: None or a bool
+    ``(size, size)`` map, see :class:`FilteredPairDataset`) leaves those pixels out of the structure
+    loss; the maps follow each pair's augmentation and multi-scale resizing (nearest). Real rows must
+    have None (real pixels are never filtered). The summary's ``ignored_pixel_fraction`` is the
+    fraction of all synthetic pixels (at ``size``, before augmentation) that the maps ignore; None
+    without maps.
     """
     _check_size(size)
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
@@ -385,8 +458,13 @@ def train_segmenter(
     out_dir = Path(out_dir)
     device = torch.device(device)
 
-    dataset = PairDataset(pairs_df, size, augment=True)
     real_images, synthetic_images = count_real_synthetic(pairs_df)
+    ignored_fraction = None
+    if ignore_masks is None:
+        dataset = PairDataset(pairs_df, size, augment=True)
+    else:
+        dataset = FilteredPairDataset(pairs_df, size, ignore_masks, augment=True)
+        ignored_fraction = _ignored_fraction(pairs_df, ignore_masks, size, synthetic_images)
     torch.manual_seed(seed)  # model initialisation
     model = build_segmenter(spec, config_key).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -401,19 +479,23 @@ def train_segmenter(
     step = 0
     start = time.perf_counter()
     progress = tqdm(loader, total=iterations, desc="segmenter", unit="batch", leave=False)
-    for iteration, (images, masks, _) in enumerate(progress, start=1):
-        images, masks = images.to(device), masks.to(device)
+    for iteration, batch in enumerate(progress, start=1):
+        images, masks = batch[0].to(device), batch[1].to(device)
+        valid = 1.0 - batch[2].to(device) if ignore_masks is not None else None
         for scale, train_size in zip(multi_scale, train_sizes):
             step += 1
+            batch_valid = valid
             if train_size != size:  # PraNet rescales the batch (image and mask) bilinearly
                 batch_images = F.interpolate(images, size=(train_size, train_size), mode="bilinear",
                                              align_corners=True)
                 batch_masks = F.interpolate(masks, size=(train_size, train_size), mode="bilinear",
                                             align_corners=True)
+                if valid is not None:  # the ignore map stays binary: nearest
+                    batch_valid = F.interpolate(valid, size=(train_size, train_size), mode="nearest")
             else:
                 batch_images, batch_masks = images, masks
             optimizer.zero_grad(set_to_none=True)
-            loss = structure_loss(model(batch_images), batch_masks)
+            loss = structure_loss(model(batch_images), batch_masks, batch_valid)
             if not torch.isfinite(loss):
                 raise RuntimeError(
                     f"non-finite segmentation loss ({loss.item()}) at step {step} (iteration {iteration}, "
@@ -434,6 +516,8 @@ def train_segmenter(
     metadata = {"arch": spec.arch, "encoder": spec.encoder, "size": str(size), "iterations": str(iterations),
                 "batch_size": str(batch_size), "images_seen": str(images_seen), "real_images": str(real_images),
                 "synthetic_images": str(synthetic_images), "seed": str(seed)}
+    if ignored_fraction is not None:
+        metadata["ignored_pixel_fraction"] = str(ignored_fraction)
     save_state_dict(out_dir / "model.safetensors", model.state_dict(), metadata=metadata)
     write_csv(out_dir / "train_log.csv", train_log)
     last = min(iterations, math.ceil(len(dataset) / batch_size))
@@ -449,30 +533,64 @@ def train_segmenter(
         "images_seen": images_seen,
         "steps": step,
         "seed": int(seed),
+        "ignored_pixel_fraction": ignored_fraction,
     }
     log.info("segmenter trained: %s", summary)
     return summary
 
 
-def run_record(arch: str, policy: str, seed: int, summary: Mapping[str, Any]) -> dict[str, Any]:
+def _ignored_fraction(pairs_df: pd.DataFrame, ignore_masks: Sequence[np.ndarray | None], size: int,
+                      synthetic_images: int) -> float | None:
+    """Fraction of all synthetic pixels that ``ignore_masks`` ignore; refuses a map on a real row."""
+    if len(ignore_masks) != len(pairs_df):
+        raise ValueError(f"ignore maps: {len(ignore_masks)} entries for {len(pairs_df)} pairs")
+    variants = pairs_df["variant"].astype(str).tolist() if "variant" in pairs_df.columns else ["real"] * len(pairs_df)
+    ignored = 0
+    for row, (variant, entry) in enumerate(zip(variants, ignore_masks)):
+        if entry is None:
+            continue
+        if variant == "real":
+            raise ValueError(f"ignore maps: pair {row} is a real image; real pixels are never filtered")
+        ignored += int(np.count_nonzero(entry))
+    if synthetic_images == 0:
+        return None
+    return ignored / (synthetic_images * size * size)
+
+
+def run_record(arch: str, policy: str, seed: int, summary: Mapping[str, Any], ratio: float | None = None
+               ) -> dict[str, Any]:
     """The per-run record of one benchmark (or judge) run: :data:`RUN_FIELDS` from ``summary``.
 
+    ``ratio`` is the run's synthetic ratio (``segment.synthetic_ratios``, the path's ``ratio-<r>``); the
+    real policy (and the judge) is ratio 0 and may leave it out; a synthetic run without one records null
+    (the report refuses such a record).
+
     ``seed`` is the configured seed (the path's ``seed-<s>``); ``training_seed`` (the seed the run
-    actually used, ``summary['seed']``) is kept beside it, so a judge's offset seed stays visible.
+    actually used, ``summary['seed']``) is kept beside it, so a judge's offset seed stays visible, and
+    so is ``ignored_pixel_fraction`` (segment.pixel_filter; null when no pixel filter ran).
     """
     counts = ("real_images", "synthetic_images", "iterations", "images_seen", "batch_size")
     missing = [k for k in (*counts, "seed") if k not in summary]
     if missing:
         raise ValueError(f"run record {arch}/{policy}/seed-{seed}: training summary lacks {missing}")
-    record: dict[str, Any] = {"arch": str(arch), "policy": str(policy), "seed": int(seed)}
+    if ratio is None and policy == "real":
+        ratio = 0.0
+    if ratio is not None and (not float(ratio) >= 0 or (policy == "real") != (float(ratio) == 0)):
+        raise ValueError(f"run record {arch}/{policy}/seed-{seed}: ratio {ratio!r} (the real policy alone is ratio 0)")
+    record: dict[str, Any] = {"arch": str(arch), "policy": str(policy),
+                              "ratio": None if ratio is None else float(ratio), "seed": int(seed)}
     record.update({k: int(summary[k]) for k in counts})
     record["training_seed"] = int(summary["seed"])
+    # segment.pixel_filter: the fraction of synthetic pixels left out of the loss (null: no filter / no synthetic)
+    fraction = summary.get("ignored_pixel_fraction")
+    record["ignored_pixel_fraction"] = None if fraction is None else float(fraction)
     return record
 
 
-def write_run_record(path: str | Path, arch: str, policy: str, seed: int, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Write :func:`run_record` as JSON to ``path`` (``results/segment/<arch>/<policy>/seed-<s>/run.json``)."""
-    record = run_record(arch, policy, seed, summary)
+def write_run_record(path: str | Path, arch: str, policy: str, seed: int, summary: Mapping[str, Any],
+                     ratio: float | None = None) -> dict[str, Any]:
+    """Write :func:`run_record` as JSON to ``path`` (``results/segment/<arch>/<policy>/ratio-<r>/seed-<s>/run.json``)."""
+    record = run_record(arch, policy, seed, summary, ratio)
     write_json(path, record)
     return record
 
@@ -486,23 +604,30 @@ def sample_losses(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
-    """Per-sample structure loss of a trained segmenter on (image, mask) pairs, e.g. generated samples.
+    """Per-sample structure loss and Dice of a trained segmenter on (image, mask) pairs, e.g. generated samples.
 
-    Images are resized to ``size`` without augmentation; the model is put in eval mode. Returns a
-    DataFrame with columns ``sample_id`` (the column if present, else the image file stem) and ``loss``,
-    in input order. Higher loss = harder sample for this segmenter.
+    Images and masks are resized to ``size`` without augmentation; the model is put in eval mode. Returns
+    a DataFrame with columns ``sample_id`` (the column if present, else the image file stem), ``loss``
+    and ``dice`` (the prediction thresholded at sigmoid 0.5 against the mask, both at ``size``; an empty
+    prediction on an empty mask is 1: :func:`hardgen.fidelity.prediction_dice`), in input order. Higher
+    loss = harder sample for this segmenter; low Dice on a generated sample = the segmenter does not find
+    the polyp its conditioning mask promises (the fidelity guard).
     """
+    from hardgen.fidelity import prediction_dice
+
     _check_size(size)
     dataset = PairDataset(pairs_df, size, augment=False)
     model = model.to(device).eval()
     ids: list[str] = []
     losses: list[float] = []
+    dices: list[float] = []
     for images, masks, batch_ids in tqdm(DataLoader(dataset, batch_size=batch_size), desc="sample losses",
                                          unit="batch", leave=False):
         logits = model(images.to(device))
         losses.extend(structure_loss_per_sample(logits, masks.to(device)).cpu().tolist())
+        dices.extend(prediction_dice(logits, masks).tolist())
         ids.extend(batch_ids)
-    return pd.DataFrame({"sample_id": ids, "loss": losses})
+    return pd.DataFrame({"sample_id": ids, "loss": losses, "dice": dices})
 
 
 def foreground_fractions(pairs_df: pd.DataFrame) -> pd.DataFrame:

@@ -58,3 +58,45 @@ def plot_timings(table: pd.DataFrame, out_png: str | Path) -> None:
     FigureCanvasAgg(figure)
     with atomic_path(out_png) as tmp:
         figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+#: Columns of :func:`variant_cost` (the issue's four, then what the training figure sums).
+VARIANT_COST_COLUMNS = ["variant", "training_s", "generation_s", "total_s", "fine_tuning_s", "training_rules"]
+#: The LoRA every variant starts from (or, for variants that train nothing of their own, generates with).
+PLAIN_LORA_RULE = "train_control_lora"
+
+
+def variant_cost(table: pd.DataFrame, variants: list[str], judge_job: str | None = None) -> pd.DataFrame:
+    """What each generated variant cost to make, from :func:`timings_table`: one row per variant.
+
+    ``training_s``: the plain Control-LoRA (``train_control_lora``) plus the variant's own fine-tuning rule
+    ``train_<variant>_lora`` when it has one (hard, feedback), and for ``feedback`` its real-only judge
+    (``train_judge`` job ``judge_job``, e.g. ``cnn/seed-0``), which exists only to steer it. A variant without a
+    training rule of its own (plain; mined, which generates with the plain LoRA) costs the plain LoRA alone.
+    ``generation_s``: its ``generate/<variant>/shard-*`` jobs summed. ``fine_tuning_s`` = training beyond the plain
+    LoRA, so a variant that spends its extra effort at generation (mined) compares with one that spends it in
+    fine-tuning (hard) on the same row layout. ``training_rules`` lists the jobs summed. Seconds are wall-clock on
+    the machine of this run. Raises :class:`DataError` naming what is missing (e.g. no ``train_control_lora`` time).
+    """
+    seconds = {(rule, job): s for rule, job, s in zip(table["rule"], table["job"], table["s"])}
+    if (PLAIN_LORA_RULE, "") not in seconds:
+        raise DataError(f"timings: no {PLAIN_LORA_RULE} benchmark (results/benchmarks/{PLAIN_LORA_RULE}.tsv)")
+    rows = []
+    for variant in variants:
+        jobs = [(PLAIN_LORA_RULE, "")]
+        own = f"train_{variant}_lora"
+        if variant != "plain" and (own, "") in seconds:
+            jobs.append((own, ""))
+        if variant == "feedback":
+            if judge_job is None or ("train_judge", judge_job) not in seconds:
+                raise DataError(f"timings: no train_judge/{judge_job} benchmark for the feedback variant's judge")
+            jobs.append(("train_judge", judge_job))
+        generation = table[(table["rule"] == "generate") & table["job"].str.startswith(f"{variant}/")]
+        if generation.empty:
+            raise DataError(f"timings: no generate/{variant}/shard-* benchmarks")
+        training = float(sum(seconds[j] for j in jobs))
+        rows.append({"variant": variant, "training_s": training, "generation_s": float(generation["s"].sum()),
+                     "total_s": training + float(generation["s"].sum()),
+                     "fine_tuning_s": training - float(seconds[(PLAIN_LORA_RULE, "")]),
+                     "training_rules": " + ".join("/".join(p for p in j if p) for j in jobs)})
+    return pd.DataFrame(rows, columns=VARIANT_COST_COLUMNS)

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -37,8 +38,20 @@ BACKBONES = list(config["backbones"])
 LOSS_BACKBONES = list(config["hard"]["loss_backbones"])  # the rest are held-out judges of hardness
 VARIANTS = list(config["generation"]["variants"])
 SCORED_VARIANTS = ["real"] + VARIANTS
-LORAS = ["plain"] + [v for v in VARIANTS if v != "plain"]  # hard and feedback start from plain: it always trains
+# The Control-LoRA each variant samples: the training-free variants (mined, guided) use the plain LoRA.
+VARIANT_LORA = {"plain": "plain", "hard": "hard", "feedback": "feedback", "mined": "plain", "guided": "plain"}
+TRAINING_FREE = ["mined", "guided"]  # they also read the in-loss backbones' prototypes
+# the trained LoRAs: hard and feedback start from plain, so it always trains
+LORAS = ["plain"] + [v for v in VARIANTS if VARIANT_LORA[v] == v and v != "plain"]
 POLICIES = list(config["segment"]["policies"])
+# segment.synthetic_ratios as path labels (f"{r:g}": 0.5, 1, 2); the real policy is ratio 0. Each synthetic policy runs
+# at every ratio, real once: RUNS lists the (policy, ratio) pairs of the benchmark.
+RATIOS = [hgconfig.ratio_label(r) for r in config["segment"]["synthetic_ratios"]]
+RUNS = [(p, "0") if p == "real" else (p, r) for p in POLICIES for r in (["0"] if p == "real" else RATIOS)]
+SYNTHETIC_RUNS = [(p, r) for p, r in RUNS if p != "real"]
+# segment.batch_runs: the synthetic runs of one (arch, seed) train in one job (rule train_segmenters)
+BATCH_RUNS = bool(config["segment"]["batch_runs"]) and bool(SYNTHETIC_RUNS)
+FIDELITY_BACKBONE = config["filter"]["fidelity_backbone"]
 ARCHS = list(config["segment"]["archs"])
 SEEDS = [str(s) for s in config["segment"]["seeds"]]
 SHARDS = [str(k) for k in range(config["generation"]["shards"])]
@@ -47,6 +60,10 @@ TINY = config["model"]["base"] == "tiny"
 
 DATA_ROOT = "results/data/demo" if DEMO else config["data"]["root"]
 BASE_MODEL = "results/base_model" if TINY else config["model"]["base"]
+# A local base folder (the demo's resources/tiny-sd-polyp, a cluster's SD1.5 copy) is tracked file by file, so a
+# new base (e.g. rebuilt by `make tiny-sd`) reruns training and generation; a hub id is not tracked.
+LOCAL_BASE = not TINY and Path(BASE_MODEL).is_dir()
+BASE_FILES = sorted(str(p) for p in Path(BASE_MODEL).rglob("*") if p.is_file()) if LOCAL_BASE else []
 # The feedback LoRA's judge: its own real-only segmenter (rule train_judge), never a benchmark run; its
 # training seed is offset from feedback.judge_seed (hardgen.segment.JUDGE_SEED_OFFSET) so it differs from every
 # benchmark seed even when judge_seed equals one of segment.seeds.
@@ -58,6 +75,7 @@ wildcard_constraints:
     variant="|".join(VARIANTS),
     scored="|".join(SCORED_VARIANTS),
     policy="|".join(POLICIES),
+    ratio="|".join(re.escape(r) for r in ["0", *RATIOS]),
     arch="|".join(ARCHS),
     backbone="|".join(BACKBONES),
     seed=r"\d+",
@@ -65,8 +83,8 @@ wildcard_constraints:
 
 
 def base_model_input(wildcards):
-    """The tiny base is a workflow product; a real base (hub id or local folder) is not tracked."""
-    return BASE_MODEL if TINY else []
+    """The random tiny base is a workflow product (rule base_model); a local base folder is tracked by its files."""
+    return BASE_MODEL if TINY else BASE_FILES
 
 
 def demo_data_input(wildcards):
@@ -77,12 +95,53 @@ def lora_path(variant):
     return f"results/lora/{variant}/pytorch_lora_weights.safetensors"
 
 
-def segmenter_path(arch, policy, seed):
-    return f"results/segment/{arch}/{policy}/seed-{seed}/model.safetensors"
+def segmenter_path(arch, policy, ratio, seed):
+    return f"results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors"
+
+
+def run_paths(pattern):
+    # one path for each benchmark run, arch x (policy, ratio) x seed
+    return [pattern.format(arch=a, policy=p, ratio=r, seed=s) for a in ARCHS for p, r in RUNS for s in SEEDS]
+
+
+def batch_patterns(pattern):
+    # rule train_segmenters' outputs: one per synthetic run, {{arch}} / {{seed}} left as wildcards
+    return [pattern.format(policy=p, ratio=r) for p, r in SYNTHETIC_RUNS]
+
+
+def batch_paths(pattern, wildcards):
+    return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed) for p, r in SYNTHETIC_RUNS]
 
 
 def judge_path(arch=JUDGE, seed=JUDGE_SEED):
     return f"results/judge/{arch}/seed-{seed}/model.safetensors"
+
+
+def pixel_filter_judge(wildcards):
+    # segment.pixel_filter (FreeMask): a synthetic policy's segmenter ignores the synthetic pixels that the real-only
+    # judge of its own arch (seed feedback.judge_seed) finds too hard; off (null) or the real policy: no judge.
+    # (rule train_segmenters: a batch of synthetic runs, no policy wildcard)
+    if config["segment"]["pixel_filter"] is None or wildcards.get("policy") == "real":
+        return []
+    return judge_path(wildcards.arch)
+
+
+def generation_lora(wildcards):
+    return lora_path(VARIANT_LORA[wildcards.variant])
+
+
+def generation_prototypes(wildcards):
+    if wildcards.variant not in TRAINING_FREE:
+        return []
+    return expand("results/prototypes/{backbone}.safetensors", backbone=LOSS_BACKBONES)
+
+
+def allocation_judges(wildcards):
+    # generation.allocation hardness: every segment.archs entry's real-only judge (rule train_judge, seed
+    # feedback.judge_seed), never a benchmark segmenter; uniform needs none.
+    if config["generation"]["allocation"] != "hardness":
+        return []
+    return [judge_path(arch) for arch in ARCHS]
 
 
 def score_input(wildcards):
@@ -91,25 +150,31 @@ def score_input(wildcards):
     return f"results/generated/{wildcards.scored}/manifest.csv"
 
 
+def fidelity_input(wildcards):
+    # generated variants' score tables carry the fidelity guard's columns; real images are its calibration
+    return [] if wildcards.scored == "real" else f"results/fidelity/{wildcards.scored}.csv"
+
+
 def subset_input(wildcards):
-    # Subsets are per segmenter seed (random draws follow it). The real-only policy reads no subset, so the
-    # real-trained segmenters (and the separate feedback judge) never depend on filtering, and forcing `filter`
-    # reruns only filter, train_segmenter, evaluate and report.
-    return [] if wildcards.policy == "real" else f"results/subsets/{wildcards.policy}/seed-{wildcards.seed}.csv"
+    # Subsets are per ratio and segmenter seed (random draws follow it). The real-only policy reads no subset, so
+    # the real-trained segmenters (the fidelity guard's judges; the separate feedback judge) never depend on
+    # filtering or synthetic data, and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
+    if wildcards.policy == "real":
+        return []
+    return f"results/subsets/{wildcards.policy}/ratio-{wildcards.ratio}/seed-{wildcards.seed}.csv"
 
 
 def eval_tables():
-    return expand("results/eval/{arch}/{policy}/seed-{seed}.csv", arch=ARCHS, policy=POLICIES, seed=SEEDS)
+    return run_paths("results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.csv")
 
 
 def run_records():
-    return expand("results/segment/{arch}/{policy}/seed-{seed}/run.json", arch=ARCHS, policy=POLICIES, seed=SEEDS)
+    return run_paths("results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json")
 
 
 def sample_loss_tables():
-    # Hardness transfer is measured on the benchmark's real-policy segmenters of every seed (never the judge).
-    if "real" not in POLICIES:
-        return []
+    # Hardness transfer and the fidelity guard's Dice use the benchmark's real-policy segmenters of every arch and
+    # seed (never the feedback judge); segment.policies must include real (hardgen.config).
     return expand("results/eval/{arch}/seed-{seed}/sample_loss.csv", arch=ARCHS, seed=SEEDS)
 
 
@@ -120,4 +185,7 @@ def final_outputs():
         "results/tables/runs.csv",
         "results/tables/hardness.csv",
         "results/tables/hardness_transfer.csv",
+        "results/tables/transfer_matrix.csv",
+        "results/tables/variant_cost.csv",
+        "results/tables/fidelity.csv",
     ]

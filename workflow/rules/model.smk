@@ -1,24 +1,27 @@
-# The base generator (tiny random-init SD for the demo) and the real-feature prototypes per backbone.
+# The base generator (with model.base: tiny, a random-init tiny SD; the demo's default base is the pre-trained
+# resources/tiny-sd-polyp, shipped and not built here) and the real-feature prototypes per backbone.
 
 
-rule base_model:
-    output:
-        directory("results/base_model"),
-    log:
-        "logs/base_model.log",
-    benchmark:
-        "results/benchmarks/base_model.tsv"
-    params:
-        config_dir=config["model"]["tiny_config"],
-        seed=config["seed"],
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        ENV
-    script:
-        "../scripts/base_model.py"
+if TINY:
+
+    rule base_model:
+        output:
+            directory("results/base_model"),
+        log:
+            "logs/base_model.log",
+        benchmark:
+            "results/benchmarks/base_model.tsv"
+        params:
+            config_dir=config["model"]["tiny_config"],
+            seed=config["seed"],
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            ENV
+        script:
+            "../scripts/base_model.py"
 
 
 rule prototype:

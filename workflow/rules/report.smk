@@ -8,6 +8,9 @@ rule report:
         evals=eval_tables(),
         runs=run_records(),
         scores=expand("results/scores/{scored}.csv", scored=SCORED_VARIANTS),
+        features=expand("results/scores/{scored}.features.safetensors", scored=SCORED_VARIANTS),
+        # the feedback judge's loss on every generated sample: the transfer matrix's model-specific source
+        judge_loss=f"results/judge/{JUDGE}/seed-{JUDGE_SEED}/sample_loss.csv",
         sample_losses=sample_loss_tables(),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
         train_logs=expand("results/lora/{variant}/train_log.csv", variant=LORAS),
@@ -17,8 +20,13 @@ rule report:
         runs=report("results/tables/runs.csv", category="Benchmark", caption="../report/runs.rst"),
         hardness=report("results/tables/hardness.csv", category="Hardness", caption="../report/hardness.rst"),
         transfer=report("results/tables/hardness_transfer.csv", category="Hardness", caption="../report/transfer.rst"),
+        transfer_matrix=report(
+            "results/tables/transfer_matrix.csv", category="Hardness", caption="../report/transfer_matrix.rst"
+        ),
+        fidelity=report("results/tables/fidelity.csv", category="Hardness", caption="../report/fidelity.rst"),
         # every job but the report has finished when it runs, so its benchmark file is there
         timings=report("results/tables/timings.csv", category="Timings", caption="../report/timings.rst"),
+        variant_cost=report("results/tables/variant_cost.csv", category="Timings", caption="../report/variant_cost.rst"),
         plots=report(
             directory("results/plots"),
             patterns=["{name}.png"],
@@ -35,6 +43,9 @@ rule report:
         seeds=SEEDS,
         testsets=TESTSETS,
         loss_backbones=config["hard"]["loss_backbones"],
+        min_fidelity=config["filter"]["min_fidelity"],
+        judge_job=f"{JUDGE}/seed-{JUDGE_SEED}",  # the feedback judge's train_judge job, part of feedback's cost
+        variants=VARIANTS,
         demo=DEMO or TINY,
     threads: 1
     resources:

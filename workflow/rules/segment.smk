@@ -1,6 +1,7 @@
-# Segmentation benchmark: each architecture x policy x seed trains on real + its subset for the same number of
-# iterations (segment.iterations batches), then is evaluated on the five test sets; the real-trained models of
-# every seed also score every generated sample (does hardness transfer?). The feedback generator's judge is a
+# Segmentation benchmark: each architecture x policy x ratio x seed trains on real + its subset (round(ratio x real)
+# synthetic images; real: ratio 0) for the same number of iterations (segment.iterations batches), then is evaluated
+# on the five test sets; the real-trained models of every seed also score every generated sample (does hardness
+# transfer?) and grade it for the fidelity guard (Dice against its conditioning mask). The feedback generator's judge is a
 # separate real-only run (train_judge), so the transfer table never scores samples with the model the feedback
 # LoRA was trained against.
 
@@ -9,19 +10,21 @@ rule train_segmenter:
     input:
         manifest="results/data/manifest.csv",
         subset=subset_input,
+        judge=pixel_filter_judge,
     output:
-        model="results/segment/{arch}/{policy}/seed-{seed}/model.safetensors",
-        run="results/segment/{arch}/{policy}/seed-{seed}/run.json",
+        model="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors",
+        run="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json",
         # PraNet's test script's maps, written while the model is in memory (no second model load)
-        predictions=directory("results/predictions/{arch}/{policy}/seed-{seed}"),
+        predictions=directory("results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}"),
     log:
-        "logs/train_segmenter/{arch}/{policy}/seed-{seed}.log",
+        "logs/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/train_segmenter/{arch}/{policy}/seed-{seed}.tsv"
+        "results/benchmarks/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         segment=config["segment"],
-        policy=lambda wildcards: wildcards.policy,
+        runs=lambda wildcards: [(wildcards.policy, wildcards.ratio)],
+        batched=False,
         judge=False,
         testsets=TESTSETS,
     threads: 1
@@ -33,6 +36,71 @@ rule train_segmenter:
         ENV
     script:
         "../scripts/train_segmenter.py"
+
+
+if BATCH_RUNS:
+
+    # segment.batch_runs (the CPU demo): every synthetic run of one (arch, seed) in one job, and their maps scored in
+    # one job. Same library call per run (hardgen.benchmark_runs.train_run), same files: only the scheduling changes.
+    # Real-only runs stay one per job: the synthetic subsets are filtered with their help (fidelity).
+    ruleorder: train_segmenters > train_segmenter
+    ruleorder: evaluate_runs > evaluate
+
+    rule train_segmenters:
+        input:
+            manifest="results/data/manifest.csv",
+            subset=lambda wildcards: batch_paths("results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv", wildcards),
+            judge=pixel_filter_judge,
+        output:
+            model=batch_patterns("results/segment/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}/model.safetensors"),
+            run=batch_patterns("results/segment/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}/run.json"),
+            predictions=[
+                directory(p)
+                for p in batch_patterns("results/predictions/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}")
+            ],
+        log:
+            "logs/train_segmenters/{arch}/seed-{seed}.log",
+        benchmark:
+            "results/benchmarks/train_segmenters/{arch}/seed-{seed}.tsv"
+        params:
+            spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+            segment=config["segment"],
+            runs=SYNTHETIC_RUNS,
+            batched=True,
+            judge=False,
+            testsets=TESTSETS,
+        threads: 1
+        resources:
+            mem_mb=8000,
+            runtime=720 * len(SYNTHETIC_RUNS),
+            gpu=1,
+        conda:
+            ENV
+        script:
+            "../scripts/train_segmenter.py"
+
+    rule evaluate_runs:
+        input:
+            manifest="results/data/manifest.csv",
+            predictions=lambda wildcards: batch_paths(
+                "results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}", wildcards
+            ),
+        output:
+            table=batch_patterns("results/eval/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}.csv"),
+        log:
+            "logs/evaluate_runs/{arch}/seed-{seed}.log",
+        benchmark:
+            "results/benchmarks/evaluate_runs/{arch}/seed-{seed}.tsv"
+        params:
+            testsets=TESTSETS,
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=60 * len(SYNTHETIC_RUNS),
+        conda:
+            ENV
+        script:
+            "../scripts/evaluate.py"
 
 
 rule train_judge:
@@ -48,7 +116,8 @@ rule train_judge:
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         segment=config["segment"],
-        policy="real",
+        runs=[("real", "0")],
+        batched=False,
         judge=True,
     threads: 1
     resources:
@@ -66,13 +135,13 @@ rule evaluate:
     # rerun (`--forcerun evaluate`) rescores without retraining.
     input:
         manifest="results/data/manifest.csv",
-        predictions="results/predictions/{arch}/{policy}/seed-{seed}",
+        predictions="results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}",
     output:
-        table="results/eval/{arch}/{policy}/seed-{seed}.csv",
+        table="results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.csv",
     log:
-        "logs/evaluate/{arch}/{policy}/seed-{seed}.log",
+        "logs/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate/{arch}/{policy}/seed-{seed}.tsv"
+        "results/benchmarks/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
     params:
         testsets=TESTSETS,
     threads: 1
@@ -87,7 +156,7 @@ rule evaluate:
 
 rule segmenter_loss:
     input:
-        model=lambda wildcards: segmenter_path(wildcards.arch, "real", wildcards.seed),
+        model=lambda wildcards: segmenter_path(wildcards.arch, "real", "0", wildcards.seed),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
         "results/eval/{arch}/seed-{seed}/sample_loss.csv",
@@ -95,6 +164,32 @@ rule segmenter_loss:
         "logs/segmenter_loss/{arch}/seed-{seed}.log",
     benchmark:
         "results/benchmarks/segmenter_loss/{arch}/seed-{seed}.tsv"
+    params:
+        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+        size=config["segment"]["size"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../scripts/segmenter_loss.py"
+
+
+rule judge_loss:
+    # The feedback judge's per-sample loss on every generated sample: the model-specific hardness source of the
+    # transfer matrix (segmenter_loss's script on the judge instead of a benchmark segmenter).
+    input:
+        model=lambda wildcards: judge_path(wildcards.arch, wildcards.seed),
+        generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
+    output:
+        "results/judge/{arch}/seed-{seed}/sample_loss.csv",
+    log:
+        "logs/judge_loss/{arch}/seed-{seed}.log",
+    benchmark:
+        "results/benchmarks/judge_loss/{arch}/seed-{seed}.tsv"
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         size=config["segment"]["size"],

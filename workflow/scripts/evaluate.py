@@ -1,5 +1,6 @@
-"""Snakemake wrapper for rule evaluate: the polyp toolbox's scores (hardgen.metrics) of one segmenter's saved
-prediction maps, per test set and pooled ("overall"): rows of testset, metric, value."""
+"""Snakemake wrapper for rules evaluate (one run) and evaluate_runs (segment.batch_runs: every synthetic run of one
+arch and seed): the polyp toolbox's scores (hardgen.metrics) of saved prediction maps, per test set and pooled
+("overall"): rows of testset, metric, value."""
 
 from hardgen.logging_utils import stage_logging
 
@@ -10,7 +11,11 @@ with stage_logging(snakemake.log[0]) as log:
 
     manifest = load_manifest(snakemake.input.manifest)
     test_rows = manifest[manifest["split"].isin(snakemake.params.testsets)]
-    table = evaluate_table(prediction_table(test_rows, snakemake.input.predictions))
-    write_csv(snakemake.output.table, table)
-    log.info("\n%s", table.pivot(index="testset", columns="metric", values="value")
-             .reindex(index=table["testset"].unique(), columns=table["metric"].unique()).round(4).to_string())
+    predictions, tables = snakemake.input.predictions, snakemake.output.table
+    if isinstance(tables, str):  # rule evaluate: one run
+        predictions, tables = [predictions], [tables]
+    for folder, out in zip(predictions, tables, strict=True):
+        table = evaluate_table(prediction_table(test_rows, folder))
+        write_csv(out, table)
+        log.info("%s\n%s", folder, table.pivot(index="testset", columns="metric", values="value")
+                 .reindex(index=table["testset"].unique(), columns=table["metric"].unique()).round(4).to_string())

@@ -1,4 +1,9 @@
-"""Snakemake wrapper for rule generate: one shard of one variant's images."""
+"""Snakemake wrapper for rule generate: one shard of one variant's images (the planned samples).
+
+plain, hard and feedback sample their own Control-LoRA; mined and guided sample the plain LoRA with the in-loss
+backbones' discrepancy (hardgen.mining): mined keeps the most discrepant of generation.candidates noises per sample,
+guided follows the discrepancy gradient inside generation.guided.window.
+"""
 
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
@@ -10,11 +15,27 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
 
     p, gen = snakemake.params, snakemake.params.generation
     shard, variant = int(snakemake.wildcards.shard), snakemake.wildcards.variant
+    mining = guidance = judge = None
+    settings = {**gen, "model": p.model, "seed": p.seed}
+    if variant in ("mined", "guided"):
+        from hardgen.io import file_digest
+        from hardgen.mining import GuidanceSettings, MiningSettings, load_judge
+
+        if variant == "mined":
+            mining = MiningSettings(candidates=gen["candidates"], mining_steps=gen["mining_steps"])
+        else:
+            guidance = GuidanceSettings(strength=gen["guided"]["strength"], window=tuple(gen["guided"]["window"]))
+        prototypes = dict(zip(p.backbones, snakemake.input.prototypes, strict=True))  # hard.loss_backbones order
+
+        def judge(device):
+            return load_judge(p.backbones, prototypes, resolution=p.model["resolution"], pad=p.pad, device=device)
+
+        # the judge decides what is kept: its backbones, prototypes and crop are part of what made the images
+        settings |= {"variant": variant, "backbones": p.backbones, "pad": p.pad,
+                     "prototypes": {k: file_digest(v) for k, v in prototypes.items()}}
     # Images already in the shard folder are kept on rerun (crash resume) only if the same LoRA and settings
     # made them.
-    fingerprint = generation_fingerprint(
-        snakemake.input.lora, p.base, {**gen, "model": p.model, "seed": p.seed}
-    )
+    fingerprint = generation_fingerprint(snakemake.input.lora, p.base, settings)
     kept = reset_if_changed(p.out_dir, fingerprint)
     log.info("shard folder %s: %s", p.out_dir, "resuming" if kept else "fresh")
     table = generate_shard(
@@ -35,6 +56,10 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         device=configure_torch(snakemake.threads),
         variant=variant,
         vae=p.model["vae"],
+        plan=snakemake.input.plan,
+        mining=mining,
+        guidance=guidance,
+        judge=judge,
     )
     write_csv(snakemake.output[0], table)
     log.info("%s shard %d: %d images", variant, shard, len(table))

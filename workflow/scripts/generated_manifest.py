@@ -4,5 +4,5 @@ from hardgen.generate import merge_shards
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
-    merged = merge_shards(snakemake.input.shards, snakemake.output[0], conditions=snakemake.input.conditions)
+    merged = merge_shards(snakemake.input.shards, snakemake.output[0], plan=snakemake.input.plan)
     log.info("%s: %d generated samples", snakemake.wildcards.variant, len(merged))

@@ -1,11 +1,11 @@
-"""Snakemake wrapper for rule report: benchmark, runs and hardness tables, plots."""
+"""Snakemake wrapper for rule report: benchmark, runs, hardness and transfer tables, plots, timings and costs."""
 
 from pathlib import Path
 
 from hardgen.io import write_csv
 from hardgen.logging_utils import stage_logging
 from hardgen.report import write_report
-from hardgen.timings import plot_timings, timings_table
+from hardgen.timings import plot_timings, timings_table, variant_cost
 
 with stage_logging(snakemake.log[0]) as log:
     inp = snakemake.input
@@ -22,6 +22,9 @@ with stage_logging(snakemake.log[0]) as log:
         sample_loss_csvs=list(inp.sample_losses),
         train_logs=list(inp.train_logs),
         demo=bool(snakemake.params.demo),
+        min_fidelity=snakemake.params.min_fidelity,  # the fidelity guard's table (results/tables/fidelity.csv)
+        judge_loss_csv=inp.judge_loss,
+        feature_files=list(inp.features),
     )
     log.info("wrote %s", sorted(str(p) for p in written.values()))
     # per-rule times of this run, from the benchmark files of every job upstream of the report
@@ -29,3 +32,8 @@ with stage_logging(snakemake.log[0]) as log:
     write_csv(snakemake.output.timings, timings)
     plot_timings(timings, Path(snakemake.output.plots) / "timings.png")
     log.info("timings: %d jobs, %.0f s of job time", len(timings), timings["s"].sum())
+    # what each variant cost to make: its training (plain LoRA + own fine-tuning) next to its generation
+    costs = variant_cost(timings, list(snakemake.params.variants), judge_job=snakemake.params.judge_job)
+    write_csv(snakemake.output.variant_cost, costs)
+    log.info("variant cost (s): %s",
+             costs.set_index("variant")[["training_s", "generation_s"]].round(1).to_dict("index"))

@@ -1,4 +1,4 @@
-"""Snakemake wrapper for rule score: each sample's prototype discrepancy under every backbone."""
+"""Snakemake wrapper for rule score: each sample's prototype discrepancy under every backbone (and its features)."""
 
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
@@ -14,9 +14,11 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         backbones={k: BackboneSpec.from_config(k, snakemake.params.backbones[k]) for k in keys},
         prototype_paths=dict(zip(keys, snakemake.input.prototypes, strict=True)),
         variant=variant,
-        out_path=snakemake.output[0],
+        out_path=snakemake.output.scores,
         pad=snakemake.params.pad,
         device=configure_torch(snakemake.threads),
         resolution=snakemake.params.resolution,
+        features_path=snakemake.output.features,
+        fidelity_path=snakemake.input.fidelity or None,  # generated variants: the fidelity guard's columns
     )
     log.info("%s: mean z per backbone %s", variant, scores.groupby("backbone")["z"].mean().round(3).to_dict())

@@ -1,5 +1,7 @@
-"""Snakemake wrapper for rule segmenter_loss: per-sample loss of one real-trained benchmark segmenter (arch, seed)
-on every generated sample, with each sample's mask foreground fraction (the covariate of the transfer table)."""
+"""Snakemake wrapper for rules segmenter_loss and judge_loss: per-sample loss of one real-trained benchmark segmenter
+(arch, seed), or of the feedback judge (the transfer matrix's model-specific source), on every generated sample,
+with each sample's mask foreground fraction (the covariate of the transfer table) and the Dice of its prediction
+against the conditioning mask (the fidelity guard's first view, hardgen.fidelity)."""
 
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
@@ -23,6 +25,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         losses["fg_fraction"] = foreground_fractions(generated)["fg_fraction"].to_numpy()
         frames.append(losses.assign(variant=variants[0]))
     table = pd.concat(frames, ignore_index=True)
-    write_table(snakemake.output[0], table, ["sample_id", "variant", "loss", "fg_fraction"], "sample losses")
-    log.info("%s/seed-%s: mean loss per variant %s", arch, seed,
-             table.groupby("variant")["loss"].mean().round(4).to_dict())
+    write_table(snakemake.output[0], table, ["sample_id", "variant", "loss", "dice", "fg_fraction"], "sample losses")
+    log.info("%s/seed-%s: mean loss per variant %s; mean Dice %s", arch, seed,
+             table.groupby("variant")["loss"].mean().round(4).to_dict(),
+             table.groupby("variant")["dice"].mean().round(4).to_dict())

@@ -1,57 +1,31 @@
-"""Snakemake wrapper for rules train_segmenter (arch x policy x seed on real + its subset) and train_judge.
+"""Snakemake wrapper for rules train_segmenter (one run), train_segmenters (segment.batch_runs: every synthetic run of
+one arch and seed) and train_judge: hardgen.benchmark_runs.train_run for each run.
 
-Both train on the real training images plus the policy's subset (none for the judge) for segment.iterations
-batches, and write run.json (hardgen.segment.write_run_record) beside the model. A benchmark segmenter then
-saves its PraNet-style prediction maps of the test sets (hardgen.predict) while the model is in memory; the
-evaluate rule scores those files. The judge (params.judge) trains
-with seed JUDGE_SEED_OFFSET + feedback.judge_seed, so it is never the same run as a benchmark segmenter.
+Each run trains on the real training images plus its policy's subset for segment.iterations batches, writes
+run.json beside the model and (benchmark runs) its PraNet-style test maps; the evaluate rule scores those. The
+judge (params.judge) trains with seed JUDGE_SEED_OFFSET + feedback.judge_seed. With segment.pixel_filter set, a
+synthetic run gets the real-only judge of its arch (input.judge, FreeMask's pixel filter).
 """
-
-from pathlib import Path
 
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
-    import pandas as pd
+    from hardgen.benchmark_runs import RunPaths, train_run
 
-    from hardgen.data import load_manifest
-    from hardgen.segment import JUDGE_SEED_OFFSET, SegmenterSpec, train_segmenter, write_run_record
-
-    arch, cfg, policy = snakemake.wildcards.arch, snakemake.params.segment, snakemake.params.policy
-    seed = int(snakemake.wildcards.seed)
-    training_seed = JUDGE_SEED_OFFSET + seed if snakemake.params.judge else seed
-    manifest = load_manifest(snakemake.input.manifest)
-    pairs = manifest.loc[manifest["split"] == "train", ["id", "image", "mask"]].rename(columns={"id": "sample_id"})
-    pairs = pairs.assign(variant="real")
-    subset_path = snakemake.input.get("subset")
-    if subset_path:
-        subset = pd.read_csv(subset_path, dtype={"sample_id": str})
-        pairs = pd.concat([pairs, subset], ignore_index=True)
-    summary = train_segmenter(
-        pairs,
-        SegmenterSpec.from_config(snakemake.params.spec, arch),
-        out_dir=Path(snakemake.output.model).parent,
-        size=cfg["size"],
-        iterations=cfg["iterations"],
-        batch_size=cfg["batch_size"],
-        lr=cfg["learning_rate"],
-        grad_clip=cfg["grad_clip"],
-        multi_scale=cfg["multi_scale"],
-        seed=training_seed,
-        device=configure_torch(snakemake.threads),
-        config_key=arch,
-    )
-    record = write_run_record(snakemake.output.run, arch, policy, seed, summary)
-    if hasattr(snakemake.output, "predictions"):
-        from hardgen.predict import save_prediction_maps
-        from hardgen.segment import load_segmenter
-
-        device = configure_torch(snakemake.threads)
-        model = load_segmenter(SegmenterSpec.from_config(snakemake.params.spec, arch), snakemake.output.model,
-                               device=device)
-        test_rows = manifest[manifest["split"].isin(snakemake.params.testsets)]
-        maps = save_prediction_maps(model, test_rows, size=cfg["size"], out_root=snakemake.output.predictions,
-                                    device=device)
-        log.info("%d prediction maps in %s", len(maps), snakemake.output.predictions)
-    log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if snakemake.params.judge else "", record)
+    device = configure_torch(snakemake.threads)
+    arch, seed = snakemake.wildcards.arch, int(snakemake.wildcards.seed)
+    runs = snakemake.params.runs  # [(policy, ratio label)]: one per job, or a batch
+    batched = snakemake.params.batched  # outputs are lists, one entry per run
+    for k, (policy, ratio) in enumerate(runs):
+        paths = RunPaths(
+            model=snakemake.output.model[k] if batched else snakemake.output.model,
+            run=snakemake.output.run[k] if batched else snakemake.output.run,
+            subset=(snakemake.input.subset[k] if batched else snakemake.input.subset) if policy != "real" else None,
+            predictions=((snakemake.output.predictions[k] if batched else snakemake.output.predictions)
+                         if hasattr(snakemake.output, "predictions") else None),
+        )
+        train_run(snakemake.input.manifest, snakemake.params.spec, snakemake.params.segment, arch, policy,
+                  float(ratio), seed, paths, device, judge=snakemake.params.judge,
+                  filter_judge=snakemake.input.get("judge") or None, testsets=snakemake.params.get("testsets", ()))
+        log.info("run %d/%d done: %s ratio %s", k + 1, len(runs), policy, ratio)

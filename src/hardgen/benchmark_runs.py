@@ -1,0 +1,104 @@
+"""One benchmark (or judge) segmenter run end to end: training table, optional pixel filter, training, record, maps.
+
+Rules ``train_segmenter`` (one run per job), ``train_segmenters`` (``segment.batch_runs``: every synthetic run of one
+architecture and seed in one job) and ``train_judge`` all call :func:`train_run`, so a run gives the same model,
+record and maps whichever way it was scheduled. Batching exists for small machines: on 2 CPU cores most of a demo
+run's job time is interpreter start-up and imports (~7 s per torch job), not training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from hardgen.data import load_manifest
+from hardgen.segment import JUDGE_SEED_OFFSET, SegmenterSpec, load_segmenter, train_segmenter, write_run_record
+
+log = logging.getLogger("hardgen.segment")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run reads its subset and writes its outputs (``predictions`` None: a judge, no test maps)."""
+
+    model: str
+    run: str
+    subset: str | None = None
+    predictions: str | None = None
+
+
+def training_pairs(manifest: pd.DataFrame, subset_path: str | None) -> pd.DataFrame:
+    """The real training pairs (variant ``real``) plus the policy's synthetic subset table, if any."""
+    pairs = manifest.loc[manifest["split"] == "train", ["id", "image", "mask"]].rename(columns={"id": "sample_id"})
+    pairs = pairs.assign(variant="real")
+    if subset_path:
+        if not Path(subset_path).is_file():
+            raise FileNotFoundError(f"{subset_path}: subset table not found")
+        subset = pd.read_csv(subset_path, dtype={"sample_id": str})
+        pairs = pd.concat([pairs, subset], ignore_index=True)
+    return pairs
+
+
+def train_run(
+    manifest_path: str | Path,
+    spec_config: Mapping[str, Any],
+    segment: Mapping[str, Any],
+    arch: str,
+    policy: str,
+    ratio: float,
+    seed: int,
+    paths: RunPaths,
+    device: torch.device,
+    judge: bool = False,
+    filter_judge: str | None = None,
+    testsets: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Train one segmenter on real + its subset for ``segment.iterations`` batches; write model, run.json, maps.
+
+    ``judge``: the feedback judge's run (training seed ``JUDGE_SEED_OFFSET + seed``, no test maps).
+    ``filter_judge``: the real-only judge's weights when ``segment.pixel_filter`` is on for this (synthetic) run:
+    synthetic pixels it finds too hard are left out of the loss (:mod:`hardgen.pixel_filter`).
+    Returns the run record.
+    """
+    spec = SegmenterSpec.from_config(dict(spec_config), arch)
+    manifest = load_manifest(manifest_path)
+    pairs = training_pairs(manifest, paths.subset)
+    ignore_masks = None
+    if filter_judge:
+        from hardgen.pixel_filter import pixel_filter_masks
+
+        judge_model = load_segmenter(spec, filter_judge, device=device)
+        ignore_masks = pixel_filter_masks(judge_model, pairs, size=segment["size"], factor=segment["pixel_filter"],
+                                          batch_size=segment["batch_size"], device=device).ignore
+        del judge_model
+    summary = train_segmenter(
+        pairs,
+        spec,
+        out_dir=Path(paths.model).parent,
+        size=segment["size"],
+        iterations=segment["iterations"],
+        batch_size=segment["batch_size"],
+        lr=segment["learning_rate"],
+        grad_clip=segment["grad_clip"],
+        multi_scale=segment["multi_scale"],
+        seed=JUDGE_SEED_OFFSET + seed if judge else seed,
+        device=device,
+        config_key=arch,
+        ignore_masks=ignore_masks,
+    )
+    record = write_run_record(paths.run, arch, policy, seed, summary, ratio=ratio)
+    if paths.predictions:
+        from hardgen.predict import save_prediction_maps
+
+        model = load_segmenter(spec, paths.model, device=device)
+        test_rows = manifest[manifest["split"].isin(list(testsets))]
+        maps = save_prediction_maps(model, test_rows, size=segment["size"], out_root=paths.predictions, device=device)
+        log.info("%d prediction maps in %s", len(maps), paths.predictions)
+    log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if judge else "", record)
+    return record

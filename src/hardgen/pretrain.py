@@ -1,0 +1,406 @@
+"""Pre-train the demo's tiny Stable Diffusion on procedural polyp images (``hardgen pretrain-tiny``, ``make tiny-sd``).
+
+Why: a random-init base decodes coloured noise, so no demo picture can show what hardness does and hardness
+effects stay tiny. Stable Diffusion's own recipe, shrunk to the demo: the tiny VAE of ``resources/tiny-sd`` learns
+to reconstruct the images (L1 + a small KL, as the SD VAE without its perceptual and adversarial terms), then the
+tiny UNet learns the standard DDPM epsilon loss on the VAE's scaled latents, conditioned on the demo prompt and on
+the empty prompt (dropped at ``empty_prompt_prob``, so classifier-free guidance works as in SD). The text encoder
+stays the ``tiny`` base's random-init, frozen one: one prompt needs no language model, only a fixed embedding.
+
+The images come from the demo's own renderer (:func:`hardgen.data.render_demo_pool`) on a seed stream that the
+demo dataset never draws from, in all five test-set styles, at ``model.resolution``. The VAE also sees the
+workflow's condition images (canny edges and masks of the same polyps), because Control-LoRA encodes its
+condition with this VAE (``control_lora.encode_condition``): the encoder must keep thin edges, not only mucosa.
+
+Everything is seeded: one ``torch.Generator`` per stage draws every batch, crop, noise and timestep, so the same
+settings and thread count give bit-identical weights on the CPU. The result is a normal diffusers
+``StableDiffusionPipeline`` folder in safetensors with a ``README.md`` model card, written atomically
+(:func:`hardgen.base_model.save_sd_folder`), and loaded by :func:`hardgen.base_model.load_components` like any base.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+LOG = logging.getLogger("hardgen.pretrain")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Every knob of the pre-training; the defaults made the shipped ``resources/tiny-sd-polyp``."""
+
+    seed: int = 0
+    #: procedural images in the training pool (each seen several times; rendering costs ~5 ms each)
+    images: int = 2000
+    #: images of a disjoint stream, never trained on: the held-out reconstruction PSNR in the model card
+    heldout: int = 64
+    resolution: int = 64  # model.resolution
+    min_size: int = 72  # data.demo.min_size / max_size: the demo's raw image sizes, brought to resolution
+    max_size: int = 112
+    prompt: str = "an endoscopic image of a colon polyp"  # model.prompt
+    canny_low: int = 100  # condition.canny_low / canny_high
+    canny_high: int = 200
+    #: condition images (canny edges, masks) per VAE training image
+    condition_share: float = 0.2
+    vae_steps: int = 400
+    vae_batch: int = 32
+    #: the VAE is convolutional: random crops of this size teach it the same texture at a quarter of the cost
+    vae_crop: int = 32
+    vae_lr: float = 2e-3
+    #: per latent element, relative to the per-pixel L1: keeps the posterior near N(0, 1) scale, nothing more
+    kl_weight: float = 1e-4
+    unet_steps: int = 800
+    unet_batch: int = 16
+    unet_lr: float = 1e-3
+    warmup_steps: int = 50
+    empty_prompt_prob: float = 0.1
+    #: EMA of the UNet weights (what is saved): a short run's samples are much cleaner from the average
+    ema_decay: float = 0.999
+    max_grad_norm: float = 1.0
+    threads: int = 2
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, named as its field (the CLI flag is the same name with dashes)."""
+        problems = []
+        positive = ("images", "heldout", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "threads")
+        problems += [f"{name} must be >= 1 (got {getattr(self, name)})" for name in positive if getattr(self, name) < 1]
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0 (got {self.seed})")
+        if self.resolution < 16 or self.resolution % 8:
+            problems.append(f"resolution must be a multiple of 8 and >= 16 (got {self.resolution})")
+        if not 16 <= self.min_size <= self.max_size:
+            problems.append(f"min_size/max_size must satisfy 16 <= min <= max (got {self.min_size}, {self.max_size})")
+        if not 8 <= self.vae_crop <= self.resolution or self.vae_crop % 8:
+            problems.append(f"vae_crop must be a multiple of 8 in [8, resolution] (got {self.vae_crop})")
+        for name in ("vae_lr", "unet_lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("kl_weight", "condition_share", "warmup_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("empty_prompt_prob", "ema_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if not 0 <= self.canny_low < self.canny_high <= 255:
+            problems.append(f"canny_low/canny_high must satisfy 0 <= low < high <= 255 (got {self.canny_low}, "
+                            f"{self.canny_high})")
+        if not self.prompt.strip():
+            problems.append("prompt must not be empty")
+        return problems
+
+    def check(self) -> None:
+        """Raise ``ValueError`` listing every problem (before any slow work starts)."""
+        problems = self.problems()
+        if problems:
+            raise ValueError("pretrain settings:\n  " + "\n  ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------- data
+def render_training_set(settings: PretrainSettings, n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images ``(n, R, R, 3)`` uint8, condition images ``(m, R, R, 3)`` uint8) of pool ``stream`` at resolution R.
+
+    Images and masks are brought to R by :func:`hardgen.io.fit_square`, the workflow's one transform; the
+    conditions are made from the resized masks by :func:`hardgen.conditioning.mask_to_condition`, as
+    ``make_conditions`` makes them: canny and mask kinds alternating, ``round(n * condition_share)`` of them.
+    """
+    from hardgen.conditioning import mask_to_condition
+    from hardgen.data import render_demo_pool
+    from hardgen.io import fit_square
+
+    size = settings.resolution
+    pool = render_demo_pool(n, settings.seed, settings.min_size, settings.max_size, stream=stream)
+    images = np.stack([fit_square(image, size) for _, image, _ in pool])
+    n_conditions = round(n * settings.condition_share)
+    kinds = ("canny", "mask")
+    conditions = [
+        mask_to_condition(fit_square(pool[i][2], size, is_mask=True), kinds[i % 2], settings.canny_low,
+                          settings.canny_high)
+        for i in range(n_conditions)
+    ]
+    empty = np.zeros((0, size, size, 3), np.uint8)
+    return images, np.stack(conditions) if conditions else empty
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [-1, 1], as ``train_data.PairDataset`` feeds the VAE."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Per-image PSNR (dB, pixels in [0, 1]) of ``decode(encode(x).mode())``: how well a VAE keeps an image."""
+    vae.eval()
+    scores = []
+    for start in range(0, len(images), batch):
+        x = to_model_range(images[start:start + batch]).to(vae.dtype)
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
+        mse = ((y - x.float()) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        scores.append((10 * torch.log10(1 / mse)).numpy())
+    return np.concatenate(scores)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def train_vae(vae: torch.nn.Module, pixels: torch.Tensor, settings: PretrainSettings) -> list[dict[str, float]]:
+    """Train ``vae`` in place on random crops of ``pixels`` ((N, 3, R, R) in [-1, 1]); return per-step losses.
+
+    Loss = mean |x - decode(z)| + kl_weight * mean KL(q(z|x) || N(0, I)), z drawn from the posterior: SD's VAE
+    objective without LPIPS and the discriminator (the demo needs faithful colours and shapes, not crisp detail).
+    One-cycle learning rate (short warm-up, cosine decay), gradients clipped at ``max_grad_norm``.
+    """
+    s = settings
+    generator = torch.Generator().manual_seed(s.seed + 101)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=s.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.vae_lr, total_steps=s.vae_steps, pct_start=0.05)
+    vae.to(memory_format=torch.channels_last).train()  # channels-last convolutions: ~30 % faster on the CPU
+    log = []
+    span = pixels.shape[-1] - s.vae_crop + 1
+    for _ in tqdm(range(s.vae_steps), desc="VAE", unit="step"):
+        index = torch.randint(0, len(pixels), (s.vae_batch,), generator=generator)
+        top, left = torch.randint(0, span, (2,), generator=generator).tolist()
+        x = pixels[index, :, top:top + s.vae_crop, left:left + s.vae_crop].contiguous(memory_format=torch.channels_last)
+        posterior = vae.encode(x).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(posterior.mean + posterior.std * noise).sample
+        l1 = (recon - x).abs().mean()
+        kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+        loss = l1 + s.kl_weight * kl
+        _check_finite(loss, "VAE", len(log))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), s.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        log.append({"l1": float(l1.detach()), "kl": float(kl.detach())})
+    vae.to(memory_format=torch.contiguous_format).eval()  # safetensors stores contiguous tensors
+    return log
+
+
+@torch.no_grad()
+def latent_moments(vae: torch.nn.Module, pixels: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Posterior moments (mean, logvar stacked on dim 1) of every image: the UNet stage never runs the VAE."""
+    vae.eval()
+    return torch.cat([vae.encode(pixels[i:i + batch]).latent_dist.parameters
+                      for i in tqdm(range(0, len(pixels), batch), desc="encode", unit="batch")])
+
+
+def latent_scaling_factor(moments: torch.Tensor, seed: int) -> float:
+    """``1 / std`` of posterior samples, rounded to 5 digits: SD's ``scaling_factor`` (0.18215), measured the same way,
+    so the UNet sees unit-variance latents and the noise schedule means what it says."""
+    mean, logvar = moments.chunk(2, dim=1)
+    generator = torch.Generator().manual_seed(seed + 202)
+    sample = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+    return round(1.0 / float(sample.std()), 5)
+
+
+def train_unet(
+    unet: torch.nn.Module,
+    moments: torch.Tensor,
+    scaling_factor: float,
+    prompt_embeds: torch.Tensor,
+    empty_embeds: torch.Tensor,
+    noise_scheduler: Any,
+    settings: PretrainSettings,
+) -> list[float]:
+    """Train ``unet`` with the DDPM epsilon loss on scaled latents; return the per-step losses.
+
+    Each step draws images, a latent from each posterior (as SD training does), noise and uniform timesteps,
+    and the prompt embedding, replaced by the empty prompt's with ``empty_prompt_prob``. AdamW with linear
+    warm-up then cosine decay; the EMA (diffusers' ``EMAModel``, warm-up ``(1+t)/(10+t)`` capped at ``ema_decay``)
+    replaces the trained weights at the end, so on return ``unet`` holds the averaged weights (what is saved).
+    """
+    from diffusers.training_utils import EMAModel
+
+    s = settings
+    if noise_scheduler.config.prediction_type != "epsilon":
+        raise ValueError(f"scheduler prediction_type {noise_scheduler.config.prediction_type!r}: pretraining "
+                         "implements the epsilon loss only")
+    generator = torch.Generator().manual_seed(s.seed + 303)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=s.unet_lr, weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:
+        if step < s.warmup_steps:
+            return (step + 1) / s.warmup_steps
+        progress = (step - s.warmup_steps) / max(1, s.unet_steps - s.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    ema = EMAModel(unet.parameters(), decay=s.ema_decay)
+    n_timesteps = noise_scheduler.config.num_train_timesteps
+    unet.to(memory_format=torch.channels_last).train()
+    log: list[float] = []
+    for _ in tqdm(range(s.unet_steps), desc="UNet", unit="step"):
+        index = torch.randint(0, len(moments), (s.unet_batch,), generator=generator)
+        mean, logvar = moments[index].chunk(2, dim=1)
+        latents = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)) * scaling_factor
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, n_timesteps, (s.unet_batch,), generator=generator)
+        drop = torch.rand(s.unet_batch, generator=generator) < s.empty_prompt_prob
+        hidden = torch.where(drop.view(-1, 1, 1), empty_embeds, prompt_embeds)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps).contiguous(memory_format=torch.channels_last)
+        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=hidden).sample, noise)
+        _check_finite(loss, "UNet", len(log))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), s.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        ema.step(unet.parameters())
+        log.append(float(loss.detach()))
+    ema.copy_to(unet.parameters())
+    unet.to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
+    return log
+
+
+def _check_finite(loss: torch.Tensor, stage: str, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"pretrain {stage}: loss is {float(loss)} at step {step}; lower the learning rate")
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def pretrain_tiny_sd(
+    config_dir: str | Path,
+    out_dir: str | Path,
+    settings: PretrainSettings = PretrainSettings(),
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Pre-train the tiny SD of ``config_dir`` (``model.tiny_config``) and save it to ``out_dir``; return a summary.
+
+    Starts from :func:`hardgen.base_model.random_sd_pipeline` (the ``tiny`` base's weights for the same seed),
+    trains the VAE, sets its ``scaling_factor`` from the pool's latents, trains the UNet on them, and saves the
+    pipeline with the UNet's EMA weights and a ``README.md`` (settings, losses, held-out PSNR, ``command``).
+    Uses ``settings.threads`` torch threads (restored afterwards). Bad settings raise ``ValueError`` before any
+    work; the folder is written atomically, so a failed or interrupted run leaves the old ``out_dir`` as it was.
+    """
+    from hardgen.base_model import random_sd_pipeline, save_sd_folder
+    from hardgen.data import HELDOUT_STREAM, PRETRAIN_STREAM
+    from hardgen.train_data import encode_prompts
+
+    settings.check()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        pipe = random_sd_pipeline(config_dir, settings.seed)
+        images, conditions = render_training_set(settings, settings.images, PRETRAIN_STREAM)
+        heldout, _ = render_training_set(dataclasses.replace(settings, condition_share=0.0), settings.heldout,
+                                         HELDOUT_STREAM)
+        psnr_random = float(reconstruction_psnr(pipe.vae, heldout).mean())
+
+        vae_log = train_vae(pipe.vae, to_model_range(np.concatenate([images, conditions])), settings)
+        psnr = float(reconstruction_psnr(pipe.vae, heldout).mean())
+        moments = latent_moments(pipe.vae, to_model_range(images))
+        scaling_factor = latent_scaling_factor(moments, settings.seed)
+        pipe.vae.register_to_config(scaling_factor=scaling_factor)
+
+        with torch.no_grad():
+            prompts = encode_prompts({"tokenizer": pipe.tokenizer, "text_encoder": pipe.text_encoder.eval()},
+                                     settings.prompt, "sd15", torch.device("cpu"))
+        unet_log = train_unet(pipe.unet, moments, scaling_factor, prompts.prompt, prompts.empty, pipe.scheduler,
+                              settings)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    tail = max(1, len(unet_log) // 10)
+    vae_tail = vae_log[-max(1, len(vae_log) // 10):]
+    summary = {
+        "out": str(out_dir),
+        "settings": dataclasses.asdict(settings),
+        "vae_l1": float(np.mean([row["l1"] for row in vae_tail])),
+        "vae_kl": float(np.mean([row["kl"] for row in vae_tail])),
+        "unet_mse_first": float(np.mean(unet_log[:tail])),
+        "unet_mse": float(np.mean(unet_log[-tail:])),
+        "heldout_psnr": psnr,
+        "heldout_psnr_random_vae": psnr_random,
+        "scaling_factor": scaling_factor,
+        "condition_images": len(conditions),
+    }
+    save_sd_folder(pipe, out_dir, {"README.md": model_card(summary, command)})
+    LOG.info("pre-trained tiny SD saved to %s: %s", out_dir, json.dumps(summary))
+    return summary
+
+
+def model_card(summary: dict[str, Any], command: str | None = None) -> str:
+    """The ``README.md`` of a pre-trained folder: how it was made and what it reached (no timings: reproducible)."""
+    s = summary["settings"]
+    lines = [
+        "# tiny-sd-polyp: the hardgen demo's pre-trained tiny Stable Diffusion",
+        "",
+        "A normal diffusers `StableDiffusionPipeline` folder (safetensors, fp32): the tiny SD of `resources/tiny-sd`",
+        "pre-trained on procedural colonoscopy-like images by `hardgen.pretrain`, so that the demo's base",
+        "(`config/config.yaml`: `model.base: resources/tiny-sd-polyp`) has learned its data.",
+        "",
+        f"Made by `{command or 'hardgen pretrain-tiny --out resources/tiny-sd-polyp'}` (`make tiny-sd` runs the",
+        f"defaults) with seed {s['seed']} and {s['threads']} torch threads on the CPU; the same command, seed and",
+        "thread count give the same weights.",
+        "",
+        "## Data",
+        f"{s['images']} images from the demo's own renderer (`hardgen.data.render_demo_pool`, seed stream",
+        "`[seed, 3, i]`, which the demo dataset never draws from), the five demo styles in equal shares, raw sides",
+        f"{s['min_size']}-{s['max_size']} px brought to {s['resolution']} px by `hardgen.io.fit_square`. The VAE also",
+        f"saw {summary['condition_images']} condition images (canny {s['canny_low']}/{s['canny_high']} edges and",
+        "masks of the same polyps): Control-LoRA encodes its condition with this VAE.",
+        "",
+        "## Training",
+        f"- VAE: {s['vae_steps']} steps of {s['vae_batch']} random {s['vae_crop']} px crops, AdamW lr {s['vae_lr']}",
+        f"  (one-cycle), loss L1 + {s['kl_weight']} x KL (per element); `scaling_factor` = 1 / std of the pool's",
+        f"  latents = {summary['scaling_factor']}.",
+        f"- UNet: {s['unet_steps']} steps of {s['unet_batch']}, AdamW lr {s['unet_lr']} ({s['warmup_steps']} warm-up",
+        "  steps, then cosine decay), DDPM epsilon MSE on the scaled latents, prompt",
+        f"  \"{s['prompt']}\" (the empty prompt with p = {s['empty_prompt_prob']}); the EMA weights",
+        f"  (decay {s['ema_decay']}) are saved.",
+        "- Text encoder: random-init and frozen (the `tiny` base's for the same seed); scheduler and tokenizer:",
+        "  `resources/tiny-sd`'s.",
+        "",
+        "## Losses",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| VAE L1, last 10 % of steps (pixels in [-1, 1]) | {summary['vae_l1']:.4f} |",
+        f"| VAE KL per latent element, last 10 % of steps | {summary['vae_kl']:.3f} |",
+        f"| UNet epsilon MSE, first 10 % of steps | {summary['unet_mse_first']:.4f} |",
+        f"| UNet epsilon MSE, last 10 % of steps | {summary['unet_mse']:.4f} |",
+        (f"| held-out reconstruction PSNR ({s['heldout']} images of stream `[seed, 4, i]`) | "
+         f"{summary['heldout_psnr']:.2f} dB |"),
+        f"| the same, random-init VAE | {summary['heldout_psnr_random_vae']:.2f} dB |",
+        "",
+        "Full settings:",
+        "",
+        "```json",
+        json.dumps(s, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> PretrainSettings:
+    """Settings that match a workflow config (resolution, prompt, demo image sizes, canny thresholds)."""
+    values = {
+        "resolution": config["model"]["resolution"],
+        "prompt": config["model"]["prompt"],
+        "min_size": config["data"]["demo"]["min_size"],
+        "max_size": config["data"]["demo"]["max_size"],
+        "canny_low": config["condition"]["canny_low"],
+        "canny_high": config["condition"]["canny_high"],
+    }
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(PretrainSettings)})
+    if unknown:
+        raise ValueError(f"pretrain settings: unknown {unknown}")
+    return PretrainSettings(**values)
+
+
+def setting_names() -> Sequence[str]:
+    """The names of :class:`PretrainSettings` fields (the CLI exposes each as ``--name-with-dashes``)."""
+    return [f.name for f in dataclasses.fields(PretrainSettings)]

@@ -1,0 +1,65 @@
+"""hardgen.benchmark_runs: one run's files are the same whether a job trains one run or a batch of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hardgen import data
+from hardgen.benchmark_runs import RunPaths, train_run, training_pairs
+from hardgen.weights import load_state_dict
+
+TESTSETS = ["CVC-300", "Kvasir"]
+SPEC = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": None}
+SEGMENT = {"size": 32, "iterations": 2, "batch_size": 4, "learning_rate": 1e-3, "grad_clip": 0.5,
+           "multi_scale": [1.0], "pixel_filter": None}
+
+
+@pytest.fixture(scope="module")
+def manifest_path(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    data.make_demo_dataset(root / "data", TESTSETS, n_train=4, n_test=2, min_size=40, max_size=48, seed=3)
+    path = root / "manifest.csv"
+    data.write_manifest(data.build_manifest(root / "data", TESTSETS), path)
+    return path
+
+
+def _run(manifest_path: Path, out: Path, subset: str | None, policy: str) -> tuple[dict, RunPaths]:
+    paths = RunPaths(model=str(out / "model.safetensors"), run=str(out / "run.json"), subset=subset,
+                     predictions=str(out / "maps"))
+    record = train_run(manifest_path, SPEC, SEGMENT, "cnn", policy, 0.5 if subset else 0.0, 0, paths,
+                       torch.device("cpu"), testsets=TESTSETS)
+    return record, paths
+
+
+def test_a_run_is_reproducible_and_writes_model_record_and_maps(manifest_path: Path, tmp_path: Path) -> None:
+    manifest = data.load_manifest(manifest_path)
+    train = manifest[manifest["split"] == "train"]
+    subset = tmp_path / "subset.csv"  # two real pairs posing as synthetic: the table a policy's subset has
+    pd.DataFrame({"image": train["image"].head(2), "mask": train["mask"].head(2), "sample_id": ["s0", "s1"],
+                  "variant": "hard"}).to_csv(subset, index=False)
+    first, paths = _run(manifest_path, tmp_path / "a", str(subset), "hard")
+    second, _ = _run(manifest_path, tmp_path / "b", str(subset), "hard")
+    assert first == second
+    assert first["real_images"] == 4 and first["synthetic_images"] == 2 and first["ratio"] == 0.5
+    assert json.loads(Path(paths.run).read_text())["policy"] == "hard"
+    a, b = load_state_dict(paths.model), load_state_dict(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    maps = sorted(Path(paths.predictions).rglob("*.png"))
+    assert len(maps) == 2 * len(TESTSETS)
+    assert [m.relative_to(paths.predictions) for m in maps] == \
+        [m.relative_to(tmp_path / "b" / "maps") for m in sorted((tmp_path / "b" / "maps").rglob("*.png"))]
+
+
+def test_training_pairs_adds_the_subset_and_names_a_missing_one(manifest_path: Path, tmp_path: Path) -> None:
+    manifest = data.load_manifest(manifest_path)
+    real = training_pairs(manifest, None)
+    assert len(real) == 4 and set(real["variant"]) == {"real"}
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        training_pairs(manifest, str(tmp_path / "nope.csv"))
+    assert np.all(real.columns == ["sample_id", "image", "mask", "variant"])
