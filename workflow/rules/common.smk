@@ -49,7 +49,7 @@ POLICIES = list(config["segment"]["policies"])
 RATIOS = [hgconfig.ratio_label(r) for r in config["segment"]["synthetic_ratios"]]
 RUNS = [(p, "0") if p == "real" else (p, r) for p in POLICIES for r in (["0"] if p == "real" else RATIOS)]
 SYNTHETIC_RUNS = [(p, r) for p, r in RUNS if p != "real"]
-# segment.batch_runs: the synthetic runs of one (arch, seed) train in one job (rule train_segmenters)
+# segment.batch_runs: the synthetic runs of one (arch, seed) train in one job (train_segmenters)
 BATCH_RUNS = bool(config["segment"]["batch_runs"]) and bool(SYNTHETIC_RUNS)
 FIDELITY_BACKBONE = config["filter"]["fidelity_backbone"]
 ARCHS = list(config["segment"]["archs"])
@@ -105,7 +105,7 @@ def run_paths(pattern):
 
 
 def batch_patterns(pattern):
-    # rule train_segmenters' outputs: one per synthetic run, {{arch}} / {{seed}} left as wildcards
+    # train_segmenters' outputs: one per synthetic run, {{arch}} / {{seed}} left as wildcards
     return [pattern.format(policy=p, ratio=r) for p, r in SYNTHETIC_RUNS]
 
 
@@ -120,7 +120,7 @@ def judge_path(arch=JUDGE, seed=JUDGE_SEED):
 def pixel_filter_judge(wildcards):
     # segment.pixel_filter (FreeMask): a synthetic policy's segmenter ignores the synthetic pixels that the real-only
     # judge of its own arch (seed feedback.judge_seed) finds too hard; off (null) or the real policy: no judge.
-    # (rule train_segmenters: a batch of synthetic runs, no policy wildcard)
+    # (train_segmenters: a batch of synthetic runs, no policy wildcard)
     if config["segment"]["pixel_filter"] is None or wildcards.get("policy") == "real":
         return []
     return judge_path(wildcards.arch)
