@@ -1,12 +1,12 @@
 """The base Stable Diffusion model: build the tiny offline demo model, and load any base the same way.
 
-The demo's base is ``resources/tiny-sd-polyp``: the tiny SD of ``resources/tiny-sd``'s configs, pre-trained on
-the procedural polyp images by :mod:`hardgen.pretrain` (``make tiny-sd``) and shipped as a normal diffusers
-``StableDiffusionPipeline`` folder. ``model.base: tiny`` builds the same shapes with random weights
-(:func:`build_tiny_sd`; fast tests). Real runs point ``model.base`` at SD1.5 (a hub id or a local copy);
-``resources/sd15-random`` holds SD1.5's architecture configs, so :func:`build_random_sd` can make a random-init
-model of the real shapes offline (benchmarks, smoke tests). All are read by :func:`load_components` through
-exactly the same ``from_pretrained(base, subfolder=...)`` calls, so the demo exercises the real loading path.
+The demo's base is ``model.base: tiny``: the tiny SD of ``resources/tiny-sd``'s configs with random weights
+(:func:`build_tiny_sd`), saved as a normal diffusers ``StableDiffusionPipeline`` folder. :mod:`hardgen.pretrain`
+(``make tiny-sd``) pre-trains those shapes on the procedural polyp images (``resources/tiny-sd-polyp``, work in
+progress, not shipped). Real runs point ``model.base`` at SD1.5 (a hub id or a local copy); ``resources/sd15-random``
+holds SD1.5's architecture configs, so :func:`build_random_sd` can make a random-init model of the real shapes
+offline (benchmarks, smoke tests). All are read by :func:`load_components` through exactly the same
+``from_pretrained(base, subfolder=...)`` calls, so the demo exercises the real loading path.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-# The base generator (with model.base: tiny, a random-init tiny SD; the demo's default base is the pre-trained
-# resources/tiny-sd-polyp, shipped and not built here) and the real-feature prototypes per backbone.
+# The base generator (model.base: tiny, the demo's default: a random-init tiny SD built here; a local diffusers
+# folder or hub id is used as it is) and the real-feature prototypes per backbone.
 
 
 if TINY:
