@@ -60,7 +60,7 @@ TINY = config["model"]["base"] == "tiny"
 
 DATA_ROOT = "results/data/demo" if DEMO else config["data"]["root"]
 BASE_MODEL = "results/base_model" if TINY else config["model"]["base"]
-# A local base folder (the demo's resources/tiny-sd-polyp, a cluster's SD1.5 copy) is tracked file by file, so a
+# A local base folder (e.g. a cluster's SD1.5 copy) is tracked file by file, so a
 # new base (e.g. rebuilt by `make tiny-sd`) reruns training and generation; a hub id is not tracked.
 LOCAL_BASE = not TINY and Path(BASE_MODEL).is_dir()
 BASE_FILES = sorted(str(p) for p in Path(BASE_MODEL).rglob("*") if p.is_file()) if LOCAL_BASE else []
