@@ -247,3 +247,42 @@ def test_scores_join_and_the_summary_count_rejections(guard_tree) -> None:
     assert row["mean_fidelity"] == pytest.approx(graded["fidelity"].mean())
     with pytest.raises(DataError, match="lack fidelity columns"):
         fidelity.fidelity_summary(scores, 0.5)
+
+
+def test_the_score_job_grades_and_scores_with_one_backbone_load(guard_tree, tmp_path: Path, monkeypatch) -> None:
+    # rule score runs the guard and the scores in one job (hardgen.score.score_with_fidelity): the held-out backbone
+    # is loaded once, and every file equals what the former separate jobs wrote (fidelity_reference, fidelity, score)
+    from hardgen import score
+    from hardgen.features import compute_prototype
+
+    root = Path(guard_tree["out"]).parents[1]
+    manifest, generated_csv = root / "manifest.csv", root / "generated.csv"
+    spec = BackboneSpec(name="convnext_atto", input_size=SIZE)
+    prototype = tmp_path / "heldout.safetensors"
+    compute_prototype(pd.read_csv(manifest), spec, prototype, pad=4, resolution=SIZE)
+    loads = []
+    monkeypatch.setattr(score, "load_backbone", lambda *a, **k: loads.append(a) or load_backbone(*a, **k))
+    common = {"backbones": {"heldout": spec}, "prototype_paths": {"heldout": prototype}, "fidelity_key": "heldout",
+              "pad": 4, "resolution": SIZE}
+    real_scores, reference = score.score_with_fidelity(manifest, variant="real", out_path=tmp_path / "real.csv",
+                                                       fidelity_out=tmp_path / "fidelity_real.csv", **common)
+    assert len(loads) == 1 and "fidelity" not in real_scores.columns
+    pd.testing.assert_frame_equal(reference, guard_tree["reference"])
+    scores, graded = score.score_with_fidelity(generated_csv, variant="hard", out_path=tmp_path / "hard.csv",
+                                               fidelity_out=tmp_path / "fidelity_hard.csv",
+                                               sample_loss_csvs=guard_tree["losses"],
+                                               reference_csv=tmp_path / "fidelity_real.csv", **common)
+    assert len(loads) == 2  # one per job
+    pd.testing.assert_frame_equal(graded, guard_tree["table"])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "fidelity_hard.csv"), pd.read_csv(guard_tree["out"]))
+    separate = score.score_variant(generated_csv, {"heldout": spec}, {"heldout": prototype}, "hard",
+                                   tmp_path / "separate.csv", pad=4, resolution=SIZE, fidelity_path=guard_tree["out"])
+    pd.testing.assert_frame_equal(scores, separate)
+    assert list(scores.columns)[-3:] == fidelity.SCORE_FIDELITY_COLUMNS
+    with pytest.raises(ValueError, match="filter.fidelity_backbone: 'dino'"):
+        score.score_with_fidelity(manifest, variant="real", out_path=tmp_path / "x.csv",
+                                  fidelity_out=tmp_path / "y.csv", **{**common, "fidelity_key": "dino"})
+    with pytest.raises(ValueError, match="sample losses"):
+        score.score_with_fidelity(generated_csv, variant="hard", out_path=tmp_path / "x.csv",
+                                  fidelity_out=tmp_path / "y.csv", **common)
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()

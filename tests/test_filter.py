@@ -10,6 +10,7 @@ from hardgen.filter import (
     POLICIES,
     SUBSET_COLUMNS,
     build_subset,
+    build_subsets,
     hardness,
     pool,
     real_count,
@@ -225,6 +226,20 @@ def test_write_and_build_subset_round_trip(tmp_path):
         assert len(drawn) == 4 and set(drawn["variant"]) == {"hard"}
     seed_tables = [pd.read_csv(tmp_path / "subsets" / "hard" / "ratio-0.5" / f"seed-{s}.csv") for s in (0, 1)]
     assert set(seed_tables[0]["sample_id"]) != set(seed_tables[1]["sample_id"])
+    # rule filter (segment.batch_runs): every (policy, ratio) of one seed in one call, each file build_subset's
+    runs = [("hard_band", 1.0), ("hard", 0.5), ("plain", 1.0)]
+    outs = [tmp_path / "batch" / p / f"ratio-{r:g}" / "seed-1.csv" for p, r in runs]
+    batch = build_subsets(runs, score_paths, generated_paths, outs, n_real=n_real, band=(0.25, 0.75),
+                          seed=subset_seed(0, 1))
+    for (policy, ratio), out_path, subset in zip(runs, outs, batch, strict=True):
+        single = build_subset(policy, score_paths, generated_paths, tmp_path / "single.csv", ratio=ratio,
+                              n_real=n_real, band=(0.25, 0.75), seed=subset_seed(0, 1))
+        pd.testing.assert_frame_equal(subset, single)
+        pd.testing.assert_frame_equal(pd.read_csv(out_path, dtype={"sample_id": str}), single)
+    pd.testing.assert_frame_equal(batch[1], pd.read_csv(tmp_path / "subsets" / "hard" / "ratio-0.5" / "seed-1.csv",
+                                                        dtype={"sample_id": str}))
+    with pytest.raises(ValueError, match="3 \\(policy, ratio\\) pairs for 2 output paths"):
+        build_subsets(runs, score_paths, generated_paths, outs[:2], n_real=n_real)
     with pytest.raises(DataError, match="lacks columns"):
         write_subset(subset.drop(columns="mask"), tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()

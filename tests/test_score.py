@@ -125,6 +125,12 @@ def test_score_variant_writes_one_table_for_all_backbones(real, tmp_path):
         score_variant(manifest_path, {"cnn": CNN, "vit": VIT}, {"cnn": prototypes["cnn"]}, "real", out)
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         score_variant(tmp_path / "missing.csv", {"cnn": CNN}, prototypes, "real", out)
+    # an extractor loaded once (rule score shares the held-out backbone with the fidelity guard): the same table
+    shared = score_variant(manifest_path, {"cnn": CNN, "vit": VIT}, prototypes, "real", tmp_path / "shared.csv",
+                           pad=5, batch_size=8, extractors={"vit": load_backbone(VIT)})
+    pd.testing.assert_frame_equal(shared, written)
+    with pytest.raises(ValueError, match="backbones.cnn: the loaded extractor is 'vit_tiny"):
+        score_variant(manifest_path, {"cnn": CNN}, prototypes, "real", out, extractors={"cnn": load_backbone(VIT)})
 
 
 def test_score_variant_saves_the_features_behind_every_distance(real, tmp_path):

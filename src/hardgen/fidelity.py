@@ -29,7 +29,9 @@ calibration (``results/fidelity/real.csv`` holds their raw separations) and the 
 own training data, whose Dice would be a training-set Dice, not a judgement of fidelity.
 
 Everything here is plain functions on arrays, tensors and tables; the workflow entry points are
-:func:`build_reference` (rule ``fidelity_reference``) and :func:`build_fidelity` (rule ``fidelity``).
+:func:`build_reference` and :func:`build_fidelity`, both run by rule ``score``
+(:func:`hardgen.score.score_with_fidelity`: the ``real`` job writes the reference, each generated variant's job
+its table).
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def passes(fidelity: np.ndarray | Sequence[float] | pd.Series, min_fidelity: flo
         raise ValueError(f"filter.min_fidelity: must lie in [0, 1], got {min_fidelity!r}")
     values = np.asarray(fidelity, dtype=np.float64)
     if not np.isfinite(values).all():
-        raise DataError("fidelity guard: a sample without a finite fidelity (rerun the fidelity rule)")
+        raise DataError("fidelity guard: a sample without a finite fidelity (rerun the score rule)")
     return values >= float(min_fidelity)
 
 
@@ -376,7 +378,7 @@ def build_reference(
     resolution: int | None,
     batch_size: int = 16,
 ) -> pd.DataFrame:
-    """Rule ``fidelity_reference``: raw separations of the real training images with a polyp
+    """Rule ``score``, set ``real``: raw separations of the real training images with a polyp
     (``results/fidelity/real.csv``: ``sample_id, separation``), the guard's calibration."""
     from hardgen.features import real_training_pairs
 
@@ -398,7 +400,7 @@ def build_fidelity(
     resolution: int | None,
     batch_size: int = 16,
 ) -> pd.DataFrame:
-    """Rule ``fidelity``: every sample of one generated variant graded (``results/fidelity/<variant>.csv``)."""
+    """Rule ``score``, a generated variant: every sample graded (``results/fidelity/<variant>.csv``)."""
     generated = _read_csv(generated_csv, "generated manifest")
     missing = [c for c in ("sample_id", "image", "mask", "variant") if c not in generated.columns]
     if missing:

@@ -50,8 +50,9 @@ POLICIES: tuple[str, ...] = ("real", *VARIANT_POLICIES, *HARD_POLICIES)
 RANDOM_POLICIES: tuple[str, ...] = (*VARIANT_POLICIES, *HARD_POLICIES)
 SUBSET_COLUMNS = ["image", "mask", "sample_id", "variant"]
 
-__all__ = ["POLICIES", "REMOVED_POLICIES", "SUBSET_COLUMNS", "build_subset", "draw", "faithful_ids", "hardness",
-           "pool", "ratio_label", "real_count", "select_subset", "subset_seed", "synthetic_count", "write_subset"]
+__all__ = ["POLICIES", "REMOVED_POLICIES", "SUBSET_COLUMNS", "build_subset", "build_subsets", "draw", "faithful_ids",
+           "hardness", "pool", "ratio_label", "real_count", "select_subset", "subset_seed", "synthetic_count",
+           "write_subset"]
 
 
 def subset_seed(base_seed: int, segmenter_seed: int) -> int:
@@ -288,11 +289,48 @@ def build_subset(
     min_fidelity: float = 0.5,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Workflow entry point: read score tables and generated manifests, select, write ``out_path``.
+    """Read score tables and generated manifests, select, write ``out_path``.
 
     ``seed`` is the draw seed (:func:`subset_seed` of the config seed and the segmenter seed); ``n_real``
     the real training images (:func:`real_count`).
     """
+    scores, generated = _read_tables(score_csvs, generated_csvs)
+    subset = select_subset(policy, scores, generated, ratio, n_real, band, score_backbone, min_fidelity, seed)
+    write_subset(subset, out_path)
+    return subset
+
+
+def build_subsets(
+    runs: Sequence[tuple[str, float]],
+    score_csvs: Sequence[str | Path],
+    generated_csvs: Sequence[str | Path],
+    out_paths: Sequence[str | Path],
+    n_real: int | None = None,
+    band: Sequence[float] = (0.5, 0.95),
+    score_backbone: str = "all",
+    min_fidelity: float = 0.5,
+    seed: int = 0,
+) -> list[pd.DataFrame]:
+    """Workflow entry point (rule ``filter``): the subsets of several (policy, ratio) pairs of one draw seed.
+
+    The tables are read once; each subset is exactly :func:`build_subset`'s, written to the ``out_paths`` entry of
+    the same position. Returns the subsets in ``runs`` order.
+    """
+    if len(runs) != len(out_paths):
+        raise ValueError(f"filter: {len(runs)} (policy, ratio) pairs for {len(out_paths)} output paths")
+    scores, generated = _read_tables(score_csvs, generated_csvs)
+    subsets = []
+    for (policy, ratio), out_path in zip(runs, out_paths, strict=True):
+        subset = select_subset(policy, scores.copy(), generated.copy(), ratio, n_real, band, score_backbone,
+                               min_fidelity, seed)
+        write_subset(subset, out_path)
+        subsets.append(subset)
+    return subsets
+
+
+def _read_tables(score_csvs: Sequence[str | Path],
+                 generated_csvs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The score tables and the generated manifests, each concatenated (``sample_id`` read as text)."""
 
     def read_all(paths: Sequence[str | Path], what: str, columns: list[str]) -> pd.DataFrame:
         frames = []
@@ -302,8 +340,5 @@ def build_subset(
             frames.append(pd.read_csv(path, dtype={"sample_id": str}))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
-    scores = read_all(score_csvs, "score table", ["sample_id", "variant", "backbone", "distance", "z"])
-    generated = read_all(generated_csvs, "generated manifest", SUBSET_COLUMNS)
-    subset = select_subset(policy, scores, generated, ratio, n_real, band, score_backbone, min_fidelity, seed)
-    write_subset(subset, out_path)
-    return subset
+    return (read_all(score_csvs, "score table", ["sample_id", "variant", "backbone", "distance", "z"]),
+            read_all(generated_csvs, "generated manifest", SUBSET_COLUMNS))

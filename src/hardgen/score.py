@@ -18,6 +18,7 @@ import torch
 from hardgen import io
 from hardgen.features import (
     BackboneSpec,
+    FeatureExtractor,
     iter_features,
     load_backbone,
     load_prototype,
@@ -61,6 +62,7 @@ def score_samples_with_features(
     device: str | torch.device = "cpu",
     backbone_key: str | None = None,
     resolution: int | None = None,
+    backbone: FeatureExtractor | None = None,
 ) -> tuple[pd.DataFrame, torch.Tensor]:
     """Score every image/mask pair (columns ``sample_id``/``id``, ``image``, ``mask``); also return the features.
 
@@ -71,7 +73,8 @@ def score_samples_with_features(
     Returns a DataFrame with columns ``sample_id, variant, backbone, distance, z``; ``backbone``
     holds ``backbone_key`` (the config key, e.g. ``cnn``), defaulting to the timm name. Images
     are streamed batch by batch; besides the table, the (N, D) float32 features (rows in table order)
-    are returned, for the report's real-vs-generated feature plot.
+    are returned, for the report's real-vs-generated feature plot. ``backbone``: ``backbone_spec``'s extractor
+    already loaded (:func:`hardgen.features.load_backbone`; the same network, it is seeded), else it is loaded here.
     """
     prototype = load_prototype(prototype_path)
     if prototype.backbone != backbone_spec.name:
@@ -84,7 +87,11 @@ def score_samples_with_features(
             f"{prototype_path}: prototype computed at resolution {prototype.resolution or 'native'}, "
             f"scoring at {resolution or 'native'} (model.resolution changed? rerun the prototype rule)"
         )
-    backbone = load_backbone(backbone_spec, device, config_key=backbone_key)
+    if backbone is None:
+        backbone = load_backbone(backbone_spec, device, config_key=backbone_key)
+    elif (backbone.name, backbone.input_size) != (backbone_spec.name, backbone_spec.input_size):
+        raise ValueError(f"backbones.{backbone_key or '?'}: the loaded extractor is {backbone.name!r} at "
+                         f"{backbone.input_size} px, the spec {backbone_spec.name!r} at {backbone_spec.input_size} px")
     if backbone.feature_dim != prototype.prototype.shape[0]:
         raise ValueError(
             f"{prototype_path}: prototype has {prototype.prototype.shape[0]} dims, "
@@ -141,8 +148,9 @@ def score_variant(
     resolution: int | None = None,
     features_path: str | Path | None = None,
     fidelity_path: str | Path | None = None,
+    extractors: Mapping[str, FeatureExtractor] | None = None,
 ) -> pd.DataFrame:
-    """Workflow entry point: score one variant with every backbone and write ``results/scores/<variant>.csv``.
+    """Score one variant with every backbone and write ``results/scores/<variant>.csv``.
 
     ``manifest_path`` is the data manifest for ``variant == "real"`` (training rows are scored),
     else a generated manifest (``sample_id, image, mask, ...``). ``backbones`` maps config keys to
@@ -151,6 +159,7 @@ def score_variant(
     (:func:`save_features`: ``results/scores/<variant>.features.safetensors``). With ``fidelity_path`` (a
     generated variant's ``results/fidelity/<variant>.csv``) the fidelity guard's columns ``fidelity_dice,
     fidelity_separation, fidelity`` are joined by sample_id (:func:`hardgen.fidelity.join_fidelity`).
+    ``extractors``: backbones already loaded, by config key (the others are loaded one at a time).
     """
     manifest_path = Path(manifest_path)
     if not manifest_path.is_file():
@@ -164,7 +173,8 @@ def score_variant(
     pairs = real_training_pairs(manifest) if variant == "real" else manifest
     for key in sorted(backbones):
         table, features[key] = score_samples_with_features(pairs, backbones[key], prototype_paths[key], variant, pad,
-                                                           batch_size, device, key, resolution)
+                                                           batch_size, device, key, resolution,
+                                                           backbone=(extractors or {}).get(key))
         log.info("%s/%s: %d samples, mean z %.3f", variant, key, len(table), table["z"].mean())
         tables.append(table)
     if not tables:
@@ -181,6 +191,52 @@ def score_variant(
         scores = join_fidelity(scores, fidelity, where=str(fidelity_path))
     io.write_csv(out_path, scores)
     return scores
+
+
+def score_with_fidelity(
+    manifest_path: str | Path,
+    backbones: Mapping[str, BackboneSpec],
+    prototype_paths: Mapping[str, str | Path],
+    variant: str,
+    out_path: str | Path,
+    fidelity_key: str,
+    fidelity_out: str | Path,
+    sample_loss_csvs: Mapping[str, str | Path] | None = None,
+    reference_csv: str | Path | None = None,
+    pad: int = 10,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    resolution: int | None = None,
+    features_path: str | Path | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Workflow entry point (rule ``score``): the fidelity guard's table and the scores of one set, in one job.
+
+    The held-out backbone ``fidelity_key`` (``filter.fidelity_backbone``) is loaded once and used for both: its
+    spatial features of the whole images (the guard) and its pooled features of the mask crops (the scores).
+    ``variant == "real"``: ``manifest_path`` is the data manifest; ``fidelity_out`` gets the real training images'
+    raw separations (:func:`hardgen.fidelity.build_reference`, ``results/fidelity/real.csv``: the calibration) and
+    the score table no fidelity columns. A generated variant: every sample graded by ``sample_loss_csvs`` (the
+    real-only segmenters) and calibrated on ``reference_csv`` (:func:`hardgen.fidelity.build_fidelity`,
+    ``results/fidelity/<variant>.csv``), then joined into the score table (:func:`score_variant`).
+    Returns (scores, fidelity table).
+    """
+    from hardgen.fidelity import build_fidelity, build_reference
+
+    if fidelity_key not in backbones:
+        raise ValueError(f"filter.fidelity_backbone: {fidelity_key!r} is not one of the backbones {sorted(backbones)}")
+    judge = load_backbone(backbones[fidelity_key], device, config_key=fidelity_key)
+    if variant == "real":
+        fidelity = build_reference(manifest_path, judge, fidelity_out, resolution=resolution, batch_size=batch_size)
+    else:
+        if sample_loss_csvs is None or reference_csv is None:
+            raise ValueError(f"{variant}: grading generated samples needs the segmenters' sample losses and the "
+                             "real images' fidelity reference")
+        fidelity = build_fidelity(manifest_path, sample_loss_csvs, reference_csv, judge, fidelity_out,
+                                  resolution=resolution, batch_size=batch_size)
+    scores = score_variant(manifest_path, backbones, prototype_paths, variant, out_path, pad, batch_size, device,
+                           resolution, features_path, fidelity_path=None if variant == "real" else fidelity_out,
+                           extractors={fidelity_key: judge})
+    return scores, fidelity
 
 
 def save_features(path: str | Path, variant: str, sample_ids: list[str], features: Mapping[str, torch.Tensor]) -> None:

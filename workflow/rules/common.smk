@@ -151,8 +151,12 @@ def score_input(wildcards):
 
 
 def fidelity_input(wildcards):
-    # generated variants' score tables carry the fidelity guard's columns; real images are its calibration
-    return [] if wildcards.scored == "real" else f"results/fidelity/{wildcards.scored}.csv"
+    # The score job of a generated variant also grades it (the fidelity guard): the real-only benchmark segmenters'
+    # Dice (segmenter_loss; never the feedback judge) and the held-out backbone's separation, calibrated on the real
+    # images' (results/fidelity/real.csv, written by the score job of real: the calibration, no grades of its own).
+    if wildcards.scored == "real":
+        return {}
+    return {"sample_losses": sample_loss_tables(), "reference": "results/fidelity/real.csv"}
 
 
 def subset_input(wildcards):

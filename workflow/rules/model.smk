@@ -1,5 +1,5 @@
-# The base generator (model.base: tiny, the demo's default: a random-init tiny SD built here; a local diffusers
-# folder or hub id is used as it is) and the real-feature prototypes per backbone.
+# The base generator (model.base: tiny = a random-init tiny SD built here, for the fast tests; a local diffusers
+# folder, such as the demo's pre-trained resources/tiny-sd-polyp, or a hub id is used as it is) and the real-feature prototypes per backbone.
 
 
 if TINY:
@@ -25,21 +25,24 @@ if TINY:
 
 
 rule prototype:
+    # Every backbone's prototype in one job: a job's cost is mostly torch/timm start-up, not the few real crops.
+    # Changing one backbone's spec reruns this job, so every prototype is rewritten; train_hard_lora already reruns
+    # on any backbones change (its params), and the training-free variants' generate jobs rerun with it.
     input:
         manifest="results/data/manifest.csv",
     output:
-        "results/prototypes/{backbone}.safetensors",
+        expand("results/prototypes/{backbone}.safetensors", backbone=BACKBONES),
     log:
-        "logs/prototype/{backbone}.log",
+        "logs/prototype.log",
     benchmark:
-        "results/benchmarks/prototype/{backbone}.tsv"
+        "results/benchmarks/prototype.tsv"
     params:
-        spec=lambda wildcards: config["backbones"][wildcards.backbone],
+        backbones=config["backbones"],
         pad=config["hard"]["crop_pad"],
         resolution=config["model"]["resolution"],
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
         runtime=60,
         gpu=1,
     conda:

@@ -2,75 +2,28 @@
 # fidelity guard (does a sample still show its polyp?), then training subsets per policy, ratio and seed.
 
 
-rule fidelity_reference:
-    # The real training images' separation under the held-out backbone: the guard's calibration (median -> 1).
-    input:
-        manifest="results/data/manifest.csv",
-    output:
-        "results/fidelity/real.csv",
-    log:
-        "logs/fidelity_reference.log",
-    benchmark:
-        "results/benchmarks/fidelity_reference.tsv"
-    params:
-        key=FIDELITY_BACKBONE,
-        backbone=config["backbones"][FIDELITY_BACKBONE],
-        resolution=config["model"]["resolution"],
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
-    conda:
-        ENV
-    script:
-        "../scripts/fidelity.py"
-
-
-rule fidelity:
-    # Every generated sample graded: the real-only benchmark segmenters' Dice against its conditioning mask (from
-    # segmenter_loss; never the feedback judge) and the held-out backbone's calibrated feature separation.
-    input:
-        generated="results/generated/{variant}/manifest.csv",
-        sample_losses=sample_loss_tables(),
-        reference="results/fidelity/real.csv",
-    output:
-        "results/fidelity/{variant}.csv",
-    log:
-        "logs/fidelity/{variant}.log",
-    benchmark:
-        "results/benchmarks/fidelity/{variant}.tsv"
-    params:
-        key=FIDELITY_BACKBONE,
-        backbone=config["backbones"][FIDELITY_BACKBONE],
-        resolution=config["model"]["resolution"],
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=60,
-        gpu=1,
-    conda:
-        ENV
-    script:
-        "../scripts/fidelity.py"
-
-
 rule score:
+    # One job per set (real, each generated variant): the fidelity guard, then the scores, the held-out backbone
+    # (filter.fidelity_backbone) loaded once for both. real: the guard's calibration, the real training images'
+    # separations; a generated variant: every sample graded, the grades joined into its score table.
     input:
+        unpack(fidelity_input),
         manifest="results/data/manifest.csv",
         samples=score_input,
-        fidelity=fidelity_input,
         prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=BACKBONES),
     output:
         scores="results/scores/{scored}.csv",
         # the samples' backbone features (rows as in the CSV), for the report's real-vs-generated PCA
         features="results/scores/{scored}.features.safetensors",
+        # real: sample_id, separation (the calibration); a generated variant: its grades (hardgen.fidelity)
+        fidelity="results/fidelity/{scored}.csv",
     log:
         "logs/score/{scored}.log",
     benchmark:
         "results/benchmarks/score/{scored}.tsv"
     params:
         backbones=config["backbones"],
+        fidelity_backbone=FIDELITY_BACKBONE,
         pad=config["hard"]["crop_pad"],
         resolution=config["model"]["resolution"],
     threads: 1
@@ -85,17 +38,31 @@ rule score:
 
 
 rule filter:
+    # segment.batch_runs (the demo): every subset of one segmenter seed in one job, the granularity of the
+    # train_segmenters jobs that read them (selection takes milliseconds, a job's start-up most of a second), so
+    # forcing filter rewrites all of a seed's subsets. Otherwise one job per subset: one run's subset (a new policy
+    # or ratio) is made without rewriting the others, whose segmenters would train again.
     input:
         manifest="results/data/manifest.csv",
         scores=expand("results/scores/{scored}.csv", scored=SCORED_VARIANTS),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
-        "results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv",
+        (
+            batch_patterns("results/subsets/{policy}/ratio-{ratio}/seed-{{seed}}.csv")
+            if BATCH_RUNS
+            else ["results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv"]
+        ),
     log:
-        "logs/filter/{policy}/ratio-{ratio}/seed-{seed}.log",
+        "logs/filter/seed-{seed}.log" if BATCH_RUNS else "logs/filter/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/filter/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+        (
+            "results/benchmarks/filter/seed-{seed}.tsv"
+            if BATCH_RUNS
+            else "results/benchmarks/filter/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+        )
     params:
+        # the (policy, ratio) of each output, in output order
+        runs=lambda wildcards: SYNTHETIC_RUNS if BATCH_RUNS else [(wildcards.policy, wildcards.ratio)],
         band=config["filter"]["band"],
         score_backbone=config["filter"]["score_backbone"],
         min_fidelity=config["filter"]["min_fidelity"],

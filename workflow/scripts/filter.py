@@ -1,24 +1,30 @@
-"""Snakemake wrapper for rule filter: the training subset of one policy at one ratio for one segmenter seed."""
+"""Snakemake wrapper for rule filter: the training subsets of one segmenter seed, one per (policy, ratio) of the job
+(segment.batch_runs: every synthetic run's; otherwise the one subset of the job's wildcards)."""
 
-from hardgen.filter import build_subset, real_count, subset_seed
+from pathlib import Path
+
+from hardgen.filter import build_subsets, real_count, subset_seed
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
-    policy, segmenter_seed = snakemake.wildcards.policy, int(snakemake.wildcards.seed)
-    ratio = float(snakemake.wildcards.ratio)
+    segmenter_seed = int(snakemake.wildcards.seed)
+    runs = [(policy, ratio) for policy, ratio in snakemake.params.runs]
+    for (policy, ratio), out_path in zip(runs, snakemake.output, strict=True):  # the rule lists both in one order
+        if Path(out_path).parts[-3:] != (policy, f"ratio-{ratio}", f"seed-{segmenter_seed}.csv"):
+            raise RuntimeError(f"internal: output {out_path} is not the subset of {policy} at ratio {ratio}")
     draw_seed = subset_seed(snakemake.params.base_seed, segmenter_seed)
     n_real = real_count(snakemake.input.manifest)
-    subset = build_subset(
-        policy,
+    subsets = build_subsets(
+        [(policy, float(ratio)) for policy, ratio in runs],
         score_csvs=snakemake.input.scores,
         generated_csvs=snakemake.input.generated,
-        out_path=snakemake.output[0],
-        ratio=ratio,
+        out_paths=snakemake.output,
         n_real=n_real,
         band=snakemake.params.band,
         score_backbone=snakemake.params.score_backbone,
         min_fidelity=snakemake.params.min_fidelity,
         seed=draw_seed,
     )
-    log.info("policy %s, ratio %s (%d real images), segmenter seed %d (draw seed %d): %d synthetic samples",
-             policy, snakemake.wildcards.ratio, n_real, segmenter_seed, draw_seed, len(subset))
+    for (policy, ratio), subset in zip(runs, subsets, strict=True):
+        log.info("policy %s, ratio %s (%d real images), segmenter seed %d (draw seed %d): %d synthetic samples",
+                 policy, ratio, n_real, segmenter_seed, draw_seed, len(subset))

@@ -1,7 +1,7 @@
-"""Snakemake wrapper for rule generated_manifest: merge one variant's shard manifests."""
+"""Snakemake wrapper for rule generated_manifest: merge one variant's shard manifests (no torch: hardgen.shards)."""
 
-from hardgen.generate import merge_shards
 from hardgen.logging_utils import stage_logging
+from hardgen.shards import merge_shards
 
 with stage_logging(snakemake.log[0]) as log:
     merged = merge_shards(snakemake.input.shards, snakemake.output[0], plan=snakemake.input.plan)

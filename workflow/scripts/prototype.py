@@ -1,20 +1,26 @@
-"""Snakemake wrapper for rule prototype: mean feature of real polyp crops under one backbone."""
+"""Snakemake wrapper for rule prototype: mean feature of real polyp crops under every backbone (one job)."""
 
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
+    from pathlib import Path
+
     from hardgen.data import load_manifest
     from hardgen.features import BackboneSpec, compute_prototype
 
-    key = snakemake.wildcards.backbone
-    summary = compute_prototype(
-        load_manifest(snakemake.input.manifest),
-        BackboneSpec.from_config(key, snakemake.params.spec),
-        snakemake.output[0],
-        pad=snakemake.params.pad,
-        device=configure_torch(snakemake.threads),
-        config_key=key,
-        resolution=snakemake.params.resolution,
-    )
-    log.info("prototype %s: %s", key, summary)
+    manifest = load_manifest(snakemake.input.manifest)
+    device = configure_torch(snakemake.threads)
+    for key, out_path in zip(snakemake.params.backbones, snakemake.output, strict=True):
+        if Path(out_path).name != f"{key}.safetensors":  # the rule's expand over BACKBONES keeps the config's order
+            raise RuntimeError(f"internal: output {out_path} is not backbone {key!r}'s prototype")
+        summary = compute_prototype(
+            manifest,
+            BackboneSpec.from_config(key, snakemake.params.backbones[key]),
+            out_path,
+            pad=snakemake.params.pad,
+            device=device,
+            config_key=key,
+            resolution=snakemake.params.resolution,
+        )
+        log.info("prototype %s: %s", key, summary)
