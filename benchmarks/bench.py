@@ -9,6 +9,13 @@ threads, interleaved and best of ``--repeats``:
 * ``controlnet`` — diffusers' stock ``StableDiffusionControlNetPipeline`` with ``ControlNetModel.from_unet`` of
   the same base UNet.
 
+Every sample has its own condition image (as at ``generation.per_mask: 1``), so the Control-LoRA rows VAE-encode
+all of them. Beside ``images_per_s`` (wall clock) the table has ``cpu_images_per_s`` (the process's CPU time, CPU
+only: it leaves out time spent waiting for a core, not a core shared with another process) and where the best
+round's time went, in seconds per batch (CPU only): ``unet_s``, ``controlnet_s``, ``vae_encode_s`` (the
+conditions), ``vae_decode_s`` and ``other_s`` (text encoder, scheduler, pre/post-processing). The tiny base is the
+demo's (``resources/tiny-sd-polyp``).
+
 Training (``training.csv``: ``method, s_per_step, peak_mem_mb, trainable_params``): hardgen's trainer in
 ``plain``, ``hard`` and ``feedback`` mode (s/step excludes setup, calibration and validation), and the same
 minimal step loop for a Control-LoRA (``plain_loop``, condition latents cached as the trainer caches them) and a
@@ -66,14 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------------------------- set-up
 def _base(work: Path, sd15: bool) -> Path:
-    from hardgen.base_model import build_random_sd, build_tiny_sd
+    from hardgen.base_model import build_random_sd
 
-    out = work / ("sd15-base" if sd15 else "tiny-base")
+    if not sd15:  # the demo's base (model.base), shipped: the tiny shapes, pre-trained weights
+        return REPO / "resources" / "tiny-sd-polyp"
+    out = work / "sd15-base"
     if not (out / "model_index.json").is_file():
-        if sd15:
-            build_random_sd(REPO / "resources" / "sd15-random", out, seed=0)
-        else:
-            build_tiny_sd(REPO / "resources" / "tiny-sd", out, seed=0)
+        build_random_sd(REPO / "resources" / "sd15-random", out, seed=0)
     return out
 
 
@@ -152,17 +158,18 @@ def generation(args: argparse.Namespace, work: Path, resolution: int) -> list[di
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
     from PIL import Image
 
-    from hardgen.generate import load_generation_pipeline, pipeline_renderer
+    from hardgen.generate import load_generation_pipeline, pipeline_renderer, to_uint8
 
     base = _base(work, args.sd15)
     lora = _lora(work, base)
     dtype = _torch_dtype(args.dtype)
+    # one condition array per sample (distinct objects: each is VAE-encoded, as at generation.per_mask 1)
     conditions = [np.zeros((resolution, resolution, 3), np.uint8) for _ in range(args.batch)]
     for k, c in enumerate(conditions):
         c[resolution // 4: 3 * resolution // 4, resolution // 4 + k % 4] = 255
-    renderers = {}
+    renderers, pipes = {}, {}
     for name, fuse in (("control_lora", True), ("control_lora_unfused", False)):
-        pipe = load_generation_pipeline(base, lora, device=args.device, dtype=dtype, fuse=fuse)
+        pipe = pipes[name] = load_generation_pipeline(base, lora, device=args.device, dtype=dtype, fuse=fuse)
         renderers[name] = pipeline_renderer(pipe, prompt=PROMPT, resolution=resolution, steps=args.steps,
                                             guidance_scale=1.0, condition_scale=1.0)
     stock = load_generation_pipeline(base, lora, device=args.device, dtype=dtype, fuse=False)
@@ -183,26 +190,57 @@ def generation(args: argparse.Namespace, work: Path, resolution: int) -> list[di
             out = cn_pipe(prompt=[PROMPT] * len(images), image=[Image.fromarray(c) for c in images],
                           num_inference_steps=args.steps, guidance_scale=1.0, generator=generators,
                           height=resolution, width=resolution, output_type="np")
-        return out.images
+        return to_uint8(out.images)  # the same uint8 images as the Control-LoRA renderers return
 
     renderers["controlnet"] = controlnet_render
     flops = _step_flops(renderers, cn_pipe, base, lora, args, resolution, dtype)
-    best = {name: float("inf") for name in renderers}
-    for _ in range(args.repeats + 1):  # the first round warms up (allocations, kernel selection)
+    on_cpu = torch.device(args.device).type == "cpu"
+    parts: dict[str, float] = {}
+    if on_cpu:  # where the time goes (forward hooks; a GPU would need a sync per call, which changes the timing)
+        for pipe, modules in ((pipes["control_lora"], ("unet", "vae_encode", "vae_decode")),
+                              (pipes["control_lora_unfused"], ("unet", "vae_encode", "vae_decode")),
+                              (cn_pipe, ("unet", "controlnet", "vae_decode"))):
+            for part in modules:
+                module = {"unet": pipe.unet, "controlnet": getattr(pipe, "controlnet", None),
+                          "vae_encode": pipe.vae.encoder, "vae_decode": pipe.vae.decoder}[part]
+                _time_calls(module, part, parts)
+    best = {name: (float("inf"), float("inf"), {}) for name in renderers}  # wall s, CPU s, parts of that round
+    for round_ in range(args.repeats + 1):  # the first round warms up (allocations, kernel selection)
         for name, render in renderers.items():
             generators = [torch.Generator("cpu").manual_seed(k) for k in range(args.batch)]
+            parts.clear()
             _sync(args.device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             render(conditions, generators)
             _sync(args.device)
-            best[name] = min(best[name], time.perf_counter() - start) if _ > 0 else best[name]
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            if round_ > 0:
+                best[name] = ((wall, best[name][1], dict(parts)) if wall < best[name][0] else best[name])
+                best[name] = (best[name][0], min(best[name][1], cpu), best[name][2])
     peak = _peak_flops(args.device, args.dtype)
     rows = []
-    for name, seconds in best.items():
+    nan = float("nan")
+    for name, (seconds, cpu, spent) in best.items():
         achieved = flops[name] * args.steps / seconds  # model FLOPs per second while sampling the batch
-        rows.append({"pipeline": name, "images_per_s": args.batch / seconds, "tflops_per_s": achieved / 1e12,
-                     "mfu": achieved / peak if peak else float("nan")})
+        row = {"pipeline": name, "images_per_s": args.batch / seconds,
+               "cpu_images_per_s": args.batch / cpu if on_cpu else nan,
+               "tflops_per_s": achieved / 1e12, "mfu": achieved / peak if peak else nan}
+        for part in ("unet", "controlnet", "vae_encode", "vae_decode"):
+            row[f"{part}_s"] = spent.get(part, 0.0) if on_cpu else nan
+        row["other_s"] = seconds - sum(spent.values()) if on_cpu else nan
+        rows.append(row)
     return rows
+
+
+def _time_calls(module, part: str, parts: dict[str, float]) -> None:
+    """Add the wall seconds of every ``module`` call to ``parts[part]`` (forward hooks)."""
+    started: list[float] = []
+    module.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+
+    def done(*_):
+        parts[part] = parts.get(part, 0.0) + time.perf_counter() - started.pop()
+
+    module.register_forward_hook(done)
 
 
 #: Dense fp16/bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' data sheets.
@@ -224,8 +262,14 @@ def _peak_flops(device: str, dtype: str) -> float | None:
 
 
 def _step_flops(renderers, cn_pipe, base, lora, args, resolution, dtype) -> dict[str, float]:
-    """FLOPs of one denoising step of the batch per pipeline (UNet call; + ControlNet call), counted by torch."""
+    """FLOPs of one denoising step of the batch per pipeline (UNet call; + ControlNet call), counted by torch.
+
+    On the CPU counted with the math attention kernel: the counter has no formula for the CPU flash-attention
+    kernel and would leave attention out."""
+    import contextlib
+
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     from hardgen.generate import load_generation_pipeline
@@ -236,7 +280,8 @@ def _step_flops(renderers, cn_pipe, base, lora, args, resolution, dtype) -> dict
     x = torch.zeros(b, 4, latent, latent, device=device, dtype=dtype)
     t = torch.full((b,), 500, device=device)
     out = {}
-    with torch.inference_mode():
+    attention = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+    with torch.inference_mode(), attention:
         for name, fuse in (("control_lora", True), ("control_lora_unfused", False)):
             unet = load_generation_pipeline(base, lora, device=args.device, dtype=dtype, fuse=fuse).unet
             with FlopCounterMode(display=False) as counter:
@@ -509,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         g = tables["generation"].set_index("pipeline")["images_per_s"]
         print(f"\ncontrol_lora / controlnet = {g['control_lora'] / g['controlnet']:.2f}, "
               f"fused / unfused = {g['control_lora'] / g['control_lora_unfused']:.2f}")
+        c = tables["generation"].set_index("pipeline")["cpu_images_per_s"]
+        if c.notna().all():
+            print(f"by CPU time: control_lora / controlnet = {c['control_lora'] / c['controlnet']:.2f}, "
+                  f"fused / unfused = {c['control_lora'] / c['control_lora_unfused']:.2f}")
     plot(tables, args.out / f"bench{args.tag}.png")
     print(json.dumps({k: v.to_dict("records") for k, v in tables.items() if v is not None}))
     return 0

@@ -174,6 +174,22 @@ def test_merge_shards(tmp_path: Path) -> None:
         generate.merge_shards(shard_csvs, tmp_path / "m2.csv", table)
 
 
+def test_merging_shards_imports_no_torch() -> None:
+    # rule generated_manifest only merges CSVs: its imports (hardgen.shards, stage_logging) must not pull in torch,
+    # diffusers or timm (seconds of start-up per job); hardgen.generate re-exports the same functions
+    import subprocess
+    import sys
+
+    from hardgen import shards
+
+    code = ("import sys; from hardgen.shards import merge_shards; from hardgen.logging_utils import stage_logging; "
+            "print(sorted({'torch', 'diffusers', 'timm', 'transformers'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(shards.__file__).parents[1])})
+    assert result.stdout.strip() == "[]"
+    assert generate.merge_shards is shards.merge_shards and generate.read_conditions is shards.read_conditions
+
+
 def test_resolve_device_dtype() -> None:
     assert generate.resolve_device_dtype("cpu", None) == (torch.device("cpu"), torch.float32)
     assert generate.resolve_device_dtype("cpu", "bf16")[1] == torch.bfloat16
@@ -265,3 +281,29 @@ def test_fused_generation_equals_the_unfused_pipeline(tiny_model: tuple[Path, Pa
     plain = generate.load_generation_pipeline(base, lora, device="cpu", dtype="float32", fuse=False).unet
     assert not torch.equal(fused.conv_in.weight, plain.conv_in.base_layer.weight)
     assert not hasattr(fused, "peft_config")  # the peft wrappers are gone: a stock UNet with a wider conv_in
+
+
+def test_a_shared_condition_is_read_and_encoded_once_per_batch(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    """Samples of one condition (``per_mask`` > 1, ``mined``'s candidates) share one array, hence one VAE encode;
+    the images stay those of separate copies (measured: identical bytes; the assert allows 1 grey level)."""
+    table = _make_conditions(tmp_path, 3, duplicate_first=True)
+    seen: list[list[np.ndarray]] = []
+
+    def spy(conditions: list[np.ndarray], generators: list[torch.Generator], masks: list[np.ndarray]) -> np.ndarray:
+        seen.append(conditions)
+        return fake_renderer([])(conditions, generators, masks)
+
+    generate.run_shard(spy, table, 0, 1, tmp_path / "out", resolution=RESOLUTION, variant="plain", batch_size=4)
+    (chunk,) = seen  # s000, s001 (the same condition file), s002
+    assert chunk[0] is chunk[1] and chunk[2] is not chunk[0]
+
+    base, lora = tiny_model
+    pipe = generate.load_generation_pipeline(base, lora, device="cpu", dtype="float32")
+    render = generate.pipeline_renderer(pipe, prompt="polyp", resolution=RESOLUTION, steps=2, guidance_scale=1.0,
+                                        condition_scale=1.0)
+    encoded: list[int] = []
+    pipe.vae.encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    shared = render(chunk, [torch.Generator().manual_seed(k) for k in range(3)])
+    copies = render([chunk[0], chunk[0].copy(), chunk[2]], [torch.Generator().manual_seed(k) for k in range(3)])
+    assert encoded == [2, 3]  # one VAE call per batch, over the distinct condition objects
+    assert np.abs(shared.astype(int) - copies.astype(int)).max() <= 1 and shared.std() > 0

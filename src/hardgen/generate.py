@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,29 +39,34 @@ from hardgen.io import (
     fit_square,
     read_mask,
     read_rgb,
-    resolve_table_path,
     sample_seed,
-    write_csv,
     write_image,
     write_json,
     write_mask,
 )
 
-if TYPE_CHECKING:  # diffusers/transformers take seconds to import; merging shards needs neither
+# The torch-free half (the samples each shard makes, merging shard manifests) lives in hardgen.shards, so rule
+# generated_manifest imports no torch; hardgen.generate re-exports it (merge_shards, CONDITION_COLUMNS).
+from hardgen.shards import (  # noqa: F401
+    CONDITION_COLUMNS,
+    MANIFEST_COLUMNS,
+    MINING_COLUMNS,
+    SEED_COLUMN,
+    merge_shards,
+    planned_samples,
+    read_conditions,
+    shard_chunks,
+)
+
+if TYPE_CHECKING:  # diffusers/transformers take seconds to import; shard planning and merging need neither
     from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline
     from hardgen.mining import GuidanceSettings, MiningSettings, ScoreFn
 
 log = logging.getLogger("hardgen.generate")
 
-CONDITION_COLUMNS: tuple[str, ...] = ("sample_id", "condition", "mask")
-MANIFEST_COLUMNS: list[str] = ["sample_id", "image", "mask", "condition", "variant"]
 
 #: Adapter name under which the Control-LoRA file is loaded (training's default; files store no names).
 ADAPTER_NAME = "condition"
-
-#: Extra columns of a shard manifest: every sample's seed; ``mined`` adds the kept candidate and its score.
-SEED_COLUMN = "seed"
-MINING_COLUMNS: list[str] = ["candidate", "mining_score"]
 
 #: A batch renderer: (condition images HxWx3 uint8, one generator per image, masks HxW bool at the generation
 #: resolution) -> (B, H, W, 3) uint8. Plain rendering ignores the masks; ``guided`` crops to them.
@@ -81,70 +86,6 @@ class PickedNoise:
 PickNoise = Callable[[list[np.ndarray], list[np.ndarray], list[int]], list[PickedNoise]]
 
 
-# --------------------------------------------------------------------------------- planning
-def read_conditions(conditions: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """Load and check a conditions table (``sample_id, source_id, kind, condition, mask``).
-
-    Sample ids must be unique and usable as file names; errors name the table. Relative paths in a
-    CSV are resolved against the working directory, then against the CSV's folder (as in training).
-    """
-    if isinstance(conditions, pd.DataFrame):
-        name, table = "conditions table", conditions.copy()
-    else:
-        path = Path(conditions)
-        if not path.is_file():
-            raise DataError(f"{path}: conditions table not found")
-        name, table = str(path), pd.read_csv(path, dtype={"sample_id": str, "source_id": str})
-        for column in ("condition", "mask"):
-            if column in table.columns:
-                table[column] = [str(resolve_table_path(v, path, column)) for v in table[column]]
-    missing = [c for c in CONDITION_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{name}: lacks columns {missing} (has {list(table.columns)})")
-    table["sample_id"] = table["sample_id"].astype(str)
-    duplicated = table["sample_id"][table["sample_id"].duplicated()]
-    if not duplicated.empty:
-        raise DataError(f"{name}: duplicate sample_id {duplicated.iloc[0]!r}")
-    bad = [s for s in table["sample_id"] if not s or "/" in s or "\\" in s or s.startswith(".")]
-    if bad:
-        raise DataError(f"{name}: sample_id {bad[0]!r} cannot be used as a file name")
-    return table
-
-
-def planned_samples(plan: pd.DataFrame | str | Path, conditions: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """The plan's samples with their condition image and mask: ``sample_id, condition_id, condition, mask, seed``.
-
-    Every plan row must name a condition of the table (DataError otherwise, naming the id).
-    """
-    from hardgen.allocation import read_plan
-
-    samples = read_plan(plan)
-    table = read_conditions(conditions).set_index("sample_id")
-    unknown = sorted(set(samples["condition_id"]) - set(table.index))
-    if unknown:
-        raise DataError(f"generation plan: condition id(s) {unknown[:5]} are not in the conditions table")
-    joined = samples.assign(condition=table.loc[samples["condition_id"], "condition"].to_numpy(),
-                            mask=table.loc[samples["condition_id"], "mask"].to_numpy())
-    return read_conditions(joined[["sample_id", "condition_id", "condition", "mask", SEED_COLUMN]])
-
-
-def shard_chunks(sample_ids: Iterable[str], batch_size: int, shard_index: int, n_shards: int) -> list[list[str]]:
-    """The chunks (batches) of sorted sample ids that shard ``shard_index`` of ``n_shards`` generates.
-
-    Chunk ``c`` holds sorted ids ``[c*batch_size, (c+1)*batch_size)`` and belongs to shard ``c % n_shards``,
-    so batch composition does not depend on the shard count.
-    """
-    if batch_size < 1:
-        raise ValueError(f"generation.batch_size must be >= 1, got {batch_size}")
-    if n_shards < 1:
-        raise ValueError(f"generation.shards must be >= 1, got {n_shards}")
-    if not 0 <= shard_index < n_shards:
-        raise ValueError(f"shard index {shard_index} is outside [0, {n_shards})")
-    ordered = sorted(sample_ids)
-    chunks = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
-    return [chunk for c, chunk in enumerate(chunks) if c % n_shards == shard_index]
-
-
 # ---------------------------------------------------------------------------- image handling
 def load_condition(path: str | Path, resolution: int) -> np.ndarray:
     """A condition image as ``resolution``² RGB uint8, brought to size exactly as training does (:func:`hardgen.io.fit_square`)."""
@@ -152,6 +93,17 @@ def load_condition(path: str | Path, resolution: int) -> np.ndarray:
     if image.shape[:2] != (resolution, resolution):
         image = fit_square(image, resolution)
     return image
+
+
+def load_conditions(paths: list[str | Path], resolution: int) -> list[np.ndarray]:
+    """:func:`load_condition` of each path, each distinct path read once: samples sharing a condition get the very
+    same array object, which the pipeline then VAE-encodes once per batch (``generation.per_mask`` samples per
+    condition, and ``mined``'s candidates of one sample, share it)."""
+    loaded: dict[str, np.ndarray] = {}
+    for path in paths:
+        if str(path) not in loaded:
+            loaded[str(path)] = load_condition(path, resolution)
+    return [loaded[str(path)] for path in paths]
 
 
 def resize_mask(path: str | Path, resolution: int) -> np.ndarray:
@@ -217,7 +169,7 @@ def run_shard(
                     if not mask_path.exists():
                         write_mask(mask_path, mask)
             if missing or picks_missing:
-                condition_images = [load_condition(table.at[sid, "condition"], resolution) for sid in chunk]
+                condition_images = load_conditions([table.at[sid, "condition"] for sid in chunk], resolution)
                 picks = [PickedNoise(own_seeds[sid]) for sid in chunk]
                 if pick_noise is not None:
                     started = time.perf_counter()
@@ -362,9 +314,14 @@ class Sampling:
 
     def __call__(self, pipe: Any, condition_images: list[np.ndarray], generators: list[torch.Generator],
                  **extra: Any) -> Any:
+        # one PIL image per distinct array object: the pipeline encodes each distinct condition object once
+        pil: dict[int, Image.Image] = {}
+        for c in condition_images:
+            if id(c) not in pil:
+                pil[id(c)] = Image.fromarray(c)
         return pipe(
             prompt=[self.prompt] * len(condition_images),
-            condition=[Image.fromarray(c) for c in condition_images],
+            condition=[pil[id(c)] for c in condition_images],
             condition_scale=self.condition_scale,
             num_inference_steps=self.steps,
             guidance_scale=self.guidance_scale,
@@ -482,55 +439,3 @@ def generate_shard(
         render, table, shard_index, n_shards, out_dir,
         resolution=resolution, variant=variant, seed=seed, batch_size=batch_size, pick_noise=pick_noise,
     )
-
-
-# ----------------------------------------------------------------------------------- merging
-def merge_shards(
-    shard_csvs: Sequence[str | Path],
-    out_csv: str | Path,
-    conditions: pd.DataFrame | str | Path | None = None,
-    plan: pd.DataFrame | str | Path | None = None,
-) -> pd.DataFrame:
-    """Concatenate shard manifests into ``out_csv`` (atomically) after checking the ids.
-
-    Raises :class:`DataError` for a sample id in two shards, an image or mask file that does not exist, or
-    a planned sample id (``plan``'s, else ``conditions``') that no shard generated or a generated id that is
-    not planned. Rows are sorted by sample id; columns are :data:`MANIFEST_COLUMNS` followed by the shards'
-    extra columns (``seed``; ``candidate, mining_score`` for ``mined``).
-    """
-    frames = []
-    for path in shard_csvs:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: shard manifest not found")
-        frame = pd.read_csv(path, dtype={"sample_id": str})
-        missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path}: shard manifest lacks columns {missing}")
-        frames.append(frame.assign(_shard=str(path)))
-    if not frames:
-        raise DataError(f"{out_csv}: no shard manifests to merge")
-    merged = pd.concat(frames, ignore_index=True)
-    duplicated = merged[merged["sample_id"].duplicated(keep=False)]
-    if not duplicated.empty:
-        sid = duplicated["sample_id"].iloc[0]
-        shards = sorted(set(duplicated.loc[duplicated["sample_id"] == sid, "_shard"]))
-        raise DataError(f"sample_id {sid!r} appears more than once, in {shards}")
-    absent = [p for p in [*merged["image"], *merged["mask"]] if not Path(p).is_file()]
-    if absent:
-        raise DataError(f"{absent[0]}: listed in a shard manifest but missing ({len(absent)} missing files)")
-    if plan is not None or conditions is not None:
-        from hardgen.allocation import read_plan
-
-        what = "planned" if plan is not None else "condition"
-        expected = set(read_plan(plan)["sample_id"] if plan is not None else read_conditions(conditions)["sample_id"])
-        got = set(merged["sample_id"])
-        if expected - got:
-            raise DataError(f"{len(expected - got)} {what} sample ids not generated, e.g. {min(expected - got)!r}")
-        if got - expected:
-            raise DataError(f"{len(got - expected)} generated sample ids are not {what} samples, "
-                            f"e.g. {min(got - expected)!r}")
-    extra = [c for c in merged.columns if c not in MANIFEST_COLUMNS and c != "_shard"]
-    merged = merged.drop(columns="_shard").sort_values("sample_id").reset_index(drop=True)[MANIFEST_COLUMNS + extra]
-    write_csv(out_csv, merged)
-    return merged
