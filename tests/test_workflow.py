@@ -294,9 +294,10 @@ def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
     jobs = planned_jobs(text)
     runs_each, synthetic = runs_per_arch_and_seed(DEMO_CONFIG["segment"]), len(POLICIES) - 1
     variants = DEMO_CONFIG["generation"]["variants"]
-    assert jobs["generate"] == 2 * len(variants) and jobs["report"] == 1
-    # segment.batch_runs (demo): one job per arch for the real runs, one per arch for all synthetic runs
-    assert DEMO_CONFIG["segment"]["batch_runs"] and jobs["train_segmenter"] == 2 and jobs["train_segmenters"] == 2
+    assert jobs["generate"] == DEMO_CONFIG["generation"]["shards"] * len(variants) and jobs["report"] == 1
+    # segment.batch_runs (demo): one job per arch for the real runs, one per arch and ratio for the synthetic runs
+    ratios = len(DEMO_CONFIG["segment"]["synthetic_ratios"])
+    assert DEMO_CONFIG["segment"]["batch_runs"] and jobs["train_segmenter"] == 2 and jobs["train_segmenters"] == 2 * ratios
     assert jobs["evaluate"] == 2 and jobs["evaluate_runs"] == 2 and runs_each > 1
     # allocation hardness: every arch's real-only judge (the feedback judge is one of them)
     assert jobs["train_judge"] == len(DEMO_CONFIG["segment"]["archs"]) and jobs["allocate"] == 1

@@ -113,6 +113,22 @@ def batch_paths(pattern, wildcards):
     return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed) for p, r in SYNTHETIC_RUNS]
 
 
+# train_segmenters trains one ratio's synthetic runs of one (arch, seed): {{ratio}} stays a wildcard too, so the
+# CNN's runs (the slowest) split over the ratios and the DAG's last jobs can share the cores
+SYNTHETIC_POLICIES = [p for p in POLICIES if p != "real"]
+
+
+def ratio_batch_patterns(pattern):
+    return [pattern.format(policy=p) for p in SYNTHETIC_POLICIES]
+
+
+def ratio_batch_paths(pattern, wildcards):
+    return [
+        pattern.format(arch=wildcards.arch, policy=p, ratio=wildcards.ratio, seed=wildcards.seed)
+        for p in SYNTHETIC_POLICIES
+    ]
+
+
 def judge_path(arch=JUDGE, seed=JUDGE_SEED):
     return f"results/judge/{arch}/seed-{seed}/model.safetensors"
 

@@ -12,6 +12,8 @@ rule make_conditions:
         "logs/make_conditions.log",
     benchmark:
         "results/benchmarks/make_conditions.tsv"
+    # the critical path to generation first (snakemake --cores N runs the highest-priority ready job)
+    priority: 20
     params:
         kind=config["condition"]["type"],
         layouts_per_mask=config["condition"]["layouts_per_mask"],

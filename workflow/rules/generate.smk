@@ -16,13 +16,15 @@ rule allocate:
         "logs/allocate.log",
     benchmark:
         "results/benchmarks/allocate.tsv"
+    # every generate job waits for the plan
+    priority: 15
     params:
         per_mask=config["generation"]["per_mask"],
         allocation=config["generation"]["allocation"],
         seed=config["seed"],
         archs=config["segment"]["archs"],
         size=config["segment"]["size"],
-    threads: 2
+    threads: 1
     resources:
         # on the CPU: the judges only run a forward pass over the real training images (minutes at 352 px)
         mem_mb=8000,

@@ -40,39 +40,44 @@ rule train_segmenter:
 
 if BATCH_RUNS:
 
-    # segment.batch_runs (the CPU demo): every synthetic run of one (arch, seed) in one job, and their maps scored in
-    # one job. Same library call per run (hardgen.benchmark_runs.train_run), same files: only the scheduling changes.
-    # Real-only runs stay one per job: the synthetic subsets are filtered with their help (fidelity).
+    # segment.batch_runs (the CPU demo): the synthetic runs of one (arch, ratio, seed) in one job, and every synthetic
+    # run's maps of one (arch, seed) scored in one job. Same library call per run (hardgen.benchmark_runs.train_run),
+    # same files: only the scheduling changes. Real-only runs stay one per job: the synthetic subsets are filtered
+    # with their help (fidelity).
     ruleorder: train_segmenters > train_segmenter
     ruleorder: evaluate_runs > evaluate
 
     rule train_segmenters:
         input:
             manifest="results/data/manifest.csv",
-            subset=lambda wildcards: batch_paths("results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv", wildcards),
+            subset=lambda wildcards: ratio_batch_paths(
+                "results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv", wildcards
+            ),
             judge=pixel_filter_judge,
         output:
-            model=batch_patterns("results/segment/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}/model.safetensors"),
-            run=batch_patterns("results/segment/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}/run.json"),
+            model=ratio_batch_patterns(
+                "results/segment/{{arch}}/{policy}/ratio-{{ratio}}/seed-{{seed}}/model.safetensors"
+            ),
+            run=ratio_batch_patterns("results/segment/{{arch}}/{policy}/ratio-{{ratio}}/seed-{{seed}}/run.json"),
             predictions=[
                 directory(p)
-                for p in batch_patterns("results/predictions/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}")
+                for p in ratio_batch_patterns("results/predictions/{{arch}}/{policy}/ratio-{{ratio}}/seed-{{seed}}")
             ],
         log:
-            "logs/train_segmenters/{arch}/seed-{seed}.log",
+            "logs/train_segmenters/{arch}/ratio-{ratio}/seed-{seed}.log",
         benchmark:
-            "results/benchmarks/train_segmenters/{arch}/seed-{seed}.tsv"
+            "results/benchmarks/train_segmenters/{arch}/ratio-{ratio}/seed-{seed}.tsv"
         params:
             spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
             segment=config["segment"],
-            runs=SYNTHETIC_RUNS,
+            runs=lambda wildcards: [(p, wildcards.ratio) for p in SYNTHETIC_POLICIES],
             batched=True,
             judge=False,
             testsets=TESTSETS,
         threads: 1
         resources:
             mem_mb=8000,
-            runtime=720 * len(SYNTHETIC_RUNS),
+            runtime=720 * len(SYNTHETIC_POLICIES),
             gpu=1,
         conda:
             ENV
@@ -113,6 +118,8 @@ rule train_judge:
         "logs/train_judge/{arch}/seed-{seed}.log",
     benchmark:
         "results/benchmarks/train_judge/{arch}/seed-{seed}.tsv"
+    # the judges feed allocate, which every generate job waits for
+    priority: 15
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         segment=config["segment"],
