@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hardgen.io import DataError, sample_seed, write_table
+from hardgen.io import DataError, sample_seed, table_or_csv, write_table
 
 log = logging.getLogger("hardgen.allocation")
 
@@ -149,14 +149,7 @@ def write_plan(plan: pd.DataFrame, path: str | Path) -> None:
 
 def read_plan(plan: pd.DataFrame | str | Path) -> pd.DataFrame:
     """Read and check a plan (a table from :func:`make_plan` or its CSV); errors name the file."""
-    if isinstance(plan, pd.DataFrame):
-        name, table = "generation plan", plan.copy()
-    else:
-        path = Path(plan)
-        if not path.is_file():
-            raise DataError(f"{path}: generation plan not found")
-        name = str(path)
-        table = pd.read_csv(path, dtype={"sample_id": str, "condition_id": str})
+    name, table = table_or_csv(plan, "generation plan", dtype={"sample_id": str, "condition_id": str})
     missing = [c for c in ("sample_id", "condition_id", "seed") if c not in table.columns]
     if missing:
         raise DataError(f"{name}: lacks columns {missing} (has {list(table.columns)})")

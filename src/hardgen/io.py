@@ -199,6 +199,21 @@ def write_table(path: str | Path, frame: Any, columns: Sequence[str], what: str 
     write_csv(path, frame[list(columns)])
 
 
+def table_or_csv(source: Any, what: str, dtype: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """``(name, table)`` of a pandas DataFrame (a copy, named ``what``) or of a CSV file (named by its path).
+
+    A missing file is a :class:`DataError` naming it and ``what``.
+    """
+    import pandas as pd
+
+    if isinstance(source, pd.DataFrame):
+        return what, source.copy()
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    return str(path), pd.read_csv(path, dtype=dtype)
+
+
 def resolve_table_path(value: object, table: str | Path, column: str) -> Path:
     """A path cell of a CSV table: absolute, relative to the working directory, or relative to the table's folder."""
     if not isinstance(value, str) or not value:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hardgen.io import DataError, resolve_table_path, write_csv
+from hardgen.io import DataError, resolve_table_path, table_or_csv, write_csv
 
 CONDITION_COLUMNS: tuple[str, ...] = ("sample_id", "condition", "mask")
 MANIFEST_COLUMNS: list[str] = ["sample_id", "image", "mask", "condition", "variant"]
@@ -28,16 +28,11 @@ def read_conditions(conditions: pd.DataFrame | str | Path) -> pd.DataFrame:
     Sample ids must be unique and usable as file names; errors name the table. Relative paths in a
     CSV are resolved against the working directory, then against the CSV's folder (as in training).
     """
-    if isinstance(conditions, pd.DataFrame):
-        name, table = "conditions table", conditions.copy()
-    else:
-        path = Path(conditions)
-        if not path.is_file():
-            raise DataError(f"{path}: conditions table not found")
-        name, table = str(path), pd.read_csv(path, dtype={"sample_id": str, "source_id": str})
+    name, table = table_or_csv(conditions, "conditions table", dtype={"sample_id": str, "source_id": str})
+    if not isinstance(conditions, pd.DataFrame):
         for column in ("condition", "mask"):
             if column in table.columns:
-                table[column] = [str(resolve_table_path(v, path, column)) for v in table[column]]
+                table[column] = [str(resolve_table_path(v, name, column)) for v in table[column]]
     missing = [c for c in CONDITION_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{name}: lacks columns {missing} (has {list(table.columns)})")
