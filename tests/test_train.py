@@ -130,8 +130,15 @@ def test_feedback_loss_hinge():
     value, active = feedback_loss(losses, margin=1.0)
     assert value.item() == pytest.approx((0.8**2 + 0.1**2) / 3)
     assert active.item() == pytest.approx(2 / 3)
+    # the relative gap: losses and margin on a 5x larger scale give the same term (the raw hinge would be 25x)
+    scaled, scaled_active = feedback_loss(5 * losses, margin=5.0)
+    assert scaled.item() == pytest.approx(value.item()) and scaled_active.item() == pytest.approx(2 / 3)
+    # a harder batch (higher judge loss) has a smaller term: minimising it raises the judge's loss
+    assert feedback_loss(losses + 0.3, 1.0)[0].item() < value.item()
     with pytest.raises(ValueError):
         feedback_loss(losses[None], 1.0)
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        feedback_loss(losses, 0.0)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
