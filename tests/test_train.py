@@ -570,3 +570,23 @@ def test_each_pair_is_vae_encoded_once_and_attention_uses_sdpa(tiny_base, tiny_d
     with torch.no_grad():  # the cache holds exactly what encoding the pair alone gives (whatever its batch)
         fresh = [trainer.vae.encode(batch["pixels"][k : k + 1]).latent_dist.parameters[0] for k in (0, 1)]
     assert all(torch.equal(first[0][k], fresh[k]) for k in (0, 1))
+
+
+def test_plain_training_can_fine_tune_a_given_control_lora(plain_run, tiny_base, tiny_data, tmp_path):
+    """lora.init_weights: the plain run starts from the given Control-LoRA (its ranks, its weights), not fresh."""
+    init = plain_run[0] / LORA_WEIGHTS_NAME
+    start = load_state_dict(init)
+    # rank 8 asked for, the init's rank 4 used; one tiny step stays next to the init, a fresh run does not
+    tuned = make_settings(tiny_base, tiny_data, tmp_path / "tuned", mode="plain", init_lora=str(init), steps=1,
+                          learning_rate=1e-9, rank=8)
+    train_control_lora(tuned)
+    fresh = make_settings(tiny_base, tiny_data, tmp_path / "fresh", mode="plain", steps=1, learning_rate=1e-9, rank=8)
+    train_control_lora(fresh)
+    after, fresh_state = load_state_dict(tmp_path / "tuned" / LORA_WEIGHTS_NAME), load_state_dict(
+        tmp_path / "fresh" / LORA_WEIGHTS_NAME)
+    assert after.keys() == start.keys()
+    assert all(after[k].shape == start[k].shape for k in start)  # the init's ranks, not rank 8
+    assert all(torch.allclose(after[k], start[k], atol=1e-6) for k in start)
+    assert any(fresh_state[k].shape != start[k].shape for k in start)  # a fresh rank-8 adapter
+    with pytest.raises(ValueError, match="init_lora.*not found"):
+        make_settings(tiny_base, tiny_data, tmp_path / "x", mode="plain", init_lora=str(tmp_path / "nope")).validate()

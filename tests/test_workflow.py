@@ -276,6 +276,17 @@ def test_lint_is_clean():
     assert result.returncode == 0 and "Lints for" not in result.stdout + result.stderr
 
 
+def test_lora_init_weights_is_a_tracked_input_of_the_plain_training(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "canny.safetensors").write_bytes(b"stand-in: a dry run reads no weights")
+    args = ("-n", "--cores", "1", "--forcerun", "train_control_lora", "--until", "train_control_lora", "--config")
+    result = snakemake(workdir, *args, "lora={'init_weights': 'canny.safetensors'}")
+    plain = result.stdout.split("rule train_control_lora:")[1].split("\n\n")[0]
+    assert "canny.safetensors" in plain.split("output:")[0]  # among the rule's inputs
+    missing = snakemake(workdir, *args, "lora={'init_weights': 'nowhere.safetensors'}", check=False)
+    assert missing.returncode != 0 and "nowhere.safetensors" in missing.stdout + missing.stderr
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     workdir = copy_workflow(tmp_path)
     result = snakemake(workdir, "-n", "--cores", "1", "--config", "generation={'shards': 0}", check=False)

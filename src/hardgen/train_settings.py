@@ -127,12 +127,12 @@ class TrainSettings:
             raise bad("empty_prompt_prob", "must be in [0, 1]")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise bad("checkpoints_total_limit", "must be >= 1 or null")
+        if self.init_lora and not Path(self.init_lora).exists():
+            raise bad("init_lora", f"{self.init_lora}: file or folder not found")
         if self.mode == "plain":
-            return
+            return  # init_lora optional: fine-tune a given Control-LoRA (lora.init_weights) or start fresh
         if not self.init_lora:
             raise bad("init_lora", f"mode={self.mode!r} fine-tunes a plain LoRA; give its path")
-        if not Path(self.init_lora).exists():
-            raise bad("init_lora", "file or folder not found")
         if self.calibration_samples < 1:
             raise bad("calibration_samples", "must be >= 1")
         if not self.margin_factor > 0:

@@ -104,6 +104,12 @@ def run_paths(pattern):
     return [pattern.format(arch=a, policy=p, ratio=r, seed=s) for a in ARCHS for p, r in RUNS for s in SEEDS]
 
 
+def plain_init_input(wildcards):
+    # lora.init_weights: the plain Control-LoRA fine-tunes this one (a tracked input); null: fresh adapters
+    init = config["lora"]["init_weights"]
+    return [init] if init else []
+
+
 def batch_patterns(pattern):
     # train_segmenters' outputs: one per synthetic run, {{arch}} / {{seed}} left as wildcards
     return [pattern.format(policy=p, ratio=r) for p, r in SYNTHETIC_RUNS]

@@ -7,6 +7,7 @@ rule train_control_lora:
         base=base_model_input,
         conditions="results/conditions/conditions.csv",
         manifest="results/data/manifest.csv",
+        init_weights=plain_init_input,
     output:
         lora=lora_path("plain"),
         train_log="results/lora/plain/train_log.csv",

@@ -24,6 +24,10 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
         seed=p.seed,
         num_gpus=gpus,
         condition_type=p.condition_type,
+        init_lora=snakemake.input.init_weights[0] if snakemake.input.init_weights else None,  # lora.init_weights
     )
-    prepare_resume(settings, {"conditions": snakemake.input.conditions, "manifest": snakemake.input.manifest})
+    inputs = {"conditions": snakemake.input.conditions, "manifest": snakemake.input.manifest}
+    if settings.init_lora:
+        inputs["init_weights"] = settings.init_lora
+    prepare_resume(settings, inputs)
     log.info("summary: %s", run_training(settings, gpus))
