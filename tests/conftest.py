@@ -29,3 +29,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tuple[Path, Path]:
+    """The tiny random SD (built once per module) and a Control-LoRA file with non-zero B (so it acts)."""
+    import torch
+
+    from hardgen.base_model import build_tiny_sd, load_components
+    from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
+
+    root = tmp_path_factory.mktemp("tiny")
+    base = root / "base"
+    build_tiny_sd(repo_root / "resources" / "tiny-sd", base, seed=0)
+    unet = load_components(base)["unet"]
+    widen_conv_in(unet, num_conditions=1)
+    add_control_lora(unet, "condition", preset="half_skip_attn", rank=4, conv_in_rank=8)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
+    lora = save_control_lora(root / "lora", unet, "condition")
+    return base, lora

@@ -22,23 +22,6 @@ KW = {"resolution": RES, "prompt": "an endoscopic image of a colon polyp", "step
 
 
 # --------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tuple[Path, Path]:
-    """The tiny random SD and a Control-LoRA with non-zero B (as in test_generate)."""
-    from hardgen.base_model import build_tiny_sd, load_components
-    from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
-
-    root = tmp_path_factory.mktemp("tiny")
-    build_tiny_sd(repo_root / "resources" / "tiny-sd", root / "base", seed=0)
-    unet = load_components(root / "base")["unet"]
-    widen_conv_in(unet, num_conditions=1)
-    add_control_lora(unet, "condition", preset="half_skip_attn", rank=4, conv_in_rank=8)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.05)
-    return root / "base", save_control_lora(root / "lora", unet, "condition")
 
 
 @pytest.fixture(scope="module")
