@@ -294,10 +294,8 @@ def build_subset(
     ``seed`` is the draw seed (:func:`subset_seed` of the config seed and the segmenter seed); ``n_real``
     the real training images (:func:`real_count`).
     """
-    scores, generated = _read_tables(score_csvs, generated_csvs)
-    subset = select_subset(policy, scores, generated, ratio, n_real, band, score_backbone, min_fidelity, seed)
-    write_subset(subset, out_path)
-    return subset
+    return build_subsets([(policy, ratio)], score_csvs, generated_csvs, [out_path], n_real, band, score_backbone,
+                         min_fidelity, seed)[0]
 
 
 def build_subsets(
@@ -313,8 +311,8 @@ def build_subsets(
 ) -> list[pd.DataFrame]:
     """Workflow entry point (rule ``filter``): the subsets of several (policy, ratio) pairs of one draw seed.
 
-    The tables are read once; each subset is exactly :func:`build_subset`'s, written to the ``out_paths`` entry of
-    the same position. Returns the subsets in ``runs`` order.
+    The tables are read once; each subset is :func:`select_subset`'s, written to the ``out_paths`` entry of the
+    same position. Returns the subsets in ``runs`` order.
     """
     if len(runs) != len(out_paths):
         raise ValueError(f"filter: {len(runs)} (policy, ratio) pairs for {len(out_paths)} output paths")
