@@ -176,12 +176,7 @@ def train_vae(vae: torch.nn.Module, pixels: torch.Tensor, settings: PretrainSett
         l1 = (recon - x).abs().mean()
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
         loss = l1 + s.kl_weight * kl
-        _check_finite(loss, "VAE", len(log))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), s.max_grad_norm)
-        optimizer.step()
-        schedule.step()
+        _step(loss, vae, optimizer, schedule, s.max_grad_norm, "VAE", len(log))
         log.append({"l1": float(l1.detach()), "kl": float(kl.detach())})
     vae.to(memory_format=torch.contiguous_format).eval()  # safetensors stores contiguous tensors
     return log
@@ -250,12 +245,7 @@ def train_unet(
         hidden = torch.where(drop.view(-1, 1, 1), empty_embeds, prompt_embeds)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps).contiguous(memory_format=torch.channels_last)
         loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=hidden).sample, noise)
-        _check_finite(loss, "UNet", len(log))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), s.max_grad_norm)
-        optimizer.step()
-        schedule.step()
+        _step(loss, unet, optimizer, schedule, s.max_grad_norm, "UNet", len(log))
         ema.step(unet.parameters())
         log.append(float(loss.detach()))
     ema.copy_to(unet.parameters())
@@ -263,9 +253,16 @@ def train_unet(
     return log
 
 
-def _check_finite(loss: torch.Tensor, stage: str, step: int) -> None:
+def _step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
+          max_grad_norm: float, stage: str, step: int) -> None:
+    """One optimiser step on a finite loss: backward, clip the gradient norm, step the optimiser and the schedule."""
     if not torch.isfinite(loss):
         raise FloatingPointError(f"pretrain {stage}: loss is {float(loss)} at step {step}; lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()
 
 
 # ---------------------------------------------------------------------------------------------- the run
