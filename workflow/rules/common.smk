@@ -110,29 +110,24 @@ def plain_init_input(wildcards):
     return [init] if init else []
 
 
-def batch_patterns(pattern):
-    # train_segmenters' outputs: one per synthetic run, {{arch}} / {{seed}} left as wildcards
-    return [pattern.format(policy=p, ratio=r) for p, r in SYNTHETIC_RUNS]
-
-
-def batch_paths(pattern, wildcards):
-    return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed) for p, r in SYNTHETIC_RUNS]
-
-
-# train_segmenters trains one ratio's synthetic runs of one (arch, seed): {{ratio}} stays a wildcard too, so the
-# CNN's runs (the slowest) split over the ratios and the DAG's last jobs can share the cores
+# train_segmenters trains one ratio's synthetic runs of one (arch, seed), so the CNN's runs (the slowest) split over
+# the ratios and the DAG's last jobs can share the cores; evaluate_runs and filter take every synthetic run.
 SYNTHETIC_POLICIES = [p for p in POLICIES if p != "real"]
+RATIO_RUNS = [(p, "{ratio}") for p in SYNTHETIC_POLICIES]  # {ratio} stays a wildcard
 
 
-def ratio_batch_patterns(pattern):
-    return [pattern.format(policy=p) for p in SYNTHETIC_POLICIES]
+def batch_patterns(pattern, runs=SYNTHETIC_RUNS):
+    # batch jobs' outputs: one per (policy, ratio) of runs, {{arch}} / {{seed}} left as wildcards
+    return [pattern.format(policy=p, ratio=r) for p, r in runs]
 
 
-def ratio_batch_paths(pattern, wildcards):
-    return [
-        pattern.format(arch=wildcards.arch, policy=p, ratio=wildcards.ratio, seed=wildcards.seed)
-        for p in SYNTHETIC_POLICIES
-    ]
+def batch_paths(pattern, wildcards, runs=SYNTHETIC_RUNS):
+    return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed) for p, r in runs]
+
+
+def ratio_runs(wildcards):
+    # the (policy, ratio) pairs of one train_segmenters job
+    return [(p, wildcards.ratio) for p in SYNTHETIC_POLICIES]
 
 
 def judge_path(arch=JUDGE, seed=JUDGE_SEED):

@@ -50,18 +50,20 @@ if BATCH_RUNS:
     rule train_segmenters:
         input:
             manifest="results/data/manifest.csv",
-            subset=lambda wildcards: ratio_batch_paths(
-                "results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv", wildcards
+            subset=lambda wildcards: batch_paths(
+                "results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv", wildcards, ratio_runs(wildcards)
             ),
             judge=pixel_filter_judge,
         output:
-            model=ratio_batch_patterns(
-                "results/segment/{{arch}}/{policy}/ratio-{{ratio}}/seed-{{seed}}/model.safetensors"
+            model=batch_patterns(
+                "results/segment/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}/model.safetensors", RATIO_RUNS
             ),
-            run=ratio_batch_patterns("results/segment/{{arch}}/{policy}/ratio-{{ratio}}/seed-{{seed}}/run.json"),
+            run=batch_patterns("results/segment/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}/run.json", RATIO_RUNS),
             predictions=[
                 directory(p)
-                for p in ratio_batch_patterns("results/predictions/{{arch}}/{policy}/ratio-{{ratio}}/seed-{{seed}}")
+                for p in batch_patterns(
+                    "results/predictions/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}", RATIO_RUNS
+                )
             ],
         log:
             "logs/train_segmenters/{arch}/ratio-{ratio}/seed-{seed}.log",
@@ -70,7 +72,7 @@ if BATCH_RUNS:
         params:
             spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
             segment=config["segment"],
-            runs=lambda wildcards: [(p, wildcards.ratio) for p in SYNTHETIC_POLICIES],
+            runs=ratio_runs,
             batched=True,
             judge=False,
             testsets=TESTSETS,
