@@ -208,8 +208,9 @@ def score_with_fidelity(
     device: str | torch.device = "cpu",
     resolution: int | None = None,
     features_path: str | Path | None = None,
+    extractors: Mapping[str, FeatureExtractor] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Workflow entry point (rule ``score``): the fidelity guard's table and the scores of one set, in one job.
+    """Workflow entry point (rules ``score``, ``score_variants``): the fidelity guard's table and the scores of one set.
 
     The held-out backbone ``fidelity_key`` (``filter.fidelity_backbone``) is loaded once and used for both: its
     spatial features of the whole images (the guard) and its pooled features of the mask crops (the scores).
@@ -218,13 +219,15 @@ def score_with_fidelity(
     the score table no fidelity columns. A generated variant: every sample graded by ``sample_loss_csvs`` (the
     real-only segmenters) and calibrated on ``reference_csv`` (:func:`hardgen.fidelity.build_fidelity`,
     ``results/fidelity/<variant>.csv``), then joined into the score table (:func:`score_variant`).
-    Returns (scores, fidelity table).
+    ``extractors``: backbones already loaded, by config key (several sets scored in one job load them once); the
+    others, the held-out one included, are loaded here. Returns (scores, fidelity table).
     """
     from hardgen.fidelity import build_fidelity, build_reference
 
     if fidelity_key not in backbones:
         raise ValueError(f"filter.fidelity_backbone: {fidelity_key!r} is not one of the backbones {sorted(backbones)}")
-    judge = load_backbone(backbones[fidelity_key], device, config_key=fidelity_key)
+    extractors = dict(extractors or {})
+    judge = extractors.get(fidelity_key) or load_backbone(backbones[fidelity_key], device, config_key=fidelity_key)
     if variant == "real":
         fidelity = build_reference(manifest_path, judge, fidelity_out, resolution=resolution, batch_size=batch_size)
     else:
@@ -235,7 +238,7 @@ def score_with_fidelity(
                                   resolution=resolution, batch_size=batch_size)
     scores = score_variant(manifest_path, backbones, prototype_paths, variant, out_path, pad, batch_size, device,
                            resolution, features_path, fidelity_path=None if variant == "real" else fidelity_out,
-                           extractors={fidelity_key: judge})
+                           extractors={**extractors, fidelity_key: judge})
     return scores, fidelity
 
 

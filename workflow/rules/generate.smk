@@ -48,6 +48,9 @@ rule generate:
         "logs/generate/{variant}/shard-{shard}.log",
     benchmark:
         "results/benchmarks/generate/{variant}/shard-{shard}.tsv"
+    # with the real-only benchmark segmenters and the real images' scores (5): all of them must be done before the
+    # samples are graded, and the LoRA training (10 and up) comes first
+    priority: 5
     params:
         base=BASE_MODEL,
         model=config["model"],

@@ -36,6 +36,8 @@ rule prototype:
         "logs/prototype.log",
     benchmark:
         "results/benchmarks/prototype.tsv"
+    # the hard LoRA (its margins) and the training-free variants wait for it: not behind the benchmark segmenters
+    priority: 15
     params:
         backbones=config["backbones"],
         pad=config["hard"]["crop_pad"],

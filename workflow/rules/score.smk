@@ -21,7 +21,10 @@ rule score:
         "logs/score/{scored}.log",
     benchmark:
         "results/benchmarks/score/{scored}.tsv"
+    # beside generation (5): the real images' calibration is ready when the samples are graded
+    priority: 5
     params:
+        sets=lambda wildcards: [wildcards.scored],
         backbones=config["backbones"],
         fidelity_backbone=FIDELITY_BACKBONE,
         pad=config["hard"]["crop_pad"],
@@ -35,6 +38,45 @@ rule score:
         ENV
     script:
         "../scripts/score.py"
+
+
+if BATCH_RUNS:
+
+    # segment.batch_runs (the CPU demo): every generated variant scored in one job, the backbones loaded once. No
+    # wait is added: grading needs the real-only segmenters' losses on every variant (sample_losses), so each
+    # variant's score job waited for all of generation anyway. Same library call per variant, same files.
+    ruleorder: score_variants > score
+
+    rule score_variants:
+        input:
+            sample_losses=sample_loss_tables(),
+            reference="results/fidelity/real.csv",
+            manifest="results/data/manifest.csv",
+            samples=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
+            prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=BACKBONES),
+        output:
+            scores=expand("results/scores/{variant}.csv", variant=VARIANTS),
+            features=expand("results/scores/{variant}.features.safetensors", variant=VARIANTS),
+            fidelity=expand("results/fidelity/{variant}.csv", variant=VARIANTS),
+        log:
+            "logs/score_variants.log",
+        benchmark:
+            "results/benchmarks/score_variants.tsv"
+        params:
+            sets=VARIANTS,
+            backbones=config["backbones"],
+            fidelity_backbone=FIDELITY_BACKBONE,
+            pad=config["hard"]["crop_pad"],
+            resolution=config["model"]["resolution"],
+        threads: 1
+        resources:
+            mem_mb=8000,
+            runtime=120 * len(VARIANTS),
+            gpu=1,
+        conda:
+            ENV
+        script:
+            "../scripts/score.py"
 
 
 rule filter:

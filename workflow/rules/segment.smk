@@ -20,6 +20,8 @@ rule train_segmenter:
         "logs/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
         "results/benchmarks/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+    # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
+    priority: 5
     params:
         spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         segment=config["segment"],
@@ -40,10 +42,10 @@ rule train_segmenter:
 
 if BATCH_RUNS:
 
-    # segment.batch_runs (the CPU demo): the synthetic runs of one (arch, ratio, seed) in one job, and every synthetic
-    # run's maps of one (arch, seed) scored in one job. Same library call per run (hardgen.benchmark_runs.train_run),
-    # same files: only the scheduling changes. Real-only runs stay one per job: the synthetic subsets are filtered
-    # with their help (fidelity).
+    # segment.batch_runs (the CPU demo): the synthetic runs of one (arch, ratio, seed) in one job, and every run's
+    # maps of one (arch, seed), the real-only run's too, scored in one job. Same library call per run
+    # (hardgen.benchmark_runs.train_run), same files: only the scheduling changes. Real-only runs train one per job:
+    # the synthetic subsets are filtered with their help (fidelity).
     ruleorder: train_segmenters > train_segmenter
     ruleorder: evaluate_runs > evaluate
 
@@ -69,6 +71,9 @@ if BATCH_RUNS:
             "logs/train_segmenters/{arch}/ratio-{ratio}/seed-{seed}.log",
         benchmark:
             "results/benchmarks/train_segmenters/{arch}/ratio-{ratio}/seed-{seed}.tsv"
+        # the DAG's last big jobs: on few cores the longest should start first, so segment.archs order (the demo lists
+        # its CNN, ~1.7x the transformer's time per run, first)
+        priority: lambda wildcards: len(ARCHS) - ARCHS.index(wildcards.arch)
         params:
             spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
             segment=config["segment"],
@@ -90,10 +95,10 @@ if BATCH_RUNS:
         input:
             manifest="results/data/manifest.csv",
             predictions=lambda wildcards: batch_paths(
-                "results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}", wildcards
+                "results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}", wildcards, RUNS
             ),
         output:
-            table=batch_patterns("results/eval/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}.csv"),
+            table=batch_patterns("results/eval/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}.csv", RUNS),
         log:
             "logs/evaluate_runs/{arch}/seed-{seed}.log",
         benchmark:
@@ -103,7 +108,7 @@ if BATCH_RUNS:
         threads: 1
         resources:
             mem_mb=2000,
-            runtime=60 * len(SYNTHETIC_RUNS),
+            runtime=60 * len(RUNS),
         conda:
             ENV
         script:
@@ -165,16 +170,19 @@ rule evaluate:
 
 rule segmenter_loss:
     input:
-        model=lambda wildcards: segmenter_path(wildcards.arch, "real", "0", wildcards.seed),
+        models=lambda wildcards: segmenter_path(wildcards.arch, "real", "0", wildcards.seed),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
-        "results/eval/{arch}/seed-{seed}/sample_loss.csv",
+        tables="results/eval/{arch}/seed-{seed}/sample_loss.csv",
     log:
         "logs/segmenter_loss/{arch}/seed-{seed}.log",
     benchmark:
         "results/benchmarks/segmenter_loss/{arch}/seed-{seed}.tsv"
+    # the fidelity grades wait for it (score); judge_loss only feeds the report
+    priority: 1
     params:
-        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+        archs=lambda wildcards: [wildcards.arch],
+        specs=config["segment"]["archs"],
         size=config["segment"]["size"],
     threads: 1
     resources:
@@ -191,16 +199,17 @@ rule judge_loss:
     # The feedback judge's per-sample loss on every generated sample: the model-specific hardness source of the
     # transfer matrix (segmenter_loss's script on the judge instead of a benchmark segmenter).
     input:
-        model=lambda wildcards: judge_path(wildcards.arch, wildcards.seed),
+        models=lambda wildcards: judge_path(wildcards.arch, wildcards.seed),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
-        "results/judge/{arch}/seed-{seed}/sample_loss.csv",
+        tables="results/judge/{arch}/seed-{seed}/sample_loss.csv",
     log:
         "logs/judge_loss/{arch}/seed-{seed}.log",
     benchmark:
         "results/benchmarks/judge_loss/{arch}/seed-{seed}.tsv"
     params:
-        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+        archs=lambda wildcards: [wildcards.arch],
+        specs=config["segment"]["archs"],
         size=config["segment"]["size"],
     threads: 1
     resources:

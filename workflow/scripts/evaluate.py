@@ -1,5 +1,5 @@
-"""Snakemake wrapper for rules evaluate (one run) and evaluate_runs (segment.batch_runs: every synthetic run of one
-arch and seed): the polyp toolbox's scores (hardgen.metrics) of saved prediction maps, per test set and pooled
+"""Snakemake wrapper for rules evaluate (one run) and evaluate_runs (segment.batch_runs: every run of one arch and
+seed): the polyp toolbox's scores (hardgen.metrics) of saved prediction maps, per test set and pooled
 ("overall"): rows of testset, metric, value."""
 
 from hardgen.logging_utils import stage_logging

@@ -1,42 +1,57 @@
-"""Snakemake wrapper for rule score: the fidelity guard of one set (real: its calibration; a generated variant: every
-sample graded) and each sample's prototype discrepancy under every backbone (and its features), in one job."""
+"""Snakemake wrapper for rules score and score_variants: the fidelity guard of a set (real: its calibration; a
+generated variant: every sample graded) and each sample's prototype discrepancy under every backbone (and its
+features). score: one set per job; score_variants (segment.batch_runs): every generated variant in one job, the
+backbones loaded once."""
 
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
+
+def as_list(value):
+    return [value] if isinstance(value, str) else list(value)
+
+
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     from pathlib import Path
 
-    from hardgen.features import BackboneSpec
+    from hardgen.features import BackboneSpec, load_backbone
     from hardgen.score import score_with_fidelity
 
-    variant = snakemake.wildcards.scored
+    sets = list(snakemake.params.sets)
     keys = list(snakemake.params.backbones)
+    specs = {k: BackboneSpec.from_config(k, snakemake.params.backbones[k]) for k in keys}
     fidelity_key = snakemake.params.fidelity_backbone
-    real = variant == "real"
-    scores, fidelity = score_with_fidelity(
-        snakemake.input.manifest if real else snakemake.input.samples,
-        backbones={k: BackboneSpec.from_config(k, snakemake.params.backbones[k]) for k in keys},
-        prototype_paths=dict(zip(keys, snakemake.input.prototypes, strict=True)),
-        variant=variant,
-        out_path=snakemake.output.scores,
-        fidelity_key=fidelity_key,
-        fidelity_out=snakemake.output.fidelity,
-        # generated variants: the real-only segmenters' grades (name <arch>/seed-<s>) and the real calibration
-        sample_loss_csvs=None if real else {
-            f"{Path(p).parent.parent.name}/{Path(p).parent.name}": p for p in snakemake.input.sample_losses
-        },
-        reference_csv=None if real else snakemake.input.reference,
-        pad=snakemake.params.pad,
-        device=configure_torch(snakemake.threads),
-        resolution=snakemake.params.resolution,
-        features_path=snakemake.output.features,
-    )
-    if real:
-        log.info("real training images: %d separations under %s, median %.4g", len(fidelity), fidelity_key,
-                 fidelity["separation"].median())
-    else:
-        log.info("%s: %d samples graded by %d segmenters; mean fidelity %.3f (Dice %.3f, separation %.3f)",
-                 variant, len(fidelity), fidelity["judges"].iloc[0], fidelity["fidelity"].mean(),
-                 fidelity["fidelity_dice"].mean(), fidelity["fidelity_separation"].mean())
-    log.info("%s: mean z per backbone %s", variant, scores.groupby("backbone")["z"].mean().round(3).to_dict())
+    device = configure_torch(snakemake.threads)
+    # one load per backbone for every set of the job (score_with_fidelity checks fidelity_key against the specs)
+    extractors = {k: load_backbone(specs[k], device, config_key=k) for k in keys}
+    samples = as_list(snakemake.input.samples) if sets != ["real"] else [snakemake.input.manifest]
+    outputs = [as_list(snakemake.output[name]) for name in ("scores", "features", "fidelity")]
+    for variant, manifest, scores_out, features_out, fidelity_out in zip(sets, samples, *outputs, strict=True):
+        real = variant == "real"
+        scores, fidelity = score_with_fidelity(
+            manifest,
+            backbones=specs,
+            prototype_paths=dict(zip(keys, snakemake.input.prototypes, strict=True)),
+            variant=variant,
+            out_path=scores_out,
+            fidelity_key=fidelity_key,
+            fidelity_out=fidelity_out,
+            # generated variants: the real-only segmenters' grades (name <arch>/seed-<s>) and the real calibration
+            sample_loss_csvs=None if real else {
+                f"{Path(p).parent.parent.name}/{Path(p).parent.name}": p for p in snakemake.input.sample_losses
+            },
+            reference_csv=None if real else snakemake.input.reference,
+            pad=snakemake.params.pad,
+            device=device,
+            resolution=snakemake.params.resolution,
+            features_path=features_out,
+            extractors=extractors,
+        )
+        if real:
+            log.info("real training images: %d separations under %s, median %.4g", len(fidelity), fidelity_key,
+                     fidelity["separation"].median())
+        else:
+            log.info("%s: %d samples graded by %d segmenters; mean fidelity %.3f (Dice %.3f, separation %.3f)",
+                     variant, len(fidelity), fidelity["judges"].iloc[0], fidelity["fidelity"].mean(),
+                     fidelity["fidelity_dice"].mean(), fidelity["fidelity_separation"].mean())
+        log.info("%s: mean z per backbone %s", variant, scores.groupby("backbone")["z"].mean().round(3).to_dict())
