@@ -1,9 +1,10 @@
 """One benchmark (or judge) segmenter run end to end: training table, optional pixel filter, training, record, maps.
 
-Rules ``train_segmenter`` (one run per job), ``train_segmenters`` (``segment.batch_runs``: every synthetic run of one
-architecture and seed in one job) and ``train_judge`` all call :func:`train_run`, so a run gives the same model,
-record and maps whichever way it was scheduled. Batching exists for small machines: on 2 CPU cores most of a demo
-run's job time is interpreter start-up and imports (~7 s per torch job), not training.
+Rules ``train_segmenter`` (one run per job), ``train_segmenters`` and ``train_real`` (``segment.batch_runs``: the
+synthetic runs of one ratio and seed, the real-only runs of one seed, every architecture) and ``train_judge`` all
+call :func:`train_run`, so a run gives the same model, record and maps whichever way it was scheduled. Batching
+exists for small machines: on 2 CPU cores most of a demo run's job time is interpreter start-up and imports (~7 s
+per torch job), not training.
 """
 
 from __future__ import annotations

@@ -110,10 +110,12 @@ def plain_init_input(wildcards):
     return [init] if init else []
 
 
-# train_segmenters trains one ratio's synthetic runs of one (arch, seed), so the CNN's runs (the slowest) split over
-# the ratios and the DAG's last jobs can share the cores; evaluate_runs and filter take every synthetic run.
+# segment.batch_runs: train_segmenters trains the synthetic runs of one ratio and seed, every arch (jobs of a size, so
+# the DAG's last jobs share the cores), train_real the real-only runs of one seed; evaluate_runs and filter take every
+# run of an (arch, seed) / every subset of a seed. Runs are (arch, policy, ratio label); "{ratio}" stays a wildcard.
 SYNTHETIC_POLICIES = [p for p in POLICIES if p != "real"]
-RATIO_RUNS = [(p, "{ratio}") for p in SYNTHETIC_POLICIES]  # {ratio} stays a wildcard
+RATIO_RUNS = [(a, p, "{ratio}") for a in ARCHS for p in SYNTHETIC_POLICIES]
+REAL_RUNS = [(a, "real", "0") for a in ARCHS]
 
 
 def batch_patterns(pattern, runs=SYNTHETIC_RUNS):
@@ -125,22 +127,26 @@ def batch_paths(pattern, wildcards, runs=SYNTHETIC_RUNS):
     return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed) for p, r in runs]
 
 
+def run_patterns(pattern, runs):
+    # batch jobs' outputs: one per (arch, policy, ratio) of runs, {seed} (and a "{ratio}" ratio) left as wildcards
+    return [pattern.format(arch=a, policy=p, ratio=r, seed="{seed}") for a, p, r in runs]
+
+
 def ratio_runs(wildcards):
-    # the (policy, ratio) pairs of one train_segmenters job
-    return [(p, wildcards.ratio) for p in SYNTHETIC_POLICIES]
+    # the (arch, policy, ratio) runs of one train_segmenters job
+    return [(a, p, wildcards.ratio) for a, p, _ in RATIO_RUNS]
 
 
 def judge_path(arch=JUDGE, seed=JUDGE_SEED):
     return f"results/judge/{arch}/seed-{seed}/model.safetensors"
 
 
-def pixel_filter_judge(wildcards):
-    # segment.pixel_filter (FreeMask): a synthetic policy's segmenter ignores the synthetic pixels that the real-only
-    # judge of its own arch (seed feedback.judge_seed) finds too hard; off (null) or the real policy: no judge.
-    # (train_segmenters: a batch of synthetic runs, no policy wildcard)
-    if config["segment"]["pixel_filter"] is None or wildcards.get("policy") == "real":
-        return []
-    return judge_path(wildcards.arch)
+def filter_judges(archs):
+    # segment.pixel_filter (FreeMask): a synthetic run ignores the synthetic pixels that the real-only judge of its own
+    # arch (seed feedback.judge_seed) finds too hard; {arch: that judge's weights}, {} when the filter is off
+    if config["segment"]["pixel_filter"] is None:
+        return {}
+    return {arch: judge_path(arch) for arch in archs}
 
 
 def generation_lora(wildcards):

@@ -10,7 +10,7 @@ rule train_segmenter:
     input:
         manifest="results/data/manifest.csv",
         subset=subset_input,
-        judge=pixel_filter_judge,
+        judges=lambda wildcards: list(filter_judges([wildcards.arch]).values()) if wildcards.policy != "real" else [],
     output:
         model="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors",
         run="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json",
@@ -23,10 +23,10 @@ rule train_segmenter:
     # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
     priority: 5
     params:
-        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+        specs=config["segment"]["archs"],
         segment=config["segment"],
-        runs=lambda wildcards: [(wildcards.policy, wildcards.ratio)],
-        batched=False,
+        runs=lambda wildcards: [(wildcards.arch, wildcards.policy, wildcards.ratio)],
+        filter_judges=lambda wildcards: filter_judges([wildcards.arch]) if wildcards.policy != "real" else {},
         judge=False,
         testsets=TESTSETS,
     threads: 1
@@ -40,51 +40,111 @@ rule train_segmenter:
         "../scripts/train_segmenter.py"
 
 
+rule train_judge:
+    input:
+        manifest="results/data/manifest.csv",
+    output:
+        model="results/judge/{arch}/seed-{seed}/model.safetensors",
+        run="results/judge/{arch}/seed-{seed}/run.json",
+    log:
+        "logs/train_judge/{arch}/seed-{seed}.log",
+    benchmark:
+        "results/benchmarks/train_judge/{arch}/seed-{seed}.tsv"
+    # the judges feed allocate, which every generate job waits for
+    priority: 15
+    params:
+        specs=config["segment"]["archs"],
+        segment=config["segment"],
+        runs=lambda wildcards: [(wildcards.arch, "real", "0")],
+        filter_judges={},
+        judge=True,
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=720,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../scripts/train_segmenter.py"
+
+
 if BATCH_RUNS:
 
-    # segment.batch_runs (the CPU demo): the synthetic runs of one (arch, ratio, seed) in one job, and every run's
-    # maps of one (arch, seed), the real-only run's too, scored in one job. Same library call per run
-    # (hardgen.benchmark_runs.train_run), same files: only the scheduling changes. Real-only runs train one per job:
-    # the synthetic subsets are filtered with their help (fidelity).
+    # segment.batch_runs (the CPU demo): fewer, fatter jobs, the same library call per run
+    # (hardgen.benchmark_runs.train_run) and the same files: only the scheduling changes. train_segmenters trains the
+    # synthetic runs of one ratio and seed, every arch (so the jobs are of a size: the CNN's runs take ~1.7x the
+    # transformer's) and train_real the real-only runs of one seed; evaluate_runs scores every run's maps of one
+    # (arch, seed). The judges stay one job each: the feedback variant's cost (report) includes its judge's job. A
+    # test forces the per-run rules on a finished run and gets byte-identical files.
     ruleorder: train_segmenters > train_segmenter
+    ruleorder: train_real > train_segmenter
     ruleorder: evaluate_runs > evaluate
 
     rule train_segmenters:
         input:
             manifest="results/data/manifest.csv",
-            subset=lambda wildcards: batch_paths(
-                "results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv", wildcards, ratio_runs(wildcards)
-            ),
-            judge=pixel_filter_judge,
+            # one subset per run, in the order of params.runs
+            subset=lambda wildcards: [
+                f"results/subsets/{p}/ratio-{r}/seed-{wildcards.seed}.csv" for _, p, r in ratio_runs(wildcards)
+            ],
+            judges=list(filter_judges(ARCHS).values()),
         output:
-            model=batch_patterns(
-                "results/segment/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}/model.safetensors", RATIO_RUNS
+            model=run_patterns(
+                "results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors", RATIO_RUNS
             ),
-            run=batch_patterns("results/segment/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}/run.json", RATIO_RUNS),
+            run=run_patterns("results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json", RATIO_RUNS),
             predictions=[
                 directory(p)
-                for p in batch_patterns(
-                    "results/predictions/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}", RATIO_RUNS
-                )
+                for p in run_patterns("results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}", RATIO_RUNS)
             ],
         log:
-            "logs/train_segmenters/{arch}/ratio-{ratio}/seed-{seed}.log",
+            "logs/train_segmenters/ratio-{ratio}/seed-{seed}.log",
         benchmark:
-            "results/benchmarks/train_segmenters/{arch}/ratio-{ratio}/seed-{seed}.tsv"
-        # the DAG's last big jobs: on few cores the longest should start first, so segment.archs order (the demo lists
-        # its CNN, ~1.7x the transformer's time per run, first)
-        priority: lambda wildcards: len(ARCHS) - ARCHS.index(wildcards.arch)
+            "results/benchmarks/train_segmenters/ratio-{ratio}/seed-{seed}.tsv"
         params:
-            spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+            specs=config["segment"]["archs"],
             segment=config["segment"],
             runs=ratio_runs,
-            batched=True,
+            filter_judges=filter_judges(ARCHS),
             judge=False,
             testsets=TESTSETS,
         threads: 1
         resources:
             mem_mb=8000,
-            runtime=720 * len(SYNTHETIC_POLICIES),
+            runtime=720 * len(RATIO_RUNS),
+            gpu=1,
+        conda:
+            ENV
+        script:
+            "../scripts/train_segmenter.py"
+
+    rule train_real:
+        input:
+            manifest="results/data/manifest.csv",
+        output:
+            model=run_patterns("results/segment/{arch}/real/ratio-0/seed-{seed}/model.safetensors", REAL_RUNS),
+            run=run_patterns("results/segment/{arch}/real/ratio-0/seed-{seed}/run.json", REAL_RUNS),
+            predictions=[
+                directory(p) for p in run_patterns("results/predictions/{arch}/real/ratio-0/seed-{seed}", REAL_RUNS)
+            ],
+        log:
+            "logs/train_real/seed-{seed}.log",
+        benchmark:
+            "results/benchmarks/train_real/seed-{seed}.tsv"
+        # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
+        priority: 5
+        params:
+            specs=config["segment"]["archs"],
+            segment=config["segment"],
+            runs=REAL_RUNS,
+            filter_judges={},
+            judge=False,
+            testsets=TESTSETS,
+        threads: 1
+        resources:
+            mem_mb=8000,
+            runtime=720 * len(REAL_RUNS),
             gpu=1,
         conda:
             ENV
@@ -113,35 +173,6 @@ if BATCH_RUNS:
             ENV
         script:
             "../scripts/evaluate.py"
-
-
-rule train_judge:
-    input:
-        manifest="results/data/manifest.csv",
-    output:
-        model="results/judge/{arch}/seed-{seed}/model.safetensors",
-        run="results/judge/{arch}/seed-{seed}/run.json",
-    log:
-        "logs/train_judge/{arch}/seed-{seed}.log",
-    benchmark:
-        "results/benchmarks/train_judge/{arch}/seed-{seed}.tsv"
-    # the judges feed allocate, which every generate job waits for
-    priority: 15
-    params:
-        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
-        segment=config["segment"],
-        runs=[("real", "0")],
-        batched=False,
-        judge=True,
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=720,
-        gpu=1,
-    conda:
-        ENV
-    script:
-        "../scripts/train_segmenter.py"
 
 
 rule evaluate:

@@ -1,31 +1,38 @@
-"""Snakemake wrapper for rules train_segmenter (one run), train_segmenters (segment.batch_runs: every synthetic run of
-one arch and seed) and train_judge: hardgen.benchmark_runs.train_run for each run.
+"""Snakemake wrapper for the segmenter rules: hardgen.benchmark_runs.train_run for each run of the job.
 
-Each run trains on the real training images plus its policy's subset for segment.iterations batches, writes
-run.json beside the model and (benchmark runs) its PraNet-style test maps; the evaluate rule scores those. The
-judge (params.judge) trains with seed JUDGE_SEED_OFFSET + feedback.judge_seed. With segment.pixel_filter set, a
-synthetic run gets the real-only judge of its arch (input.judge, FreeMask's pixel filter).
+train_segmenter (one run) and train_judge (one feedback/filter judge) run one; with segment.batch_runs (the demo)
+train_segmenters runs every synthetic run of one ratio and seed and train_real the real-only runs of one seed,
+every arch in one job. params.runs lists (arch, policy, ratio label), in the order of the
+list outputs. Each run trains on the real training images plus its policy's subset for segment.iterations batches,
+writes run.json beside the model and (benchmark runs) its PraNet-style test maps; the evaluate rules score those.
+Judges (params.judge) train with seed JUDGE_SEED_OFFSET + feedback.judge_seed. With segment.pixel_filter set, a
+synthetic run gets the real-only judge of its arch (params.filter_judges, FreeMask's pixel filter).
 """
 
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
+
+def as_list(value):
+    return [value] if isinstance(value, str) else list(value)
+
+
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     from hardgen.benchmark_runs import RunPaths, train_run
 
     device = configure_torch(snakemake.threads)
-    arch, seed = snakemake.wildcards.arch, int(snakemake.wildcards.seed)
-    runs = snakemake.params.runs  # [(policy, ratio label)]: one per job, or a batch
-    batched = snakemake.params.batched  # outputs are lists, one entry per run
-    for k, (policy, ratio) in enumerate(runs):
-        paths = RunPaths(
-            model=snakemake.output.model[k] if batched else snakemake.output.model,
-            run=snakemake.output.run[k] if batched else snakemake.output.run,
-            subset=(snakemake.input.subset[k] if batched else snakemake.input.subset) if policy != "real" else None,
-            predictions=((snakemake.output.predictions[k] if batched else snakemake.output.predictions)
-                         if hasattr(snakemake.output, "predictions") else None),
-        )
-        train_run(snakemake.input.manifest, snakemake.params.spec, snakemake.params.segment, arch, policy,
+    seed = int(snakemake.wildcards.seed)
+    runs = [tuple(run) for run in snakemake.params.runs]
+    models, records = as_list(snakemake.output.model), as_list(snakemake.output.run)
+    maps = as_list(snakemake.output.predictions) if hasattr(snakemake.output, "predictions") else [None] * len(runs)
+    synthetic = iter(as_list(snakemake.input.get("subset", [])))  # one subset per synthetic run, in run order
+    filter_judges = dict(snakemake.params.filter_judges)  # arch -> its real-only judge; {}: no pixel filter
+    if not len(runs) == len(models) == len(records) == len(maps):
+        raise ValueError(f"{len(runs)} runs for {len(models)} models, {len(records)} records, {len(maps)} map folders")
+    for k, (arch, policy, ratio) in enumerate(runs):
+        real = policy == "real"
+        paths = RunPaths(model=models[k], run=records[k], subset=None if real else next(synthetic), predictions=maps[k])
+        train_run(snakemake.input.manifest, snakemake.params.specs[arch], snakemake.params.segment, arch, policy,
                   float(ratio), seed, paths, device, judge=snakemake.params.judge,
-                  filter_judge=snakemake.input.get("judge") or None, testsets=snakemake.params.get("testsets", ()))
-        log.info("run %d/%d done: %s ratio %s", k + 1, len(runs), policy, ratio)
+                  filter_judge=None if real else filter_judges.get(arch), testsets=snakemake.params.get("testsets", ()))
+        log.info("run %d/%d done: %s %s ratio %s", k + 1, len(runs), arch, policy, ratio)
