@@ -381,6 +381,21 @@ def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
             assert res["slurm_partition"] == "cpu" and "--gpus" not in gres, block
 
 
+def test_gpu_profiles_give_gpu_jobs_their_cpu_threads(tmp_path):
+    # rules declare threads: 1 for the 2-core demo; the GPU profiles raise every GPU rule's threads (torch follows
+    # them, hardgen.devices.configure_torch) to the CPUs a job has: Slurm's cpus_per_task, or a 16-core box's share
+    slurm = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    gpu_rules = {rule for rule, res in slurm["set-resources"].items() if res.get("gpu", 0) >= 1}
+    assert {"train_control_lora", "generate", "score_variants", "train_real", "train_segmenters"} <= gpu_rules
+    assert slurm["set-threads"] == {rule: slurm["set-resources"][rule]["cpus_per_task"] for rule in gpu_rules}
+    workdir = copy_workflow(tmp_path)
+    result = snakemake(workdir, "--profile", "workflow/profiles/local-gpu", "-n")
+    named = [(re.search(r"^rule (\w+):", b, re.MULTILINE), b) for b in (result.stdout + result.stderr).split("\n\n")]
+    blocks = {match.group(1): block for match, block in named if match}
+    assert "threads: 4" in blocks["train_control_lora"] and "threads: 4" in blocks["score_variants"]
+    assert "threads:" not in blocks["filter"]  # CPU rules keep one thread
+
+
 def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
     from hardgen.data import make_demo_dataset
 
