@@ -157,6 +157,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def path_list(value: str | Path | Sequence[str | Path]) -> list[str]:
+    """One path or several as a list of strings: a workflow input or output entry that is a single file for a per-run
+    rule and a list for its batched twin."""
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+
+
 def write_image(path: str | Path, array: np.ndarray) -> None:
     """Write a uint8 (HxW or HxWx3) array atomically; the format follows the suffix."""
     path = Path(path)

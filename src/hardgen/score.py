@@ -227,7 +227,8 @@ def score_with_fidelity(
     if fidelity_key not in backbones:
         raise ValueError(f"filter.fidelity_backbone: {fidelity_key!r} is not one of the backbones {sorted(backbones)}")
     extractors = dict(extractors or {})
-    judge = extractors.get(fidelity_key) or load_backbone(backbones[fidelity_key], device, config_key=fidelity_key)
+    judge = (extractors[fidelity_key] if fidelity_key in extractors
+             else load_backbone(backbones[fidelity_key], device, config_key=fidelity_key))
     if variant == "real":
         fidelity = build_reference(manifest_path, judge, fidelity_out, resolution=resolution, batch_size=batch_size)
     else:

@@ -123,7 +123,7 @@ def batch_patterns(pattern, runs=SYNTHETIC_RUNS):
     return [pattern.format(policy=p, ratio=r) for p, r in runs]
 
 
-def batch_paths(pattern, wildcards, runs=SYNTHETIC_RUNS):
+def batch_paths(pattern, wildcards, runs):
     return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed) for p, r in runs]
 
 
@@ -147,6 +147,11 @@ def filter_judges(archs):
     if config["segment"]["pixel_filter"] is None:
         return {}
     return {arch: judge_path(arch) for arch in archs}
+
+
+def run_filter_judges(wildcards):
+    # the pixel filter's judge of one train_segmenter run, as filter_judges; a real-only run trains on real pixels only
+    return {} if wildcards.policy == "real" else filter_judges([wildcards.arch])
 
 
 def generation_lora(wildcards):

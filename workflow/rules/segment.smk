@@ -10,7 +10,7 @@ rule train_segmenter:
     input:
         manifest="results/data/manifest.csv",
         subset=subset_input,
-        judges=lambda wildcards: list(filter_judges([wildcards.arch]).values()) if wildcards.policy != "real" else [],
+        judges=lambda wildcards: list(run_filter_judges(wildcards).values()),
     output:
         model="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors",
         run="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json",
@@ -26,7 +26,7 @@ rule train_segmenter:
         specs=config["segment"]["archs"],
         segment=config["segment"],
         runs=lambda wildcards: [(wildcards.arch, wildcards.policy, wildcards.ratio)],
-        filter_judges=lambda wildcards: filter_judges([wildcards.arch]) if wildcards.policy != "real" else {},
+        filter_judges=run_filter_judges,
         judge=False,
         testsets=TESTSETS,
     threads: 1
@@ -201,10 +201,10 @@ rule evaluate:
 
 rule segmenter_loss:
     input:
-        models=lambda wildcards: segmenter_path(wildcards.arch, "real", "0", wildcards.seed),
+        model=lambda wildcards: segmenter_path(wildcards.arch, "real", "0", wildcards.seed),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
-        tables="results/eval/{arch}/seed-{seed}/sample_loss.csv",
+        "results/eval/{arch}/seed-{seed}/sample_loss.csv",
     log:
         "logs/segmenter_loss/{arch}/seed-{seed}.log",
     benchmark:
@@ -212,8 +212,7 @@ rule segmenter_loss:
     # the fidelity grades wait for it (score); judge_loss only feeds the report
     priority: 1
     params:
-        archs=lambda wildcards: [wildcards.arch],
-        specs=config["segment"]["archs"],
+        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         size=config["segment"]["size"],
     threads: 1
     resources:
@@ -230,17 +229,16 @@ rule judge_loss:
     # The feedback judge's per-sample loss on every generated sample: the model-specific hardness source of the
     # transfer matrix (segmenter_loss's script on the judge instead of a benchmark segmenter).
     input:
-        models=lambda wildcards: judge_path(wildcards.arch, wildcards.seed),
+        model=lambda wildcards: judge_path(wildcards.arch, wildcards.seed),
         generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
     output:
-        tables="results/judge/{arch}/seed-{seed}/sample_loss.csv",
+        "results/judge/{arch}/seed-{seed}/sample_loss.csv",
     log:
         "logs/judge_loss/{arch}/seed-{seed}.log",
     benchmark:
         "results/benchmarks/judge_loss/{arch}/seed-{seed}.tsv"
     params:
-        archs=lambda wildcards: [wildcards.arch],
-        specs=config["segment"]["archs"],
+        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
         size=config["segment"]["size"],
     threads: 1
     resources:

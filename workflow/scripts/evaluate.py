@@ -6,15 +6,13 @@ from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
     from hardgen.data import load_manifest
-    from hardgen.io import write_csv
+    from hardgen.io import path_list, write_csv
     from hardgen.metrics import evaluate_table, prediction_table
 
     manifest = load_manifest(snakemake.input.manifest)
     test_rows = manifest[manifest["split"].isin(snakemake.params.testsets)]
-    predictions, tables = snakemake.input.predictions, snakemake.output.table
-    if isinstance(tables, str):  # rule evaluate: one run
-        predictions, tables = [predictions], [tables]
-    for folder, out in zip(predictions, tables, strict=True):
+    # rule evaluate: one run; evaluate_runs: lists
+    for folder, out in zip(path_list(snakemake.input.predictions), path_list(snakemake.output.table), strict=True):
         table = evaluate_table(prediction_table(test_rows, folder))
         write_csv(out, table)
         log.info("%s\n%s", folder, table.pivot(index="testset", columns="metric", values="value")

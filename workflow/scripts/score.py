@@ -6,15 +6,11 @@ backbones loaded once."""
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
-
-def as_list(value):
-    return [value] if isinstance(value, str) else list(value)
-
-
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     from pathlib import Path
 
     from hardgen.features import BackboneSpec, load_backbone
+    from hardgen.io import path_list
     from hardgen.score import score_with_fidelity
 
     sets = list(snakemake.params.sets)
@@ -24,8 +20,8 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     device = configure_torch(snakemake.threads)
     # one load per backbone for every set of the job (score_with_fidelity checks fidelity_key against the specs)
     extractors = {k: load_backbone(specs[k], device, config_key=k) for k in keys}
-    samples = as_list(snakemake.input.samples) if sets != ["real"] else [snakemake.input.manifest]
-    outputs = [as_list(snakemake.output[name]) for name in ("scores", "features", "fidelity")]
+    samples = path_list(snakemake.input.samples) if sets != ["real"] else [snakemake.input.manifest]
+    outputs = [path_list(snakemake.output[name]) for name in ("scores", "features", "fidelity")]
     for variant, manifest, scores_out, features_out, fidelity_out in zip(sets, samples, *outputs, strict=True):
         real = variant == "real"
         scores, fidelity = score_with_fidelity(

@@ -12,20 +12,16 @@ synthetic run gets the real-only judge of its arch (params.filter_judges, FreeMa
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
-
-def as_list(value):
-    return [value] if isinstance(value, str) else list(value)
-
-
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     from hardgen.benchmark_runs import RunPaths, train_run
+    from hardgen.io import path_list
 
     device = configure_torch(snakemake.threads)
     seed = int(snakemake.wildcards.seed)
     runs = [tuple(run) for run in snakemake.params.runs]
-    models, records = as_list(snakemake.output.model), as_list(snakemake.output.run)
-    maps = as_list(snakemake.output.predictions) if hasattr(snakemake.output, "predictions") else [None] * len(runs)
-    synthetic = iter(as_list(snakemake.input.get("subset", [])))  # one subset per synthetic run, in run order
+    models, records = path_list(snakemake.output.model), path_list(snakemake.output.run)
+    maps = path_list(snakemake.output.predictions) if hasattr(snakemake.output, "predictions") else [None] * len(runs)
+    synthetic = iter(path_list(snakemake.input.get("subset", [])))  # one subset per synthetic run, in run order
     filter_judges = dict(snakemake.params.filter_judges)  # arch -> its real-only judge; {}: no pixel filter
     if not len(runs) == len(models) == len(records) == len(maps):
         raise ValueError(f"{len(runs)} runs for {len(models)} models, {len(records)} records, {len(maps)} map folders")
