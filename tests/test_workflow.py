@@ -78,7 +78,7 @@ def planned_jobs(output: str) -> dict[str, int]:
 #: The shrunk demo of the default test run: every rule still runs for real, on less of everything (8 training
 #: images, 2 test sets, 32 px, a few steps, one segmenter family, two backbones, three policies at two ratios).
 QUICK_TESTSETS = ["CVC-300", "Kvasir"]
-# segment.batch_runs: rules whose jobs a batch rule runs instead (batch rule -> its per-job rule)
+# segment.batch_runs: per-run rules whose jobs a batch rule runs instead (per-run rule -> its batch rule)
 UNBATCHED = {"evaluate": "evaluate_runs", "train_segmenter": "train_real"}
 QUICK_POLICIES = ["real", "hard_band", "hard_faithful"]
 QUICK_RATIOS = [0.5, 1.0]  # 4 and 8 synthetic images for the 8 real ones
@@ -288,7 +288,10 @@ def test_unbatched_rules_write_what_the_batch_jobs_wrote(quick_run, tmp_path):
                "results/fidelity/hard.csv": "score"},
               {"results/segment/cnn/hard_band/ratio-1/seed-0/model.safetensors": "train_segmenter"},
               {"results/segment/cnn/real/ratio-0/seed-0/model.safetensors": "train_segmenter"}]
-    before = {target: (workdir / target).read_bytes() for group in groups for target in group}
+    before = tmp_path / "before"
+    for target in (target for group in groups for target in group):
+        (before / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(workdir / target, before / target)
     unbatched = yaml.safe_load(Path(args[args.index("--configfile") + 1]).read_text())
     unbatched["segment"]["batch_runs"] = False
     (workdir / "unbatched.yaml").write_text(yaml.safe_dump(unbatched, sort_keys=False))
@@ -297,23 +300,29 @@ def test_unbatched_rules_write_what_the_batch_jobs_wrote(quick_run, tmp_path):
                            "--configfile", "unbatched.yaml", "--replace-workflow-config")
         assert set(planned_jobs(result.stdout + result.stderr)) == set(group.values())
         for target, rule in group.items():
-            assert same_file(workdir / target, before[target]), f"{target}: {rule} differs from the batch job"
+            assert same_file(workdir / target, before / target), f"{target}: {rule} differs from the batch job"
 
 
-def same_file(path: Path, old: bytes) -> bool:
+def same_file(new: Path, old: Path) -> bool:
     """Byte-identical, or for safetensors the same tensors, bit for bit, and metadata (whose order in the header is
     not fixed)."""
-    if path.suffix != ".safetensors":
-        return path.read_bytes() == old
+    if new.suffix != ".safetensors":
+        return new.read_bytes() == old.read_bytes()
     from safetensors import safe_open
-    from safetensors.torch import load
 
-    with safe_open(path, "pt") as handle:
-        metadata = handle.metadata()
-    new_tensors, old_tensors = load(path.read_bytes()), load(old)
-    header = json.loads(old[8:8 + int.from_bytes(old[:8], "little")])
-    return (metadata == header.get("__metadata__") and new_tensors.keys() == old_tensors.keys()
+    def contents(path: Path) -> tuple[dict, dict]:
+        with safe_open(path, "pt") as handle:
+            return handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+
+    (new_meta, new_tensors), (old_meta, old_tensors) = contents(new), contents(old)
+    return (new_meta == old_meta and new_tensors.keys() == old_tensors.keys()
             and all(torch.equal(new_tensors[k], old_tensors[k]) for k in new_tensors))
+
+
+def rule_blocks(output: str) -> list[tuple[str, str]]:
+    """(rule name, job block) for every job that a snakemake dry run lists."""
+    named = [(re.search(r"^rule (\w+):", block, re.MULTILINE), block) for block in output.split("\n\n")]
+    return [(match.group(1), block) for match, block in named if match]
 
 
 def test_lint_is_clean():
@@ -366,18 +375,18 @@ def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
     assert jobs["prototype"] == 1 and jobs["score"] == 1 and jobs["score_variants"] == 1 and len(variants) > 1
     assert not {"fidelity", "fidelity_reference"} & set(jobs)
     gpu_rules = {"train_control_lora", "train_hard_lora", "train_feedback_lora", "generate", "train_segmenter",
-                 "train_segmenters", "train_real", "train_judge", "prototype", "score", "score_variants", "segmenter_loss", "judge_loss"}
+                 "train_segmenters", "train_real", "train_judge", "prototype", "score", "score_variants",
+                 "segmenter_loss", "judge_loss"}
     cpu_rules = {"prepare_data", "make_conditions", "allocate", "filter", "evaluate", "evaluate_runs", "report"}
-    for block in text.split("\n\n"):
-        match = re.search(r"^rule (\w+):", block, re.MULTILINE)
+    for rule, block in rule_blocks(text):
         resources = re.search(r"resources: (.*)", block)
-        if not match or not resources:
+        if not resources:
             continue
         res = dict(item.split("=", 1) for item in resources.group(1).split(", "))
         gres = set_gres_string(SimpleNamespace(resources={"gpu": int(res["gpu"])}))
-        if match.group(1) in gpu_rules:
+        if rule in gpu_rules:
             assert res["slurm_partition"] == "gpu" and "--gpus=1" in gres, block
-        if match.group(1) in cpu_rules:
+        if rule in cpu_rules:
             assert res["slurm_partition"] == "cpu" and "--gpus" not in gres, block
 
 
@@ -390,8 +399,7 @@ def test_gpu_profiles_give_gpu_jobs_their_cpu_threads(tmp_path):
     assert slurm["set-threads"] == {rule: slurm["set-resources"][rule]["cpus_per_task"] for rule in gpu_rules}
     workdir = copy_workflow(tmp_path)
     result = snakemake(workdir, "--profile", "workflow/profiles/local-gpu", "-n")
-    named = [(re.search(r"^rule (\w+):", b, re.MULTILINE), b) for b in (result.stdout + result.stderr).split("\n\n")]
-    blocks = {match.group(1): block for match, block in named if match}
+    blocks = dict(rule_blocks(result.stdout + result.stderr))
     assert "threads: 4" in blocks["train_control_lora"] and "threads: 4" in blocks["score_variants"]
     assert "threads:" not in blocks["filter"]  # CPU rules keep one thread
 
