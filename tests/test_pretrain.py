@@ -131,6 +131,7 @@ def test_pretraining_is_seeded_and_writes_a_loadable_folder(tmp_path, capsys):
     assert parts["vae"].config.scaling_factor == first["scaling_factor"]
     card = (tmp_path / "a" / "README.md").read_text()
     assert "| UNet epsilon MSE, last 10 % of steps |" in card and '"vae_steps": 2' in card
+    assert "steps of 2 whole 64 px images" in card  # vae_crop 0: the VAE trains on whole images by default
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no temporary folder left
 
 
