@@ -203,7 +203,8 @@ def test_demo_tables(demo_run):
     assert list(runs.columns) == ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
                                   "images_seen"]
     assert len(runs) == 2 * runs_each and set(runs["policy"]) == POLICIES
-    assert (runs["iterations"] == 12).all() and (runs["images_seen"] == 12 * 8).all()
+    iterations, batch = DEMO_CONFIG["segment"]["iterations"], DEMO_CONFIG["segment"]["batch_size"]
+    assert (runs["iterations"] == iterations).all() and (runs["images_seen"] == iterations * batch).all()
     assert (runs["real_images"] == 24).all() and (runs.loc[runs.policy == "real", "synthetic_images"] == 0).all()
     # every synthetic policy at ratio r has round(r x 24) synthetic images: 12 at 0.5, 24 at 1
     synthetic = runs[runs.policy != "real"]
