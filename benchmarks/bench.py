@@ -13,7 +13,9 @@ Every sample has its own condition image (as at ``generation.per_mask: 1``), so 
 all of them. Beside ``images_per_s`` (wall clock) the table has ``cpu_images_per_s`` (the process's CPU time, CPU
 only: it leaves out time spent waiting for a core, not a core shared with another process) and where the best
 round's time went, in seconds per batch (CPU only): ``unet_s``, ``controlnet_s``, ``vae_encode_s`` (the
-conditions), ``vae_decode_s`` and ``other_s`` (text encoder, scheduler, pre/post-processing). The tiny base is the
+conditions), ``vae_decode_s`` and ``other_s`` (text encoder, scheduler, pre/post-processing), and
+``gflop_per_step``, the model FLOPs of one denoising step of the batch (their ratio is the best a Control-LoRA can
+do where the hardware is compute-bound). The tiny base is the
 demo's (``resources/tiny-sd-polyp``).
 
 Training (``training.csv``: ``method, s_per_step, peak_mem_mb, trainable_params``): hardgen's trainer in
@@ -224,7 +226,8 @@ def generation(args: argparse.Namespace, work: Path, resolution: int) -> list[di
         achieved = flops[name] * args.steps / seconds  # model FLOPs per second while sampling the batch
         row = {"pipeline": name, "images_per_s": args.batch / seconds,
                "cpu_images_per_s": args.batch / cpu if on_cpu else nan,
-               "tflops_per_s": achieved / 1e12, "mfu": achieved / peak if peak else nan}
+               "tflops_per_s": achieved / 1e12, "mfu": achieved / peak if peak else nan,
+               "gflop_per_step": flops[name] / 1e9}
         for part in ("unet", "controlnet", "vae_encode", "vae_decode"):
             row[f"{part}_s"] = spent.get(part, 0.0) if on_cpu else nan
         row["other_s"] = seconds - sum(spent.values()) if on_cpu else nan
@@ -554,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         g = tables["generation"].set_index("pipeline")["images_per_s"]
         print(f"\ncontrol_lora / controlnet = {g['control_lora'] / g['controlnet']:.2f}, "
               f"fused / unfused = {g['control_lora'] / g['control_lora_unfused']:.2f}")
+        f = tables["generation"].set_index("pipeline")["gflop_per_step"]
+        print(f"FLOP ceiling per denoising step (compute-bound): {f['controlnet'] / f['control_lora']:.2f} "
+              "(benchmarks/flop_ceiling.py: per whole call, any base and resolution)")
         c = tables["generation"].set_index("pipeline")["cpu_images_per_s"]
         if c.notna().all():
             print(f"by CPU time: control_lora / controlnet = {c['control_lora'] / c['controlnet']:.2f}, "
