@@ -245,3 +245,30 @@ def test_pixel_filter_masks_apply_the_real_class_means_to_the_synthetic_pixels(p
     assert 0.0 < result.ignored_fraction < 1.0  # a random judge: some pixels above the bound, not all
     with pytest.raises(DataError, match="no real images"):
         pixel_filter.pixel_filter_masks(judge, pairs_df.iloc[2:], size, factor)
+
+
+def test_class_means_cache_runs_the_real_images_once_and_changes_nothing(pairs_df: pd.DataFrame) -> None:
+    """A job's runs share one judge: its real images' class means are computed once, the maps are the same."""
+    size, factor = 64, 1.25
+    torch.manual_seed(0)
+    judge = segment.build_segmenter(FAST_SPEC).eval()
+    images_seen: list[int] = []
+    judge.register_forward_hook(lambda _m, inputs, _o: images_seen.append(len(inputs[0])))
+    cache: dict = {}
+    tables = [pairs_df, pairs_df.iloc[[0, 1, 3, 4]]]  # two runs: the same real rows, other synthetic ones
+    cached = [pixel_filter.pixel_filter_masks(judge, t, size, factor, batch_size=4, class_means_cache=cache)
+              for t in tables]
+    assert sum(images_seen) == 2 + 4 + 2  # real rows once, then each table's synthetic rows
+    assert len(cache) == 1
+    images_seen.clear()
+    fresh = [pixel_filter.pixel_filter_masks(judge, t, size, factor, batch_size=4) for t in tables]
+    assert sum(images_seen) == (2 + 4) + (2 + 2)
+    for a, b in zip(cached, fresh):
+        assert a.class_means == b.class_means
+        for x, y in zip(a.ignore, b.ignore):
+            assert (x is None and y is None) or np.array_equal(x, y)
+    # other real rows are another key: computed, not reused
+    other = pairs_df.copy()
+    other.loc[other.index[2], "variant"] = "real"
+    pixel_filter.pixel_filter_masks(judge, other, size, factor, batch_size=4, class_means_cache=cache)
+    assert len(cache) == 2

@@ -135,6 +135,7 @@ def pixel_filter_masks(
     factor: float,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    class_means_cache: dict[tuple, tuple[float, float]] | None = None,
 ) -> PixelFilter:
     """FreeMask's filter for one training table: class means on its real rows, ignore maps for its synthetic rows.
 
@@ -142,6 +143,10 @@ def pixel_filter_masks(
     marks the real images, see :func:`hardgen.segment.count_real_synthetic`); ``model`` the real-trained judge.
     The class-wise means come from the real rows (the judge's own training images, as in FreeMask), the bound of
     each synthetic pixel is ``factor`` × the mean of its class (:func:`ignore_mask`).
+
+    ``class_means_cache``: a dict the caller keeps for one judge (``model``) across the training tables of one
+    job; the class means of a set of real rows are computed once and reused (the same floats: every run of a job
+    shares the real training images).
     """
     real_images, synthetic_images = count_real_synthetic(pairs_df)
     is_real = (pairs_df["variant"].astype(str) == "real").to_numpy() if "variant" in pairs_df.columns else \
@@ -149,8 +154,13 @@ def pixel_filter_masks(
     if real_images == 0:
         raise DataError("pixel filter: the training table has no real images to take the class-wise mean loss from")
     real_rows = pairs_df[is_real].reset_index(drop=True)
-    class_means = class_mean_losses((loss, mask) for _, loss, mask in
-                                    judge_pixel_losses(model, real_rows, size, batch_size, device))
+    key = (size, batch_size, str(device), *zip(real_rows["image"].astype(str), real_rows["mask"].astype(str)))
+    class_means = None if class_means_cache is None else class_means_cache.get(key)
+    if class_means is None:
+        class_means = class_mean_losses((loss, mask) for _, loss, mask in
+                                        judge_pixel_losses(model, real_rows, size, batch_size, device))
+        if class_means_cache is not None:
+            class_means_cache[key] = class_means
     ignore: list[np.ndarray | None] = [None] * len(pairs_df)
     positions = np.flatnonzero(~is_real)
     ignored = np.zeros(2, dtype=np.int64)

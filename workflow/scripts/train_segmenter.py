@@ -23,6 +23,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     maps = path_list(snakemake.output.predictions) if hasattr(snakemake.output, "predictions") else [None] * len(runs)
     synthetic = iter(path_list(snakemake.input.get("subset", [])))  # one subset per synthetic run, in run order
     filter_judges = dict(snakemake.params.filter_judges)  # arch -> its real-only judge; {}: no pixel filter
+    loaded_judges: dict = {}  # each judge loaded, and its real images' class means computed, once per job
     if not len(runs) == len(models) == len(records) == len(maps):
         raise ValueError(f"{len(runs)} runs for {len(models)} models, {len(records)} records, {len(maps)} map folders")
     for k, (arch, policy, ratio) in enumerate(runs):
@@ -30,5 +31,6 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         paths = RunPaths(model=models[k], run=records[k], subset=None if real else next(synthetic), predictions=maps[k])
         train_run(snakemake.input.manifest, snakemake.params.specs[arch], snakemake.params.segment, arch, policy,
                   float(ratio), seed, paths, device, judge=snakemake.params.judge,
-                  filter_judge=None if real else filter_judges.get(arch), testsets=snakemake.params.get("testsets", ()))
+                  filter_judge=None if real else filter_judges.get(arch), testsets=snakemake.params.get("testsets", ()),
+                  filter_judges=loaded_judges)
         log.info("run %d/%d done: %s %s ratio %s", k + 1, len(runs), arch, policy, ratio)
