@@ -59,14 +59,14 @@ def train_run(
     judge: bool = False,
     filter_judge: str | None = None,
     testsets: Sequence[str] = (),
-    filter_judges: dict[str, Any] | None = None,
+    judge_cache: dict[tuple[str, str], Any] | None = None,
 ) -> dict[str, Any]:
     """Train one segmenter on real + its subset for ``segment.iterations`` batches; write model, run.json, maps.
 
     ``judge``: the feedback judge's run (training seed ``JUDGE_SEED_OFFSET + seed``, no test maps).
     ``filter_judge``: the real-only judge's weights when ``segment.pixel_filter`` is on for this (synthetic) run:
     synthetic pixels it finds too hard are left out of the loss (:mod:`hardgen.pixel_filter`).
-    ``filter_judges``: a dict the caller keeps across the runs of one job: each judge is loaded once and the class
+    ``judge_cache``: a dict the caller keeps across the runs of one job: each judge is loaded once and the class
     means of its real images computed once (the same model, record and maps as without it).
     Returns the run record.
     """
@@ -77,7 +77,7 @@ def train_run(
     if filter_judge:
         from hardgen.pixel_filter import pixel_filter_masks
 
-        cache = {} if filter_judges is None else filter_judges
+        cache = {} if judge_cache is None else judge_cache
         key = (arch, str(filter_judge))
         if key not in cache:  # the judge and the class means of its real images
             cache[key] = (load_segmenter(spec, filter_judge, device=device), {})
