@@ -54,6 +54,26 @@ def _embedding(base: Path) -> tuple[int, ...]:
     return CN_EMBEDDING[: len(_config(base, "vae")["block_out_channels"])]
 
 
+def _meta_inputs(base: Path, resolution: int):
+    """One image's noisy latent, timestep, 77-token text embedding and condition image, on the meta device."""
+    import torch
+
+    unet_config = _config(base, "unet")
+    side = _latent_side(base, resolution)
+    with torch.device("meta"):
+        return (torch.zeros(1, unet_config["in_channels"], side, side), torch.full((1,), 500),
+                torch.zeros(1, 77, unet_config["cross_attention_dim"]), torch.zeros(1, 3, resolution, resolution))
+
+
+def _counted(fn) -> float:
+    """The FLOPs torch counts while ``fn()`` runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def count_flops(base: Path, resolution: int) -> dict[str, float]:
     """FLOPs per image of one call of each part, at ``resolution`` px, on meta tensors.
 
@@ -65,25 +85,17 @@ def count_flops(base: Path, resolution: int) -> dict[str, float]:
     import torch
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
 
     unet_config, vae_config = _config(base, "unet"), _config(base, "vae")
-    latent_ch, side = unet_config["in_channels"], _latent_side(base, resolution)
+    latent_ch = unet_config["in_channels"]
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
         cl_unet = UNet2DConditionModel.from_config({**unet_config, "in_channels": 2 * latent_ch})
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=_embedding(base),
                                                load_weights_from_unet=False)
         vae = AutoencoderKL.from_config(vae_config)
-        x = torch.zeros(1, latent_ch, side, side)
-        t = torch.full((1,), 500)
-        text = torch.zeros(1, 77, unet_config["cross_attention_dim"])
-        image = torch.zeros(1, 3, resolution, resolution)
-
-    def flops(fn) -> float:
-        with FlopCounterMode(display=False) as counter:
-            fn()
-        return float(counter.get_total_flops())
+    x, t, text, image = _meta_inputs(base, resolution)
+    flops = _counted
 
     out: dict[str, float] = {}
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
@@ -111,12 +123,10 @@ def count_training_flops(base: Path, resolution: int, preset: str = "half_skip_a
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
 
     from hardgen.control_lora import add_control_lora, widen_conv_in
 
     unet_config = _config(base, "unet")
-    latent_ch, side = unet_config["in_channels"], _latent_side(base, resolution)
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config).requires_grad_(False)
         lora_unet = UNet2DConditionModel.from_config(unet_config)
@@ -124,15 +134,10 @@ def count_training_flops(base: Path, resolution: int, preset: str = "half_skip_a
         add_control_lora(lora_unet, "flops", preset, rank, conv_in_rank)
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=_embedding(base),
                                                load_weights_from_unet=False)
-        x = torch.zeros(1, latent_ch, side, side)
-        t = torch.full((1,), 500)
-        text = torch.zeros(1, 77, unet_config["cross_attention_dim"])
-        image = torch.zeros(1, 3, resolution, resolution)
+    x, t, text, image = _meta_inputs(base, resolution)
 
-    def step(forward) -> float:
-        with FlopCounterMode(display=False) as counter:
-            forward().float().pow(2).mean().backward()
-        return float(counter.get_total_flops())
+    def step(forward) -> float:  # an MSE on the UNet output, backpropagated
+        return _counted(lambda: forward().float().pow(2).mean().backward())
 
     def controlnet_forward():
         down, mid = controlnet(x, t, encoder_hidden_states=text, controlnet_cond=image, return_dict=False)
