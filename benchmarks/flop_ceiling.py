@@ -95,20 +95,19 @@ def count_flops(base: Path, resolution: int) -> dict[str, float]:
                                                load_weights_from_unet=False)
         vae = AutoencoderKL.from_config(vae_config)
     x, t, text, image = _meta_inputs(base, resolution)
-    flops = _counted
 
     out: dict[str, float] = {}
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
-        out["unet"] = flops(lambda: unet(x, t, encoder_hidden_states=text))
-        out["control_lora_unet"] = flops(lambda: cl_unet(torch.cat([x, x], 1), t, encoder_hidden_states=text))
+        out["unet"] = _counted(lambda: unet(x, t, encoder_hidden_states=text))
+        out["control_lora_unet"] = _counted(lambda: cl_unet(torch.cat([x, x], 1), t, encoder_hidden_states=text))
         down, mid = controlnet(x, t, encoder_hidden_states=text, controlnet_cond=image, return_dict=False)
-        out["controlnet"] = flops(lambda: controlnet(x, t, encoder_hidden_states=text, controlnet_cond=image,
+        out["controlnet"] = _counted(lambda: controlnet(x, t, encoder_hidden_states=text, controlnet_cond=image,
                                                      return_dict=False))
-        out["unet_with_residuals"] = flops(lambda: unet(x, t, encoder_hidden_states=text,
+        out["unet_with_residuals"] = _counted(lambda: unet(x, t, encoder_hidden_states=text,
                                                         down_block_additional_residuals=down,
                                                         mid_block_additional_residual=mid))
-        out["vae_encode"] = flops(lambda: vae.encode(image))
-        out["vae_decode"] = flops(lambda: vae.decode(x))
+        out["vae_encode"] = _counted(lambda: vae.encode(image))
+        out["vae_decode"] = _counted(lambda: vae.decode(x))
     return out
 
 
