@@ -85,7 +85,7 @@ def train_run(
         ignore_masks = pixel_filter_masks(judge_model, pairs, size=segment["size"], factor=segment["pixel_filter"],
                                           batch_size=segment["batch_size"], device=device,
                                           class_means_cache=class_means).ignore
-        del judge_model, class_means
+        del judge_model, class_means, cache  # without a caller's cache the judge is freed before training
     summary = train_segmenter(
         pairs,
         spec,
