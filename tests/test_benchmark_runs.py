@@ -63,3 +63,29 @@ def test_training_pairs_adds_the_subset_and_names_a_missing_one(manifest_path: P
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         training_pairs(manifest, str(tmp_path / "nope.csv"))
     assert np.all(real.columns == ["sample_id", "image", "mask", "variant"])
+
+
+def test_an_infeasible_subset_skips_its_run_and_writes_its_declared_outputs(manifest_path: Path,
+                                                                            tmp_path: Path) -> None:
+    from hardgen.filter import pool_record
+    from hardgen.io import write_json
+    from hardgen.layout import SKIPPED_MARKER
+
+    subset, record = tmp_path / "subset.csv", tmp_path / "subset.json"
+    pd.DataFrame(columns=["image", "mask", "sample_id", "variant"]).to_csv(subset, index=False)
+    write_json(record, pool_record("hard_faithful", 1.0, 0, 4, 3, 4, reason="holds 3"))
+    out = tmp_path / "run"
+    paths = RunPaths(model=str(out / "model.safetensors"), run=str(out / "run.json"), subset=str(subset),
+                     predictions=str(out / "maps"), subset_record=str(record))
+    result = train_run(manifest_path, SPEC, SEGMENT, "cnn", "hard_faithful", 1.0, 0, paths, torch.device("cpu"),
+                       testsets=TESTSETS)
+    assert result["skipped"] is True and (result["pool"], result["need"], result["reason"]) == (3, 4, "holds 3")
+    assert json.loads(Path(paths.run).read_text()) == result
+    assert load_state_dict(paths.model) == {}  # no training, an empty weights file
+    assert [p.name for p in Path(paths.predictions).iterdir()] == [SKIPPED_MARKER]
+    # a feasible record trains as usual
+    write_json(record, pool_record("hard_faithful", 1.0, 0, 4, 5, 4))
+    pd.DataFrame({"image": [], "mask": [], "sample_id": [], "variant": []}).to_csv(subset, index=False)
+    trained = train_run(manifest_path, SPEC, SEGMENT, "cnn", "hard_faithful", 1.0, 0, paths, torch.device("cpu"),
+                        testsets=TESTSETS)
+    assert "skipped" not in trained and load_state_dict(paths.model)

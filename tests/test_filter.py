@@ -248,3 +248,36 @@ def test_write_and_build_subset_round_trip(tmp_path):
         real_count(tmp_path / "empty.csv")
     assert set(POLICIES) == {"real", "plain", "hard", "feedback", "mined", "guided", "hard_band",
                             "hard_faithful"}
+
+
+def test_a_short_pool_is_recorded_and_skipped_or_stops_the_job(tmp_path):
+    from hardgen.filter import ShortPool, read_pool_record
+
+    scores, generated, _ = make_tables(n=20)
+    score_paths, generated_paths = [tmp_path / "scores.csv"], [tmp_path / "generated.csv"]
+    scores.to_csv(score_paths[0], index=False)
+    generated.to_csv(generated_paths[0], index=False)
+    # hard_band's band holds 10 of the 20 hard samples: ratio 1 of 8 real images needs 8 (fine), ratio 2 needs 16
+    runs = [("hard_band", 1.0), ("hard_band", 2.0), ("hard", 2.0)]
+    outs = [tmp_path / "skip" / p / f"ratio-{r:g}" / "seed-3.csv" for p, r in runs]
+    records = [out.with_suffix(".json") for out in outs]
+    subsets = build_subsets(runs, score_paths, generated_paths, outs, n_real=8, band=(0.25, 0.75), seed=1,
+                            record_paths=records, segmenter_seed=3, on_short_pool="skip")
+    assert [len(s) for s in subsets] == [8, 0, 16]
+    assert len(pd.read_csv(outs[1])) == 0 and list(pd.read_csv(outs[1]).columns) == ["image", "mask", "sample_id",
+                                                                                      "variant"]
+    short = read_pool_record(records[1])
+    assert {k: short[k] for k in ("policy", "ratio", "seed", "real_images", "pool", "need", "feasible")} == {
+        "policy": "hard_band", "ratio": 2.0, "seed": 3, "real_images": 8, "pool": 10, "need": 16, "feasible": False}
+    assert "filter.band" in short["reason"] and "holds 10" in short["reason"]
+    filled = [read_pool_record(records[k]) for k in (0, 2)]
+    assert [(r["pool"], r["need"], r["feasible"], r["reason"]) for r in filled] == [(10, 8, True, None),
+                                                                                   (20, 16, True, None)]
+    # error: the job stops and writes nothing (not even the subsets it could fill)
+    outs = [tmp_path / "error" / p / f"ratio-{r:g}" / "seed-3.csv" for p, r in runs]
+    with pytest.raises(ShortPool, match="'hard_band' at ratio 2: needs 16.*holds 10") as err:
+        build_subsets(runs, score_paths, generated_paths, outs, n_real=8, band=(0.25, 0.75), seed=1,
+                      record_paths=[o.with_suffix(".json") for o in outs], on_short_pool="error")
+    assert (err.value.pool_size, err.value.need) == (10, 16) and not (tmp_path / "error").exists()
+    with pytest.raises(ValueError, match="on_short_pool"):
+        build_subsets(runs, score_paths, generated_paths, outs, n_real=8, on_short_pool="ignore")

@@ -545,3 +545,31 @@ def test_write_report_writes_the_fidelity_table_and_the_ratio_plot(tmp_path: Pat
     bench = pd.read_csv(written["benchmark_csv"])
     assert "ratio" in bench.columns and set(bench.loc[bench.policy == "real", "ratio"]) == {0}
     assert set(bench.loc[bench.policy == "hard_band", "ratio"]) == {0.5, 1.0}
+
+
+def test_skipped_runs_are_listed_as_infeasible_and_left_out_of_every_comparison(eval_tree: list[Path],
+                                                                                 tmp_path: Path) -> None:
+    records = _run_records(eval_tree)
+    # hard_faithful at ratio 1, seed 0: its pool was short, both archs' runs skipped (header-only eval tables)
+    skipped = [{"arch": a, "policy": "hard_faithful", "ratio": 1.0, "seed": 0, "skipped": True, "pool": 20, "need": 24,
+                "real_images": 24, "reason": "policy 'hard_faithful' at ratio 1: needs 24 ..., holds 20"}
+               for a in ("transformer", "cnn")]
+    empty = {}
+    for a in ("cnn", "transformer"):
+        path = tmp_path / "results" / "eval" / a / "hard_faithful" / "ratio-1" / "seed-0.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(columns=["testset", "metric", "value"]).to_csv(path, index=False)
+        empty[a] = path
+    infeasible = report.infeasible_table([*records, *skipped])
+    assert list(infeasible.columns) == report.INFEASIBLE_COLUMNS
+    assert infeasible[["policy", "ratio", "seed", "pool", "need", "archs"]].values.tolist() == [
+        ["hard_faithful", 1.0, 0, 20, 24, "cnn transformer"]]
+    assert len(report.runs_table([*records, *skipped])) == len(records)  # skipped runs have no budget to compare
+    keys = [("cnn", "hard_faithful", 1.0, 0), ("transformer", "hard_faithful", 1.0, 0)]
+    long = report.benchmark_long([*eval_tree, *empty.values()], skipped=keys)
+    assert "hard_faithful" not in set(long["policy"]) and len(long) == 9 * 6 * 3
+    with pytest.raises(DataError, match="no rows"):  # an empty table of a run that was not skipped
+        report.benchmark_long([*eval_tree, empty["cnn"]], skipped=keys[1:])
+    markdown = report.benchmark_markdown(long, infeasible_df=infeasible)
+    assert "## Subsets that could not be filled" in markdown and "| hard_faithful | 1 | 0 | 20 | 24 |" in markdown
+    assert "could not be filled" not in report.benchmark_markdown(long, infeasible_df=infeasible.head(0))

@@ -96,8 +96,10 @@ def quick_config(path: Path) -> list[str]:
     cfg["generation"].update(steps=2, shards=2, mining_steps=1, candidates=2)  # mined: 2 noises, scored after step 1
     cfg["segment"].update(size=32, iterations=2, batch_size=4, policies=QUICK_POLICIES, synthetic_ratios=QUICK_RATIOS,
                           archs={"cnn": cfg["segment"]["archs"]["cnn"]})
-    # 2-iteration segmenters grade fidelity at random: a guard at 0 keeps hard_faithful's pool >= 8 whatever they say
-    cfg["filter"].update(min_fidelity=0.0)
+    # 2-iteration segmenters grade fidelity at random: a guard at 0 keeps hard_faithful's pool >= 8 whatever they say;
+    # a narrow band leaves hard_band ~6 of the 16 hard samples: enough for ratio 0.5 (4), short for ratio 1 (8), so the
+    # run shows a short pool skipped (filter.on_short_pool: skip, the default) while the rest completes
+    cfg["filter"].update(min_fidelity=0.0, band=[0.6, 0.95])
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return ["--configfile", str(path), "--replace-workflow-config"]
 
@@ -135,8 +137,21 @@ def test_quick_run_runs_every_rule_and_writes_every_artifact(quick_run):
     assert set(bench["policy"]) == set(QUICK_POLICIES) and set(bench["arch"]) == {"cnn"}
     assert set(bench["testset"]) == {*QUICK_TESTSETS, "overall"} and bench["value"].between(0, 1).all()
     assert set(bench.loc[bench.policy == "real", "ratio"]) == {0} and set(bench["ratio"]) == {0, *QUICK_RATIOS}
+    # hard_band's pool is short at ratio 1: recorded, its run skipped, listed in the report; the rest completed
+    record = json.loads((workdir / "results" / "subsets" / "hard_band" / "ratio-1" / "seed-0.json").read_text())
+    assert record["feasible"] is False and record["need"] == 8 and 0 < record["pool"] < 8
+    assert json.loads((workdir / "results" / "subsets" / "hard_band" / "ratio-0.5" / "seed-0.json").read_text())[
+        "feasible"]
+    skipped = json.loads((workdir / "results" / "segment" / "cnn" / "hard_band" / "ratio-1" / "seed-0" /
+                          "run.json").read_text())
+    assert skipped["skipped"] is True and skipped["pool"] == record["pool"]
+    infeasible = pd.read_csv(tables / "infeasible.csv")
+    assert infeasible[["policy", "ratio", "seed", "pool", "need", "archs"]].values.tolist() == [
+        ["hard_band", 1.0, 0, record["pool"], 8, "cnn"]]
+    assert bench[(bench.policy == "hard_band") & (bench.ratio == 1)].empty
+    assert "Subsets that could not be filled" in (tables / "benchmark.md").read_text()
     runs = pd.read_csv(tables / "runs.csv")
-    assert len(runs) == 1 + 2 * len(QUICK_RATIOS) and (runs["iterations"] == 2).all() and (runs["images_seen"] == 8).all()
+    assert len(runs) == 2 * len(QUICK_RATIOS) and (runs["iterations"] == 2).all() and (runs["images_seen"] == 8).all()
     # every synthetic policy trains with round(ratio x 8 real images) synthetic ones
     synthetic = runs[runs.policy != "real"]
     assert (synthetic["synthetic_images"] == (synthetic["ratio"] * 8).round()).all()
@@ -280,14 +295,14 @@ def test_forcing_filter_reruns_only_downstream(quick_run):
 @pytest.mark.workflow
 def test_unbatched_rules_write_what_the_batch_jobs_wrote(quick_run, tmp_path):
     # segment.batch_runs only changes the scheduling: the per-run and per-variant rules, forced on a copy of the
-    # finished quick run with batch_runs off, write the same files as the batch jobs (evaluate_runs, score_variants) did
+    # finished quick run with batch_runs off, write the same files as the batch jobs (evaluate_runs, train_segmenters, train_real) did
     source, args = quick_run
     workdir = tmp_path / "wf"
     shutil.copytree(source, workdir, symlinks=True)
     # one invocation per group: a forced model is newer than what was made from it, so later targets would rerun more
     groups = [{"results/eval/cnn/real/ratio-0/seed-0.csv": "evaluate", "results/scores/hard.csv": "score",
                "results/fidelity/hard.csv": "score"},
-              {"results/segment/cnn/hard_band/ratio-1/seed-0/model.safetensors": "train_segmenter"},
+              {"results/segment/cnn/hard_band/ratio-0.5/seed-0/model.safetensors": "train_segmenter"},
               {"results/segment/cnn/real/ratio-0/seed-0/model.safetensors": "train_segmenter"}]
     before = tmp_path / "before"
     for target in (target for group in groups for target in group):
@@ -369,14 +384,16 @@ def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
     assert "evaluate" not in jobs and jobs["evaluate_runs"] == 2 and runs_each > 1
     # allocation hardness: every arch's real-only judge (the feedback judge is one of them)
     assert jobs["train_judge"] == len(DEMO_CONFIG["segment"]["archs"]) and jobs["allocate"] == 1
-    # batch_runs: one filter job per segmenter seed (every subset of it); one prototype job (every backbone); the
-    # fidelity guard runs in the score jobs (real: its calibration), every generated variant in one score_variants job
+    # batch_runs: one filter job per ratio and segmenter seed (every subset of it, as train_segmenters); one prototype
+    # job (every backbone); the fidelity guard runs in the score jobs (real: its calibration), one job per set, so a
+    # new variant is scored alone; one segmenter_loss job per seed and variant (every arch's real-only segmenter)
     seeds = len(DEMO_CONFIG["segment"]["seeds"])
-    assert jobs["segmenter_loss"] == 2 and synthetic * len(RATIOS) > 1 and jobs["filter"] == seeds
-    assert jobs["prototype"] == 1 and jobs["score"] == 1 and jobs["score_variants"] == 1 and len(variants) > 1
+    assert jobs["segmenter_loss"] == seeds * len(variants) and synthetic * len(RATIOS) > 1
+    assert jobs["filter"] == seeds * ratios
+    assert jobs["prototype"] == 1 and jobs["score"] == 1 + len(variants) and len(variants) > 1
     assert not {"fidelity", "fidelity_reference"} & set(jobs)
     gpu_rules = {"train_control_lora", "train_hard_lora", "train_feedback_lora", "generate", "train_segmenter",
-                 "train_segmenters", "train_real", "train_judge", "prototype", "score", "score_variants",
+                 "train_segmenters", "train_real", "train_judge", "prototype", "score",
                  "segmenter_loss", "judge_loss"}
     cpu_rules = {"prepare_data", "make_conditions", "allocate", "filter", "evaluate", "evaluate_runs", "report"}
     for rule, block in rule_blocks(text):
@@ -396,12 +413,12 @@ def test_gpu_profiles_give_gpu_jobs_their_cpu_threads(tmp_path):
     # them, hardgen.devices.configure_torch) to the CPUs a job has: Slurm's cpus_per_task, or a 16-core box's share
     slurm = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
     gpu_rules = {rule for rule, res in slurm["set-resources"].items() if res.get("gpu", 0) >= 1}
-    assert {"train_control_lora", "generate", "score_variants", "train_real", "train_segmenters"} <= gpu_rules
+    assert {"train_control_lora", "generate", "score", "train_real", "train_segmenters"} <= gpu_rules
     assert slurm["set-threads"] == {rule: slurm["set-resources"][rule]["cpus_per_task"] for rule in gpu_rules}
     workdir = copy_workflow(tmp_path)
     result = snakemake(workdir, "--profile", "workflow/profiles/local-gpu", "-n")
     blocks = dict(rule_blocks(result.stdout + result.stderr))
-    assert "threads: 4" in blocks["train_control_lora"] and "threads: 4" in blocks["score_variants"]
+    assert "threads: 4" in blocks["train_control_lora"] and "threads: 4" in blocks["score"]
     assert "threads:" not in blocks["filter"]  # CPU rules keep one thread
 
 
@@ -420,7 +437,8 @@ def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
     real_variants = yaml.safe_load((REPO / "config" / "sd15-polyp.yaml").read_text())["generation"]["variants"]
     assert jobs["generate"] == 8 * len(real_variants)
     assert jobs["train_segmenter"] == 2 * runs_per_arch_and_seed(real_segment) * 3
-    assert jobs["train_judge"] == 2 and jobs["segmenter_loss"] == 2 * 3  # allocation hardness: both archs' judges
+    # allocation hardness: both archs' judges; the real-only segmenters' losses: one job per seed and variant
+    assert jobs["train_judge"] == 2 and jobs["segmenter_loss"] == 3 * len(real_variants)
     assert jobs["filter"] == synthetic * len(real_segment["synthetic_ratios"]) * 3
     # the fake download has the layout but not the published sizes: prepare_data says so and writes nothing
     failed = snakemake(workdir, "results/data/manifest.csv", "--cores", "1", *overlay, check=False)
@@ -450,3 +468,44 @@ def test_html_report_captions_every_table_and_plot(quick_run):
         assert f"Validation grid of the <tt class=\"docutils literal\">{variant}</tt>" in captions[
             f"results/lora/{variant}/validation.png"]
     assert "Control-LoRA training curves" in captions["results/plots/training_loss.png"]
+
+
+#: upstream work no segmentation knob may rerun: generator training, judges, allocation, generation, scoring
+UPSTREAM = {"train_control_lora", "train_hard_lora", "train_feedback_lora", "train_judge", "allocate", "generate",
+            "generated_manifest", "score", "prototype", "make_conditions", "prepare_data", "demo_data"}
+
+
+def overlay(workdir: Path, name: str, **sections) -> list[str]:
+    """A config overlay file with ``sections`` merged into the demo config's sections of the same name."""
+    cfg = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    for section, values in sections.items():
+        cfg[section] = {**cfg[section], **values}
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return ["--configfile", path.name, "--replace-workflow-config"]
+
+
+def plan_after(workdir: Path, name: str, **sections) -> dict[str, int]:
+    result = snakemake(workdir, "-n", "--cores", "1", *overlay(workdir, name, **sections))
+    return planned_jobs(result.stdout + result.stderr)
+
+
+@pytest.mark.workflow
+def test_quick_run_reruns_only_what_a_knob_touches(quick_run, tmp_path):
+    # a real run to the end (test_workflow's quick run, default rerun triggers), each change dry-run on a copy
+    source, args = quick_run
+    workdir = tmp_path / "wf"
+    shutil.copytree(source, workdir, symlinks=True)
+    quick = yaml.safe_load(Path(args[args.index("--configfile") + 1]).read_text())
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(quick, sort_keys=False))
+    segment, generation = quick["segment"], quick["generation"]
+    assert "Nothing to be done" in snakemake(workdir, "-n", "--cores", "1", *overlay(workdir, "same")).stdout
+    ratio = plan_after(workdir, "ratio", segment={"synthetic_ratios": [*segment["synthetic_ratios"], 2.0]})
+    assert set(ratio) == {"filter", "train_segmenters", "evaluate_runs", "report", "all"}
+    seed = plan_after(workdir, "seed", segment={"seeds": [0, 1]})
+    assert not UPSTREAM & set(seed) and seed["segmenter_loss"] == len(generation["variants"])
+    policy = plan_after(workdir, "policy", segment={"policies": [p for p in segment["policies"] if p != "hard_band"]})
+    assert set(policy) == {"filter", "train_segmenters", "evaluate_runs", "report", "all"}
+    variant = plan_after(workdir, "variant", generation={"variants": [*generation["variants"], "guided"]})
+    assert variant == {"generate": generation["shards"], "generated_manifest": 1, "score": 1, "segmenter_loss": 1,
+                       "judge_loss": 1, "report": 1, "all": 1}

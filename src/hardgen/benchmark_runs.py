@@ -32,6 +32,30 @@ class RunPaths:
     run: str
     subset: str | None = None
     predictions: str | None = None
+    #: the subset's pool record (rule filter): an infeasible subset skips the run (filter.on_short_pool: skip)
+    subset_record: str | None = None
+
+
+def skip_run(paths: RunPaths, arch: str, policy: str, ratio: float, seed: int, pool: Mapping[str, Any]
+             ) -> dict[str, Any]:
+    """The outputs of a run whose subset could not be filled (its pool record says infeasible), without training:
+    ``run.json`` with ``skipped: true`` and the pool record's reason, pool size and need; an empty weights file whose
+    metadata says skipped; and, for a benchmark run, an empty map folder holding only
+    :data:`hardgen.layout.SKIPPED_MARKER` (the evaluate rules then write a header-only table)."""
+    from hardgen.io import write_json
+    from hardgen.layout import SKIPPED_MARKER
+    from hardgen.weights import save_state_dict
+
+    record = {"arch": str(arch), "policy": str(policy), "ratio": float(ratio), "seed": int(seed), "skipped": True,
+              "reason": pool.get("reason"), "pool": pool.get("pool"), "need": pool.get("need"),
+              "real_images": pool.get("real_images")}
+    save_state_dict(paths.model, {}, metadata={"skipped": "true", "reason": str(pool.get("reason"))})
+    write_json(paths.run, record)
+    if paths.predictions:
+        Path(paths.predictions).mkdir(parents=True, exist_ok=True)
+        write_json(Path(paths.predictions) / SKIPPED_MARKER, record)
+    log.warning("%s/%s/ratio %s/seed-%s skipped: %s", arch, policy, ratio, seed, record["reason"])
+    return record
 
 
 def training_pairs(manifest: pd.DataFrame, subset_path: str | None) -> pd.DataFrame:
@@ -68,8 +92,15 @@ def train_run(
     synthetic pixels it finds too hard are left out of the loss (:mod:`hardgen.pixel_filter`).
     ``judge_cache``: a dict the caller keeps across the runs of one job: each judge is loaded once and the class
     means of its real images computed once (the same model, record and maps as without it).
-    Returns the run record.
+    ``paths.subset_record``: the subset's pool record; when it says infeasible the run is skipped
+    (:func:`skip_run`). Returns the run record.
     """
+    if paths.subset_record:
+        from hardgen.filter import read_pool_record
+
+        pool = read_pool_record(paths.subset_record)
+        if not pool["feasible"]:
+            return skip_run(paths, arch, policy, ratio, seed, pool)
     spec = SegmenterSpec.from_config(dict(spec_config), arch)
     manifest = load_manifest(manifest_path)
     pairs = training_pairs(manifest, paths.subset)

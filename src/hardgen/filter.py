@@ -24,7 +24,10 @@ with :func:`subset_seed` of the config ``seed`` and the segmenter seed) and keep
 pool. So, for one seed: variants share sample ids (one per condition), hence the variant policies
 (``plain``, ``hard``, ...) pick the very same conditions (paired controls); a filtered pool keeps the
 draw's order (``hard_band`` takes the band samples ``hard`` would rank first); and a larger ratio keeps
-every sample of a smaller one (nested subsets). A pool smaller than ``N_r`` is a :class:`DataError`.
+every sample of a smaller one (nested subsets). A pool smaller than ``N_r`` is a :class:`ShortPool`: with
+``filter.on_short_pool: skip`` (the default) the subset is recorded as infeasible (its pool record says which
+policy, ratio and seed, the pool size and the need), its segmenter runs are skipped and the report lists it;
+``error`` stops the run.
 Subsets are written per policy, ratio and segmenter seed
 (``results/subsets/<policy>/ratio-<r>/seed-<s>.csv``, ``r`` as :func:`hardgen.config.ratio_label`).
 """
@@ -50,9 +53,9 @@ POLICIES: tuple[str, ...] = ("real", *VARIANT_POLICIES, *HARD_POLICIES)
 RANDOM_POLICIES: tuple[str, ...] = (*VARIANT_POLICIES, *HARD_POLICIES)
 SUBSET_COLUMNS = ["image", "mask", "sample_id", "variant"]
 
-__all__ = ["POLICIES", "REMOVED_POLICIES", "SUBSET_COLUMNS", "build_subset", "build_subsets", "draw", "faithful_ids",
-           "hardness", "pool", "ratio_label", "real_count", "select_subset", "subset_seed", "synthetic_count",
-           "write_subset"]
+__all__ = ["POLICIES", "REMOVED_POLICIES", "SHORT_POOL_ACTIONS", "SUBSET_COLUMNS", "ShortPool", "build_subset",
+           "build_subsets", "draw", "faithful_ids", "hardness", "pool", "pool_record", "ratio_label", "read_pool_record",
+           "real_count", "select_subset", "short_pool_message", "subset_seed", "synthetic_count", "write_subset"]
 
 
 def subset_seed(base_seed: int, segmenter_seed: int) -> int:
@@ -217,6 +220,15 @@ def _pool_description(policy: str, band: Sequence[float], min_fidelity: float) -
     return f"every {policy} sample"
 
 
+def short_pool_message(policy: str, ratio: float, n_real: int, need: int, pool_size: int, band: Sequence[float],
+                       min_fidelity: float) -> str:
+    """Why ``policy`` cannot fill ``ratio``: the need, the pool (what it holds and how it was picked), the knobs."""
+    return (f"policy {policy!r} at ratio {ratio_label(ratio)}: needs {need} synthetic images "
+            f"(round({ratio_label(ratio)} × {n_real} real)), its pool ({_pool_description(policy, band, min_fidelity)})"
+            f" holds {pool_size}. Generate more samples per mask (generation.per_mask), lower "
+            "segment.synthetic_ratios, or widen filter.band / lower filter.min_fidelity")
+
+
 def select_subset(
     policy: str,
     scores_df: pd.DataFrame,
@@ -234,7 +246,8 @@ def select_subset(
     ``generated_df``: concatenated generated manifests (sample_id, image, mask, condition, variant).
     ``seed``: the draw seed (the workflow passes :func:`subset_seed`). A synthetic policy takes
     :func:`synthetic_count` (ratio, n_real) samples of its :func:`pool` by :func:`draw`; ``real`` takes none
-    (its ratio is 0). Returns columns ``image, mask, sample_id, variant``, sorted by sample_id.
+    (its ratio is 0). Returns columns ``image, mask, sample_id, variant``, sorted by sample_id. A pool smaller than
+    the need is a :class:`ShortPool` (a :class:`DataError` that carries the pool size and the need).
     """
     _check_policy(policy)
     if policy == "real":
@@ -246,13 +259,48 @@ def select_subset(
     n = synthetic_count(ratio, n_real)
     candidates = pool(policy, scores_df, generated_df, band, score_backbone, min_fidelity)
     if len(candidates) < n:
-        raise DataError(
-            f"policy {policy!r} at ratio {ratio_label(ratio)}: needs {n} synthetic images "
-            f"(round({ratio_label(ratio)} × {n_real} real)), its pool ({_pool_description(policy, band, min_fidelity)})"
-            f" holds {len(candidates)}. Generate more samples per mask (generation.per_mask), lower "
-            "segment.synthetic_ratios, or widen filter.band / lower filter.min_fidelity"
-        )
+        raise ShortPool(short_pool_message(policy, ratio, n_real, n, len(candidates), band, min_fidelity),
+                        pool_size=len(candidates), need=n)
     return draw(candidates, n, seed)[SUBSET_COLUMNS]
+
+
+class ShortPool(DataError):
+    """A policy's pool holds fewer samples than its ratio needs (``filter.on_short_pool`` decides what follows)."""
+
+    def __init__(self, message: str, pool_size: int, need: int):
+        super().__init__(message)
+        self.pool_size, self.need = int(pool_size), int(need)
+
+
+#: ``filter.on_short_pool``: skip (record the subset as infeasible, its runs are skipped) or error (stop the run).
+SHORT_POOL_ACTIONS: tuple[str, ...] = ("skip", "error")
+
+
+def pool_record(policy: str, ratio: float, segmenter_seed: int, n_real: int, pool_size: int | None, need: int,
+                reason: str | None = None) -> dict:
+    """The record beside every subset (``results/subsets/<policy>/ratio-<r>/seed-<s>.json``): how large the policy's
+    pool was, how many samples the ratio needed, and whether the subset could be filled (``feasible``; when not,
+    ``reason`` says why and the subset table is empty: its segmenter runs are skipped)."""
+    return {"policy": str(policy), "ratio": float(ratio), "seed": int(segmenter_seed), "real_images": int(n_real),
+            "pool": None if pool_size is None else int(pool_size), "need": int(need), "feasible": reason is None,
+            "reason": reason}
+
+
+def read_pool_record(path: str | Path) -> dict:
+    """A subset's pool record (:func:`pool_record`); a missing or malformed one is an error naming the file."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: subset pool record not found (rerun filter)")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: unreadable pool record ({err})") from err
+    missing = [k for k in ("policy", "ratio", "seed", "pool", "need", "feasible") if k not in record]
+    if missing:
+        raise DataError(f"{path}: pool record lacks {missing}")
+    return record
 
 
 def write_subset(df: pd.DataFrame, path: str | Path) -> None:
@@ -308,22 +356,46 @@ def build_subsets(
     score_backbone: str = "all",
     min_fidelity: float = 0.5,
     seed: int = 0,
+    record_paths: Sequence[str | Path] | None = None,
+    segmenter_seed: int = 0,
+    on_short_pool: str = "error",
 ) -> list[pd.DataFrame]:
     """Workflow entry point (rule ``filter``): the subsets of several (policy, ratio) pairs of one draw seed.
 
     The tables are read once; each subset is :func:`select_subset`'s, written to the ``out_paths`` entry of the
-    same position. Returns the subsets in ``runs`` order.
+    same position, and with ``record_paths`` its :func:`pool_record` beside it (``segmenter_seed``: the seed the
+    record names). A pool too short for its ratio (:class:`ShortPool`) stops the job with ``on_short_pool: error``;
+    with ``skip`` the subset is written empty, its record says infeasible (pool, need, why) and the other subsets
+    are made as usual. Returns the subsets in ``runs`` order.
     """
-    if len(runs) != len(out_paths):
-        raise ValueError(f"filter: {len(runs)} (policy, ratio) pairs for {len(out_paths)} output paths")
+    if on_short_pool not in SHORT_POOL_ACTIONS:
+        raise ValueError(f"filter.on_short_pool: {on_short_pool!r} is not one of {list(SHORT_POOL_ACTIONS)}")
+    if len(runs) != len(out_paths) or (record_paths is not None and len(record_paths) != len(runs)):
+        raise ValueError(f"filter: {len(runs)} (policy, ratio) pairs for {len(out_paths)} output paths"
+                         + ("" if record_paths is None else f" and {len(record_paths)} records"))
     scores, generated = _read_tables(score_csvs, generated_csvs)
-    subsets = []
+    made = []
     for (policy, ratio), out_path in zip(runs, out_paths, strict=True):
-        subset = select_subset(policy, scores.copy(), generated.copy(), ratio, n_real, band, score_backbone,
-                               min_fidelity, seed)
+        try:
+            subset = select_subset(policy, scores.copy(), generated.copy(), ratio, n_real, band, score_backbone,
+                                   min_fidelity, seed)
+            made.append((subset, None))
+        except ShortPool as short:
+            if on_short_pool == "error":
+                raise
+            made.append((pd.DataFrame(columns=SUBSET_COLUMNS), short))
+    # written only when every subset of the job is decided (no half-written set on an error)
+    for k, ((policy, ratio), out_path) in enumerate(zip(runs, out_paths, strict=True)):
+        subset, short = made[k]
         write_subset(subset, out_path)
-        subsets.append(subset)
-    return subsets
+        if record_paths is not None:
+            need = synthetic_count(ratio, n_real) if policy != "real" else 0
+            pool_size = short.pool_size if short else None
+            if short is None and policy != "real":
+                pool_size = len(pool(policy, scores, generated, band, score_backbone, min_fidelity))
+            io.write_json(record_paths[k], pool_record(policy, ratio, segmenter_seed, n_real or 0, pool_size, need,
+                                                       None if short is None else str(short)))
+    return [subset for subset, _ in made]
 
 
 def _read_tables(score_csvs: Sequence[str | Path],

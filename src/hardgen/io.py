@@ -263,3 +263,26 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def segmenter_key(arch: str, seed: int | str) -> str:
+    """The name of one segmenter (a real-only benchmark run or a judge) in tables and plots: ``<arch>/seed-<s>``."""
+    return f"{arch}/seed-{int(seed)}"
+
+
+def read_keyed_losses(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Per-sample loss tables (rules ``segmenter_loss`` / ``judge_loss``: one per segmenter and variant, keyed by
+    their ``arch`` and ``seed`` columns) as ``{segmenter_key: one table of every variant}``."""
+    import pandas as pd
+
+    frames: dict[str, list] = {}
+    for path in path_list(list(paths)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: sample loss table not found")
+        table = pd.read_csv(path, dtype={"sample_id": str})
+        missing = [c for c in ("arch", "seed") if c not in table.columns]
+        if missing:
+            raise DataError(f"{path}: sample loss table lacks key columns {missing} (rerun segmenter_loss)")
+        for (arch, seed), rows in table.groupby(["arch", "seed"], sort=False):
+            frames.setdefault(segmenter_key(arch, seed), []).append(rows)
+    return {key: pd.concat(parts, ignore_index=True) for key, parts in frames.items()}

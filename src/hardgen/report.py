@@ -136,7 +136,8 @@ def _eval_mapping(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]
     return mapping
 
 
-def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]) -> pd.DataFrame:
+def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path],
+                   skipped: Iterable[EvalKey] = ()) -> pd.DataFrame:
     """The evaluation tables in one long table, one row per (arch, policy, ratio, seed, testset, metric).
 
     ``eval_csvs`` maps ``(arch, policy, ratio, seed)`` to an evaluation CSV, or is a list of paths laid out
@@ -145,7 +146,10 @@ def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path
     metric, value``: one toolbox score per test set and metric (no per-image rows), including the
     rows of testset :data:`OVERALL` (image-weighted over every test image pooled). Values are taken
     as they are. Returns exactly the columns ``arch, policy, ratio, seed, testset, metric, value``.
+    ``skipped``: the runs skipped for an infeasible subset, whose tables are header-only (any other empty table is
+    an error).
     """
+    skipped_runs = {(str(a), str(p), float(r), int(s)) for a, p, r, s in skipped}
     frames = []
     for (arch, policy, ratio, seed), path in sorted(_eval_mapping(eval_csvs).items()):
         table = _read_table(path, EVAL_COLUMNS, "evaluation")
@@ -156,6 +160,8 @@ def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path
                 f"(one score per test set and metric), found extra {extra}"
             )
         if table.empty:
+            if (arch, policy, ratio, seed) in skipped_runs:  # an infeasible subset's run: no maps, no scores
+                continue
             raise DataError(f"{path}: evaluation table has no rows")
         values = pd.to_numeric(table["value"], errors="coerce")
         if values.isna().any():
@@ -280,7 +286,7 @@ def _budget_lines(runs_df: pd.DataFrame) -> list[str]:
 
 
 def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = None, demo: bool = False,
-                       fidelity_df: pd.DataFrame | None = None) -> str:
+                       fidelity_df: pd.DataFrame | None = None, infeasible_df: pd.DataFrame | None = None) -> str:
     """A markdown report of the benchmark.
 
     Per metric (mDice, mIoU): a table of rows arch × policy × ratio with each test set, ``mean`` (over
@@ -300,6 +306,7 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
     lines = ["# Segmentation benchmark", ""]
     if demo:
         lines += [DEMO_NOTE, ""]
+    lines += infeasible_lines(infeasible_df)
     summary = benchmark_summary(long_df)
     n_seeds = long_df.groupby(["arch", "policy", "ratio"])["seed"].nunique()
     for metric in MARKDOWN_METRICS:
@@ -399,16 +406,12 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
 
 
 # ------------------------------------------------------------------------------------------- runs
-def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.DataFrame:
-    """One row per segmenter run: ``arch, policy, ratio, seed, real_images, synthetic_images, iterations,
-    images_seen``.
+INFEASIBLE_COLUMNS: list[str] = ["policy", "ratio", "seed", "pool", "need", "archs", "reason"]
 
-    ``run_records``: ``run.json`` paths (written beside each benchmark model by the train_segmenter
-    rule) or their dicts. Raises :class:`DataError` (naming the file) on a missing field (a null ratio
-    included) or a duplicate run, and when runs of one (arch, seed) differ in iterations or images seen:
-    the benchmark compares policies (and ratios) at an equal budget only.
-    """
-    rows, sources = [], []
+
+def read_run_records(run_records: Iterable[str | Path | Mapping[str, object]]) -> list[dict]:
+    """``run.json`` records (paths or dicts) as dicts, each with ``_source`` (where it came from)."""
+    records = []
     for record in run_records:
         where = "run record"
         if not isinstance(record, Mapping):
@@ -420,6 +423,55 @@ def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.D
                 record = json.loads(path.read_text())
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: unreadable run record ({err})") from err
+        records.append({**record, "_source": where})
+    return records
+
+
+def infeasible_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.DataFrame:
+    """The subsets that could not be filled (``filter.on_short_pool: skip``): one row per (policy, ratio, seed)
+    with the pool size, the need, the archs whose runs were skipped and why (from the skipped runs' records)."""
+    rows: dict[tuple, dict] = {}
+    for record in read_run_records(run_records):
+        if not record.get("skipped"):
+            continue
+        key = (str(record["policy"]), float(record["ratio"]), int(record["seed"]))
+        row = rows.setdefault(key, {"policy": key[0], "ratio": key[1], "seed": key[2], "pool": record.get("pool"),
+                                    "need": record.get("need"), "archs": [], "reason": record.get("reason")})
+        row["archs"].append(str(record["arch"]))
+    table = pd.DataFrame([{**r, "archs": " ".join(sorted(r["archs"]))} for r in rows.values()],
+                         columns=INFEASIBLE_COLUMNS)
+    order = {p: i for i, p in enumerate(_ordered(table["policy"], POLICY_ORDER))}
+    return table.sort_values(["policy", "ratio", "seed"], key=lambda c: c.map(order) if c.name == "policy" else c
+                             ).reset_index(drop=True)
+
+
+def infeasible_lines(infeasible_df: pd.DataFrame | None) -> list[str]:
+    """benchmark.md's section on the subsets whose pool was too short (none: no section)."""
+    if infeasible_df is None or infeasible_df.empty:
+        return []
+    lines = ["## Subsets that could not be filled", "",
+             "These policies' pools held fewer samples than the ratio needs (filter.on_short_pool: skip): their "
+             "segmenter runs were skipped and are missing from every table below.", "",
+             "| policy | ratio | seed | pool | need | archs skipped |", "|---|---:|---:|---:|---:|---|"]
+    for row in infeasible_df.itertuples(index=False):
+        lines.append(f"| {row.policy} | {ratio_label(row.ratio)} | {row.seed} | {row.pool} | {row.need} | {row.archs} |")
+    return [*lines, ""]
+
+
+def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.DataFrame:
+    """One row per segmenter run: ``arch, policy, ratio, seed, real_images, synthetic_images, iterations,
+    images_seen``.
+
+    ``run_records``: ``run.json`` paths (written beside each benchmark model by the train_segmenter
+    rule) or their dicts. Raises :class:`DataError` (naming the file) on a missing field (a null ratio
+    included) or a duplicate run, and when runs of one (arch, seed) differ in iterations or images seen:
+    the benchmark compares policies (and ratios) at an equal budget only.
+    """
+    rows, sources = [], []
+    for record in read_run_records(run_records):
+        if record.get("skipped"):  # an infeasible subset's run (infeasible_table lists it)
+            continue
+        where = record["_source"]
         missing = [c for c in RUNS_COLUMNS if record.get(c) is None]
         if missing:
             raise DataError(f"{where}: run record lacks {missing}")
@@ -490,8 +542,15 @@ def hardness_table(score_csvs: Iterable[str | Path] | pd.DataFrame, loss_backbon
     return table.reset_index(drop=True).astype({"n": int, "in_loss": bool})
 
 
-def _read_losses(name: str, path: str | Path) -> pd.DataFrame:
-    losses = _read_table(path, SAMPLE_LOSS_COLUMNS, f"sample loss ({name})")
+def _read_losses(name: str, path: str | Path | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(path, pd.DataFrame):
+        missing = [c for c in SAMPLE_LOSS_COLUMNS if c not in path.columns]
+        if missing:
+            raise DataError(f"sample loss ({name}) lacks columns {missing}")
+        losses = path.copy()
+        path = f"sample loss ({name})"
+    else:
+        losses = _read_table(path, SAMPLE_LOSS_COLUMNS, f"sample loss ({name})")
     losses["sample_id"] = losses["sample_id"].astype(str)
     for column in ("loss", "fg_fraction"):
         losses[column] = pd.to_numeric(losses[column], errors="coerce")
@@ -846,7 +905,7 @@ def _pairs_from_generated(generated: Mapping[str, Path], data_manifest_csv: str 
 def _keyed_paths(paths: Mapping[str, str | Path] | Iterable[str | Path], pattern: str, what: str) -> dict[str, Path]:
     """A ``{name: path}`` mapping as given, or parsed from each path with ``pattern`` (one named group)."""
     if isinstance(paths, Mapping):
-        return {str(k): Path(v) for k, v in paths.items()}
+        return {str(k): v if isinstance(v, pd.DataFrame) else Path(v) for k, v in paths.items()}
     mapping: dict[str, Path] = {}
     for path in paths:
         match = re.search(pattern, Path(path).as_posix())
@@ -918,8 +977,13 @@ def write_report(
     }
     generated = _keyed_paths(generated_manifests, r"generated/([^/]+)/manifest\.csv$", "variant")
     losses = _keyed_paths(sample_loss_csvs or {}, r"eval/([^/]+/seed-\d+)/sample_loss\.csv$", "segmenter")
-    long = benchmark_long(eval_csvs)
-    runs = runs_table(run_records)
+    records = read_run_records(run_records)
+    infeasible = infeasible_table(records)
+    skipped = [(r["arch"], r["policy"], r["ratio"], r["seed"]) for r in records if r.get("skipped")]
+    long = benchmark_long(eval_csvs, skipped)
+    runs = runs_table(records)
+    written["infeasible_csv"] = tables_dir / "infeasible.csv"
+    write_csv(written["infeasible_csv"], infeasible)
     write_csv(written["benchmark_csv"], long)
     write_csv(written["runs_csv"], runs)
     scores = _read_scores(list(score_csvs))
@@ -930,7 +994,8 @@ def write_report(
         fidelity = fidelity_summary(scores, min_fidelity)
         written["fidelity_csv"] = tables_dir / "fidelity.csv"
         write_csv(written["fidelity_csv"], fidelity)
-    write_text(written["benchmark_md"], benchmark_markdown(long, runs, demo=demo, fidelity_df=fidelity))
+    write_text(written["benchmark_md"], benchmark_markdown(long, runs, demo=demo, fidelity_df=fidelity,
+                                                                 infeasible_df=infeasible))
     write_csv(written["hardness_csv"], hardness_table(scores, loss_backbones))
     write_csv(written["hardness_transfer_csv"], hardness_transfer(scores, losses))
     from hardgen import gallery, transfer  # both build on this module's readers, so they are imported here

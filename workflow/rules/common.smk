@@ -18,6 +18,7 @@ if Path(SRC, "hardgen").is_dir():
         os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 import hardgen.config as hgconfig
+from hardgen.registry import MODEL_KEYS, POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
 
 hgconfig.validate_config(config, hgconfig.load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
 
@@ -38,11 +39,12 @@ BACKBONES = list(config["backbones"])
 LOSS_BACKBONES = list(config["hard"]["loss_backbones"])  # the rest are held-out judges of hardness
 VARIANTS = list(config["generation"]["variants"])
 SCORED_VARIANTS = ["real"] + VARIANTS
-# The Control-LoRA each variant samples: the training-free variants (mined, guided) use the plain LoRA.
-VARIANT_LORA = {"plain": "plain", "hard": "hard", "feedback": "feedback", "mined": "plain", "guided": "plain"}
-TRAINING_FREE = ["mined", "guided"]  # they also read the in-loss backbones' prototypes
+# hardgen.registry declares each variant: the Control-LoRA it samples (mined and guided: the plain one) and whether
+# its sampling reads the in-loss backbones' prototypes
+VARIANT_LORA = {v: VARIANT_REGISTRY[v].lora for v in VARIANTS}
+TRAINING_FREE = [v for v in VARIANTS if VARIANT_REGISTRY[v].uses_backbones]
 # the trained LoRAs: hard and feedback start from plain, so it always trains
-LORAS = ["plain"] + [v for v in VARIANTS if VARIANT_LORA[v] == v and v != "plain"]
+LORAS = trained_loras(VARIANTS)
 POLICIES = list(config["segment"]["policies"])
 # segment.synthetic_ratios as path labels (f"{r:g}": 0.5, 1, 2); the real policy is ratio 0. Each synthetic policy runs
 # at every ratio, real once: RUNS lists the (policy, ratio) pairs of the benchmark.
@@ -69,6 +71,57 @@ BASE_FILES = sorted(str(p) for p in Path(BASE_MODEL).rglob("*") if p.is_file()) 
 # benchmark seed even when judge_seed equals one of segment.seeds.
 JUDGE = config["feedback"]["segmenter"]
 JUDGE_SEED = str(config["feedback"]["judge_seed"])
+# The fidelity guard's Dice judges: the real-only benchmark segmenters of every arch at the first segmenter seed, so
+# adding a seed grades no sample again (and rescores nothing).
+FIDELITY_SEEDS = SEEDS[:1]
+
+
+# ---- exact params: every rule's params hold exactly the config values its job reads, never a whole section, so a
+# knob reruns only the jobs that read it (Snakemake's default rerun triggers include params).
+def pick(section, keys):
+    """{key: section[key]} for the keys a job reads."""
+    return {key: section[key] for key in keys}
+
+
+#: model.* keys of training and sampling (hardgen.registry.MODEL_KEYS; base is a param of its own)
+MODEL = pick(config["model"], MODEL_KEYS)
+#: lora.* keys of the adapters (init_weights is an input of the plain training, not a param)
+LORA_KEYS = ("preset", "rank", "conv_in_rank", "init")
+#: feedback.* keys of its fine-tuning (segmenter and judge_seed pick its judge, an input)
+FEEDBACK_KEYS = ("steps", "learning_rate", "lambda", "margin_factor", "loss", "calibration_samples")
+#: segment.* keys one segmenter run reads (hardgen.benchmark_runs.train_run); pixel_filter only with a filter judge
+SEGMENT_RUN_KEYS = ("size", "iterations", "batch_size", "learning_rate", "grad_clip", "multi_scale")
+
+
+def segment_recipe(pixel_filter=False):
+    return pick(config["segment"], SEGMENT_RUN_KEYS + (("pixel_filter",) if pixel_filter else ()))
+
+
+def arch_specs(archs):
+    return {arch: config["segment"]["archs"][arch] for arch in archs}
+
+
+def generation_params(variant):
+    """generation.* keys of one variant's sampling (hardgen.registry: the shared ones and its own)."""
+    return pick(config["generation"], VARIANT_REGISTRY[variant].generation_keys)
+
+
+def policy_sources(policies):
+    """The generated variants the pools of ``policies`` draw from, in generation.variants order."""
+    sources = {POLICY_REGISTRY[p].source for p in policies}
+    return [v for v in VARIANTS if v in sources]
+
+
+def policy_scored(policies):
+    """The variants whose score tables the pools of ``policies`` read (hard_band: hardness; hard_faithful: fidelity)."""
+    sources = {POLICY_REGISTRY[p].source for p in policies if POLICY_REGISTRY[p].scored}
+    return [v for v in VARIANTS if v in sources]
+
+
+def filter_params(policies):
+    """filter.* keys the pools of ``policies`` read (none for a variant's every-sample pool)."""
+    keys = [k for p in policies for k in POLICY_REGISTRY[p].keys]
+    return pick(config["filter"], sorted(set(keys)))
 
 
 wildcard_constraints:
@@ -132,6 +185,11 @@ def run_patterns(pattern, runs):
     return [pattern.format(arch=a, policy=p, ratio=r, seed="{seed}") for a, p, r in runs]
 
 
+def filter_policies(wildcards):
+    # the policies of one filter job: every synthetic one (segment.batch_runs) or the job's own
+    return SYNTHETIC_POLICIES if BATCH_RUNS else [wildcards.policy]
+
+
 def ratio_runs(wildcards):
     # the (arch, policy, ratio) runs of one train_segmenters job
     return [(a, p, wildcards.ratio) for a, p, _ in RATIO_RUNS]
@@ -180,20 +238,29 @@ def score_input(wildcards):
 
 def fidelity_input(wildcards):
     # The score job of a generated variant also grades it (the fidelity guard): the real-only benchmark segmenters'
-    # Dice (segmenter_loss; never the feedback judge) and the held-out backbone's separation, calibrated on the real
-    # images' (results/fidelity/real.csv, written by the score job of real: the calibration, no grades of its own).
+    # Dice on that variant's samples (segmenter_loss of every arch at FIDELITY_SEEDS; never the feedback judge) and
+    # the held-out backbone's separation, calibrated on the real images' (results/fidelity/real.csv, written by the
+    # score job of real: the calibration, no grades of its own).
     if wildcards.scored == "real":
         return {}
-    return {"sample_losses": sample_loss_tables(), "reference": "results/fidelity/real.csv"}
+    return {
+        "sample_losses": sample_loss_tables(seeds=FIDELITY_SEEDS, variants=[wildcards.scored]),
+        "reference": "results/fidelity/real.csv",
+    }
 
 
-def subset_input(wildcards):
+def subset_input(wildcards, suffix="csv"):
     # Subsets are per ratio and segmenter seed (random draws follow it). The real-only policy reads no subset, so
     # the real-trained segmenters (the fidelity guard's judges; the separate feedback judge) never depend on
     # filtering or synthetic data, and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
     if wildcards.policy == "real":
         return []
-    return f"results/subsets/{wildcards.policy}/ratio-{wildcards.ratio}/seed-{wildcards.seed}.csv"
+    return f"results/subsets/{wildcards.policy}/ratio-{wildcards.ratio}/seed-{wildcards.seed}.{suffix}"
+
+
+def subset_record_input(wildcards):
+    # the subset's pool record: an infeasible subset (filter.on_short_pool: skip) skips its runs
+    return subset_input(wildcards, "json")
 
 
 def eval_tables():
@@ -204,10 +271,13 @@ def run_records():
     return run_paths("results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json")
 
 
-def sample_loss_tables():
-    # Hardness transfer and the fidelity guard's Dice use the benchmark's real-policy segmenters of every arch and
-    # seed (never the feedback judge); segment.policies must include real (hardgen.config).
-    return expand("results/eval/{arch}/seed-{seed}/sample_loss.csv", arch=ARCHS, seed=SEEDS)
+def sample_loss_tables(seeds=SEEDS, variants=VARIANTS):
+    # Hardness transfer and the fidelity guard's Dice use the benchmark's real-policy segmenters (never the feedback
+    # judge; segment.policies must include real, hardgen.config): one table per (arch, seed, generated variant), so a
+    # new variant's samples are scored by the segmenters without scoring the others again
+    return expand(
+        "results/eval/{arch}/seed-{seed}/sample_loss/{variant}.csv", arch=ARCHS, seed=seeds, variant=variants
+    )
 
 
 def final_outputs():
@@ -215,6 +285,7 @@ def final_outputs():
         "results/tables/benchmark.csv",
         "results/tables/benchmark.md",
         "results/tables/runs.csv",
+        "results/tables/infeasible.csv",
         "results/tables/hardness.csv",
         "results/tables/hardness_transfer.csv",
         "results/tables/transfer_matrix.csv",

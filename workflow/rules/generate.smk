@@ -22,8 +22,9 @@ rule allocate:
         per_mask=config["generation"]["per_mask"],
         allocation=config["generation"]["allocation"],
         seed=config["seed"],
-        archs=config["segment"]["archs"],
-        size=config["segment"]["size"],
+        # the judges' archs (hardness allocation only: uniform loads none)
+        archs=arch_specs(ARCHS) if config["generation"]["allocation"] == "hardness" else {},
+        size=config["segment"]["size"] if config["generation"]["allocation"] == "hardness" else None,
     threads: 1
     resources:
         # on the CPU: the judges only run a forward pass over the real training images (minutes at 352 px)
@@ -53,8 +54,10 @@ rule generate:
     priority: 5
     params:
         base=BASE_MODEL,
-        model=config["model"],
-        generation=config["generation"],
+        model=MODEL,
+        # only the generation.* keys of this variant's sampling (hardgen.registry), so a new variant, per_mask or
+        # allocation (read by allocate) reruns no other variant's generation
+        generation=lambda wildcards: generation_params(wildcards.variant),
         seed=config["seed"],
         # the judge of the training-free variants (so only their jobs rerun when it changes)
         backbones=lambda wildcards: (

@@ -18,6 +18,7 @@ rule report:
         benchmark=report("results/tables/benchmark.csv", category="Benchmark", caption="../report/benchmark.rst"),
         benchmark_md=report("results/tables/benchmark.md", category="Benchmark", caption="../report/benchmark_md.rst"),
         runs=report("results/tables/runs.csv", category="Benchmark", caption="../report/runs.rst"),
+        infeasible=report("results/tables/infeasible.csv", category="Benchmark", caption="../report/infeasible.rst"),
         hardness=report("results/tables/hardness.csv", category="Hardness", caption="../report/hardness.rst"),
         transfer=report("results/tables/hardness_transfer.csv", category="Hardness", caption="../report/transfer.rst"),
         transfer_matrix=report(
@@ -38,10 +39,6 @@ rule report:
     benchmark:
         "results/benchmarks/report.tsv"
     params:
-        archs=ARCHS,
-        policies=POLICIES,
-        seeds=SEEDS,
-        testsets=TESTSETS,
         loss_backbones=config["hard"]["loss_backbones"],
         min_fidelity=config["filter"]["min_fidelity"],
         judge_job=f"{JUDGE}/seed-{JUDGE_SEED}",  # the feedback judge's train_judge job, part of feedback's cost

@@ -25,6 +25,8 @@ rule score:
     priority: 5
     params:
         sets=lambda wildcards: [wildcards.scored],
+        # the fidelity guard's judges (<arch>/seed-<s>), in the order of input.sample_losses
+        judges=lambda wildcards: [] if wildcards.scored == "real" else [f"{a}/seed-{s}" for a in ARCHS for s in FIDELITY_SEEDS],
         backbones=config["backbones"],
         fidelity_backbone=FIDELITY_BACKBONE,
         pad=config["hard"]["crop_pad"],
@@ -40,74 +42,47 @@ rule score:
         "../scripts/score.py"
 
 
-if BATCH_RUNS:
-
-    # segment.batch_runs (the CPU demo): every generated variant scored in one job, the backbones loaded once. No
-    # wait is added: grading needs the real-only segmenters' losses on every variant (sample_losses), so each
-    # variant's score job waited for all of generation anyway. Same library call per variant, same files.
-    ruleorder: score_variants > score
-
-    rule score_variants:
-        input:
-            sample_losses=sample_loss_tables(),
-            reference="results/fidelity/real.csv",
-            manifest="results/data/manifest.csv",
-            samples=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
-            prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=BACKBONES),
-        output:
-            scores=expand("results/scores/{variant}.csv", variant=VARIANTS),
-            features=expand("results/scores/{variant}.features.safetensors", variant=VARIANTS),
-            fidelity=expand("results/fidelity/{variant}.csv", variant=VARIANTS),
-        log:
-            "logs/score_variants.log",
-        benchmark:
-            "results/benchmarks/score_variants.tsv"
-        params:
-            sets=VARIANTS,
-            backbones=config["backbones"],
-            fidelity_backbone=FIDELITY_BACKBONE,
-            pad=config["hard"]["crop_pad"],
-            resolution=config["model"]["resolution"],
-        threads: 1
-        resources:
-            mem_mb=8000,
-            runtime=120 * len(VARIANTS),
-            gpu=1,
-        conda:
-            ENV
-        script:
-            "../scripts/score.py"
-
-
 rule filter:
-    # segment.batch_runs (the demo): every subset of one segmenter seed in one job, the granularity of the
-    # train_segmenters jobs that read them (selection takes milliseconds, a job's start-up most of a second), so
-    # forcing filter rewrites all of a seed's subsets. Otherwise one job per subset: one run's subset (a new policy
-    # or ratio) is made without rewriting the others, whose segmenters would train again.
+    # segment.batch_runs (the demo): every subset of one ratio and segmenter seed in one job, the granularity of the
+    # train_segmenters job that reads them (selection takes milliseconds, a job's start-up most of a second), so a new
+    # ratio or seed adds jobs without rewriting the others. Otherwise one job per subset: a policy's pool reads only
+    # its source variant's manifest (and score table when it filters by hardness or fidelity) and params hold only
+    # the filter.* keys of its pool, so e.g. filter.min_fidelity rewrites hard_faithful's subsets alone.
     input:
         manifest="results/data/manifest.csv",
-        scores=expand("results/scores/{scored}.csv", scored=SCORED_VARIANTS),
-        generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
+        scores=lambda wildcards: expand("results/scores/{variant}.csv", variant=policy_scored(filter_policies(wildcards))),
+        generated=lambda wildcards: expand(
+            "results/generated/{variant}/manifest.csv", variant=policy_sources(filter_policies(wildcards))
+        ),
     output:
-        (
-            batch_patterns("results/subsets/{policy}/ratio-{ratio}/seed-{{seed}}.csv")
+        # the subset tables and, beside each, its pool record (pool size, need, feasible: filter.on_short_pool)
+        subsets=(
+            [f"results/subsets/{p}/ratio-{{ratio}}/seed-{{seed}}.csv" for p in SYNTHETIC_POLICIES]
             if BATCH_RUNS
             else ["results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv"]
         ),
+        records=(
+            [f"results/subsets/{p}/ratio-{{ratio}}/seed-{{seed}}.json" for p in SYNTHETIC_POLICIES]
+            if BATCH_RUNS
+            else ["results/subsets/{policy}/ratio-{ratio}/seed-{seed}.json"]
+        ),
     log:
-        "logs/filter/seed-{seed}.log" if BATCH_RUNS else "logs/filter/{policy}/ratio-{ratio}/seed-{seed}.log",
+        (
+            "logs/filter/ratio-{ratio}/seed-{seed}.log"
+            if BATCH_RUNS
+            else "logs/filter/{policy}/ratio-{ratio}/seed-{seed}.log"
+        ),
     benchmark:
         (
-            "results/benchmarks/filter/seed-{seed}.tsv"
+            "results/benchmarks/filter/ratio-{ratio}/seed-{seed}.tsv"
             if BATCH_RUNS
             else "results/benchmarks/filter/{policy}/ratio-{ratio}/seed-{seed}.tsv"
         )
     params:
         # the (policy, ratio) of each output, in output order
-        runs=lambda wildcards: SYNTHETIC_RUNS if BATCH_RUNS else [(wildcards.policy, wildcards.ratio)],
-        band=config["filter"]["band"],
-        score_backbone=config["filter"]["score_backbone"],
-        min_fidelity=config["filter"]["min_fidelity"],
+        runs=lambda wildcards: [(p, wildcards.ratio) for p in filter_policies(wildcards)],
+        filter=lambda wildcards: filter_params(filter_policies(wildcards)),
+        on_short_pool=config["filter"]["on_short_pool"],
         base_seed=config["seed"],
     threads: 1
     resources:

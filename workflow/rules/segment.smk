@@ -10,6 +10,7 @@ rule train_segmenter:
     input:
         manifest="results/data/manifest.csv",
         subset=subset_input,
+        record=subset_record_input,
         judges=lambda wildcards: list(run_filter_judges(wildcards).values()),
     output:
         model="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors",
@@ -23,8 +24,8 @@ rule train_segmenter:
     # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
     priority: 5
     params:
-        specs=config["segment"]["archs"],
-        segment=config["segment"],
+        specs=lambda wildcards: arch_specs([wildcards.arch]),
+        segment=lambda wildcards: segment_recipe(pixel_filter=bool(run_filter_judges(wildcards))),
         runs=lambda wildcards: [(wildcards.arch, wildcards.policy, wildcards.ratio)],
         filter_judges=run_filter_judges,
         judge=False,
@@ -53,8 +54,8 @@ rule train_judge:
     # the judges feed allocate, which every generate job waits for
     priority: 15
     params:
-        specs=config["segment"]["archs"],
-        segment=config["segment"],
+        specs=lambda wildcards: arch_specs([wildcards.arch]),
+        segment=segment_recipe(),
         runs=lambda wildcards: [(wildcards.arch, "real", "0")],
         filter_judges={},
         judge=True,
@@ -88,6 +89,10 @@ if BATCH_RUNS:
             subset=lambda wildcards: [
                 f"results/subsets/{p}/ratio-{r}/seed-{wildcards.seed}.csv" for _, p, r in ratio_runs(wildcards)
             ],
+            # each subset's pool record: an infeasible one (filter.on_short_pool: skip) skips its run
+            record=lambda wildcards: [
+                f"results/subsets/{p}/ratio-{r}/seed-{wildcards.seed}.json" for _, p, r in ratio_runs(wildcards)
+            ],
             judges=list(filter_judges(ARCHS).values()),
         output:
             model=run_patterns(
@@ -103,8 +108,8 @@ if BATCH_RUNS:
         benchmark:
             "results/benchmarks/train_segmenters/ratio-{ratio}/seed-{seed}.tsv"
         params:
-            specs=config["segment"]["archs"],
-            segment=config["segment"],
+            specs=arch_specs(ARCHS),
+            segment=segment_recipe(pixel_filter=bool(filter_judges(ARCHS))),
             runs=ratio_runs,
             filter_judges=filter_judges(ARCHS),
             judge=False,
@@ -135,8 +140,8 @@ if BATCH_RUNS:
         # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
         priority: 5
         params:
-            specs=config["segment"]["archs"],
-            segment=config["segment"],
+            specs=arch_specs(ARCHS),
+            segment=segment_recipe(),
             runs=REAL_RUNS,
             filter_judges={},
             judge=False,
@@ -200,19 +205,22 @@ rule evaluate:
 
 
 rule segmenter_loss:
+    # the real-only benchmark segmenters of one seed (every arch, loaded in one job) on one variant's samples: a new
+    # variant is scored without the others
     input:
-        model=lambda wildcards: segmenter_path(wildcards.arch, "real", "0", wildcards.seed),
-        generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
+        model=lambda wildcards: [segmenter_path(arch, "real", "0", wildcards.seed) for arch in ARCHS],
+        generated="results/generated/{variant}/manifest.csv",
     output:
-        "results/eval/{arch}/seed-{seed}/sample_loss.csv",
+        expand("results/eval/{arch}/seed-{{seed}}/sample_loss/{{variant}}.csv", arch=ARCHS),
     log:
-        "logs/segmenter_loss/{arch}/seed-{seed}.log",
+        "logs/segmenter_loss/seed-{seed}/{variant}.log",
     benchmark:
-        "results/benchmarks/segmenter_loss/{arch}/seed-{seed}.tsv"
+        "results/benchmarks/segmenter_loss/seed-{seed}/{variant}.tsv"
     # the fidelity grades wait for it (score); judge_loss only feeds the report
     priority: 1
     params:
-        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+        # the arch of each model and output, in order
+        specs=arch_specs(ARCHS),
         size=config["segment"]["size"],
     threads: 1
     resources:
@@ -238,7 +246,7 @@ rule judge_loss:
     benchmark:
         "results/benchmarks/judge_loss/{arch}/seed-{seed}.tsv"
     params:
-        spec=lambda wildcards: config["segment"]["archs"][wildcards.arch],
+        specs=lambda wildcards: arch_specs([wildcards.arch]),
         size=config["segment"]["size"],
     threads: 1
     resources:

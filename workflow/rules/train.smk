@@ -25,8 +25,8 @@ rule train_control_lora:
     priority: 20
     params:
         base=BASE_MODEL,
-        model=config["model"],
-        lora=config["lora"],
+        model=MODEL,
+        lora=pick(config["lora"], LORA_KEYS),
         train=config["train"],
         seed=config["seed"],
         condition_type=config["condition"]["type"],
@@ -69,11 +69,12 @@ rule train_hard_lora:
     priority: 10
     params:
         base=BASE_MODEL,
-        model=config["model"],
-        lora=config["lora"],
+        model=MODEL,
+        lora=pick(config["lora"], LORA_KEYS),
         train=config["train"],
         hard=config["hard"],
-        backbones=config["backbones"],
+        # only the in-loss backbones reach the generator
+        backbones=pick(config["backbones"], LOSS_BACKBONES),
         seed=config["seed"],
         condition_type=config["condition"]["type"],
     threads: 1
@@ -112,11 +113,11 @@ rule train_feedback_lora:
     priority: 10
     params:
         base=BASE_MODEL,
-        model=config["model"],
-        lora=config["lora"],
+        model=MODEL,
+        lora=pick(config["lora"], LORA_KEYS),
         train=config["train"],
-        feedback=config["feedback"],
-        hard=config["hard"],
+        feedback=pick(config["feedback"], FEEDBACK_KEYS),
+        crop_pad=config["hard"]["crop_pad"],
         segmenter=config["segment"]["archs"][JUDGE],
         segment_size=config["segment"]["size"],
         seed=config["seed"],

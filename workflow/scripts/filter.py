@@ -3,13 +3,13 @@
 
 from pathlib import Path
 
-from hardgen.filter import build_subsets, real_count, subset_seed
+from hardgen.filter import build_subsets, read_pool_record, real_count, subset_seed
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
     segmenter_seed = int(snakemake.wildcards.seed)
     runs = [(policy, ratio) for policy, ratio in snakemake.params.runs]
-    for (policy, ratio), out_path in zip(runs, snakemake.output, strict=True):  # the rule lists both in one order
+    for (policy, ratio), out_path in zip(runs, snakemake.output.subsets, strict=True):  # the rule lists both in one order
         if Path(out_path).parts[-3:] != (policy, f"ratio-{ratio}", f"seed-{segmenter_seed}.csv"):
             raise RuntimeError(f"internal: output {out_path} is not the subset of {policy} at ratio {ratio}")
     draw_seed = subset_seed(snakemake.params.base_seed, segmenter_seed)
@@ -18,13 +18,19 @@ with stage_logging(snakemake.log[0]) as log:
         [(policy, float(ratio)) for policy, ratio in runs],
         score_csvs=snakemake.input.scores,
         generated_csvs=snakemake.input.generated,
-        out_paths=snakemake.output,
+        out_paths=snakemake.output.subsets,
+        record_paths=snakemake.output.records,
+        segmenter_seed=segmenter_seed,
+        on_short_pool=snakemake.params.on_short_pool,
         n_real=n_real,
-        band=snakemake.params.band,
-        score_backbone=snakemake.params.score_backbone,
-        min_fidelity=snakemake.params.min_fidelity,
+        # only the filter.* keys of the job's pools (hardgen.registry); the others are never read
+        **dict(snakemake.params.filter),
         seed=draw_seed,
     )
-    for (policy, ratio), subset in zip(runs, subsets, strict=True):
+    for (policy, ratio), subset, record in zip(runs, subsets, snakemake.output.records, strict=True):
+        if not read_pool_record(record)["feasible"]:
+            log.warning("infeasible, its segmenter runs are skipped (filter.on_short_pool: skip): %s",
+                        read_pool_record(record)["reason"])
+            continue
         log.info("policy %s, ratio %s (%d real images), segmenter seed %d (draw seed %d): %d synthetic samples",
                  policy, ratio, n_real, segmenter_seed, draw_seed, len(subset))

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from hardgen.io import write_csv
+from hardgen.io import read_keyed_losses, write_csv
 from hardgen.logging_utils import stage_logging
 from hardgen.report import write_report
 from hardgen.timings import plot_timings, timings_table, variant_cost
@@ -19,7 +19,7 @@ with stage_logging(snakemake.log[0]) as log:
         plots_dir=snakemake.output.plots,
         loss_backbones=snakemake.params.loss_backbones,
         run_records=list(inp.runs),
-        sample_loss_csvs=list(inp.sample_losses),
+        sample_loss_csvs=read_keyed_losses(inp.sample_losses),  # {<arch>/seed-<s>: every variant}
         train_logs=list(inp.train_logs),
         demo=bool(snakemake.params.demo),
         min_fidelity=snakemake.params.min_fidelity,  # the fidelity guard's table (results/tables/fidelity.csv)

@@ -1,14 +1,11 @@
-"""Snakemake wrapper for rules score and score_variants: the fidelity guard of a set (real: its calibration; a
-generated variant: every sample graded) and each sample's prototype discrepancy under every backbone (and its
-features). score: one set per job; score_variants (segment.batch_runs): every generated variant in one job, the
-backbones loaded once."""
+"""Snakemake wrapper for rule score: the fidelity guard of one set (real: its calibration; a generated variant:
+every sample graded) and each sample's prototype discrepancy under every backbone (and its features); one set per
+job, so a new variant is scored without scoring the others again."""
 
 from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
-    from pathlib import Path
-
     from hardgen.features import BackboneSpec, load_backbone
     from hardgen.io import path_list
     from hardgen.score import score_with_fidelity
@@ -33,9 +30,8 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
             fidelity_key=fidelity_key,
             fidelity_out=fidelity_out,
             # generated variants: the real-only segmenters' grades (name <arch>/seed-<s>) and the real calibration
-            sample_loss_csvs=None if real else {
-                f"{Path(p).parent.parent.name}/{Path(p).parent.name}": p for p in snakemake.input.sample_losses
-            },
+            sample_loss_csvs=None if real else dict(
+                zip(snakemake.params.judges, path_list(snakemake.input.sample_losses), strict=True)),
             reference_csv=None if real else snakemake.input.reference,
             pad=snakemake.params.pad,
             device=device,

@@ -29,7 +29,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
         segmenter=p.segmenter,
         segmenter_weights=inp.segmenter,
         segment_size=p.segment_size,
-        crop_pad=p.hard["crop_pad"],
+        crop_pad=p.crop_pad,
     )
     prepare_resume(settings, {"init_lora": inp.init_lora, "segmenter": inp.segmenter})
     log.info("summary: %s", run_training(settings, gpus))

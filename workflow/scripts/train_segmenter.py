@@ -19,16 +19,19 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     device = configure_torch(snakemake.threads)
     seed = int(snakemake.wildcards.seed)
     runs = [tuple(run) for run in snakemake.params.runs]
-    models, records = path_list(snakemake.output.model), path_list(snakemake.output.run)
+    models, run_records = path_list(snakemake.output.model), path_list(snakemake.output.run)
     maps = path_list(snakemake.output.predictions) if hasattr(snakemake.output, "predictions") else [None] * len(runs)
     synthetic = iter(path_list(snakemake.input.get("subset", [])))  # one subset per synthetic run, in run order
+    records = iter(path_list(snakemake.input.get("record", [])))  # and its pool record (infeasible: the run is skipped)
     filter_judges = dict(snakemake.params.filter_judges)  # arch -> its real-only judge; {}: no pixel filter
     loaded_judges: dict = {}  # each judge loaded, and its real images' class means computed, once per job
-    if not len(runs) == len(models) == len(records) == len(maps):
-        raise ValueError(f"{len(runs)} runs for {len(models)} models, {len(records)} records, {len(maps)} map folders")
+    if not len(runs) == len(models) == len(run_records) == len(maps):
+        raise ValueError(f"{len(runs)} runs for {len(models)} models, {len(run_records)} records, {len(maps)} map "
+                         "folders")
     for k, (arch, policy, ratio) in enumerate(runs):
         real = policy == "real"
-        paths = RunPaths(model=models[k], run=records[k], subset=None if real else next(synthetic), predictions=maps[k])
+        paths = RunPaths(model=models[k], run=run_records[k], subset=None if real else next(synthetic),
+                         predictions=maps[k], subset_record=None if real else next(records))
         train_run(snakemake.input.manifest, snakemake.params.specs[arch], snakemake.params.segment, arch, policy,
                   float(ratio), seed, paths, device, judge=snakemake.params.judge,
                   filter_judge=None if real else filter_judges.get(arch), testsets=snakemake.params.get("testsets", ()),

@@ -1,0 +1,112 @@
+"""The one declaration of every generated variant and every filtering policy (no torch, no science imports).
+
+A variant is a way of making synthetic images: which Control-LoRA it samples (its own, trained with an objective, or
+the plain one), how it samples (``sampling``: the pipeline as is, or with the in-loss backbones' discrepancy) and which
+``generation.*`` keys that sampling reads. A policy is a training subset of the segmentation benchmark: which variant
+its pool comes from and which ``filter.*`` keys pick that pool. The schema's enums, the workflow's DAG and exact rule
+params, the filter, the report's order and the cost table all read these tables, so adding a variant or a policy is
+one entry here plus its config defaults and tests (README: "Adding a variant", "Adding a filtering policy").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: ``generation.*`` keys every variant's sampling reads (``shards``: the job split; images do not depend on it).
+SAMPLING_KEYS: tuple[str, ...] = ("steps", "shards", "batch_size", "guidance_scale", "condition_scale")
+#: ``model.*`` keys that training and sampling read (``base`` is its own param; ``tiny_config`` only builds the base).
+MODEL_KEYS: tuple[str, ...] = ("family", "vae", "resolution", "prompt")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One generator of synthetic images.
+
+    ``lora``: the Control-LoRA it samples (its own name when it trains one). ``objective``: what its LoRA's training
+    optimises (None: training-free, it samples another variant's LoRA). ``sampling``: ``pipeline`` (the LoRA as is),
+    ``mined`` (best of several noises under the in-loss backbones) or ``guided`` (the discrepancy gradient while
+    sampling); the latter two read the in-loss backbones' prototypes. ``keys``: the ``generation.*`` keys of its own
+    sampling, beyond :data:`SAMPLING_KEYS`. ``rule``: the training rule of its LoRA (None: no training job).
+    """
+
+    name: str
+    lora: str
+    objective: str | None
+    sampling: str
+    keys: tuple[str, ...] = ()
+    rule: str | None = None
+
+    @property
+    def trains(self) -> bool:
+        return self.lora == self.name
+
+    @property
+    def uses_backbones(self) -> bool:
+        """Whether sampling reads the in-loss backbones and their prototypes (``hard.loss_backbones``)."""
+        return self.sampling != "pipeline"
+
+    @property
+    def generation_keys(self) -> tuple[str, ...]:
+        return SAMPLING_KEYS + self.keys
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("plain", "plain", "denoising (control-lora-v3)", "pipeline", rule="train_control_lora"),
+        Variant("hard", "hard", "denoising + prototype discrepancy (hard.*)", "pipeline", rule="train_hard_lora"),
+        Variant("feedback", "feedback", "denoising + the real-only judge's segmentation loss (feedback.*)",
+                "pipeline", rule="train_feedback_lora"),
+        Variant("mined", "plain", None, "mined", keys=("candidates", "mining_steps")),
+        Variant("guided", "plain", None, "guided", keys=("guided",)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One training subset of the benchmark: ``source`` is the variant its pool is drawn from (None: real only),
+    ``keys`` the ``filter.*`` keys that pick the pool, ``scored`` whether the pool needs the source's score table
+    (hardness or fidelity)."""
+
+    name: str
+    source: str | None
+    keys: tuple[str, ...] = ()
+    scored: bool = False
+    description: str = ""
+
+
+POLICIES: dict[str, Policy] = {
+    p.name: p
+    for p in (
+        Policy("real", None, description="the real training images only (ratio 0)"),
+        *(Policy(v, v, description=f"every {v} sample") for v in VARIANTS),
+        Policy("hard_band", "hard", ("band", "score_backbone"), True, "hard samples within filter.band"),
+        Policy("hard_faithful", "hard", ("min_fidelity",), True, "hard samples passing the fidelity guard"),
+    )
+}
+
+
+def variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise ValueError(f"generation.variants: unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
+    return VARIANTS[name]
+
+
+def policy(name: str) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"segment.policies: unknown policy {name!r} (choose from {', '.join(POLICIES)})")
+    return POLICIES[name]
+
+
+def trained_loras(variants: list[str] | tuple[str, ...]) -> list[str]:
+    """The Control-LoRAs a run trains for ``variants``: plain always (the others start from it), then each variant
+    that trains its own, in registry order."""
+    wanted = {variant(v).lora for v in variants}
+    return ["plain", *(v.name for v in VARIANTS.values() if v.trains and v.name != "plain" and v.name in wanted)]
+
+
+def ordered(names, table: dict) -> list[str]:
+    """``names`` in the registry's order (the report's order), unknown names last in their given order."""
+    names = list(names)
+    return [n for n in table if n in names] + [n for n in names if n not in table]

@@ -1,0 +1,97 @@
+"""A knob reruns only what reads it, under Snakemake's *default* rerun triggers (mtime, params, input, code,
+software-env): every rule's params hold exactly what its job reads, never a whole config section.
+
+The demo's DAG is "finished" in seconds with ``--touch`` (every output created empty, then touched in DAG order: Snakemake
+records each job's params, inputs and code as if it had run), then each change of the issue is dry-run and the
+planned jobs compared with what the change touches. The quick workflow run of test_workflow (a real run to the end,
+default triggers) gets the same changes in test_workflow's ``test_quick_run_reruns_only_what_a_knob_touches``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import UPSTREAM, copy_workflow, overlay, plan_after, snakemake
+
+DEMO = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+
+def touched_run(workdir: Path, args: list[str]) -> None:
+    """Finish the DAG of ``args`` without running a job: every output made (empty file, or a folder when it has
+    no suffix: the rules' directory() outputs), then ``--touch --forceall`` records every job's metadata."""
+    plan = snakemake(workdir, "-n", "--forceall", "--cores", "1", *args).stdout
+    outputs = [path.strip() for line in plan.splitlines() if line.strip().startswith("output:")
+               for path in line.split(":", 1)[1].split(",")]
+    assert len(outputs) > 30
+    for output in outputs:
+        target = workdir / output
+        if target.suffix:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+    snakemake(workdir, "--touch", "--forceall", "--cores", "1", *args)
+    assert "Nothing to be done" in "".join(snakemake(workdir, "-n", "--cores", "1", *args).stdout)
+
+
+@pytest.fixture(scope="module")
+def finished_demo(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("touched"))
+    args = overlay(workdir, "demo")
+    touched_run(workdir, args)
+    return workdir
+
+
+def test_adding_a_ratio_trains_and_evaluates_only_its_runs(finished_demo):
+    segment = DEMO["segment"]
+    jobs = plan_after(finished_demo, "ratio", segment={"synthetic_ratios": [*segment["synthetic_ratios"], 2.0]})
+    # the new ratio's subsets and segmenters (one batch job each); evaluate_runs (every run of an arch) and the report
+    assert jobs == {"filter": 1, "train_segmenters": 1, "evaluate_runs": len(segment["archs"]), "report": 1, "all": 1}
+
+
+def test_adding_a_seed_reruns_no_generation_scoring_or_judge(finished_demo):
+    segment, variants = DEMO["segment"], DEMO["generation"]["variants"]
+    jobs = plan_after(finished_demo, "seed", segment={"seeds": [0, 1]})
+    ratios = len(segment["synthetic_ratios"])
+    assert not UPSTREAM & set(jobs)
+    # the new seed's runs, subsets and evaluations, and its real-only segmenters' losses on every variant (the
+    # transfer study); the fidelity guard keeps grading with the first seed's, so nothing is scored again
+    assert jobs == {"train_real": 1, "train_segmenters": ratios, "filter": ratios, "evaluate_runs": len(segment["archs"]),
+                    "segmenter_loss": len(variants), "report": 1, "all": 1}
+
+
+def test_dropping_a_policy_reruns_no_upstream_work(finished_demo):
+    segment = DEMO["segment"]
+    policies = [p for p in segment["policies"] if p != "hard_faithful"]
+    jobs = plan_after(finished_demo, "policy", segment={"policies": policies})
+    assert set(jobs) == {"filter", "train_segmenters", "evaluate_runs", "report", "all"}
+
+
+def test_adding_a_variant_generates_and_scores_only_it(finished_demo):
+    generation = DEMO["generation"]
+    assert "guided" not in generation["variants"]
+    jobs = plan_after(finished_demo, "variant", generation={"variants": [*generation["variants"], "guided"]})
+    # guided alone is generated, scored and graded; judge_loss and the report read every variant's samples
+    assert jobs == {"generate": generation["shards"], "generated_manifest": 1, "score": 1, "segmenter_loss": 1,
+                    "judge_loss": 1, "report": 1, "all": 1}
+
+
+def test_generation_knob_of_one_variant_regenerates_only_it(finished_demo):
+    # generation.candidates is read by mined's sampling alone
+    jobs = plan_after(finished_demo, "candidates", generation={"candidates": DEMO["generation"]["candidates"] + 1})
+    assert jobs["generate"] == DEMO["generation"]["shards"] and jobs["score"] == 1
+    assert not {"train_control_lora", "train_hard_lora", "train_feedback_lora", "allocate", "train_judge"} & set(jobs)
+
+
+def test_min_fidelity_retrains_only_the_faithful_runs_unbatched(tmp_path):
+    # the overlay's job shape: one job per subset and per run
+    workdir = copy_workflow(tmp_path / "wf")
+    touched_run(workdir, overlay(workdir, "unbatched", segment={"batch_runs": False}))
+    segment = DEMO["segment"]
+    runs = len(segment["synthetic_ratios"]) * len(segment["seeds"])
+    jobs = plan_after(workdir, "fidelity", segment={"batch_runs": False},
+                      filter={"min_fidelity": DEMO["filter"]["min_fidelity"] + 0.1})
+    archs = len(segment["archs"])
+    assert jobs == {"filter": runs, "train_segmenter": runs * archs, "evaluate": runs * archs, "report": 1, "all": 1}
