@@ -23,7 +23,10 @@ from sklearn.decomposition import PCA
 
 from hardgen.fidelity import passes
 from hardgen.io import DataError, read_gray, read_rgb
-from hardgen.report import VARIANT_ORDER, _ordered, _read_scores, _save_figure
+from hardgen.tables import VARIANT_ORDER
+from hardgen.tables import ordered as _ordered
+from hardgen.tables import read_scores as _read_scores
+from hardgen.tables import save_figure as _save_figure
 
 log = logging.getLogger(__name__)
 

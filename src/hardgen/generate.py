@@ -24,14 +24,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from hardgen.io import (
@@ -47,6 +45,7 @@ from hardgen.io import (
 
 # The torch-free half (the samples each shard makes, merging shard manifests) lives in hardgen.shards, so rule
 # generated_manifest imports no torch; hardgen.generate re-exports it (merge_shards, CONDITION_COLUMNS).
+from hardgen.sampling import PickedNoise, PickNoise, RenderBatch, Sampling, to_uint8  # noqa: F401 (re-exported)
 from hardgen.shards import (  # noqa: F401
     CONDITION_COLUMNS,
     MANIFEST_COLUMNS,
@@ -67,23 +66,6 @@ log = logging.getLogger("hardgen.generate")
 
 #: Adapter name under which the Control-LoRA file is loaded (training's default; files store no names).
 ADAPTER_NAME = "condition"
-
-#: A batch renderer: (condition images HxWx3 uint8, one generator per image, masks HxW bool at the generation
-#: resolution) -> (B, H, W, 3) uint8. Plain rendering ignores the masks; ``guided`` crops to them.
-RenderBatch = Callable[[list[np.ndarray], list[torch.Generator], list[np.ndarray]], np.ndarray]
-
-
-@dataclass(frozen=True)
-class PickedNoise:
-    """The initial noise a sample is rendered from: its seed, and which mining candidate it was (with its score)."""
-
-    seed: int
-    candidate: int = 0
-    score: float | None = None
-
-
-#: A noise picker (``mined``): (condition images, masks, the samples' own seeds) -> one :class:`PickedNoise` each.
-PickNoise = Callable[[list[np.ndarray], list[np.ndarray], list[int]], list[PickedNoise]]
 
 
 # ---------------------------------------------------------------------------- image handling
@@ -109,11 +91,6 @@ def load_conditions(paths: list[str | Path], resolution: int) -> list[np.ndarray
 def resize_mask(path: str | Path, resolution: int) -> np.ndarray:
     """A mask brought to ``resolution``² by :func:`hardgen.io.fit_square` (nearest, so it stays binary)."""
     return fit_square(read_mask(path), resolution, is_mask=True)
-
-
-def to_uint8(images01: np.ndarray) -> np.ndarray:
-    """Pipeline output in [0, 1] (float, ``output_type="np"``) -> uint8, rounding once and only here."""
-    return (np.clip(np.asarray(images01, dtype=np.float64), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------- the shard loop
@@ -267,7 +244,12 @@ def load_generation_pipeline(
     from diffusers import UniPCMultistepScheduler
 
     from hardgen.base_model import load_components
-    from hardgen.control_lora import ControlLoraPipeline, ControlLoraXLPipeline, load_control_lora, widen_conv_in
+    from hardgen.control_lora import (
+        ControlLoraPipeline,
+        ControlLoraXLPipeline,
+        load_control_lora,
+        widen_conv_in,
+    )
 
     components = load_components(base, family=family, dtype=dtype, vae=vae)
     unet = components["unet"]
@@ -294,42 +276,6 @@ def load_generation_pipeline(
         pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)  # one tqdm bar per shard, not one per batch
     return pipe
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """The sampling settings of one pipeline call (``model.prompt``/``resolution``, ``generation.*``).
-
-    Calling it runs the pipeline on a batch of condition images with one generator per image; every variant
-    (plain rendering, the mining prefix, guided rendering) samples through this one call, so they share the
-    prompt, schedule, CFG and condition scale by construction. ``extra`` goes to the pipeline as is
-    (``callback_on_step_end``, ``output_type``, ...).
-    """
-
-    prompt: str
-    resolution: int
-    steps: int
-    guidance_scale: float = 1.0
-    condition_scale: float = 1.0
-
-    def __call__(self, pipe: Any, condition_images: list[np.ndarray], generators: list[torch.Generator],
-                 **extra: Any) -> Any:
-        # one PIL image per distinct array object: the pipeline encodes each distinct condition object once
-        pil: dict[int, Image.Image] = {}
-        for c in condition_images:
-            if id(c) not in pil:
-                pil[id(c)] = Image.fromarray(c)
-        return pipe(
-            prompt=[self.prompt] * len(condition_images),
-            condition=[pil[id(c)] for c in condition_images],
-            condition_scale=self.condition_scale,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            generator=generators,
-            height=self.resolution,
-            width=self.resolution,
-            **{"output_type": "np", **extra},
-        )
 
 
 def pipeline_renderer(

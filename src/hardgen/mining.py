@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hardgen.generate import PickedNoise, PickNoise, RenderBatch, Sampling, to_uint8
 from hardgen.io import sample_seed
+from hardgen.sampling import PickedNoise, PickNoise, RenderBatch, Sampling, to_uint8
 
 log = logging.getLogger("hardgen.mining")
 

@@ -15,12 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy.stats import rankdata, spearmanr
 
+from hardgen import gallery, transfer
 from hardgen.config import ratio_label
-from hardgen.io import DataError, atomic_path, read_gray, read_rgb, write_csv, write_text
+from hardgen.io import DataError, read_gray, read_rgb, write_csv, write_text
+from hardgen.tables import (  # shared with hardgen.transfer and hardgen.gallery, which import them from there
+    POLICY_ORDER,
+    VARIANT_ORDER,
+    partial_spearman,
+)
+from hardgen.tables import ordered as _ordered
+from hardgen.tables import read_losses as _read_losses
+from hardgen.tables import read_scores as _read_scores
+from hardgen.tables import read_table as _read_table
+from hardgen.tables import save_figure as _save_figure
+from hardgen.tables import spearman as _spearman
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +46,6 @@ OVERALL = "overall"
 #: Metrics shown in the markdown benchmark (the paper's headline metrics).
 MARKDOWN_METRICS: tuple[str, ...] = ("mDice", "mIoU")
 
-#: Variants of the hardness table, in display order (others follow alphabetically).
-VARIANT_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback")
-
-#: Policies in display order (others follow alphabetically).
-POLICY_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback", "mined", "guided", "hard_band", "hard_faithful")
 
 #: Size-matched controls: ``policy -> control``, compared at the same ratio (every synthetic policy trains with
 #: round(ratio × real images) synthetic images, drawn with the same seeded draw, :mod:`hardgen.filter`).
@@ -82,11 +87,9 @@ PAPER_HEADLINE_MEAN_MIOU: float = 0.8684
 
 BENCHMARK_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "testset", "metric", "value"]
 EVAL_COLUMNS: tuple[str, ...] = ("testset", "metric", "value")
-SCORE_COLUMNS: tuple[str, ...] = ("sample_id", "variant", "backbone", "distance")
 RUNS_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
                            "images_seen"]
 TRANSFER_COLUMNS: list[str] = ["backbone", "segmenter", "variant", "spearman", "partial_spearman", "n"]
-SAMPLE_LOSS_COLUMNS: tuple[str, ...] = ("sample_id", "loss", "fg_fraction")
 
 _EVAL_PATH = re.compile(
     r"(?:^|/)eval/(?P<arch>[^/]+)/(?P<policy>[^/]+)/ratio-(?P<ratio>[0-9.eE+-]+)/seed-(?P<seed>-?\d+)\.csv$"
@@ -97,19 +100,6 @@ EvalKey = tuple[str, str, float, int]
 
 
 # ----------------------------------------------------------------------------------------- reading
-def _read_table(path: str | Path, required: Iterable[str], what: str) -> pd.DataFrame:
-    """Read a CSV and check its columns; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} table not found")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable {what} table ({err})") from err
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: {what} table lacks columns {missing} (has {list(frame.columns)})")
-    return frame
 
 
 def parse_eval_path(path: str | Path) -> EvalKey:
@@ -181,9 +171,6 @@ def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path
 
 
 # -------------------------------------------------------------------------------------- benchmark
-def _ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
-    present = list(dict.fromkeys(values))
-    return [v for v in preferred if v in present] + sorted(v for v in present if v not in preferred)
 
 
 def _mean_sd(values: pd.Series, signed: bool = False) -> str:
@@ -423,7 +410,7 @@ def read_run_records(run_records: Iterable[str | Path | Mapping[str, object]]) -
                 record = json.loads(path.read_text())
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: unreadable run record ({err})") from err
-        records.append({**record, "_source": where})
+        records.append({"_source": where, **record})
     return records
 
 
@@ -500,20 +487,6 @@ def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.D
 
 
 # ---------------------------------------------------------------------------------------- hardness
-def _read_scores(score_csvs: Iterable[str | Path] | pd.DataFrame) -> pd.DataFrame:
-    if isinstance(score_csvs, pd.DataFrame):
-        frame = score_csvs
-        missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(f"score table lacks columns {missing}")
-        return frame
-    frames = [_read_table(p, SCORE_COLUMNS, "score") for p in score_csvs]
-    if not frames:
-        raise DataError("no score tables given")
-    scores = pd.concat(frames, ignore_index=True)
-    scores["sample_id"] = scores["sample_id"].astype(str)
-    scores["distance"] = pd.to_numeric(scores["distance"], errors="coerce")
-    return scores
 
 
 def hardness_table(score_csvs: Iterable[str | Path] | pd.DataFrame, loss_backbones: Sequence[str]) -> pd.DataFrame:
@@ -540,54 +513,6 @@ def hardness_table(score_csvs: Iterable[str | Path] | pd.DataFrame, loss_backbon
     table = table.sort_values(["variant", "backbone"], key=lambda s: s.map(order) if s.name == "variant" else s)
     table["in_loss"] = table["backbone"].astype(str).isin(set(map(str, loss_backbones)))
     return table.reset_index(drop=True).astype({"n": int, "in_loss": bool})
-
-
-def _read_losses(name: str, path: str | Path | pd.DataFrame) -> pd.DataFrame:
-    if isinstance(path, pd.DataFrame):
-        missing = [c for c in SAMPLE_LOSS_COLUMNS if c not in path.columns]
-        if missing:
-            raise DataError(f"sample loss ({name}) lacks columns {missing}")
-        losses = path.copy()
-        path = f"sample loss ({name})"
-    else:
-        losses = _read_table(path, SAMPLE_LOSS_COLUMNS, f"sample loss ({name})")
-    losses["sample_id"] = losses["sample_id"].astype(str)
-    for column in ("loss", "fg_fraction"):
-        losses[column] = pd.to_numeric(losses[column], errors="coerce")
-    keys = ["sample_id", "variant"] if "variant" in losses.columns else ["sample_id"]
-    duplicated = losses.duplicated(subset=keys)
-    if duplicated.any():
-        first = losses.loc[duplicated, keys].iloc[0].tolist()
-        raise DataError(f"{path}: duplicate sample loss rows for {keys}={first}")
-    return losses[[*keys, "loss", "fg_fraction"]]
-
-
-def _spearman(x: pd.Series, y: pd.Series) -> float:
-    """Spearman's rho; NaN when fewer than 3 pairs or either side is constant (undefined)."""
-    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
-        return float("nan")
-    return float(spearmanr(x.to_numpy(), y.to_numpy()).statistic)
-
-
-def partial_spearman(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> float:
-    """Spearman partial correlation of ``x`` and ``y`` controlling for ``z``.
-
-    All three are rank-transformed (average ranks for ties), then the partial correlation of the
-    ranks: ``(r_xy − r_xz r_yz) / sqrt((1 − r_xz²)(1 − r_yz²))`` with Pearson ``r`` of the ranks —
-    the correlation of x and y that is left once what ``z`` explains of each is removed. NaN below 4
-    samples, for a constant input, or when ``z`` determines ``x`` or ``y`` completely (|r| = 1).
-    """
-    x, y, z = (np.asarray(v, dtype=float) for v in (x, y, z))
-    if not (len(x) == len(y) == len(z)):
-        raise ValueError(f"partial_spearman: lengths differ ({len(x)}, {len(y)}, {len(z)})")
-    if len(x) < 4 or min(np.unique(v).size for v in (x, y, z)) < 2:
-        return float("nan")
-    r = np.corrcoef(np.vstack([rankdata(x), rankdata(y), rankdata(z)]))
-    r_xy, r_xz, r_yz = r[0, 1], r[0, 2], r[1, 2]
-    denominator = (1.0 - r_xz**2) * (1.0 - r_yz**2)
-    if denominator <= 1e-12:
-        return float("nan")
-    return float(np.clip((r_xy - r_xz * r_yz) / np.sqrt(denominator), -1.0, 1.0))
 
 
 def hardness_transfer(
@@ -634,11 +559,6 @@ def hardness_transfer(
 
 
 # ------------------------------------------------------------------------------------------- plots
-def _save_figure(figure: Figure, out_png: str | Path) -> None:
-    """Render with Agg and write the PNG atomically."""
-    FigureCanvasAgg(figure)
-    with atomic_path(out_png) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
 def _as_table(source: pd.DataFrame | str | Path, required: Sequence[str], what: str) -> pd.DataFrame:
@@ -998,7 +918,6 @@ def write_report(
                                                                  infeasible_df=infeasible))
     write_csv(written["hardness_csv"], hardness_table(scores, loss_backbones))
     write_csv(written["hardness_transfer_csv"], hardness_transfer(scores, losses))
-    from hardgen import gallery, transfer  # both build on this module's readers, so they are imported here
 
     written["transfer_matrix_csv"] = tables_dir / "transfer_matrix.csv"
     written["transfer_matrix_png"] = plots_dir / "transfer_matrix.png"

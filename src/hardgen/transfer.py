@@ -28,13 +28,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from hardgen.io import DataError
-from hardgen.report import (
-    _read_losses,
-    _read_scores,
-    _save_figure,
-    _spearman,
-    partial_spearman,
-)
+from hardgen.tables import partial_spearman
+from hardgen.tables import read_losses as _read_losses
+from hardgen.tables import read_scores as _read_scores
+from hardgen.tables import save_figure as _save_figure
+from hardgen.tables import spearman as _spearman
 
 log = logging.getLogger(__name__)
 

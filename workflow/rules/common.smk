@@ -18,6 +18,7 @@ if Path(SRC, "hardgen").is_dir():
         os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 import hardgen.config as hgconfig
+from hardgen.layout import path as L
 from hardgen.registry import MODEL_KEYS, POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
 
 hgconfig.validate_config(config, hgconfig.load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
@@ -60,8 +61,8 @@ SHARDS = [str(k) for k in range(config["generation"]["shards"])]
 DEMO = config["data"]["root"] is None
 TINY = config["model"]["base"] == "tiny"
 
-DATA_ROOT = "results/data/demo" if DEMO else config["data"]["root"]
-BASE_MODEL = "results/base_model" if TINY else config["model"]["base"]
+DATA_ROOT = L("demo_data") if DEMO else config["data"]["root"]
+BASE_MODEL = L("base_model") if TINY else config["model"]["base"]
 # A local base folder (e.g. a cluster's SD1.5 copy) is tracked file by file, so a
 # new base (e.g. rebuilt by `make tiny-sd`) reruns training and generation; a hub id is not tracked.
 LOCAL_BASE = not TINY and Path(BASE_MODEL).is_dir()
@@ -145,11 +146,11 @@ def demo_data_input(wildcards):
 
 
 def lora_path(variant):
-    return f"results/lora/{variant}/pytorch_lora_weights.safetensors"
+    return L("lora", variant=variant)
 
 
 def segmenter_path(arch, policy, ratio, seed):
-    return f"results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors"
+    return L("model", arch=arch, policy=policy, ratio=ratio, seed=seed)
 
 
 def run_paths(pattern):
@@ -171,9 +172,9 @@ RATIO_RUNS = [(a, p, "{ratio}") for a in ARCHS for p in SYNTHETIC_POLICIES]
 REAL_RUNS = [(a, "real", "0") for a in ARCHS]
 
 
-def batch_patterns(pattern, runs=SYNTHETIC_RUNS):
-    # batch jobs' outputs: one per (policy, ratio) of runs, {{arch}} / {{seed}} left as wildcards
-    return [pattern.format(policy=p, ratio=r) for p, r in runs]
+def batch_patterns(name, runs=SYNTHETIC_RUNS):
+    # batch jobs' outputs: artifact name's path for each (policy, ratio) of runs, {arch} / {seed} left as wildcards
+    return [L(name, policy=p, ratio=r) for p, r in runs]
 
 
 def batch_paths(pattern, wildcards, runs):
@@ -196,7 +197,7 @@ def ratio_runs(wildcards):
 
 
 def judge_path(arch=JUDGE, seed=JUDGE_SEED):
-    return f"results/judge/{arch}/seed-{seed}/model.safetensors"
+    return L("judge", arch=arch, seed=seed)
 
 
 def filter_judges(archs):
@@ -219,7 +220,7 @@ def generation_lora(wildcards):
 def generation_prototypes(wildcards):
     if wildcards.variant not in TRAINING_FREE:
         return []
-    return expand("results/prototypes/{backbone}.safetensors", backbone=LOSS_BACKBONES)
+    return expand(L("prototype"), backbone=LOSS_BACKBONES)
 
 
 def allocation_judges(wildcards):
@@ -233,7 +234,7 @@ def allocation_judges(wildcards):
 def score_input(wildcards):
     if wildcards.scored == "real":
         return []
-    return f"results/generated/{wildcards.scored}/manifest.csv"
+    return L("generated", variant=wildcards.scored)
 
 
 def fidelity_input(wildcards):
@@ -245,50 +246,48 @@ def fidelity_input(wildcards):
         return {}
     return {
         "sample_losses": sample_loss_tables(seeds=FIDELITY_SEEDS, variants=[wildcards.scored]),
-        "reference": "results/fidelity/real.csv",
+        "reference": L("fidelity", scored="real"),
     }
 
 
-def subset_input(wildcards, suffix="csv"):
+def subset_input(wildcards, name="subset"):
     # Subsets are per ratio and segmenter seed (random draws follow it). The real-only policy reads no subset, so
     # the real-trained segmenters (the fidelity guard's judges; the separate feedback judge) never depend on
     # filtering or synthetic data, and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
     if wildcards.policy == "real":
         return []
-    return f"results/subsets/{wildcards.policy}/ratio-{wildcards.ratio}/seed-{wildcards.seed}.{suffix}"
+    return L(name, policy=wildcards.policy, ratio=wildcards.ratio, seed=wildcards.seed)
 
 
 def subset_record_input(wildcards):
     # the subset's pool record: an infeasible subset (filter.on_short_pool: skip) skips its runs
-    return subset_input(wildcards, "json")
+    return subset_input(wildcards, "subset_record")
 
 
 def eval_tables():
-    return run_paths("results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.csv")
+    return run_paths(L("eval"))
 
 
 def run_records():
-    return run_paths("results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json")
+    return run_paths(L("run"))
 
 
 def sample_loss_tables(seeds=SEEDS, variants=VARIANTS):
     # Hardness transfer and the fidelity guard's Dice use the benchmark's real-policy segmenters (never the feedback
     # judge; segment.policies must include real, hardgen.config): one table per (arch, seed, generated variant), so a
     # new variant's samples are scored by the segmenters without scoring the others again
-    return expand(
-        "results/eval/{arch}/seed-{seed}/sample_loss/{variant}.csv", arch=ARCHS, seed=seeds, variant=variants
-    )
+    return expand(L("sample_loss"), arch=ARCHS, seed=seeds, variant=variants)
 
 
 def final_outputs():
     return [
-        "results/tables/benchmark.csv",
-        "results/tables/benchmark.md",
-        "results/tables/runs.csv",
-        "results/tables/infeasible.csv",
-        "results/tables/hardness.csv",
-        "results/tables/hardness_transfer.csv",
-        "results/tables/transfer_matrix.csv",
-        "results/tables/variant_cost.csv",
-        "results/tables/fidelity.csv",
+        L("table", table="benchmark.csv"),
+        L("table", table="benchmark.md"),
+        L("table", table="runs.csv"),
+        L("table", table="infeasible.csv"),
+        L("table", table="hardness.csv"),
+        L("table", table="hardness_transfer.csv"),
+        L("table", table="transfer_matrix.csv"),
+        L("table", table="variant_cost.csv"),
+        L("table", table="fidelity.csv"),
     ]

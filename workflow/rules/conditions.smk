@@ -3,11 +3,11 @@
 
 rule make_conditions:
     input:
-        manifest="results/data/manifest.csv",
+        manifest=L("manifest"),
     output:
-        table="results/conditions/conditions.csv",
-        images=directory("results/conditions/images"),
-        masks=directory("results/conditions/masks"),
+        table=L("conditions"),
+        images=directory(L("condition_images")),
+        masks=directory(L("condition_masks")),
     log:
         "logs/make_conditions.log",
     benchmark:

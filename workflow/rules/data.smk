@@ -3,7 +3,7 @@
 
 rule demo_data:
     output:
-        directory("results/data/demo"),
+        directory(L("demo_data")),
     log:
         "logs/demo_data.log",
     benchmark:
@@ -26,7 +26,7 @@ rule prepare_data:
     input:
         demo_data_input,
     output:
-        "results/data/manifest.csv",
+        L("manifest"),
     log:
         "logs/prepare_data.log",
     benchmark:

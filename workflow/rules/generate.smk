@@ -7,11 +7,11 @@
 
 rule allocate:
     input:
-        conditions="results/conditions/conditions.csv",
-        manifest="results/data/manifest.csv",
+        conditions=L("conditions"),
+        manifest=L("manifest"),
         judges=allocation_judges,
     output:
-        "results/generated/plan.csv",
+        L("plan"),
     log:
         "logs/allocate.log",
     benchmark:
@@ -40,11 +40,11 @@ rule generate:
     input:
         base=base_model_input,
         lora=generation_lora,
-        conditions="results/conditions/conditions.csv",
-        plan="results/generated/plan.csv",
+        conditions=L("conditions"),
+        plan=L("plan"),
         prototypes=generation_prototypes,
     output:
-        "results/generated/{variant}/shard-{shard}.csv",
+        L("shard"),
     log:
         "logs/generate/{variant}/shard-{shard}.log",
     benchmark:
@@ -64,7 +64,7 @@ rule generate:
             {key: config["backbones"][key] for key in LOSS_BACKBONES} if wildcards.variant in TRAINING_FREE else {}
         ),
         pad=lambda wildcards: (config["hard"]["crop_pad"] if wildcards.variant in TRAINING_FREE else None),
-        out_dir=lambda wildcards: f"results/generated/{wildcards.variant}/shard-{wildcards.shard}",
+        out_dir=lambda wildcards: L("shard_dir", variant=wildcards.variant, shard=wildcards.shard),
     threads: 1
     resources:
         mem_mb=16000,
@@ -78,10 +78,10 @@ rule generate:
 
 rule generated_manifest:
     input:
-        shards=expand("results/generated/{{variant}}/shard-{shard}.csv", shard=SHARDS),
-        plan="results/generated/plan.csv",
+        shards=[L("shard", shard=shard) for shard in SHARDS],
+        plan=L("plan"),
     output:
-        "results/generated/{variant}/manifest.csv",
+        L("generated"),
     log:
         "logs/generated_manifest/{variant}.log",
     benchmark:

@@ -6,7 +6,7 @@ if TINY:
 
     rule base_model:
         output:
-            directory("results/base_model"),
+            directory(L("base_model")),
         log:
             "logs/base_model.log",
         benchmark:
@@ -29,9 +29,9 @@ rule prototype:
     # Changing one backbone's spec reruns this job, so every prototype is rewritten; train_hard_lora already reruns
     # on any backbones change (its params), and the training-free variants' generate jobs rerun with it.
     input:
-        manifest="results/data/manifest.csv",
+        manifest=L("manifest"),
     output:
-        expand("results/prototypes/{backbone}.safetensors", backbone=BACKBONES),
+        expand(L("prototype"), backbone=BACKBONES),
     log:
         "logs/prototype.log",
     benchmark:

@@ -3,33 +3,39 @@
 
 rule report:
     input:
-        manifest="results/data/manifest.csv",
-        conditions="results/conditions/conditions.csv",
+        manifest=L("manifest"),
+        conditions=L("conditions"),
         evals=eval_tables(),
         runs=run_records(),
-        scores=expand("results/scores/{scored}.csv", scored=SCORED_VARIANTS),
-        features=expand("results/scores/{scored}.features.safetensors", scored=SCORED_VARIANTS),
+        scores=expand(L("scores"), scored=SCORED_VARIANTS),
+        features=expand(L("features"), scored=SCORED_VARIANTS),
         # the feedback judge's loss on every generated sample: the transfer matrix's model-specific source
-        judge_loss=f"results/judge/{JUDGE}/seed-{JUDGE_SEED}/sample_loss.csv",
+        judge_loss=L("judge_loss", arch=JUDGE, seed=JUDGE_SEED),
         sample_losses=sample_loss_tables(),
-        generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
-        train_logs=expand("results/lora/{variant}/train_log.csv", variant=LORAS),
+        generated=expand(L("generated"), variant=VARIANTS),
+        train_logs=expand(L("train_log"), variant=LORAS),
     output:
-        benchmark=report("results/tables/benchmark.csv", category="Benchmark", caption="../report/benchmark.rst"),
-        benchmark_md=report("results/tables/benchmark.md", category="Benchmark", caption="../report/benchmark_md.rst"),
-        runs=report("results/tables/runs.csv", category="Benchmark", caption="../report/runs.rst"),
-        infeasible=report("results/tables/infeasible.csv", category="Benchmark", caption="../report/infeasible.rst"),
-        hardness=report("results/tables/hardness.csv", category="Hardness", caption="../report/hardness.rst"),
-        transfer=report("results/tables/hardness_transfer.csv", category="Hardness", caption="../report/transfer.rst"),
-        transfer_matrix=report(
-            "results/tables/transfer_matrix.csv", category="Hardness", caption="../report/transfer_matrix.rst"
+        benchmark=report(L("table", table="benchmark.csv"), category="Benchmark", caption="../report/benchmark.rst"),
+        benchmark_md=report(
+            L("table", table="benchmark.md"), category="Benchmark", caption="../report/benchmark_md.rst"
         ),
-        fidelity=report("results/tables/fidelity.csv", category="Hardness", caption="../report/fidelity.rst"),
+        runs=report(L("table", table="runs.csv"), category="Benchmark", caption="../report/runs.rst"),
+        infeasible=report(L("table", table="infeasible.csv"), category="Benchmark", caption="../report/infeasible.rst"),
+        hardness=report(L("table", table="hardness.csv"), category="Hardness", caption="../report/hardness.rst"),
+        transfer=report(
+            L("table", table="hardness_transfer.csv"), category="Hardness", caption="../report/transfer.rst"
+        ),
+        transfer_matrix=report(
+            L("table", table="transfer_matrix.csv"), category="Hardness", caption="../report/transfer_matrix.rst"
+        ),
+        fidelity=report(L("table", table="fidelity.csv"), category="Hardness", caption="../report/fidelity.rst"),
         # every job but the report has finished when it runs, so its benchmark file is there
-        timings=report("results/tables/timings.csv", category="Timings", caption="../report/timings.rst"),
-        variant_cost=report("results/tables/variant_cost.csv", category="Timings", caption="../report/variant_cost.rst"),
+        timings=report(L("table", table="timings.csv"), category="Timings", caption="../report/timings.rst"),
+        variant_cost=report(
+            L("table", table="variant_cost.csv"), category="Timings", caption="../report/variant_cost.rst"
+        ),
         plots=report(
-            directory("results/plots"),
+            directory(L("plots")),
             patterns=["{name}.png"],
             category="Plots",
             caption="../report/plots.rst",
@@ -43,6 +49,7 @@ rule report:
         min_fidelity=config["filter"]["min_fidelity"],
         judge_job=f"{JUDGE}/seed-{JUDGE_SEED}",  # the feedback judge's train_judge job, part of feedback's cost
         variants=VARIANTS,
+        loras=LORAS,
         demo=DEMO or TINY,
     threads: 1
     resources:

@@ -8,15 +8,15 @@ rule score:
     # separations; a generated variant: every sample graded, the grades joined into its score table.
     input:
         unpack(fidelity_input),
-        manifest="results/data/manifest.csv",
+        manifest=L("manifest"),
         samples=score_input,
-        prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=BACKBONES),
+        prototypes=expand(L("prototype"), backbone=BACKBONES),
     output:
-        scores="results/scores/{scored}.csv",
+        scores=L("scores"),
         # the samples' backbone features (rows as in the CSV), for the report's real-vs-generated PCA
-        features="results/scores/{scored}.features.safetensors",
+        features=L("features"),
         # real: sample_id, separation (the calibration); a generated variant: its grades (hardgen.fidelity)
-        fidelity="results/fidelity/{scored}.csv",
+        fidelity=L("fidelity"),
     log:
         "logs/score/{scored}.log",
     benchmark:
@@ -26,7 +26,9 @@ rule score:
     params:
         sets=lambda wildcards: [wildcards.scored],
         # the fidelity guard's judges (<arch>/seed-<s>), in the order of input.sample_losses
-        judges=lambda wildcards: [] if wildcards.scored == "real" else [f"{a}/seed-{s}" for a in ARCHS for s in FIDELITY_SEEDS],
+        judges=lambda wildcards: (
+            [] if wildcards.scored == "real" else [f"{a}/seed-{s}" for a in ARCHS for s in FIDELITY_SEEDS]
+        ),
         backbones=config["backbones"],
         fidelity_backbone=FIDELITY_BACKBONE,
         pad=config["hard"]["crop_pad"],
@@ -49,23 +51,13 @@ rule filter:
     # its source variant's manifest (and score table when it filters by hardness or fidelity) and params hold only
     # the filter.* keys of its pool, so e.g. filter.min_fidelity rewrites hard_faithful's subsets alone.
     input:
-        manifest="results/data/manifest.csv",
-        scores=lambda wildcards: expand("results/scores/{variant}.csv", variant=policy_scored(filter_policies(wildcards))),
-        generated=lambda wildcards: expand(
-            "results/generated/{variant}/manifest.csv", variant=policy_sources(filter_policies(wildcards))
-        ),
+        manifest=L("manifest"),
+        scores=lambda wildcards: expand(L("scores"), scored=policy_scored(filter_policies(wildcards))),
+        generated=lambda wildcards: expand(L("generated"), variant=policy_sources(filter_policies(wildcards))),
     output:
         # the subset tables and, beside each, its pool record (pool size, need, feasible: filter.on_short_pool)
-        subsets=(
-            [f"results/subsets/{p}/ratio-{{ratio}}/seed-{{seed}}.csv" for p in SYNTHETIC_POLICIES]
-            if BATCH_RUNS
-            else ["results/subsets/{policy}/ratio-{ratio}/seed-{seed}.csv"]
-        ),
-        records=(
-            [f"results/subsets/{p}/ratio-{{ratio}}/seed-{{seed}}.json" for p in SYNTHETIC_POLICIES]
-            if BATCH_RUNS
-            else ["results/subsets/{policy}/ratio-{ratio}/seed-{seed}.json"]
-        ),
+        subsets=([L("subset", policy=p) for p in SYNTHETIC_POLICIES] if BATCH_RUNS else [L("subset")]),
+        records=([L("subset_record", policy=p) for p in SYNTHETIC_POLICIES] if BATCH_RUNS else [L("subset_record")]),
     log:
         (
             "logs/filter/ratio-{ratio}/seed-{seed}.log"

@@ -8,15 +8,15 @@
 
 rule train_segmenter:
     input:
-        manifest="results/data/manifest.csv",
+        manifest=L("manifest"),
         subset=subset_input,
         record=subset_record_input,
         judges=lambda wildcards: list(run_filter_judges(wildcards).values()),
     output:
-        model="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors",
-        run="results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json",
+        model=L("model"),
+        run=L("run"),
         # PraNet's test script's maps, written while the model is in memory (no second model load)
-        predictions=directory("results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}"),
+        predictions=directory(L("predictions")),
     log:
         "logs/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
@@ -43,10 +43,10 @@ rule train_segmenter:
 
 rule train_judge:
     input:
-        manifest="results/data/manifest.csv",
+        manifest=L("manifest"),
     output:
-        model="results/judge/{arch}/seed-{seed}/model.safetensors",
-        run="results/judge/{arch}/seed-{seed}/run.json",
+        model=L("judge"),
+        run=L("judge_run"),
     log:
         "logs/train_judge/{arch}/seed-{seed}.log",
     benchmark:
@@ -84,25 +84,20 @@ if BATCH_RUNS:
 
     rule train_segmenters:
         input:
-            manifest="results/data/manifest.csv",
+            manifest=L("manifest"),
             # one subset per run, in the order of params.runs
             subset=lambda wildcards: [
-                f"results/subsets/{p}/ratio-{r}/seed-{wildcards.seed}.csv" for _, p, r in ratio_runs(wildcards)
+                L("subset", policy=p, ratio=r, seed=wildcards.seed) for _, p, r in ratio_runs(wildcards)
             ],
             # each subset's pool record: an infeasible one (filter.on_short_pool: skip) skips its run
             record=lambda wildcards: [
-                f"results/subsets/{p}/ratio-{r}/seed-{wildcards.seed}.json" for _, p, r in ratio_runs(wildcards)
+                L("subset_record", policy=p, ratio=r, seed=wildcards.seed) for _, p, r in ratio_runs(wildcards)
             ],
             judges=list(filter_judges(ARCHS).values()),
         output:
-            model=run_patterns(
-                "results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/model.safetensors", RATIO_RUNS
-            ),
-            run=run_patterns("results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json", RATIO_RUNS),
-            predictions=[
-                directory(p)
-                for p in run_patterns("results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}", RATIO_RUNS)
-            ],
+            model=run_patterns(L("model"), RATIO_RUNS),
+            run=run_patterns(L("run"), RATIO_RUNS),
+            predictions=[directory(p) for p in run_patterns(L("predictions"), RATIO_RUNS)],
         log:
             "logs/train_segmenters/ratio-{ratio}/seed-{seed}.log",
         benchmark:
@@ -126,13 +121,11 @@ if BATCH_RUNS:
 
     rule train_real:
         input:
-            manifest="results/data/manifest.csv",
+            manifest=L("manifest"),
         output:
-            model=run_patterns("results/segment/{arch}/real/ratio-0/seed-{seed}/model.safetensors", REAL_RUNS),
-            run=run_patterns("results/segment/{arch}/real/ratio-0/seed-{seed}/run.json", REAL_RUNS),
-            predictions=[
-                directory(p) for p in run_patterns("results/predictions/{arch}/real/ratio-0/seed-{seed}", REAL_RUNS)
-            ],
+            model=run_patterns(L("model"), REAL_RUNS),
+            run=run_patterns(L("run"), REAL_RUNS),
+            predictions=[directory(p) for p in run_patterns(L("predictions"), REAL_RUNS)],
         log:
             "logs/train_real/seed-{seed}.log",
         benchmark:
@@ -158,12 +151,10 @@ if BATCH_RUNS:
 
     rule evaluate_runs:
         input:
-            manifest="results/data/manifest.csv",
-            predictions=lambda wildcards: batch_paths(
-                "results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}", wildcards, RUNS
-            ),
+            manifest=L("manifest"),
+            predictions=lambda wildcards: batch_paths(L("predictions"), wildcards, RUNS),
         output:
-            table=batch_patterns("results/eval/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}.csv", RUNS),
+            table=batch_patterns("eval", RUNS),
         log:
             "logs/evaluate_runs/{arch}/seed-{seed}.log",
         benchmark:
@@ -184,10 +175,10 @@ rule evaluate:
     # The polyp toolbox's scores of the saved maps (hardgen evaluate-maps' code): no model, no torch, so a
     # rerun (`--forcerun evaluate`) rescores without retraining.
     input:
-        manifest="results/data/manifest.csv",
-        predictions="results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}",
+        manifest=L("manifest"),
+        predictions=L("predictions"),
     output:
-        table="results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.csv",
+        table=L("eval"),
     log:
         "logs/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
@@ -209,9 +200,9 @@ rule segmenter_loss:
     # variant is scored without the others
     input:
         model=lambda wildcards: [segmenter_path(arch, "real", "0", wildcards.seed) for arch in ARCHS],
-        generated="results/generated/{variant}/manifest.csv",
+        generated=L("generated"),
     output:
-        expand("results/eval/{arch}/seed-{{seed}}/sample_loss/{{variant}}.csv", arch=ARCHS),
+        [L("sample_loss", arch=arch) for arch in ARCHS],
     log:
         "logs/segmenter_loss/seed-{seed}/{variant}.log",
     benchmark:
@@ -238,9 +229,9 @@ rule judge_loss:
     # transfer matrix (segmenter_loss's script on the judge instead of a benchmark segmenter).
     input:
         model=lambda wildcards: judge_path(wildcards.arch, wildcards.seed),
-        generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
+        generated=expand(L("generated"), variant=VARIANTS),
     output:
-        "results/judge/{arch}/seed-{seed}/sample_loss.csv",
+        L("judge_loss"),
     log:
         "logs/judge_loss/{arch}/seed-{seed}.log",
     benchmark:

@@ -5,14 +5,14 @@
 rule train_control_lora:
     input:
         base=base_model_input,
-        conditions="results/conditions/conditions.csv",
-        manifest="results/data/manifest.csv",
+        conditions=L("conditions"),
+        manifest=L("manifest"),
         init_weights=plain_init_input,
     output:
         lora=lora_path("plain"),
-        train_log="results/lora/plain/train_log.csv",
+        train_log=L("train_log", variant="plain"),
         validation=report(
-            "results/lora/plain/validation.png",
+            L("validation", variant="plain"),
             category="Generators",
             subcategory="plain",
             caption="../report/validation.rst",
@@ -46,16 +46,16 @@ rule train_control_lora:
 rule train_hard_lora:
     input:
         base=base_model_input,
-        conditions="results/conditions/conditions.csv",
-        manifest="results/data/manifest.csv",
+        conditions=L("conditions"),
+        manifest=L("manifest"),
         init_lora=lora_path("plain"),
         # only the in-loss backbones: the held-out ones never reach the generator
-        prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=LOSS_BACKBONES),
+        prototypes=expand(L("prototype"), backbone=LOSS_BACKBONES),
     output:
         lora=lora_path("hard"),
-        train_log="results/lora/hard/train_log.csv",
+        train_log=L("train_log", variant="hard"),
         validation=report(
-            "results/lora/hard/validation.png",
+            L("validation", variant="hard"),
             category="Generators",
             subcategory="hard",
             caption="../report/validation.rst",
@@ -91,15 +91,15 @@ rule train_hard_lora:
 rule train_feedback_lora:
     input:
         base=base_model_input,
-        conditions="results/conditions/conditions.csv",
-        manifest="results/data/manifest.csv",
+        conditions=L("conditions"),
+        manifest=L("manifest"),
         init_lora=lora_path("plain"),
         segmenter=judge_path(),
     output:
         lora=lora_path("feedback"),
-        train_log="results/lora/feedback/train_log.csv",
+        train_log=L("train_log", variant="feedback"),
         validation=report(
-            "results/lora/feedback/validation.png",
+            L("validation", variant="feedback"),
             category="Generators",
             subcategory="feedback",
             caption="../report/validation.rst",

@@ -1,8 +1,7 @@
 """Snakemake wrapper for rule filter: the training subsets of one segmenter seed, one per (policy, ratio) of the job
 (segment.batch_runs: every synthetic run's; otherwise the one subset of the job's wildcards)."""
 
-from pathlib import Path
-
+from hardgen import layout
 from hardgen.filter import build_subsets, read_pool_record, real_count, subset_seed
 from hardgen.logging_utils import stage_logging
 
@@ -10,7 +9,7 @@ with stage_logging(snakemake.log[0]) as log:
     segmenter_seed = int(snakemake.wildcards.seed)
     runs = [(policy, ratio) for policy, ratio in snakemake.params.runs]
     for (policy, ratio), out_path in zip(runs, snakemake.output.subsets, strict=True):  # the rule lists both in one order
-        if Path(out_path).parts[-3:] != (policy, f"ratio-{ratio}", f"seed-{segmenter_seed}.csv"):
+        if out_path != layout.path("subset", policy=policy, ratio=ratio, seed=segmenter_seed):
             raise RuntimeError(f"internal: output {out_path} is not the subset of {policy} at ratio {ratio}")
     draw_seed = subset_seed(snakemake.params.base_seed, segmenter_seed)
     n_real = real_count(snakemake.input.manifest)

@@ -8,23 +8,30 @@ from hardgen.report import write_report
 from hardgen.timings import plot_timings, timings_table, variant_cost
 
 with stage_logging(snakemake.log[0]) as log:
-    inp = snakemake.input
+    from hardgen.report import read_run_records
+
+    inp, variants = snakemake.input, list(snakemake.params.variants)
+    # every input is keyed by what the rule built it from, never parsed back from its path: the run records carry
+    # their run's keys and come in the order of the evaluation tables (common.smk's run_paths builds both)
+    records = read_run_records(inp.runs)
+    evals = {(r["arch"], r["policy"], float(r["ratio"]), int(r["seed"])): path
+             for r, path in zip(records, inp.evals, strict=True)}
     written = write_report(
-        eval_csvs=inp.evals,
+        eval_csvs=evals,
         score_csvs=inp.scores,
-        generated_manifests={Path(p).parent.name: p for p in inp.generated},
+        generated_manifests=dict(zip(variants, inp.generated, strict=True)),
         conditions_csv=inp.conditions,
         data_manifest_csv=inp.manifest,
         tables_dir=Path(snakemake.output.benchmark).parent,
         plots_dir=snakemake.output.plots,
         loss_backbones=snakemake.params.loss_backbones,
-        run_records=list(inp.runs),
+        run_records=records,
         sample_loss_csvs=read_keyed_losses(inp.sample_losses),  # {<arch>/seed-<s>: every variant}
-        train_logs=list(inp.train_logs),
+        train_logs=dict(zip(snakemake.params.loras, inp.train_logs, strict=True)),
         demo=bool(snakemake.params.demo),
         min_fidelity=snakemake.params.min_fidelity,  # the fidelity guard's table (results/tables/fidelity.csv)
         judge_loss_csv=inp.judge_loss,
-        feature_files=list(inp.features),
+        feature_files=dict(zip(["real", *variants], inp.features, strict=True)),
     )
     log.info("wrote %s", sorted(str(p) for p in written.values()))
     # per-rule times of this run, from the benchmark files of every job upstream of the report
