@@ -21,12 +21,13 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from hardgen.registry import POLICIES as REGISTERED_POLICIES
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
-#: The generated variant each segmentation policy draws from.
+#: The generated variant each segmentation policy draws from (hardgen.registry).
 POLICY_VARIANTS: dict[str, tuple[str, ...]] = {
-    "real": (), "plain": ("plain",), "hard": ("hard",), "feedback": ("feedback",), "hard_band": ("hard",),
-    "hard_faithful": ("hard",), "mined": ("mined",), "guided": ("guided",),
+    name: (p.source,) if p.source else () for name, p in REGISTERED_POLICIES.items()
 }
 
 #: Policies that no longer exist, and why: every synthetic policy now trains with round(r × n_real) images at

@@ -43,12 +43,13 @@ import pandas as pd
 from hardgen import io
 from hardgen.config import REMOVED_POLICIES, ratio_label
 from hardgen.io import DataError
+from hardgen.registry import POLICIES as REGISTRY
 
-#: Policies whose pool is every sample of the generated variant of the same name.
-VARIANT_POLICIES: tuple[str, ...] = ("plain", "hard", "feedback", "mined", "guided")
-#: Policies whose pool is a filtered part of the hard variant.
-HARD_POLICIES: tuple[str, ...] = ("hard_band", "hard_faithful")
-POLICIES: tuple[str, ...] = ("real", *VARIANT_POLICIES, *HARD_POLICIES)
+#: Policies whose pool is every sample of the generated variant of the same name (hardgen.registry).
+VARIANT_POLICIES: tuple[str, ...] = tuple(p.name for p in REGISTRY.values() if p.source == p.name)
+#: Policies whose pool is a filtered part of a variant (hardgen.registry; the filter of each: :func:`pool`).
+HARD_POLICIES: tuple[str, ...] = tuple(p.name for p in REGISTRY.values() if p.source not in (None, p.name))
+POLICIES: tuple[str, ...] = tuple(REGISTRY)
 #: Every synthetic policy draws at random (its subset changes with the seed, and with the ratio's size).
 RANDOM_POLICIES: tuple[str, ...] = (*VARIANT_POLICIES, *HARD_POLICIES)
 SUBSET_COLUMNS = ["image", "mask", "sample_id", "variant"]
@@ -191,7 +192,7 @@ def pool(
     if policy in VARIANT_POLICIES:
         rows = _variant_rows(generated_df, policy)
     else:
-        rows = _variant_rows(generated_df, "hard")
+        rows = _variant_rows(generated_df, REGISTRY[policy].source)
         if policy == "hard_band":
             kept = _hard_band_ids(scores_df, generated_df, low, high, score_backbone)
         else:

@@ -35,6 +35,8 @@ class Variant:
     sampling: str
     keys: tuple[str, ...] = ()
     rule: str | None = None
+    #: whether its training steers by the real-only feedback judge (rule train_judge; its cost is the variant's)
+    judge: bool = False
 
     @property
     def trains(self) -> bool:
@@ -56,7 +58,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("plain", "plain", "denoising (control-lora-v3)", "pipeline", rule="train_control_lora"),
         Variant("hard", "hard", "denoising + prototype discrepancy (hard.*)", "pipeline", rule="train_hard_lora"),
         Variant("feedback", "feedback", "denoising + the real-only judge's segmentation loss (feedback.*)",
-                "pipeline", rule="train_feedback_lora"),
+                "pipeline", rule="train_feedback_lora", judge=True),
         Variant("mined", "plain", None, "mined", keys=("candidates", "mining_steps")),
         Variant("guided", "plain", None, "guided", keys=("guided",)),
     )

@@ -81,13 +81,17 @@ def variant_cost(table: pd.DataFrame, variants: list[str], judge_job: str | None
     seconds = {(rule, job): s for rule, job, s in zip(table["rule"], table["job"], table["s"])}
     if (PLAIN_LORA_RULE, "") not in seconds:
         raise DataError(f"timings: no {PLAIN_LORA_RULE} benchmark (results/benchmarks/{PLAIN_LORA_RULE}.tsv)")
+    from hardgen.registry import variant as registered
+
     rows = []
     for variant in variants:
         jobs = [(PLAIN_LORA_RULE, "")]
-        own = f"train_{variant}_lora"
-        if variant != "plain" and (own, "") in seconds:
+        own = registered(variant).rule  # the registry names each variant's training rule (None: trains nothing)
+        if own not in (None, PLAIN_LORA_RULE):
+            if (own, "") not in seconds:
+                raise DataError(f"timings: no {own} benchmark for the {variant} variant's training")
             jobs.append((own, ""))
-        if variant == "feedback":
+        if registered(variant).judge:
             if judge_job is None or ("train_judge", judge_job) not in seconds:
                 raise DataError(f"timings: no train_judge/{judge_job} benchmark for the feedback variant's judge")
             jobs.append(("train_judge", judge_job))
