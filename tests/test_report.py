@@ -42,15 +42,15 @@ BASES = {
 
 
 @pytest.fixture()
-def eval_tree(tmp_path: Path) -> list[Path]:
+def eval_tree(tmp_path: Path) -> dict[tuple, Path]:
     """cnn: real, hard_band and its control hard at ratio 1 with seeds 0 and 1, hard_band at ratio 0.5 with seed 0;
     transformer: real, hard at ratio 1 with seed 0 (see BASES); laid out as results/eval/<arch>/<policy>/ratio-<r>/."""
     root = tmp_path / "results" / "eval"
-    return [_write_eval(root / a / p / f"ratio-{r:g}" / f"seed-{s}.csv", _scores(base))
-            for (a, p, r, s), base in BASES.items()]
+    return {(a, p, float(r), s): _write_eval(root / a / p / f"ratio-{r:g}" / f"seed-{s}.csv", _scores(base))
+            for (a, p, r, s), base in BASES.items()}
 
 
-def test_benchmark_long_reads_scores_as_given(eval_tree: list[Path]) -> None:
+def test_benchmark_long_reads_scores_as_given(eval_tree: dict[tuple, Path]) -> None:
     long = report.benchmark_long(eval_tree)
     assert list(long.columns) == ["arch", "policy", "ratio", "seed", "testset", "metric", "value"]
     # 9 runs x (5 test sets + overall) x 3 metrics
@@ -69,30 +69,26 @@ def test_benchmark_long_reads_scores_as_given(eval_tree: list[Path]) -> None:
     assert np.allclose(long[long.metric == "MAE"]["value"], 0.06)
 
 
-def test_benchmark_long_accepts_mapping_and_rejects_bad_tables(eval_tree: list[Path], tmp_path: Path) -> None:
-    mapping = {report.parse_eval_path(p): p for p in eval_tree}
-    pd.testing.assert_frame_equal(report.benchmark_long(mapping), report.benchmark_long(eval_tree))
-    with pytest.raises(DataError, match="ratio-<r>/seed-"):
-        report.benchmark_long([tmp_path / "somewhere" / "x.csv"])
-    with pytest.raises(DataError, match="ratio-<r>/seed-"):  # the layout before segment.synthetic_ratios
-        report.benchmark_long([tmp_path / "eval" / "cnn" / "real" / "seed-3.csv"])
-    assert report.parse_eval_path("results/eval/cnn/hard/ratio-0.5/seed-2.csv") == ("cnn", "hard", 0.5, 2)
+def test_benchmark_long_accepts_mapping_and_rejects_bad_tables(eval_tree: dict[tuple, Path], tmp_path: Path) -> None:
+    # keys come with the tables (the workflow: each run record's), never from the paths
+    with pytest.raises(TypeError, match="not read off paths"):
+        report.benchmark_long(list(eval_tree.values()))
     bad = tmp_path / "eval" / "cnn" / "real" / "ratio-0" / "seed-3.csv"
     bad.parent.mkdir(parents=True)
     pd.DataFrame({"testset": ["Kvasir"], "value": [0.5]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"seed-3\.csv.*metric"):
-        report.benchmark_long([bad])
+        report.benchmark_long({("cnn", "real", 0.0, 3): bad})
     # the old per-image format is refused, not averaged
     pd.DataFrame({"testset": ["Kvasir"] * 2, "image": ["a.png", "b.png"], "metric": ["mDice"] * 2,
                   "value": [0.4, 0.6]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"seed-3\.csv.*extra \['image'\]"):
-        report.benchmark_long([bad])
+        report.benchmark_long({("cnn", "real", 0.0, 3): bad})
     pd.DataFrame({"testset": ["Kvasir"] * 2, "metric": ["mDice"] * 2, "value": [0.4, 0.6]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"seed-3\.csv.*more than one row.*Kvasir"):
-        report.benchmark_long([bad])
+        report.benchmark_long({("cnn", "real", 0.0, 3): bad})
 
 
-def test_benchmark_summary_means_over_testsets_without_overall(eval_tree: list[Path]) -> None:
+def test_benchmark_summary_means_over_testsets_without_overall(eval_tree: dict[tuple, Path]) -> None:
     summary = report.benchmark_summary(report.benchmark_long(eval_tree))
     row = summary[(summary.arch == "cnn") & (summary.policy == "real") & (summary.seed == 0) & (summary.metric == "mDice")]
     assert row["ratio"].item() == 0.0
@@ -100,7 +96,7 @@ def test_benchmark_summary_means_over_testsets_without_overall(eval_tree: list[P
     assert row["overall"].item() == pytest.approx(0.65)
 
 
-def test_paired_differences_against_real_and_the_size_matched_control(eval_tree: list[Path]) -> None:
+def test_paired_differences_against_real_and_the_size_matched_control(eval_tree: dict[tuple, Path]) -> None:
     diffs = report.paired_differences(report.benchmark_long(eval_tree))
     assert list(diffs.columns) == ["arch", "policy", "ratio", "reference", "seed", "metric", "d_mean", "d_overall"]
     band = diffs[(diffs.policy == "hard_band") & (diffs.metric == "mDice") & (diffs.ratio == 1.0)].set_index(
@@ -120,7 +116,7 @@ def test_paired_differences_against_real_and_the_size_matched_control(eval_tree:
     assert set(diffs.loc[diffs.arch == "transformer", "policy"]) == {"hard"}
 
 
-def test_benchmark_markdown_tables_differences_protocol(eval_tree: list[Path]) -> None:
+def test_benchmark_markdown_tables_differences_protocol(eval_tree: dict[tuple, Path]) -> None:
     long = report.benchmark_long(eval_tree)
     md = report.benchmark_markdown(long)
     assert ("| arch | policy | ratio | seeds | CVC-300 | CVC-ClinicDB | CVC-ColonDB | ETIS-LaribPolypDB | Kvasir | mean | "
@@ -306,17 +302,16 @@ def test_hardness_transfer_needs_the_foreground_fraction(tmp_path: Path) -> None
         report.hardness_transfer(paths, {"seg": no_fg})
 
 
-def _run_records(eval_tree: list[Path], iterations: int = 12) -> list[dict[str, object]]:
+def _run_records(eval_tree: dict[tuple, Path], iterations: int = 12) -> list[dict[str, object]]:
     records = []
-    for path in eval_tree:
-        arch, policy, ratio, seed = report.parse_eval_path(path)
+    for arch, policy, ratio, seed in eval_tree:
         synthetic = round(ratio * 24)
         records.append({"arch": arch, "policy": policy, "ratio": ratio, "seed": seed, "real_images": 24,
                         "synthetic_images": synthetic, "iterations": iterations, "images_seen": iterations * 8})
     return records
 
 
-def test_runs_table_orders_checks_and_refuses_unequal_budgets(eval_tree: list[Path], tmp_path: Path) -> None:
+def test_runs_table_orders_checks_and_refuses_unequal_budgets(eval_tree: dict[tuple, Path], tmp_path: Path) -> None:
     records = _run_records(eval_tree)
     paths = []
     for record in records:
@@ -347,7 +342,7 @@ def _is_png(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
+def test_plots_and_write_report(tmp_path: Path, eval_tree: dict[tuple, Path]) -> None:
     score_paths, scores = _write_scores(tmp_path)
     rng = np.random.default_rng(1)
     data_rows, cond_rows = [], []
@@ -426,9 +421,9 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
         frame = pd.DataFrame(rows).assign(mask=[r["mask"] for r in cond_rows[: len(rows)]],
                                           condition=[r["condition"] for r in cond_rows[: len(rows)]])
         frame.to_csv(manifests[variant], index=False)
-    again = report.write_report(eval_tree, score_paths, list(manifests.values()), tmp_path / "manifest.csv",
+    again = report.write_report(eval_tree, score_paths, manifests, tmp_path / "manifest.csv",
                                 tmp_path / "tables2", tmp_path / "plots2", loss_backbones=["vit"], run_records=runs,
-                                sample_loss_csvs=[loss_in_tree])
+                                sample_loss_csvs={"cnn/seed-0": loss_in_tree})
     assert _is_png(again["grid_png"])
     pd.testing.assert_frame_equal(pd.read_csv(again["hardness_transfer_csv"]), transfer)
     assert "noise by design" not in again["benchmark_md"].read_text()
@@ -468,7 +463,7 @@ def test_training_loss_plot_names_bad_logs(tmp_path: Path) -> None:
         report.plot_training_loss({}, tmp_path / "x.png")
 
 
-def test_write_report_adds_the_training_loss_plot_from_log_paths(tmp_path: Path, eval_tree: list[Path]) -> None:
+def test_write_report_adds_the_training_loss_plot_from_log_paths(tmp_path: Path, eval_tree: dict[tuple, Path]) -> None:
     score_paths, _ = _write_scores(tmp_path)
     rng = np.random.default_rng(2)
     img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
@@ -481,19 +476,19 @@ def test_write_report_adds_the_training_loss_plot_from_log_paths(tmp_path: Path,
     pd.DataFrame([{"sample_id": "s0", "image": str(out), "mask": str(mask), "condition": str(mask)}]).to_csv(
         manifest, index=False)
     logs = [_train_log(tmp_path / "results/lora" / v / "train_log.csv", 10, e) for v, e in (("plain", 0), ("hard", 1))]
-    written = report.write_report(eval_tree, score_paths, [manifest], tmp_path / "manifest.csv", tmp_path / "tables",
-                                  tmp_path / "plots", loss_backbones=["vit"], run_records=_run_records(eval_tree),
-                                  train_logs=logs)
+    written = report.write_report(eval_tree, score_paths, {"plain": manifest}, tmp_path / "manifest.csv",
+                                  tmp_path / "tables", tmp_path / "plots", loss_backbones=["vit"],
+                                  run_records=_run_records(eval_tree), train_logs=dict(zip(("plain", "hard"), logs)))
     assert written["training_loss_png"] == tmp_path / "plots" / "training_loss.png"
     assert _is_png(written["training_loss_png"])
-    with pytest.raises(DataError, match="cannot tell the variant"):
-        report.write_report(eval_tree, score_paths, [manifest], tmp_path / "manifest.csv", tmp_path / "t2",
+    with pytest.raises(TypeError, match="train logs: pass a"):  # names are never read off paths
+        report.write_report(eval_tree, score_paths, {"plain": manifest}, tmp_path / "manifest.csv", tmp_path / "t2",
                             tmp_path / "p2", loss_backbones=["vit"], run_records=_run_records(eval_tree),
                             train_logs=[tmp_path / "elsewhere.csv"])
 
 
 # ------------------------------------------------------------------------------ ratio and fidelity guard
-def test_ratio_plot_draws_score_against_ratio(tmp_path: Path, eval_tree: list[Path]) -> None:
+def test_ratio_plot_draws_score_against_ratio(tmp_path: Path, eval_tree: dict[tuple, Path]) -> None:
     long = report.benchmark_long(eval_tree)
     report.plot_ratio(long, tmp_path / "ratio.png")
     assert _is_png(tmp_path / "ratio.png")
@@ -505,7 +500,7 @@ def test_ratio_plot_draws_score_against_ratio(tmp_path: Path, eval_tree: list[Pa
     assert not (tmp_path / "none.png").exists()
 
 
-def test_write_report_writes_the_fidelity_table_and_the_ratio_plot(tmp_path: Path, eval_tree: list[Path]) -> None:
+def test_write_report_writes_the_fidelity_table_and_the_ratio_plot(tmp_path: Path, eval_tree: dict[tuple, Path]) -> None:
     rng = np.random.default_rng(3)
     img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
     write_image(img, rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
@@ -547,7 +542,7 @@ def test_write_report_writes_the_fidelity_table_and_the_ratio_plot(tmp_path: Pat
     assert set(bench.loc[bench.policy == "hard_band", "ratio"]) == {0.5, 1.0}
 
 
-def test_skipped_runs_are_listed_as_infeasible_and_left_out_of_every_comparison(eval_tree: list[Path],
+def test_skipped_runs_are_listed_as_infeasible_and_left_out_of_every_comparison(eval_tree: dict[tuple, Path],
                                                                                  tmp_path: Path) -> None:
     records = _run_records(eval_tree)
     # hard_faithful at ratio 1, seed 0: its pool was short, both archs' runs skipped (header-only eval tables)
@@ -566,10 +561,11 @@ def test_skipped_runs_are_listed_as_infeasible_and_left_out_of_every_comparison(
         ["hard_faithful", 1.0, 0, 20, 24, "cnn transformer"]]
     assert len(report.runs_table([*records, *skipped])) == len(records)  # skipped runs have no budget to compare
     keys = [("cnn", "hard_faithful", 1.0, 0), ("transformer", "hard_faithful", 1.0, 0)]
-    long = report.benchmark_long([*eval_tree, *empty.values()], skipped=keys)
+    keyed = {("cnn", "hard_faithful", 1.0, 0): empty["cnn"], ("transformer", "hard_faithful", 1.0, 0): empty["transformer"]}
+    long = report.benchmark_long({**eval_tree, **keyed}, skipped=keys)
     assert "hard_faithful" not in set(long["policy"]) and len(long) == 9 * 6 * 3
     with pytest.raises(DataError, match="no rows"):  # an empty table of a run that was not skipped
-        report.benchmark_long([*eval_tree, empty["cnn"]], skipped=keys[1:])
+        report.benchmark_long({**eval_tree, **keyed}, skipped=keys[1:])
     markdown = report.benchmark_markdown(long, infeasible_df=infeasible)
     assert "## Subsets that could not be filled" in markdown and "| hard_faithful | 1 | 0 | 20 | 24 |" in markdown
     assert "could not be filled" not in report.benchmark_markdown(long, infeasible_df=infeasible.head(0))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -91,10 +90,6 @@ RUNS_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "real_images", "sy
                            "images_seen"]
 TRANSFER_COLUMNS: list[str] = ["backbone", "segmenter", "variant", "spearman", "partial_spearman", "n"]
 
-_EVAL_PATH = re.compile(
-    r"(?:^|/)eval/(?P<arch>[^/]+)/(?P<policy>[^/]+)/ratio-(?P<ratio>[0-9.eE+-]+)/seed-(?P<seed>-?\d+)\.csv$"
-)
-
 #: ``(arch, policy, ratio, seed)`` of one benchmark run (ratio: synthetic images per real image; real: 0).
 EvalKey = tuple[str, str, float, int]
 
@@ -102,36 +97,18 @@ EvalKey = tuple[str, str, float, int]
 # ----------------------------------------------------------------------------------------- reading
 
 
-def parse_eval_path(path: str | Path) -> EvalKey:
-    """``.../eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv`` -> ``(arch, policy, r, s)``."""
-    match = _EVAL_PATH.search(Path(path).as_posix())
-    try:
-        ratio = float(match["ratio"]) if match else float("nan")
-    except ValueError:
-        ratio = float("nan")
-    if match is None or not np.isfinite(ratio) or ratio < 0:
-        raise DataError(f"{path}: evaluation path must look like .../eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv")
-    return match["arch"], match["policy"], ratio, int(match["seed"])
+def _eval_mapping(eval_csvs: Mapping[EvalKey, str | Path]) -> dict[EvalKey, Path]:
+    # keyed by the caller (the workflow: each run record's keys), never parsed back from a path
+    if not isinstance(eval_csvs, Mapping):
+        raise TypeError("evaluation tables: pass {(arch, policy, ratio, seed): path} (keys are not read off paths)")
+    return {(str(a), str(p), float(r), int(s)): Path(v) for (a, p, r, s), v in eval_csvs.items()}
 
 
-def _eval_mapping(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]) -> dict[EvalKey, Path]:
-    if isinstance(eval_csvs, Mapping):
-        return {(str(a), str(p), float(r), int(s)): Path(v) for (a, p, r, s), v in eval_csvs.items()}
-    mapping: dict[EvalKey, Path] = {}
-    for path in eval_csvs:
-        key = parse_eval_path(path)
-        if key in mapping:
-            raise DataError(f"{path}: duplicate evaluation for {key} (also {mapping[key]})")
-        mapping[key] = Path(path)
-    return mapping
-
-
-def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path],
+def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path],
                    skipped: Iterable[EvalKey] = ()) -> pd.DataFrame:
     """The evaluation tables in one long table, one row per (arch, policy, ratio, seed, testset, metric).
 
-    ``eval_csvs`` maps ``(arch, policy, ratio, seed)`` to an evaluation CSV, or is a list of paths laid out
-    as ``results/eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv`` (``ratio``: synthetic images per real image,
+    ``eval_csvs`` maps ``(arch, policy, ratio, seed)`` to an evaluation CSV (``ratio``: synthetic images per real image,
     ``segment.synthetic_ratios``; the real policy is 0). Each CSV holds exactly the columns ``testset,
     metric, value``: one toolbox score per test set and metric (no per-image rows), including the
     rows of testset :data:`OVERALL` (image-weighted over every test image pooled). Values are taken
@@ -822,48 +799,42 @@ def _pairs_from_generated(generated: Mapping[str, Path], data_manifest_csv: str 
     return pairs[["sample_id", "image", "mask", "condition"]]
 
 
-def _keyed_paths(paths: Mapping[str, str | Path] | Iterable[str | Path], pattern: str, what: str) -> dict[str, Path]:
-    """A ``{name: path}`` mapping as given, or parsed from each path with ``pattern`` (one named group)."""
-    if isinstance(paths, Mapping):
-        return {str(k): v if isinstance(v, pd.DataFrame) else Path(v) for k, v in paths.items()}
-    mapping: dict[str, Path] = {}
-    for path in paths:
-        match = re.search(pattern, Path(path).as_posix())
-        if match is None:
-            raise DataError(f"{path}: cannot tell the {what} from this path (expected {pattern})")
-        mapping[match.group(1)] = Path(path)
-    return mapping
+def _keyed_paths(paths: Mapping[str, str | Path | pd.DataFrame], what: str) -> dict[str, Path | pd.DataFrame]:
+    """``{name: path}`` as given (names are never read off paths: the workflow keys every input)."""
+    if not isinstance(paths, Mapping):
+        raise TypeError(f"{what}: pass a {{name: path}} mapping (names are not read off paths)")
+    return {str(k): v if isinstance(v, pd.DataFrame) else Path(v) for k, v in paths.items()}
 
 
 def write_report(
-    eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path],
+    eval_csvs: Mapping[EvalKey, str | Path],
     score_csvs: Iterable[str | Path],
-    generated_manifests: Mapping[str, str | Path] | Iterable[str | Path],
+    generated_manifests: Mapping[str, str | Path],
     data_manifest_csv: str | Path,
     tables_dir: str | Path,
     plots_dir: str | Path,
     *,
     loss_backbones: Sequence[str],
     run_records: Iterable[str | Path | Mapping[str, object]] = (),
-    sample_loss_csvs: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
+    sample_loss_csvs: Mapping[str, str | Path | pd.DataFrame] | None = None,
     conditions_csv: str | Path | None = None,
-    train_logs: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
+    train_logs: Mapping[str, str | Path] | None = None,
     demo: bool = False,
     grid_rows: int = 6,
     judge_loss_csv: str | Path | None = None,
-    feature_files: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
+    feature_files: Mapping[str, str | Path] | None = None,
     min_fidelity: float | None = None,
 ) -> dict[str, Path]:
     """Write every table and plot of the run; returns ``{name: path}`` of what was written.
 
-    Inputs: evaluation CSVs (mapping or ``.../eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv`` paths; columns
-    ``testset, metric, value``), score CSVs, generation manifests (``{variant: path}`` or
-    ``.../generated/<variant>/manifest.csv`` paths), the data manifest, ``loss_backbones`` (config
-    ``hard.loss_backbones``), the benchmark runs' ``run.json`` records, optionally per-sample losses
-    of the real-trained benchmark segmenters (``{"<arch>/seed-<s>": path}`` or
-    ``.../eval/<arch>/seed-<s>/sample_loss.csv`` paths) and the conditions table (lets the grid show
-    each condition's real image; without it only sample ids that are data-manifest ids get one), and the
-    Control-LoRA training logs (``{variant: path}`` or ``.../lora/<variant>/train_log.csv`` paths).
+    Inputs, every one keyed by the caller (names are never read off paths): evaluation CSVs
+    (``{(arch, policy, ratio, seed): path}``; columns ``testset, metric, value``), score CSVs, generation manifests
+    (``{variant: path}``), the data manifest, ``loss_backbones`` (config ``hard.loss_backbones``), the benchmark
+    runs' ``run.json`` records (skipped runs, ``filter.on_short_pool: skip``, go to ``infeasible.csv`` and the
+    benchmark.md section on unfilled subsets), optionally per-sample losses of the real-trained benchmark
+    segmenters (``{"<arch>/seed-<s>": path or table}``) and the conditions table (lets the grid show each
+    condition's real image; without it only sample ids that are data-manifest ids get one), and the Control-LoRA
+    training logs (``{variant: path}``).
     ``demo`` adds the note that demo numbers are noise by design.
 
     Tables (``tables_dir``): ``benchmark.csv`` (long: arch, policy, ratio, seed, testset, metric, value),
@@ -880,8 +851,8 @@ def write_report(
     ``transfer_matrix.csv`` / ``.png`` (sources: every backbone, the fused in-loss score and, with
     ``judge_loss_csv``, the feedback judge's per-sample loss; evaluators: every backbone and each arch's
     real-trained segmenters of ``sample_loss_csvs``), ``hardest.png`` (per variant the hardest kept and the
-    samples the fidelity guard rejects, ``min_fidelity``) and, with ``feature_files`` (``{scored set: path}``
-    or ``.../scores/<set>.features.safetensors`` paths, ``real`` included), ``features.png``.
+    samples the fidelity guard rejects, ``min_fidelity``) and, with ``feature_files`` (``{scored set: path}``,
+    ``real`` included), ``features.png``.
     """
     tables_dir, plots_dir = Path(tables_dir), Path(plots_dir)
     written = {
@@ -895,8 +866,8 @@ def write_report(
         "benchmark_png": plots_dir / "benchmark.png",
         "ratio_png": plots_dir / "ratio.png",
     }
-    generated = _keyed_paths(generated_manifests, r"generated/([^/]+)/manifest\.csv$", "variant")
-    losses = _keyed_paths(sample_loss_csvs or {}, r"eval/([^/]+/seed-\d+)/sample_loss\.csv$", "segmenter")
+    generated = _keyed_paths(generated_manifests, "generated manifests")
+    losses = _keyed_paths(sample_loss_csvs or {}, "sample losses")
     records = read_run_records(run_records)
     infeasible = infeasible_table(records)
     skipped = [(r["arch"], r["policy"], r["ratio"], r["seed"]) for r in records if r.get("skipped")]
@@ -929,7 +900,7 @@ def write_report(
                          min_fidelity)
     if feature_files:
         written["features_png"] = plots_dir / "features.png"
-        gallery.plot_features(_keyed_paths(feature_files, r"scores/([^/]+)\.features\.safetensors$", "scored set"),
+        gallery.plot_features(_keyed_paths(feature_files, "feature files"),
                               loss_backbones, written["features_png"])
     if conditions_csv is not None:
         pairs = real_pairs_from(conditions_csv, data_manifest_csv)
@@ -941,7 +912,7 @@ def write_report(
     plot_ratio(long, written["ratio_png"])
     if train_logs:
         written["training_loss_png"] = plots_dir / "training_loss.png"
-        plot_training_loss(_keyed_paths(train_logs, r"lora/([^/]+)/train_log\.csv$", "variant"),
+        plot_training_loss(_keyed_paths(train_logs, "train logs"),
                            written["training_loss_png"])
     log.info("report written: %s", ", ".join(str(p) for p in written.values()))
     return written
