@@ -157,7 +157,7 @@ class HardnessJudge:
 
         out = {}
         for key, backbone in self.backbones.items():
-            crops = features.crop_to_mask(images01, masks, self.pad, self.sizes[key])
+            crops = features.crop_to_mask(images01, masks, self.pad, self.sizes[key], via=backbone.resize_via)
             out[key] = backbone(crops).float()
         return out
 
