@@ -195,6 +195,11 @@ def test_resolve_device_dtype() -> None:
     assert generate.resolve_device_dtype("cpu", "bf16")[1] == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         generate.resolve_device_dtype("cpu", "fp8")
+    with pytest.raises(ValueError, match="generation.dtype: float16 needs a GPU"):  # no silent fp32 fall-back
+        generate.check_generation_dtype("cpu", "float16")
+    generate.check_generation_dtype("cpu", None)  # auto: fp32 on the CPU
+    generate.check_generation_dtype("cuda", "float16")
+    assert generate.resolve_device_dtype("cuda", None)[1] == torch.float16  # auto: fp16 on a GPU, as the authors
 
 
 # ------------------------------------------------------------------------------------ tiny SD model
