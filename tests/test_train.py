@@ -600,10 +600,12 @@ def test_segmentation_ce_is_the_per_sample_bce_at_the_masks_size():
     mask = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]]).repeat(2, 1, 1, 1)
     loss = segmentation_ce(logits, mask)
     right = torch.nn.functional.softplus(torch.tensor(-4.0)).item()
-    assert loss.shape == (2,) and loss[0].item() == pytest.approx(right, rel=1e-5) and loss[1].item() == pytest.approx(4 + right, rel=1e-5)
+    assert loss.shape == (2,) and loss[0].item() == pytest.approx(right, rel=1e-5)
+    assert loss[1].item() == pytest.approx(4 + right, rel=1e-5)
     # low-resolution logits are upsampled to the mask (as transformers' SegFormer loss)
     big = torch.nn.functional.interpolate(mask, size=(8, 8), mode="nearest")
-    assert segmentation_ce(logits, big).shape == (2,) and segmentation_ce(logits, big)[1] > segmentation_ce(logits, big)[0]
+    upsampled = segmentation_ce(logits, big)
+    assert upsampled.shape == (2,) and upsampled[1] > upsampled[0]
     with pytest.raises(ValueError, match="segmentation_ce"):
         segmentation_ce(logits[:, 0], mask)
 
@@ -637,8 +639,9 @@ def test_feedback_judge_ce_is_the_cross_entropy_of_its_segmenter(tiny_base, tiny
     save_state_dict(tmp_path / "seg.safetensors", model.state_dict())
     settings = dict(mode="feedback", init_lora=None, fresh_start=True, segmenter=spec,
                     segmenter_weights=str(tmp_path / "seg.safetensors"), segment_size=32)
-    ce = FeedbackJudge(make_settings(tiny_base, tiny_data, tmp_path / "a", seg_loss="ce", **settings), torch.device("cpu"))
-    structure = FeedbackJudge(make_settings(tiny_base, tiny_data, tmp_path / "b", **settings), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    ce = FeedbackJudge(make_settings(tiny_base, tiny_data, tmp_path / "a", seg_loss="ce", **settings), cpu)
+    structure = FeedbackJudge(make_settings(tiny_base, tiny_data, tmp_path / "b", **settings), cpu)
     images = torch.rand(2, 3, 32, 32, requires_grad=True)
     masks = torch.zeros(2, 1, 32, 32)
     masks[:, :, 8:20, 8:20] = 1
@@ -647,6 +650,6 @@ def test_feedback_judge_ce_is_the_cross_entropy_of_its_segmenter(tiny_base, tiny
         expected = segmentation_ce(ce.model((images - ce.mean) / ce.std), masks)
     assert torch.allclose(losses.detach(), expected, atol=1e-6)
     assert not torch.allclose(losses.detach(), structure.losses(images, masks).detach())
-    value, active = ce.loss(images, masks, None, kind="negated")  # the authors' −CE (λ = 0.01 outside)
+    value, _ = ce.loss(images, masks, None, kind="negated")  # the authors' −CE (λ = 0.01 outside)
     value.backward()
     assert value.item() == pytest.approx(-losses.mean().item(), rel=1e-5) and images.grad.abs().sum() > 0
