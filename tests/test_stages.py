@@ -172,3 +172,8 @@ def test_hard_and_feedback_init_batch_and_seg_loss_reach_the_settings(real, tmp_
     default = stages.train_settings("feedback", **common, init_lora=str(init), finetune=real["feedback"],
                                     segmenter=seg, segmenter_weights=str(weights), segment_size=352)
     assert (default.seg_loss, default.batch_size, default.fresh_start) == ("structure", 1, False)
+    # images_per_step alone (train.batch_size 1): 8 images per step on 2 GPUs = accumulation 4, never ignored
+    alone = stages.train_settings("feedback", **common, init_lora=str(init), segmenter=seg, num_gpus=2,
+                                  finetune={**real["feedback"], "images_per_step": 8},
+                                  segmenter_weights=str(weights), segment_size=352)
+    assert alone.batch_size == 1 and alone.gradient_accumulation_steps == 4

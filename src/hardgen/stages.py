@@ -88,10 +88,12 @@ def train_settings(
         **{key: train[key] for key in TRAIN_KEYS},
     )
     images_per_step, batch_size = train["images_per_step"], train["batch_size"]
-    if finetune is not None and finetune.get("batch_size") is not None:
-        # feedback.batch_size / images_per_step: the run's own batch (the authors' feedback run: 2 per GPU)
-        batch_size = values["batch_size"] = finetune["batch_size"]
-        images_per_step = finetune.get("images_per_step") or images_per_step
+    if finetune is not None:
+        # feedback.batch_size / images_per_step: the run's own batch (the authors' feedback run: 2 per GPU, 4 GPUs)
+        if finetune.get("batch_size") is not None:
+            batch_size = values["batch_size"] = finetune["batch_size"]
+        if finetune.get("images_per_step") is not None:
+            images_per_step = finetune["images_per_step"]
     if images_per_step is not None:
         values["gradient_accumulation_steps"] = accumulation_steps(images_per_step, batch_size, num_gpus)
     if finetune is not None:
