@@ -22,7 +22,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ class BackboneSpec:
     resize_via: int | None = None
     #: transformers only: ``ViTConfig`` keyword arguments used when the name is not a folder with a config.json
     #: and nothing is downloaded (random weights or a ``checkpoint``); a JSON-able mapping
-    config: dict[str, Any] | None = None
+    config: dict[str, Any] | None = field(default=None, hash=False)
 
     @classmethod
     def from_config(cls, key: str, entry: dict[str, Any]) -> BackboneSpec:
