@@ -568,8 +568,8 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "",
         "## Budget",
         "",
-        f"{summary['budget_steps']} optimiser steps ({s['vae_steps']} VAE + {s['unet_steps']} UNet), measured "
-        f"{summary['wall_seconds'] / 60:.1f} min of wall time on the CPU with {s['threads']} torch threads, from the",
+        (f"{summary['budget_steps']} optimiser steps ({s['vae_steps']} VAE + {s['unet_steps']} UNet), measured "
+         f"{summary['wall_seconds'] / 60:.1f} min of wall time on the CPU with {s['threads']} torch threads, from the"),
         "rendering of the images to the last step" + (" (summed over resumed sessions)" if summary.get("resumed")
                                                       else "") + ".",
         "",
