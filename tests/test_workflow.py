@@ -98,6 +98,8 @@ def quick_config(path: Path) -> list[str]:
                           archs={"cnn": cfg["segment"]["archs"]["cnn"]})
     # 2-iteration segmenters grade fidelity at random: a guard at 0 keeps hard_faithful's pool >= 8 whatever they say
     cfg["filter"].update(min_fidelity=0.0)
+    # no plain policy here: the primary contrast is hard_band against real
+    cfg["report"]["primary_contrast"] = {"policy": "hard_band", "versus": "real", "ratio": 1, "metric": "mIoU"}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return ["--configfile", str(path), "--replace-workflow-config"]
 
