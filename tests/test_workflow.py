@@ -221,6 +221,25 @@ def test_demo_tables(demo_run):
     fidelity = pd.read_csv(tables / "fidelity.csv").set_index("variant")
     faithful = pd.read_csv(subsets / "hard_faithful" / "ratio-1" / "seed-0.csv")
     assert len(faithful) == 24 and 0 < fidelity.loc["hard", "rejected"] <= fidelity.loc["hard", "n"] - 24
+    # the guard is graded by separate real-only judge runs, never by the benchmark's own segmenters
+    judges = {name for value in fidelity["judges"] for name in value.split(";")}
+    assert judges == {f"judge/{arch}/seed-{DEMO_CONFIG['feedback']['judge_seed']}" for arch in ("cnn", "transformer")}
+    assert all((workdir / "results" / name).is_dir() and "segment" not in name for name in judges)
+
+    # the reproduction check and the honest intervals
+    reproduction = pd.read_csv(tables / "reproduction.csv")
+    assert list(reproduction.columns) == ["arch", "testset", "metric", "ours", "published", "diff"]
+    assert (reproduction["diff"] - (reproduction["ours"] - reproduction["published"])).abs().max() < 1e-12 or (
+        reproduction.empty)  # the demo's archs name no published model unless the config says so
+    contrasts = pd.read_csv(tables / "contrasts.csv")
+    assert list(contrasts.columns) == ["arch", "policy", "ratio", "versus", "metric", "n", "mean_diff", "ci_low",
+                                       "ci_high", "method"]
+    assert set(contrasts["method"]) == {"bootstrap_images"}  # one seed: a paired bootstrap over test images
+    assert ((contrasts["ci_low"] <= contrasts["mean_diff"]) & (contrasts["mean_diff"] <= contrasts["ci_high"])).all()
+    primary = contrasts[(contrasts.policy == "hard") & (contrasts.versus == "plain") & (contrasts.ratio == 1)
+                        & (contrasts.metric == "mIoU")]
+    assert len(primary) == 2 and markdown.index("## Primary contrast") < markdown.index("## mDice")
+    assert "real-only baseline" in markdown.split("## ")[0]  # the report opens with the reproduction sentences
 
     # the feedback judge is its own run, not the benchmark's real-trained segmenter
     from hardgen.weights import load_state_dict
@@ -440,7 +459,8 @@ def test_html_report_captions_every_table_and_plot(quick_run):
     results = json.loads(re.search(r"var results = (\{.*?\});\s*\n", html, re.S).group(1))
     captions = {path: entry["caption"] for path, entry in results.items()}
     tables = {f"results/tables/{name}" for name in ("benchmark.csv", "benchmark.md", "runs.csv", "hardness.csv",
-                                                     "hardness_transfer.csv", "fidelity.csv")}
+                                                     "hardness_transfer.csv", "fidelity.csv", "reproduction.csv",
+                                                     "contrasts.csv")}
     plots = {f"results/plots/{name}.png" for name in ("grid", "histograms", "benchmark", "training_loss", "ratio")}
     grids = {f"results/lora/{variant}/validation.png" for variant in ("plain", "hard", "feedback")}
     assert tables | plots | grids <= set(captions)

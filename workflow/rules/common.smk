@@ -200,6 +200,16 @@ def eval_tables():
     return run_paths("results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.csv")
 
 
+def eval_image_tables():
+    return run_paths("results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.images.csv")
+
+
+def anchors_input():
+    # report.anchors: the published numbers the report stands beside the run's (null: none)
+    anchors = config["report"]["anchors"]
+    return [anchors] if anchors else []
+
+
 def run_records():
     return run_paths("results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json")
 
@@ -222,6 +232,8 @@ def final_outputs():
         "results/tables/benchmark.csv",
         "results/tables/benchmark.md",
         "results/tables/runs.csv",
+        "results/tables/reproduction.csv",
+        "results/tables/contrasts.csv",
         "results/tables/hardness.csv",
         "results/tables/hardness_transfer.csv",
         "results/tables/transfer_matrix.csv",
