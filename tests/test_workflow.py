@@ -394,6 +394,8 @@ def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
     # fidelity guard runs in the score jobs (real: its calibration), every generated variant in one score_variants job
     seeds = len(DEMO_CONFIG["segment"]["seeds"])
     assert jobs["segmenter_loss"] == 2 and synthetic * len(RATIOS) > 1 and jobs["filter"] == seeds
+    # the fidelity guard's Dice: every arch's real-only judge grades the samples (judge_loss), no benchmark run
+    assert jobs["judge_loss"] == len(DEMO_CONFIG["segment"]["archs"])
     assert jobs["prototype"] == 1 and jobs["score"] == 1 and jobs["score_variants"] == 1 and len(variants) > 1
     assert not {"fidelity", "fidelity_reference"} & set(jobs)
     gpu_rules = {"train_control_lora", "train_hard_lora", "train_feedback_lora", "generate", "train_segmenter",
