@@ -151,6 +151,20 @@ def test_quick_run_runs_every_rule_and_writes_every_artifact(quick_run):
     fidelity = pd.read_csv(tables / "fidelity.csv")
     assert list(fidelity.columns)[:4] == ["variant", "n", "mean_fidelity", "rejected"]
     assert "real" not in set(fidelity["variant"]) and (fidelity["rejected"] == 0).all()  # min_fidelity 0
+    assert set(fidelity["judges"]) == {"judge/cnn/seed-0"}  # the guard's separate real-only judge, no benchmark run
+    # per-image scores beside every evaluation; the contrasts' intervals (one seed: a bootstrap over test images)
+    images = pd.read_csv(workdir / "results" / "eval" / "cnn" / "real" / "ratio-0" / "seed-0.images.csv")
+    assert list(images.columns) == ["testset", "image", "metric", "value"]
+    real = bench[(bench.policy == "real") & (bench.metric == "mIoU")].set_index("testset")["value"]
+    for testset, value in images[images.metric == "mIoU"].groupby("testset")["value"].mean().items():
+        assert value == pytest.approx(real[testset], abs=1e-9)
+    contrasts = pd.read_csv(tables / "contrasts.csv")
+    assert set(contrasts["method"]) == {"bootstrap_images"} and len(contrasts) > 0
+    assert ((contrasts["ci_low"] <= contrasts["mean_diff"]) & (contrasts["mean_diff"] <= contrasts["ci_high"])).all()
+    reproduction = pd.read_csv(tables / "reproduction.csv")
+    assert list(reproduction.columns) == ["arch", "testset", "metric", "ours", "published", "diff"]
+    markdown = (tables / "benchmark.md").read_text()
+    assert "cnn's real-only baseline has no published anchor" in markdown and "## Primary contrast" in markdown
     hardness = pd.read_csv(tables / "hardness.csv")
     assert set(hardness["backbone"]) == {"cnn", "heldout"}
     assert set(hardness.loc[hardness["in_loss"], "backbone"]) == {"cnn"}
