@@ -495,7 +495,10 @@ def test_paper_overlay_plans_the_authors_run(tmp_path):
     # the mask squashed for sampling (its own conditions), one image per mask, fp16 / guidance 7.5 in the params
     assert jobs["generation_conditions"] == 1 and jobs["make_conditions"] == 1
     assert jobs["generate"] == paper["generation"]["shards"] * 3
-    assert jobs["train_hard_lora"] == 1 and jobs["train_feedback_lora"] == 1 and jobs["train_judge"] == 1
+    # one real-only judge per arch: the fidelity guard's Dice (the feedback judge is one of them), never a benchmark run
+    archs = (paper.get("segment") or PAPER_SEGMENT)["archs"]
+    assert jobs["train_hard_lora"] == 1 and jobs["train_feedback_lora"] == 1 and jobs["train_judge"] == len(archs)
+    assert jobs["judge_loss"] == len(archs)
     # hard.init / feedback.init fresh: neither needs the plain LoRA
     for target in ("results/lora/hard/pytorch_lora_weights.safetensors",
                    "results/lora/feedback/pytorch_lora_weights.safetensors"):
