@@ -73,9 +73,10 @@ def test_adding_a_variant_generates_and_scores_only_it(finished_demo):
     generation = DEMO["generation"]
     assert "guided" not in generation["variants"]
     jobs = plan_after(finished_demo, "variant", generation={"variants": [*generation["variants"], "guided"]})
-    # guided alone is generated, scored and graded; judge_loss and the report read every variant's samples
+    # guided alone is generated, graded (judge_loss: every arch's judge) and scored; mask_following and the report
+    # read every variant's samples
     assert jobs == {"generate": generation["shards"], "generated_manifest": 1, "score": 1, "segmenter_loss": 1,
-                    "judge_loss": 1, "report": 1, "all": 1}
+                    "judge_loss": 1, "mask_following": 1, "report": 1, "all": 1}
 
 
 def test_generation_knob_of_one_variant_regenerates_only_it(finished_demo):

@@ -35,6 +35,8 @@ ALIASES = {
     "filter": ["filter"],
     "segment": ["segment", "cfg"],
     "segment.archs.*": ["entry", "spec"],
+    "report": ["report"],
+    "primary_contrast": ["contrast", "primary"],
 }
 
 

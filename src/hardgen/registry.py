@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: ``generation.*`` keys every variant's sampling reads (``shards``: the job split; images do not depend on it).
-SAMPLING_KEYS: tuple[str, ...] = ("steps", "shards", "batch_size", "guidance_scale", "condition_scale")
+SAMPLING_KEYS: tuple[str, ...] = ("steps", "shards", "batch_size", "guidance_scale", "condition_scale", "dtype")
 #: ``model.*`` keys that training and sampling read (``base`` is its own param; ``tiny_config`` only builds the base).
 MODEL_KEYS: tuple[str, ...] = ("family", "vae", "resolution", "prompt")
 

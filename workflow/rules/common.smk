@@ -18,6 +18,7 @@ if Path(SRC, "hardgen").is_dir():
         os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 import hardgen.config as hgconfig
+from hardgen.io import segmenter_key
 from hardgen.layout import path as L
 from hardgen.registry import MODEL_KEYS, POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
 
@@ -72,9 +73,6 @@ BASE_FILES = sorted(str(p) for p in Path(BASE_MODEL).rglob("*") if p.is_file()) 
 # benchmark seed even when judge_seed equals one of segment.seeds.
 JUDGE = config["feedback"]["segmenter"]
 JUDGE_SEED = str(config["feedback"]["judge_seed"])
-# The fidelity guard's Dice judges: the real-only benchmark segmenters of every arch at the first segmenter seed, so
-# adding a seed grades no sample again (and rescores nothing).
-FIDELITY_SEEDS = SEEDS[:1]
 
 
 # ---- exact params: every rule's params hold exactly the config values its job reads, never a whole section, so a
@@ -89,7 +87,18 @@ MODEL = pick(config["model"], MODEL_KEYS)
 #: lora.* keys of the adapters (init_weights is an input of the plain training, not a param)
 LORA_KEYS = ("preset", "rank", "conv_in_rank", "init")
 #: feedback.* keys of its fine-tuning (segmenter and judge_seed pick its judge, an input)
-FEEDBACK_KEYS = ("steps", "learning_rate", "lambda", "margin_factor", "loss", "calibration_samples")
+FEEDBACK_KEYS = (
+    "steps",
+    "learning_rate",
+    "lambda",
+    "margin_factor",
+    "loss",
+    "calibration_samples",
+    "init",
+    "seg_loss",
+    "batch_size",
+    "images_per_step",
+)
 #: segment.* keys one segmenter run reads (hardgen.benchmark_runs.train_run); pixel_filter only with a filter judge
 SEGMENT_RUN_KEYS = ("size", "iterations", "batch_size", "learning_rate", "grad_clip", "multi_scale")
 
@@ -156,6 +165,22 @@ def segmenter_path(arch, policy, ratio, seed):
 def run_paths(pattern):
     # one path for each benchmark run, arch x (policy, ratio) x seed
     return [pattern.format(arch=a, policy=p, ratio=r, seed=s) for a in ARCHS for p, r in RUNS for s in SEEDS]
+
+
+def generation_conditions_input(wildcards):
+    # generation.condition_fit: crop samples the training conditions; squash its own refitted copy (rule
+    # generation_conditions), so the knob never reruns the LoRA training
+    if config["generation"]["condition_fit"] == "squash":
+        return L("squash_conditions")
+    return L("conditions")
+
+
+def finetune_init_input(section):
+    # hard.init / feedback.init: plain fine-tunes the plain LoRA (a tracked input); fresh starts new adapters
+    def init(wildcards):
+        return [lora_path("plain")] if config[section]["init"] == "plain" else []
+
+    return init
 
 
 def plain_init_input(wildcards):
@@ -238,21 +263,18 @@ def score_input(wildcards):
 
 
 def fidelity_input(wildcards):
-    # The score job of a generated variant also grades it (the fidelity guard): the real-only benchmark segmenters'
-    # Dice on that variant's samples (segmenter_loss of every arch at FIDELITY_SEEDS; never the feedback judge) and
-    # the held-out backbone's separation, calibrated on the real images' (results/fidelity/real.csv, written by the
-    # score job of real: the calibration, no grades of its own).
+    # The score job of a generated variant also grades it (the fidelity guard): the real-only judges' Dice on that
+    # variant's samples (judge_loss of every arch's judge; never a benchmark run) and the held-out backbone's
+    # separation, calibrated on the real images' (results/fidelity/real.csv, written by the score job of real: the
+    # calibration, no grades of its own).
     if wildcards.scored == "real":
         return {}
-    return {
-        "sample_losses": sample_loss_tables(seeds=FIDELITY_SEEDS, variants=[wildcards.scored]),
-        "reference": L("fidelity", scored="real"),
-    }
+    return {"sample_losses": guard_loss_tables([wildcards.scored]), "reference": L("fidelity", scored="real")}
 
 
 def subset_input(wildcards, name="subset"):
     # Subsets are per ratio and segmenter seed (random draws follow it). The real-only policy reads no subset, so
-    # the real-trained segmenters (the fidelity guard's judges; the separate feedback judge) never depend on
+    # the real-trained segmenters (the hardness transfer's evaluators; the separate judges) never depend on
     # filtering or synthetic data, and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
     if wildcards.policy == "real":
         return []
@@ -268,15 +290,39 @@ def eval_tables():
     return run_paths(L("eval"))
 
 
+def eval_image_tables():
+    return run_paths(L("eval_images"))
+
+
+def anchors_input():
+    # report.anchors: the published numbers the report stands beside the run's (null: none)
+    anchors = config["report"]["anchors"]
+    return [anchors] if anchors else []
+
+
 def run_records():
     return run_paths(L("run"))
 
 
 def sample_loss_tables(seeds=SEEDS, variants=VARIANTS):
-    # Hardness transfer and the fidelity guard's Dice use the benchmark's real-policy segmenters (never the feedback
-    # judge; segment.policies must include real, hardgen.config): one table per (arch, seed, generated variant), so a
-    # new variant's samples are scored by the segmenters without scoring the others again
+    # Hardness transfer uses the benchmark's real-policy segmenters of every arch and seed (never a judge;
+    # segment.policies must include real, hardgen.config): one table per (arch, seed, generated variant), so a new
+    # variant's samples are scored by the segmenters without scoring the others again
     return expand(L("sample_loss"), arch=ARCHS, seed=seeds, variant=variants)
+
+
+def guard_loss_tables(variants=VARIANTS):
+    # The fidelity guard's Dice: every arch's separate real-only judge (rule train_judge, seed feedback.judge_seed;
+    # the judges of allocation and the pixel filter), never a benchmark run, so hard_faithful's pool is not chosen by
+    # the real-policy runs it is then compared against; one table per (arch, variant), so a new variant is graded
+    # alone and a new segmenter seed grades nothing again
+    return expand(L("judge_loss"), arch=ARCHS, seed=[JUDGE_SEED], variant=variants)
+
+
+def guard_judges():
+    # the names of the guard's judges (judge/<arch>/seed-<s>, hardgen.fidelity.judge_name), in the order of
+    # guard_loss_tables' arch
+    return [f"judge/{segmenter_key(arch, JUDGE_SEED)}" for arch in ARCHS]
 
 
 def final_outputs():
@@ -284,10 +330,13 @@ def final_outputs():
         L("table", table="benchmark.csv"),
         L("table", table="benchmark.md"),
         L("table", table="runs.csv"),
+        L("table", table="reproduction.csv"),
+        L("table", table="contrasts.csv"),
         L("table", table="infeasible.csv"),
         L("table", table="hardness.csv"),
         L("table", table="hardness_transfer.csv"),
         L("table", table="transfer_matrix.csv"),
         L("table", table="variant_cost.csv"),
         L("table", table="fidelity.csv"),
+        L("table", table="mask_following.csv"),
     ]

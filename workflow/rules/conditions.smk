@@ -29,3 +29,34 @@ rule make_conditions:
         ENV
     script:
         "../scripts/make_conditions.py"
+
+
+# generation.condition_fit squash: the authors' sampling fit (the whole mask resized to the resolution) for the
+# conditions generation samples from; training keeps the cropped ones above.
+rule generation_conditions:
+    input:
+        conditions=L("conditions"),
+        manifest=L("manifest"),
+    output:
+        table=L("squash_conditions"),
+        images=directory(L("squash_images")),
+        masks=directory(L("squash_masks")),
+    log:
+        "logs/generation_conditions.log",
+    benchmark:
+        "results/benchmarks/generation_conditions.tsv"
+    priority: 15
+    params:
+        fit=config["generation"]["condition_fit"],
+        kind=config["condition"]["type"],
+        size=config["model"]["resolution"],
+        low=config["condition"]["canny_low"],
+        high=config["condition"]["canny_high"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../scripts/generation_conditions.py"

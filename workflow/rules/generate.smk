@@ -40,7 +40,7 @@ rule generate:
     input:
         base=base_model_input,
         lora=generation_lora,
-        conditions=L("conditions"),
+        conditions=generation_conditions_input,
         plan=L("plan"),
         prototypes=generation_prototypes,
     output:

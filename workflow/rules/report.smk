@@ -6,11 +6,17 @@ rule report:
         manifest=L("manifest"),
         conditions=L("conditions"),
         evals=eval_tables(),
+        # per-image scores beside each evaluation: the paired bootstrap of single-seed contrasts
+        eval_images=eval_image_tables(),
+        # published anchors (report.anchors): a tracked input, so new anchors rewrite the report only
+        anchors=anchors_input(),
+        # the guard's grades of each generated variant: fidelity.csv names the judges that made them
+        fidelity=expand(L("fidelity"), scored=VARIANTS),
         runs=run_records(),
         scores=expand(L("scores"), scored=SCORED_VARIANTS),
         features=expand(L("features"), scored=SCORED_VARIANTS),
         # the feedback judge's loss on every generated sample: the transfer matrix's model-specific source
-        judge_loss=L("judge_loss", arch=JUDGE, seed=JUDGE_SEED),
+        judge_loss=expand(L("judge_loss", arch=JUDGE, seed=JUDGE_SEED), variant=VARIANTS),
         sample_losses=sample_loss_tables(),
         generated=expand(L("generated"), variant=VARIANTS),
         train_logs=expand(L("train_log"), variant=LORAS),
@@ -20,6 +26,10 @@ rule report:
             L("table", table="benchmark.md"), category="Benchmark", caption="../report/benchmark_md.rst"
         ),
         runs=report(L("table", table="runs.csv"), category="Benchmark", caption="../report/runs.rst"),
+        reproduction=report(
+            L("table", table="reproduction.csv"), category="Benchmark", caption="../report/reproduction.rst"
+        ),
+        contrasts=report(L("table", table="contrasts.csv"), category="Benchmark", caption="../report/contrasts.rst"),
         infeasible=report(L("table", table="infeasible.csv"), category="Benchmark", caption="../report/infeasible.rst"),
         hardness=report(L("table", table="hardness.csv"), category="Hardness", caption="../report/hardness.rst"),
         transfer=report(
@@ -45,6 +55,11 @@ rule report:
     benchmark:
         "results/benchmarks/report.tsv"
     params:
+        testsets=TESTSETS,
+        # each arch's published model name (segment.archs.<k>.published) for the reproduction table
+        published={arch: spec.get("published") for arch, spec in config["segment"]["archs"].items()},
+        reproduce_tolerance=config["report"]["reproduce_tolerance"],
+        primary_contrast=config["report"]["primary_contrast"],
         loss_backbones=config["hard"]["loss_backbones"],
         min_fidelity=config["filter"]["min_fidelity"],
         judge_job=f"{JUDGE}/seed-{JUDGE_SEED}",  # the feedback judge's train_judge job, part of feedback's cost
@@ -59,3 +74,29 @@ rule report:
         ENV
     script:
         "../scripts/report.py"
+
+
+# Do the samples follow their masks? Red chromaticity inside vs outside each sample's own mask against a shuffled
+# mask, as a fraction of the real training crops' margin, and the endoscope's dark corners (hardgen.mask_following).
+rule mask_following:
+    input:
+        manifest=L("manifest"),
+        conditions=L("conditions"),
+        generated=expand(L("generated"), variant=VARIANTS),
+    output:
+        report(L("table", table="mask_following.csv"), category="Hardness", caption="../report/mask_following.rst"),
+    log:
+        "logs/mask_following.log",
+    benchmark:
+        "results/benchmarks/mask_following.tsv"
+    params:
+        resolution=config["model"]["resolution"],
+        seed=config["seed"],  # the shuffled masks' derangement
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/mask_following.py"

@@ -26,9 +26,7 @@ rule score:
     params:
         sets=lambda wildcards: [wildcards.scored],
         # the fidelity guard's judges (<arch>/seed-<s>), in the order of input.sample_losses
-        judges=lambda wildcards: (
-            [] if wildcards.scored == "real" else [f"{a}/seed-{s}" for a in ARCHS for s in FIDELITY_SEEDS]
-        ),
+        judges=lambda wildcards: ([] if wildcards.scored == "real" else guard_judges()),
         backbones=config["backbones"],
         fidelity_backbone=FIDELITY_BACKBONE,
         pad=config["hard"]["crop_pad"],

@@ -155,6 +155,7 @@ if BATCH_RUNS:
             predictions=lambda wildcards: batch_paths(L("predictions"), wildcards, RUNS),
         output:
             table=batch_patterns("eval", RUNS),
+            images=batch_patterns("eval_images", RUNS),
         log:
             "logs/evaluate_runs/{arch}/seed-{seed}.log",
         benchmark:
@@ -179,6 +180,8 @@ rule evaluate:
         predictions=L("predictions"),
     output:
         table=L("eval"),
+        # per-image scores (testset, image, metric, value): the report's paired bootstrap over test images
+        images=L("eval_images"),
     log:
         "logs/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
@@ -225,19 +228,24 @@ rule segmenter_loss:
 
 
 rule judge_loss:
-    # The feedback judge's per-sample loss on every generated sample: the model-specific hardness source of the
-    # transfer matrix (segmenter_loss's script on the judge instead of a benchmark segmenter).
+    # The real-only judges' (every arch's, seed feedback.judge_seed) per-sample loss and Dice on one variant's samples:
+    # the fidelity guard's grades (rule score) and, for the feedback judge, the transfer matrix's model-specific
+    # source (segmenter_loss's script on the judges instead of benchmark segmenters). One job per (seed, variant), so
+    # a new variant is graded alone.
     input:
-        model=lambda wildcards: judge_path(wildcards.arch, wildcards.seed),
-        generated=expand(L("generated"), variant=VARIANTS),
+        model=lambda wildcards: [judge_path(arch, wildcards.seed) for arch in ARCHS],
+        generated=L("generated"),
     output:
-        L("judge_loss"),
+        [L("judge_loss", arch=arch) for arch in ARCHS],
     log:
-        "logs/judge_loss/{arch}/seed-{seed}.log",
+        "logs/judge_loss/seed-{seed}/{variant}.log",
     benchmark:
-        "results/benchmarks/judge_loss/{arch}/seed-{seed}.tsv"
+        "results/benchmarks/judge_loss/seed-{seed}/{variant}.tsv"
+    # the fidelity grades wait for it (score)
+    priority: 1
     params:
-        specs=lambda wildcards: arch_specs([wildcards.arch]),
+        # the arch of each model and output, in order
+        specs=arch_specs(ARCHS),
         size=config["segment"]["size"],
     threads: 1
     resources:

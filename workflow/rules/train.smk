@@ -48,7 +48,7 @@ rule train_hard_lora:
         base=base_model_input,
         conditions=L("conditions"),
         manifest=L("manifest"),
-        init_lora=lora_path("plain"),
+        init_lora=finetune_init_input("hard"),
         # only the in-loss backbones: the held-out ones never reach the generator
         prototypes=expand(L("prototype"), backbone=LOSS_BACKBONES),
     output:
@@ -93,7 +93,7 @@ rule train_feedback_lora:
         base=base_model_input,
         conditions=L("conditions"),
         manifest=L("manifest"),
-        init_lora=lora_path("plain"),
+        init_lora=finetune_init_input("feedback"),
         segmenter=judge_path(),
     output:
         lora=lora_path("feedback"),

@@ -16,6 +16,9 @@ with stage_logging(snakemake.log[0]) as log:
     records = read_run_records(inp.runs)
     evals = {(r["arch"], r["policy"], float(r["ratio"]), int(r["seed"])): path
              for r, path in zip(records, inp.evals, strict=True)}
+    eval_images = dict(zip(evals, inp.eval_images, strict=True))  # per-image tables, in the same run order
+    # the feedback judge's losses, one table per variant: {<arch>/seed-<s>: every variant} holds that one judge
+    (judge_losses,) = read_keyed_losses(inp.judge_loss).values()
     written = write_report(
         eval_csvs=evals,
         score_csvs=inp.scores,
@@ -30,8 +33,15 @@ with stage_logging(snakemake.log[0]) as log:
         train_logs=dict(zip(snakemake.params.loras, inp.train_logs, strict=True)),
         demo=bool(snakemake.params.demo),
         min_fidelity=snakemake.params.min_fidelity,  # the fidelity guard's table (results/tables/fidelity.csv)
-        judge_loss_csv=inp.judge_loss,
+        judge_loss_csv=judge_losses,
         feature_files=dict(zip(["real", *variants], inp.features, strict=True)),
+X
+        testsets=list(snakemake.params.testsets),  # data.testsets: names and display order
+        eval_images=eval_images,
+        anchors_csv=inp.anchors[0] if inp.anchors else None,
+        published=dict(snakemake.params.published),
+        reproduce_tolerance=snakemake.params.reproduce_tolerance,
+        primary_contrast=snakemake.params.primary_contrast,
     )
     log.info("wrote %s", sorted(str(p) for p in written.values()))
     # per-rule times of this run, from the benchmark files of every job upstream of the report

@@ -29,7 +29,8 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
             out_path=scores_out,
             fidelity_key=fidelity_key,
             fidelity_out=fidelity_out,
-            # generated variants: the real-only segmenters' grades (name <arch>/seed-<s>) and the real calibration
+            # generated variants: the real-only judges' grades (name judge/<arch>/seed-<s>, in the order of the
+            # rule's sample_losses) and the real calibration
             sample_loss_csvs=None if real else dict(
                 zip(snakemake.params.judges, path_list(snakemake.input.sample_losses), strict=True)),
             reference_csv=None if real else snakemake.input.reference,
@@ -43,7 +44,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
             log.info("real training images: %d separations under %s, median %.4g", len(fidelity), fidelity_key,
                      fidelity["separation"].median())
         else:
-            log.info("%s: %d samples graded by %d segmenters; mean fidelity %.3f (Dice %.3f, separation %.3f)",
+            log.info("%s: %d samples graded by judges %s; mean fidelity %.3f (Dice %.3f, separation %.3f)",
                      variant, len(fidelity), fidelity["judges"].iloc[0], fidelity["fidelity"].mean(),
                      fidelity["fidelity_dice"].mean(), fidelity["fidelity_separation"].mean())
         log.info("%s: mean z per backbone %s", variant, scores.groupby("backbone")["z"].mean().round(3).to_dict())
