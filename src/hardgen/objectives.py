@@ -215,7 +215,7 @@ class FeedbackJudge:
         x = F.interpolate(images01.float(), size=size, mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         target = F.interpolate(masks.float(), size=size, mode="nearest")
-        return self.segment.structure_loss_per_sample(self.model(x), target)
+        return self.segment.structure_loss_per_sample(self.segment.predict_logits(self.model, x), target)
 
     def loss(self, images01: torch.Tensor, masks: torch.Tensor, margin: float | None,
              kind: str = "hinge") -> tuple[torch.Tensor, torch.Tensor]:
