@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -209,10 +210,12 @@ def _load_checkpoint(model: nn.Module, path: Path, where: str) -> None:
         log.info("loaded whole-model weights from %s", path)
         return
     # Encoder-only weights, e.g. a timm/torchvision backbone export. smp's timm-universal encoders
-    # nest the timm model one level down ("model."), so try that key prefix as well.
+    # nest the timm model one level down ("model."), so try that key prefix as well; timm's features_only
+    # models (the field archs' encoders) flatten a nested first module ("stages.0." -> "stages_0.").
     encoder_keys = set(model.encoder.state_dict())
-    for prefix in ("", "model."):
-        remapped = {prefix + key: value for key, value in state.items()}
+    renames = (lambda key: key, lambda key: "model." + key, lambda key: re.sub(r"^(\w+)\.(\d+)\.", r"\1_\2.", key))
+    for rename in renames:
+        remapped = {rename(key): value for key, value in state.items()}
         if encoder_keys <= set(remapped):
             dropped = sorted(set(remapped) - encoder_keys)
             if dropped:  # classifier heads and the like: present in backbone exports, absent in encoders
