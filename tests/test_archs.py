@@ -276,3 +276,43 @@ def test_overlay_drops_archs_with_null_and_field_encoders_are_checked(tmp_path: 
     assert demo["segment"]["archs"]["transformer"]["arch"] == "PolypPVT"
     assert demo["segment"]["archs"]["transformer"]["published"] == "Polyp-PVT"
     assert demo["segment"]["archs"]["cnn"]["optimizer"] is None  # null = segment.optimizer
+
+
+# ------------------------------------------------------------------------- every judge uses the prediction
+def test_judges_and_maps_use_the_prediction_map(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
+    """Sample losses, the pixel filter, the saved test maps and the feedback judge all see P1 + P2 of a Polyp-PVT."""
+    from types import SimpleNamespace
+
+    from hardgen.objectives import FeedbackJudge
+    from hardgen.pixel_filter import judge_pixel_losses, pixel_bce
+    from hardgen.predict import save_prediction_maps
+
+    torch.manual_seed(0)
+    model = segment.build_segmenter(SMALL_PVT).eval()
+    save_state_dict(tmp_path / "pvt.safetensors", model.state_dict())
+    images = torch.stack([segment.PairDataset(pairs_df, 64, augment=False)[i][0] for i in range(2)])
+    masks = torch.stack([segment.PairDataset(pairs_df, 64, augment=False)[i][1] for i in range(2)])
+    with torch.no_grad():
+        p1, p2 = output_maps(model, images)
+    expected = segment.structure_loss_per_sample(p1 + p2, masks)
+    assert not torch.allclose(expected, segment.structure_loss_per_sample(p2, masks))  # the sum is a real choice
+
+    losses = segment.sample_losses(model, pairs_df.iloc[:2], size=64)
+    assert losses["loss"].to_numpy() == pytest.approx(expected.numpy(), rel=1e-5)
+    pixel = [loss for _, loss, _ in judge_pixel_losses(model, pairs_df.iloc[:2], size=64)]
+    assert np.stack(pixel) == pytest.approx(pixel_bce(p1 + p2, masks).numpy(), rel=1e-5, abs=1e-6)
+
+    entry = {"arch": "PolypPVT", "encoder": "pvt_v2_b0", "optimizer": "adamw", "published": "Polyp-PVT"}
+    judge = FeedbackJudge(SimpleNamespace(segmenter=entry, segmenter_weights=str(tmp_path / "pvt.safetensors"),
+                                          segment_size=64), torch.device("cpu"))
+    mean = torch.tensor(segment.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(segment.IMAGENET_STD).view(1, 3, 1, 1)
+    images01 = (images * std + mean).requires_grad_(True)
+    feedback = judge.losses(images01, masks)
+    assert feedback.detach().numpy() == pytest.approx(expected.numpy(), rel=1e-4)
+    feedback.sum().backward()
+    assert images01.grad is not None and images01.grad.abs().sum() > 0  # differentiable wrt the images
+
+    test = pairs_df.iloc[:2].assign(split="Kvasir")
+    table = save_prediction_maps(model, test, 64, tmp_path / "maps")
+    assert len(table) == 2 and all(Path(p).is_file() for p in table["pred"])
