@@ -117,6 +117,26 @@ def test_registry_names_are_checked(demo):
     assert "'segment.archs.transformer.arch'" in message
 
 
+def test_paper_overlay_keys_validate_and_a_transformers_backbone_is_no_timm_name(demo, repo_root):
+    import yaml
+
+    paper = load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "paper.yaml"])
+    assert paper["backbones"]["vit"]["source"] == "transformers" and paper["backbones"]["cnn"]["source"] == "timm"
+    assert (paper["generation"]["guidance_scale"], paper["generation"]["dtype"],
+            paper["generation"]["condition_fit"], paper["generation"]["per_mask"]) == (7.5, "float16", "squash", 1)
+    assert (paper["hard"]["init"], paper["hard"]["steps"], paper["data"]["train_subset"]) == ("fresh", 5000, 100)
+    assert (paper["feedback"]["seg_loss"], paper["feedback"]["loss"], paper["feedback"]["lambda"],
+            paper["feedback"]["batch_size"]) == ("ce", "negated", 0.01, 2)
+    assert yaml.safe_load((repo_root / "config" / "paper.yaml").read_text())["seed"] == 42
+    config = copy.deepcopy(demo)
+    config["backbones"]["vit"] = {**config["backbones"]["vit"], "source": "transformers",
+                                  "name": "google/vit-large-patch16-224"}
+    validate_config(config)
+    check_registries(config)  # a hub id, judged when loaded, not a timm name
+    config["backbones"]["vit"]["source"] = "keras"
+    assert "'backbones.vit.source'" in errors_for(config)
+
+
 def test_deep_merge_is_recursive_and_pure():
     base = {"a": {"b": 1, "c": 2}, "d": [1]}
     merged = deep_merge(base, {"a": {"c": 3}, "d": [2]})

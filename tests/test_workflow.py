@@ -430,6 +430,50 @@ def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
     assert not (workdir / "results" / "data" / "manifest.csv").exists()
 
 
+#: Until the segmenter architectures land the SegFormer judge `segformer` in config/paper.yaml's segment: section, the
+#: site overlay of this test supplies one (an smp Segformer stands in for transformers' HFSegformer). Overlays merge
+#: key by key, so config.yaml's demo archs (cnn, transformer) stay unless an overlay gives them weights.
+PAPER_SEGMENT = {"archs": {"segformer": {"arch": "Segformer", "encoder": "mit_b2", "encoder_weights": "imagenet"},
+                           "cnn": {"encoder": "resnet34", "encoder_weights": "imagenet"},
+                           "transformer": {"encoder_weights": "imagenet"}},
+                 "policies": ["real", "plain", "hard", "feedback"], "synthetic_ratios": [1], "seeds": [0],
+                 "pixel_filter": None, "batch_runs": False}
+
+
+def test_paper_overlay_plans_the_authors_run(tmp_path):
+    from hardgen.data import make_demo_dataset
+
+    workdir = copy_workflow(tmp_path / "wf")
+    data_root = tmp_path / "PraNet"
+    make_demo_dataset(data_root, TESTSETS, n_train=6, n_test=2, min_size=48, max_size=64, seed=1)
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    site = {"data": {"root": str(data_root)}}
+    if "segment" not in paper:
+        site["segment"] = PAPER_SEGMENT
+    (workdir / "site.yaml").write_text(yaml.safe_dump(site))
+    overlay = ["--configfile", "config/paper.yaml", "site.yaml"]
+    result = snakemake(workdir, "-n", "--cores", "2", *overlay)
+    jobs = planned_jobs(result.stdout + result.stderr)
+    assert "demo_data" not in jobs and "base_model" not in jobs
+    # the mask squashed for sampling (its own conditions), one image per mask, fp16 / guidance 7.5 in the params
+    assert jobs["generation_conditions"] == 1 and jobs["make_conditions"] == 1
+    assert jobs["generate"] == paper["generation"]["shards"] * 3
+    assert jobs["train_hard_lora"] == 1 and jobs["train_feedback_lora"] == 1 and jobs["train_judge"] == 1
+    # hard.init / feedback.init fresh: neither needs the plain LoRA
+    for target in ("results/lora/hard/pytorch_lora_weights.safetensors",
+                   "results/lora/feedback/pytorch_lora_weights.safetensors"):
+        alone = planned_jobs(snakemake(workdir, "-n", "--cores", "1", target, *overlay).stdout)
+        assert "train_control_lora" not in alone and "make_conditions" in alone, (target, alone)
+    squashed = planned_jobs(snakemake(workdir, "-n", "--cores", "1", "results/generated/hard/shard-0.csv",
+                                      *overlay).stdout)
+    assert squashed.get("generation_conditions") == 1
+    # sd15-polyp.yaml keeps the crop: no generation_conditions job, and the hard LoRA needs the plain one
+    crop = planned_jobs(snakemake(workdir, "-n", "--cores", "1", "results/generated/hard/shard-0.csv",
+                                  "--configfile", "config/sd15-polyp.yaml", "--config",
+                                  f"data={{'root': '{data_root}'}}").stdout)
+    assert "generation_conditions" not in crop and crop["train_control_lora"] == 1
+
+
 @pytest.mark.workflow
 def test_html_report_captions_every_table_and_plot(quick_run):
     workdir, args = quick_run

@@ -268,6 +268,8 @@ def check_registries(config: Mapping[str, Any]) -> None:
 
     problems = []
     for key, spec in config["backbones"].items():
+        if spec.get("source", "timm") != "timm":
+            continue  # a transformers hub id or folder: judged when it is loaded (features.load_backbone)
         problem = timm_name_problem(spec["name"])
         if problem:
             problems.append(f"config key 'backbones.{key}.name': {problem}")

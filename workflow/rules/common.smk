@@ -104,6 +104,22 @@ def run_paths(pattern):
     return [pattern.format(arch=a, policy=p, ratio=r, seed=s) for a in ARCHS for p, r in RUNS for s in SEEDS]
 
 
+def generation_conditions_input(wildcards):
+    # generation.condition_fit: crop samples the training conditions; squash its own refitted copy (rule
+    # generation_conditions), so the knob never reruns the LoRA training
+    if config["generation"]["condition_fit"] == "squash":
+        return "results/conditions/squash/conditions.csv"
+    return "results/conditions/conditions.csv"
+
+
+def finetune_init_input(section):
+    # hard.init / feedback.init: plain fine-tunes the plain LoRA (a tracked input); fresh starts new adapters
+    def init(wildcards):
+        return [lora_path("plain")] if config[section]["init"] == "plain" else []
+
+    return init
+
+
 def plain_init_input(wildcards):
     # lora.init_weights: the plain Control-LoRA fine-tunes this one (a tracked input); null: fresh adapters
     init = config["lora"]["init_weights"]

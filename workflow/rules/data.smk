@@ -26,7 +26,9 @@ rule prepare_data:
     input:
         demo_data_input,
     output:
-        "results/data/manifest.csv",
+        manifest="results/data/manifest.csv",
+        # which real training images data.train_subset keeps (all when null), with their seeded rank
+        subset="results/data/train_subset.csv",
     log:
         "logs/prepare_data.log",
     benchmark:
@@ -35,6 +37,8 @@ rule prepare_data:
         root=DATA_ROOT,
         testsets=TESTSETS,
         expected_sizes=config["data"]["expected_sizes"],
+        train_subset=config["data"]["train_subset"],
+        seed=config["seed"],
     threads: 1
     resources:
         mem_mb=2000,
