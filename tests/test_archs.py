@@ -178,8 +178,8 @@ def test_arch_recipe_overrides_segment_defaults_per_arch() -> None:
 def test_lr_decay_scales_the_late_steps(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
     """Two iterations with the lr × 1e-6 after the first end where one iteration ends; without decay they do not."""
     spec = SegmenterSpec("Segformer", "mit_b0")
-    common = dict(size=64, batch_size=3, lr=1e-2, grad_clip=None, multi_scale=(1.0,), seed=0, optimizer="adamw",
-                  weight_decay=1e-4)
+    common = {"size": 64, "batch_size": 3, "lr": 1e-2, "grad_clip": None, "multi_scale": (1.0,), "seed": 0,
+              "optimizer": "adamw", "weight_decay": 1e-4}
     one = segment.train_segmenter(pairs_df, spec, tmp_path / "one", iterations=1, **common)
     decayed = segment.train_segmenter(pairs_df, spec, tmp_path / "decayed", iterations=2,
                                       lr_decay={"at": 0.5, "factor": 1e-6}, **common)

@@ -48,7 +48,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from hardgen.archs import build_field_arch, encoder_problem, is_field_arch, map_count, output_maps, predict_logits
+from hardgen.archs import (
+    build_field_arch,
+    encoder_problem,
+    is_field_arch,
+    map_count,
+    output_maps,
+    predict_logits,
+)
 from hardgen.io import read_mask, read_pair, write_csv, write_json
 from hardgen.weights import load_state_dict, save_state_dict
 
@@ -659,7 +666,7 @@ def train_segmenter(
         raise ValueError(f"segment.augment: {augment!r} is not one of {list(AUGMENTATIONS)}")
     decay = _lr_decay(lr_decay, "segment.lr_decay")
     iterations = int(iterations)
-    decay_after = None if decay is None else int(round(decay[0] * iterations))
+    decay_after = None if decay is None else round(decay[0] * iterations)
     out_dir = Path(out_dir)
     device = torch.device(device)
 

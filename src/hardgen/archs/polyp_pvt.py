@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hardgen.archs.common import ConvBN, MultiMapSegmenter, pick_levels, timm_backbone, upsample_to
+from hardgen.archs.common import (
+    ConvBN,
+    MultiMapSegmenter,
+    pick_levels,
+    timm_backbone,
+    upsample_to,
+)
 from hardgen.archs.pranet import PartialDecoder
 
 #: channels of the reduced levels, the CFM and the SAM (the authors' ``channel=32``)

@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hardgen.archs.common import ConvBN, MultiMapSegmenter, pick_levels, timm_backbone, upsample_to
+from hardgen.archs.common import (
+    ConvBN,
+    MultiMapSegmenter,
+    pick_levels,
+    timm_backbone,
+    upsample_to,
+)
 
 #: channels of the RFB outputs and the partial decoder (the authors' ``channel=32``)
 CHANNELS = 32
