@@ -198,3 +198,31 @@ def test_pinned_weight_tags_are_checked(demo, repo_root):
     config["backbones"]["cnn"]["name"] = "resnet18.not_a_tag"
     with pytest.raises(ConfigError, match=r"'backbones.cnn.name'.*not_a_tag.*Known tags"):
         check_registries(config)
+
+
+def test_report_keys_are_checked_against_the_benchmark(demo):
+    config = copy.deepcopy(demo)
+    assert config["report"]["primary_contrast"] == {"policy": "hard", "versus": "plain", "ratio": 1, "metric": "mIoU"}
+    assert config["report"]["anchors"] == "resources/anchors/polyp.csv"
+    assert all(spec["published"] is None for spec in config["segment"]["archs"].values())  # the schema's default
+    config["report"]["primary_contrast"] = {"policy": "guided", "versus": "plain", "ratio": 3, "metric": "mIoU"}
+    errors = errors_for(config)
+    assert "'report.primary_contrast.policy': 'guided' is not in segment.policies" in errors
+    assert "'report.primary_contrast.ratio': 3 is not in segment.synthetic_ratios" in errors
+    config["report"]["primary_contrast"] = {"policy": "hard", "versus": "plain", "ratio": 1, "metric": "wFm"}
+    assert "'report.primary_contrast.metric'" in errors_for(config)
+    config = copy.deepcopy(demo)
+    config["report"]["primary_contrast"] = None  # allowed: every contrast is still in contrasts.csv
+    validate_config(config)
+    config["report"]["anchors"] = None
+    config["segment"]["archs"]["cnn"]["published"] = "PraNet"
+    assert "'report.anchors': null, but segment.archs ['cnn'] name a published model" in errors_for(config)
+
+
+def test_a_published_model_is_not_a_segmenter_setting():
+    from hardgen.segment import SegmenterSpec
+
+    spec = SegmenterSpec.from_config({"arch": "Unet", "encoder": "resnet18", "published": "PraNet"}, "cnn")
+    assert (spec.arch, spec.encoder) == ("Unet", "resnet18")
+    with pytest.raises(ValueError, match="unknown keys"):
+        SegmenterSpec.from_config({"arch": "Unet", "encoder": "resnet18", "publishd": "PraNet"}, "cnn")

@@ -37,6 +37,8 @@ ALIASES = {
     "segment.archs.*": ["entry", "spec"],
     "lr_decay": ["value"],
     "segment.archs.*.lr_decay": ["value"],
+    "report": ["report"],
+    "primary_contrast": ["contrast", "primary"],
 }
 
 

@@ -132,6 +132,7 @@ class SegmenterSpec:
         for key in ("arch", "encoder"):
             if not entry.get(key):
                 raise ValueError(f"{where}.{key}: missing or empty")
+        # published: the anchor model the report compares this arch's real-only runs with (hardgen.reproduction)
         unknown = set(entry) - set(ARCH_KEYS)
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
