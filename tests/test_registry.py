@@ -46,3 +46,14 @@ def test_trained_loras_and_what_each_variant_samples():
     assert [v.name for v in registry.VARIANTS.values() if v.uses_backbones] == ["mined", "guided"]
     assert registry.VARIANTS["mined"].generation_keys[-2:] == ("candidates", "mining_steps")
     assert registry.ordered(["x", "guided", "plain"], registry.VARIANTS) == ["plain", "guided", "x"]
+
+
+def test_a_segmenter_job_is_given_every_segment_key_a_run_reads():
+    import re
+
+    from hardgen.segment import ARCH_RECIPE_KEYS
+
+    common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    declared = re.search(r"SEGMENT_RUN_KEYS = \(([^)]*)\)", common).group(1)
+    keys = set(re.findall(r'"(\w+)"', declared))
+    assert keys == {"size", "augment", *ARCH_RECIPE_KEYS}

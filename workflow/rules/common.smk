@@ -99,16 +99,33 @@ FEEDBACK_KEYS = (
     "batch_size",
     "images_per_step",
 )
-#: segment.* keys one segmenter run reads (hardgen.benchmark_runs.train_run); pixel_filter only with a filter judge
-SEGMENT_RUN_KEYS = ("size", "iterations", "batch_size", "learning_rate", "grad_clip", "multi_scale")
+#: segment.* keys one segmenter run reads (hardgen.benchmark_runs.train_run: size, augment and the recipe keys an arch
+#: may override, hardgen.segment.ARCH_RECIPE_KEYS); pixel_filter only with a filter judge
+SEGMENT_RUN_KEYS = (
+    "size",
+    "augment",
+    "optimizer",
+    "learning_rate",
+    "weight_decay",
+    "lr_decay",
+    "batch_size",
+    "iterations",
+    "multi_scale",
+    "grad_clip",
+)
 
 
 def segment_recipe(pixel_filter=False):
     return pick(config["segment"], SEGMENT_RUN_KEYS + (("pixel_filter",) if pixel_filter else ()))
 
 
+def arch_spec(arch):
+    """segment.archs.<arch> as a job reads it: without `published` (the report's anchors name, never a model's)."""
+    return {k: v for k, v in config["segment"]["archs"][arch].items() if k != "published"}
+
+
 def arch_specs(archs):
-    return {arch: config["segment"]["archs"][arch] for arch in archs}
+    return {arch: arch_spec(arch) for arch in archs}
 
 
 def generation_params(variant):

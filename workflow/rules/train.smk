@@ -118,7 +118,7 @@ rule train_feedback_lora:
         train=config["train"],
         feedback=pick(config["feedback"], FEEDBACK_KEYS),
         crop_pad=config["hard"]["crop_pad"],
-        segmenter=config["segment"]["archs"][JUDGE],
+        segmenter=arch_spec(JUDGE),
         segment_size=config["segment"]["size"],
         seed=config["seed"],
         condition_type=config["condition"]["type"],
