@@ -58,7 +58,7 @@ PATTERNS: dict[str, str] = {
     "predictions": f"results/predictions/{RUN_DIR}",
     "eval": f"results/eval/{RUN_DIR}.csv",
     "eval_images": f"results/eval/{RUN_DIR}.images.csv",
-    "sample_loss": "results/eval/{arch}/seed-{seed}/sample_loss/{variant}.csv",
+    "sample_loss": "results/eval/{arch}/seed-{seed}/sample_loss.csv",
     "judge": "results/judge/{arch}/seed-{seed}/model.safetensors",
     "judge_run": "results/judge/{arch}/seed-{seed}/run.json",
     "judge_loss": "results/judge/{arch}/seed-{seed}/sample_loss/{variant}.csv",

@@ -321,11 +321,11 @@ def run_records():
     return run_paths(L("run"))
 
 
-def sample_loss_tables(seeds=SEEDS, variants=VARIANTS):
+def sample_loss_tables():
     # Hardness transfer uses the benchmark's real-policy segmenters of every arch and seed (never a judge;
-    # segment.policies must include real, hardgen.config): one table per (arch, seed, generated variant), so a new
-    # variant's samples are scored by the segmenters without scoring the others again
-    return expand(L("sample_loss"), arch=ARCHS, seed=seeds, variant=variants)
+    # segment.policies must include real, hardgen.config): one table per (arch, seed) of every variant's samples, read
+    # by the report alone (a new variant reruns the transfer study, which reads every sample, and grades nothing)
+    return expand(L("sample_loss"), arch=ARCHS, seed=SEEDS)
 
 
 def guard_loss_tables(variants=VARIANTS):

@@ -199,19 +199,18 @@ rule evaluate:
 
 
 rule segmenter_loss:
-    # the real-only benchmark segmenters of one seed (every arch, loaded in one job) on one variant's samples: a new
-    # variant is scored without the others
+    # the real-only benchmark segmenters of one seed (every arch, loaded in one job) on every variant's samples: the
+    # hardness transfer's evaluators, read by the report alone (the fidelity guard grades with the judges, judge_loss)
     input:
         model=lambda wildcards: [segmenter_path(arch, "real", "0", wildcards.seed) for arch in ARCHS],
-        generated=L("generated"),
+        generated=expand(L("generated"), variant=VARIANTS),
     output:
         [L("sample_loss", arch=arch) for arch in ARCHS],
     log:
-        "logs/segmenter_loss/seed-{seed}/{variant}.log",
+        "logs/segmenter_loss/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/segmenter_loss/seed-{seed}/{variant}.tsv"
-    # the fidelity grades wait for it (score); judge_loss only feeds the report
-    priority: 1
+        "results/benchmarks/segmenter_loss/seed-{seed}.tsv"
+    # only the report reads it
     params:
         # the arch of each model and output, in order
         specs=arch_specs(ARCHS),
