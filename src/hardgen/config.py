@@ -48,6 +48,31 @@ def ratio_label(ratio: float) -> str:
     return f"{float(ratio):g}"
 
 
+#: The label of "every training image" in ``data.train_subsets``.
+ALL_TRAIN = "all"
+
+
+def train_subset_labels(config: Mapping[str, Any]) -> list[str]:
+    """The real training-set sizes of the run as path labels (``"24"``, ``"all"``): ``data.train_subsets`` as
+    written, or the one size of ``data.train_subset`` (``"all"`` when null). Two labels or more turn the data-scarcity
+    curve on (:func:`scarcity`)."""
+    sizes = config["data"].get("train_subsets")
+    if sizes is None:
+        single = config["data"].get("train_subset")
+        return [ALL_TRAIN if single is None else str(int(single))]
+    return [str(s) for s in sizes]
+
+
+def train_subset_size(label: str) -> int | None:
+    """A size label as :func:`hardgen.data.train_subset` takes it: the count, or None for ``all``."""
+    return None if label == ALL_TRAIN else int(label)
+
+
+def scarcity(config: Mapping[str, Any]) -> bool:
+    """Whether the run is a data-scarcity curve: ``data.train_subsets`` with two sizes or more."""
+    return len(train_subset_labels(config)) >= 2
+
+
 class ConfigError(ValueError):
     """Invalid configuration; the message names the key path(s)."""
 
@@ -166,7 +191,7 @@ def validate_config(config: dict[str, Any], schema: Mapping[str, Any] | None = N
 
 
 def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
-    problems = []
+    problems = _train_subsets_problems(config["data"])
     low, high = config["filter"]["band"]
     if not low < high:
         problems.append(f"config key 'filter.band': quantiles must be increasing, got [{low}, {high}]")
@@ -219,6 +244,19 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     problems.extend(_report_problems(config))
     problems.extend(random_weight_problems(config))
     return problems
+
+
+def _train_subsets_problems(data: Mapping[str, Any]) -> list[str]:
+    sizes = data.get("train_subsets")
+    if sizes is None:
+        return []
+    if data.get("train_subset") is not None:
+        return ["config key 'data.train_subsets': set together with data.train_subset; data.train_subset: N is "
+                "data.train_subsets: [N], set one of them"]
+    counts = [s for s in sizes if s != ALL_TRAIN]
+    if counts != sorted(set(counts)) or sizes.count(ALL_TRAIN) > 1 or (ALL_TRAIN in sizes and sizes[-1] != ALL_TRAIN):
+        return [f"config key 'data.train_subsets': sizes must be increasing and unique ('all' last), got {sizes}"]
+    return []
 
 
 def _report_problems(config: Mapping[str, Any]) -> list[str]:

@@ -551,22 +551,23 @@ def build_manifest(
     return frame
 
 
-def nested_subsets(ids: Sequence[str], sizes: Sequence[int | None], seed: int) -> dict[int, list[str]]:
+def nested_subsets(ids: Sequence[str], sizes: Sequence[int | None], seed: int,
+                   key: str = "data.train_subset") -> dict[int, list[str]]:
     """Seeded, nested subsets of ``ids``: ``{size: sorted ids}``, each smaller subset inside every larger one.
 
     The ids are sorted, then ranked by one permutation of ``np.random.default_rng(seed)``; the subset of size n
     is the n first in that order (returned sorted). The result depends only on the set of ids, the sizes and the
     seed, never on the input order. ``None`` in ``sizes`` means all ids (key ``len(ids)``). A size below 1 or
-    above ``len(ids)`` raises ValueError naming ``data.train_subset``.
+    above ``len(ids)`` raises ValueError naming ``key`` (the config key that asked for the sizes).
     """
     ordered = _seeded_order(ids, seed)
     out: dict[int, list[str]] = {}
     for size in sizes:
         n = len(ordered) if size is None else int(size)
         if size is not None and (n != size or n < 1):
-            raise ValueError(f"data.train_subset: expected an integer >= 1 or null, got {size!r}")
+            raise ValueError(f"{key}: expected an integer >= 1 or null, got {size!r}")
         if n > len(ordered):
-            raise ValueError(f"data.train_subset: {n} training images asked for, only {len(ordered)} available")
+            raise ValueError(f"{key}: {n} training images asked for, only {len(ordered)} available")
         out[n] = sorted(ordered[:n])
     return out
 
@@ -579,25 +580,27 @@ def _seeded_order(ids: Sequence[str], seed: int) -> list[str]:
     return [unique[i] for i in permutation]
 
 
-def train_subset(frame: pd.DataFrame, size: int | None, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def train_subset(frame: pd.DataFrame, size: int | None, seed: int,
+                 key: str = "data.train_subset") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep ``size`` seeded training rows of a manifest (``data.train_subset``; None keeps all); tests untouched.
 
     Returns the reduced manifest (its order kept) and the record ``id, rank, selected, size, seed``: every
     training id with its rank in the seeded order (:func:`nested_subsets`: the subset of size n is rank < n) and
     whether this run keeps it. Everything downstream (prototypes, conditions, judges, segmenters) reads the
-    manifest's training rows, so it sees only the subset.
+    manifest's training rows, so it sees only the subset. ``key`` names the config key in errors (the
+    scarcity curve's per-size manifests: ``data.train_subsets``).
     """
     is_train = frame["split"] == TRAIN_SPLIT
     train_ids = frame.loc[is_train, "id"].astype(str).tolist()
     n = len(train_ids) if size is None else size
-    kept = set(nested_subsets(train_ids, [size], seed)[n])
+    kept = set(nested_subsets(train_ids, [size], seed, key)[n])
     order = _seeded_order(train_ids, seed)
     record = pd.DataFrame({"id": order, "rank": range(len(order))})
     record["selected"] = record["id"].isin(kept)
     record["size"], record["seed"] = n, int(seed)
     reduced = frame[~is_train | frame["id"].astype(str).isin(kept)].reset_index(drop=True)
     if size is not None:
-        LOG.info("data.train_subset: %d of %d training images (seed %d)", n, len(train_ids), seed)
+        LOG.info("%s: %d of %d training images (seed %d)", key, n, len(train_ids), seed)
     return reduced, record.sort_values("id", kind="stable").reset_index(drop=True)
 
 

@@ -7,8 +7,13 @@ so the same pattern serves a Snakemake output (``path("model")``) and a concrete
 ...)``).
 
 A benchmark run is keyed by :data:`RUN_KEYS`; every per-run artifact (subset, model, record, maps, evaluation) sits
-under :data:`RUN_DIR`. A new run dimension (e.g. the real-data subset size of a nested ``data.train_subsets``) is one
-more entry of :data:`RUN_KEYS` and one more level of :data:`RUN_DIR`.
+under :data:`RUN_DIR`. A new run dimension is one more entry of :data:`RUN_KEYS` and one more level of :data:`RUN_DIR`.
+
+The data-scarcity curve (``data.train_subsets`` with two sizes or more) is a dimension above the runs: every artifact
+downstream of the real training data (:data:`PER_N`: the per-N manifest, conditions, prototypes, generators, scores,
+subsets, segmenters, judges, evaluations, the per-N report) sits under :data:`N_DIR` right below ``results/``, e.g.
+``results/n-24/segment/...``. :func:`path` inserts that level only when given ``n_real`` (a label as written in the
+config, ``24`` or ``all``, or the wildcard ``"{n_real}"``), so with the dimension off every path is the one above.
 """
 
 from __future__ import annotations
@@ -25,9 +30,17 @@ SUBSET_DIR = "{policy}/ratio-{ratio}/seed-{seed}"
 #: The file a skipped run's (empty) map folder holds instead of maps: a copy of its run record.
 SKIPPED_MARKER = "skipped.json"
 
+#: The data-scarcity level (``data.train_subsets``): one folder per real training-set size label below ``results/``.
+N_DIR = "n-{n_real}"
+
 PATTERNS: dict[str, str] = {
     # data and conditions
     "demo_data": "results/data/demo",
+    # rule prepare_data: the dataset's manifest (with data.train_subset: only its images) and the subset's record;
+    # with data.train_subsets (the scarcity curve) every training image, and each size's manifest is "manifest"
+    "data_manifest": "results/data/manifest.csv",
+    "data_train_subset": "results/data/train_subset.csv",
+    # the manifest everything downstream reads (the same file as data_manifest unless the scarcity curve is on)
     "manifest": "results/data/manifest.csv",
     "train_subset": "results/data/train_subset.csv",
     "conditions": "results/conditions/conditions.csv",
@@ -66,7 +79,15 @@ PATTERNS: dict[str, str] = {
     "table": "results/tables/{table}",
     "plots": "results/plots",
     "benchmarks": "results/benchmarks",
+    # the data-scarcity curve (rule scarcity): every size's tables in one, with n_real, and the curve
+    "scarcity_table": "results/tables/{table}",
+    "scarcity_plot": "results/plots/scarcity.png",
 }
+
+#: The artifacts downstream of the real training data: with ``data.train_subsets`` one copy per size, under
+#: :data:`N_DIR` (everything but the dataset, its full manifest, the base model and the cross-size summary).
+PER_N: frozenset[str] = frozenset(PATTERNS) - {
+    "demo_data", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot"}
 
 
 class _Keep(dict):
@@ -74,16 +95,30 @@ class _Keep(dict):
         return "{" + key + "}"
 
 
-def path(name: str, /, **wildcards: object) -> str:
-    """The path of artifact ``name`` with ``wildcards`` filled in; wildcards not given stay as ``{key}``."""
+def pattern(name: str, n_real: object = None) -> str:
+    """Artifact ``name``'s pattern; with ``n_real`` (not None) a :data:`PER_N` artifact gets the :data:`N_DIR` level."""
     if name not in PATTERNS:
         raise KeyError(f"unknown artifact {name!r} (hardgen.layout.PATTERNS: {', '.join(PATTERNS)})")
-    return string.Formatter().vformat(PATTERNS[name], (), _Keep({k: str(v) for k, v in wildcards.items()}))
+    if n_real is None or name not in PER_N:
+        return PATTERNS[name]
+    root, rest = PATTERNS[name].split("/", 1)
+    return f"{root}/{N_DIR}/{rest}"
 
 
-def wildcards(name: str) -> list[str]:
-    """The wildcards of artifact ``name``'s pattern, in order."""
-    return [field for _, field, _, _ in string.Formatter().parse(PATTERNS[name]) if field]
+def path(name: str, /, n_real: object = None, **wildcards: object) -> str:
+    """The path of artifact ``name`` with ``wildcards`` filled in; wildcards not given stay as ``{key}``.
+
+    ``n_real`` (the scarcity level, :data:`N_DIR`): None leaves it out (the dimension is off); a label (``24``,
+    ``all``) fills it and ``"{n_real}"`` keeps it a wildcard. Artifacts outside :data:`PER_N` never have it.
+    """
+    if n_real is not None:
+        wildcards["n_real"] = n_real
+    return string.Formatter().vformat(pattern(name, n_real), (), _Keep({k: str(v) for k, v in wildcards.items()}))
+
+
+def wildcards(name: str, n_real: object = None) -> list[str]:
+    """The wildcards of artifact ``name``'s pattern (with the scarcity level when ``n_real`` is given), in order."""
+    return [field for _, field, _, _ in string.Formatter().parse(pattern(name, n_real)) if field]
 
 
 def run_path(name: str, run: tuple | dict) -> str:

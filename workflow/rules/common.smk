@@ -19,7 +19,7 @@ if Path(SRC, "hardgen").is_dir():
 
 import hardgen.config as hgconfig
 from hardgen.io import segmenter_key
-from hardgen.layout import path as L
+from hardgen.layout import path as layout_path
 from hardgen.registry import MODEL_KEYS, POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
 
 hgconfig.validate_config(config, hgconfig.load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
@@ -35,6 +35,30 @@ onstart:
 
 
 ENV = "../../envs/hardgen.yaml"
+
+# data.train_subsets (the data-scarcity curve): with two sizes or more, every artifact downstream of the real data
+# runs once per size, under results/n-{n_real}/ (hardgen.layout.PER_N), {n_real} a wildcard over the size labels
+# ("24", "all"); with one size (data.train_subset) no path has the level and the workflow is the one-size run.
+N_REALS = hgconfig.train_subset_labels(config)
+SCARCITY = hgconfig.scarcity(config)
+N_WILDCARD = "{n_real}" if SCARCITY else None
+
+
+def L(name, /, **wildcards):
+    """hardgen.layout.path with the scarcity level as a wildcard when the curve is on (or the n_real given)."""
+    wildcards.setdefault("n_real", N_WILDCARD)
+    return layout_path(name, **wildcards)
+
+
+def expand_n(pattern, **lists):
+    """expand() over ``lists``, the scarcity level {n_real} (when the curve is on) left a wildcard."""
+    return expand(pattern, allow_missing=SCARCITY, **lists)
+
+
+# the per-size logs and benchmark files, under the same level (a rule's log and outputs share their wildcards; the
+# per-size report's timings read its size's benchmark folder)
+LOGS = "logs/n-{n_real}" if SCARCITY else "logs"
+BENCH = L("benchmarks")
 
 TESTSETS = config["data"]["testsets"]
 BACKBONES = list(config["backbones"])
@@ -160,6 +184,12 @@ wildcard_constraints:
     backbone="|".join(BACKBONES),
     seed=r"\d+",
     shard=r"\d+",
+    n_real="|".join(re.escape(n) for n in N_REALS),
+
+
+def n_real(wildcards):
+    """The job's scarcity level (its {n_real} wildcard), None when the curve is off: for paths built in functions."""
+    return wildcards.n_real if SCARCITY else None
 
 
 def base_model_input(wildcards):
@@ -171,31 +201,34 @@ def demo_data_input(wildcards):
     return DATA_ROOT if DEMO else []
 
 
-def lora_path(variant):
-    return L("lora", variant=variant)
+# Paths built inside input functions and params callables name their size (n=n_real(wildcards)): Snakemake fills
+# wildcards into a rule's static strings only.
+def lora_path(variant, n=N_WILDCARD):
+    return L("lora", variant=variant, n_real=n)
 
 
-def segmenter_path(arch, policy, ratio, seed):
-    return L("model", arch=arch, policy=policy, ratio=ratio, seed=seed)
+def segmenter_path(arch, policy, ratio, seed, n=N_WILDCARD):
+    return L("model", arch=arch, policy=policy, ratio=ratio, seed=seed, n_real=n)
 
 
 def run_paths(pattern):
     # one path for each benchmark run, arch x (policy, ratio) x seed
-    return [pattern.format(arch=a, policy=p, ratio=r, seed=s) for a in ARCHS for p, r in RUNS for s in SEEDS]
+    return [pattern.format(arch=a, policy=p, ratio=r, seed=s, n_real="{n_real}") for a in ARCHS for p, r in RUNS
+            for s in SEEDS]
 
 
 def generation_conditions_input(wildcards):
     # generation.condition_fit: crop samples the training conditions; squash its own refitted copy (rule
     # generation_conditions), so the knob never reruns the LoRA training
     if config["generation"]["condition_fit"] == "squash":
-        return L("squash_conditions")
-    return L("conditions")
+        return L("squash_conditions", n_real=n_real(wildcards))
+    return L("conditions", n_real=n_real(wildcards))
 
 
 def finetune_init_input(section):
     # hard.init / feedback.init: plain fine-tunes the plain LoRA (a tracked input); fresh starts new adapters
     def init(wildcards):
-        return [lora_path("plain")] if config[section]["init"] == "plain" else []
+        return [lora_path("plain", n_real(wildcards))] if config[section]["init"] == "plain" else []
 
     return init
 
@@ -220,12 +253,13 @@ def batch_patterns(name, runs=SYNTHETIC_RUNS):
 
 
 def batch_paths(pattern, wildcards, runs):
-    return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed) for p, r in runs]
+    return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed, n_real=n_real(wildcards))
+            for p, r in runs]
 
 
 def run_patterns(pattern, runs):
     # batch jobs' outputs: one per (arch, policy, ratio) of runs, {seed} (and a "{ratio}" ratio) left as wildcards
-    return [pattern.format(arch=a, policy=p, ratio=r, seed="{seed}") for a, p, r in runs]
+    return [pattern.format(arch=a, policy=p, ratio=r, seed="{seed}", n_real="{n_real}") for a, p, r in runs]
 
 
 def filter_policies(wildcards):
@@ -238,31 +272,31 @@ def ratio_runs(wildcards):
     return [(a, p, wildcards.ratio) for a, p, _ in RATIO_RUNS]
 
 
-def judge_path(arch=JUDGE, seed=JUDGE_SEED):
-    return L("judge", arch=arch, seed=seed)
+def judge_path(arch=JUDGE, seed=JUDGE_SEED, n=N_WILDCARD):
+    return L("judge", arch=arch, seed=seed, n_real=n)
 
 
-def filter_judges(archs):
+def filter_judges(archs, n=N_WILDCARD):
     # segment.pixel_filter (FreeMask): a synthetic run ignores the synthetic pixels that the real-only judge of its own
     # arch (seed feedback.judge_seed) finds too hard; {arch: that judge's weights}, {} when the filter is off
     if config["segment"]["pixel_filter"] is None:
         return {}
-    return {arch: judge_path(arch) for arch in archs}
+    return {arch: judge_path(arch, n=n) for arch in archs}
 
 
 def run_filter_judges(wildcards):
     # the pixel filter's judge of one train_segmenter run, as filter_judges; a real-only run trains on real pixels only
-    return {} if wildcards.policy == "real" else filter_judges([wildcards.arch])
+    return {} if wildcards.policy == "real" else filter_judges([wildcards.arch], n_real(wildcards))
 
 
 def generation_lora(wildcards):
-    return lora_path(VARIANT_LORA[wildcards.variant])
+    return lora_path(VARIANT_LORA[wildcards.variant], n_real(wildcards))
 
 
 def generation_prototypes(wildcards):
     if wildcards.variant not in TRAINING_FREE:
         return []
-    return expand(L("prototype"), backbone=LOSS_BACKBONES)
+    return expand(L("prototype", n_real=n_real(wildcards)), backbone=LOSS_BACKBONES)
 
 
 def allocation_judges(wildcards):
@@ -270,13 +304,13 @@ def allocation_judges(wildcards):
     # feedback.judge_seed), never a benchmark segmenter; uniform needs none.
     if config["generation"]["allocation"] != "hardness":
         return []
-    return [judge_path(arch) for arch in ARCHS]
+    return [judge_path(arch, n=n_real(wildcards)) for arch in ARCHS]
 
 
 def score_input(wildcards):
     if wildcards.scored == "real":
         return []
-    return L("generated", variant=wildcards.scored)
+    return L("generated", variant=wildcards.scored, n_real=n_real(wildcards))
 
 
 def fidelity_input(wildcards):
@@ -286,7 +320,8 @@ def fidelity_input(wildcards):
     # calibration, no grades of its own).
     if wildcards.scored == "real":
         return {}
-    return {"sample_losses": guard_loss_tables([wildcards.scored]), "reference": L("fidelity", scored="real")}
+    n = n_real(wildcards)
+    return {"sample_losses": guard_loss_tables([wildcards.scored], n), "reference": L("fidelity", scored="real", n_real=n)}
 
 
 def subset_input(wildcards, name="subset"):
@@ -295,7 +330,7 @@ def subset_input(wildcards, name="subset"):
     # filtering or synthetic data, and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
     if wildcards.policy == "real":
         return []
-    return L(name, policy=wildcards.policy, ratio=wildcards.ratio, seed=wildcards.seed)
+    return L(name, policy=wildcards.policy, ratio=wildcards.ratio, seed=wildcards.seed, n_real=n_real(wildcards))
 
 
 def subset_record_input(wildcards):
@@ -325,15 +360,15 @@ def sample_loss_tables():
     # Hardness transfer uses the benchmark's real-policy segmenters of every arch and seed (never a judge;
     # segment.policies must include real, hardgen.config): one table per (arch, seed) of every variant's samples, read
     # by the report alone (a new variant reruns the transfer study, which reads every sample, and grades nothing)
-    return expand(L("sample_loss"), arch=ARCHS, seed=SEEDS)
+    return expand_n(L("sample_loss"), arch=ARCHS, seed=SEEDS)
 
 
-def guard_loss_tables(variants=VARIANTS):
+def guard_loss_tables(variants=VARIANTS, n=N_WILDCARD):
     # The fidelity guard's Dice: every arch's separate real-only judge (rule train_judge, seed feedback.judge_seed;
     # the judges of allocation and the pixel filter), never a benchmark run, so hard_faithful's pool is not chosen by
     # the real-policy runs it is then compared against; one table per (arch, variant), so a new variant is graded
     # alone and a new segmenter seed grades nothing again
-    return expand(L("judge_loss"), arch=ARCHS, seed=[JUDGE_SEED], variant=variants)
+    return expand_n(L("judge_loss", n_real=n), arch=ARCHS, seed=[JUDGE_SEED], variant=variants)
 
 
 def guard_judges():
@@ -343,7 +378,8 @@ def guard_judges():
 
 
 def final_outputs():
-    return [
+    # every size's report (results/n-{n_real}/tables/) and, with the scarcity curve on, the tables over the sizes
+    tables = [
         L("table", table="benchmark.csv"),
         L("table", table="benchmark.md"),
         L("table", table="runs.csv"),
@@ -357,3 +393,14 @@ def final_outputs():
         L("table", table="fidelity.csv"),
         L("table", table="mask_following.csv"),
     ]
+    if not SCARCITY:
+        return tables
+    return expand(tables, n_real=N_REALS) + scarcity_outputs()
+
+
+def scarcity_outputs():
+    return [L("scarcity_table", table=t) for t in SCARCITY_TABLES] + [L("scarcity_plot")]
+
+
+#: rule scarcity's tables (results/tables/): every size's benchmark.csv and runs.csv with n_real, and the curve
+SCARCITY_TABLES = ("benchmark.csv", "runs.csv", "scarcity.csv")

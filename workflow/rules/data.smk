@@ -26,9 +26,9 @@ rule prepare_data:
     input:
         demo_data_input,
     output:
-        manifest=L("manifest"),
+        manifest=L("data_manifest"),
         # which real training images data.train_subset keeps (all when null), with their seeded rank
-        subset=L("train_subset"),
+        subset=L("data_train_subset"),
     log:
         "logs/prepare_data.log",
     benchmark:
@@ -37,7 +37,9 @@ rule prepare_data:
         root=DATA_ROOT,
         testsets=TESTSETS,
         expected_sizes=config["data"]["expected_sizes"],
-        train_subset=config["data"]["train_subset"],
+        # the one size of data.train_subset (or a one-entry data.train_subsets); the scarcity curve keeps every image
+        # here and rule subset_manifest draws each size
+        train_subset=None if SCARCITY else hgconfig.train_subset_size(N_REALS[0]),
         seed=config["seed"],
     threads: 1
     resources:
@@ -47,3 +49,30 @@ rule prepare_data:
         ENV
     script:
         "../scripts/prepare_data.py"
+
+
+if SCARCITY:
+
+    # The data-scarcity curve (data.train_subsets): one manifest per size, drawn from the full one with the seeded
+    # nested ranking of data.train_subset; everything downstream reads its size's manifest (results/n-{n_real}/).
+    rule subset_manifest:
+        input:
+            manifest=L("data_manifest"),
+        output:
+            manifest=L("manifest"),
+            subset=L("train_subset"),
+        log:
+            LOGS + "/subset_manifest.log",
+        benchmark:
+            BENCH + "/subset_manifest.tsv"
+        params:
+            size=lambda wildcards: hgconfig.train_subset_size(wildcards.n_real),
+            seed=config["seed"],
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        conda:
+            ENV
+        script:
+            "../scripts/subset_manifest.py"

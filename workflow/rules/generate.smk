@@ -13,9 +13,9 @@ rule allocate:
     output:
         L("plan"),
     log:
-        "logs/allocate.log",
+        LOGS + "/allocate.log",
     benchmark:
-        "results/benchmarks/allocate.tsv"
+        BENCH + "/allocate.tsv"
     # every generate job waits for the plan
     priority: 15
     params:
@@ -46,9 +46,9 @@ rule generate:
     output:
         L("shard"),
     log:
-        "logs/generate/{variant}/shard-{shard}.log",
+        LOGS + "/generate/{variant}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/generate/{variant}/shard-{shard}.tsv"
+        BENCH + "/generate/{variant}/shard-{shard}.tsv"
     # with the real-only benchmark segmenters and the real images' scores (5): all of them must be done before the
     # samples are graded, and the LoRA training (10 and up) comes first
     priority: 5
@@ -64,7 +64,9 @@ rule generate:
             {key: config["backbones"][key] for key in LOSS_BACKBONES} if wildcards.variant in TRAINING_FREE else {}
         ),
         pad=lambda wildcards: (config["hard"]["crop_pad"] if wildcards.variant in TRAINING_FREE else None),
-        out_dir=lambda wildcards: L("shard_dir", variant=wildcards.variant, shard=wildcards.shard),
+        out_dir=lambda wildcards: L(
+            "shard_dir", variant=wildcards.variant, shard=wildcards.shard, n_real=n_real(wildcards)
+        ),
     threads: 1
     resources:
         mem_mb=16000,
@@ -83,9 +85,9 @@ rule generated_manifest:
     output:
         L("generated"),
     log:
-        "logs/generated_manifest/{variant}.log",
+        LOGS + "/generated_manifest/{variant}.log",
     benchmark:
-        "results/benchmarks/generated_manifest/{variant}.tsv"
+        BENCH + "/generated_manifest/{variant}.tsv"
     threads: 1
     resources:
         mem_mb=1000,

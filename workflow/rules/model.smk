@@ -31,11 +31,11 @@ rule prototype:
     input:
         manifest=L("manifest"),
     output:
-        expand(L("prototype"), backbone=BACKBONES),
+        expand_n(L("prototype"), backbone=BACKBONES),
     log:
-        "logs/prototype.log",
+        LOGS + "/prototype.log",
     benchmark:
-        "results/benchmarks/prototype.tsv"
+        BENCH + "/prototype.tsv"
     # the hard LoRA (its margins) and the training-free variants wait for it: not behind the benchmark segmenters
     priority: 15
     params:

@@ -11,15 +11,15 @@ rule report:
         # published anchors (report.anchors): a tracked input, so new anchors rewrite the report only
         anchors=anchors_input(),
         # the guard's grades of each generated variant: fidelity.csv names the judges that made them
-        fidelity=expand(L("fidelity"), scored=VARIANTS),
+        fidelity=expand_n(L("fidelity"), scored=VARIANTS),
         runs=run_records(),
-        scores=expand(L("scores"), scored=SCORED_VARIANTS),
-        features=expand(L("features"), scored=SCORED_VARIANTS),
+        scores=expand_n(L("scores"), scored=SCORED_VARIANTS),
+        features=expand_n(L("features"), scored=SCORED_VARIANTS),
         # the feedback judge's loss on every generated sample: the transfer matrix's model-specific source
-        judge_loss=expand(L("judge_loss", arch=JUDGE, seed=JUDGE_SEED), variant=VARIANTS),
+        judge_loss=expand_n(L("judge_loss", arch=JUDGE, seed=JUDGE_SEED), variant=VARIANTS),
         sample_losses=sample_loss_tables(),
-        generated=expand(L("generated"), variant=VARIANTS),
-        train_logs=expand(L("train_log"), variant=LORAS),
+        generated=expand_n(L("generated"), variant=VARIANTS),
+        train_logs=expand_n(L("train_log"), variant=LORAS),
     output:
         benchmark=report(L("table", table="benchmark.csv"), category="Benchmark", caption="../report/benchmark.rst"),
         benchmark_md=report(
@@ -51,9 +51,9 @@ rule report:
             caption="../report/plots.rst",
         ),
     log:
-        "logs/report.log",
+        LOGS + "/report.log",
     benchmark:
-        "results/benchmarks/report.tsv"
+        BENCH + "/report.tsv"
     params:
         testsets=TESTSETS,
         # each arch's published model name (segment.archs.<k>.published) for the reproduction table
@@ -82,13 +82,13 @@ rule mask_following:
     input:
         manifest=L("manifest"),
         conditions=L("conditions"),
-        generated=expand(L("generated"), variant=VARIANTS),
+        generated=expand_n(L("generated"), variant=VARIANTS),
     output:
         report(L("table", table="mask_following.csv"), category="Hardness", caption="../report/mask_following.rst"),
     log:
-        "logs/mask_following.log",
+        LOGS + "/mask_following.log",
     benchmark:
-        "results/benchmarks/mask_following.tsv"
+        BENCH + "/mask_following.tsv"
     params:
         resolution=config["model"]["resolution"],
         seed=config["seed"],  # the shuffled masks' derangement
@@ -100,3 +100,41 @@ rule mask_following:
         ENV
     script:
         "../scripts/mask_following.py"
+
+
+if SCARCITY:
+
+    # The data-scarcity curve (data.train_subsets): every size's benchmark and runs in one table with n_real, and
+    # each policy's mean score against the number of real training images (hardgen.scarcity). The other tables stay
+    # per size, in results/n-{n_real}/tables/.
+    rule scarcity:
+        input:
+            benchmarks=expand(L("table", table="benchmark.csv"), n_real=N_REALS),
+            runs=expand(L("table", table="runs.csv"), n_real=N_REALS),
+            records=expand(L("train_subset"), n_real=N_REALS),
+        output:
+            benchmark=report(
+                L("scarcity_table", table="benchmark.csv"), category="Scarcity", caption="../report/scarcity_tables.rst"
+            ),
+            runs=report(L("scarcity_table", table="runs.csv"), category="Scarcity", caption="../report/scarcity_tables.rst"),
+            scarcity=report(
+                L("scarcity_table", table="scarcity.csv"), category="Scarcity", caption="../report/scarcity.rst"
+            ),
+            plot=report(L("scarcity_plot"), category="Scarcity", caption="../report/scarcity.rst"),
+        log:
+            "logs/scarcity.log",
+        benchmark:
+            "results/benchmarks/scarcity.tsv"
+        params:
+            labels=N_REALS,  # data.train_subsets as written, in the order of the inputs
+            # the curve's metric: report.primary_contrast's (the run's question), else mIoU
+            metric=(config["report"]["primary_contrast"] or {}).get("metric", "mIoU"),
+            testsets=TESTSETS,
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            ENV
+        script:
+            "../scripts/scarcity.py"

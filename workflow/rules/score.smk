@@ -10,7 +10,7 @@ rule score:
         unpack(fidelity_input),
         manifest=L("manifest"),
         samples=score_input,
-        prototypes=expand(L("prototype"), backbone=BACKBONES),
+        prototypes=expand_n(L("prototype"), backbone=BACKBONES),
     output:
         scores=L("scores"),
         # the samples' backbone features (rows as in the CSV), for the report's real-vs-generated PCA
@@ -18,9 +18,9 @@ rule score:
         # real: sample_id, separation (the calibration); a generated variant: its grades (hardgen.fidelity)
         fidelity=L("fidelity"),
     log:
-        "logs/score/{scored}.log",
+        LOGS + "/score/{scored}.log",
     benchmark:
-        "results/benchmarks/score/{scored}.tsv"
+        BENCH + "/score/{scored}.tsv"
     # beside generation (5): the real images' calibration is ready when the samples are graded
     priority: 5
     params:
@@ -50,23 +50,27 @@ rule filter:
     # the filter.* keys of its pool, so e.g. filter.min_fidelity rewrites hard_faithful's subsets alone.
     input:
         manifest=L("manifest"),
-        scores=lambda wildcards: expand(L("scores"), scored=policy_scored(filter_policies(wildcards))),
-        generated=lambda wildcards: expand(L("generated"), variant=policy_sources(filter_policies(wildcards))),
+        scores=lambda wildcards: expand(
+            L("scores", n_real=n_real(wildcards)), scored=policy_scored(filter_policies(wildcards))
+        ),
+        generated=lambda wildcards: expand(
+            L("generated", n_real=n_real(wildcards)), variant=policy_sources(filter_policies(wildcards))
+        ),
     output:
         # the subset tables and, beside each, its pool record (pool size, need, feasible: filter.on_short_pool)
         subsets=([L("subset", policy=p) for p in SYNTHETIC_POLICIES] if BATCH_RUNS else [L("subset")]),
         records=([L("subset_record", policy=p) for p in SYNTHETIC_POLICIES] if BATCH_RUNS else [L("subset_record")]),
     log:
         (
-            "logs/filter/ratio-{ratio}/seed-{seed}.log"
+            LOGS + "/filter/ratio-{ratio}/seed-{seed}.log"
             if BATCH_RUNS
-            else "logs/filter/{policy}/ratio-{ratio}/seed-{seed}.log"
+            else LOGS + "/filter/{policy}/ratio-{ratio}/seed-{seed}.log"
         ),
     benchmark:
         (
-            "results/benchmarks/filter/ratio-{ratio}/seed-{seed}.tsv"
+            BENCH + "/filter/ratio-{ratio}/seed-{seed}.tsv"
             if BATCH_RUNS
-            else "results/benchmarks/filter/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+            else BENCH + "/filter/{policy}/ratio-{ratio}/seed-{seed}.tsv"
         )
     params:
         # the (policy, ratio) of each output, in output order

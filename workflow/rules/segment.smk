@@ -18,9 +18,9 @@ rule train_segmenter:
         # PraNet's test script's maps, written while the model is in memory (no second model load)
         predictions=directory(L("predictions")),
     log:
-        "logs/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
+        LOGS + "/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+        BENCH + "/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
     # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
     priority: 5
     params:
@@ -48,9 +48,9 @@ rule train_judge:
         model=L("judge"),
         run=L("judge_run"),
     log:
-        "logs/train_judge/{arch}/seed-{seed}.log",
+        LOGS + "/train_judge/{arch}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/train_judge/{arch}/seed-{seed}.tsv"
+        BENCH + "/train_judge/{arch}/seed-{seed}.tsv"
     # the judges feed allocate, which every generate job waits for
     priority: 15
     params:
@@ -87,11 +87,13 @@ if BATCH_RUNS:
             manifest=L("manifest"),
             # one subset per run, in the order of params.runs
             subset=lambda wildcards: [
-                L("subset", policy=p, ratio=r, seed=wildcards.seed) for _, p, r in ratio_runs(wildcards)
+                L("subset", policy=p, ratio=r, seed=wildcards.seed, n_real=n_real(wildcards))
+                for _, p, r in ratio_runs(wildcards)
             ],
             # each subset's pool record: an infeasible one (filter.on_short_pool: skip) skips its run
             record=lambda wildcards: [
-                L("subset_record", policy=p, ratio=r, seed=wildcards.seed) for _, p, r in ratio_runs(wildcards)
+                L("subset_record", policy=p, ratio=r, seed=wildcards.seed, n_real=n_real(wildcards))
+                for _, p, r in ratio_runs(wildcards)
             ],
             judges=list(filter_judges(ARCHS).values()),
         output:
@@ -99,14 +101,14 @@ if BATCH_RUNS:
             run=run_patterns(L("run"), RATIO_RUNS),
             predictions=[directory(p) for p in run_patterns(L("predictions"), RATIO_RUNS)],
         log:
-            "logs/train_segmenters/ratio-{ratio}/seed-{seed}.log",
+            LOGS + "/train_segmenters/ratio-{ratio}/seed-{seed}.log",
         benchmark:
-            "results/benchmarks/train_segmenters/ratio-{ratio}/seed-{seed}.tsv"
+            BENCH + "/train_segmenters/ratio-{ratio}/seed-{seed}.tsv"
         params:
             specs=arch_specs(ARCHS),
             segment=segment_recipe(pixel_filter=bool(filter_judges(ARCHS))),
             runs=ratio_runs,
-            filter_judges=filter_judges(ARCHS),
+            filter_judges=lambda wildcards: filter_judges(ARCHS, n_real(wildcards)),
             judge=False,
             testsets=TESTSETS,
         threads: 1
@@ -127,9 +129,9 @@ if BATCH_RUNS:
             run=run_patterns(L("run"), REAL_RUNS),
             predictions=[directory(p) for p in run_patterns(L("predictions"), REAL_RUNS)],
         log:
-            "logs/train_real/seed-{seed}.log",
+            LOGS + "/train_real/seed-{seed}.log",
         benchmark:
-            "results/benchmarks/train_real/seed-{seed}.tsv"
+            BENCH + "/train_real/seed-{seed}.tsv"
         # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
         priority: 5
         params:
@@ -157,9 +159,9 @@ if BATCH_RUNS:
             table=batch_patterns("eval", RUNS),
             images=batch_patterns("eval_images", RUNS),
         log:
-            "logs/evaluate_runs/{arch}/seed-{seed}.log",
+            LOGS + "/evaluate_runs/{arch}/seed-{seed}.log",
         benchmark:
-            "results/benchmarks/evaluate_runs/{arch}/seed-{seed}.tsv"
+            BENCH + "/evaluate_runs/{arch}/seed-{seed}.tsv"
         params:
             testsets=TESTSETS,
         threads: 1
@@ -183,9 +185,9 @@ rule evaluate:
         # per-image scores (testset, image, metric, value): the report's paired bootstrap over test images
         images=L("eval_images"),
     log:
-        "logs/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
+        LOGS + "/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+        BENCH + "/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
     params:
         testsets=TESTSETS,
     threads: 1
@@ -202,14 +204,14 @@ rule segmenter_loss:
     # the real-only benchmark segmenters of one seed (every arch, loaded in one job) on every variant's samples: the
     # hardness transfer's evaluators, read by the report alone (the fidelity guard grades with the judges, judge_loss)
     input:
-        model=lambda wildcards: [segmenter_path(arch, "real", "0", wildcards.seed) for arch in ARCHS],
-        generated=expand(L("generated"), variant=VARIANTS),
+        model=lambda wildcards: [segmenter_path(arch, "real", "0", wildcards.seed, n_real(wildcards)) for arch in ARCHS],
+        generated=expand_n(L("generated"), variant=VARIANTS),
     output:
         [L("sample_loss", arch=arch) for arch in ARCHS],
     log:
-        "logs/segmenter_loss/seed-{seed}.log",
+        LOGS + "/segmenter_loss/seed-{seed}.log",
     benchmark:
-        "results/benchmarks/segmenter_loss/seed-{seed}.tsv"
+        BENCH + "/segmenter_loss/seed-{seed}.tsv"
     # only the report reads it
     params:
         # the arch of each model and output, in order
@@ -232,14 +234,14 @@ rule judge_loss:
     # source (segmenter_loss's script on the judges instead of benchmark segmenters). One job per (seed, variant), so
     # a new variant is graded alone.
     input:
-        model=lambda wildcards: [judge_path(arch, wildcards.seed) for arch in ARCHS],
+        model=lambda wildcards: [judge_path(arch, wildcards.seed, n_real(wildcards)) for arch in ARCHS],
         generated=L("generated"),
     output:
         [L("judge_loss", arch=arch) for arch in ARCHS],
     log:
-        "logs/judge_loss/seed-{seed}/{variant}.log",
+        LOGS + "/judge_loss/seed-{seed}/{variant}.log",
     benchmark:
-        "results/benchmarks/judge_loss/seed-{seed}/{variant}.tsv"
+        BENCH + "/judge_loss/seed-{seed}/{variant}.tsv"
     # the fidelity grades wait for it (score)
     priority: 1
     params:

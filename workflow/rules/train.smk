@@ -18,9 +18,9 @@ rule train_control_lora:
             caption="../report/validation.rst",
         ),
     log:
-        "logs/train_control_lora.log",
+        LOGS + "/train_control_lora.log",
     benchmark:
-        "results/benchmarks/train_control_lora.tsv"
+        BENCH + "/train_control_lora.tsv"
     # the critical path to generation first (snakemake --cores N runs the highest-priority ready job)
     priority: 20
     params:
@@ -50,7 +50,7 @@ rule train_hard_lora:
         manifest=L("manifest"),
         init_lora=finetune_init_input("hard"),
         # only the in-loss backbones: the held-out ones never reach the generator
-        prototypes=expand(L("prototype"), backbone=LOSS_BACKBONES),
+        prototypes=expand_n(L("prototype"), backbone=LOSS_BACKBONES),
     output:
         lora=lora_path("hard"),
         train_log=L("train_log", variant="hard"),
@@ -61,9 +61,9 @@ rule train_hard_lora:
             caption="../report/validation.rst",
         ),
     log:
-        "logs/train_hard_lora.log",
+        LOGS + "/train_hard_lora.log",
     benchmark:
-        "results/benchmarks/train_hard_lora.tsv"
+        BENCH + "/train_hard_lora.tsv"
     # one thread: hard and feedback fine-tune side by side (and beside the plain variants' generation) on a
     # 2-core machine; both are on the DAG's critical path, so they start before the generation jobs that wait
     priority: 10
@@ -105,9 +105,9 @@ rule train_feedback_lora:
             caption="../report/validation.rst",
         ),
     log:
-        "logs/train_feedback_lora.log",
+        LOGS + "/train_feedback_lora.log",
     benchmark:
-        "results/benchmarks/train_feedback_lora.tsv"
+        BENCH + "/train_feedback_lora.tsv"
     # one thread: hard and feedback fine-tune side by side (and beside the plain variants' generation) on a
     # 2-core machine; both are on the DAG's critical path, so they start before the generation jobs that wait
     priority: 10

@@ -1,0 +1,137 @@
+"""The data-scarcity curve (``data.train_subsets``): every real training-set size's benchmark in one table, and each
+policy's score against the number of real training images.
+
+Each size runs the whole workflow on its own nested subset of the real training images (``results/n-<size>/``, the
+smaller subsets inside the larger) and writes its own report there; rule ``scarcity`` reads every size's
+``benchmark.csv`` and ``runs.csv`` and its subset record (``train_subset.csv``: the size's count of real images) and
+writes them as one table each with an ``n_real`` column, the curve's table ``scarcity.csv`` and the plot
+``scarcity.png``. The other tables of a report (hardness, transfer, fidelity, mask following, contrasts, ...) stay
+per size, under ``results/n-<size>/tables/``: each is computed on its size's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from hardgen.config import ratio_label
+from hardgen.contrasts import LEVEL, t_interval
+from hardgen.data import SUBSET_COLUMNS
+from hardgen.io import DataError, write_csv
+from hardgen.report import BENCHMARK_COLUMNS, RUNS_COLUMNS, benchmark_summary
+from hardgen.tables import POLICY_ORDER, ordered, read_table, save_figure
+
+#: The column naming a row's real training-set size (its count of real training images).
+N_REAL = "n_real"
+#: Columns of ``scarcity.csv``: per arch, policy, ratio and size, the mean over seeds of the metric's mean over test
+#: sets, its interval (``method``: Student's t over the seeds, or ``single seed``: no interval) and the seed count.
+SCARCITY_COLUMNS: list[str] = ["arch", "policy", "ratio", N_REAL, "metric", "seeds", "mean", "ci_low", "ci_high",
+                               "method"]
+T_SEEDS = "t_seeds"
+SINGLE_SEED = "single seed"
+
+
+def subset_count(record_csv: str | Path) -> int:
+    """The number of real training images a size keeps: the selected rows of its ``train_subset.csv``."""
+    record = read_table(record_csv, SUBSET_COLUMNS, "training subset record")
+    count = int(record["selected"].astype(str).str.lower().eq("true").sum())
+    if count < 1:
+        raise DataError(f"{record_csv}: no selected training image")
+    return count
+
+
+def with_n_real(tables: Mapping[str, str | Path], counts: Mapping[str, int], columns: Sequence[str],
+                what: str) -> pd.DataFrame:
+    """Every size's table (``{label: path}``) in one, ``n_real`` (``counts[label]``) first, sizes in count order."""
+    missing = sorted(set(tables) - set(counts))
+    if missing:
+        raise DataError(f"{what}: no training-set count for sizes {missing}")
+    frames = []
+    for label in sorted(tables, key=lambda k: counts[k]):
+        frame = read_table(tables[label], columns, what)
+        frame.insert(0, N_REAL, int(counts[label]))
+        frames.append(frame)
+    if len({counts[k] for k in tables}) != len(tables):
+        raise DataError(f"{what}: two sizes of data.train_subsets keep the same number of images {dict(counts)}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | None = None) -> pd.DataFrame:
+    """The curve: per arch, policy, ratio and ``n_real``, the mean over seeds of ``metric``'s mean over the test sets
+    (each seed's mean first, as :func:`hardgen.report.benchmark_summary`), with a t-interval over the seeds (two or
+    more; one seed: no interval, ``method`` says so). ``long`` is the benchmark with ``n_real``."""
+    rows = []
+    for n_real, frame in long.groupby(N_REAL, sort=True):
+        summary = benchmark_summary(frame.drop(columns=N_REAL), metrics=[metric], testsets=testsets)
+        for (arch, policy, ratio), runs in summary.groupby(["arch", "policy", "ratio"], sort=False):
+            means = runs["mean"].dropna().to_numpy(dtype=float)
+            if len(means) == 0:
+                continue
+            if len(means) >= 2:
+                mean, low, high = t_interval(means)
+                method = T_SEEDS
+            else:
+                mean, low, high, method = float(means[0]), np.nan, np.nan, SINGLE_SEED
+            rows.append([arch, policy, float(ratio), int(n_real), metric, len(means), mean, low, high, method])
+    if not rows:
+        raise DataError(f"scarcity curve: no {metric} rows in the benchmark")
+    table = pd.DataFrame(rows, columns=SCARCITY_COLUMNS)
+    order = {p: i for i, p in enumerate(ordered(table["policy"], POLICY_ORDER))}
+    return table.sort_values(["arch", "policy", "ratio", N_REAL], key=lambda c: c.map(order) if c.name == "policy"
+                             else c, kind="stable").reset_index(drop=True)
+
+
+def plot_scarcity(table: pd.DataFrame, out_png: str | Path) -> None:
+    """One panel per arch: each synthetic policy and ratio a line of its mean against ``n_real`` (log x), the
+    real-only segmenter a black dashed line; error bars / the band are the table's interval (none with one seed)."""
+    if table.empty:
+        raise DataError(f"{out_png}: no rows to plot")
+    archs = ordered(table["arch"], [])
+    metric = str(table["metric"].iloc[0])
+    sizes = sorted(table[N_REAL].unique())
+    figure = Figure(figsize=(5.2 * len(archs), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(archs), squeeze=False)[0]
+    for ax, arch in zip(axes, archs, strict=True):
+        rows = table[table["arch"] == arch]
+        runs = rows[["policy", "ratio"]].drop_duplicates().itertuples(index=False)
+        for k, (policy, ratio) in enumerate(runs):
+            line = rows[(rows["policy"] == policy) & (rows["ratio"] == ratio)].sort_values(N_REAL)
+            xs, ys = line[N_REAL].to_numpy(float), line["mean"].to_numpy(float)
+            low, high = line["ci_low"].to_numpy(float), line["ci_high"].to_numpy(float)
+            if policy == "real":
+                ax.plot(xs, ys, color="black", linestyle="--", marker="s", linewidth=1.4, label="real only")
+                if np.isfinite(low).any():
+                    ax.fill_between(xs, low, high, color="black", alpha=0.12)
+                continue
+            errors = np.vstack([ys - low, high - ys])
+            ax.errorbar(xs, ys, yerr=np.where(np.isfinite(errors), errors, 0.0), marker="o", capsize=3,
+                        color=f"C{k}", label=f"{policy} ×{ratio_label(ratio)}")
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(int(n)) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("real training images (n_real)")
+        ax.set_ylabel(f"{metric} (mean over test sets)")
+        ax.set_title(f"{arch}: {metric} against real data ({int(LEVEL * 100)} % t-interval over seeds)", fontsize=9)
+        ax.legend(fontsize=7)
+    save_figure(figure, out_png)
+
+
+def write_scarcity(benchmarks: Mapping[str, str | Path], runs: Mapping[str, str | Path],
+                   records: Mapping[str, str | Path], out: Mapping[str, str | Path], metric: str,
+                   testsets: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Read every size's ``benchmark.csv``, ``runs.csv`` and subset record (each ``{label: path}``, the labels of
+    ``data.train_subsets``) and write ``out["benchmark"]``, ``out["runs"]`` (with ``n_real``), ``out["scarcity"]``
+    (:func:`scarcity_table` of ``metric``) and the plot ``out["plot"]``."""
+    counts = {label: subset_count(path) for label, path in records.items()}
+    long = with_n_real(benchmarks, counts, BENCHMARK_COLUMNS, "benchmark")
+    run_table = with_n_real(runs, counts, RUNS_COLUMNS, "runs")
+    curve = scarcity_table(long, metric, testsets)
+    write_csv(out["benchmark"], long)
+    write_csv(out["runs"], run_table)
+    write_csv(out["scarcity"], curve)
+    plot_scarcity(curve, out["plot"])
+    return {"benchmark": long, "runs": run_table, "scarcity": curve}
