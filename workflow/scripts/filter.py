@@ -9,7 +9,10 @@ with stage_logging(snakemake.log[0]) as log:
     segmenter_seed = int(snakemake.wildcards.seed)
     runs = [(policy, ratio) for policy, ratio in snakemake.params.runs]
     for (policy, ratio), out_path in zip(runs, snakemake.output.subsets, strict=True):  # the rule lists both in one order
-        if out_path != layout.path("subset", policy=policy, ratio=ratio, seed=segmenter_seed):
+        # n_real: the data-scarcity level of the job (data.train_subsets), absent when the curve is off
+        expected = layout.path("subset", policy=policy, ratio=ratio, seed=segmenter_seed,
+                               n_real=snakemake.wildcards.get("n_real"))
+        if out_path != expected:
             raise RuntimeError(f"internal: output {out_path} is not the subset of {policy} at ratio {ratio}")
     draw_seed = subset_seed(snakemake.params.base_seed, segmenter_seed)
     n_real = real_count(snakemake.input.manifest)
