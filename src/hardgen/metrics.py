@@ -42,6 +42,27 @@ tie moves one quadrant border by a pixel), ties in ``bwdist`` may resolve differ
 clipped to 0, and an empty GT's wFm is 0 (the MATLAB code cannot compute it). Maps saved by
 :func:`hardgen.predict.save_prediction_maps` span 0..255, so the normalisation difference never applies to them. The toolbox
 resizes a map whose size differs from its GT; here that is an error.
+
+Protocols (``evaluate.protocol``, ``hardgen evaluate-maps --protocol``): everything above is ``polyp_toolbox``.
+``binary`` is the plain per-image protocol of the ISIC challenges and most non-polyp segmentation papers
+(:data:`BINARY_METRICS`, :func:`score_binary_image`):
+
+- maps are the sigmoid probability x 255, not min-max normalised (:data:`MAP_MIN_MAX`, what
+  :func:`hardgen.predict.save_prediction_maps` writes under this protocol), binarised at ``map >= 128``; GT: the
+  mask file's grey levels ``> 127`` (prepare_data writes every mask as 0/255).
+- per image: ``mDice`` ``2 TP / (2 TP + FP + FN)``, ``mIoU`` (Jaccard) ``TP / (TP + FP + FN)``, ``Accuracy``
+  ``(TP + TN) / N``, ``Sensitivity`` ``TP / (TP + FN)``, ``Specificity`` ``TN / (TN + FP)``; a ratio whose
+  denominator is 0 (e.g. an empty mask predicted empty) is 1. ``HD95``: the 95th-percentile symmetric Hausdorff
+  distance between the two masks' boundaries in pixels (the larger of the two directed 95th percentiles, Euclidean);
+  missing (NaN) when either side is empty, never 0.
+- per test set and :data:`OVERALL`: the mean over images (``mDice`` / ``mIoU``: "m" = mean over images, as the
+  toolbox's names, so the report's headline metrics read both protocols); ``HD95`` the mean over the images where
+  it is defined (NaN if none is).
+
+MONAI computes them (``get_confusion_matrix`` + ``compute_confusion_matrix_metric``, ``compute_dice`` /
+``compute_iou`` with ``ignore_empty=False``, ``compute_hausdorff_distance(percentile=95)``). Where MONAI's
+convention differs it is overridden explicitly: its sensitivity / specificity are NaN for a zero denominator (here
+1); its Dice and IoU already give 1 for an empty pair, and its HD95 is NaN with an empty side (both kept).
 """
 
 from __future__ import annotations
@@ -78,6 +99,29 @@ GT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 #: Columns of the evaluation tables.
 TABLE_COLUMNS = ("testset", "metric", "value")
+
+#: ``evaluate.protocol`` values.
+PROTOCOLS = ("polyp_toolbox", "binary")
+
+#: The binary protocol's metrics, in row order (higher is better except HD95, in pixels).
+BINARY_METRICS = ("mDice", "mIoU", "Accuracy", "Sensitivity", "Specificity", "HD95")
+
+#: Every metric name each protocol writes, in row order.
+PROTOCOL_METRICS = {"polyp_toolbox": ALL_METRICS, "binary": BINARY_METRICS}
+
+#: Whether a protocol's maps are min-max normalised per image before saving (the toolbox: PraNet's test script) or
+#: are the sigmoid probability as it is (binary: a fixed 0.5 threshold needs the unnormalised probability).
+MAP_MIN_MAX = {"polyp_toolbox": True, "binary": False}
+
+#: The binary protocol's threshold on 8-bit maps: ``map >= 128`` (probability >= ~0.5).
+BINARY_MAP_THRESHOLD = 128
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of :data:`PROTOCOLS`, else a ValueError naming the config key."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"evaluate.protocol: {protocol!r} is not one of {list(PROTOCOLS)}")
+    return protocol
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -173,20 +217,88 @@ def _score_pairs(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "ev
     return MapScores(**{name: np.array([row[name] for row in rows], dtype=np.float64) for name in rows[0]})
 
 
+# ------------------------------------------------------------------------------------------ binary protocol
+def score_binary_image(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """The binary protocol's per-image values (keys :data:`BINARY_METRICS`) of two same-size bool masks."""
+    import warnings
+
+    import torch
+    from monai.metrics import (
+        compute_confusion_matrix_metric,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_iou,
+        get_confusion_matrix,
+    )
+
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape or pred.ndim != 2:
+        raise ValueError(f"binary protocol: prediction {pred.shape} and ground truth {gt.shape} must be equal HxW")
+    # MONAI's layout: (batch, class, H, W), one class (the foreground), so include_background=True
+    p, g = (torch.from_numpy(a.astype(np.float32))[None, None] for a in (pred, gt))
+    confusion = get_confusion_matrix(p, g, include_background=True)  # (1, 1, 4): TP, FP, TN, FN
+    tp, fp, tn, fn = (float(v) for v in confusion.reshape(4))
+    values = {
+        "mDice": float(compute_dice(p, g, include_background=True, ignore_empty=False).item()),
+        "mIoU": float(compute_iou(p, g, include_background=True, ignore_empty=False).item()),
+    }
+    for name, key, denominator in (("Accuracy", "accuracy", tp + fp + tn + fn),
+                                   ("Sensitivity", "sensitivity", tp + fn),
+                                   ("Specificity", "specificity", tn + fp)):
+        # MONAI returns NaN for a zero denominator; the protocol counts it as 1
+        values[name] = 1.0 if denominator == 0 else float(compute_confusion_matrix_metric(key, confusion).item())
+    if pred.any() and gt.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MONAI's deprecation notice about get_mask_edges' return type
+            values["HD95"] = float(compute_hausdorff_distance(p, g, include_background=True, percentile=95).item())
+    else:
+        values["HD95"] = float("nan")  # an empty side: no boundary, no distance (MONAI: NaN too)
+    return {name: values[name] for name in BINARY_METRICS}
+
+
+def _read_binary_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = _read_pair(pred_path, gt_path)
+    return pred >= BINARY_MAP_THRESHOLD, gt > 127
+
+
+def _binary_scores(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "evaluate") -> pd.DataFrame:
+    """Per-image binary-protocol values (rows: images, columns :data:`BINARY_METRICS`)."""
+    pairs = [(Path(p), Path(g)) for p, g in pairs]
+    if not pairs:
+        raise DataError(f"{desc}: no (map, ground truth) pairs to score")
+    rows = [score_binary_image(*_read_binary_pair(p, g)) for p, g in tqdm(pairs, desc=desc, unit="img", leave=False)]
+    return pd.DataFrame(rows, columns=list(BINARY_METRICS))
+
+
+def _binary_summary(per_image: pd.DataFrame) -> dict[str, float]:
+    """Means over images; HD95 over the images where it is defined (NaN when none is)."""
+    return {name: float(per_image[name].mean(skipna=True)) if per_image[name].notna().any() else float("nan")
+            for name in BINARY_METRICS}
+
+
 def score_map_pairs(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "evaluate") -> dict[str, float]:
     """Toolbox scores (keys :data:`ALL_METRICS`) of one test set given as (map PNG path, GT path) pairs."""
     return _score_pairs(pairs, desc=desc).summary()
 
 
-def score_testsets(pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str | Path]]]) -> pd.DataFrame:
-    """Score every test set (in the mapping's order), then the pooled :data:`OVERALL` set.
+def score_testsets(pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str | Path]]],
+                   protocol: str = "polyp_toolbox") -> pd.DataFrame:
+    """Score every test set (in the mapping's order), then the pooled :data:`OVERALL` set, under ``protocol``.
 
-    Returns columns ``testset, metric, value``: per test set the :data:`ALL_METRICS` rows, then the overall rows.
+    Returns columns ``testset, metric, value``: per test set the protocol's rows (:data:`PROTOCOL_METRICS`), then the
+    overall rows.
     """
+    check_protocol(protocol)
     if not pairs_by_testset:
         raise DataError("no test sets to score")
     if OVERALL in pairs_by_testset:
         raise DataError(f"a test set may not be called {OVERALL!r}: that name holds the pooled scores")
+    if protocol == "binary":
+        per_image = {name: _binary_scores(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
+        per_image[OVERALL] = pd.concat(list(per_image.values()), ignore_index=True)
+        rows = [(name, metric, value) for name, frame in per_image.items()
+                for metric, value in _binary_summary(frame).items()]
+        return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     parts = {name: _score_pairs(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
     parts[OVERALL] = MapScores.concat(parts.values())
     rows = [(name, metric, value) for name, scores in parts.items() for metric, value in scores.summary().items()]
@@ -238,9 +350,10 @@ def find_map_pairs(pred_root: str | Path, gt_root: str | Path) -> dict[str, list
     return found
 
 
-def evaluate_maps(pred_root: str | Path, gt_root: str | Path) -> pd.DataFrame:
-    """Score saved maps against a PraNet-layout GT tree: :func:`find_map_pairs`, then :func:`score_testsets`."""
-    return score_testsets(find_map_pairs(pred_root, gt_root))
+def evaluate_maps(pred_root: str | Path, gt_root: str | Path, protocol: str = "polyp_toolbox") -> pd.DataFrame:
+    """Score saved maps against a GT tree (``<gt_root>/<testset>/masks/``: PraNet's ``TestDataset`` or a
+    ``folders`` root): :func:`find_map_pairs`, then :func:`score_testsets` under ``protocol``."""
+    return score_testsets(find_map_pairs(pred_root, gt_root), protocol=protocol)
 
 
 def prediction_table(test_df: pd.DataFrame, out_root: str | Path) -> pd.DataFrame:
@@ -267,7 +380,7 @@ def prediction_table(test_df: pd.DataFrame, out_root: str | Path) -> pd.DataFram
     return table[["testset", "stem", "pred", "gt"]]
 
 
-def evaluate_table(table: pd.DataFrame) -> pd.DataFrame:
+def evaluate_table(table: pd.DataFrame, protocol: str = "polyp_toolbox") -> pd.DataFrame:
     """Score the maps of a :func:`prediction_table` against its GT files (the workflow's ``evaluate`` rule).
 
     Every listed map must exist (a missing one is named with its GT); test sets are scored in name
@@ -282,5 +395,5 @@ def evaluate_table(table: pd.DataFrame) -> pd.DataFrame:
         testset: sorted(zip(group["pred"], group["gt"]), key=lambda pair: Path(pair[0]).stem)
         for testset, group in sorted(table.groupby("testset", sort=False), key=lambda item: item[0])
     }
-    return score_testsets(pairs)
+    return score_testsets(pairs, protocol=protocol)
 

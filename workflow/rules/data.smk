@@ -1,4 +1,4 @@
-# Dataset: the procedural demo set (only when data.root is unset) and the validated manifest.
+# Dataset: the procedural demo set (only when data.root is unset) and the validated manifest (any data.layout).
 
 
 rule demo_data:
@@ -10,6 +10,7 @@ rule demo_data:
         "results/benchmarks/demo_data.tsv"
     params:
         testsets=TESTSETS,
+        train_splits=config["data"]["train_splits"],
         demo=config["data"]["demo"],
         seed=config["seed"],
     threads: 1
@@ -27,14 +28,22 @@ rule prepare_data:
         demo_data_input,
     output:
         "results/data/manifest.csv",
+        # 8-bit PNG pairs of what downstream should not read as stored (16-bit images, non-0/255 masks, NIfTI slices)
+        converted=directory("results/data/converted"),
     log:
         "logs/prepare_data.log",
     benchmark:
         "results/benchmarks/prepare_data.tsv"
     params:
-        root=DATA_ROOT,
+        root=DATA_SOURCE,
+        layout=LAYOUT,
+        train_splits=config["data"]["train_splits"],
         testsets=TESTSETS,
         expected_sizes=config["data"]["expected_sizes"],
+        foreground=config["data"]["foreground"],
+        window=config["data"]["window"],
+        volume=config["data"]["volume"],
+        seed=config["seed"],
     threads: 1
     resources:
         mem_mb=2000,

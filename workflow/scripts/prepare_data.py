@@ -1,13 +1,29 @@
-"""Snakemake wrapper for rule prepare_data: validate the dataset and write the manifest."""
+"""Snakemake wrapper for rule prepare_data: validate the dataset (any data.layout) and write the manifest; pairs that
+need it (16-bit images, non-0/255 masks, NIfTI slices) are written as 8-bit PNGs under the converted folder."""
 
-from hardgen.data import build_manifest, write_manifest
+import shutil
+from pathlib import Path
+
+from hardgen.data import VolumeSlicing, build_manifest, write_manifest
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
+    params = snakemake.params
+    converted = Path(snakemake.output.converted)
+    if converted.exists():
+        shutil.rmtree(converted)  # no stale pair of an earlier dataset survives
+    converted.mkdir(parents=True)
     manifest = build_manifest(
-        snakemake.params.root,
-        snakemake.params.testsets,
-        expected_sizes=snakemake.params.expected_sizes or None,
+        params.root,
+        params.testsets,
+        expected_sizes=params.expected_sizes or None,
+        layout=params.layout,
+        train_splits=params.train_splits,
+        foreground=params.foreground,
+        window=params.window,
+        volume=VolumeSlicing(**params.volume),
+        converted=converted,
+        seed=params.seed,
     )
     write_manifest(manifest, snakemake.output[0])
     log.info("manifest: %s", manifest.groupby("split").size().to_dict())
