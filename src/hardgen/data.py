@@ -870,7 +870,7 @@ def build_manifest(
                 problems.append(f"{path}: listed in splits {first!r} and {split!r}; a file (or volume) may "
                                 "belong to one split only")
 
-    converted = Path(converted) if converted is not None else None
+    converted = Path(converted).resolve() if converted is not None else None  # the manifest's paths are absolute
     rows: list[dict[str, object]] = []
 
     def convert(sample_id: str, image: np.ndarray | None, mask: np.ndarray | None,
