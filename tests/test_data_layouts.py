@@ -250,3 +250,40 @@ def test_ultrasound_demo_is_deterministic_16bit_and_in_both_layouts(tmp_path: Pa
         (tmp_path / "real").mkdir()
         (tmp_path / "real" / "x.png").write_bytes(b"x")
         data.make_ultrasound_demo(tmp_path / "real", splits, 48, 64, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_dataset_overlays_validate_and_layout_keys_are_cross_checked() -> None:
+    import copy
+
+    from hardgen.config import ConfigError, load_config, validate_config
+
+    repo = Path(__file__).resolve().parents[1]
+    base = repo / "config" / "config.yaml"
+    ultrasound = load_config([base, repo / "config" / "demo-ultrasound.yaml"])
+    validate_config(ultrasound)
+    assert ultrasound["evaluate"]["protocol"] == "binary" and ultrasound["data"]["layout"] == "folders"
+    isic = load_config([base, repo / "config" / "sd15-polyp.yaml", repo / "config" / "isic2016.yaml"])
+    validate_config(isic)
+    assert {k: v for k, v in isic["data"]["expected_sizes"].items() if v is not None} == {
+        "train": 900, "ISBI2016_ISIC_Part1_Test": 379}
+    assert isic["evaluate"]["protocol"] == "binary" and "dermoscopy" in isic["model"]["prompt"]
+    demo = load_config([base])
+    validate_config(demo)
+    assert demo["evaluate"]["protocol"] == "polyp_toolbox" and demo["data"]["layout"] == "pranet"
+
+    cases = [
+        ({"layout": "folders"}, "data.layout"),  # the polyp demo is written in the pranet layout
+        ({"train_splits": ["a"]}, "data.train_splits"),  # pranet has one training split
+        ({"expected_sizes": {"Kvasirr": 100}}, "data.expected_sizes"),
+        ({"window": [5, 1]}, "data.window"),
+    ]
+    for change, key in cases:
+        config = copy.deepcopy(demo)
+        config["data"].update(change)
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate_config(config)
+    clash = copy.deepcopy(ultrasound)
+    clash["data"]["testsets"] = ["scans"]
+    with pytest.raises(ConfigError, match=r"data\.testsets"):
+        validate_config(clash)

@@ -9,6 +9,7 @@ from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
     params = snakemake.params
+    volume = params.volume
     converted = Path(snakemake.output.converted)
     if converted.exists():
         shutil.rmtree(converted)  # no stale pair of an earlier dataset survives
@@ -21,7 +22,7 @@ with stage_logging(snakemake.log[0]) as log:
         train_splits=params.train_splits,
         foreground=params.foreground,
         window=params.window,
-        volume=VolumeSlicing(**params.volume),
+        volume=VolumeSlicing(axis=volume["axis"], keep_empty=volume["keep_empty"]),
         converted=converted,
         seed=params.seed,
     )
