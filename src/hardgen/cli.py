@@ -143,8 +143,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
                       _add_pretrain_tiny, _run_pretrain_tiny),
     "validate-config": ("validate merged config files (schema, cross-key rules, timm/smp names)",
                         _add_validate_config, _run_validate_config),
-    "evaluate-maps": ("score saved 8-bit prediction maps with the polyp toolbox's or the binary protocol (per test set "
-                      "+ overall)",
+    "evaluate-maps": ("score saved 8-bit prediction maps with the polyp toolbox's or the binary protocol "
+                      "(per test set + overall)",
                       _add_evaluate_maps, _run_evaluate_maps),
 }
 

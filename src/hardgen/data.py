@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from hardgen.io import (
     IMAGE_SUFFIXES,
-    MASK_THRESHOLD,
     DataError,
     binarize,
     read_gray,
@@ -750,7 +749,7 @@ def _read_volume(path: Path, what: str) -> np.ndarray:
     try:
         volume = nib.load(str(path))
         data = volume.get_fdata(dtype=np.float32) if what == "image" else np.asanyarray(volume.dataobj)
-    except Exception as err:  # nibabel raises several types for bad files  # noqa: BLE001
+    except Exception as err:  # nibabel raises several types for bad files
         raise DataError(f"{path}: unreadable NIfTI {what} ({type(err).__name__}: {err})") from err
     data = np.squeeze(np.asarray(data))
     if data.ndim != 3:
