@@ -680,8 +680,9 @@ def decode_mask(values: np.ndarray, foreground: Sequence[int] | None, name: str 
     ``foreground`` (``data.foreground``): the label values that are foreground, everything else background. Without
     it: one or two distinct values are a binary mask in those values (the higher one is foreground; a single value
     is all background when 0, else all foreground); more values are accepted only as an 8-bit 0/255 mask with
-    JPEG or anti-aliasing noise (:func:`binary_mask_problem`, thresholded at 127). Anything else - a label map, a
-    soft map - raises :class:`DataError` naming ``name``.
+    JPEG or anti-aliasing noise (:func:`binary_mask_problem`, thresholded at 127, as before layouts existed).
+    Anything else - a label map (0, 1, 2, ...: all values below 32, or large mid-grey classes), a soft map - raises
+    :class:`DataError` naming ``name``.
     """
     values = np.asarray(values)
     if values.dtype == bool:
@@ -698,8 +699,8 @@ def decode_mask(values: np.ndarray, foreground: Sequence[int] | None, name: str 
     problem = None
     if values.dtype != np.uint8:
         problem = "not a binary mask: more than two values in a non-8-bit mask"
-    elif distinct[0] >= MID_GREY[0] or distinct[-1] <= MID_GREY[1]:
-        problem = "not a binary mask: more than two values and no near-black / near-white pair (a label map?)"
+    elif distinct[-1] < MID_GREY[0]:
+        problem = "not a binary mask: more than two values, all below 32 (a label map?)"
     else:
         problem = binary_mask_problem(values)
     if problem is not None:
