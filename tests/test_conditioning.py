@@ -159,3 +159,46 @@ def test_conditions_table_roundtrip_and_bad_arguments(manifest: pd.DataFrame, tm
         cond.make_conditions(manifest, tmp_path / "x", "canny", -1, SIZE, seed=0)
     with pytest.raises(DataError, match="no 'train' rows"):
         cond.make_conditions(manifest[manifest["split"] != "train"], tmp_path / "x", "canny", 1, SIZE, seed=0)
+
+
+# ------------------------------------------------------------------------------ generation.condition_fit squash
+def test_squash_resizes_the_whole_mask_where_crop_cuts_it() -> None:
+    from hardgen.io import squash_square
+
+    mask = np.zeros((40, 80), dtype=bool)
+    mask[10:30, 2:12] = True  # near the left edge: outside the centre crop of a wide image
+    squashed, cropped = squash_square(mask, 20, is_mask=True), fit_square(mask, 20, is_mask=True)
+    assert squashed.shape == cropped.shape == (20, 20) and squashed.dtype == bool
+    assert squashed.any() and not cropped.any()  # the crop lost the polyp, the squash keeps it (narrowed)
+    # x 2..12 of 80 -> 0.5..3 of 20, y 10..30 of 40 -> 5..15 of 20
+    assert squashed[6:14, 0:3].all() and not squashed[:, 4:].any() and not squashed[:4].any()
+    image = np.arange(40 * 80 * 3, dtype=np.uint8).reshape(40, 80, 3)
+    assert squash_square(image, 16).shape == (16, 16, 3)
+
+
+def test_generation_conditions_squash_the_real_masks_and_keep_ids(manifest: pd.DataFrame, tmp_path: Path) -> None:
+    from hardgen.io import squash_square
+
+    table = cond.make_conditions(manifest, tmp_path / "train", kind="mask", layouts_per_mask=1, size=32, seed=0)
+    squash = cond.generation_conditions(table, manifest, tmp_path / "squash", fit="squash", kind="mask", size=32)
+    assert list(squash["sample_id"]) == list(table["sample_id"])
+    real = squash[squash["kind"] == "real"]
+    by_id = dict(zip(manifest["id"], manifest["mask"]))
+    changed = 0
+    for row in real.itertuples():
+        expected = squash_square(read_mask(by_id[row.source_id]), 32, is_mask=True)
+        np.testing.assert_array_equal(read_mask(row.mask), expected)
+        np.testing.assert_array_equal(read_gray(row.condition) > 127, expected)  # condition type mask
+        assert str(tmp_path / "squash") in row.mask
+        train_mask = read_mask(table.set_index("sample_id").loc[row.sample_id, "mask"])
+        changed += int(not np.array_equal(train_mask, expected))
+    assert changed > 0  # non-square masks: squash differs from the training crop
+    layouts = squash[squash["kind"] == "layout"]
+    pd.testing.assert_frame_equal(layouts.reset_index(drop=True),
+                                  table[table["kind"] == "layout"].reset_index(drop=True))
+    crop = cond.generation_conditions(table, manifest, tmp_path / "crop", fit="crop", kind="mask", size=32)
+    for row in crop[crop["kind"] == "real"].itertuples():  # crop reproduces the training conditions
+        np.testing.assert_array_equal(read_mask(row.mask),
+                                      read_mask(table.set_index("sample_id").loc[row.sample_id, "mask"]))
+    with pytest.raises(ValueError, match="generation.condition_fit"):
+        cond.generation_conditions(table, manifest, tmp_path / "x", fit="stretch", kind="mask", size=32)

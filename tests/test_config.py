@@ -117,6 +117,26 @@ def test_registry_names_are_checked(demo):
     assert "'segment.archs.transformer.arch'" in message
 
 
+def test_paper_overlay_keys_validate_and_a_transformers_backbone_is_no_timm_name(demo, repo_root):
+    import yaml
+
+    paper = load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "paper.yaml"])
+    assert paper["backbones"]["vit"]["source"] == "transformers" and paper["backbones"]["cnn"]["source"] == "timm"
+    assert (paper["generation"]["guidance_scale"], paper["generation"]["dtype"],
+            paper["generation"]["condition_fit"], paper["generation"]["per_mask"]) == (7.5, "float16", "squash", 1)
+    assert (paper["hard"]["init"], paper["hard"]["steps"], paper["data"]["train_subset"]) == ("fresh", 5000, 100)
+    assert (paper["feedback"]["seg_loss"], paper["feedback"]["loss"], paper["feedback"]["lambda"],
+            paper["feedback"]["batch_size"]) == ("ce", "negated", 0.01, 2)
+    assert yaml.safe_load((repo_root / "config" / "paper.yaml").read_text())["seed"] == 42
+    config = copy.deepcopy(demo)
+    config["backbones"]["vit"] = {**config["backbones"]["vit"], "source": "transformers",
+                                  "name": "google/vit-large-patch16-224"}
+    validate_config(config)
+    check_registries(config)  # a hub id, judged when loaded, not a timm name
+    config["backbones"]["vit"]["source"] = "keras"
+    assert "'backbones.vit.source'" in errors_for(config)
+
+
 def test_deep_merge_is_recursive_and_pure():
     base = {"a": {"b": 1, "c": 2}, "d": [1]}
     merged = deep_merge(base, {"a": {"c": 3}, "d": [2]})
@@ -178,3 +198,31 @@ def test_pinned_weight_tags_are_checked(demo, repo_root):
     config["backbones"]["cnn"]["name"] = "resnet18.not_a_tag"
     with pytest.raises(ConfigError, match=r"'backbones.cnn.name'.*not_a_tag.*Known tags"):
         check_registries(config)
+
+
+def test_report_keys_are_checked_against_the_benchmark(demo):
+    config = copy.deepcopy(demo)
+    assert config["report"]["primary_contrast"] == {"policy": "hard", "versus": "plain", "ratio": 1, "metric": "mIoU"}
+    assert config["report"]["anchors"] == "resources/anchors/polyp.csv"
+    assert all(spec["published"] is None for spec in config["segment"]["archs"].values())  # the schema's default
+    config["report"]["primary_contrast"] = {"policy": "guided", "versus": "plain", "ratio": 3, "metric": "mIoU"}
+    errors = errors_for(config)
+    assert "'report.primary_contrast.policy': 'guided' is not in segment.policies" in errors
+    assert "'report.primary_contrast.ratio': 3 is not in segment.synthetic_ratios" in errors
+    config["report"]["primary_contrast"] = {"policy": "hard", "versus": "plain", "ratio": 1, "metric": "wFm"}
+    assert "'report.primary_contrast.metric'" in errors_for(config)
+    config = copy.deepcopy(demo)
+    config["report"]["primary_contrast"] = None  # allowed: every contrast is still in contrasts.csv
+    validate_config(config)
+    config["report"]["anchors"] = None
+    config["segment"]["archs"]["cnn"]["published"] = "PraNet"
+    assert "'report.anchors': null, but segment.archs ['cnn'] name a published model" in errors_for(config)
+
+
+def test_a_published_model_is_not_a_segmenter_setting():
+    from hardgen.segment import SegmenterSpec
+
+    spec = SegmenterSpec.from_config({"arch": "Unet", "encoder": "resnet18", "published": "PraNet"}, "cnn")
+    assert (spec.arch, spec.encoder) == ("Unet", "resnet18")
+    with pytest.raises(ValueError, match="unknown keys"):
+        SegmenterSpec.from_config({"arch": "Unet", "encoder": "resnet18", "publishd": "PraNet"}, "cnn")

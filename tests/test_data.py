@@ -340,3 +340,41 @@ def test_slug_is_safe_and_unique() -> None:
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", s) for s in slugs)
     assert data.slug("a-b") == "a-b" and data.slug("case_12") == "case_12"
     assert data.slug("a b") == data.slug("a b")  # stable
+
+
+# ------------------------------------------------------------------ data.train_subset
+def test_nested_subsets_are_nested_seeded_and_independent_of_input_order() -> None:
+    ids = [f"train-{i:03d}" for i in range(50)]
+    subsets = data.nested_subsets(ids, [5, 20, None], seed=3)
+    assert sorted(subsets) == [5, 20, 50]
+    assert set(subsets[5]) < set(subsets[20]) < set(subsets[50]) and subsets[50] == sorted(ids)
+    assert all(subsets[n] == sorted(subsets[n]) and len(subsets[n]) == n for n in subsets)
+    assert data.nested_subsets(list(reversed(ids)), [5, 20], seed=3) == {5: subsets[5], 20: subsets[20]}
+    assert data.nested_subsets(ids, [20], seed=4)[20] != subsets[20]  # the seed decides
+    with pytest.raises(ValueError, match="data.train_subset: 51 training images asked for, only 50"):
+        data.nested_subsets(ids, [51], seed=3)
+    with pytest.raises(ValueError, match="data.train_subset"):
+        data.nested_subsets(ids, [0], seed=3)
+
+
+def test_train_subset_keeps_n_training_rows_all_test_rows_and_records_the_choice(
+        demo_manifest: pd.DataFrame, tmp_path: Path) -> None:
+    from hardgen.conditioning import make_conditions
+
+    n_train = int((demo_manifest["split"] == "train").sum())
+    reduced, record = data.train_subset(demo_manifest, 5, seed=1)
+    assert (reduced["split"] == "train").sum() == 5
+    assert (reduced["split"] != "train").sum() == (demo_manifest["split"] != "train").sum()
+    assert len(record) == n_train and record["selected"].sum() == 5
+    assert set(record.loc[record["selected"], "id"]) == set(reduced.loc[reduced["split"] == "train", "id"])
+    assert set(record.loc[record["rank"] < 5, "id"]) == set(record.loc[record["selected"], "id"])  # rank < n
+    assert (record["seed"] == 1).all() and (record["size"] == 5).all()
+    bigger, _ = data.train_subset(demo_manifest, 8, seed=1)
+    assert set(reduced["id"]) <= set(bigger["id"])  # nested
+    everything, full_record = data.train_subset(demo_manifest, None, seed=1)
+    assert len(everything) == len(demo_manifest) and full_record["selected"].all()
+    with pytest.raises(ValueError, match="data.train_subset"):
+        data.train_subset(demo_manifest, n_train + 1, seed=1)
+    # downstream: the conditions are made from the subset's masks only
+    table = make_conditions(reduced, tmp_path / "conditions", kind="mask", layouts_per_mask=0, size=32, seed=0)
+    assert sorted(table["source_id"]) == sorted(reduced.loc[reduced["split"] == "train", "id"])

@@ -250,3 +250,82 @@ def test_load_prototype_refuses_pickles_and_foreign_files(tmp_path):
     save_state_dict(foreign, {"prototype": torch.zeros(3)})
     with pytest.raises(DataError, match="not a hardgen prototype"):
         load_prototype(foreign)
+
+
+# ------------------------------------------------------------------ transformers ViTModel (the authors' extractor)
+TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "image_size": 32, "patch_size": 8}
+HF_VIT = BackboneSpec(name="google/vit-large-patch16-224", source="transformers", input_size=32, resize_via=64,
+                      config=TINY_VIT)
+
+
+def test_transformers_backbone_is_the_cls_token_of_last_hidden_state_with_the_processors_normalisation():
+    from transformers import ViTModel
+
+    backbone = load_backbone(HF_VIT)  # pretrained false + config: built locally, nothing downloaded
+    assert isinstance(backbone.model, ViTModel) and backbone.feature_dim == 32
+    assert torch.equal(backbone.mean.flatten(), torch.full((3,), 0.5))  # ViTImageProcessor: mean = std = 0.5
+    assert torch.equal(backbone.std.flatten(), torch.full((3,), 0.5))
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        manual = backbone.model(pixel_values=(images - 0.5) / 0.5).last_hidden_state[:, 0]
+        assert torch.allclose(backbone(images), manual, atol=1e-6)
+        # and not the mean token, nor the unnormalised input
+        assert not torch.allclose(backbone(images), backbone.model(pixel_values=images).last_hidden_state[:, 0])
+    # seeded random init: every process sees the same network
+    assert torch.equal(load_backbone(HF_VIT)(images).detach(), backbone(images).detach())
+
+
+def test_transformers_backbone_passes_gradients_to_the_images_not_to_its_weights():
+    backbone = load_backbone(HF_VIT)
+    images = torch.rand(2, 3, 50, 40, requires_grad=True)
+    masks = torch.zeros(2, 50, 40, dtype=torch.bool)
+    masks[:, 10:30, 5:25] = True
+    crops = crop_to_mask(images, masks, pad=10, out_size=32, via=backbone.resize_via)
+    assert crops.shape == (2, 3, 32, 32)
+    backbone(crops).pow(2).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_resize_via_is_a_two_step_resize_of_the_crop():
+    image = torch.rand(1, 3, 40, 40)
+    mask = torch.zeros(1, 40, 40, dtype=torch.bool)
+    mask[:, 12:20, 12:20] = True
+    direct = crop_to_mask(image, mask, pad=2, out_size=16)
+    via = crop_to_mask(image, mask, pad=2, out_size=16, via=64)
+    crop = image[:, :, 10:22, 10:22]
+    step = torch.nn.functional.interpolate(crop, size=(64, 64), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.interpolate(step, size=(16, 16), mode="bilinear", antialias=True,
+                                               align_corners=False)
+    assert torch.allclose(via, expected, atol=1e-6)
+    assert not torch.allclose(via, direct, atol=1e-4)  # the 512 step of the authors changes the pixels
+
+
+def test_transformers_spec_needs_an_architecture_without_download(tmp_path):
+    spec = BackboneSpec(name=str(tmp_path / "nowhere"), source="transformers", input_size=32)
+    with pytest.raises(ValueError, match="backbones.vit.*config"):
+        load_backbone(spec, config_key="vit")
+    with pytest.raises(ValueError, match="backbones.vit.source"):
+        BackboneSpec.from_config("vit", {"name": "x", "source": "keras", "input_size": 32})
+    with pytest.raises(ValueError, match="backbones.vit.config"):
+        BackboneSpec.from_config("vit", {"name": "x", "input_size": 32, "config": {"hidden_size": 8}})
+
+
+def test_transformers_backbone_from_a_local_folder_and_checkpoint(tmp_path):
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder = tmp_path / "vit"
+    torch.manual_seed(5)
+    ViTModel(ViTConfig(**TINY_VIT)).save_pretrained(folder)  # safetensors, pooler included
+    ViTImageProcessor(image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.2, 0.2]).save_pretrained(folder)
+    loaded = load_backbone(BackboneSpec(name=str(folder), source="transformers", pretrained=True, input_size=32))
+    assert torch.allclose(loaded.mean.flatten(), torch.full((3,), 0.4))
+    reference = ViTModel.from_pretrained(folder)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(pixel_values=(images - 0.4) / 0.2).last_hidden_state[:, 0]
+        assert torch.allclose(loaded(images), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="backbones.vit.checkpoint: not used with source transformers"):
+        load_backbone(BackboneSpec(name=str(folder), source="transformers", input_size=32,
+                                   checkpoint=str(tmp_path / "vit.safetensors")), config_key="vit")

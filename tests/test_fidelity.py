@@ -176,9 +176,9 @@ def guard_tree(tmp_path_factory) -> dict[str, object]:
                           "mask": str(root / f"gen/m{sid}.png"), "condition": "", "variant": "hard"})
     generated_csv = root / "generated.csv"
     pd.DataFrame(generated).to_csv(generated_csv, index=False)
-    # two real-only "segmenters" (the guard averages every arch and seed), graded through segment.sample_losses
+    # two real-only judge runs (the guard averages every arch's judge), graded through segment.sample_losses
     losses = {}
-    for name, offset in (("cnn/seed-0", 90.0), ("transformer/seed-0", 70.0)):
+    for name, offset in (("judge/cnn/seed-0", 90.0), ("judge/transformer/seed-0", 70.0)):
         table = sample_losses(RednessSegmenter(offset), pd.DataFrame(generated), size=SIZE).assign(variant="hard")
         losses[name] = root / f"{name.replace('/', '_')}.csv"
         table.to_csv(losses[name], index=False)
@@ -193,7 +193,7 @@ def guard_tree(tmp_path_factory) -> dict[str, object]:
 def test_the_guard_rejects_an_erased_polyp_and_keeps_a_matching_one(guard_tree) -> None:
     table = guard_tree["table"].set_index("sample_id")
     assert list(guard_tree["table"].columns) == fidelity.FIDELITY_COLUMNS
-    assert (table["judges"] == 2).all()
+    assert (table["judges"] == "judge/cnn/seed-0;judge/transformer/seed-0").all()
     match, erased = table.loc["match"], table.loc["erased"]
     # the real-only segmenters find the polyp in the matching image and nothing in the erased one
     assert match["fidelity_dice"] > 0.8 and erased["fidelity_dice"] < 0.1
@@ -222,13 +222,27 @@ def test_judge_dice_needs_every_sample_from_every_segmenter(guard_tree, tmp_path
     dice = fidelity.judge_dice(tables, "hard", ["match", "erased"]).set_index("sample_id")
     per = pd.concat([t.set_index("sample_id")["dice"] for t in tables.values()], axis=1)
     assert dice["fidelity_dice"].to_numpy() == pytest.approx(per.loc[["match", "erased"]].mean(axis=1).to_numpy())
-    short = dict(tables, **{"cnn/seed-0": tables["cnn/seed-0"].iloc[:1]})
+    short = dict(tables, **{"judge/cnn/seed-0": tables["judge/cnn/seed-0"].iloc[:1]})
     with pytest.raises(DataError, match=r"no Dice for 1 hard samples.*erased"):
         fidelity.judge_dice(short, "hard", ["match", "erased"])
     with pytest.raises(DataError, match=r"lacks columns \['dice'\].*segmenter_loss"):
-        fidelity.judge_dice({"x": tables["cnn/seed-0"].drop(columns="dice")}, "hard", ["match"])
-    with pytest.raises(DataError, match="segment.policies needs 'real'"):
+        fidelity.judge_dice({"judge/x/seed-0": tables["judge/cnn/seed-0"].drop(columns="dice")}, "hard", ["match"])
+    with pytest.raises(DataError, match="no real-only judge"):
         fidelity.judge_dice({}, "hard", ["match"])
+
+
+@pytest.mark.parametrize("benchmark_run", ["cnn/seed-0", "results/eval/cnn/seed-0/sample_loss.csv",
+                                           "segment/cnn/real/ratio-0/seed-0", "results/segment/cnn/judge/seed-0.csv"])
+def test_the_guard_refuses_benchmark_runs_as_judges(guard_tree, benchmark_run: str) -> None:
+    """The guard's Dice comes from separate real-only judge runs, never from the benchmark's own runs (whose
+    grades would choose hard_faithful's pool by the runs it is compared against)."""
+    assert fidelity.judge_name("results/judge/cnn/seed-3/sample_loss.csv") == "judge/cnn/seed-3"
+    assert fidelity.judge_name("judge/transformer/seed-0") == "judge/transformer/seed-0"
+    table = pd.read_csv(guard_tree["losses"]["judge/cnn/seed-0"], dtype={"sample_id": str})
+    with pytest.raises(DataError, match="not a real-only judge run"):
+        fidelity.judge_dice({benchmark_run: table}, "hard", ["match"])
+    with pytest.raises(DataError, match="not a real-only judge run"):
+        fidelity.judge_name(benchmark_run)
 
 
 def test_scores_join_and_the_summary_count_rejections(guard_tree) -> None:
@@ -240,13 +254,20 @@ def test_scores_join_and_the_summary_count_rejections(guard_tree) -> None:
     with pytest.raises(DataError, match=r"no fidelity for scored samples \['other'\]"):
         fidelity.join_fidelity(pd.concat([scores, scores.iloc[:1].assign(sample_id="other")]), graded)
     real = pd.DataFrame({"sample_id": ["r0"], "variant": "real", "backbone": "cnn", "distance": 1.0, "z": 0.0})
-    summary = fidelity.fidelity_summary(pd.concat([real, joined]), min_fidelity=0.5)
+    judges = fidelity.guard_judges({"hard": graded})
+    assert judges == {"hard": "judge/cnn/seed-0;judge/transformer/seed-0"}
+    summary = fidelity.fidelity_summary(pd.concat([real, joined]), min_fidelity=0.5, judges=judges)
     assert list(summary.columns) == fidelity.SUMMARY_COLUMNS
+    assert summary["judges"].tolist() == ["judge/cnn/seed-0;judge/transformer/seed-0"]
+    with pytest.raises(DataError, match="no judge runs recorded for variant 'hard'"):
+        fidelity.fidelity_summary(pd.concat([real, joined]), 0.5, judges={})
+    with pytest.raises(DataError, match="not a real-only judge run"):
+        fidelity.fidelity_summary(pd.concat([real, joined]), 0.5, judges={"hard": "judge/cnn/seed-0;cnn/seed-0"})
     row = summary.set_index("variant").loc["hard"]  # real is the calibration: not graded
     assert len(summary) == 1 and row["n"] == 2 and row["rejected"] == 1  # each sample once, not per backbone
     assert row["mean_fidelity"] == pytest.approx(graded["fidelity"].mean())
     with pytest.raises(DataError, match="lack fidelity columns"):
-        fidelity.fidelity_summary(scores, 0.5)
+        fidelity.fidelity_summary(scores, 0.5, judges)
 
 
 def test_the_score_job_grades_and_scores_with_one_backbone_load(guard_tree, tmp_path: Path, monkeypatch) -> None:

@@ -195,6 +195,11 @@ def test_resolve_device_dtype() -> None:
     assert generate.resolve_device_dtype("cpu", "bf16")[1] == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         generate.resolve_device_dtype("cpu", "fp8")
+    with pytest.raises(ValueError, match="generation.dtype: float16 needs a GPU"):  # no silent fp32 fall-back
+        generate.check_generation_dtype("cpu", "float16")
+    generate.check_generation_dtype("cpu", None)  # auto: fp32 on the CPU
+    generate.check_generation_dtype("cuda", "float16")
+    assert generate.resolve_device_dtype("cuda", None)[1] == torch.float16  # auto: fp16 on a GPU, as the authors
 
 
 # ------------------------------------------------------------------------------------ tiny SD model
@@ -287,3 +292,32 @@ def test_a_shared_condition_is_read_and_encoded_once_per_batch(tiny_model: tuple
     copies = render([chunk[0], chunk[0].copy(), chunk[2]], [torch.Generator().manual_seed(k) for k in range(3)])
     assert encoded == [2, 3]  # one VAE call per batch, over the distinct condition objects
     assert np.abs(shared.astype(int) - copies.astype(int)).max() <= 1 and shared.std() > 0
+
+
+def test_guidance_7_5_is_classifier_free_guidance_against_the_empty_prompt(tiny_model: tuple[Path, Path]) -> None:
+    """The authors' default guidance 7.5: each step runs the UNet on the empty prompt and on the prompt and
+    extrapolates; guidance 1 runs the prompt alone."""
+    base, lora = tiny_model
+    pipe = generate.load_generation_pipeline(base, lora, device="cpu", dtype="float32")
+    condition = np.zeros((RESOLUTION, RESOLUTION, 3), np.uint8)
+    condition[8:20, 8:20] = 255
+    batches: list[torch.Tensor] = []
+    def record(module, args, kwargs, out):
+        batches.append(kwargs["encoder_hidden_states"])
+
+    hook = pipe.unet.register_forward_hook(record, with_kwargs=True)
+    images = {}
+    for scale in (7.5, 1.0):
+        batches.clear()
+        sampling = generate.Sampling("a polyp", RESOLUTION, 2, guidance_scale=scale)
+        with torch.inference_mode():
+            images[scale] = sampling(pipe, [condition], [torch.Generator().manual_seed(0)]).images
+        if scale == 7.5:
+            guided = [b.clone() for b in batches]
+    hook.remove()
+    empty, _ = pipe.encode_prompt("", torch.device("cpu"), 1, False)
+    text, _ = pipe.encode_prompt("a polyp", torch.device("cpu"), 1, False)
+    assert len(guided) == 2 and all(b.shape[0] == 2 for b in guided)  # two branches per step
+    assert torch.allclose(guided[0][:1], empty) and torch.allclose(guided[0][1:], text)
+    assert all(b.shape[0] == 1 for b in batches)  # guidance 1: the prompt alone
+    assert not np.allclose(images[7.5], images[1.0])

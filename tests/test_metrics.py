@@ -567,3 +567,35 @@ def test_scoring_needs_no_torch() -> None:
 
     code = "import sys, hardgen.metrics; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_per_image_scores_average_to_the_test_set_scores(toolbox_tree) -> None:
+    """The per-image table beside each evaluation: its images' mean is the toolbox's test-set value, metric by
+    metric (mDice / mIoU per image = the mean over the 256 thresholds of that image's curve)."""
+    _, _, pairs = toolbox_tree
+    table, images = metrics.score_testsets_with_images(pairs)
+    pd.testing.assert_frame_equal(table, metrics.score_testsets(pairs), check_exact=True)
+    assert list(images.columns) == ["testset", "image", "metric", "value"]
+    n_images = sum(len(p) for p in pairs.values())
+    assert len(images) == n_images * len(metrics.IMAGE_METRICS)
+    assert not images.duplicated(["testset", "image", "metric"]).any()
+    means = images.groupby(["testset", "metric"])["value"].mean()
+    expected = table.set_index(["testset", "metric"])["value"]
+    for (testset, metric), value in means.items():
+        assert value == pytest.approx(expected[(testset, metric)], abs=1e-12), (testset, metric)
+    # the per-image values differ (a real spread to resample), and are each image's own
+    dice = images[images["metric"] == "mDice"]
+    assert dice["value"].nunique() > 1
+    testset, (pred, gt) = next(iter(pairs.items()))[0], next(iter(pairs.values()))[0]
+    own = metrics.score_testsets({testset: [(pred, gt)]}).set_index(["testset", "metric"])["value"]
+    row = dice[(dice["testset"] == testset) & (dice["image"] == Path(pred).stem)]
+    assert row["value"].item() == pytest.approx(own[(testset, "mDice")], abs=1e-12)
+
+
+def test_evaluate_table_with_images_matches_evaluate_table(test_df: pd.DataFrame, tmp_path: Path) -> None:
+    predict.save_prediction_maps(RedChannelOracle(), test_df, size=64, out_root=tmp_path / "pred")
+    table = metrics.prediction_table(test_df, tmp_path / "pred")
+    scores, images = metrics.evaluate_table_with_images(table)
+    pd.testing.assert_frame_equal(scores, metrics.evaluate_table(table), check_exact=True)
+    assert sorted(images["image"].unique()) == sorted(table["stem"])
+    assert set(images["testset"]) == set(test_df["split"])

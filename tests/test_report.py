@@ -11,9 +11,13 @@ import pytest
 from scipy.stats import rankdata, spearmanr
 
 from hardgen import report
+from hardgen import reproduction as repro
 from hardgen.io import DataError, write_image, write_mask
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
+#: The demo's data.testsets (the report takes them from config, in this order).
+TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir"]
 
 
 def _write_eval(path: Path, per_testset: dict[str, dict[str, float]]) -> Path:
@@ -26,7 +30,7 @@ def _write_eval(path: Path, per_testset: dict[str, dict[str, float]]) -> Path:
 
 def _scores(base: float) -> dict[str, dict[str, float]]:
     """Test-set k scores mDice base + 0.1 k, mIoU base − 0.1; overall (image-weighted) is base + 0.05."""
-    table = {t: {"mDice": base + 0.1 * k, "mIoU": base - 0.1, "MAE": 0.06} for k, t in enumerate(report.TESTSETS)}
+    table = {t: {"mDice": base + 0.1 * k, "mIoU": base - 0.1, "MAE": 0.06} for k, t in enumerate(TESTSETS)}
     table[report.OVERALL] = {"mDice": base + 0.05, "mIoU": base - 0.05, "MAE": 0.06}
     return table
 
@@ -41,13 +45,34 @@ BASES = {
 }
 
 
+def _write_images(path: Path, per_testset: dict[str, dict[str, float]], base: float) -> Path:
+    """The per-image table beside an evaluation CSV: three images per test set whose mDice / mIoU average to the
+    test-set score, spread ± (0.01 + base / 20) (so paired differences vary from image to image)."""
+    spread = 0.01 + base / 20
+    rows = [{"testset": t, "image": f"{t}-{i}", "metric": m, "value": v + (i - 1) * spread}
+            for t, metrics in per_testset.items() if t != report.OVERALL
+            for m, v in metrics.items() if m in ("mDice", "mIoU") for i in range(3)]
+    out = path.with_name(path.stem + report.IMAGES_SUFFIX)
+    pd.DataFrame(rows).to_csv(out, index=False)
+    return out
+
+
+def _image_paths(eval_tree: list[Path]) -> list[Path]:
+    return [p.with_name(p.stem + report.IMAGES_SUFFIX) for p in eval_tree]
+
+
 @pytest.fixture()
 def eval_tree(tmp_path: Path) -> list[Path]:
     """cnn: real, hard_band and its control hard at ratio 1 with seeds 0 and 1, hard_band at ratio 0.5 with seed 0;
-    transformer: real, hard at ratio 1 with seed 0 (see BASES); laid out as results/eval/<arch>/<policy>/ratio-<r>/."""
+    transformer: real, hard at ratio 1 with seed 0 (see BASES); laid out as results/eval/<arch>/<policy>/ratio-<r>/,
+    each with its per-image table (seed-<s>.images.csv, :func:`_write_images`)."""
     root = tmp_path / "results" / "eval"
-    return [_write_eval(root / a / p / f"ratio-{r:g}" / f"seed-{s}.csv", _scores(base))
-            for (a, p, r, s), base in BASES.items()]
+    paths = []
+    for (a, p, r, s), base in BASES.items():
+        path = _write_eval(root / a / p / f"ratio-{r:g}" / f"seed-{s}.csv", _scores(base))
+        _write_images(path, _scores(base), base)
+        paths.append(path)
+    return paths
 
 
 def test_benchmark_long_reads_scores_as_given(eval_tree: list[Path]) -> None:
@@ -122,7 +147,8 @@ def test_paired_differences_against_real_and_the_size_matched_control(eval_tree:
 
 def test_benchmark_markdown_tables_differences_protocol(eval_tree: list[Path]) -> None:
     long = report.benchmark_long(eval_tree)
-    md = report.benchmark_markdown(long)
+    anchors = repro.load_anchors(REPO / "resources" / "anchors" / "polyp.csv")
+    md = report.benchmark_markdown(long, testsets=TESTSETS, anchors=anchors)
     assert ("| arch | policy | ratio | seeds | CVC-300 | CVC-ClinicDB | CVC-ColonDB | ETIS-LaribPolypDB | Kvasir | mean | "
             "overall |" in md)
     cnn_real_dice = next(line for line in md.splitlines() if line.startswith("| cnn | real |"))
@@ -145,13 +171,13 @@ def test_benchmark_markdown_tables_differences_protocol(eval_tree: list[Path]) -
     assert pair_cells[5] == "2"
     assert pair_cells[6] == f"+0.100 ± {np.std([0.05, 0.15], ddof=1):.3f}"
     assert pair_cells[7] == f"+0.100 ± {np.std([0.05, 0.15], ddof=1):.3f}"
-    assert "| mIoU | transformer | hard | 1 | real | 1 | +0.050 | +0.050 |" in md
-    assert "| mDice | cnn | hard_band | 0.5 | real | 1 | +0.020 | +0.020 |" in md
+    assert "| mIoU | transformer | hard | 1 | real | 1 | +0.050 | +0.050 | – |" in md  # no intervals given
+    assert "| mDice | cnn | hard_band | 0.5 | real | 1 | +0.020 | +0.020 | – |" in md
     assert "| mDice | cnn | hard_band | 0.5 | hard |" not in md
     for model in ("PraNet", "SANet", "Polyp-PVT"):
         assert f"| {model} |" in md
     assert "0.937 / 0.889" in md and "0.628 / 0.567" in md
-    assert "86.84 %" in md
+    assert "86.84 % mean mIoU" in md  # the paper's headline, a testset-`mean` row of the anchors file
     # the protocol follows the anchors; the demo note only with demo=True
     protocol = md.index("**Protocol.**")
     assert protocol > md.index("| Polyp-PVT |")
@@ -162,11 +188,18 @@ def test_benchmark_markdown_tables_differences_protocol(eval_tree: list[Path]) -
     assert "noise by design" in demo and demo.index("noise by design") < demo.index("## mDice")
 
 
-def test_published_constant_is_complete() -> None:
-    assert set(report.PUBLISHED) == {"PraNet", "SANet", "Polyp-PVT"}
-    for scores in report.PUBLISHED.values():
-        assert set(scores) == set(report.TESTSETS)
-        assert all(0 < iou < dice < 1 for dice, iou in scores.values())
+def test_the_polyp_anchors_file_is_complete() -> None:
+    anchors = repro.load_anchors(REPO / "resources" / "anchors" / "polyp.csv")
+    per_testset = anchors[anchors["testset"] != repro.MEAN]
+    assert set(per_testset["model"]) == {"PraNet", "SANet", "Polyp-PVT"}
+    for model, group in per_testset.groupby("model"):
+        assert set(zip(group["testset"], group["metric"])) == {(t, m) for t in TESTSETS for m in ("mDice", "mIoU")}
+        wide = group.pivot(index="testset", columns="metric", values="value")
+        assert ((0 < wide["mIoU"]) & (wide["mIoU"] < wide["mDice"]) & (wide["mDice"] < 1)).all(), model
+    values = per_testset.set_index(["model", "testset", "metric"])["value"]
+    assert values[("PraNet", "CVC-ClinicDB", "mDice")] == 0.899 and values[("Polyp-PVT", "Kvasir", "mIoU")] == 0.864
+    headline = anchors[anchors["testset"] == repro.MEAN]
+    assert headline[["metric", "value"]].values.tolist() == [["mIoU", 0.8684]]
 
 
 def _write_scores(tmp_path: Path) -> tuple[list[Path], pd.DataFrame]:
@@ -385,7 +418,7 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
     written = report.write_report(eval_tree, score_paths, manifests, tmp_path / "manifest.csv", tmp_path / "tables",
                                   tmp_path / "plots", loss_backbones=["vit"], run_records=runs,
                                   sample_loss_csvs={"cnn/seed-0": loss}, conditions_csv=tmp_path / "conditions.csv",
-                                  demo=True)
+                                  demo=True, eval_images=_image_paths(eval_tree), testsets=TESTSETS)
     for name in ("benchmark.csv", "benchmark.md", "runs.csv", "hardness.csv", "hardness_transfer.csv"):
         assert (tmp_path / "tables" / name).stat().st_size > 0
     for name in ("grid.png", "histograms.png", "benchmark.png", "ratio.png"):
@@ -428,7 +461,7 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: list[Path]) -> None:
         frame.to_csv(manifests[variant], index=False)
     again = report.write_report(eval_tree, score_paths, list(manifests.values()), tmp_path / "manifest.csv",
                                 tmp_path / "tables2", tmp_path / "plots2", loss_backbones=["vit"], run_records=runs,
-                                sample_loss_csvs=[loss_in_tree])
+                                sample_loss_csvs=[loss_in_tree], eval_images=_image_paths(eval_tree))
     assert _is_png(again["grid_png"])
     pd.testing.assert_frame_equal(pd.read_csv(again["hardness_transfer_csv"]), transfer)
     assert "noise by design" not in again["benchmark_md"].read_text()
@@ -483,13 +516,13 @@ def test_write_report_adds_the_training_loss_plot_from_log_paths(tmp_path: Path,
     logs = [_train_log(tmp_path / "results/lora" / v / "train_log.csv", 10, e) for v, e in (("plain", 0), ("hard", 1))]
     written = report.write_report(eval_tree, score_paths, [manifest], tmp_path / "manifest.csv", tmp_path / "tables",
                                   tmp_path / "plots", loss_backbones=["vit"], run_records=_run_records(eval_tree),
-                                  train_logs=logs)
+                                  train_logs=logs, eval_images=_image_paths(eval_tree))
     assert written["training_loss_png"] == tmp_path / "plots" / "training_loss.png"
     assert _is_png(written["training_loss_png"])
     with pytest.raises(DataError, match="cannot tell the variant"):
         report.write_report(eval_tree, score_paths, [manifest], tmp_path / "manifest.csv", tmp_path / "t2",
                             tmp_path / "p2", loss_backbones=["vit"], run_records=_run_records(eval_tree),
-                            train_logs=[tmp_path / "elsewhere.csv"])
+                            train_logs=[tmp_path / "elsewhere.csv"], eval_images=_image_paths(eval_tree))
 
 
 # ------------------------------------------------------------------------------ ratio and fidelity guard
@@ -531,14 +564,29 @@ def test_write_report_writes_the_fidelity_table_and_the_ratio_plot(tmp_path: Pat
                    for b in ("cnn", "vit")]
     score_csv = tmp_path / "scores.csv"
     pd.DataFrame(scores).to_csv(score_csv, index=False)
+    # each variant's results/fidelity/<variant>.csv names the judge runs that graded it
+    judges = "judge/cnn/seed-0;judge/transformer/seed-0"
+    fidelity_csvs = []
+    for variant, values in fidelities.items():
+        path = tmp_path / "results" / "fidelity" / f"{variant}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"sample_id": [f"s{i}" for i in range(len(values))], "judges": judges}).to_csv(path, index=False)
+        fidelity_csvs.append(path)
+    common = {"loss_backbones": ["vit"], "run_records": _run_records(eval_tree), "eval_images": _image_paths(eval_tree)}
+    with pytest.raises(DataError, match="name the guard's judges"):
+        report.write_report(eval_tree, [score_csv], manifests, tmp_path / "manifest.csv", tmp_path / "t0",
+                            tmp_path / "p0", min_fidelity=0.5, **common)
     written = report.write_report(eval_tree, [score_csv], manifests, tmp_path / "manifest.csv", tmp_path / "tables",
-                                  tmp_path / "plots", loss_backbones=["vit"], run_records=_run_records(eval_tree),
-                                  min_fidelity=0.5)
+                                  tmp_path / "plots", min_fidelity=0.5, fidelity_csvs=fidelity_csvs, **common)
     assert written["fidelity_csv"] == tmp_path / "tables" / "fidelity.csv"
     table = pd.read_csv(written["fidelity_csv"]).set_index("variant")
     assert list(table.reset_index().columns)[:4] == ["variant", "n", "mean_fidelity", "rejected"]
     assert table.loc["hard", ["n", "rejected"]].tolist() == [4, 2] and table.loc["plain", "rejected"] == 0
     assert table.loc["hard", "mean_fidelity"] == pytest.approx(0.4) and "real" not in table.index
+    # the guard's judges are separate real-only runs: no name points at a benchmark run (results/segment, eval)
+    assert (table["judges"] == judges).all()
+    for name in judges.split(";"):
+        assert name.startswith("judge/") and "segment" not in name and "ratio-" not in name
     md = written["benchmark_md"].read_text()
     assert "## Fidelity guard" in md and "| hard | 4 | 0.400 | 2 (50%) |" in md
     assert _is_png(written["ratio_png"])

@@ -37,6 +37,8 @@ ALIASES = {
     "filter": ["filter"],
     "segment": ["segment", "cfg"],
     "segment.archs.*": ["entry", "spec"],
+    "report": ["report"],
+    "primary_contrast": ["contrast", "primary"],
 }
 
 

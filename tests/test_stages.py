@@ -143,3 +143,37 @@ def test_generation_folder_reset_when_lora_changes(tmp_path):
     assert reset_if_changed(shard, stages.generation_fingerprint(str(lora), "base", params)) is False
     assert not (shard / "images" / "a.png").exists()
     assert reset_if_changed(shard, stages.generation_fingerprint(str(lora), "base", {**params, "steps": 10})) is False
+
+
+def test_hard_and_feedback_init_batch_and_seg_loss_reach_the_settings(real, tmp_path):
+    hard = {**real["hard"], "init": "fresh", "steps": 5000}
+    backbones = real["backbones"]
+    protos = {}
+    for key in backbones:
+        protos[key] = str(tmp_path / f"{key}.safetensors")
+        (tmp_path / f"{key}.safetensors").write_bytes(b"x")
+    common = dict(base="b", conditions_csv="c.csv", manifest_csv="m.csv", out_dir=str(tmp_path / "o"),
+                  model=real["model"], lora=real["lora"], train=real["train"], seed=0)
+    s = stages.train_settings("hard", **common, finetune=hard, backbones=backbones, prototypes=protos)
+    assert s.fresh_start and s.init_lora is None and s.steps == 5000 and s.rank == real["lora"]["rank"]
+    with pytest.raises(ValueError, match="init_lora"):  # plain (the default) needs the plain LoRA
+        stages.train_settings("hard", **common, finetune=real["hard"], backbones=backbones, prototypes=protos)
+    weights = tmp_path / "seg.safetensors"
+    weights.write_bytes(b"x")
+    init = tmp_path / "plain.safetensors"
+    init.write_bytes(b"x")
+    feedback = {**real["feedback"], "seg_loss": "ce", "loss": "negated", "lambda": 0.01, "batch_size": 2,
+                "images_per_step": 8}
+    seg = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": None}
+    f = stages.train_settings("feedback", **common, init_lora=str(init), finetune=feedback, segmenter=seg,
+                              segmenter_weights=str(weights), segment_size=352, num_gpus=1)
+    assert (f.seg_loss, f.feedback_loss, f.lambda_, f.batch_size) == ("ce", "negated", 0.01, 2)
+    assert f.gradient_accumulation_steps == 4  # 8 images per step = 2 per GPU × 1 GPU × 4
+    default = stages.train_settings("feedback", **common, init_lora=str(init), finetune=real["feedback"],
+                                    segmenter=seg, segmenter_weights=str(weights), segment_size=352)
+    assert (default.seg_loss, default.batch_size, default.fresh_start) == ("structure", 1, False)
+    # images_per_step alone (train.batch_size 1): 8 images per step on 2 GPUs = accumulation 4, never ignored
+    alone = stages.train_settings("feedback", **common, init_lora=str(init), segmenter=seg, num_gpus=2,
+                                  finetune={**real["feedback"], "images_per_step": 8},
+                                  segmenter_weights=str(weights), segment_size=352)
+    assert alone.batch_size == 1 and alone.gradient_accumulation_steps == 4

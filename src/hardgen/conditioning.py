@@ -16,7 +16,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from hardgen.io import DataError, fit_square, read_mask, sample_seed, write_image, write_mask, write_table
+from hardgen.io import (
+    DataError,
+    fit_square,
+    fit_to,
+    read_mask,
+    sample_seed,
+    write_image,
+    write_mask,
+    write_table,
+)
 
 # albumentations otherwise checks PyPI for a newer version at import; the machines may be offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -167,6 +176,52 @@ def make_conditions(
     if skipped:
         LOG.warning("no layouts for %d empty mask(s): %s", len(skipped), ", ".join(skipped))
     LOG.info("conditions (%s, %d px): %d rows in %s", kind, size, len(rows), out_dir)
+    return pd.DataFrame(rows, columns=list(CONDITIONS_COLUMNS))
+
+
+def generation_conditions(
+    conditions: pd.DataFrame | str | Path,
+    manifest: pd.DataFrame | str | Path,
+    out_dir: str | Path,
+    fit: str,
+    kind: str,
+    size: int,
+    low: int = 100,
+    high: int = 200,
+) -> pd.DataFrame:
+    """The conditions generation samples from when it fits masks otherwise than training (``generation.condition_fit``).
+
+    Training pairs each real image with its mask brought to ``size`` by :func:`hardgen.io.fit_square` (the
+    conditions table of :func:`make_conditions`); the authors sampled with the whole mask squashed to ``size``²
+    (``fit`` = ``squash``, :func:`hardgen.io.squash_square`). For every ``real`` row the source mask (the
+    manifest's, by ``source_id``) is refitted and written with its condition to
+    ``out_dir/{images,masks}/<sample_id>.png``; ``layout`` rows (already drawn at ``size`` from the cropped mask) keep their files. Same ids, same columns:
+    the generated samples are paired with these masks. Returns the table; write it with
+    :func:`write_conditions_table`.
+    """
+    if kind not in CONDITION_KINDS:
+        raise ValueError(f"condition.type must be one of {list(CONDITION_KINDS)}, got {kind!r}")
+    if not isinstance(conditions, pd.DataFrame):
+        conditions = load_conditions_table(conditions)
+    if not isinstance(manifest, pd.DataFrame):
+        from hardgen.data import load_manifest
+
+        manifest = load_manifest(manifest)
+    masks = dict(zip(manifest["id"].astype(str), manifest["mask"]))
+    out_dir = Path(out_dir).resolve()
+    rows = []
+    for row in tqdm(conditions.to_dict("records"), desc=f"conditions ({fit})", unit="mask"):
+        if row["kind"] == "real":
+            source = str(row["source_id"])
+            if source not in masks:
+                raise DataError(f"conditions table: source_id {source!r} is not in the manifest")
+            mask = fit_to(read_mask(masks[source]), size, fit, is_mask=True)
+            row = {**row, "condition": str(out_dir / "images" / f"{row['sample_id']}.png"),
+                   "mask": str(out_dir / "masks" / f"{row['sample_id']}.png")}
+            write_mask(row["mask"], mask)
+            write_image(row["condition"], mask_to_condition(mask, kind, low, high))
+        rows.append(row)
+    LOG.info("generation conditions (%s, %d px): %d rows in %s", fit, size, len(rows), out_dir)
     return pd.DataFrame(rows, columns=list(CONDITIONS_COLUMNS))
 
 

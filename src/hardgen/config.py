@@ -219,7 +219,33 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
         if key not in config["backbones"]:
             problems.append(f"config key 'hard.loss_backbones': '{key}' is not a backbones key "
                             f"({', '.join(config['backbones'])})")
+    problems.extend(_report_problems(config))
     problems.extend(random_weight_problems(config))
+    return problems
+
+
+def _report_problems(config: Mapping[str, Any]) -> list[str]:
+    """report.primary_contrast must name a contrast the benchmark runs; a published model needs an anchors file."""
+    problems = []
+    report = config.get("report") or {}
+    contrast = report.get("primary_contrast")
+    if contrast:
+        policies = config["segment"]["policies"]
+        for key in ("policy", "versus"):
+            if contrast[key] not in policies:
+                problems.append(f"config key 'report.primary_contrast.{key}': '{contrast[key]}' is not in "
+                                f"segment.policies ({', '.join(policies)})")
+        if contrast["policy"] in ("real", contrast["versus"]):
+            problems.append(f"config key 'report.primary_contrast.policy': '{contrast['policy']}' must be a synthetic "
+                            "policy other than versus")
+        labels = [ratio_label(r) for r in config["segment"]["synthetic_ratios"]]
+        if ratio_label(contrast["ratio"]) not in labels:
+            problems.append(f"config key 'report.primary_contrast.ratio': {contrast['ratio']:g} is not in "
+                            f"segment.synthetic_ratios ({', '.join(labels)})")
+    if report.get("anchors") is None:
+        named = sorted(k for k, spec in config["segment"]["archs"].items() if spec.get("published"))
+        if named:
+            problems.append(f"config key 'report.anchors': null, but segment.archs {named} name a published model")
     return problems
 
 
@@ -271,6 +297,8 @@ def check_registries(config: Mapping[str, Any]) -> None:
 
     problems = []
     for key, spec in config["backbones"].items():
+        if spec.get("source", "timm") != "timm":
+            continue  # a transformers hub id or folder: judged when it is loaded (features.load_backbone)
         problem = timm_name_problem(spec["name"])
         if problem:
             problems.append(f"config key 'backbones.{key}.name': {problem}")

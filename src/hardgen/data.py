@@ -49,6 +49,8 @@ LOG = logging.getLogger("hardgen.data")
 MANIFEST_COLUMNS = ("id", "split", "image", "mask", "width", "height", "fg_fraction")
 
 TRAIN_SPLIT = "train"
+#: Columns of the record of the real training subset (``data.train_subset``; rule prepare_data).
+SUBSET_COLUMNS = ("id", "rank", "selected", "size", "seed")
 TRAIN_DIR = Path("TrainDataset")
 TRAIN_IMAGE_DIR, TRAIN_MASK_DIR = "image", "mask"
 TEST_DIR = Path("TestDataset")
@@ -943,6 +945,56 @@ def build_manifest(
         log.warning("%d mask(s) have no foreground (kept; prototypes skip them): %s", len(empty), ", ".join(empty))
     log.info("manifest: %s", ", ".join(f"{s}={n}" for s, n in frame.groupby("split", sort=False).size().items()))
     return frame
+
+
+def nested_subsets(ids: Sequence[str], sizes: Sequence[int | None], seed: int) -> dict[int, list[str]]:
+    """Seeded, nested subsets of ``ids``: ``{size: sorted ids}``, each smaller subset inside every larger one.
+
+    The ids are sorted, then ranked by one permutation of ``np.random.default_rng(seed)``; the subset of size n
+    is the n first in that order (returned sorted). The result depends only on the set of ids, the sizes and the
+    seed, never on the input order. ``None`` in ``sizes`` means all ids (key ``len(ids)``). A size below 1 or
+    above ``len(ids)`` raises ValueError naming ``data.train_subset``.
+    """
+    ordered = _seeded_order(ids, seed)
+    out: dict[int, list[str]] = {}
+    for size in sizes:
+        n = len(ordered) if size is None else int(size)
+        if size is not None and (n != size or n < 1):
+            raise ValueError(f"data.train_subset: expected an integer >= 1 or null, got {size!r}")
+        if n > len(ordered):
+            raise ValueError(f"data.train_subset: {n} training images asked for, only {len(ordered)} available")
+        out[n] = sorted(ordered[:n])
+    return out
+
+
+def _seeded_order(ids: Sequence[str], seed: int) -> list[str]:
+    unique = sorted({str(i) for i in ids})
+    if len(unique) != len(ids):
+        raise ValueError("nested_subsets: ids must be unique")
+    permutation = np.random.default_rng(int(seed)).permutation(len(unique))
+    return [unique[i] for i in permutation]
+
+
+def train_subset(frame: pd.DataFrame, size: int | None, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep ``size`` seeded training rows of a manifest (``data.train_subset``; None keeps all); tests untouched.
+
+    Returns the reduced manifest (its order kept) and the record ``id, rank, selected, size, seed``: every
+    training id with its rank in the seeded order (:func:`nested_subsets`: the subset of size n is rank < n) and
+    whether this run keeps it. Everything downstream (prototypes, conditions, judges, segmenters) reads the
+    manifest's training rows, so it sees only the subset.
+    """
+    is_train = frame["split"] == TRAIN_SPLIT
+    train_ids = frame.loc[is_train, "id"].astype(str).tolist()
+    n = len(train_ids) if size is None else size
+    kept = set(nested_subsets(train_ids, [size], seed)[n])
+    order = _seeded_order(train_ids, seed)
+    record = pd.DataFrame({"id": order, "rank": range(len(order))})
+    record["selected"] = record["id"].isin(kept)
+    record["size"], record["seed"] = n, int(seed)
+    reduced = frame[~is_train | frame["id"].astype(str).isin(kept)].reset_index(drop=True)
+    if size is not None:
+        LOG.info("data.train_subset: %d of %d training images (seed %d)", n, len(train_ids), seed)
+    return reduced, record.sort_values("id", kind="stable").reset_index(drop=True)
 
 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:

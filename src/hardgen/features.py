@@ -1,4 +1,4 @@
-"""Frozen timm backbones, mask-box crops and the real-data prototype.
+"""Frozen timm / transformers backbones, mask-box crops and the real-data prototype.
 
 This module is the ONE place where "feature of a sample" and "distance to the prototype" are
 defined; the hardness loss (``train``), the per-sample scores (``score``) and the analysis
@@ -9,6 +9,11 @@ Following Wan et al.: crop the image to the bounding box of the mask foreground 
 ``pad`` px, resize, normalise with the backbone's data config, take the CLS token of the last
 hidden state (ViTs) or the globally pooled feature (CNNs). The prototype is the mean feature of
 the real training crops.
+
+Two sources (``backbones.<key>.source``): ``timm`` (default; normalised with the model's timm data config) and
+``transformers`` (a ``ViTModel`` from a hub id or a local folder, never remote code; the CLS token of
+``last_hidden_state``, normalised with the image processor's mean/std, 0.5 for google/vit-*: the authors'
+extractor). ``resize_via`` (the authors' 512) resizes each crop to that square first, then to ``input_size``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,9 @@ log = logging.getLogger("hardgen.features")
 RANDOM_INIT_SEED = 0
 
 #: Spec fields accepted from a ``backbones.<key>`` config entry.
-_SPEC_FIELDS = ("name", "pretrained", "checkpoint", "input_size")
+_SPEC_FIELDS = ("name", "pretrained", "checkpoint", "input_size", "source", "resize_via", "config")
+#: Where a backbone comes from (``backbones.<key>.source``).
+SOURCES = ("timm", "transformers")
 #: Entry fields that belong to the hardness loss, not to the feature extractor (read by ``hardgen.stages``).
 LOSS_FIELDS = ("margin",)
 
@@ -59,6 +66,13 @@ class BackboneSpec:
     pretrained: bool = False
     checkpoint: str | None = None
     input_size: int = 224
+    #: ``timm`` (a timm model name) or ``transformers`` (a ViTModel hub id or local folder)
+    source: str = "timm"
+    #: resize each mask-box crop to this square first (bilinear), then to ``input_size`` (the authors' 512)
+    resize_via: int | None = None
+    #: transformers only: ``ViTConfig`` keyword arguments used when the name is not a folder with a config.json
+    #: and nothing is downloaded (random weights or a ``checkpoint``); a JSON-able mapping
+    config: dict[str, Any] | None = field(default=None, hash=False)
 
     @classmethod
     def from_config(cls, key: str, entry: dict[str, Any]) -> BackboneSpec:
@@ -69,35 +83,56 @@ class BackboneSpec:
         if unknown:
             raise ValueError(f"backbones.{key}: unknown keys {unknown}")
         if not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise ValueError(f"backbones.{key}.name: a timm model name is required")
+            raise ValueError(f"backbones.{key}.name: a timm model name or transformers hub id / folder is required")
         size = entry.get("input_size", 224)
         if not isinstance(size, int) or isinstance(size, bool) or size < 16:
             raise ValueError(f"backbones.{key}.input_size: expected an integer >= 16, got {size!r}")
+        source = entry.get("source") or "timm"
+        if source not in SOURCES:
+            raise ValueError(f"backbones.{key}.source: expected one of {list(SOURCES)}, got {source!r}")
+        via = entry.get("resize_via")
+        if via is not None and (not isinstance(via, int) or isinstance(via, bool) or via < 16):
+            raise ValueError(f"backbones.{key}.resize_via: expected null or an integer >= 16, got {via!r}")
+        config = entry.get("config")
+        if config is not None and (source != "transformers" or not isinstance(config, dict)):
+            raise ValueError(f"backbones.{key}.config: only a mapping of ViTConfig arguments with "
+                             f"source: transformers, got {config!r} with source {source!r}")
         return cls(
             name=entry["name"],
             pretrained=bool(entry.get("pretrained", False)),
             checkpoint=entry.get("checkpoint"),
             input_size=size,
+            source=source,
+            resize_via=via,
+            config=dict(config) if config is not None else None,
         )
 
 
 class FeatureExtractor(torch.nn.Module):
-    """A frozen timm model mapping (B, 3, H, W) images in [0, 1] to (B, D) features.
+    """A frozen timm model (or transformers ViTModel) mapping (B, 3, H, W) images in [0, 1] to (B, D) features.
 
     Parameters never require grad, but the forward pass is differentiable w.r.t. the input
     images, because the hardness loss backpropagates through it into the generator.
+    ``mean``/``std`` default to the timm data config; a transformers model passes its processor's.
+    ``resize_via``: the crop size every mask-box crop is resized to before ``input_size`` (None: directly).
     """
 
-    def __init__(self, model: torch.nn.Module, name: str, input_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, name: str, input_size: int, *, source: str = "timm",
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 feature_dim: int | None = None, resize_via: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.name = name
         self.input_size = int(input_size)
-        data_cfg = timm.data.resolve_model_data_config(model)
+        self.source = source
+        self.resize_via = resize_via
+        if mean is None or std is None:
+            data_cfg = timm.data.resolve_model_data_config(model)
+            mean, std = data_cfg["mean"], data_cfg["std"]
         # Non-persistent: the normalisation comes from the model's config, not from checkpoints.
-        self.register_buffer("mean", torch.tensor(data_cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(data_cfg["std"], dtype=torch.float32).view(1, 3, 1, 1), False)
-        self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.feature_dim = int(feature_dim or getattr(model, "head_hidden_size", None) or model.num_features)
         self.model.requires_grad_(False)
         self.eval()
 
@@ -118,7 +153,12 @@ class FeatureExtractor(torch.nn.Module):
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, D) pre-logits features (CLS token for ViTs)."""
-        tokens = self.model.forward_features(self.preprocess(images01))
+        x = self.preprocess(images01)
+        if self.source == "transformers":
+            # the CLS token of the last hidden state (after the final LayerNorm), as the authors read it
+            resize_pos = x.shape[-1] != self.model.config.image_size
+            return self.model(pixel_values=x, interpolate_pos_encoding=resize_pos).last_hidden_state[:, 0]
+        tokens = self.model.forward_features(x)
         return self.model.forward_head(tokens, pre_logits=True)
 
 
@@ -161,6 +201,8 @@ def load_backbone(
     ``config_key`` (e.g. ``"vit"``) only makes error messages name ``backbones.<key>.*``.
     """
     where = f"backbones.{config_key}" if config_key else "backbone"
+    if spec.source == "transformers":
+        return _load_transformers_vit(spec, device, where)
     problem = timm_name_problem(spec.name)
     if problem:
         raise ValueError(f"{where}.name: {problem}")
@@ -189,7 +231,50 @@ def load_backbone(
         model.reset_classifier(0, global_pool="token")  # the paper uses the CLS token
     if spec.checkpoint is not None:
         _load_checkpoint(model, spec.checkpoint)
-    return FeatureExtractor(model, spec.name, spec.input_size).to(device)
+    return FeatureExtractor(model, spec.name, spec.input_size, resize_via=spec.resize_via).to(device)
+
+
+def _load_transformers_vit(spec: BackboneSpec, device: str | torch.device, where: str) -> FeatureExtractor:
+    """A transformers ``ViTModel`` (no pooler) from a hub id or local folder; never remote code.
+
+    ``pretrained``: ``ViTModel.from_pretrained(name)`` (a hub id, or a local folder for offline clusters) and the
+    normalisation of ``ViTImageProcessor.from_pretrained``. Otherwise seeded random weights on the architecture of
+    ``name`` when it is a local folder with a ``config.json``, else of ``config`` (``ViTConfig`` arguments); the
+    normalisation is then the folder's processor or transformers' ViT default (mean = std = 0.5, as google/vit-*).
+    """
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    local = Path(spec.name)
+    if spec.checkpoint is not None:
+        # transformers maps the file's key names onto its module layout in from_pretrained (they differ between
+        # versions), so a local copy is a folder (config.json + model.safetensors), given as the name
+        raise ValueError(f"{where}.checkpoint: not used with source transformers; set {where}.name to the local "
+                         "folder holding config.json and model.safetensors (save_pretrained / a hub snapshot)")
+    use_hub = spec.pretrained
+    try:
+        if use_hub:
+            model = ViTModel.from_pretrained(spec.name, add_pooling_layer=False, trust_remote_code=False)
+            processor = ViTImageProcessor.from_pretrained(spec.name)
+        else:
+            if (local / "config.json").is_file():
+                vit_config = ViTConfig.from_pretrained(str(local))
+            elif spec.config is not None:
+                vit_config = ViTConfig(**spec.config)
+            else:
+                raise ValueError(f"{where}: without pretrained weights a transformers backbone needs a local folder "
+                                 f"with config.json as name or {where}.config (ViTConfig arguments); got "
+                                 f"{spec.name!r}")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)
+                model = ViTModel(vit_config, add_pooling_layer=False)
+            has_processor = (local / "preprocessor_config.json").is_file()
+            processor = ViTImageProcessor.from_pretrained(str(local)) if has_processor else ViTImageProcessor()
+    except OSError as err:
+        raise RuntimeError(f"{where}: could not load transformers ViTModel {spec.name!r} (offline? set {where}.name "
+                           f"to a local folder holding config.json and the weights): {err}") from err
+    mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+    return FeatureExtractor(model, spec.name, spec.input_size, source="transformers", mean=mean, std=std,
+                            feature_dim=model.config.hidden_size, resize_via=spec.resize_via).to(device)
 
 
 def _as_bool_masks(masks: torch.Tensor, images01: torch.Tensor) -> np.ndarray:
@@ -207,11 +292,13 @@ def _as_bool_masks(masks: torch.Tensor, images01: torch.Tensor) -> np.ndarray:
     return binary.cpu().numpy()
 
 
-def crop_to_mask(images01: torch.Tensor, masks: torch.Tensor, pad: int, out_size: int) -> torch.Tensor:
+def crop_to_mask(images01: torch.Tensor, masks: torch.Tensor, pad: int, out_size: int,
+                 via: int | None = None) -> torch.Tensor:
     """Crop each image to its mask's foreground box (+``pad`` px) and resize to ``out_size``².
 
-    Differentiable w.r.t. ``images01``; an empty mask keeps the whole image.
-    Returns (B, 3, out_size, out_size).
+    ``via`` (``backbones.<key>.resize_via``): resize the crop to ``via``² first (bilinear, no antialias, as
+    the authors' ``F.interpolate`` to 512), then to ``out_size``². Differentiable w.r.t. ``images01``; an empty
+    mask keeps the whole image. Returns (B, 3, out_size, out_size).
     """
     if images01.ndim != 4:
         raise ValueError(f"images: expected (B, C, H, W), got {tuple(images01.shape)}")
@@ -221,6 +308,8 @@ def crop_to_mask(images01: torch.Tensor, masks: torch.Tensor, pad: int, out_size
         box = io.fg_bbox(mask, pad)
         x0, y0, x1, y1 = box if box is not None else (0, 0, mask.shape[1], mask.shape[0])
         crop = image[None, :, y0:y1, x0:x1]
+        if via is not None:
+            crop = F.interpolate(crop, size=(via, via), mode="bilinear", align_corners=False)
         crops.append(
             F.interpolate(crop, size=(out_size, out_size), mode="bilinear", antialias=True, align_corners=False)
         )
@@ -281,7 +370,7 @@ def iter_features(
             if resolution is not None:
                 image, mask = io.fit_square(image, resolution), io.fit_square(mask, resolution, is_mask=True)
             image_t = torch.tensor(image).permute(2, 0, 1)[None].float().div_(255.0)
-            crops.append(crop_to_mask(image_t, torch.tensor(mask)[None], pad, size))
+            crops.append(crop_to_mask(image_t, torch.tensor(mask)[None], pad, size, via=backbone.resize_via))
         with torch.inference_mode():
             features = backbone(torch.cat(crops).to(device)).float().cpu()
         yield [str(i) for i in rows[id_col]], features

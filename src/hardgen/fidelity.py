@@ -3,13 +3,16 @@
 A hard sample that no longer shows its polyp is label noise, not hardness: its mask says "polyp here" over
 plain mucosa. The guard grades every generated sample on two views, each in [0, 1]:
 
-- ``fidelity_dice`` — the Dice between the sample's conditioning mask and the prediction of the
-  benchmark's real-only segmenters (every ``segment.archs`` family × every ``segment.seeds`` seed,
-  averaged), the prediction thresholded at sigmoid 0.5 and both at ``segment.size``
-  (:func:`dice`; an empty mask against an empty prediction is a perfect 1). These are the benchmark's
-  ``real`` policy runs, never the feedback LoRA's judge (``results/judge/``), so the feedback generator
-  is not graded by the very model it was trained to fool; they are trained on real data only, so the
-  guard never depends on synthetic data.
+- ``fidelity_dice`` — the Dice between the sample's conditioning mask and the prediction of separate
+  real-only judge runs (rule ``train_judge``: every ``segment.archs`` family at seed ``feedback.judge_seed``,
+  ``results/judge/<arch>/seed-<s>/``, averaged), the prediction thresholded at sigmoid 0.5 and both at
+  ``segment.size`` (:func:`dice`; an empty mask against an empty prediction is a perfect 1). They are never
+  benchmark runs (``results/segment/``): ``hard_faithful``'s pool is chosen by these grades, so grading with the
+  benchmark's own ``real`` segmenters would let the guard pick samples by the very runs the policy is then
+  compared against (:func:`judge_name` refuses any other name). They are trained on real data only, so the guard
+  never depends on synthetic data. The feedback LoRA's judge (``feedback.segmenter`` at that seed) is one of them:
+  the feedback variant is partly graded by the model it was trained to make samples hard for, which can only
+  lower its grades.
 - ``fidelity_separation`` — how distinct the held-out backbone's (``filter.fidelity_backbone``, a
   backbone outside ``hard.loss_backbones``: the hard generator never optimised against it) features are
   inside and outside the mask: ``1 − cos(f_in, f_out)`` of the mask-pooled and background-pooled vectors
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,9 +75,30 @@ FIDELITY_COLUMNS: list[str] = ["sample_id", "variant", "fidelity_dice", "separat
 SCORE_FIDELITY_COLUMNS: list[str] = ["fidelity_dice", "fidelity_separation", "fidelity"]
 #: Columns of ``results/fidelity/real.csv`` (the calibration reference).
 REFERENCE_COLUMNS: list[str] = ["sample_id", "separation"]
-#: Columns of ``results/tables/fidelity.csv``.
+#: Columns of ``results/tables/fidelity.csv`` (``judges``: the judge runs whose Dice graded the variant).
 SUMMARY_COLUMNS: list[str] = ["variant", "n", "mean_fidelity", "rejected", "rejected_fraction", "min_fidelity",
-                              "mean_fidelity_dice", "mean_fidelity_separation"]
+                              "mean_fidelity_dice", "mean_fidelity_separation", "judges"]
+#: How the ``judges`` column joins the judge runs' names.
+JUDGE_SEPARATOR = ";"
+#: A judge run's name: ``judge/<arch>/seed-<s>`` (its folder under ``results/``).
+_JUDGE_NAME = re.compile(r"^judge/[A-Za-z0-9_]+/seed-\d+$")
+_JUDGE_PATH = re.compile(r"(?:^|/)(judge/[A-Za-z0-9_]+/seed-\d+)/sample_loss\.csv$")
+
+
+def judge_name(name_or_path: str | Path) -> str:
+    """The judge run's name ``judge/<arch>/seed-<s>`` of a name or of its ``.../judge/<arch>/seed-<s>/sample_loss.csv``.
+
+    Anything else (a benchmark run, ``results/eval/<arch>/seed-<s>/...`` or ``results/segment/...``) is a
+    :class:`DataError`: the guard never grades with a benchmark run.
+    """
+    text = Path(name_or_path).as_posix()
+    if _JUDGE_NAME.match(text):
+        return text
+    match = _JUDGE_PATH.search(text)
+    if match is None:
+        raise DataError(f"fidelity guard: {text!r} is not a real-only judge run (judge/<arch>/seed-<s>, rule "
+                        "train_judge); the guard never grades with a benchmark run")
+    return match.group(1)
 
 
 # ------------------------------------------------------------------------------------------------- Dice
@@ -245,17 +270,19 @@ def image_separations(
 # ------------------------------------------------------------------------------------------- tables
 def judge_dice(sample_loss_tables: Mapping[str, str | Path | pd.DataFrame], variant: str,
                sample_ids: Sequence[str]) -> pd.DataFrame:
-    """Mean Dice over the real-only segmenters for every sample of ``variant``: ``sample_id, fidelity_dice, judges``.
+    """Mean Dice over the real-only judges for every sample of ``variant``: ``sample_id, fidelity_dice, judges``.
 
-    ``sample_loss_tables`` maps a segmenter name (``<arch>/seed-<s>``) to its ``sample_loss.csv`` (columns
-    ``sample_id, variant, dice``, from rule ``segmenter_loss``). Every segmenter must have graded every
-    sample in ``sample_ids`` exactly once (a missing grade is a :class:`DataError` naming the table).
+    ``sample_loss_tables`` maps a judge run's name (``judge/<arch>/seed-<s>``, :func:`judge_name`) to its
+    ``sample_loss.csv`` (columns ``sample_id, variant, dice``, from rule ``judge_loss``). Every judge must have
+    graded every sample in ``sample_ids`` exactly once (a missing grade is a :class:`DataError` naming the table).
+    ``judges`` names them, joined by :data:`JUDGE_SEPARATOR`.
     """
     if not sample_loss_tables:
-        raise DataError("fidelity guard: no real-only segmenter graded the samples (segment.policies needs 'real')")
+        raise DataError("fidelity guard: no real-only judge graded the samples (rule judge_loss)")
+    names = {judge_name(name): source for name, source in sample_loss_tables.items()}
     wanted = pd.Index([str(s) for s in sample_ids])
     columns = {}
-    for name, source in sorted(sample_loss_tables.items()):
+    for name, source in sorted(names.items()):
         where = str(source) if not isinstance(source, pd.DataFrame) else f"sample losses ({name})"
         table = source if isinstance(source, pd.DataFrame) else _read_csv(source, "sample loss")
         missing = [c for c in ("sample_id", "variant", "dice") if c not in table.columns]
@@ -275,7 +302,7 @@ def judge_dice(sample_loss_tables: Mapping[str, str | Path | pd.DataFrame], vari
         columns[name] = grades
     frame = pd.DataFrame(columns)
     return pd.DataFrame({"sample_id": wanted, "fidelity_dice": frame.mean(axis=1).to_numpy(),
-                         "judges": len(columns)})
+                         "judges": JUDGE_SEPARATOR.join(columns)})
 
 
 def fidelity_table(
@@ -330,13 +357,15 @@ def join_fidelity(scores: pd.DataFrame, fidelity: pd.DataFrame, where: str = "fi
     return joined
 
 
-def fidelity_summary(scores: pd.DataFrame, min_fidelity: float) -> pd.DataFrame:
+def fidelity_summary(scores: pd.DataFrame, min_fidelity: float, judges: Mapping[str, str]) -> pd.DataFrame:
     """Per generated variant: how many samples the guard grades and how many it rejects (:data:`SUMMARY_COLUMNS`).
 
     ``scores``: concatenated score tables; ``real`` rows (no fidelity: the guard's calibration) are left out,
     and each sample counts once (score tables repeat it per backbone). ``rejected`` = samples with
     ``fidelity < min_fidelity``: what ``hard_faithful`` drops from the hard pool, and what each other
-    variant would lose. A generated sample without a fidelity is a :class:`DataError`.
+    variant would lose. ``judges``: ``{variant: judge runs}`` (:func:`guard_judges`), each name checked by
+    :func:`judge_name`. A generated sample without a fidelity, or a variant without judges, is a
+    :class:`DataError`.
     """
     needed = ["sample_id", "variant", *SCORE_FIDELITY_COLUMNS]
     missing = [c for c in needed if c not in scores.columns]
@@ -356,8 +385,29 @@ def fidelity_summary(scores: pd.DataFrame, min_fidelity: float) -> pd.DataFrame:
                      "rejected": int((~kept).sum()), "rejected_fraction": float((~kept).mean()),
                      "min_fidelity": float(min_fidelity),
                      "mean_fidelity_dice": float(group["fidelity_dice"].mean()),
-                     "mean_fidelity_separation": float(group["fidelity_separation"].mean())})
+                     "mean_fidelity_separation": float(group["fidelity_separation"].mean()),
+                     "judges": _checked_judges(judges, variant)})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _checked_judges(judges: Mapping[str, str], variant: str) -> str:
+    if variant not in judges or not str(judges[variant]):
+        raise DataError(f"fidelity guard: no judge runs recorded for variant {variant!r} (results/fidelity/{variant}.csv)")
+    return JUDGE_SEPARATOR.join(judge_name(n) for n in str(judges[variant]).split(JUDGE_SEPARATOR))
+
+
+def guard_judges(fidelity_tables: Mapping[str, str | Path | pd.DataFrame]) -> dict[str, str]:
+    """``{variant: judge runs}`` from each generated variant's ``results/fidelity/<variant>.csv`` (its ``judges``
+    column, one value for every sample). Errors name the table."""
+    found = {}
+    for variant, source in fidelity_tables.items():
+        table = source if isinstance(source, pd.DataFrame) else _read_csv(source, "fidelity")
+        values = table["judges"].dropna().astype(str).unique() if "judges" in table.columns else []
+        if len(values) != 1:
+            raise DataError(f"{source if not isinstance(source, pd.DataFrame) else variant}: expected one set of "
+                            f"judges in column 'judges', found {list(values)} (rerun the score rule)")
+        found[str(variant)] = values[0]
+    return found
 
 
 def _read_csv(path: str | Path, what: str) -> pd.DataFrame:

@@ -241,6 +241,15 @@ def resolve_device_dtype(
     return resolved, names[dtype]
 
 
+def check_generation_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None) -> None:
+    """``generation.dtype`` float16 on a CPU job is an error: fp16 kernels are missing or emulated there, and a
+    silent fall-back to fp32 would misreport the run (library callers may still load fp16 parts on the CPU)."""
+    resolved, resolved_dtype = resolve_device_dtype(device, dtype)
+    if dtype is not None and resolved_dtype == torch.float16 and resolved.type == "cpu":
+        raise ValueError("generation.dtype: float16 needs a GPU (this job runs on the CPU); use auto, float32 or "
+                         "bfloat16")
+
+
 def load_generation_pipeline(
     base: str | Path,
     lora_path: str | Path,
@@ -401,6 +410,7 @@ def generate_shard(
         mining.check(steps)
     if guidance is not None:
         guidance.check()
+    check_generation_dtype(device, dtype)
     table = planned_samples(plan, conditions_df) if plan is not None else read_conditions(conditions_df)
     chunks = shard_chunks(table["sample_id"], batch_size, shard_index, n_shards)
     out_dir = Path(out_dir)

@@ -183,6 +183,29 @@ def fit_square(array: np.ndarray, size: int, is_mask: bool = False) -> np.ndarra
     return out.astype(bool) if is_mask else np.array(out)  # a writable copy, never a view of the input
 
 
+def squash_square(array: np.ndarray, size: int, is_mask: bool = False) -> np.ndarray:
+    """Resize the whole array to ``size``² (PIL bilinear), the aspect ratio not kept: the authors' ``gen.py``.
+
+    Nothing is cropped. A bool mask is resized as 0/255 and thresholded at 127 (:func:`binarize`), so it stays
+    binary and its border follows the bilinear image the authors handed their pipeline.
+    """
+    if size < 1:
+        raise ValueError(f"squash_square: size must be >= 1, got {size}")
+    source = array.astype(np.uint8) * 255 if is_mask else np.asarray(array)
+    out = np.asarray(Image.fromarray(source).resize((size, size), Image.Resampling.BILINEAR))
+    return binarize(out) if is_mask else np.array(out)
+
+
+def fit_to(array: np.ndarray, size: int, fit: str, is_mask: bool = False) -> np.ndarray:
+    """``fit`` = ``crop`` (:func:`fit_square`, hardgen's and control-lora-v3's training transform) or ``squash``
+    (:func:`squash_square`, the authors' sampling transform); ``generation.condition_fit``."""
+    if fit == "crop":
+        return fit_square(array, size, is_mask=is_mask)
+    if fit == "squash":
+        return squash_square(array, size, is_mask=is_mask)
+    raise ValueError(f"generation.condition_fit must be 'crop' or 'squash', got {fit!r}")
+
+
 def sample_seed(sample_id: str, base_seed: int = 0) -> int:
     """A stable 63-bit seed from a sample id, independent of shard layout and process."""
     digest = hashlib.sha256(f"{base_seed}:{sample_id}".encode()).digest()

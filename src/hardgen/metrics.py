@@ -100,6 +100,14 @@ GT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Columns of the evaluation tables.
 TABLE_COLUMNS = ("testset", "metric", "value")
 
+#: Columns of the per-image tables (``seed-<s>.images.csv`` beside each evaluation table).
+IMAGE_COLUMNS = ("testset", "image", "metric", "value")
+
+#: The metrics whose test-set score is the mean of a per-image score (per-image mDice / mIoU / meanEm: the mean
+#: over the 256 thresholds of that image's curve), so the mean over a test set's images equals the test-set row;
+#: maxEm / maxDice / maxIoU (maxima of image-averaged curves) have no per-image form.
+IMAGE_METRICS = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "MAE", "Dice@0.5", "IoU@0.5")
+
 #: ``evaluate.protocol`` values.
 PROTOCOLS = ("polyp_toolbox", "binary")
 
@@ -108,6 +116,9 @@ BINARY_METRICS = ("mDice", "mIoU", "Accuracy", "Sensitivity", "Specificity", "HD
 
 #: Every metric name each protocol writes, in row order.
 PROTOCOL_METRICS = {"polyp_toolbox": ALL_METRICS, "binary": BINARY_METRICS}
+
+#: The metrics of each protocol that have a per-image table (every binary metric is per image).
+PROTOCOL_IMAGE_METRICS = {"polyp_toolbox": IMAGE_METRICS, "binary": BINARY_METRICS}
 
 #: Whether a protocol's maps are min-max normalised per image before saving (the toolbox: PraNet's test script) or
 #: are the sigmoid probability as it is (binary: a fixed 0.5 threshold needs the unnormalised probability).
@@ -165,6 +176,17 @@ class MapScores:
             "Dice@0.5": self.dice_binary.mean(), "IoU@0.5": self.iou_binary.mean(),
         }
         return {name: float(values[name]) for name in ALL_METRICS}
+
+    def per_image(self) -> dict[str, np.ndarray]:
+        """Each image's own score for :data:`IMAGE_METRICS` ((n,) vectors): curves averaged over the thresholds.
+
+        Their mean over the images is :meth:`summary`'s value (the mean over images and thresholds commutes).
+        """
+        values = {
+            "mDice": self.dice.mean(axis=1), "mIoU": self.iou.mean(axis=1), "wFm": self.wfm, "Sm": self.sm,
+            "meanEm": self.em.mean(axis=1), "MAE": self.mae, "Dice@0.5": self.dice_binary, "IoU@0.5": self.iou_binary,
+        }
+        return {name: np.asarray(values[name], dtype=np.float64) for name in IMAGE_METRICS}
 
 
 def _score_image(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
@@ -288,21 +310,46 @@ def score_testsets(pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str
     Returns columns ``testset, metric, value``: per test set the protocol's rows (:data:`PROTOCOL_METRICS`), then the
     overall rows.
     """
+    return score_testsets_with_images(pairs_by_testset, protocol=protocol)[0]
+
+
+def score_testsets_with_images(
+    pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str | Path]]],
+    protocol: str = "polyp_toolbox",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`score_testsets` and the per-image table it averages: ``testset, image, metric, value``.
+
+    ``image`` is the map's file stem; per test set, the images' rows (:data:`PROTOCOL_IMAGE_METRICS`: the toolbox's
+    :data:`IMAGE_METRICS` from :meth:`MapScores.per_image`, or every :data:`BINARY_METRICS`) average to that test
+    set's row of the first table (binary HD95: over the images where it is defined). A paired bootstrap over test
+    images resamples these.
+    """
     check_protocol(protocol)
     if not pairs_by_testset:
         raise DataError("no test sets to score")
     if OVERALL in pairs_by_testset:
         raise DataError(f"a test set may not be called {OVERALL!r}: that name holds the pooled scores")
+    pairs_by_testset = {name: [(Path(p), Path(g)) for p, g in pairs] for name, pairs in pairs_by_testset.items()}
     if protocol == "binary":
         per_image = {name: _binary_scores(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
+        images = [
+            pd.DataFrame({"testset": name, "image": [p.stem for p, _ in pairs_by_testset[name]], "metric": metric,
+                          "value": frame[metric].to_numpy(dtype=np.float64)})
+            for name, frame in per_image.items() for metric in BINARY_METRICS
+        ]
         per_image[OVERALL] = pd.concat(list(per_image.values()), ignore_index=True)
         rows = [(name, metric, value) for name, frame in per_image.items()
                 for metric, value in _binary_summary(frame).items()]
-        return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    parts = {name: _score_pairs(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
-    parts[OVERALL] = MapScores.concat(parts.values())
-    rows = [(name, metric, value) for name, scores in parts.items() for metric, value in scores.summary().items()]
-    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    else:
+        parts = {name: _score_pairs(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
+        images = [
+            pd.DataFrame({"testset": name, "image": [p.stem for p, _ in pairs_by_testset[name]], "metric": metric,
+                          "value": values})
+            for name, scores in parts.items() for metric, values in scores.per_image().items()
+        ]
+        parts[OVERALL] = MapScores.concat(parts.values())
+        rows = [(name, metric, value) for name, scores in parts.items() for metric, value in scores.summary().items()]
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS)), pd.concat(images, ignore_index=True)[list(IMAGE_COLUMNS)]
 
 
 # ------------------------------------------------------------------------------------------- map folders
@@ -381,12 +428,19 @@ def prediction_table(test_df: pd.DataFrame, out_root: str | Path) -> pd.DataFram
 
 
 def evaluate_table(table: pd.DataFrame, protocol: str = "polyp_toolbox") -> pd.DataFrame:
-    """Score the maps of a :func:`prediction_table` against its GT files (the workflow's ``evaluate`` rule).
+    """Score the maps of a :func:`prediction_table` against its GT files under ``protocol``.
 
     Every listed map must exist (a missing one is named with its GT); test sets are scored in name
     order, pairs in stem order, exactly as :func:`evaluate_maps` orders a folder tree, so both give
     the same numbers for the same maps.
     """
+    return evaluate_table_with_images(table, protocol=protocol)[0]
+
+
+def evaluate_table_with_images(table: pd.DataFrame,
+                               protocol: str = "polyp_toolbox") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`evaluate_table` and its per-image table (:func:`score_testsets_with_images`): the workflow's
+    ``evaluate`` rule writes both."""
     absent = [(p, g) for p, g in zip(table["pred"], table["gt"]) if not Path(p).is_file()]
     if absent:
         raise DataError(f"prediction map {absent[0][0]} for ground truth {absent[0][1]} not found "
@@ -395,5 +449,5 @@ def evaluate_table(table: pd.DataFrame, protocol: str = "polyp_toolbox") -> pd.D
         testset: sorted(zip(group["pred"], group["gt"]), key=lambda pair: Path(pair[0]).stem)
         for testset, group in sorted(table.groupby("testset", sort=False), key=lambda item: item[0])
     }
-    return score_testsets(pairs, protocol=protocol)
+    return score_testsets_with_images(pairs, protocol=protocol)
 

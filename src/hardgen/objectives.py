@@ -60,6 +60,21 @@ def feedback_loss(segmentation_losses: torch.Tensor, margin: float | torch.Tenso
     return value / float(margin) ** 2, active
 
 
+def segmentation_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise cross-entropy per sample (B,) of binary logits (B, 1, h, w) against a (B, 1, H, W) mask.
+
+    Logits at another size are upsampled (bilinear) to the mask's, as transformers' SegFormer computes its loss;
+    binary, so the cross-entropy is the BCE of the logits (the authors' −0.01 × CE feedback term).
+    """
+    if logits.ndim != 4 or logits.shape[1] != 1 or target.ndim != 4:
+        raise ValueError(f"segmentation_ce: expected (B, 1, h, w) logits and (B, 1, H, W) masks, got "
+                         f"{tuple(logits.shape)} and {tuple(target.shape)}")
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    return bce.mean(dim=(1, 2, 3))
+
+
 def predict_x0(
     noisy_latents: torch.Tensor,
     model_output: torch.Tensor,
@@ -157,7 +172,7 @@ class HardnessJudge:
 
         out = {}
         for key, backbone in self.backbones.items():
-            crops = features.crop_to_mask(images01, masks, self.pad, self.sizes[key])
+            crops = features.crop_to_mask(images01, masks, self.pad, self.sizes[key], via=backbone.resize_via)
             out[key] = backbone(crops).float()
         return out
 
@@ -206,16 +221,21 @@ class FeedbackJudge:
         self.model = segment.load_segmenter(spec, settings.segmenter_weights, device, config_key="feedback.segmenter")
         self.model.requires_grad_(False)
         self.size = settings.segment_size
+        self.seg_loss = settings.seg_loss
         self.mean = torch.tensor(segment.IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(segment.IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     def losses(self, images01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Structure loss per sample (B,), differentiable wrt the images."""
+        """The judge's loss per sample (B,), differentiable wrt the images: ``feedback.seg_loss`` structure
+        (PraNet's) or ce (pixel-wise cross-entropy, the authors' SegFormer loss; binary, so BCE on the logits)."""
         size = (self.size, self.size)
         x = F.interpolate(images01.float(), size=size, mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         target = F.interpolate(masks.float(), size=size, mode="nearest")
-        return self.segment.structure_loss_per_sample(self.model(x), target)
+        logits = self.model(x)
+        if self.seg_loss == "ce":
+            return segmentation_ce(logits, target)
+        return self.segment.structure_loss_per_sample(logits, target)
 
     def loss(self, images01: torch.Tensor, masks: torch.Tensor, margin: float | None,
              kind: str = "hinge") -> tuple[torch.Tensor, torch.Tensor]:

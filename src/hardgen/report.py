@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import rankdata, spearmanr
 
+from hardgen import contrasts as contrast_lib
+from hardgen import reproduction as repro
 from hardgen.config import ratio_label
 from hardgen.io import DataError, atomic_path, read_gray, read_rgb, write_csv, write_text
 
 log = logging.getLogger(__name__)
-
-#: PraNet's five test sets, in the order the paper's tables use.
-TESTSETS: tuple[str, ...] = ("CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir")
 
 #: Metric names written by the evaluate rule (``hardgen.metrics``).
 METRICS: tuple[str, ...] = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE")
@@ -50,36 +49,6 @@ POLICY_ORDER: tuple[str, ...] = ("real", "plain", "hard", "feedback", "mined", "
 CONTROLS: dict[str, str] = {"hard_band": "hard", "hard_faithful": "hard", "hard": "plain", "feedback": "plain",
                             "mined": "plain", "guided": "plain"}
 
-#: Published mDice / mIoU of segmenters trained on real data only, as tabulated by Wan et al., "Rethinking Hard
-#: Training Sample Generation for Medical Image Segmentation", Pattern Recognition 172 (2026) 112533 (figures
-#: first published by the PraNet, SANet and Polyp-PVT papers). ``PUBLISHED[model][testset] = (mDice, mIoU)``.
-PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
-    "PraNet": {
-        "CVC-ClinicDB": (0.899, 0.849),
-        "Kvasir": (0.898, 0.840),
-        "CVC-ColonDB": (0.709, 0.640),
-        "ETIS-LaribPolypDB": (0.628, 0.567),
-        "CVC-300": (0.871, 0.797),
-    },
-    "SANet": {
-        "CVC-ClinicDB": (0.916, 0.859),
-        "Kvasir": (0.904, 0.847),
-        "CVC-ColonDB": (0.752, 0.669),
-        "ETIS-LaribPolypDB": (0.750, 0.654),
-        "CVC-300": (0.888, 0.815),
-    },
-    "Polyp-PVT": {
-        "CVC-ClinicDB": (0.937, 0.889),
-        "Kvasir": (0.917, 0.864),
-        "CVC-ColonDB": (0.808, 0.727),
-        "ETIS-LaribPolypDB": (0.787, 0.706),
-        "CVC-300": (0.900, 0.833),
-    },
-}
-
-#: The paper's headline: mean mIoU over the five test sets (a fraction, like every table here).
-PAPER_HEADLINE_MEAN_MIOU: float = 0.8684
-
 BENCHMARK_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "testset", "metric", "value"]
 EVAL_COLUMNS: tuple[str, ...] = ("testset", "metric", "value")
 SCORE_COLUMNS: tuple[str, ...] = ("sample_id", "variant", "backbone", "distance")
@@ -91,6 +60,8 @@ SAMPLE_LOSS_COLUMNS: tuple[str, ...] = ("sample_id", "loss", "fg_fraction")
 _EVAL_PATH = re.compile(
     r"(?:^|/)eval/(?P<arch>[^/]+)/(?P<policy>[^/]+)/ratio-(?P<ratio>[0-9.eE+-]+)/seed-(?P<seed>-?\d+)\.csv$"
 )
+#: Suffix of the per-image table beside each evaluation table (``seed-<s>.images.csv``).
+IMAGES_SUFFIX = ".images.csv"
 
 #: ``(arch, policy, ratio, seed)`` of one benchmark run (ratio: synthetic images per real image; real: 0).
 EvalKey = tuple[str, str, float, int]
@@ -122,6 +93,20 @@ def parse_eval_path(path: str | Path) -> EvalKey:
     if match is None or not np.isfinite(ratio) or ratio < 0:
         raise DataError(f"{path}: evaluation path must look like .../eval/<arch>/<policy>/ratio-<r>/seed-<s>.csv")
     return match["arch"], match["policy"], ratio, int(match["seed"])
+
+
+def _images_mapping(image_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]) -> dict[EvalKey, Path]:
+    """``{(arch, policy, ratio, seed): path}`` of per-image tables, given as such or as
+    ``.../eval/<arch>/<policy>/ratio-<r>/seed-<s>.images.csv`` paths."""
+    if isinstance(image_csvs, Mapping):
+        return _eval_mapping(image_csvs)
+    mapping: dict[EvalKey, Path] = {}
+    for path in image_csvs:
+        text = Path(path).as_posix()
+        if not text.endswith(IMAGES_SUFFIX):
+            raise DataError(f"{path}: a per-image table must be named seed-<s>{IMAGES_SUFFIX}")
+        mapping[parse_eval_path(text[: -len(IMAGES_SUFFIX)] + ".csv")] = Path(path)
+    return mapping
 
 
 def _eval_mapping(eval_csvs: Mapping[EvalKey, str | Path] | Iterable[str | Path]) -> dict[EvalKey, Path]:
@@ -190,19 +175,21 @@ def _mean_sd(values: pd.Series, signed: bool = False) -> str:
     return mean if len(values) == 1 else f"{mean} ± {values.std(ddof=1):.3f}"
 
 
-def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS) -> pd.DataFrame:
+def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS,
+                      testsets: Sequence[str] | None = None) -> pd.DataFrame:
     """Per (arch, policy, ratio, seed, metric): each test set's score, ``mean`` and ``overall``.
 
     ``mean`` is the unweighted mean over the test sets (every testset except :data:`OVERALL`), taken
-    per seed first (the paper averages the five test-set scores, not the images), so the spread across
+    per seed first (the paper averages the test-set scores, not the images), so the spread across
     seeds is the spread of that mean; NaN when a test set is missing for that seed. ``overall`` is
     the evaluation's image-weighted score over all test images pooled (NaN when not evaluated).
+    Test-set columns follow ``testsets`` (``data.testsets``; others after them alphabetically).
     """
     subset = long_df[long_df["metric"].isin(metrics)]
     wide = subset.pivot_table(
         index=["arch", "policy", "ratio", "seed", "metric"], columns="testset", values="value", aggfunc="first"
     )
-    testsets = _ordered([t for t in wide.columns if t != OVERALL], TESTSETS)
+    testsets = _ordered([t for t in wide.columns if t != OVERALL], testsets or ())
     overall = wide[OVERALL] if OVERALL in wide.columns else pd.Series(np.nan, index=wide.index)
     wide = wide[testsets].copy()
     wide["mean"] = wide.mean(axis=1, skipna=False)
@@ -210,7 +197,8 @@ def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_M
     return wide.reset_index()
 
 
-def paired_differences(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS) -> pd.DataFrame:
+def paired_differences(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS,
+                       testsets: Sequence[str] | None = None) -> pd.DataFrame:
     """Per seed and ratio, each policy minus ``real`` and minus its size-matched control (:data:`CONTROLS`).
 
     Pairs share arch and seed (the same initialisation seed and iteration budget), so the seed-to-seed
@@ -219,7 +207,7 @@ def paired_differences(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_
     Columns ``arch, policy, ratio, reference, seed, metric, d_mean, d_overall`` (differences of
     :func:`benchmark_summary`'s ``mean`` and ``overall``); seeds missing on either side are left out.
     """
-    summary = benchmark_summary(long_df, metrics).set_index(["arch", "policy", "ratio", "seed", "metric"])
+    summary = benchmark_summary(long_df, metrics, testsets).set_index(["arch", "policy", "ratio", "seed", "metric"])
     columns = ["arch", "policy", "ratio", "reference", "seed", "metric", "d_mean", "d_overall"]
     rows = []
     for (arch, policy, ratio, seed, metric), row in summary.iterrows():
@@ -245,9 +233,12 @@ PROTOCOL = (
     "headline); `overall` is the image-weighted score over all test images pooled (ArSDM's overall). Every "
     "segmenter of one architecture and seed trains for the same number of iterations (batches of the same "
     "size), so it takes the same optimiser steps and sees the same number of images whatever its policy's "
-    "subset size (`runs.csv`). The published anchors are other models (PraNet, SANet, Polyp-PVT) trained on "
-    "real data by their authors, with their own architectures and schedules: they show what real-data "
-    "segmenters reach on these test sets, they are not hardgen runs and not baselines of the policies above."
+    "subset size (`runs.csv`). The published anchors (`report.anchors`) are other models trained on real data "
+    "by their authors, with their own architectures and schedules: they show what real-data segmenters reach on "
+    "these test sets, they are not hardgen runs and not baselines of the policies above; an arch that names one "
+    "(`segment.archs.<key>.published`) is checked against it in `reproduction.csv`. Intervals (`contrasts.csv`) "
+    "are 95 %: a t-interval over seeds of the paired differences when there are at least two seeds, otherwise a "
+    "paired bootstrap over test images (2000 seeded resamples, images resampled within each test set)."
 )
 
 DEMO_NOTE = (
@@ -279,28 +270,105 @@ def _budget_lines(runs_df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = None, demo: bool = False,
-                       fidelity_df: pd.DataFrame | None = None) -> str:
+def _anchor_lines(anchors: pd.DataFrame, testsets: Sequence[str]) -> list[str]:
+    """The published anchors on the run's test sets (mDice / mIoU per cell, ``mean`` where a model has every test
+    set), then the published headlines (testset ``mean`` rows)."""
+    shown = [t for t in testsets if t in set(anchors["testset"])]
+    lines = ["## Published anchors (other models trained on real data only; mDice / mIoU)", ""]
+    models = list(dict.fromkeys(anchors.loc[anchors["testset"].isin(shown), "model"]))
+    if not models:
+        lines += [f"The anchors file has no values for the test sets {', '.join(testsets)}.", ""]
+    else:
+        values = anchors.set_index(["model", "testset", "metric"])["value"]
+        means = repro.published_means(anchors, shown).set_index(["model", "metric"])["mean"]
+
+        def cell(get: Callable[[str], float | None]) -> str:
+            parts = [get(m) for m in MARKDOWN_METRICS]
+            return " / ".join("–" if v is None or not np.isfinite(v) else f"{v:.3f}" for v in parts)
+
+        lines.append("| model | " + " | ".join(shown) + " | mean |")
+        lines.append("|---|" + "|".join(["---:"] * (len(shown) + 1)) + "|")
+        for model in models:
+            cells = [cell(lambda m, t=t: values.get((model, t, m))) for t in shown]
+            cells.append(cell(lambda m: means.get((model, m))))
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        missing = [t for t in testsets if t not in shown]
+        lines += ["", f"`mean`: over the {len(shown)} test sets shown, where a model has all of them."
+                  + (f" No anchors for {', '.join(missing)}." if missing else ""), ""]
+    headlines = anchors[anchors["testset"] == repro.MEAN]
+    for _, row in headlines.iterrows():
+        lines.append(f"Published headline: {row['model']}, {row['value'] * 100:.2f} % mean {row['metric']} over "
+                     "its paper's test sets.")
+    if len(headlines):
+        lines.append("")
+    return lines
+
+
+def _interval(row: Mapping[str, object] | pd.Series) -> str:
+    return f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+
+
+def benchmark_markdown(
+    long_df: pd.DataFrame,
+    runs_df: pd.DataFrame | None = None,
+    demo: bool = False,
+    fidelity_df: pd.DataFrame | None = None,
+    *,
+    testsets: Sequence[str] | None = None,
+    anchors: pd.DataFrame | None = None,
+    reproduction: pd.DataFrame | None = None,
+    published: Mapping[str, str | None] | None = None,
+    tolerance: float = repro.DEFAULT_TOLERANCE,
+    contrasts: pd.DataFrame | None = None,
+    primary: Mapping[str, object] | None = None,
+) -> str:
     """A markdown report of the benchmark.
 
-    Per metric (mDice, mIoU): a table of rows arch × policy × ratio with each test set, ``mean`` (over
-    test sets, per seed: the paper's headline) and ``overall`` (image-weighted, pooled); then the paired
-    differences per seed against ``real`` and against the size-matched control at the same ratio
-    (:data:`CONTROLS`); then the training budget (from ``runs_df``, :func:`runs_table`), what the fidelity
-    guard rejects per variant (``fidelity_df``, :func:`hardgen.fidelity.fidelity_summary`), the published
-    anchors and the protocol paragraph. With ``demo`` a note says the numbers are noise by design.
+    It opens with one sentence per arch of ``published`` (``{arch: anchors model or None}``): whether its
+    real-only baseline reproduces the published one (``reproduction``, :func:`hardgen.reproduction.reproduction_table`,
+    within ``tolerance``). Then, with ``contrasts`` (:func:`hardgen.contrasts.contrast_table`), the primary contrast
+    (``primary``: ``report.primary_contrast``) with its 95 % interval and sentences saying which differences are
+    distinguishable from noise. Per metric (mDice, mIoU): a table of rows arch × policy × ratio with each test set
+    (``testsets``: ``data.testsets`` order), ``mean`` (over test sets, per seed: the paper's headline) and
+    ``overall`` (image-weighted, pooled); then the paired differences per seed against ``real`` and against the
+    size-matched control at the same ratio (:data:`CONTROLS`) with their intervals; then the training budget (from
+    ``runs_df``, :func:`runs_table`), what the fidelity guard rejects per variant (``fidelity_df``,
+    :func:`hardgen.fidelity.fidelity_summary`), the published ``anchors`` (:func:`hardgen.reproduction.load_anchors`)
+    and the protocol paragraph. With ``demo`` a note says the numbers are noise by design.
 
     Cells are ``mean ± sd`` over seeds with the sample standard deviation (ddof=1); with a single
     seed the sd is undefined and the cell shows the mean alone. Values are fractions (0–1), like the
-    published anchors (PraNet, SANet, Polyp-PVT trained on real data; paper headline).
+    published anchors.
     """
     missing = [c for c in BENCHMARK_COLUMNS if c not in long_df.columns]
     if missing:
         raise DataError(f"benchmark table lacks columns {missing}")
+    testsets = list(testsets) if testsets is not None else sorted(set(long_df["testset"]) - {OVERALL})
     lines = ["# Segmentation benchmark", ""]
+    if published is not None:
+        table = reproduction if reproduction is not None else pd.DataFrame(columns=repro.REPRODUCTION_COLUMNS)
+        lines += [" ".join(repro.reproduction_sentences(table, published, tolerance)), ""]
     if demo:
         lines += [DEMO_NOTE, ""]
-    summary = benchmark_summary(long_df)
+    interval_of: dict[tuple, pd.Series] = {}
+    if contrasts is not None:
+        for _, row in contrasts.iterrows():
+            interval_of[(row["arch"], row["policy"], float(row["ratio"]), row["versus"], row["metric"])] = row
+        if primary:
+            lines += ["## Primary contrast", ""]
+            lines.append(f"The question this run asks: `{primary['policy']}` − `{primary['versus']}` at ratio "
+                         f"{ratio_label(float(primary['ratio']))}, {primary['metric']} as the mean over the test "
+                         "sets, paired by arch and seed (`report.primary_contrast`).")
+            lines.append("")
+            lines.append("| arch | n | method | Δ | 95 % interval | excludes 0 |")
+            lines.append("|---|---:|---|---:|---|---|")
+            for _, row in contrast_lib.primary_rows(contrasts, primary).iterrows():
+                lines.append(f"| {row['arch']} | {row['n']} | {row['method']} | {row['mean_diff']:+.3f} | "
+                             f"{_interval(row)} | {'yes' if contrast_lib.excludes_zero(row.to_frame().T).iloc[0] else 'no'} |")
+            lines.append("")
+        lines += ["## Which differences can be told from noise?", ""]
+        lines += [" ".join(contrast_lib.noise_sentences(contrasts, MARKDOWN_METRICS)), ""]
+    summary = benchmark_summary(long_df, testsets=testsets)
     n_seeds = long_df.groupby(["arch", "policy", "ratio"])["seed"].nunique()
     for metric in MARKDOWN_METRICS:
         rows = summary[summary["metric"] == metric]
@@ -308,16 +376,16 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
         if rows.empty:
             lines += [f"No {metric} rows in the evaluation tables.", ""]
             continue
-        testsets = _ordered([t for t in set(long_df["testset"]) if t != OVERALL and t in rows.columns], TESTSETS)
-        header = ["arch", "policy", "ratio", "seeds", *testsets, "mean", "overall"]
+        columns = _ordered([t for t in set(long_df["testset"]) if t != OVERALL and t in rows.columns], testsets)
+        header = ["arch", "policy", "ratio", "seeds", *columns, "mean", "overall"]
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(testsets) + 4)) + "|")
+        lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) + 4)) + "|")
         for arch in _ordered(rows["arch"], []):
             for policy in _ordered(rows.loc[rows["arch"] == arch, "policy"], POLICY_ORDER):
                 per_policy = rows[(rows["arch"] == arch) & (rows["policy"] == policy)]
                 for ratio in sorted(per_policy["ratio"].unique()):
                     cell_rows = per_policy[per_policy["ratio"] == ratio]
-                    cells = [_mean_sd(cell_rows[t]) for t in [*testsets, "mean", "overall"]]
+                    cells = [_mean_sd(cell_rows[t]) for t in [*columns, "mean", "overall"]]
                     lines.append(f"| {arch} | {policy} | {ratio_label(ratio)} | {n_seeds[(arch, policy, ratio)]} | "
                                  + " | ".join(cells) + " |")
         lines.append("")
@@ -325,20 +393,22 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
                  "`mean` = unweighted mean over test sets, computed per seed; `overall` = image-weighted "
                  "score over all test images pooled.")
 
-    diffs = paired_differences(long_df)
+    diffs = paired_differences(long_df, testsets=testsets)
     lines += ["", "## Paired differences per seed", ""]
     lines.append("Each policy at ratio r (synthetic images per real image) minus `real`, and minus its size-matched "
                  "random control at the same ratio, with the same arch and seed: every synthetic policy trains with "
                  "round(r × real images) synthetic images, so `hard_band − hard` and `hard_faithful − hard` isolate "
                  "which hard samples are kept (same variant, same size, a selection vs the uniform draw) and "
                  "`hard − plain` (`feedback`, `mined` likewise) isolates the generator (same size, same conditions). "
-                 "Cells: mean ± sd (ddof=1) over seeds of the per-seed difference.")
+                 "Cells: mean ± sd (ddof=1) over seeds of the per-seed difference; `95 % (mean)`: the interval of "
+                 "Δ mean (`contrasts.csv`, method t over seeds or, with one seed, a paired bootstrap over test "
+                 "images).")
     lines.append("")
     if diffs.empty:
         lines += ["No pairs (the benchmark has no `real` policy or controls for the same arch and seed).", ""]
     else:
-        lines.append("| metric | arch | policy | ratio | vs | seeds | Δ mean | Δ overall |")
-        lines.append("|---|---|---|---:|---|---:|---:|---:|")
+        lines.append("| metric | arch | policy | ratio | vs | seeds | Δ mean | Δ overall | 95 % (mean) |")
+        lines.append("|---|---|---|---:|---|---:|---:|---:|---|")
         for metric in MARKDOWN_METRICS:
             per_metric = diffs[diffs["metric"] == metric]
             for arch in _ordered(per_metric["arch"], []):
@@ -349,10 +419,12 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
                         per_ratio = per_policy[per_policy["ratio"] == ratio]
                         for reference in _ordered(per_ratio["reference"], POLICY_ORDER):
                             pair = per_ratio[per_ratio["reference"] == reference]
+                            found = interval_of.get((arch, policy, float(ratio), reference, metric))
                             lines.append(
                                 f"| {metric} | {arch} | {policy} | {ratio_label(ratio)} | {reference} | "
                                 f"{pair['seed'].nunique()} | {_mean_sd(pair['d_mean'], signed=True)} | "
-                                f"{_mean_sd(pair['d_overall'], signed=True)} |"
+                                f"{_mean_sd(pair['d_overall'], signed=True)} | "
+                                f"{'–' if found is None else _interval(found)} |"
                             )
         lines.append("")
 
@@ -363,13 +435,18 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
 
     if fidelity_df is not None and not fidelity_df.empty:
         threshold = fidelity_df["min_fidelity"].iloc[0] if "min_fidelity" in fidelity_df.columns else None
+        judges = sorted({j for v in fidelity_df.get("judges", pd.Series(dtype=str)).dropna()
+                         for j in str(v).split(";")})
         lines += ["## Fidelity guard", ""]
-        lines.append("Generated samples whose fidelity (mean of the real-only segmenters' Dice against the "
+        lines.append("Generated samples whose fidelity (mean of the real-only judges' Dice against the "
                      "conditioning mask and the held-out backbone's calibrated feature separation inside vs outside "
                      "the mask) is below filter.min_fidelity"
                      + (f" ({threshold:g})" if threshold is not None else "")
                      + ": a sample that no longer shows its polyp is label noise, not hardness. `hard_faithful` "
-                     "trains only on the hard samples that pass.")
+                     "trains only on the hard samples that pass. The judges are separate real-only runs"
+                     + (f" ({', '.join(f'`{j}`' for j in judges)})" if judges else "")
+                     + ", never the benchmark's own segmenters, so the guard does not pick samples by the runs "
+                     "they are compared against.")
         lines.append("")
         lines.append("| variant | samples | mean fidelity | rejected |")
         lines.append("|---|---:|---:|---:|")
@@ -378,23 +455,9 @@ def benchmark_markdown(long_df: pd.DataFrame, runs_df: pd.DataFrame | None = Non
                          f"{int(row['rejected'])} ({int(row['rejected']) / max(int(row['n']), 1):.0%}) |")
         lines.append("")
 
-    lines += ["## Published anchors (other models trained on real data only; mDice / mIoU)", ""]
-    lines.append("| model | " + " | ".join(TESTSETS) + " | mean |")
-    lines.append("|---|" + "|".join(["---:"] * (len(TESTSETS) + 1)) + "|")
-    for model, scores in PUBLISHED.items():
-        cells = [f"{scores[t][0]:.3f} / {scores[t][1]:.3f}" for t in TESTSETS]
-        dice_mean = np.mean([scores[t][0] for t in TESTSETS])
-        iou_mean = np.mean([scores[t][1] for t in TESTSETS])
-        cells.append(f"{dice_mean:.3f} / {iou_mean:.3f}")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"Paper headline (Wan et al., Pattern Recognition 2026): {PAPER_HEADLINE_MEAN_MIOU * 100:.2f} % mean mIoU "
-        "over the five test sets, 6.14 points above CTNet.",
-        "",
-        PROTOCOL,
-        "",
-    ]
+    if anchors is not None:
+        lines += _anchor_lines(anchors, testsets)
+    lines += [PROTOCOL, ""]
     return "\n".join(lines)
 
 
@@ -874,6 +937,13 @@ def write_report(
     judge_loss_csv: str | Path | None = None,
     feature_files: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
     min_fidelity: float | None = None,
+    fidelity_csvs: Mapping[str, str | Path] | Iterable[str | Path] | None = None,
+    testsets: Sequence[str] | None = None,
+    eval_images: Mapping[EvalKey, str | Path] | Iterable[str | Path] | None = None,
+    anchors_csv: str | Path | None = None,
+    published: Mapping[str, str | None] | None = None,
+    reproduce_tolerance: float = repro.DEFAULT_TOLERANCE,
+    primary_contrast: Mapping[str, object] | None = None,
 ) -> dict[str, Path]:
     """Write every table and plot of the run; returns ``{name: path}`` of what was written.
 
@@ -885,7 +955,16 @@ def write_report(
     ``.../eval/<arch>/seed-<s>/sample_loss.csv`` paths) and the conditions table (lets the grid show
     each condition's real image; without it only sample ids that are data-manifest ids get one), and the
     Control-LoRA training logs (``{variant: path}`` or ``.../lora/<variant>/train_log.csv`` paths).
-    ``demo`` adds the note that demo numbers are noise by design.
+    ``demo`` adds the note that demo numbers are noise by design. ``testsets`` (``data.testsets``) orders the test
+    sets everywhere (any number, one included).
+
+    Reproduction and intervals: ``reproduction.csv`` (arch, testset, metric, ours, published, diff:
+    :func:`hardgen.reproduction.reproduction_table` of the arches of ``published`` = ``{arch:
+    segment.archs.<arch>.published}`` against ``anchors_csv``, config ``report.anchors``; header only without
+    either) and ``contrasts.csv`` (arch, policy, ratio, versus, metric, n, mean_diff, ci_low, ci_high, method:
+    :func:`hardgen.contrasts.contrast_table`, which for single-seed contrasts reads ``eval_images``, mapping or
+    ``.../seed-<s>.images.csv`` paths); benchmark.md opens with the reproduction sentences (``reproduce_tolerance``)
+    and the ``primary_contrast`` (config ``report.primary_contrast``).
 
     Tables (``tables_dir``): ``benchmark.csv`` (long: arch, policy, ratio, seed, testset, metric, value),
     ``benchmark.md``, ``runs.csv`` (arch, policy, ratio, seed, real_images, synthetic_images, iterations,
@@ -893,7 +972,8 @@ def write_report(
     ``hardness_transfer.csv`` (backbone, segmenter, variant, spearman, partial_spearman, n; header only
     without ``sample_loss_csvs``), and with ``min_fidelity`` (``filter.min_fidelity``) ``fidelity.csv``
     (variant, n, mean_fidelity, rejected, ...: :func:`hardgen.fidelity.fidelity_summary`, also in
-    ``benchmark.md``). Plots (``plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``,
+    ``benchmark.md``; ``judges`` names the guard's judge runs, read from ``fidelity_csvs``, each generated
+    variant's ``results/fidelity/<variant>.csv``). Plots (``plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``,
     ``ratio.png`` (score against the synthetic ratio, :func:`plot_ratio`), and ``training_loss.png`` when
     ``train_logs`` are given.
 
@@ -908,6 +988,8 @@ def write_report(
     written = {
         "benchmark_csv": tables_dir / "benchmark.csv",
         "benchmark_md": tables_dir / "benchmark.md",
+        "reproduction_csv": tables_dir / "reproduction.csv",
+        "contrasts_csv": tables_dir / "contrasts.csv",
         "runs_csv": tables_dir / "runs.csv",
         "hardness_csv": tables_dir / "hardness.csv",
         "hardness_transfer_csv": tables_dir / "hardness_transfer.csv",
@@ -925,12 +1007,31 @@ def write_report(
     scores = _read_scores(list(score_csvs))
     fidelity = None
     if min_fidelity is not None:
-        from hardgen.fidelity import fidelity_summary
+        from hardgen.fidelity import fidelity_summary, guard_judges
 
-        fidelity = fidelity_summary(scores, min_fidelity)
+        if not fidelity_csvs:
+            raise DataError("fidelity guard: the report needs the variants' fidelity tables "
+                            "(results/fidelity/<variant>.csv) to name the guard's judges")
+        judges = guard_judges(_keyed_paths(fidelity_csvs, r"fidelity/([^/]+)\.csv$", "variant"))
+        fidelity = fidelity_summary(scores, min_fidelity, judges)
         written["fidelity_csv"] = tables_dir / "fidelity.csv"
         write_csv(written["fidelity_csv"], fidelity)
-    write_text(written["benchmark_md"], benchmark_markdown(long, runs, demo=demo, fidelity_df=fidelity))
+    anchors = repro.load_anchors(anchors_csv) if anchors_csv is not None else None
+    published = dict(published or {})
+    if anchors is None and any(published.values()):
+        raise DataError(f"report.anchors: null, but segment.archs {sorted(a for a, m in published.items() if m)} "
+                        "name a published model")
+    order = list(testsets) if testsets is not None else sorted(set(long["testset"]) - {OVERALL})
+    no_anchors = pd.DataFrame(columns=repro.ANCHOR_COLUMNS)
+    reproduction = repro.reproduction_table(long, anchors if anchors is not None else no_anchors, published, order)
+    write_csv(written["reproduction_csv"], reproduction)
+    contrasts = contrast_lib.contrast_table(paired_differences(long, testsets=order), order,
+                                            _images_mapping(eval_images or {}))
+    write_csv(written["contrasts_csv"], contrasts)
+    write_text(written["benchmark_md"], benchmark_markdown(
+        long, runs, demo=demo, fidelity_df=fidelity, testsets=order, anchors=anchors, reproduction=reproduction,
+        published=published if published else None, tolerance=reproduce_tolerance, contrasts=contrasts,
+        primary=primary_contrast))
     write_csv(written["hardness_csv"], hardness_table(scores, loss_backbones))
     write_csv(written["hardness_transfer_csv"], hardness_transfer(scores, losses))
     from hardgen import gallery, transfer  # both build on this module's readers, so they are imported here

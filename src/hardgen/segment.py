@@ -93,7 +93,8 @@ class SegmenterSpec:
         for key in ("arch", "encoder"):
             if not entry.get(key):
                 raise ValueError(f"{where}.{key}: missing or empty")
-        unknown = set(entry) - {"arch", "encoder", "encoder_weights", "checkpoint"}
+        # published: the anchor model the report compares this arch's real-only runs with (hardgen.reproduction)
+        unknown = set(entry) - {"arch", "encoder", "encoder_weights", "checkpoint", "published"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         return cls(

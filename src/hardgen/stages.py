@@ -87,9 +87,18 @@ def train_settings(
         steps=train["steps"],
         **{key: train[key] for key in TRAIN_KEYS},
     )
-    if train["images_per_step"] is not None:
-        values["gradient_accumulation_steps"] = accumulation_steps(train["images_per_step"], train["batch_size"], num_gpus)
+    images_per_step, batch_size = train["images_per_step"], train["batch_size"]
     if finetune is not None:
+        # feedback.batch_size / images_per_step: the run's own batch (the authors' feedback run: 2 per GPU, 4 GPUs)
+        if finetune.get("batch_size") is not None:
+            batch_size = values["batch_size"] = finetune["batch_size"]
+        if finetune.get("images_per_step") is not None:
+            images_per_step = finetune["images_per_step"]
+    if images_per_step is not None:
+        values["gradient_accumulation_steps"] = accumulation_steps(images_per_step, batch_size, num_gpus)
+    if finetune is not None:
+        # hard.init / feedback.init: fresh = new adapters from the base (lora.*), as the plain run starts
+        values["fresh_start"] = finetune.get("init", "plain") == "fresh"
         values["steps"] = finetune["steps"]
         values["lambda_"] = finetune["lambda"]
         values["margin_factor"] = finetune["margin_factor"]
@@ -111,6 +120,7 @@ def train_settings(
         values["margins"] = {k: float(backbones[k]["margin"]) for k in in_loss if backbones[k]["margin"] is not None}
     if mode == "feedback":
         values["feedback_loss"] = finetune["loss"]
+        values["seg_loss"] = finetune.get("seg_loss", "structure")
     if segmenter is not None:
         values["segmenter"] = dict(segmenter)
         values["segmenter_weights"] = segmenter_weights

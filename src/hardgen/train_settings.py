@@ -20,6 +20,9 @@ FAMILIES = ("sd15", "sdxl")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 FEEDBACK_LOSSES = ("hinge", "negated")
+#: the judge's per-sample loss in the feedback term: PraNet's structure loss, or pixel-wise cross-entropy (the
+#: authors' SegFormer loss; binary: BCE on the logits)
+SEG_LOSSES = ("structure", "ce")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,6 +47,8 @@ class TrainSettings:
     condition_type: str | None = None
     mode: str = "plain"
     init_lora: str | None = None
+    #: hard / feedback: start from new adapters (``hard.init`` / ``feedback.init: fresh``) instead of ``init_lora``
+    fresh_start: bool = False
     # LoRA layout (control-lora-v3)
     preset: str = "half_skip_attn"
     rank: int = 16
@@ -88,6 +93,8 @@ class TrainSettings:
     prototypes: dict[str, str] = field(default_factory=dict)
     #: feedback term: ``hinge`` = λ·mean max(0, m − ℓ_seg)² (bounded), ``negated`` = −λ·mean ℓ_seg (the authors')
     feedback_loss: str = "hinge"
+    #: the judge's per-sample loss (``feedback.seg_loss``): ``structure`` or ``ce``
+    seg_loss: str = "structure"
     # feedback: the fixed real-trained segmenter (a segment.SegmenterSpec as a dict) and its weights
     segmenter: dict[str, Any] | None = None
     segmenter_weights: str | None = None
@@ -104,6 +111,7 @@ class TrainSettings:
             "family": FAMILIES,
             "mixed_precision": MIXED_PRECISIONS,
             "feedback_loss": FEEDBACK_LOSSES,
+            "seg_loss": SEG_LOSSES,
         }
         if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
             raise bad("prediction_type", f"must be one of {PREDICTION_TYPES} or None (the scheduler's)")
@@ -131,8 +139,10 @@ class TrainSettings:
             raise bad("init_lora", f"{self.init_lora}: file or folder not found")
         if self.mode == "plain":
             return  # init_lora optional: fine-tune a given Control-LoRA (lora.init_weights) or start fresh
-        if not self.init_lora:
-            raise bad("init_lora", f"mode={self.mode!r} fine-tunes a plain LoRA; give its path")
+        if self.fresh_start and self.init_lora:
+            raise bad("init_lora", "fresh_start trains new adapters; give no init_lora")
+        if not self.init_lora and not self.fresh_start:
+            raise bad("init_lora", f"mode={self.mode!r} fine-tunes a plain LoRA; give its path (or fresh_start)")
         if self.calibration_samples < 1:
             raise bad("calibration_samples", "must be >= 1")
         if not self.margin_factor > 0:

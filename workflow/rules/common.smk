@@ -108,6 +108,22 @@ def run_paths(pattern):
     return [pattern.format(arch=a, policy=p, ratio=r, seed=s) for a in ARCHS for p, r in RUNS for s in SEEDS]
 
 
+def generation_conditions_input(wildcards):
+    # generation.condition_fit: crop samples the training conditions; squash its own refitted copy (rule
+    # generation_conditions), so the knob never reruns the LoRA training
+    if config["generation"]["condition_fit"] == "squash":
+        return "results/conditions/squash/conditions.csv"
+    return "results/conditions/conditions.csv"
+
+
+def finetune_init_input(section):
+    # hard.init / feedback.init: plain fine-tunes the plain LoRA (a tracked input); fresh starts new adapters
+    def init(wildcards):
+        return [lora_path("plain")] if config[section]["init"] == "plain" else []
+
+    return init
+
+
 def plain_init_input(wildcards):
     # lora.init_weights: the plain Control-LoRA fine-tunes this one (a tracked input); null: fresh adapters
     init = config["lora"]["init_weights"]
@@ -183,17 +199,17 @@ def score_input(wildcards):
 
 
 def fidelity_input(wildcards):
-    # The score job of a generated variant also grades it (the fidelity guard): the real-only benchmark segmenters'
-    # Dice (segmenter_loss; never the feedback judge) and the held-out backbone's separation, calibrated on the real
+    # The score job of a generated variant also grades it (the fidelity guard): the real-only judges' Dice
+    # (judge_loss; never a benchmark run) and the held-out backbone's separation, calibrated on the real
     # images' (results/fidelity/real.csv, written by the score job of real: the calibration, no grades of its own).
     if wildcards.scored == "real":
         return {}
-    return {"sample_losses": sample_loss_tables(), "reference": "results/fidelity/real.csv"}
+    return {"sample_losses": guard_loss_tables(), "reference": "results/fidelity/real.csv"}
 
 
 def subset_input(wildcards):
     # Subsets are per ratio and segmenter seed (random draws follow it). The real-only policy reads no subset, so
-    # the real-trained segmenters (the fidelity guard's judges; the separate feedback judge) never depend on
+    # the real-trained segmenters (the hardness transfer's evaluators; the separate judges) never depend on
     # filtering or synthetic data, and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
     if wildcards.policy == "real":
         return []
@@ -204,14 +220,31 @@ def eval_tables():
     return run_paths("results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.csv")
 
 
+def eval_image_tables():
+    return run_paths("results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.images.csv")
+
+
+def anchors_input():
+    # report.anchors: the published numbers the report stands beside the run's (null: none)
+    anchors = config["report"]["anchors"]
+    return [anchors] if anchors else []
+
+
 def run_records():
     return run_paths("results/segment/{arch}/{policy}/ratio-{ratio}/seed-{seed}/run.json")
 
 
 def sample_loss_tables():
-    # Hardness transfer and the fidelity guard's Dice use the benchmark's real-policy segmenters of every arch and
-    # seed (never the feedback judge); segment.policies must include real (hardgen.config).
+    # Hardness transfer uses the benchmark's real-policy segmenters of every arch and seed (never the feedback
+    # judge); segment.policies must include real (hardgen.config).
     return expand("results/eval/{arch}/seed-{seed}/sample_loss.csv", arch=ARCHS, seed=SEEDS)
+
+
+def guard_loss_tables():
+    # The fidelity guard's Dice: every arch's separate real-only judge (rule train_judge, seed feedback.judge_seed;
+    # the judges of allocation and the pixel filter), never a benchmark run, so hard_faithful's pool is not chosen by
+    # the real-policy runs it is then compared against.
+    return [f"results/judge/{arch}/seed-{JUDGE_SEED}/sample_loss.csv" for arch in ARCHS]
 
 
 def final_outputs():
@@ -219,6 +252,8 @@ def final_outputs():
         "results/tables/benchmark.csv",
         "results/tables/benchmark.md",
         "results/tables/runs.csv",
+        "results/tables/reproduction.csv",
+        "results/tables/contrasts.csv",
         "results/tables/hardness.csv",
         "results/tables/hardness_transfer.csv",
         "results/tables/transfer_matrix.csv",

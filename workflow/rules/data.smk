@@ -27,7 +27,9 @@ rule prepare_data:
     input:
         demo_data_input,
     output:
-        "results/data/manifest.csv",
+        manifest="results/data/manifest.csv",
+        # which real training images data.train_subset keeps (all when null), with their seeded rank
+        subset="results/data/train_subset.csv",
         # 8-bit PNG pairs of what downstream should not read as stored (16-bit images, non-0/255 masks, NIfTI slices)
         converted=directory("results/data/converted"),
     log:
@@ -43,6 +45,7 @@ rule prepare_data:
         foreground=config["data"]["foreground"],
         window=config["data"]["window"],
         volume=config["data"]["volume"],
+        train_subset=config["data"]["train_subset"],
         seed=config["seed"],
     threads: 1
     resources:

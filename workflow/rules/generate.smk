@@ -39,7 +39,7 @@ rule generate:
     input:
         base=base_model_input,
         lora=generation_lora,
-        conditions="results/conditions/conditions.csv",
+        conditions=generation_conditions_input,
         plan="results/generated/plan.csv",
         prototypes=generation_prototypes,
     output:

@@ -6,6 +6,12 @@ rule report:
         manifest="results/data/manifest.csv",
         conditions="results/conditions/conditions.csv",
         evals=eval_tables(),
+        # per-image scores beside each evaluation: the paired bootstrap of single-seed contrasts
+        eval_images=eval_image_tables(),
+        # published anchors (report.anchors): a tracked input, so new anchors rewrite the report only
+        anchors=anchors_input(),
+        # the guard's grades of each generated variant: fidelity.csv names the judges that made them
+        fidelity=expand("results/fidelity/{variant}.csv", variant=VARIANTS),
         runs=run_records(),
         scores=expand("results/scores/{scored}.csv", scored=SCORED_VARIANTS),
         features=expand("results/scores/{scored}.features.safetensors", scored=SCORED_VARIANTS),
@@ -18,6 +24,10 @@ rule report:
         benchmark=report("results/tables/benchmark.csv", category="Benchmark", caption="../report/benchmark.rst"),
         benchmark_md=report("results/tables/benchmark.md", category="Benchmark", caption="../report/benchmark_md.rst"),
         runs=report("results/tables/runs.csv", category="Benchmark", caption="../report/runs.rst"),
+        reproduction=report(
+            "results/tables/reproduction.csv", category="Benchmark", caption="../report/reproduction.rst"
+        ),
+        contrasts=report("results/tables/contrasts.csv", category="Benchmark", caption="../report/contrasts.rst"),
         hardness=report("results/tables/hardness.csv", category="Hardness", caption="../report/hardness.rst"),
         transfer=report("results/tables/hardness_transfer.csv", category="Hardness", caption="../report/transfer.rst"),
         transfer_matrix=report(
@@ -42,6 +52,9 @@ rule report:
         policies=POLICIES,
         seeds=SEEDS,
         testsets=TESTSETS,
+        published={arch: spec.get("published") for arch, spec in config["segment"]["archs"].items()},
+        reproduce_tolerance=config["report"]["reproduce_tolerance"],
+        primary_contrast=config["report"]["primary_contrast"],
         loss_backbones=config["hard"]["loss_backbones"],
         min_fidelity=config["filter"]["min_fidelity"],
         judge_job=f"{JUDGE}/seed-{JUDGE_SEED}",  # the feedback judge's train_judge job, part of feedback's cost

@@ -43,13 +43,13 @@ rule score:
 if BATCH_RUNS:
 
     # segment.batch_runs (the CPU demo): every generated variant scored in one job, the backbones loaded once. No
-    # wait is added: grading needs the real-only segmenters' losses on every variant (sample_losses), so each
+    # wait is added: grading needs the real-only judges' losses on every variant (sample_losses), so each
     # variant's score job waited for all of generation anyway. Same library call per variant, same files.
     ruleorder: score_variants > score
 
     rule score_variants:
         input:
-            sample_losses=sample_loss_tables(),
+            sample_losses=guard_loss_tables(),
             reference="results/fidelity/real.csv",
             manifest="results/data/manifest.csv",
             samples=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),

@@ -162,6 +162,7 @@ if BATCH_RUNS:
             ),
         output:
             table=batch_patterns("results/eval/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}.csv", RUNS),
+            images=batch_patterns("results/eval/{{arch}}/{policy}/ratio-{ratio}/seed-{{seed}}.images.csv", RUNS),
         log:
             "logs/evaluate_runs/{arch}/seed-{seed}.log",
         benchmark:
@@ -187,6 +188,8 @@ rule evaluate:
         predictions="results/predictions/{arch}/{policy}/ratio-{ratio}/seed-{seed}",
     output:
         table="results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.csv",
+        # per-image scores (testset, image, metric, value): the report's paired bootstrap over test images
+        images="results/eval/{arch}/{policy}/ratio-{ratio}/seed-{seed}.images.csv",
     log:
         "logs/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
     benchmark:

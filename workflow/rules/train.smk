@@ -48,7 +48,7 @@ rule train_hard_lora:
         base=base_model_input,
         conditions="results/conditions/conditions.csv",
         manifest="results/data/manifest.csv",
-        init_lora=lora_path("plain"),
+        init_lora=finetune_init_input("hard"),
         # only the in-loss backbones: the held-out ones never reach the generator
         prototypes=expand("results/prototypes/{backbone}.safetensors", backbone=LOSS_BACKBONES),
     output:
@@ -92,7 +92,7 @@ rule train_feedback_lora:
         base=base_model_input,
         conditions="results/conditions/conditions.csv",
         manifest="results/data/manifest.csv",
-        init_lora=lora_path("plain"),
+        init_lora=finetune_init_input("feedback"),
         segmenter=judge_path(),
     output:
         lora=lora_path("feedback"),

@@ -54,6 +54,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         seed=p.seed,
         batch_size=gen["batch_size"],
         device=configure_torch(snakemake.threads),
+        dtype=None if gen["dtype"] == "auto" else gen["dtype"],
         variant=variant,
         vae=p.model["vae"],
         plan=snakemake.input.plan,

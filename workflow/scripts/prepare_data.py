@@ -1,10 +1,12 @@
-"""Snakemake wrapper for rule prepare_data: validate the dataset (any data.layout) and write the manifest; pairs that
-need it (16-bit images, non-0/255 masks, NIfTI slices) are written as 8-bit PNGs under the converted folder."""
+"""Snakemake wrapper for rule prepare_data: validate the dataset (any data.layout) and write the manifest (and the
+training subset); pairs that need it (16-bit images, non-0/255 masks, NIfTI slices) are written as 8-bit PNGs under
+the converted folder."""
 
 import shutil
 from pathlib import Path
 
-from hardgen.data import VolumeSlicing, build_manifest, write_manifest
+from hardgen.data import SUBSET_COLUMNS, VolumeSlicing, build_manifest, train_subset, write_manifest
+from hardgen.io import write_table
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
@@ -26,5 +28,7 @@ with stage_logging(snakemake.log[0]) as log:
         converted=converted,
         seed=params.seed,
     )
-    write_manifest(manifest, snakemake.output[0])
+    manifest, record = train_subset(manifest, params.train_subset, params.seed)
+    write_table(snakemake.output.subset, record, SUBSET_COLUMNS, "training subset record")
+    write_manifest(manifest, snakemake.output.manifest)
     log.info("manifest: %s", manifest.groupby("split").size().to_dict())

@@ -25,6 +25,13 @@ with stage_logging(snakemake.log[0]) as log:
         min_fidelity=snakemake.params.min_fidelity,  # the fidelity guard's table (results/tables/fidelity.csv)
         judge_loss_csv=inp.judge_loss,
         feature_files=list(inp.features),
+        fidelity_csvs=list(inp.fidelity),  # fidelity.csv's judges column
+        testsets=list(snakemake.params.testsets),  # data.testsets: names and display order
+        eval_images=list(inp.eval_images),
+        anchors_csv=inp.anchors[0] if inp.anchors else None,
+        published=dict(snakemake.params.published),
+        reproduce_tolerance=snakemake.params.reproduce_tolerance,
+        primary_contrast=snakemake.params.primary_contrast,
     )
     log.info("wrote %s", sorted(str(p) for p in written.values()))
     # per-rule times of this run, from the benchmark files of every job upstream of the report

@@ -7,9 +7,8 @@ from hardgen.devices import claim_gpus, configure_torch
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
-    from pathlib import Path
-
     from hardgen.features import BackboneSpec, load_backbone
+    from hardgen.fidelity import judge_name
     from hardgen.io import path_list
     from hardgen.score import score_with_fidelity
 
@@ -32,10 +31,8 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
             out_path=scores_out,
             fidelity_key=fidelity_key,
             fidelity_out=fidelity_out,
-            # generated variants: the real-only segmenters' grades (name <arch>/seed-<s>) and the real calibration
-            sample_loss_csvs=None if real else {
-                f"{Path(p).parent.parent.name}/{Path(p).parent.name}": p for p in snakemake.input.sample_losses
-            },
+            # generated variants: the real-only judges' grades (name judge/<arch>/seed-<s>) and the real calibration
+            sample_loss_csvs=None if real else {judge_name(p): p for p in snakemake.input.sample_losses},
             reference_csv=None if real else snakemake.input.reference,
             pad=snakemake.params.pad,
             device=device,
@@ -47,7 +44,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
             log.info("real training images: %d separations under %s, median %.4g", len(fidelity), fidelity_key,
                      fidelity["separation"].median())
         else:
-            log.info("%s: %d samples graded by %d segmenters; mean fidelity %.3f (Dice %.3f, separation %.3f)",
+            log.info("%s: %d samples graded by judges %s; mean fidelity %.3f (Dice %.3f, separation %.3f)",
                      variant, len(fidelity), fidelity["judges"].iloc[0], fidelity["fidelity"].mean(),
                      fidelity["fidelity_dice"].mean(), fidelity["fidelity_separation"].mean())
         log.info("%s: mean z per backbone %s", variant, scores.groupby("backbone")["z"].mean().round(3).to_dict())

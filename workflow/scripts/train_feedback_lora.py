@@ -12,6 +12,8 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
     configure_torch(snakemake.threads)
 
     p, inp = snakemake.params, snakemake.input
+    # feedback.init: plain fine-tunes the plain LoRA (the rule's input), fresh starts new adapters (no input)
+    init_lora = str(inp.init_lora) if inp.get("init_lora") else None
     settings = train_settings(
         "feedback",
         base=p.base,
@@ -24,12 +26,13 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
         seed=p.seed,
         num_gpus=gpus,
         condition_type=p.condition_type,
-        init_lora=inp.init_lora,
+        init_lora=init_lora,
         finetune=p.feedback,
         segmenter=p.segmenter,
         segmenter_weights=inp.segmenter,
         segment_size=p.segment_size,
         crop_pad=p.hard["crop_pad"],
     )
-    prepare_resume(settings, {"init_lora": inp.init_lora, "segmenter": inp.segmenter})
+    inputs = {"init_lora": init_lora} if init_lora else {}
+    prepare_resume(settings, {**inputs, "segmenter": inp.segmenter})
     log.info("summary: %s", run_training(settings, gpus))

@@ -12,6 +12,8 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
     configure_torch(snakemake.threads)
 
     p, inp = snakemake.params, snakemake.input
+    # hard.init: plain fine-tunes the plain LoRA (the rule's input), fresh starts new adapters (no input)
+    init_lora = str(inp.init_lora) if inp.get("init_lora") else None
     keys = list(p.hard["loss_backbones"])  # the order of the rule's prototypes input
     settings = train_settings(
         "hard",
@@ -25,11 +27,12 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
         seed=p.seed,
         num_gpus=gpus,
         condition_type=p.condition_type,
-        init_lora=inp.init_lora,
+        init_lora=init_lora,
         finetune=p.hard,
         backbones=p.backbones,
         prototypes=dict(zip(keys, inp.prototypes, strict=True)),
         crop_pad=p.hard["crop_pad"],
     )
-    prepare_resume(settings, {"init_lora": inp.init_lora, **dict(zip(keys, inp.prototypes, strict=True))})
+    inputs = {"init_lora": init_lora} if init_lora else {}
+    prepare_resume(settings, {**inputs, **dict(zip(keys, inp.prototypes, strict=True))})
     log.info("summary: %s", run_training(settings, gpus))
