@@ -30,6 +30,7 @@ def ultrasound_config(path, layout: str = "folders") -> list[str]:
     # fewer generators and runs than the polyp quick run: the point is the data path and the protocol
     cfg["generation"].update(variants=["plain", "hard"], shards=1)
     cfg["segment"].update(policies=["real", "hard"], synthetic_ratios=[1.0])
+    cfg["report"]["primary_contrast"] = {"policy": "hard", "versus": "real", "ratio": 1, "metric": "mIoU"}
     cfg["evaluate"] = overlay["evaluate"]
     assert cfg["data"]["train_splits"] == TRAIN_SPLITS and cfg["data"]["testsets"] == [TESTSET]
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
