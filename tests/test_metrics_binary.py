@@ -88,6 +88,25 @@ def test_testset_means_overall_and_missing_hd95(tmp_path) -> None:
         metrics.evaluate_maps(pred, gt, protocol="dice")
 
 
+def test_ground_truth_in_any_two_values_and_label_maps(tmp_path) -> None:
+    """A raw dataset's 0/1 masks score as their 0/255 copies would; a label map is an error naming the file."""
+    from PIL import Image
+
+    gt = _square(10, 10)
+    write_image(tmp_path / "pred" / "T" / "a.png", np.where(_square(10, 13), 200, 20).astype(np.uint8))
+    (tmp_path / "gt01" / "T" / "masks").mkdir(parents=True)
+    Image.fromarray(gt.astype(np.uint8)).save(tmp_path / "gt01" / "T" / "masks" / "a.png")
+    write_mask(tmp_path / "gt255" / "T" / "masks" / "a.png", gt)
+    pd.testing.assert_frame_equal(metrics.evaluate_maps(tmp_path / "pred", tmp_path / "gt01", protocol="binary"),
+                                  metrics.evaluate_maps(tmp_path / "pred", tmp_path / "gt255", protocol="binary"))
+    labels = gt.astype(np.uint8)
+    labels[:3, :3] = 2
+    (tmp_path / "gtlab" / "T" / "masks").mkdir(parents=True)
+    Image.fromarray(labels).save(tmp_path / "gtlab" / "T" / "masks" / "a.png")
+    with pytest.raises(ValueError, match=r"gtlab/T/masks/a\.png.*data\.foreground"):
+        metrics.evaluate_maps(tmp_path / "pred", tmp_path / "gtlab", protocol="binary")
+
+
 def test_a_testset_without_any_hd95_reports_it_missing(tmp_path) -> None:
     write_mask(tmp_path / "gt" / "only" / "masks" / "a.png", np.zeros((8, 8), bool))
     write_image(tmp_path / "pred" / "only" / "a.png", np.zeros((8, 8), np.uint8))

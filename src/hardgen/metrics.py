@@ -49,7 +49,8 @@ Protocols (``evaluate.protocol``, ``hardgen evaluate-maps --protocol``): everyth
 
 - maps are the sigmoid probability x 255, not min-max normalised (:data:`MAP_MIN_MAX`, what
   :func:`hardgen.predict.save_prediction_maps` writes under this protocol), binarised at ``map >= 128``; GT: the
-  mask file's grey levels ``> 127`` (prepare_data writes every mask as 0/255).
+  mask file by the datasets' rule (:func:`hardgen.data.decode_mask`: two values, the higher is foreground, or 0/255
+  with JPEG noise; so a raw 0/1 mask scores right; prepare_data's masks are 0/255).
 - per image: ``mDice`` ``2 TP / (2 TP + FP + FN)``, ``mIoU`` (Jaccard) ``TP / (TP + FP + FN)``, ``Accuracy``
   ``(TP + TN) / N``, ``Sensitivity`` ``TP / (TP + FN)``, ``Specificity`` ``TN / (TN + FP)``; a ratio whose
   denominator is 0 (e.g. an empty mask predicted empty) is 1. ``HD95``: the 95th-percentile symmetric Hausdorff
@@ -279,8 +280,17 @@ def score_binary_image(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 def _read_binary_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    pred, gt = _read_pair(pred_path, gt_path)
-    return pred >= BINARY_MAP_THRESHOLD, gt > 127
+    """The binarised map and the GT mask by the dataset's mask rule (:func:`hardgen.data.decode_mask`: a mask in
+    any two values, e.g. a 0/1 file of a raw dataset, or 0/255 with JPEG noise)."""
+    from hardgen.data import decode_mask
+    from hardgen.io import read_values
+
+    pred, _ = _read_pair(pred_path, gt_path)
+    try:
+        gt = decode_mask(read_values(gt_path), None, gt_path)
+    except DataError as err:
+        raise DataError(f"{err} [map {pred_path}]") from err
+    return pred >= BINARY_MAP_THRESHOLD, gt
 
 
 def _binary_scores(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "evaluate") -> pd.DataFrame:
