@@ -156,3 +156,44 @@ def test_the_pool_never_holds_a_demo_image(demo_test_images):
     assert distance.min() > 5  # grey levels: no pool image is (close to) a demo test image
     with pytest.raises(ValueError, match="demo dataset"):
         render_demo_pool(2, 0, 72, 112, stream=1)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    """Stopped inside the VAE stage and again inside the UNet stage, then resumed: bit-identical to one run."""
+    settings = PretrainSettings(**{**SMOKE, "vae_steps": 3, "unet_steps": 3})
+    whole = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "whole", settings)
+    checkpoint = tmp_path / "ckpt"
+    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings, checkpoint_dir=checkpoint,
+                               stop_after_steps=2)  # VAE step 2 of 3
+    assert stopped["complete"] is False and stopped["step"] == 2 and not (tmp_path / "resumed").exists()
+    state = torch.load(checkpoint / "checkpoint.pt", weights_only=True)  # tensors and plain values only
+    assert state["stage"] == "vae" and state["step"] == 2 and len(state["log"]) == 2
+    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings, checkpoint_dir=checkpoint,
+                               stop_after_steps=2)  # VAE step 3, UNet step 1
+    assert stopped["step"] == 4 and torch.load(checkpoint / "checkpoint.pt", weights_only=True)["stage"] == "unet"
+    resumed = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings, checkpoint_dir=checkpoint)
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("vae_l1", "vae_kl", "unet_mse_first", "unet_mse", "heldout_psnr", "heldout_psnr_random_vae",
+                "scaling_factor"):
+        assert resumed[key] == whole[key], key
+    assert resumed["resumed"] and not whole["resumed"] and not checkpoint.exists()  # removed once saved
+    card = (tmp_path / "resumed" / "README.md").read_text()
+    assert "6 optimiser steps (3 VAE + 3 UNet)" in card and "summed over resumed sessions" in card
+
+
+def test_a_checkpoint_of_other_settings_is_discarded(tmp_path, capsys):
+    settings = PretrainSettings(**{**SMOKE, "vae_steps": 3})
+    checkpoint = tmp_path / "ckpt"
+    pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", settings, checkpoint_dir=checkpoint, stop_after_steps=2)
+    other = PretrainSettings(**{**SMOKE, "vae_steps": 3, "vae_lr": 1e-3})
+    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", other, checkpoint_dir=checkpoint, stop_after_steps=1)
+    assert stopped["step"] == 1  # started over: the checkpoint at step 2 was made with another learning rate
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**SMOKE, "vae_steps": 3, "vae_lr": 1e-3}.items()]
+    assert main(["pretrain-tiny", "--out", str(tmp_path / "out"), "--config", str(REPO / "config" / "config.yaml"),
+                 "--config-dir", str(TINY_CONFIG), *flags, "--checkpoint-dir", str(checkpoint),
+                 "--stop-after-steps", "1", "--no-resume"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["complete"] is False and printed["step"] == 1  # --no-resume starts over too
+    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", other, checkpoint_dir=checkpoint, stop_after_minutes=0)
+    assert stopped["step"] == 2  # resumed at step 1; a session of 0 minutes still takes one step

@@ -77,6 +77,17 @@ def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=None,
                             help=f"default {default}")
+    run = parser.add_argument_group("checkpoints (never change the weights)")
+    run.add_argument("--checkpoint-dir", type=Path, default=None,
+                     help="where the resumable state goes (default: OUT's parent/.NAME.pretrain-checkpoint; removed "
+                     "once OUT is saved)")
+    run.add_argument("--checkpoint-minutes", type=float, default=5.0, help="save the state this often (default 5)")
+    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                     help="resume a checkpoint made with the same settings (default); --no-resume starts over")
+    run.add_argument("--stop-after-steps", type=int, default=None,
+                     help="end this session after N steps with a checkpoint (rerun to go on)")
+    run.add_argument("--stop-after-minutes", type=float, default=None,
+                     help="end this session after M minutes with a checkpoint (rerun to go on)")
 
 
 def _run_pretrain_tiny(args: argparse.Namespace) -> int:
@@ -89,7 +100,9 @@ def _run_pretrain_tiny(args: argparse.Namespace) -> int:
     given = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in setting_names()
              if getattr(args, name, None) is not None]
     command = " ".join(["hardgen pretrain-tiny --out", str(args.out), *given])  # for the model card
-    summary = pretrain_tiny_sd(config_dir, args.out, settings, command=command)
+    summary = pretrain_tiny_sd(config_dir, args.out, settings, command=command, checkpoint_dir=args.checkpoint_dir,
+                               checkpoint_minutes=args.checkpoint_minutes, resume=args.resume,
+                               stop_after_steps=args.stop_after_steps, stop_after_minutes=args.stop_after_minutes)
     print(json.dumps(summary, sort_keys=True))
     return 0
 

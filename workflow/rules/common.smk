@@ -259,4 +259,5 @@ def final_outputs():
         "results/tables/transfer_matrix.csv",
         "results/tables/variant_cost.csv",
         "results/tables/fidelity.csv",
+        "results/tables/mask_following.csv",
     ]

@@ -68,3 +68,29 @@ rule report:
         ENV
     script:
         "../scripts/report.py"
+
+
+# Do the samples follow their masks? Red chromaticity inside vs outside each sample's own mask against a shuffled
+# mask, as a fraction of the real training crops' margin, and the endoscope's dark corners (hardgen.mask_following).
+rule mask_following:
+    input:
+        manifest="results/data/manifest.csv",
+        conditions="results/conditions/conditions.csv",
+        generated=expand("results/generated/{variant}/manifest.csv", variant=VARIANTS),
+    output:
+        report("results/tables/mask_following.csv", category="Hardness", caption="../report/mask_following.rst"),
+    log:
+        "logs/mask_following.log",
+    benchmark:
+        "results/benchmarks/mask_following.tsv"
+    params:
+        resolution=config["model"]["resolution"],
+        seed=config["seed"],  # the shuffled masks' derangement
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/mask_following.py"
