@@ -204,7 +204,9 @@ def test_report_keys_are_checked_against_the_benchmark(demo):
     config = copy.deepcopy(demo)
     assert config["report"]["primary_contrast"] == {"policy": "hard", "versus": "plain", "ratio": 1, "metric": "mIoU"}
     assert config["report"]["anchors"] == "resources/anchors/polyp.csv"
-    assert all(spec["published"] is None for spec in config["segment"]["archs"].values())  # the schema's default
+    # the demo's Polyp-PVT stands beside the published one (a reproduction row); the cnn keeps the schema's default
+    assert {k: spec["published"] for k, spec in config["segment"]["archs"].items()} == {"cnn": None,
+                                                                                         "transformer": "Polyp-PVT"}
     config["report"]["primary_contrast"] = {"policy": "guided", "versus": "plain", "ratio": 3, "metric": "mIoU"}
     errors = errors_for(config)
     assert "'report.primary_contrast.policy': 'guided' is not in segment.policies" in errors
@@ -216,7 +218,8 @@ def test_report_keys_are_checked_against_the_benchmark(demo):
     validate_config(config)
     config["report"]["anchors"] = None
     config["segment"]["archs"]["cnn"]["published"] = "PraNet"
-    assert "'report.anchors': null, but segment.archs ['cnn'] name a published model" in errors_for(config)
+    assert "'report.anchors': null, but segment.archs ['cnn', 'transformer'] name a published model" in errors_for(
+        config)
 
 
 def test_a_published_model_is_not_a_segmenter_setting():

@@ -37,6 +37,8 @@ ALIASES = {
     "filter": ["filter"],
     "segment": ["segment", "cfg"],
     "segment.archs.*": ["entry", "spec"],
+    "lr_decay": ["value"],
+    "segment.archs.*.lr_decay": ["value"],
     "report": ["report"],
     "primary_contrast": ["contrast", "primary"],
 }
@@ -88,7 +90,9 @@ def is_read(path: tuple[str, ...]) -> bool:
         patterns += [rf"\b{alias}\s*{quoted}", rf"\b{alias}\.get\(\s*[\"']{re.escape(key)}[\"']"]
     if any(re.search(p, CODE) for p in patterns):
         return True
-    lists = {"train": ["TRAIN_KEYS"], "backbones.*": ["_SPEC_FIELDS", "LOSS_FIELDS"]}.get(section, [])
+    lists = {"train": ["TRAIN_KEYS"], "backbones.*": ["_SPEC_FIELDS", "LOSS_FIELDS"],
+             # per-arch recipes: segment.* and segment.archs.<key>.* of the same names (segment.resolve_recipe)
+             "segment": ["ARCH_RECIPE_KEYS"], "segment.archs.*": ["ARCH_RECIPE_KEYS", "ARCH_KEYS"]}.get(section, [])
     return any(re.search(rf"[\"']{re.escape(key)}[\"']", _key_list(name)) for name in lists)
 
 

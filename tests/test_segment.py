@@ -308,7 +308,8 @@ def test_equal_budget_across_policies_of_different_sizes(pairs_df: pd.DataFrame,
 
     runs = report.runs_table(records)
     assert list(runs.columns) == ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
-                                  "images_seen"]
+                                  "images_seen", *report.RUNS_RECIPE_COLUMNS]  # + the recipe each run used
+    assert set(runs["optimizer"]) == {"adam"} and set(runs["multi_scale"]) == {"1"}
     assert len(runs) == 6 and runs.set_index("policy")["ratio"].to_dict() == {"real": 0.0, "hard_band": 1.0, "hard": 1.0}
     per_policy = runs[runs.seed == 0].set_index("policy")
     assert per_policy["real_images"].tolist() == [2, 2, 2]

@@ -496,7 +496,7 @@ def test_paper_overlay_plans_the_authors_run(tmp_path):
     assert jobs["generation_conditions"] == 1 and jobs["make_conditions"] == 1
     assert jobs["generate"] == paper["generation"]["shards"] * 3
     # one real-only judge per arch: the fidelity guard's Dice (the feedback judge is one of them), never a benchmark run
-    archs = (paper.get("segment") or PAPER_SEGMENT)["archs"]
+    archs = [key for key, spec in (paper.get("segment") or PAPER_SEGMENT)["archs"].items() if spec is not None]
     assert jobs["train_hard_lora"] == 1 and jobs["train_feedback_lora"] == 1 and jobs["train_judge"] == len(archs)
     assert jobs["judge_loss"] == len(archs)
     # hard.init / feedback.init fresh: neither needs the plain LoRA

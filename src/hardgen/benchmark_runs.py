@@ -19,7 +19,14 @@ import pandas as pd
 import torch
 
 from hardgen.data import load_manifest
-from hardgen.segment import JUDGE_SEED_OFFSET, SegmenterSpec, load_segmenter, train_segmenter, write_run_record
+from hardgen.segment import (
+    JUDGE_SEED_OFFSET,
+    SegmenterSpec,
+    load_segmenter,
+    resolve_recipe,
+    train_segmenter,
+    write_run_record,
+)
 
 log = logging.getLogger("hardgen.segment")
 
@@ -62,7 +69,11 @@ def train_run(
     judge_cache: dict[tuple[str, str], Any] | None = None,
     protocol: str | None = None,
 ) -> dict[str, Any]:
-    """Train one segmenter on real + its subset for ``segment.iterations`` batches; write model, run.json, maps.
+    """Train one segmenter on real + its subset for its arch's iterations; write model, run.json, maps.
+
+    The recipe is the arch's (:func:`hardgen.segment.resolve_recipe`: ``segment.*`` with the arch entry's own
+    optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale and clip on top), so
+    every policy of one arch gets that arch's budget; run.json records it.
 
     ``judge``: the feedback judge's run (training seed ``JUDGE_SEED_OFFSET + seed``, no test maps).
     ``filter_judge``: the real-only judge's weights when ``segment.pixel_filter`` is on for this (synthetic) run:
@@ -74,6 +85,7 @@ def train_run(
     Returns the run record.
     """
     spec = SegmenterSpec.from_config(dict(spec_config), arch)
+    recipe = resolve_recipe(segment, spec_config, arch)
     manifest = load_manifest(manifest_path)
     pairs = training_pairs(manifest, paths.subset)
     ignore_masks = None
@@ -86,7 +98,7 @@ def train_run(
             cache[key] = (load_segmenter(spec, filter_judge, device=device), {})
         judge_model, class_means = cache[key]
         ignore_masks = pixel_filter_masks(judge_model, pairs, size=segment["size"], factor=segment["pixel_filter"],
-                                          batch_size=segment["batch_size"], device=device,
+                                          batch_size=recipe.batch_size, device=device,
                                           class_means_cache=class_means).ignore
         del judge_model, class_means, cache  # without a caller's cache the judge is freed before training
     summary = train_segmenter(
@@ -94,11 +106,15 @@ def train_run(
         spec,
         out_dir=Path(paths.model).parent,
         size=segment["size"],
-        iterations=segment["iterations"],
-        batch_size=segment["batch_size"],
-        lr=segment["learning_rate"],
-        grad_clip=segment["grad_clip"],
-        multi_scale=segment["multi_scale"],
+        iterations=recipe.iterations,
+        batch_size=recipe.batch_size,
+        lr=recipe.learning_rate,
+        grad_clip=recipe.grad_clip,
+        multi_scale=recipe.multi_scale,
+        optimizer=recipe.optimizer,
+        weight_decay=recipe.weight_decay,
+        lr_decay=recipe.lr_decay,
+        augment=recipe.augment,
         seed=JUDGE_SEED_OFFSET + seed if judge else seed,
         device=device,
         config_key=arch,

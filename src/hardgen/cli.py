@@ -122,6 +122,35 @@ def _run_validate_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_segmenter_summary(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, nargs="+", required=True,
+                        help="config file(s), merged in order with the schema's defaults (as validate-config does); "
+                        "the segment.archs entries are summarised")
+
+
+def _run_segmenter_summary(args: argparse.Namespace) -> int:
+    from hardgen.config import ConfigError, load_config, load_schema
+
+    config = load_config(args.config)
+    archs = (config.get("segment") or {}).get("archs")
+    if not archs:
+        raise ValueError(f"{', '.join(map(str, args.config))}: no segment.archs entries")
+    from jsonschema import Draft202012Validator
+
+    schema = load_schema()
+    entry_schema = {**schema["$defs"]["segmenter"], "$defs": schema["$defs"]}
+    problems = [f"config key 'segment.archs.{key}{'.' if err.absolute_path else ''}"
+                f"{'.'.join(map(str, err.absolute_path))}': {err.message}"
+                for key, entry in archs.items() for err in Draft202012Validator(entry_schema).iter_errors(entry)]
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    from hardgen.segment import summarize_segmenter
+
+    for key, entry in archs.items():
+        print(json.dumps(summarize_segmenter(entry, key)))
+    return 0
+
+
 def _add_evaluate_maps(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", type=Path, required=True,
                         help="prediction root: PRED/<testset>/<stem>.png, 8-bit maps (every folder is a test set)")
@@ -156,6 +185,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
                       _add_pretrain_tiny, _run_pretrain_tiny),
     "validate-config": ("validate merged config files (schema, cross-key rules, timm/smp names)",
                         _add_validate_config, _run_validate_config),
+    "segmenter-summary": (("one JSON line per segment.archs entry: arch (the key), params, maps (random weights, "
+                           "nothing downloaded)"), _add_segmenter_summary, _run_segmenter_summary),
     "evaluate-maps": ("score saved 8-bit prediction maps with the polyp toolbox's or the binary protocol "
                       "(per test set + overall)",
                       _add_evaluate_maps, _run_evaluate_maps),

@@ -107,6 +107,7 @@ def apply_defaults(config: dict[str, Any], schema: Mapping[str, Any] | None = No
     their entry schema.
     """
     schema = schema or load_schema()
+    drop_removed_archs(config)
 
     def fill(instance: Any, node: Mapping[str, Any]) -> None:
         node = _resolve(node, schema)
@@ -125,6 +126,19 @@ def apply_defaults(config: dict[str, Any], schema: Mapping[str, Any] | None = No
                     fill(value, extra)
 
     fill(config, schema)
+    return config
+
+
+def drop_removed_archs(config: dict[str, Any]) -> dict[str, Any]:
+    """Remove the ``segment.archs`` entries an overlay set to null (in place; also returned).
+
+    Overlays merge key by key, so an overlay that benchmarks other segmenters than the config it overlays says
+    ``<key>: null`` for each arch it drops (config/paper.yaml drops the demo's cnn and transformer this way).
+    """
+    archs = config.get("segment", {}).get("archs") if isinstance(config.get("segment"), dict) else None
+    if isinstance(archs, dict):
+        for key in [k for k, v in archs.items() if v is None]:
+            del archs[key]
     return config
 
 
@@ -290,7 +304,8 @@ def timm_name_problem(name: str) -> str | None:
 
 
 def check_registries(config: Mapping[str, Any]) -> None:
-    """Check timm backbone names and smp architectures/encoders; raise :class:`ConfigError` naming the key."""
+    """Check timm backbone names, smp architectures/encoders and the field archs' encoders (:mod:`hardgen.archs`);
+    raise :class:`ConfigError` naming the key."""
     import segmentation_models_pytorch as smp
     import timm
     from segmentation_models_pytorch.encoders import get_encoder_names
@@ -302,11 +317,19 @@ def check_registries(config: Mapping[str, Any]) -> None:
         problem = timm_name_problem(spec["name"])
         if problem:
             problems.append(f"config key 'backbones.{key}.name': {problem}")
+    from hardgen.archs import FIELD_ARCHS, encoder_problem, is_field_arch
+
     arch_names = {name.lower() for name in smp.MODEL_ARCHITECTURES_MAPPING}
     encoders = set(get_encoder_names())
     for key, spec in config["segment"]["archs"].items():
+        if is_field_arch(spec["arch"]):  # PraNet, PolypPVT, HFSegformer (hardgen.archs)
+            problem = encoder_problem(spec["arch"], spec["encoder"])
+            if problem:
+                problems.append(f"config key 'segment.archs.{key}.encoder': {problem}")
+            continue
         if spec["arch"].lower() not in arch_names:
-            problems.append(f"config key 'segment.archs.{key}.arch': unknown architecture '{spec['arch']}'")
+            problems.append(f"config key 'segment.archs.{key}.arch': unknown architecture '{spec['arch']}' (smp's, "
+                            f"or one of {[name for name, _ in FIELD_ARCHS.values()]})")
         encoder = spec["encoder"]
         known = encoder in encoders or (encoder.startswith("tu-") and timm.is_model(encoder[3:]))
         if not known:

@@ -232,7 +232,7 @@ class FeedbackJudge:
         x = F.interpolate(images01.float(), size=size, mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         target = F.interpolate(masks.float(), size=size, mode="nearest")
-        logits = self.model(x)
+        logits = self.segment.predict_logits(self.model, x)  # the prediction map (PraNet: last; Polyp-PVT: P1 + P2)
         if self.seg_loss == "ce":
             return segmentation_ce(logits, target)
         return self.segment.structure_loss_per_sample(logits, target)

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hardgen.io import DataError
-from hardgen.segment import PairDataset, _check_size, count_real_synthetic
+from hardgen.segment import PairDataset, _check_size, count_real_synthetic, predict_logits
 
 log = logging.getLogger("hardgen.pixel_filter")
 
@@ -105,7 +105,7 @@ def judge_pixel_losses(
     dataset = PairDataset(pairs_df, size, augment=False)
     row = 0
     for images, masks, _ in DataLoader(dataset, batch_size=batch_size):
-        losses = pixel_bce(model(images.to(device)).float(), masks.to(device)).cpu().numpy()
+        losses = pixel_bce(predict_logits(model, images.to(device)).float(), masks.to(device)).cpu().numpy()
         for loss, mask in zip(losses, masks[:, 0].numpy() > 0.5):
             yield row, loss.astype(np.float32), mask
             row += 1

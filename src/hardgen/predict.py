@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hardgen.io import DataError, read_pair, write_image
 from hardgen.metrics import MAP_MIN_MAX, check_protocol, evaluate_table, prediction_table
-from hardgen.segment import eval_transform
+from hardgen.segment import eval_transform, predict_logits
 
 
 class _TestImages(Dataset):
@@ -89,7 +89,7 @@ def save_prediction_maps(
     model = model.to(device).eval()
     loader = DataLoader(_TestImages(test_df, size), batch_size=batch_size, collate_fn=_collate)
     for batch in tqdm(loader, desc="predict", unit="batch", leave=False):
-        logits = model(batch["image"].to(device)).float()
+        logits = predict_logits(model, batch["image"].to(device)).float()
         for i, (shape, index) in enumerate(zip(batch["shape"], batch["index"])):
             # PraNet: upsample the logits to the GT's own size, sigmoid, min-max normalise (toolbox), save 8-bit.
             up = F.interpolate(logits[i : i + 1], size=shape, mode="bilinear", align_corners=False)

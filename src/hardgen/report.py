@@ -54,6 +54,9 @@ EVAL_COLUMNS: tuple[str, ...] = ("testset", "metric", "value")
 SCORE_COLUMNS: tuple[str, ...] = ("sample_id", "variant", "backbone", "distance")
 RUNS_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
                            "images_seen"]
+#: The training recipe of each run (segment.RECIPE_FIELDS), appended to runs.csv when the records carry it.
+RUNS_RECIPE_COLUMNS: list[str] = ["optimizer", "learning_rate", "weight_decay", "lr_decay_at", "lr_decay_factor",
+                                  "multi_scale", "grad_clip", "augment"]
 TRANSFER_COLUMNS: list[str] = ["backbone", "segmenter", "variant", "spearman", "partial_spearman", "n"]
 SAMPLE_LOSS_COLUMNS: tuple[str, ...] = ("sample_id", "loss", "fg_fraction")
 
@@ -464,7 +467,8 @@ def benchmark_markdown(
 # ------------------------------------------------------------------------------------------- runs
 def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.DataFrame:
     """One row per segmenter run: ``arch, policy, ratio, seed, real_images, synthetic_images, iterations,
-    images_seen``.
+    images_seen``, then the run's recipe (:data:`RUNS_RECIPE_COLUMNS`: optimizer, learning rate, weight decay, lr
+    decay, multi-scale, clip, augmentation) when the records carry it (per-arch recipes: archs may differ).
 
     ``run_records``: ``run.json`` paths (written beside each benchmark model by the train_segmenter
     rule) or their dicts. Raises :class:`DataError` (naming the file) on a missing field (a null ratio
@@ -486,9 +490,15 @@ def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.D
         missing = [c for c in RUNS_COLUMNS if record.get(c) is None]
         if missing:
             raise DataError(f"{where}: run record lacks {missing}")
-        rows.append({c: record[c] for c in RUNS_COLUMNS})
+        row = {c: record[c] for c in RUNS_COLUMNS}
+        for c in RUNS_RECIPE_COLUMNS:  # the run's recipe (per arch); multi_scale as "0.75/1/1.25"
+            if c in record:
+                value = record[c]
+                row[c] = "/".join(f"{float(v):g}" for v in value) if isinstance(value, list) else value
+        rows.append(row)
         sources.append(where)
-    table = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    recipe_columns = [c for c in RUNS_RECIPE_COLUMNS if any(c in row for row in rows)]
+    table = pd.DataFrame(rows, columns=RUNS_COLUMNS + recipe_columns)
     counts = {c: int for c in RUNS_COLUMNS[3:]}
     if table.empty:
         return table.astype({"ratio": float, **counts})
@@ -507,7 +517,7 @@ def runs_table(run_records: Iterable[str | Path | Mapping[str, object]]) -> pd.D
     order = {p: i for i, p in enumerate(_ordered(table["policy"], POLICY_ORDER))}
     table = table.sort_values(["arch", "seed", "policy", "ratio"],
                               key=lambda c: c.map(order) if c.name == "policy" else c)
-    return table[RUNS_COLUMNS].reset_index(drop=True)
+    return table[RUNS_COLUMNS + recipe_columns].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------- hardness

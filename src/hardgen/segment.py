@@ -1,8 +1,16 @@
-"""Polyp segmenters (segmentation-models-pytorch), PraNet's structure loss and the PraNet training recipe.
+"""Polyp segmenters (smp's and the field's), PraNet's structure loss and per-arch training recipes.
 
 The downstream benchmark trains one segmenter per (architecture, training subset, seed) and evaluates
-it with :mod:`hardgen.metrics`. Architectures are named strings resolved by smp's registry
-(``smp.create_model``), so the config chooses CNN vs transformer families without code changes.
+it with :mod:`hardgen.metrics`. Architectures are named strings: smp's registry (``smp.create_model``), or the
+field's polyp segmenters of :mod:`hardgen.archs` (``PraNet``, ``PolypPVT``, ``HFSegformer``), so the config
+chooses families without code changes. PraNet and Polyp-PVT return several deeply supervised maps: the loss is
+the structure loss summed over them (as their authors train) and :func:`predict_logits` is the one place every
+inference path gets the single prediction map from (PraNet: the last map; Polyp-PVT: the sum of its two).
+
+Each ``segment.archs`` entry may carry its own training recipe (:class:`Recipe`: optimizer, learning rate,
+weight decay, step decay, batch size, iterations, multi-scale, gradient clip), overriding the ``segment.*``
+defaults of the same name for that arch only, so archs with different released recipes share one run; every
+policy of one arch gets that arch's budget.
 
 Training follows PraNet: Adam, multi-scale training (each batch is rescaled to
 ``round(size * s / 32) * 32`` for every ``s`` in ``multi_scale`` and each scale takes its own
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +48,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from hardgen.archs import (
+    build_field_arch,
+    encoder_problem,
+    is_field_arch,
+    map_count,
+    output_maps,
+    predict_logits,
+)
 from hardgen.io import read_mask, read_pair, write_csv, write_json
 from hardgen.weights import load_state_dict, save_state_dict
 
@@ -66,15 +83,34 @@ RUN_FIELDS: tuple[str, ...] = (
     "arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations", "images_seen",
 )
 
+#: The training recipe of a run, recorded in ``run.json`` (and ``runs.csv``) beside :data:`RUN_FIELDS`.
+RECIPE_FIELDS: tuple[str, ...] = (
+    "optimizer", "learning_rate", "weight_decay", "lr_decay_at", "lr_decay_factor", "multi_scale", "grad_clip",
+    "augment",
+)
+
+#: ``segment.archs.<key>`` entries: what builds the model (:class:`SegmenterSpec`), the per-arch recipe keys that
+#: override ``segment.*`` (:func:`resolve_recipe`) and ``published`` (the anchors file's model name; the report's).
+SPEC_KEYS = ("arch", "encoder", "encoder_weights", "checkpoint")
+ARCH_RECIPE_KEYS = ("optimizer", "learning_rate", "weight_decay", "lr_decay", "batch_size", "iterations",
+                    "multi_scale", "grad_clip")
+ARCH_KEYS = (*SPEC_KEYS, *ARCH_RECIPE_KEYS, "published")
+
+#: ``segment.augment``: the training augmentation (pranet: the released recipes' resize only, the multi-scale
+#: rescaling being the training loop's; hardgen: flips, a small affine and colour jitter on top).
+AUGMENTATIONS = ("pranet", "hardgen")
+OPTIMIZERS = ("adam", "adamw")
+
 
 # --------------------------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class SegmenterSpec:
-    """What segmenter to build: an smp architecture and encoder, plus optional local weights.
+    """What segmenter to build: an architecture and encoder, plus optional local weights.
 
-    ``arch``: smp architecture name (``Unet``, ``FPN``, ``Segformer``, ...; case-insensitive).
+    ``arch``: smp architecture name (``Unet``, ``FPN``, ``Segformer``, ...; case-insensitive) or a field arch of
+    :mod:`hardgen.archs` (``PraNet``, ``PolypPVT``: a timm encoder name; ``HFSegformer``: a MiT preset, mit-b0 ...).
     ``encoder``: smp encoder name (``resnet18``, ``mit_b0``) or a timm model as ``tu-<name>``.
-    ``encoder_weights``: smp pretrained-weight tag (``imagenet``) or None for random init.
+    ``encoder_weights``: pretrained-weight tag (``imagenet``) or None for random init.
     ``checkpoint``: local ``.safetensors``/plain-tensor file holding the encoder's or the whole
     model's weights (for clusters without internet); loaded through :mod:`hardgen.weights`.
     """
@@ -86,7 +122,10 @@ class SegmenterSpec:
 
     @classmethod
     def from_config(cls, entry: dict[str, Any], config_key: str) -> SegmenterSpec:
-        """Build a spec from one ``segment.archs.<config_key>`` config entry (keys arch, encoder, ...)."""
+        """Build a spec from one ``segment.archs.<config_key>`` config entry (keys arch, encoder, ...).
+
+        The entry's recipe keys and ``published`` are accepted and left to :func:`resolve_recipe` / the report.
+        """
         where = f"segment.archs.{config_key}"
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: expected a mapping with keys arch, encoder, got {type(entry).__name__}")
@@ -94,7 +133,7 @@ class SegmenterSpec:
             if not entry.get(key):
                 raise ValueError(f"{where}.{key}: missing or empty")
         # published: the anchor model the report compares this arch's real-only runs with (hardgen.reproduction)
-        unknown = set(entry) - {"arch", "encoder", "encoder_weights", "checkpoint", "published"}
+        unknown = set(entry) - set(ARCH_KEYS)
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         return cls(
@@ -112,6 +151,11 @@ def _where(config_key: str | None, field: str) -> str:
 
 def _check_spec(spec: SegmenterSpec, config_key: str | None) -> None:
     """Raise ValueError naming the config key when the architecture or encoder is unknown."""
+    if is_field_arch(spec.arch):
+        problem = encoder_problem(spec.arch, spec.encoder)
+        if problem:
+            raise ValueError(f"{_where(config_key, 'encoder')}: {problem}")
+        return
     if spec.arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
         known = sorted(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
         raise ValueError(f"{_where(config_key, 'arch')}: unknown smp architecture {spec.arch!r}; known: {known}")
@@ -126,12 +170,21 @@ def _check_spec(spec: SegmenterSpec, config_key: str | None) -> None:
 
 
 def build_segmenter(spec: SegmenterSpec, config_key: str | None = None) -> nn.Module:
-    """Create the smp model for ``spec`` with one output channel (logits of shape (B, 1, H, W)).
+    """Create the model for ``spec`` with one output channel (logits of shape (B, 1, H, W) per map).
 
+    smp models return one map; the field's multi-map segmenters a tuple (:func:`output_maps`, :func:`predict_logits`).
     Random initialisation follows torch's global RNG, so seed it first for reproducible weights.
     ``config_key`` (the ``segment.archs`` entry name) only improves error messages.
     """
     _check_spec(spec, config_key)
+    if is_field_arch(spec.arch):
+        try:
+            model = build_field_arch(spec.arch, spec.encoder, spec.encoder_weights, spec.checkpoint)
+        except ValueError as err:
+            raise ValueError(f"{_where(config_key, 'arch')}: cannot build {spec.arch}/{spec.encoder}: {err}") from err
+        if spec.checkpoint and not Path(spec.checkpoint).is_dir():  # a folder: HFSegformer's save_pretrained
+            _load_checkpoint(model, Path(spec.checkpoint), _where(config_key, "checkpoint"))
+        return model
     try:
         model = smp.create_model(
             spec.arch, encoder_name=spec.encoder, encoder_weights=spec.encoder_weights, in_channels=3, classes=1
@@ -143,11 +196,21 @@ def build_segmenter(spec: SegmenterSpec, config_key: str | None = None) -> nn.Mo
     return model
 
 
+def summarize_segmenter(entry: Mapping[str, Any], config_key: str) -> dict[str, Any]:
+    """``{"arch": config_key, "params": N, "maps": M}`` of one ``segment.archs`` entry, built with random weights
+    (its ``encoder_weights`` and ``checkpoint`` are ignored: nothing is downloaded or read). ``params`` counts every
+    parameter of the model as hardgen builds it (for PraNet without the backbone's unused ImageNet classifier),
+    ``maps`` the maps its loss is summed over."""
+    spec = SegmenterSpec.from_config(dict(entry), config_key)
+    model = build_segmenter(SegmenterSpec(arch=spec.arch, encoder=spec.encoder), config_key)
+    return {"arch": config_key, "params": int(sum(p.numel() for p in model.parameters())), "maps": map_count(model)}
+
+
 def _load_checkpoint(model: nn.Module, path: Path, where: str) -> None:
     """Load a whole-model or encoder-only state dict into ``model``; raise naming the file on mismatch."""
     state = load_state_dict(path)
     model_keys = set(model.state_dict())
-    if set(state) <= model_keys and any(k.startswith("encoder.") for k in state):
+    if set(state) == model_keys or (set(state) <= model_keys and any(k.startswith("encoder.") for k in state)):
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -155,10 +218,12 @@ def _load_checkpoint(model: nn.Module, path: Path, where: str) -> None:
         log.info("loaded whole-model weights from %s", path)
         return
     # Encoder-only weights, e.g. a timm/torchvision backbone export. smp's timm-universal encoders
-    # nest the timm model one level down ("model."), so try that key prefix as well.
+    # nest the timm model one level down ("model."), so try that key prefix as well; timm's features_only
+    # models (the field archs' encoders) flatten a nested first module ("stages.0." -> "stages_0.").
     encoder_keys = set(model.encoder.state_dict())
-    for prefix in ("", "model."):
-        remapped = {prefix + key: value for key, value in state.items()}
+    renames = (lambda key: key, lambda key: "model." + key, lambda key: re.sub(r"^(\w+)\.(\d+)\.", r"\1_\2.", key))
+    for rename in renames:
+        remapped = {rename(key): value for key, value in state.items()}
         if encoder_keys <= set(remapped):
             dropped = sorted(set(remapped) - encoder_keys)
             if dropped:  # classifier heads and the like: present in backbone exports, absent in encoders
@@ -178,7 +243,10 @@ def _load_checkpoint(model: nn.Module, path: Path, where: str) -> None:
 def load_segmenter(
     spec: SegmenterSpec, weights_path: str | Path, device: str | torch.device = "cpu", config_key: str | None = None
 ) -> nn.Module:
-    """Build ``spec`` and load a trained ``model.safetensors`` (as written by :func:`train_segmenter`); eval mode."""
+    """Build ``spec`` and load a trained ``model.safetensors`` (as written by :func:`train_segmenter`); eval mode.
+
+    Predict with :func:`predict_logits` (the single map of a multi-map segmenter), never by calling the model.
+    """
     # The trained weights replace everything, so skip the spec's own checkpoint / pretrained download.
     model = build_segmenter(
         SegmenterSpec(arch=spec.arch, encoder=spec.encoder, encoder_weights=None, checkpoint=None), config_key
@@ -235,9 +303,39 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor
     return structure_loss_per_sample(logits, mask, valid).mean()
 
 
+def _to_mask_size(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A map upsampled (bilinear) to the mask's size, as PraNet and Polyp-PVT supervise every map at full size."""
+    if logits.shape[-2:] == mask.shape[-2:]:
+        return logits
+    return F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def maps_structure_loss(maps: Sequence[torch.Tensor], mask: torch.Tensor,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The structure loss summed over a segmenter's maps (PraNet: its four; Polyp-PVT: P1 + P2), as released.
+
+    Each map is first brought to the mask's size. One map (smp models): exactly :func:`structure_loss`.
+    """
+    if not maps:
+        raise ValueError("maps_structure_loss: no maps")
+    loss = structure_loss(_to_mask_size(maps[0], mask), mask, valid)
+    for extra in maps[1:]:
+        loss = loss + structure_loss(_to_mask_size(extra, mask), mask, valid)
+    return loss
+
+
 # ----------------------------------------------------------------------------------------------- data
-def train_transform(size: int) -> A.Compose:
-    """Training augmentation: resize, flips, small shift-scale-rotate, colour jitter, ImageNet norm."""
+def train_transform(size: int, augment: str = "hardgen") -> A.Compose:
+    """Training augmentation (``segment.augment``).
+
+    ``hardgen``: resize, flips, small shift-scale-rotate, colour jitter, ImageNet norm. ``pranet``: the released
+    PraNet / Polyp-PVT recipes' augmentation only, i.e. resize and ImageNet norm (their multi-scale rescaling is the
+    training loop's, :func:`scaled_size`; Polyp-PVT's flips and rotations are off in its released training).
+    """
+    if augment == "pranet":
+        return eval_transform(size)
+    if augment != "hardgen":
+        raise ValueError(f"segment.augment: {augment!r} is not one of {list(AUGMENTATIONS)}")
     return A.Compose(
         [
             A.Resize(size, size),
@@ -280,13 +378,13 @@ class PairDataset(Dataset):
     augmentation a function of the run seed alone, independent of worker count and scheduling.
     """
 
-    def __init__(self, pairs_df: pd.DataFrame, size: int, augment: bool) -> None:
+    def __init__(self, pairs_df: pd.DataFrame, size: int, augment: bool, augmentation: str = "hardgen") -> None:
         _check_pairs(pairs_df, "pairs table")
         self.images = [str(p) for p in pairs_df["image"]]
         self.masks = [str(p) for p in pairs_df["mask"]]
         self.sample_ids = _sample_ids(pairs_df)
         self.augment = augment
-        self.transform = train_transform(size) if augment else eval_transform(size)
+        self.transform = train_transform(size, augmentation) if augment else eval_transform(size)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -315,8 +413,8 @@ class FilteredPairDataset(PairDataset):
     """
 
     def __init__(self, pairs_df: pd.DataFrame, size: int, ignore: Sequence[np.ndarray | None],
-                 augment: bool = True) -> None:
-        super().__init__(pairs_df, size, augment)
+                 augment: bool = True, augmentation: str = "hardgen") -> None:
+        super().__init__(pairs_df, size, augment, augmentation)
         if len(ignore) != len(self.images):
             raise ValueError(f"ignore maps: {len(ignore)} entries for {len(self.images)} pairs")
         self.size = size
@@ -389,6 +487,106 @@ def _check_size(size: int) -> None:
         raise ValueError(f"segment.size: {size} must be a positive multiple of {SIZE_MULTIPLE} (smp encoders)")
 
 
+# ------------------------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Recipe:
+    """How one arch trains: ``segment.*`` with the arch entry's own recipe keys on top (:func:`resolve_recipe`).
+
+    ``lr_decay``: ``(at, factor)``: the learning rate is multiplied by ``factor`` after ``round(at × iterations)``
+    iterations (Polyp-PVT's released recipe: × 0.1 from half of the budget); None = constant.
+    """
+
+    optimizer: str
+    learning_rate: float
+    weight_decay: float
+    lr_decay: tuple[float, float] | None
+    batch_size: int
+    iterations: int
+    multi_scale: tuple[float, ...]
+    grad_clip: float | None
+    augment: str = "hardgen"
+
+    def record(self) -> dict[str, Any]:
+        """The :data:`RECIPE_FIELDS` of ``run.json``."""
+        return {
+            "optimizer": self.optimizer, "learning_rate": float(self.learning_rate),
+            "weight_decay": float(self.weight_decay),
+            "lr_decay_at": None if self.lr_decay is None else float(self.lr_decay[0]),
+            "lr_decay_factor": None if self.lr_decay is None else float(self.lr_decay[1]),
+            "multi_scale": [float(s) for s in self.multi_scale],
+            "grad_clip": None if self.grad_clip is None else float(self.grad_clip),
+            "augment": self.augment,
+        }
+
+
+def _lr_decay(value: Any, where: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        if set(value) != {"at", "factor"}:
+            raise ValueError(f"{where}: expected keys at, factor, got {sorted(value)}")
+        at, factor = value["at"], value["factor"]
+    else:
+        at, factor = value
+    at, factor = float(at), float(factor)
+    if not (0 < at < 1) or not (factor > 0):
+        raise ValueError(f"{where}: need 0 < at < 1 and factor > 0, got at {at}, factor {factor}")
+    return at, factor
+
+
+def resolve_recipe(segment: Mapping[str, Any], entry: Mapping[str, Any], config_key: str) -> Recipe:
+    """The recipe of ``segment.archs.<config_key>``: each of :data:`ARCH_RECIPE_KEYS` the arch entry sets (not null)
+    overrides the ``segment.*`` value of the same name for that arch; null (the schema's default) inherits it.
+
+    ``segment`` is the config section with the schema's defaults filled in (:func:`hardgen.config.apply_defaults`);
+    a key missing from both raises ValueError naming it.
+    """
+    merged = {k: segment[k] for k in ARCH_RECIPE_KEYS if k in segment}
+    where = {k: f"segment.{k}" for k in ARCH_RECIPE_KEYS}
+    for key in ARCH_RECIPE_KEYS:
+        if entry.get(key) is not None:
+            merged[key] = entry[key]
+            where[key] = f"segment.archs.{config_key}.{key}"
+    missing = [f"segment.{k}" for k in ARCH_RECIPE_KEYS if k not in merged]
+    if "augment" not in segment:
+        missing.append("segment.augment")
+    if missing:
+        raise ValueError(f"segment.archs.{config_key}: no value for {missing} (set it in segment or the arch entry)")
+    optimizer = str(merged["optimizer"]).lower()
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"{where['optimizer']}: {merged['optimizer']!r} is not one of {list(OPTIMIZERS)}")
+    augment = str(segment["augment"])
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"segment.augment: {augment!r} is not one of {list(AUGMENTATIONS)}")
+    weight_decay = float(merged["weight_decay"])
+    if weight_decay < 0:
+        raise ValueError(f"{where['weight_decay']}: must be >= 0, got {weight_decay}")
+    grad_clip = merged["grad_clip"]
+    return Recipe(
+        optimizer=optimizer,
+        learning_rate=float(merged["learning_rate"]),
+        weight_decay=weight_decay,
+        lr_decay=_lr_decay(merged["lr_decay"], where["lr_decay"]),
+        batch_size=int(merged["batch_size"]),
+        iterations=int(merged["iterations"]),
+        multi_scale=tuple(float(x) for x in merged["multi_scale"]),
+        grad_clip=None if grad_clip is None else float(grad_clip),
+        augment=augment,
+    )
+
+
+def make_optimizer(params: Any, name: str, lr: float, weight_decay: float, device: torch.device
+                   ) -> torch.optim.Optimizer:
+    """Adam (PraNet; L2 weight decay) or AdamW (Polyp-PVT; decoupled weight decay), torch's fused kernel where it has
+    one (the same update in one pass over each tensor: a CNN step 13 % faster on the CPU)."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    raise ValueError(f"segment.optimizer: {name!r} is not one of {list(OPTIMIZERS)}")
+
+
 # ------------------------------------------------------------------------------------------- training
 def count_real_synthetic(pairs_df: pd.DataFrame) -> tuple[int, int]:
     """(real, synthetic) pair counts: synthetic rows have a ``variant`` other than ``real``.
@@ -420,8 +618,18 @@ def train_segmenter(
     num_workers: int = 0,
     config_key: str | None = None,
     ignore_masks: Sequence[np.ndarray | None] | None = None,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    lr_decay: tuple[float, float] | Mapping[str, float] | None = None,
+    augment: str = "hardgen",
 ) -> dict[str, Any]:
     """Train a segmenter on ``pairs_df`` (columns image, mask [+ sample_id, variant]) the PraNet way.
+
+    The recipe (:class:`Recipe`; :func:`resolve_recipe` reads it from the config): ``optimizer`` adam | adamw with
+    ``weight_decay``, ``lr``, ``lr_decay`` ``(at, factor)`` (``lr × factor`` after ``round(at × iterations)``
+    iterations), ``batch_size``, ``iterations``, ``multi_scale``, ``grad_clip`` and ``augment``
+    (:func:`train_transform`). A multi-map segmenter's loss is the structure loss summed over its maps
+    (:func:`maps_structure_loss`), each upsampled to the mask size.
 
     The budget is ``iterations`` batches of ``batch_size`` pairs, whatever the number of pairs: the
     batches are cut from an endless seeded stream of shuffled passes over the pairs
@@ -455,33 +663,42 @@ def train_segmenter(
         raise ValueError(f"segment.learning_rate: must be a positive number, got {lr}")
     if not multi_scale or any(not (s > 0) for s in multi_scale):
         raise ValueError(f"segment.multi_scale: need positive scales, got {list(multi_scale)}")
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"segment.augment: {augment!r} is not one of {list(AUGMENTATIONS)}")
+    decay = _lr_decay(lr_decay, "segment.lr_decay")
     iterations = int(iterations)
+    decay_after = None if decay is None else round(decay[0] * iterations)
     out_dir = Path(out_dir)
     device = torch.device(device)
 
     real_images, synthetic_images = count_real_synthetic(pairs_df)
     ignored_fraction = None
     if ignore_masks is None:
-        dataset = PairDataset(pairs_df, size, augment=True)
+        dataset = PairDataset(pairs_df, size, augment=True, augmentation=augment)
     else:
-        dataset = FilteredPairDataset(pairs_df, size, ignore_masks, augment=True)
+        dataset = FilteredPairDataset(pairs_df, size, ignore_masks, augment=True, augmentation=augment)
         ignored_fraction = _ignored_fraction(pairs_df, ignore_masks, size, synthetic_images)
     torch.manual_seed(seed)  # model initialisation
     model = build_segmenter(spec, config_key).to(device).train()
-    # torch's fused Adam kernel (the same update, one pass over each tensor): a CNN step 13 % faster on the CPU
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True if device.type in ("cpu", "cuda") else None)
+    n_maps = map_count(model)
+    optim = make_optimizer(model.parameters(), optimizer, lr, weight_decay, device)
     stream = SeededEpochStream(len(dataset), iterations * batch_size, torch.Generator().manual_seed(seed))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=stream, num_workers=num_workers)
     train_sizes = [scaled_size(size, s) for s in multi_scale]
-    log.info("training %s/%s on %d pairs (%d real, %d synthetic), sizes %s, %d iterations of %d (%.2f passes)",
-             spec.arch, spec.encoder, len(dataset), real_images, synthetic_images, train_sizes, iterations,
-             batch_size, iterations * batch_size / len(dataset))
+    log.info("training %s/%s (%d maps) on %d pairs (%d real, %d synthetic), sizes %s, %d iterations of %d "
+             "(%.2f passes), %s lr %g wd %g decay %s, augment %s", spec.arch, spec.encoder, n_maps, len(dataset),
+             real_images, synthetic_images, train_sizes, iterations, batch_size, iterations * batch_size / len(dataset),
+             optimizer, lr, weight_decay, decay, augment)
 
     rows: list[dict[str, Any]] = []
     step = 0
     start = time.perf_counter()
     progress = tqdm(loader, total=iterations, desc="segmenter", unit="batch", leave=False)
     for iteration, batch in enumerate(progress, start=1):
+        if decay_after is not None and iteration == decay_after + 1:
+            for group in optim.param_groups:
+                group["lr"] = lr * decay[1]
+            log.info("iteration %d: learning rate x %g -> %g", iteration, decay[1], lr * decay[1])
         images, masks = batch[0].to(device), batch[1].to(device)
         valid = 1.0 - batch[2].to(device) if ignore_masks is not None else None
         for scale, train_size in zip(multi_scale, train_sizes):
@@ -496,8 +713,8 @@ def train_segmenter(
                     batch_valid = F.interpolate(valid, size=(train_size, train_size), mode="nearest")
             else:
                 batch_images, batch_masks = images, masks
-            optimizer.zero_grad(set_to_none=True)
-            loss = structure_loss(model(batch_images), batch_masks, batch_valid)
+            optim.zero_grad(set_to_none=True)
+            loss = maps_structure_loss(output_maps(model, batch_images), batch_masks, batch_valid)
             if not torch.isfinite(loss):
                 raise RuntimeError(
                     f"non-finite segmentation loss ({loss.item()}) at step {step} (iteration {iteration}, "
@@ -506,7 +723,7 @@ def train_segmenter(
             loss.backward()
             if grad_clip is not None and grad_clip > 0:
                 nn.utils.clip_grad_value_(model.parameters(), grad_clip)
-            optimizer.step()
+            optim.step()
             rows.append({"iteration": iteration, "step": step, "scale": float(scale), "loss": float(loss.item())})
             progress.set_postfix(loss=f"{loss.item():.4f}")
     seconds = time.perf_counter() - start
@@ -536,6 +753,10 @@ def train_segmenter(
         "steps": step,
         "seed": int(seed),
         "ignored_pixel_fraction": ignored_fraction,
+        "maps": n_maps,
+        **Recipe(optimizer=optimizer, learning_rate=lr, weight_decay=weight_decay, lr_decay=decay,
+                 batch_size=batch_size, iterations=iterations, multi_scale=tuple(multi_scale),
+                 grad_clip=grad_clip if grad_clip is not None and grad_clip > 0 else None, augment=augment).record(),
     }
     log.info("segmenter trained: %s", summary)
     return summary
@@ -586,6 +807,8 @@ def run_record(arch: str, policy: str, seed: int, summary: Mapping[str, Any], ra
     # segment.pixel_filter: the fraction of synthetic pixels left out of the loss (null: no filter / no synthetic)
     fraction = summary.get("ignored_pixel_fraction")
     record["ignored_pixel_fraction"] = None if fraction is None else float(fraction)
+    # the training recipe the run used (per arch: segment.* with the arch's own keys on top)
+    record.update({k: summary[k] for k in RECIPE_FIELDS if k in summary})
     return record
 
 
@@ -625,7 +848,7 @@ def sample_losses(
     dices: list[float] = []
     for images, masks, batch_ids in tqdm(DataLoader(dataset, batch_size=batch_size), desc="sample losses",
                                          unit="batch", leave=False):
-        logits = model(images.to(device))
+        logits = predict_logits(model, images.to(device))
         losses.extend(structure_loss_per_sample(logits, masks.to(device)).cpu().tolist())
         dices.extend(prediction_dice(logits, masks).tolist())
         ids.extend(batch_ids)
