@@ -34,7 +34,7 @@ def _run(manifest_path: Path, out: Path, subset: str | None, policy: str) -> tup
     paths = RunPaths(model=str(out / "model.safetensors"), run=str(out / "run.json"), subset=subset,
                      predictions=str(out / "maps"))
     record = train_run(manifest_path, SPEC, SEGMENT, "cnn", policy, 0.5 if subset else 0.0, 0, paths,
-                       torch.device("cpu"), testsets=TESTSETS)
+                       torch.device("cpu"), testsets=TESTSETS, protocol="polyp_toolbox")
     return record, paths
 
 

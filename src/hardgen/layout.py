@@ -30,6 +30,7 @@ PATTERNS: dict[str, str] = {
     "demo_data": "results/data/demo",
     "manifest": "results/data/manifest.csv",
     "train_subset": "results/data/train_subset.csv",
+    "converted": "results/data/converted",
     "conditions": "results/conditions/conditions.csv",
     "squash_conditions": "results/conditions/squash/conditions.csv",
     "squash_images": "results/conditions/squash/images",

@@ -30,6 +30,7 @@ rule train_segmenter:
         filter_judges=run_filter_judges,
         judge=False,
         testsets=TESTSETS,
+        protocol=PROTOCOL,
     threads: 1
     resources:
         mem_mb=8000,
@@ -109,6 +110,7 @@ if BATCH_RUNS:
             filter_judges=filter_judges(ARCHS),
             judge=False,
             testsets=TESTSETS,
+            protocol=PROTOCOL,
         threads: 1
         resources:
             mem_mb=8000,
@@ -139,6 +141,7 @@ if BATCH_RUNS:
             filter_judges={},
             judge=False,
             testsets=TESTSETS,
+            protocol=PROTOCOL,
         threads: 1
         resources:
             mem_mb=8000,
@@ -162,6 +165,7 @@ if BATCH_RUNS:
             "results/benchmarks/evaluate_runs/{arch}/seed-{seed}.tsv"
         params:
             testsets=TESTSETS,
+            protocol=PROTOCOL,
         threads: 1
         resources:
             mem_mb=2000,
@@ -188,6 +192,7 @@ rule evaluate:
         "results/benchmarks/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
     params:
         testsets=TESTSETS,
+        protocol=PROTOCOL,
     threads: 1
     resources:
         mem_mb=2000,
