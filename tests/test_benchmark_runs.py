@@ -34,7 +34,7 @@ def _run(manifest_path: Path, out: Path, subset: str | None, policy: str) -> tup
     paths = RunPaths(model=str(out / "model.safetensors"), run=str(out / "run.json"), subset=subset,
                      predictions=str(out / "maps"))
     record = train_run(manifest_path, SPEC, SEGMENT, "cnn", policy, 0.5 if subset else 0.0, 0, paths,
-                       torch.device("cpu"), testsets=TESTSETS)
+                       torch.device("cpu"), testsets=TESTSETS, protocol="polyp_toolbox")
     return record, paths
 
 
@@ -79,7 +79,7 @@ def test_an_infeasible_subset_skips_its_run_and_writes_its_declared_outputs(mani
     paths = RunPaths(model=str(out / "model.safetensors"), run=str(out / "run.json"), subset=str(subset),
                      predictions=str(out / "maps"), subset_record=str(record))
     result = train_run(manifest_path, SPEC, SEGMENT, "cnn", "hard_faithful", 1.0, 0, paths, torch.device("cpu"),
-                       testsets=TESTSETS)
+                       testsets=TESTSETS, protocol="polyp_toolbox")
     assert result["skipped"] is True and (result["pool"], result["need"], result["reason"]) == (3, 4, "holds 3")
     assert json.loads(Path(paths.run).read_text()) == result
     assert load_state_dict(paths.model) == {}  # no training, an empty weights file
@@ -88,5 +88,5 @@ def test_an_infeasible_subset_skips_its_run_and_writes_its_declared_outputs(mani
     write_json(record, pool_record("hard_faithful", 1.0, 0, 4, 5, 4))
     pd.DataFrame({"image": [], "mask": [], "sample_id": [], "variant": []}).to_csv(subset, index=False)
     trained = train_run(manifest_path, SPEC, SEGMENT, "cnn", "hard_faithful", 1.0, 0, paths, torch.device("cpu"),
-                        testsets=TESTSETS)
+                        testsets=TESTSETS, protocol="polyp_toolbox")
     assert "skipped" not in trained and load_state_dict(paths.model)

@@ -107,7 +107,8 @@ def test_evaluate_maps_command(capsys, tmp_path):
     pred, gt = _map_tree(tmp_path)
     out = tmp_path / "eval" / "scores.csv"
     assert main(["evaluate-maps", "--pred", str(pred), "--gt", str(gt), "--out", str(out)]) == 0
-    assert last_json(capsys.readouterr().out) == {"out": str(out), "testsets": ["CVC-300", "Kvasir"], "images": 5}
+    assert last_json(capsys.readouterr().out) == {"out": str(out), "protocol": "polyp_toolbox",
+                                                  "testsets": ["CVC-300", "Kvasir"], "images": 5}
     table = pd.read_csv(out)
     assert list(table.columns) == ["testset", "metric", "value"]
     assert table["testset"].unique().tolist() == ["CVC-300", "Kvasir", OVERALL]

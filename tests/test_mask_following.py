@@ -136,3 +136,26 @@ def test_the_table_from_the_workflow_files(tmp_path, discs):
                                       {"plain": tmp_path / "plain.csv"}, size=SIZE).set_index("variant")
     assert table.loc["real", "own"] == pytest.approx(red_chromaticity_margin(images, masks), abs=1e-3)
     assert table.loc["plain", "margin_vs_real"] < 0.1
+
+
+def test_grayscale_modalities_use_the_grey_level() -> None:
+    """Ultrasound-like grey images (three equal channels) with dark lesions: the cue is the grey level, the reference
+    gap is negative, a variant that follows its masks scores near 1 and one that ignores them near 0."""
+    from hardgen.mask_following import is_grayscale, mask_following_table
+
+    rng = np.random.default_rng(0)
+    masks, images = [], []
+    for i in range(8):
+        mask = np.zeros((32, 32), bool)
+        mask[4 + i:14 + i, 6 + 2 * i:16 + 2 * i] = True
+        grey = np.where(mask, 40.0, 150.0) + rng.normal(0, 5, (32, 32))
+        images.append(np.repeat(grey.clip(0, 255).astype(np.uint8)[..., None], 3, axis=2))
+        masks.append(mask)
+    assert is_grayscale(images)
+    uniform = [np.full_like(im, 120) for im in images]
+    table = mask_following_table((images, masks), {"follows": (images, masks), "ignores": (uniform, masks)})
+    table = table.set_index("variant")
+    assert table.loc["real", "own"] < 0  # dark lesions
+    assert table.loc["real", "margin_vs_real"] == pytest.approx(1.0)
+    assert table.loc["follows", "margin_vs_real"] == pytest.approx(1.0)
+    assert table.loc["ignores", "margin_vs_real"] == pytest.approx(0.0)

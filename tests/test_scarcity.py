@@ -34,7 +34,7 @@ def test_layout_has_the_size_level_only_when_asked():
     assert layout.wildcards("eval", n_real="{n_real}") == ["n_real", "arch", "policy", "ratio", "seed"]
     assert layout.wildcards("eval") == ["arch", "policy", "ratio", "seed"]
     # the dataset, its full manifest, the base model and the cross-size summary never have it
-    for name in ("demo_data", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot"):
+    for name in ("demo_data", "converted", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot"):
         assert layout.path(name, n_real=24) == layout.path(name), name
     # every artifact downstream of the real data has it, and the full manifest is the per-size one's path when off
     assert {"conditions", "prototype", "lora", "generated", "scores", "fidelity", "subset", "model", "eval", "judge",

@@ -23,6 +23,8 @@ ALIASES = {
     "": ["config"],
     "data": ["data"],
     "demo": ["demo"],
+    "volume": ["volume"],
+    "evaluate": ["evaluate"],
     "condition": ["condition", "cond"],
     "model": ["model"],
     "lora": ["lora"],

@@ -91,6 +91,7 @@ def train_run(
     filter_judge: str | None = None,
     testsets: Sequence[str] = (),
     judge_cache: dict[tuple[str, str], Any] | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Any]:
     """Train one segmenter on real + its subset for its arch's iterations; write model, run.json, maps.
 
@@ -103,6 +104,8 @@ def train_run(
     synthetic pixels it finds too hard are left out of the loss (:mod:`hardgen.pixel_filter`).
     ``judge_cache``: a dict the caller keeps across the runs of one job: each judge is loaded once and the class
     means of its real images computed once (the same model, record and maps as without it).
+    ``protocol``: ``evaluate.protocol``, which decides how the test maps are saved (min-max or the probability as it
+    is); required when ``paths.predictions`` is set.
     ``paths.subset_record``: the subset's pool record; when it says infeasible the run is skipped
     (:func:`skip_run`). Returns the run record.
     """
@@ -150,11 +153,15 @@ def train_run(
     )
     record = write_run_record(paths.run, arch, policy, seed, summary, ratio=ratio)
     if paths.predictions:
+        from hardgen.metrics import MAP_MIN_MAX, check_protocol
         from hardgen.predict import save_prediction_maps
 
+        if protocol is None:
+            raise ValueError("train_run: test maps need evaluate.protocol (protocol=...)")
         model = load_segmenter(spec, paths.model, device=device)
         test_rows = manifest[manifest["split"].isin(list(testsets))]
-        maps = save_prediction_maps(model, test_rows, size=segment["size"], out_root=paths.predictions, device=device)
+        maps = save_prediction_maps(model, test_rows, size=segment["size"], out_root=paths.predictions, device=device,
+                                    min_max=MAP_MIN_MAX[check_protocol(protocol)])
         log.info("%d prediction maps in %s", len(maps), paths.predictions)
     log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if judge else "", record)
     return record

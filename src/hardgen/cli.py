@@ -155,8 +155,13 @@ def _add_evaluate_maps(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", type=Path, required=True,
                         help="prediction root: PRED/<testset>/<stem>.png, 8-bit maps (every folder is a test set)")
     parser.add_argument("--gt", type=Path, required=True,
-                        help="PraNet test root: GT/<testset>/masks/<stem>.<png|jpg|jpeg|bmp|tif>")
+                        help="ground-truth root: GT/<testset>/masks/<stem>.<png|jpg|jpeg|bmp|tif> (PraNet's TestDataset "
+                             "or a folders-layout root)")
     parser.add_argument("--out", type=Path, required=True, help="output CSV: testset, metric, value")
+    parser.add_argument("--protocol", choices=["polyp_toolbox", "binary"], default="polyp_toolbox",
+                        help="polyp_toolbox (default): min-max maps, the toolbox's metrics; binary: maps = probability "
+                             "x 255 binarised at >= 128, per-image mDice, mIoU, Accuracy, Sensitivity, Specificity, "
+                             "HD95 (pixels) averaged over images")
 
 
 def _run_evaluate_maps(args: argparse.Namespace) -> int:
@@ -164,11 +169,12 @@ def _run_evaluate_maps(args: argparse.Namespace) -> int:
     from hardgen.metrics import find_map_pairs, score_testsets
 
     pairs = find_map_pairs(args.pred, args.gt)  # evaluate_maps, keeping the pairs for the image count
-    table = score_testsets(pairs)
+    table = score_testsets(pairs, protocol=args.protocol)
     write_csv(args.out, table)
     wide = table.pivot(index="testset", columns="metric", values="value")
     print(wide.reindex(index=table["testset"].unique(), columns=table["metric"].unique()).round(4).to_string())
-    print(json.dumps({"out": str(args.out), "testsets": list(pairs), "images": sum(len(p) for p in pairs.values())}))
+    print(json.dumps({"out": str(args.out), "protocol": args.protocol, "testsets": list(pairs),
+                      "images": sum(len(p) for p in pairs.values())}))
     return 0
 
 
@@ -181,7 +187,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
                         _add_validate_config, _run_validate_config),
     "segmenter-summary": (("one JSON line per segment.archs entry: arch (the key), params, maps (random weights, "
                            "nothing downloaded)"), _add_segmenter_summary, _run_segmenter_summary),
-    "evaluate-maps": ("score saved 8-bit prediction maps with the polyp toolbox's protocol (per test set + overall)",
+    "evaluate-maps": ("score saved 8-bit prediction maps with the polyp toolbox's or the binary protocol "
+                      "(per test set + overall)",
                       _add_evaluate_maps, _run_evaluate_maps),
 }
 

@@ -198,9 +198,27 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     cond = config["condition"]
     if cond["canny_low"] >= cond["canny_high"]:
         problems.append("config key 'condition.canny_low': must be below condition.canny_high")
-    demo = config["data"]["demo"]
+    data = config["data"]
+    demo = data["demo"]
     if demo["min_size"] > demo["max_size"]:
         problems.append("config key 'data.demo.min_size': must not exceed data.demo.max_size")
+    if data["root"] is None:
+        wanted = ["pranet"] if demo["modality"] == "polyp" else ["folders", "table"]
+        if data["layout"] not in wanted:
+            problems.append(f"config key 'data.layout': the {demo['modality']} demo (data.root null, "
+                            f"data.demo.modality) is written for layout {' or '.join(wanted)}, not {data['layout']}")
+    if data["layout"] == "pranet" and list(data["train_splits"]) != ["train"]:
+        problems.append(f"config key 'data.train_splits': the pranet layout has one training split, train "
+                        f"(got {data['train_splits']})")
+    clash = sorted(set(data["train_splits"]) & set(data["testsets"]) | ({"train"} & set(data["testsets"])))
+    if clash:
+        problems.append(f"config key 'data.testsets': {clash} also name training splits (or the manifest's train)")
+    unknown = sorted(k for k, v in data["expected_sizes"].items() if v is not None and k not in ["train", *data["testsets"]])
+    if unknown:
+        problems.append(f"config key 'data.expected_sizes': {unknown} are neither train nor in data.testsets "
+                        "(null clears an expectation)")
+    if data["window"] is not None and not data["window"][0] < data["window"][1]:
+        problems.append(f"config key 'data.window': need low < high, got {data['window']}")
     archs = config["segment"]["archs"]
     if config["feedback"]["segmenter"] not in archs:
         problems.append(

@@ -27,15 +27,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from hardgen.io import (
     IMAGE_SUFFIXES,
-    MASK_THRESHOLD,
     DataError,
     binarize,
     read_gray,
     read_rgb,
+    to_uint8,
     write_table,
     write_image,
     write_mask,
@@ -312,6 +313,121 @@ def make_demo_dataset(
     LOG.info("demo dataset: %d train + %d x %d test pairs under %s", n_train, len(testsets), n_test, root)
 
 
+# ---------------------------------------------------------------------------------------------
+# Second demo modality: grayscale ultrasound-like lesions in the folders / table layouts
+# ---------------------------------------------------------------------------------------------
+
+#: ``data.demo.modality`` values: the polyp demo (PraNet layout) and the ultrasound-like one (folders / table).
+DEMO_MODALITIES = ("polyp", "ultrasound")
+#: The ultrasound demo's table (``table`` layout): beside the split folders, paths relative to it.
+DEMO_TABLE = "dataset.csv"
+#: Values of the ultrasound demo's masks as stored: a binary mask in 0/1, not 0/255 (prepare_data converts it).
+ULTRASOUND_MASK_VALUES = (0, 1)
+
+
+def _render_ultrasound_sample(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One B-mode-ultrasound-like 16-bit grey image and its bool lesion mask.
+
+    A fan-shaped field of view (sector from an apex above the top edge), layered tissue echogenicity with smooth
+    variation, multiplicative speckle (Rayleigh amplitude of a complex Gaussian, slightly smoothed), a dark
+    hypoechoic lesion with a soft rim and posterior acoustic enhancement, depth attenuation with time-gain
+    compensation, then log-compression into the 16-bit range.
+    """
+    h = int(rng.integers(min_size, max_size + 1))
+    w = int(np.clip(round(h * rng.uniform(1.0, 1.35)), min_size, max_size))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    apex_y, apex_x = -0.15 * h, w / 2 + rng.uniform(-0.05, 0.05) * w
+    radius = np.hypot(yy - apex_y, xx - apex_x)
+    angle = np.arctan2(xx - apex_x, yy - apex_y)
+    half_angle = np.deg2rad(rng.uniform(32, 42))
+    r0, r1 = 0.2 * h, 1.12 * h
+    fan = (np.abs(angle) <= half_angle) & (radius >= r0) & (radius <= r1)
+
+    depth = np.clip((radius - r0) / (r1 - r0), 0, 1)
+    tissue = 0.55 + 0.12 * _smooth_noise(rng, h, w, cell=18)
+    for _ in range(int(rng.integers(1, 4))):  # bright fascia-like layers roughly parallel to the probe
+        level = rng.uniform(0.1, 0.9)
+        wobble = 0.03 * _smooth_noise(rng, h, w, cell=30)
+        tissue += rng.uniform(0.2, 0.45) * np.exp(-((depth - level - wobble) ** 2) / (2 * 0.012**2))
+
+    mask = np.zeros((h, w), bool)
+    ys, xs = np.nonzero(fan & (depth > 0.2) & (depth < 0.75) & (np.abs(angle) < 0.7 * half_angle))
+    if len(xs):
+        j = int(rng.integers(len(xs)))
+        cy, cx = float(ys[j]), float(xs[j])
+        ry = rng.uniform(0.08, 0.18) * h
+        rx = ry * rng.uniform(1.0, 1.8)
+        theta = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+        r = 1.0 + sum(rng.uniform(0, 0.08) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+        pts = np.stack([cx + rx * r * np.cos(theta), cy + ry * r * np.sin(theta)], axis=1).round().astype(np.int32)
+        shape = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(shape, [pts], 1)
+        mask = shape.astype(bool) & fan
+        soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.2)
+        tissue = tissue * (1 - 0.8 * soft)  # hypoechoic lesion
+        # posterior acoustic enhancement: a brighter band below the lesion along the beam
+        below = (yy > cy) & (np.abs(xx - cx) < rx) & ~mask
+        tissue += 0.25 * below * np.exp(-(yy - cy - ry) .clip(0) / (0.3 * h))
+
+    speckle = np.hypot(rng.standard_normal((h, w)), rng.standard_normal((h, w))).astype(np.float32) / np.sqrt(2)
+    speckle = cv2.GaussianBlur(speckle, (0, 0), 0.7)
+    gain = np.exp(-1.2 * depth) * (1 + 0.9 * depth)  # attenuation, partly compensated (TGC)
+    amplitude = np.clip(tissue, 0.02, None) * speckle * gain
+    image = np.log1p(8.0 * amplitude) / np.log1p(8.0 * 2.5)  # log compression, ~[0, 1]
+    image = np.where(fan, np.clip(image, 0, 1), 0.0)
+    return np.round(image * 60000.0).astype(np.uint16), mask
+
+
+def make_ultrasound_demo(
+    root: str | Path, splits: Mapping[str, int], min_size: int, max_size: int, seed: int
+) -> None:
+    """Write a procedural grayscale ultrasound-like lesion dataset in the ``folders`` layout under ``root``.
+
+    ``splits`` maps each split name (training and test splits alike, any names) to its pair count:
+    ``root/<split>/images/<split>_<i>.png`` (16-bit grayscale) and ``root/<split>/masks/<split>_<i>.png`` (8-bit,
+    values 0/1). ``root/dataset.csv`` (:data:`DEMO_TABLE`) lists the same pairs as ``image, mask, split`` relative
+    to it: the ``table`` layout of the same data. Deterministic, written in a staging sibling and moved into place;
+    an existing ``root`` is replaced only if it is empty or an earlier demo tree (:data:`DEMO_MARKER`).
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (got {seed})")
+    if not splits or any(int(n) < 1 for n in splits.values()):
+        raise ValueError(f"ultrasound demo: every split needs >= 1 pair (got {dict(splits)})")
+    if not 16 <= min_size <= max_size:
+        raise ValueError(f"data.demo.min_size/max_size must satisfy 16 <= min <= max (got {min_size}, {max_size})")
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not (root / DEMO_MARKER).is_file():
+        raise FileExistsError(f"{root}: exists and is not a hardgen demo tree; refusing to overwrite it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        rows = []
+        for split, n in splits.items():
+            name_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
+            for i in range(int(n)):
+                image, mask = _render_ultrasound_sample(np.random.default_rng([seed, 5, name_key, i]), min_size, max_size)
+                stem = f"{slug(split)}_{i:03d}"
+                image_rel = Path(split) / FOLDER_IMAGE_DIR / f"{stem}.png"
+                mask_rel = Path(split) / FOLDER_MASK_DIR / f"{stem}.png"
+                (staging / image_rel).parent.mkdir(parents=True, exist_ok=True)
+                (staging / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(staging / image_rel)  # 16-bit grey PNG (mode I;16)
+                Image.fromarray(mask.astype(np.uint8) * ULTRASOUND_MASK_VALUES[1]).save(staging / mask_rel)
+                rows.append({"image": image_rel.as_posix(), "mask": mask_rel.as_posix(), "split": split})
+        write_table(staging / DEMO_TABLE, pd.DataFrame(rows), TABLE_COLUMNS, "demo table")
+        write_text(staging / DEMO_MARKER, json.dumps(
+            {"modality": "ultrasound", "splits": dict(splits), "min_size": min_size, "max_size": max_size,
+             "seed": seed}, indent=2, sort_keys=True) + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    LOG.info("ultrasound demo: %s pairs under %s", dict(splits), root)
+
+
 #: Seed streams of :func:`render_demo_pool`. :func:`make_demo_dataset` draws its images from the streams
 #: ``[seed, 1, i]`` (train) and ``[seed, 2, name, i]`` (test sets), so a pool drawn from stream 3 or above never
 #: holds a demo image, whatever the two seeds: a base pre-trained on it has not seen the demo's test images.
@@ -420,6 +536,22 @@ def slug(text: str) -> str:
     return f"{cleaned}-{digest}" if cleaned else digest
 
 
+VOLUME_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _volume_suffix(path: Path) -> str | None:
+    """``.nii`` / ``.nii.gz`` when ``path`` names a NIfTI volume, else None."""
+    name = path.name.lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
+
+
+def file_stem(path: Path) -> str:
+    """The name without its suffix (``.nii.gz`` counts as one suffix), NFC-normalised."""
+    suffix = _volume_suffix(path)
+    stem = path.name[: -len(suffix)] if suffix else path.stem
+    return unicodedata.normalize("NFC", stem)
+
+
 def _scan_folder(folder: Path, problems: list[str], log: logging.Logger) -> tuple[dict[str, Path], set[str]]:
     """(stem -> image file, duplicated stems) in ``folder``; stems are NFC-normalised, stray files skipped."""
     if not folder.is_dir():
@@ -432,13 +564,13 @@ def _scan_folder(folder: Path, problems: list[str], log: logging.Logger) -> tupl
             entry.is_file()
             and not entry.name.startswith(".")  # .DS_Store, macOS ._resource forks, editor temp files
             and entry.name.lower() not in _IGNORED_NAMES
-            and entry.suffix.lower() in IMAGE_SUFFIXES
+            and (entry.suffix.lower() in IMAGE_SUFFIXES or _volume_suffix(entry) is not None)
         )
         if not is_candidate:
             stray.append(entry.name)
             continue
         # macOS archives store names decomposed (NFD); pairing must not depend on that.
-        by_stem.setdefault(unicodedata.normalize("NFC", entry.stem), []).append(entry)
+        by_stem.setdefault(file_stem(entry), []).append(entry)
     if stray:
         log.info("%s: ignored %d non-image entries: %s", folder, len(stray), ", ".join(stray))
     for stem, files in by_stem.items():
@@ -450,65 +582,49 @@ def _scan_folder(folder: Path, problems: list[str], log: logging.Logger) -> tupl
     return unique, set(by_stem) - set(unique)
 
 
-def _check_pair(image_path: Path, mask_path: Path, problems: list[str]) -> tuple[int, int, float] | None:
-    """(width, height, fg_fraction) of a valid pair; otherwise append the problems and return None."""
-    try:
-        image = read_rgb(image_path)
-    except DataError as err:
-        problems.append(str(err))
-        image = None
-    try:
-        gray = read_gray(mask_path)
-    except DataError as err:
-        problems.append(str(err))
-        return None
-    if image is None:
-        return None
-    if gray.shape != image.shape[:2]:
-        problems.append(f"{mask_path}: mask size {gray.shape[1]}x{gray.shape[0]} differs from its image "
-                        f"{image_path} ({image.shape[1]}x{image.shape[0]})")
-        return None
-    reason = binary_mask_problem(gray)
-    if reason is not None:
-        problems.append(f"{mask_path}: {reason}")
-        return None
-    return image.shape[1], image.shape[0], float((gray > MASK_THRESHOLD).mean())
+#: ``data.layout`` values (see :func:`build_manifest`).
+LAYOUTS = ("pranet", "folders", "table")
+#: ``folders`` layout: ``<root>/<split>/images/`` and ``<root>/<split>/masks/``.
+FOLDER_IMAGE_DIR, FOLDER_MASK_DIR = "images", "masks"
+#: Columns of a ``table`` layout CSV (paths relative to the CSV's folder, or absolute).
+TABLE_COLUMNS = ("image", "mask", "split")
+#: Where :func:`build_manifest` writes converted pairs under its ``converted`` folder.
+CONVERTED_IMAGE_DIR, CONVERTED_MASK_DIR = "images", "masks"
 
 
-def build_manifest(
-    root: str | Path,
-    testsets: Sequence[str],
-    expected_sizes: Mapping[str, int] | None = None,
-    log: logging.Logger | None = None,
-) -> pd.DataFrame:
-    """Validate a PraNet-layout tree and list every image/mask pair.
+@dataclass(frozen=True)
+class VolumeSlicing:
+    """How NIfTI volumes become 2D pairs: slice ``axis`` (0, 1, 2 of the stored array) and the share of slices
+    without foreground that are kept (``keep_empty``, a seeded draw per volume; slices with foreground are all kept)."""
 
-    Returns a DataFrame with columns ``id, split, image, mask, width, height, fg_fraction``: ``split`` is
-    ``train`` or a test-set name, ``image``/``mask`` are absolute paths, ``id`` is unique and file-name
-    safe (``train-<slug(stem)>`` / ``<slug(testset)>-<slug(stem)>``). Pairs are matched by file stem.
-    All problems found (missing/unpaired/duplicate files, unreadable images, size mismatches, non-binary
-    masks, empty folders, count mismatches against ``expected_sizes``) are raised together as one
-    :class:`~hardgen.io.DataError`. Stray files are skipped and masks without foreground are kept; both
-    are logged on ``log`` (default: the ``hardgen.data`` logger).
-    """
-    log = log or LOG
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset root (data.root) not found")
+    axis: int = 2
+    keep_empty: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.axis not in (0, 1, 2):
+            raise ValueError(f"data.volume.axis must be 0, 1 or 2 (got {self.axis})")
+        if not 0.0 <= self.keep_empty <= 1.0:
+            raise ValueError(f"data.volume.keep_empty must lie in [0, 1] (got {self.keep_empty})")
+
+
+def _pranet_pairs(root: Path, testsets: Sequence[str], problems: list[str],
+                  log: logging.Logger) -> list[tuple[str, Path, Path, str]]:
     splits = [(TRAIN_SPLIT, root / TRAIN_DIR / TRAIN_IMAGE_DIR, root / TRAIN_DIR / TRAIN_MASK_DIR)]
-    for name in testsets:
-        if name == TRAIN_SPLIT:
-            raise DataError(f"data.testsets: a test set may not be called {TRAIN_SPLIT!r}")
-        splits.append((name, root / TEST_DIR / name / TEST_IMAGE_DIR, root / TEST_DIR / name / TEST_MASK_DIR))
+    splits += [(name, root / TEST_DIR / name / TEST_IMAGE_DIR, root / TEST_DIR / name / TEST_MASK_DIR)
+               for name in testsets]
+    return _folder_pairs(splits, problems, log, "test set folder", "training set folder")
 
-    problems: list[str] = []
-    pairs: list[tuple[str, str, Path, Path]] = []
+
+def _folder_pairs(splits: Sequence[tuple[str, Path, Path]], problems: list[str], log: logging.Logger,
+                  test_what: str, train_what: str, train_names: Sequence[str] = (TRAIN_SPLIT,),
+                  ) -> list[tuple[str, Path, Path, str]]:
+    """(source split, image, mask, stem) of the image/mask folders of each split, paired by stem."""
+    pairs: list[tuple[str, Path, Path, str]] = []
     for split, image_dir, mask_dir in splits:
-        if split != TRAIN_SPLIT and not image_dir.parent.is_dir():
-            problems.append(f"{image_dir.parent}: test set folder {split!r} missing")
-            continue
-        if split == TRAIN_SPLIT and not image_dir.parent.is_dir():
-            problems.append(f"{image_dir.parent}: training set folder missing")
+        if not image_dir.parent.is_dir():
+            what = train_what if split in train_names else test_what
+            problems.append(f"{image_dir.parent}: {what} {split!r} missing" if what == test_what
+                            else f"{image_dir.parent}: {what} missing")
             continue
         images, duplicated_images = _scan_folder(image_dir, problems, log)
         masks, duplicated_masks = _scan_folder(mask_dir, problems, log)
@@ -517,30 +633,310 @@ def build_manifest(
             problems.append(f"{images[stem]}: image without mask in {mask_dir}")
         for stem in sorted(set(masks) - set(images) - duplicated_images):
             problems.append(f"{masks[stem]}: mask without image in {image_dir}")
-        prefix = slug(split)
-        pairs += [(f"{prefix}-{slug(stem)}", split, images[stem], masks[stem])
-                  for stem in sorted(set(images) & set(masks))]
+        pairs += [(split, images[stem], masks[stem], stem) for stem in sorted(set(images) & set(masks))]
+    return pairs
 
+
+def _table_pairs(table: Path, splits: Sequence[str], problems: list[str],
+                 log: logging.Logger) -> list[tuple[str, Path, Path, str]]:
+    """(split, image, mask, stem) of the rows of a ``table`` layout CSV whose split is one of ``splits``."""
+    if not table.is_file():
+        problems.append(f"{table}: dataset table (data.root, layout table) not found")
+        return []
+    try:
+        frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        problems.append(f"{table}: not a readable CSV ({err})")
+        return []
+    missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
+    if missing:
+        problems.append(f"{table}: lacks column(s) {missing} (needs {list(TABLE_COLUMNS)})")
+        return []
+    pairs: list[tuple[str, Path, Path, str]] = []
+    for split in splits:
+        if not (frame["split"] == split).any():
+            problems.append(f"{table}: no rows of split {split!r}")
+    other = sorted(set(frame["split"]) - set(splits))
+    if other:
+        log.info("%s: rows of split(s) %s are not in data.train_splits or data.testsets: ignored", table, other)
+    for row_number, row in enumerate(frame.itertuples(index=False), start=2):  # line 1 is the header
+        if row.split not in splits:
+            continue
+        paths = []
+        for column in ("image", "mask"):
+            value = getattr(row, column).strip()
+            path = Path(value) if Path(value).is_absolute() else table.parent / value
+            if not value:
+                problems.append(f"{table}: line {row_number}: empty {column!r} cell")
+            elif not path.is_file():
+                problems.append(f"{table}: line {row_number}: {column} {path} not found")
+            paths.append(path if value else None)
+        if all(p is not None and p.is_file() for p in paths):
+            pairs.append((row.split, paths[0].resolve(), paths[1].resolve(), file_stem(paths[0])))
+    return pairs
+
+
+def decode_mask(values: np.ndarray, foreground: Sequence[int] | None, name: str | Path) -> np.ndarray:
+    """The bool foreground of a mask's stored values (see :func:`build_manifest` for the rule).
+
+    ``foreground`` (``data.foreground``): the label values that are foreground, everything else background. Without
+    it: one or two distinct values are a binary mask in those values (the higher one is foreground; a single value
+    is all background when 0, else all foreground); more values are accepted only as an 8-bit 0/255 mask with
+    JPEG or anti-aliasing noise (:func:`binary_mask_problem`, thresholded at 127, as before layouts existed).
+    Anything else - a label map (0, 1, 2, ...: all values below 32, or large mid-grey classes), a soft map - raises
+    :class:`DataError` naming ``name``.
+    """
+    values = np.asarray(values)
+    if values.dtype == bool:
+        values = values.astype(np.uint8)
+    if values.ndim != 2:
+        raise DataError(f"{name}: a mask must be single-channel, got shape {values.shape}")
+    if foreground is not None:
+        return np.isin(values, np.asarray(list(foreground)))
+    distinct = np.unique(values)
+    if len(distinct) == 1:
+        return np.full(values.shape, bool(distinct[0] > 0))
+    if len(distinct) == 2:
+        return values == distinct[1]
+    problem = None
+    if values.dtype != np.uint8:
+        problem = "not a binary mask: more than two values in a non-8-bit mask"
+    elif distinct[-1] < MID_GREY[0]:
+        problem = "not a binary mask: more than two values, all below 32 (a label map?)"
+    else:
+        problem = binary_mask_problem(values)
+    if problem is not None:
+        shown = ", ".join(str(v) for v in distinct[:8]) + (", ..." if len(distinct) > 8 else "")
+        raise DataError(f"{name}: {problem} (the mask has {len(distinct)} distinct values: {shown}; a label map "
+                        "needs data.foreground: [labels] naming the foreground class(es))")
+    return binarize(values)
+
+
+def _needs_rgb_conversion(image_path: Path) -> bool:
+    from hardgen.io import is_high_bit
+
+    return is_high_bit(image_path)
+
+
+def _check_pair(image_path: Path, mask_path: Path, problems: list[str],
+                foreground: Sequence[int] | None = None,
+                ) -> tuple[int, int, float, np.ndarray, bool] | None:
+    """(width, height, fg_fraction, mask, mask differs from its file read as 0/255) of a valid 2D pair; otherwise
+    append the problems and return None."""
+    from hardgen.io import read_values
+
+    try:
+        image = read_rgb(image_path)
+    except DataError as err:
+        problems.append(str(err))
+        image = None
+    try:
+        values = read_values(mask_path)
+        mask = decode_mask(values, foreground, mask_path)
+    except DataError as err:
+        problems.append(str(err))
+        return None
+    if image is None:
+        return None
+    if mask.shape != image.shape[:2]:
+        problems.append(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+                        f"{image_path} ({image.shape[1]}x{image.shape[0]})")
+        return None
+    differs = not np.array_equal(mask, binarize(read_gray(mask_path)))
+    return image.shape[1], image.shape[0], float(mask.mean()), mask, differs
+
+
+def _read_volume(path: Path, what: str) -> np.ndarray:
+    import nibabel as nib  # local: only NIfTI datasets need it
+
+    try:
+        volume = nib.load(str(path))
+        data = volume.get_fdata(dtype=np.float32) if what == "image" else np.asanyarray(volume.dataobj)
+    except Exception as err:  # nibabel raises several types for bad files
+        raise DataError(f"{path}: unreadable NIfTI {what} ({type(err).__name__}: {err})") from err
+    data = np.squeeze(np.asarray(data))
+    if data.ndim != 3:
+        raise DataError(f"{path}: NIfTI {what} must be a 3D volume, got shape {data.shape}")
+    return data
+
+
+def _volume_slices(
+    image_path: Path, mask_path: Path, sample_id: str, window: Sequence[float] | None, foreground: Sequence[int] | None,
+    slicing: VolumeSlicing, seed: int,
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(slice index, uint8 image, bool mask) of the kept slices of one image/mask volume pair."""
+    if window is None:
+        raise DataError(f"{image_path}: a NIfTI volume needs data.window: [low, high] (its intensity window, e.g. "
+                        "CT Hounsfield units [-160, 240])")
+    image = _read_volume(image_path, "image")
+    labels = _read_volume(mask_path, "mask")
+    if image.shape != labels.shape:
+        raise DataError(f"{mask_path}: mask volume shape {labels.shape} differs from its image {image_path} "
+                        f"{image.shape}")
+    if np.issubdtype(labels.dtype, np.floating):
+        labels = np.rint(labels).astype(np.int64)
+    flat = labels.reshape(labels.shape[0], -1)
+    mask = decode_mask(flat, foreground, mask_path).reshape(labels.shape)
+    image, mask = np.moveaxis(image, slicing.axis, 0), np.moveaxis(mask, slicing.axis, 0)
+    has_fg = mask.reshape(mask.shape[0], -1).any(axis=1)
+    empty = np.flatnonzero(~has_fg)
+    rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:4], "little")])
+    kept_empty = rng.choice(empty, size=round(slicing.keep_empty * len(empty)), replace=False) if len(empty) else []
+    keep = sorted(set(np.flatnonzero(has_fg).tolist()) | {int(k) for k in kept_empty})
+    # slice k of the stored array, transposed: the first remaining voxel axis runs along the image's width
+    return [(k, to_uint8(image[k].T, window), np.ascontiguousarray(mask[k].T)) for k in keep]
+
+
+def build_manifest(
+    root: str | Path,
+    testsets: Sequence[str],
+    expected_sizes: Mapping[str, int] | None = None,
+    log: logging.Logger | None = None,
+    *,
+    layout: str = "pranet",
+    train_splits: Sequence[str] = (TRAIN_SPLIT,),
+    foreground: Sequence[int] | None = None,
+    window: Sequence[float] | None = None,
+    volume: VolumeSlicing | None = None,
+    converted: str | Path | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Validate a dataset in one of :data:`LAYOUTS` and list every image/mask pair.
+
+    Layouts (``data.layout``):
+
+    - ``pranet``: ``root/TrainDataset/{image,mask}/`` and ``root/TestDataset/<testset>/{images,masks}/``.
+    - ``folders``: ``root/<split>/images/`` and ``root/<split>/masks/`` for every split named in ``train_splits``
+      (``data.train_splits``) and ``testsets``.
+    - ``table``: ``root`` is a CSV with columns ``image, mask, split`` (paths relative to the CSV's folder or
+      absolute); rows of other splits are ignored.
+
+    Returns a DataFrame with columns ``id, split, image, mask, width, height, fg_fraction``: ``split`` is ``train``
+    for every training split and the test-set name otherwise; ``image``/``mask`` are absolute paths; ``id`` is
+    unique and file-name safe (``<slug(source split)>-<slug(stem)>``, slices ``...-s<k>``). Pairs are matched by
+    file stem (``folders``, ``pranet``) or by row (``table``).
+
+    Images: 8- or 16-bit, grayscale or RGB, PNG/JPEG/TIFF/BMP (:mod:`hardgen.io`). Masks (:func:`decode_mask`):
+    binary in any two values, an 8-bit 0/255 mask with JPEG noise, or a label map with ``foreground`` naming the
+    foreground label(s). Volumes: a NIfTI image/mask pair (``.nii``, ``.nii.gz``) becomes 2D slices along
+    ``volume.axis``, intensities through ``window`` (required), the slices without foreground kept at the share
+    ``volume.keep_empty`` (seeded by ``seed`` and the volume's id); a volume's slices are in its split, and a file
+    listed in two splits is an error, so no volume or image crosses splits.
+
+    Conversion: a pair whose files downstream stages should not read as they are (a 16-bit or float image, a mask
+    that is not 0/255 as stored, a volume slice) is written once as 8-bit PNGs ``<converted>/images/<id>.png`` (grey
+    levels through :func:`hardgen.io.to_uint8`; ``window`` applies to 16-bit images too) and
+    ``<converted>/masks/<id>.png`` (0/255), and the manifest points at those; every other pair keeps its original
+    paths. ``converted`` None with a mask or volume to convert is an error; a 16-bit image then keeps its file
+    (every stage reads it through :func:`hardgen.io.read_rgb`, the same conversion) unless ``window`` is set.
+
+    All problems found (missing/unpaired/duplicate files, unreadable images, size mismatches, non-binary masks,
+    empty folders, count mismatches against ``expected_sizes`` keyed by ``train`` and test-set names, counted in
+    pairs after slicing) are raised together as one :class:`~hardgen.io.DataError`. Stray files are skipped and
+    masks without foreground are kept; both are logged on ``log`` (default: the ``hardgen.data`` logger).
+    """
+    log = log or LOG
+    root = Path(root).resolve()
+    if layout not in LAYOUTS:
+        raise DataError(f"data.layout: {layout!r} is not one of {list(LAYOUTS)}")
+    train_splits = list(train_splits)
+    if layout == "pranet" and train_splits != [TRAIN_SPLIT]:
+        raise DataError(f"data.train_splits: the pranet layout has one training split, {TRAIN_SPLIT!r} "
+                        f"(got {train_splits})")
+    if not train_splits or len(set(train_splits)) != len(train_splits):
+        raise DataError(f"data.train_splits: need one or more distinct names (got {train_splits})")
+    for name in testsets:
+        if name == TRAIN_SPLIT or name in train_splits:
+            raise DataError(f"data.testsets: test set {name!r} is also a training split name")
+    if layout == "table":
+        if not root.is_file():
+            raise DataError(f"{root}: dataset table (data.root, layout table) not found")
+    elif not root.is_dir():
+        raise DataError(f"{root}: dataset root (data.root) not found")
+    volume = volume or VolumeSlicing()
+
+    problems: list[str] = []
+    if layout == "pranet":
+        found = _pranet_pairs(root, testsets, problems, log)
+    elif layout == "folders":
+        splits = [(s, root / s / FOLDER_IMAGE_DIR, root / s / FOLDER_MASK_DIR) for s in [*train_splits, *testsets]]
+        found = _folder_pairs(splits, problems, log, "split folder", "training split folder", train_splits)
+    else:
+        found = _table_pairs(root, [*train_splits, *testsets], problems, log)
+
+    split_of: dict[Path, str] = {}
+    for split, image_path, mask_path, _ in found:
+        for path in (image_path, mask_path):
+            first = split_of.setdefault(path.resolve(), split)
+            if first != split:
+                problems.append(f"{path}: listed in splits {first!r} and {split!r}; a file (or volume) may "
+                                "belong to one split only")
+
+    converted = Path(converted).resolve() if converted is not None else None  # the manifest's paths are absolute
     rows: list[dict[str, object]] = []
-    for sample_id, split, image_path, mask_path in tqdm(pairs, desc="manifest", unit="pair"):
-        checked = _check_pair(image_path, mask_path, problems)
-        if checked is not None:
-            width, height, fg_fraction = checked
-            rows.append({"id": sample_id, "split": split, "image": str(image_path), "mask": str(mask_path),
-                         "width": width, "height": height, "fg_fraction": fg_fraction})
+
+    def convert(sample_id: str, image: np.ndarray | None, mask: np.ndarray | None,
+                image_path: Path, mask_path: Path) -> tuple[Path, Path]:
+        if converted is None:
+            raise DataError(f"{image_path} / {mask_path}: this pair must be converted to 8-bit PNGs but no "
+                            "folder for converted pairs was given")
+        out_image, out_mask = image_path, mask_path
+        if image is not None:
+            out_image = converted / CONVERTED_IMAGE_DIR / f"{sample_id}.png"
+            write_image(out_image, image)
+        if mask is not None:
+            out_mask = converted / CONVERTED_MASK_DIR / f"{sample_id}.png"
+            write_mask(out_mask, mask)
+        return out_image, out_mask
+
+    for split, image_path, mask_path, stem in tqdm(found, desc="manifest", unit="pair"):
+        out_split = TRAIN_SPLIT if split in train_splits else split
+        sample_id = f"{slug(split)}-{slug(stem)}"
+        is_volume = _volume_suffix(image_path) is not None
+        if is_volume != (_volume_suffix(mask_path) is not None):
+            problems.append(f"{image_path} / {mask_path}: an image and its mask must both be NIfTI volumes or both 2D")
+            continue
+        try:
+            if is_volume:
+                for k, image, mask in _volume_slices(image_path, mask_path, sample_id, window, foreground, volume, seed):
+                    slice_id = f"{sample_id}-s{k:04d}"
+                    out_image, out_mask = convert(slice_id, image, mask, image_path, mask_path)
+                    rows.append({"id": slice_id, "split": out_split, "image": str(out_image), "mask": str(out_mask),
+                                 "width": image.shape[1], "height": image.shape[0], "fg_fraction": float(mask.mean())})
+                continue
+            checked = _check_pair(image_path, mask_path, problems, foreground)
+            if checked is None:
+                continue
+            width, height, fg_fraction, mask, mask_differs = checked
+            image = None
+            # 16-bit images: converted whenever there is a folder for it (prepare_data) or a window to apply;
+            # without either, hardgen.io.read_rgb gives every stage the same 8-bit values from the original file
+            if (converted is not None or window is not None) and _needs_rgb_conversion(image_path):
+                from hardgen.io import read_values
+
+                image = to_uint8(read_values(image_path), window)
+            if image is not None or mask_differs:
+                image_path, mask_path = convert(sample_id, image, mask if mask_differs else None, image_path, mask_path)
+        except DataError as err:
+            problems.append(str(err))
+            continue
+        rows.append({"id": sample_id, "split": out_split, "image": str(image_path), "mask": str(mask_path),
+                     "width": width, "height": height, "fg_fraction": fg_fraction})
     frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
     duplicated = frame["id"][frame["id"].duplicated()].tolist()
     if duplicated:
         problems.append(f"{root}: ids not unique after slugging: {duplicated}")
     if expected_sizes:
-        found = {split: len(frame[frame["split"] == split]) for split, _, _ in splits}
+        found_sizes = {s: int((frame["split"] == s).sum()) for s in [TRAIN_SPLIT, *testsets]}
         for split, expected in expected_sizes.items():
-            if split not in found:
-                problems.append(f"data.expected_sizes: unknown split {split!r} (known: {sorted(found)})")
-            elif found[split] != int(expected):
+            if expected is None:  # explicitly no expectation (an overlay clearing another dataset's test sets)
+                continue
+            if split not in found_sizes:
+                problems.append(f"data.expected_sizes: unknown split {split!r} (known: {sorted(found_sizes)})")
+            elif found_sizes[split] != int(expected):
                 problems.append(f"data.expected_sizes[{split!r}]: expected {int(expected)} pairs, "
-                                f"found {found[split]} under {root}")
+                                f"found {found_sizes[split]} under {root}")
     if problems:
         raise DataError(f"{root}: {len(problems)} problem(s) in the dataset:\n  - " + "\n  - ".join(problems))
 

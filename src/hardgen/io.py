@@ -2,6 +2,15 @@
 
 Every stage reads images and masks through these functions so that grayscale, RGBA, palette and
 16-bit files, JPEG masks and odd file names are handled the same way everywhere.
+
+Modalities and bit depths (the one place): Stable Diffusion, the backbones and the segmenters all take 8-bit RGB.
+:func:`to_uint8` brings any array to uint8 (8-bit as is; 16-bit integer data divided by 257 when it exceeds 255,
+i.e. the full 16-bit range maps onto 0..255; floats in [0, 1] times 255; or, with ``window=(low, high)``, the
+linear intensity window clipped to 0..255, e.g. CT Hounsfield units) and :func:`gray_to_rgb` repeats a grayscale
+plane into the 3 identical channels (ultrasound, CT, MRI, X-ray). :func:`read_rgb` applies both, so every stage sees
+a grayscale modality as an RGB image whose three channels are equal. ``prepare_data`` writes 16-bit images,
+windowed volumes and non-0/255 masks once as ordinary 8-bit PNGs (:mod:`hardgen.data`), so downstream files are
+always plain 8-bit.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ MASK_THRESHOLD = 127
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
+#: PIL modes of more than 8 bits per sample (read as grayscale, converted by :func:`to_uint8`).
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
 
 class DataError(ValueError):
     """Bad input data; the message names the offending file."""
@@ -36,6 +48,31 @@ def _open(path: str | Path) -> Image.Image:
             return im.copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"{path}: unreadable or truncated image ({err})") from err
+
+
+def to_uint8(arr: np.ndarray, window: Sequence[float] | None = None) -> np.ndarray:
+    """Any image array as uint8 (see the module docstring): the one 8-bit conversion of every reader and writer.
+
+    ``window=(low, high)`` maps ``low`` to 0 and ``high`` to 255 linearly and clips (any dtype); without it uint8 is
+    kept, bool becomes 0/255, integers above 255 (16-bit) are divided by 257, floats up to 1 are scaled by 255,
+    everything else is rounded and clipped to 0..255.
+    """
+    arr = np.asarray(arr)
+    if window is not None:
+        low, high = (float(v) for v in window)
+        if not high > low:
+            raise ValueError(f"intensity window must have low < high, got [{low}, {high}] (data.window)")
+        scaled = (arr.astype(np.float64) - low) / (high - low) * 255.0
+        return scaled.round().clip(0, 255).astype(np.uint8)
+    return _to_uint8(arr)
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """An HxW grayscale plane as HxWx3 (three equal channels): how grayscale modalities enter the RGB models."""
+    gray = np.asarray(gray)
+    if gray.ndim != 2:
+        raise ValueError(f"gray_to_rgb: expected an HxW array, got shape {gray.shape}")
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -54,17 +91,32 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read any supported image as an HxWx3 uint8 RGB array (alpha dropped, palette expanded)."""
     im = _open(path)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        gray = _to_uint8(np.asarray(im))
-        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode in HIGH_BIT_MODES:
+        return gray_to_rgb(to_uint8(np.asarray(im)))
     return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def is_high_bit(path: str | Path) -> bool:
+    """Whether an image file holds more than 8 bits per sample (16-bit or 32-bit integer, float)."""
+    return _open(path).mode in HIGH_BIT_MODES
+
+
+def read_values(path: str | Path) -> np.ndarray:
+    """A single-channel file's stored values as they are (label maps: 0, 1, 2, ...; 16-bit masks); colour files
+    as 8-bit grey levels."""
+    im = _open(path)
+    if im.mode in HIGH_BIT_MODES or im.mode in ("L", "1"):
+        return np.asarray(im)
+    if im.mode == "P":  # a palette label map: the indices are the labels
+        return np.asarray(im)
+    return read_gray(path)
 
 
 def read_gray(path: str | Path) -> np.ndarray:
     """Read any supported image as an HxW uint8 grey-level array."""
     im = _open(path)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _to_uint8(np.asarray(im))
+        return to_uint8(np.asarray(im))
     if im.mode in ("RGBA", "LA", "P", "PA"):
         im = im.convert("RGB")
     return np.asarray(im.convert("L"), dtype=np.uint8)

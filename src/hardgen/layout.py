@@ -43,6 +43,7 @@ PATTERNS: dict[str, str] = {
     # the manifest everything downstream reads (the same file as data_manifest unless the scarcity curve is on)
     "manifest": "results/data/manifest.csv",
     "train_subset": "results/data/train_subset.csv",
+    "converted": "results/data/converted",
     "conditions": "results/conditions/conditions.csv",
     "squash_conditions": "results/conditions/squash/conditions.csv",
     "squash_images": "results/conditions/squash/images",
@@ -87,7 +88,7 @@ PATTERNS: dict[str, str] = {
 #: The artifacts downstream of the real training data: with ``data.train_subsets`` one copy per size, under
 #: :data:`N_DIR` (everything but the dataset, its full manifest, the base model and the cross-size summary).
 PER_N: frozenset[str] = frozenset(PATTERNS) - {
-    "demo_data", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot"}
+    "demo_data", "converted", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot"}
 
 
 class _Keep(dict):

@@ -7,6 +7,9 @@ image keeps its own) the contrast is what chance placement gives. The measure is
 fraction of the real training crops' gap at the generator's resolution (``margin_vs_real``: 1 = follows its masks
 as strongly as the real images do, 0 = ignores them). Chromaticity, not brightness, so a generator that gets the
 exposure wrong is not penalised, and specular highlights (white: 1/3) pull every region towards neutral alike.
+Grayscale modalities (ultrasound, CT, MRI: the real images' three channels are equal, :func:`hardgen.io.gray_to_rgb`)
+carry no chromaticity; there the cue is the grey level (Rec. 601 luma / 255) instead (:func:`mask_cue`), and the
+reference gap may be negative (a dark, hypoechoic lesion): the ratio keeps its meaning, only a zero gap is an error.
 
 The second column counts what real endoscope frames nearly always show and a generator that learned only texture
 does not: the black corners outside the octagonal field of view (:func:`dark_corners`).
@@ -47,6 +50,21 @@ def red_chromaticity(image: np.ndarray) -> np.ndarray:
     return np.divide(rgb[..., 0], total, out=np.full(total.shape, 1 / 3), where=total > 0)
 
 
+def is_grayscale(images: Sequence[np.ndarray]) -> bool:
+    """Whether every image's three channels are equal (a grayscale modality brought to RGB)."""
+    return all(np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 1], im[..., 2]) for im in images)
+
+
+def mask_cue(image: np.ndarray, cue: str = "red") -> np.ndarray:
+    """The per-pixel cue whose inside-vs-outside gap is measured: ``red`` chromaticity (colour images) or ``luma``
+    (Rec. 601 luma / 255: grayscale modalities)."""
+    if cue == "red":
+        return red_chromaticity(image)
+    if cue == "luma":
+        return (np.asarray(image, dtype=np.float64)[..., :3] @ LUMA) / 255.0
+    raise ValueError(f"mask following: unknown cue {cue!r} (red | luma)")
+
+
 def _check_pairs(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> None:
     if len(images) != len(masks):
         raise ValueError(f"mask following: {len(images)} images but {len(masks)} masks")
@@ -54,7 +72,7 @@ def _check_pairs(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> N
         raise ValueError("mask following: no images")
 
 
-def chroma_contrasts(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
+def chroma_contrasts(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], cue: str = "red") -> np.ndarray:
     """Per image: mean red chromaticity inside its mask minus outside it; NaN where the mask is empty or full.
 
     Each mask must have its image's height and width (a mismatch raises ``ValueError`` naming the index).
@@ -67,18 +85,18 @@ def chroma_contrasts(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) 
             raise ValueError(f"mask following: mask {i} has shape {mask.shape}, its image {np.shape(image)[:2]}")
         inside = int(mask.sum())
         if 0 < inside < mask.size:
-            chroma = red_chromaticity(image)
+            chroma = mask_cue(image, cue)
             out[i] = chroma[mask].mean() - chroma[~mask].mean()
     return out
 
 
-def red_chromaticity_margin(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> float:
+def red_chromaticity_margin(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], cue: str = "red") -> float:
     """Mean over images of (mean red chromaticity inside the mask − outside it).
 
     Images whose mask is empty or covers the whole image have no inside or no outside and are left out (logged);
     if none is left, ``ValueError``.
     """
-    contrasts = chroma_contrasts(images, masks)
+    contrasts = chroma_contrasts(images, masks, cue)
     valid = np.isfinite(contrasts)
     if not valid.any():
         raise ValueError("mask following: every mask is empty or full; the margin is undefined")
@@ -99,11 +117,12 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return perm
 
 
-def shuffled_margin(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0) -> float:
+def shuffled_margin(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0,
+                    cue: str = "red") -> float:
     """:func:`red_chromaticity_margin` against another image's mask (:func:`derangement` of the masks)."""
     _check_pairs(images, masks)
     perm = derangement(len(masks), seed)
-    return red_chromaticity_margin(images, [masks[j] for j in perm])
+    return red_chromaticity_margin(images, [masks[j] for j in perm], cue)
 
 
 def dark_corners(images: Sequence[np.ndarray], fraction: float = CORNER_FRACTION,
@@ -125,9 +144,10 @@ def dark_corners(images: Sequence[np.ndarray], fraction: float = CORNER_FRACTION
     return float(np.mean(dark))
 
 
-def mask_following_row(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0) -> dict[str, float]:
-    """``own``, ``shuffled`` (margins) and ``dark_corners`` of one set of images and their masks."""
-    return {"own": red_chromaticity_margin(images, masks), "shuffled": shuffled_margin(images, masks, seed),
+def mask_following_row(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0,
+                       cue: str = "red") -> dict[str, float]:
+    """``own``, ``shuffled`` (margins of ``cue``) and ``dark_corners`` of one set of images and their masks."""
+    return {"own": red_chromaticity_margin(images, masks, cue), "shuffled": shuffled_margin(images, masks, seed, cue),
             "dark_corners": dark_corners(images)}
 
 
@@ -139,17 +159,21 @@ def mask_following_table(real: Pairs, variants: Mapping[str, Pairs], seed: int =
     dark_corners``, with ``margin_vs_real = (own − shuffled) / (real own − real shuffled)``.
 
     ``real`` and each variant are ``(images, masks)``: RGB uint8 ``(H, W, 3)`` images with their bool masks, every
-    set at the same resolution (the generator's). A real margin ≤ 0 (the real images' colour does not mark their
-    masks, so nothing can be measured against it) raises ``ValueError``.
+    set at the same resolution (the generator's). The cue is red chromaticity, or the grey level when every real
+    image is grayscale (:func:`mask_cue`). A real margin ≤ 0 for red (0 for grey; a dark lesion gives a negative one)
+    means the real images' cue does not mark their masks, so nothing can be measured against it: ``ValueError``.
     """
     if "real" in variants:
         raise ValueError("mask following: 'real' is the reference row's name, not a variant")
-    rows = [{"variant": "real", **mask_following_row(*real, seed=seed)}]
-    rows += [{"variant": name, **mask_following_row(*pairs, seed=seed)} for name, pairs in variants.items()]
+    cue = "luma" if is_grayscale(real[0]) else "red"  # grayscale modalities: the grey level, not chromaticity
+    rows = [{"variant": "real", **mask_following_row(*real, seed=seed, cue=cue)}]
+    rows += [{"variant": name, **mask_following_row(*pairs, seed=seed, cue=cue)} for name, pairs in variants.items()]
     reference = rows[0]["own"] - rows[0]["shuffled"]
-    if not reference > 0:
-        raise ValueError(f"mask following: the real images' own-vs-shuffled margin is {reference:.4g} (<= 0): "
-                         "their red chromaticity does not mark their masks, so no sample can be measured against it")
+    if not (reference > 0 if cue == "red" else reference != 0):
+        raise ValueError(f"mask following: the real images' own-vs-shuffled margin is {reference:.4g}: their "
+                         f"{'red chromaticity' if cue == 'red' else 'grey level'} does not mark their masks, so no "
+                         "sample can be measured against it")
+    LOG.info("mask following: cue %s (real images %s)", cue, "grayscale" if cue == "luma" else "in colour")
     for row in rows:
         row["margin_vs_real"] = (row["own"] - row["shuffled"]) / reference
     return pd.DataFrame(rows, columns=list(COLUMNS))

@@ -42,6 +42,28 @@ tie moves one quadrant border by a pixel), ties in ``bwdist`` may resolve differ
 clipped to 0, and an empty GT's wFm is 0 (the MATLAB code cannot compute it). Maps saved by
 :func:`hardgen.predict.save_prediction_maps` span 0..255, so the normalisation difference never applies to them. The toolbox
 resizes a map whose size differs from its GT; here that is an error.
+
+Protocols (``evaluate.protocol``, ``hardgen evaluate-maps --protocol``): everything above is ``polyp_toolbox``.
+``binary`` is the plain per-image protocol of the ISIC challenges and most non-polyp segmentation papers
+(:data:`BINARY_METRICS`, :func:`score_binary_image`):
+
+- maps are the sigmoid probability x 255, not min-max normalised (:data:`MAP_MIN_MAX`, what
+  :func:`hardgen.predict.save_prediction_maps` writes under this protocol), binarised at ``map >= 128``; GT: the
+  mask file by the datasets' rule (:func:`hardgen.data.decode_mask`: two values, the higher is foreground, or 0/255
+  with JPEG noise; so a raw 0/1 mask scores right; prepare_data's masks are 0/255).
+- per image: ``mDice`` ``2 TP / (2 TP + FP + FN)``, ``mIoU`` (Jaccard) ``TP / (TP + FP + FN)``, ``Accuracy``
+  ``(TP + TN) / N``, ``Sensitivity`` ``TP / (TP + FN)``, ``Specificity`` ``TN / (TN + FP)``; a ratio whose
+  denominator is 0 (e.g. an empty mask predicted empty) is 1. ``HD95``: the 95th-percentile symmetric Hausdorff
+  distance between the two masks' boundaries in pixels (the larger of the two directed 95th percentiles, Euclidean);
+  missing (NaN) when either side is empty, never 0.
+- per test set and :data:`OVERALL`: the mean over images (``mDice`` / ``mIoU``: "m" = mean over images, as the
+  toolbox's names, so the report's headline metrics read both protocols); ``HD95`` the mean over the images where
+  it is defined (NaN if none is).
+
+MONAI computes them (``get_confusion_matrix`` + ``compute_confusion_matrix_metric``, ``compute_dice`` /
+``compute_iou`` with ``ignore_empty=False``, ``compute_hausdorff_distance(percentile=95)``). Where MONAI's
+convention differs it is overridden explicitly: its sensitivity / specificity are NaN for a zero denominator (here
+1); its Dice and IoU already give 1 for an empty pair, and its HD95 is NaN with an empty side (both kept).
 """
 
 from __future__ import annotations
@@ -86,6 +108,32 @@ IMAGE_COLUMNS = ("testset", "image", "metric", "value")
 #: over the 256 thresholds of that image's curve), so the mean over a test set's images equals the test-set row;
 #: maxEm / maxDice / maxIoU (maxima of image-averaged curves) have no per-image form.
 IMAGE_METRICS = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "MAE", "Dice@0.5", "IoU@0.5")
+
+#: ``evaluate.protocol`` values.
+PROTOCOLS = ("polyp_toolbox", "binary")
+
+#: The binary protocol's metrics, in row order (higher is better except HD95, in pixels).
+BINARY_METRICS = ("mDice", "mIoU", "Accuracy", "Sensitivity", "Specificity", "HD95")
+
+#: Every metric name each protocol writes, in row order.
+PROTOCOL_METRICS = {"polyp_toolbox": ALL_METRICS, "binary": BINARY_METRICS}
+
+#: The metrics of each protocol that have a per-image table (every binary metric is per image).
+PROTOCOL_IMAGE_METRICS = {"polyp_toolbox": IMAGE_METRICS, "binary": BINARY_METRICS}
+
+#: Whether a protocol's maps are min-max normalised per image before saving (the toolbox: PraNet's test script) or
+#: are the sigmoid probability as it is (binary: a fixed 0.5 threshold needs the unnormalised probability).
+MAP_MIN_MAX = {"polyp_toolbox": True, "binary": False}
+
+#: The binary protocol's threshold on 8-bit maps: ``map >= 128`` (probability >= ~0.5).
+BINARY_MAP_THRESHOLD = 128
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of :data:`PROTOCOLS`, else a ValueError naming the config key."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"evaluate.protocol: {protocol!r} is not one of {list(PROTOCOLS)}")
+    return protocol
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -192,40 +240,125 @@ def _score_pairs(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "ev
     return MapScores(**{name: np.array([row[name] for row in rows], dtype=np.float64) for name in rows[0]})
 
 
+# ------------------------------------------------------------------------------------------ binary protocol
+def score_binary_image(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """The binary protocol's per-image values (keys :data:`BINARY_METRICS`) of two same-size bool masks."""
+    import warnings
+
+    import torch
+    from monai.metrics import (
+        compute_confusion_matrix_metric,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_iou,
+        get_confusion_matrix,
+    )
+
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape or pred.ndim != 2:
+        raise ValueError(f"binary protocol: prediction {pred.shape} and ground truth {gt.shape} must be equal HxW")
+    # MONAI's layout: (batch, class, H, W), one class (the foreground), so include_background=True
+    p, g = (torch.from_numpy(a.astype(np.float32))[None, None] for a in (pred, gt))
+    confusion = get_confusion_matrix(p, g, include_background=True)  # (1, 1, 4): TP, FP, TN, FN
+    tp, fp, tn, fn = (float(v) for v in confusion.reshape(4))
+    values = {
+        "mDice": float(compute_dice(p, g, include_background=True, ignore_empty=False).item()),
+        "mIoU": float(compute_iou(p, g, include_background=True, ignore_empty=False).item()),
+    }
+    for name, key, denominator in (("Accuracy", "accuracy", tp + fp + tn + fn),
+                                   ("Sensitivity", "sensitivity", tp + fn),
+                                   ("Specificity", "specificity", tn + fp)):
+        # MONAI returns NaN for a zero denominator; the protocol counts it as 1
+        values[name] = 1.0 if denominator == 0 else float(compute_confusion_matrix_metric(key, confusion).item())
+    if pred.any() and gt.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MONAI's deprecation notice about get_mask_edges' return type
+            values["HD95"] = float(compute_hausdorff_distance(p, g, include_background=True, percentile=95).item())
+    else:
+        values["HD95"] = float("nan")  # an empty side: no boundary, no distance (MONAI: NaN too)
+    return {name: values[name] for name in BINARY_METRICS}
+
+
+def _read_binary_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The binarised map and the GT mask by the dataset's mask rule (:func:`hardgen.data.decode_mask`: a mask in
+    any two values, e.g. a 0/1 file of a raw dataset, or 0/255 with JPEG noise)."""
+    from hardgen.data import decode_mask
+    from hardgen.io import read_values
+
+    pred, _ = _read_pair(pred_path, gt_path)
+    try:
+        gt = decode_mask(read_values(gt_path), None, gt_path)
+    except DataError as err:
+        raise DataError(f"{err} [map {pred_path}]") from err
+    return pred >= BINARY_MAP_THRESHOLD, gt
+
+
+def _binary_scores(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "evaluate") -> pd.DataFrame:
+    """Per-image binary-protocol values (rows: images, columns :data:`BINARY_METRICS`)."""
+    pairs = [(Path(p), Path(g)) for p, g in pairs]
+    if not pairs:
+        raise DataError(f"{desc}: no (map, ground truth) pairs to score")
+    rows = [score_binary_image(*_read_binary_pair(p, g)) for p, g in tqdm(pairs, desc=desc, unit="img", leave=False)]
+    return pd.DataFrame(rows, columns=list(BINARY_METRICS))
+
+
+def _binary_summary(per_image: pd.DataFrame) -> dict[str, float]:
+    """Means over images; HD95 over the images where it is defined (NaN when none is)."""
+    return {name: float(per_image[name].mean(skipna=True)) if per_image[name].notna().any() else float("nan")
+            for name in BINARY_METRICS}
+
+
 def score_map_pairs(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "evaluate") -> dict[str, float]:
     """Toolbox scores (keys :data:`ALL_METRICS`) of one test set given as (map PNG path, GT path) pairs."""
     return _score_pairs(pairs, desc=desc).summary()
 
 
-def score_testsets(pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str | Path]]]) -> pd.DataFrame:
-    """Score every test set (in the mapping's order), then the pooled :data:`OVERALL` set.
+def score_testsets(pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str | Path]]],
+                   protocol: str = "polyp_toolbox") -> pd.DataFrame:
+    """Score every test set (in the mapping's order), then the pooled :data:`OVERALL` set, under ``protocol``.
 
-    Returns columns ``testset, metric, value``: per test set the :data:`ALL_METRICS` rows, then the overall rows.
+    Returns columns ``testset, metric, value``: per test set the protocol's rows (:data:`PROTOCOL_METRICS`), then the
+    overall rows.
     """
-    return score_testsets_with_images(pairs_by_testset)[0]
+    return score_testsets_with_images(pairs_by_testset, protocol=protocol)[0]
 
 
 def score_testsets_with_images(
     pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str | Path]]],
+    protocol: str = "polyp_toolbox",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`score_testsets` and the per-image table it averages: ``testset, image, metric, value``.
 
-    ``image`` is the map's file stem; per test set, the images' :data:`IMAGE_METRICS` rows (:meth:`MapScores.per_image`)
-    average to that test set's row of the first table. A paired bootstrap over test images resamples these.
+    ``image`` is the map's file stem; per test set, the images' rows (:data:`PROTOCOL_IMAGE_METRICS`: the toolbox's
+    :data:`IMAGE_METRICS` from :meth:`MapScores.per_image`, or every :data:`BINARY_METRICS`) average to that test
+    set's row of the first table (binary HD95: over the images where it is defined). A paired bootstrap over test
+    images resamples these.
     """
+    check_protocol(protocol)
     if not pairs_by_testset:
         raise DataError("no test sets to score")
     if OVERALL in pairs_by_testset:
         raise DataError(f"a test set may not be called {OVERALL!r}: that name holds the pooled scores")
     pairs_by_testset = {name: [(Path(p), Path(g)) for p, g in pairs] for name, pairs in pairs_by_testset.items()}
-    parts = {name: _score_pairs(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
-    images = [
-        pd.DataFrame({"testset": name, "image": [p.stem for p, _ in pairs_by_testset[name]], "metric": metric,
-                      "value": values})
-        for name, scores in parts.items() for metric, values in scores.per_image().items()
-    ]
-    parts[OVERALL] = MapScores.concat(parts.values())
-    rows = [(name, metric, value) for name, scores in parts.items() for metric, value in scores.summary().items()]
+    if protocol == "binary":
+        per_image = {name: _binary_scores(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
+        images = [
+            pd.DataFrame({"testset": name, "image": [p.stem for p, _ in pairs_by_testset[name]], "metric": metric,
+                          "value": frame[metric].to_numpy(dtype=np.float64)})
+            for name, frame in per_image.items() for metric in BINARY_METRICS
+        ]
+        per_image[OVERALL] = pd.concat(list(per_image.values()), ignore_index=True)
+        rows = [(name, metric, value) for name, frame in per_image.items()
+                for metric, value in _binary_summary(frame).items()]
+    else:
+        parts = {name: _score_pairs(pairs, desc=name) for name, pairs in pairs_by_testset.items()}
+        images = [
+            pd.DataFrame({"testset": name, "image": [p.stem for p, _ in pairs_by_testset[name]], "metric": metric,
+                          "value": values})
+            for name, scores in parts.items() for metric, values in scores.per_image().items()
+        ]
+        parts[OVERALL] = MapScores.concat(parts.values())
+        rows = [(name, metric, value) for name, scores in parts.items() for metric, value in scores.summary().items()]
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS)), pd.concat(images, ignore_index=True)[list(IMAGE_COLUMNS)]
 
 
@@ -274,9 +407,10 @@ def find_map_pairs(pred_root: str | Path, gt_root: str | Path) -> dict[str, list
     return found
 
 
-def evaluate_maps(pred_root: str | Path, gt_root: str | Path) -> pd.DataFrame:
-    """Score saved maps against a PraNet-layout GT tree: :func:`find_map_pairs`, then :func:`score_testsets`."""
-    return score_testsets(find_map_pairs(pred_root, gt_root))
+def evaluate_maps(pred_root: str | Path, gt_root: str | Path, protocol: str = "polyp_toolbox") -> pd.DataFrame:
+    """Score saved maps against a GT tree (``<gt_root>/<testset>/masks/``: PraNet's ``TestDataset`` or a
+    ``folders`` root): :func:`find_map_pairs`, then :func:`score_testsets` under ``protocol``."""
+    return score_testsets(find_map_pairs(pred_root, gt_root), protocol=protocol)
 
 
 def prediction_table(test_df: pd.DataFrame, out_root: str | Path) -> pd.DataFrame:
@@ -303,17 +437,18 @@ def prediction_table(test_df: pd.DataFrame, out_root: str | Path) -> pd.DataFram
     return table[["testset", "stem", "pred", "gt"]]
 
 
-def evaluate_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Score the maps of a :func:`prediction_table` against its GT files.
+def evaluate_table(table: pd.DataFrame, protocol: str = "polyp_toolbox") -> pd.DataFrame:
+    """Score the maps of a :func:`prediction_table` against its GT files under ``protocol``.
 
     Every listed map must exist (a missing one is named with its GT); test sets are scored in name
     order, pairs in stem order, exactly as :func:`evaluate_maps` orders a folder tree, so both give
     the same numbers for the same maps.
     """
-    return evaluate_table_with_images(table)[0]
+    return evaluate_table_with_images(table, protocol=protocol)[0]
 
 
-def evaluate_table_with_images(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate_table_with_images(table: pd.DataFrame,
+                               protocol: str = "polyp_toolbox") -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`evaluate_table` and its per-image table (:func:`score_testsets_with_images`): the workflow's
     ``evaluate`` rule writes both."""
     absent = [(p, g) for p, g in zip(table["pred"], table["gt"]) if not Path(p).is_file()]
@@ -324,5 +459,5 @@ def evaluate_table_with_images(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
         testset: sorted(zip(group["pred"], group["gt"]), key=lambda pair: Path(pair[0]).stem)
         for testset, group in sorted(table.groupby("testset", sort=False), key=lambda item: item[0])
     }
-    return score_testsets_with_images(pairs)
+    return score_testsets_with_images(pairs, protocol=protocol)
 

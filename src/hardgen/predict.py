@@ -4,7 +4,9 @@ Each test image is resized to ``size`` x ``size`` and ImageNet-normalised (:func
 the logits are upsampled bilinearly (``align_corners=False``) to the ground-truth mask's own size, passed through a
 sigmoid, min-max normalised per image, ``(p - min) / (max - min + 1e-8)``, and written as an 8-bit PNG,
 ``round(255 p)``, at ``<root>/<testset>/<stem>.png`` (``stem`` = the GT file's stem). The maps are then scored by
-:mod:`hardgen.metrics` (the polyp toolbox's definitions), which needs no model and no torch.
+:mod:`hardgen.metrics` (the polyp toolbox's definitions), which needs no model and no torch. Under the ``binary``
+protocol (``min_max=False``, :data:`hardgen.metrics.MAP_MIN_MAX`) the sigmoid probability is saved as it is,
+``round(255 p)``, so that ``map >= 128`` is the fixed 0.5 threshold.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from hardgen.io import DataError, read_pair, write_image
-from hardgen.metrics import evaluate_table, prediction_table
+from hardgen.metrics import MAP_MIN_MAX, check_protocol, evaluate_table, prediction_table
 from hardgen.segment import eval_transform, predict_logits
 
 
@@ -71,10 +73,12 @@ def save_prediction_maps(
     out_root: str | Path,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    min_max: bool = True,
 ) -> pd.DataFrame:
     """Write PraNet-style 8-bit maps ``<out_root>/<split>/<mask stem>.png`` for manifest rows (split, image, mask).
 
-    Existing test-set folders of ``out_root`` are removed first, so no stale map is ever scored. Returns
+    ``min_max``: normalise each map to 0..1 first (the polyp toolbox's maps); False: the probability as it is (the
+    binary protocol's). Existing test-set folders of ``out_root`` are removed first, so no stale map is ever scored. Returns
     ``testset, stem, pred, gt`` (paths) in row order.
     """
     if size <= 0 or size % 32:
@@ -87,10 +91,11 @@ def save_prediction_maps(
     for batch in tqdm(loader, desc="predict", unit="batch", leave=False):
         logits = predict_logits(model, batch["image"].to(device)).float()
         for i, (shape, index) in enumerate(zip(batch["shape"], batch["index"])):
-            # PraNet: upsample the logits to the GT's own size, sigmoid, min-max normalise, save 8-bit.
+            # PraNet: upsample the logits to the GT's own size, sigmoid, min-max normalise (toolbox), save 8-bit.
             up = F.interpolate(logits[i : i + 1], size=shape, mode="bilinear", align_corners=False)
             prob = torch.sigmoid(up)[0, 0].cpu().numpy().astype(np.float64)
-            prob = (prob - prob.min()) / (prob.max() - prob.min() + 1e-8)
+            if min_max:
+                prob = (prob - prob.min()) / (prob.max() - prob.min() + 1e-8)
             write_image(table["pred"].iat[index], np.round(prob * 255.0).clip(0, 255).astype(np.uint8))
     return table
 
@@ -102,11 +107,14 @@ def evaluate_segmenter(
     pred_root: str | Path,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
+    protocol: str = "polyp_toolbox",
 ) -> pd.DataFrame:
-    """:func:`save_prediction_maps` into ``pred_root``, then score the saved maps against the rows' GT files.
+    """:func:`save_prediction_maps` into ``pred_root`` (maps as ``protocol`` wants them), then score the saved maps
+    against the rows' GT files.
 
     Scoring is :func:`score_testsets` (as in :func:`evaluate_maps`) over the test sets sorted by name; returns
     ``testset, metric, value`` including the :data:`OVERALL` rows.
     """
-    written = save_prediction_maps(model, test_df, size, pred_root, batch_size=batch_size, device=device)
-    return evaluate_table(written)
+    written = save_prediction_maps(model, test_df, size, pred_root, batch_size=batch_size, device=device,
+                                   min_max=MAP_MIN_MAX[check_protocol(protocol)])
+    return evaluate_table(written, protocol=protocol)

@@ -87,6 +87,10 @@ DEMO = config["data"]["root"] is None
 TINY = config["model"]["base"] == "tiny"
 
 DATA_ROOT = L("demo_data") if DEMO else config["data"]["root"]
+LAYOUT = config["data"]["layout"]
+# the dataset prepare_data reads: the root, or with the table layout the CSV (the ultrasound demo writes one)
+DATA_SOURCE = f"{DATA_ROOT}/dataset.csv" if DEMO and LAYOUT == "table" else DATA_ROOT
+PROTOCOL = config["evaluate"]["protocol"]  # evaluate.protocol: how test maps are saved and scored
 BASE_MODEL = L("base_model") if TINY else config["model"]["base"]
 # A local base folder (e.g. a cluster's SD1.5 copy) is tracked file by file, so a
 # new base (e.g. rebuilt by `make tiny-sd`) reruns training and generation; a hub id is not tracked.

@@ -1,4 +1,4 @@
-# Dataset: the procedural demo set (only when data.root is unset) and the validated manifest.
+# Dataset: the procedural demo set (only when data.root is unset) and the validated manifest (any data.layout).
 
 
 rule demo_data:
@@ -10,6 +10,7 @@ rule demo_data:
         "results/benchmarks/demo_data.tsv"
     params:
         testsets=TESTSETS,
+        train_splits=config["data"]["train_splits"],
         demo=config["data"]["demo"],
         seed=config["seed"],
     threads: 1
@@ -29,14 +30,21 @@ rule prepare_data:
         manifest=L("data_manifest"),
         # which real training images data.train_subset keeps (all when null), with their seeded rank
         subset=L("data_train_subset"),
+        # 8-bit PNG pairs of what downstream should not read as stored (16-bit images, non-0/255 masks, NIfTI slices)
+        converted=directory(L("converted")),
     log:
         "logs/prepare_data.log",
     benchmark:
         "results/benchmarks/prepare_data.tsv"
     params:
-        root=DATA_ROOT,
+        root=DATA_SOURCE,
+        layout=LAYOUT,
+        train_splits=config["data"]["train_splits"],
         testsets=TESTSETS,
         expected_sizes=config["data"]["expected_sizes"],
+        foreground=config["data"]["foreground"],
+        window=config["data"]["window"],
+        volume=config["data"]["volume"],
         # the one size of data.train_subset (or a one-entry data.train_subsets); the scarcity curve keeps every image
         # here and rule subset_manifest draws each size
         train_subset=None if SCARCITY else hgconfig.train_subset_size(N_REALS[0]),

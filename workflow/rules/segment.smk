@@ -30,6 +30,7 @@ rule train_segmenter:
         filter_judges=run_filter_judges,
         judge=False,
         testsets=TESTSETS,
+        protocol=PROTOCOL,
     threads: 1
     resources:
         mem_mb=8000,
@@ -111,6 +112,7 @@ if BATCH_RUNS:
             filter_judges=lambda wildcards: filter_judges(ARCHS, n_real(wildcards)),
             judge=False,
             testsets=TESTSETS,
+            protocol=PROTOCOL,
         threads: 1
         resources:
             mem_mb=8000,
@@ -141,6 +143,7 @@ if BATCH_RUNS:
             filter_judges={},
             judge=False,
             testsets=TESTSETS,
+            protocol=PROTOCOL,
         threads: 1
         resources:
             mem_mb=8000,
@@ -164,6 +167,7 @@ if BATCH_RUNS:
             BENCH + "/evaluate_runs/{arch}/seed-{seed}.tsv"
         params:
             testsets=TESTSETS,
+            protocol=PROTOCOL,
         threads: 1
         resources:
             mem_mb=2000,
@@ -190,6 +194,7 @@ rule evaluate:
         BENCH + "/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
     params:
         testsets=TESTSETS,
+        protocol=PROTOCOL,
     threads: 1
     resources:
         mem_mb=2000,

@@ -1,17 +1,23 @@
-"""Snakemake wrapper for rule demo_data: the procedural PraNet-layout demo dataset."""
+"""Snakemake wrapper for rule demo_data: the procedural demo dataset of data.demo.modality (polyp: PraNet layout;
+ultrasound: folders layout plus its table)."""
 
-from hardgen.data import make_demo_dataset
+from hardgen.data import make_demo_dataset, make_ultrasound_demo
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
     demo = snakemake.params.demo
-    make_demo_dataset(
-        root=snakemake.output[0],
-        testsets=snakemake.params.testsets,
-        n_train=demo["n_train"],
-        n_test=demo["n_test"],
-        min_size=demo["min_size"],
-        max_size=demo["max_size"],
-        seed=snakemake.params.seed,
-    )
-    log.info("demo dataset written to %s", snakemake.output[0])
+    if demo["modality"] == "ultrasound":
+        splits = {name: demo["n_train"] for name in snakemake.params.train_splits}
+        splits.update({name: demo["n_test"] for name in snakemake.params.testsets})
+        make_ultrasound_demo(snakemake.output[0], splits, demo["min_size"], demo["max_size"], snakemake.params.seed)
+    else:
+        make_demo_dataset(
+            root=snakemake.output[0],
+            testsets=snakemake.params.testsets,
+            n_train=demo["n_train"],
+            n_test=demo["n_test"],
+            min_size=demo["min_size"],
+            max_size=demo["max_size"],
+            seed=snakemake.params.seed,
+        )
+    log.info("demo dataset (%s) written to %s", demo["modality"], snakemake.output[0])

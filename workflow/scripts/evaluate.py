@@ -1,8 +1,8 @@
 """Snakemake wrapper for rules evaluate (one run) and evaluate_runs (segment.batch_runs: every run of one arch and
-seed): the polyp toolbox's scores (hardgen.metrics) of saved prediction maps, per test set and pooled
-("overall"): rows of testset, metric, value; beside each, the per-image scores they average (testset, image,
-metric, value: the paired bootstrap of the report's contrasts resamples them). A skipped run (its subset infeasible,
-filter.on_short_pool: skip) has no maps: both its tables are header-only."""
+seed): the scores of saved prediction maps under evaluate.protocol (hardgen.metrics: the polyp toolbox or the binary
+protocol), per test set and pooled ("overall"): rows of testset, metric, value; beside each, the per-image scores they
+average (testset, image, metric, value: the paired bootstrap of the report's contrasts resamples them). A skipped run (its subset
+infeasible, filter.on_short_pool: skip) has no maps: both its tables are header-only."""
 
 from hardgen.logging_utils import stage_logging
 
@@ -26,7 +26,8 @@ with stage_logging(snakemake.log[0]) as log:
             write_csv(images_out, pd.DataFrame(columns=["testset", "image", "metric", "value"]))
             log.info("%s: skipped run (infeasible subset), no maps to score", folder)
             continue
-        table, images = evaluate_table_with_images(prediction_table(test_rows, folder))
+        table, images = evaluate_table_with_images(prediction_table(test_rows, folder),
+                                                   protocol=snakemake.params.protocol)
         write_csv(out, table)
         write_csv(images_out, images)
         log.info("%s\n%s", folder, table.pivot(index="testset", columns="metric", values="value")

@@ -1,16 +1,34 @@
-"""Snakemake wrapper for rule prepare_data: validate the dataset and write the manifest (and the training subset)."""
+"""Snakemake wrapper for rule prepare_data: validate the dataset (any data.layout) and write the manifest (and the
+training subset); pairs that need it (16-bit images, non-0/255 masks, NIfTI slices) are written as 8-bit PNGs under
+the converted folder."""
 
-from hardgen.data import SUBSET_COLUMNS, build_manifest, train_subset, write_manifest
+import shutil
+from pathlib import Path
+
+from hardgen.data import SUBSET_COLUMNS, VolumeSlicing, build_manifest, train_subset, write_manifest
 from hardgen.io import write_table
 from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
+    params = snakemake.params
+    volume = params.volume
+    converted = Path(snakemake.output.converted)
+    if converted.exists():
+        shutil.rmtree(converted)  # no stale pair of an earlier dataset survives
+    converted.mkdir(parents=True)
     manifest = build_manifest(
-        snakemake.params.root,
-        snakemake.params.testsets,
-        expected_sizes=snakemake.params.expected_sizes or None,
+        params.root,
+        params.testsets,
+        expected_sizes=params.expected_sizes or None,
+        layout=params.layout,
+        train_splits=params.train_splits,
+        foreground=params.foreground,
+        window=params.window,
+        volume=VolumeSlicing(axis=volume["axis"], keep_empty=volume["keep_empty"]),
+        converted=converted,
+        seed=params.seed,
     )
-    manifest, record = train_subset(manifest, snakemake.params.train_subset, snakemake.params.seed)
+    manifest, record = train_subset(manifest, params.train_subset, params.seed)
     write_table(snakemake.output.subset, record, SUBSET_COLUMNS, "training subset record")
     write_manifest(manifest, snakemake.output.manifest)
     log.info("manifest: %s", manifest.groupby("split").size().to_dict())

@@ -35,7 +35,7 @@ with stage_logging(snakemake.log[0]) as log:
         min_fidelity=snakemake.params.min_fidelity,  # the fidelity guard's table (results/tables/fidelity.csv)
         judge_loss_csv=judge_losses,
         feature_files=dict(zip(["real", *variants], inp.features, strict=True)),
-X
+        fidelity_csvs=dict(zip(variants, inp.fidelity, strict=True)),  # fidelity.csv's judges column
         testsets=list(snakemake.params.testsets),  # data.testsets: names and display order
         eval_images=eval_images,
         anchors_csv=inp.anchors[0] if inp.anchors else None,

@@ -35,5 +35,5 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         train_run(snakemake.input.manifest, snakemake.params.specs[arch], snakemake.params.segment, arch, policy,
                   float(ratio), seed, paths, device, judge=snakemake.params.judge,
                   filter_judge=None if real else filter_judges.get(arch), testsets=snakemake.params.get("testsets", ()),
-                  judge_cache=loaded_judges)
+                  judge_cache=loaded_judges, protocol=snakemake.params.protocol if maps[k] else None)
         log.info("run %d/%d done: %s %s ratio %s", k + 1, len(runs), arch, policy, ratio)
