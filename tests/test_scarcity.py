@@ -13,10 +13,28 @@ import yaml
 from test_workflow import REPO, copy_workflow, planned_jobs, quick_config, snakemake
 
 from hardgen import layout
-from hardgen.config import ConfigError, load_config, scarcity, train_subset_labels, validate_config
-from hardgen.data import load_manifest, make_demo_dataset, build_manifest, train_subset, write_manifest
+from hardgen.config import (
+    ConfigError,
+    load_config,
+    scarcity,
+    train_subset_labels,
+    validate_config,
+)
+from hardgen.data import (
+    build_manifest,
+    load_manifest,
+    make_demo_dataset,
+    train_subset,
+    write_manifest,
+)
 from hardgen.report import BENCHMARK_COLUMNS, RUNS_COLUMNS
-from hardgen.scarcity import SINGLE_SEED, T_SEEDS, scarcity_table, with_n_real, write_scarcity
+from hardgen.scarcity import (
+    SINGLE_SEED,
+    T_SEEDS,
+    scarcity_table,
+    with_n_real,
+    write_scarcity,
+)
 
 # ---- layout
 
@@ -215,6 +233,7 @@ def test_two_sizes_plan_every_downstream_job_per_size_and_one_curve(tmp_path):
 # ---- end to end
 
 
+@pytest.mark.slow  # about 4.5 minutes on 2 shared cores
 @pytest.mark.workflow
 def test_two_sizes_run_end_to_end_and_a_new_size_reruns_nothing_of_the_others(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")

@@ -269,8 +269,9 @@ def _train_subsets_problems(data: Mapping[str, Any]) -> list[str]:
     if sizes is None:
         return []
     if data.get("train_subset") is not None:
-        return ["config key 'data.train_subsets': set together with data.train_subset; data.train_subset: N is "
-                "data.train_subsets: [N], set one of them"]
+        message = ("config key 'data.train_subsets': set together with data.train_subset; data.train_subset: N is "
+                   "data.train_subsets: [N], set one of them")
+        return [message]
     counts = [s for s in sizes if s != ALL_TRAIN]
     if counts != sorted(set(counts)) or sizes.count(ALL_TRAIN) > 1 or (ALL_TRAIN in sizes and sizes[-1] != ALL_TRAIN):
         return [f"config key 'data.train_subsets': sizes must be increasing and unique ('all' last), got {sizes}"]

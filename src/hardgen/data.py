@@ -37,9 +37,9 @@ from hardgen.io import (
     read_gray,
     read_rgb,
     to_uint8,
-    write_table,
     write_image,
     write_mask,
+    write_table,
     write_text,
 )
 

@@ -115,7 +115,9 @@ def plot_scarcity(table: pd.DataFrame, out_png: str | Path) -> None:
         ax.minorticks_off()
         ax.set_xlabel("real training images (n_real)")
         ax.set_ylabel(f"{metric} (mean over test sets)")
-        ax.set_title(f"{arch}: {metric} against real data ({int(LEVEL * 100)} % t-interval over seeds)", fontsize=9)
+        interval = (f"{int(LEVEL * 100)} % t-interval over seeds" if (rows["method"] == T_SEEDS).any()
+                    else "one seed: no interval")
+        ax.set_title(f"{arch}: {metric} against real training images ({interval})", fontsize=9)
         ax.legend(fontsize=7)
     save_figure(figure, out_png)
 

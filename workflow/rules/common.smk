@@ -57,8 +57,13 @@ def expand_n(pattern, **lists):
 
 # the per-size logs and benchmark files, under the same level (a rule's log and outputs share their wildcards; the
 # per-size report's timings read its size's benchmark folder)
-LOGS = "logs/n-{n_real}" if SCARCITY else "logs"
-BENCH = L("benchmarks")
+def LOG(name):
+    return f"logs/n-{{n_real}}/{name}" if SCARCITY else f"logs/{name}"
+
+
+def BENCH(name):
+    return f"{L('benchmarks')}/{name}"
+
 
 TESTSETS = config["data"]["testsets"]
 BACKBONES = list(config["backbones"])
@@ -217,8 +222,12 @@ def segmenter_path(arch, policy, ratio, seed, n=N_WILDCARD):
 
 def run_paths(pattern):
     # one path for each benchmark run, arch x (policy, ratio) x seed
-    return [pattern.format(arch=a, policy=p, ratio=r, seed=s, n_real="{n_real}") for a in ARCHS for p, r in RUNS
-            for s in SEEDS]
+    return [
+        pattern.format(arch=a, policy=p, ratio=r, seed=s, n_real="{n_real}")
+        for a in ARCHS
+        for p, r in RUNS
+        for s in SEEDS
+    ]
 
 
 def generation_conditions_input(wildcards):
@@ -257,8 +266,10 @@ def batch_patterns(name, runs=SYNTHETIC_RUNS):
 
 
 def batch_paths(pattern, wildcards, runs):
-    return [pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed, n_real=n_real(wildcards))
-            for p, r in runs]
+    return [
+        pattern.format(arch=wildcards.arch, policy=p, ratio=r, seed=wildcards.seed, n_real=n_real(wildcards))
+        for p, r in runs
+    ]
 
 
 def run_patterns(pattern, runs):
@@ -325,7 +336,10 @@ def fidelity_input(wildcards):
     if wildcards.scored == "real":
         return {}
     n = n_real(wildcards)
-    return {"sample_losses": guard_loss_tables([wildcards.scored], n), "reference": L("fidelity", scored="real", n_real=n)}
+    return {
+        "sample_losses": guard_loss_tables([wildcards.scored], n),
+        "reference": L("fidelity", scored="real", n_real=n),
+    }
 
 
 def subset_input(wildcards, name="subset"):
@@ -406,5 +420,5 @@ def scarcity_outputs():
     return [L("scarcity_table", table=t) for t in SCARCITY_TABLES] + [L("scarcity_plot")]
 
 
-#: rule scarcity's tables (results/tables/): every size's benchmark.csv and runs.csv with n_real, and the curve
+#: the scarcity tables in results/tables/, every size's benchmark.csv and runs.csv with n_real, and the curve
 SCARCITY_TABLES = ("benchmark.csv", "runs.csv", "scarcity.csv")

@@ -9,9 +9,9 @@ rule make_conditions:
         images=directory(L("condition_images")),
         masks=directory(L("condition_masks")),
     log:
-        LOGS + "/make_conditions.log",
+        LOG("make_conditions.log"),
     benchmark:
-        BENCH + "/make_conditions.tsv"
+        BENCH("make_conditions.tsv")
     # the critical path to generation first (snakemake --cores N runs the highest-priority ready job)
     priority: 20
     params:
@@ -42,9 +42,9 @@ rule generation_conditions:
         images=directory(L("squash_images")),
         masks=directory(L("squash_masks")),
     log:
-        LOGS + "/generation_conditions.log",
+        LOG("generation_conditions.log"),
     benchmark:
-        BENCH + "/generation_conditions.tsv"
+        BENCH("generation_conditions.tsv")
     priority: 15
     params:
         fit=config["generation"]["condition_fit"],

@@ -70,9 +70,9 @@ if SCARCITY:
             manifest=L("manifest"),
             subset=L("train_subset"),
         log:
-            LOGS + "/subset_manifest.log",
+            LOG("subset_manifest.log"),
         benchmark:
-            BENCH + "/subset_manifest.tsv"
+            BENCH("subset_manifest.tsv")
         params:
             size=lambda wildcards: hgconfig.train_subset_size(wildcards.n_real),
             seed=config["seed"],

@@ -13,9 +13,9 @@ rule allocate:
     output:
         L("plan"),
     log:
-        LOGS + "/allocate.log",
+        LOG("allocate.log"),
     benchmark:
-        BENCH + "/allocate.tsv"
+        BENCH("allocate.tsv")
     # every generate job waits for the plan
     priority: 15
     params:
@@ -46,9 +46,9 @@ rule generate:
     output:
         L("shard"),
     log:
-        LOGS + "/generate/{variant}/shard-{shard}.log",
+        LOG("generate/{variant}/shard-{shard}.log"),
     benchmark:
-        BENCH + "/generate/{variant}/shard-{shard}.tsv"
+        BENCH("generate/{variant}/shard-{shard}.tsv")
     # with the real-only benchmark segmenters and the real images' scores (5): all of them must be done before the
     # samples are graded, and the LoRA training (10 and up) comes first
     priority: 5
@@ -85,9 +85,9 @@ rule generated_manifest:
     output:
         L("generated"),
     log:
-        LOGS + "/generated_manifest/{variant}.log",
+        LOG("generated_manifest/{variant}.log"),
     benchmark:
-        BENCH + "/generated_manifest/{variant}.tsv"
+        BENCH("generated_manifest/{variant}.tsv")
     threads: 1
     resources:
         mem_mb=1000,

@@ -33,9 +33,9 @@ rule prototype:
     output:
         expand_n(L("prototype"), backbone=BACKBONES),
     log:
-        LOGS + "/prototype.log",
+        LOG("prototype.log"),
     benchmark:
-        BENCH + "/prototype.tsv"
+        BENCH("prototype.tsv")
     # the hard LoRA (its margins) and the training-free variants wait for it: not behind the benchmark segmenters
     priority: 15
     params:

@@ -51,9 +51,9 @@ rule report:
             caption="../report/plots.rst",
         ),
     log:
-        LOGS + "/report.log",
+        LOG("report.log"),
     benchmark:
-        BENCH + "/report.tsv"
+        BENCH("report.tsv")
     params:
         testsets=TESTSETS,
         # each arch's published model name (segment.archs.<k>.published) for the reproduction table
@@ -86,9 +86,9 @@ rule mask_following:
     output:
         report(L("table", table="mask_following.csv"), category="Hardness", caption="../report/mask_following.rst"),
     log:
-        LOGS + "/mask_following.log",
+        LOG("mask_following.log"),
     benchmark:
-        BENCH + "/mask_following.tsv"
+        BENCH("mask_following.tsv")
     params:
         resolution=config["model"]["resolution"],
         seed=config["seed"],  # the shuffled masks' derangement
@@ -114,9 +114,13 @@ if SCARCITY:
             records=expand(L("train_subset"), n_real=N_REALS),
         output:
             benchmark=report(
-                L("scarcity_table", table="benchmark.csv"), category="Scarcity", caption="../report/scarcity_tables.rst"
+                L("scarcity_table", table="benchmark.csv"),
+                category="Scarcity",
+                caption="../report/scarcity_tables.rst",
             ),
-            runs=report(L("scarcity_table", table="runs.csv"), category="Scarcity", caption="../report/scarcity_tables.rst"),
+            runs=report(
+                L("scarcity_table", table="runs.csv"), category="Scarcity", caption="../report/scarcity_tables.rst"
+            ),
             scarcity=report(
                 L("scarcity_table", table="scarcity.csv"), category="Scarcity", caption="../report/scarcity.rst"
             ),

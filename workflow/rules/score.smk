@@ -18,9 +18,9 @@ rule score:
         # real: sample_id, separation (the calibration); a generated variant: its grades (hardgen.fidelity)
         fidelity=L("fidelity"),
     log:
-        LOGS + "/score/{scored}.log",
+        LOG("score/{scored}.log"),
     benchmark:
-        BENCH + "/score/{scored}.tsv"
+        BENCH("score/{scored}.tsv")
     # beside generation (5): the real images' calibration is ready when the samples are graded
     priority: 5
     params:
@@ -62,15 +62,15 @@ rule filter:
         records=([L("subset_record", policy=p) for p in SYNTHETIC_POLICIES] if BATCH_RUNS else [L("subset_record")]),
     log:
         (
-            LOGS + "/filter/ratio-{ratio}/seed-{seed}.log"
+            LOG("filter/ratio-{ratio}/seed-{seed}.log")
             if BATCH_RUNS
-            else LOGS + "/filter/{policy}/ratio-{ratio}/seed-{seed}.log"
+            else LOG("filter/{policy}/ratio-{ratio}/seed-{seed}.log")
         ),
     benchmark:
         (
-            BENCH + "/filter/ratio-{ratio}/seed-{seed}.tsv"
+            BENCH("filter/ratio-{ratio}/seed-{seed}.tsv")
             if BATCH_RUNS
-            else BENCH + "/filter/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+            else BENCH("filter/{policy}/ratio-{ratio}/seed-{seed}.tsv")
         )
     params:
         # the (policy, ratio) of each output, in output order

@@ -18,9 +18,9 @@ rule train_segmenter:
         # PraNet's test script's maps, written while the model is in memory (no second model load)
         predictions=directory(L("predictions")),
     log:
-        LOGS + "/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
+        LOG("train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log"),
     benchmark:
-        BENCH + "/train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+        BENCH("train_segmenter/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv")
     # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
     priority: 5
     params:
@@ -49,9 +49,9 @@ rule train_judge:
         model=L("judge"),
         run=L("judge_run"),
     log:
-        LOGS + "/train_judge/{arch}/seed-{seed}.log",
+        LOG("train_judge/{arch}/seed-{seed}.log"),
     benchmark:
-        BENCH + "/train_judge/{arch}/seed-{seed}.tsv"
+        BENCH("train_judge/{arch}/seed-{seed}.tsv")
     # the judges feed allocate, which every generate job waits for
     priority: 15
     params:
@@ -102,9 +102,9 @@ if BATCH_RUNS:
             run=run_patterns(L("run"), RATIO_RUNS),
             predictions=[directory(p) for p in run_patterns(L("predictions"), RATIO_RUNS)],
         log:
-            LOGS + "/train_segmenters/ratio-{ratio}/seed-{seed}.log",
+            LOG("train_segmenters/ratio-{ratio}/seed-{seed}.log"),
         benchmark:
-            BENCH + "/train_segmenters/ratio-{ratio}/seed-{seed}.tsv"
+            BENCH("train_segmenters/ratio-{ratio}/seed-{seed}.tsv")
         params:
             specs=arch_specs(ARCHS),
             segment=segment_recipe(pixel_filter=bool(filter_judges(ARCHS))),
@@ -131,9 +131,9 @@ if BATCH_RUNS:
             run=run_patterns(L("run"), REAL_RUNS),
             predictions=[directory(p) for p in run_patterns(L("predictions"), REAL_RUNS)],
         log:
-            LOGS + "/train_real/seed-{seed}.log",
+            LOG("train_real/seed-{seed}.log"),
         benchmark:
-            BENCH + "/train_real/seed-{seed}.tsv"
+            BENCH("train_real/seed-{seed}.tsv")
         # beside generation (5), so the real-only models are ready to grade the samples when the last variant is made
         priority: 5
         params:
@@ -162,9 +162,9 @@ if BATCH_RUNS:
             table=batch_patterns("eval", RUNS),
             images=batch_patterns("eval_images", RUNS),
         log:
-            LOGS + "/evaluate_runs/{arch}/seed-{seed}.log",
+            LOG("evaluate_runs/{arch}/seed-{seed}.log"),
         benchmark:
-            BENCH + "/evaluate_runs/{arch}/seed-{seed}.tsv"
+            BENCH("evaluate_runs/{arch}/seed-{seed}.tsv")
         params:
             testsets=TESTSETS,
             protocol=PROTOCOL,
@@ -189,9 +189,9 @@ rule evaluate:
         # per-image scores (testset, image, metric, value): the report's paired bootstrap over test images
         images=L("eval_images"),
     log:
-        LOGS + "/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log",
+        LOG("evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.log"),
     benchmark:
-        BENCH + "/evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv"
+        BENCH("evaluate/{arch}/{policy}/ratio-{ratio}/seed-{seed}.tsv")
     params:
         testsets=TESTSETS,
         protocol=PROTOCOL,
@@ -214,9 +214,9 @@ rule segmenter_loss:
     output:
         [L("sample_loss", arch=arch) for arch in ARCHS],
     log:
-        LOGS + "/segmenter_loss/seed-{seed}.log",
+        LOG("segmenter_loss/seed-{seed}.log"),
     benchmark:
-        BENCH + "/segmenter_loss/seed-{seed}.tsv"
+        BENCH("segmenter_loss/seed-{seed}.tsv")
     # only the report reads it
     params:
         # the arch of each model and output, in order
@@ -244,9 +244,9 @@ rule judge_loss:
     output:
         [L("judge_loss", arch=arch) for arch in ARCHS],
     log:
-        LOGS + "/judge_loss/seed-{seed}/{variant}.log",
+        LOG("judge_loss/seed-{seed}/{variant}.log"),
     benchmark:
-        BENCH + "/judge_loss/seed-{seed}/{variant}.tsv"
+        BENCH("judge_loss/seed-{seed}/{variant}.tsv")
     # the fidelity grades wait for it (score)
     priority: 1
     params:

@@ -18,9 +18,9 @@ rule train_control_lora:
             caption="../report/validation.rst",
         ),
     log:
-        LOGS + "/train_control_lora.log",
+        LOG("train_control_lora.log"),
     benchmark:
-        BENCH + "/train_control_lora.tsv"
+        BENCH("train_control_lora.tsv")
     # the critical path to generation first (snakemake --cores N runs the highest-priority ready job)
     priority: 20
     params:
@@ -61,9 +61,9 @@ rule train_hard_lora:
             caption="../report/validation.rst",
         ),
     log:
-        LOGS + "/train_hard_lora.log",
+        LOG("train_hard_lora.log"),
     benchmark:
-        BENCH + "/train_hard_lora.tsv"
+        BENCH("train_hard_lora.tsv")
     # one thread: hard and feedback fine-tune side by side (and beside the plain variants' generation) on a
     # 2-core machine; both are on the DAG's critical path, so they start before the generation jobs that wait
     priority: 10
@@ -105,9 +105,9 @@ rule train_feedback_lora:
             caption="../report/validation.rst",
         ),
     log:
-        LOGS + "/train_feedback_lora.log",
+        LOG("train_feedback_lora.log"),
     benchmark:
-        BENCH + "/train_feedback_lora.tsv"
+        BENCH("train_feedback_lora.tsv")
     # one thread: hard and feedback fine-tune side by side (and beside the plain variants' generation) on a
     # 2-core machine; both are on the DAG's critical path, so they start before the generation jobs that wait
     priority: 10
