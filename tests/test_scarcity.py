@@ -275,3 +275,24 @@ def test_two_sizes_run_end_to_end_and_a_new_size_reruns_nothing_of_the_others(tm
     for rule, line in jobs:
         if rule not in {"scarcity", "all"}:
             assert "results/n-6/" in line, (rule, line)
+
+
+def test_a_single_seed_point_gets_the_bootstrap_over_its_test_images(tmp_path):
+    # one seed: real at 0.25 (mean over A and B); its per-image mIoU spread around the test sets' means
+    benchmark(1, 0.2, 0.05).to_csv(tmp_path / "b.csv", index=False)
+    bench = with_n_real({"4": tmp_path / "b.csv"}, {"4": 4}, BENCHMARK_COLUMNS, "b")
+    rng = np.random.default_rng(0)
+    rows = [[t, f"{t}{k}", "mIoU", centre + d] for t, centre in (("A", 0.2), ("B", 0.3))
+            for k, d in enumerate(rng.normal(0, 0.05, 20))]
+    pd.DataFrame(rows, columns=["testset", "image", "metric", "value"]).to_csv(tmp_path / "img.csv", index=False)
+    empty = tmp_path / "skipped.csv"
+    pd.DataFrame(columns=["testset", "image", "metric", "value"]).to_csv(empty, index=False)
+    curve = scarcity_table(bench, "mIoU", ["A", "B"], images={(4, "cnn", "real", 0.0, 0): tmp_path / "img.csv",
+                                                               (4, "cnn", "plain", 1.0, 0): empty})
+    real = curve[curve["policy"] == "real"].iloc[0]
+    assert real["method"] == "bootstrap_images" and real["ci_low"] < real["ci_high"]
+    # the interval is around the images' mean over test sets, about ± 2 × 0.05 / sqrt(20) / sqrt(2) wide each side
+    images_mean = pd.DataFrame(rows, columns=["t", "i", "m", "v"]).groupby("t")["v"].mean().mean()
+    assert real["ci_low"] < images_mean < real["ci_high"] and real["ci_high"] - real["ci_low"] < 0.06
+    plain = curve[curve["policy"] == "plain"].iloc[0]  # a skipped run's empty table: no interval
+    assert plain["method"] == SINGLE_SEED and np.isnan(plain["ci_low"])

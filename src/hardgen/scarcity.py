@@ -19,7 +19,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hardgen.config import ratio_label
-from hardgen.contrasts import LEVEL, t_interval
+from hardgen.contrasts import (
+    BOOTSTRAP_IMAGES,
+    LEVEL,
+    bootstrap_interval,
+    mean_over_testsets,
+    read_images,
+    t_interval,
+)
 from hardgen.data import SUBSET_COLUMNS
 from hardgen.io import DataError, write_csv
 from hardgen.report import BENCHMARK_COLUMNS, RUNS_COLUMNS, benchmark_summary
@@ -28,7 +35,8 @@ from hardgen.tables import POLICY_ORDER, ordered, read_table, save_figure
 #: The column naming a row's real training-set size (its count of real training images).
 N_REAL = "n_real"
 #: Columns of ``scarcity.csv``: per arch, policy, ratio and size, the mean over seeds of the metric's mean over test
-#: sets, its interval (``method``: Student's t over the seeds, or ``single seed``: no interval) and the seed count.
+#: sets, its 95 % interval (``method``: Student's t over the seeds; with one seed a percentile bootstrap over the test
+#: images, ``bootstrap_images``, as :mod:`hardgen.contrasts`; ``single seed``: no per-image table, no interval).
 SCARCITY_COLUMNS: list[str] = ["arch", "policy", "ratio", N_REAL, "metric", "seeds", "mean", "ci_low", "ci_high",
                                "method"]
 T_SEEDS = "t_seeds"
@@ -60,15 +68,39 @@ def with_n_real(tables: Mapping[str, str | Path], counts: Mapping[str, int], col
     return pd.concat(frames, ignore_index=True)
 
 
-def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | None = None) -> pd.DataFrame:
+#: ``(n_real, arch, policy, ratio, seed)`` of one run of the curve.
+CurveKey = tuple[int, str, str, float, int]
+
+
+def image_interval(images: str | Path, metric: str, testsets: Sequence[str]) -> tuple[float, float] | None:
+    """The 95 % percentile bootstrap over test images of one run's ``metric`` mean over ``testsets`` (each test set's
+    images resampled within it, :func:`hardgen.contrasts.bootstrap_interval`); None for a skipped run's empty table."""
+    table = read_images(images)
+    table = table[table["metric"] == metric]
+    groups = [table.loc[table["testset"] == t, "value"].to_numpy(float) for t in testsets]
+    if not any(len(g) for g in groups):
+        return None
+    if not all(len(g) for g in groups):
+        raise DataError(f"{images}: {metric} lacks test sets {[t for t, g in zip(testsets, groups) if not len(g)]}")
+    _, low, high = bootstrap_interval(groups, mean_over_testsets)
+    return low, high
+
+
+def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | None = None,
+                   images: Mapping[CurveKey, str | Path] | None = None) -> pd.DataFrame:
     """The curve: per arch, policy, ratio and ``n_real``, the mean over seeds of ``metric``'s mean over the test sets
     (each seed's mean first, as :func:`hardgen.report.benchmark_summary`), with a t-interval over the seeds (two or
-    more; one seed: no interval, ``method`` says so). ``long`` is the benchmark with ``n_real``."""
+    more). With one seed the interval is the bootstrap over that run's test images (:func:`image_interval`) when
+    ``images`` holds its per-image table, else none (``method`` says which). ``long`` is the benchmark with
+    ``n_real``; ``testsets`` (``data.testsets``) are the ones the mean is over (default: every one but overall)."""
+    images = images or {}
     rows = []
     for n_real, frame in long.groupby(N_REAL, sort=True):
         summary = benchmark_summary(frame.drop(columns=N_REAL), metrics=[metric], testsets=testsets)
+        names = list(testsets) if testsets is not None else sorted(set(frame["testset"]) - {"overall"})
         for (arch, policy, ratio), runs in summary.groupby(["arch", "policy", "ratio"], sort=False):
-            means = runs["mean"].dropna().to_numpy(dtype=float)
+            runs = runs.dropna(subset=["mean"])
+            means = runs["mean"].to_numpy(dtype=float)
             if len(means) == 0:
                 continue
             if len(means) >= 2:
@@ -76,6 +108,10 @@ def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | No
                 method = T_SEEDS
             else:
                 mean, low, high, method = float(means[0]), np.nan, np.nan, SINGLE_SEED
+                table = images.get((int(n_real), arch, policy, float(ratio), int(runs["seed"].iloc[0])))
+                interval = image_interval(table, metric, names) if table is not None else None
+                if interval is not None:
+                    (low, high), method = interval, BOOTSTRAP_IMAGES
             rows.append([arch, policy, float(ratio), int(n_real), metric, len(means), mean, low, high, method])
     if not rows:
         raise DataError(f"scarcity curve: no {metric} rows in the benchmark")
@@ -115,7 +151,9 @@ def plot_scarcity(table: pd.DataFrame, out_png: str | Path) -> None:
         ax.minorticks_off()
         ax.set_xlabel("real training images (n_real)")
         ax.set_ylabel(f"{metric} (mean over test sets)")
-        interval = (f"{int(LEVEL * 100)} % t-interval over seeds" if (rows["method"] == T_SEEDS).any()
+        methods = set(rows["method"])
+        interval = (f"{int(LEVEL * 100)} % t-interval over seeds" if T_SEEDS in methods
+                    else f"{int(LEVEL * 100)} % bootstrap over test images" if BOOTSTRAP_IMAGES in methods
                     else "one seed: no interval")
         ax.set_title(f"{arch}: {metric} against real training images ({interval})", fontsize=9)
         ax.legend(fontsize=7)
@@ -124,14 +162,17 @@ def plot_scarcity(table: pd.DataFrame, out_png: str | Path) -> None:
 
 def write_scarcity(benchmarks: Mapping[str, str | Path], runs: Mapping[str, str | Path],
                    records: Mapping[str, str | Path], out: Mapping[str, str | Path], metric: str,
-                   testsets: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+                   testsets: Sequence[str] | None = None,
+                   images: Mapping[tuple[str, str, str, float, int], str | Path] | None = None) -> dict[str, pd.DataFrame]:
     """Read every size's ``benchmark.csv``, ``runs.csv`` and subset record (each ``{label: path}``, the labels of
     ``data.train_subsets``) and write ``out["benchmark"]``, ``out["runs"]`` (with ``n_real``), ``out["scarcity"]``
-    (:func:`scarcity_table` of ``metric``) and the plot ``out["plot"]``."""
+    (:func:`scarcity_table` of ``metric``; ``images``: the per-image tables ``{(label, arch, policy, ratio, seed):
+    path}`` of single-seed intervals) and the plot ``out["plot"]``."""
     counts = {label: subset_count(path) for label, path in records.items()}
+    keyed = {(counts[label], *rest): path for (label, *rest), path in (images or {}).items()}
     long = with_n_real(benchmarks, counts, BENCHMARK_COLUMNS, "benchmark")
     run_table = with_n_real(runs, counts, RUNS_COLUMNS, "runs")
-    curve = scarcity_table(long, metric, testsets)
+    curve = scarcity_table(long, metric, testsets, keyed)
     write_csv(out["benchmark"], long)
     write_csv(out["runs"], run_table)
     write_csv(out["scarcity"], curve)

@@ -220,14 +220,13 @@ def segmenter_path(arch, policy, ratio, seed, n=N_WILDCARD):
     return L("model", arch=arch, policy=policy, ratio=ratio, seed=seed, n_real=n)
 
 
+#: every benchmark run, (arch, policy, ratio label, seed), in run_paths' order
+RUN_ORDER = [(a, p, r, s) for a in ARCHS for p, r in RUNS for s in SEEDS]
+
+
 def run_paths(pattern):
     # one path for each benchmark run, arch x (policy, ratio) x seed
-    return [
-        pattern.format(arch=a, policy=p, ratio=r, seed=s, n_real="{n_real}")
-        for a in ARCHS
-        for p, r in RUNS
-        for s in SEEDS
-    ]
+    return [pattern.format(arch=a, policy=p, ratio=r, seed=s, n_real="{n_real}") for a, p, r, s in RUN_ORDER]
 
 
 def generation_conditions_input(wildcards):
@@ -414,6 +413,11 @@ def final_outputs():
     if not SCARCITY:
         return tables
     return expand(tables, n_real=N_REALS) + scarcity_outputs()
+
+
+def scarcity_image_tables():
+    # the scarcity curve: every size's per-image tables, sizes (N_REALS) outer, runs (RUN_ORDER) inner
+    return [L("eval_images", n_real=n, arch=a, policy=p, ratio=r, seed=s) for n in N_REALS for a, p, r, s in RUN_ORDER]
 
 
 def scarcity_outputs():

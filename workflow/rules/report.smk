@@ -112,6 +112,8 @@ if SCARCITY:
             benchmarks=expand(L("table", table="benchmark.csv"), n_real=N_REALS),
             runs=expand(L("table", table="runs.csv"), n_real=N_REALS),
             records=expand(L("train_subset"), n_real=N_REALS),
+            # every run's per-image scores: the bootstrap interval of a single-seed point
+            images=scarcity_image_tables(),
         output:
             benchmark=report(
                 L("scarcity_table", table="benchmark.csv"),
@@ -131,6 +133,7 @@ if SCARCITY:
             "results/benchmarks/scarcity.tsv"
         params:
             labels=N_REALS,  # data.train_subsets as written, in the order of the inputs
+            image_runs=[(n, *run) for n in N_REALS for run in RUN_ORDER],  # the keys of input.images, in order
             # the curve's metric: report.primary_contrast's (the run's question), else mIoU
             metric=(config["report"]["primary_contrast"] or {}).get("metric", "mIoU"),
             testsets=TESTSETS,

@@ -13,6 +13,9 @@ with stage_logging(snakemake.log[0]) as log:
         out=snakemake.output,
         metric=snakemake.params.metric,
         testsets=list(snakemake.params.testsets),
+        # per-image tables keyed (size label, arch, policy, ratio, seed), in the order the rule lists them
+        images={(n, a, p, float(r), int(s)): path
+                for (n, a, p, r, s), path in zip(snakemake.params.image_runs, inp.images, strict=True)},
     )
     log.info("scarcity curve: %d rows over n_real %s", len(tables["scarcity"]),
              sorted(tables["scarcity"]["n_real"].unique().tolist()))
