@@ -593,7 +593,8 @@ def test_quick_run_reruns_only_what_a_knob_touches(quick_run, tmp_path):
     assert set(ratio) == {"filter", "train_segmenters", "evaluate_runs", "report", "all"}
     seed = plan_after(workdir, "seed", segment={"seeds": [0, 1]})
     assert not UPSTREAM & set(seed) and seed["segmenter_loss"] == 1 and "judge_loss" not in seed
-    policy = plan_after(workdir, "policy", segment={"policies": [p for p in segment["policies"] if p != "hard_band"]})
+    kept = [p for p in segment["policies"] if p != "hard_faithful"]  # hard_band: the primary contrast's policy
+    policy = plan_after(workdir, "policy", segment={"policies": kept})
     assert set(policy) == {"filter", "train_segmenters", "evaluate_runs", "report", "all"}
     variant = plan_after(workdir, "variant", generation={"variants": [*generation["variants"], "guided"]})
     # guided alone is generated, graded and scored; segmenter_loss, mask_following and the report read every sample
