@@ -38,3 +38,22 @@ def test_fit_square_masks_stay_binary_and_aligned_with_their_image():
     assert fit_square(np.ones((8, 8), bool), 32, is_mask=True).all()  # upsampling too
     with pytest.raises(ValueError, match="size"):
         fit_square(mask, 0)
+
+
+def test_atomic_folder_replaces_a_tree_whole_or_not_at_all(tmp_path):
+    import pytest
+
+    from hardgen.io import atomic_folder
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(root) as staging:
+            (staging / "new.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]  # no staging folder left behind
+    assert [p.name for p in root.iterdir()] == ["old.txt"]
+    with atomic_folder(root) as staging:
+        (staging / "new.txt").write_text("new")
+    assert [p.name for p in root.iterdir()] == ["new.txt"]

@@ -15,11 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import unicodedata
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from tqdm import tqdm
 from hardgen.io import (
     IMAGE_SUFFIXES,
     DataError,
+    atomic_folder,
     binarize,
     read_gray,
     read_rgb,
@@ -274,11 +272,7 @@ def make_demo_dataset(
         if name not in DEMO_STYLES:
             LOG.warning("demo: no style for test set %r; using the default style", name)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its 0700 mode would carry over to the renamed tree; mkdir honours the umask.
-    staging = root.parent / f".{root.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()
-    try:
+    with atomic_folder(root) as staging:
         # One generator per image, keyed by (seed, split, index): changing n_test or adding a test set
         # leaves every other image's bytes unchanged.
         train_rng = np.random.default_rng([seed, 0])
@@ -304,12 +298,6 @@ def make_demo_dataset(
         write_text(staging / DEMO_MARKER, json.dumps(
             {"testsets": list(testsets), "n_train": n_train, "n_test": n_test, "min_size": min_size,
              "max_size": max_size, "seed": seed}, indent=2, sort_keys=True) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     LOG.info("demo dataset: %d train + %d x %d test pairs under %s", n_train, len(testsets), n_test, root)
 
 
@@ -398,10 +386,7 @@ def make_ultrasound_demo(
     root = Path(root)
     if root.exists() and any(root.iterdir()) and not (root / DEMO_MARKER).is_file():
         raise FileExistsError(f"{root}: exists and is not a hardgen demo tree; refusing to overwrite it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()
-    try:
+    with atomic_folder(root) as staging:
         rows = []
         for split, n in splits.items():
             name_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
@@ -419,12 +404,6 @@ def make_ultrasound_demo(
         write_text(staging / DEMO_MARKER, json.dumps(
             {"modality": "ultrasound", "splits": dict(splits), "min_size": min_size, "max_size": max_size,
              "seed": seed}, indent=2, sort_keys=True) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     LOG.info("ultrasound demo: %s pairs under %s", dict(splits), root)
 
 

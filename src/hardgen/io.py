@@ -19,7 +19,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -230,6 +232,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(root: str | Path) -> Iterator[Path]:
+    """Yield an empty staging sibling of folder ``root``; on success it replaces ``root`` whole (the old tree, if any,
+    is removed first), on failure it is removed: readers never see a half-written tree.
+
+    Not ``tempfile.mkdtemp``: its 0700 mode would carry over to the renamed tree; ``mkdir`` honours the umask.
+    """
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    try:
+        yield staging
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def path_list(value: str | Path | Sequence[str | Path]) -> list[str]:
