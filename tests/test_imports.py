@@ -67,3 +67,43 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+#: The package's layers, bottom up (docs/architecture.md): a module imports only from its own layer or below. Scoring
+#: and the segmentation benchmark (layer 4) sit below the generator (layer 5), so they never depend on how samples
+#: were made; the report reads everything from the top. A new module must be placed here.
+LAYERS: dict[int, set[str]] = {
+    1: {"registry", "layout", "io", "weights", "devices", "logging_utils"},
+    2: {"config", "archs", "archs.common", "archs.pranet", "archs.polyp_pvt", "archs.hf_segformer", "base_model",
+        "control_lora", "control_lora.model", "control_lora.adapters", "control_lora.files", "control_lora.pipeline",
+        "sampling"},
+    3: {"data", "conditioning", "train_data", "train_settings", "metrics", "contrasts", "reproduction"},
+    4: {"features", "fidelity", "score", "segment", "pixel_filter", "predict", "allocation", "filter",
+        "benchmark_runs"},
+    5: {"objectives", "mining", "shards", "generate", "train", "stages", "pretrain"},
+    6: {"tables", "transfer", "gallery", "timings", "report", "mask_following", "scarcity", "cli"},
+}
+
+
+def layer_of() -> dict[str, int]:
+    return {f"hardgen.{name}": level for level, names in LAYERS.items() for name in names} | {"hardgen": 0}
+
+
+def upward_imports(graph: dict[str, set[str]], layers: dict[str, int]) -> list[tuple[str, str]]:
+    return sorted((m, t) for m, targets in graph.items() for t in targets if layers[t] > layers[m])
+
+
+def test_every_module_has_a_layer_and_imports_only_downward():
+    graph, layers = import_graph(), layer_of()
+    assert sorted(set(graph) - set(layers)) == []  # a new module is placed in LAYERS
+    assert sorted(set(layers) - set(graph)) == []  # and LAYERS names no module that is gone
+    assert upward_imports(graph, layers) == []
+    # the guide's rule, spelled out: scoring and the benchmark never import the generator
+    generator = {f"hardgen.{name}" for name in LAYERS[5]}
+    for name in ("hardgen.score", "hardgen.filter", "hardgen.segment", "hardgen.benchmark_runs", "hardgen.metrics"):
+        assert not graph[name] & generator, name
+
+
+def test_an_upward_import_is_found():
+    assert upward_imports({"a": {"b"}, "b": set()}, {"a": 1, "b": 2}) == [("a", "b")]
+    assert upward_imports({"a": {"b"}, "b": set()}, {"a": 2, "b": 1}) == []
