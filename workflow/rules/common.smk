@@ -132,7 +132,7 @@ FEEDBACK_KEYS = (
     "batch_size",
     "images_per_step",
 )
-#: segment.* keys one segmenter run reads (hardgen.benchmark_runs.train_run: size, augment and the recipe keys an arch
+#: segment.* keys one segmenter run reads (in hardgen.benchmark_runs.train_run — size, augment and the recipe keys an arch
 #: may override, hardgen.segment.ARCH_RECIPE_KEYS); pixel_filter only with a filter judge
 SEGMENT_RUN_KEYS = (
     "size",
