@@ -52,3 +52,25 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tup
                 param.normal_(0.0, 0.05)
     lora = save_control_lora(root / "lora", unet, "condition")
     return base, lora
+
+
+def ellipse_pairs(folder: Path, variants: list[str]):
+    """Polyp-like pairs on disk (72 x 80 px noise, a coloured ellipse and its mask), one per entry of ``variants``:
+    the table ``image, mask, sample_id, variant`` that the segmenter code reads."""
+    import numpy as np
+    import pandas as pd
+
+    from hardgen.io import write_image, write_mask
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, variant in enumerate(variants):
+        yy, xx = np.mgrid[:72, :80]
+        mask = ((yy - 30 - i) / (9 + i)) ** 2 + ((xx - 40) / 14) ** 2 < 1
+        image = rng.integers(0, 80, (72, 80, 3)).astype(np.uint8)
+        image[mask] = (200, 90 + 10 * i, 80)
+        write_image(folder / f"img{i}.png", image)
+        write_mask(folder / f"mask{i}.png", mask)
+        rows.append({"image": str(folder / f"img{i}.png"), "mask": str(folder / f"mask{i}.png"),
+                     "sample_id": f"s{i}", "variant": variant})
+    return pd.DataFrame(rows)

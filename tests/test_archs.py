@@ -12,12 +12,12 @@ import pytest
 import timm
 import torch
 import yaml
+from conftest import ellipse_pairs
 
 from hardgen import report, segment
 from hardgen.archs import MultiMapSegmenter, map_count, output_maps, predict_logits
 from hardgen.cli import main
 from hardgen.config import ConfigError, load_config, validate_config
-from hardgen.io import write_image, write_mask
 from hardgen.segment import SegmenterSpec
 from hardgen.weights import save_state_dict
 
@@ -28,18 +28,7 @@ SMALL_PRANET = SegmenterSpec(arch="PraNet", encoder="resnet18")  # the PraNet he
 
 @pytest.fixture()
 def pairs_df(tmp_path: Path) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        yy, xx = np.mgrid[:72, :80]
-        mask = ((yy - 30 - i) / (9 + i)) ** 2 + ((xx - 40) / 14) ** 2 < 1
-        image = rng.integers(0, 80, (72, 80, 3)).astype(np.uint8)
-        image[mask] = (200, 90 + 10 * i, 80)
-        write_image(tmp_path / "data" / f"img{i}.png", image)
-        write_mask(tmp_path / "data" / f"mask{i}.png", mask)
-        rows.append({"image": str(tmp_path / "data" / f"img{i}.png"), "mask": str(tmp_path / "data" / f"mask{i}.png"),
-                     "sample_id": f"s{i}", "variant": "real"})
-    return pd.DataFrame(rows)
+    return ellipse_pairs(tmp_path / "data", ["real"] * 6)
 
 
 # ------------------------------------------------------------------------------ released counts (CLI)

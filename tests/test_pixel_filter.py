@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ellipse_pairs
 
 from hardgen import pixel_filter, segment
-from hardgen.io import DataError, write_image, write_mask
+from hardgen.io import DataError
 from hardgen.segment import SegmenterSpec
 
 FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")
@@ -23,18 +24,7 @@ FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")
 @pytest.fixture()
 def pairs_df(tmp_path: Path) -> pd.DataFrame:
     """Two real and four synthetic polyp-like pairs (72 x 80 px, ellipse masks), on disk."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(6):
-        yy, xx = np.mgrid[:72, :80]
-        mask = ((yy - 30 - i) / (9 + i)) ** 2 + ((xx - 40) / 14) ** 2 < 1
-        image = rng.integers(0, 80, (72, 80, 3)).astype(np.uint8)
-        image[mask] = (200, 90 + 10 * i, 80)
-        write_image(tmp_path / f"img{i}.png", image)
-        write_mask(tmp_path / f"mask{i}.png", mask)
-        rows.append({"image": str(tmp_path / f"img{i}.png"), "mask": str(tmp_path / f"mask{i}.png"),
-                     "sample_id": f"s{i}", "variant": "real" if i < 2 else "hard"})
-    return pd.DataFrame(rows)
+    return ellipse_pairs(tmp_path, ["real"] * 2 + ["hard"] * 4)
 
 
 # ------------------------------------------------------------------------------------------- the bound
