@@ -235,7 +235,14 @@ def test_demo_tables(demo_run):
     # equal budgets: every policy of one arch and seed ran the same iterations and saw the same images
     runs = pd.read_csv(tables / "runs.csv")
     assert list(runs.columns) == ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
-                                  "images_seen"]
+                                  "images_seen", "optimizer", "learning_rate", "weight_decay", "lr_decay_at",
+                                  "lr_decay_factor", "multi_scale", "grad_clip", "augment"]
+    # each arch trains with its own recipe (the demo's Polyp-PVT: AdamW with the released step decay), every policy
+    # of one arch with the same one
+    recipe = runs.groupby("arch")[["optimizer", "weight_decay", "lr_decay_at"]].nunique(dropna=False)
+    assert (recipe == 1).all().all()
+    assert set(runs.loc[runs.arch == "transformer", "optimizer"]) == {"adamw"}
+    assert set(runs.loc[runs.arch == "cnn", "optimizer"]) == {"adam"}
     assert len(runs) == 2 * runs_each and set(runs["policy"]) == POLICIES
     iterations, batch = DEMO_CONFIG["segment"]["iterations"], DEMO_CONFIG["segment"]["batch_size"]
     assert (runs["iterations"] == iterations).all() and (runs["images_seen"] == iterations * batch).all()
