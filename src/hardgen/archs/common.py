@@ -8,6 +8,7 @@ the structure loss summed over all maps, as both authors train.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
 
 import timm
@@ -58,12 +59,13 @@ def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-class MultiMapSegmenter(nn.Module):
-    """A segmenter with deep supervision: ``forward`` returns ``n_maps`` logit maps at the input size."""
+class MultiMapSegmenter(nn.Module, metaclass=ABCMeta):
+    """A segmenter with deep supervision: ``forward`` returns ``n_maps`` logit maps at the input size. Abstract: a
+    subclass that does not say how its maps become the prediction cannot be instantiated."""
 
     #: how many maps ``forward`` returns
     n_maps: int = 1
 
-    def prediction(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def prediction(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """The one logit map used for inference, from ``forward``'s maps."""
-        raise NotImplementedError
