@@ -57,3 +57,16 @@ def test_a_segmenter_job_is_given_every_segment_key_a_run_reads():
     declared = re.search(r"SEGMENT_RUN_KEYS = \(([^)]*)\)", common).group(1)
     keys = set(re.findall(r'"(\w+)"', declared))
     assert keys == {"size", "augment", *ARCH_RECIPE_KEYS}
+
+
+def test_the_training_jobs_are_given_every_train_and_hard_key_and_no_other():
+    import re
+
+    from hardgen.stages import FINETUNE_TRAIN_KEYS, PLAIN_TRAIN_KEYS
+
+    # the plain training reads every train.* key; a fine-tuning every one but train.steps (its own section's steps)
+    assert sorted(PLAIN_TRAIN_KEYS) == sorted(SCHEMA["train"]["properties"])
+    assert sorted(FINETUNE_TRAIN_KEYS) == sorted(set(SCHEMA["train"]["properties"]) - {"steps"})
+    common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    declared = re.search(r"HARD_KEYS = \(([^)]*)\)", common).group(1)
+    assert sorted(re.findall(r'"(\w+)"', declared)) == sorted(SCHEMA["hard"]["properties"])

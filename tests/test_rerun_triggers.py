@@ -96,3 +96,12 @@ def test_min_fidelity_retrains_only_the_faithful_runs_unbatched(tmp_path):
                       filter={"min_fidelity": DEMO["filter"]["min_fidelity"] + 0.1})
     archs = len(segment["archs"])
     assert jobs == {"filter": runs, "train_segmenter": runs * archs, "evaluate": runs * archs, "report": 1, "all": 1}
+
+
+def test_a_loss_margin_retrains_the_hard_lora_and_rescores_nothing_else(finished_demo):
+    # backbones.<k>.margin belongs to the hardness loss: the prototypes, the other variants' scores and the
+    # mined judge never read it
+    backbone = DEMO["hard"]["loss_backbones"][0]
+    jobs = plan_after(finished_demo, "margin", backbones={backbone: {**DEMO["backbones"][backbone], "margin": 5.0}})
+    assert jobs["train_hard_lora"] == 1 and jobs["score"] == 1 and jobs["generate"] == DEMO["generation"]["shards"]
+    assert not {"prototype", "train_control_lora", "train_feedback_lora", "allocate", "train_judge"} & set(jobs)

@@ -43,6 +43,11 @@ REMOVED_POLICIES: dict[str, str] = {
 }
 
 
+#: ``backbones.<key>`` fields that belong to the hardness loss, not to the feature extractor (read by
+#: ``hardgen.stages`` for the hard LoRA only): the prototypes, scores and mined/guided judges never read them.
+BACKBONE_LOSS_FIELDS = ("margin",)
+
+
 def ratio_label(ratio: float) -> str:
     """A synthetic ratio as it appears in paths and tables: ``f"{r:g}"`` (0.5, 1, 2; the real policy: 0)."""
     return f"{float(ratio):g}"

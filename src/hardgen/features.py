@@ -37,7 +37,7 @@ from timm.layers import resample_abs_pos_embed
 from tqdm.auto import tqdm
 
 from hardgen import io
-from hardgen.config import timm_name_problem
+from hardgen.config import BACKBONE_LOSS_FIELDS, timm_name_problem
 from hardgen.io import DataError
 from hardgen.weights import load_state_dict, save_state_dict
 
@@ -51,7 +51,7 @@ _SPEC_FIELDS = ("name", "pretrained", "checkpoint", "input_size", "source", "res
 #: Where a backbone comes from (``backbones.<key>.source``).
 SOURCES = ("timm", "transformers")
 #: Entry fields that belong to the hardness loss, not to the feature extractor (read by ``hardgen.stages``).
-LOSS_FIELDS = ("margin",)
+LOSS_FIELDS = BACKBONE_LOSS_FIELDS
 
 
 @dataclass(frozen=True)

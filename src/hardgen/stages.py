@@ -31,6 +31,10 @@ TRAIN_KEYS = (
     "empty_prompt_prob", "prediction_type", "checkpointing_steps", "checkpoints_total_limit",
     "validation_steps", "num_workers",
 )
+#: ``train`` keys a hard / feedback fine-tuning reads (its steps are its own section's).
+FINETUNE_TRAIN_KEYS = (*TRAIN_KEYS, "images_per_step")
+#: ``train`` keys the plain training reads.
+PLAIN_TRAIN_KEYS = ("steps", *FINETUNE_TRAIN_KEYS)
 
 
 def train_settings(
@@ -84,7 +88,8 @@ def train_settings(
         seed=seed,
         resume_from_checkpoint="latest",
         crop_pad=crop_pad,
-        steps=train["steps"],
+        # a fine-tuning run's length is its own section's (hard / feedback.steps): it never reads train.steps
+        steps=train["steps"] if finetune is None else finetune["steps"],
         **{key: train[key] for key in TRAIN_KEYS},
     )
     images_per_step, batch_size = train["images_per_step"], train["batch_size"]
@@ -99,7 +104,6 @@ def train_settings(
     if finetune is not None:
         # hard.init / feedback.init: fresh = new adapters from the base (lora.*), as the plain run starts
         values["fresh_start"] = finetune.get("init", "plain") == "fresh"
-        values["steps"] = finetune["steps"]
         values["lambda_"] = finetune["lambda"]
         values["margin_factor"] = finetune["margin_factor"]
         values["calibration_samples"] = finetune["calibration_samples"]

@@ -18,7 +18,9 @@ if Path(SRC, "hardgen").is_dir():
         os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 import hardgen.config as hgconfig
+from hardgen.config import BACKBONE_LOSS_FIELDS
 from hardgen.io import segmenter_key
+from hardgen.stages import FINETUNE_TRAIN_KEYS, PLAIN_TRAIN_KEYS
 from hardgen.layout import path as layout_path
 from hardgen.registry import MODEL_KEYS, POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
 
@@ -132,6 +134,31 @@ FEEDBACK_KEYS = (
     "batch_size",
     "images_per_step",
 )
+#: hard.* keys of the hardness fine-tuning (hardgen.stages.train_settings; crop_pad also crops for its backbones)
+HARD_KEYS = (
+    "init",
+    "steps",
+    "learning_rate",
+    "loss_backbones",
+    "lambda",
+    "margin_factor",
+    "crop_pad",
+    "calibration_samples",
+)
+#: train.* keys of the plain training, and of a fine-tuning (hard / feedback), whose length is its own section's steps
+PLAIN_TRAIN = pick(config["train"], PLAIN_TRAIN_KEYS)
+FINETUNE_TRAIN = pick(config["train"], FINETUNE_TRAIN_KEYS)
+
+
+def extractor_specs(keys):
+    """backbones.<key> entries as a feature extractor reads them (prototype, score, the mined/guided judge): without
+    the hardness loss's fields (margin), which only the hard LoRA reads."""
+    return {
+        key: {field: value for field, value in config["backbones"][key].items() if field not in BACKBONE_LOSS_FIELDS}
+        for key in keys
+    }
+
+
 #: segment.* keys one segmenter run reads (in hardgen.benchmark_runs.train_run — size, augment and the recipe keys an arch
 #: may override, hardgen.segment.ARCH_RECIPE_KEYS); pixel_filter only with a filter judge
 SEGMENT_RUN_KEYS = (

@@ -60,9 +60,7 @@ rule generate:
         generation=lambda wildcards: generation_params(wildcards.variant),
         seed=config["seed"],
         # the judge of the training-free variants (so only their jobs rerun when it changes)
-        backbones=lambda wildcards: (
-            {key: config["backbones"][key] for key in LOSS_BACKBONES} if wildcards.variant in TRAINING_FREE else {}
-        ),
+        backbones=lambda wildcards: (extractor_specs(LOSS_BACKBONES) if wildcards.variant in TRAINING_FREE else {}),
         pad=lambda wildcards: (config["hard"]["crop_pad"] if wildcards.variant in TRAINING_FREE else None),
         out_dir=lambda wildcards: L(
             "shard_dir", variant=wildcards.variant, shard=wildcards.shard, n_real=n_real(wildcards)

@@ -39,7 +39,7 @@ rule prototype:
     # the hard LoRA (its margins) and the training-free variants wait for it: not behind the benchmark segmenters
     priority: 15
     params:
-        backbones=config["backbones"],
+        backbones=extractor_specs(BACKBONES),
         pad=config["hard"]["crop_pad"],
         resolution=config["model"]["resolution"],
     threads: 1

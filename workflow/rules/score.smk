@@ -27,7 +27,7 @@ rule score:
         sets=lambda wildcards: [wildcards.scored],
         # the fidelity guard's judges (<arch>/seed-<s>), in the order of input.sample_losses
         judges=lambda wildcards: ([] if wildcards.scored == "real" else guard_judges()),
-        backbones=config["backbones"],
+        backbones=extractor_specs(BACKBONES),
         fidelity_backbone=FIDELITY_BACKBONE,
         pad=config["hard"]["crop_pad"],
         resolution=config["model"]["resolution"],

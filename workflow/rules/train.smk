@@ -27,7 +27,7 @@ rule train_control_lora:
         base=BASE_MODEL,
         model=MODEL,
         lora=pick(config["lora"], LORA_KEYS),
-        train=config["train"],
+        train=PLAIN_TRAIN,
         seed=config["seed"],
         condition_type=config["condition"]["type"],
     # one thread like every job: a 2-thread job on 2 cores waits until both are free at once, which a stream of
@@ -71,8 +71,8 @@ rule train_hard_lora:
         base=BASE_MODEL,
         model=MODEL,
         lora=pick(config["lora"], LORA_KEYS),
-        train=config["train"],
-        hard=config["hard"],
+        train=FINETUNE_TRAIN,
+        hard=pick(config["hard"], HARD_KEYS),
         # only the in-loss backbones reach the generator
         backbones=pick(config["backbones"], LOSS_BACKBONES),
         seed=config["seed"],
@@ -115,7 +115,7 @@ rule train_feedback_lora:
         base=BASE_MODEL,
         model=MODEL,
         lora=pick(config["lora"], LORA_KEYS),
-        train=config["train"],
+        train=FINETUNE_TRAIN,
         feedback=pick(config["feedback"], FEEDBACK_KEYS),
         crop_pad=config["hard"]["crop_pad"],
         segmenter=arch_spec(JUDGE),
