@@ -77,11 +77,12 @@ LAYERS: dict[int, set[str]] = {
     2: {"config", "archs", "archs.common", "archs.pranet", "archs.polyp_pvt", "archs.hf_segformer", "base_model",
         "control_lora", "control_lora.model", "control_lora.adapters", "control_lora.files", "control_lora.pipeline",
         "sampling"},
-    3: {"data", "conditioning", "train_data", "train_settings", "metrics", "contrasts", "reproduction"},
+    3: {"data", "conditioning", "train_data", "train_settings", "metrics", "contrasts", "reproduction",
+        "mask_following"},
     4: {"features", "fidelity", "score", "segment", "pixel_filter", "predict", "allocation", "filter",
         "benchmark_runs"},
-    5: {"objectives", "mining", "shards", "generate", "train", "stages", "pretrain"},
-    6: {"tables", "transfer", "gallery", "timings", "report", "mask_following", "scarcity", "cli"},
+    5: {"objectives", "mining", "shards", "generate", "train", "stages", "pretrain", "pretrain_adapter"},
+    6: {"tables", "transfer", "gallery", "timings", "report", "scarcity", "cli"},
 }
 
 

@@ -205,10 +205,9 @@ def mask_following_from_files(
     (``results/generated/<variant>/manifest.csv``).
     """
     from hardgen.io import DataError
-    from hardgen.report import real_pairs_from
+    from hardgen.train_data import load_training_pairs
 
-    pairs = real_pairs_from(conditions_csv, data_manifest_csv)
-    pairs = pairs[pairs["image"].astype(str) != ""]
+    pairs = load_training_pairs(conditions_csv, data_manifest_csv)  # kind == real rows: layouts have no real image
     if len(pairs) < 2:
         raise DataError(f"{conditions_csv}: {len(pairs)} conditions with a real image; mask following needs >= 2")
     real = read_pairs(list(pairs["image"]), list(pairs["mask"]), size)
