@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 #: Defaults mirror config/config.yaml's ``lora`` section.
@@ -60,18 +61,12 @@ def _run_build_tiny_sd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
-    from hardgen.pretrain import PretrainSettings, setting_names
-
-    parser.add_argument("--out", type=Path, required=True, help="output diffusers folder (resources/tiny-sd-polyp)")
+def _add_settings_and_checkpoints(parser: argparse.ArgumentParser, defaults: Any, names: Sequence[str],
+                                  from_config: set[str], what: str) -> None:
+    """One ``--name`` flag per settings field not taken from the config, plus the checkpoint flags."""
     parser.add_argument("--config", type=Path, nargs="+", default=[Path("config/config.yaml")],
-                        help="workflow config(s), merged in order: model.resolution, model.prompt, "
-                        "model.tiny_config, data.demo sizes and condition.canny_* come from here")
-    parser.add_argument("--config-dir", type=Path, default=None,
-                        help="tiny-SD config folder (default: the config's model.tiny_config)")
-    defaults = PretrainSettings()
-    from_config = {"resolution", "prompt", "min_size", "max_size", "canny_low", "canny_high"}
-    for name in setting_names():
+                        help=f"workflow config(s), merged in order: {what} come from here")
+    for name in names:
         if name in from_config:
             continue
         default = getattr(defaults, name)
@@ -90,6 +85,28 @@ def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
                      help="end this session after M minutes with a checkpoint (rerun to go on)")
 
 
+def _given_flags(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    return [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in names if getattr(args, name, None) is not None]
+
+
+def _checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"checkpoint_dir": args.checkpoint_dir, "checkpoint_minutes": args.checkpoint_minutes,
+            "resume": args.resume, "stop_after_steps": args.stop_after_steps,
+            "stop_after_minutes": args.stop_after_minutes}
+
+
+def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
+    from hardgen.pretrain import PretrainSettings, setting_names
+
+    parser.add_argument("--out", type=Path, required=True, help="output diffusers folder (resources/tiny-sd-polyp)")
+    parser.add_argument("--config-dir", type=Path, default=None,
+                        help="tiny-SD config folder (default: the config's model.tiny_config)")
+    _add_settings_and_checkpoints(parser, PretrainSettings(), setting_names(),
+                                  {"resolution", "prompt", "min_size", "max_size", "canny_low", "canny_high"},
+                                  "model.resolution, model.prompt, model.tiny_config, data.demo sizes and "
+                                  "condition.canny_*")
+
+
 def _run_pretrain_tiny(args: argparse.Namespace) -> int:
     from hardgen.config import load_config
     from hardgen.pretrain import pretrain_tiny_sd, setting_names, settings_from_config
@@ -97,12 +114,39 @@ def _run_pretrain_tiny(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     settings = settings_from_config(config, {name: getattr(args, name, None) for name in setting_names()})
     config_dir = args.config_dir or Path(config["model"]["tiny_config"])
-    given = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in setting_names()
-             if getattr(args, name, None) is not None]
-    command = " ".join(["hardgen pretrain-tiny --out", str(args.out), *given])  # for the model card
-    summary = pretrain_tiny_sd(config_dir, args.out, settings, command=command, checkpoint_dir=args.checkpoint_dir,
-                               checkpoint_minutes=args.checkpoint_minutes, resume=args.resume,
-                               stop_after_steps=args.stop_after_steps, stop_after_minutes=args.stop_after_minutes)
+    command = " ".join(["hardgen pretrain-tiny --out", str(args.out), *_given_flags(args, setting_names())])
+    summary = pretrain_tiny_sd(config_dir, args.out, settings, command=command, **_checkpoint_kwargs(args))
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+#: AdapterSettings fields that come from the workflow config (settings_from_config), not from flags
+ADAPTER_FROM_CONFIG = {"resolution", "prompt", "min_size", "max_size", "condition", "canny_low", "canny_high", "preset",
+                       "rank", "conv_in_rank", "empty_prompt_prob", "sample_steps"}
+
+
+def _add_pretrain_adapter(parser: argparse.ArgumentParser) -> None:
+    from hardgen.pretrain_adapter import AdapterSettings, setting_names
+
+    parser.add_argument("--base", type=Path, default=None,
+                        help="the pre-trained base folder (default: the config's model.base)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output adapter folder (resources/tiny-sd-polyp-mask)")
+    _add_settings_and_checkpoints(parser, AdapterSettings(), setting_names(), ADAPTER_FROM_CONFIG,
+                                  "model.*, data.demo sizes, condition.*, lora.preset/rank/conv_in_rank, "
+                                  "train.empty_prompt_prob and generation.steps")
+
+
+def _run_pretrain_adapter(args: argparse.Namespace) -> int:
+    from hardgen.config import load_config
+    from hardgen.pretrain_adapter import pretrain_adapter, setting_names, settings_from_config
+
+    config = load_config(args.config)
+    settings = settings_from_config(config, {name: getattr(args, name, None) for name in setting_names()})
+    base = args.base or Path(config["model"]["base"])
+    command = " ".join(["hardgen pretrain-adapter --out", str(args.out),
+                        *([f"--base {args.base}"] if args.base else []), *_given_flags(args, setting_names())])
+    summary = pretrain_adapter(base, args.out, settings, command=command, **_checkpoint_kwargs(args))
     print(json.dumps(summary, sort_keys=True))
     return 0
 
@@ -183,6 +227,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
     "build-tiny-sd": ("build the tiny random-init SD folder", _add_build_tiny_sd, _run_build_tiny_sd),
     "pretrain-tiny": ("pre-train the tiny SD (VAE, then UNet) on procedural polyp images into a diffusers folder",
                       _add_pretrain_tiny, _run_pretrain_tiny),
+    "pretrain-adapter": ("pre-train the demo's condition adapter (a Control-LoRA on the pre-trained base, lora.* shape)",
+                         _add_pretrain_adapter, _run_pretrain_adapter),
     "validate-config": ("validate merged config files (schema, cross-key rules, timm/smp names)",
                         _add_validate_config, _run_validate_config),
     "segmenter-summary": (("one JSON line per segment.archs entry: arch (the key), params, maps (random weights, "

@@ -1,0 +1,445 @@
+"""Pre-train the demo's condition adapter: a Control-LoRA for the demo's condition (``condition.type``: the binary
+mask, as the authors conditioned their polyp run) on the pre-trained tiny base (``hardgen pretrain-adapter``, the
+second half of ``make tiny-sd``).
+
+What control-lora-v3 ships for SD1.5 (a canny Control-LoRA trained for thousands of steps on a frozen base), shrunk
+to the demo: the demo's plain LoRA starts from it (``lora.init_weights``) instead of from zero, so its 40 steps
+fine-tune a model that already places its polyp where the condition says, and plain, hard, feedback and mined
+samples can be told apart by what the method changes, not by where the polyp landed.
+
+The adapter is the demo's own (``lora.preset`` / ``rank`` / ``conv_in_rank``: the file loads as ``init_weights``
+with the same shapes), trained on the frozen base with the workflow's training path pieces: the condition is
+VAE-encoded (posterior samples, as control-lora-v3 trains) and concatenated to the noisy latent through the widened
+``conv_in`` (:func:`hardgen.control_lora.widen_conv_in` / :func:`~hardgen.control_lora.add_control_lora`); the
+loss is the DDPM epsilon MSE. Two measured departures from a plain Control-LoRA recipe make the tiny model learn
+the layout within the CPU budget (docs/architecture.md has the runs):
+
+* ``timesteps: cubic``: t = (1 − u³)·T, T2I-Adapter's schedule, which draws most steps at high noise, where a
+  sample's layout is decided (the uniform draw teaches the condition at low noise only);
+* ``mask_weight``: the epsilon error inside the polyp's mask (at the latent grid) counts ``1 + mask_weight`` times,
+  renormalised per image so the loss keeps its scale: the demo's polyps are faint tints on busy mucosa, a small
+  share of the pixels that a uniform loss learns last. Polyp-synthesis diffusion models (ArSDM) re-weight their
+  loss by the mask for the same reason.
+
+The run is seeded and resumable like the base's (:class:`hardgen.pretrain.Checkpoints`, fingerprinted with the
+settings and the base folder's digest), and the folder it writes (``pytorch_lora_weights.safetensors`` in the
+control-lora-v3 format and a ``README.md``) carries the budget, the measured wall time and the mask-following measure
+(:mod:`hardgen.mask_following`) of the base with the adapter on held-out masks, sampled as the workflow samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+LOG = logging.getLogger("hardgen.pretrain_adapter")
+ADAPTER = "condition"
+TIMESTEP_DRAWS = ("uniform", "cubic")
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """Every knob of the adapter pre-training; the defaults made the shipped ``resources/tiny-sd-polyp-mask``."""
+
+    seed: int = 0
+    images: int = 2000  # the base's pre-training pool (same renderer stream): images, masks and their conditions
+    heldout: int = 144  # held-out masks (stream [seed, 4, i]) for the model card's mask-following measure
+    resolution: int = 64  # model.resolution
+    min_size: int = 72  # data.demo.min_size / max_size
+    max_size: int = 112
+    prompt: str = "an endoscopic image of a colon polyp"  # model.prompt
+    condition: str = "mask"  # condition.type
+    canny_low: int = 100  # condition.canny_low / canny_high
+    canny_high: int = 200
+    preset: str = "half_skip_attn"  # lora.preset / rank / conv_in_rank: the demo's plain LoRA loads it as is
+    rank: int = 16
+    conv_in_rank: int = 64
+    steps: int = 3000
+    batch: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    timesteps: str = "cubic"
+    mask_weight: float = 4.0
+    empty_prompt_prob: float = 0.1  # train.empty_prompt_prob
+    max_grad_norm: float = 1.0
+    sample_steps: int = 10  # generation.steps of the card's measure (UniPC, guidance 1, as the demo samples)
+    threads: int = 2
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, named as its field (the CLI flag is the same name with dashes)."""
+        problems = []
+        positive = ("images", "heldout", "rank", "conv_in_rank", "steps", "batch", "sample_steps", "threads")
+        problems += [f"{name} must be >= 1 (got {getattr(self, name)})" for name in positive if getattr(self, name) < 1]
+        if self.heldout < 2:
+            problems.append(f"heldout must be >= 2 (got {self.heldout}): the measure compares against other masks")
+        if self.resolution < 16 or self.resolution % 8:
+            problems.append(f"resolution must be a multiple of 8 and >= 16 (got {self.resolution})")
+        if not 16 <= self.min_size <= self.max_size:
+            problems.append(f"min_size/max_size must satisfy 16 <= min <= max (got {self.min_size}, {self.max_size})")
+        if self.condition not in ("canny", "mask"):
+            problems.append(f"condition must be canny or mask (got {self.condition!r})")
+        if self.timesteps not in TIMESTEP_DRAWS:
+            problems.append(f"timesteps must be one of {list(TIMESTEP_DRAWS)} (got {self.timesteps!r})")
+        for name in ("lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("mask_weight", "warmup_steps", "seed"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.empty_prompt_prob < 1:
+            problems.append(f"empty_prompt_prob must be in [0, 1) (got {self.empty_prompt_prob})")
+        if not 0 <= self.canny_low < self.canny_high <= 255:
+            problems.append(f"canny_low/canny_high must satisfy 0 <= low < high <= 255 (got {self.canny_low}, "
+                            f"{self.canny_high})")
+        if not self.prompt.strip():
+            problems.append("prompt must not be empty")
+        return problems
+
+    def check(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("pretrain-adapter settings:\n  " + "\n  ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------- data
+def render_pairs(settings: AdapterSettings, n: int, stream: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images ``(n, R, R, 3)`` uint8, masks ``(n, R, R)`` bool, conditions ``(n, R, R, 3)`` uint8) of pool
+    ``stream``: the workflow's transform (:func:`hardgen.io.fit_square`) and condition
+    (:func:`hardgen.conditioning.mask_to_condition` of the resized mask, as ``make_conditions``)."""
+    from hardgen.conditioning import mask_to_condition
+    from hardgen.data import render_demo_pool
+    from hardgen.io import fit_square
+
+    size = settings.resolution
+    pool = render_demo_pool(n, settings.seed, settings.min_size, settings.max_size, stream=stream)
+    images = np.stack([fit_square(image, size) for _, image, _ in pool])
+    masks = np.stack([fit_square(mask, size, is_mask=True) for _, _, mask in pool]).astype(bool)
+    conditions = np.stack([mask_to_condition(m, settings.condition, settings.canny_low, settings.canny_high)
+                           for m in masks])
+    return images, masks, conditions
+
+
+def draw_timesteps(kind: str, n: int, n_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` training timesteps: ``uniform`` on [0, T), or ``cubic`` t = (1 − u³)·T (T2I-Adapter), which puts
+    half the draws above 0.79·T."""
+    if kind == "uniform":
+        return torch.randint(0, n_timesteps, (n,), generator=generator)
+    if kind == "cubic":
+        u = torch.rand(n, generator=generator)
+        return ((1 - u ** 3) * n_timesteps).long().clamp(0, n_timesteps - 1)
+    raise ValueError(f"timesteps: unknown draw {kind!r} (expected one of {list(TIMESTEP_DRAWS)})")
+
+
+def mask_weighted_mse(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, mask_weight: float) -> torch.Tensor:
+    """Mean squared error with the pixels inside ``masks`` (``(B, 1, h, w)`` in [0, 1] at the latent grid) weighted
+    ``1 + mask_weight``, the weights renormalised to mean 1 per image (so ``mask_weight = 0`` is the plain MSE and
+    the loss keeps its scale whatever the polyp's size)."""
+    weights = 1.0 + mask_weight * masks
+    weights = weights / weights.mean(dim=(1, 2, 3), keepdim=True)
+    return ((pred.float() - target.float()).pow(2) * weights).mean()
+
+
+def latent_masks(masks: np.ndarray, latent_size: int) -> torch.Tensor:
+    """Bool masks ``(N, R, R)`` -> ``(N, 1, latent_size, latent_size)`` float coverage (area average)."""
+    tensor = torch.from_numpy(masks.astype(np.float32))[:, None]
+    return F.adaptive_avg_pool2d(tensor, latent_size)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def _folder_fingerprint(folder: Path) -> dict[str, str]:
+    from hardgen.io import file_digest
+
+    return {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "README.md"}
+
+
+def train_adapter(
+    unet: torch.nn.Module,
+    image_moments: torch.Tensor,
+    condition_moments: torch.Tensor,
+    masks: torch.Tensor,
+    scaling_factor: float,
+    prompt_embeds: torch.Tensor,
+    empty_embeds: torch.Tensor,
+    noise_scheduler: Any,
+    settings: AdapterSettings,
+    checkpoints: Any = None,
+    state: dict[str, Any] | None = None,
+) -> list[float]:
+    """Train the Control-LoRA ``ADAPTER`` of ``unet`` (widened, adapter added, base frozen); return per-step losses.
+
+    Each step draws images, a latent from each image's and each condition's posterior, noise, timesteps
+    (:func:`draw_timesteps`) and the prompt (the empty one with ``empty_prompt_prob``); the loss is
+    :func:`mask_weighted_mse` of the epsilon prediction. AdamW on the LoRA parameters, linear warm-up then cosine
+    decay, gradients clipped. ``checkpoints`` / ``state`` as in :func:`hardgen.pretrain.train_unet`.
+    """
+    from hardgen.pretrain import _step
+
+    s = settings
+    if noise_scheduler.config.prediction_type != "epsilon":
+        raise ValueError(f"scheduler prediction_type {noise_scheduler.config.prediction_type!r}: the adapter "
+                         "pre-training implements the epsilon loss only")
+    params = [p for p in unet.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(s.seed + 404)
+    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:
+        if step < s.warmup_steps:
+            return (step + 1) / s.warmup_steps
+        progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    n_timesteps = noise_scheduler.config.num_train_timesteps
+    trainable = {name for name, p in unet.named_parameters() if p.requires_grad}
+    unet.train()
+    log: list[float] = []
+    if state is not None:
+        unet.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        log = [float(x) for x in state["log"]]
+
+    def snapshot() -> dict[str, Any]:
+        return {"stage": "adapter", "model": {k: v for k, v in unet.state_dict().items() if k in trainable},
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "generator": generator.get_state(), "log": log}
+
+    def posterior(moments: torch.Tensor) -> torch.Tensor:
+        mean, logvar = moments.chunk(2, dim=1)
+        return (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)) * scaling_factor
+
+    for step in tqdm(range(len(log), s.steps), desc="adapter", unit="step", initial=len(log), total=s.steps):
+        index = torch.randint(0, len(image_moments), (s.batch,), generator=generator)
+        latents = posterior(image_moments[index])
+        condition = posterior(condition_moments[index])
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = draw_timesteps(s.timesteps, s.batch, n_timesteps, generator)
+        drop = torch.rand(s.batch, generator=generator) < s.empty_prompt_prob
+        hidden = torch.where(drop.view(-1, 1, 1), empty_embeds, prompt_embeds)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = unet(torch.cat([noisy, condition], dim=1), timesteps, encoder_hidden_states=hidden).sample
+        loss = mask_weighted_mse(pred, noise, masks[index], s.mask_weight)
+        _step(loss, unet, optimizer, schedule, s.max_grad_norm, "adapter", step)
+        log.append(float(loss.detach()))
+        if checkpoints is not None:
+            checkpoints.tick(step + 1, snapshot)
+    unet.eval()
+    return log
+
+
+def measure_mask_following(base: str | Path, lora_dir: str | Path, settings: AdapterSettings) -> dict[str, float]:
+    """The mask-following row (:func:`hardgen.mask_following.mask_following_row`) of the base with the adapter on
+    ``settings.heldout`` held-out masks, sampled as the workflow samples (:func:`hardgen.generate.
+    load_generation_pipeline`, :class:`hardgen.sampling.Sampling`, one seeded generator per image), against the
+    held-out real images of the same masks: ``own, shuffled, margin_vs_real, dark_corners`` and the real row's."""
+    from hardgen.data import HELDOUT_STREAM
+    from hardgen.generate import load_generation_pipeline
+    from hardgen.mask_following import mask_following_table
+    from hardgen.sampling import Sampling, to_uint8
+
+    images, masks, conditions = render_pairs(settings, settings.heldout, HELDOUT_STREAM)
+    pipe = load_generation_pipeline(base, lora_dir, device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    sampling = Sampling(settings.prompt, settings.resolution, settings.sample_steps)
+    samples = []
+    for start in tqdm(range(0, len(conditions), 48), desc="measure", unit="batch"):
+        batch = [c for c in conditions[start:start + 48]]
+        generators = [torch.Generator().manual_seed(settings.seed * 100_003 + start + i) for i in range(len(batch))]
+        samples.append(to_uint8(sampling(pipe, batch, generators).images))
+    table = mask_following_table((list(images), list(masks)), {"adapter": (list(np.concatenate(samples)), list(masks))},
+                                 seed=settings.seed)
+    rows = table.set_index("variant")
+    return {"own": float(rows.loc["adapter", "own"]), "shuffled": float(rows.loc["adapter", "shuffled"]),
+            "margin_vs_real": float(rows.loc["adapter", "margin_vs_real"]),
+            "dark_corners": float(rows.loc["adapter", "dark_corners"]),
+            "real_own": float(rows.loc["real", "own"]), "real_shuffled": float(rows.loc["real", "shuffled"]),
+            "real_dark_corners": float(rows.loc["real", "dark_corners"])}
+
+
+def pretrain_adapter(
+    base: str | Path,
+    out_dir: str | Path,
+    settings: AdapterSettings = AdapterSettings(),
+    command: str | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_minutes: float = 5.0,
+    checkpoint_every: int = 0,
+    resume: bool = True,
+    stop_after_steps: int | None = None,
+    stop_after_minutes: float | None = None,
+) -> dict[str, Any]:
+    """Train the condition adapter of ``base`` (a diffusers SD folder) and save it to ``out_dir``; return a summary.
+
+    ``out_dir`` gets ``pytorch_lora_weights.safetensors`` (:func:`hardgen.control_lora.save_control_lora`, its
+    header naming the base, preset, condition type and prediction type) and a ``README.md`` (settings, losses, the
+    held-out mask-following measure, step budget, wall time, ``command``), written atomically. Checkpoints,
+    resuming and early stops as :func:`hardgen.pretrain.pretrain_tiny_sd` (the checkpoint folder's fingerprint
+    covers the settings and the base's files).
+    """
+    from hardgen.base_model import load_components
+    from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
+    from hardgen.data import PRETRAIN_STREAM
+    from hardgen.io import atomic_folder
+    from hardgen.pretrain import Checkpoints, PretrainStopped, default_checkpoint_dir, latent_moments, to_model_range
+    from hardgen.train_data import encode_prompts
+
+    settings.check()
+    base = Path(base)
+    if not (base / "unet").is_dir() or not (base / "vae").is_dir():
+        raise FileNotFoundError(f"{base}: not a diffusers Stable Diffusion folder (unet/ and vae/ expected)")
+    for name, value in (("checkpoint_minutes", checkpoint_minutes), ("checkpoint_every", checkpoint_every)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0 (got {value})")
+    if stop_after_steps is not None and stop_after_steps < 1:
+        raise ValueError(f"stop_after_steps must be >= 1 (got {stop_after_steps})")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        components = load_components(base, family="sd15", dtype=torch.float32)
+        vae, unet = components["vae"].eval(), components["unet"]
+        fingerprint = {"settings": dataclasses.asdict(settings), "base": _folder_fingerprint(base)}
+        checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
+                                  every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
+                                  stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
+        state = checkpoints.load()
+        images, masks, conditions = render_pairs(settings, settings.images, PRETRAIN_STREAM)
+        image_moments = latent_moments(vae, to_model_range(images))
+        condition_moments = latent_moments(vae, to_model_range(conditions))
+        latent_grid = image_moments.shape[-1]
+        with torch.no_grad():
+            prompts = encode_prompts({"tokenizer": components["tokenizer"],
+                                      "text_encoder": components["text_encoder"].eval()},
+                                     settings.prompt, "sd15", torch.device("cpu"))
+        widen_conv_in(unet, num_conditions=1)
+        torch.manual_seed(settings.seed + 505)  # peft draws lora_A from the global generator: seed it
+        add_control_lora(unet, ADAPTER, settings.preset, settings.rank, settings.conv_in_rank)
+        log = train_adapter(unet, image_moments, condition_moments, latent_masks(masks, latent_grid),
+                            vae.config.scaling_factor, prompts.prompt, prompts.empty, components["noise_scheduler"],
+                            settings, checkpoints, state)
+    except PretrainStopped as stopped:
+        LOG.info("%s", stopped)
+        return {"out": str(out_dir), "complete": False, "step": checkpoints.last_step, "budget_steps": settings.steps,
+                "wall_seconds": checkpoints.seconds(), "checkpoint": str(checkpoints.path)}
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    seconds = checkpoints.seconds()
+    tail = max(1, len(log) // 10)
+    with atomic_folder(out_dir) as staging:
+        save_control_lora(staging, unet, ADAPTER, base_model=base.as_posix(), preset=settings.preset,
+                          condition_type=settings.condition, prediction_type="epsilon",
+                          extra={"pretrained_by": "hardgen pretrain-adapter"})
+        torch.set_num_threads(settings.threads)
+        try:
+            measure = measure_mask_following(base, staging, settings)
+        finally:
+            torch.set_num_threads(previous_threads)
+        summary = {
+            "out": str(out_dir), "complete": True, "base": base.as_posix(), "settings": dataclasses.asdict(settings),
+            "loss_first": float(np.mean(log[:tail])), "loss": float(np.mean(log[-tail:])),
+            "trainable_params": sum(p.numel() for p in unet.parameters() if p.requires_grad),
+            "budget_steps": settings.steps, "wall_seconds": seconds, "resumed": checkpoints.previous_seconds > 0,
+            "mask_following": measure, "device": "cpu",
+        }
+        (staging / "README.md").write_text(model_card(summary, command))
+    checkpoints.clear()
+    LOG.info("condition adapter saved to %s: %s", out_dir, json.dumps(summary))
+    return summary
+
+
+def model_card(summary: dict[str, Any], command: str | None = None) -> str:
+    """The ``README.md`` of the adapter folder (the measured wall time is the only line a rerun changes)."""
+    s, m = summary["settings"], summary["mask_following"]
+    lines = [
+        f"# {Path(summary['out']).name}: the hardgen demo's {s['condition']} Control-LoRA",
+        "",
+        f"A control-lora-v3 adapter (`pytorch_lora_weights.safetensors`) for the base `{summary['base']}`, "
+        f"{s['condition']} conditions of",
+        "polyp masks, pre-trained by `hardgen.pretrain_adapter` so that the demo's plain Control-LoRA starts from it",
+        "(`config/config.yaml`: `lora.init_weights`) and its samples put their polyp where the mask says.",
+        "",
+        f"Made by `{command or 'hardgen pretrain-adapter'}` (`make tiny-sd` runs the defaults after the base) with "
+        f"seed {s['seed']} and",
+        f"{s['threads']} torch threads on the CPU; the same command, seed, base and thread count give the same weights.",
+        "",
+        "## Training",
+        f"- Data: the base's pre-training pool ({s['images']} images of stream `[seed, 3, i]` with their masks), "
+        f"{s['condition']} conditions",
+        f"  ({s['canny_low']}/{s['canny_high']}) of the masks at {s['resolution']} px, VAE-encoded (posterior samples).",
+        f"- Adapter: preset `{s['preset']}`, rank {s['rank']}, conv_in rank {s['conv_in_rank']} "
+        f"({summary['trainable_params']:,} parameters); the base frozen.",
+        f"- {s['steps']} steps of {s['batch']}, AdamW lr {s['lr']} ({s['warmup_steps']} warm-up steps, then cosine "
+        "decay), DDPM epsilon MSE with",
+        f"  the polyp's latent pixels weighted 1 + {s['mask_weight']} (renormalised per image), timesteps drawn "
+        f"`{s['timesteps']}`,",
+        f"  prompt \"{s['prompt']}\" (the empty prompt with p = {s['empty_prompt_prob']}).",
+        "",
+        "## Does the base with this adapter follow its masks?",
+        "",
+        f"{s['heldout']} held-out masks (stream `[seed, 4, i]`), one sample each (UniPC, {s['sample_steps']} steps, "
+        "guidance 1), measured by",
+        "`hardgen.mask_following` against the held-out real images of the same masks:",
+        "",
+        "| set | own mask | shuffled mask | margin_vs_real | dark corners |",
+        "|---|---:|---:|---:|---:|",
+        f"| real (held-out) | {m['real_own']:.4f} | {m['real_shuffled']:.4f} | 1.000 | {m['real_dark_corners']:.0%} |",
+        f"| base + adapter | {m['own']:.4f} | {m['shuffled']:.4f} | {m['margin_vs_real']:.3f} | "
+        f"{m['dark_corners']:.0%} |",
+        "",
+        "## Losses and budget",
+        "",
+        f"Mask-weighted epsilon MSE: {summary['loss_first']:.4f} over the first 10 % of steps, {summary['loss']:.4f} "
+        "over the last 10 %.",
+        f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall time on "
+        f"the CPU with {s['threads']} torch threads"
+        + (" (summed over resumed sessions)." if summary.get("resumed") else "."),
+        "",
+        "Full settings:",
+        "",
+        "```json",
+        json.dumps(s, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> AdapterSettings:
+    """Settings that match a workflow config (resolution, prompt, demo sizes, condition, the LoRA's shape)."""
+    values = {
+        "resolution": config["model"]["resolution"],
+        "prompt": config["model"]["prompt"],
+        "min_size": config["data"]["demo"]["min_size"],
+        "max_size": config["data"]["demo"]["max_size"],
+        "condition": config["condition"]["type"],
+        "canny_low": config["condition"]["canny_low"],
+        "canny_high": config["condition"]["canny_high"],
+        "preset": config["lora"]["preset"],
+        "rank": config["lora"]["rank"],
+        "conv_in_rank": config["lora"]["conv_in_rank"],
+        "empty_prompt_prob": config["train"]["empty_prompt_prob"],
+        "sample_steps": config["generation"]["steps"],
+    }
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(setting_names()))
+    if unknown:
+        raise ValueError(f"pretrain-adapter settings: unknown {unknown}")
+    return AdapterSettings(**values)
+
+
+def setting_names() -> Sequence[str]:
+    return [f.name for f in dataclasses.fields(AdapterSettings)]
