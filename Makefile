@@ -33,13 +33,15 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
-# Rebuild the demo's pre-trained tiny Stable Diffusion (resources/tiny-sd-polyp, shipped) with the defaults (seed 0,
-# 2 torch threads): the same weights on a rerun (the model card differs only in its measured wall time), about 13
-# minutes on 2 idle CPU cores. It checkpoints every 5 minutes (.tiny-sd-polyp.pretrain-checkpoint/): interrupted and
-# rerun, it resumes to bit-identical weights (--no-resume starts over). A new base reruns the demo's training and
-# generation.
+# Rebuild the demo's pre-trained tiny Stable Diffusion (resources/tiny-sd-polyp) and its mask-condition adapter
+# (resources/tiny-sd-polyp-mask, the demo's lora.init_weights), both shipped, with the defaults (seed 0, 2 torch
+# threads): the same weights on a rerun (the model cards differ only in their measured wall time). About 90 minutes
+# on 2 idle CPU cores (the model cards record each part). Both checkpoint every 5 minutes (.NAME.pretrain-checkpoint/):
+# interrupted and rerun, they resume to bit-identical weights (--no-resume starts over; --stop-after-minutes M splits
+# the budget over sessions). A new base or adapter reruns the demo's training and generation.
 tiny-sd: $(STAMP)
 	$(BIN)/hardgen pretrain-tiny --out resources/tiny-sd-polyp
+	$(BIN)/hardgen pretrain-adapter --base resources/tiny-sd-polyp --out resources/tiny-sd-polyp-mask
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -42,7 +42,9 @@ N_TRAIN, N_HELDOUT = 32, 32
 #: Noise levels of the probe: where the condition's information shows in the epsilon target (see the docstring).
 PROBE_TIMESTEPS = (100, 300)
 #: Relative epsilon-MSE gain from the true condition. Measured (100 steps of 4, lr 1e-2; 32 held-out masks): true
-#: pairing 0.31 / 0.21 at t = 100 / 300, shuffled pairing -0.028 / -0.003 (~40 s of CPU for both trainings).
+#: pairing 0.31 / 0.21 at t = 100 / 300, shuffled pairing -0.028 / -0.003 on the 800-step base; 0.30 / 0.24 and
+#: -0.026 / -0.092 on the 6,000-step base (~40 s of CPU for both trainings). A shuffled pairing can make the true
+#: condition *worse* than another mask's (it learned a wrong mapping), never better: the bound is one-sided.
 MIN_GAIN, MAX_SHUFFLED_GAIN = 0.1, 0.08
 STEPS, BATCH, LR = 100, 4, 1e-2
 
@@ -144,5 +146,5 @@ def test_a_lora_trained_on_paired_data_reads_its_condition(gains):
 
 
 def test_a_lora_trained_on_shuffled_pairs_does_not(gains):
-    assert max(abs(g) for g in gains["shuffled"].values()) <= MAX_SHUFFLED_GAIN, gains
-    assert min(gains["paired"].values()) > 2 * max(abs(g) for g in gains["shuffled"].values()), gains
+    assert max(gains["shuffled"].values()) <= MAX_SHUFFLED_GAIN, gains
+    assert min(gains["paired"].values()) > 2 * max(max(gains["shuffled"].values()), 0.0) + MIN_GAIN / 2, gains

@@ -3,8 +3,8 @@ seeded, checked and atomic.
 
 The evidence is measured against the random-init ``tiny`` base of the same shapes and seed: the shipped VAE keeps
 the demo's held-out test images (PSNR), and the shipped pipeline's samples have the procedural images' colours (red
-mucosa), where random-init samples are grey noise. (They are 8-14 grey levels too dark, and they do not show the black
-endoscope border or polyps where a mask is, so no test claims those.)
+mucosa), where random-init samples are grey noise. (Their black endoscope corners and whether polyps follow a mask are
+measured by the adapter's model card and the workflow's ``mask_following.csv``, not claimed here.)
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ class PretrainSettings:
     vae_lr: float = 2e-3
     #: per latent element, relative to the per-pixel L1: keeps the posterior near N(0, 1) scale, nothing more
     kl_weight: float = 1e-4
-    unet_steps: int = 800
+    unet_steps: int = 6000
     unet_batch: int = 16
     unet_lr: float = 1e-3
     warmup_steps: int = 50
