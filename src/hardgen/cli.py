@@ -107,17 +107,26 @@ def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
                                   "condition.canny_*")
 
 
-def _run_pretrain_tiny(args: argparse.Namespace) -> int:
+def _run_pretraining(args: argparse.Namespace, module: Any, subcommand: str, first: Path, extra: list[str]) -> int:
+    """Shared by ``pretrain-tiny`` and ``pretrain-adapter``: settings from the config and flags, the command for the
+    model card, the run (``module``'s entry point: ``run(first, out, settings, command=..., **checkpoints)``), the
+    summary printed as one JSON line."""
     from hardgen.config import load_config
-    from hardgen.pretrain import pretrain_tiny_sd, setting_names, settings_from_config
 
-    config = load_config(args.config)
-    settings = settings_from_config(config, {name: getattr(args, name, None) for name in setting_names()})
-    config_dir = args.config_dir or Path(config["model"]["tiny_config"])
-    command = " ".join(["hardgen pretrain-tiny --out", str(args.out), *_given_flags(args, setting_names())])
-    summary = pretrain_tiny_sd(config_dir, args.out, settings, command=command, **_checkpoint_kwargs(args))
+    names = module.setting_names()
+    settings = module.settings_from_config(load_config(args.config), {name: getattr(args, name, None) for name in names})
+    command = " ".join([f"hardgen {subcommand} --out", str(args.out), *extra, *_given_flags(args, names)])
+    summary = module.run(first, args.out, settings, command=command, **_checkpoint_kwargs(args))
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+def _run_pretrain_tiny(args: argparse.Namespace) -> int:
+    from hardgen import pretrain
+    from hardgen.config import load_config
+
+    config_dir = args.config_dir or Path(load_config(args.config)["model"]["tiny_config"])
+    return _run_pretraining(args, pretrain, "pretrain-tiny", config_dir, [])
 
 
 #: AdapterSettings fields that come from the workflow config (settings_from_config), not from flags
@@ -138,17 +147,12 @@ def _add_pretrain_adapter(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_pretrain_adapter(args: argparse.Namespace) -> int:
+    from hardgen import pretrain_adapter
     from hardgen.config import load_config
-    from hardgen.pretrain_adapter import pretrain_adapter, setting_names, settings_from_config
 
-    config = load_config(args.config)
-    settings = settings_from_config(config, {name: getattr(args, name, None) for name in setting_names()})
-    base = args.base or Path(config["model"]["base"])
-    command = " ".join(["hardgen pretrain-adapter --out", str(args.out),
-                        *([f"--base {args.base}"] if args.base else []), *_given_flags(args, setting_names())])
-    summary = pretrain_adapter(base, args.out, settings, command=command, **_checkpoint_kwargs(args))
-    print(json.dumps(summary, sort_keys=True))
-    return 0
+    base = args.base or Path(load_config(args.config)["model"]["base"])
+    return _run_pretraining(args, pretrain_adapter, "pretrain-adapter", base,
+                            [f"--base {args.base}"] if args.base else [])
 
 
 def _add_validate_config(parser: argparse.ArgumentParser) -> None:

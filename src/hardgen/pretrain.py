@@ -246,6 +246,40 @@ class Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def check_run_arguments(checkpoint_minutes: float, checkpoint_every: int, stop_after_steps: int | None) -> None:
+    """The checkpoint arguments of a pre-training run (``ValueError`` naming the argument)."""
+    for name, value in (("checkpoint_minutes", checkpoint_minutes), ("checkpoint_every", checkpoint_every)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0 (got {value})")
+    if stop_after_steps is not None and stop_after_steps < 1:
+        raise ValueError(f"stop_after_steps must be >= 1 (got {stop_after_steps})")
+
+
+def settings_block(settings: dict[str, Any]) -> list[str]:
+    """The model cards' closing lines: every setting as sorted JSON."""
+    return ["Full settings:", "", "```json", json.dumps(settings, indent=2, sort_keys=True), "```", ""]
+
+
+def config_settings(config: dict[str, Any], cls: type, what: str, overrides: dict[str, Any] | None = None,
+                    **extra: Any) -> Any:
+    """``cls`` (a settings dataclass) from a workflow config: the demo renderer's keys (resolution, prompt, image
+    sizes, canny thresholds), ``extra`` keys, then the non-None ``overrides``; unknown names are a ``ValueError``."""
+    values = {
+        "resolution": config["model"]["resolution"],
+        "prompt": config["model"]["prompt"],
+        "min_size": config["data"]["demo"]["min_size"],
+        "max_size": config["data"]["demo"]["max_size"],
+        "canny_low": config["condition"]["canny_low"],
+        "canny_high": config["condition"]["canny_high"],
+        **extra,
+    }
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{what} settings: unknown {unknown}")
+    return cls(**values)
+
+
 def default_checkpoint_dir(out_dir: str | Path) -> Path:
     """``<parent>/.<name>.pretrain-checkpoint``: next to the output folder, git-ignored, removed when it is saved."""
     out_dir = Path(out_dir)
@@ -441,11 +475,7 @@ def pretrain_tiny_sd(
     from hardgen.train_data import encode_prompts
 
     settings.check()
-    for name, value in (("checkpoint_minutes", checkpoint_minutes), ("checkpoint_every", checkpoint_every)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0 (got {value})")
-    if stop_after_steps is not None and stop_after_steps < 1:
-        raise ValueError(f"stop_after_steps must be >= 1 (got {stop_after_steps})")
+    check_run_arguments(checkpoint_minutes, checkpoint_every, stop_after_steps)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
@@ -573,33 +603,20 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "rendering of the images to the last step" + (" (summed over resumed sessions)" if summary.get("resumed")
                                                       else "") + ".",
         "",
-        "Full settings:",
-        "",
-        "```json",
-        json.dumps(s, indent=2, sort_keys=True),
-        "```",
-        "",
+        *settings_block(s),
     ]
     return "\n".join(lines)
 
 
 def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> PretrainSettings:
     """Settings that match a workflow config (resolution, prompt, demo image sizes, canny thresholds)."""
-    values = {
-        "resolution": config["model"]["resolution"],
-        "prompt": config["model"]["prompt"],
-        "min_size": config["data"]["demo"]["min_size"],
-        "max_size": config["data"]["demo"]["max_size"],
-        "canny_low": config["condition"]["canny_low"],
-        "canny_high": config["condition"]["canny_high"],
-    }
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(PretrainSettings)})
-    if unknown:
-        raise ValueError(f"pretrain settings: unknown {unknown}")
-    return PretrainSettings(**values)
+    return config_settings(config, PretrainSettings, "pretrain", overrides)
 
 
 def setting_names() -> Sequence[str]:
     """The names of :class:`PretrainSettings` fields (the CLI exposes each as ``--name-with-dashes``)."""
     return [f.name for f in dataclasses.fields(PretrainSettings)]
+
+
+#: The CLI's entry point (``hardgen pretrain-tiny``): ``run(config_dir, out_dir, settings, ...)``.
+run = pretrain_tiny_sd

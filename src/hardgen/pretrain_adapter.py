@@ -294,18 +294,21 @@ def pretrain_adapter(
     from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
     from hardgen.data import PRETRAIN_STREAM
     from hardgen.io import atomic_folder
-    from hardgen.pretrain import Checkpoints, PretrainStopped, default_checkpoint_dir, latent_moments, to_model_range
+    from hardgen.pretrain import (
+        Checkpoints,
+        PretrainStopped,
+        check_run_arguments,
+        default_checkpoint_dir,
+        latent_moments,
+        to_model_range,
+    )
     from hardgen.train_data import encode_prompts
 
     settings.check()
     base = Path(base)
     if not (base / "unet").is_dir() or not (base / "vae").is_dir():
         raise FileNotFoundError(f"{base}: not a diffusers Stable Diffusion folder (unet/ and vae/ expected)")
-    for name, value in (("checkpoint_minutes", checkpoint_minutes), ("checkpoint_every", checkpoint_every)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0 (got {value})")
-    if stop_after_steps is not None and stop_after_steps < 1:
-        raise ValueError(f"stop_after_steps must be >= 1 (got {stop_after_steps})")
+    check_run_arguments(checkpoint_minutes, checkpoint_every, stop_after_steps)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
@@ -364,6 +367,8 @@ def pretrain_adapter(
 def model_card(summary: dict[str, Any], command: str | None = None) -> str:
     """The ``README.md`` of the adapter folder (the measured wall time is the only line a rerun changes)."""
     s, m = summary["settings"], summary["mask_following"]
+    from hardgen.pretrain import settings_block
+
     lines = [
         f"# {Path(summary['out']).name}: the hardgen demo's {s['condition']} Control-LoRA",
         "",
@@ -408,38 +413,24 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         f"the CPU with {s['threads']} torch threads"
         + (" (summed over resumed sessions)." if summary.get("resumed") else "."),
         "",
-        "Full settings:",
-        "",
-        "```json",
-        json.dumps(s, indent=2, sort_keys=True),
-        "```",
-        "",
+        *settings_block(s),
     ]
     return "\n".join(lines)
 
 
 def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> AdapterSettings:
     """Settings that match a workflow config (resolution, prompt, demo sizes, condition, the LoRA's shape)."""
-    values = {
-        "resolution": config["model"]["resolution"],
-        "prompt": config["model"]["prompt"],
-        "min_size": config["data"]["demo"]["min_size"],
-        "max_size": config["data"]["demo"]["max_size"],
-        "condition": config["condition"]["type"],
-        "canny_low": config["condition"]["canny_low"],
-        "canny_high": config["condition"]["canny_high"],
-        "preset": config["lora"]["preset"],
-        "rank": config["lora"]["rank"],
-        "conv_in_rank": config["lora"]["conv_in_rank"],
-        "empty_prompt_prob": config["train"]["empty_prompt_prob"],
-        "sample_steps": config["generation"]["steps"],
-    }
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = sorted(set(values) - set(setting_names()))
-    if unknown:
-        raise ValueError(f"pretrain-adapter settings: unknown {unknown}")
-    return AdapterSettings(**values)
+    from hardgen.pretrain import config_settings
+
+    return config_settings(
+        config, AdapterSettings, "pretrain-adapter", overrides, condition=config["condition"]["type"],
+        preset=config["lora"]["preset"], rank=config["lora"]["rank"], conv_in_rank=config["lora"]["conv_in_rank"],
+        empty_prompt_prob=config["train"]["empty_prompt_prob"], sample_steps=config["generation"]["steps"])
 
 
 def setting_names() -> Sequence[str]:
     return [f.name for f in dataclasses.fields(AdapterSettings)]
+
+
+#: The CLI's entry point (``hardgen pretrain-adapter``): ``run(base, out_dir, settings, ...)``.
+run = pretrain_adapter
