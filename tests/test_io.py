@@ -57,3 +57,16 @@ def test_atomic_folder_replaces_a_tree_whole_or_not_at_all(tmp_path):
     with atomic_folder(root) as staging:
         (staging / "new.txt").write_text("new")
     assert [p.name for p in root.iterdir()] == ["new.txt"]
+
+
+def test_folder_digests_key_every_file_by_its_relative_path(tmp_path):
+    from hardgen.io import file_digest, folder_digests
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "w.bin").write_bytes(b"weights")
+    (tmp_path / "README.md").write_text("card")
+    digests = folder_digests(tmp_path)
+    assert digests == {"README.md": file_digest(tmp_path / "README.md"), "unet/w.bin": file_digest(tmp_path / "unet" / "w.bin")}
+    assert folder_digests(tmp_path, skip_names=("README.md",)) == {"unet/w.bin": digests["unet/w.bin"]}
+    (tmp_path / "unet" / "w.bin").write_bytes(b"other")
+    assert folder_digests(tmp_path)["unet/w.bin"] != digests["unet/w.bin"]

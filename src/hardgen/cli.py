@@ -11,8 +11,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 #: Defaults mirror config/config.yaml's ``lora`` section.
 DEFAULT_PRESET, DEFAULT_RANK, DEFAULT_CONV_IN_RANK = "half_skip_attn", 16, 64
@@ -62,10 +62,12 @@ def _run_build_tiny_sd(args: argparse.Namespace) -> int:
 
 
 def _add_settings_and_checkpoints(parser: argparse.ArgumentParser, defaults: Any, names: Sequence[str],
-                                  from_config: set[str], what: str) -> None:
-    """One ``--name`` flag per settings field not taken from the config, plus the checkpoint flags."""
+                                  from_config: dict[str, tuple[str, ...]], also: str = "") -> None:
+    """One ``--name`` flag per settings field not read from the config (``from_config``: field -> key path), plus the
+    ``--config`` and checkpoint flags."""
+    read = ", ".join(".".join(path) for path in from_config.values()) + also
     parser.add_argument("--config", type=Path, nargs="+", default=[Path("config/config.yaml")],
-                        help=f"workflow config(s), merged in order: {what} come from here")
+                        help=f"workflow config(s), merged in order: {read} come from here")
     for name in names:
         if name in from_config:
             continue
@@ -96,62 +98,52 @@ def _checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
-    from hardgen.pretrain import PretrainSettings, setting_names
+    from hardgen.pretrain import CONFIG_FIELDS, PretrainSettings, setting_names
 
     parser.add_argument("--out", type=Path, required=True, help="output diffusers folder (resources/tiny-sd-polyp)")
     parser.add_argument("--config-dir", type=Path, default=None,
                         help="tiny-SD config folder (default: the config's model.tiny_config)")
-    _add_settings_and_checkpoints(parser, PretrainSettings(), setting_names(),
-                                  {"resolution", "prompt", "min_size", "max_size", "canny_low", "canny_high"},
-                                  "model.resolution, model.prompt, model.tiny_config, data.demo sizes and "
-                                  "condition.canny_*")
+    _add_settings_and_checkpoints(parser, PretrainSettings(), setting_names(), CONFIG_FIELDS, " and model.tiny_config")
 
 
-def _run_pretraining(args: argparse.Namespace, module: Any, subcommand: str, first: Path, extra: list[str]) -> int:
+def _run_pretraining(args: argparse.Namespace, module: Any, subcommand: str,
+                     first: Callable[[dict[str, Any]], Path], extra: list[str]) -> int:
     """Shared by ``pretrain-tiny`` and ``pretrain-adapter``: settings from the config and flags, the command for the
-    model card, the run (``module``'s entry point: ``run(first, out, settings, command=..., **checkpoints)``), the
-    summary printed as one JSON line."""
+    model card, the run (``module.run(first(config), out, settings, command=..., **checkpoints)``), the summary
+    printed as one JSON line."""
     from hardgen.config import load_config
 
+    config = load_config(args.config)
     names = module.setting_names()
-    settings = module.settings_from_config(load_config(args.config), {name: getattr(args, name, None) for name in names})
+    settings = module.settings_from_config(config, {name: getattr(args, name, None) for name in names})
     command = " ".join([f"hardgen {subcommand} --out", str(args.out), *extra, *_given_flags(args, names)])
-    summary = module.run(first, args.out, settings, command=command, **_checkpoint_kwargs(args))
+    summary = module.run(first(config), args.out, settings, command=command, **_checkpoint_kwargs(args))
     print(json.dumps(summary, sort_keys=True))
     return 0
 
 
 def _run_pretrain_tiny(args: argparse.Namespace) -> int:
     from hardgen import pretrain
-    from hardgen.config import load_config
 
-    config_dir = args.config_dir or Path(load_config(args.config)["model"]["tiny_config"])
-    return _run_pretraining(args, pretrain, "pretrain-tiny", config_dir, [])
-
-
-#: AdapterSettings fields that come from the workflow config (settings_from_config), not from flags
-ADAPTER_FROM_CONFIG = {"resolution", "prompt", "min_size", "max_size", "condition", "canny_low", "canny_high", "preset",
-                       "rank", "conv_in_rank", "empty_prompt_prob", "sample_steps"}
+    return _run_pretraining(args, pretrain, "pretrain-tiny",
+                            lambda config: args.config_dir or Path(config["model"]["tiny_config"]), [])
 
 
 def _add_pretrain_adapter(parser: argparse.ArgumentParser) -> None:
-    from hardgen.pretrain_adapter import AdapterSettings, setting_names
+    from hardgen.pretrain_adapter import CONFIG_FIELDS, AdapterSettings, setting_names
 
     parser.add_argument("--base", type=Path, default=None,
                         help="the pre-trained base folder (default: the config's model.base)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output adapter folder (resources/tiny-sd-polyp-mask)")
-    _add_settings_and_checkpoints(parser, AdapterSettings(), setting_names(), ADAPTER_FROM_CONFIG,
-                                  "model.*, data.demo sizes, condition.*, lora.preset/rank/conv_in_rank, "
-                                  "train.empty_prompt_prob and generation.steps")
+    _add_settings_and_checkpoints(parser, AdapterSettings(), setting_names(), CONFIG_FIELDS, " and model.base")
 
 
 def _run_pretrain_adapter(args: argparse.Namespace) -> int:
     from hardgen import pretrain_adapter
-    from hardgen.config import load_config
 
-    base = args.base or Path(load_config(args.config)["model"]["base"])
-    return _run_pretraining(args, pretrain_adapter, "pretrain-adapter", base,
+    return _run_pretraining(args, pretrain_adapter, "pretrain-adapter",
+                            lambda config: args.base or Path(config["model"]["base"]),
                             [f"--base {args.base}"] if args.base else [])
 
 
@@ -161,7 +153,12 @@ def _add_validate_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_validate_config(args: argparse.Namespace) -> int:
-    from hardgen.config import check_registries, load_config, load_schema, validate_config
+    from hardgen.config import (
+        check_registries,
+        load_config,
+        load_schema,
+        validate_config,
+    )
 
     config = load_config(args.configs)
     validate_config(config, load_schema(args.schema) if args.schema else None)
@@ -237,8 +234,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
                         _add_validate_config, _run_validate_config),
     "segmenter-summary": (("one JSON line per segment.archs entry: arch (the key), params, maps (random weights, "
                            "nothing downloaded)"), _add_segmenter_summary, _run_segmenter_summary),
-    "evaluate-maps": ("score saved 8-bit prediction maps with the polyp toolbox's or the binary protocol "
-                      "(per test set + overall)",
+    "evaluate-maps": (("score saved 8-bit prediction maps with the polyp toolbox's or the binary protocol "
+                      "(per test set + overall)"),
                       _add_evaluate_maps, _run_evaluate_maps),
 }
 

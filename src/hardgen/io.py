@@ -363,6 +363,14 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def folder_digests(folder: str | Path, skip_names: Sequence[str] = ()) -> dict[str, str]:
+    """:func:`file_digest` of every file below ``folder`` (but those named in ``skip_names``), keyed by its posix path
+    relative to ``folder``, in sorted order: a folder's fingerprint (resumable runs stamp their checkpoints with it)."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in skip_names}
+
+
 def segmenter_key(arch: str, seed: int | str) -> str:
     """The name of one segmenter (a real-only benchmark run or a judge) in tables and plots: ``<arch>/seed-<s>``."""
     return f"{arch}/seed-{int(seed)}"

@@ -260,19 +260,28 @@ def settings_block(settings: dict[str, Any]) -> list[str]:
     return ["Full settings:", "", "```json", json.dumps(settings, indent=2, sort_keys=True), "```", ""]
 
 
-def config_settings(config: dict[str, Any], cls: type, what: str, overrides: dict[str, Any] | None = None,
-                    **extra: Any) -> Any:
-    """``cls`` (a settings dataclass) from a workflow config: the demo renderer's keys (resolution, prompt, image
-    sizes, canny thresholds), ``extra`` keys, then the non-None ``overrides``; unknown names are a ``ValueError``."""
-    values = {
-        "resolution": config["model"]["resolution"],
-        "prompt": config["model"]["prompt"],
-        "min_size": config["data"]["demo"]["min_size"],
-        "max_size": config["data"]["demo"]["max_size"],
-        "canny_low": config["condition"]["canny_low"],
-        "canny_high": config["condition"]["canny_high"],
-        **extra,
-    }
+#: :class:`PretrainSettings` fields that come from the workflow config (their config key paths): the demo renderer's
+#: resolution, prompt, image sizes and canny thresholds. The CLI has no flag for them.
+CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
+    "resolution": ("model", "resolution"),
+    "prompt": ("model", "prompt"),
+    "min_size": ("data", "demo", "min_size"),
+    "max_size": ("data", "demo", "max_size"),
+    "canny_low": ("condition", "canny_low"),
+    "canny_high": ("condition", "canny_high"),
+}
+
+
+def config_settings(config: dict[str, Any], cls: type, what: str, fields: dict[str, tuple[str, ...]],
+                    overrides: dict[str, Any] | None = None) -> Any:
+    """``cls`` (a settings dataclass) from a workflow config: each of ``fields`` read at its key path, then the
+    non-None ``overrides``; unknown names are a ``ValueError``."""
+    values = {}
+    for name, keys in fields.items():
+        value = config
+        for key in keys:
+            value = value[key]
+        values[name] = value
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
@@ -344,12 +353,27 @@ def latent_moments(vae: torch.nn.Module, pixels: torch.Tensor, batch: int = 64) 
                       for i in tqdm(range(0, len(pixels), batch), desc="encode", unit="batch")])
 
 
+def posterior_sample(moments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw from each diagonal-Gaussian posterior (``moments``: mean and logvar stacked on dim 1), unscaled."""
+    mean, logvar = moments.chunk(2, dim=1)
+    return mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """``LambdaLR`` factor: linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
 def latent_scaling_factor(moments: torch.Tensor, seed: int) -> float:
     """``1 / std`` of posterior samples, rounded to 5 digits: SD's ``scaling_factor`` (0.18215), measured the same way,
     so the UNet sees unit-variance latents and the noise schedule means what it says."""
-    mean, logvar = moments.chunk(2, dim=1)
-    generator = torch.Generator().manual_seed(seed + 202)
-    sample = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+    sample = posterior_sample(moments, torch.Generator().manual_seed(seed + 202))
     return round(1.0 / float(sample.std()), 5)
 
 
@@ -383,13 +407,7 @@ def train_unet(
     generator = torch.Generator().manual_seed(s.seed + 303)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=s.unet_lr, weight_decay=0.0)
 
-    def lr_factor(step: int) -> float:
-        if step < s.warmup_steps:
-            return (step + 1) / s.warmup_steps
-        progress = (step - s.warmup_steps) / max(1, s.unet_steps - s.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(s.warmup_steps, s.unet_steps))
     ema = EMAModel(unet.parameters(), decay=s.ema_decay)
     n_timesteps = noise_scheduler.config.num_train_timesteps
     unet.to(memory_format=torch.channels_last).train()
@@ -409,8 +427,7 @@ def train_unet(
 
     for step in tqdm(range(len(log), s.unet_steps), desc="UNet", unit="step", initial=len(log), total=s.unet_steps):
         index = torch.randint(0, len(moments), (s.unet_batch,), generator=generator)
-        mean, logvar = moments[index].chunk(2, dim=1)
-        latents = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)) * scaling_factor
+        latents = posterior_sample(moments[index], generator) * scaling_factor
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, n_timesteps, (s.unet_batch,), generator=generator)
         drop = torch.rand(s.unet_batch, generator=generator) < s.empty_prompt_prob
@@ -471,7 +488,7 @@ def pretrain_tiny_sd(
     """
     from hardgen.base_model import random_sd_pipeline, save_sd_folder
     from hardgen.data import HELDOUT_STREAM, PRETRAIN_STREAM
-    from hardgen.io import file_digest
+    from hardgen.io import folder_digests
     from hardgen.train_data import encode_prompts
 
     settings.check()
@@ -482,8 +499,7 @@ def pretrain_tiny_sd(
         pipe = random_sd_pipeline(config_dir, settings.seed)
         fingerprint = {
             "settings": dataclasses.asdict(settings),
-            "config_dir": {p.relative_to(config_dir).as_posix(): file_digest(p)
-                           for p in sorted(Path(config_dir).rglob("*")) if p.is_file()},
+            "config_dir": folder_digests(config_dir),
         }
         checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
                                   every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
@@ -610,7 +626,7 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
 
 def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> PretrainSettings:
     """Settings that match a workflow config (resolution, prompt, demo image sizes, canny thresholds)."""
-    return config_settings(config, PretrainSettings, "pretrain", overrides)
+    return config_settings(config, PretrainSettings, "pretrain", CONFIG_FIELDS, overrides)
 
 
 def setting_names() -> Sequence[str]:

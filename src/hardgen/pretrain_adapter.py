@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +42,38 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hardgen.pretrain import (
+    CONFIG_FIELDS as BASE_CONFIG_FIELDS,
+)
+from hardgen.pretrain import (
+    Checkpoints,
+    PretrainStopped,
+    _step,
+    check_run_arguments,
+    config_settings,
+    default_checkpoint_dir,
+    latent_moments,
+    posterior_sample,
+    settings_block,
+    to_model_range,
+    warmup_cosine,
+)
+
 LOG = logging.getLogger("hardgen.pretrain_adapter")
 ADAPTER = "condition"
 TIMESTEP_DRAWS = ("uniform", "cubic")
+#: :class:`AdapterSettings` fields that come from the workflow config (their key paths; the CLI has no flag for them):
+#: the base's (:data:`hardgen.pretrain.CONFIG_FIELDS`), the condition, the LoRA's shape, the plain training's prompt
+#: dropout and the sampler's steps.
+CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
+    **BASE_CONFIG_FIELDS,
+    "condition": ("condition", "type"),
+    "preset": ("lora", "preset"),
+    "rank": ("lora", "rank"),
+    "conv_in_rank": ("lora", "conv_in_rank"),
+    "empty_prompt_prob": ("train", "empty_prompt_prob"),
+    "sample_steps": ("generation", "steps"),
+}
 
 
 @dataclass(frozen=True)
@@ -157,13 +185,6 @@ def latent_masks(masks: np.ndarray, latent_size: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def _folder_fingerprint(folder: Path) -> dict[str, str]:
-    from hardgen.io import file_digest
-
-    return {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "README.md"}
-
-
 def train_adapter(
     unet: torch.nn.Module,
     image_moments: torch.Tensor,
@@ -174,7 +195,7 @@ def train_adapter(
     empty_embeds: torch.Tensor,
     noise_scheduler: Any,
     settings: AdapterSettings,
-    checkpoints: Any = None,
+    checkpoints: Checkpoints | None = None,
     state: dict[str, Any] | None = None,
 ) -> list[float]:
     """Train the Control-LoRA ``ADAPTER`` of ``unet`` (widened, adapter added, base frozen); return per-step losses.
@@ -184,8 +205,6 @@ def train_adapter(
     :func:`mask_weighted_mse` of the epsilon prediction. AdamW on the LoRA parameters, linear warm-up then cosine
     decay, gradients clipped. ``checkpoints`` / ``state`` as in :func:`hardgen.pretrain.train_unet`.
     """
-    from hardgen.pretrain import _step
-
     s = settings
     if noise_scheduler.config.prediction_type != "epsilon":
         raise ValueError(f"scheduler prediction_type {noise_scheduler.config.prediction_type!r}: the adapter "
@@ -194,13 +213,7 @@ def train_adapter(
     generator = torch.Generator().manual_seed(s.seed + 404)
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
 
-    def lr_factor(step: int) -> float:
-        if step < s.warmup_steps:
-            return (step + 1) / s.warmup_steps
-        progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(s.warmup_steps, s.steps))
     n_timesteps = noise_scheduler.config.num_train_timesteps
     trainable = {name for name, p in unet.named_parameters() if p.requires_grad}
     unet.train()
@@ -217,14 +230,10 @@ def train_adapter(
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "generator": generator.get_state(), "log": log}
 
-    def posterior(moments: torch.Tensor) -> torch.Tensor:
-        mean, logvar = moments.chunk(2, dim=1)
-        return (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)) * scaling_factor
-
     for step in tqdm(range(len(log), s.steps), desc="adapter", unit="step", initial=len(log), total=s.steps):
         index = torch.randint(0, len(image_moments), (s.batch,), generator=generator)
-        latents = posterior(image_moments[index])
-        condition = posterior(condition_moments[index])
+        latents = posterior_sample(image_moments[index], generator) * scaling_factor
+        condition = posterior_sample(condition_moments[index], generator) * scaling_factor
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = draw_timesteps(s.timesteps, s.batch, n_timesteps, generator)
         drop = torch.rand(s.batch, generator=generator) < s.empty_prompt_prob
@@ -256,17 +265,14 @@ def measure_mask_following(base: str | Path, lora_dir: str | Path, settings: Ada
     sampling = Sampling(settings.prompt, settings.resolution, settings.sample_steps)
     samples = []
     for start in tqdm(range(0, len(conditions), 48), desc="measure", unit="batch"):
-        batch = [c for c in conditions[start:start + 48]]
+        batch = list(conditions[start:start + 48])
         generators = [torch.Generator().manual_seed(settings.seed * 100_003 + start + i) for i in range(len(batch))]
         samples.append(to_uint8(sampling(pipe, batch, generators).images))
     table = mask_following_table((list(images), list(masks)), {"adapter": (list(np.concatenate(samples)), list(masks))},
                                  seed=settings.seed)
-    rows = table.set_index("variant")
-    return {"own": float(rows.loc["adapter", "own"]), "shuffled": float(rows.loc["adapter", "shuffled"]),
-            "margin_vs_real": float(rows.loc["adapter", "margin_vs_real"]),
-            "dark_corners": float(rows.loc["adapter", "dark_corners"]),
-            "real_own": float(rows.loc["real", "own"]), "real_shuffled": float(rows.loc["real", "shuffled"]),
-            "real_dark_corners": float(rows.loc["real", "dark_corners"])}
+    adapter, real = (table.set_index("variant").loc[name] for name in ("adapter", "real"))
+    return ({key: float(adapter[key]) for key in ("own", "shuffled", "margin_vs_real", "dark_corners")}
+            | {f"real_{key}": float(real[key]) for key in ("own", "shuffled", "dark_corners")})
 
 
 def pretrain_adapter(
@@ -293,15 +299,7 @@ def pretrain_adapter(
     from hardgen.base_model import load_components
     from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
     from hardgen.data import PRETRAIN_STREAM
-    from hardgen.io import atomic_folder
-    from hardgen.pretrain import (
-        Checkpoints,
-        PretrainStopped,
-        check_run_arguments,
-        default_checkpoint_dir,
-        latent_moments,
-        to_model_range,
-    )
+    from hardgen.io import atomic_folder, folder_digests
     from hardgen.train_data import encode_prompts
 
     settings.check()
@@ -314,7 +312,7 @@ def pretrain_adapter(
     try:
         components = load_components(base, family="sd15", dtype=torch.float32)
         vae, unet = components["vae"].eval(), components["unet"]
-        fingerprint = {"settings": dataclasses.asdict(settings), "base": _folder_fingerprint(base)}
+        fingerprint = {"settings": dataclasses.asdict(settings), "base": folder_digests(base, skip_names=("README.md",))}
         checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
                                   every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
                                   stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
@@ -367,48 +365,46 @@ def pretrain_adapter(
 def model_card(summary: dict[str, Any], command: str | None = None) -> str:
     """The ``README.md`` of the adapter folder (the measured wall time is the only line a rerun changes)."""
     s, m = summary["settings"], summary["mask_following"]
-    from hardgen.pretrain import settings_block
-
     lines = [
         f"# {Path(summary['out']).name}: the hardgen demo's {s['condition']} Control-LoRA",
         "",
-        f"A control-lora-v3 adapter (`pytorch_lora_weights.safetensors`) for the base `{summary['base']}`, "
-        f"{s['condition']} conditions of",
+        (f"A control-lora-v3 adapter (`pytorch_lora_weights.safetensors`) for the base `{summary['base']}`, "
+        f"{s['condition']} conditions of"),
         "polyp masks, pre-trained by `hardgen.pretrain_adapter` so that the demo's plain Control-LoRA starts from it",
         "(`config/config.yaml`: `lora.init_weights`) and its samples put their polyp where the mask says.",
         "",
-        f"Made by `{command or 'hardgen pretrain-adapter'}` (`make tiny-sd` runs the defaults after the base) with "
-        f"seed {s['seed']} and",
+        (f"Made by `{command or 'hardgen pretrain-adapter'}` (`make tiny-sd` runs the defaults after the base) with "
+        f"seed {s['seed']} and"),
         f"{s['threads']} torch threads on the CPU; the same command, seed, base and thread count give the same weights.",
         "",
         "## Training",
-        f"- Data: the base's pre-training pool ({s['images']} images of stream `[seed, 3, i]` with their masks), "
-        f"{s['condition']} conditions",
+        (f"- Data: the base's pre-training pool ({s['images']} images of stream `[seed, 3, i]` with their masks), "
+        f"{s['condition']} conditions"),
         f"  ({s['canny_low']}/{s['canny_high']}) of the masks at {s['resolution']} px, VAE-encoded (posterior samples).",
-        f"- Adapter: preset `{s['preset']}`, rank {s['rank']}, conv_in rank {s['conv_in_rank']} "
-        f"({summary['trainable_params']:,} parameters); the base frozen.",
-        f"- {s['steps']} steps of {s['batch']}, AdamW lr {s['lr']} ({s['warmup_steps']} warm-up steps, then cosine "
-        "decay), DDPM epsilon MSE with",
-        f"  the polyp's latent pixels weighted 1 + {s['mask_weight']} (renormalised per image), timesteps drawn "
-        f"`{s['timesteps']}`,",
+        (f"- Adapter: preset `{s['preset']}`, rank {s['rank']}, conv_in rank {s['conv_in_rank']} "
+        f"({summary['trainable_params']:,} parameters); the base frozen."),
+        (f"- {s['steps']} steps of {s['batch']}, AdamW lr {s['lr']} ({s['warmup_steps']} warm-up steps, then cosine "
+        "decay), DDPM epsilon MSE with"),
+        (f"  the polyp's latent pixels weighted 1 + {s['mask_weight']} (renormalised per image), timesteps drawn "
+        f"`{s['timesteps']}`,"),
         f"  prompt \"{s['prompt']}\" (the empty prompt with p = {s['empty_prompt_prob']}).",
         "",
         "## Does the base with this adapter follow its masks?",
         "",
-        f"{s['heldout']} held-out masks (stream `[seed, 4, i]`), one sample each (UniPC, {s['sample_steps']} steps, "
-        "guidance 1), measured by",
+        (f"{s['heldout']} held-out masks (stream `[seed, 4, i]`), one sample each (UniPC, {s['sample_steps']} steps, "
+        "guidance 1), measured by"),
         "`hardgen.mask_following` against the held-out real images of the same masks:",
         "",
         "| set | own mask | shuffled mask | margin_vs_real | dark corners |",
         "|---|---:|---:|---:|---:|",
         f"| real (held-out) | {m['real_own']:.4f} | {m['real_shuffled']:.4f} | 1.000 | {m['real_dark_corners']:.0%} |",
-        f"| base + adapter | {m['own']:.4f} | {m['shuffled']:.4f} | {m['margin_vs_real']:.3f} | "
-        f"{m['dark_corners']:.0%} |",
+        (f"| base + adapter | {m['own']:.4f} | {m['shuffled']:.4f} | {m['margin_vs_real']:.3f} | "
+        f"{m['dark_corners']:.0%} |"),
         "",
         "## Losses and budget",
         "",
-        f"Mask-weighted epsilon MSE: {summary['loss_first']:.4f} over the first 10 % of steps, {summary['loss']:.4f} "
-        "over the last 10 %.",
+        (f"Mask-weighted epsilon MSE: {summary['loss_first']:.4f} over the first 10 % of steps, {summary['loss']:.4f} "
+        "over the last 10 %."),
         f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall time on "
         f"the CPU with {s['threads']} torch threads"
         + (" (summed over resumed sessions)." if summary.get("resumed") else "."),
@@ -420,12 +416,7 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
 
 def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> AdapterSettings:
     """Settings that match a workflow config (resolution, prompt, demo sizes, condition, the LoRA's shape)."""
-    from hardgen.pretrain import config_settings
-
-    return config_settings(
-        config, AdapterSettings, "pretrain-adapter", overrides, condition=config["condition"]["type"],
-        preset=config["lora"]["preset"], rank=config["lora"]["rank"], conv_in_rank=config["lora"]["conv_in_rank"],
-        empty_prompt_prob=config["train"]["empty_prompt_prob"], sample_steps=config["generation"]["steps"])
+    return config_settings(config, AdapterSettings, "pretrain-adapter", CONFIG_FIELDS, overrides)
 
 
 def setting_names() -> Sequence[str]:
