@@ -20,6 +20,7 @@ from hardgen.pretrain_adapter import (
     mask_weighted_mse,
     pretrain_adapter,
     settings_from_config,
+    timestep_weights,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,27 @@ def test_the_mask_weight_counts_errors_inside_the_polyp_more():
     assert mask_weighted_mse(target + 1, target, mask, 4.0) == pytest.approx(1.0)
 
 
+def test_v_weighting_counts_high_noise_more_up_to_its_cap():
+    from diffusers import DDPMScheduler
+
+    alphas = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    steps = torch.tensor([10, 300, 600, 900, 999])
+    v = timestep_weights("v", steps, alphas, cap=20.0)
+    assert float(v.mean()) == pytest.approx(1.0)
+    assert (v[1:] >= v[:-1]).all() and v[-1] > 5 * v[0]  # the noisier, the more its (layout) error counts
+    assert float(v.max() / v.min()) <= 20.0 + 1e-4  # 1 + 1/SNR is ~1 at t = 10 and ~200 at t = 999: capped
+    assert timestep_weights("epsilon", steps, alphas, cap=20.0).eq(1).all()
+    with pytest.raises(ValueError, match="loss_weighting"):
+        timestep_weights("x0", steps, alphas, cap=20.0)
+    # per-sample weights reach the loss: up-weighting the image with the larger error raises it; ones change nothing
+    target, masks = torch.zeros(2, 4, 4, 4), torch.zeros(2, 1, 4, 4)
+    pred = target.clone()
+    pred[1] = 1.0
+    plain = mask_weighted_mse(pred, target, masks, 0.0)
+    assert mask_weighted_mse(pred, target, masks, 0.0, torch.ones(2)) == pytest.approx(float(plain))
+    assert mask_weighted_mse(pred, target, masks, 0.0, torch.tensor([0.5, 1.5])) == pytest.approx(1.5 * float(plain))
+
+
 def test_latent_masks_average_the_mask_onto_the_latent_grid():
     masks = np.zeros((1, 8, 8), bool)
     masks[0, :4, :4] = True
@@ -68,8 +90,10 @@ def test_latent_masks_average_the_mask_onto_the_latent_grid():
 
 def test_bad_settings_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError) as err:
-        AdapterSettings(steps=0, timesteps="linear", condition="depth", heldout=1, mask_weight=-1).check()
-    for name in ("steps", "timesteps", "condition", "heldout", "mask_weight"):
+        AdapterSettings(steps=0, timesteps="linear", condition="depth", heldout=1, mask_weight=-1, loss_weighting="x0",
+                        weighting_cap=0.5, init_weights=str(tmp_path / "missing.safetensors")).check()
+    for name in ("steps", "timesteps", "condition", "heldout", "mask_weight", "loss_weighting", "weighting_cap",
+                 "missing.safetensors"):
         assert name in str(err.value)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         pretrain_adapter(tmp_path / "nowhere", tmp_path / "out", AdapterSettings(**SMOKE))
@@ -123,10 +147,29 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, capsys):
     assert printed["complete"] is False and printed["step"] == 1 and not (tmp_path / "cli").exists()
 
 
+def test_a_second_stage_continues_the_given_adapter(tmp_path):
+    """``init_weights`` starts from a saved adapter (make tiny-sd's second stage): at a vanishing lr the result is that
+    adapter, while a fresh start's lora_B is zero (peft); and the init file is part of the checkpoint fingerprint."""
+    first = AdapterSettings(**SMOKE)
+    pretrain_adapter(BASE, tmp_path / "first", first)
+    init = tmp_path / "first" / "pytorch_lora_weights.safetensors"
+    still = AdapterSettings(**{**SMOKE, "lr": 1e-12, "init_weights": str(init), "loss_weighting": "v"})
+    summary = pretrain_adapter(BASE, tmp_path / "second", still)
+    a, b = load_file(init), load_file(tmp_path / "second" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k)  # so the match is not two zero adapters
+    assert summary["settings"]["init_weights"] == str(init)
+    assert "Continued from" in (tmp_path / "second" / "README.md").read_text()
+    fresh = pretrain_adapter(BASE, tmp_path / "fresh", AdapterSettings(**{**SMOKE, "lr": 1e-12}))
+    c = load_file(tmp_path / "fresh" / "pytorch_lora_weights.safetensors")
+    assert all(c[k].abs().max() < 1e-6 for k in c if "lora_B" in k) and fresh["complete"]
+
+
 # ---------------------------------------------------------------------------------------------- the shipped adapter
 def test_shipped_adapter_is_small_and_made_for_the_shipped_base():
     """Size, provenance and shape only: the shipped adapter does not yet reach the mask-following target (its model
-    card and docs/architecture.md carry the measure), so no test claims that it does."""
+    card and docs/architecture.md carry the measure), so no test claims that it does. Provenance: its card's command
+    is the second stage that ``make tiny-sd`` runs, continued from the first stage's file."""
     from hardgen.config import load_config
     from hardgen.control_lora import read_control_lora_metadata
 
@@ -134,6 +177,13 @@ def test_shipped_adapter_is_small_and_made_for_the_shipped_base():
     assert sum(p.stat().st_size for p in shipped) <= 10 * 1024 * 1024  # everything the demo ships
     card = (ADAPTER / "README.md").read_text()
     assert "hardgen pretrain-adapter" in card and "| base + adapter |" in card
+    command = card.split("Made by `", 1)[1].split("`", 1)[0].split()
+    flags = dict(zip(command[2::2], command[3::2], strict=True))  # "hardgen pretrain-adapter --flag value ..."
+    recipe = (REPO / "Makefile").read_text().split("\ntiny-sd:", 1)[1].split("\n\n", 1)[0]
+    stage1 = recipe.split("--init-weights", 1)[1].split()[0].strip('"').replace("$(ADAPTER_STAGE1)", "")
+    assert flags["--init-weights"].endswith(stage1) and "Continued from" in card
+    for flag in ("--steps", "--lr", "--loss-weighting"):
+        assert f"{flag} {flags[flag]}" in recipe, flag
     meta = read_control_lora_metadata(ADAPTER)
     config = load_config([REPO / "config" / "config.yaml"])
     assert meta["base_model"] == config["model"]["base"] == "resources/tiny-sd-polyp"
