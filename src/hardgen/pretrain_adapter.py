@@ -201,12 +201,14 @@ def mask_weighted_mse(pred: torch.Tensor, target: torch.Tensor, masks: torch.Ten
     return (error.mean(dim=(1, 2, 3)) * sample_weights.to(error)).mean()
 
 
-def timestep_weights(kind: str, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, cap: float) -> torch.Tensor:
-    """Per-sample loss weights of ``timesteps``, mean 1 over the batch: ones for ``epsilon``; for ``v``
-    ``min(1 + 1/SNR(t), cap)`` (SNR = ᾱ/(1 − ᾱ)), the factor that turns an epsilon error into the v-prediction error,
-    which grows with the noise level: at high noise it is the x0 (layout) error that counts."""
+def timestep_weights(kind: str, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+                     cap: float) -> torch.Tensor | None:
+    """Per-sample loss weights of ``timesteps`` for :func:`mask_weighted_mse`: ``None`` (unweighted) for ``epsilon``;
+    for ``v`` ``min(1 + 1/SNR(t), cap)`` (SNR = ᾱ/(1 − ᾱ)), mean 1 over the batch, the factor that turns an epsilon
+    error into the v-prediction error, which grows with the noise level: at high noise it is the x0 (layout) error
+    that counts."""
     if kind == "epsilon":
-        return torch.ones(len(timesteps))
+        return None
     if kind != "v":
         raise ValueError(f"loss_weighting: unknown weighting {kind!r} (expected one of {list(LOSS_WEIGHTINGS)})")
     alpha = alphas_cumprod.to(torch.float64)[timesteps]
@@ -277,9 +279,8 @@ def train_adapter(
         hidden = torch.where(drop.view(-1, 1, 1), empty_embeds, prompt_embeds)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         pred = unet(torch.cat([noisy, condition], dim=1), timesteps, encoder_hidden_states=hidden).sample
-        sample_weights = (None if s.loss_weighting == "epsilon"
-                          else timestep_weights(s.loss_weighting, timesteps, alphas_cumprod, s.weighting_cap))
-        loss = mask_weighted_mse(pred, noise, masks[index], s.mask_weight, sample_weights)
+        loss = mask_weighted_mse(pred, noise, masks[index], s.mask_weight,
+                                 timestep_weights(s.loss_weighting, timesteps, alphas_cumprod, s.weighting_cap))
         _step(loss, unet, optimizer, schedule, s.max_grad_norm, "adapter", step)
         log.append(float(loss.detach()))
         if checkpoints is not None:
@@ -414,6 +415,7 @@ def pretrain_adapter(
 def model_card(summary: dict[str, Any], command: str | None = None) -> str:
     """The ``README.md`` of the adapter folder (the measured wall time is the only line a rerun changes)."""
     s, m = summary["settings"], summary["mask_following"]
+    v_weighted = s["loss_weighting"] == "v"
     lines = [
         f"# {Path(summary['out']).name}: the hardgen demo's {s['condition']} Control-LoRA",
         "",
@@ -433,13 +435,13 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         (f"- Adapter: preset `{s['preset']}`, rank {s['rank']}, conv_in rank {s['conv_in_rank']} "
         f"({summary['trainable_params']:,} parameters); the base frozen."),
         *([f"- Continued from `{s['init_weights']}` (the first stage, same shapes; its own card has its budget)."]
-          if s.get("init_weights") else []),
+          if s["init_weights"] else []),
         (f"- {s['steps']} steps of {s['batch']}, AdamW lr {s['lr']} ({s['warmup_steps']} warm-up steps, then cosine "
         "decay), DDPM epsilon MSE with"),
         (f"  the polyp's latent pixels weighted 1 + {s['mask_weight']} (renormalised per image), timesteps drawn "
         f"`{s['timesteps']}`,"),
         *([(f"  each image's error weighted min(1 + 1/SNR(t), {s['weighting_cap']:g}) (the v-prediction loss, "
-           "capped; renormalised per batch),")] if s.get("loss_weighting", "epsilon") == "v" else []),
+           "capped; renormalised per batch),")] if v_weighted else []),
         f"  prompt \"{s['prompt']}\" (the empty prompt with p = {s['empty_prompt_prob']}).",
         "",
         "## Does the base with this adapter follow its masks?",
@@ -456,7 +458,7 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "",
         "## Losses and budget",
         "",
-        (f"{'Mask- and v-weighted' if s.get('loss_weighting', 'epsilon') == 'v' else 'Mask-weighted'} epsilon MSE: "
+        (f"{'Mask- and v-weighted' if v_weighted else 'Mask-weighted'} epsilon MSE: "
          f"{summary['loss_first']:.4f} over the first 10 % of steps, {summary['loss']:.4f} over the last 10 %."),
         f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall time on "
         f"the CPU with {s['threads']} torch threads"
