@@ -35,15 +35,19 @@ bench: $(STAMP)
 
 # Rebuild the demo's pre-trained tiny Stable Diffusion (resources/tiny-sd-polyp) and its mask-condition adapter
 # (resources/tiny-sd-polyp-mask, the demo's lora.init_weights), both shipped, with the defaults (seed 0, 2 torch
-# threads): the same weights on a rerun (the model cards differ only in their measured wall time). The adapter trains
-# in two stages: 3,000 steps of the epsilon loss (build/, not shipped), then 2,500 steps continued with the v-weighted
-# loss (high noise, where the layout is decided, counts more). About 2 hours on 2 idle CPU cores (base ~65 min, each
-# adapter stage ~27 min; the model cards record each part). All checkpoint every 5 minutes (.NAME.pretrain-checkpoint/):
-# interrupted and rerun, they resume to bit-identical weights (--no-resume starts over; --stop-after-minutes M splits
-# the budget over sessions). A new base or adapter reruns the demo's training and generation.
+# threads): the same weights on a rerun (the model cards differ only in their measured wall time). The base trains its
+# VAE and UNet (build/, not shipped), then its VAE decoder is fine-tuned with the encoder frozen (the latents, hence the
+# UNet, keep their meaning; the base's short VAE run had not learned the polyp's faint tint). The adapter trains in two
+# stages: 3,000 steps of the epsilon loss (build/), then 2,500 steps continued with the v-weighted loss (high noise,
+# where the layout is decided, counts more). About 2 hours on 2 CPU cores (measured 2 h 06 min: base 65 min, partly
+# shared with other jobs, decoder 7 min, each adapter stage 27 min; the model cards record each part). All checkpoint
+# every 5 minutes (.NAME.pretrain-checkpoint/): interrupted and rerun, they resume to bit-identical weights
+# (--no-resume starts over; --stop-after-minutes M splits the budget over sessions). A new base or adapter reruns the demo's training and generation.
+BASE_STAGE := build/tiny-sd-polyp-base
 ADAPTER_STAGE1 := build/tiny-sd-polyp-mask-stage1
 tiny-sd: $(STAMP)
-	$(BIN)/hardgen pretrain-tiny --out resources/tiny-sd-polyp
+	$(BIN)/hardgen pretrain-tiny --out "$(BASE_STAGE)"
+	$(BIN)/hardgen pretrain-decoder --out resources/tiny-sd-polyp --base "$(BASE_STAGE)"
 	$(BIN)/hardgen pretrain-adapter --base resources/tiny-sd-polyp --out "$(ADAPTER_STAGE1)"
 	$(BIN)/hardgen pretrain-adapter --base resources/tiny-sd-polyp --out resources/tiny-sd-polyp-mask \
 		--init-weights "$(ADAPTER_STAGE1)/pytorch_lora_weights.safetensors" --loss-weighting v --lr 0.004 --steps 2500

@@ -81,7 +81,8 @@ LAYERS: dict[int, set[str]] = {
         "mask_following"},
     4: {"features", "fidelity", "score", "segment", "pixel_filter", "predict", "allocation", "filter",
         "benchmark_runs"},
-    5: {"objectives", "mining", "shards", "generate", "train", "stages", "pretrain", "pretrain_adapter"},
+    5: {"objectives", "mining", "shards", "generate", "train", "stages", "pretrain", "pretrain_adapter",
+        "pretrain_decoder"},
     6: {"tables", "transfer", "gallery", "timings", "report", "scarcity", "cli"},
 }
 

@@ -108,9 +108,9 @@ def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
 
 def _run_pretraining(args: argparse.Namespace, module: Any, subcommand: str,
                      first: Callable[[dict[str, Any]], Path], extra: list[str]) -> int:
-    """Shared by ``pretrain-tiny`` and ``pretrain-adapter``: settings from the config and flags, the command for the
-    model card, the run (``module.run(first(config), out, settings, command=..., **checkpoints)``), the summary
-    printed as one JSON line."""
+    """Shared by ``pretrain-tiny``, ``pretrain-decoder`` and ``pretrain-adapter``: settings from the config and flags,
+    the command for the model card, the run (``module.run(first(config), out, settings, command=..., **checkpoints)``),
+    the summary printed as one JSON line."""
     from hardgen.config import load_config
 
     config = load_config(args.config)
@@ -145,6 +145,23 @@ def _run_pretrain_adapter(args: argparse.Namespace) -> int:
     return _run_pretraining(args, pretrain_adapter, "pretrain-adapter",
                             lambda config: args.base or Path(config["model"]["base"]),
                             [f"--base {args.base}"] if args.base else [])
+
+
+def _add_pretrain_decoder(parser: argparse.ArgumentParser) -> None:
+    from hardgen.pretrain_decoder import CONFIG_FIELDS, DecoderSettings, setting_names
+
+    parser.add_argument("--base", type=Path, required=True,
+                        help="the pre-trained base folder whose VAE decoder is fine-tuned (pretrain-tiny's --out)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output diffusers folder: the base with the new decoder (resources/tiny-sd-polyp)")
+    _add_settings_and_checkpoints(parser, DecoderSettings(), setting_names(), CONFIG_FIELDS)
+
+
+def _run_pretrain_decoder(args: argparse.Namespace) -> int:
+    from hardgen import pretrain_decoder
+
+    return _run_pretraining(args, pretrain_decoder, "pretrain-decoder", lambda config: args.base,
+                            [f"--base {args.base}"])
 
 
 def _add_validate_config(parser: argparse.ArgumentParser) -> None:
@@ -230,6 +247,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
                       _add_pretrain_tiny, _run_pretrain_tiny),
     "pretrain-adapter": ("pre-train the demo's condition adapter (a Control-LoRA on the pre-trained base, lora.* shape)",
                          _add_pretrain_adapter, _run_pretrain_adapter),
+    "pretrain-decoder": ("fine-tune the pre-trained base's VAE decoder (encoder frozen, latents unchanged)",
+                         _add_pretrain_decoder, _run_pretrain_decoder),
     "validate-config": ("validate merged config files (schema, cross-key rules, timm/smp names)",
                         _add_validate_config, _run_validate_config),
     "segmenter-summary": (("one JSON line per segment.archs entry: arch (the key), params, maps (random weights, "

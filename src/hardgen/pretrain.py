@@ -255,6 +255,14 @@ def check_run_arguments(checkpoint_minutes: float, checkpoint_every: int, stop_a
         raise ValueError(f"stop_after_steps must be >= 1 (got {stop_after_steps})")
 
 
+def budget_sentence(summary: dict[str, Any]) -> str:
+    """The adapter's and decoder's cards' budget line: optimiser steps and the measured wall time (summed over resumed
+    sessions, which it then says)."""
+    return (f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall time on "
+            f"the CPU with {summary['settings']['threads']} torch threads"
+            + (" (summed over resumed sessions)." if summary.get("resumed") else "."))
+
+
 def settings_block(settings: dict[str, Any]) -> list[str]:
     """The model cards' closing lines: every setting as sorted JSON."""
     return ["Full settings:", "", "```json", json.dumps(settings, indent=2, sort_keys=True), "```", ""]

@@ -23,7 +23,8 @@ the layout within the CPU budget (docs/architecture.md has the runs):
 * ``loss_weighting: v`` in a second stage (``init_weights``: continue the first stage's file): each image's epsilon
   error weighted min(1 + 1/SNR(t), ``weighting_cap``), the v-prediction loss in epsilon terms. The epsilon loss sees a
   high-noise sample's x0 error, the layout, scaled by SNR(t) (~0.005 at t = 999), so the cubic draw alone picks the
-  right steps but learns little from them; the v-weighted stage moved the held-out margin from −0.19 to 0.16.
+  right steps but learns little from them; the v-weighted stage moved the held-out margin from −0.19 to 0.16
+  (through the base's first decoder; 0.91 through the fine-tuned one, :mod:`hardgen.pretrain_decoder`).
 
 The run is seeded and resumable like the base's (:class:`hardgen.pretrain.Checkpoints`, fingerprinted with the
 settings and the base folder's digest), and the folder it writes (``pytorch_lora_weights.safetensors`` in the
@@ -53,6 +54,7 @@ from hardgen.pretrain import (
     Checkpoints,
     PretrainStopped,
     _step,
+    budget_sentence,
     check_run_arguments,
     config_settings,
     default_checkpoint_dir,
@@ -460,9 +462,7 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "",
         (f"{'Mask- and v-weighted' if v_weighted else 'Mask-weighted'} epsilon MSE: "
          f"{summary['loss_first']:.4f} over the first 10 % of steps, {summary['loss']:.4f} over the last 10 %."),
-        f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall time on "
-        f"the CPU with {s['threads']} torch threads"
-        + (" (summed over resumed sessions)." if summary.get("resumed") else "."),
+        budget_sentence(summary),
         "",
         *settings_block(s),
     ]
