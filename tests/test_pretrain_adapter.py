@@ -167,9 +167,8 @@ def test_a_second_stage_continues_the_given_adapter(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- the shipped adapter
 def test_shipped_adapter_is_small_and_made_for_the_shipped_base():
-    """Size, provenance and shape only: the shipped adapter does not yet reach the mask-following target (its model
-    card and docs/architecture.md carry the measure), so no test claims that it does. Provenance: its card's command
-    is the second stage that ``make tiny-sd`` runs, continued from the first stage's file."""
+    """Size, provenance and shape (the next test measures it). Provenance: its card's command is the second stage
+    that ``make tiny-sd`` runs, continued from the first stage's file."""
     from hardgen.config import load_config
     from hardgen.control_lora import read_control_lora_metadata
 
@@ -190,3 +189,23 @@ def test_shipped_adapter_is_small_and_made_for_the_shipped_base():
     assert (meta["condition_type"], meta["preset"], meta["rank"], meta["conv_in_rank"]) == (
         config["condition"]["type"], config["lora"]["preset"], config["lora"]["rank"], config["lora"]["conv_in_rank"])
     assert Path(config["lora"]["init_weights"]).parent == ADAPTER.relative_to(REPO)
+
+
+def test_shipped_base_and_adapter_follow_held_out_masks():
+    """The issue's target on held-out masks, measured live as the model card measured it (seeded: the same numbers):
+    the base with the adapter puts the polyp's tint on its own mask at >= 0.5 of the real images' own-vs-shuffled
+    margin, and shows the dark endoscope corners >= 0.8 x as often as the real images (card: 0.91 and 60 % vs 62.5 %;
+    0.16 and 40 % through the base's decoder before it was fine-tuned). ~20 s on 2 threads."""
+    from hardgen.pretrain_adapter import measure_mask_following
+
+    settings = AdapterSettings()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        measure = measure_mask_following(BASE, ADAPTER, settings)
+    finally:
+        torch.set_num_threads(previous)
+    assert measure["margin_vs_real"] >= 0.5
+    assert measure["dark_corners"] >= 0.8 * measure["real_dark_corners"]
+    row = next(line for line in (ADAPTER / "README.md").read_text().splitlines() if line.startswith("| base + adapter"))
+    assert row.split("|")[4].strip() == f"{measure['margin_vs_real']:.3f}"  # the card's number, reproduced

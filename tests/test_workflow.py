@@ -305,6 +305,13 @@ def test_demo_tables(demo_run):
                        for v in DEMO_CONFIG["generation"]["variants"])  # one loss per generated sample
     assert (transfer.loc[transfer.variant == "all", "n"] == every_sample).all()
 
+    # the shipped base and adapter make the plain samples follow their masks (the demo's target: at least half the
+    # real crops' own-vs-shuffled tint margin, dark endoscope corners at least 0.8 x as often as the real crops)
+    following = pd.read_csv(tables / "mask_following.csv").set_index("variant")
+    assert list(following.columns) == ["own", "shuffled", "margin_vs_real", "dark_corners"]
+    assert following.loc["plain", "margin_vs_real"] >= 0.5
+    assert following.loc["plain", "dark_corners"] >= 0.8 * following.loc["real", "dark_corners"]
+
     plots = sorted(p.name for p in (workdir / "results" / "plots").glob("*.png"))
     assert plots and all((workdir / "results" / "plots" / p).stat().st_size > 1000 for p in plots)
 
