@@ -35,7 +35,8 @@ MIN_SHIPPED_PSNR, MAX_RANDOM_PSNR = 26.0, 15.0
 #: shipped 31 (every channel 14-31 too dark) with the fine-tuned decoder, 19 with the base's own decoder (14 on the
 #: 800-step base; 31 too bright with the crop-trained VAE), random-init 61 (blue). Both decoders reconstruct real
 #: latents within 1 grey level of the images' mean colour (144 held-out images): the UNet's 10-step samples lie off
-#: the latents' manifold, and the fine-tuned decoder reads them darker (32 samples: R 113 against 125, real 136).
+#: the latents' manifold, and the fine-tuned decoder reads them darker (32 samples: R 113 against 125, real 136); the
+#: UNet's own distribution is the darker one (200 DDPM steps: R 94), which the old decoder partly hid.
 MAX_MEAN_RGB_GAP = 35.0
 #: The same for chromaticity (r, g, b) / (r + g + b), which brightness does not move; measured: 0.009 and 0.15.
 MAX_CHROMA_GAP = 0.03
