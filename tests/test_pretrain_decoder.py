@@ -43,6 +43,15 @@ def test_bad_settings_and_paths_fail_before_any_work(tmp_path):
         pretrain_decoder(tmp_path / "nowhere", tmp_path / "out", DecoderSettings(**SMOKE))
     with pytest.raises(ValueError, match="base itself"):
         pretrain_decoder(BASE, BASE, DecoderSettings(**SMOKE))
+    # one inside the other: the output replaces its folder whole (it would delete the base, or copy itself)
+    import shutil
+
+    nested = tmp_path / "outer" / "base"
+    shutil.copytree(BASE, nested)
+    for base, out in ((nested, tmp_path / "outer"), (nested, nested / "out")):
+        with pytest.raises(ValueError, match="inside one another"):
+            pretrain_decoder(base, out, DecoderSettings(**SMOKE))
+    assert (nested / "unet").is_dir() and not (nested / "out").exists()
     assert not (tmp_path / "out").exists()
 
 
@@ -67,7 +76,6 @@ def test_training_lowers_the_l1_and_moves_the_decoder_only():
     from hardgen.data import PRETRAIN_STREAM
     from hardgen.pretrain import latent_moments, to_model_range
 
-    torch.set_num_threads(1)
     settings = DecoderSettings(images=8, steps=30, batch=8, lr=5e-4, threads=1)
     vae = AutoencoderKL.from_pretrained(BASE / "vae").eval()
     images, _ = render_images(settings, settings.images, PRETRAIN_STREAM)
@@ -81,8 +89,14 @@ def test_training_lowers_the_l1_and_moves_the_decoder_only():
             return float((vae.decode(moments.chunk(2, dim=1)[0]).sample - pixels).abs().mean())
 
     start = l1()
-    log = train_decoder(vae, pixels, moments, settings)
-    assert len(log) == 30 and l1() < 0.98 * start  # 0.052 -> 0.050, seeded
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        log = train_decoder(vae, pixels, moments, settings)
+    finally:
+        torch.set_num_threads(previous)
+    # measured (seeded): 0.0308 -> 0.0284 on the shipped decoder, 0.0521 -> 0.0502 on the base's first one
+    assert len(log) == 30 and l1() < 0.95 * start
     trained = {id(p) for p in decoder_parameters(vae)}
     names = {n for n, p in vae.named_parameters() if id(p) in trained}
     assert names and all(n.startswith(("decoder.", "post_quant_conv.")) for n in names)
@@ -114,21 +128,25 @@ def test_an_interrupted_run_resumes_to_the_same_folder(tmp_path, capsys):
     assert all(torch.equal(a[k], base[k]) for k in base if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(a[k], base[k]) for k in base if k.startswith("decoder."))
     others = sorted(p.relative_to(BASE) for p in BASE.rglob("*") if p.is_file()
-                    and p.parts[len(BASE.parts)] != "vae" and p.name != "README.md")
+                    and p.relative_to(BASE).parts[0] not in ("vae", "README.md"))
     assert others and all((tmp_path / "whole" / p).read_bytes() == (BASE / p).read_bytes() for p in others)
     # the VAE's settings (scaling factor included) are the base's, byte for byte
     assert (tmp_path / "whole" / "vae" / "config.json").read_bytes() == (BASE / "vae" / "config.json").read_bytes()
 
-    # the card: the base's, with this stage's section appended once
+    # the card: the base's, whole, with this stage's section appended (the shipped base has one already: each
+    # fine-tuning keeps the record of its own step)
+    base_card = (BASE / "README.md").read_text()
     card = (tmp_path / "whole" / "README.md").read_text()
-    assert card.startswith((BASE / "README.md").read_text().split("\n" + CARD_SECTION + "\n")[0].rstrip("\n"))
-    assert card.count(CARD_SECTION) == 1 and "3 optimiser steps" in card and "| fine-tuned |" in card
-    assert "`hardgen pretrain-decoder --out x`" in card
-    assert card_with_section(card, whole).count(CARD_SECTION) == 1  # a rerun on its own output replaces it
+    assert card.startswith(base_card.rstrip("\n")) and card.count(CARD_SECTION) == base_card.count(CARD_SECTION) + 1
+    section = card.rsplit(CARD_SECTION, 1)[1]
+    assert "3 optimiser steps" in section and "| fine-tuned |" in section
+    assert "`hardgen pretrain-decoder --out x`" in section
+    assert card_with_section("", whole).startswith(CARD_SECTION)
 
     # the CLI: a stopped session says so and writes nothing
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMOKE.items()]
     assert main(["pretrain-decoder", "--base", str(BASE), "--out", str(tmp_path / "cli"), *flags,
+                 "--config", str(REPO / "config" / "config.yaml"),
                  "--checkpoint-dir", str(tmp_path / "cli-ckpt"), "--stop-after-steps", "1"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["complete"] is False and printed["step"] == 1 and not (tmp_path / "cli").exists()

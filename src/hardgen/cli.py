@@ -100,7 +100,8 @@ def _checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
     from hardgen.pretrain import CONFIG_FIELDS, PretrainSettings, setting_names
 
-    parser.add_argument("--out", type=Path, required=True, help="output diffusers folder (resources/tiny-sd-polyp)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output diffusers folder (make tiny-sd: build/tiny-sd-polyp-base, then pretrain-decoder)")
     parser.add_argument("--config-dir", type=Path, default=None,
                         help="tiny-SD config folder (default: the config's model.tiny_config)")
     _add_settings_and_checkpoints(parser, PretrainSettings(), setting_names(), CONFIG_FIELDS, " and model.tiny_config")
@@ -245,10 +246,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
     "build-tiny-sd": ("build the tiny random-init SD folder", _add_build_tiny_sd, _run_build_tiny_sd),
     "pretrain-tiny": ("pre-train the tiny SD (VAE, then UNet) on procedural polyp images into a diffusers folder",
                       _add_pretrain_tiny, _run_pretrain_tiny),
-    "pretrain-adapter": ("pre-train the demo's condition adapter (a Control-LoRA on the pre-trained base, lora.* shape)",
-                         _add_pretrain_adapter, _run_pretrain_adapter),
     "pretrain-decoder": ("fine-tune the pre-trained base's VAE decoder (encoder frozen, latents unchanged)",
                          _add_pretrain_decoder, _run_pretrain_decoder),
+    "pretrain-adapter": ("pre-train the demo's condition adapter (a Control-LoRA on the pre-trained base, lora.* shape)",
+                         _add_pretrain_adapter, _run_pretrain_adapter),
     "validate-config": ("validate merged config files (schema, cross-key rules, timm/smp names)",
                         _add_validate_config, _run_validate_config),
     "segmenter-summary": (("one JSON line per segment.archs entry: arch (the key), params, maps (random weights, "

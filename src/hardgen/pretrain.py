@@ -584,7 +584,7 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "pre-trained on procedural colonoscopy-like images by `hardgen.pretrain`, so that the demo's base",
         "(`config/config.yaml`: `model.base: resources/tiny-sd-polyp`) has learned its data.",
         "",
-        f"Made by `{command or 'hardgen pretrain-tiny --out resources/tiny-sd-polyp'}` (`make tiny-sd` runs the",
+        f"Made by `{command or 'hardgen pretrain-tiny --out build/tiny-sd-polyp-base'}` (`make tiny-sd` runs the",
         f"defaults) with seed {s['seed']} and {s['threads']} torch threads on the CPU; the same command, seed and",
         "thread count give the same weights.",
         "",

@@ -1,6 +1,6 @@
 """Pre-train the demo's condition adapter: a Control-LoRA for the demo's condition (``condition.type``: the binary
 mask, as the authors conditioned their polyp run) on the pre-trained tiny base (``hardgen pretrain-adapter``, the
-second half of ``make tiny-sd``).
+last two steps of ``make tiny-sd``).
 
 What control-lora-v3 ships for SD1.5 (a canny Control-LoRA trained for thousands of steps on a frozen base), shrunk
 to the demo: the demo's plain LoRA starts from it (``lora.init_weights``) instead of from zero, so its 40 steps

@@ -215,6 +215,9 @@ def pretrain_decoder(
     if out_dir.resolve() == base.resolve():
         raise ValueError(f"pretrain-decoder: --out {out_dir} is the base itself; write elsewhere (a rerun would "
                          "fine-tune the fine-tuned decoder)")
+    if out_dir.resolve().is_relative_to(base.resolve()) or base.resolve().is_relative_to(out_dir.resolve()):
+        raise ValueError(f"pretrain-decoder: --out {out_dir} and --base {base} are inside one another; the output "
+                         "replaces its folder whole")
     check_run_arguments(checkpoint_minutes, checkpoint_every, stop_after_steps)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
@@ -250,7 +253,9 @@ def pretrain_decoder(
     }
     base_card = (base / "README.md").read_text() if (base / "README.md").is_file() else ""
     with atomic_folder(out_dir) as staging:
-        shutil.copytree(base, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("vae", "README.md"))
+        shutil.copytree(base, staging, dirs_exist_ok=True,  # all but the top-level vae/ and card
+                        ignore=lambda folder, names: [n for n in names if Path(folder) == base
+                                                      and n in ("vae", "README.md")])
         vae.save_pretrained(staging / "vae", safe_serialization=True)
         # the decoder changes no setting: keep the base's config byte for byte (from_pretrained added its own path)
         shutil.copyfile(base / "vae" / "config.json", staging / "vae" / "config.json")
@@ -261,13 +266,11 @@ def pretrain_decoder(
 
 
 def card_with_section(base_card: str, summary: dict[str, Any], command: str | None = None) -> str:
-    """The base's model card (any earlier decoder section dropped) with this stage's section appended (the measured
-    wall time is the only line a rerun changes)."""
+    """The base's model card with this stage's section appended (the measured wall time is the only line a rerun
+    changes). A base that was fine-tuned before keeps its section: each one records its own step."""
     s, before, after = summary["settings"], summary["before"], summary["after"]
-    kept = base_card.split("\n" + CARD_SECTION + "\n")[0].rstrip("\n")
     lines = [
-        kept,
-        "",
+        *([base_card.rstrip("\n"), ""] if base_card.strip() else []),
         CARD_SECTION,
         "",
         (f"Then `{command or 'hardgen pretrain-decoder'}` fine-tuned the VAE's decoder (and `post_quant_conv`, "
