@@ -19,7 +19,6 @@ from hardgen.pretrain_decoder import (
     card_with_section,
     decoder_parameters,
     pretrain_decoder,
-    render_images,
     settings_from_config,
     train_decoder,
 )
@@ -74,11 +73,11 @@ def test_training_lowers_the_l1_and_moves_the_decoder_only():
     from diffusers import AutoencoderKL
 
     from hardgen.data import PRETRAIN_STREAM
-    from hardgen.pretrain import latent_moments, to_model_range
+    from hardgen.pretrain import latent_moments, render_pool, to_model_range
 
     settings = DecoderSettings(images=8, steps=30, batch=8, lr=5e-4, threads=1)
     vae = AutoencoderKL.from_pretrained(BASE / "vae").eval()
-    images, _ = render_images(settings, settings.images, PRETRAIN_STREAM)
+    images, _ = render_pool(settings, settings.images, PRETRAIN_STREAM)
     pixels = to_model_range(images)
     with torch.no_grad():
         moments = latent_moments(vae, pixels)

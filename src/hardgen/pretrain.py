@@ -119,28 +119,36 @@ class PretrainSettings:
 
 
 # ------------------------------------------------------------------------------------------------- data
-def render_training_set(settings: PretrainSettings, n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images ``(n, R, R, 3)`` uint8, condition images ``(m, R, R, 3)`` uint8) of pool ``stream`` at resolution R.
-
-    Images and masks are brought to R by :func:`hardgen.io.fit_square`, the workflow's one transform; the
-    conditions are made from the resized masks by :func:`hardgen.conditioning.mask_to_condition`, as
-    ``make_conditions`` makes them: canny and mask kinds alternating, ``round(n * condition_share)`` of them.
-    """
-    from hardgen.conditioning import mask_to_condition
+def render_pool(settings: Any, n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images ``(n, R, R, 3)`` uint8, masks ``(n, R, R)`` bool) of pool ``stream``
+    (:func:`hardgen.data.render_demo_pool` with ``settings.seed`` / ``min_size`` / ``max_size``), brought to
+    R = ``settings.resolution`` by :func:`hardgen.io.fit_square`, the workflow's one transform. Every pre-training
+    (base, decoder, adapter) renders its data here."""
     from hardgen.data import render_demo_pool
     from hardgen.io import fit_square
 
     size = settings.resolution
     pool = render_demo_pool(n, settings.seed, settings.min_size, settings.max_size, stream=stream)
     images = np.stack([fit_square(image, size) for _, image, _ in pool])
+    masks = np.stack([fit_square(mask, size, is_mask=True) for _, _, mask in pool])
+    return images, masks
+
+
+def render_training_set(settings: PretrainSettings, n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images ``(n, R, R, 3)`` uint8, condition images ``(m, R, R, 3)`` uint8) of pool ``stream`` at resolution R.
+
+    Images and masks come from :func:`render_pool`; the conditions are made from the resized masks by
+    :func:`hardgen.conditioning.mask_to_condition`, as ``make_conditions`` makes them: canny and mask kinds
+    alternating, ``round(n * condition_share)`` of them.
+    """
+    from hardgen.conditioning import mask_to_condition
+
+    images, masks = render_pool(settings, n, stream)
     n_conditions = round(n * settings.condition_share)
     kinds = ("canny", "mask")
-    conditions = [
-        mask_to_condition(fit_square(pool[i][2], size, is_mask=True), kinds[i % 2], settings.canny_low,
-                          settings.canny_high)
-        for i in range(n_conditions)
-    ]
-    empty = np.zeros((0, size, size, 3), np.uint8)
+    conditions = [mask_to_condition(masks[i], kinds[i % 2], settings.canny_low, settings.canny_high)
+                  for i in range(n_conditions)]
+    empty = np.zeros((0, settings.resolution, settings.resolution, 3), np.uint8)
     return images, np.stack(conditions) if conditions else empty
 
 
@@ -150,16 +158,23 @@ def to_model_range(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
+def reconstructions(vae: torch.nn.Module, images: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """``decode(encode(x).mode())`` of uint8 ``(N, H, W, 3)`` images: float ``(N, 3, H, W)`` clamped to [-1, 1]."""
+    vae.eval()
+    return torch.cat([vae.decode(vae.encode(to_model_range(images[start:start + batch]).to(vae.dtype))
+                                 .latent_dist.mode()).sample.float().clamp(-1, 1)
+                      for start in range(0, len(images), batch)])
+
+
+def psnr(images: np.ndarray, recon: torch.Tensor) -> np.ndarray:
+    """Per-image PSNR (dB, pixels in [0, 1]) of ``recon`` (:func:`reconstructions`) against uint8 ``images``."""
+    mse = ((recon - to_model_range(images)) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return (10 * torch.log10(1 / mse)).numpy()
+
+
 def reconstruction_psnr(vae: torch.nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """Per-image PSNR (dB, pixels in [0, 1]) of ``decode(encode(x).mode())``: how well a VAE keeps an image."""
-    vae.eval()
-    scores = []
-    for start in range(0, len(images), batch):
-        x = to_model_range(images[start:start + batch]).to(vae.dtype)
-        y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
-        mse = ((y - x.float()) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-        scores.append((10 * torch.log10(1 / mse)).numpy())
-    return np.concatenate(scores)
+    return psnr(images, reconstructions(vae, images, batch))
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -530,7 +545,7 @@ def pretrain_tiny_sd(
             pipe.vae.load_state_dict(checkpoints.carry["vae"])
             pipe.vae.eval()
             vae_log = [dict(row) for row in checkpoints.carry["vae_log"]]
-        psnr = float(reconstruction_psnr(pipe.vae, heldout).mean())
+        heldout_psnr = float(reconstruction_psnr(pipe.vae, heldout).mean())
         moments = latent_moments(pipe.vae, to_model_range(images))
         scaling_factor = latent_scaling_factor(moments, settings.seed)
         pipe.vae.register_to_config(scaling_factor=scaling_factor)
@@ -558,7 +573,7 @@ def pretrain_tiny_sd(
         "vae_kl": float(np.mean([row["kl"] for row in vae_tail])),
         "unet_mse_first": float(np.mean(unet_log[:tail])),
         "unet_mse": float(np.mean(unet_log[-tail:])),
-        "heldout_psnr": psnr,
+        "heldout_psnr": heldout_psnr,
         "heldout_psnr_random_vae": psnr_random,
         "scaling_factor": scaling_factor,
         "condition_images": len(conditions),

@@ -60,6 +60,7 @@ from hardgen.pretrain import (
     default_checkpoint_dir,
     latent_moments,
     posterior_sample,
+    render_pool,
     settings_block,
     to_model_range,
     warmup_cosine,
@@ -163,16 +164,11 @@ class AdapterSettings:
 # ------------------------------------------------------------------------------------------------- data
 def render_pairs(settings: AdapterSettings, n: int, stream: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images ``(n, R, R, 3)`` uint8, masks ``(n, R, R)`` bool, conditions ``(n, R, R, 3)`` uint8) of pool
-    ``stream``: the workflow's transform (:func:`hardgen.io.fit_square`) and condition
+    ``stream`` (:func:`hardgen.pretrain.render_pool`) and their condition
     (:func:`hardgen.conditioning.mask_to_condition` of the resized mask, as ``make_conditions``)."""
     from hardgen.conditioning import mask_to_condition
-    from hardgen.data import render_demo_pool
-    from hardgen.io import fit_square
 
-    size = settings.resolution
-    pool = render_demo_pool(n, settings.seed, settings.min_size, settings.max_size, stream=stream)
-    images = np.stack([fit_square(image, size) for _, image, _ in pool])
-    masks = np.stack([fit_square(mask, size, is_mask=True) for _, _, mask in pool]).astype(bool)
+    images, masks = render_pool(settings, n, stream)
     conditions = np.stack([mask_to_condition(m, settings.condition, settings.canny_low, settings.canny_high)
                            for m in masks])
     return images, masks, conditions

@@ -46,7 +46,9 @@ from hardgen.pretrain import (
     default_checkpoint_dir,
     latent_moments,
     posterior_sample,
-    reconstruction_psnr,
+    psnr,
+    reconstructions,
+    render_pool,
     settings_block,
     to_model_range,
 )
@@ -97,18 +99,6 @@ class DecoderSettings:
         problems = self.problems()
         if problems:
             raise ValueError("pretrain-decoder settings:\n  " + "\n  ".join(problems))
-
-
-def render_images(settings: DecoderSettings, n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images ``(n, R, R, 3)`` uint8, masks ``(n, R, R)`` bool) of pool ``stream``, brought to R by
-    :func:`hardgen.io.fit_square` as the base's pre-training does."""
-    from hardgen.data import render_demo_pool
-    from hardgen.io import fit_square
-
-    pool = render_demo_pool(n, settings.seed, settings.min_size, settings.max_size, stream=stream)
-    images = np.stack([fit_square(image, settings.resolution) for _, image, _ in pool])
-    masks = np.stack([fit_square(mask, settings.resolution, is_mask=True) for _, _, mask in pool]).astype(bool)
-    return images, masks
 
 
 def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -169,16 +159,11 @@ def reconstruction_measure(vae: torch.nn.Module, images: np.ndarray, masks: np.n
     from hardgen.mask_following import mask_following_table
     from hardgen.sampling import to_uint8
 
-    vae.eval()
-    recon = []
-    for start in range(0, len(images), 64):
-        x = to_model_range(images[start:start + 64])
-        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        recon.append(to_uint8(((decoded + 1) / 2).permute(0, 2, 3, 1).numpy()))
-    table = mask_following_table((list(images), list(masks)),
-                                 {"recon": (list(np.concatenate(recon)), list(masks))}, seed=seed)
+    recon = reconstructions(vae, images)
+    pixels = to_uint8(((recon + 1) / 2).permute(0, 2, 3, 1).numpy())
+    table = mask_following_table((list(images), list(masks)), {"recon": (list(pixels), list(masks))}, seed=seed)
     row = table.set_index("variant").loc["recon"]
-    return {"psnr": float(reconstruction_psnr(vae, images).mean()), "margin_vs_real": float(row["margin_vs_real"]),
+    return {"psnr": float(psnr(images, recon).mean()), "margin_vs_real": float(row["margin_vs_real"]),
             "dark_corners": float(row["dark_corners"])}
 
 
@@ -199,9 +184,9 @@ def pretrain_decoder(
 
     ``out_dir`` (written atomically; it must not be ``base``: a rerun would fine-tune twice) gets every file of
     ``base`` but ``vae/`` unchanged, the new ``vae/`` weights (safetensors; its ``config.json`` is the base's) and
-    ``README.md``: the base's card with a
-    section on this stage. Checkpoints, resuming and early stops as :func:`hardgen.pretrain.pretrain_tiny_sd`
-    (the fingerprint covers the settings and the base's files). Returns a summary.
+    ``README.md``: the base's card with a section on this stage. Checkpoints, resuming and early stops as
+    :func:`hardgen.pretrain.pretrain_tiny_sd` (the fingerprint covers the settings and the base's files). Returns a
+    summary.
     """
     from diffusers import AutoencoderKL
 
@@ -228,8 +213,8 @@ def pretrain_decoder(
                                   every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
                                   stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
         state = checkpoints.load()
-        images, _ = render_images(settings, settings.images, PRETRAIN_STREAM)
-        heldout, heldout_masks = render_images(settings, settings.heldout, HELDOUT_STREAM)
+        images, _ = render_pool(settings, settings.images, PRETRAIN_STREAM)
+        heldout, heldout_masks = render_pool(settings, settings.heldout, HELDOUT_STREAM)
         before = reconstruction_measure(vae, heldout, heldout_masks, settings.seed)
         pixels = to_model_range(images)
         with torch.no_grad():
