@@ -60,8 +60,10 @@ def plot_timings(table: pd.DataFrame, out_png: str | Path) -> None:
         figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
-#: Columns of :func:`variant_cost` (the issue's four, then what the training figure sums).
-VARIANT_COST_COLUMNS = ["variant", "training_s", "generation_s", "total_s", "fine_tuning_s", "training_rules"]
+#: Columns of :func:`variant_cost` (the issue's four, then what the training figure sums, then whether the row is
+#: defined: ``status`` ``ok`` or ``undefined``, ``reason`` naming the missing benchmark file).
+VARIANT_COST_COLUMNS = ["variant", "training_s", "generation_s", "total_s", "fine_tuning_s", "training_rules",
+                        "status", "reason"]
 #: The LoRA every variant starts from (or, for variants that train nothing of their own, generates with).
 PLAIN_LORA_RULE = "train_control_lora"
 
@@ -76,11 +78,13 @@ def variant_cost(table: pd.DataFrame, variants: list[str], judge_job: str | None
     ``generation_s``: its ``generate/<variant>/shard-*`` jobs summed. ``fine_tuning_s`` = training beyond the plain
     LoRA, so a variant that spends its extra effort at generation (mined) compares with one that spends it in
     fine-tuning (hard) on the same row layout. ``training_rules`` lists the jobs summed. Seconds are wall-clock on
-    the machine of this run. Raises :class:`DataError` naming what is missing (e.g. no ``train_control_lora`` time).
+    the machine of this run.
+
+    A job whose benchmark file is absent (it ran outside this results folder, e.g. outputs restored from another
+    run) leaves the figures it enters undefined: NaN, ``status`` ``undefined`` and a ``reason`` naming the missing
+    file; the other figures of the row are kept. A variant with a judge but no ``judge_job`` is a ``ValueError``.
     """
     seconds = {(rule, job): s for rule, job, s in zip(table["rule"], table["job"], table["s"])}
-    if (PLAIN_LORA_RULE, "") not in seconds:
-        raise DataError(f"timings: no {PLAIN_LORA_RULE} benchmark (results/benchmarks/{PLAIN_LORA_RULE}.tsv)")
     from hardgen.registry import variant as registered
 
     rows = []
@@ -88,19 +92,21 @@ def variant_cost(table: pd.DataFrame, variants: list[str], judge_job: str | None
         jobs = [(PLAIN_LORA_RULE, "")]
         own = registered(variant).rule  # the registry names each variant's training rule (None: trains nothing)
         if own not in (None, PLAIN_LORA_RULE):
-            if (own, "") not in seconds:
-                raise DataError(f"timings: no {own} benchmark for the {variant} variant's training")
             jobs.append((own, ""))
         if registered(variant).judge:
-            if judge_job is None or ("train_judge", judge_job) not in seconds:
-                raise DataError(f"timings: no train_judge/{judge_job} benchmark for the feedback variant's judge")
+            if judge_job is None:
+                raise ValueError(f"variant_cost: the {variant} variant is steered by a judge; pass its judge_job")
             jobs.append(("train_judge", judge_job))
+        missing = [f"results/benchmarks/{'/'.join(p for p in j if p)}.tsv" for j in jobs if j not in seconds]
         generation = table[(table["rule"] == "generate") & table["job"].str.startswith(f"{variant}/")]
         if generation.empty:
-            raise DataError(f"timings: no generate/{variant}/shard-* benchmarks")
-        training = float(sum(seconds[j] for j in jobs))
-        rows.append({"variant": variant, "training_s": training, "generation_s": float(generation["s"].sum()),
-                     "total_s": training + float(generation["s"].sum()),
-                     "fine_tuning_s": training - float(seconds[(PLAIN_LORA_RULE, "")]),
-                     "training_rules": " + ".join("/".join(p for p in j if p) for j in jobs)})
+            missing.append(f"results/benchmarks/generate/{variant}/shard-*.tsv")
+        training = float(sum(seconds[j] for j in jobs)) if all(j in seconds for j in jobs) else float("nan")
+        generated = float(generation["s"].sum()) if not generation.empty else float("nan")
+        plain = seconds.get((PLAIN_LORA_RULE, ""), float("nan"))
+        rows.append({"variant": variant, "training_s": training, "generation_s": generated,
+                     "total_s": training + generated, "fine_tuning_s": training - plain,
+                     "training_rules": " + ".join("/".join(p for p in j if p) for j in jobs),
+                     "status": "undefined" if missing else "ok",
+                     "reason": f"no benchmark file {', '.join(missing)}" if missing else ""})
     return pd.DataFrame(rows, columns=VARIANT_COST_COLUMNS)

@@ -421,6 +421,28 @@ def guard_judges():
     return [f"judge/{segmenter_key(arch, JUDGE_SEED)}" for arch in ARCHS]
 
 
+def run_description(wildcards):
+    # what benchmark.md says about the run (hardgen.run_text.RunDescription): exactly the config values it reads;
+    # the real training-set size is the job's own (its scarcity level, or data.train_subset)
+    label = n_real(wildcards) or N_REALS[0]
+    return {
+        "dataset": config["data"]["root"],
+        "layout": LAYOUT,
+        "testsets": TESTSETS,
+        "protocol": PROTOCOL,
+        "per_mask": config["generation"]["per_mask"],
+        "allocation": config["generation"]["allocation"],
+        "variants": VARIANTS,
+        "policies": POLICIES,
+        "archs": ARCHS,
+        "seeds": [int(s) for s in SEEDS],
+        "base": config["model"]["base"],
+        "resolution": config["model"]["resolution"],
+        "modality": config["data"]["demo"]["modality"] if DEMO else None,
+        "train_subset": hgconfig.train_subset_size(label),
+    }
+
+
 def final_outputs():
     # every size's report (results/n-{n_real}/tables/) and, with the scarcity curve on, the tables over the sizes
     tables = [

@@ -66,6 +66,8 @@ rule report:
         variants=VARIANTS,
         loras=LORAS,
         demo=DEMO or TINY,
+        # the run paragraph and the protocol paragraph of benchmark.md (hardgen.run_text)
+        run=run_description,
     threads: 1
     resources:
         mem_mb=4000,

@@ -5,6 +5,7 @@ from pathlib import Path
 from hardgen.io import read_keyed_losses, write_csv
 from hardgen.logging_utils import stage_logging
 from hardgen.report import write_report
+from hardgen.run_text import RunDescription, undefined_notes
 from hardgen.timings import plot_timings, timings_table, variant_cost
 
 with stage_logging(snakemake.log[0]) as log:
@@ -19,6 +20,10 @@ with stage_logging(snakemake.log[0]) as log:
     eval_images = dict(zip(evals, inp.eval_images, strict=True))  # per-image tables, in the same run order
     # the feedback judge's losses, one table per variant: {<arch>/seed-<s>: every variant} holds that one judge
     (judge_losses,) = read_keyed_losses(inp.judge_loss).values()
+    # per-rule times of this run, from the benchmark files of every job upstream of the report
+    timings = timings_table(Path(snakemake.output.timings).parents[1] / "benchmarks")
+    # what each variant cost to make: its training (plain LoRA + own fine-tuning) next to its generation
+    costs = variant_cost(timings, list(snakemake.params.variants), judge_job=snakemake.params.judge_job)
     written = write_report(
         eval_csvs=evals,
         score_csvs=inp.scores,
@@ -42,15 +47,13 @@ with stage_logging(snakemake.log[0]) as log:
         published=dict(snakemake.params.published),
         reproduce_tolerance=snakemake.params.reproduce_tolerance,
         primary_contrast=snakemake.params.primary_contrast,
+        run=RunDescription(**snakemake.params.run),
+        notes=undefined_notes(variant_cost=costs),
     )
     log.info("wrote %s", sorted(str(p) for p in written.values()))
-    # per-rule times of this run, from the benchmark files of every job upstream of the report
-    timings = timings_table(Path(snakemake.output.timings).parents[1] / "benchmarks")
     write_csv(snakemake.output.timings, timings)
     plot_timings(timings, Path(snakemake.output.plots) / "timings.png")
     log.info("timings: %d jobs, %.0f s of job time", len(timings), timings["s"].sum())
-    # what each variant cost to make: its training (plain LoRA + own fine-tuning) next to its generation
-    costs = variant_cost(timings, list(snakemake.params.variants), judge_job=snakemake.params.judge_job)
     write_csv(snakemake.output.variant_cost, costs)
     log.info("variant cost (s): %s",
              costs.set_index("variant")[["training_s", "generation_s"]].round(1).to_dict("index"))
