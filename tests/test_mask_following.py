@@ -11,8 +11,11 @@ from hardgen.mask_following import (
     COLUMNS,
     dark_corners,
     derangement,
+    judge_dice_margins,
     mask_following_from_files,
+    mask_following_sentences,
     mask_following_table,
+    measure_rows,
     red_chromaticity,
     red_chromaticity_margin,
     shuffled_margin,
@@ -107,11 +110,13 @@ def test_the_table_scales_each_variant_by_the_real_margin(discs):
     assert rows.loc["real", "margin_vs_real"] == 1.0 and rows.loc["follows", "margin_vs_real"] == pytest.approx(1.0)
     assert abs(rows.loc["ignores", "margin_vs_real"]) < 0.1
     assert (table["dark_corners"] == 0).all()
-    flat = ([np.full((SIZE, SIZE, 3), 120, np.uint8)] * 3, masks[:3])
-    with pytest.raises(ValueError, match="real images' own-vs-shuffled margin"):
-        mask_following_table(flat, {})
+    assert set(table["measure"]) == {"red_chromaticity"} and set(table["status"]) == {"ok"}
     with pytest.raises(ValueError, match="reference row"):
         mask_following_table((images, masks), {"real": follows})
+    with pytest.raises(ValueError, match="1 real image"):
+        mask_following_table((images[:1], masks[:1]), {})
+    with pytest.raises(ValueError, match="follows: 8 images but 7 masks"):
+        mask_following_table((images, masks), {"follows": (images, masks[:7])})
 
 
 def test_the_table_from_the_workflow_files(tmp_path, discs):
@@ -159,3 +164,149 @@ def test_grayscale_modalities_use_the_grey_level() -> None:
     assert table.loc["real", "margin_vs_real"] == pytest.approx(1.0)
     assert table.loc["follows", "margin_vs_real"] == pytest.approx(1.0)
     assert table.loc["ignores", "margin_vs_real"] == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------ an undefined cue and the judges' measure
+CENTRES = [(6, 6), (6, 16), (6, 26), (16, 6), (16, 26), (26, 6), (26, 16), (26, 26)]  # never the centre (16, 16)
+MUCOSA = np.array((150, 110, 100))
+
+
+def _matched_scene(mask: np.ndarray) -> np.ndarray:
+    """A lesion of the mucosa's colour: a checkerboard of darker and brighter mucosa (a texture, no red tint; its
+    red chromaticity is even a little lower, as in real colonoscopy frames whose gap is ~0 or below)."""
+    image = np.tile(MUCOSA, (SIZE, SIZE, 1)).astype(np.uint8)
+    checker = (np.add.outer(np.arange(SIZE), np.arange(SIZE)) % 2).astype(bool)
+    image[mask & checker] = (120, 88, 82)
+    image[mask & ~checker] = (180, 132, 122)
+    return image
+
+
+def _texture_judge(images):
+    """A stand-in judge that learned the lesions' texture: a pixel whose grey level differs from both horizontal
+    neighbours (the checkerboard) is lesion."""
+    out = []
+    for image in images:
+        luma = np.asarray(image, np.float64) @ np.array([0.299, 0.587, 0.114])
+        padded = np.pad(luma, ((0, 0), (1, 1)), mode="edge")
+        out.append(np.minimum(np.abs(luma - padded[:, :-2]), np.abs(luma - padded[:, 2:])) > 15)
+    return out
+
+
+def _blind_judge(images):
+    """A judge that did not learn the masks: the same blob in every image, whatever it shows."""
+    return [_disc(16, 16, 4) for _ in images]
+
+
+@pytest.fixture
+def matched() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    masks = [_disc(cy, cx, 4) for cy, cx in CENTRES]
+    return [_matched_scene(m) for m in masks], masks
+
+
+def test_colour_matched_lesions_leave_the_cue_undefined_and_the_judge_measures(matched):
+    images, masks = matched
+    follows = ([im.copy() for im in images], masks)
+    ignores = ([_matched_scene(_disc(16, 16, 4)) for _ in masks], masks)  # every lesion in the middle
+    table = mask_following_table((images, masks), {"follows": follows, "ignores": ignores},
+                                 judges={"cnn": _texture_judge})
+    assert tuple(table.columns) == COLUMNS
+    assert list(table["measure"]) == ["red_chromaticity"] * 3 + ["judge_dice:cnn"] * 3
+    assert list(table["variant"]) == ["real", "follows", "ignores"] * 2
+    chroma, judge = (table[table["measure"] == m].set_index("variant") for m in ("red_chromaticity", "judge_dice:cnn"))
+    # the cue: written, not raised; own and shuffled kept, no ratio, the reason in words
+    assert (chroma["status"] == "undefined").all() and chroma["margin_vs_real"].isna().all()
+    assert chroma["own"].notna().all() and chroma["shuffled"].notna().all()
+    assert chroma.loc["real", "own"] - chroma.loc["real", "shuffled"] < 0
+    assert all(r.startswith("the real images' red chromaticity does not mark their masks (real gap -")
+               for r in chroma["reason"])
+    assert chroma["dark_corners"].notna().all() and judge["dark_corners"].isna().all()  # the cue's rows carry it
+    # the judge: the real gap validates it, a set that follows its masks scores ~1, one that ignores them ~0
+    assert (judge["status"] == "ok").all() and (judge["reason"] == "").all()
+    assert judge.loc["real", "own"] > 0.9 and judge.loc["real", "shuffled"] < 0.1
+    assert judge.loc["real", "margin_vs_real"] == 1.0
+    assert judge.loc["follows", "margin_vs_real"] == pytest.approx(1.0)
+    assert abs(judge.loc["ignores", "margin_vs_real"]) < 0.1
+
+
+def test_a_judge_that_did_not_learn_the_masks_is_undefined(discs):
+    images, masks = discs
+    table = mask_following_table((images, masks), {"plain": (images, masks)},
+                                 judges={"cnn": _texture_judge, "vit": _blind_judge})
+    blind = measure_rows(table, "judge_dice:vit")
+    assert (blind["status"] == "undefined").all() and blind["margin_vs_real"].isna().all()
+    assert blind.loc["real", "own"] == blind.loc["real", "shuffled"] == 0.0  # the same blob: no Dice, own or not
+    assert blind.loc["plain", "reason"] == ("the vit judge did not learn the masks: on its own training images its "
+                                            "Dice against their own masks is not above its Dice against shuffled "
+                                            "ones (real gap 0)")
+    # the other measures are unaffected; the cue's rows are the default of measure_rows
+    assert measure_rows(table).loc["plain", "margin_vs_real"] == pytest.approx(1.0)
+    assert measure_rows(table, "judge_dice:cnn").loc["plain", "status"] == "ok"
+    with pytest.raises(ValueError, match="no rows of measure"):
+        measure_rows(table, "judge_dice:unet")
+
+
+def test_judge_dice_margins_pair_each_prediction_with_its_own_and_the_deranged_mask(discs):
+    _, masks = discs
+    own, shuffled = judge_dice_margins(masks, masks, seed=0)
+    assert own == 1.0 and shuffled == 0.0
+    half = [m & (np.arange(SIZE)[None, :] < cx) for m, (_, cx) in zip(masks, CENTRES, strict=True)]
+    perm = derangement(len(masks), 3)
+    own, shuffled = judge_dice_margins([masks[j] for j in perm], masks, seed=3)  # predictions that follow perm
+    assert own == 0.0 and shuffled == 1.0
+    assert judge_dice_margins(half, masks)[0] == pytest.approx(np.mean(
+        [2 * h.sum() / (h.sum() + m.sum()) for h, m in zip(half, masks, strict=True)]))
+    with pytest.raises(ValueError, match="prediction 0 has shape"):
+        judge_dice_margins([np.zeros((4, 4), bool)] * 2, masks[:2])
+
+
+def test_one_sample_and_empty_masks_are_undefined_rows_not_errors(discs):
+    images, masks = discs
+    empty = [np.zeros((SIZE, SIZE), bool)] * 3
+    table = mask_following_table((images, masks), {"one": (images[:1], masks[:1]), "empty": (images[:3], empty)},
+                                 judges={"cnn": _texture_judge})
+    rows = table.set_index(["measure", "variant"])
+    assert rows.loc[("red_chromaticity", "real"), "status"] == "ok"
+    assert rows.loc[("red_chromaticity", "one"), "reason"].startswith("a single image: no other image's mask")
+    assert rows.loc[("judge_dice:cnn", "one"), "status"] == "undefined"
+    assert rows.loc[("red_chromaticity", "empty"), "reason"].startswith("every mask is empty or full")
+    # Dice is defined on empty masks: the judge finds the discs the masks do not mark
+    assert rows.loc[("judge_dice:cnn", "empty"), "status"] == "ok"
+
+
+def test_the_sentences_name_the_undefined_measure_and_the_plain_ratio(matched, tmp_path):
+    images, masks = matched
+    table = mask_following_table((images, masks), {"plain": (images, masks)}, judges={"cnn": _texture_judge})
+    sentences = mask_following_sentences(table)
+    assert len(sentences) == 2
+    assert sentences[0].startswith("Mask following by red chromaticity is undefined for every variant: the real "
+                                   "images' red chromaticity does not mark their masks (real gap -")
+    assert sentences[1].startswith("Mask following by the cnn judge's Dice: the real images validate it")
+    assert sentences[1].endswith("the plain samples follow their masks at 1.00 of the real images' gap.")
+    table.to_csv(tmp_path / "mask_following.csv", index=False)  # the file reads the same (empty reasons: NaN)
+    assert mask_following_sentences(tmp_path / "mask_following.csv") == sentences
+    discs_images = [_scene(m) for m in masks]
+    ignores = [_scene(_disc(16, 16, 4)) for _ in masks]
+    ok = mask_following_sentences(mask_following_table((discs_images, masks), {"plain": (ignores, masks)}))
+    assert ok == [(f"Mask following by red chromaticity: the real images validate it (own mask "
+                  f"{red_chromaticity_margin(discs_images, masks):.3g} against a shuffled mask "
+                  f"{shuffled_margin(discs_images, masks):.3g}); the plain samples follow their masks at 0.00 of "
+                  "the real images' gap.")]
+    with pytest.raises(ValueError, match="lacks columns"):
+        mask_following_sentences(table.drop(columns="status"))
+
+
+def test_the_judge_predictor_resizes_predicts_and_upsamples(discs):
+    """The workflow's judge path on a hand-made segmenter (R − G after ImageNet normalisation, a 1×1 conv): the red
+    discs come back at the images' own size."""
+    torch = pytest.importorskip("torch")
+    from hardgen.mask_following import judge_predictor
+
+    images, masks = discs
+    conv = torch.nn.Conv2d(3, 1, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1))
+        conv.bias.fill_(-1.5)
+    predictions = judge_predictor(conv, size=64, batch_size=3)(images)
+    assert len(predictions) == len(images) and all(p.shape == (SIZE, SIZE) and p.dtype == bool for p in predictions)
+    own, shuffled = judge_dice_margins(predictions, masks)
+    assert own > 0.9 and shuffled < 0.1

@@ -1,28 +1,48 @@
-"""Do generated samples follow their masks? A model-free measure on the images alone (torch-free).
+"""Do generated samples follow their masks? Two measures, each against the real images' own gap.
 
-A polyp is redder than the mucosa around it, so in a real image the red chromaticity ``R / (R + G + B)`` is higher
-inside the polyp's mask than outside it. A generator that places its polyp where the condition's mask says shows
-the same contrast against its own mask; against the mask of another image (a seeded derangement of the masks: no
-image keeps its own) the contrast is what chance placement gives. The measure is the gap between the two, as a
-fraction of the real training crops' gap at the generator's resolution (``margin_vs_real``: 1 = follows its masks
-as strongly as the real images do, 0 = ignores them). Chromaticity, not brightness, so a generator that gets the
-exposure wrong is not penalised, and specular highlights (white: 1/3) pull every region towards neutral alike.
-Grayscale modalities (ultrasound, CT, MRI: the real images' three channels are equal, :func:`hardgen.io.gray_to_rgb`)
-carry no chromaticity; there the cue is the grey level (Rec. 601 luma / 255) instead (:func:`mask_cue`), and the
-reference gap may be negative (a dark, hypoechoic lesion): the ratio keeps its meaning, only a zero gap is an error.
+Both compare each image with its own mask against a seeded derangement of the masks (another image's mask: no image
+keeps its own, :func:`derangement`), averaged over the set, and scale the gap by the real training images' same gap
+at the generator's resolution (``margin_vs_real``: 1 = follows its masks as strongly as the real images do, 0 =
+ignores them).
 
-The second column counts what real endoscope frames nearly always show and a generator that learned only texture
-does not: the black corners outside the octagonal field of view (:func:`dark_corners`).
+- **The image's own cue** (measure ``red_chromaticity``, or ``luma``; model-free, torch-free). A polyp is usually
+  redder than the mucosa around it, so in a real image the red chromaticity ``R / (R + G + B)`` is higher inside
+  the polyp's mask than outside it; a generator that places its polyp where the condition's mask says shows the
+  same contrast against its own mask, and against another image's mask what chance placement gives. Chromaticity,
+  not brightness, so a generator that gets the exposure wrong is not penalised, and specular highlights (white: 1/3)
+  pull every region towards neutral alike. Grayscale modalities (ultrasound, CT, MRI: the real images' three
+  channels are equal, :func:`hardgen.io.gray_to_rgb`) carry no chromaticity; there the cue is the grey level (Rec.
+  601 luma / 255) instead (:func:`mask_cue`), and the reference gap may be negative (a dark, hypoechoic lesion).
+  The cue need not mark the masks at all: many real colonoscopy polyps have the mucosa's colour (real gap ~0). The
+  cue is *validated* when the real gap is > 0 (red) or != 0 (grey level); otherwise every row of the measure is
+  written with its ``own`` and ``shuffled`` values, ``margin_vs_real`` NaN, ``status`` ``undefined`` and the
+  ``reason``: nothing can be measured against a reference that does not mark the masks.
+- **The real-only judges' Dice** (measure ``judge_dice:<arch>``, modality-agnostic: :func:`judge_dice_margins`).
+  Each judge (rule ``train_judge``, one per ``segment.archs`` entry at seed ``feedback.judge_seed``) predicts
+  every image; its Dice against the image's own mask minus against the deranged mask (the same derangement, the
+  same seed), over the real gap. The reference images are the judges' own training images, so the reference gap is
+  the judge at its best (a training-set Dice) and a sample's ratio is conservative: a generator whose samples are
+  as segmentable as unseen real images scores below 1. A real gap <= 0 means the judge did not learn the masks,
+  which is then the rows' reason.
 
-Used by rule ``mask_following`` (``results/tables/mask_following.csv``: one row per variant plus ``real``) for
-any base, tiny or SD1.5 on real data, and by the conditioning test of the training path.
+The last measure-free column counts what real endoscope frames nearly always show and a generator that learned
+only texture does not: the black corners outside the octagonal field of view (:func:`dark_corners`); it is a
+property of a set of images, written on the cue's rows and NaN on the judges' rows.
+
+Used by rule ``mask_following`` (``results/tables/mask_following.csv``: per measure, the ``real`` row then one row
+per variant; :func:`mask_following_sentences` says it in words for the report) for any base, tiny or SD1.5 on real
+data, and by the conditioning test of the training path and the pre-training model cards (the cue alone:
+:func:`mask_following_table` without judges, :func:`measure_rows`). The module imports no torch; the judges'
+loading (:func:`load_judges`) imports it when called.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +50,13 @@ import pandas as pd
 LOG = logging.getLogger("hardgen.mask_following")
 
 #: The table's columns, in order (``results/tables/mask_following.csv``).
-COLUMNS = ("variant", "own", "shuffled", "margin_vs_real", "dark_corners")
+COLUMNS = ("variant", "measure", "own", "shuffled", "margin_vs_real", "dark_corners", "status", "reason")
+#: The cue measure's name per cue (:func:`mask_cue`).
+CUE_MEASURES = {"red": "red_chromaticity", "luma": "luma"}
+#: A judge's measure: ``judge_dice:<arch>`` (the ``segment.archs`` key).
+JUDGE_PREFIX = "judge_dice:"
+#: ``status`` of a row: its ``margin_vs_real`` is a number (``ok``) or NaN for the ``reason`` given (``undefined``).
+OK, UNDEFINED = "ok", "undefined"
 #: Side of each corner patch as a fraction of the image side: 4 px at 64 px, 32 px at 512 px.
 CORNER_FRACTION = 1 / 16
 #: A corner patch is dark when its mean Rec. 601 luma (0-255) is below this. Measured on the demo's 24 training
@@ -39,6 +65,9 @@ CORNER_FRACTION = 1 / 16
 DARK_LUMA = 40.0
 #: Rec. 601 luma weights (R, G, B).
 LUMA = np.array([0.299, 0.587, 0.114])
+
+#: A judge as the table reads it: RGB uint8 (H, W, 3) images in, one bool (H, W) predicted mask per image out.
+Predict = Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]]
 
 
 def red_chromaticity(image: np.ndarray) -> np.ndarray:
@@ -154,29 +183,243 @@ def mask_following_row(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 Pairs = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]
 
 
-def mask_following_table(real: Pairs, variants: Mapping[str, Pairs], seed: int = 0) -> pd.DataFrame:
-    """One row per set (``real`` first, then ``variants`` in order): ``variant, own, shuffled, margin_vs_real,
-    dark_corners``, with ``margin_vs_real = (own − shuffled) / (real own − real shuffled)``.
+# ---------------------------------------------------------------------------------------------- the judges' Dice
+def judge_dice_margins(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0
+                       ) -> tuple[float, float]:
+    """``(own, shuffled)``: the mean Dice of each image's predicted mask against its own mask and against the mask
+    :func:`derangement` (``seed``) gives it, the chroma measure's pairing.
+
+    Bool ``(H, W)`` predictions and masks, one each per image, equal shapes (a mismatch raises ``ValueError`` naming
+    the index); Dice as :func:`hardgen.fidelity.dice` (an empty prediction on an empty mask is 1). Needs two images.
+    """
+    from hardgen.fidelity import dice
+
+    _check_pairs(predictions, masks)
+    perm = derangement(len(masks), seed)
+    own, shuffled = [], []
+    for i, prediction in enumerate(predictions):
+        prediction = np.asarray(prediction, dtype=bool)
+        for mask, out in ((masks[i], own), (masks[perm[i]], shuffled)):
+            mask = np.asarray(mask, dtype=bool)
+            if prediction.shape != mask.shape:
+                raise ValueError(f"mask following: prediction {i} has shape {prediction.shape}, the mask "
+                                 f"{mask.shape}")
+            out.append(float(dice(prediction, mask)))
+    return float(np.mean(own)), float(np.mean(shuffled))
+
+
+def judge_predictor(model: Any, size: int, device: Any = "cpu", batch_size: int = 16, name: str = "judge"
+                    ) -> Predict:
+    """A trained segmenter (:func:`hardgen.segment.load_segmenter`) as a :data:`Predict`: each image resized to
+    ``size`` and ImageNet-normalised (:func:`hardgen.segment.eval_transform`, as the judge was evaluated), its logits
+    (:func:`hardgen.segment.predict_logits`) upsampled bilinearly to the image's own size (as the benchmark's maps,
+    :mod:`hardgen.predict`) and thresholded at sigmoid 0.5 (:data:`hardgen.fidelity.PREDICTION_THRESHOLD`)."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from hardgen.fidelity import PREDICTION_THRESHOLD
+    from hardgen.segment import eval_transform, predict_logits
+
+    transform = eval_transform(size)
+    threshold = math.log(PREDICTION_THRESHOLD / (1.0 - PREDICTION_THRESHOLD))
+    model = model.to(device).eval()
+
+    @torch.inference_mode()
+    def predict(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for start in tqdm(range(0, len(images), batch_size), desc=f"mask following: {name}", unit="batch",
+                          leave=False):
+            batch = [np.asarray(image) for image in images[start:start + batch_size]]
+            x = torch.stack([transform(image=image)["image"].float() for image in batch]).to(device)
+            logits = predict_logits(model, x)
+            for image, logit in zip(batch, logits, strict=True):
+                up = F.interpolate(logit[None], size=image.shape[:2], mode="bilinear", align_corners=False)
+                out.append((up[0, 0] >= threshold).cpu().numpy())
+        return out
+
+    return predict
+
+
+def load_judges(specs: Mapping[str, Mapping[str, Any]], weights: Sequence[str | Path], size: int,
+                device: Any = "cpu") -> dict[str, Predict]:
+    """``{arch: Predict}`` of the real-only judges: ``specs`` are the ``segment.archs`` entries (in the order of
+    ``weights``, each a ``model.safetensors`` of rule ``train_judge``), ``size`` is ``segment.size``. Imports torch."""
+    from hardgen.segment import SegmenterSpec, load_segmenter
+
+    weights = [str(w) for w in weights]
+    if len(specs) != len(weights):
+        raise ValueError(f"mask following: {len(specs)} judge specs ({list(specs)}) but {len(weights)} weight files")
+    judges = {}
+    for (arch, spec), path in zip(specs.items(), weights, strict=True):
+        model = load_segmenter(SegmenterSpec.from_config(dict(spec), arch), path, device=device, config_key=arch)
+        judges[arch] = judge_predictor(model, size, device, name=f"judge {arch}")
+        LOG.info("mask following: judge %s from %s", arch, path)
+    return judges
+
+
+# ---------------------------------------------------------------------------------------------- the table
+#: Why a set of one image has no shuffled value.
+SINGLE = "a single image: no other image's mask to shuffle against"
+
+
+def _cue_values(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int, cue: str
+                ) -> tuple[float, float, str | None]:
+    """``(own, shuffled, why)``: the cue's margins of one set, or NaN and why they are undefined (good data)."""
+    if len(images) < 2:
+        return math.nan, math.nan, SINGLE
+    own = chroma_contrasts(images, masks, cue)
+    shuffled = chroma_contrasts(images, [masks[j] for j in derangement(len(masks), seed)], cue)
+    if not np.isfinite(own).any() or not np.isfinite(shuffled).any():
+        return math.nan, math.nan, "every mask is empty or full: no inside and outside to compare"
+    left_out = int((~np.isfinite(own)).sum())
+    if left_out:
+        LOG.info("mask following: %d of %d masks empty or full, left out", left_out, len(own))
+    return float(np.nanmean(own)), float(np.nanmean(shuffled)), None
+
+
+def _judge_values(predict: Predict, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int
+                  ) -> tuple[float, float, str | None]:
+    if len(images) < 2:
+        return math.nan, math.nan, SINGLE
+    predictions = list(predict(images))
+    if len(predictions) != len(images):
+        raise ValueError(f"mask following: the judge gave {len(predictions)} predictions for {len(images)} images")
+    own, shuffled = judge_dice_margins(predictions, masks, seed)
+    return own, shuffled, None
+
+
+def _invalid_reference(measure: str, gap: float) -> str | None:
+    """Why the real images do not validate ``measure`` (real gap ``gap``), or None when they do."""
+    if not math.isfinite(gap):
+        return None  # the real row's own reason (every mask empty or full) says it
+    if measure.startswith(JUDGE_PREFIX):
+        if gap > 0:
+            return None
+        return (f"the {measure.removeprefix(JUDGE_PREFIX)} judge did not learn the masks: on its own training "
+                f"images its Dice against their own masks is not above its Dice against shuffled ones (real gap "
+                f"{gap:.2g})")
+    if gap > 0 if measure == CUE_MEASURES["red"] else gap != 0:
+        return None
+    cue = "red chromaticity" if measure == CUE_MEASURES["red"] else "grey level"
+    return f"the real images' {cue} does not mark their masks (real gap {gap:.2g})"
+
+
+def _measure_rows(measure: str, values: Mapping[str, tuple[float, float, str | None]],
+                  corners: Mapping[str, float] | None) -> list[dict[str, Any]]:
+    """One measure's rows (``real`` first): margins over the real gap, or NaN with the reason."""
+    real_own, real_shuffled, real_why = values["real"]
+    gap = real_own - real_shuffled
+    invalid = f"the real images' gap is undefined: {real_why}" if real_why else _invalid_reference(measure, gap)
+    if invalid:
+        LOG.warning("mask following: %s is undefined: %s", measure, invalid)
+    else:
+        LOG.info("mask following: %s: the real images' gap %.4g (own %.4g, shuffled %.4g)", measure, gap, real_own,
+                 real_shuffled)
+    rows = []
+    for name, (own, shuffled, why) in values.items():
+        reason = invalid or why
+        rows.append({
+            "variant": name, "measure": measure, "own": own, "shuffled": shuffled,
+            "margin_vs_real": math.nan if reason else (own - shuffled) / gap,
+            "dark_corners": corners[name] if corners is not None else math.nan,
+            "status": UNDEFINED if reason else OK, "reason": reason or "",
+        })
+    return rows
+
+
+def mask_following_table(real: Pairs, variants: Mapping[str, Pairs], seed: int = 0,
+                         judges: Mapping[str, Predict] | None = None) -> pd.DataFrame:
+    """The table :data:`COLUMNS`: per measure, ``real`` first, then ``variants`` in order, with
+    ``margin_vs_real = (own − shuffled) / (real own − real shuffled)``.
 
     ``real`` and each variant are ``(images, masks)``: RGB uint8 ``(H, W, 3)`` images with their bool masks, every
-    set at the same resolution (the generator's). The cue is red chromaticity, or the grey level when every real
-    image is grayscale (:func:`mask_cue`). A real margin ≤ 0 for red (0 for grey; a dark lesion gives a negative one)
-    means the real images' cue does not mark their masks, so nothing can be measured against it: ``ValueError``.
+    set at the same resolution (the generator's). The cue measure comes first: red chromaticity
+    (``red_chromaticity``), or the grey level (``luma``) when every real image is grayscale (:func:`mask_cue`); then
+    one ``judge_dice:<arch>`` measure per entry of ``judges`` (``{arch: Predict}``, e.g. :func:`load_judges`; none:
+    the cue alone, one row per set). ``dark_corners`` is on the cue's rows (NaN on the judges').
+
+    A measure the real images do not validate (real gap ≤ 0 for red chromaticity and a judge's Dice, 0 for the grey
+    level, or undefined) keeps its ``own`` and ``shuffled`` values with ``margin_vs_real`` NaN, ``status``
+    ``undefined`` and the ``reason``; so does a variant whose own margins are undefined (one image, every mask empty
+    or full). Invalid input raises ``ValueError``: fewer than 2 real images, images and masks of different counts or
+    sizes, a variant named ``real``, an empty variant.
     """
     if "real" in variants:
         raise ValueError("mask following: 'real' is the reference row's name, not a variant")
+    sets = {"real": real, **variants}
+    for name, (images, masks) in sets.items():
+        if len(images) != len(masks):
+            raise ValueError(f"mask following: {name}: {len(images)} images but {len(masks)} masks")
+        if not len(images):
+            raise ValueError(f"mask following: {name}: no images")
+    if len(real[0]) < 2:
+        raise ValueError(f"mask following: {len(real[0])} real image; the reference needs at least 2 (a single "
+                         "image has no other mask)")
     cue = "luma" if is_grayscale(real[0]) else "red"  # grayscale modalities: the grey level, not chromaticity
-    rows = [{"variant": "real", **mask_following_row(*real, seed=seed, cue=cue)}]
-    rows += [{"variant": name, **mask_following_row(*pairs, seed=seed, cue=cue)} for name, pairs in variants.items()]
-    reference = rows[0]["own"] - rows[0]["shuffled"]
-    if not (reference > 0 if cue == "red" else reference != 0):
-        raise ValueError(f"mask following: the real images' own-vs-shuffled margin is {reference:.4g}: their "
-                         f"{'red chromaticity' if cue == 'red' else 'grey level'} does not mark their masks, so no "
-                         "sample can be measured against it")
     LOG.info("mask following: cue %s (real images %s)", cue, "grayscale" if cue == "luma" else "in colour")
-    for row in rows:
-        row["margin_vs_real"] = (row["own"] - row["shuffled"]) / reference
+    corners = {name: dark_corners(images) for name, (images, _) in sets.items()}
+    rows = _measure_rows(CUE_MEASURES[cue], {name: _cue_values(*pairs, seed, cue) for name, pairs in sets.items()},
+                         corners)
+    for arch, predict in (judges or {}).items():
+        values = {name: _judge_values(predict, *pairs, seed) for name, pairs in sets.items()}
+        rows += _measure_rows(f"{JUDGE_PREFIX}{arch}", values, None)
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def measure_rows(table: pd.DataFrame, measure: str | None = None) -> pd.DataFrame:
+    """The rows of one measure indexed by ``variant``; ``measure`` None: the cue measure (``red_chromaticity`` or
+    ``luma``), the one whose ``margin_vs_real`` the pre-training cards and the conditioning test read."""
+    if measure is None:
+        cues = [m for m in table["measure"].unique() if m in CUE_MEASURES.values()]
+        if len(cues) != 1:
+            raise ValueError(f"mask following: expected one cue measure in the table, found {cues}")
+        measure = cues[0]
+    rows = table[table["measure"] == measure]
+    if rows.empty:
+        raise ValueError(f"mask following: no rows of measure {measure!r} (measures: "
+                         f"{list(table['measure'].unique())})")
+    return rows.set_index("variant")
+
+
+def _measure_label(measure: str) -> str:
+    if measure.startswith(JUDGE_PREFIX):
+        return f"the {measure.removeprefix(JUDGE_PREFIX)} judge's Dice"
+    return {"red_chromaticity": "red chromaticity", "luma": "grey level"}.get(measure, measure)
+
+
+def mask_following_sentences(table: pd.DataFrame | str | Path, variant: str = "plain") -> list[str]:
+    """One plain sentence per measure of a mask-following table (a DataFrame or ``mask_following.csv``): whether
+    the real images validate it and, if not, why its rows are undefined; on a validated measure, the ``variant``'s
+    (the plain samples') ratio to the real images' gap, or why it has none."""
+    from hardgen.io import DataError, table_or_csv
+
+    name, frame = table_or_csv(table, "mask-following table")
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{name}: lacks columns {missing}")
+    sentences = []
+    for measure in frame["measure"].unique():
+        rows = frame[frame["measure"] == measure].set_index("variant")
+        label = _measure_label(measure)
+        if "real" not in rows.index:
+            raise DataError(f"{name}: measure {measure!r} has no real row")
+        real = rows.loc["real"]
+        if real["status"] != OK:
+            reason = real["reason"] if isinstance(real["reason"], str) and real["reason"] else "no reason recorded"
+            sentences.append(f"Mask following by {label} is undefined for every variant: {reason}.")
+            continue
+        sentence = (f"Mask following by {label}: the real images validate it (own mask {real['own']:.3g} against "
+                    f"a shuffled mask {real['shuffled']:.3g})")
+        if variant in rows.index:
+            row = rows.loc[variant]
+            if row["status"] == OK:
+                sentence += (f"; the {variant} samples follow their masks at {row['margin_vs_real']:.2f} of the real "
+                             "images' gap")
+            else:
+                sentence += f"; the {variant} samples' ratio is undefined ({row['reason']})"
+        sentences.append(sentence + ".")
+    return sentences
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -197,12 +440,14 @@ def mask_following_from_files(
     generated: Mapping[str, str | Path],
     size: int,
     seed: int = 0,
+    judges: Mapping[str, Predict] | None = None,
 ) -> pd.DataFrame:
     """:func:`mask_following_table` of the workflow's files.
 
     ``real``: the real training images of the conditions table (layouts without a real image are left out) at
-    ``size`` with their conditions' masks; each variant: the images and masks of its generated manifest
-    (``results/generated/<variant>/manifest.csv``).
+    ``size`` with their conditions' masks, the images the judges were trained on; each variant: the images and
+    masks of its generated manifest (``results/generated/<variant>/manifest.csv``); ``judges``: as
+    :func:`mask_following_table` (rule ``mask_following``: :func:`load_judges`).
     """
     from hardgen.io import DataError
     from hardgen.train_data import load_training_pairs
@@ -213,9 +458,13 @@ def mask_following_from_files(
     real = read_pairs(list(pairs["image"]), list(pairs["mask"]), size)
     variants = {}
     for name, manifest in generated.items():
+        if not Path(manifest).is_file():
+            raise DataError(f"{manifest}: generated manifest not found")
         frame = pd.read_csv(manifest)
         missing = [c for c in ("image", "mask") if c not in frame.columns]
         if missing:
             raise DataError(f"{manifest}: generated manifest lacks columns {missing}")
+        if frame.empty:
+            raise DataError(f"{manifest}: generated manifest has no samples")
         variants[name] = read_pairs(list(frame["image"]), list(frame["mask"]), size)
-    return mask_following_table(real, variants, seed=seed)
+    return mask_following_table(real, variants, seed=seed, judges=judges)

@@ -294,7 +294,7 @@ def measure_mask_following(base: str | Path, lora_dir: str | Path, settings: Ada
     held-out real images of the same masks: ``own, shuffled, margin_vs_real, dark_corners`` and the real row's."""
     from hardgen.data import HELDOUT_STREAM
     from hardgen.generate import load_generation_pipeline
-    from hardgen.mask_following import mask_following_table
+    from hardgen.mask_following import mask_following_table, measure_rows
     from hardgen.sampling import Sampling, to_uint8
 
     images, masks, conditions = render_pairs(settings, settings.heldout, HELDOUT_STREAM)
@@ -308,7 +308,7 @@ def measure_mask_following(base: str | Path, lora_dir: str | Path, settings: Ada
         samples.append(to_uint8(sampling(pipe, batch, generators).images))
     table = mask_following_table((list(images), list(masks)), {"adapter": (list(np.concatenate(samples)), list(masks))},
                                  seed=settings.seed)
-    adapter, real = (table.set_index("variant").loc[name] for name in ("adapter", "real"))
+    adapter, real = (measure_rows(table).loc[name] for name in ("adapter", "real"))  # the cue's rows
     return ({key: float(adapter[key]) for key in ("own", "shuffled", "margin_vs_real", "dark_corners")}
             | {f"real_{key}": float(real[key]) for key in ("own", "shuffled", "dark_corners")})
 

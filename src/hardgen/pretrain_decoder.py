@@ -156,13 +156,13 @@ def train_decoder(vae: torch.nn.Module, pixels: torch.Tensor, moments: torch.Ten
 def reconstruction_measure(vae: torch.nn.Module, images: np.ndarray, masks: np.ndarray, seed: int) -> dict[str, float]:
     """Held-out PSNR and the mask-following row of ``decode(encode(x).mode())`` against the images themselves:
     how much of the real images' own-vs-shuffled margin (:mod:`hardgen.mask_following`) the VAE keeps."""
-    from hardgen.mask_following import mask_following_table
+    from hardgen.mask_following import mask_following_table, measure_rows
     from hardgen.sampling import to_uint8
 
     recon = reconstructions(vae, images)
     pixels = to_uint8(((recon + 1) / 2).permute(0, 2, 3, 1).numpy())
     table = mask_following_table((list(images), list(masks)), {"recon": (list(pixels), list(masks))}, seed=seed)
-    row = table.set_index("variant").loc["recon"]
+    row = measure_rows(table).loc["recon"]  # the cue's row
     return {"psnr": float(psnr(images, recon).mean()), "margin_vs_real": float(row["margin_vs_real"]),
             "dark_corners": float(row["dark_corners"])}
 

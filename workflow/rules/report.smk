@@ -78,13 +78,18 @@ rule report:
         "../scripts/report.py"
 
 
-# Do the samples follow their masks? Red chromaticity inside vs outside each sample's own mask against a shuffled
-# mask, as a fraction of the real training crops' margin, and the endoscope's dark corners (hardgen.mask_following).
+# Do the samples follow their masks? Two measures, each against the real training crops' same gap: red chromaticity
+# (grayscale: the grey level) inside vs outside each sample's own mask against a shuffled mask, and the real-only
+# judges' Dice (every segment.archs entry's train_judge at feedback.judge_seed) against the own vs the shuffled mask;
+# the endoscope's dark corners. A measure the real images do not validate is written undefined, with its reason
+# (hardgen.mask_following).
 rule mask_following:
     input:
         manifest=L("manifest"),
         conditions=L("conditions"),
         generated=expand_n(L("generated"), variant=VARIANTS),
+        # the judges' weights, in the order of params.specs
+        judges=[judge_path(arch) for arch in ARCHS],
     output:
         report(L("table", table="mask_following.csv"), category="Hardness", caption="../report/mask_following.rst"),
     log:
@@ -94,10 +99,14 @@ rule mask_following:
     params:
         resolution=config["model"]["resolution"],
         seed=config["seed"],  # the shuffled masks' derangement
+        # the arch of each judge, in order, and the size they predict at
+        specs=arch_specs(ARCHS),
+        size=config["segment"]["size"],
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
     conda:
         ENV
     script:
