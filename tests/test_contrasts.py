@@ -145,3 +145,78 @@ def test_report_contrasts_from_eval_tables_with_one_custom_test_set(tmp_path) ->
     assert "| arch | policy | ratio | seeds | Clinic-X | mean | overall |" in md
     assert md.index("## Primary contrast") < md.index("## Which differences") < md.index("## mIoU")
     assert "| cnn | 4 | bootstrap_images | +0.045 |" in md
+
+
+# ----------------------------------------------------------------- missing per-image values (e.g. binary HD95)
+NAN = float("nan")
+
+
+def test_the_bootstrap_pairs_only_images_defined_in_both_runs(caplog) -> None:
+    """Per-image HD95 where a segmenter predicted empty maps (NaN): n is the count of images defined on both sides, and
+    the interval is the bootstrap over exactly those hand-filtered pairs."""
+    mine = _images({"Site-A": [3.0, NAN, 5.0, 2.0, 4.0], "Site-B": [NAN, 6.0, 1.5]}, "HD95")
+    theirs = _images({"Site-A": [2.0, 4.0, NAN, 2.5, 1.0], "Site-B": [3.0, 5.0, 1.0]}, "HD95")
+    images = {("cnn", "hard", 1.0, 0): mine, ("cnn", "real", 0.0, 0): theirs}
+    diffs = _differences([("cnn", "hard", 1.0, "real", 0, "HD95", NAN, 0.4)])  # a test-set mean may be NaN too
+    table = contrasts.contrast_table(diffs, TESTSETS, images).set_index("metric")
+    # by hand: Site-A images 0, 3, 4 are defined in both runs, Site-B images 1, 2
+    pairs = [np.array([3.0 - 2.0, 2.0 - 2.5, 4.0 - 1.0]), np.array([6.0 - 5.0, 1.5 - 1.0])]
+    assert table["n"].tolist() == [5, 5] and set(table["method"]) == {"bootstrap_images"}
+    for metric, statistic in (("HD95", contrasts.mean_over_testsets), ("HD95@overall", contrasts.pooled_mean)):
+        expected = contrasts.bootstrap_interval(pairs, statistic)
+        assert tuple(table.loc[metric, ["mean_diff", "ci_low", "ci_high"]]) == pytest.approx(expected, abs=1e-12)
+    # a test set with no image defined in both runs is left out of that contrast, and the log says so
+    gone = {**images, ("cnn", "real", 0.0, 0): theirs.assign(
+        value=np.where(theirs["testset"] == "Site-B", NAN, theirs["value"]))}
+    with caplog.at_level("INFO", logger="hardgen.contrasts"):
+        left = contrasts.contrast_table(diffs, TESTSETS, gone).set_index("metric")
+    assert left.loc["HD95", "n"] == 3
+    assert left.loc["HD95", "mean_diff"] == pytest.approx(contrasts.bootstrap_interval(pairs[:1],
+                                                                                       contrasts.mean_over_testsets)[0])
+    assert "no image of Site-B has a value in both runs" in caplog.text
+
+
+def test_a_contrast_without_any_defined_pair_is_an_undefined_row() -> None:
+    mine = _images({"Site-A": [NAN, NAN], "Site-B": [NAN]}, "HD95")  # an empty map on every image
+    theirs = _images({"Site-A": [2.0, 3.0], "Site-B": [1.0]}, "HD95")
+    diffs = _differences([("cnn", "hard", 1.0, "real", 0, "HD95", NAN, NAN)])
+    table = contrasts.contrast_table(diffs, TESTSETS, {("cnn", "hard", 1.0, 0): mine, ("cnn", "real", 0.0, 0): theirs})
+    assert table["metric"].tolist() == ["HD95", "HD95@overall"]  # kept, not dropped and not an error
+    assert (table["n"] == 0).all() and table[["mean_diff", "ci_low", "ci_high"]].isna().all(axis=None)
+    assert contrasts.undefined(table).all() and not contrasts.excludes_zero(table).any()
+    assert contrasts.describe(table.iloc[0]) == ("cnn: hard − real ×1, HD95 undefined (no test image with a value "
+                                                 "in both runs)")
+    # the noise sentences: undefined rows are listed as such, never counted as distinguishable or not
+    defined = pd.DataFrame([{"arch": "cnn", "policy": "plain", "ratio": 1.0, "versus": "real", "metric": "HD95",
+                             "n": 5, "mean_diff": 0.5, "ci_low": 0.1, "ci_high": 0.9, "method": "bootstrap_images"}])
+    text = " ".join(contrasts.noise_sentences(pd.concat([table, defined], ignore_index=True), ["HD95"]))
+    distinct, rest = text.split("Undefined")
+    assert "plain − real ×1, HD95 +0.500" in distinct and "hard − real" not in distinct and "nan" not in text
+    assert "hard − real ×1, HD95 undefined" in rest and "Not distinguishable" not in text
+    only = contrasts.noise_sentences(table, ["HD95"])
+    assert only[0].startswith("Every contrast is undefined") and "distinguishable" not in " ".join(only)
+
+
+def test_seeds_with_an_undefined_difference_are_dropped_before_the_t_interval() -> None:
+    rows = [("cnn", "hard", 1.0, "real", s, "HD95", d, d) for s, d in enumerate([0.1, NAN, 0.3, 0.2])]
+    table = contrasts.contrast_table(_differences(rows), TESTSETS).set_index("metric")
+    assert table.loc["HD95", "n"] == 3 and table.loc["HD95", "method"] == "t_seeds"
+    assert table.loc["HD95", "mean_diff"] == pytest.approx(contrasts.t_interval([0.1, 0.3, 0.2])[0])
+    # one seed left: the bootstrap over that seed's images (seed 2), as with a single seed
+    one_left = [("cnn", "hard", 1.0, "real", s, "HD95", d, d) for s, d in enumerate([NAN, NAN, 0.3])]
+    mine, theirs = _images({"Site-A": [3.0, NAN], "Site-B": [2.0]}, "HD95"), _images({"Site-A": [2.0, 1.0],
+                                                                                       "Site-B": [2.5]}, "HD95")
+    images = {("cnn", "hard", 1.0, 2): mine, ("cnn", "real", 0.0, 2): theirs}
+    boot = contrasts.contrast_table(_differences(one_left), TESTSETS, images).set_index("metric")
+    assert boot.loc["HD95", "method"] == "bootstrap_images" and boot.loc["HD95", "n"] == 2
+    assert boot.loc["HD95", "mean_diff"] == pytest.approx((1.0 - 0.5) / 2)
+
+
+def test_missing_per_image_values_are_data_a_string_is_an_error(tmp_path) -> None:
+    path = tmp_path / "seed-0.images.csv"
+    path.write_text("testset,image,metric,value\nA,a,HD95,\nA,b,HD95,nan\nA,c,HD95,2.5\nA,c,mDice,0.8\n")
+    table = contrasts.read_images(path)
+    assert table["value"].isna().tolist() == [True, True, False, False]
+    path.write_text("testset,image,metric,value\nA,a,HD95,\nA,b,HD95,far\n")
+    with pytest.raises(DataError, match=r"seed-0\.images\.csv: non-numeric per-image values.*'far'"):
+        contrasts.read_images(path)

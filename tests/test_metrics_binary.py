@@ -74,7 +74,8 @@ def test_testset_means_overall_and_missing_hd95(tmp_path) -> None:
     pred, gt = _binary_tree(tmp_path)
     table = metrics.evaluate_maps(pred, gt, protocol="binary")
     assert table["testset"].unique().tolist() == ["B", "site-A", metrics.OVERALL]
-    assert table["metric"].tolist() == list(metrics.BINARY_METRICS) * 3
+    assert table["metric"].tolist() == list(metrics.BINARY_METRICS + metrics.BINARY_COUNTS) * 3
+    assert metrics.PROTOCOL_METRICS["binary"] == metrics.BINARY_METRICS + ("HD95_undefined", "n_images")
     value = table.set_index(["testset", "metric"])["value"]
     shifted = metrics.score_binary_image(_square(10, 13), _square(10, 10))
     assert value[("site-A", "mDice")] == pytest.approx((shifted["mDice"] + 1.0) / 2)  # empty/empty counts 1
@@ -82,6 +83,9 @@ def test_testset_means_overall_and_missing_hd95(tmp_path) -> None:
     assert value[("B", "mDice")] == 1.0 and value[("B", "HD95")] == 0.0
     assert value[("overall", "mDice")] == pytest.approx((shifted["mDice"] + 2.0) / 3)
     assert value[("overall", "HD95")] == pytest.approx(1.5)
+    # beside each HD95 mean: over how many images it is (site-A's empty GT has none)
+    assert [value[(t, "HD95_undefined")] for t in ("B", "site-A", "overall")] == [0, 1, 1]
+    assert [value[(t, "n_images")] for t in ("B", "site-A", "overall")] == [1, 2, 3]
     # the toolbox protocol on the same maps gives its own rows
     assert metrics.evaluate_maps(pred, gt)["metric"].tolist()[:7] == list(metrics.METRICS)
     with pytest.raises(ValueError, match="evaluate.protocol"):
@@ -113,7 +117,11 @@ def test_a_testset_without_any_hd95_reports_it_missing(tmp_path) -> None:
     table = metrics.evaluate_maps(tmp_path / "pred", tmp_path / "gt", protocol="binary")
     hd95 = table.loc[table.metric == "HD95", "value"]
     assert hd95.isna().all() and len(hd95) == 2
-    assert (table.loc[table.metric != "HD95", "value"] == 1.0).all()
+    scores = table[table.metric.isin(metrics.BINARY_METRICS[:-1])]
+    assert len(scores) == 10 and (scores["value"] == 1.0).all()
+    counts = table[table.metric.isin(metrics.BINARY_COUNTS)].set_index(["testset", "metric"])["value"]
+    assert counts.to_dict() == {("only", "HD95_undefined"): 1, ("only", "n_images"): 1,
+                                ("overall", "HD95_undefined"): 1, ("overall", "n_images"): 1}
 
 
 def test_evaluate_maps_command_binary_protocol(capsys, tmp_path) -> None:
@@ -124,7 +132,7 @@ def test_evaluate_maps_command_binary_protocol(capsys, tmp_path) -> None:
     assert summary == {"out": str(out), "protocol": "binary", "testsets": ["B", "site-A"], "images": 3}
     table = pd.read_csv(out)
     assert table.groupby("testset")["metric"].apply(list).to_dict() == {
-        t: list(metrics.BINARY_METRICS) for t in ("B", "site-A", "overall")}
+        t: list(metrics.PROTOCOL_METRICS["binary"]) for t in ("B", "site-A", "overall")}
     pd.testing.assert_frame_equal(table, metrics.evaluate_maps(pred, gt, protocol="binary"), check_exact=False,
                                   rtol=0, atol=1e-12)
     with pytest.raises(SystemExit):
@@ -155,3 +163,79 @@ def test_binary_maps_are_probabilities_without_min_max(tmp_path) -> None:
     binary, toolbox = read_gray(tmp_path / "binary" / "T" / "m.png"), read_gray(tmp_path / "toolbox" / "T" / "m.png")
     assert binary[0, 0] == round(255 / (1 + math.e)) and binary[-1, 0] == round(255 / (1 + math.exp(-1)))
     assert toolbox[0, 0] == 0 and toolbox[-1, 0] == 255  # min-max stretches the same map to 0..255
+
+
+# ------------------------------------------------------------------ a segmenter that predicts empty maps
+#: Per run (policy, ratio) and test set: each image's predicted square, shifted right by that many px from its ground
+#: truth (a 10 px square at (10, 10)), or None for an EMPTY prediction (HD95 undefined; Dice 0, still defined).
+#: Test set "part": the segmenter misses some images; "missed": real misses every image (its HD95 undefined throughout).
+EMPTY_RUNS = {
+    ("real", 0.0): {"part": {"a": 1, "b": 3, "c": None, "d": None}, "missed": {"x": None, "y": None, "z": None}},
+    ("hard", 1.0): {"part": {"a": 2, "b": None, "c": 1, "d": None}, "missed": {"x": 1, "y": None, "z": None}},
+    ("plain", 1.0): {"part": dict.fromkeys("abcd"), "missed": dict.fromkeys("xyz")},  # every map empty
+}
+
+
+def _empty_prediction_runs(root):
+    """Score each run of :data:`EMPTY_RUNS` from its saved maps under the binary protocol and write its evaluation and
+    per-image tables as the evaluate rule does; returns ``({run key: eval csv}, {run key: images csv}, pairs)``."""
+    from hardgen.io import write_csv
+
+    gt = _square(10, 10)
+    evals, images, pairs = {}, {}, {}
+    for (policy, ratio), testsets in EMPTY_RUNS.items():
+        for testset, shifts in testsets.items():
+            for stem, shift in shifts.items():
+                write_mask(root / "gt" / testset / "masks" / f"{stem}.png", gt)
+                prob = np.full((40, 40), 20) if shift is None else np.where(_square(10, 10 + shift), 200, 20)
+                write_image(root / policy / testset / f"{stem}.png", prob.astype(np.uint8))
+        pairs[policy] = metrics.find_map_pairs(root / policy, root / "gt")
+        table, per_image = metrics.score_testsets_with_images(pairs[policy], protocol="binary")
+        key = ("cnn", policy, ratio, 0)
+        evals[key], images[key] = root / "eval" / policy / "seed-0.csv", root / "eval" / policy / "seed-0.images.csv"
+        write_csv(evals[key], table)
+        write_csv(images[key], per_image)
+    return evals, images, pairs
+
+
+def test_empty_predictions_leave_hd95_undefined_and_the_report_reads_it(tmp_path) -> None:
+    from hardgen import contrasts, report
+
+    evals, images, _ = _empty_prediction_runs(tmp_path)
+    gt = _square(10, 10)
+    own = {shift: metrics.score_binary_image(_square(10, 10 + shift), gt)["HD95"] for shift in (1, 2, 3)}
+    assert own[3] == pytest.approx(3.0)
+    real = pd.read_csv(evals[("cnn", "real", 0.0, 0)]).set_index(["testset", "metric"])["value"]
+    # part: HD95 over its two found images only (an empty map would otherwise pull the mean to 0 or make it NaN)
+    assert real[("part", "HD95")] == pytest.approx((own[1] + own[3]) / 2)
+    assert (real[("part", "HD95_undefined")], real[("part", "n_images")]) == (2, 4)
+    assert real[("part", "mDice")] < 0.5 and real[("part", "Sensitivity")] < 1  # the empty maps' Dice 0 counts
+    assert np.isnan(real[("missed", "HD95")]) and (real[("missed", "HD95_undefined")], real[("missed", "n_images")]) == (3, 3)
+    assert real[("missed", "mDice")] == 0.0 and real[("missed", "Specificity")] == 1.0  # defined: empty map, full GT
+    assert real[("overall", "HD95")] == pytest.approx((own[1] + own[3]) / 2)
+    assert (real[("overall", "HD95_undefined")], real[("overall", "n_images")]) == (5, 7)
+    per_image = pd.read_csv(images[("cnn", "real", 0.0, 0)])
+    undefined = per_image[(per_image.metric == "HD95") & per_image.value.isna()]
+    assert sorted(undefined["image"]) == ["c", "d", "x", "y", "z"]
+
+    # the report reads the NaN: the benchmark keeps it, the mean over test sets is NaN (not 0, not part's alone)
+    long = report.benchmark_long(evals)
+    summary = report.benchmark_summary(long, metrics=["HD95"], testsets=["part", "missed"]).set_index("policy")
+    assert np.isnan(summary.loc["real", "missed"]) and np.isnan(summary.loc["real", "mean"])
+    assert summary.loc["hard", "mean"] == pytest.approx(((own[2] + own[1]) / 2 + own[1]) / 2)
+    # the paired bootstrap: only images defined in both runs; hard − real pairs part/a alone (missed: real has none)
+    diffs = report.paired_differences(long, metrics=["mDice", "HD95"], testsets=["part", "missed"])
+    table = contrasts.contrast_table(diffs, ["part", "missed"], images).set_index(["policy", "versus", "metric"])
+    assert table.loc[("hard", "real", "HD95"), "n"] == 1
+    assert table.loc[("hard", "real", "HD95"), "mean_diff"] == pytest.approx(own[2] - own[1])
+    assert table.loc[("hard", "real", "HD95@overall"), "n"] == 1
+    assert table.loc[("hard", "real", "mDice"), "n"] == 7  # Dice is defined for every image
+    # plain predicts nothing: no pair with a defined HD95 at all, kept as an undefined row
+    for metric in ("HD95", "HD95@overall"):
+        row = table.loc[("hard", "plain", metric)]
+        assert row["n"] == 0 and row[["mean_diff", "ci_low", "ci_high"]].isna().all()
+    md = report.benchmark_markdown(long, testsets=["part", "missed"])
+    assert ("HD95 is undefined for 5 of 7 test images of cnn/real seed 0 (an empty prediction or ground truth); its "
+            "HD95 means are over the defined images (missed: none defined, NaN).") in md
+    assert "HD95 is undefined for 4 of 7 test images of cnn/hard ×1 seed 0" in md
+    assert "HD95 is undefined for all 7 test images of cnn/plain ×1 seed 0" in md and "missing (NaN)" in md

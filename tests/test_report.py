@@ -618,3 +618,121 @@ def test_skipped_runs_are_listed_as_infeasible_and_left_out_of_every_comparison(
     markdown = report.benchmark_markdown(long, infeasible_df=infeasible)
     assert "## Subsets that could not be filled" in markdown and "| hard_faithful | 1 | 0 | 20 | 24 |" in markdown
     assert "could not be filled" not in report.benchmark_markdown(long, infeasible_df=infeasible.head(0))
+
+
+# ------------------------------------------------------------- missing values (the binary protocol's HD95)
+def test_benchmark_long_keeps_missing_values_and_names_a_non_numeric_one(tmp_path: Path) -> None:
+    path = tmp_path / "eval" / "seed-0.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("testset,metric,value\nA,mDice,0.5\nA,HD95,\nB,HD95,nan\nB,mDice,0.7\n")
+    long = report.benchmark_long({("cnn", "real", 0.0, 0): path}).set_index(["testset", "metric"])["value"]
+    assert long.isna().to_dict() == {("A", "HD95"): True, ("A", "mDice"): False, ("B", "HD95"): True,
+                                     ("B", "mDice"): False}
+    path.write_text("testset,metric,value\nA,mDice,0.5\nA,HD95,n/a px\n")
+    with pytest.raises(DataError, match=r"seed-0\.csv: non-numeric entry 'n/a px'.*testset A, metric HD95"):
+        report.benchmark_long({("cnn", "real", 0.0, 0): path})
+
+
+def _hd95_long() -> pd.DataFrame:
+    """HD95 of cnn on test sets A and B, seeds 0 and 1: real's B is undefined for every seed (no defined image),
+    hard's seed 1 has no defined HD95 anywhere; plus mDice, always defined."""
+    rows = []
+    for policy, ratio, values in (("real", 0.0, {0: (4.0, np.nan), 1: (6.0, np.nan)}),
+                                  ("hard", 1.0, {0: (3.0, 5.0), 1: (np.nan, np.nan)})):
+        for seed, (a, b) in values.items():
+            rows += [("cnn", policy, ratio, seed, "A", "HD95", a), ("cnn", policy, ratio, seed, "B", "HD95", b),
+                     ("cnn", policy, ratio, seed, "A", "mDice", 0.5 + seed / 10),
+                     ("cnn", policy, ratio, seed, "B", "mDice", 0.6)]
+    return pd.DataFrame(rows, columns=report.BENCHMARK_COLUMNS)
+
+
+def test_means_with_missing_values_are_nan_never_0_nor_over_the_other_testsets() -> None:
+    summary = report.benchmark_summary(_hd95_long(), metrics=["HD95"], testsets=["A", "B"])
+    cells = summary.set_index(["policy", "seed"])
+    assert list(summary.columns[-4:]) == ["A", "B", "mean", "overall"]  # B kept though all its values are missing
+    assert cells.loc[("real", 0), "A"] == 4.0 and np.isnan(cells.loc[("real", 0), "B"])
+    assert np.isnan(cells.loc[("real", 0), "mean"])  # not 4.0 (A alone) and not 2.0 (B as 0)
+    assert cells.loc[("hard", 0), "mean"] == pytest.approx(4.0)
+    assert np.isnan(cells.loc[("hard", 1), "mean"])  # a run whose every value is missing keeps its row
+    # the cells over seeds: the defined seeds, and how many of them; none defined: "–", never 0
+    assert report._mean_sd(pd.Series([4.0, 6.0])) == f"5.000 ± {np.std([4.0, 6.0], ddof=1):.3f}"
+    assert report._mean_sd(cells.loc["hard", "A"]) == "3.000 (1 of 2 seeds)"
+    assert report._mean_sd(cells.loc["real", "mean"]) == "–"
+
+
+class _Saved:
+    """Captures the figures a plot function saves (then saves them as it would)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.figures, original = [], report._save_figure
+
+        def save(figure, out_png):
+            self.figures.append(figure)
+            original(figure, out_png)
+
+        monkeypatch.setattr(report, "_save_figure", save)
+
+
+def test_plots_skip_missing_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = _Saved(monkeypatch)
+    long = _hd95_long()
+    long.loc[(long.policy == "hard") & (long.metric == "mDice"), "value"] = np.nan  # hard: no defined mDice
+    report.plot_benchmark(long, tmp_path / "benchmark.png")
+    assert _is_png(tmp_path / "benchmark.png")
+    bars = [p.get_height() for p in saved.figures[-1].axes[0].patches]
+    # real's bar alone: mean over seeds of (0.5 + 0.6) / 2 and (0.6 + 0.6) / 2; hard has none (not a bar of 0)
+    assert bars == pytest.approx([(0.55 + 0.6) / 2])
+    report.plot_ratio(long, tmp_path / "ratio.png", metrics=["mDice", "HD95"])
+    assert _is_png(tmp_path / "ratio.png")
+    drawn = [y for ax in saved.figures[-1].axes for line in ax.get_lines() for y in np.atleast_1d(line.get_ydata())]
+    assert drawn and np.isfinite(drawn).all() and 0.0 not in drawn
+    hd95 = next(ax for ax in saved.figures[-1].axes if ax.get_title() == "cnn: HD95")
+    assert hd95.get_legend_handles_labels()[1] == ["hard"]  # real's HD95 mean is missing for both seeds: no line
+    assert np.ravel(hd95.get_lines()[0].get_ydata()).tolist() == [4.0]  # hard seed 0 only (seed 1: no mean)
+
+
+def test_write_report_with_undefined_hd95(tmp_path: Path, eval_tree: dict[tuple, Path]) -> None:
+    """Binary-protocol tables: HD95 with undefined images beside mDice / mIoU; cnn real seed 0 has none defined on
+    Kvasir, and its per-image table holds the NaN. Every table and plot is written; benchmark.csv keeps the NaN."""
+    for (arch, policy, ratio, seed), path in eval_tree.items():
+        table = pd.read_csv(path)
+        counts = {t: (2 if t == "CVC-300" else 0, 3) for t in TESTSETS}
+        if (arch, policy, ratio, seed) == ("cnn", "real", 0.0, 0):
+            counts["Kvasir"] = (3, 3)
+        rows = [(t, m, v) for t, (undefined, n) in counts.items()
+                for m, v in (("HD95", np.nan if undefined == n else 5.0), ("HD95_undefined", undefined),
+                             ("n_images", n))]
+        extra = pd.DataFrame(rows, columns=["testset", "metric", "value"])
+        pd.concat([table, extra], ignore_index=True).to_csv(path, index=False)
+        images = path.with_name(path.stem + report.IMAGES_SUFFIX)
+        per_image = pd.read_csv(images)
+        hd95 = per_image[per_image.metric == "mDice"].assign(metric="HD95", value=np.nan)
+        pd.concat([per_image, hd95], ignore_index=True).to_csv(images, index=False)
+    img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
+    write_image(img, np.full((20, 24, 3), 90, np.uint8))
+    write_mask(mask, np.eye(20, 24, dtype=bool))
+    pd.DataFrame([{"id": "r0", "image": str(img), "mask": str(mask)}]).to_csv(tmp_path / "manifest.csv", index=False)
+    manifests = {v: tmp_path / "generated" / f"{v}.csv" for v in ("plain", "hard")}
+    manifests["plain"].parent.mkdir(parents=True)
+    for manifest in manifests.values():  # the scores' generated sample s0, drawn as the real image
+        pd.DataFrame([{"sample_id": "s0", "image": str(img), "mask": str(mask), "condition": str(mask)}]).to_csv(
+            manifest, index=False)
+    score_paths, _ = _write_scores(tmp_path)
+    written = report.write_report(eval_tree, score_paths, manifests, tmp_path / "manifest.csv",
+                                  tmp_path / "tables", tmp_path / "plots", loss_backbones=["vit"],
+                                  run_records=_run_records(eval_tree), eval_images=_image_paths(eval_tree),
+                                  testsets=TESTSETS)
+    bench = pd.read_csv(written["benchmark_csv"])
+    assert list(bench.columns) == report.BENCHMARK_COLUMNS
+    cell = bench[(bench.arch == "cnn") & (bench.policy == "real") & (bench.seed == 0) & (bench.metric == "HD95")]
+    assert cell.set_index("testset")["value"].isna().to_dict() == {
+        **dict.fromkeys(TESTSETS, False), "Kvasir": True}  # NaN in benchmark.csv, not 0
+    md = written["benchmark_md"].read_text()
+    assert ("HD95 is undefined for 5 of 15 test images of cnn/real seed 0 (an empty prediction or ground truth); its "
+            "HD95 means are over the defined images (Kvasir: none defined, NaN).") in md
+    assert "HD95 is undefined for 2 of 15 test images of transformer/hard ×1 seed 0" in md
+    assert md.count("HD95 is undefined for") == len(eval_tree)
+    contrasts = pd.read_csv(written["contrasts_csv"])
+    assert len(contrasts) and contrasts["mean_diff"].notna().all()  # mDice / mIoU: defined for every image
+    for name in ("benchmark_png", "ratio_png"):
+        assert _is_png(written[name])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -126,3 +127,31 @@ def test_the_report_works_with_one_custom_test_set(tmp_path: Path) -> None:
     assert "| model | Site-Z | mean |" in md and "| SegNet-Z | 0.740 / 0.660 | 0.740 / 0.660 |" in md
     for polyp in ("Kvasir", "CVC-300", "| PraNet |", "SANet", "86.84"):  # no polyp test set or anchor from code
         assert polyp not in md
+
+
+def test_missing_real_only_scores_are_marked_not_fatal() -> None:
+    """A real-only score that is undefined (NaN) for a seed is left out of the mean over seeds; one undefined for
+    every seed keeps its row with NaN ``ours`` / ``diff`` and the sentence says what was left out."""
+    nan = float("nan")
+    long = _long([
+        ("cnn", "real", 0.0, 0, "A", "mDice", 0.80), ("cnn", "real", 0.0, 1, "A", "mDice", nan),
+        ("cnn", "real", 0.0, 0, "A", "mIoU", 0.70), ("cnn", "real", 0.0, 1, "A", "mIoU", 0.76),
+        ("cnn", "real", 0.0, 0, "B", "mDice", nan), ("cnn", "real", 0.0, 1, "B", "mDice", nan),
+        ("cnn", "real", 0.0, 0, "B", "mIoU", 0.50), ("cnn", "real", 0.0, 1, "B", "mIoU", 0.50),
+    ])
+    table = repro.reproduction_table(long, ANCHORS, {"cnn": "NetX"}, ["A", "B"]).set_index(["testset", "metric"])
+    assert table.loc[("A", "mDice"), "ours"] == pytest.approx(0.80)  # seed 1's NaN left out, not counted as 0
+    assert pd.isna(table.loc[("B", "mDice"), "ours"]) and pd.isna(table.loc[("B", "mDice"), "diff"])
+    assert pd.isna(table.loc[("mean", "mDice"), "ours"])  # a mean over test sets with one undefined is undefined
+    verdict = repro.reproduction_verdicts(table.reset_index(), 0.02).set_index("arch").loc["cnn"]
+    assert verdict["undefined_mDice"] == 1 and verdict["undefined_mIoU"] == 0
+    assert verdict["mean_abs_diff_mDice"] == pytest.approx(0.06)  # over A alone
+    sentence = repro.reproduction_sentences(table.reset_index(), {"cnn": "NetX"}, 0.02)[0]
+    assert "misses NetX's published mDice / mIoU" in sentence and "nan" not in sentence
+    assert "(1 anchored test-set score left out: undefined for this arch)" in sentence
+    # no defined mDice on any anchored test set: it cannot be checked, and the sentence says why
+    none = long.assign(value=np.where(long["metric"] == "mDice", nan, long["value"]))
+    table = repro.reproduction_table(none, ANCHORS, {"cnn": "NetX"}, ["A", "B"])
+    assert repro.reproduction_sentences(table, {"cnn": "NetX"}, 0.02)[0].startswith(
+        "cnn's real-only baseline cannot be checked against NetX on mDice: its own score is undefined (NaN) on every "
+        "anchored test set (2 anchored test-set scores left out")

@@ -27,6 +27,7 @@ from hardgen.data import (
     train_subset,
     write_manifest,
 )
+from hardgen.io import DataError
 from hardgen.report import BENCHMARK_COLUMNS, RUNS_COLUMNS
 from hardgen.scarcity import (
     SINGLE_SEED,
@@ -296,3 +297,55 @@ def test_a_single_seed_point_gets_the_bootstrap_over_its_test_images(tmp_path):
     assert real["ci_low"] < images_mean < real["ci_high"] and real["ci_high"] - real["ci_low"] < 0.06
     plain = curve[curve["policy"] == "plain"].iloc[0]  # a skipped run's empty table: no interval
     assert plain["method"] == SINGLE_SEED and np.isnan(plain["ci_low"])
+
+
+# ---- missing values (e.g. the binary protocol's HD95 where a segmenter predicts empty maps)
+
+
+def test_missing_values_make_undefined_points_that_say_so_and_the_plot_skips_them(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from hardgen import scarcity
+    from hardgen.contrasts import bootstrap_interval, mean_over_testsets
+
+    bench = benchmark(2, 0.2, 0.05)
+    bench.loc[(bench["policy"] == "plain") & (bench["seed"] == 1) & (bench["testset"] == "B"), "value"] = np.nan
+    long = pd.concat([bench.assign(n_real=4), benchmark(2, 0.5, 0.05).assign(n_real=10)], ignore_index=True)
+    long.loc[(long["n_real"] == 10) & (long["policy"] == "real"), "value"] = np.nan  # no defined value at all
+    curve = scarcity_table(long, "mIoU", ["A", "B"]).set_index(["policy", "n_real"])
+    # plain at 4: seed 1 has no mean over the test sets (B missing), so the point is seed 0 alone, not a mean with 0
+    assert curve.loc[("plain", 4), "seeds"] == 1 and curve.loc[("plain", 4), "method"] == SINGLE_SEED
+    assert curve.loc[("plain", 4), "mean"] == pytest.approx(0.2 + 0.05 + 0.05)
+    undefined = curve.loc[("real", 10)]
+    assert undefined["method"] == scarcity.UNDEFINED and undefined["seeds"] == 0
+    assert undefined[["mean", "ci_low", "ci_high"]].isna().all()
+    assert curve.loc[("real", 4), "method"] == T_SEEDS and curve.loc[("plain", 10), "method"] == T_SEEDS
+
+    # one seed's bootstrap over its test images leaves the missing images out, as the test-set means do
+    rows = [["A", "a0", "mIoU", 0.2], ["A", "a1", "mIoU", np.nan], ["A", "a2", "mIoU", 0.3],
+            ["B", "b0", "mIoU", 0.4], ["B", "b1", "mIoU", np.nan]]
+    pd.DataFrame(rows, columns=["testset", "image", "metric", "value"]).to_csv(tmp_path / "img.csv", index=False)
+    expected = bootstrap_interval([np.array([0.2, 0.3]), np.array([0.4])], mean_over_testsets)[1:]
+    assert scarcity.image_interval(tmp_path / "img.csv", "mIoU", ["A", "B"]) == pytest.approx(expected)
+    rows[3][3] = np.nan  # B: no defined image, so the mean over the test sets (and its interval) is undefined
+    pd.DataFrame(rows, columns=["testset", "image", "metric", "value"]).to_csv(tmp_path / "img.csv", index=False)
+    assert np.isnan(scarcity.image_interval(tmp_path / "img.csv", "mIoU", ["A", "B"])).all()
+    rows[3][3] = "wide"  # a value that is not a number is still an error naming the file
+    pd.DataFrame(rows, columns=["testset", "image", "metric", "value"]).to_csv(tmp_path / "img.csv", index=False)
+    with pytest.raises(DataError, match=r"img\.csv: non-numeric"):
+        scarcity.image_interval(tmp_path / "img.csv", "mIoU", ["A", "B"])
+
+    figures = []
+    original = scarcity.save_figure
+
+    def save(figure: Figure, out_png) -> None:
+        figures.append(figure)
+        original(figure, out_png)
+
+    monkeypatch.setattr(scarcity, "save_figure", save)
+    scarcity.plot_scarcity(curve.reset_index(), tmp_path / "scarcity.png")
+    assert (tmp_path / "scarcity.png").stat().st_size > 1000
+    lines = {line.get_label(): np.ravel(line.get_ydata()) for line in figures[0].axes[0].get_lines()}
+    assert lines["real only"].tolist() == pytest.approx([curve.loc[("real", 4), "mean"]])  # n_real 10 left out
+    drawn = np.concatenate(list(lines.values()))
+    assert np.isfinite(drawn).all() and 0.0 not in drawn

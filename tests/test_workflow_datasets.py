@@ -65,11 +65,13 @@ def test_ultrasound_folders_layout_runs_end_to_end_with_the_binary_protocol(ultr
 
     table = pd.read_csv(workdir / "results" / "eval" / "cnn" / "real" / "ratio-0" / "seed-0.csv")
     assert list(table["testset"].unique()) == [TESTSET, "overall"]
-    assert list(table.loc[table.testset == TESTSET, "metric"]) == BINARY_METRICS
+    assert list(table.loc[table.testset == TESTSET, "metric"]) == [*BINARY_METRICS, "HD95_undefined", "n_images"]
     values = table.set_index(["testset", "metric"])["value"]
     for metric in BINARY_METRICS[:-1]:
         assert 0.0 <= values[(TESTSET, metric)] <= 1.0
     assert math.isnan(values[(TESTSET, "HD95")]) or values[(TESTSET, "HD95")] >= 0.0
+    assert values[(TESTSET, "n_images")] == 3 and 0 <= values[(TESTSET, "HD95_undefined")] <= 3
+    assert math.isnan(values[(TESTSET, "HD95")]) == (values[(TESTSET, "HD95_undefined")] == 3)
     # the binary protocol's maps are probabilities x 255 without min-max: a map need not reach 0 and 255
     maps = sorted((workdir / "results" / "predictions" / "cnn" / "real" / "ratio-0" / "seed-0" / TESTSET).glob("*.png"))
     assert len(maps) == 3

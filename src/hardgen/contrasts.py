@@ -14,14 +14,22 @@ initialisation seed and budget on both sides): every policy against ``real`` and
   the interval is the 2.5 and 97.5 percentiles of the resampled statistic. It captures test-set sampling noise
   only, not seed-to-seed variation (usually the larger), so it is the narrower of the two.
 
+Missing values are data, not errors: a per-image value may be NaN (e.g. the binary protocol's HD95 where a
+prediction or a ground truth is empty, :func:`hardgen.metrics.score_binary_image`). The bootstrap pairs only the
+images where both runs have a value; a test set without such a pair is left out of that contrast (logged), and a
+contrast without any is kept as a row with ``n`` 0 and NaN ``mean_diff`` / ``ci_low`` / ``ci_high`` ("undefined" in
+:func:`noise_sentences`). Seeds whose difference is NaN are left out of the t-interval.
+
 Metrics (column ``metric`` of ``results/tables/contrasts.csv``): ``mDice`` / ``mIoU`` are the mean over the test
 sets (each test set's score, then their unweighted mean: the paper's "mean mIoU", benchmark.md's ``mean``);
 ``mDice@overall`` / ``mIoU@overall`` the image-weighted score over all test images pooled (``overall``). ``n`` is
-the number of seeds (``t_seeds``) or of paired test images (``bootstrap_images``).
+the number of seeds (``t_seeds``) or of paired test images with a value on both sides actually resampled
+(``bootstrap_images``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -49,6 +57,8 @@ BOOTSTRAP_IMAGES = "bootstrap_images"
 
 #: ``(arch, policy, ratio, seed)`` of one benchmark run.
 RunKey = tuple[str, str, float, int]
+
+log = logging.getLogger(__name__)
 
 
 def t_interval(differences: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
@@ -102,7 +112,8 @@ def pooled_mean(groups: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def read_images(path: str | Path) -> pd.DataFrame:
-    """A per-image table (:data:`IMAGE_COLUMNS`), checked: numeric values, one row per (testset, image, metric)."""
+    """A per-image table (:data:`IMAGE_COLUMNS`), checked: numeric or missing (empty / NaN) values, one row per
+    (testset, image, metric)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: per-image table not found (rule evaluate writes it beside the evaluation table)")
@@ -111,12 +122,20 @@ def read_images(path: str | Path) -> pd.DataFrame:
 
 
 def check_images(table: pd.DataFrame, where: str) -> pd.DataFrame:
+    """The checks of :func:`read_images` on a table in memory (``where`` names it in errors); values as floats.
+
+    A missing value (empty or NaN: a measure undefined for that image) is kept as NaN; a value that is present but
+    not a number is a :class:`DataError`.
+    """
     missing = [c for c in IMAGE_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{where}: per-image table lacks columns {missing}")
     values = pd.to_numeric(table["value"], errors="coerce")
-    if values.isna().any():
-        raise DataError(f"{where}: non-numeric or empty per-image values")
+    present = table["value"].notna() & table["value"].astype(str).str.strip().ne("")
+    bad = values.isna() & present
+    if bad.any():
+        raise DataError(f"{where}: non-numeric per-image values, e.g. {table.loc[bad, 'value'].iloc[0]!r} "
+                        f"({table.loc[bad, 'testset'].iloc[0]} {table.loc[bad, 'image'].iloc[0]})")
     table = table.assign(value=values.astype(float), testset=table["testset"].astype(str),
                          image=table["image"].astype(str))
     if table.duplicated(["testset", "image", "metric"]).any():
@@ -126,19 +145,31 @@ def check_images(table: pd.DataFrame, where: str) -> pd.DataFrame:
 
 def _paired_groups(a: pd.DataFrame, b: pd.DataFrame, metric: str, testsets: Sequence[str],
                    where: str) -> list[np.ndarray]:
-    """Per test set (in order), the per-image differences a − b of ``metric``, paired by image."""
-    groups = []
+    """Per test set (in order), the per-image differences a − b of ``metric``, paired by image, over the images where
+    both runs have a value. A test set with no such image is left out (logged); every one left out gives ``[]``.
+
+    Errors (:class:`DataError`): the two runs list different images, or neither has a ``metric`` row at all.
+    """
+    groups, rows, without_pairs = [], False, []
     for testset in testsets:
         left = a[(a["testset"] == testset) & (a["metric"] == metric)].set_index("image")["value"]
         right = b[(b["testset"] == testset) & (b["metric"] == metric)].set_index("image")["value"]
         if left.empty and right.empty:
             continue
+        rows = True
         if set(left.index) != set(right.index):
             raise DataError(f"{where}: the two runs' {testset} {metric} images differ "
                             f"({sorted(set(left.index) ^ set(right.index))[:3]} ...): cannot pair them")
-        groups.append((left - right.reindex(left.index)).to_numpy())
-    if not groups:
+        differences = (left - right.reindex(left.index)).dropna()  # NaN where either side is undefined
+        if differences.empty:
+            without_pairs.append(testset)
+        else:
+            groups.append(differences.to_numpy())
+    if not rows:
         raise DataError(f"{where}: no per-image {metric} rows for the test sets {list(testsets)}")
+    if without_pairs:
+        log.info("contrast %s, %s: no image of %s has a value in both runs: left out of the bootstrap%s", where,
+                 metric, ", ".join(without_pairs), "" if groups else " (no test set left: the contrast is undefined)")
     return groups
 
 
@@ -154,12 +185,16 @@ def contrast_table(
     ``differences``: :func:`hardgen.report.paired_differences` (``arch, policy, ratio, reference, seed, metric,
     d_mean, d_overall``; the reference is at ratio 0 for ``real``, else at the policy's ratio). Per (arch, policy,
     ratio, reference, metric) two rows: ``<metric>`` (``d_mean``, the mean over test sets) and
-    ``<metric>@overall`` (``d_overall``). Seeds whose difference is undefined (NaN) are left out. With >= 2 seeds:
-    :func:`t_interval` (``t_seeds``); with one: :func:`bootstrap_interval` over the paired per-image differences
-    (``bootstrap_images``), which needs ``images`` (``{(arch, policy, ratio, seed): per-image table or path}``,
-    ``testsets`` in ``data.testsets`` order), else a :class:`DataError`.
+    ``<metric>@overall`` (``d_overall``). Seeds whose difference is undefined (NaN) are left out. With >= 2 seeds
+    left: :func:`t_interval` (``t_seeds``); otherwise :func:`bootstrap_interval` over the paired per-image
+    differences of the one seed left, or, when no seed is left, of the lowest seed (its images may be defined where
+    a test-set mean is not) (``bootstrap_images``), which needs ``images`` (``{(arch, policy, ratio, seed):
+    per-image table or path}``, ``testsets`` in ``data.testsets`` order), else a :class:`DataError`. The bootstrap
+    pairs the images where both runs have a value (``n`` counts them) and leaves out a test set with none; with no
+    such pair at all the row is kept, undefined: ``n`` 0 and NaN ``mean_diff``, ``ci_low``, ``ci_high``.
     """
     cache: dict[RunKey, pd.DataFrame] = {}
+    paired: dict[tuple[RunKey, RunKey, str], list[np.ndarray]] = {}
 
     def run_images(key: RunKey) -> pd.DataFrame:
         if key not in cache:
@@ -177,18 +212,22 @@ def contrast_table(
         for column, name, statistic in (("d_mean", metric, mean_over_testsets),
                                         ("d_overall", metric + OVERALL_SUFFIX, pooled_mean)):
             per_seed = group[["seed", column]].dropna()
-            if per_seed.empty:
-                continue
             if len(per_seed) >= 2:
                 mean, low, high = t_interval(per_seed[column].to_numpy())
                 n, method = len(per_seed), T_SEEDS
             else:
-                s = int(per_seed["seed"].iloc[0])
+                s = int(per_seed["seed"].iloc[0]) if len(per_seed) else int(group["seed"].min())
                 reference_ratio = 0.0 if reference == "real" else float(ratio)
                 mine, theirs = (arch, policy, float(ratio), s), (arch, reference, reference_ratio, s)
-                where = f"{arch} {policy} ×{ratio_label(ratio)} − {reference}, seed {s}"
-                groups = _paired_groups(run_images(mine), run_images(theirs), metric, testsets, where)
-                mean, low, high = bootstrap_interval(groups, statistic, resamples, seed)
+                if (mine, theirs, metric) not in paired:  # d_mean and d_overall resample the same pairs
+                    where = f"{arch} {policy} ×{ratio_label(ratio)} − {reference}, seed {s}"
+                    paired[(mine, theirs, metric)] = _paired_groups(run_images(mine), run_images(theirs), metric,
+                                                                    testsets, where)
+                groups = paired[(mine, theirs, metric)]
+                if groups:
+                    mean, low, high = bootstrap_interval(groups, statistic, resamples, seed)
+                else:  # no image has a value in both runs: undefined, kept as a row
+                    mean = low = high = float("nan")
                 n, method = int(sum(len(g) for g in groups)), BOOTSTRAP_IMAGES
             rows.append({"arch": arch, "policy": policy, "ratio": float(ratio), "versus": reference, "metric": name,
                          "n": n, "mean_diff": mean, "ci_low": low, "ci_high": high, "method": method})
@@ -196,8 +235,14 @@ def contrast_table(
 
 
 def excludes_zero(table: pd.DataFrame) -> pd.Series:
-    """Whether each contrast's interval lies entirely above or below 0 (distinguishable from its noise)."""
+    """Whether each contrast's interval lies entirely above or below 0 (distinguishable from its noise); False for an
+    undefined contrast (:func:`undefined`)."""
     return (table["ci_low"] > 0) | (table["ci_high"] < 0)
+
+
+def undefined(table: pd.DataFrame) -> pd.Series:
+    """Whether each contrast is undefined: no seed or image pair with a value on both sides (NaN mean or interval)."""
+    return table[["mean_diff", "ci_low", "ci_high"]].isna().any(axis=1)
 
 
 def primary_rows(table: pd.DataFrame, primary: Mapping[str, object] | None) -> pd.DataFrame:
@@ -219,19 +264,28 @@ def primary_rows(table: pd.DataFrame, primary: Mapping[str, object] | None) -> p
 
 
 def describe(row: Mapping[str, object] | pd.Series) -> str:
-    """``cnn: hard − plain ×1, mIoU +0.012 [−0.003, +0.027] (t over 3 seeds)``."""
+    """``cnn: hard − plain ×1, mIoU +0.012 [−0.003, +0.027] (t over 3 seeds)``; an undefined contrast (NaN) reads
+    ``cnn: hard − plain ×1, HD95 undefined (no test image with a value in both runs)``."""
+    name = f"{row['arch']}: {row['policy']} − {row['versus']} ×{ratio_label(float(row['ratio']))}, {row['metric']}"
+    if any(pd.isna(row[c]) for c in ("mean_diff", "ci_low", "ci_high")):
+        return f"{name} undefined (no test image with a value in both runs)"
     how = (f"t over {row['n']} seeds" if row["method"] == T_SEEDS
-           else f"bootstrap over {row['n']} test images of one seed")
-    return (f"{row['arch']}: {row['policy']} − {row['versus']} ×{ratio_label(float(row['ratio']))}, {row['metric']} "
-            f"{row['mean_diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] ({how})")
+           else f"bootstrap over {row['n']} test image{'' if row['n'] == 1 else 's'} of one seed")
+    return f"{name} {row['mean_diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] ({how})"
 
 
 def noise_sentences(table: pd.DataFrame, metrics: Sequence[str] = ("mDice", "mIoU")) -> list[str]:
     """Plain sentences saying which contrasts (on ``metrics``, the means over test sets) are distinguishable from
-    noise (their 95 % interval excludes 0) and which are not, and what noise the intervals measure."""
+    noise (their 95 % interval excludes 0) and which are not, and what noise the intervals measure. Undefined
+    contrasts (:func:`undefined`) are listed as such, never counted as distinguishable or not."""
     rows = table[table["metric"].isin(metrics)]
     if rows.empty:
         return ["No contrasts: the benchmark has no `real` runs or controls paired by arch and seed."]
+    missing = undefined(rows)
+    if missing.all():
+        return ["Every contrast is undefined (no test image with a value in both runs): "
+                + "; ".join(describe(r) for _, r in rows.iterrows()) + "."]
+    undefined_rows, rows = rows[missing], rows[~missing]
     distinct = excludes_zero(rows)
     methods = set(rows["method"])
     noise = ("seed noise" if methods == {T_SEEDS} else "test-image sampling noise" if methods == {BOOTSTRAP_IMAGES}
@@ -241,10 +295,14 @@ def noise_sentences(table: pd.DataFrame, metrics: Sequence[str] = ("mDice", "mIo
         sentences.append(f"Distinguishable from {noise} (95 % interval excludes 0): "
                          + "; ".join(describe(r) for _, r in rows[distinct].iterrows()) + ".")
     else:
-        sentences.append(f"No difference is distinguishable from {noise}: every 95 % interval contains 0.")
+        sentences.append(f"No difference is distinguishable from {noise}: every "
+                         f"{'defined ' if len(undefined_rows) else ''}95 % interval contains 0.")
     if (~distinct).any():
         sentences.append("Not distinguishable (interval contains 0): "
                          + "; ".join(describe(r) for _, r in rows[~distinct].iterrows()) + ".")
+    if len(undefined_rows):
+        sentences.append("Undefined (no test image with a value in both runs, n = 0): "
+                         + "; ".join(describe(r) for _, r in undefined_rows.iterrows()) + ".")
     if BOOTSTRAP_IMAGES in methods:
         sentences.append("With a single seed the interval is a paired bootstrap over test images: it shows how much "
                          "the difference depends on which test images were drawn, not how much it varies between "

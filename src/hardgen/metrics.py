@@ -58,7 +58,9 @@ Protocols (``evaluate.protocol``, ``hardgen evaluate-maps --protocol``): everyth
   missing (NaN) when either side is empty, never 0.
 - per test set and :data:`OVERALL`: the mean over images (``mDice`` / ``mIoU``: "m" = mean over images, as the
   toolbox's names, so the report's headline metrics read both protocols); ``HD95`` the mean over the images where
-  it is defined (NaN if none is).
+  it is defined (NaN if none is, never 0). Two count rows follow (:data:`BINARY_COUNTS`, not per-image metrics):
+  ``HD95_undefined``, the number of images whose HD95 is undefined, and ``n_images``, the number of images scored,
+  so a reader of the table sees over how many images the HD95 mean is.
 
 MONAI computes them (``get_confusion_matrix`` + ``compute_confusion_matrix_metric``, ``compute_dice`` /
 ``compute_iou`` with ``ignore_empty=False``, ``compute_hausdorff_distance(percentile=95)``). Where MONAI's
@@ -115,8 +117,14 @@ PROTOCOLS = ("polyp_toolbox", "binary")
 #: The binary protocol's metrics, in row order (higher is better except HD95, in pixels).
 BINARY_METRICS = ("mDice", "mIoU", "Accuracy", "Sensitivity", "Specificity", "HD95")
 
+#: The binary protocol's count rows after :data:`BINARY_METRICS`, per test set and overall (no per-image rows): the
+#: number of images whose HD95 is undefined (an empty prediction or ground truth) and the number of images scored.
+HD95_UNDEFINED = "HD95_undefined"
+N_IMAGES = "n_images"
+BINARY_COUNTS = (HD95_UNDEFINED, N_IMAGES)
+
 #: Every metric name each protocol writes, in row order.
-PROTOCOL_METRICS = {"polyp_toolbox": ALL_METRICS, "binary": BINARY_METRICS}
+PROTOCOL_METRICS = {"polyp_toolbox": ALL_METRICS, "binary": BINARY_METRICS + BINARY_COUNTS}
 
 #: The metrics of each protocol that have a per-image table (every binary metric is per image).
 PROTOCOL_IMAGE_METRICS = {"polyp_toolbox": IMAGE_METRICS, "binary": BINARY_METRICS}
@@ -303,9 +311,13 @@ def _binary_scores(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "
 
 
 def _binary_summary(per_image: pd.DataFrame) -> dict[str, float]:
-    """Means over images; HD95 over the images where it is defined (NaN when none is)."""
-    return {name: float(per_image[name].mean(skipna=True)) if per_image[name].notna().any() else float("nan")
-            for name in BINARY_METRICS}
+    """Means over images; HD95 over the images where it is defined (NaN when none is); then the counts
+    :data:`BINARY_COUNTS` (images whose HD95 is undefined, images scored)."""
+    values = {name: float(per_image[name].mean(skipna=True)) if per_image[name].notna().any() else float("nan")
+              for name in BINARY_METRICS}
+    values[HD95_UNDEFINED] = float(per_image["HD95"].isna().sum())
+    values[N_IMAGES] = float(len(per_image))
+    return values
 
 
 def score_map_pairs(pairs: Iterable[tuple[str | Path, str | Path]], desc: str = "evaluate") -> dict[str, float]:
@@ -317,8 +329,8 @@ def score_testsets(pairs_by_testset: Mapping[str, Iterable[tuple[str | Path, str
                    protocol: str = "polyp_toolbox") -> pd.DataFrame:
     """Score every test set (in the mapping's order), then the pooled :data:`OVERALL` set, under ``protocol``.
 
-    Returns columns ``testset, metric, value``: per test set the protocol's rows (:data:`PROTOCOL_METRICS`), then the
-    overall rows.
+    Returns columns ``testset, metric, value``: per test set the protocol's rows (:data:`PROTOCOL_METRICS`; under
+    ``binary`` the scores, then the counts :data:`BINARY_COUNTS`), then the overall rows.
     """
     return score_testsets_with_images(pairs_by_testset, protocol=protocol)[0]
 
@@ -331,8 +343,9 @@ def score_testsets_with_images(
 
     ``image`` is the map's file stem; per test set, the images' rows (:data:`PROTOCOL_IMAGE_METRICS`: the toolbox's
     :data:`IMAGE_METRICS` from :meth:`MapScores.per_image`, or every :data:`BINARY_METRICS`) average to that test
-    set's row of the first table (binary HD95: over the images where it is defined). A paired bootstrap over test
-    images resamples these.
+    set's row of the first table (binary HD95: over the images where it is defined, NaN in both tables where it is
+    undefined; the count rows :data:`BINARY_COUNTS` have no per-image rows). A paired bootstrap over test images
+    resamples these.
     """
     check_protocol(protocol)
     if not pairs_by_testset:

@@ -21,6 +21,7 @@ from hardgen import gallery, transfer
 from hardgen import reproduction as repro
 from hardgen.config import ratio_label
 from hardgen.io import DataError, read_gray, read_rgb, write_csv, write_text
+from hardgen.metrics import HD95_UNDEFINED, N_IMAGES
 from hardgen.run_text import RunDescription, protocol_paragraph, run_paragraph, undefined_notes
 from hardgen.tables import (  # shared with hardgen.transfer and hardgen.gallery, which import them from there
     POLICY_ORDER,
@@ -88,7 +89,10 @@ def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path],
     ``segment.synthetic_ratios``; the real policy is 0). Each CSV holds exactly the columns ``testset,
     metric, value``: one toolbox score per test set and metric (no per-image rows), including the
     rows of testset :data:`OVERALL` (image-weighted over every test image pooled). Values are taken
-    as they are. Returns exactly the columns ``arch, policy, ratio, seed, testset, metric, value``.
+    as they are; a missing one (empty or NaN: a measure the data leaves undefined, e.g. the binary protocol's HD95
+    of a test set whose every prediction or ground truth is empty) stays NaN, a value that is not a number is a
+    :class:`DataError` naming the file. Returns exactly the columns ``arch, policy, ratio, seed, testset, metric,
+    value``.
     ``skipped``: the runs skipped for an infeasible subset, whose tables are header-only (any other empty table is
     an error).
     """
@@ -107,8 +111,11 @@ def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path],
                 continue
             raise DataError(f"{path}: evaluation table has no rows")
         values = pd.to_numeric(table["value"], errors="coerce")
-        if values.isna().any():
-            raise DataError(f"{path}: non-numeric or empty entries in column 'value'")
+        present = table["value"].notna() & table["value"].astype(str).str.strip().ne("")
+        if (values.isna() & present).any():
+            bad = table.loc[values.isna() & present].iloc[0]
+            raise DataError(f"{path}: non-numeric entry {bad['value']!r} in column 'value' "
+                            f"(testset {bad['testset']}, metric {bad['metric']})")
         duplicated = table.duplicated(["testset", "metric"])
         if duplicated.any():
             first = table.loc[duplicated, ["testset", "metric"]].iloc[0].tolist()
@@ -127,13 +134,18 @@ def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path],
 
 
 def _mean_sd(values: pd.Series, signed: bool = False) -> str:
-    """``mean ± sd`` (sample sd, ddof=1) over seeds; a single seed shows the mean alone. ``signed`` writes the
-    mean with its sign (a paired difference)."""
+    """``mean ± sd`` (sample sd, ddof=1) over seeds (``values``: one per seed); a single seed shows the mean alone.
+    ``signed`` writes the mean with its sign (a paired difference).
+
+    Missing values (NaN: undefined for that seed) are left out, and the cell says over how many of the seeds it is
+    (``0.512 ± 0.020 (2 of 3 seeds)``); with no value at all it is ``–``, never 0."""
+    total = len(values)
     values = values.dropna()
     if values.empty:
         return "–"
     mean = f"{values.mean():{'+' if signed else ''}.3f}"
-    return mean if len(values) == 1 else f"{mean} ± {values.std(ddof=1):.3f}"
+    cell = mean if len(values) == 1 else f"{mean} ± {values.std(ddof=1):.3f}"
+    return cell if len(values) == total else f"{cell} ({len(values)} of {total} seeds)"
 
 
 def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS,
@@ -142,14 +154,17 @@ def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_M
 
     ``mean`` is the unweighted mean over the test sets (every testset except :data:`OVERALL`), taken
     per seed first (the paper averages the test-set scores, not the images), so the spread across
-    seeds is the spread of that mean; NaN when a test set is missing for that seed. ``overall`` is
-    the evaluation's image-weighted score over all test images pooled (NaN when not evaluated).
+    seeds is the spread of that mean; NaN when a test set is missing for that seed or its value is NaN (undefined,
+    e.g. the binary protocol's HD95 of a test set with no defined image), never a mean over the other test sets.
+    ``overall`` is the evaluation's image-weighted score over all test images pooled (NaN when not evaluated or
+    undefined). Every (run, metric) and test set of ``long_df`` keeps its row and column, NaN values included.
     Test-set columns follow ``testsets`` (``data.testsets``; others after them alphabetically).
     """
     subset = long_df[long_df["metric"].isin(metrics)]
-    wide = subset.pivot_table(
-        index=["arch", "policy", "ratio", "seed", "metric"], columns="testset", values="value", aggfunc="first"
-    )
+    # not pivot_table: it drops a test set (or a run) whose values are all NaN, which would silently take the mean
+    # over the other test sets
+    wide = (subset.groupby(["arch", "policy", "ratio", "seed", "metric", "testset"], sort=True)["value"].first()
+            .unstack("testset"))
     testsets = _ordered([t for t in wide.columns if t != OVERALL], testsets or ())
     overall = wide[OVERALL] if OVERALL in wide.columns else pd.Series(np.nan, index=wide.index)
     wide = wide[testsets].copy()
@@ -250,7 +265,41 @@ def _anchor_lines(anchors: pd.DataFrame, testsets: Sequence[str]) -> list[str]:
 
 
 def _interval(row: Mapping[str, object] | pd.Series) -> str:
+    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+        return "undefined"  # a contrast without a pair of defined values (contrasts.csv: n 0, NaN)
     return f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+
+
+def hd95_undefined_lines(long_df: pd.DataFrame) -> list[str]:
+    """One sentence per evaluation table (run) where HD95 is undefined for some test images (the binary protocol's
+    count rows ``HD95_undefined`` and ``n_images``, :data:`hardgen.metrics.BINARY_COUNTS`, summed over the test sets),
+    in the tables' order, e.g. ``HD95 is undefined for 3 of 12 test images of cnn/real seed 0 (an empty prediction or
+    ground truth); its HD95 means are over the defined images.`` Nothing for a table without these rows (the polyp
+    toolbox) or whose every HD95 is defined."""
+    counts = long_df[long_df["metric"].isin([HD95_UNDEFINED, N_IMAGES]) & (long_df["testset"] != OVERALL)]
+    if counts.empty:
+        return []
+    per_testset = counts.pivot_table(index=["arch", "policy", "ratio", "seed", "testset"], columns="metric",
+                                     values="value", aggfunc="first").reindex(columns=[HD95_UNDEFINED, N_IMAGES])
+    lines = []
+    for arch in _ordered(per_testset.index.get_level_values("arch"), []):
+        mine = per_testset.xs(arch, level="arch")
+        for policy in _ordered(mine.index.get_level_values("policy"), POLICY_ORDER):
+            for (ratio, seed), run in mine.xs(policy, level="policy").groupby(level=["ratio", "seed"], sort=True):
+                undefined, images = run[HD95_UNDEFINED].sum(min_count=1), run[N_IMAGES].sum(min_count=1)
+                if not undefined > 0:  # NaN or 0: every HD95 defined
+                    continue
+                label = f"{arch}/{_run_label(policy, ratio)} seed {seed}"
+                if undefined == images:
+                    lines.append(f"HD95 is undefined for all {int(images)} test images of {label} (an empty "
+                                 "prediction or ground truth); its HD95 is missing (NaN).")
+                    continue
+                of = f"{int(undefined)} of {int(images)}" if np.isfinite(images) else f"{int(undefined)}"
+                none = sorted(run.index.get_level_values("testset")[run[HD95_UNDEFINED] == run[N_IMAGES]])
+                lines.append(f"HD95 is undefined for {of} test images of {label} (an empty prediction or ground "
+                             "truth); its HD95 means are over the defined images"
+                             + (f" ({', '.join(none)}: none defined, NaN)" if none else "") + ".")
+    return lines
 
 
 def benchmark_markdown(
@@ -349,6 +398,9 @@ def benchmark_markdown(
     lines.append("Cells: mean ± sample sd (ddof=1) over seeds; a single seed shows the mean only. "
                  "`mean` = unweighted mean over test sets, computed per seed; `overall` = image-weighted "
                  "score over all test images pooled.")
+    undefined_hd95 = hd95_undefined_lines(long_df)
+    if undefined_hd95:
+        lines += ["", " ".join(undefined_hd95)]
 
     diffs = paired_differences(long_df, testsets=testsets)
     lines += ["", "## Paired differences per seed", ""]
@@ -707,11 +759,13 @@ def _run_label(policy: str, ratio: float) -> str:
 
 def plot_benchmark(long_df: pd.DataFrame, out_png: str | Path, metric: str = "mDice") -> None:
     """Grouped bars: mean over test sets of ``metric`` per policy and ratio (``hard ×0.5``), one group per arch;
-    error bars = sd over seeds."""
+    error bars = sd over seeds. Seeds whose mean is missing (NaN) are left out; a bar with none is not drawn (never
+    drawn as 0)."""
     summary = benchmark_summary(long_df, metrics=[metric])
     if summary.empty:
         raise DataError(f"{out_png}: no {metric} rows to plot")
     stats = summary.groupby(["arch", "policy", "ratio"])["mean"].agg(["mean", "std"]).fillna({"std": 0.0})
+    stats = stats[np.isfinite(stats["mean"])]
     archs = _ordered(summary["arch"], [])
     runs = [(p, r) for p in _ordered(summary["policy"], POLICY_ORDER)
             for r in sorted(summary.loc[summary["policy"] == p, "ratio"].unique())]
@@ -719,10 +773,10 @@ def plot_benchmark(long_df: pd.DataFrame, out_png: str | Path, metric: str = "mD
     figure = Figure(figsize=(max(4.0, 1.2 * len(archs) * len(runs) * 0.6 + 2), 3.5))
     ax = figure.subplots()
     for i, (policy, ratio) in enumerate(runs):
-        means = [stats["mean"].get((a, policy, ratio), np.nan) for a in archs]
-        sds = [stats["std"].get((a, policy, ratio), 0.0) for a in archs]
-        ax.bar(np.arange(len(archs)) + (i - (len(runs) - 1) / 2) * width, means, width, yerr=sds,
-               label=_run_label(policy, ratio))
+        drawn = [k for k, a in enumerate(archs) if (a, policy, ratio) in stats.index]  # a missing bar is left out
+        ax.bar(np.arange(len(archs))[drawn] + (i - (len(runs) - 1) / 2) * width,
+               [stats.at[(archs[k], policy, ratio), "mean"] for k in drawn], width,
+               yerr=[stats.at[(archs[k], policy, ratio), "std"] for k in drawn], label=_run_label(policy, ratio))
     ax.set_xticks(np.arange(len(archs)), archs)
     ax.set_ylabel(f"{metric} (mean over test sets)")
     ax.set_ylim(0, 1)
@@ -735,12 +789,14 @@ def plot_ratio(long_df: pd.DataFrame, out_png: str | Path, metrics: Sequence[str
 
     Each synthetic policy is a line over its ratios (``segment.synthetic_ratios``) of the mean over test
     sets (per seed, as in :func:`benchmark_summary`), with error bars = sd over seeds; the real-only
-    segmenter (ratio 0) is a horizontal line with a band of ± its sd.
+    segmenter (ratio 0) is a horizontal line with a band of ± its sd. Seeds whose mean is missing (NaN) are left
+    out; a point (or the real line) with none is not drawn (never drawn as 0).
     """
     summary = benchmark_summary(long_df, metrics=metrics)
     if summary.empty:
         raise DataError(f"{out_png}: no {'/'.join(metrics)} rows to plot")
     stats = summary.groupby(["arch", "metric", "policy", "ratio"])["mean"].agg(["mean", "std"]).fillna({"std": 0.0})
+    stats = stats[np.isfinite(stats["mean"])]
     archs = _ordered(summary["arch"], [])
     present = [m for m in metrics if m in set(summary["metric"])]
     ratios = sorted(summary.loc[summary["policy"] != "real", "ratio"].unique())
@@ -769,7 +825,8 @@ def plot_ratio(long_df: pd.DataFrame, out_png: str | Path, metrics: Sequence[str
             ax.set_xlabel("synthetic images per real image (ratio)")
             ax.set_ylabel(f"{metric} (mean over test sets)")
             ax.set_title(f"{arch}: {metric}", fontsize=9)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # nothing drawn when every value of the panel is missing
+                ax.legend(fontsize=7)
     _save_figure(figure, out_png)
 
 

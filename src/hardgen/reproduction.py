@@ -75,7 +75,8 @@ def check_anchors(table: pd.DataFrame, where: str = "anchors") -> pd.DataFrame:
 def real_only_means(long_df: pd.DataFrame, testsets: Sequence[str],
                     metrics: Sequence[str] = REPRODUCTION_METRICS) -> pd.DataFrame:
     """Per arch, test set and metric: the mean over seeds of the ``real`` policy's score (``arch, testset, metric,
-    ours``), test sets in the given order (``data.testsets``), only those the benchmark has."""
+    ours``), test sets in the given order (``data.testsets``), only those the benchmark has. A missing score (NaN:
+    undefined for that seed) is left out of the mean; ``ours`` is NaN (kept as a row) when no seed has one."""
     real = long_df[(long_df["policy"] == "real") & long_df["metric"].isin(metrics) & long_df["testset"].isin(testsets)]
     means = real.groupby(["arch", "testset", "metric"], sort=False)["value"].mean().rename("ours").reset_index()
     order = {t: i for i, t in enumerate(testsets)}
@@ -96,9 +97,10 @@ def reproduction_table(
     ``long_df``: the benchmark's long table (:func:`hardgen.report.benchmark_long`); ``anchors``:
     :func:`load_anchors`; ``published``: ``{arch: model or None}`` (``segment.archs.<arch>.published``);
     ``testsets``: ``data.testsets`` (row order). Rows: every test set the arch's real-only runs were scored on, in
-    that order, per metric; ``published`` (and ``diff``) are NaN where the anchors lack that test set. When every
+    that order, per metric; ``published`` (and ``diff``) are NaN where the anchors lack that test set, ``ours`` (and
+    ``diff``) where the arch's real-only score is undefined (:func:`real_only_means`). When every
     test set has an anchor, a last :data:`MEAN` row per metric compares the means over the test sets (the paper's
-    headline form). Raises :class:`DataError` when a named model is not in the anchors, or an arch with a published
+    headline form; ``ours`` NaN when one of them is). Raises :class:`DataError` when a named model is not in the anchors, or an arch with a published
     model has no real-only result.
     """
     if MEAN in testsets:
@@ -121,7 +123,10 @@ def reproduction_table(
         for metric in metrics:
             per_metric = part[part["metric"] == metric]
             if len(per_metric) and per_metric["published"].notna().all():
-                ours_mean, published_mean = per_metric["ours"].mean(), per_metric["published"].mean()
+                # NaN when the arch's own score is undefined on a test set: never a mean over fewer test sets than
+                # the published one
+                ours_mean = per_metric["ours"].mean(skipna=False)
+                published_mean = per_metric["published"].mean()
                 part = pd.concat([part, pd.DataFrame([{
                     "arch": arch, "testset": MEAN, "metric": metric, "ours": ours_mean, "published": published_mean,
                     "diff": ours_mean - published_mean}])], ignore_index=True)
@@ -136,22 +141,27 @@ def reproduction_verdicts(table: pd.DataFrame, tolerance: float = DEFAULT_TOLERA
                           metrics: Sequence[str] = REPRODUCTION_METRICS) -> pd.DataFrame:
     """Per arch: ``arch, n_testsets, mean_diff_<metric>, mean_abs_diff_<metric>, reproduces``.
 
-    Over the test sets with an anchor (the :data:`MEAN` rows excluded): the mean signed and absolute difference per
-    metric; ``reproduces`` when every metric's mean |diff| is at most ``tolerance``.
+    Over the test sets with an anchor and a defined difference (the :data:`MEAN` rows excluded): the mean signed and
+    absolute difference per metric (NaN when a metric has none); ``undefined_<metric>``: the anchored test sets left
+    out because the arch's own score is undefined (NaN ``ours``); ``reproduces`` when every metric's mean |diff| is
+    defined and at most ``tolerance``.
     """
     if not tolerance > 0:
         raise ValueError(f"report.reproduce_tolerance: must be > 0, got {tolerance!r}")
     rows = []
-    per_testset = table[(table["testset"] != MEAN) & table["diff"].notna()]
+    anchored = table[(table["testset"] != MEAN) & table["published"].notna() & table["metric"].isin(metrics)]
+    per_testset = anchored[anchored["diff"].notna()]
     for arch in dict.fromkeys(table["arch"]):
         mine = per_testset[per_testset["arch"] == arch]
         row: dict[str, object] = {"arch": arch, "n_testsets": int(mine["testset"].nunique())}
         for metric in metrics:
             diffs = mine.loc[mine["metric"] == metric, "diff"]
+            row[f"undefined_{metric}"] = int(((anchored["arch"] == arch) & (anchored["metric"] == metric)).sum()
+                                             - len(diffs))
             row[f"mean_diff_{metric}"] = float(diffs.mean()) if len(diffs) else float("nan")
             row[f"mean_abs_diff_{metric}"] = float(diffs.abs().mean()) if len(diffs) else float("nan")
         row["reproduces"] = bool(row["n_testsets"]) and all(
-            row[f"mean_abs_diff_{m}"] <= tolerance for m in metrics)
+            row[f"mean_abs_diff_{m}"] <= tolerance for m in metrics)  # NaN <= tolerance is False
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -166,7 +176,9 @@ def reproduction_sentences(
 
     ``cnn's real-only baseline misses PraNet's published mDice / mIoU by −0.512 / −0.478 on average over 5 test
     sets (mean |diff| 0.512 / 0.478; "reproduces" means at most 0.020 for each).``
-    Arches without a published model, or whose test sets have no anchor, get a sentence saying so.
+    Arches without a published model, or whose test sets have no anchor, get a sentence saying so; so does an arch
+    whose own real-only score is undefined (NaN) on every anchored test set of a metric, and a sentence notes the
+    anchored test sets left out for an undefined score.
     """
     verdicts = reproduction_verdicts(table, tolerance, metrics).set_index("arch") if len(table) else pd.DataFrame()
     names = " / ".join(metrics)
@@ -176,19 +188,28 @@ def reproduction_sentences(
             sentences.append(f"{arch}'s real-only baseline has no published anchor "
                              f"(segment.archs.{arch}.published is null), so it is not checked against one.")
             continue
-        if arch not in verdicts.index or verdicts.at[arch, "n_testsets"] == 0:
+        undefined = (0 if arch not in verdicts.index
+                     else int(sum(verdicts.at[arch, f"undefined_{m}"] for m in metrics)))
+        if arch not in verdicts.index or (verdicts.at[arch, "n_testsets"] == 0 and undefined == 0):
             sentences.append(f"{arch}'s real-only baseline cannot be checked against {model}: the anchors file has "
                              "none of its test sets.")
             continue
         row = verdicts.loc[arch]
         n = int(row["n_testsets"])
+        left_out = (f" ({undefined} anchored test-set score{'s' if undefined != 1 else ''} left out: undefined for "
+                    "this arch)" if undefined else "")
+        missing = [m for m in metrics if pd.isna(row[f"mean_diff_{m}"]) and row[f"undefined_{m}"]]
+        if missing:
+            sentences.append(f"{arch}'s real-only baseline cannot be checked against {model} on {' / '.join(missing)}: "
+                             f"its own score is undefined (NaN) on every anchored test set{left_out}.")
+            continue
         signed = " / ".join(f"{row[f'mean_diff_{m}']:+.3f}" for m in metrics)
         absolute = " / ".join(f"{row[f'mean_abs_diff_{m}']:.3f}" for m in metrics)
         verb = "reproduces" if row["reproduces"] else "misses"
         sentences.append(
             f"{arch}'s real-only baseline {verb} {model}'s published {names} by {signed} on average over {n} test "
             f"set{'s' if n != 1 else ''} (mean |diff| {absolute}; \"reproduces\" means at most {tolerance:.3f} "
-            "for each).")
+            f"for each){left_out}.")
     return sentences
 
 

@@ -35,12 +35,16 @@ from hardgen.tables import POLICY_ORDER, ordered, read_table, save_figure
 #: The column naming a row's real training-set size (its count of real training images).
 N_REAL = "n_real"
 #: Columns of ``scarcity.csv``: per arch, policy, ratio and size, the mean over seeds of the metric's mean over test
-#: sets, its 95 % interval (``method``: Student's t over the seeds; with one seed a percentile bootstrap over the test
-#: images, ``bootstrap_images``, as :mod:`hardgen.contrasts`; ``single seed``: no per-image table, no interval).
+#: sets, its 95 % interval and ``method``: ``t_seeds``, Student's t over the seeds; with one seed
+#: ``bootstrap_images``, a percentile bootstrap over the test images (as :mod:`hardgen.contrasts`), or
+#: ``single seed``, no interval (no per-image table, or a test set of it without a defined value); ``undefined``: no
+#: seed has a defined mean, so ``seeds`` is 0 and ``mean``, ``ci_low``, ``ci_high`` are NaN. ``seeds`` counts the
+#: seeds whose mean is defined (a seed whose mean over the test sets is missing, NaN, is left out).
 SCARCITY_COLUMNS: list[str] = ["arch", "policy", "ratio", N_REAL, "metric", "seeds", "mean", "ci_low", "ci_high",
                                "method"]
 T_SEEDS = "t_seeds"
 SINGLE_SEED = "single seed"
+UNDEFINED = "undefined"
 
 
 def subset_count(record_csv: str | Path) -> int:
@@ -74,7 +78,10 @@ CurveKey = tuple[int, str, str, float, int]
 
 def image_interval(images: str | Path, metric: str, testsets: Sequence[str]) -> tuple[float, float] | None:
     """The 95 % percentile bootstrap over test images of one run's ``metric`` mean over ``testsets`` (each test set's
-    images resampled within it, :func:`hardgen.contrasts.bootstrap_interval`); None for a skipped run's empty table."""
+    images resampled within it, :func:`hardgen.contrasts.bootstrap_interval`), over the images whose value is defined
+    (a missing value, NaN, is left out, as in the test set's own mean); ``(nan, nan)`` when a test set has rows but no
+    defined value (the mean over the test sets is undefined); None for a skipped run's empty table. A test set
+    without any row is a :class:`DataError` naming the file."""
     table = read_images(images)
     table = table[table["metric"] == metric]
     groups = [table.loc[table["testset"] == t, "value"].to_numpy(float) for t in testsets]
@@ -82,6 +89,9 @@ def image_interval(images: str | Path, metric: str, testsets: Sequence[str]) -> 
         return None
     if not all(len(g) for g in groups):
         raise DataError(f"{images}: {metric} lacks test sets {[t for t, g in zip(testsets, groups) if not len(g)]}")
+    groups = [g[~np.isnan(g)] for g in groups]
+    if not all(len(g) for g in groups):
+        return float("nan"), float("nan")
     _, low, high = bootstrap_interval(groups, mean_over_testsets)
     return low, high
 
@@ -91,8 +101,10 @@ def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | No
     """The curve: per arch, policy, ratio and ``n_real``, the mean over seeds of ``metric``'s mean over the test sets
     (each seed's mean first, as :func:`hardgen.report.benchmark_summary`), with a t-interval over the seeds (two or
     more). With one seed the interval is the bootstrap over that run's test images (:func:`image_interval`) when
-    ``images`` holds its per-image table, else none (``method`` says which). ``long`` is the benchmark with
-    ``n_real``; ``testsets`` (``data.testsets``) are the ones the mean is over (default: every one but overall)."""
+    ``images`` holds its per-image table, else none (``method`` says which). Seeds whose mean is missing (NaN) are
+    left out; a point with no defined mean is kept, marked ``method`` :data:`UNDEFINED` with ``seeds`` 0 and NaN
+    values. ``long`` is the benchmark with ``n_real``; ``testsets`` (``data.testsets``) are the ones the mean is over
+    (default: every one but overall)."""
     images = images or {}
     rows = []
     for n_real, frame in long.groupby(N_REAL, sort=True):
@@ -101,7 +113,8 @@ def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | No
         for (arch, policy, ratio), runs in summary.groupby(["arch", "policy", "ratio"], sort=False):
             runs = runs.dropna(subset=["mean"])
             means = runs["mean"].to_numpy(dtype=float)
-            if len(means) == 0:
+            if len(means) == 0:  # every seed's mean is missing: the point is undefined, and says so
+                rows.append([arch, policy, float(ratio), int(n_real), metric, 0, np.nan, np.nan, np.nan, UNDEFINED])
                 continue
             if len(means) >= 2:
                 mean, low, high = t_interval(means)
@@ -110,7 +123,7 @@ def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | No
                 mean, low, high, method = float(means[0]), np.nan, np.nan, SINGLE_SEED
                 table = images.get((int(n_real), arch, policy, float(ratio), int(runs["seed"].iloc[0])))
                 interval = image_interval(table, metric, names) if table is not None else None
-                if interval is not None:
+                if interval is not None and np.isfinite(interval).all():
                     (low, high), method = interval, BOOTSTRAP_IMAGES
             rows.append([arch, policy, float(ratio), int(n_real), metric, len(means), mean, low, high, method])
     if not rows:
@@ -123,7 +136,8 @@ def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | No
 
 def plot_scarcity(table: pd.DataFrame, out_png: str | Path) -> None:
     """One panel per arch: each synthetic policy and ratio a line of its mean against ``n_real`` (log x), the
-    real-only segmenter a black dashed line; error bars / the band are the table's interval (none with one seed)."""
+    real-only segmenter a black dashed line; error bars / the band are the table's interval (none with one seed).
+    Undefined points (NaN mean) are left out, never drawn as 0; the line joins the defined ones."""
     if table.empty:
         raise DataError(f"{out_png}: no rows to plot")
     archs = ordered(table["arch"], [])
@@ -136,12 +150,16 @@ def plot_scarcity(table: pd.DataFrame, out_png: str | Path) -> None:
         runs = rows[["policy", "ratio"]].drop_duplicates().itertuples(index=False)
         for k, (policy, ratio) in enumerate(runs):
             line = rows[(rows["policy"] == policy) & (rows["ratio"] == ratio)].sort_values(N_REAL)
+            line = line[np.isfinite(line["mean"].to_numpy(float))]
+            if line.empty:
+                continue
             xs, ys = line[N_REAL].to_numpy(float), line["mean"].to_numpy(float)
             low, high = line["ci_low"].to_numpy(float), line["ci_high"].to_numpy(float)
             if policy == "real":
                 ax.plot(xs, ys, color="black", linestyle="--", marker="s", linewidth=1.4, label="real only")
                 if np.isfinite(low).any():
-                    ax.fill_between(xs, low, high, color="black", alpha=0.12)
+                    ax.fill_between(xs, low, high, where=np.isfinite(low) & np.isfinite(high), color="black",
+                                    alpha=0.12)
                 continue
             errors = np.vstack([ys - low, high - ys])
             ax.errorbar(xs, ys, yerr=np.where(np.isfinite(errors), errors, 0.0), marker="o", capsize=3,
@@ -156,7 +174,8 @@ def plot_scarcity(table: pd.DataFrame, out_png: str | Path) -> None:
                     else f"{int(LEVEL * 100)} % bootstrap over test images" if BOOTSTRAP_IMAGES in methods
                     else "one seed: no interval")
         ax.set_title(f"{arch}: {metric} against real training images ({interval})", fontsize=9)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # nothing drawn when every point of the panel is undefined
+            ax.legend(fontsize=7)
     save_figure(figure, out_png)
 
 
