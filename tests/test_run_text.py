@@ -73,3 +73,23 @@ def test_undefined_notes_count_the_marked_rows_and_say_why() -> None:
     assert "`hard`" in notes[2] and "train_hard_lora.tsv" in notes[2]
     defined = undefined_notes(contrasts=contrasts.iloc[1:], transfer=transfer.iloc[2:], variant_cost=costs.iloc[:1])
     assert defined == []
+
+
+def test_benchmark_markdown_says_whether_the_samples_follow_their_masks(tmp_path) -> None:
+    from hardgen.mask_following import COLUMNS, mask_following_sentences
+
+    table = pd.DataFrame([
+        ["real", "red_chromaticity", 0.001, 0.0012, np.nan, 0.5, "undefined",
+         "the real images' red chromaticity does not mark their masks (real gap -0.0002)"],
+        ["plain", "red_chromaticity", 0.002, 0.001, np.nan, 0.4, "undefined", "no validated reference"],
+        ["real", "judge_dice:cnn", 0.8, 0.2, 1.0, np.nan, "ok", ""],
+        ["plain", "judge_dice:cnn", 0.5, 0.2, 0.5, np.nan, "ok", ""],
+    ], columns=list(COLUMNS))
+    sentences = mask_following_sentences(table)
+    long = pd.DataFrame({"arch": "cnn", "policy": "real", "ratio": 0.0, "seed": 0, "testset": ["t", "overall"],
+                         "metric": "mDice", "value": [0.5, 0.5]})
+    md = report.benchmark_markdown(long, mask_following=sentences,
+                                   notes=[f"`mask_following.csv`: {sentences[0]}"])
+    section = md[md.index("## Do the samples follow their masks?"):md.index("## Measures not defined")]
+    assert "red chromaticity is undefined for every variant" in section and "at 0.50 of the real" in section
+    assert "does not mark their masks" in md[md.index("## Measures not defined"):]

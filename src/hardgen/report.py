@@ -319,6 +319,7 @@ def benchmark_markdown(
     run: RunDescription | None = None,
     protocol: str = "polyp_toolbox",
     notes: Sequence[str] = (),
+    mask_following: Sequence[str] = (),
 ) -> str:
     """A markdown report of the benchmark.
 
@@ -336,7 +337,8 @@ def benchmark_markdown(
     ``run.protocol`` when ``run`` is given). With ``run`` (:class:`hardgen.run_text.RunDescription`) it opens with a
     paragraph on what was run (dataset, test sets, generation, variants, policies). With ``demo`` a note says the
     numbers are noise by design. ``notes``: sentences on the measures that this data leaves undefined (rows marked
-    in their tables, :func:`undefined_notes`), under their own heading.
+    in their tables, :func:`undefined_notes`), under their own heading. ``mask_following``: the sentences of
+    :func:`hardgen.mask_following.mask_following_sentences` (do the samples follow their masks, by which measure).
 
     Cells are ``mean ± sd`` over seeds with the sample standard deviation (ddof=1); with a single
     seed the sd is undefined and the cell shows the mean alone. Values are fractions (0–1), like the
@@ -466,6 +468,10 @@ def benchmark_markdown(
 
     if anchors is not None:
         lines += _anchor_lines(anchors, testsets)
+    if mask_following:
+        lines += ["## Do the samples follow their masks?", "",
+                  " ".join(mask_following) + " (`mask_following.csv`: each measure's ratio is the samples' gap between "
+                  "their own and a shuffled mask, relative to the real images' same gap.)", ""]
     if notes:
         lines += ["## Measures not defined on this data", ""]
         lines += [f"- {note}" for note in notes]
@@ -951,6 +957,7 @@ def write_report(
     primary_contrast: Mapping[str, object] | None = None,
     run: RunDescription | None = None,
     notes: Sequence[str] = (),
+    mask_following_csv: str | Path | pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write every table and plot of the run; returns ``{name: path}`` of what was written.
 
@@ -974,7 +981,8 @@ def write_report(
     ``primary_contrast`` (config ``report.primary_contrast``). ``run`` (:class:`hardgen.run_text.RunDescription`)
     describes the run and its protocol at the top and bottom of benchmark.md; a measure this data leaves undefined is
     a marked row, never an error, and benchmark.md says so (:func:`hardgen.run_text.undefined_notes` of the tables
-    written here, after the caller's ``notes``).
+    written here, after the caller's ``notes``). ``mask_following_csv`` (``mask_following.csv``) adds its sentences
+    (:func:`hardgen.mask_following.mask_following_sentences`); an undefined measure of it is listed with the others.
 
     Tables (``tables_dir``): ``benchmark.csv`` (long: arch, policy, ratio, seed, testset, metric, value),
     ``benchmark.md``, ``runs.csv`` (arch, policy, ratio, seed, real_images, synthetic_images, iterations,
@@ -1052,10 +1060,16 @@ def write_report(
     matrix = transfer.transfer_matrix(scores, loss_backbones, losses, judge_loss_csv)
     write_csv(written["transfer_matrix_csv"], matrix)
     notes = [*notes, *undefined_notes(contrasts=contrasts, transfer=transfer_table, transfer_matrix=matrix)]
+    following: list[str] = []
+    if mask_following_csv is not None:
+        from hardgen.mask_following import mask_following_sentences
+
+        following = mask_following_sentences(mask_following_csv)
+        notes += [f"`mask_following.csv`: {sentence}" for sentence in following if " is undefined " in sentence]
     write_text(written["benchmark_md"], benchmark_markdown(
         long, runs, demo=demo, fidelity_df=fidelity, testsets=order, anchors=anchors, reproduction=reproduction,
         published=published if published else None, tolerance=reproduce_tolerance, contrasts=contrasts,
-        primary=primary_contrast, infeasible_df=infeasible, run=run, notes=notes))
+        primary=primary_contrast, infeasible_df=infeasible, run=run, notes=notes, mask_following=following))
     transfer.plot_transfer_matrix(matrix, written["transfer_matrix_png"])
     written["hardest_png"] = plots_dir / "hardest.png"
     gallery.plot_hardest(gallery.sample_hardness(scores, loss_backbones), generated, written["hardest_png"],

@@ -20,6 +20,8 @@ rule report:
         sample_losses=sample_loss_tables(),
         generated=expand_n(L("generated"), variant=VARIANTS),
         train_logs=expand_n(L("train_log"), variant=LORAS),
+        # do the samples follow their masks (and by which measure): sentences in benchmark.md
+        mask_following=L("table", table="mask_following.csv"),
     output:
         benchmark=report(L("table", table="benchmark.csv"), category="Benchmark", caption="../report/benchmark.rst"),
         benchmark_md=report(

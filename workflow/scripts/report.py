@@ -49,6 +49,7 @@ with stage_logging(snakemake.log[0]) as log:
         primary_contrast=snakemake.params.primary_contrast,
         run=RunDescription(**snakemake.params.run),
         notes=undefined_notes(variant_cost=costs),
+        mask_following_csv=inp.mask_following,
     )
     log.info("wrote %s", sorted(str(p) for p in written.values()))
     write_csv(snakemake.output.timings, timings)
