@@ -235,7 +235,7 @@ def test_empty_predictions_leave_hd95_undefined_and_the_report_reads_it(tmp_path
         row = table.loc[("hard", "plain", metric)]
         assert row["n"] == 0 and row[["mean_diff", "ci_low", "ci_high"]].isna().all()
     md = report.benchmark_markdown(long, testsets=["part", "missed"])
-    assert ("HD95 is undefined for 5 of 7 test images of cnn/real seed 0 (an empty prediction or ground truth); its "
-            "HD95 means are over the defined images (missed: none defined, NaN).") in md
-    assert "HD95 is undefined for 4 of 7 test images of cnn/hard ×1 seed 0" in md
-    assert "HD95 is undefined for all 7 test images of cnn/plain ×1 seed 0" in md and "missing (NaN)" in md
+    assert "| cnn/real | 0 | 5 | 7 | missed |" in md
+    assert "| cnn/hard ×1 | 0 | 4 | 7 | – |" in md
+    assert "| cnn/plain ×1 | 0 | 7 | 7 | missed, part |" in md and "3 runs have undefined HD95s" in md
+    assert "HD95: undefined for some test images in 3 run(s)" in md[md.index("## Measures not defined"):]

@@ -271,17 +271,17 @@ def _interval(row: Mapping[str, object] | pd.Series) -> str:
 
 
 def hd95_undefined_lines(long_df: pd.DataFrame) -> list[str]:
-    """One sentence per evaluation table (run) where HD95 is undefined for some test images (the binary protocol's
-    count rows ``HD95_undefined`` and ``n_images``, :data:`hardgen.metrics.BINARY_COUNTS`, summed over the test sets),
-    in the tables' order, e.g. ``HD95 is undefined for 3 of 12 test images of cnn/real seed 0 (an empty prediction or
-    ground truth); its HD95 means are over the defined images.`` Nothing for a table without these rows (the polyp
-    toolbox) or whose every HD95 is defined."""
+    """A sentence and a table of the runs (evaluation tables) where HD95 is undefined for some test images (the binary
+    protocol's count rows ``HD95_undefined`` and ``n_images``, :data:`hardgen.metrics.BINARY_COUNTS`, summed over the
+    test sets), in the tables' order: ``| cnn/real | 0 | 5 | 7 | missed |`` (run, seed, undefined, images, the test
+    sets where none is defined, whose HD95 is NaN). One row per run keeps a benchmark of many runs readable. Nothing
+    for tables without these rows (the polyp toolbox) or whose every HD95 is defined."""
     counts = long_df[long_df["metric"].isin([HD95_UNDEFINED, N_IMAGES]) & (long_df["testset"] != OVERALL)]
     if counts.empty:
         return []
     per_testset = counts.pivot_table(index=["arch", "policy", "ratio", "seed", "testset"], columns="metric",
                                      values="value", aggfunc="first").reindex(columns=[HD95_UNDEFINED, N_IMAGES])
-    lines = []
+    rows = []
     for arch in _ordered(per_testset.index.get_level_values("arch"), []):
         mine = per_testset.xs(arch, level="arch")
         for policy in _ordered(mine.index.get_level_values("policy"), POLICY_ORDER):
@@ -289,17 +289,16 @@ def hd95_undefined_lines(long_df: pd.DataFrame) -> list[str]:
                 undefined, images = run[HD95_UNDEFINED].sum(min_count=1), run[N_IMAGES].sum(min_count=1)
                 if not undefined > 0:  # NaN or 0: every HD95 defined
                     continue
-                label = f"{arch}/{_run_label(policy, ratio)} seed {seed}"
-                if undefined == images:
-                    lines.append(f"HD95 is undefined for all {int(images)} test images of {label} (an empty "
-                                 "prediction or ground truth); its HD95 is missing (NaN).")
-                    continue
-                of = f"{int(undefined)} of {int(images)}" if np.isfinite(images) else f"{int(undefined)}"
                 none = sorted(run.index.get_level_values("testset")[run[HD95_UNDEFINED] == run[N_IMAGES]])
-                lines.append(f"HD95 is undefined for {of} test images of {label} (an empty prediction or ground "
-                             "truth); its HD95 means are over the defined images"
-                             + (f" ({', '.join(none)}: none defined, NaN)" if none else "") + ".")
-    return lines
+                rows.append(f"| {arch}/{_run_label(policy, ratio)} | {seed} | {int(undefined)} | "
+                            f"{int(images) if np.isfinite(images) else '–'} | {', '.join(none) or '–'} |")
+    if not rows:
+        return []
+    return ["HD95 is undefined where a prediction or its ground truth is empty (the binary protocol): each HD95 mean "
+            "is over the images where it is defined, and NaN for a test set where none is. "
+            f"{len(rows)} run{'s have' if len(rows) != 1 else ' has'} undefined HD95s:", "",
+            "| run | seed | HD95 undefined | test images | test sets with none defined (NaN) |",
+            "|---|---:|---:|---:|---|", *rows]
 
 
 def benchmark_markdown(
@@ -402,7 +401,9 @@ def benchmark_markdown(
                  "score over all test images pooled.")
     undefined_hd95 = hd95_undefined_lines(long_df)
     if undefined_hd95:
-        lines += ["", " ".join(undefined_hd95)]
+        lines += ["", *undefined_hd95]
+        notes = [*notes, f"HD95: undefined for some test images in {len(undefined_hd95) - 4} run(s) (an empty "
+                         "prediction or ground truth); the table under the mIoU table counts them."]
 
     diffs = paired_differences(long_df, testsets=testsets)
     lines += ["", "## Paired differences per seed", ""]
