@@ -208,7 +208,7 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     if demo["min_size"] > demo["max_size"]:
         problems.append("config key 'data.demo.min_size': must not exceed data.demo.max_size")
     if data["root"] is None:
-        wanted = ["pranet"] if demo["modality"] == "polyp" else ["folders", "table"]
+        wanted = ["pranet", "table"] if demo["modality"] == "polyp" else ["folders", "table"]
         if data["layout"] not in wanted:
             problems.append(f"config key 'data.layout': the {demo['modality']} demo (data.root null, "
                             f"data.demo.modality) is written for layout {' or '.join(wanted)}, not {data['layout']}")

@@ -98,6 +98,25 @@ DEFAULT_STYLE = DEMO_STYLES["CVC-300"]
 TRAIN_KVASIR_SHARE = 0.6
 #: Every JPEG_MASK_EVERY-th mask is stored as JPEG, like several public copies of these sets.
 JPEG_MASK_EVERY = 3
+#: ``data.demo.lesion_colour`` values: ``distinct`` (the lesion's own colour: a redder polyp, a darker ultrasound
+#: lesion) or ``matched`` (the colour / grey level of its background: it shows by shape, shading and texture only,
+#: as many real polyps and isoechoic lesions do).
+LESION_COLOURS = ("distinct", "matched")
+#: Relative amplitude of the matched polyp's luminance grain (its surface texture).
+MATCHED_GRAIN = 0.12
+#: Relative amplitude of the matched (isoechoic) ultrasound lesion's echotexture.
+MATCHED_ECHO_GRAIN = 0.35
+
+
+def lesion_free(index: int, fraction: float) -> bool:
+    """Whether frame ``index`` of a demo test set is lesion-free (``data.demo.empty_test_fraction``).
+
+    Frame i is lesion-free when ``floor((i + 1) f) > floor(i f)``: exactly ``floor(n f)`` of the first n frames,
+    spread evenly (f = 0.5: every second frame), and a frame keeps its status when the set grows.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.demo.empty_test_fraction must lie in [0, 1) (got {fraction})")
+    return int(np.floor((index + 1) * fraction)) > int(np.floor(index * fraction))
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
@@ -166,9 +185,23 @@ def _draw_vessels(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _render_demo_sample(
-    rng: np.random.Generator, style: DemoStyle, min_size: int, max_size: int
+    rng: np.random.Generator, style: DemoStyle, min_size: int, max_size: int,
+    lesion_colour: str = "distinct", lesion: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One colonoscopy-like RGB uint8 image and its bool polyp mask."""
+    """One colonoscopy-like RGB uint8 image and its bool polyp mask.
+
+    ``lesion_colour`` (``data.demo.lesion_colour``): ``distinct`` tints the polyp tissue with the style's
+    ``polyp_tint`` (redder than the mucosa: the default demo); ``matched`` keeps the mucosa's own colour, so the
+    polyp shows by its shape, its shading (the lit dome), its specular spots and a fine granular surface texture
+    (luminance only, from a generator spawned off ``rng``: the image is the ``distinct`` one everywhere outside the
+    polyp, and the mask is the same). ``lesion`` False renders a lesion-free frame (empty mask): the polyps are not
+    drawn, so the remaining draws of ``rng`` differ from the frame with a lesion.
+    """
+    if lesion_colour not in LESION_COLOURS:
+        raise ValueError(f"data.demo.lesion_colour must be one of {list(LESION_COLOURS)} (got {lesion_colour!r})")
+    matched = lesion_colour == "matched"
+    # spawned before any draw: children of the generator's seed sequence, the parent's stream is untouched
+    texture_rng = rng.spawn(1)[0] if matched else None
     h, w = _image_size(rng, style, min_size, max_size)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     field = _octagon(h, w, rng)
@@ -197,7 +230,8 @@ def _render_demo_sample(
     # Polyps: shaded bumps (dome height map lit from one side), slightly different hue.
     mask = np.zeros((h, w), bool)
     n_polyps = 2 if rng.random() < style.two_polyp_prob else 1
-    for _ in range(n_polyps):
+    tint = np.ones(3, np.float32) if matched else np.asarray(style.polyp_tint, np.float32)
+    for _ in range(n_polyps if lesion else 0):
         radius = rng.uniform(*style.polyp_radius) * min(h, w)
         shape = _polyp_shape(rng, h, w, radius) & field
         mask |= shape
@@ -207,8 +241,15 @@ def _render_demo_sample(
         light = rng.uniform(0, 2 * np.pi)
         shade = 1.0 + 0.10 * height - 3.0 * radius * 0.05 * (gx * np.cos(light) + gy * np.sin(light))
         alpha = cv2.GaussianBlur(shape.astype(np.float32), (0, 0), 0.8)[..., None]
-        tissue = img * np.asarray(style.polyp_tint, np.float32) * np.clip(shade, 0.6, 1.4)[..., None]
+        tissue = img * tint * np.clip(shade, 0.6, 1.4)[..., None]
         img = img * (1 - alpha) + tissue * alpha
+
+    if matched and mask.any():
+        # the polyp's granular surface (pit pattern): a luminance-only texture, every channel scaled alike, so the
+        # tissue keeps the mucosa's chromaticity
+        grain = 1.0 + MATCHED_GRAIN * _smooth_noise(texture_rng, h, w, cell=2.5)
+        alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)
+        img = img * (1.0 + (grain - 1.0) * alpha)[..., None]
 
     # Specular highlights: small white blobs, half of them on polyps where the light hits.
     spec = np.zeros((h, w), np.float32)
@@ -233,11 +274,13 @@ def _render_demo_sample(
 
 
 def _write_demo_pair(folder_image: Path, folder_mask: Path, stem: str, index: int,
-                     image: np.ndarray, mask: np.ndarray) -> None:
-    """Write one pair; every JPEG_MASK_EVERY-th mask goes out as JPEG (with its compression noise)."""
+                     image: np.ndarray, mask: np.ndarray) -> tuple[Path, Path]:
+    """Write one pair; every JPEG_MASK_EVERY-th mask goes out as JPEG (with its compression noise). Returns the
+    image's and the mask's paths."""
     write_image(folder_image / f"{stem}.png", image)
     mask_suffix = ".jpg" if index % JPEG_MASK_EVERY == JPEG_MASK_EVERY - 1 else ".png"
     write_mask(folder_mask / f"{stem}{mask_suffix}", mask)
+    return folder_image / f"{stem}.png", folder_mask / f"{stem}{mask_suffix}"
 
 
 def make_demo_dataset(
@@ -248,6 +291,8 @@ def make_demo_dataset(
     min_size: int,
     max_size: int,
     seed: int,
+    lesion_colour: str = "distinct",
+    empty_test_fraction: float = 0.0,
 ) -> None:
     """Write a procedural colonoscopy-like dataset in the PraNet layout under ``root``.
 
@@ -255,7 +300,14 @@ def make_demo_dataset(
     set, each test set in its own style. Image sides lie in [min_size, max_size]. Output is fully
     determined by the arguments (same bytes on rerun). The tree is built in a temporary sibling and
     moved into place, so ``root`` is never half-written; an existing ``root`` is replaced only if it
-    is empty or an earlier demo tree (it holds :data:`DEMO_MARKER`).
+    is empty or an earlier demo tree (it holds :data:`DEMO_MARKER`). ``root/dataset.csv``
+    (:data:`DEMO_TABLE`) lists the same pairs as ``image, mask, split`` (split ``train`` and the test-set
+    names): the ``table`` layout of the same data.
+
+    The hard cases of real data, both off by default (the default demo's bytes do not depend on them):
+    ``lesion_colour`` ``matched`` gives every polyp the mucosa's colour (:func:`_render_demo_sample`), and
+    ``empty_test_fraction`` f makes ``floor(n_test f)`` frames of each test set lesion-free, with an empty mask
+    (:func:`lesion_free`), as real test sets publish frames without a polyp. Training frames always show one.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0 (got {seed})")
@@ -271,6 +323,9 @@ def make_demo_dataset(
     for name in testsets:
         if name not in DEMO_STYLES:
             LOG.warning("demo: no style for test set %r; using the default style", name)
+    if lesion_colour not in LESION_COLOURS:
+        raise ValueError(f"data.demo.lesion_colour must be one of {list(LESION_COLOURS)} (got {lesion_colour!r})")
+    lesion_free(0, empty_test_fraction)  # checks the fraction
 
     with atomic_folder(root) as staging:
         # One generator per image, keyed by (seed, split, index): changing n_test or adding a test set
@@ -279,25 +334,34 @@ def make_demo_dataset(
         kvasir_like = np.zeros(n_train, bool)
         kvasir_like[: round(TRAIN_KVASIR_SHARE * n_train)] = True
         kvasir_like = train_rng.permutation(kvasir_like)
-        jobs: list[tuple[Path, Path, str, int, DemoStyle, np.random.Generator]] = []
+        jobs: list[tuple[Path, Path, str, int, DemoStyle, np.random.Generator, str, bool]] = []
         for i in range(n_train):
             style_name = "Kvasir" if kvasir_like[i] else "CVC-ClinicDB"
             stem = f"{'kvasir' if kvasir_like[i] else 'clinicdb'}_{i:04d}"
             jobs.append((staging / TRAIN_DIR / TRAIN_IMAGE_DIR, staging / TRAIN_DIR / TRAIN_MASK_DIR, stem, i,
-                         DEMO_STYLES[style_name], np.random.default_rng([seed, 1, i])))
+                         DEMO_STYLES[style_name], np.random.default_rng([seed, 1, i]), TRAIN_SPLIT, True))
         for name in testsets:
             base = staging / TEST_DIR / name
             # Seed by name, not position, so reordering testsets keeps each set's bytes.
             name_key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
             for i in range(n_test):
                 jobs.append((base / TEST_IMAGE_DIR, base / TEST_MASK_DIR, f"{i + 1}", i,
-                             DEMO_STYLES.get(name, DEFAULT_STYLE), np.random.default_rng([seed, 2, name_key, i])))
-        for image_dir, mask_dir, stem, index, style, rng in tqdm(jobs, desc="demo dataset", unit="img"):
-            image, mask = _render_demo_sample(rng, style, min_size, max_size)
-            _write_demo_pair(image_dir, mask_dir, stem, index, image, mask)
-        write_text(staging / DEMO_MARKER, json.dumps(
-            {"testsets": list(testsets), "n_train": n_train, "n_test": n_test, "min_size": min_size,
-             "max_size": max_size, "seed": seed}, indent=2, sort_keys=True) + "\n")
+                             DEMO_STYLES.get(name, DEFAULT_STYLE), np.random.default_rng([seed, 2, name_key, i]),
+                             name, not lesion_free(i, empty_test_fraction)))
+        rows = []
+        for image_dir, mask_dir, stem, index, style, rng, split, lesion in tqdm(jobs, desc="demo dataset", unit="img"):
+            image, mask = _render_demo_sample(rng, style, min_size, max_size, lesion_colour, lesion)
+            written = [p.relative_to(staging) for p in _write_demo_pair(image_dir, mask_dir, stem, index, image, mask)]
+            rows.append({"image": written[0].as_posix(), "mask": written[1].as_posix(), "split": split})
+        # in the order the pranet layout lists them: splits as given, stems sorted within each
+        splits = [TRAIN_SPLIT, *testsets]
+        rows.sort(key=lambda row: (splits.index(row["split"]), Path(row["image"]).stem))
+        write_table(staging / DEMO_TABLE, pd.DataFrame(rows), TABLE_COLUMNS, "demo table")
+        marker = {"testsets": list(testsets), "n_train": n_train, "n_test": n_test, "min_size": min_size,
+                  "max_size": max_size, "seed": seed}
+        if lesion_colour != "distinct" or empty_test_fraction:  # the default demo's marker stays as it was
+            marker.update(lesion_colour=lesion_colour, empty_test_fraction=empty_test_fraction)
+        write_text(staging / DEMO_MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
     LOG.info("demo dataset: %d train + %d x %d test pairs under %s", n_train, len(testsets), n_test, root)
 
 
@@ -313,14 +377,24 @@ DEMO_TABLE = "dataset.csv"
 ULTRASOUND_MASK_VALUES = (0, 1)
 
 
-def _render_ultrasound_sample(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_ultrasound_sample(rng: np.random.Generator, min_size: int, max_size: int,
+                              lesion_colour: str = "distinct", lesion: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One B-mode-ultrasound-like 16-bit grey image and its bool lesion mask.
 
     A fan-shaped field of view (sector from an apex above the top edge), layered tissue echogenicity with smooth
     variation, multiplicative speckle (Rayleigh amplitude of a complex Gaussian, slightly smoothed), a dark
     hypoechoic lesion with a soft rim and posterior acoustic enhancement, depth attenuation with time-gain
     compensation, then log-compression into the 16-bit range.
+
+    ``lesion_colour`` ``matched``: an isoechoic lesion instead (the grey level of the tissue around it, no posterior
+    enhancement), shown by a thin hypoechoic halo just outside its border and a coarser echotexture inside (drawn
+    from a generator spawned off ``rng``: the mask and the speckle are the ``distinct`` frame's). ``lesion`` False:
+    a lesion-free frame (empty mask).
     """
+    if lesion_colour not in LESION_COLOURS:
+        raise ValueError(f"data.demo.lesion_colour must be one of {list(LESION_COLOURS)} (got {lesion_colour!r})")
+    matched = lesion_colour == "matched"
+    texture_rng = rng.spawn(1)[0] if matched else None
     h = int(rng.integers(min_size, max_size + 1))
     w = int(np.clip(round(h * rng.uniform(1.0, 1.35)), min_size, max_size))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -340,7 +414,7 @@ def _render_ultrasound_sample(rng: np.random.Generator, min_size: int, max_size:
 
     mask = np.zeros((h, w), bool)
     ys, xs = np.nonzero(fan & (depth > 0.2) & (depth < 0.75) & (np.abs(angle) < 0.7 * half_angle))
-    if len(xs):
+    if len(xs) and lesion:
         j = int(rng.integers(len(xs)))
         cy, cx = float(ys[j]), float(xs[j])
         ry = rng.uniform(0.08, 0.18) * h
@@ -352,10 +426,18 @@ def _render_ultrasound_sample(rng: np.random.Generator, min_size: int, max_size:
         cv2.fillPoly(shape, [pts], 1)
         mask = shape.astype(bool) & fan
         soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.2)
-        tissue = tissue * (1 - 0.8 * soft)  # hypoechoic lesion
-        # posterior acoustic enhancement: a brighter band below the lesion along the beam
-        below = (yy > cy) & (np.abs(xx - cx) < rx) & ~mask
-        tissue += 0.25 * below * np.exp(-(yy - cy - ry) .clip(0) / (0.3 * h))
+        if matched:
+            # isoechoic: the tissue's own echogenicity, a coarser echotexture inside and a hypoechoic halo (a thin
+            # capsule) just outside the border
+            grain = 1.0 + MATCHED_ECHO_GRAIN * _smooth_noise(texture_rng, h, w, cell=4)
+            tissue = tissue * (1.0 + (grain - 1.0) * soft)
+            halo = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~mask
+            tissue = tissue * (1 - 0.6 * cv2.GaussianBlur(halo.astype(np.float32), (0, 0), 0.5))
+        else:
+            tissue = tissue * (1 - 0.8 * soft)  # hypoechoic lesion
+            # posterior acoustic enhancement: a brighter band below the lesion along the beam
+            below = (yy > cy) & (np.abs(xx - cx) < rx) & ~mask
+            tissue += 0.25 * below * np.exp(-(yy - cy - ry) .clip(0) / (0.3 * h))
 
     speckle = np.hypot(rng.standard_normal((h, w)), rng.standard_normal((h, w))).astype(np.float32) / np.sqrt(2)
     speckle = cv2.GaussianBlur(speckle, (0, 0), 0.7)
@@ -367,7 +449,8 @@ def _render_ultrasound_sample(rng: np.random.Generator, min_size: int, max_size:
 
 
 def make_ultrasound_demo(
-    root: str | Path, splits: Mapping[str, int], min_size: int, max_size: int, seed: int
+    root: str | Path, splits: Mapping[str, int], min_size: int, max_size: int, seed: int,
+    lesion_colour: str = "distinct", empty_fraction: Mapping[str, float] | None = None,
 ) -> None:
     """Write a procedural grayscale ultrasound-like lesion dataset in the ``folders`` layout under ``root``.
 
@@ -376,11 +459,18 @@ def make_ultrasound_demo(
     values 0/1). ``root/dataset.csv`` (:data:`DEMO_TABLE`) lists the same pairs as ``image, mask, split`` relative
     to it: the ``table`` layout of the same data. Deterministic, written in a staging sibling and moved into place;
     an existing ``root`` is replaced only if it is empty or an earlier demo tree (:data:`DEMO_MARKER`).
+
+    ``lesion_colour`` ``matched``: isoechoic lesions (:func:`_render_ultrasound_sample`); ``empty_fraction`` maps a
+    split (the test sets, ``data.demo.empty_test_fraction``) to the share of its frames that are lesion-free
+    (:func:`lesion_free`). Both off by default.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0 (got {seed})")
     if not splits or any(int(n) < 1 for n in splits.values()):
         raise ValueError(f"ultrasound demo: every split needs >= 1 pair (got {dict(splits)})")
+    empty_fraction = dict(empty_fraction or {})
+    for fraction in empty_fraction.values():
+        lesion_free(0, fraction)  # checks the fraction
     if not 16 <= min_size <= max_size:
         raise ValueError(f"data.demo.min_size/max_size must satisfy 16 <= min <= max (got {min_size}, {max_size})")
     root = Path(root)
@@ -391,7 +481,9 @@ def make_ultrasound_demo(
         for split, n in splits.items():
             name_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
             for i in range(int(n)):
-                image, mask = _render_ultrasound_sample(np.random.default_rng([seed, 5, name_key, i]), min_size, max_size)
+                image, mask = _render_ultrasound_sample(
+                    np.random.default_rng([seed, 5, name_key, i]), min_size, max_size, lesion_colour,
+                    not lesion_free(i, empty_fraction.get(split, 0.0)))
                 stem = f"{slug(split)}_{i:03d}"
                 image_rel = Path(split) / FOLDER_IMAGE_DIR / f"{stem}.png"
                 mask_rel = Path(split) / FOLDER_MASK_DIR / f"{stem}.png"
@@ -401,9 +493,11 @@ def make_ultrasound_demo(
                 Image.fromarray(mask.astype(np.uint8) * ULTRASOUND_MASK_VALUES[1]).save(staging / mask_rel)
                 rows.append({"image": image_rel.as_posix(), "mask": mask_rel.as_posix(), "split": split})
         write_table(staging / DEMO_TABLE, pd.DataFrame(rows), TABLE_COLUMNS, "demo table")
-        write_text(staging / DEMO_MARKER, json.dumps(
-            {"modality": "ultrasound", "splits": dict(splits), "min_size": min_size, "max_size": max_size,
-             "seed": seed}, indent=2, sort_keys=True) + "\n")
+        marker = {"modality": "ultrasound", "splits": dict(splits), "min_size": min_size, "max_size": max_size,
+                  "seed": seed}
+        if lesion_colour != "distinct" or any(empty_fraction.values()):
+            marker.update(lesion_colour=lesion_colour, empty_fraction=empty_fraction)
+        write_text(staging / DEMO_MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
     LOG.info("ultrasound demo: %s pairs under %s", dict(splits), root)
 
 
@@ -977,6 +1071,35 @@ def train_subset(frame: pd.DataFrame, size: int | None, seed: int,
     if size is not None:
         LOG.info("%s: %d of %d training images (seed %d)", key, n, len(train_ids), seed)
     return reduced, record.sort_values("id", kind="stable").reset_index(drop=True)
+
+
+def cap_test_sets(frame: pd.DataFrame, size: int | None, seed: int) -> pd.DataFrame:
+    """Keep at most ``size`` rows of each test set of a manifest (``data.test_subset``; None keeps all).
+
+    Each test set's ids in the seeded order of :func:`nested_subsets`; when the set holds both frames with an empty
+    mask and frames with foreground and ``size`` >= 2, the first of each kind in that order is kept before the rest
+    fills up, so the capped set keeps the case where a metric is undefined (an empty ground truth). Training rows
+    and the manifest's order are kept.
+    """
+    if size is None:
+        return frame
+    if int(size) != size or size < 1:
+        raise ValueError(f"data.test_subset: expected an integer >= 1 or null, got {size!r}")
+    keep: set[str] = set()
+    tests = frame[frame["split"] != TRAIN_SPLIT]
+    for name, group in tests.groupby("split", sort=False):
+        order = _seeded_order(group["id"].astype(str).tolist(), seed)
+        empty = set(group.loc[group["fg_fraction"] == 0.0, "id"].astype(str))
+        first = []
+        if size >= 2 and 0 < len(empty) < len(order):
+            first = [next(i for i in order if i in empty), next(i for i in order if i not in empty)]
+        chosen = first + [i for i in order if i not in first][: size - len(first)]
+        keep.update(chosen)
+        if len(chosen) < len(order):
+            LOG.info("data.test_subset: %d of %d pairs of test set %s (seed %d; %d with an empty mask)", len(chosen),
+                     len(order), name, seed, len(empty & set(chosen)))
+    is_kept = (frame["split"] == TRAIN_SPLIT) | frame["id"].astype(str).isin(keep)
+    return frame[is_kept].reset_index(drop=True)
 
 
 def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:

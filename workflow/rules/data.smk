@@ -48,6 +48,8 @@ rule prepare_data:
         # the one size of data.train_subset (or a one-entry data.train_subsets); the scarcity curve keeps every image
         # here and rule subset_manifest draws each size
         train_subset=None if SCARCITY else hgconfig.train_subset_size(N_REALS[0]),
+        # at most this many pairs per test set (hardgen rehearse; null = all), after every pair is validated
+        test_subset=config["data"]["test_subset"],
         seed=config["seed"],
     threads: 1
     resources:

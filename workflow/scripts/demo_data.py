@@ -1,5 +1,5 @@
 """Snakemake wrapper for rule demo_data: the procedural demo dataset of data.demo.modality (polyp: PraNet layout;
-ultrasound: folders layout plus its table)."""
+ultrasound: folders layout; both with their table), with data.demo.lesion_colour and data.demo.empty_test_fraction."""
 
 from hardgen.data import make_demo_dataset, make_ultrasound_demo
 from hardgen.logging_utils import stage_logging
@@ -9,7 +9,15 @@ with stage_logging(snakemake.log[0]) as log:
     if demo["modality"] == "ultrasound":
         splits = {name: demo["n_train"] for name in snakemake.params.train_splits}
         splits.update({name: demo["n_test"] for name in snakemake.params.testsets})
-        make_ultrasound_demo(snakemake.output[0], splits, demo["min_size"], demo["max_size"], snakemake.params.seed)
+        make_ultrasound_demo(
+            snakemake.output[0],
+            splits,
+            demo["min_size"],
+            demo["max_size"],
+            snakemake.params.seed,
+            lesion_colour=demo["lesion_colour"],
+            empty_fraction={name: demo["empty_test_fraction"] for name in snakemake.params.testsets},
+        )
     else:
         make_demo_dataset(
             root=snakemake.output[0],
@@ -19,5 +27,7 @@ with stage_logging(snakemake.log[0]) as log:
             min_size=demo["min_size"],
             max_size=demo["max_size"],
             seed=snakemake.params.seed,
+            lesion_colour=demo["lesion_colour"],
+            empty_test_fraction=demo["empty_test_fraction"],
         )
     log.info("demo dataset (%s) written to %s", demo["modality"], snakemake.output[0])

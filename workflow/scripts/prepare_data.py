@@ -1,11 +1,18 @@
 """Snakemake wrapper for rule prepare_data: validate the dataset (any data.layout) and write the manifest (and the
-training subset); pairs that need it (16-bit images, non-0/255 masks, NIfTI slices) are written as 8-bit PNGs under
-the converted folder."""
+training subset; data.test_subset caps each test set); pairs that need it (16-bit images, non-0/255 masks, NIfTI
+slices) are written as 8-bit PNGs under the converted folder."""
 
 import shutil
 from pathlib import Path
 
-from hardgen.data import SUBSET_COLUMNS, VolumeSlicing, build_manifest, train_subset, write_manifest
+from hardgen.data import (
+    SUBSET_COLUMNS,
+    VolumeSlicing,
+    build_manifest,
+    cap_test_sets,
+    train_subset,
+    write_manifest,
+)
 from hardgen.io import write_table
 from hardgen.logging_utils import stage_logging
 
@@ -29,6 +36,7 @@ with stage_logging(snakemake.log[0]) as log:
         seed=params.seed,
     )
     manifest, record = train_subset(manifest, params.train_subset, params.seed)
+    manifest = cap_test_sets(manifest, params.test_subset, params.seed)  # data.test_subset (hardgen rehearse)
     write_table(snakemake.output.subset, record, SUBSET_COLUMNS, "training subset record")
     write_manifest(manifest, snakemake.output.manifest)
     log.info("manifest: %s", manifest.groupby("split").size().to_dict())
