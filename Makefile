@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 STAMP  := $(VENV)/.hardgen-installed
 
-.PHONY: demo test test-all lint lock dag clean bench tiny-sd
+.PHONY: demo test test-all lint lock dag clean bench tiny-sd rehearse
 
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+# Your own config, shrunk (a few images, tiny models, 2 steps: config/rehearsal.yaml), through every rule to the
+# report in rehearsal/ (never results/): make rehearse CONFIG="config/sd15-polyp.yaml my-site.yaml"
+CONFIG ?= config/config.yaml
+rehearse: $(STAMP)
+	$(BIN)/hardgen rehearse $(CONFIG) --cores $(CORES)
 
 # The fast default: unit tests + one short workflow run (a shrunk demo config, every stage). CI runs this.
 test: $(STAMP)

@@ -82,7 +82,7 @@ LAYERS: dict[int, set[str]] = {
         "benchmark_runs", "mask_following"},
     5: {"objectives", "mining", "shards", "generate", "train", "stages", "pretrain", "pretrain_adapter",
         "pretrain_decoder"},
-    6: {"tables", "transfer", "gallery", "timings", "run_text", "report", "scarcity", "cli"},
+    6: {"tables", "transfer", "gallery", "timings", "run_text", "report", "scarcity", "rehearsal", "cli"},
 }
 
 

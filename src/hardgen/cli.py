@@ -241,6 +241,18 @@ def _run_evaluate_maps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rehearse(parser: argparse.ArgumentParser) -> None:
+    from hardgen.rehearsal import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_rehearse(args: argparse.Namespace) -> int:
+    from hardgen.rehearsal import run
+
+    return run(args)
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "lora-summary": ("Control-LoRA layer and parameter counts", _add_lora_summary, _run_lora_summary),
     "build-tiny-sd": ("build the tiny random-init SD folder", _add_build_tiny_sd, _run_build_tiny_sd),
@@ -257,6 +269,8 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
     "evaluate-maps": (("score saved 8-bit prediction maps with the polyp toolbox's or the binary protocol "
                       "(per test set + overall)"),
                       _add_evaluate_maps, _run_evaluate_maps),
+    "rehearse": (("run YOUR config shrunk (a few images, tiny models, 2 steps) through every rule to the report, in "
+                  "rehearsal/, before the GPU run (config/rehearsal.yaml)"), _add_rehearse, _run_rehearse),
 }
 
 
