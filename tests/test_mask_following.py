@@ -217,7 +217,7 @@ def test_colour_matched_lesions_leave_the_cue_undefined_and_the_judge_measures(m
     assert (chroma["status"] == "undefined").all() and chroma["margin_vs_real"].isna().all()
     assert chroma["own"].notna().all() and chroma["shuffled"].notna().all()
     assert chroma.loc["real", "own"] - chroma.loc["real", "shuffled"] < 0
-    assert all(r.startswith("the real images' red chromaticity does not mark their masks (real gap -")
+    assert all(r.startswith("the real images' red chromaticity does not mark their masks beyond chance (real gap -")
                for r in chroma["reason"])
     assert chroma["dark_corners"].notna().all() and judge["dark_corners"].isna().all()  # the cue's rows carry it
     # the judge: the real gap validates it, a set that follows its masks scores ~1, one that ignores them ~0
@@ -237,7 +237,7 @@ def test_a_judge_that_did_not_learn_the_masks_is_undefined(discs):
     assert blind.loc["real", "own"] == blind.loc["real", "shuffled"] == 0.0  # the same blob: no Dice, own or not
     assert blind.loc["plain", "reason"] == ("the vit judge did not learn the masks: on its own training images its "
                                             "Dice against their own masks is not above its Dice against shuffled "
-                                            "ones (real gap 0)")
+                                            "ones beyond chance (real gap 0, 95 % interval [0, 0] over 8 images)")
     # the other measures are unaffected; the cue's rows are the default of measure_rows
     assert measure_rows(table).loc["plain", "margin_vs_real"] == pytest.approx(1.0)
     assert measure_rows(table, "judge_dice:cnn").loc["plain", "status"] == "ok"
@@ -279,7 +279,7 @@ def test_the_sentences_name_the_undefined_measure_and_the_plain_ratio(matched, t
     sentences = mask_following_sentences(table)
     assert len(sentences) == 2
     assert sentences[0].startswith("Mask following by red chromaticity is undefined for every variant: the real "
-                                   "images' red chromaticity does not mark their masks (real gap -")
+                                   "images' red chromaticity does not mark their masks beyond chance (real gap -")
     assert sentences[1].startswith("Mask following by the cnn judge's Dice: the real images validate it")
     assert sentences[1].endswith("the plain samples follow their masks at 1.00 of the real images' gap.")
     table.to_csv(tmp_path / "mask_following.csv", index=False)  # the file reads the same (empty reasons: NaN)
@@ -310,3 +310,48 @@ def test_the_judge_predictor_resizes_predicts_and_upsamples(discs):
     assert len(predictions) == len(images) and all(p.shape == (SIZE, SIZE) and p.dtype == bool for p in predictions)
     own, shuffled = judge_dice_margins(predictions, masks)
     assert own > 0.9 and shuffled < 0.1
+
+
+def test_a_real_gap_within_chance_does_not_validate_the_cue():
+    """A tiny positive red gap that noise alone gives (the real-ultrasound case: grey scans, one with a coloured
+    caliper) is no reference: the rows are undefined, with the interval in the reason; the same lesions made redder
+    than their background validate it."""
+    from hardgen.mask_following import gap_interval, mask_following_table
+
+    rng = np.random.default_rng(0)
+    size, n = 32, 12
+    yy, xx = np.mgrid[:size, :size]
+    masks = [(yy - rng.integers(10, 22)) ** 2 + (xx - rng.integers(10, 22)) ** 2 < rng.integers(16, 40)
+             for _ in range(n)]
+    noise = [np.clip(128 + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+    table = mask_following_table((noise, masks), {"plain": (noise, masks)})
+    real = table.set_index("variant").loc["real"]
+    assert real["status"] == "undefined" and "beyond chance" in real["reason"] and "95 % interval" in real["reason"]
+    red = []
+    for image, mask in zip(noise, masks, strict=True):
+        image = image.copy()
+        image[mask, 0] = np.clip(image[mask, 0].astype(int) + 60, 0, 255)
+        red.append(image)
+    table = mask_following_table((red, masks), {"plain": (noise, masks)}).set_index("variant")
+    assert table.loc["real", "status"] == "ok" and table.loc["real", "margin_vs_real"] == 1.0
+    assert abs(table.loc["plain", "margin_vs_real"]) < 0.2  # noise images do not follow the masks
+    low, high = gap_interval(np.full(5, 0.1) + np.linspace(-0.01, 0.01, 5))
+    assert 0.09 < low < 0.1 < high < 0.11
+    assert np.isnan(gap_interval([0.1])).all()
+
+
+def test_grayscale_tolerates_jpeg_noise_and_a_coloured_marker():
+    from hardgen.mask_following import is_grayscale
+
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (40, 40), dtype=np.uint8)
+    scan = np.repeat(grey[..., None], 3, axis=-1)
+    noisy = np.clip(scan.astype(int) + rng.integers(-3, 4, scan.shape), 0, 255).astype(np.uint8)  # JPEG-like noise
+    marked = scan.copy()
+    marked[:4, :12] = (255, 255, 0)  # a yellow caliper box: 3 % of the pixels (a real breast-ultrasound scan's)
+    assert is_grayscale([scan, noisy, marked])
+    colour = scan.copy()
+    colour[..., 0] = np.clip(colour[..., 0].astype(int) + 40, 0, 255)  # a red cast over the whole image
+    assert not is_grayscale([scan, colour])
+    assert is_grayscale([scan] * 9 + [colour])  # one colour-Doppler frame in ten: still a grayscale modality
+    assert not is_grayscale([scan] * 8 + [colour] * 2) and not is_grayscale([])

@@ -14,7 +14,10 @@ ignores them).
   channels are equal, :func:`hardgen.io.gray_to_rgb`) carry no chromaticity; there the cue is the grey level (Rec.
   601 luma / 255) instead (:func:`mask_cue`), and the reference gap may be negative (a dark, hypoechoic lesion).
   The cue need not mark the masks at all: many real colonoscopy polyps have the mucosa's colour (real gap ~0). The
-  cue is *validated* when the real gap is > 0 (red) or != 0 (grey level); otherwise every row of the measure is
+  cue is *validated* when the real gap is > 0 (red) or != 0 (grey level) beyond chance: the 95 % bootstrap
+  interval of the real images' mean paired gap (each image against its own minus against the shuffled mask,
+  :func:`gap_interval`) excludes 0 (measured on 16 real breast-ultrasound scans, one of them with a coloured
+  caliper: a red-chromaticity gap of 0.002 that only the interval exposes as noise); otherwise every row of the measure is
   written with its ``own`` and ``shuffled`` values, ``margin_vs_real`` NaN, ``status`` ``undefined`` and the
   ``reason``: nothing can be measured against a reference that does not mark the masks.
 - **The real-only judges' Dice** (measure ``judge_dice:<arch>``, modality-agnostic: :func:`judge_dice_margins`).
@@ -22,8 +25,8 @@ ignores them).
   every image; its Dice against the image's own mask minus against the deranged mask (the same derangement, the
   same seed), over the real gap. The reference images are the judges' own training images, so the reference gap is
   the judge at its best (a training-set Dice) and a sample's ratio is conservative: a generator whose samples are
-  as segmentable as unseen real images scores below 1. A real gap <= 0 means the judge did not learn the masks,
-  which is then the rows' reason.
+  as segmentable as unseen real images scores below 1. A real gap <= 0, or one within chance (the same interval),
+  means the judge did not learn the masks, which is then the rows' reason.
 
 The last measure-free column counts what real endoscope frames nearly always show and a generator that learned
 only texture does not: the black corners outside the octagonal field of view (:func:`dark_corners`); it is a
@@ -65,6 +68,14 @@ CORNER_FRACTION = 1 / 16
 DARK_LUMA = 40.0
 #: Rec. 601 luma weights (R, G, B).
 LUMA = np.array([0.299, 0.587, 0.114])
+#: :func:`is_grayscale`: a pixel carries colour when its channels are more than this many grey levels apart, an image
+#: is grayscale when at most this fraction of its pixels do, and a set when at least this share of its images are.
+GRAY_SPREAD, GRAY_FRACTION, GRAY_SHARE = 8, 0.1, 0.9
+#: The real images validate a measure when the 95 % interval of their mean paired gap (each image against its own
+#: mask minus against the shuffled one) excludes 0: a percentile bootstrap over the images
+#: (:func:`hardgen.contrasts.bootstrap_interval`), this many seeded resamples. A gap that chance alone could give
+#: (a few real images, a cue that barely marks the masks) is no reference to divide by.
+VALIDATION_RESAMPLES = 2000
 
 #: A judge as the table reads it: RGB uint8 (H, W, 3) images in, one bool (H, W) predicted mask per image out.
 Predict = Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]]
@@ -79,9 +90,19 @@ def red_chromaticity(image: np.ndarray) -> np.ndarray:
     return np.divide(rgb[..., 0], total, out=np.full(total.shape, 1 / 3), where=total > 0)
 
 
-def is_grayscale(images: Sequence[np.ndarray]) -> bool:
-    """Whether every image's three channels are equal (a grayscale modality brought to RGB)."""
-    return all(np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 1], im[..., 2]) for im in images)
+def is_grayscale(images: Sequence[np.ndarray], spread: int = GRAY_SPREAD, fraction: float = GRAY_FRACTION,
+                 share: float = GRAY_SHARE) -> bool:
+    """Whether a set of images is a grayscale modality brought to RGB: at least ``share`` of its images have at most
+    ``fraction`` of their pixels with channels more than ``spread`` grey levels apart. Exactly equal channels
+    (:func:`hardgen.io.gray_to_rgb`) are grayscale; so is a set of scans stored as colour JPEG (channel noise of a few
+    levels), with burnt-in coloured calipers and boxes (real breast ultrasound: 3 % of one scan's pixels, none in 15
+    others) or a few colour-Doppler frames. Real colonoscopy frames are far from it (58-94 % of their pixels carry
+    colour, measured on 48 Kvasir-SEG and PolypGen frames)."""
+    grey = []
+    for image in images:
+        rgb = np.asarray(image, dtype=np.int16)[..., :3]
+        grey.append(((rgb.max(axis=-1) - rgb.min(axis=-1)) > spread).mean() <= fraction)
+    return bool(grey) and float(np.mean(grey)) >= share
 
 
 def mask_cue(image: np.ndarray, cue: str = "red") -> np.ndarray:
@@ -192,6 +213,13 @@ def judge_dice_margins(predictions: Sequence[np.ndarray], masks: Sequence[np.nda
     Bool ``(H, W)`` predictions and masks, one each per image, equal shapes (a mismatch raises ``ValueError`` naming
     the index); Dice as :func:`hardgen.fidelity.dice` (an empty prediction on an empty mask is 1). Needs two images.
     """
+    own, shuffled = judge_dice_pairs(predictions, masks, seed)
+    return float(np.mean(own)), float(np.mean(shuffled))
+
+
+def judge_dice_pairs(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the Dice of :func:`judge_dice_margins` against its own and against its deranged mask."""
     from hardgen.fidelity import dice
 
     _check_pairs(predictions, masks)
@@ -205,7 +233,7 @@ def judge_dice_margins(predictions: Sequence[np.ndarray], masks: Sequence[np.nda
                 raise ValueError(f"mask following: prediction {i} has shape {prediction.shape}, the mask "
                                  f"{mask.shape}")
             out.append(float(dice(prediction, mask)))
-    return float(np.mean(own)), float(np.mean(shuffled))
+    return np.asarray(own), np.asarray(shuffled)
 
 
 def judge_predictor(model: Any, size: int, device: Any = "cpu", batch_size: int = 16, name: str = "judge"
@@ -263,61 +291,84 @@ def load_judges(specs: Mapping[str, Mapping[str, Any]], weights: Sequence[str | 
 SINGLE = "a single image: no other image's mask to shuffle against"
 
 
-def _cue_values(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int, cue: str
-                ) -> tuple[float, float, str | None]:
-    """``(own, shuffled, why)``: the cue's margins of one set, or NaN and why they are undefined (good data)."""
+#: ``(own, shuffled, why, paired)``: a set's mean margins (or NaN and why they are undefined) and each image's own
+#: minus shuffled value where both are defined (the validation's data).
+Values = tuple[float, float, str | None, np.ndarray]
+
+
+def _cue_values(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int, cue: str) -> Values:
+    """The cue's :data:`Values` of one set (undefined on good data: one image, every mask empty or full)."""
     if len(images) < 2:
-        return math.nan, math.nan, SINGLE
+        return math.nan, math.nan, SINGLE, np.empty(0)
     own = chroma_contrasts(images, masks, cue)
     shuffled = chroma_contrasts(images, [masks[j] for j in derangement(len(masks), seed)], cue)
     if not np.isfinite(own).any() or not np.isfinite(shuffled).any():
-        return math.nan, math.nan, "every mask is empty or full: no inside and outside to compare"
+        return math.nan, math.nan, "every mask is empty or full: no inside and outside to compare", np.empty(0)
     left_out = int((~np.isfinite(own)).sum())
     if left_out:
         LOG.info("mask following: %d of %d masks empty or full, left out", left_out, len(own))
-    return float(np.nanmean(own)), float(np.nanmean(shuffled)), None
+    paired = own - shuffled
+    return float(np.nanmean(own)), float(np.nanmean(shuffled)), None, paired[np.isfinite(paired)]
 
 
-def _judge_values(predict: Predict, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int
-                  ) -> tuple[float, float, str | None]:
+def _judge_values(predict: Predict, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int) -> Values:
     if len(images) < 2:
-        return math.nan, math.nan, SINGLE
+        return math.nan, math.nan, SINGLE, np.empty(0)
     predictions = list(predict(images))
     if len(predictions) != len(images):
         raise ValueError(f"mask following: the judge gave {len(predictions)} predictions for {len(images)} images")
-    own, shuffled = judge_dice_margins(predictions, masks, seed)
-    return own, shuffled, None
+    own, shuffled = judge_dice_pairs(predictions, masks, seed)
+    return float(own.mean()), float(shuffled.mean()), None, own - shuffled
 
 
-def _invalid_reference(measure: str, gap: float) -> str | None:
-    """Why the real images do not validate ``measure`` (real gap ``gap``), or None when they do."""
+def gap_interval(paired: np.ndarray | Sequence[float], seed: int = 0) -> tuple[float, float]:
+    """The 95 % percentile-bootstrap interval of the mean of per-image paired gaps (own minus shuffled), seeded;
+    NaN for fewer than 2 values."""
+    from hardgen.contrasts import bootstrap_interval
+
+    paired = np.asarray(paired, dtype=np.float64)
+    if paired.size < 2:
+        return math.nan, math.nan
+    _, low, high = bootstrap_interval([paired], lambda groups: np.mean(groups[0], axis=-1),
+                                      resamples=VALIDATION_RESAMPLES, seed=seed)
+    return low, high
+
+
+def _invalid_reference(measure: str, gap: float, paired: np.ndarray, seed: int = 0) -> str | None:
+    """Why the real images do not validate ``measure`` (real gap ``gap``, per-image ``paired`` gaps), or None when
+    they do: the gap must have the measure's sign (> 0; any sign for the grey level) and its 95 % interval
+    (:func:`gap_interval`) must exclude 0."""
     if not math.isfinite(gap):
         return None  # the real row's own reason (every mask empty or full) says it
+    low, high = gap_interval(paired, seed)
+    chance = not (low > 0 or high < 0)  # NaN (fewer than 2 paired images) counts as chance
+    where = f"real gap {gap:.2g}, 95 % interval [{low:.2g}, {high:.2g}] over {len(paired)} images"
     if measure.startswith(JUDGE_PREFIX):
-        if gap > 0:
+        if gap > 0 and not chance:
             return None
         return (f"the {measure.removeprefix(JUDGE_PREFIX)} judge did not learn the masks: on its own training "
-                f"images its Dice against their own masks is not above its Dice against shuffled ones (real gap "
-                f"{gap:.2g})")
-    if gap > 0 if measure == CUE_MEASURES["red"] else gap != 0:
+                f"images its Dice against their own masks is not above its Dice against shuffled ones beyond "
+                f"chance ({where})")
+    if (gap > 0 if measure == CUE_MEASURES["red"] else gap != 0) and not chance:
         return None
     cue = "red chromaticity" if measure == CUE_MEASURES["red"] else "grey level"
-    return f"the real images' {cue} does not mark their masks (real gap {gap:.2g})"
+    return f"the real images' {cue} does not mark their masks beyond chance ({where})"
 
 
-def _measure_rows(measure: str, values: Mapping[str, tuple[float, float, str | None]],
-                  corners: Mapping[str, float] | None) -> list[dict[str, Any]]:
+def _measure_rows(measure: str, values: Mapping[str, Values], corners: Mapping[str, float] | None,
+                  seed: int = 0) -> list[dict[str, Any]]:
     """One measure's rows (``real`` first): margins over the real gap, or NaN with the reason."""
-    real_own, real_shuffled, real_why = values["real"]
+    real_own, real_shuffled, real_why, real_paired = values["real"]
     gap = real_own - real_shuffled
-    invalid = f"the real images' gap is undefined: {real_why}" if real_why else _invalid_reference(measure, gap)
+    invalid = (f"the real images' gap is undefined: {real_why}" if real_why
+               else _invalid_reference(measure, gap, real_paired, seed))
     if invalid:
         LOG.warning("mask following: %s is undefined: %s", measure, invalid)
     else:
         LOG.info("mask following: %s: the real images' gap %.4g (own %.4g, shuffled %.4g)", measure, gap, real_own,
                  real_shuffled)
     rows = []
-    for name, (own, shuffled, why) in values.items():
+    for name, (own, shuffled, why, _) in values.items():
         reason = invalid or why
         rows.append({
             "variant": name, "measure": measure, "own": own, "shuffled": shuffled,
@@ -340,7 +391,8 @@ def mask_following_table(real: Pairs, variants: Mapping[str, Pairs], seed: int =
     the cue alone, one row per set). ``dark_corners`` is on the cue's rows (NaN on the judges').
 
     A measure the real images do not validate (real gap ≤ 0 for red chromaticity and a judge's Dice, 0 for the grey
-    level, or undefined) keeps its ``own`` and ``shuffled`` values with ``margin_vs_real`` NaN, ``status``
+    level, a gap whose 95 % bootstrap interval over the real images includes 0 (:func:`gap_interval`: chance), or
+    undefined) keeps its ``own`` and ``shuffled`` values with ``margin_vs_real`` NaN, ``status``
     ``undefined`` and the ``reason``; so does a variant whose own margins are undefined (one image, every mask empty
     or full). Invalid input raises ``ValueError``: fewer than 2 real images, images and masks of different counts or
     sizes, a variant named ``real``, an empty variant.
@@ -360,10 +412,10 @@ def mask_following_table(real: Pairs, variants: Mapping[str, Pairs], seed: int =
     LOG.info("mask following: cue %s (real images %s)", cue, "grayscale" if cue == "luma" else "in colour")
     corners = {name: dark_corners(images) for name, (images, _) in sets.items()}
     rows = _measure_rows(CUE_MEASURES[cue], {name: _cue_values(*pairs, seed, cue) for name, pairs in sets.items()},
-                         corners)
+                         corners, seed)
     for arch, predict in (judges or {}).items():
         values = {name: _judge_values(predict, *pairs, seed) for name, pairs in sets.items()}
-        rows += _measure_rows(f"{JUDGE_PREFIX}{arch}", values, None)
+        rows += _measure_rows(f"{JUDGE_PREFIX}{arch}", values, None, seed)
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
