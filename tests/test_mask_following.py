@@ -261,8 +261,10 @@ def test_judge_dice_margins_pair_each_prediction_with_its_own_and_the_deranged_m
 
 def test_one_sample_and_empty_masks_are_undefined_rows_not_errors(discs):
     images, masks = discs
-    empty = [np.zeros((SIZE, SIZE), bool)] * 3
-    table = mask_following_table((images, masks), {"one": (images[:1], masks[:1]), "empty": (images[:3], empty)},
+    empty, full = np.zeros((SIZE, SIZE), bool), np.ones((SIZE, SIZE), bool)
+    table = mask_following_table((images, masks), {"one": (images[:1], masks[:1]),
+                                                   "empty": (images[:3], [empty, full, empty]),
+                                                   "same": (images[:3], [masks[0]] * 3)},
                                  judges={"cnn": _texture_judge})
     rows = table.set_index(["measure", "variant"])
     assert rows.loc[("red_chromaticity", "real"), "status"] == "ok"
@@ -271,6 +273,53 @@ def test_one_sample_and_empty_masks_are_undefined_rows_not_errors(discs):
     assert rows.loc[("red_chromaticity", "empty"), "reason"].startswith("every mask is empty or full")
     # Dice is defined on empty masks: the judge finds the discs the masks do not mark
     assert rows.loc[("judge_dice:cnn", "empty"), "status"] == "ok"
+    # one mask for every image: nothing different to shuffle against, for either measure
+    for measure in ("red_chromaticity", "judge_dice:cnn"):
+        assert rows.loc[(measure, "same"), "reason"] == "every image has the same mask: no other mask to shuffle against"
+
+
+def test_twins_of_one_condition_are_never_shuffled_against_their_own_mask(discs):
+    """generation.per_mask > 1 writes one mask file per sample, so twins share their mask: the shuffled partner must be
+    a different mask. The real images, each twice, follow their masks exactly as the real images do (ratio 1)."""
+    from hardgen.mask_following import mask_derangement
+
+    images, masks = discs
+    twins_images, twins_masks = images + images, masks + [m.copy() for m in masks]
+    perm = mask_derangement(twins_masks, seed=0)
+    assert all(not np.array_equal(twins_masks[i], twins_masks[j]) for i, j in enumerate(perm))
+    assert np.array_equal(mask_derangement(masks, seed=4), derangement(len(masks), 4))  # distinct masks: as before
+    table = mask_following_table((images, masks), {"twins": (twins_images, twins_masks)}).set_index("variant")
+    assert table.loc["twins", "margin_vs_real"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="1 distinct mask"):
+        mask_derangement([masks[0]] * 3)
+
+
+def test_the_gap_and_its_validation_use_the_same_images():
+    """Lesion-free real frames (empty masks) leave some images without an own or a shuffled value: own and shuffled
+    are then means over the same images, so the gap is the mean of the paired gaps that the interval validates (a
+    gap over two different subsets could even have the other sign)."""
+    from hardgen.mask_following import chroma_contrasts, mask_derangement
+
+    centres = [(6, 6), (6, 16), (6, 26), (16, 6), (16, 26), (26, 6), (26, 16), (26, 26)]
+    masks = [_disc(cy, cx, 4) for cy, cx in centres] + [np.zeros((SIZE, SIZE), bool)] * 4
+    images = [_scene(m) for m in masks]
+    for image in images[8:]:
+        image[:, :8] = (230, 60, 60)  # a red band on the lesion-free frames, outside every lesion mask
+    table = mask_following_table((images, masks), {}).set_index("variant")
+    own = chroma_contrasts(images, masks)
+    shuffled = chroma_contrasts(images, [masks[j] for j in mask_derangement(masks, 0)])
+    both = np.isfinite(own) & np.isfinite(shuffled)
+    assert 0 < both.sum() < len(masks)
+    assert table.loc["real", "own"] - table.loc["real", "shuffled"] == pytest.approx((own - shuffled)[both].mean())
+    assert table.loc["real", "own"] == pytest.approx(own[both].mean())
+
+
+def test_a_handful_of_real_images_validates_nothing(discs):
+    images, masks = discs
+    table = mask_following_table((images[:4], masks[:4]), {"plain": (images, masks)}).set_index("variant")
+    assert table.loc["real", "status"] == "undefined"
+    assert table.loc["real", "reason"].startswith("only 4 real image(s) with a defined gap")
+    assert table.loc["plain", "status"] == "undefined" and np.isnan(table.loc["plain", "margin_vs_real"])
 
 
 def test_the_sentences_name_the_undefined_measure_and_the_plain_ratio(matched, tmp_path):

@@ -130,3 +130,7 @@ def test_a_rehearsal_of_a_folders_dataset_reaches_the_report_in_its_own_folder(t
         assert (results / "tables" / name).is_file(), name
     assert any((results / "plots").glob("*.png"))
     assert not (site / "results").exists() and not (workflow / "results").exists()
+    # real data on the shipped tiny base: benchmark.md says the numbers are noise, and describes the user's run
+    markdown = (results / "tables" / "benchmark.md").read_text()
+    assert "noise by design" in markdown and "2 test sets (`clinic-B`, `clinic-C`)" in markdown
+    assert "`evaluate.protocol: binary`" in markdown

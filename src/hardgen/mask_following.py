@@ -76,6 +76,9 @@ GRAY_SPREAD, GRAY_FRACTION, GRAY_SHARE = 8, 0.1, 0.9
 #: (:func:`hardgen.contrasts.bootstrap_interval`), this many seeded resamples. A gap that chance alone could give
 #: (a few real images, a cue that barely marks the masks) is no reference to divide by.
 VALIDATION_RESAMPLES = 2000
+#: Fewer real images with a defined paired gap than this validate nothing (a percentile bootstrap of 2 values is
+#: their range).
+MIN_PAIRED = 5
 
 #: A judge as the table reads it: RGB uint8 (H, W, 3) images in, one bool (H, W) predicted mask per image out.
 Predict = Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]]
@@ -167,6 +170,32 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return perm
 
 
+def mask_derangement(masks: Sequence[np.ndarray], seed: int = 0) -> np.ndarray:
+    """For each image, the index of another image whose mask *differs* from its own: :func:`derangement` over the
+    distinct masks (in order of first appearance), each image taking the first image of its mask's partner.
+
+    Samples generated from one condition (``generation.per_mask`` > 1) share their mask; a derangement of the images
+    alone would pair some of them with an identical copy of their own mask, and their "shuffled" value would be their
+    own. With every mask distinct this is exactly :func:`derangement` ``(len(masks), seed)``. Fewer than 2 distinct
+    masks: ``ValueError``.
+    """
+    groups: dict[tuple, int] = {}
+    first: list[int] = []
+    group_of = []
+    for i, mask in enumerate(masks):
+        mask = np.asarray(mask, dtype=bool)
+        key = (mask.shape, np.packbits(mask).tobytes())
+        if key not in groups:
+            groups[key] = len(first)
+            first.append(i)
+        group_of.append(groups[key])
+    if len(first) < 2:
+        raise ValueError(f"mask following: {len(masks)} images but {len(first)} distinct mask: no other mask to "
+                         "shuffle against")
+    partner = derangement(len(first), seed)
+    return np.array([first[partner[g]] for g in group_of], dtype=int)
+
+
 def shuffled_margin(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0,
                     cue: str = "red") -> float:
     """:func:`red_chromaticity_margin` against another image's mask (:func:`derangement` of the masks)."""
@@ -208,7 +237,7 @@ Pairs = tuple[Sequence[np.ndarray], Sequence[np.ndarray]]
 def judge_dice_margins(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0
                        ) -> tuple[float, float]:
     """``(own, shuffled)``: the mean Dice of each image's predicted mask against its own mask and against the mask
-    :func:`derangement` (``seed``) gives it, the chroma measure's pairing.
+    :func:`mask_derangement` (``seed``) gives it, the cue measure's pairing.
 
     Bool ``(H, W)`` predictions and masks, one each per image, equal shapes (a mismatch raises ``ValueError`` naming
     the index); Dice as :func:`hardgen.fidelity.dice` (an empty prediction on an empty mask is 1). Needs two images.
@@ -219,11 +248,12 @@ def judge_dice_margins(predictions: Sequence[np.ndarray], masks: Sequence[np.nda
 
 def judge_dice_pairs(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, the Dice of :func:`judge_dice_margins` against its own and against its deranged mask."""
+    """Per image, the Dice of :func:`judge_dice_margins` against its own and against another image's different mask
+    (:func:`mask_derangement`)."""
     from hardgen.fidelity import dice
 
     _check_pairs(predictions, masks)
-    perm = derangement(len(masks), seed)
+    perm = mask_derangement(masks, seed)
     own, shuffled = [], []
     for i, prediction in enumerate(predictions):
         prediction = np.asarray(prediction, dtype=bool)
@@ -296,24 +326,40 @@ SINGLE = "a single image: no other image's mask to shuffle against"
 Values = tuple[float, float, str | None, np.ndarray]
 
 
+#: Why a set whose images all share one mask has no shuffled value.
+ONE_MASK = "every image has the same mask: no other mask to shuffle against"
+
+
+def _distinct_masks(masks: Sequence[np.ndarray]) -> int:
+    return len({(np.shape(m), np.packbits(np.asarray(m, dtype=bool)).tobytes()) for m in masks})
+
+
 def _cue_values(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int, cue: str) -> Values:
-    """The cue's :data:`Values` of one set (undefined on good data: one image, every mask empty or full)."""
+    """The cue's :data:`Values` of one set (undefined on good data: one image or one mask, every mask empty or full).
+
+    ``own`` and ``shuffled`` are means over the same images, those with both values defined (a mask with an inside
+    and an outside, its own and its partner's), so ``own − shuffled`` is the mean of the per-image paired gaps that
+    validate the measure."""
     if len(images) < 2:
         return math.nan, math.nan, SINGLE, np.empty(0)
+    if _distinct_masks(masks) < 2:
+        return math.nan, math.nan, ONE_MASK, np.empty(0)
     own = chroma_contrasts(images, masks, cue)
-    shuffled = chroma_contrasts(images, [masks[j] for j in derangement(len(masks), seed)], cue)
-    if not np.isfinite(own).any() or not np.isfinite(shuffled).any():
+    shuffled = chroma_contrasts(images, [masks[j] for j in mask_derangement(masks, seed)], cue)
+    both = np.isfinite(own) & np.isfinite(shuffled)
+    if not both.any():
         return math.nan, math.nan, "every mask is empty or full: no inside and outside to compare", np.empty(0)
-    left_out = int((~np.isfinite(own)).sum())
-    if left_out:
-        LOG.info("mask following: %d of %d masks empty or full, left out", left_out, len(own))
-    paired = own - shuffled
-    return float(np.nanmean(own)), float(np.nanmean(shuffled)), None, paired[np.isfinite(paired)]
+    if not both.all():
+        LOG.info("mask following: %d of %d images left out (their own or their shuffled mask is empty or full)",
+                 int((~both).sum()), len(own))
+    return float(own[both].mean()), float(shuffled[both].mean()), None, own[both] - shuffled[both]
 
 
 def _judge_values(predict: Predict, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int) -> Values:
     if len(images) < 2:
         return math.nan, math.nan, SINGLE, np.empty(0)
+    if _distinct_masks(masks) < 2:
+        return math.nan, math.nan, ONE_MASK, np.empty(0)
     predictions = list(predict(images))
     if len(predictions) != len(images):
         raise ValueError(f"mask following: the judge gave {len(predictions)} predictions for {len(images)} images")
@@ -340,16 +386,20 @@ def _invalid_reference(measure: str, gap: float, paired: np.ndarray, seed: int =
     (:func:`gap_interval`) must exclude 0."""
     if not math.isfinite(gap):
         return None  # the real row's own reason (every mask empty or full) says it
+    if len(paired) < MIN_PAIRED:
+        return (f"only {len(paired)} real image(s) with a defined gap (real gap {gap:.2g}): at least {MIN_PAIRED} "
+                "are needed to tell it from chance")
     low, high = gap_interval(paired, seed)
-    chance = not (low > 0 or high < 0)  # NaN (fewer than 2 paired images) counts as chance
+    signed = measure != CUE_MEASURES["luma"]  # red chromaticity and a judge's Dice must rise on the own mask
+    beyond = low > 0 if signed else (low > 0 or high < 0)  # the interval excludes 0 (on the measure's side)
     where = f"real gap {gap:.2g}, 95 % interval [{low:.2g}, {high:.2g}] over {len(paired)} images"
     if measure.startswith(JUDGE_PREFIX):
-        if gap > 0 and not chance:
+        if beyond:
             return None
         return (f"the {measure.removeprefix(JUDGE_PREFIX)} judge did not learn the masks: on its own training "
                 f"images its Dice against their own masks is not above its Dice against shuffled ones beyond "
                 f"chance ({where})")
-    if (gap > 0 if measure == CUE_MEASURES["red"] else gap != 0) and not chance:
+    if beyond:
         return None
     cue = "red chromaticity" if measure == CUE_MEASURES["red"] else "grey level"
     return f"the real images' {cue} does not mark their masks beyond chance ({where})"

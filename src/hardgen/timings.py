@@ -97,10 +97,10 @@ def variant_cost(table: pd.DataFrame, variants: list[str], judge_job: str | None
             if judge_job is None:
                 raise ValueError(f"variant_cost: the {variant} variant is steered by a judge; pass its judge_job")
             jobs.append(("train_judge", judge_job))
-        missing = [f"results/benchmarks/{'/'.join(p for p in j if p)}.tsv" for j in jobs if j not in seconds]
+        missing = [f"{'/'.join(p for p in j if p)}.tsv" for j in jobs if j not in seconds]
         generation = table[(table["rule"] == "generate") & table["job"].str.startswith(f"{variant}/")]
         if generation.empty:
-            missing.append(f"results/benchmarks/generate/{variant}/shard-*.tsv")
+            missing.append(f"generate/{variant}/shard-*.tsv")
         training = float(sum(seconds[j] for j in jobs)) if all(j in seconds for j in jobs) else float("nan")
         generated = float(generation["s"].sum()) if not generation.empty else float("nan")
         plain = seconds.get((PLAIN_LORA_RULE, ""), float("nan"))
@@ -108,5 +108,6 @@ def variant_cost(table: pd.DataFrame, variants: list[str], judge_job: str | None
                      "total_s": training + generated, "fine_tuning_s": training - plain,
                      "training_rules": " + ".join("/".join(p for p in j if p) for j in jobs),
                      "status": "undefined" if missing else "ok",
-                     "reason": f"no benchmark file {', '.join(missing)}" if missing else ""})
+                     "reason": f"no benchmark file {', '.join(missing)} in the run's benchmarks folder"
+                     if missing else ""})
     return pd.DataFrame(rows, columns=VARIANT_COST_COLUMNS)

@@ -103,6 +103,10 @@ BASE_MODEL = L("base_model") if TINY else config["model"]["base"]
 # new base (e.g. rebuilt by `make tiny-sd`) reruns training and generation; a hub id is not tracked.
 LOCAL_BASE = not TINY and Path(BASE_MODEL).is_dir()
 BASE_FILES = sorted(str(p) for p in Path(BASE_MODEL).rglob("*") if p.is_file()) if LOCAL_BASE else []
+# the shipped tiny base (the demo's, and a rehearsal's on real data: hardgen rehearse): its numbers are noise by design
+SHIPPED_TINY = (
+    LOCAL_BASE and Path(BASE_MODEL).resolve() == (Path(workflow.basedir) / "resources/tiny-sd-polyp").resolve()
+)
 # The feedback LoRA's judge: its own real-only segmenter (rule train_judge), never a benchmark run; its
 # training seed is offset from feedback.judge_seed (hardgen.segment.JUDGE_SEED_OFFSET) so it differs from every
 # benchmark seed even when judge_seed equals one of segment.seeds.

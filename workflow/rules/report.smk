@@ -67,7 +67,7 @@ rule report:
         judge_job=f"{JUDGE}/seed-{JUDGE_SEED}",  # the feedback judge's train_judge job, part of feedback's cost
         variants=VARIANTS,
         loras=LORAS,
-        demo=DEMO or TINY,
+        demo=DEMO or TINY or SHIPPED_TINY,
         # the run paragraph and the protocol paragraph of benchmark.md (hardgen.run_text)
         run=run_description,
     threads: 1
