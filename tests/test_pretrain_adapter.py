@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,9 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, capsys):
     a = load_file(tmp_path / "whole" / "pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "resumed" / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["loss"] == whole["loss"] and resumed["mask_following"] == whole["mask_following"]
+    # equal measures (NaN-aware: 4 held-out masks are too few to validate the real gap, so the margin is undefined)
+    assert resumed["loss"] == whole["loss"]
+    assert pd.Series(resumed["mask_following"]).equals(pd.Series(whole["mask_following"]))
     assert resumed["resumed"] and not whole["resumed"] and not checkpoint.exists()
     card = (tmp_path / "resumed" / "README.md").read_text()
     assert "3 optimiser steps" in card and "summed over resumed sessions" in card and "| base + adapter |" in card

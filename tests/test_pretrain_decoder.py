@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -119,7 +120,9 @@ def test_an_interrupted_run_resumes_to_the_same_folder(tmp_path, capsys):
     resumed = pretrain_decoder(BASE, tmp_path / "resumed", settings, checkpoint_dir=checkpoint)
     a, b = _vae(tmp_path / "whole"), _vae(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["l1"] == whole["l1"] and resumed["after"] == whole["after"] and not checkpoint.exists()
+    # equal measures (NaN-aware: a handful of held-out images is too few to validate the real gap)
+    assert resumed["l1"] == whole["l1"] and not checkpoint.exists()
+    assert pd.Series(resumed["after"]).equals(pd.Series(whole["after"]))
     assert resumed["resumed"] and not whole["resumed"]
 
     # every other file of the base is copied unchanged; the VAE's encoder too
