@@ -38,7 +38,7 @@ import pandas as pd
 from scipy import stats
 
 from hardgen.config import ratio_label
-from hardgen.io import DataError
+from hardgen.io import DataError, numbers_or_missing
 
 #: Columns of ``results/tables/contrasts.csv``.
 CONTRAST_COLUMNS: list[str] = ["arch", "policy", "ratio", "versus", "metric", "n", "mean_diff", "ci_low", "ci_high",
@@ -130,13 +130,11 @@ def check_images(table: pd.DataFrame, where: str) -> pd.DataFrame:
     missing = [c for c in IMAGE_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{where}: per-image table lacks columns {missing}")
-    values = pd.to_numeric(table["value"], errors="coerce")
-    present = table["value"].notna() & table["value"].astype(str).str.strip().ne("")
-    bad = values.isna() & present
+    values, bad = numbers_or_missing(table["value"])
     if bad.any():
         raise DataError(f"{where}: non-numeric per-image values, e.g. {table.loc[bad, 'value'].iloc[0]!r} "
                         f"({table.loc[bad, 'testset'].iloc[0]} {table.loc[bad, 'image'].iloc[0]})")
-    table = table.assign(value=values.astype(float), testset=table["testset"].astype(str),
+    table = table.assign(value=values, testset=table["testset"].astype(str),
                          image=table["image"].astype(str))
     if table.duplicated(["testset", "image", "metric"]).any():
         raise DataError(f"{where}: more than one row for a (testset, image, metric)")

@@ -318,6 +318,16 @@ def table_or_csv(source: Any, what: str, dtype: dict[str, Any] | None = None) ->
     return str(path), pd.read_csv(path, dtype=dtype)
 
 
+def numbers_or_missing(column: Any) -> tuple[Any, Any]:
+    """``(values, bad)`` of a table's value column: the values as floats, a missing entry (empty or NaN: a measure
+    undefined there) as NaN, and the bool mask of entries that are present but not a number (the caller's error)."""
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce")
+    present = column.notna() & column.astype(str).str.strip().ne("")
+    return values.astype(float), values.isna() & present
+
+
 def resolve_table_path(value: object, table: str | Path, column: str) -> Path:
     """A path cell of a CSV table: absolute, relative to the working directory, or relative to the table's folder."""
     if not isinstance(value, str) or not value:

@@ -1,7 +1,7 @@
 """Do generated samples follow their masks? Two measures, each against the real images' own gap.
 
-Both compare each image with its own mask against a seeded derangement of the masks (another image's mask: no image
-keeps its own, :func:`derangement`), averaged over the set, and scale the gap by the real training images' same gap
+Both compare each image with its own mask against a seeded derangement of the masks (another image's different
+mask: no image keeps its own, nor an identical copy of it, :func:`mask_derangement`), averaged over the set, and scale the gap by the real training images' same gap
 at the generator's resolution (``margin_vs_real``: 1 = follows its masks as strongly as the real images do, 0 =
 ignores them).
 
@@ -170,6 +170,12 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return perm
 
 
+def _mask_key(mask: np.ndarray) -> tuple:
+    """A mask's content as a hashable key: equal keys, identical masks."""
+    mask = np.asarray(mask, dtype=bool)
+    return mask.shape, np.packbits(mask).tobytes()
+
+
 def mask_derangement(masks: Sequence[np.ndarray], seed: int = 0) -> np.ndarray:
     """For each image, the index of another image whose mask *differs* from its own: :func:`derangement` over the
     distinct masks (in order of first appearance), each image taking the first image of its mask's partner.
@@ -183,8 +189,7 @@ def mask_derangement(masks: Sequence[np.ndarray], seed: int = 0) -> np.ndarray:
     first: list[int] = []
     group_of = []
     for i, mask in enumerate(masks):
-        mask = np.asarray(mask, dtype=bool)
-        key = (mask.shape, np.packbits(mask).tobytes())
+        key = _mask_key(mask)
         if key not in groups:
             groups[key] = len(first)
             first.append(i)
@@ -330,8 +335,13 @@ Values = tuple[float, float, str | None, np.ndarray]
 ONE_MASK = "every image has the same mask: no other mask to shuffle against"
 
 
-def _distinct_masks(masks: Sequence[np.ndarray]) -> int:
-    return len({(np.shape(m), np.packbits(np.asarray(m, dtype=bool)).tobytes()) for m in masks})
+def _unshufflable(images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> str | None:
+    """Why a set has no shuffled value (one image, or one mask for every image), or None."""
+    if len(images) < 2:
+        return SINGLE
+    if len({_mask_key(m) for m in masks}) < 2:
+        return ONE_MASK
+    return None
 
 
 def _cue_values(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int, cue: str) -> Values:
@@ -340,10 +350,9 @@ def _cue_values(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed:
     ``own`` and ``shuffled`` are means over the same images, those with both values defined (a mask with an inside
     and an outside, its own and its partner's), so ``own − shuffled`` is the mean of the per-image paired gaps that
     validate the measure."""
-    if len(images) < 2:
-        return math.nan, math.nan, SINGLE, np.empty(0)
-    if _distinct_masks(masks) < 2:
-        return math.nan, math.nan, ONE_MASK, np.empty(0)
+    why = _unshufflable(images, masks)
+    if why:
+        return math.nan, math.nan, why, np.empty(0)
     own = chroma_contrasts(images, masks, cue)
     shuffled = chroma_contrasts(images, [masks[j] for j in mask_derangement(masks, seed)], cue)
     both = np.isfinite(own) & np.isfinite(shuffled)
@@ -356,10 +365,9 @@ def _cue_values(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed:
 
 
 def _judge_values(predict: Predict, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], seed: int) -> Values:
-    if len(images) < 2:
-        return math.nan, math.nan, SINGLE, np.empty(0)
-    if _distinct_masks(masks) < 2:
-        return math.nan, math.nan, ONE_MASK, np.empty(0)
+    why = _unshufflable(images, masks)
+    if why:
+        return math.nan, math.nan, why, np.empty(0)
     predictions = list(predict(images))
     if len(predictions) != len(images):
         raise ValueError(f"mask following: the judge gave {len(predictions)} predictions for {len(images)} images")

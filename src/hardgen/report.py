@@ -20,7 +20,7 @@ from hardgen import contrasts as contrast_lib
 from hardgen import gallery, transfer
 from hardgen import reproduction as repro
 from hardgen.config import ratio_label
-from hardgen.io import DataError, read_gray, read_rgb, write_csv, write_text
+from hardgen.io import DataError, numbers_or_missing, read_gray, read_rgb, write_csv, write_text
 from hardgen.metrics import HD95_UNDEFINED, N_IMAGES
 from hardgen.run_text import RunDescription, protocol_paragraph, run_paragraph, undefined_notes
 from hardgen.tables import (  # shared with hardgen.transfer and hardgen.gallery, which import them from there
@@ -110,10 +110,9 @@ def benchmark_long(eval_csvs: Mapping[EvalKey, str | Path],
             if (arch, policy, ratio, seed) in skipped_runs:  # an infeasible subset's run: no maps, no scores
                 continue
             raise DataError(f"{path}: evaluation table has no rows")
-        values = pd.to_numeric(table["value"], errors="coerce")
-        present = table["value"].notna() & table["value"].astype(str).str.strip().ne("")
-        if (values.isna() & present).any():
-            bad = table.loc[values.isna() & present].iloc[0]
+        values, bad = numbers_or_missing(table["value"])
+        if bad.any():
+            bad = table.loc[bad].iloc[0]
             raise DataError(f"{path}: non-numeric entry {bad['value']!r} in column 'value' "
                             f"(testset {bad['testset']}, metric {bad['metric']})")
         duplicated = table.duplicated(["testset", "metric"])
@@ -277,6 +276,22 @@ def hd95_undefined_lines(long_df: pd.DataFrame) -> list[str]:
     test sets), in the tables' order: ``| cnn/real | 0 | 5 | 7 | missed |`` (run, seed, undefined, images, the test
     sets where none is defined, whose HD95 is NaN). One row per run keeps a benchmark of many runs readable. Nothing
     for tables without these rows (the polyp toolbox) or whose every HD95 is defined."""
+    return _hd95_table(_hd95_undefined_rows(long_df))
+
+
+def _hd95_table(rows: list[str]) -> list[str]:
+    """The sentence and table of :func:`hd95_undefined_lines` around its ``rows``; nothing without rows."""
+    if not rows:
+        return []
+    return ["HD95 is undefined where a prediction or its ground truth is empty (the binary protocol): each HD95 mean "
+            "is over the images where it is defined, and NaN for a test set where none is. "
+            f"{len(rows)} run{'s have' if len(rows) != 1 else ' has'} undefined HD95s:", "",
+            "| run | seed | HD95 undefined | test images | test sets with none defined (NaN) |",
+            "|---|---:|---:|---:|---|", *rows]
+
+
+def _hd95_undefined_rows(long_df: pd.DataFrame) -> list[str]:
+    """The table rows of :func:`hd95_undefined_lines`, one per run with an undefined HD95."""
     counts = long_df[long_df["metric"].isin([HD95_UNDEFINED, N_IMAGES]) & (long_df["testset"] != OVERALL)]
     if counts.empty:
         return []
@@ -293,13 +308,7 @@ def hd95_undefined_lines(long_df: pd.DataFrame) -> list[str]:
                 none = sorted(run.index.get_level_values("testset")[run[HD95_UNDEFINED] == run[N_IMAGES]])
                 rows.append(f"| {arch}/{_run_label(policy, ratio)} | {seed} | {int(undefined)} | "
                             f"{int(images) if np.isfinite(images) else '–'} | {', '.join(none) or '–'} |")
-    if not rows:
-        return []
-    return ["HD95 is undefined where a prediction or its ground truth is empty (the binary protocol): each HD95 mean "
-            "is over the images where it is defined, and NaN for a test set where none is. "
-            f"{len(rows)} run{'s have' if len(rows) != 1 else ' has'} undefined HD95s:", "",
-            "| run | seed | HD95 undefined | test images | test sets with none defined (NaN) |",
-            "|---|---:|---:|---:|---|", *rows]
+    return rows
 
 
 def benchmark_markdown(
@@ -400,10 +409,10 @@ def benchmark_markdown(
     lines.append("Cells: mean ± sample sd (ddof=1) over seeds; a single seed shows the mean only. "
                  "`mean` = unweighted mean over test sets, computed per seed; `overall` = image-weighted "
                  "score over all test images pooled.")
-    undefined_hd95 = hd95_undefined_lines(long_df)
+    undefined_hd95 = _hd95_undefined_rows(long_df)
     if undefined_hd95:
-        lines += ["", *undefined_hd95]
-        notes = [*notes, f"HD95: undefined for some test images in {len(undefined_hd95) - 4} run(s) (an empty "
+        lines += ["", *_hd95_table(undefined_hd95)]
+        notes = [*notes, f"HD95: undefined for some test images in {len(undefined_hd95)} run(s) (an empty "
                          "prediction or ground truth); the table under the mIoU table counts them."]
 
     diffs = paired_differences(long_df, testsets=testsets)
@@ -1064,10 +1073,15 @@ def write_report(
     notes = [*notes, *undefined_notes(contrasts=contrasts, transfer=transfer_table, transfer_matrix=matrix)]
     following: list[str] = []
     if mask_following_csv is not None:
-        from hardgen.mask_following import mask_following_sentences
+        from hardgen.io import table_or_csv
+        from hardgen.mask_following import OK, mask_following_sentences
 
-        following = mask_following_sentences(mask_following_csv)
-        notes += [f"`mask_following.csv`: {sentence}" for sentence in following if " is undefined " in sentence]
+        _, table = table_or_csv(mask_following_csv, "mask-following table")
+        following = mask_following_sentences(table)  # one per measure, in the table's order
+        real = table[table["variant"] == "real"].set_index("measure")["status"]
+        notes += [f"`mask_following.csv`: {sentence}"
+                  for measure, sentence in zip(table["measure"].unique(), following, strict=True)
+                  if real.get(measure) != OK]
     write_text(written["benchmark_md"], benchmark_markdown(
         long, runs, demo=demo, fidelity_df=fidelity, testsets=order, anchors=anchors, reproduction=reproduction,
         published=published if published else None, tolerance=reproduce_tolerance, contrasts=contrasts,
