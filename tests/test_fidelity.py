@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from hardgen import fidelity
+from hardgen import fidelity, metrics
 from hardgen.features import BackboneSpec, load_backbone
 from hardgen.io import DataError, write_image, write_mask
 from hardgen.segment import IMAGENET_MEAN, IMAGENET_STD, sample_losses
@@ -25,21 +25,21 @@ def test_dice_edge_cases() -> None:
     mask = np.zeros((8, 8), bool)
     mask[2:6, 2:6] = True  # 16 px
     empty = np.zeros_like(mask)
-    assert fidelity.dice(mask, mask) == 1.0
-    assert fidelity.dice(empty, empty) == fidelity.EMPTY_DICE == 1.0  # both say "no polyp"
-    assert fidelity.dice(empty, mask) == 0.0  # the polyp is not found
-    assert fidelity.dice(mask, empty) == 0.0  # a polyp is found where the mask has none
+    assert metrics.dice(mask, mask) == 1.0
+    assert metrics.dice(empty, empty) == metrics.EMPTY_DICE == 1.0  # both say "no polyp"
+    assert metrics.dice(empty, mask) == 0.0  # the polyp is not found
+    assert metrics.dice(mask, empty) == 0.0  # a polyp is found where the mask has none
     half = np.zeros_like(mask)
     half[2:6, 2:4] = True  # 8 px inside the mask: 2·8 / (8 + 16)
-    assert fidelity.dice(half, mask) == pytest.approx(2 / 3)
+    assert metrics.dice(half, mask) == pytest.approx(2 / 3)
     shifted = np.roll(mask, 4, axis=1)  # disjoint
-    assert fidelity.dice(shifted, mask) == 0.0
-    batch = fidelity.dice(np.stack([mask, empty, half]), np.stack([mask, empty, mask]))
+    assert metrics.dice(shifted, mask) == 0.0
+    batch = metrics.dice(np.stack([mask, empty, half]), np.stack([mask, empty, mask]))
     assert batch.shape == (3,) and batch.tolist() == pytest.approx([1.0, 1.0, 2 / 3])
     with pytest.raises(ValueError, match="bool"):
-        fidelity.dice(mask.astype(float), mask)
+        metrics.dice(mask.astype(float), mask)
     with pytest.raises(ValueError, match="shapes"):
-        fidelity.dice(mask, mask[:4])
+        metrics.dice(mask, mask[:4])
 
 
 def test_prediction_dice_thresholds_logits_at_sigmoid_one_half() -> None:
@@ -48,9 +48,9 @@ def test_prediction_dice_thresholds_logits_at_sigmoid_one_half() -> None:
     logits = torch.full((2, 1, 4, 4), -3.0)
     logits[0, :, :2] = 0.0  # sigmoid exactly 0.5: counts as predicted
     logits[1, :, :1] = 5.0  # half the polyp
-    assert fidelity.prediction_dice(logits, masks).tolist() == pytest.approx([1.0, 2 * 4 / (4 + 8)])
+    assert metrics.prediction_dice(logits, masks).tolist() == pytest.approx([1.0, 2 * 4 / (4 + 8)])
     with pytest.raises(ValueError, match="differ"):
-        fidelity.prediction_dice(logits, masks[:, :, :2])
+        metrics.prediction_dice(logits, masks[:, :, :2])
 
 
 # ------------------------------------------------------------------------------------------ separation

@@ -40,7 +40,6 @@ its table).
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,10 +58,6 @@ if TYPE_CHECKING:  # torch is imported where it is needed, so the table function
 
 log = logging.getLogger("hardgen.fidelity")
 
-#: Dice of an empty prediction against an empty mask: both say "no polyp", a perfect agreement.
-EMPTY_DICE = 1.0
-#: Probability threshold of a segmenter's prediction (sigmoid(logit) >= 0.5, i.e. logit >= 0).
-PREDICTION_THRESHOLD = 0.5
 #: The separation uses the deepest feature map with at least this many cells per side: on a coarser grid
 #: (a CNN's last 2 × 2 map at the demo's 64 px) every cell mixes polyp and background and the pooled
 #: vectors cannot differ (measured on the demo: erased polyps were not told from real ones at 2 × 2).
@@ -99,37 +94,6 @@ def judge_name(name_or_path: str | Path) -> str:
         raise DataError(f"fidelity guard: {text!r} is not a real-only judge run (judge/<arch>/seed-<s>, rule "
                         "train_judge); the guard never grades with a benchmark run")
     return match.group(1)
-
-
-# ------------------------------------------------------------------------------------------------- Dice
-def dice(prediction: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Dice ``2|P ∩ M| / (|P| + |M|)`` per sample of bool (B, H, W) arrays (or one (H, W) pair → shape ()).
-
-    An empty prediction against an empty mask scores :data:`EMPTY_DICE` (1: both say "no polyp"); an
-    empty prediction against a polyp, or a prediction against an empty mask, scores 0.
-    """
-    prediction, mask = np.asarray(prediction), np.asarray(mask)
-    if prediction.shape != mask.shape or prediction.ndim not in (2, 3):
-        raise ValueError(f"dice: prediction {prediction.shape} and mask {mask.shape} must be equal (H, W) or "
-                         "(B, H, W) shapes")
-    if prediction.dtype != bool or mask.dtype != bool:
-        raise ValueError(f"dice: expected bool arrays, got {prediction.dtype} and {mask.dtype} (threshold first)")
-    axes = (-2, -1)
-    intersection = np.logical_and(prediction, mask).sum(axis=axes)
-    total = prediction.sum(axis=axes) + mask.sum(axis=axes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scores = np.where(total == 0, EMPTY_DICE, 2.0 * intersection / np.maximum(total, 1))
-    return scores.astype(np.float64)
-
-
-def prediction_dice(logits: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-    """Dice per sample between a segmenter's (B, 1, H, W) logits, thresholded at sigmoid 0.5, and (B, 1, H, W)
-    masks in [0, 1] (> 0.5 is foreground), at the resolution given (both must match)."""
-    if logits.shape != masks.shape:
-        raise ValueError(f"prediction_dice: logits {tuple(logits.shape)} and masks {tuple(masks.shape)} differ")
-    threshold = math.log(PREDICTION_THRESHOLD / (1.0 - PREDICTION_THRESHOLD))  # the logit of 0.5, i.e. 0
-    prediction = (logits.detach() >= threshold).flatten(0, 1).cpu().numpy()
-    return dice(prediction, (masks.detach() > 0.5).flatten(0, 1).cpu().numpy())
 
 
 # ------------------------------------------------------------------------------------------ separation

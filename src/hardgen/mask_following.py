@@ -245,7 +245,7 @@ def judge_dice_margins(predictions: Sequence[np.ndarray], masks: Sequence[np.nda
     :func:`mask_derangement` (``seed``) gives it, the cue measure's pairing.
 
     Bool ``(H, W)`` predictions and masks, one each per image, equal shapes (a mismatch raises ``ValueError`` naming
-    the index); Dice as :func:`hardgen.fidelity.dice` (an empty prediction on an empty mask is 1). Needs two images.
+    the index); Dice as :func:`hardgen.metrics.dice` (an empty prediction on an empty mask is 1). Needs two images.
     """
     own, shuffled = judge_dice_pairs(predictions, masks, seed)
     return float(np.mean(own)), float(np.mean(shuffled))
@@ -255,7 +255,7 @@ def judge_dice_pairs(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarr
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the Dice of :func:`judge_dice_margins` against its own and against another image's different mask
     (:func:`mask_derangement`)."""
-    from hardgen.fidelity import dice
+    from hardgen.metrics import dice
 
     _check_pairs(predictions, masks)
     perm = mask_derangement(masks, seed)
@@ -276,12 +276,12 @@ def judge_predictor(model: Any, size: int, device: Any = "cpu", batch_size: int 
     """A trained segmenter (:func:`hardgen.segment.load_segmenter`) as a :data:`Predict`: each image resized to
     ``size`` and ImageNet-normalised (:func:`hardgen.segment.eval_transform`, as the judge was evaluated), its logits
     (:func:`hardgen.segment.predict_logits`) upsampled bilinearly to the image's own size (as the benchmark's maps,
-    :mod:`hardgen.predict`) and thresholded at sigmoid 0.5 (:data:`hardgen.fidelity.PREDICTION_THRESHOLD`)."""
+    :mod:`hardgen.predict`) and thresholded at sigmoid 0.5 (:data:`hardgen.metrics.PREDICTION_THRESHOLD`)."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from hardgen.fidelity import PREDICTION_THRESHOLD
+    from hardgen.metrics import PREDICTION_THRESHOLD
     from hardgen.segment import eval_transform, predict_logits
 
     transform = eval_transform(size)

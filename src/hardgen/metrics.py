@@ -70,10 +70,11 @@ convention differs it is overridden explicitly: its sensitivity / specificity ar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,9 @@ import py_sod_metrics
 from tqdm.auto import tqdm
 
 from hardgen.io import DataError, read_gray, read_rgb
+
+if TYPE_CHECKING:
+    import torch
 
 #: The published metrics, in report order. Higher is better for all except MAE.
 METRICS = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE")
@@ -474,3 +478,38 @@ def evaluate_table_with_images(table: pd.DataFrame,
     }
     return score_testsets_with_images(pairs, protocol=protocol)
 
+
+#: Probability threshold of a segmenter's prediction (sigmoid(logit) >= 0.5, i.e. logit >= 0).
+PREDICTION_THRESHOLD = 0.5
+
+#: Dice of an empty prediction against an empty mask: both say "no polyp", a perfect agreement.
+EMPTY_DICE = 1.0
+# ------------------------------------------------------------------------------------------------- Dice
+def dice(prediction: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Dice ``2|P ∩ M| / (|P| + |M|)`` per sample of bool (B, H, W) arrays (or one (H, W) pair → shape ()).
+
+    An empty prediction against an empty mask scores :data:`EMPTY_DICE` (1: both say "no polyp"); an
+    empty prediction against a polyp, or a prediction against an empty mask, scores 0.
+    """
+    prediction, mask = np.asarray(prediction), np.asarray(mask)
+    if prediction.shape != mask.shape or prediction.ndim not in (2, 3):
+        raise ValueError(f"dice: prediction {prediction.shape} and mask {mask.shape} must be equal (H, W) or "
+                         "(B, H, W) shapes")
+    if prediction.dtype != bool or mask.dtype != bool:
+        raise ValueError(f"dice: expected bool arrays, got {prediction.dtype} and {mask.dtype} (threshold first)")
+    axes = (-2, -1)
+    intersection = np.logical_and(prediction, mask).sum(axis=axes)
+    total = prediction.sum(axis=axes) + mask.sum(axis=axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.where(total == 0, EMPTY_DICE, 2.0 * intersection / np.maximum(total, 1))
+    return scores.astype(np.float64)
+
+
+def prediction_dice(logits: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    """Dice per sample between a segmenter's (B, 1, H, W) logits, thresholded at sigmoid 0.5, and (B, 1, H, W)
+    masks in [0, 1] (> 0.5 is foreground), at the resolution given (both must match)."""
+    if logits.shape != masks.shape:
+        raise ValueError(f"prediction_dice: logits {tuple(logits.shape)} and masks {tuple(masks.shape)} differ")
+    threshold = math.log(PREDICTION_THRESHOLD / (1.0 - PREDICTION_THRESHOLD))  # the logit of 0.5, i.e. 0
+    prediction = (logits.detach() >= threshold).flatten(0, 1).cpu().numpy()
+    return dice(prediction, (masks.detach() > 0.5).flatten(0, 1).cpu().numpy())

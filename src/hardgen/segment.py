@@ -834,11 +834,11 @@ def sample_losses(
     Images and masks are resized to ``size`` without augmentation; the model is put in eval mode. Returns
     a DataFrame with columns ``sample_id`` (the column if present, else the image file stem), ``loss``
     and ``dice`` (the prediction thresholded at sigmoid 0.5 against the mask, both at ``size``; an empty
-    prediction on an empty mask is 1: :func:`hardgen.fidelity.prediction_dice`), in input order. Higher
+    prediction on an empty mask is 1: :func:`hardgen.metrics.prediction_dice`), in input order. Higher
     loss = harder sample for this segmenter; low Dice on a generated sample = the segmenter does not find
     the polyp its conditioning mask promises (the fidelity guard).
     """
-    from hardgen.fidelity import prediction_dice
+    from hardgen.metrics import prediction_dice
 
     _check_size(size)
     dataset = PairDataset(pairs_df, size, augment=False)
