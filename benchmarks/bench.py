@@ -3,7 +3,7 @@
 Generation (``generation.csv``: ``pipeline, images_per_s``), at equal steps, resolution, batch, UniPC scheduler and
 threads, interleaved and best of ``--repeats``:
 
-* ``control_lora`` — hardgen's generation path as the workflow runs it (``hardgen.generate``: the Control-LoRA
+* ``control_lora`` — hardgen's generation path as the workflow runs it (``hardgen.generator.generate``: the Control-LoRA
   fused into the UNet once per shard);
 * ``control_lora_unfused`` — the same pipeline with the LoRA applied by peft at every layer call;
 * ``controlnet`` — diffusers' stock ``StableDiffusionControlNetPipeline`` with ``ControlNetModel.from_unet`` of
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------------------------- set-up
 def _base(work: Path, sd15: bool) -> Path:
-    from hardgen.base_model import build_random_sd
+    from hardgen.models.base_model import build_random_sd
 
     if not sd15:  # the demo's base (model.base), shipped: the tiny shapes, pre-trained weights
         return REPO / "resources" / "tiny-sd-polyp"
@@ -90,7 +90,11 @@ def _lora(work: Path, base: Path, rank: int = 16, conv_in_rank: int = 64) -> Pat
     import torch
     from diffusers import UNet2DConditionModel
 
-    from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
+    from hardgen.models.control_lora import (
+        add_control_lora,
+        save_control_lora,
+        widen_conv_in,
+    )
 
     out = work / "lora"
     if not (out / "pytorch_lora_weights.safetensors").is_file():
@@ -112,7 +116,7 @@ def _dataset(work: Path, n: int, resolution: int) -> tuple[Path, Path]:
     import numpy as np
     import pandas as pd
 
-    from hardgen.io import write_image, write_mask
+    from hardgen.core.io import write_image, write_mask
 
     root = work / f"data-{resolution}"
     if (root / "conditions.csv").is_file():
@@ -157,10 +161,18 @@ def generation(args: argparse.Namespace, work: Path, resolution: int) -> list[di
     """Images per second of the three pipelines, interleaved rounds, best round each."""
     import numpy as np
     import torch
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+    from diffusers import (
+        ControlNetModel,
+        StableDiffusionControlNetPipeline,
+        UniPCMultistepScheduler,
+    )
     from PIL import Image
 
-    from hardgen.generate import load_generation_pipeline, pipeline_renderer, to_uint8
+    from hardgen.generator.generate import (
+        load_generation_pipeline,
+        pipeline_renderer,
+        to_uint8,
+    )
 
     base = _base(work, args.sd15)
     lora = _lora(work, base)
@@ -275,7 +287,7 @@ def _step_flops(renderers, cn_pipe, base, lora, args, resolution, dtype) -> dict
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from hardgen.generate import load_generation_pipeline
+    from hardgen.generator.generate import load_generation_pipeline
 
     b, latent = args.batch, resolution // 2 ** (len(cn_pipe.vae.config.block_out_channels) - 1)
     device = torch.device(args.device)
@@ -336,7 +348,7 @@ def train_child(args: argparse.Namespace, work: Path, resolution: int, method: s
     import diffusers  # noqa: F401  (the libraries every method imports, before the baseline is read)
     import timm  # noqa: F401
 
-    import hardgen.train  # noqa: F401
+    import hardgen.generator.train  # noqa: F401
 
     _LIBRARIES_MB = _status_mb("VmRSS")
     if method in ("plain", "hard", "feedback"):
@@ -345,7 +357,7 @@ def train_child(args: argparse.Namespace, work: Path, resolution: int, method: s
 
 
 def _trainer_method(args: argparse.Namespace, work: Path, resolution: int, mode: str) -> dict[str, Any]:
-    from hardgen.train import TrainSettings, train_control_lora
+    from hardgen.generator.train import TrainSettings, train_control_lora
 
     base = _base(work, args.sd15)
     conditions_csv, manifest_csv = _dataset(work, max(8, args.train_batch * 2), resolution)
@@ -373,7 +385,7 @@ def _trainer_method(args: argparse.Namespace, work: Path, resolution: int, mode:
 def _prototype(work: Path, manifest_csv: Path, key: str, resolution: int) -> Path:
     import pandas as pd
 
-    from hardgen.features import BackboneSpec, compute_prototype
+    from hardgen.scoring.features import BackboneSpec, compute_prototype
 
     out = work / f"proto-{key}-{resolution}.safetensors"
     if not out.is_file():
@@ -385,8 +397,8 @@ def _prototype(work: Path, manifest_csv: Path, key: str, resolution: int) -> Pat
 def _segmenter(work: Path) -> Path:
     import torch
 
-    from hardgen.segment import SegmenterSpec, build_segmenter
-    from hardgen.weights import save_state_dict
+    from hardgen.core.weights import save_state_dict
+    from hardgen.segmentation.segment import SegmenterSpec, build_segmenter
 
     out = work / "segmenter.safetensors"
     if not out.is_file():
@@ -399,10 +411,19 @@ def _loop_method(args: argparse.Namespace, work: Path, resolution: int, method: 
     """The same minimal step for a Control-LoRA (cached condition latents) and a ControlNet."""
     import torch
     import torch.nn.functional as F
-    from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        DDPMScheduler,
+        UNet2DConditionModel,
+    )
     from diffusers.training_utils import cast_training_params
 
-    from hardgen.control_lora import add_control_lora, encode_condition, widen_conv_in
+    from hardgen.models.control_lora import (
+        add_control_lora,
+        encode_condition,
+        widen_conv_in,
+    )
 
     base, device, dtype = _base(work, args.sd15), torch.device(args.device), _torch_dtype(args.dtype)
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet").to(device, dtype).requires_grad_(False)
@@ -481,8 +502,8 @@ def _env(args: argparse.Namespace) -> dict[str, str]:
 def scoring(args: argparse.Namespace, work: Path, resolution: int) -> list[dict[str, Any]]:
     import pandas as pd
 
-    from hardgen.features import BackboneSpec
-    from hardgen.score import score_samples
+    from hardgen.scoring.features import BackboneSpec
+    from hardgen.scoring.score import score_samples
 
     _, manifest_csv = _dataset(work, 64, resolution)
     pairs = pd.read_csv(manifest_csv).rename(columns={"id": "sample_id"})
@@ -499,7 +520,7 @@ def scoring(args: argparse.Namespace, work: Path, resolution: int) -> list[dict[
 
 
 def _prototype_for(pairs, spec, out: Path, resolution: int) -> None:
-    from hardgen.features import compute_prototype
+    from hardgen.scoring.features import compute_prototype
 
     if not out.is_file():
         compute_prototype(pairs.rename(columns={"sample_id": "id"}).assign(split="train"), spec, out,

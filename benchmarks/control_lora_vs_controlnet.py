@@ -32,14 +32,23 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDPMScheduler,
+    UNet2DConditionModel,
+)
 from diffusers.training_utils import cast_training_params
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from hardgen.control_lora import add_control_lora, encode_condition, widen_conv_in  # noqa: E402
+from hardgen.models.control_lora import (  # noqa: E402
+    add_control_lora,
+    encode_condition,
+    widen_conv_in,
+)
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

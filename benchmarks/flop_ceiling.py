@@ -123,7 +123,7 @@ def count_training_flops(base: Path, resolution: int, preset: str = "half_skip_a
     from diffusers import ControlNetModel, UNet2DConditionModel
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from hardgen.control_lora import add_control_lora, widen_conv_in
+    from hardgen.models.control_lora import add_control_lora, widen_conv_in
 
     unet_config = _config(base, "unet")
     with torch.device("meta"):

@@ -24,8 +24,8 @@ TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvas
 STAGE_CODE = {
     "score": """
 import sys, pandas as pd, torch
-from hardgen.features import BackboneSpec
-from hardgen.score import score_variant
+from hardgen.scoring.features import BackboneSpec
+from hardgen.scoring.score import score_variant
 torch.set_num_threads(1)
 work, n = sys.argv[1], int(sys.argv[2])
 spec = BackboneSpec(name="resnet18", input_size=64)
@@ -34,7 +34,7 @@ score_variant(f"{work}/data-{n}/manifest.csv", {"cnn": spec}, {"cnn": f"{work}/p
 """,
     "generate": """
 import sys, torch
-from hardgen.generate import generate_shard
+from hardgen.generator.generate import generate_shard
 torch.set_num_threads(1)
 work, n = sys.argv[1], int(sys.argv[2])
 generate_shard(f"{work}/base", f"{work}/lora", f"{work}/data-{n}/conditions.csv", 0, 1, f"{work}/gen-{n}",
@@ -42,9 +42,9 @@ generate_shard(f"{work}/base", f"{work}/lora", f"{work}/data-{n}/conditions.csv"
 """,
     "evaluate": """
 import sys, pandas as pd, torch
-from hardgen.data import load_manifest
-from hardgen.predict import evaluate_segmenter
-from hardgen.segment import SegmenterSpec, build_segmenter
+from hardgen.data.manifest import load_manifest
+from hardgen.segmentation.predict import evaluate_segmenter
+from hardgen.segmentation.segment import SegmenterSpec, build_segmenter
 torch.set_num_threads(1)
 work, n = sys.argv[1], int(sys.argv[2])
 manifest = load_manifest(f"{work}/data-{n}/manifest.csv")
@@ -58,11 +58,15 @@ def prepare(work: Path, sizes: list[int]) -> None:
     """Datasets of each size, a prototype, a tiny SD and a gaussian-init Control-LoRA (random but valid)."""
     import torch
 
-    from hardgen.base_model import build_tiny_sd, load_components
-    from hardgen.conditioning import make_conditions, write_conditions_table
-    from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
-    from hardgen.data import build_manifest, make_demo_dataset, write_manifest
-    from hardgen.features import BackboneSpec, compute_prototype
+    from hardgen.data.conditioning import make_conditions, write_conditions_table
+    from hardgen.data.manifest import build_manifest, make_demo_dataset, write_manifest
+    from hardgen.models.base_model import build_tiny_sd, load_components
+    from hardgen.models.control_lora import (
+        add_control_lora,
+        save_control_lora,
+        widen_conv_in,
+    )
+    from hardgen.scoring.features import BackboneSpec, compute_prototype
 
     for n in sizes:
         root = work / f"data-{n}"

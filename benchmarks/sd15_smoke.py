@@ -51,7 +51,7 @@ RESULT_TAG = "SD15_SMOKE_RESULT "
 
 # ------------------------------------------------------------------------------------------ stages
 def _settings(args: argparse.Namespace, work: Path, mode: str, **extra: Any):
-    from hardgen.train import TrainSettings
+    from hardgen.generator.train import TrainSettings
 
     steps = args.steps if mode == "plain" else args.hard_steps
     values = dict(
@@ -69,7 +69,7 @@ def _settings(args: argparse.Namespace, work: Path, mode: str, **extra: Any):
 
 
 def _train(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
-    from hardgen.train import train_control_lora
+    from hardgen.generator.train import train_control_lora
 
     extra: dict[str, Any] = {}
     if mode == "hard":
@@ -94,15 +94,19 @@ def _train(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
 def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One stage in this process; returns its figures (timings are added by the caller)."""
     if stage == "base":
-        from hardgen.base_model import build_random_sd
+        from hardgen.models.base_model import build_random_sd
 
         build_random_sd(SD15_CONFIG, work / "base", seed=0)
         sizes = {p.parent.name: p.stat().st_size for p in (work / "base").glob("*/*.safetensors")}
         return {"weights_gib": {k: round(v / 2**30, 3) for k, v in sorted(sizes.items())}}
     if stage == "data":
-        from hardgen.conditioning import make_conditions, write_conditions_table
-        from hardgen.data import build_manifest, make_demo_dataset, write_manifest
-        from hardgen.features import BackboneSpec, compute_prototype
+        from hardgen.data.conditioning import make_conditions, write_conditions_table
+        from hardgen.data.manifest import (
+            build_manifest,
+            make_demo_dataset,
+            write_manifest,
+        )
+        from hardgen.scoring.features import BackboneSpec, compute_prototype
 
         n_train = max(4, args.images, args.batch)
         make_demo_dataset(work / "pranet", TESTSETS, n_train=n_train, n_test=1, min_size=96, max_size=160, seed=0)
@@ -115,8 +119,8 @@ def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any
         proto = compute_prototype(manifest, BackboneSpec.from_config("cnn", dict(BACKBONE)),
                                   work / "proto-cnn.safetensors", batch_size=4, resolution=args.resolution)
         if args.feedback:
-            from hardgen.segment import SegmenterSpec, build_segmenter
-            from hardgen.weights import save_state_dict
+            from hardgen.core.weights import save_state_dict
+            from hardgen.segmentation.segment import SegmenterSpec, build_segmenter
 
             model = build_segmenter(SegmenterSpec.from_config(dict(SEGMENTER), "cnn"))
             save_state_dict(work / "segmenter.safetensors", model.state_dict())
@@ -124,7 +128,7 @@ def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any
     if stage in ("plain", "hard", "feedback"):
         return _train(args, work, stage)
     if stage == "generate":
-        from hardgen.generate import generate_shard, load_generation_pipeline
+        from hardgen.generator.generate import generate_shard, load_generation_pipeline
 
         variant = "hard" if (work / "lora" / "hard" / "pytorch_lora_weights.safetensors").is_file() else "plain"
         lora = work / "lora" / variant / "pytorch_lora_weights.safetensors"
@@ -144,7 +148,7 @@ def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any
                                prompt=PROMPT, steps=args.inference_steps, batch_size=args.batch, device=args.device,
                                dtype=dtype, variant=variant)
         total_s = time.perf_counter() - t0
-        from hardgen.io import read_rgb
+        from hardgen.core.io import read_rgb
 
         first = read_rgb(table["image"].iloc[0])
         return {"variant": variant, "images": len(table), "inference_steps": args.inference_steps,
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results[stage] = json.loads(tagged[-1][len(RESULT_TAG):])
         print(_line(stage, results[stage]), flush=True)
-    from hardgen.io import write_json
+    from hardgen.core.io import write_json
 
     write_json(Path(args.workdir) / "results.json", results)
     print(json.dumps(results, default=str))

@@ -36,8 +36,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tup
     """The tiny random SD (built once per module) and a Control-LoRA file with non-zero B (so it acts)."""
     import torch
 
-    from hardgen.base_model import build_tiny_sd, load_components
-    from hardgen.control_lora import add_control_lora, save_control_lora, widen_conv_in
+    from hardgen.models.base_model import build_tiny_sd, load_components
+    from hardgen.models.control_lora import (
+        add_control_lora,
+        save_control_lora,
+        widen_conv_in,
+    )
 
     root = tmp_path_factory.mktemp("tiny")
     base = root / "base"
@@ -60,7 +64,7 @@ def ellipse_pairs(folder: Path, variants: list[str]):
     import numpy as np
     import pandas as pd
 
-    from hardgen.io import write_image, write_mask
+    from hardgen.core.io import write_image, write_mask
 
     rng = np.random.default_rng(0)
     rows = []

@@ -1,4 +1,4 @@
-"""The generation plan (hardgen.allocation): per_mask samples per condition, uniform or by the judges' loss; ids and
+"""The generation plan (hardgen.scoring.allocation): per_mask samples per condition, uniform or by the judges' loss; ids and
 seeds shared by every variant; generation of a plan is shard-independent."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen import allocation, generate
-from hardgen.io import DataError, sample_seed, write_image, write_mask
+from hardgen.core.io import DataError, sample_seed, write_image, write_mask
+from hardgen.generator import generate
+from hardgen.scoring import allocation
 
 
 def test_hardness_allocation_is_proportional_exact_and_at_least_one() -> None:
@@ -110,8 +111,12 @@ def test_layouts_take_their_sources_loss() -> None:
 
 
 def test_judge_losses_average_the_judges(tmp_path: Path) -> None:
-    from hardgen.segment import SegmenterSpec, build_segmenter, sample_losses
-    from hardgen.weights import save_state_dict
+    from hardgen.core.weights import save_state_dict
+    from hardgen.segmentation.segment import (
+        SegmenterSpec,
+        build_segmenter,
+        sample_losses,
+    )
 
     rng = np.random.default_rng(0)
     rows = []

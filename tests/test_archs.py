@@ -1,4 +1,4 @@
-"""The field's segmenters (hardgen.archs): released parameter counts, maps, prediction rules, the loss over maps,
+"""The field's segmenters (hardgen.models.archs): released parameter counts, maps, prediction rules, the loss over maps,
 per-arch recipes, segment.augment, checkpoints and ``hardgen segmenter-summary``."""
 
 from __future__ import annotations
@@ -14,12 +14,18 @@ import torch
 import yaml
 from conftest import ellipse_pairs
 
-from hardgen import report, segment
-from hardgen.archs import MultiMapSegmenter, map_count, output_maps, predict_logits
-from hardgen.cli import main
-from hardgen.config import ConfigError, load_config, validate_config
-from hardgen.segment import SegmenterSpec
-from hardgen.weights import save_state_dict
+from hardgen.app.cli import main
+from hardgen.config.validation import ConfigError, load_config, validate_config
+from hardgen.core.weights import save_state_dict
+from hardgen.models.archs import (
+    MultiMapSegmenter,
+    map_count,
+    output_maps,
+    predict_logits,
+)
+from hardgen.report import report
+from hardgen.segmentation import segment
+from hardgen.segmentation.segment import SegmenterSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_PVT = SegmenterSpec(arch="PolypPVT", encoder="pvt_v2_b0")
@@ -250,7 +256,7 @@ def test_hf_segformer_builds_offline_and_loads_a_local_folder(tmp_path: Path) ->
 
 # ------------------------------------------------------------------------------------------ config
 def test_overlay_drops_archs_with_null_and_field_encoders_are_checked(tmp_path: Path) -> None:
-    from hardgen.config import check_registries
+    from hardgen.config.validation import check_registries
 
     config = load_config([REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml"])
     assert list(config["segment"]["archs"]) == ["pranet", "polyp_pvt", "segformer"]  # cnn, transformer dropped
@@ -272,9 +278,9 @@ def test_judges_and_maps_use_the_prediction_map(pairs_df: pd.DataFrame, tmp_path
     """Sample losses, the pixel filter, the saved test maps and the feedback judge all see P1 + P2 of a Polyp-PVT."""
     from types import SimpleNamespace
 
-    from hardgen.objectives import FeedbackJudge
-    from hardgen.pixel_filter import judge_pixel_losses, pixel_bce
-    from hardgen.predict import save_prediction_maps
+    from hardgen.generator.objectives import FeedbackJudge
+    from hardgen.scoring.pixel_filter import judge_pixel_losses, pixel_bce
+    from hardgen.segmentation.predict import save_prediction_maps
 
     torch.manual_seed(0)
     model = segment.build_segmenter(SMALL_PVT).eval()

@@ -8,11 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from hardgen.base_model import build_tiny_sd, load_components, load_tokenizer, resolve_base
+from hardgen.models.base_model import (
+    build_tiny_sd,
+    load_components,
+    load_tokenizer,
+    resolve_base,
+)
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 TINY_CONFIG = RESOURCES / "tiny-sd"

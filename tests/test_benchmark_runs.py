@@ -1,4 +1,4 @@
-"""hardgen.benchmark_runs: one run's files are the same whether a job trains one run or a batch of them."""
+"""hardgen.benchmark.runs: one run's files are the same whether a job trains one run or a batch of them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen import data
-from hardgen.benchmark_runs import RunPaths, train_run, training_pairs
-from hardgen.weights import load_state_dict
+from hardgen.benchmark.runs import RunPaths, train_run, training_pairs
+from hardgen.core.weights import load_state_dict
+from hardgen.data import manifest as data
 
 TESTSETS = ["CVC-300", "Kvasir"]
 SPEC = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": None}
@@ -68,9 +68,9 @@ def test_training_pairs_adds_the_subset_and_names_a_missing_one(manifest_path: P
 
 def test_an_infeasible_subset_skips_its_run_and_writes_its_declared_outputs(manifest_path: Path,
                                                                             tmp_path: Path) -> None:
-    from hardgen.filter import pool_record
-    from hardgen.io import write_json
-    from hardgen.layout import SKIPPED_MARKER
+    from hardgen.core.io import write_json
+    from hardgen.core.layout import SKIPPED_MARKER
+    from hardgen.scoring.filter import pool_record
 
     subset, record = tmp_path / "subset.csv", tmp_path / "subset.json"
     pd.DataFrame(columns=["image", "mask", "sample_id", "variant"]).to_csv(subset, index=False)

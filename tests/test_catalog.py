@@ -96,7 +96,7 @@ def test_every_report_item_has_a_caption_file():
 
 def test_report_rule_marks_every_table_it_writes():
     report_rule = (REPO / "workflow" / "rules" / "report.smk").read_text()
-    # table paths come from hardgen.layout: L("table", table="<name>")
+    # table paths come from hardgen.core.layout: L("table", table="<name>")
     tables = set(re.findall(r'L\("table", table="([\w.]+)"\)', report_rule))
     marked = set(re.findall(r'report\(\s*L\("table", table="([\w.]+)"\)', report_rule))
     assert {"benchmark.csv", "benchmark.md", "runs.csv", "hardness.csv", "hardness_transfer.csv"} <= tables

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hardgen.cli import main
-from hardgen.io import write_image, write_mask
-from hardgen.weights import save_state_dict
+from hardgen.app.cli import main
+from hardgen.core.io import write_image, write_mask
+from hardgen.core.weights import save_state_dict
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 SD15_UNET = RESOURCES / "sd15-unet" / "config.json"
@@ -82,7 +82,7 @@ def test_build_tiny_sd_command(capsys, tmp_path):
 
 def test_module_entry_point_prints_json_last():
     result = subprocess.run(
-        [sys.executable, "-m", "hardgen.cli", "lora-summary", "--unet-config", str(TINY_UNET)],
+        [sys.executable, "-m", "hardgen.app.cli", "lora-summary", "--unet-config", str(TINY_UNET)],
         capture_output=True, text=True, check=True,
         env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "", "OMP_NUM_THREADS": "1",
              "HF_HUB_OFFLINE": "1"},
@@ -102,7 +102,7 @@ def _map_tree(root: Path) -> tuple[Path, Path]:
 
 
 def test_evaluate_maps_command(capsys, tmp_path):
-    from hardgen.metrics import ALL_METRICS, OVERALL, evaluate_maps
+    from hardgen.evaluation.metrics import ALL_METRICS, OVERALL, evaluate_maps
 
     pred, gt = _map_tree(tmp_path)
     out = tmp_path / "eval" / "scores.csv"

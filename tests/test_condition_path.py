@@ -6,7 +6,7 @@ run the fused UNet that ``generate_shard`` samples with) against silent misalign
 condition decides the image (the mask painted red on grey, 32 px), the plain ``train_control_lora`` path, and then two
 measures on held-out masks:
 
-* the samples' mask-following margin (``hardgen.mask_following``, as the workflow's ``mask_following.csv``): the
+* the samples' mask-following margin (``hardgen.scoring.mask_following``, as the workflow's ``mask_following.csv``): the
   red chromaticity inside vs outside each sample's own mask against another mask's, as a share of the painted
   images' own margin;
 * the epsilon MSE at fixed noise with each image's own condition against another image's (a derangement): a model
@@ -35,9 +35,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen.conditioning import mask_to_condition
-from hardgen.io import write_image, write_mask
-from hardgen.mask_following import derangement
+from hardgen.core.io import write_image, write_mask
+from hardgen.data.conditioning import mask_to_condition
+from hardgen.scoring.mask_following import derangement
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "resources" / "tiny-sd-polyp"
@@ -95,7 +95,7 @@ def _dataset(root: Path, shuffled: bool) -> tuple[Path, Path]:
 
 
 def _train(root: Path, shuffled: bool) -> Path:
-    from hardgen.train import TrainSettings, train_control_lora
+    from hardgen.generator.train import TrainSettings, train_control_lora
 
     conditions, manifest = _dataset(root, shuffled)
     settings = TrainSettings(
@@ -113,7 +113,7 @@ def condition_gain(pipe) -> dict[int, float]:
     held-out masks' painted images (posterior modes, fixed noise), with the UNet ``generate_shard`` samples with."""
     from diffusers import DDPMScheduler
 
-    from hardgen.control_lora import encode_condition
+    from hardgen.models.control_lora import encode_condition
 
     masks = _masks(N_HELDOUT, seed=1)
 
@@ -139,11 +139,11 @@ def condition_gain(pipe) -> dict[int, float]:
 
 @torch.no_grad()
 def sample_margin(pipe) -> float:
-    """The mask-following measure of *samples* (:mod:`hardgen.mask_following`, as the workflow's
+    """The mask-following measure of *samples* (:mod:`hardgen.scoring.mask_following`, as the workflow's
     ``mask_following.csv``): one sample per held-out mask (UniPC 10 steps, guidance 1, as the demo samples), its red
     chromaticity margin own vs shuffled mask, as a share of the held-out painted images' own margin."""
-    from hardgen.mask_following import mask_following_table, measure_rows
-    from hardgen.sampling import Sampling, to_uint8
+    from hardgen.models.sampling import Sampling, to_uint8
+    from hardgen.scoring.mask_following import mask_following_table, measure_rows
 
     masks = _masks(N_HELDOUT, seed=1)
     conditions = [mask_to_condition(m, "mask") for m in masks]
@@ -156,7 +156,7 @@ def sample_margin(pipe) -> float:
 @pytest.fixture(scope="module")
 def probes(tmp_path_factory) -> dict[str, dict[str, object]]:
     """Per pairing: the epsilon gains (``gain``) and the samples' mask-following margin (``margin``)."""
-    from hardgen.generate import load_generation_pipeline
+    from hardgen.generator.generate import load_generation_pipeline
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

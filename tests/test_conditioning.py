@@ -1,4 +1,4 @@
-"""Tests for hardgen.conditioning: condition images, new layouts and the conditions table."""
+"""Tests for hardgen.data.conditioning: condition images, new layouts and the conditions table."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen import conditioning as cond
-from hardgen.data import write_manifest
-from hardgen.io import DataError, fit_square, read_gray, read_mask, read_rgb, write_mask
+from hardgen.core.io import (
+    DataError,
+    fit_square,
+    read_gray,
+    read_mask,
+    read_rgb,
+    write_mask,
+)
+from hardgen.data import conditioning as cond
+from hardgen.data.manifest import write_manifest
 
 SIZE = 48
 
@@ -97,7 +104,7 @@ def test_make_layout_differs_keeps_foreground_and_is_deterministic() -> None:
 def test_make_conditions_tree_table_and_content(manifest: pd.DataFrame, tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "conditions"
-    with caplog.at_level(logging.INFO, logger="hardgen.conditioning"):
+    with caplog.at_level(logging.INFO, logger="hardgen.data.conditioning"):
         table = cond.make_conditions(manifest, out, "canny", layouts_per_mask=2, size=SIZE, seed=0)
     assert list(table.columns) == ["sample_id", "source_id", "kind", "condition", "mask"]
     # 4 real rows + 2 layouts for each of the 3 non-empty masks; the test row is ignored.
@@ -163,7 +170,7 @@ def test_conditions_table_roundtrip_and_bad_arguments(manifest: pd.DataFrame, tm
 
 # ------------------------------------------------------------------------------ generation.condition_fit squash
 def test_squash_resizes_the_whole_mask_where_crop_cuts_it() -> None:
-    from hardgen.io import squash_square
+    from hardgen.core.io import squash_square
 
     mask = np.zeros((40, 80), dtype=bool)
     mask[10:30, 2:12] = True  # near the left edge: outside the centre crop of a wide image
@@ -177,7 +184,7 @@ def test_squash_resizes_the_whole_mask_where_crop_cuts_it() -> None:
 
 
 def test_generation_conditions_squash_the_real_masks_and_keep_ids(manifest: pd.DataFrame, tmp_path: Path) -> None:
-    from hardgen.io import squash_square
+    from hardgen.core.io import squash_square
 
     table = cond.make_conditions(manifest, tmp_path / "train", kind="mask", layouts_per_mask=1, size=32, seed=0)
     squash = cond.generation_conditions(table, manifest, tmp_path / "squash", fit="squash", kind="mask", size=32)

@@ -8,7 +8,13 @@ import sys
 
 import pytest
 
-from hardgen.config import ConfigError, check_registries, deep_merge, load_config, validate_config
+from hardgen.config.validation import (
+    ConfigError,
+    check_registries,
+    deep_merge,
+    load_config,
+    validate_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +153,7 @@ def test_deep_merge_is_recursive_and_pure():
 def test_validate_config_cli_exit_code(repo_root, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("generation:\n  shards: 0\n")
-    cmd = [sys.executable, "-m", "hardgen.cli", "validate-config", str(repo_root / "config" / "config.yaml")]
+    cmd = [sys.executable, "-m", "hardgen.app.cli", "validate-config", str(repo_root / "config" / "config.yaml")]
     ok = subprocess.run(cmd, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     failed = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
@@ -161,7 +167,7 @@ def test_schema_defaults_fill_the_config_in_one_place(repo_root):
     assert config["train"]["prediction_type"] is None and config["train"]["images_per_step"] is None
     assert config["feedback"]["loss"] == "hinge" and config["backbones"]["heldout"]["margin"] is None
     raw = {"hard": {"steps": 1}, "backbones": {"x": {"name": "resnet18", "input_size": 32}}}
-    from hardgen.config import apply_defaults
+    from hardgen.config.validation import apply_defaults
 
     filled = apply_defaults(raw)
     assert filled["hard"]["crop_pad"] == 10 and filled["hard"]["calibration_samples"] == 64
@@ -223,7 +229,7 @@ def test_report_keys_are_checked_against_the_benchmark(demo):
 
 
 def test_a_published_model_is_not_a_segmenter_setting():
-    from hardgen.segment import SegmenterSpec
+    from hardgen.segmentation.segment import SegmenterSpec
 
     spec = SegmenterSpec.from_config({"arch": "Unet", "encoder": "resnet18", "published": "PraNet"}, "cnn")
     assert (spec.arch, spec.encoder) == ("Unet", "resnet18")

@@ -1,4 +1,4 @@
-"""Intervals of the benchmark's paired contrasts (hardgen.contrasts) on synthetic numbers with known answers."""
+"""Intervals of the benchmark's paired contrasts (hardgen.evaluation.contrasts) on synthetic numbers with known answers."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen import contrasts, report
-from hardgen.io import DataError
+from hardgen.core.io import DataError
+from hardgen.evaluation import contrasts
+from hardgen.report import report
 
 TESTSETS = ["Site-A", "Site-B"]
 
@@ -168,7 +169,7 @@ def test_the_bootstrap_pairs_only_images_defined_in_both_runs(caplog) -> None:
     # a test set with no image defined in both runs is left out of that contrast, and the log says so
     gone = {**images, ("cnn", "real", 0.0, 0): theirs.assign(
         value=np.where(theirs["testset"] == "Site-B", NAN, theirs["value"]))}
-    with caplog.at_level("INFO", logger="hardgen.contrasts"):
+    with caplog.at_level("INFO", logger="hardgen.evaluation.contrasts"):
         left = contrasts.contrast_table(diffs, TESTSETS, gone).set_index("metric")
     assert left.loc["HD95", "n"] == 3
     assert left.loc["HD95", "mean_diff"] == pytest.approx(contrasts.bootstrap_interval(pairs[:1],

@@ -25,8 +25,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from hardgen.base_model import build_tiny_sd
-from hardgen.control_lora import (
+from hardgen.core.weights import UnsafeWeightsError
+from hardgen.models.base_model import build_tiny_sd
+from hardgen.models.control_lora import (
     LORA_ADAPTER_METADATA_KEY,
     LORA_WEIGHT_NAME,
     METADATA_KEY,
@@ -51,7 +52,6 @@ from hardgen.control_lora import (
     target_modules,
     widen_conv_in,
 )
-from hardgen.weights import UnsafeWeightsError
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 SD15_UNET = RESOURCES / "sd15-unet" / "config.json"
@@ -714,7 +714,7 @@ def test_pissa_conv_falls_back_only_when_the_rank_exceeds_the_output_channels(ba
 
 
 def test_summary_of_a_pissa_file_reports_stored_and_live_counts(base_unet, tmp_path, capsys):
-    from hardgen.cli import main
+    from hardgen.app.cli import main
 
     unet = widened(base_unet)
     add_control_lora(unet, "p", "half_skip_attn", RANK, CONV_IN_RANK, "pissa_niter_2")

@@ -31,8 +31,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hardgen.base_model import build_tiny_sd
-from hardgen.control_lora import (
+from hardgen.models.base_model import build_tiny_sd
+from hardgen.models.control_lora import (
     LORA_WEIGHT_NAME,
     ControlLoraPipeline,
     ControlLoraXLPipeline,

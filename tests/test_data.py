@@ -1,4 +1,4 @@
-"""Tests for hardgen.data: demo dataset, mask rule, manifest validation and odd-but-valid inputs."""
+"""Tests for hardgen.data.manifest: demo dataset, mask rule, manifest validation and odd-but-valid inputs."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hardgen import data
-from hardgen.io import DataError, read_gray, read_rgb
+from hardgen.core.io import DataError, read_gray, read_rgb
+from hardgen.data import manifest as data
 
 TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir"]
 DEMO_ARGS = dict(testsets=TESTSETS, n_train=24, n_test=6, min_size=72, max_size=112, seed=0)
@@ -318,7 +318,7 @@ def test_odd_but_valid_inputs(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
         (image_dir / stray).write_bytes(b"junk")
     (mask_dir / "subfolder").mkdir()
 
-    with caplog.at_level(logging.INFO, logger="hardgen.data"):
+    with caplog.at_level(logging.INFO, logger="hardgen.data.manifest"):
         df = data.build_manifest(root, ["SetA"])
     train = df[df["split"] == "train"].set_index("image")
     assert len(train) == 7
@@ -359,7 +359,7 @@ def test_nested_subsets_are_nested_seeded_and_independent_of_input_order() -> No
 
 def test_train_subset_keeps_n_training_rows_all_test_rows_and_records_the_choice(
         demo_manifest: pd.DataFrame, tmp_path: Path) -> None:
-    from hardgen.conditioning import make_conditions
+    from hardgen.data.conditioning import make_conditions
 
     n_train = int((demo_manifest["split"] == "train").sum())
     reduced, record = data.train_subset(demo_manifest, 5, seed=1)

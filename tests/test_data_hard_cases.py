@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen import data
-from hardgen.config import ConfigError, load_config, validate_config
-from hardgen.io import fit_square, gray_to_rgb, read_mask, to_uint8
-from hardgen.mask_following import red_chromaticity_margin, shuffled_margin
+from hardgen.config.validation import ConfigError, load_config, validate_config
+from hardgen.core.io import fit_square, gray_to_rgb, read_mask, to_uint8
+from hardgen.data import manifest as data
+from hardgen.scoring.mask_following import red_chromaticity_margin, shuffled_margin
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 64  # the demo's model.resolution: mask following measures the real crops at it (hardgen.io.fit_square)
+SIZE = 64  # the demo's model.resolution: mask following measures the real crops at it (hardgen.core.io.fit_square)
 
 
 def _polyp_set(lesion_colour: str, n: int = 24, seed: int = 0):

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hardgen import data, io
-from hardgen.io import DataError
+from hardgen.core import io
+from hardgen.core.io import DataError
+from hardgen.data import manifest as data
 
 
 def _lesion_mask(h: int = 40, w: int = 50, box=(10, 30, 12, 34)) -> np.ndarray:
@@ -256,7 +257,7 @@ def test_ultrasound_demo_is_deterministic_16bit_and_in_both_layouts(tmp_path: Pa
 def test_dataset_overlays_validate_and_layout_keys_are_cross_checked() -> None:
     import copy
 
-    from hardgen.config import ConfigError, load_config, validate_config
+    from hardgen.config.validation import ConfigError, load_config, validate_config
 
     repo = Path(__file__).resolve().parents[1]
     base = repo / "config" / "config.yaml"

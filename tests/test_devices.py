@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hardgen.devices import claim_gpus
+from hardgen.core.devices import claim_gpus
 
 
 @pytest.fixture(autouse=True)

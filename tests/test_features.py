@@ -1,4 +1,4 @@
-"""Tests for hardgen.features: frozen backbones, mask crops, feature streaming, prototypes."""
+"""Tests for hardgen.scoring.features: frozen backbones, mask crops, feature streaming, prototypes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen import io
-from hardgen.features import (
+from hardgen.core import io
+from hardgen.core.io import DataError
+from hardgen.core.weights import UnsafeWeightsError, save_state_dict
+from hardgen.scoring.features import (
     BackboneSpec,
     compute_prototype,
     crop_to_mask,
@@ -17,8 +19,6 @@ from hardgen.features import (
     load_prototype,
     prototype_distance,
 )
-from hardgen.io import DataError
-from hardgen.weights import UnsafeWeightsError, save_state_dict
 
 CNN = BackboneSpec(name="resnet18", pretrained=False, checkpoint=None, input_size=32)
 VIT = BackboneSpec(name="vit_tiny_patch16_224", pretrained=False, checkpoint=None, input_size=32)

@@ -1,4 +1,4 @@
-"""The fidelity guard (hardgen.fidelity): Dice and feature separation, calibration, and the guard end to end on an
+"""The fidelity guard (hardgen.scoring.fidelity): Dice and feature separation, calibration, and the guard end to end on an
 erased polyp vs a matching one."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from hardgen import fidelity, metrics
-from hardgen.features import BackboneSpec, load_backbone
-from hardgen.io import DataError, write_image, write_mask
-from hardgen.segment import IMAGENET_MEAN, IMAGENET_STD, sample_losses
+from hardgen.core.io import DataError, write_image, write_mask
+from hardgen.evaluation import metrics
+from hardgen.scoring import fidelity
+from hardgen.scoring.features import BackboneSpec, load_backbone
+from hardgen.segmentation.segment import IMAGENET_MEAN, IMAGENET_STD, sample_losses
 
 SIZE = 64
 
@@ -271,10 +272,10 @@ def test_scores_join_and_the_summary_count_rejections(guard_tree) -> None:
 
 
 def test_the_score_job_grades_and_scores_with_one_backbone_load(guard_tree, tmp_path: Path, monkeypatch) -> None:
-    # rule score runs the guard and the scores in one job (hardgen.score.score_with_fidelity): the held-out backbone
+    # rule score runs the guard and the scores in one job (hardgen.scoring.score.score_with_fidelity): the held-out backbone
     # is loaded once, and every file equals what the former separate jobs wrote (fidelity_reference, fidelity, score)
-    from hardgen import score
-    from hardgen.features import compute_prototype
+    from hardgen.scoring import score
+    from hardgen.scoring.features import compute_prototype
 
     root = Path(guard_tree["out"]).parents[1]
     manifest, generated_csv = root / "manifest.csv", root / "generated.csv"

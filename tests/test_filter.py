@@ -1,4 +1,4 @@
-"""Tests for hardgen.filter: which generated samples each policy keeps, at each synthetic ratio."""
+"""Tests for hardgen.scoring.filter: which generated samples each policy keeps, at each synthetic ratio."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen.filter import (
+from hardgen.core.io import DataError
+from hardgen.scoring.filter import (
     POLICIES,
     SUBSET_COLUMNS,
     build_subset,
@@ -19,7 +20,6 @@ from hardgen.filter import (
     synthetic_count,
     write_subset,
 )
-from hardgen.io import DataError
 
 N = 100
 N_REAL = 20  # ratio 0.5 -> 10, 1 -> 20, 2 -> 40 synthetic images
@@ -251,7 +251,7 @@ def test_write_and_build_subset_round_trip(tmp_path):
 
 
 def test_a_short_pool_is_recorded_and_skipped_or_stops_the_job(tmp_path):
-    from hardgen.filter import ShortPool, read_pool_record
+    from hardgen.scoring.filter import ShortPool, read_pool_record
 
     scores, generated, _ = make_tables(n=20)
     score_paths, generated_paths = [tmp_path / "scores.csv"], [tmp_path / "generated.csv"]

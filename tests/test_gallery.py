@@ -1,4 +1,4 @@
-"""The report's sample views (hardgen.gallery): hardest kept vs rejected samples, real vs generated feature PCA."""
+"""The report's sample views (hardgen.report.gallery): hardest kept vs rejected samples, real vs generated feature PCA."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen import gallery
-from hardgen.io import DataError, write_image, write_mask
-from hardgen.score import save_features
+from hardgen.core.io import DataError, write_image, write_mask
+from hardgen.report import gallery
+from hardgen.scoring.score import save_features
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,13 +90,13 @@ def test_plot_hardest_writes_the_gallery(tmp_path: Path, caplog) -> None:
     assert (tmp_path / "n.png").read_bytes()[:8] == PNG_MAGIC
     # only samples with an image can be shown: the others are left out, with a warning
     short = pd.read_csv(manifests["hard"]).iloc[:3]
-    with caplog.at_level("WARNING", logger="hardgen.gallery"):
+    with caplog.at_level("WARNING", logger="hardgen.report.gallery"):
         chosen = gallery.plot_hardest(table, {"plain": manifests["plain"], "hard": short}, tmp_path / "x.png",
                                       min_fidelity=0.5, k=3)
     hard = chosen[chosen["variant"] == "hard"]
     assert hard.loc[hard["group"] == "hardest", "sample_id"].tolist() == ["s2", "s0"]  # s5, s4 have no image
     assert "3 scored samples have no image" in caplog.text
-    with caplog.at_level("WARNING", logger="hardgen.gallery"):
+    with caplog.at_level("WARNING", logger="hardgen.report.gallery"):
         chosen = gallery.plot_hardest(table, {"plain": manifests["plain"]}, tmp_path / "x.png", min_fidelity=0.5)
     assert set(chosen["variant"]) == {"plain"} and "variants ['hard']: left out" in caplog.text
     with pytest.raises(DataError, match="no scored sample has an image"):

@@ -11,8 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen import generate
-from hardgen.io import DataError, fit_square, read_mask, read_rgb, sample_seed, write_image, write_mask
+from hardgen.core.io import (
+    DataError,
+    fit_square,
+    read_mask,
+    read_rgb,
+    sample_seed,
+    write_image,
+    write_mask,
+)
+from hardgen.generator import generate
 
 RESOLUTION = 32
 
@@ -175,14 +183,13 @@ def test_merge_shards(tmp_path: Path) -> None:
 
 
 def test_merging_shards_imports_no_torch() -> None:
-    # rule generated_manifest only merges CSVs: its imports (hardgen.shards, stage_logging) must not pull in torch,
-    # diffusers or timm (seconds of start-up per job); hardgen.generate re-exports the same functions
+    # rule generated_manifest only merges CSVs: its imports (hardgen.generator.shards, stage_logging) must not pull in torch,
+    # diffusers or timm (seconds of start-up per job); hardgen.generator.generate re-exports the same functions
     import subprocess
     import sys
 
-    from hardgen import shards
-
-    code = ("import sys; from hardgen.shards import merge_shards; from hardgen.logging_utils import stage_logging; "
+    from hardgen.generator import shards
+    code = ("import sys; from hardgen.generator.shards import merge_shards; from hardgen.core.logging_utils import stage_logging; "
             "print(sorted({'torch', 'diffusers', 'timm', 'transformers'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(Path(shards.__file__).parents[1])})

@@ -59,8 +59,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"hardgen.report", "hardgen.gallery", "hardgen.generate", "hardgen.mining"} <= set(graph)
-    assert "hardgen.io" in graph["hardgen.report"]  # the graph sees imports (a test that can fail)
+    assert {"hardgen.report.report", "hardgen.report.gallery", "hardgen.generator.generate"} <= set(graph)
+    assert "hardgen.core.io" in graph["hardgen.report.report"]  # the graph sees imports (a test that can fail)
     assert cycles(graph) == []
 
 
@@ -69,42 +69,45 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-#: The package's layers, bottom up (docs/architecture.md): a module imports only from its own layer or below. Scoring
-#: and the segmentation benchmark (layer 4) sit below the generator (layer 5), so they never depend on how samples
-#: were made; the report reads everything from the top. A new module must be placed here.
-LAYERS: dict[int, set[str]] = {
-    1: {"registry", "layout", "io", "weights", "devices", "logging_utils"},
-    2: {"config", "archs", "archs.common", "archs.pranet", "archs.polyp_pvt", "archs.hf_segformer", "base_model",
-        "control_lora", "control_lora.model", "control_lora.adapters", "control_lora.files", "control_lora.pipeline",
-        "sampling"},
-    3: {"data", "conditioning", "train_data", "train_settings", "metrics", "contrasts", "reproduction"},
-    4: {"features", "fidelity", "score", "segment", "pixel_filter", "predict", "allocation", "filter",
-        "benchmark_runs", "mask_following"},
-    5: {"objectives", "mining", "shards", "generate", "train", "stages", "pretrain", "pretrain_adapter",
-        "pretrain_decoder"},
-    6: {"tables", "transfer", "gallery", "timings", "run_text", "report", "scarcity", "rehearsal", "cli"},
-}
+#: The package's layers, bottom up: its folders (docs/architecture.md). A module imports only from its own folder or
+#: a folder below it. Scoring and the segmentation benchmark sit below the generator, so they never depend on how
+#: samples were made; the report reads everything from the top, and the CLI sits above it. A new folder must be
+#: placed here.
+LAYERS: tuple[str, ...] = (
+    "core", "models", "config", "data", "evaluation", "segmentation", "scoring", "benchmark", "generator",
+    "pretrain", "report", "app",
+)
 
 
-def layer_of() -> dict[str, int]:
-    return {f"hardgen.{name}": level for level, names in LAYERS.items() for name in names} | {"hardgen": 0}
+def folder_of(module: str) -> str:
+    """The layer folder of a hardgen module ("hardgen.scoring.score" -> "scoring"; the package itself -> "")."""
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def layer_of(graph: dict[str, set[str]]) -> dict[str, int]:
+    rank = {name: level for level, name in enumerate(LAYERS, start=1)}
+    return {module: rank.get(folder_of(module), 0) if folder_of(module) else 0 for module in graph}
 
 
 def upward_imports(graph: dict[str, set[str]], layers: dict[str, int]) -> list[tuple[str, str]]:
     return sorted((m, t) for m, targets in graph.items() for t in targets if layers[t] > layers[m])
 
 
-def test_every_module_has_a_layer_and_imports_only_downward():
-    graph, layers = import_graph(), layer_of()
-    assert sorted(set(graph) - set(layers)) == []  # a new module is placed in LAYERS
-    assert sorted(set(layers) - set(graph)) == []  # and LAYERS names no module that is gone
+def test_every_module_sits_in_a_layer_folder_and_imports_only_downward():
+    graph = import_graph()
+    folders = {path.name for path in (SRC / "hardgen").iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert sorted(folders) == sorted(LAYERS)  # every folder is a declared layer, every layer a folder
+    loose = sorted(m for m in graph if m != "hardgen" and not folder_of(m))
+    assert loose == []  # no module outside a layer folder (hardgen/__init__ holds only the version)
+    layers = layer_of(graph)
     assert upward_imports(graph, layers) == []
     # the guide's rule, spelled out: scoring and the benchmark never import the generator
-    generator = {f"hardgen.{name}" for name in LAYERS[5]}
-    for name in ("hardgen.score", "hardgen.filter", "hardgen.segment", "hardgen.benchmark_runs", "hardgen.metrics"):
-        assert not graph[name] & generator, name
+    for module, targets in graph.items():
+        if folder_of(module) in ("scoring", "benchmark", "segmentation", "evaluation"):
+            assert not {t for t in targets if folder_of(t) in ("generator", "pretrain")}, module
 
 
 def test_an_upward_import_is_found():
     assert upward_imports({"a": {"b"}, "b": set()}, {"a": 1, "b": 2}) == [("a", "b")]
     assert upward_imports({"a": {"b"}, "b": set()}, {"a": 2, "b": 1}) == []
+    assert folder_of("hardgen.scoring.score") == "scoring" and folder_of("hardgen") == ""

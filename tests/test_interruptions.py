@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from hardgen.base_model import build_tiny_sd
-from hardgen.conditioning import make_conditions, write_conditions_table
-from hardgen.data import build_manifest, make_demo_dataset, write_manifest
-from hardgen.train import TrainSettings
+from hardgen.data.conditioning import make_conditions, write_conditions_table
+from hardgen.data.manifest import build_manifest, make_demo_dataset, write_manifest
+from hardgen.generator.train import TrainSettings
+from hardgen.models.base_model import build_tiny_sd
 
 # Two tiny training runs in subprocesses plus a kill and a resume: ~40 s on 2 cores, so `make test-all` only.
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def settings_file(inputs: Path, out_dir: Path) -> Path:
 
 def train(settings: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "hardgen.train", "--settings", str(settings)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "hardgen.generator.train", "--settings", str(settings)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,11 +1,11 @@
-"""Tests for hardgen.io.fit_square: the one transform from a real image to the generator's resolution."""
+"""Tests for hardgen.core.io.fit_square: the one transform from a real image to the generator's resolution."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hardgen.io import fit_square
+from hardgen.core.io import fit_square
 
 
 def test_fit_square_keeps_the_aspect_ratio_and_centres_the_crop():
@@ -43,7 +43,7 @@ def test_fit_square_masks_stay_binary_and_aligned_with_their_image():
 def test_atomic_folder_replaces_a_tree_whole_or_not_at_all(tmp_path):
     import pytest
 
-    from hardgen.io import atomic_folder
+    from hardgen.core.io import atomic_folder
 
     root = tmp_path / "tree"
     root.mkdir()
@@ -60,7 +60,7 @@ def test_atomic_folder_replaces_a_tree_whole_or_not_at_all(tmp_path):
 
 
 def test_folder_digests_key_every_file_by_its_relative_path(tmp_path):
-    from hardgen.io import file_digest, folder_digests
+    from hardgen.core.io import file_digest, folder_digests
 
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "w.bin").write_bytes(b"weights")

@@ -1,4 +1,4 @@
-"""The mask-following measure (hardgen.mask_following) on hand-made images whose answer is known."""
+"""The mask-following measure (hardgen.scoring.mask_following) on hand-made images whose answer is known."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen.io import write_image, write_mask
-from hardgen.mask_following import (
+from hardgen.core.io import write_image, write_mask
+from hardgen.scoring.mask_following import (
     COLUMNS,
     dark_corners,
     derangement,
@@ -146,7 +146,7 @@ def test_the_table_from_the_workflow_files(tmp_path, discs):
 def test_grayscale_modalities_use_the_grey_level() -> None:
     """Ultrasound-like grey images (three equal channels) with dark lesions: the cue is the grey level, the reference
     gap is negative, a variant that follows its masks scores near 1 and one that ignores them near 0."""
-    from hardgen.mask_following import is_grayscale, mask_following_table
+    from hardgen.scoring.mask_following import is_grayscale, mask_following_table
 
     rng = np.random.default_rng(0)
     masks, images = [], []
@@ -281,7 +281,7 @@ def test_one_sample_and_empty_masks_are_undefined_rows_not_errors(discs):
 def test_twins_of_one_condition_are_never_shuffled_against_their_own_mask(discs):
     """generation.per_mask > 1 writes one mask file per sample, so twins share their mask: the shuffled partner must be
     a different mask. The real images, each twice, follow their masks exactly as the real images do (ratio 1)."""
-    from hardgen.mask_following import mask_derangement
+    from hardgen.scoring.mask_following import mask_derangement
 
     images, masks = discs
     twins_images, twins_masks = images + images, masks + [m.copy() for m in masks]
@@ -298,7 +298,7 @@ def test_the_gap_and_its_validation_use_the_same_images():
     """Lesion-free real frames (empty masks) leave some images without an own or a shuffled value: own and shuffled
     are then means over the same images, so the gap is the mean of the paired gaps that the interval validates (a
     gap over two different subsets could even have the other sign)."""
-    from hardgen.mask_following import chroma_contrasts, mask_derangement
+    from hardgen.scoring.mask_following import chroma_contrasts, mask_derangement
 
     centres = [(6, 6), (6, 16), (6, 26), (16, 6), (16, 26), (26, 6), (26, 16), (26, 26)]
     masks = [_disc(cy, cx, 4) for cy, cx in centres] + [np.zeros((SIZE, SIZE), bool)] * 4
@@ -348,7 +348,7 @@ def test_the_judge_predictor_resizes_predicts_and_upsamples(discs):
     """The workflow's judge path on a hand-made segmenter (R − G after ImageNet normalisation, a 1×1 conv): the red
     discs come back at the images' own size."""
     torch = pytest.importorskip("torch")
-    from hardgen.mask_following import judge_predictor
+    from hardgen.scoring.mask_following import judge_predictor
 
     images, masks = discs
     conv = torch.nn.Conv2d(3, 1, 1)
@@ -365,7 +365,7 @@ def test_a_real_gap_within_chance_does_not_validate_the_cue():
     """A tiny positive red gap that noise alone gives (the real-ultrasound case: grey scans, one with a coloured
     caliper) is no reference: the rows are undefined, with the interval in the reason; the same lesions made redder
     than their background validate it."""
-    from hardgen.mask_following import gap_interval, mask_following_table
+    from hardgen.scoring.mask_following import gap_interval, mask_following_table
 
     rng = np.random.default_rng(0)
     size, n = 32, 12
@@ -390,7 +390,7 @@ def test_a_real_gap_within_chance_does_not_validate_the_cue():
 
 
 def test_grayscale_tolerates_jpeg_noise_and_a_coloured_marker():
-    from hardgen.mask_following import is_grayscale
+    from hardgen.scoring.mask_following import is_grayscale
 
     rng = np.random.default_rng(1)
     grey = rng.integers(0, 256, (40, 40), dtype=np.uint8)

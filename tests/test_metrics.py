@@ -1,4 +1,4 @@
-"""Tests for hardgen.metrics: the polyp toolbox's protocol via PySODMetrics, checked against an independent NumPy
+"""Tests for hardgen.evaluation.metrics: the polyp toolbox's protocol via PySODMetrics, checked against an independent NumPy
 transcription of the MATLAB code (tests/toolbox_reference.py), which is itself checked on hand-computable cases."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter, shift
 from torch import nn
 
-from hardgen import metrics, predict
-from hardgen.io import DataError, write_image, write_mask
+from hardgen.core.io import DataError, write_image, write_mask
+from hardgen.evaluation import metrics
+from hardgen.segmentation import predict
 
 #: hardgen metric name -> the reference's (toolbox) name
 TOOLBOX_NAMES = {
@@ -565,7 +566,7 @@ def test_scoring_needs_no_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, hardgen.metrics; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, hardgen.evaluation.metrics; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

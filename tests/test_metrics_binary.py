@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen import metrics
-from hardgen.cli import main
-from hardgen.io import read_gray, write_image, write_mask
+from hardgen.app.cli import main
+from hardgen.core.io import read_gray, write_image, write_mask
+from hardgen.evaluation import metrics
 
 
 def _square(top: int, left: int, size: int = 10, shape=(40, 40)) -> np.ndarray:
@@ -151,7 +151,7 @@ class _ConstantLogit(torch.nn.Module):
 
 
 def test_binary_maps_are_probabilities_without_min_max(tmp_path) -> None:
-    from hardgen.predict import save_prediction_maps
+    from hardgen.segmentation.predict import save_prediction_maps
 
     image, mask = np.full((32, 32, 3), 100, np.uint8), _square(4, 4, 8, (32, 32))
     write_image(tmp_path / "img.png", image)
@@ -179,7 +179,7 @@ EMPTY_RUNS = {
 def _empty_prediction_runs(root):
     """Score each run of :data:`EMPTY_RUNS` from its saved maps under the binary protocol and write its evaluation and
     per-image tables as the evaluate rule does; returns ``({run key: eval csv}, {run key: images csv}, pairs)``."""
-    from hardgen.io import write_csv
+    from hardgen.core.io import write_csv
 
     gt = _square(10, 10)
     evals, images, pairs = {}, {}, {}
@@ -199,8 +199,8 @@ def _empty_prediction_runs(root):
 
 
 def test_empty_predictions_leave_hd95_undefined_and_the_report_reads_it(tmp_path) -> None:
-    from hardgen import contrasts, report
-
+    from hardgen.evaluation import contrasts
+    from hardgen.report import report
     evals, images, _ = _empty_prediction_runs(tmp_path)
     gt = _square(10, 10)
     own = {shift: metrics.score_binary_image(_square(10, 10 + shift), gt)["HD95"] for shift in (1, 2, 3)}

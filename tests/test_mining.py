@@ -1,4 +1,4 @@
-"""Training-free hardness (hardgen.mining): noise mining keeps the most discrepant candidate and renders it exactly as
+"""Training-free hardness (hardgen.generator.mining): noise mining keeps the most discrepant candidate and renders it exactly as
 plain generation would; guidance raises the discrepancy; settings fail loudly."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen import generate, mining
-from hardgen.io import read_rgb, sample_seed, write_image, write_mask
-from hardgen.weights import save_state_dict
+from hardgen.core.io import read_rgb, sample_seed, write_image, write_mask
+from hardgen.core.weights import save_state_dict
+from hardgen.generator import generate, mining
 
 RES = 16
 STEPS = 3
@@ -211,7 +211,7 @@ def test_mined_samples_do_not_depend_on_the_shard_count(tiny_model, tmp_path: Pa
 
 # ------------------------------------------------------------------------------------ the real judge
 def _prototype(path: Path, spec, resolution: int, seed: int) -> None:
-    from hardgen.features import load_backbone
+    from hardgen.scoring.features import load_backbone
 
     dim = load_backbone(spec).feature_dim
     prototype = torch.randn(dim, generator=torch.Generator().manual_seed(seed))
@@ -222,7 +222,7 @@ def _prototype(path: Path, spec, resolution: int, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def judge_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    from hardgen.features import BackboneSpec
+    from hardgen.scoring.features import BackboneSpec
 
     root = tmp_path_factory.mktemp("judge")
     backbones = {"cnn": {"name": "resnet18", "pretrained": False, "checkpoint": None, "input_size": 32},
@@ -307,7 +307,7 @@ def test_guidance_through_an_upcast_fp16_vae(tiny_model) -> None:
     ({"guided": {"strength": -1}}, "generation.guided.strength"),
 ])
 def test_bad_generation_config_is_named(repo_root: Path, change: dict, message: str) -> None:
-    from hardgen.config import ConfigError, load_config, validate_config
+    from hardgen.config.validation import ConfigError, load_config, validate_config
 
     config = load_config([repo_root / "config" / "config.yaml"])
     validate_config(config)  # the demo itself is valid (mined with 2 of 10 steps)

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from conftest import ellipse_pairs
 
-from hardgen import pixel_filter, segment
-from hardgen.io import DataError
-from hardgen.segment import SegmenterSpec
+from hardgen.core.io import DataError
+from hardgen.scoring import pixel_filter
+from hardgen.segmentation import segment
+from hardgen.segmentation.segment import SegmenterSpec
 
 FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")
 

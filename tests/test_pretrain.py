@@ -1,4 +1,4 @@
-"""The demo's pre-trained tiny SD (``resources/tiny-sd-polyp``) has learned its data, and ``hardgen.pretrain`` is
+"""The demo's pre-trained tiny SD (``resources/tiny-sd-polyp``) has learned its data, and ``hardgen.pretrain.tiny_sd`` is
 seeded, checked and atomic.
 
 The evidence is measured against the random-init ``tiny`` base of the same shapes and seed: the shipped VAE keeps
@@ -17,11 +17,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hardgen.base_model import load_components, random_sd_pipeline
-from hardgen.cli import main
-from hardgen.data import DEMO_STYLES, make_demo_dataset, render_demo_pool
-from hardgen.io import fit_square, read_rgb
-from hardgen.pretrain import PretrainSettings, pretrain_tiny_sd, reconstruction_psnr
+from hardgen.app.cli import main
+from hardgen.core.io import fit_square, read_rgb
+from hardgen.data.manifest import DEMO_STYLES, make_demo_dataset, render_demo_pool
+from hardgen.models.base_model import load_components, random_sd_pipeline
+from hardgen.pretrain.tiny_sd import (
+    PretrainSettings,
+    pretrain_tiny_sd,
+    reconstruction_psnr,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "resources" / "tiny-sd-polyp"

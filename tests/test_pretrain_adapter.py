@@ -1,5 +1,5 @@
 """The demo's condition adapter (``resources/tiny-sd-polyp-mask``) makes the shipped base follow its masks, and
-``hardgen.pretrain_adapter`` is seeded, checked, resumable and writes a file the plain training starts from."""
+``hardgen.pretrain.adapter`` is seeded, checked, resumable and writes a file the plain training starts from."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from hardgen.cli import main
-from hardgen.pretrain_adapter import (
+from hardgen.app.cli import main
+from hardgen.pretrain.adapter import (
     AdapterSettings,
     draw_timesteps,
     latent_masks,
@@ -102,7 +102,7 @@ def test_bad_settings_fail_before_any_work(tmp_path):
 
 
 def test_settings_follow_the_workflow_config():
-    from hardgen.config import load_config
+    from hardgen.config.validation import load_config
 
     config = load_config([REPO / "config" / "config.yaml"])
     settings = settings_from_config(config)
@@ -135,7 +135,7 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, capsys):
     assert "3 optimiser steps" in card and "summed over resumed sessions" in card and "| base + adapter |" in card
 
     # the file is a Control-LoRA the plain training continues from (lora.init_weights)
-    from hardgen.control_lora import read_control_lora_metadata
+    from hardgen.models.control_lora import read_control_lora_metadata
 
     meta = read_control_lora_metadata(tmp_path / "whole")
     assert (meta["condition_type"], meta["preset"], meta["rank"], meta["conv_in_rank"]) == ("mask", "half_skip_attn",
@@ -172,8 +172,8 @@ def test_a_second_stage_continues_the_given_adapter(tmp_path):
 def test_shipped_adapter_is_small_and_made_for_the_shipped_base():
     """Size, provenance and shape (the next test measures it). Provenance: its card's command is the second stage
     that ``make tiny-sd`` runs, continued from the first stage's file."""
-    from hardgen.config import load_config
-    from hardgen.control_lora import read_control_lora_metadata
+    from hardgen.config.validation import load_config
+    from hardgen.models.control_lora import read_control_lora_metadata
 
     shipped = [p for folder in (BASE, ADAPTER) for p in folder.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in shipped) <= 10 * 1024 * 1024  # everything the demo ships
@@ -199,7 +199,7 @@ def test_shipped_base_and_adapter_follow_held_out_masks():
     the base with the adapter puts the polyp's tint on its own mask at >= 0.5 of the real images' own-vs-shuffled
     margin, and shows the dark endoscope corners >= 0.8 x as often as the real images (card: 0.91 and 60 % vs 62.5 %;
     0.16 and 40 % through the base's decoder before it was fine-tuned). ~20 s on 2 threads."""
-    from hardgen.pretrain_adapter import measure_mask_following
+    from hardgen.pretrain.adapter import measure_mask_following
 
     settings = AdapterSettings()
     previous = torch.get_num_threads()

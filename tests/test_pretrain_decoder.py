@@ -1,4 +1,4 @@
-"""``hardgen.pretrain_decoder``: the decoder-only fine-tuning of the demo base's VAE moves the decoder and nothing
+"""``hardgen.pretrain.decoder``: the decoder-only fine-tuning of the demo base's VAE moves the decoder and nothing
 else (encoder, latents, UNet, every other file), lowers the reconstruction error it trains on, is seeded, checked and
 resumable, and the shipped base carries its section."""
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hardgen.cli import main
-from hardgen.pretrain_decoder import (
+from hardgen.app.cli import main
+from hardgen.pretrain.decoder import (
     CARD_SECTION,
     DecoderSettings,
     card_with_section,
@@ -56,7 +56,7 @@ def test_bad_settings_and_paths_fail_before_any_work(tmp_path):
 
 
 def test_settings_follow_the_workflow_config():
-    from hardgen.config import load_config
+    from hardgen.config.validation import load_config
 
     config = load_config([REPO / "config" / "config.yaml"])
     settings = settings_from_config(config)
@@ -73,8 +73,8 @@ def test_training_lowers_the_l1_and_moves_the_decoder_only():
     trained on means what it meant."""
     from diffusers import AutoencoderKL
 
-    from hardgen.data import PRETRAIN_STREAM
-    from hardgen.pretrain import latent_moments, render_pool, to_model_range
+    from hardgen.data.manifest import PRETRAIN_STREAM
+    from hardgen.pretrain.tiny_sd import latent_moments, render_pool, to_model_range
 
     settings = DecoderSettings(images=8, steps=30, batch=8, lr=5e-4, threads=1)
     vae = AutoencoderKL.from_pretrained(BASE / "vae").eval()

@@ -1,4 +1,4 @@
-"""hardgen.registry: one declaration of every variant and policy, which the schema, the DAG, the filter, the report's
+"""hardgen.core.registry: one declaration of every variant and policy, which the schema, the DAG, the filter, the report's
 order and the cost table read."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from hardgen import registry
-from hardgen.config import POLICY_VARIANTS
-from hardgen.filter import HARD_POLICIES, POLICIES, VARIANT_POLICIES
-from hardgen.tables import POLICY_ORDER, VARIANT_ORDER
+from hardgen.config.validation import POLICY_VARIANTS
+from hardgen.core import registry
+from hardgen.report.tables import POLICY_ORDER, VARIANT_ORDER
+from hardgen.scoring.filter import HARD_POLICIES, POLICIES, VARIANT_POLICIES
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" /
                          "config.schema.yaml").read_text())["properties"]
@@ -51,7 +51,7 @@ def test_trained_loras_and_what_each_variant_samples():
 def test_a_segmenter_job_is_given_every_segment_key_a_run_reads():
     import re
 
-    from hardgen.segment import ARCH_RECIPE_KEYS
+    from hardgen.segmentation.segment import ARCH_RECIPE_KEYS
 
     common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
     declared = re.search(r"SEGMENT_RUN_KEYS = \(([^)]*)\)", common).group(1)
@@ -62,7 +62,7 @@ def test_a_segmenter_job_is_given_every_segment_key_a_run_reads():
 def test_the_training_jobs_are_given_every_train_and_hard_key_and_no_other():
     import re
 
-    from hardgen.stages import FINETUNE_TRAIN_KEYS, PLAIN_TRAIN_KEYS
+    from hardgen.generator.stages import FINETUNE_TRAIN_KEYS, PLAIN_TRAIN_KEYS
 
     # the plain training reads every train.* key; a fine-tuning every one but train.steps (its own section's steps)
     assert sorted(PLAIN_TRAIN_KEYS) == sorted(SCHEMA["train"]["properties"])

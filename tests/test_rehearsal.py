@@ -1,4 +1,4 @@
-"""`hardgen rehearse`: the user's config shrunk (config/rehearsal.yaml + the per-key shrinks of hardgen.rehearsal),
+"""`hardgen rehearse`: the user's config shrunk (config/rehearsal.yaml + the per-key shrinks of hardgen.app.rehearsal),
 run in its own folder. The rehearsal keeps every rule the real run has (dry runs of config/paper.yaml and
 config/demo-ultrasound.yaml), and a real rehearsal of a procedural dataset in the folders layout reaches the report."""
 
@@ -13,9 +13,9 @@ import pytest
 import yaml
 from test_workflow import REPO, copy_workflow, planned_jobs, snakemake
 
-from hardgen import rehearsal
-from hardgen.config import load_config
-from hardgen.data import make_ultrasound_demo
+from hardgen.app import rehearsal
+from hardgen.config.validation import load_config
+from hardgen.data.manifest import make_ultrasound_demo
 
 FIXED = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())
 
@@ -88,7 +88,7 @@ def test_the_rehearsal_dry_runs_every_rule_of_the_real_run(overlay: str, tmp_pat
     real_dir = copy_workflow(tmp_path / "real")
     real = _rules(snakemake(real_dir, "-n", "--cores", "2", "--configfile", f"config/{overlay}").stdout)
     result = subprocess.run(
-        [sys.executable, "-m", "hardgen.cli", "rehearse", str(REPO / "config" / overlay), "--dry-run",
+        [sys.executable, "-m", "hardgen.app.cli", "rehearse", str(REPO / "config" / overlay), "--dry-run",
          "--directory", str(tmp_path / "rehearsal"), "--workflow", str(REPO)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -118,7 +118,7 @@ def test_a_rehearsal_of_a_folders_dataset_reaches_the_report_in_its_own_folder(t
     }))
     workflow = copy_workflow(tmp_path / "workflow")
     result = subprocess.run(
-        [sys.executable, "-m", "hardgen.cli", "rehearse", "my-data.yaml", "--workflow", str(workflow)],
+        [sys.executable, "-m", "hardgen.app.cli", "rehearse", "my-data.yaml", "--workflow", str(workflow)],
         cwd=site, capture_output=True, text=True, timeout=1500, check=False)
     assert result.returncode == 0, result.stderr[-6000:]
     results = site / "rehearsal" / "results"

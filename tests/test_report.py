@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata, spearmanr
 
-from hardgen import report
-from hardgen import reproduction as repro
-from hardgen.io import DataError, write_image, write_mask
+from hardgen.core.io import DataError, write_image, write_mask
+from hardgen.evaluation import reproduction as repro
+from hardgen.report import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -421,7 +421,7 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: dict[tuple, Path]) ->
     assert set(written) >= {"benchmark_csv", "benchmark_md", "runs_csv", "hardness_csv", "hardness_transfer_csv",
                             "grid_png", "histograms_png", "benchmark_png", "ratio_png"}
     assert {"transfer_matrix_csv", "transfer_matrix_png", "hardest_png"} <= set(written)  # transfer, gallery
-    matrix = pd.read_csv(written["transfer_matrix_csv"])  # hardgen.transfer; tested on known relations there
+    matrix = pd.read_csv(written["transfer_matrix_csv"])  # hardgen.report.transfer; tested on known relations there
     assert list(matrix.columns)[:6] == ["source", "evaluator", "evaluator_kind", "spearman", "partial_spearman", "n"]
     assert _is_png(written["transfer_matrix_png"]) and _is_png(written["hardest_png"])
     bench = pd.read_csv(written["benchmark_csv"])

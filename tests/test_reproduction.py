@@ -1,4 +1,4 @@
-"""The reproduction check (hardgen.reproduction) on made-up benchmark and anchor tables."""
+"""The reproduction check (hardgen.evaluation.reproduction) on made-up benchmark and anchor tables."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen import report
-from hardgen import reproduction as repro
-from hardgen.io import DataError
+from hardgen.core.io import DataError
+from hardgen.evaluation import reproduction as repro
+from hardgen.report import report
 
 
 def _long(rows: list[tuple]) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Tests for hardgen.run_text: benchmark.md describes the run it reports (dataset, test sets, protocol, generation,
+"""Tests for hardgen.report.run_text: benchmark.md describes the run it reports (dataset, test sets, protocol, generation,
 variants) and says which measures this data leaves undefined."""
 
 from __future__ import annotations
@@ -7,8 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen import report
-from hardgen.run_text import RunDescription, protocol_paragraph, run_paragraph, undefined_notes
+from hardgen.report import report
+from hardgen.report.run_text import (
+    RunDescription,
+    protocol_paragraph,
+    run_paragraph,
+    undefined_notes,
+)
 
 
 def _run(**changes) -> RunDescription:
@@ -76,7 +81,7 @@ def test_undefined_notes_count_the_marked_rows_and_say_why() -> None:
 
 
 def test_benchmark_markdown_says_whether_the_samples_follow_their_masks(tmp_path) -> None:
-    from hardgen.mask_following import COLUMNS, mask_following_sentences
+    from hardgen.scoring.mask_following import COLUMNS, mask_following_sentences
 
     table = pd.DataFrame([
         ["real", "red_chromaticity", 0.001, 0.0012, np.nan, 0.5, "undefined",

@@ -12,24 +12,24 @@ import pytest
 import yaml
 from test_workflow import REPO, copy_workflow, planned_jobs, quick_config, snakemake
 
-from hardgen import layout
-from hardgen.config import (
+from hardgen.config.validation import (
     ConfigError,
     load_config,
     scarcity,
     train_subset_labels,
     validate_config,
 )
-from hardgen.data import (
+from hardgen.core import layout
+from hardgen.core.io import DataError
+from hardgen.data.manifest import (
     build_manifest,
     load_manifest,
     make_demo_dataset,
     train_subset,
     write_manifest,
 )
-from hardgen.io import DataError
-from hardgen.report import BENCHMARK_COLUMNS, RUNS_COLUMNS
-from hardgen.scarcity import (
+from hardgen.report.report import BENCHMARK_COLUMNS, RUNS_COLUMNS
+from hardgen.report.scarcity import (
     SINGLE_SEED,
     T_SEEDS,
     scarcity_table,
@@ -305,8 +305,8 @@ def test_a_single_seed_point_gets_the_bootstrap_over_its_test_images(tmp_path):
 def test_missing_values_make_undefined_points_that_say_so_and_the_plot_skips_them(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from hardgen import scarcity
-    from hardgen.contrasts import bootstrap_interval, mean_over_testsets
+    from hardgen.evaluation.contrasts import bootstrap_interval, mean_over_testsets
+    from hardgen.report import scarcity
 
     bench = benchmark(2, 0.2, 0.05)
     bench.loc[(bench["policy"] == "plain") & (bench["seed"] == 1) & (bench["testset"] == "B"), "value"] = np.nan

@@ -1,4 +1,4 @@
-"""Tests for hardgen.score: distances and z-scores against the real prototype, streamed."""
+"""Tests for hardgen.scoring.score: distances and z-scores against the real prototype, streamed."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ import pandas as pd
 import pytest
 import torch
 
-import hardgen.io
-from hardgen import features as features_mod
-from hardgen.features import BackboneSpec, compute_prototype, load_backbone, load_prototype
-from hardgen.score import SCORE_COLUMNS, score_real, score_samples, score_variant
+import hardgen.core.io
+from hardgen.scoring import features as features_mod
+from hardgen.scoring.features import (
+    BackboneSpec,
+    compute_prototype,
+    load_backbone,
+    load_prototype,
+)
+from hardgen.scoring.score import (
+    SCORE_COLUMNS,
+    score_real,
+    score_samples,
+    score_variant,
+)
 
 CNN = BackboneSpec(name="resnet18", pretrained=False, checkpoint=None, input_size=32)
 VIT = BackboneSpec(name="vit_tiny_patch16_224", pretrained=False, checkpoint=None, input_size=32)
@@ -31,8 +41,8 @@ def make_pairs(root, n, seed=0, size_range=(40, 64), prefix="s", bright=100):
         mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
         image[mask] = np.clip(image[mask].astype(int) + bright, 0, 255).astype(np.uint8)
         sid = f"{prefix}{i:03d}"
-        hardgen.io.write_image(root / f"{sid}.png", image)
-        hardgen.io.write_mask(root / f"{sid}_mask.png", mask)
+        hardgen.core.io.write_image(root / f"{sid}.png", image)
+        hardgen.core.io.write_mask(root / f"{sid}_mask.png", mask)
         rows.append({"id": sid, "split": "train", "image": str(root / f"{sid}.png"),
                      "mask": str(root / f"{sid}_mask.png"), "fg_fraction": float(mask.mean())})
     return pd.DataFrame(rows)
@@ -85,8 +95,8 @@ def test_prototype_from_another_backbone_is_refused(real):
 def test_images_are_consumed_lazily_batch_by_batch(real, monkeypatch):
     manifest, _ = real
     reads = []
-    original = hardgen.io.read_rgb
-    monkeypatch.setattr(hardgen.io, "read_rgb", lambda path: reads.append(path) or original(path))
+    original = hardgen.core.io.read_rgb
+    monkeypatch.setattr(hardgen.core.io, "read_rgb", lambda path: reads.append(path) or original(path))
     batches = features_mod.iter_features(load_backbone(CNN), manifest, pad=5, batch_size=4)
     assert reads == []  # a generator: nothing read before it is asked for
     ids, feats = next(batches)
@@ -134,7 +144,7 @@ def test_score_variant_writes_one_table_for_all_backbones(real, tmp_path):
 
 
 def test_score_variant_saves_the_features_behind_every_distance(real, tmp_path):
-    from hardgen.gallery import read_features
+    from hardgen.report.gallery import read_features
 
     manifest, prototypes = real
     manifest_path = tmp_path / "manifest.csv"
@@ -164,9 +174,9 @@ def test_real_images_are_scored_at_the_generation_resolution(real, tmp_path):
     scores = score_real(manifest, CNN, proto_path, pad=5, batch_size=4, backbone_key="cnn", resolution=32)
     fitted_rows = []
     for row in manifest.itertuples():
-        image, mask = hardgen.io.read_pair(row.image, row.mask)
-        hardgen.io.write_image(tmp_path / f"{row.id}.png", hardgen.io.fit_square(image, 32))
-        hardgen.io.write_mask(tmp_path / f"{row.id}_m.png", hardgen.io.fit_square(mask, 32, is_mask=True))
+        image, mask = hardgen.core.io.read_pair(row.image, row.mask)
+        hardgen.core.io.write_image(tmp_path / f"{row.id}.png", hardgen.core.io.fit_square(image, 32))
+        hardgen.core.io.write_mask(tmp_path / f"{row.id}_m.png", hardgen.core.io.fit_square(mask, 32, is_mask=True))
         fitted_rows.append({"sample_id": row.id, "image": str(tmp_path / f"{row.id}.png"),
                             "mask": str(tmp_path / f"{row.id}_m.png")})
     as_generated = score_samples(pd.DataFrame(fitted_rows), CNN, proto_path, "plain", pad=5, batch_size=4,

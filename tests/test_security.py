@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hardgen.weights import UnsafeWeightsError, load_state_dict
+from hardgen.core.weights import UnsafeWeightsError, load_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = [*REPO.glob("src/hardgen/*.py"), *REPO.glob("workflow/scripts/*.py"), *REPO.glob("benchmarks/*.py")]

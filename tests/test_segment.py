@@ -1,4 +1,4 @@
-"""Tests for hardgen.segment: structure loss, segmenter building, PraNet-style training, sample losses."""
+"""Tests for hardgen.segmentation.segment: structure loss, segmenter building, PraNet-style training, sample losses."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hardgen import report, segment
-from hardgen.io import DataError, read_mask, write_image, write_mask
-from hardgen.segment import SegmenterSpec
-from hardgen.weights import load_state_dict, save_state_dict
+from hardgen.core.io import DataError, read_mask, write_image, write_mask
+from hardgen.core.weights import load_state_dict, save_state_dict
+from hardgen.report import report
+from hardgen.segmentation import segment
+from hardgen.segmentation.segment import SegmenterSpec
 
 # Segformer/mit_b0 is the fastest family to train on CPU; Unet/resnet18 is checked for build + forward.
 FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from hardgen import stages
-from hardgen.config import load_config
-from hardgen.io import reset_if_changed
+from hardgen.config.validation import load_config
+from hardgen.core.io import reset_if_changed
+from hardgen.generator import stages
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_multi_gpu_training_goes_through_accelerate(demo, tmp_path, monkeypatch)
     (cmd,) = calls
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
     assert cmd[cmd.index("--num_processes") + 1] == "4"
-    assert cmd[-4:] == ["-m", "hardgen.train", "--settings", str(tmp_path / "plain" / "settings.json")]
+    assert cmd[-4:] == ["-m", "hardgen.generator.train", "--settings", str(tmp_path / "plain" / "settings.json")]
     saved = json.loads((tmp_path / "plain" / "settings.json").read_text())
     assert saved["steps"] == 40 and saved["out_dir"] == str(tmp_path / "plain")
 

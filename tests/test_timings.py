@@ -1,4 +1,4 @@
-"""Tests for hardgen.timings: Snakemake benchmark files gathered into one table and a plot."""
+"""Tests for hardgen.report.timings: Snakemake benchmark files gathered into one table and a plot."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hardgen.io import DataError
-from hardgen.timings import TIMING_COLUMNS, plot_timings, timings_table
+from hardgen.core.io import DataError
+from hardgen.report.timings import TIMING_COLUMNS, plot_timings, timings_table
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -41,7 +41,7 @@ def test_timings_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_variant_cost_adds_each_variants_training_and_generation(tmp_path: Path) -> None:
-    from hardgen.timings import VARIANT_COST_COLUMNS, variant_cost
+    from hardgen.report.timings import VARIANT_COST_COLUMNS, variant_cost
 
     _bench(tmp_path / "train_control_lora.tsv", 10.0)
     _bench(tmp_path / "train_hard_lora.tsv", 5.0)

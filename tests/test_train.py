@@ -1,4 +1,4 @@
-"""Tests for hardgen.train: losses, data order, settings, and tiny end-to-end training runs on CPU."""
+"""Tests for hardgen.generator.train: losses, data order, settings, and tiny end-to-end training runs on CPU."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hardgen import train
-from hardgen.io import write_image, write_mask
-from hardgen.train import (
+from hardgen.core.io import write_image, write_mask
+from hardgen.core.weights import load_state_dict, save_state_dict
+from hardgen.generator import train
+from hardgen.generator.train import (
     LORA_WEIGHTS_NAME,
     ResumableBatchSampler,
     TrainingDivergedError,
@@ -30,7 +31,6 @@ from hardgen.train import (
     predict_x0,
     train_control_lora,
 )
-from hardgen.weights import load_state_dict, save_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 RESOLUTION = 32
@@ -40,7 +40,7 @@ N_SAMPLES = 4
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
-    from hardgen.base_model import build_tiny_sd
+    from hardgen.models.base_model import build_tiny_sd
 
     out = tmp_path_factory.mktemp("base") / "tiny-sd"
     build_tiny_sd(REPO / "resources" / "tiny-sd", out, seed=0)
@@ -225,8 +225,7 @@ def test_training_pairs_use_real_rows_and_name_bad_tables(tiny_data, tmp_path):
 
 # ------------------------------------------------------------------------------------------ training
 def test_gaussian_lora_starts_at_the_base_model(tiny_base):
-    from hardgen import base_model, control_lora
-
+    from hardgen.models import base_model, control_lora
     base_unet = base_model.load_components(tiny_base)["unet"]
     unet = base_model.load_components(tiny_base)["unet"]
     control_lora.widen_conv_in(unet, num_conditions=1)
@@ -250,7 +249,7 @@ def test_bf16_training_keeps_fp32_lora_master_weights(tiny_base, tiny_data, tmp_
                   validation_samples=1).to_json(tmp_path / "settings.json")
     # its own process: accelerate's process-wide state keeps the first mixed_precision it was given
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    subprocess.run([sys.executable, "-m", "hardgen.train", "--settings", str(tmp_path / "settings.json")], env=env,
+    subprocess.run([sys.executable, "-m", "hardgen.generator.train", "--settings", str(tmp_path / "settings.json")], env=env,
                    check=True, capture_output=True)
     assert json.loads((out / "summary.json").read_text())["steps"] == 1
     state = load_state_dict(out / LORA_WEIGHTS_NAME)
@@ -334,8 +333,7 @@ def _write_prototype(path: Path, dim: int, name: str, resolution: int = RESOLUTI
 
 def _test_backbones(tmp_path: Path) -> tuple[dict, dict]:
     """Two random timm test backbones (a CNN and a ViT) with prototypes at the training resolution."""
-    from hardgen import features
-
+    from hardgen.scoring import features
     backbones = {"cnn": {"name": "test_resnet", "input_size": 32}, "vit": {"name": "test_vit", "input_size": 32}}
     prototypes = {}
     for key, entry in backbones.items():
@@ -451,8 +449,7 @@ def test_hard_steps_move_x0_away_from_every_in_loss_prototype(plain_run, tiny_ba
 
 
 def test_feedback_steps_raise_the_judge_loss(plain_run, tiny_base, tiny_data, tmp_path):
-    from hardgen import segment
-
+    from hardgen.segmentation import segment
     spec = {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_weights": None}
     torch.manual_seed(0)
     model = segment.build_segmenter(segment.SegmenterSpec.from_config(spec, "cnn"))
@@ -472,8 +469,7 @@ def test_feedback_steps_raise_the_judge_loss(plain_run, tiny_base, tiny_data, tm
 
 def test_fp16_hard_mode_decodes_x0_in_fp32(plain_run, tiny_base, tiny_data, tmp_path):
     """fp16 overflows first in the x̂0 decode with gradients; the VAE (force_upcast) decodes in fp32 there."""
-    from hardgen import features
-
+    from hardgen.scoring import features
     entry = {"name": "test_resnet", "input_size": 32}
     dim = features.load_backbone(features.BackboneSpec.from_config("cnn", entry)).feature_dim
     _write_prototype(tmp_path / "cnn.safetensors", dim, entry["name"])
@@ -482,7 +478,7 @@ def test_fp16_hard_mode_decodes_x0_in_fp32(plain_run, tiny_base, tiny_data, tmp_
                   prototypes={"cnn": str(tmp_path / "cnn.safetensors")}, crop_pad=2, calibration_samples=2,
                   validation_samples=1, validation_inference_steps=1).to_json(tmp_path / "settings.json")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
-    run = subprocess.run([sys.executable, "-m", "hardgen.train", "--settings", str(tmp_path / "settings.json")],
+    run = subprocess.run([sys.executable, "-m", "hardgen.generator.train", "--settings", str(tmp_path / "settings.json")],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "decodes x̂0 in fp32" in run.stderr
@@ -491,8 +487,7 @@ def test_fp16_hard_mode_decodes_x0_in_fp32(plain_run, tiny_base, tiny_data, tmp_
 
 
 def test_feedback_mode_runs_with_a_fixed_segmenter(plain_run, tiny_base, tiny_data, tmp_path):
-    from hardgen import segment
-
+    from hardgen.segmentation import segment
     spec = {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_weights": None}
     torch.manual_seed(0)
     model = segment.build_segmenter(segment.SegmenterSpec.from_config(spec, "cnn"))
@@ -517,10 +512,15 @@ def test_main_reads_settings_json(tiny_base, tiny_data, tmp_path):
 
 def _build_tiny_sdxl(out: Path) -> None:
     """A tiny random SDXL folder (two text encoders, text_time added embeddings), saved offline."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from hardgen.base_model import load_tokenizer
+    from hardgen.models.base_model import load_tokenizer
 
     tiny = REPO / "resources" / "tiny-sd"
     torch.manual_seed(0)
@@ -594,7 +594,7 @@ def test_plain_training_can_fine_tune_a_given_control_lora(plain_run, tiny_base,
 
 # ------------------------------------------------------------------ the authors' variants: fresh start, CE judge
 def test_segmentation_ce_is_the_per_sample_bce_at_the_masks_size():
-    from hardgen.objectives import segmentation_ce
+    from hardgen.generator.objectives import segmentation_ce
 
     logits = torch.tensor([[[[4.0, -4.0], [4.0, -4.0]]], [[[-4.0, 4.0], [-4.0, 4.0]]]])
     mask = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]]).repeat(2, 1, 1, 1)
@@ -630,8 +630,8 @@ def test_fresh_hard_run_starts_from_new_adapters_not_the_plain_lora(plain_run, t
 
 
 def test_feedback_judge_ce_is_the_cross_entropy_of_its_segmenter(tiny_base, tiny_data, tmp_path):
-    from hardgen import segment
-    from hardgen.objectives import FeedbackJudge, segmentation_ce
+    from hardgen.generator.objectives import FeedbackJudge, segmentation_ce
+    from hardgen.segmentation import segment
 
     spec = {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_weights": None}
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The transfer matrix (hardgen.transfer) on constructed score and loss tables with known rank relations."""
+"""The transfer matrix (hardgen.report.transfer) on constructed score and loss tables with known rank relations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen import report, transfer
-from hardgen.io import DataError
+from hardgen.core.io import DataError
+from hardgen.report import report, transfer
 
 N = 12  # samples per variant; the variants share sample ids (one per condition)
 VARIANTS = ("plain", "hard")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hardgen.weights import CorruptWeightsError, UnsafeWeightsError, WeightsError, load_state_dict, save_state_dict
+from hardgen.core.weights import (
+    CorruptWeightsError,
+    UnsafeWeightsError,
+    WeightsError,
+    load_state_dict,
+    save_state_dict,
+)
 
 
 class Payload:

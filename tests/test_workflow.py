@@ -293,7 +293,7 @@ def test_demo_tables(demo_run):
     assert "real-only baseline" in markdown.split("## ")[0]  # the report opens with the reproduction sentences
 
     # the feedback judge is its own run, not the benchmark's real-trained segmenter
-    from hardgen.weights import load_state_dict
+    from hardgen.core.weights import load_state_dict
 
     judge = load_state_dict(workdir / "results" / "judge" / "cnn" / "seed-0" / "model.safetensors")
     bench_real = load_state_dict(workdir / "results" / "segment" / "cnn" / "real" / "ratio-0" / "seed-0" /
@@ -433,8 +433,9 @@ def test_bad_config_stops_before_any_job(tmp_path):
 
 
 def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
-    from snakemake_executor_plugin_slurm.utils import set_gres_string
     from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
 
     workdir = copy_workflow(tmp_path)
     result = snakemake(workdir, "--profile", "workflow/profiles/slurm", "-n")
@@ -480,7 +481,7 @@ def test_slurm_profile_builds_full_dag_with_gpu_requests(tmp_path):
 
 def test_gpu_profiles_give_gpu_jobs_their_cpu_threads(tmp_path):
     # rules declare threads: 1 for the 2-core demo; the GPU profiles raise every GPU rule's threads (torch follows
-    # them, hardgen.devices.configure_torch) to the CPUs a job has: Slurm's cpus_per_task, or a 16-core box's share
+    # them, hardgen.core.devices.configure_torch) to the CPUs a job has: Slurm's cpus_per_task, or a 16-core box's share
     slurm = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
     gpu_rules = {rule for rule, res in slurm["set-resources"].items() if res.get("gpu", 0) >= 1}
     assert {"train_control_lora", "generate", "score", "train_real", "train_segmenters"} <= gpu_rules
@@ -493,7 +494,7 @@ def test_gpu_profiles_give_gpu_jobs_their_cpu_threads(tmp_path):
 
 
 def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
-    from hardgen.data import make_demo_dataset
+    from hardgen.data.manifest import make_demo_dataset
 
     workdir = copy_workflow(tmp_path / "wf")
     data_root = tmp_path / "PraNet data"  # a space in the path on purpose
@@ -529,7 +530,7 @@ PAPER_SEGMENT = {"archs": {"segformer": {"arch": "Segformer", "encoder": "mit_b2
 
 
 def test_paper_overlay_plans_the_authors_run(tmp_path):
-    from hardgen.data import make_demo_dataset
+    from hardgen.data.manifest import make_demo_dataset
 
     workdir = copy_workflow(tmp_path / "wf")
     data_root = tmp_path / "PraNet"

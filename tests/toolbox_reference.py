@@ -1,6 +1,6 @@
 """Test helper: an independent NumPy transcription of the polyp evaluation toolbox (PraNet / Polyp-PVT ``Eval``).
 
-Written from the MATLAB definitions, not from PySODMetrics, so that ``hardgen.metrics`` (which uses
+Written from the MATLAB definitions, not from PySODMetrics, so that ``hardgen.evaluation.metrics`` (which uses
 PySODMetrics) can be checked against it. Deliberately literal and slow (per pixel, per threshold); only for the
 small maps of the tests.
 

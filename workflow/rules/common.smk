@@ -17,12 +17,12 @@ if Path(SRC, "hardgen").is_dir():
         # set, not read: PYTHONPATH is optional, so no `envvars:` assertion
         os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
-import hardgen.config as hgconfig
-from hardgen.config import BACKBONE_LOSS_FIELDS
-from hardgen.io import segmenter_key
-from hardgen.stages import FINETUNE_TRAIN_KEYS, PLAIN_TRAIN_KEYS
-from hardgen.layout import path as layout_path
-from hardgen.registry import MODEL_KEYS, POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
+import hardgen.config.validation as hgconfig
+from hardgen.config.validation import BACKBONE_LOSS_FIELDS
+from hardgen.core.io import segmenter_key
+from hardgen.generator.stages import FINETUNE_TRAIN_KEYS, PLAIN_TRAIN_KEYS
+from hardgen.core.layout import path as layout_path
+from hardgen.core.registry import MODEL_KEYS, POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
 
 hgconfig.validate_config(config, hgconfig.load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
 
@@ -39,7 +39,7 @@ onstart:
 ENV = "../../envs/hardgen.yaml"
 
 # data.train_subsets (the data-scarcity curve): with two sizes or more, every artifact downstream of the real data
-# runs once per size, under results/n-{n_real}/ (hardgen.layout.PER_N), {n_real} a wildcard over the size labels
+# runs once per size, under results/n-{n_real}/ (hardgen.core.layout.PER_N), {n_real} a wildcard over the size labels
 # ("24", "all"); with one size (data.train_subset) no path has the level and the workflow is the one-size run.
 N_REALS = hgconfig.train_subset_labels(config)
 SCARCITY = hgconfig.scarcity(config)
@@ -47,7 +47,7 @@ N_WILDCARD = "{n_real}" if SCARCITY else None
 
 
 def L(name, /, **wildcards):
-    """hardgen.layout.path with the scarcity level as a wildcard when the curve is on (or the n_real given)."""
+    """hardgen.core.layout.path with the scarcity level as a wildcard when the curve is on (or the n_real given)."""
     wildcards.setdefault("n_real", N_WILDCARD)
     return layout_path(name, **wildcards)
 
@@ -72,7 +72,7 @@ BACKBONES = list(config["backbones"])
 LOSS_BACKBONES = list(config["hard"]["loss_backbones"])  # the rest are held-out judges of hardness
 VARIANTS = list(config["generation"]["variants"])
 SCORED_VARIANTS = ["real"] + VARIANTS
-# hardgen.registry declares each variant: the Control-LoRA it samples (mined and guided: the plain one) and whether
+# hardgen.core.registry declares each variant: the Control-LoRA it samples (mined and guided: the plain one) and whether
 # its sampling reads the in-loss backbones' prototypes
 VARIANT_LORA = {v: VARIANT_REGISTRY[v].lora for v in VARIANTS}
 TRAINING_FREE = [v for v in VARIANTS if VARIANT_REGISTRY[v].uses_backbones]
@@ -108,7 +108,7 @@ SHIPPED_TINY = (
     LOCAL_BASE and Path(BASE_MODEL).resolve() == (Path(workflow.basedir) / "resources/tiny-sd-polyp").resolve()
 )
 # The feedback LoRA's judge: its own real-only segmenter (rule train_judge), never a benchmark run; its
-# training seed is offset from feedback.judge_seed (hardgen.segment.JUDGE_SEED_OFFSET) so it differs from every
+# training seed is offset from feedback.judge_seed (hardgen.segmentation.segment.JUDGE_SEED_OFFSET) so it differs from every
 # benchmark seed even when judge_seed equals one of segment.seeds.
 JUDGE = config["feedback"]["segmenter"]
 JUDGE_SEED = str(config["feedback"]["judge_seed"])
@@ -121,7 +121,7 @@ def pick(section, keys):
     return {key: section[key] for key in keys}
 
 
-#: model.* keys of training and sampling (hardgen.registry.MODEL_KEYS; base is a param of its own)
+#: model.* keys of training and sampling (hardgen.core.registry.MODEL_KEYS; base is a param of its own)
 MODEL = pick(config["model"], MODEL_KEYS)
 #: lora.* keys of the adapters (init_weights is an input of the plain training, not a param)
 LORA_KEYS = ("preset", "rank", "conv_in_rank", "init")
@@ -138,7 +138,7 @@ FEEDBACK_KEYS = (
     "batch_size",
     "images_per_step",
 )
-#: hard.* keys of the hardness fine-tuning (hardgen.stages.train_settings; crop_pad also crops for its backbones)
+#: hard.* keys of the hardness fine-tuning (hardgen.generator.stages.train_settings; crop_pad also crops for its backbones)
 HARD_KEYS = (
     "init",
     "steps",
@@ -163,8 +163,8 @@ def extractor_specs(keys):
     }
 
 
-#: segment.* keys one segmenter run reads (in hardgen.benchmark_runs.train_run — size, augment and the recipe keys an arch
-#: may override, hardgen.segment.ARCH_RECIPE_KEYS); pixel_filter only with a filter judge
+#: segment.* keys one segmenter run reads (in hardgen.benchmark.runs.train_run — size, augment and the recipe keys an arch
+#: may override, hardgen.segmentation.segment.ARCH_RECIPE_KEYS); pixel_filter only with a filter judge
 SEGMENT_RUN_KEYS = (
     "size",
     "augment",
@@ -193,7 +193,7 @@ def arch_specs(archs):
 
 
 def generation_params(variant):
-    """generation.* keys of one variant's sampling (hardgen.registry: the shared ones and its own)."""
+    """generation.* keys of one variant's sampling (hardgen.core.registry: the shared ones and its own)."""
     return pick(config["generation"], VARIANT_REGISTRY[variant].generation_keys)
 
 
@@ -406,7 +406,7 @@ def run_records():
 
 def sample_loss_tables():
     # Hardness transfer uses the benchmark's real-policy segmenters of every arch and seed (never a judge;
-    # segment.policies must include real, hardgen.config): one table per (arch, seed) of every variant's samples, read
+    # segment.policies must include real, hardgen.config.validation): one table per (arch, seed) of every variant's samples, read
     # by the report alone (a new variant reruns the transfer study, which reads every sample, and grades nothing)
     return expand_n(L("sample_loss"), arch=ARCHS, seed=SEEDS)
 
@@ -420,13 +420,13 @@ def guard_loss_tables(variants=VARIANTS, n=N_WILDCARD):
 
 
 def guard_judges():
-    # the names of the guard's judges (judge/<arch>/seed-<s>, hardgen.fidelity.judge_name), in the order of
+    # the names of the guard's judges (judge/<arch>/seed-<s>, hardgen.scoring.fidelity.judge_name), in the order of
     # guard_loss_tables' arch
     return [f"judge/{segmenter_key(arch, JUDGE_SEED)}" for arch in ARCHS]
 
 
 def run_description(wildcards):
-    # what benchmark.md says about the run (hardgen.run_text.RunDescription): exactly the config values it reads;
+    # what benchmark.md says about the run (hardgen.report.run_text.RunDescription): exactly the config values it reads;
     # the real training-set size is the job's own (its scarcity level, or data.train_subset)
     label = n_real(wildcards) or N_REALS[0]
     return {

@@ -55,7 +55,7 @@ rule generate:
     params:
         base=BASE_MODEL,
         model=MODEL,
-        # only the generation.* keys of this variant's sampling (hardgen.registry), so a new variant, per_mask or
+        # only the generation.* keys of this variant's sampling (hardgen.core.registry), so a new variant, per_mask or
         # allocation (read by allocate) reruns no other variant's generation
         generation=lambda wildcards: generation_params(wildcards.variant),
         seed=config["seed"],

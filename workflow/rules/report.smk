@@ -68,7 +68,7 @@ rule report:
         variants=VARIANTS,
         loras=LORAS,
         demo=DEMO or TINY or SHIPPED_TINY,
-        # the run paragraph and the protocol paragraph of benchmark.md (hardgen.run_text)
+        # the run paragraph and the protocol paragraph of benchmark.md (hardgen.report.run_text)
         run=run_description,
     threads: 1
     resources:
@@ -84,7 +84,7 @@ rule report:
 # (grayscale: the grey level) inside vs outside each sample's own mask against a shuffled mask, and the real-only
 # judges' Dice (every segment.archs entry's train_judge at feedback.judge_seed) against the own vs the shuffled mask;
 # the endoscope's dark corners. A measure the real images do not validate is written undefined, with its reason
-# (hardgen.mask_following).
+# (hardgen.scoring.mask_following).
 rule mask_following:
     input:
         manifest=L("manifest"),
@@ -118,7 +118,7 @@ rule mask_following:
 if SCARCITY:
 
     # The data-scarcity curve (data.train_subsets): every size's benchmark and runs in one table with n_real, and
-    # each policy's mean score against the number of real training images (hardgen.scarcity). The other tables stay
+    # each policy's mean score against the number of real training images (hardgen.report.scarcity). The other tables stay
     # per size, in results/n-{n_real}/tables/.
     rule scarcity:
         input:

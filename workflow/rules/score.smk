@@ -15,7 +15,7 @@ rule score:
         scores=L("scores"),
         # the samples' backbone features (rows as in the CSV), for the report's real-vs-generated PCA
         features=L("features"),
-        # real: sample_id, separation (the calibration); a generated variant: its grades (hardgen.fidelity)
+        # real: sample_id, separation (the calibration); a generated variant: its grades (hardgen.scoring.fidelity)
         fidelity=L("fidelity"),
     log:
         LOG("score/{scored}.log"),

@@ -74,7 +74,7 @@ rule train_judge:
 if BATCH_RUNS:
 
     # segment.batch_runs (the CPU demo): fewer, fatter jobs, the same library call per run
-    # (hardgen.benchmark_runs.train_run) and the same files: only the scheduling changes. train_segmenters trains the
+    # (hardgen.benchmark.runs.train_run) and the same files: only the scheduling changes. train_segmenters trains the
     # synthetic runs of one ratio and seed, every arch (so the jobs are of a size: the CNN's runs take ~1.7x the
     # transformer's) and train_real the real-only runs of one seed; evaluate_runs scores every run's maps of one
     # (arch, seed). The judges stay one job each: the feedback variant's cost (report) includes its judge's job. A

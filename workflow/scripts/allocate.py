@@ -1,22 +1,28 @@
 """Snakemake wrapper for rule allocate: the generation plan (results/generated/plan.csv) every variant samples.
 
 generation.per_mask samples per condition on average; allocation uniform gives each condition per_mask, hardness
-spreads the same total by the real-trained judges' mean loss on each condition's real image (hardgen.allocation).
+spreads the same total by the real-trained judges' mean loss on each condition's real image (hardgen.scoring.allocation).
 """
 
-from hardgen.logging_utils import stage_logging
+from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
-    from hardgen.allocation import condition_losses, judge_losses, make_plan, plan_summary, write_plan
-    from hardgen.conditioning import load_conditions_table
-    from hardgen.data import load_manifest
+    from hardgen.data.conditioning import load_conditions_table
+    from hardgen.data.manifest import load_manifest
+    from hardgen.scoring.allocation import (
+        condition_losses,
+        judge_losses,
+        make_plan,
+        plan_summary,
+        write_plan,
+    )
 
     p = snakemake.params
     conditions = load_conditions_table(snakemake.input.conditions)
     losses = None
     if p.allocation == "hardness":
-        from hardgen.devices import configure_torch
-        from hardgen.segment import SegmenterSpec
+        from hardgen.core.devices import configure_torch
+        from hardgen.segmentation.segment import SegmenterSpec
 
         # input.judges follows segment.archs (one real-only judge per arch, common.allocation_judges)
         judges = [(SegmenterSpec.from_config(dict(p.archs[arch]), arch), path, arch)

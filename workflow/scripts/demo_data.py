@@ -1,8 +1,8 @@
 """Snakemake wrapper for rule demo_data: the procedural demo dataset of data.demo.modality (polyp: PraNet layout;
 ultrasound: folders layout; both with their table), with data.demo.lesion_colour and data.demo.empty_test_fraction."""
 
-from hardgen.data import make_demo_dataset, make_ultrasound_demo
-from hardgen.logging_utils import stage_logging
+from hardgen.core.logging_utils import stage_logging
+from hardgen.data.manifest import make_demo_dataset, make_ultrasound_demo
 
 with stage_logging(snakemake.log[0]) as log:
     demo = snakemake.params.demo

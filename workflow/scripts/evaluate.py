@@ -1,20 +1,20 @@
 """Snakemake wrapper for rules evaluate (one run) and evaluate_runs (segment.batch_runs: every run of one arch and
-seed): the scores of saved prediction maps under evaluate.protocol (hardgen.metrics: the polyp toolbox or the binary
+seed): the scores of saved prediction maps under evaluate.protocol (hardgen.evaluation.metrics: the polyp toolbox or the binary
 protocol), per test set and pooled ("overall"): rows of testset, metric, value; beside each, the per-image scores they
 average (testset, image, metric, value: the paired bootstrap of the report's contrasts resamples them). A skipped run (its subset
 infeasible, filter.on_short_pool: skip) has no maps: both its tables are header-only."""
 
-from hardgen.logging_utils import stage_logging
+from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
-    from hardgen.data import load_manifest
     from pathlib import Path
 
     import pandas as pd
 
-    from hardgen.io import path_list, write_csv
-    from hardgen.layout import SKIPPED_MARKER
-    from hardgen.metrics import evaluate_table_with_images, prediction_table
+    from hardgen.core.io import path_list, write_csv
+    from hardgen.core.layout import SKIPPED_MARKER
+    from hardgen.data.manifest import load_manifest
+    from hardgen.evaluation.metrics import evaluate_table_with_images, prediction_table
 
     manifest = load_manifest(snakemake.input.manifest)
     test_rows = manifest[manifest["split"].isin(snakemake.params.testsets)]

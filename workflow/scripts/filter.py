@@ -1,9 +1,14 @@
 """Snakemake wrapper for rule filter: the training subsets of one segmenter seed, one per (policy, ratio) of the job
 (segment.batch_runs: every synthetic run's; otherwise the one subset of the job's wildcards)."""
 
-from hardgen import layout
-from hardgen.filter import build_subsets, read_pool_record, real_count, subset_seed
-from hardgen.logging_utils import stage_logging
+from hardgen.core import layout
+from hardgen.core.logging_utils import stage_logging
+from hardgen.scoring.filter import (
+    build_subsets,
+    read_pool_record,
+    real_count,
+    subset_seed,
+)
 
 with stage_logging(snakemake.log[0]) as log:
     segmenter_seed = int(snakemake.wildcards.seed)
@@ -25,7 +30,7 @@ with stage_logging(snakemake.log[0]) as log:
         segmenter_seed=segmenter_seed,
         on_short_pool=snakemake.params.on_short_pool,
         n_real=n_real,
-        # only the filter.* keys of the job's pools (hardgen.registry); the others are never read
+        # only the filter.* keys of the job's pools (hardgen.core.registry); the others are never read
         **dict(snakemake.params.filter),
         seed=draw_seed,
     )

@@ -1,25 +1,29 @@
 """Snakemake wrapper for rule generate: one shard of one variant's images (the planned samples).
 
 plain, hard and feedback sample their own Control-LoRA; mined and guided sample the plain LoRA with the in-loss
-backbones' discrepancy (hardgen.mining): mined keeps the most discrepant of generation.candidates noises per sample,
+backbones' discrepancy (hardgen.generator.mining): mined keeps the most discrepant of generation.candidates noises per sample,
 guided follows the discrepancy gradient inside generation.guided.window.
 """
 
-from hardgen.devices import claim_gpus, configure_torch
-from hardgen.logging_utils import stage_logging
+from hardgen.core.devices import claim_gpus, configure_torch
+from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
-    from hardgen.generate import generate_shard
-    from hardgen.io import reset_if_changed, write_csv
-    from hardgen.stages import generation_fingerprint
+    from hardgen.core.io import reset_if_changed, write_csv
+    from hardgen.generator.generate import generate_shard
+    from hardgen.generator.stages import generation_fingerprint
 
     p, gen = snakemake.params, snakemake.params.generation
     shard, variant = int(snakemake.wildcards.shard), snakemake.wildcards.variant
     mining = guidance = judge = None
     settings = {**gen, "model": p.model, "seed": p.seed}
     if variant in ("mined", "guided"):
-        from hardgen.io import file_digest
-        from hardgen.mining import GuidanceSettings, MiningSettings, load_judge
+        from hardgen.core.io import file_digest
+        from hardgen.generator.mining import (
+            GuidanceSettings,
+            MiningSettings,
+            load_judge,
+        )
 
         if variant == "mined":
             mining = MiningSettings(candidates=gen["candidates"], mining_steps=gen["mining_steps"])

@@ -1,7 +1,7 @@
-"""Snakemake wrapper for rule generated_manifest: merge one variant's shard manifests (no torch: hardgen.shards)."""
+"""Snakemake wrapper for rule generated_manifest: merge one variant's shard manifests (no torch: hardgen.generator.shards)."""
 
-from hardgen.logging_utils import stage_logging
-from hardgen.shards import merge_shards
+from hardgen.core.logging_utils import stage_logging
+from hardgen.generator.shards import merge_shards
 
 with stage_logging(snakemake.log[0]) as log:
     merged = merge_shards(snakemake.input.shards, snakemake.output[0], plan=snakemake.input.plan)

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from hardgen.conditioning import generation_conditions, write_conditions_table
-from hardgen.logging_utils import stage_logging
+from hardgen.core.logging_utils import stage_logging
+from hardgen.data.conditioning import generation_conditions, write_conditions_table
 
 with stage_logging(snakemake.log[0]) as log:
     p = snakemake.params

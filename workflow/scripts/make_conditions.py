@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from hardgen.conditioning import make_conditions, write_conditions_table
-from hardgen.data import load_manifest
-from hardgen.logging_utils import stage_logging
+from hardgen.core.logging_utils import stage_logging
+from hardgen.data.conditioning import make_conditions, write_conditions_table
+from hardgen.data.manifest import load_manifest
 
 with stage_logging(snakemake.log[0]) as log:
     p = snakemake.params

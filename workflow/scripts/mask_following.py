@@ -3,12 +3,12 @@
 
 from pathlib import Path
 
-from hardgen.devices import claim_gpus, configure_torch
-from hardgen.logging_utils import stage_logging
+from hardgen.core.devices import claim_gpus, configure_torch
+from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
-    from hardgen.io import path_list, write_table
-    from hardgen.mask_following import (
+    from hardgen.core.io import path_list, write_table
+    from hardgen.scoring.mask_following import (
         COLUMNS,
         load_judges,
         mask_following_from_files,

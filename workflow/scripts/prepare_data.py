@@ -5,7 +5,9 @@ slices) are written as 8-bit PNGs under the converted folder."""
 import shutil
 from pathlib import Path
 
-from hardgen.data import (
+from hardgen.core.io import write_table
+from hardgen.core.logging_utils import stage_logging
+from hardgen.data.manifest import (
     SUBSET_COLUMNS,
     VolumeSlicing,
     build_manifest,
@@ -13,8 +15,6 @@ from hardgen.data import (
     train_subset,
     write_manifest,
 )
-from hardgen.io import write_table
-from hardgen.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log:
     params = snakemake.params

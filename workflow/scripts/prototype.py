@@ -1,13 +1,13 @@
 """Snakemake wrapper for rule prototype: mean feature of real polyp crops under every backbone (one job)."""
 
-from hardgen.devices import claim_gpus, configure_torch
-from hardgen.logging_utils import stage_logging
+from hardgen.core.devices import claim_gpus, configure_torch
+from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     from pathlib import Path
 
-    from hardgen.data import load_manifest
-    from hardgen.features import BackboneSpec, compute_prototype
+    from hardgen.data.manifest import load_manifest
+    from hardgen.scoring.features import BackboneSpec, compute_prototype
 
     manifest = load_manifest(snakemake.input.manifest)
     device = configure_torch(snakemake.threads)

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from hardgen.io import read_keyed_losses, write_csv
-from hardgen.logging_utils import stage_logging
-from hardgen.report import write_report
-from hardgen.run_text import RunDescription, undefined_notes
-from hardgen.timings import plot_timings, timings_table, variant_cost
+from hardgen.core.io import read_keyed_losses, write_csv
+from hardgen.core.logging_utils import stage_logging
+from hardgen.report.report import write_report
+from hardgen.report.run_text import RunDescription, undefined_notes
+from hardgen.report.timings import plot_timings, timings_table, variant_cost
 
 with stage_logging(snakemake.log[0]) as log:
-    from hardgen.report import read_run_records
+    from hardgen.report.report import read_run_records
 
     inp, variants = snakemake.input, list(snakemake.params.variants)
     # every input is keyed by what the rule built it from, never parsed back from its path: the run records carry

@@ -1,7 +1,7 @@
 """Snakemake wrapper for rule scarcity: the data-scarcity curve over every size of data.train_subsets."""
 
-from hardgen.logging_utils import stage_logging
-from hardgen.scarcity import write_scarcity
+from hardgen.core.logging_utils import stage_logging
+from hardgen.report.scarcity import write_scarcity
 
 with stage_logging(snakemake.log[0]) as log:
     labels = list(snakemake.params.labels)  # each input list is in this order (common.smk's N_REALS)

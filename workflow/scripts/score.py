@@ -2,13 +2,13 @@
 every sample graded) and each sample's prototype discrepancy under every backbone (and its features); one set per
 job, so a new variant is scored without scoring the others again."""
 
-from hardgen.devices import claim_gpus, configure_torch
-from hardgen.logging_utils import stage_logging
+from hardgen.core.devices import claim_gpus, configure_torch
+from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
-    from hardgen.features import BackboneSpec, load_backbone
-    from hardgen.io import path_list
-    from hardgen.score import score_with_fidelity
+    from hardgen.core.io import path_list
+    from hardgen.scoring.features import BackboneSpec, load_backbone
+    from hardgen.scoring.score import score_with_fidelity
 
     sets = list(snakemake.params.sets)
     keys = list(snakemake.params.backbones)

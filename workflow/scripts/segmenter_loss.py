@@ -3,16 +3,21 @@ samples. segmenter_loss: the real-only benchmark segmenters of one seed (every a
 the models and outputs) on one variant's samples; judge_loss: the feedback judge on every variant's samples (the
 transfer matrix's model-specific source). Each row has the sample's mask foreground fraction (the covariate of the
 transfer table) and the Dice of the prediction against the conditioning mask (the fidelity guard's first view,
-hardgen.fidelity); the table carries its keys (arch, seed)."""
+hardgen.scoring.fidelity); the table carries its keys (arch, seed)."""
 
-from hardgen.devices import claim_gpus, configure_torch
-from hardgen.logging_utils import stage_logging
+from hardgen.core.devices import claim_gpus, configure_torch
+from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     import pandas as pd
 
-    from hardgen.io import DataError, path_list, write_table
-    from hardgen.segment import SegmenterSpec, foreground_fractions, load_segmenter, sample_losses
+    from hardgen.core.io import DataError, path_list, write_table
+    from hardgen.segmentation.segment import (
+        SegmenterSpec,
+        foreground_fractions,
+        load_segmenter,
+        sample_losses,
+    )
 
     seed = int(snakemake.wildcards.seed)
     device = configure_torch(snakemake.threads)

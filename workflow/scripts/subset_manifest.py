@@ -1,8 +1,13 @@
 """Snakemake wrapper for rule subset_manifest: one size of the data-scarcity curve (data.train_subsets) as a manifest."""
 
-from hardgen.data import SUBSET_COLUMNS, load_manifest, train_subset, write_manifest
-from hardgen.io import write_table
-from hardgen.logging_utils import stage_logging
+from hardgen.core.io import write_table
+from hardgen.core.logging_utils import stage_logging
+from hardgen.data.manifest import (
+    SUBSET_COLUMNS,
+    load_manifest,
+    train_subset,
+    write_manifest,
+)
 
 with stage_logging(snakemake.log[0]) as log:
     # the same seeded ranking as data.train_subset, so the sizes are nested (the 100 inside the 400)

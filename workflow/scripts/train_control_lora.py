@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
-from hardgen.devices import claim_gpus, configure_torch
-from hardgen.logging_utils import stage_logging
+from hardgen.core.devices import claim_gpus, configure_torch
+from hardgen.core.logging_utils import stage_logging
 
 gpus = snakemake.resources.get("gpu", 0)
 with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
-    from hardgen.stages import prepare_resume, run_training, train_settings
+    from hardgen.generator.stages import prepare_resume, run_training, train_settings
 
     configure_torch(snakemake.threads)
 

@@ -1,4 +1,4 @@
-"""Snakemake wrapper for the segmenter rules: hardgen.benchmark_runs.train_run for each run of the job.
+"""Snakemake wrapper for the segmenter rules: hardgen.benchmark.runs.train_run for each run of the job.
 
 train_segmenter (one run) and train_judge (one feedback/filter judge) run one; with segment.batch_runs (the demo)
 train_segmenters runs every synthetic run of one ratio and seed and train_real the real-only runs of one seed,
@@ -9,12 +9,12 @@ Judges (params.judge) train with seed JUDGE_SEED_OFFSET + feedback.judge_seed. W
 synthetic run gets the real-only judge of its arch (params.filter_judges, FreeMask's pixel filter).
 """
 
-from hardgen.devices import claim_gpus, configure_torch
-from hardgen.logging_utils import stage_logging
+from hardgen.core.devices import claim_gpus, configure_torch
+from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
-    from hardgen.benchmark_runs import RunPaths, train_run
-    from hardgen.io import path_list
+    from hardgen.benchmark.runs import RunPaths, train_run
+    from hardgen.core.io import path_list
 
     device = configure_torch(snakemake.threads)
     seed = int(snakemake.wildcards.seed)

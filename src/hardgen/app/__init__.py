@@ -1,0 +1,1 @@
+"""Layer 12, the entry points: the hardgen CLI and the rehearsal of a config."""

@@ -1,0 +1,167 @@
+"""One benchmark (or judge) segmenter run end to end: training table, optional pixel filter, training, record, maps.
+
+Rules ``train_segmenter`` (one run per job), ``train_segmenters`` and ``train_real`` (``segment.batch_runs``: the
+synthetic runs of one ratio and seed, the real-only runs of one seed, every architecture) and ``train_judge`` all
+call :func:`train_run`, so a run gives the same model, record and maps whichever way it was scheduled. Batching
+exists for small machines: on 2 CPU cores most of a demo run's job time is interpreter start-up and imports (~7 s
+per torch job), not training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from hardgen.data.manifest import load_manifest
+from hardgen.segmentation.segment import (
+    JUDGE_SEED_OFFSET,
+    SegmenterSpec,
+    load_segmenter,
+    resolve_recipe,
+    train_segmenter,
+    write_run_record,
+)
+
+log = logging.getLogger("hardgen.segmentation.segment")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run reads its subset and writes its outputs (``predictions`` None: a judge, no test maps)."""
+
+    model: str
+    run: str
+    subset: str | None = None
+    predictions: str | None = None
+    #: the subset's pool record (rule filter): an infeasible subset skips the run (filter.on_short_pool: skip)
+    subset_record: str | None = None
+
+
+def skip_run(paths: RunPaths, arch: str, policy: str, ratio: float, seed: int, pool: Mapping[str, Any]
+             ) -> dict[str, Any]:
+    """The outputs of a run whose subset could not be filled (its pool record says infeasible), without training:
+    ``run.json`` with ``skipped: true`` and the pool record's reason, pool size and need; an empty weights file whose
+    metadata says skipped; and, for a benchmark run, an empty map folder holding only
+    :data:`hardgen.core.layout.SKIPPED_MARKER` (the evaluate rules then write a header-only table)."""
+    from hardgen.core.io import write_json
+    from hardgen.core.layout import SKIPPED_MARKER
+    from hardgen.core.weights import save_state_dict
+
+    record = {"arch": str(arch), "policy": str(policy), "ratio": float(ratio), "seed": int(seed), "skipped": True,
+              "reason": pool.get("reason"), "pool": pool.get("pool"), "need": pool.get("need"),
+              "real_images": pool.get("real_images")}
+    save_state_dict(paths.model, {}, metadata={"skipped": "true", "reason": str(pool.get("reason"))})
+    write_json(paths.run, record)
+    if paths.predictions:
+        Path(paths.predictions).mkdir(parents=True, exist_ok=True)
+        write_json(Path(paths.predictions) / SKIPPED_MARKER, record)
+    log.warning("%s/%s/ratio %s/seed-%s skipped: %s", arch, policy, ratio, seed, record["reason"])
+    return record
+
+
+def training_pairs(manifest: pd.DataFrame, subset_path: str | None) -> pd.DataFrame:
+    """The real training pairs (variant ``real``) plus the policy's synthetic subset table, if any."""
+    pairs = manifest.loc[manifest["split"] == "train", ["id", "image", "mask"]].rename(columns={"id": "sample_id"})
+    pairs = pairs.assign(variant="real")
+    if subset_path:
+        if not Path(subset_path).is_file():
+            raise FileNotFoundError(f"{subset_path}: subset table not found")
+        subset = pd.read_csv(subset_path, dtype={"sample_id": str})
+        pairs = pd.concat([pairs, subset], ignore_index=True)
+    return pairs
+
+
+def train_run(
+    manifest_path: str | Path,
+    spec_config: Mapping[str, Any],
+    segment: Mapping[str, Any],
+    arch: str,
+    policy: str,
+    ratio: float,
+    seed: int,
+    paths: RunPaths,
+    device: torch.device,
+    judge: bool = False,
+    filter_judge: str | None = None,
+    testsets: Sequence[str] = (),
+    judge_cache: dict[tuple[str, str], Any] | None = None,
+    protocol: str | None = None,
+) -> dict[str, Any]:
+    """Train one segmenter on real + its subset for its arch's iterations; write model, run.json, maps.
+
+    The recipe is the arch's (:func:`hardgen.segmentation.segment.resolve_recipe`: ``segment.*`` with the arch entry's own
+    optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale and clip on top), so
+    every policy of one arch gets that arch's budget; run.json records it.
+
+    ``judge``: the feedback judge's run (training seed ``JUDGE_SEED_OFFSET + seed``, no test maps).
+    ``filter_judge``: the real-only judge's weights when ``segment.pixel_filter`` is on for this (synthetic) run:
+    synthetic pixels it finds too hard are left out of the loss (:mod:`hardgen.scoring.pixel_filter`).
+    ``judge_cache``: a dict the caller keeps across the runs of one job: each judge is loaded once and the class
+    means of its real images computed once (the same model, record and maps as without it).
+    ``protocol``: ``evaluate.protocol``, which decides how the test maps are saved (min-max or the probability as it
+    is); required when ``paths.predictions`` is set.
+    ``paths.subset_record``: the subset's pool record; when it says infeasible the run is skipped
+    (:func:`skip_run`). Returns the run record.
+    """
+    if paths.subset_record:
+        from hardgen.scoring.filter import read_pool_record
+
+        pool = read_pool_record(paths.subset_record)
+        if not pool["feasible"]:
+            return skip_run(paths, arch, policy, ratio, seed, pool)
+    spec = SegmenterSpec.from_config(dict(spec_config), arch)
+    recipe = resolve_recipe(segment, spec_config, arch)
+    manifest = load_manifest(manifest_path)
+    pairs = training_pairs(manifest, paths.subset)
+    ignore_masks = None
+    if filter_judge:
+        from hardgen.scoring.pixel_filter import pixel_filter_masks
+
+        cache = {} if judge_cache is None else judge_cache
+        key = (arch, str(filter_judge))
+        if key not in cache:  # the judge and the class means of its real images
+            cache[key] = (load_segmenter(spec, filter_judge, device=device), {})
+        judge_model, class_means = cache[key]
+        ignore_masks = pixel_filter_masks(judge_model, pairs, size=segment["size"], factor=segment["pixel_filter"],
+                                          batch_size=recipe.batch_size, device=device,
+                                          class_means_cache=class_means).ignore
+        del judge_model, class_means, cache  # without a caller's cache the judge is freed before training
+    summary = train_segmenter(
+        pairs,
+        spec,
+        out_dir=Path(paths.model).parent,
+        size=segment["size"],
+        iterations=recipe.iterations,
+        batch_size=recipe.batch_size,
+        lr=recipe.learning_rate,
+        grad_clip=recipe.grad_clip,
+        multi_scale=recipe.multi_scale,
+        optimizer=recipe.optimizer,
+        weight_decay=recipe.weight_decay,
+        lr_decay=recipe.lr_decay,
+        augment=recipe.augment,
+        seed=JUDGE_SEED_OFFSET + seed if judge else seed,
+        device=device,
+        config_key=arch,
+        ignore_masks=ignore_masks,
+    )
+    record = write_run_record(paths.run, arch, policy, seed, summary, ratio=ratio)
+    if paths.predictions:
+        from hardgen.evaluation.metrics import MAP_MIN_MAX, check_protocol
+        from hardgen.segmentation.predict import save_prediction_maps
+
+        if protocol is None:
+            raise ValueError("train_run: test maps need evaluate.protocol (protocol=...)")
+        model = load_segmenter(spec, paths.model, device=device)
+        test_rows = manifest[manifest["split"].isin(list(testsets))]
+        maps = save_prediction_maps(model, test_rows, size=segment["size"], out_root=paths.predictions, device=device,
+                                    min_max=MAP_MIN_MAX[check_protocol(protocol)])
+        log.info("%d prediction maps in %s", len(maps), paths.predictions)
+    log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if judge else "", record)
+    return record

@@ -1,0 +1,746 @@
+"""Control-LoRA training: plain, hardness fine-tuning ("hard") and model-specific feedback ("feedback").
+
+The mechanics follow control-lora-v3 on public diffusers / peft / accelerate APIs: a frozen Stable
+Diffusion (SD1.5 or SDXL) whose ``conv_in`` is widened to read the VAE latent of the condition image,
+with peft LoRA adapters as the only trainable parameters. The prediction type (epsilon or v) is the
+base model's scheduler's, as control-lora-v3 reads it; a config value may only confirm it.
+
+* ``plain``: the denoising MSE on the noise (or velocity).
+* ``hard`` (Wan et al.): start from a plain LoRA and add ``λ · L_dis``, a squared hinge that pushes the
+  frozen-backbone features of the predicted clean image x̂0 (cropped to the mask box + pad) at least a
+  margin away from the real-data prototype. Only the *in-loss* backbones enter it (the paper: ViT-L/16
+  alone, unnormalised, absolute margin 50); any other backbone is a held-out judge. With several in-loss
+  backbones each term is divided by its margin², so each one moves the samples.
+* ``feedback`` (ArSDM-style baseline): start from a plain LoRA and add either ``λ · mean max(0, m − ℓ_seg)²``
+  (``hinge``: reward samples on which one fixed real-trained segmenter does badly, up to a bound) or
+  ``−λ · mean ℓ_seg`` (``negated``, the authors' unbounded form).
+
+Margins are absolute where configured (per backbone), else ``margin_factor ×`` the init LoRA's mean value on a
+fixed *probe grid* (``calibration_samples`` training pairs × timesteps spread evenly over the training
+range, fixed noise). The same grid is probed again after training, so ``summary.json`` records whether
+the LoRA moved in the intended direction (``probe_init`` → ``probe_final``).
+
+Entry points: :func:`train_control_lora` (a :class:`TrainSettings`), and :func:`main` for
+``[accelerate launch] python -m hardgen.generator.train --settings FILE.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from tqdm.auto import tqdm
+
+from hardgen.core.io import write_csv, write_image, write_json
+from hardgen.data.train_data import (
+    PairDataset,
+    PromptEmbeddings,
+    ResumableBatchSampler,
+    _loader,
+    encode_prompts,
+    load_training_pairs,
+)
+from hardgen.generator.objectives import (
+    FeedbackJudge,
+    HardnessJudge,
+    dissimilarity_loss,
+    feedback_loss,
+    hardness_loss,
+    predict_x0,
+    resolve_prediction_type,
+    squared_hinge,
+)
+from hardgen.generator.train_settings import (
+    FAMILIES,
+    FEEDBACK_LOSSES,
+    MIXED_PRECISIONS,
+    MODES,
+    PREDICTION_TYPES,
+    TrainSettings,
+)
+
+#: Re-exported: the training API lives here, its parts in train_settings, train_data and objectives.
+__all__ = [
+    "FAMILIES", "FEEDBACK_LOSSES", "LOG_COLUMNS", "LORA_WEIGHTS_NAME", "MIXED_PRECISIONS", "MODES",
+    "PREDICTION_TYPES", "TRAINER_STATE_NAME", "FeedbackJudge", "HardnessJudge", "PairDataset", "PromptEmbeddings",
+    "ResumableBatchSampler", "TrainSettings", "TrainingDivergedError", "dissimilarity_loss",
+    "encode_prompts", "feedback_loss", "hardness_loss", "list_checkpoints", "load_training_pairs",
+    "lora_param_groups", "main", "predict_x0", "resolve_prediction_type", "squared_hinge", "train_control_lora",
+]
+
+logger = logging.getLogger("hardgen.generator.train")
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+#: Extra per-checkpoint state (step, calibrated margins, log so far) written next to accelerate's files.
+TRAINER_STATE_NAME = "hardgen_trainer_state.json"
+LOG_COLUMNS = ["step", "loss", "mse", "extra", "active_fraction", "lr"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or gradient norm became non-finite; the message names the optimizer step."""
+
+
+def lora_param_groups(model: torch.nn.Module, learning_rate: float, loraplus_lr_ratio: float = 1.0) -> list[dict]:
+    """Optimizer parameter groups for the trainable (LoRA) parameters.
+
+    LoRA+ (Hayou et al.): ``lora_B`` matrices learn ``loraplus_lr_ratio`` times faster than the rest.
+    With a ratio of 1 there is a single group.
+    """
+    a_params, b_params = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (b_params if "lora_B" in name else a_params).append(param)
+    if not a_params and not b_params:
+        raise ValueError("lora_param_groups: the model has no trainable parameters")
+    if loraplus_lr_ratio == 1.0:
+        return [{"params": a_params + b_params, "lr": learning_rate}]
+    return [
+        {"params": a_params, "lr": learning_rate},
+        {"params": b_params, "lr": learning_rate * loraplus_lr_ratio},
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepLosses:
+    total: torch.Tensor
+    mse: torch.Tensor
+    extra: torch.Tensor
+    active_fraction: torch.Tensor
+
+
+def _ranks_of(state: dict[str, torch.Tensor], origin: str) -> tuple[int, int]:
+    """(rank, conv_in rank) of a control-lora-v3 state dict in peft key form."""
+    conv_in = state.get("conv_in.lora_A.weight")
+    others = [v.shape[0] for k, v in state.items() if k.endswith(".lora_A.weight") and k != "conv_in.lora_A.weight"]
+    if conv_in is None or not others:
+        raise ValueError(f"{origin}: not a Control-LoRA (needs conv_in and at least one other LoRA layer)")
+    return int(others[0]), int(conv_in.shape[0])
+
+
+def _to(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move a model, casting only when the dtype really changes (diffusers warns on no-op casts)."""
+    model.to(device)
+    if next(model.parameters()).dtype != dtype:
+        model.to(dtype=dtype)
+
+
+class _Trainer:
+    """Holds the models and state of one run; :func:`train_control_lora` drives it."""
+
+    def __init__(self, settings: TrainSettings) -> None:
+        from hardgen.models import base_model, control_lora
+        self.settings = s = settings
+        self.control_lora = control_lora
+        self.out_dir = Path(s.out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=s.gradient_accumulation_steps,
+            mixed_precision=s.mixed_precision,
+            project_config=ProjectConfiguration(project_dir=str(self.out_dir)),
+        )
+        acc = self.accelerator
+        # device_specific: each process draws its own noise; still reproducible per process.
+        set_seed(s.seed, device_specific=True)
+        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[s.mixed_precision]
+
+        components = base_model.load_components(s.base, family=s.family, dtype=torch.float32, vae=s.vae)
+        self.vae = components["vae"]
+        self.unet = components["unet"]
+        self.noise_scheduler = components["noise_scheduler"]
+        self.prediction_type = resolve_prediction_type(self.noise_scheduler.config, s.prediction_type, s.base)
+        for key in ("vae", "unet", "text_encoder", "text_encoder_2"):
+            if components.get(key) is not None:
+                components[key].requires_grad_(False)
+
+        # The SDXL VAE overflows in fp16, so it stays fp32 there (the condition is encoded with it). In hard /
+        # feedback mode the VAE also *decodes* x̂0 with gradients, where fp16 overflows first (x̂0 is far out of
+        # range at high t): a VAE whose config asks for upcasting (SD1.5's does) then decodes in fp32.
+        self.decode_in_fp32 = (
+            self.weight_dtype == torch.float16 and s.mode != "plain" and bool(self.vae.config.get("force_upcast", True))
+        )
+        fp32_vae = self.weight_dtype == torch.float16 and (s.family == "sdxl" or self.decode_in_fp32)
+        if self.decode_in_fp32:
+            logger.info("fp16 training: the VAE decodes x̂0 in fp32 (vae.config.force_upcast)")
+        vae_dtype = torch.float32 if fp32_vae else self.weight_dtype
+        _to(self.vae, acc.device, vae_dtype)
+        for key in ("text_encoder", "text_encoder_2"):
+            if components.get(key) is not None:
+                _to(components[key], acc.device, self.weight_dtype)
+        self.prompts = encode_prompts(components, s.prompt, s.family, acc.device)
+        for key in ("text_encoder", "text_encoder_2"):
+            components.pop(key, None)  # cached embeddings are all we need
+
+        control_lora.widen_conv_in(self.unet, num_conditions=1)
+        _to(self.unet, acc.device, self.weight_dtype)
+        if acc.device.type == "cuda":  # channels-last convolutions are faster on tensor cores (not on CPU)
+            self.unet.to(memory_format=torch.channels_last)
+        processors = sorted({type(p).__name__ for p in self.unet.attn_processors.values()})
+        logger.info("UNet attention processors: %s", processors)  # AttnProcessor2_0 = torch SDPA
+        if s.init_lora:
+            # Fine-tuning continues the given LoRA exactly: its own ranks, gaussian-shaped adapter (the
+            # base weights must stay the original ones), then its weights copied in.
+            init_state = control_lora.read_control_lora(s.init_lora)
+            rank, conv_in_rank = _ranks_of(init_state, s.init_lora)
+            if (rank, conv_in_rank) != (s.rank, s.conv_in_rank):
+                logger.info("init_lora %s has rank %d / conv_in rank %d; using those", s.init_lora, rank, conv_in_rank)
+            control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=rank,
+                                          conv_in_rank=conv_in_rank, init="gaussian")
+            control_lora.assign_lora_weights(self.unet, init_state, s.adapter_name,
+                                             origin=f"TrainSettings.init_lora {s.init_lora}")
+        else:
+            control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=s.rank,
+                                          conv_in_rank=s.conv_in_rank, init=s.lora_init)
+        if self.weight_dtype != torch.float32:
+            # fp32 master weights for the LoRA (the frozen base stays in weight_dtype; autocast does the
+            # compute): in fp16 small updates underflow, and in bf16 (8-bit mantissa) an Adam step of ~lr is
+            # below half an ulp of most LoRA weights, so at SD1.5's lr 1e-4 ~3/4 of lora_A never moved.
+            cast_training_params(self.unet, dtype=torch.float32)
+        if s.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if s.mode != "plain":
+                # decoding x̂0 with gradients is the dominant activation cost at 512 px
+                self.vae.enable_gradient_checkpointing()
+        self.unet.train()
+
+        self.pairs = load_training_pairs(s.conditions_csv, s.manifest_csv)
+        self.dataset = PairDataset(self.pairs, s.resolution)
+        #: per training pair (dataset index): the image's VAE posterior moments and its condition's latent.
+        #: The encoder is deterministic and the pairs are not augmented, so each pair is encoded once; drawing
+        #: from the cached posterior is exactly drawing from a fresh encode.
+        self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.encode_pairs()  # first VAE work of the process, in dataset order: identical in a resumed run
+
+        self.judge: HardnessJudge | FeedbackJudge | None = None
+        if s.mode == "hard":
+            self.judge = HardnessJudge(s, acc.device)
+        elif s.mode == "feedback":
+            self.judge = FeedbackJudge(s, acc.device)
+        self.margins: dict[str, float] = {}
+        self.probe_init: dict[str, float] = {}
+
+        self.optimizer = self._optimizer()
+        self.lr_scheduler = get_scheduler(
+            s.lr_scheduler, optimizer=self.optimizer,
+            # accelerate steps a prepared scheduler once per process
+            num_warmup_steps=s.lr_warmup_steps * acc.num_processes,
+            num_training_steps=s.steps * acc.num_processes,
+        )
+        self.unet, self.optimizer, self.lr_scheduler = acc.prepare(self.unet, self.optimizer, self.lr_scheduler)
+        acc.register_save_state_pre_hook(self._save_hook)
+        acc.register_load_state_pre_hook(self._load_hook)
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(acc.device)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.log_rows: list[dict[str, float]] = []
+        self.global_step = 0
+
+    # -- optimiser -------------------------------------------------------------------------------
+    def _optimizer(self) -> torch.optim.Optimizer:
+        s = self.settings
+        groups = lora_param_groups(self.unet, s.learning_rate, s.loraplus_lr_ratio)
+        if s.use_8bit_adam:
+            try:
+                import bitsandbytes as bnb
+            except ImportError as err:
+                raise ImportError("TrainSettings.use_8bit_adam: bitsandbytes is not installed") from err
+            return bnb.optim.AdamW8bit(groups, lr=s.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        return torch.optim.AdamW(groups, lr=s.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+
+    # -- accelerate checkpoint hooks: the model part of a checkpoint is the public LoRA file ------
+    def _save_hook(self, models: list, weights: list, output_dir: str) -> None:
+        if self.accelerator.is_main_process:
+            for model in models:
+                self.save_lora(output_dir, self.accelerator.unwrap_model(model))
+        weights.clear()  # nothing else to save for the model: its frozen base is not ours
+
+    def save_lora(self, out_dir: str | Path, unet: torch.nn.Module, model_card: bool = False) -> Path:
+        """The LoRA file with hardgen's header metadata (and, for the final weights, a README.md model card)."""
+        s = self.settings
+        return self.control_lora.save_control_lora(
+            out_dir, unet, s.adapter_name, base_model=s.base, preset=s.preset, lora_init=s.lora_init,
+            prediction_type=self.prediction_type, condition_type=s.condition_type,
+            model_card=model_card, extra={"mode": s.mode, "resolution": s.resolution, "steps": self.global_step},
+        )
+
+    def _load_hook(self, models: list, input_dir: str) -> None:
+        path = Path(input_dir) / LORA_WEIGHTS_NAME
+        state = self.control_lora.read_control_lora(path)
+        while models:
+            self.control_lora.assign_lora_weights(self.accelerator.unwrap_model(models.pop()), state,
+                                                  self.settings.adapter_name, origin=str(path))
+
+    # -- one forward ------------------------------------------------------------------------------
+    def _text(self, batch_size: int, drop_prompt: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        s, p = self.settings, self.prompts
+        if drop_prompt:
+            drop = torch.rand(batch_size, device=self.accelerator.device) < s.empty_prompt_prob
+        else:
+            drop = torch.zeros(batch_size, dtype=torch.bool, device=self.accelerator.device)
+        hidden = torch.where(drop.view(-1, 1, 1), p.empty, p.prompt).to(self.weight_dtype)
+        if s.family != "sdxl":
+            return hidden, None
+        pooled = torch.where(drop.view(-1, 1), p.pooled_empty, p.pooled_prompt).to(self.weight_dtype)
+        r = s.resolution
+        # (original size, crop top-left, target size): training images are resized, never cropped
+        time_ids = torch.tensor([r, r, 0, 0, r, r], device=hidden.device, dtype=self.weight_dtype)
+        return hidden, {"text_embeds": pooled, "time_ids": time_ids.repeat(batch_size, 1)}
+
+    def _decode01(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = (latents / self.scaling_factor).to(self.vae.dtype)
+        if self.decode_in_fp32:  # autocast would run the fp32 VAE's convolutions in fp16 again
+            with torch.autocast(device_type=latents.device.type, enabled=False):
+                images = self.vae.decode(latents).sample
+        else:
+            images = self.vae.decode(latents).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def _forward(self, batch: dict[str, torch.Tensor], timesteps: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                     torch.Tensor]:
+        """Noise, predict; returns (model_pred, target, noisy_latents, timesteps).
+
+        With ``timesteps`` given (a probe), the latents are the VAE posterior means and the noise comes
+        from ``generator``, so the same batch gives the same x̂0 for the same LoRA.
+        """
+        device = self.accelerator.device
+        moments, cond_latents = self._encoded(batch)
+        posterior = DiagonalGaussianDistribution(moments)
+        latents = (posterior.sample() if timesteps is None else posterior.mode()) * self.scaling_factor
+        latents = latents.to(self.weight_dtype)
+        cond_latents = cond_latents.to(self.weight_dtype)
+        bsz = latents.shape[0]
+        if timesteps is None:
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device).long()
+            hidden, added = self._text(bsz)
+        else:  # a fixed probe: given timesteps, noise from `generator`, always the prompt (no dropout)
+            noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
+            timesteps = timesteps.to(device).long()
+            hidden, added = self._text(bsz, drop_prompt=False)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        model_pred = self.unet(torch.cat([noisy, cond_latents], dim=1), timesteps, encoder_hidden_states=hidden,
+                               added_cond_kwargs=added).sample
+        if self.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        return model_pred, target, noisy, timesteps
+
+    @torch.no_grad()
+    def encode_pairs(self) -> None:
+        """VAE-encode every training pair once, in dataset order, one pair per call.
+
+        The condition latent is the posterior mode (deterministic, as at inference); the image keeps its
+        posterior moments, so drawing from them is drawing from a fresh encode. Always the same calls in the
+        same order from the start of the process, so a resumed run holds bit-identical latents (batched, or
+        first-met-mid-run, encodes round differently). Runs outside autocast, like the decode: the VAE works
+        in its own dtype (an fp32 VAE really in fp32). Kept on the CPU, moved per batch.
+        """
+        device = self.accelerator.device
+        for index in tqdm(range(len(self.dataset)), desc="encode pairs", disable=not self.accelerator.is_local_main_process):
+            item = self.dataset[index]
+            pixels = item["pixels"][None].to(device, dtype=self.vae.dtype)
+            condition = item["condition"][None].to(device, dtype=self.vae.dtype)
+            with torch.autocast(device_type=device.type, enabled=False):
+                moments = self.vae.encode(pixels).latent_dist.parameters
+                cond_latents = self.control_lora.encode_condition(self.vae, condition, mode="mode")
+            self._latent_cache[index] = (moments[0].cpu(), cond_latents[0].cpu())
+
+    def _encoded(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(posterior moments, condition latents) of the batch's pairs, from the cache :meth:`encode_pairs` fills."""
+        device = self.accelerator.device
+        indices = [int(i) for i in batch["index"]]
+        moments = torch.stack([self._latent_cache[i][0] for i in indices]).to(device)
+        cond_latents = torch.stack([self._latent_cache[i][1] for i in indices]).to(device)
+        return moments, cond_latents
+
+    def _x0_images(self, model_pred: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        x0 = predict_x0(noisy, model_pred, self.alphas_cumprod[timesteps], self.prediction_type)
+        return self._decode01(x0)
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> StepLosses:
+        """Total loss = MSE (+ λ · hinge term in hard / feedback mode)."""
+        with self.accelerator.autocast():
+            model_pred, target, noisy, timesteps = self._forward(batch)
+            mse = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+            zero = torch.zeros((), device=mse.device)
+            if self.judge is None:
+                return StepLosses(mse, mse, zero, zero)
+            images01 = self._x0_images(model_pred, noisy, timesteps)
+            masks = batch["mask"].to(images01.device)
+            if isinstance(self.judge, HardnessJudge):
+                extra, active = self.judge.loss(images01, masks, self.margins)
+            else:
+                extra, active = self.judge.loss(images01, masks, self.margins.get("segmenter"),
+                                                self.settings.feedback_loss)
+        return StepLosses(mse + self.settings.lambda_ * extra, mse, extra.detach(), active)
+
+    # -- the fixed probe grid: calibration and direction checks ---------------------------------------
+    def probe_grid(self) -> list[tuple[list[int], torch.Tensor]]:
+        """This process's share of the fixed grid: (dataset indices, timesteps) per micro-batch.
+
+        ``calibration_samples`` samples: sample i takes training pair ``i mod N`` and timestep
+        ``round(i · (T−1)/(n−1))`` of a grid spread evenly over the whole training range, paired through a
+        fixed permutation so that every image meets several noise levels. The grid depends on the settings
+        only, never on the run's random state.
+        """
+        s, acc = self.settings, self.accelerator
+        n, n_items = s.calibration_samples, len(self.dataset)
+        last = self.noise_scheduler.config.num_train_timesteps - 1
+        grid = torch.linspace(0, last, n).round().long() if n > 1 else torch.tensor([last // 2])
+        grid = grid[torch.randperm(n, generator=torch.Generator().manual_seed(s.seed + 7919))]
+        mine = list(range(acc.process_index, n, acc.num_processes))
+        chunks = []
+        for start in range(0, len(mine), s.batch_size):
+            ids = mine[start:start + s.batch_size]
+            chunks.append(([i % n_items for i in ids], grid[ids]))
+        return chunks
+
+    @torch.no_grad()
+    def probe(self) -> dict[str, float]:
+        """Mean judge value over the fixed grid with the current LoRA: per in-loss backbone the x̂0 distance
+        to its prototype (hard), or the judge segmenter's loss on x̂0 (``segmenter``, feedback).
+
+        Fixed images, timesteps and noise (seeded by ``settings.seed``): two LoRAs probed with the same
+        settings see exactly the same inputs, so a larger value means harder samples, not other noise.
+        """
+        s, acc = self.settings, self.accelerator
+        if self.judge is None:
+            raise ValueError("probe: plain mode has no judge")
+        generator = torch.Generator().manual_seed(s.seed + 104729 + acc.process_index)
+        values: dict[str, list[torch.Tensor]] = {}
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            for indices, timesteps in tqdm(self.probe_grid(), desc="probe x̂0", disable=not acc.is_local_main_process):
+                items = [self.dataset[i] for i in indices]
+                batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+                with acc.autocast():
+                    model_pred, _, noisy, t = self._forward(batch, timesteps=timesteps, generator=generator)
+                    images01 = self._x0_images(model_pred, noisy, t)
+                    masks = batch["mask"].to(images01.device)
+                    if isinstance(self.judge, HardnessJudge):
+                        found = self.judge.distances(images01, masks)
+                    else:
+                        found = {"segmenter": self.judge.losses(images01, masks)}
+                for key, v in found.items():
+                    values.setdefault(key, []).append(v.float())
+        finally:
+            self.unet.train(was_training)
+        out = {}
+        for key, chunks in sorted(values.items()):
+            local = torch.cat(chunks)
+            # sum and count over processes (shares may differ by one sample), then the grid mean
+            totals = acc.reduce(torch.stack([local.sum(), torch.tensor(float(local.numel()), device=local.device)]),
+                                reduction="sum")
+            out[key] = float(totals[0] / totals[1])
+        return out
+
+    def calibrate(self, means: dict[str, float]) -> dict[str, float]:
+        """Margins: absolute ones from the settings, else margin_factor × the init LoRA's :meth:`probe` mean."""
+        s = self.settings
+        if isinstance(self.judge, FeedbackJudge) and s.feedback_loss == "negated":
+            logger.info("feedback loss 'negated': unbounded, no margin")
+            return {}
+        keys = list(self.judge.backbones) if isinstance(self.judge, HardnessJudge) else ["segmenter"]
+        margins = {key: float(s.margins[key]) if key in s.margins else s.margin_factor * means[key] for key in keys}
+        relative = sorted(set(keys) - set(s.margins))
+        if relative:
+            logger.info("relative margins (factor %.3g × the init LoRA's probe mean) for %s", s.margin_factor, relative)
+        for key, m in margins.items():
+            if not math.isfinite(m) or m <= 0:
+                raise TrainingDivergedError(f"margin calibration for {key!r} gave {m}; the init LoRA "
+                                            f"{s.init_lora} produces non-finite or degenerate samples")
+        if isinstance(self.judge, HardnessJudge):
+            self.judge.check_margins(margins)
+        logger.info("margins: %s", margins)
+        return margins
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint folders
+# --------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-", 1)[1])
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """Complete ``checkpoint-N`` folders, oldest first (temporary folders are dot-prefixed and skipped)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    found = [p for p in checkpoint_dir.iterdir()
+             if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-", 1)[1].isdigit()
+             and (p / TRAINER_STATE_NAME).is_file()]
+    return sorted(found, key=_checkpoint_step)
+
+
+def _resolve_resume(settings: TrainSettings, checkpoint_dir: Path) -> Path | None:
+    value = settings.resume_from_checkpoint
+    if not value:
+        return None
+    if value == "latest":
+        found = list_checkpoints(checkpoint_dir)
+        if not found:
+            logger.info("resume_from_checkpoint=latest: no checkpoint in %s, starting fresh", checkpoint_dir)
+            return None
+        return found[-1]
+    path = Path(value)
+    if not (path / TRAINER_STATE_NAME).is_file():
+        raise ValueError(f"TrainSettings.resume_from_checkpoint: {path} is not a hardgen checkpoint folder")
+    return path
+
+
+def _save_checkpoint(trainer: _Trainer) -> Path:
+    """accelerate.save_state into a temporary folder, renamed into place only when complete."""
+    acc, s = trainer.accelerator, trainer.settings
+    final = trainer.checkpoint_dir / f"checkpoint-{trainer.global_step}"
+    tmp = trainer.checkpoint_dir / f".checkpoint-{trainer.global_step}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))  # every process: each saves its own RNG state
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_json(tmp / TRAINER_STATE_NAME, {"global_step": trainer.global_step, "margins": trainer.margins,
+                                              "probe_init": trainer.probe_init, "log": trainer.log_rows})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        if s.checkpoints_total_limit is not None:
+            for old in list_checkpoints(trainer.checkpoint_dir)[: -s.checkpoints_total_limit]:
+                shutil.rmtree(old)
+        write_csv(trainer.out_dir / "train_log.csv", pd.DataFrame(trainer.log_rows, columns=LOG_COLUMNS))
+    acc.wait_for_everyone()
+    return final
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation grid
+# --------------------------------------------------------------------------------------------------
+
+
+def _validation_grid(trainer: _Trainer, path: Path) -> None:
+    """Condition row over sample row for the first ``validation_samples`` training conditions, written to ``path``.
+
+    The pipeline is built around the training UNet and the cached prompt embeddings, so no text
+    encoder is kept in memory.
+    """
+    from diffusers import UniPCMultistepScheduler
+    from PIL import Image
+
+    s, p = trainer.settings, trainer.prompts
+    unet = trainer.accelerator.unwrap_model(trainer.unet)
+    rows = [trainer.dataset[i] for i in range(min(s.validation_samples, len(trainer.dataset)))]
+    conditions = [((r["condition"].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+                  for r in rows]
+    n = len(conditions)
+    scheduler = UniPCMultistepScheduler.from_config(trainer.noise_scheduler.config)
+    common = dict(vae=trainer.vae, unet=unet, scheduler=scheduler, text_encoder=None, tokenizer=None)
+    call: dict[str, Any] = dict(
+        condition=[Image.fromarray(c) for c in conditions], prompt_embeds=p.prompt.repeat(n, 1, 1),
+        num_inference_steps=s.validation_inference_steps, guidance_scale=1.0, height=s.resolution,
+        width=s.resolution, output_type="np",
+        generator=torch.Generator(device="cpu").manual_seed(s.seed),
+    )
+    if s.family == "sdxl":
+        pipe = trainer.control_lora.ControlLoraXLPipeline(text_encoder_2=None, tokenizer_2=None, **common)
+        call["pooled_prompt_embeds"] = p.pooled_prompt.repeat(n, 1)
+    else:
+        pipe = trainer.control_lora.ControlLoraPipeline(safety_checker=None, feature_extractor=None,
+                                                        requires_safety_checker=False, **common)
+    pipe.set_progress_bar_config(disable=True)
+    was_training = unet.training
+    unet.eval()
+    # fork_rng: validation must not move the global RNG state that checkpoints save and restore. autocast is for
+    # the UNet (fp16/bf16 base, fp32 LoRA); the pipeline VAE-encodes and decodes outside it, as training does.
+    devices = [trainer.accelerator.device] if trainer.accelerator.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), trainer.accelerator.autocast():
+            samples = pipe(**call).images
+    finally:
+        unet.train(was_training)
+    samples = (np.asarray(samples) * 255).round().clip(0, 255).astype(np.uint8)
+    grid = np.concatenate([np.concatenate(conditions, axis=1), np.concatenate(list(samples), axis=1)], axis=0)
+    write_image(path, grid)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_finite(acc: Accelerator, value: torch.Tensor, what: str, step: int) -> None:
+    # gathered so that every process raises together instead of one hanging in a collective
+    values = acc.gather(value.detach().float().reshape(1))
+    if not torch.isfinite(values).all():
+        raise TrainingDivergedError(
+            f"non-finite {what} ({values.tolist()}) at optimizer step {step}; no weights written for this state"
+        )
+
+
+def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
+    """Train (or fine-tune) a Control-LoRA; returns the summary also written to ``summary.json``.
+
+    Writes under ``settings.out_dir``: ``pytorch_lora_weights.safetensors`` (control-lora-v3 format),
+    ``train_log.csv`` (step, loss, mse, extra, active_fraction, lr), ``summary.json``,
+    ``validation.png`` and ``checkpoints/checkpoint-N`` every ``checkpointing_steps``.
+    """
+    settings.validate()
+    t_start = time.perf_counter()
+    trainer = _Trainer(settings)
+    acc, s = trainer.accelerator, settings
+    out_dir = trainer.out_dir
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # a stale final file from an earlier run must never pass for this run's result
+        for name in (LORA_WEIGHTS_NAME, "summary.json"):
+            (out_dir / name).unlink(missing_ok=True)
+    acc.wait_for_everyone()
+    timings = {"setup_s": time.perf_counter() - t_start}
+
+    resume = _resolve_resume(s, trainer.checkpoint_dir)
+    if resume is not None:
+        state = json.loads((resume / TRAINER_STATE_NAME).read_text())
+        acc.load_state(str(resume))
+        trainer.global_step = int(state["global_step"])
+        trainer.margins = {k: float(v) for k, v in state["margins"].items()}
+        trainer.probe_init = {k: float(v) for k, v in state.get("probe_init", {}).items()}
+        trainer.log_rows = list(state["log"])
+        logger.info("resumed from %s at step %d", resume, trainer.global_step)
+    elif trainer.judge is not None:
+        t0 = time.perf_counter()
+        trainer.probe_init = trainer.probe()
+        logger.info("init LoRA on the %d-sample probe grid: %s", s.calibration_samples, trainer.probe_init)
+        trainer.margins = trainer.calibrate(trainer.probe_init)
+        timings["calibration_s"] = time.perf_counter() - t0
+
+    sampler = ResumableBatchSampler(len(trainer.dataset), s.batch_size, s.seed,
+                                    trainer.global_step * s.gradient_accumulation_steps,
+                                    acc.num_processes, acc.process_index)
+    batches = _loader(trainer.dataset, sampler, s.num_workers, s.seed)
+    params = [p for p in trainer.unet.parameters() if p.requires_grad]
+    progress = tqdm(range(s.steps), initial=trainer.global_step, desc=f"train {s.mode}",
+                    disable=not acc.is_local_main_process)
+    t_train = time.perf_counter()
+    sums = {"loss": 0.0, "mse": 0.0, "extra": 0.0, "active_fraction": 0.0}
+    micro = 0
+    while trainer.global_step < s.steps:
+        batch = next(batches)
+        with acc.accumulate(trainer.unet):
+            losses = trainer.losses(batch)
+            _check_finite(acc, losses.total, "loss", trainer.global_step + 1)
+            acc.backward(losses.total)
+            step_lr = trainer.lr_scheduler.get_last_lr()[0]  # the rate this update uses
+            if acc.sync_gradients and s.max_grad_norm > 0:
+                grad_norm = acc.clip_grad_norm_(params, s.max_grad_norm)
+                _check_finite(acc, torch.as_tensor(grad_norm), "gradient norm", trainer.global_step + 1)
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+        for key, value in (("loss", losses.total), ("mse", losses.mse), ("extra", losses.extra),
+                           ("active_fraction", losses.active_fraction)):
+            sums[key] += float(acc.reduce(value.detach().float().reshape(1), reduction="mean"))
+        micro += 1
+        if not acc.sync_gradients:
+            continue
+        trainer.global_step += 1
+        row = {"step": trainer.global_step, **{k: v / micro for k, v in sums.items()},
+               "lr": step_lr}
+        trainer.log_rows.append(row)
+        sums = dict.fromkeys(sums, 0.0)
+        micro = 0
+        progress.update(1)
+        progress.set_postfix(loss=f"{row['loss']:.4g}", extra=f"{row['extra']:.3g}")
+        if s.checkpointing_steps and trainer.global_step % s.checkpointing_steps == 0:
+            _save_checkpoint(trainer)
+        if (s.validation_steps and trainer.global_step % s.validation_steps == 0
+                and trainer.global_step < s.steps and acc.is_main_process):
+            _validation_grid(trainer, out_dir / "validation.png")
+    progress.close()
+    timings["train_s"] = time.perf_counter() - t_train
+
+    acc.wait_for_everyone()
+    probe_final: dict[str, float] = {}
+    if trainer.judge is not None:
+        # same grid, noise and timesteps as probe_init: the change is the LoRA's doing
+        probe_final = trainer.probe()
+        logger.info("probe grid, init -> final LoRA: %s",
+                    {k: f"{trainer.probe_init.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in probe_final.items()})
+    summary: dict[str, Any] = {}
+    if acc.is_main_process:
+        unet = acc.unwrap_model(trainer.unet)
+        t0 = time.perf_counter()
+        _validation_grid(trainer, out_dir / "validation.png")
+        timings["validation_s"] = time.perf_counter() - t0
+        write_csv(out_dir / "train_log.csv", pd.DataFrame(trainer.log_rows, columns=LOG_COLUMNS))
+        trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+        tail = trainer.log_rows[-min(10, len(trainer.log_rows)):] if trainer.log_rows else []
+        timings["total_s"] = time.perf_counter() - t_start
+        summary = {
+            "settings": dataclasses.asdict(s),
+            "mode": s.mode,
+            "steps": trainer.global_step,
+            "resumed_from": str(resume) if resume is not None else None,
+            "margins": trainer.margins,
+            "prediction_type": trainer.prediction_type,
+            "probe_init": trainer.probe_init,
+            "probe_final": probe_final,
+            "timings": timings,
+            "final": {k: float(np.mean([r[k] for r in tail])) if tail else None
+                      for k in ("loss", "mse", "extra", "active_fraction")},
+            "trainable_parameters": int(trainable),
+            "num_training_pairs": len(trainer.dataset),
+            "num_processes": acc.num_processes,
+            "device": str(acc.device),
+            "weights": str(out_dir / LORA_WEIGHTS_NAME),
+        }
+        # weights last: their presence means the run finished
+        write_json(out_dir / "summary.json", summary)
+        trainer.save_lora(out_dir, unet, model_card=True)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m hardgen.generator.train --settings FILE.json [--log FILE]`` (also under ``accelerate launch``)."""
+    from hardgen.core.logging_utils import setup_logging
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", required=True, help="TrainSettings JSON (see TrainSettings.to_json)")
+    parser.add_argument("--log", default=None, help="optional log file")
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    summary = train_control_lora(TrainSettings.from_json(args.settings))
+    if summary:
+        logger.info("done: %s", json.dumps(summary.get("final"), default=str))
+
+
+if __name__ == "__main__":
+    main()

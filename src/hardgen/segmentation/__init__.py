@@ -1,0 +1,1 @@
+"""Layer 6, the segmenters: recipes, losses, training and inference."""
