@@ -1,7 +1,8 @@
 """Snakemake wrapper for rule generate: one shard of one variant's images (the planned samples).
 
-plain, hard and feedback sample their own Control-LoRA; mined and guided sample the plain LoRA with the in-loss
-backbones' discrepancy (hardgen.generator.mining): mined keeps the most discrepant of generation.candidates noises per sample,
+How the variant samples is its registry entry's ``sampling`` (hardgen.core.registry): ``pipeline`` samples its
+Control-LoRA as is (plain, hard, feedback); ``mined`` and ``guided`` sample it with the in-loss backbones'
+discrepancy (hardgen.generator.mining): mined keeps the most discrepant of generation.candidates noises per sample,
 guided follows the discrepancy gradient inside generation.guided.window.
 """
 
@@ -10,14 +11,19 @@ from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     from hardgen.core.io import reset_if_changed, write_csv
+    from hardgen.core.registry import variant as registered
     from hardgen.generator.generate import generate_shard
     from hardgen.generator.stages import generation_fingerprint
 
     p, gen = snakemake.params, snakemake.params.generation
     shard, variant = int(snakemake.wildcards.shard), snakemake.wildcards.variant
+    entry = registered(variant)  # how it samples is its entry's sampling, never its name
     mining = guidance = judge = None
     settings = {**gen, "model": p.model, "seed": p.seed}
-    if variant in ("mined", "guided"):
+    if entry.sampling not in ("pipeline", "mined", "guided"):
+        raise ValueError(f"variant {variant!r}: sampling {entry.sampling!r} (hardgen.core.registry) has no code in "
+                         "workflow/scripts/generate.py")
+    if entry.uses_backbones:
         from hardgen.core.io import file_digest
         from hardgen.generator.mining import (
             GuidanceSettings,
@@ -25,7 +31,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
             load_judge,
         )
 
-        if variant == "mined":
+        if entry.sampling == "mined":
             mining = MiningSettings(candidates=gen["candidates"], mining_steps=gen["mining_steps"])
         else:
             guidance = GuidanceSettings(strength=gen["guided"]["strength"], window=tuple(gen["guided"]["window"]))

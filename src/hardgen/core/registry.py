@@ -3,9 +3,11 @@
 A variant is a way of making synthetic images: which Control-LoRA it samples (its own, trained with an objective, or
 the plain one), how it samples (``sampling``: the pipeline as is, or with the in-loss backbones' discrepancy) and which
 ``generation.*`` keys that sampling reads. A policy is a training subset of the segmentation benchmark: which variant
-its pool comes from and which ``filter.*`` keys pick that pool. The schema's enums, the workflow's DAG and exact rule
+its pool comes from and which rule (``pool``) picks that pool. The schema's enums, the workflow's DAG and exact rule
 params, the filter, the report's order and the cost table all read these tables, so adding a variant or a policy is
-one entry here plus its config defaults and tests (README: "Adding a variant", "Adding a filtering policy").
+one entry here plus its config defaults and tests (README: "Adding a variant", "Adding a filtering policy"). A new
+sampling strategy or pool rule is new code: its name here and its branch in workflow/scripts/generate.py or
+hardgen.scoring.filter.pool (an entry naming one that is not here is an error when this module loads).
 """
 
 from __future__ import annotations
@@ -16,6 +18,19 @@ from dataclasses import dataclass
 SAMPLING_KEYS: tuple[str, ...] = ("steps", "shards", "batch_size", "guidance_scale", "condition_scale", "dtype")
 #: ``model.*`` keys that training and sampling read (``base`` is its own param; ``tiny_config`` only builds the base).
 MODEL_KEYS: tuple[str, ...] = ("family", "vae", "resolution", "prompt")
+#: How a variant samples: its LoRA as is, or with the in-loss backbones' discrepancy (hardgen.generator.mining).
+SAMPLINGS: tuple[str, ...] = ("pipeline", "mined", "guided")
+#: How a policy picks its pool from its source variant's samples (hardgen.scoring.filter.pool), and the ``filter.*``
+#: keys each rule reads: ``none`` no synthetic images (real only), ``every`` every sample, ``band`` the samples whose
+#: hardness lies within the ``filter.band`` quantiles, ``fidelity`` those passing the fidelity guard.
+POOL_RULES: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "every": (),
+    "band": ("band", "score_backbone"),
+    "fidelity": ("min_fidelity",),
+}
+#: The pool rules that read the source's score table (hardness z, or the fidelity the score rule joins).
+SCORED_RULES: tuple[str, ...] = ("band", "fidelity")
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,11 @@ class Variant:
     rule: str | None = None
     #: whether its training steers by the real-only feedback judge (rule train_judge; its cost is the variant's)
     judge: bool = False
+
+    def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"hardgen.core.registry: variant {self.name!r}: unknown sampling {self.sampling!r} "
+                             f"(choose from {', '.join(SAMPLINGS)})")
 
     @property
     def trains(self) -> bool:
@@ -68,23 +88,39 @@ VARIANTS: dict[str, Variant] = {
 @dataclass(frozen=True)
 class Policy:
     """One training subset of the benchmark: ``source`` is the variant its pool is drawn from (None: real only),
-    ``keys`` the ``filter.*`` keys that pick the pool, ``scored`` whether the pool needs the source's score table
-    (hardness or fidelity)."""
+    ``pool`` the rule that picks the pool from the source's samples (:data:`POOL_RULES`)."""
 
     name: str
     source: str | None
-    keys: tuple[str, ...] = ()
-    scored: bool = False
+    pool: str
     description: str = ""
+
+    def __post_init__(self):
+        if self.pool not in POOL_RULES:
+            raise ValueError(f"hardgen.core.registry: policy {self.name!r}: unknown pool rule {self.pool!r} "
+                             f"(choose from {', '.join(POOL_RULES)})")
+        if (self.source is None) != (self.pool == "none"):
+            raise ValueError(f"hardgen.core.registry: policy {self.name!r}: pool rule {self.pool!r} with source "
+                             f"{self.source!r} (only rule 'none' has no source variant)")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The ``filter.*`` keys that pick its pool."""
+        return POOL_RULES[self.pool]
+
+    @property
+    def scored(self) -> bool:
+        """Whether its pool reads the source's score table (hardness or fidelity)."""
+        return self.pool in SCORED_RULES
 
 
 POLICIES: dict[str, Policy] = {
     p.name: p
     for p in (
-        Policy("real", None, description="the real training images only (ratio 0)"),
-        *(Policy(v, v, description=f"every {v} sample") for v in VARIANTS),
-        Policy("hard_band", "hard", ("band", "score_backbone"), True, "hard samples within filter.band"),
-        Policy("hard_faithful", "hard", ("min_fidelity",), True, "hard samples passing the fidelity guard"),
+        Policy("real", None, "none", "the real training images only (ratio 0)"),
+        *(Policy(v, v, "every", f"every {v} sample") for v in VARIANTS),
+        Policy("hard_band", "hard", "band", "hard samples within filter.band"),
+        Policy("hard_faithful", "hard", "fidelity", "hard samples passing the fidelity guard"),
     )
 }
 

@@ -2,15 +2,17 @@
 
 Every synthetic policy at ratio ``r`` (``segment.synthetic_ratios``: synthetic images per real image) trains
 with exactly ``N_r = round(r × n_real)`` synthetic images (:func:`synthetic_count`; ``n_real`` = the real
-training images), drawn at random (seeded) from its *pool*:
+training images), drawn at random (seeded) from its *pool*, which the rule of its registry entry picks from its source
+variant's samples (``Policy.pool``, :data:`hardgen.core.registry.POOL_RULES`; :func:`pool`):
 
-- ``real``: no synthetic images (empty table; ratio 0; the segmenter uses the real data only);
-- ``plain`` / ``hard`` / ``feedback`` / ``mined`` / ``guided``: the pool is every generated sample of that
-  variant;
-- ``hard_band``: hard samples whose hardness lies between the ``filter.band`` quantiles of the hard
+- ``real`` (rule ``none``): no synthetic images (empty table; ratio 0; the segmenter uses the real data only);
+- ``plain`` / ``hard`` / ``feedback`` / ``mined`` / ``guided`` (rule ``every``): the pool is every generated sample
+  of that variant;
+- ``hard_band`` (rule ``band``): hard samples whose hardness lies between the ``filter.band`` quantiles of the hard
   variant's hardness distribution — hard, but not so far from the prototype that they are broken;
-- ``hard_faithful``: hard samples that pass the fidelity guard (``fidelity >= filter.min_fidelity``,
-  :mod:`hardgen.scoring.fidelity`): a hard sample that no longer shows its polyp is label noise, not hardness.
+- ``hard_faithful`` (rule ``fidelity``): hard samples that pass the fidelity guard (``fidelity >=
+  filter.min_fidelity``, :mod:`hardgen.scoring.fidelity`): a hard sample that no longer shows its polyp is label
+  noise, not hardness.
 
 Since every policy has ``N_r`` images at ratio ``r``, the controls are policies of the benchmark itself:
 ``hard`` at ratio ``r`` *is* the size-matched uniform random control of ``hard_band`` and of
@@ -44,11 +46,12 @@ from hardgen.config.validation import REMOVED_POLICIES, ratio_label
 from hardgen.core import io
 from hardgen.core.io import DataError
 from hardgen.core.registry import POLICIES as REGISTRY
+from hardgen.core.registry import Policy
 
-#: Policies whose pool is every sample of the generated variant of the same name (hardgen.core.registry).
-VARIANT_POLICIES: tuple[str, ...] = tuple(p.name for p in REGISTRY.values() if p.source == p.name)
-#: Policies whose pool is a filtered part of a variant (hardgen.core.registry; the filter of each: :func:`pool`).
-HARD_POLICIES: tuple[str, ...] = tuple(p.name for p in REGISTRY.values() if p.source not in (None, p.name))
+#: Policies whose pool is every sample of their variant (hardgen.core.registry: pool rule ``every``).
+VARIANT_POLICIES: tuple[str, ...] = tuple(p.name for p in REGISTRY.values() if p.pool == "every")
+#: Policies whose pool is a filtered part of a variant (hardgen.core.registry: a scored pool rule; :func:`pool`).
+HARD_POLICIES: tuple[str, ...] = tuple(p.name for p in REGISTRY.values() if p.scored)
 POLICIES: tuple[str, ...] = tuple(REGISTRY)
 #: Every synthetic policy draws at random (its subset changes with the seed, and with the ratio's size).
 RANDOM_POLICIES: tuple[str, ...] = (*VARIANT_POLICIES, *HARD_POLICIES)
@@ -93,11 +96,13 @@ def _check_band(band: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
-def _check_policy(policy: str) -> None:
+def _check_policy(policy: str) -> Policy:
+    """The registry entry of ``policy`` (read at call time: the registry is the one declaration)."""
     if policy in REMOVED_POLICIES:
         raise ValueError(f"policy {policy!r}: removed. {REMOVED_POLICIES[policy]}")
-    if policy not in POLICIES:
-        raise ValueError(f"policy {policy!r}: unknown (choose from {', '.join(POLICIES)})")
+    if policy not in REGISTRY:
+        raise ValueError(f"policy {policy!r}: unknown (choose from {', '.join(REGISTRY)})")
+    return REGISTRY[policy]
 
 
 def _variant_rows(generated_df: pd.DataFrame, variant: str) -> pd.DataFrame:
@@ -138,41 +143,41 @@ def hardness(scores_df: pd.DataFrame, variant: str, score_backbone: str = "all")
     return table.mean(axis=1).rename("hardness")
 
 
-def _hard_band_ids(
-    scores_df: pd.DataFrame, generated_df: pd.DataFrame, low: float, high: float, score_backbone: str
+def _band_ids(
+    scores_df: pd.DataFrame, generated_df: pd.DataFrame, variant: str, low: float, high: float, score_backbone: str
 ) -> set[str]:
-    """sample_ids of hard samples whose hardness lies within the [low, high] quantiles (inclusive)."""
-    hard_ids = set(_variant_rows(generated_df, "hard")["sample_id"])
-    values = hardness(scores_df, "hard", score_backbone)
+    """sample_ids of ``variant``'s samples whose hardness lies within the [low, high] quantiles (inclusive)."""
+    ids = set(_variant_rows(generated_df, variant)["sample_id"])
+    values = hardness(scores_df, variant, score_backbone)
     values.index = values.index.astype(str)
-    unscored = sorted(hard_ids - set(values.index))
+    unscored = sorted(ids - set(values.index))
     if unscored:
-        raise DataError(f"score tables: hard samples without a score: {unscored[:5]} ({len(unscored)} total)")
-    values = values[values.index.isin(hard_ids)]
+        raise DataError(f"score tables: {variant} samples without a score: {unscored[:5]} ({len(unscored)} total)")
+    values = values[values.index.isin(ids)]
     lo_value, hi_value = values.quantile(low), values.quantile(high)
     return set(values.index[(values >= lo_value) & (values <= hi_value)])
 
 
-def faithful_ids(scores_df: pd.DataFrame, generated_df: pd.DataFrame, min_fidelity: float) -> set[str]:
-    """sample_ids of hard samples that pass the fidelity guard (``fidelity >= filter.min_fidelity``).
+def faithful_ids(scores_df: pd.DataFrame, generated_df: pd.DataFrame, variant: str, min_fidelity: float) -> set[str]:
+    """sample_ids of ``variant``'s samples that pass the fidelity guard (``fidelity >= filter.min_fidelity``).
 
     The fidelity comes from the score tables (the score rule joins it, :func:`hardgen.scoring.fidelity.join_fidelity`);
-    every hard sample must have one.
+    every sample of ``variant`` must have one.
     """
     from hardgen.scoring.fidelity import passes
 
     if "fidelity" not in scores_df.columns:
         raise DataError("score tables: no 'fidelity' column (the score rule joins results/fidelity/<variant>.csv)")
-    hard_ids = set(_variant_rows(generated_df, "hard")["sample_id"])
-    graded = scores_df[(scores_df["variant"] == "hard")].dropna(subset=["fidelity"])
+    ids = set(_variant_rows(generated_df, variant)["sample_id"])
+    graded = scores_df[(scores_df["variant"] == variant)].dropna(subset=["fidelity"])
     per_sample = graded.assign(sample_id=graded["sample_id"].astype(str)).groupby("sample_id")["fidelity"]
     if (per_sample.nunique() > 1).any():
-        raise DataError("score tables: a hard sample has two different fidelity values")
+        raise DataError(f"score tables: a {variant} sample has two different fidelity values")
     fidelity = per_sample.first()
-    ungraded = sorted(hard_ids - set(fidelity.index))
+    ungraded = sorted(ids - set(fidelity.index))
     if ungraded:
-        raise DataError(f"score tables: hard samples without a fidelity: {ungraded[:5]} ({len(ungraded)} total)")
-    fidelity = fidelity[fidelity.index.isin(hard_ids)]
+        raise DataError(f"score tables: {variant} samples without a fidelity: {ungraded[:5]} ({len(ungraded)} total)")
+    fidelity = fidelity[fidelity.index.isin(ids)]
     return set(fidelity.index[passes(fidelity.to_numpy(), min_fidelity)])
 
 
@@ -184,20 +189,21 @@ def pool(
     score_backbone: str = "all",
     min_fidelity: float = 0.5,
 ) -> pd.DataFrame:
-    """The samples ``policy`` draws from (columns of the generated manifests), sorted by sample_id."""
-    _check_policy(policy)
+    """The samples ``policy`` draws from (columns of the generated manifests), sorted by sample_id: its registry
+    entry's rule (``Policy.pool``) applied to its source variant's samples; a rule this function has no code for is
+    an error."""
+    entry = _check_policy(policy)
     low, high = _check_band(band)
-    if policy == "real":
+    if entry.pool == "none":
         return pd.DataFrame(columns=SUBSET_COLUMNS)
-    if policy in VARIANT_POLICIES:
-        rows = _variant_rows(generated_df, policy)
-    else:
-        rows = _variant_rows(generated_df, REGISTRY[policy].source)
-        if policy == "hard_band":
-            kept = _hard_band_ids(scores_df, generated_df, low, high, score_backbone)
-        else:
-            kept = faithful_ids(scores_df, generated_df, min_fidelity)
-        rows = rows[rows["sample_id"].isin(kept)]
+    rows = _variant_rows(generated_df, entry.source)
+    if entry.pool == "band":
+        rows = rows[rows["sample_id"].isin(_band_ids(scores_df, generated_df, entry.source, low, high, score_backbone))]
+    elif entry.pool == "fidelity":
+        rows = rows[rows["sample_id"].isin(faithful_ids(scores_df, generated_df, entry.source, min_fidelity))]
+    elif entry.pool != "every":
+        raise ValueError(f"policy {policy!r}: pool rule {entry.pool!r} (hardgen.core.registry) has no selection in "
+                         "hardgen.scoring.filter.pool")
     return rows.sort_values("sample_id", kind="stable").reset_index(drop=True)
 
 
@@ -214,11 +220,12 @@ def draw(pool_df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def _pool_description(policy: str, band: Sequence[float], min_fidelity: float) -> str:
-    if policy == "hard_band":
-        return f"hard samples within filter.band {list(band)}"
-    if policy == "hard_faithful":
-        return f"hard samples with fidelity >= filter.min_fidelity {min_fidelity}"
-    return f"every {policy} sample"
+    entry = REGISTRY[policy]
+    if entry.pool == "band":
+        return f"{entry.source} samples within filter.band {list(band)}"
+    if entry.pool == "fidelity":
+        return f"{entry.source} samples with fidelity >= filter.min_fidelity {min_fidelity}"
+    return f"every {entry.source} sample"
 
 
 def short_pool_message(policy: str, ratio: float, n_real: int, need: int, pool_size: int, band: Sequence[float],
@@ -250,10 +257,9 @@ def select_subset(
     (its ratio is 0). Returns columns ``image, mask, sample_id, variant``, sorted by sample_id. A pool smaller than
     the need is a :class:`ShortPool` (a :class:`DataError` that carries the pool size and the need).
     """
-    _check_policy(policy)
-    if policy == "real":
+    if _check_policy(policy).pool == "none":
         if ratio not in (None, 0):
-            raise ValueError(f"policy 'real': trains without synthetic images (ratio 0), got ratio {ratio!r}")
+            raise ValueError(f"policy {policy!r}: trains without synthetic images (ratio 0), got ratio {ratio!r}")
         return pd.DataFrame(columns=SUBSET_COLUMNS)
     if ratio is None or n_real is None:
         raise ValueError(f"policy {policy!r}: needs a ratio (segment.synthetic_ratios) and the real image count")
@@ -390,9 +396,10 @@ def build_subsets(
         subset, short = made[k]
         write_subset(subset, out_path)
         if record_paths is not None:
-            need = synthetic_count(ratio, n_real) if policy != "real" else 0
+            synthetic = REGISTRY[policy].pool != "none"
+            need = synthetic_count(ratio, n_real) if synthetic else 0
             pool_size = short.pool_size if short else None
-            if short is None and policy != "real":
+            if short is None and synthetic:
                 pool_size = len(pool(policy, scores, generated, band, score_backbone, min_fidelity))
             io.write_json(record_paths[k], pool_record(policy, ratio, segmenter_seed, n_real or 0, pool_size, need,
                                                        None if short is None else str(short)))
