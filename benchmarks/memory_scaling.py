@@ -59,7 +59,8 @@ def prepare(work: Path, sizes: list[int]) -> None:
     import torch
 
     from hardgen.data.conditioning import make_conditions, write_conditions_table
-    from hardgen.data.manifest import build_manifest, make_demo_dataset, write_manifest
+    from hardgen.data.demo import make_demo_dataset
+    from hardgen.data.manifest import build_manifest, write_manifest
     from hardgen.models.base_model import build_tiny_sd, load_components
     from hardgen.models.control_lora import (
         add_control_lora,

@@ -101,11 +101,8 @@ def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any
         return {"weights_gib": {k: round(v / 2**30, 3) for k, v in sorted(sizes.items())}}
     if stage == "data":
         from hardgen.data.conditioning import make_conditions, write_conditions_table
-        from hardgen.data.manifest import (
-            build_manifest,
-            make_demo_dataset,
-            write_manifest,
-        )
+        from hardgen.data.demo import make_demo_dataset
+        from hardgen.data.manifest import build_manifest, write_manifest
         from hardgen.scoring.features import BackboneSpec, compute_prototype
 
         n_train = max(4, args.images, args.batch)

@@ -13,6 +13,7 @@ import torch
 from hardgen.benchmark.runs import RunPaths, train_run, training_pairs
 from hardgen.core.weights import load_state_dict
 from hardgen.data import manifest as data
+from hardgen.data.demo import make_demo_dataset
 
 TESTSETS = ["CVC-300", "Kvasir"]
 SPEC = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": None}
@@ -24,7 +25,7 @@ SEGMENT = {"size": 32, "iterations": 2, "batch_size": 4, "learning_rate": 1e-3, 
 @pytest.fixture(scope="module")
 def manifest_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    data.make_demo_dataset(root / "data", TESTSETS, n_train=4, n_test=2, min_size=40, max_size=48, seed=3)
+    make_demo_dataset(root / "data", TESTSETS, n_train=4, n_test=2, min_size=40, max_size=48, seed=3)
     path = root / "manifest.csv"
     data.write_manifest(data.build_manifest(root / "data", TESTSETS), path)
     return path

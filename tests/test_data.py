@@ -1,4 +1,4 @@
-"""Tests for hardgen.data.manifest: demo dataset, mask rule, manifest validation and odd-but-valid inputs."""
+"""Tests for hardgen.data (manifest, demo, masks): demo dataset, mask rule, manifest validation, odd inputs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from PIL import Image
 
 from hardgen.core.io import DataError, read_gray, read_rgb
 from hardgen.data import manifest as data
+from hardgen.data.demo import DEMO_MARKER, make_demo_dataset
+from hardgen.data.masks import MAX_MID_GREY_FRACTION, binary_mask_problem
 
 TESTSETS = ["CVC-300", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir"]
 DEMO_ARGS = dict(testsets=TESTSETS, n_train=24, n_test=6, min_size=72, max_size=112, seed=0)
@@ -26,7 +28,7 @@ DEMO_ARGS = dict(testsets=TESTSETS, n_train=24, n_test=6, min_size=72, max_size=
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     root = tmp_path_factory.mktemp("demo") / "tree"
     start = time.perf_counter()
-    data.make_demo_dataset(root, **DEMO_ARGS)
+    make_demo_dataset(root, **DEMO_ARGS)
     return root, time.perf_counter() - start
 
 
@@ -52,14 +54,14 @@ def test_demo_tree_layout_and_counts(demo: tuple[Path, float]) -> None:
         assert len(images) == len(masks) == 6
         assert {p.suffix for p in images} == {".png"}
         assert [p.stem for p in images] == [p.stem for p in masks]
-    assert (root / data.DEMO_MARKER).is_file()
+    assert (root / DEMO_MARKER).is_file()
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")], "staging dir left behind"
 
 
 def test_demo_is_deterministic_and_seed_dependent(demo: tuple[Path, float], tmp_path: Path) -> None:
-    data.make_demo_dataset(tmp_path / "again", **DEMO_ARGS)
+    make_demo_dataset(tmp_path / "again", **DEMO_ARGS)
     assert _files(tmp_path / "again") == _files(demo[0])
-    data.make_demo_dataset(tmp_path / "other", **{**DEMO_ARGS, "seed": 1})
+    make_demo_dataset(tmp_path / "other", **{**DEMO_ARGS, "seed": 1})
     base, other = _files(demo[0]), _files(tmp_path / "other")
     assert len(other) == len(base)
     assert not {k for k in base.keys() & other.keys() if k.endswith(".png") and base[k] == other[k]}
@@ -67,23 +69,23 @@ def test_demo_is_deterministic_and_seed_dependent(demo: tuple[Path, float], tmp_
 
 def test_demo_rerun_replaces_own_tree_but_never_foreign_data(tmp_path: Path) -> None:
     root = tmp_path / "demo"
-    data.make_demo_dataset(root, TESTSETS[:1], 3, 2, 40, 48, 0)
+    make_demo_dataset(root, TESTSETS[:1], 3, 2, 40, 48, 0)
     (root / "TrainDataset/image/stale.png").write_bytes(b"old")
-    data.make_demo_dataset(root, TESTSETS[:1], 3, 2, 40, 48, 0)
+    make_demo_dataset(root, TESTSETS[:1], 3, 2, 40, 48, 0)
     assert not (root / "TrainDataset/image/stale.png").exists()
     foreign = tmp_path / "real"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("precious")
     with pytest.raises(FileExistsError, match="real"):
-        data.make_demo_dataset(foreign, TESTSETS[:1], 3, 2, 40, 48, 0)
+        make_demo_dataset(foreign, TESTSETS[:1], 3, 2, 40, 48, 0)
     assert (foreign / "keep.txt").read_text() == "precious"
 
 
 def test_demo_rejects_bad_sizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data.demo.min_size"):
-        data.make_demo_dataset(tmp_path / "x", TESTSETS, 2, 2, 100, 50, 0)
+        make_demo_dataset(tmp_path / "x", TESTSETS, 2, 2, 100, 50, 0)
     with pytest.raises(ValueError, match="data.demo.n_train"):
-        data.make_demo_dataset(tmp_path / "x", TESTSETS, 0, 2, 40, 50, 0)
+        make_demo_dataset(tmp_path / "x", TESTSETS, 0, 2, 40, 50, 0)
 
 
 def test_demo_variety(demo_manifest: pd.DataFrame) -> None:
@@ -132,35 +134,35 @@ def _jpeg_roundtrip(gray: np.ndarray, quality: int) -> np.ndarray:
 def test_jpeg_saved_binary_mask_passes(quality: int) -> None:
     noisy = _jpeg_roundtrip(_blob(), quality)
     assert not np.isin(noisy, [0, 255]).all()  # the JPEG really added noise
-    assert data.binary_mask_problem(noisy) is None
+    assert binary_mask_problem(noisy) is None
 
 
 def test_clean_and_bilinear_resized_masks_pass() -> None:
-    assert data.binary_mask_problem(_blob()) is None
-    assert data.binary_mask_problem(np.zeros((20, 20), np.uint8)) is None
-    assert data.binary_mask_problem(cv2.resize(_blob(), None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)) is None
+    assert binary_mask_problem(_blob()) is None
+    assert binary_mask_problem(np.zeros((20, 20), np.uint8)) is None
+    assert binary_mask_problem(cv2.resize(_blob(), None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)) is None
 
 
 @pytest.mark.parametrize("sigma", [1.5, 2.0, 4.0])
 def test_soft_mask_fails(sigma: float) -> None:
     small = cv2.GaussianBlur(_blob(), (0, 0), sigma)
-    assert "soft" in (data.binary_mask_problem(small) or "")
+    assert "soft" in (binary_mask_problem(small) or "")
     # In a large frame the grey share stays under rule (1); the band-width rule (2) must catch it.
     large = np.zeros((400, 400), np.uint8)
     large[150:246, 140:260] = small
-    assert (large >= 32).mean() < data.MAX_MID_GREY_FRACTION
-    assert "per boundary pixel" in (data.binary_mask_problem(large) or "")
+    assert (large >= 32).mean() < MAX_MID_GREY_FRACTION
+    assert "per boundary pixel" in (binary_mask_problem(large) or "")
 
 
 def test_photo_as_mask_fails(demo_manifest: pd.DataFrame) -> None:
     photo = read_gray(demo_manifest["image"].iloc[0])
-    assert "photograph" in (data.binary_mask_problem(photo) or "")
+    assert "photograph" in (binary_mask_problem(photo) or "")
 
 
 def test_grey_specks_far_from_boundary_fail() -> None:
     mask = _blob()
     mask[5:8, 5:60:4] = 100  # isolated grey specks (background side) away from any edge
-    assert "within 8 px" in (data.binary_mask_problem(mask) or "")
+    assert "within 8 px" in (binary_mask_problem(mask) or "")
 
 
 # --------------------------------------------------------------------------------------------- manifest

@@ -15,6 +15,17 @@ import pytest
 from hardgen.config.validation import ConfigError, load_config, validate_config
 from hardgen.core.io import fit_square, gray_to_rgb, read_mask, to_uint8
 from hardgen.data import manifest as data
+from hardgen.data.demo import (
+    DEMO_MARKER,
+    DEMO_STYLES,
+    DEMO_TABLE,
+    LESION_COLOURS,
+    _render_demo_sample,
+    _render_ultrasound_sample,
+    lesion_free,
+    make_demo_dataset,
+    make_ultrasound_demo,
+)
 from hardgen.scoring.mask_following import red_chromaticity_margin, shuffled_margin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +36,8 @@ def _polyp_set(lesion_colour: str, n: int = 24, seed: int = 0):
     """n training-like frames (the demo's Kvasir / ClinicDB styles), full size and at SIZE."""
     full, crops = [], []
     for i in range(n):
-        style = data.DEMO_STYLES["Kvasir" if i % 2 else "CVC-ClinicDB"]
-        image, mask = data._render_demo_sample(np.random.default_rng([seed, 1, i]), style, 72, 112, lesion_colour)
+        style = DEMO_STYLES["Kvasir" if i % 2 else "CVC-ClinicDB"]
+        image, mask = _render_demo_sample(np.random.default_rng([seed, 1, i]), style, 72, 112, lesion_colour)
         full.append((image, mask))
         crops.append((fit_square(image, SIZE), fit_square(mask, SIZE, is_mask=True)))
     return full, crops
@@ -35,7 +46,7 @@ def _polyp_set(lesion_colour: str, n: int = 24, seed: int = 0):
 def _ultrasound_set(lesion_colour: str, n: int = 24, seed: int = 0):
     crops = []
     for i in range(n):
-        image, mask = data._render_ultrasound_sample(np.random.default_rng([seed, 5, 7, i]), 72, 112, lesion_colour)
+        image, mask = _render_ultrasound_sample(np.random.default_rng([seed, 5, 7, i]), 72, 112, lesion_colour)
         crops.append((fit_square(gray_to_rgb(to_uint8(image, None)), SIZE), fit_square(mask, SIZE, is_mask=True)))
     return crops
 
@@ -90,29 +101,29 @@ def test_matched_ultrasound_lesions_are_isoechoic() -> None:
     assert ref_distinct < -0.15
     assert abs(ref_matched) < 0.1 * abs(ref_distinct)
     for i in range(4):
-        masks = [data._render_ultrasound_sample(np.random.default_rng([0, 5, 7, i]), 72, 112, c)[1]
-                 for c in data.LESION_COLOURS]
+        masks = [_render_ultrasound_sample(np.random.default_rng([0, 5, 7, i]), 72, 112, c)[1]
+                 for c in LESION_COLOURS]
         assert np.array_equal(*masks)
 
 
 def test_default_renders_are_the_distinct_ones() -> None:
-    style = data.DEMO_STYLES["Kvasir"]
-    a = data._render_demo_sample(np.random.default_rng([0, 1, 3]), style, 72, 112)
-    b = data._render_demo_sample(np.random.default_rng([0, 1, 3]), style, 72, 112, "distinct", True)
+    style = DEMO_STYLES["Kvasir"]
+    a = _render_demo_sample(np.random.default_rng([0, 1, 3]), style, 72, 112)
+    b = _render_demo_sample(np.random.default_rng([0, 1, 3]), style, 72, 112, "distinct", True)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(ValueError, match="lesion_colour"):
-        data._render_demo_sample(np.random.default_rng(0), style, 72, 112, "red")
+        _render_demo_sample(np.random.default_rng(0), style, 72, 112, "red")
 
 
 def test_lesion_free_frames_are_exact_spread_and_stable() -> None:
-    assert [data.lesion_free(i, 0.5) for i in range(6)] == [False, True] * 3
-    assert sum(data.lesion_free(i, 1 / 3) for i in range(9)) == 3
-    assert sum(data.lesion_free(i, 0.34) for i in range(3)) == 1
-    assert not any(data.lesion_free(i, 0.0) for i in range(10))
+    assert [lesion_free(i, 0.5) for i in range(6)] == [False, True] * 3
+    assert sum(lesion_free(i, 1 / 3) for i in range(9)) == 3
+    assert sum(lesion_free(i, 0.34) for i in range(3)) == 1
+    assert not any(lesion_free(i, 0.0) for i in range(10))
     for fraction in (0.2, 0.34, 0.75):  # growing the set keeps every frame's status
-        assert [data.lesion_free(i, fraction) for i in range(5)] == [data.lesion_free(i, fraction) for i in range(9)][:5]
+        assert [lesion_free(i, fraction) for i in range(5)] == [lesion_free(i, fraction) for i in range(9)][:5]
     with pytest.raises(ValueError, match="empty_test_fraction"):
-        data.lesion_free(0, 1.0)
+        lesion_free(0, 1.0)
 
 
 def test_polyp_demo_with_hard_cases_validates_in_the_pranet_and_table_layouts(tmp_path: Path) -> None:
@@ -120,9 +131,9 @@ def test_polyp_demo_with_hard_cases_validates_in_the_pranet_and_table_layouts(tm
     the demo's table lists the same pairs as its folders."""
     testsets = ["site-A", "site-B"]
     root = tmp_path / "demo"
-    data.make_demo_dataset(root, testsets, 4, 4, 48, 64, 0, lesion_colour="matched", empty_test_fraction=0.5)
+    make_demo_dataset(root, testsets, 4, 4, 48, 64, 0, lesion_colour="matched", empty_test_fraction=0.5)
     by_folders = data.build_manifest(root, testsets)
-    by_table = data.build_manifest(root / data.DEMO_TABLE, testsets, layout="table")
+    by_table = data.build_manifest(root / DEMO_TABLE, testsets, layout="table")
     columns = ["id", "split", "width", "height", "fg_fraction"]
     pd.testing.assert_frame_equal(by_table[columns], by_folders[columns])
     assert list(by_table["mask"]) == list(by_folders["mask"])
@@ -131,18 +142,18 @@ def test_polyp_demo_with_hard_cases_validates_in_the_pranet_and_table_layouts(tm
     for name in testsets:
         rows = by_folders[by_folders["split"] == name].sort_values("id")
         empty = [not read_mask(p).any() for p in rows["mask"]]
-        assert empty == [data.lesion_free(int(Path(p).stem) - 1, 0.5) for p in rows["image"]]
+        assert empty == [lesion_free(int(Path(p).stem) - 1, 0.5) for p in rows["image"]]
         assert sum(empty) == 2 and ((rows["fg_fraction"] == 0) == empty).all()
-    marker = json.loads((root / data.DEMO_MARKER).read_text())
+    marker = json.loads((root / DEMO_MARKER).read_text())
     assert marker["lesion_colour"] == "matched" and marker["empty_test_fraction"] == 0.5
     # the default demo's marker has no such keys (its tree is the earlier one's, plus the table)
-    data.make_demo_dataset(tmp_path / "default", testsets, 2, 2, 48, 64, 0)
-    assert "lesion_colour" not in json.loads((tmp_path / "default" / data.DEMO_MARKER).read_text())
+    make_demo_dataset(tmp_path / "default", testsets, 2, 2, 48, 64, 0)
+    assert "lesion_colour" not in json.loads((tmp_path / "default" / DEMO_MARKER).read_text())
 
 
 def test_ultrasound_demo_with_hard_cases(tmp_path: Path) -> None:
     root = tmp_path / "us"
-    data.make_ultrasound_demo(root, {"scans": 3, "clinic-B": 4}, 48, 64, 0, lesion_colour="matched",
+    make_ultrasound_demo(root, {"scans": 3, "clinic-B": 4}, 48, 64, 0, lesion_colour="matched",
                               empty_fraction={"clinic-B": 0.5})
     frame = data.build_manifest(root, ["clinic-B"], layout="folders", train_splits=["scans"],
                                 converted=tmp_path / "converted")

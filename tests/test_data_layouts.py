@@ -14,6 +14,9 @@ from PIL import Image
 from hardgen.core import io
 from hardgen.core.io import DataError
 from hardgen.data import manifest as data
+from hardgen.data.demo import DEMO_TABLE, make_ultrasound_demo
+from hardgen.data.masks import decode_mask
+from hardgen.data.volumes import VolumeSlicing
 
 
 def _lesion_mask(h: int = 40, w: int = 50, box=(10, 30, 12, 34)) -> np.ndarray:
@@ -63,21 +66,21 @@ def test_read_rgb_of_a_16bit_grayscale_png_is_three_equal_channels(tmp_path: Pat
 # ----------------------------------------------------------------------------------------- mask decoding
 def test_decode_mask_two_values_label_maps_and_errors() -> None:
     lesion = _lesion_mask()
-    assert np.array_equal(data.decode_mask(lesion.astype(np.uint8), None, "m"), lesion)  # 0/1
-    assert np.array_equal(data.decode_mask(np.where(lesion, 7, 3).astype(np.uint16), None, "m"), lesion)  # 3/7
-    assert not data.decode_mask(np.zeros((4, 4), np.uint8), None, "m").any()
-    assert data.decode_mask(np.full((4, 4), 255, np.uint8), None, "m").all()
+    assert np.array_equal(decode_mask(lesion.astype(np.uint8), None, "m"), lesion)  # 0/1
+    assert np.array_equal(decode_mask(np.where(lesion, 7, 3).astype(np.uint16), None, "m"), lesion)  # 3/7
+    assert not decode_mask(np.zeros((4, 4), np.uint8), None, "m").any()
+    assert decode_mask(np.full((4, 4), 255, np.uint8), None, "m").all()
     labels = np.zeros((40, 50), np.uint8)
     labels[lesion] = 1
     labels[:5, :5] = 2
     with pytest.raises(DataError, match=r"seg_07\.png.*3 distinct values.*data\.foreground"):
-        data.decode_mask(labels, None, "seg_07.png")
-    assert np.array_equal(data.decode_mask(labels, [1], "m"), lesion)
-    assert data.decode_mask(labels, [1, 2], "m").sum() == lesion.sum() + 25
+        decode_mask(labels, None, "seg_07.png")
+    assert np.array_equal(decode_mask(labels, [1], "m"), lesion)
+    assert decode_mask(labels, [1, 2], "m").sum() == lesion.sum() + 25
     # a 0/255 mask with JPEG-like noise along its edge is still binary (thresholded at 127)
     noisy = (lesion * 255).astype(np.uint8)
     noisy[10, 12:34] = 200
-    assert np.array_equal(data.decode_mask(noisy, None, "m"), lesion)
+    assert np.array_equal(decode_mask(noisy, None, "m"), lesion)
 
 
 # --------------------------------------------------------------------------------------------- layouts
@@ -189,7 +192,7 @@ def test_nifti_volumes_are_sliced_windowed_and_stay_in_their_split(tmp_path: Pat
         _save_nifti(root / split / "images" / f"{stem}.nii.gz", hu)
         _save_nifti(root / split / "masks" / f"{stem}.nii.gz", labels)
     kwargs = dict(layout="folders", foreground=[1], window=[-160, 240], converted=tmp_path / "conv")
-    frame = data.build_manifest(root, ["test"], volume=data.VolumeSlicing(axis=2, keep_empty=0.5), seed=0, **kwargs)
+    frame = data.build_manifest(root, ["test"], volume=VolumeSlicing(axis=2, keep_empty=0.5), seed=0, **kwargs)
     # 4 slices with the lesion + half of the 6 without, per volume
     assert len(frame) == 3 * (4 + 3)
     volume_of = frame["id"].str.rsplit("-s", n=1).str[0]
@@ -208,10 +211,10 @@ def test_nifti_volumes_are_sliced_windowed_and_stay_in_their_split(tmp_path: Pat
     assert image[0, 0] == 0  # air below the window
 
     # the same seed keeps the same empty slices; no window is an error naming the volume
-    again = data.build_manifest(root, ["test"], volume=data.VolumeSlicing(axis=2, keep_empty=0.5), seed=0,
+    again = data.build_manifest(root, ["test"], volume=VolumeSlicing(axis=2, keep_empty=0.5), seed=0,
                                 **{**kwargs, "converted": tmp_path / "conv2"})
     assert again["id"].tolist() == frame["id"].tolist()
-    assert len(data.build_manifest(root, ["test"], volume=data.VolumeSlicing(axis=0), seed=0,
+    assert len(data.build_manifest(root, ["test"], volume=VolumeSlicing(axis=0), seed=0,
                                    **{**kwargs, "converted": tmp_path / "conv3"})) == 3 * 6  # axis 0: rows 8..13
     with pytest.raises(DataError, match=r"vol1\.nii\.gz: a NIfTI volume needs data\.window"):
         data.build_manifest(root, ["test"], **{**kwargs, "window": None})
@@ -232,8 +235,8 @@ def test_a_volume_listed_in_two_splits_is_an_error(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- the demo
 def test_ultrasound_demo_is_deterministic_16bit_and_in_both_layouts(tmp_path: Path) -> None:
     splits = {"scans": 3, "clinic-B": 2}
-    data.make_ultrasound_demo(tmp_path / "a", splits, 48, 64, seed=0)
-    data.make_ultrasound_demo(tmp_path / "b", splits, 48, 64, seed=0)
+    make_ultrasound_demo(tmp_path / "a", splits, 48, 64, seed=0)
+    make_ultrasound_demo(tmp_path / "b", splits, 48, 64, seed=0)
     first = tmp_path / "a" / "scans" / "images" / "scans_000.png"
     assert first.read_bytes() == (tmp_path / "b" / "scans" / "images" / "scans_000.png").read_bytes()
     image = Image.open(first)
@@ -244,13 +247,13 @@ def test_ultrasound_demo_is_deterministic_16bit_and_in_both_layouts(tmp_path: Pa
     lesion, tissue = pixels[mask == 1], pixels[(mask == 0) & (pixels > 0)]
     assert lesion.mean() < 0.7 * tissue.mean()  # a hypoechoic (dark) lesion inside the bright speckled fan
     assert (pixels == 0).mean() > 0.1  # outside the fan-shaped field of view
-    table = pd.read_csv(tmp_path / "a" / data.DEMO_TABLE)
+    table = pd.read_csv(tmp_path / "a" / DEMO_TABLE)
     assert table["split"].value_counts().to_dict() == splits
     assert (tmp_path / "a" / table["image"].iloc[0]).is_file()
     with pytest.raises(FileExistsError):
         (tmp_path / "real").mkdir()
         (tmp_path / "real" / "x.png").write_bytes(b"x")
-        data.make_ultrasound_demo(tmp_path / "real", splits, 48, 64, seed=0)
+        make_ultrasound_demo(tmp_path / "real", splits, 48, 64, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------- config

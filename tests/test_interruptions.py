@@ -14,7 +14,8 @@ import pytest
 from safetensors.torch import load_file
 
 from hardgen.data.conditioning import make_conditions, write_conditions_table
-from hardgen.data.manifest import build_manifest, make_demo_dataset, write_manifest
+from hardgen.data.demo import make_demo_dataset
+from hardgen.data.manifest import build_manifest, write_manifest
 from hardgen.generator.train import TrainSettings
 from hardgen.models.base_model import build_tiny_sd
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from hardgen.app.cli import main
 from hardgen.core.io import fit_square, read_rgb
-from hardgen.data.manifest import DEMO_STYLES, make_demo_dataset, render_demo_pool
+from hardgen.data.demo import DEMO_STYLES, make_demo_dataset, render_demo_pool
 from hardgen.models.base_model import load_components, random_sd_pipeline
 from hardgen.pretrain.tiny_sd import (
     PretrainSettings,

@@ -73,7 +73,7 @@ def test_training_lowers_the_l1_and_moves_the_decoder_only():
     trained on means what it meant."""
     from diffusers import AutoencoderKL
 
-    from hardgen.data.manifest import PRETRAIN_STREAM
+    from hardgen.data.demo import PRETRAIN_STREAM
     from hardgen.pretrain.tiny_sd import latent_moments, render_pool, to_model_range
 
     settings = DecoderSettings(images=8, steps=30, batch=8, lr=5e-4, threads=1)

@@ -15,7 +15,7 @@ from test_workflow import REPO, copy_workflow, planned_jobs, snakemake
 
 from hardgen.app import rehearsal
 from hardgen.config.validation import load_config
-from hardgen.data.manifest import make_ultrasound_demo
+from hardgen.data.demo import make_ultrasound_demo
 
 FIXED = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())
 

@@ -21,10 +21,10 @@ from hardgen.config.validation import (
 )
 from hardgen.core import layout
 from hardgen.core.io import DataError
+from hardgen.data.demo import make_demo_dataset
 from hardgen.data.manifest import (
     build_manifest,
     load_manifest,
-    make_demo_dataset,
     train_subset,
     write_manifest,
 )

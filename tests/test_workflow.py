@@ -494,7 +494,7 @@ def test_gpu_profiles_give_gpu_jobs_their_cpu_threads(tmp_path):
 
 
 def test_real_overlay_dry_runs_and_checks_sizes(tmp_path):
-    from hardgen.data.manifest import make_demo_dataset
+    from hardgen.data.demo import make_demo_dataset
 
     workdir = copy_workflow(tmp_path / "wf")
     data_root = tmp_path / "PraNet data"  # a space in the path on purpose
@@ -530,7 +530,7 @@ PAPER_SEGMENT = {"archs": {"segformer": {"arch": "Segformer", "encoder": "mit_b2
 
 
 def test_paper_overlay_plans_the_authors_run(tmp_path):
-    from hardgen.data.manifest import make_demo_dataset
+    from hardgen.data.demo import make_demo_dataset
 
     workdir = copy_workflow(tmp_path / "wf")
     data_root = tmp_path / "PraNet"

@@ -2,7 +2,7 @@
 ultrasound: folders layout; both with their table), with data.demo.lesion_colour and data.demo.empty_test_fraction."""
 
 from hardgen.core.logging_utils import stage_logging
-from hardgen.data.manifest import make_demo_dataset, make_ultrasound_demo
+from hardgen.data.demo import make_demo_dataset, make_ultrasound_demo
 
 with stage_logging(snakemake.log[0]) as log:
     demo = snakemake.params.demo

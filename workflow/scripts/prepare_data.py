@@ -9,12 +9,12 @@ from hardgen.core.io import write_table
 from hardgen.core.logging_utils import stage_logging
 from hardgen.data.manifest import (
     SUBSET_COLUMNS,
-    VolumeSlicing,
     build_manifest,
     cap_test_sets,
     train_subset,
     write_manifest,
 )
+from hardgen.data.volumes import VolumeSlicing
 
 with stage_logging(snakemake.log[0]) as log:
     params = snakemake.params

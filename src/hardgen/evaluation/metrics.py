@@ -49,7 +49,7 @@ Protocols (``evaluate.protocol``, ``hardgen evaluate-maps --protocol``): everyth
 
 - maps are the sigmoid probability x 255, not min-max normalised (:data:`MAP_MIN_MAX`, what
   :func:`hardgen.segmentation.predict.save_prediction_maps` writes under this protocol), binarised at ``map >= 128``; GT: the
-  mask file by the datasets' rule (:func:`hardgen.data.manifest.decode_mask`: two values, the higher is foreground, or 0/255
+  mask file by the datasets' rule (:func:`hardgen.data.masks.decode_mask`: two values, the higher is foreground, or 0/255
   with JPEG noise; so a raw 0/1 mask scores right; prepare_data's masks are 0/255).
 - per image: ``mDice`` ``2 TP / (2 TP + FP + FN)``, ``mIoU`` (Jaccard) ``TP / (TP + FP + FN)``, ``Accuracy``
   ``(TP + TN) / N``, ``Sensitivity`` ``TP / (TP + FN)``, ``Specificity`` ``TN / (TN + FP)``; a ratio whose
@@ -292,10 +292,10 @@ def score_binary_image(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 def _read_binary_pair(pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The binarised map and the GT mask by the dataset's mask rule (:func:`hardgen.data.manifest.decode_mask`: a mask in
+    """The binarised map and the GT mask by the dataset's mask rule (:func:`hardgen.data.masks.decode_mask`: a mask in
     any two values, e.g. a 0/1 file of a raw dataset, or 0/255 with JPEG noise)."""
     from hardgen.core.io import read_values
-    from hardgen.data.manifest import decode_mask
+    from hardgen.data.masks import decode_mask
 
     pred, _ = _read_pair(pred_path, gt_path)
     try:

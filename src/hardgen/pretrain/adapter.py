@@ -292,7 +292,7 @@ def measure_mask_following(base: str | Path, lora_dir: str | Path, settings: Ada
     ``settings.heldout`` held-out masks, sampled as the workflow samples (:func:`hardgen.generator.generate.
     load_generation_pipeline`, :class:`hardgen.models.sampling.Sampling`, one seeded generator per image), against the
     held-out real images of the same masks: ``own, shuffled, margin_vs_real, dark_corners`` and the real row's."""
-    from hardgen.data.manifest import HELDOUT_STREAM
+    from hardgen.data.demo import HELDOUT_STREAM
     from hardgen.generator.generate import load_generation_pipeline
     from hardgen.models.sampling import Sampling, to_uint8
     from hardgen.scoring.mask_following import mask_following_table, measure_rows
@@ -335,7 +335,7 @@ def pretrain_adapter(
     covers the settings and the base's files).
     """
     from hardgen.core.io import atomic_folder, file_digest, folder_digests
-    from hardgen.data.manifest import PRETRAIN_STREAM
+    from hardgen.data.demo import PRETRAIN_STREAM
     from hardgen.data.train_data import encode_prompts
     from hardgen.models.base_model import load_components
     from hardgen.models.control_lora import (

@@ -191,7 +191,7 @@ def pretrain_decoder(
     from diffusers import AutoencoderKL
 
     from hardgen.core.io import atomic_folder, folder_digests
-    from hardgen.data.manifest import HELDOUT_STREAM, PRETRAIN_STREAM
+    from hardgen.data.demo import HELDOUT_STREAM, PRETRAIN_STREAM
 
     settings.check()
     base, out_dir = Path(base), Path(out_dir)

@@ -7,7 +7,7 @@ tiny UNet learns the standard DDPM epsilon loss on the VAE's scaled latents, con
 the empty prompt (dropped at ``empty_prompt_prob``, so classifier-free guidance works as in SD). The text encoder
 stays the ``tiny`` base's random-init, frozen one: one prompt needs no language model, only a fixed embedding.
 
-The images come from the demo's own renderer (:func:`hardgen.data.manifest.render_demo_pool`) on a seed stream that the
+The images come from the demo's own renderer (:func:`hardgen.data.demo.render_demo_pool`) on a seed stream that the
 demo dataset never draws from, in all five test-set styles, at ``model.resolution``. The VAE also sees the
 workflow's condition images (canny edges and masks of the same polyps), because Control-LoRA encodes its
 condition with this VAE (``control_lora.encode_condition``): the encoder must keep thin edges, not only mucosa.
@@ -121,11 +121,11 @@ class PretrainSettings:
 # ------------------------------------------------------------------------------------------------- data
 def render_pool(settings: Any, n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
     """(images ``(n, R, R, 3)`` uint8, masks ``(n, R, R)`` bool) of pool ``stream``
-    (:func:`hardgen.data.manifest.render_demo_pool` with ``settings.seed`` / ``min_size`` / ``max_size``), brought to
+    (:func:`hardgen.data.demo.render_demo_pool` with ``settings.seed`` / ``min_size`` / ``max_size``), brought to
     R = ``settings.resolution`` by :func:`hardgen.core.io.fit_square`, the workflow's one transform. Every pre-training
     (base, decoder, adapter) renders its data here."""
     from hardgen.core.io import fit_square
-    from hardgen.data.manifest import render_demo_pool
+    from hardgen.data.demo import render_demo_pool
 
     size = settings.resolution
     pool = render_demo_pool(n, settings.seed, settings.min_size, settings.max_size, stream=stream)
@@ -510,7 +510,7 @@ def pretrain_tiny_sd(
     once ``out_dir`` is saved.
     """
     from hardgen.core.io import folder_digests
-    from hardgen.data.manifest import HELDOUT_STREAM, PRETRAIN_STREAM
+    from hardgen.data.demo import HELDOUT_STREAM, PRETRAIN_STREAM
     from hardgen.data.train_data import encode_prompts
     from hardgen.models.base_model import random_sd_pipeline, save_sd_folder
 
@@ -604,7 +604,7 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "thread count give the same weights.",
         "",
         "## Data",
-        f"{s['images']} images from the demo's own renderer (`hardgen.data.manifest.render_demo_pool`, seed stream",
+        f"{s['images']} images from the demo's own renderer (`hardgen.data.demo.render_demo_pool`, seed stream",
         "`[seed, 3, i]`, which the demo dataset never draws from), the five demo styles in equal shares, raw sides",
         f"{s['min_size']}-{s['max_size']} px brought to {s['resolution']} px by `hardgen.core.io.fit_square`. The VAE also",
         f"saw {summary['condition_images']} condition images (canny {s['canny_low']}/{s['canny_high']} edges and",
