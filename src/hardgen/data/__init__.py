@@ -1,1 +1,2 @@
-"""Layer 4, data: datasets of any layout as a validated manifest, the demo's procedural data, conditions, training pairs."""
+"""Layer 4, data: datasets of any layout as a validated manifest (mask rule, volumes), the procedural demos,
+conditions, training pairs."""

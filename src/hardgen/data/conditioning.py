@@ -197,9 +197,9 @@ def generation_conditions(
     conditions table of :func:`make_conditions`); the authors sampled with the whole mask squashed to ``size``²
     (``fit`` = ``squash``, :func:`hardgen.core.io.squash_square`). For every ``real`` row the source mask (the
     manifest's, by ``source_id``) is refitted and written with its condition to
-    ``out_dir/{images,masks}/<sample_id>.png``; ``layout`` rows (already drawn at ``size`` from the cropped mask) keep their files. Same ids, same columns:
-    the generated samples are paired with these masks. Returns the table; write it with
-    :func:`write_conditions_table`.
+    ``out_dir/{images,masks}/<sample_id>.png``; ``layout`` rows (already drawn at ``size`` from the cropped mask) keep
+    their files. Same ids, same columns: the generated samples are paired with these masks. Returns the table; write
+    it with :func:`write_conditions_table`.
     """
     if kind not in CONDITION_KINDS:
         raise ValueError(f"condition.type must be one of {list(CONDITION_KINDS)}, got {kind!r}")

@@ -178,28 +178,9 @@ def _draw_vessels(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return cv2.GaussianBlur(layer, (0, 0), 0.6)
 
 
-def _render_demo_sample(
-    rng: np.random.Generator, style: DemoStyle, min_size: int, max_size: int,
-    lesion_colour: str = "distinct", lesion: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One colonoscopy-like RGB uint8 image and its bool polyp mask.
-
-    ``lesion_colour`` (``data.demo.lesion_colour``): ``distinct`` tints the polyp tissue with the style's
-    ``polyp_tint`` (redder than the mucosa: the default demo); ``matched`` keeps the mucosa's own colour, so the
-    polyp shows by its shape, its shading (the lit dome), its specular spots and a fine granular surface texture
-    (luminance only, from a generator spawned off ``rng``: the image is the ``distinct`` one everywhere outside the
-    polyp, and the mask is the same). ``lesion`` False renders a lesion-free frame (empty mask): the polyps are not
-    drawn, so the remaining draws of ``rng`` differ from the frame with a lesion.
-    """
-    if lesion_colour not in LESION_COLOURS:
-        raise ValueError(f"data.demo.lesion_colour must be one of {list(LESION_COLOURS)} (got {lesion_colour!r})")
-    matched = lesion_colour == "matched"
-    # spawned before any draw: children of the generator's seed sequence, the parent's stream is untouched
-    texture_rng = rng.spawn(1)[0] if matched else None
-    h, w = _image_size(rng, style, min_size, max_size)
+def _mucosa(rng: np.random.Generator, style: DemoStyle, h: int, w: int) -> np.ndarray:
+    """Float HxWx3 colon wall: smooth shading, haustral folds, a dark lumen, vignetting, fine texture, vessels."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    field = _octagon(h, w, rng)
-
     # Mucosa luminance: large smooth shading, folds (warped sinusoids), a dark lumen, vignetting.
     lum = 1.0 + 0.10 * _smooth_noise(rng, h, w, cell=24)
     warp = 1.2 * _smooth_noise(rng, h, w, cell=40)
@@ -219,12 +200,16 @@ def _render_demo_sample(
     img += 6.0 * np.stack([_smooth_noise(rng, h, w, cell=6) for _ in range(3)], axis=-1)  # fine texture
 
     vessels = _draw_vessels(rng, h, w)[..., None]
-    img = img * (1 - 0.55 * vessels) + np.array([120, 28, 36], np.float32) * 0.55 * vessels
+    return img * (1 - 0.55 * vessels) + np.array([120, 28, 36], np.float32) * 0.55 * vessels
 
-    # Polyps: shaded bumps (dome height map lit from one side), slightly different hue.
+
+def _add_polyps(rng: np.random.Generator, style: DemoStyle, img: np.ndarray, field: np.ndarray, tint: np.ndarray,
+                lesion: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(image, bool mask) with the style's one or two polyps drawn in: shaded bumps (a dome height map lit from one
+    side) of tissue tinted by ``tint``. The polyp count is drawn even when ``lesion`` is False (nothing drawn)."""
+    h, w = field.shape
     mask = np.zeros((h, w), bool)
     n_polyps = 2 if rng.random() < style.two_polyp_prob else 1
-    tint = np.ones(3, np.float32) if matched else np.asarray(style.polyp_tint, np.float32)
     for _ in range(n_polyps if lesion else 0):
         radius = rng.uniform(*style.polyp_radius) * min(h, w)
         shape = _polyp_shape(rng, h, w, radius) & field
@@ -237,15 +222,21 @@ def _render_demo_sample(
         alpha = cv2.GaussianBlur(shape.astype(np.float32), (0, 0), 0.8)[..., None]
         tissue = img * tint * np.clip(shade, 0.6, 1.4)[..., None]
         img = img * (1 - alpha) + tissue * alpha
+    return img, mask
 
-    if matched and mask.any():
-        # the polyp's granular surface (pit pattern): a luminance-only texture, every channel scaled alike, so the
-        # tissue keeps the mucosa's chromaticity
-        grain = 1.0 + MATCHED_GRAIN * _smooth_noise(texture_rng, h, w, cell=2.5)
-        alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)
-        img = img * (1.0 + (grain - 1.0) * alpha)[..., None]
 
-    # Specular highlights: small white blobs, half of them on polyps where the light hits.
+def _add_grain(texture_rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The matched polyp's granular surface (pit pattern): a luminance-only texture, every channel scaled alike, so
+    the tissue keeps the mucosa's chromaticity."""
+    h, w = mask.shape
+    grain = 1.0 + MATCHED_GRAIN * _smooth_noise(texture_rng, h, w, cell=2.5)
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)
+    return img * (1.0 + (grain - 1.0) * alpha)[..., None]
+
+
+def _add_speculars(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Specular highlights: small white blobs, half of them on polyps where the light hits."""
+    h, w = mask.shape
     spec = np.zeros((h, w), np.float32)
     ys_on, xs_on = np.nonzero(mask)
     for i in range(int(rng.integers(2, 7))):
@@ -257,14 +248,45 @@ def _render_demo_sample(
         axes = (int(rng.integers(1, 4)), int(rng.integers(1, 3)))
         cv2.ellipse(spec, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
     spec = cv2.GaussianBlur(spec, (0, 0), 0.7)[..., None]
-    img = img + (255.0 - img) * np.clip(spec * 1.2, 0, 1)
+    return img + (255.0 - img) * np.clip(spec * 1.2, 0, 1)
 
-    # Camera: colour cast, exposure, blur, sensor noise, then the black endoscope border.
+
+def _through_camera(rng: np.random.Generator, style: DemoStyle, img: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """Camera: colour cast, exposure, blur, sensor noise, then the black endoscope border; RGB uint8."""
     img = img * np.asarray(style.colour_cast, np.float32) * style.brightness
     img = cv2.GaussianBlur(img, (0, 0), style.blur_sigma)
     img += rng.normal(0.0, style.noise_sigma, img.shape).astype(np.float32)
     img[~field] = rng.uniform(0, 6)
-    return np.clip(img, 0, 255).round().astype(np.uint8), mask
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def _render_demo_sample(
+    rng: np.random.Generator, style: DemoStyle, min_size: int, max_size: int,
+    lesion_colour: str = "distinct", lesion: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One colonoscopy-like RGB uint8 image and its bool polyp mask.
+
+    ``lesion_colour`` (``data.demo.lesion_colour``): ``distinct`` tints the polyp tissue with the style's
+    ``polyp_tint`` (redder than the mucosa: the default demo); ``matched`` keeps the mucosa's own colour, so the
+    polyp shows by its shape, its shading (the lit dome), its specular spots and a fine granular surface texture
+    (luminance only, from a generator spawned off ``rng``: the image is the ``distinct`` one everywhere outside the
+    polyp, and the mask is the same). ``lesion`` False renders a lesion-free frame (empty mask): the polyps are not
+    drawn, so the remaining draws of ``rng`` differ from the frame with a lesion.
+    """
+    if lesion_colour not in LESION_COLOURS:
+        raise ValueError(f"data.demo.lesion_colour must be one of {list(LESION_COLOURS)} (got {lesion_colour!r})")
+    matched = lesion_colour == "matched"
+    # spawned before any draw: children of the generator's seed sequence, the parent's stream is untouched
+    texture_rng = rng.spawn(1)[0] if matched else None
+    h, w = _image_size(rng, style, min_size, max_size)
+    field = _octagon(h, w, rng)
+    img = _mucosa(rng, style, h, w)
+    tint = np.ones(3, np.float32) if matched else np.asarray(style.polyp_tint, np.float32)
+    img, mask = _add_polyps(rng, style, img, field, tint, lesion)
+    if matched and mask.any():
+        img = _add_grain(texture_rng, img, mask)
+    img = _add_speculars(rng, img, mask)
+    return _through_camera(rng, style, img, field), mask
 
 
 def _write_demo_pair(folder_image: Path, folder_mask: Path, stem: str, index: int,
@@ -518,6 +540,7 @@ def render_demo_pool(
     pool = []
     for i in tqdm(range(n), desc=f"demo pool (stream {stream})", unit="img"):
         name = names[i % len(names)]
-        image, mask = _render_demo_sample(np.random.default_rng([seed, stream, i]), DEMO_STYLES[name], min_size, max_size)
+        rng = np.random.default_rng([seed, stream, i])
+        image, mask = _render_demo_sample(rng, DEMO_STYLES[name], min_size, max_size)
         pool.append((name, image, mask))
     return pool

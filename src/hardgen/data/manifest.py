@@ -217,6 +217,139 @@ def _check_pair(image_path: Path, mask_path: Path, problems: list[str],
     return image.shape[1], image.shape[0], float(mask.mean()), mask, differs
 
 
+def _check_arguments(root: Path, testsets: Sequence[str], layout: str, train_splits: list[str]) -> None:
+    """Raise DataError naming the config key when :func:`build_manifest`'s layout, splits or root cannot work."""
+    if layout not in LAYOUTS:
+        raise DataError(f"data.layout: {layout!r} is not one of {list(LAYOUTS)}")
+    if layout == "pranet" and train_splits != [TRAIN_SPLIT]:
+        raise DataError(f"data.train_splits: the pranet layout has one training split, {TRAIN_SPLIT!r} "
+                        f"(got {train_splits})")
+    if not train_splits or len(set(train_splits)) != len(train_splits):
+        raise DataError(f"data.train_splits: need one or more distinct names (got {train_splits})")
+    for name in testsets:
+        if name == TRAIN_SPLIT or name in train_splits:
+            raise DataError(f"data.testsets: test set {name!r} is also a training split name")
+    if layout == "table":
+        if not root.is_file():
+            raise DataError(f"{root}: dataset table (data.root, layout table) not found")
+    elif not root.is_dir():
+        raise DataError(f"{root}: dataset root (data.root) not found")
+
+
+def _layout_pairs(root: Path, testsets: Sequence[str], layout: str, train_splits: list[str], problems: list[str],
+                  log: logging.Logger) -> list[tuple[str, Path, Path, str]]:
+    """(source split, image, mask, stem) of every pair the layout lists; problems appended."""
+    if layout == "pranet":
+        return _pranet_pairs(root, testsets, problems, log)
+    if layout == "folders":
+        splits = [(s, root / s / FOLDER_IMAGE_DIR, root / s / FOLDER_MASK_DIR) for s in [*train_splits, *testsets]]
+        return _folder_pairs(splits, problems, log, "split folder", "training split folder", train_splits)
+    return _table_pairs(root, [*train_splits, *testsets], problems, log)
+
+
+def _cross_split_problems(found: Sequence[tuple[str, Path, Path, str]]) -> list[str]:
+    """One problem per file (or volume) listed in more than one split."""
+    problems = []
+    split_of: dict[Path, str] = {}
+    for split, image_path, mask_path, _ in found:
+        for path in (image_path, mask_path):
+            first = split_of.setdefault(path.resolve(), split)
+            if first != split:
+                problems.append(f"{path}: listed in splits {first!r} and {split!r}; a file (or volume) may "
+                                "belong to one split only")
+    return problems
+
+
+def _convert(converted: Path | None, sample_id: str, image: np.ndarray | None, mask: np.ndarray | None,
+             image_path: Path, mask_path: Path) -> tuple[Path, Path]:
+    """Write the given 8-bit image and/or 0/255 mask of a pair under ``converted``; the pair's paths afterwards."""
+    if converted is None:
+        raise DataError(f"{image_path} / {mask_path}: this pair must be converted to 8-bit PNGs but no "
+                        "folder for converted pairs was given")
+    out_image, out_mask = image_path, mask_path
+    if image is not None:
+        out_image = converted / CONVERTED_IMAGE_DIR / f"{sample_id}.png"
+        write_image(out_image, image)
+    if mask is not None:
+        out_mask = converted / CONVERTED_MASK_DIR / f"{sample_id}.png"
+        write_mask(out_mask, mask)
+    return out_image, out_mask
+
+
+def _pair_rows(
+    sample_id: str, split: str, image_path: Path, mask_path: Path, problems: list[str], *,
+    foreground: Sequence[int] | None, window: Sequence[float] | None, volume: VolumeSlicing,
+    converted: Path | None, seed: int,
+) -> list[dict[str, object]]:
+    """The manifest rows of one listed pair: one for a 2D pair, one per kept slice of a volume pair, none for an
+    invalid pair (its problems appended; a DataError of a conversion or a volume propagates)."""
+    is_volume = volume_suffix(image_path) is not None
+    if is_volume != (volume_suffix(mask_path) is not None):
+        problems.append(f"{image_path} / {mask_path}: an image and its mask must both be NIfTI volumes or both 2D")
+        return []
+    if is_volume:
+        rows = []
+        for k, image, mask in volume_slices(image_path, mask_path, sample_id, window, foreground, volume, seed):
+            slice_id = f"{sample_id}-s{k:04d}"
+            out_image, out_mask = _convert(converted, slice_id, image, mask, image_path, mask_path)
+            rows.append({"id": slice_id, "split": split, "image": str(out_image), "mask": str(out_mask),
+                         "width": image.shape[1], "height": image.shape[0], "fg_fraction": float(mask.mean())})
+        return rows
+    checked = _check_pair(image_path, mask_path, problems, foreground)
+    if checked is None:
+        return []
+    width, height, fg_fraction, mask, mask_differs = checked
+    image = None
+    # 16-bit images: converted whenever there is a folder for it (prepare_data) or a window to apply;
+    # without either, hardgen.core.io.read_rgb gives every stage the same 8-bit values from the original file
+    if (converted is not None or window is not None) and _needs_rgb_conversion(image_path):
+        from hardgen.core.io import read_values
+
+        image = to_uint8(read_values(image_path), window)
+    if image is not None or mask_differs:
+        image_path, mask_path = _convert(converted, sample_id, image, mask if mask_differs else None, image_path,
+                                         mask_path)
+    return [{"id": sample_id, "split": split, "image": str(image_path), "mask": str(mask_path),
+             "width": width, "height": height, "fg_fraction": fg_fraction}]
+
+
+def _manifest_frame(
+    found: Sequence[tuple[str, Path, Path, str]], train_splits: Sequence[str], problems: list[str], *,
+    foreground: Sequence[int] | None, window: Sequence[float] | None, volume: VolumeSlicing,
+    converted: Path | None, seed: int,
+) -> pd.DataFrame:
+    """The manifest of the listed pairs (:func:`_pair_rows` each, every training split as ``train``); problems
+    appended."""
+    rows: list[dict[str, object]] = []
+    for split, image_path, mask_path, stem in tqdm(found, desc="manifest", unit="pair"):
+        out_split = TRAIN_SPLIT if split in train_splits else split
+        sample_id = f"{slug(split)}-{slug(stem)}"
+        try:
+            rows += _pair_rows(sample_id, out_split, image_path, mask_path, problems, foreground=foreground,
+                               window=window, volume=volume, converted=converted, seed=seed)
+        except DataError as err:
+            problems.append(str(err))
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+
+
+def _size_problems(frame: pd.DataFrame, expected_sizes: Mapping[str, int] | None, testsets: Sequence[str],
+                   root: Path) -> list[str]:
+    """One problem per split whose pair count differs from ``data.expected_sizes`` (or that it does not know)."""
+    if not expected_sizes:
+        return []
+    problems = []
+    found_sizes = {s: int((frame["split"] == s).sum()) for s in [TRAIN_SPLIT, *testsets]}
+    for split, expected in expected_sizes.items():
+        if expected is None:  # explicitly no expectation (an overlay clearing another dataset's test sets)
+            continue
+        if split not in found_sizes:
+            problems.append(f"data.expected_sizes: unknown split {split!r} (known: {sorted(found_sizes)})")
+        elif found_sizes[split] != int(expected):
+            problems.append(f"data.expected_sizes[{split!r}]: expected {int(expected)} pairs, "
+                            f"found {found_sizes[split]} under {root}")
+    return problems
+
+
 def build_manifest(
     root: str | Path,
     testsets: Sequence[str],
@@ -267,106 +400,20 @@ def build_manifest(
     """
     log = log or LOG
     root = Path(root).resolve()
-    if layout not in LAYOUTS:
-        raise DataError(f"data.layout: {layout!r} is not one of {list(LAYOUTS)}")
     train_splits = list(train_splits)
-    if layout == "pranet" and train_splits != [TRAIN_SPLIT]:
-        raise DataError(f"data.train_splits: the pranet layout has one training split, {TRAIN_SPLIT!r} "
-                        f"(got {train_splits})")
-    if not train_splits or len(set(train_splits)) != len(train_splits):
-        raise DataError(f"data.train_splits: need one or more distinct names (got {train_splits})")
-    for name in testsets:
-        if name == TRAIN_SPLIT or name in train_splits:
-            raise DataError(f"data.testsets: test set {name!r} is also a training split name")
-    if layout == "table":
-        if not root.is_file():
-            raise DataError(f"{root}: dataset table (data.root, layout table) not found")
-    elif not root.is_dir():
-        raise DataError(f"{root}: dataset root (data.root) not found")
+    _check_arguments(root, testsets, layout, train_splits)
     volume = volume or VolumeSlicing()
 
     problems: list[str] = []
-    if layout == "pranet":
-        found = _pranet_pairs(root, testsets, problems, log)
-    elif layout == "folders":
-        splits = [(s, root / s / FOLDER_IMAGE_DIR, root / s / FOLDER_MASK_DIR) for s in [*train_splits, *testsets]]
-        found = _folder_pairs(splits, problems, log, "split folder", "training split folder", train_splits)
-    else:
-        found = _table_pairs(root, [*train_splits, *testsets], problems, log)
-
-    split_of: dict[Path, str] = {}
-    for split, image_path, mask_path, _ in found:
-        for path in (image_path, mask_path):
-            first = split_of.setdefault(path.resolve(), split)
-            if first != split:
-                problems.append(f"{path}: listed in splits {first!r} and {split!r}; a file (or volume) may "
-                                "belong to one split only")
-
+    found = _layout_pairs(root, testsets, layout, train_splits, problems, log)
+    problems += _cross_split_problems(found)
     converted = Path(converted).resolve() if converted is not None else None  # the manifest's paths are absolute
-    rows: list[dict[str, object]] = []
-
-    def convert(sample_id: str, image: np.ndarray | None, mask: np.ndarray | None,
-                image_path: Path, mask_path: Path) -> tuple[Path, Path]:
-        if converted is None:
-            raise DataError(f"{image_path} / {mask_path}: this pair must be converted to 8-bit PNGs but no "
-                            "folder for converted pairs was given")
-        out_image, out_mask = image_path, mask_path
-        if image is not None:
-            out_image = converted / CONVERTED_IMAGE_DIR / f"{sample_id}.png"
-            write_image(out_image, image)
-        if mask is not None:
-            out_mask = converted / CONVERTED_MASK_DIR / f"{sample_id}.png"
-            write_mask(out_mask, mask)
-        return out_image, out_mask
-
-    for split, image_path, mask_path, stem in tqdm(found, desc="manifest", unit="pair"):
-        out_split = TRAIN_SPLIT if split in train_splits else split
-        sample_id = f"{slug(split)}-{slug(stem)}"
-        is_volume = volume_suffix(image_path) is not None
-        if is_volume != (volume_suffix(mask_path) is not None):
-            problems.append(f"{image_path} / {mask_path}: an image and its mask must both be NIfTI volumes or both 2D")
-            continue
-        try:
-            if is_volume:
-                for k, image, mask in volume_slices(image_path, mask_path, sample_id, window, foreground, volume, seed):
-                    slice_id = f"{sample_id}-s{k:04d}"
-                    out_image, out_mask = convert(slice_id, image, mask, image_path, mask_path)
-                    rows.append({"id": slice_id, "split": out_split, "image": str(out_image), "mask": str(out_mask),
-                                 "width": image.shape[1], "height": image.shape[0], "fg_fraction": float(mask.mean())})
-                continue
-            checked = _check_pair(image_path, mask_path, problems, foreground)
-            if checked is None:
-                continue
-            width, height, fg_fraction, mask, mask_differs = checked
-            image = None
-            # 16-bit images: converted whenever there is a folder for it (prepare_data) or a window to apply;
-            # without either, hardgen.core.io.read_rgb gives every stage the same 8-bit values from the original file
-            if (converted is not None or window is not None) and _needs_rgb_conversion(image_path):
-                from hardgen.core.io import read_values
-
-                image = to_uint8(read_values(image_path), window)
-            if image is not None or mask_differs:
-                image_path, mask_path = convert(sample_id, image, mask if mask_differs else None, image_path, mask_path)
-        except DataError as err:
-            problems.append(str(err))
-            continue
-        rows.append({"id": sample_id, "split": out_split, "image": str(image_path), "mask": str(mask_path),
-                     "width": width, "height": height, "fg_fraction": fg_fraction})
-    frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-
+    frame = _manifest_frame(found, train_splits, problems, foreground=foreground, window=window, volume=volume,
+                            converted=converted, seed=seed)
     duplicated = frame["id"][frame["id"].duplicated()].tolist()
     if duplicated:
         problems.append(f"{root}: ids not unique after slugging: {duplicated}")
-    if expected_sizes:
-        found_sizes = {s: int((frame["split"] == s).sum()) for s in [TRAIN_SPLIT, *testsets]}
-        for split, expected in expected_sizes.items():
-            if expected is None:  # explicitly no expectation (an overlay clearing another dataset's test sets)
-                continue
-            if split not in found_sizes:
-                problems.append(f"data.expected_sizes: unknown split {split!r} (known: {sorted(found_sizes)})")
-            elif found_sizes[split] != int(expected):
-                problems.append(f"data.expected_sizes[{split!r}]: expected {int(expected)} pairs, "
-                                f"found {found_sizes[split]} under {root}")
+    problems += _size_problems(frame, expected_sizes, testsets, root)
     if problems:
         raise DataError(f"{root}: {len(problems)} problem(s) in the dataset:\n  - " + "\n  - ".join(problems))
 
