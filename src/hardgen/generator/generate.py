@@ -129,7 +129,6 @@ def run_shard(
     """
     table = read_conditions(conditions).set_index("sample_id")
     out_dir = Path(out_dir)
-    images_dir, masks_dir, picks_dir = out_dir / "images", out_dir / "masks", out_dir / "mining"
     chunks = shard_chunks(table.index, batch_size, shard_index, n_shards)
     own_seeds = {sid: int(table.at[sid, SEED_COLUMN]) if SEED_COLUMN in table.columns else sample_seed(sid, seed)
                  for chunk in chunks for sid in chunk}
@@ -141,51 +140,24 @@ def run_shard(
     )
     with progress:
         for chunk in chunks:
-            image_paths = [images_dir / f"{sid}.png" for sid in chunk]
-            mask_paths = [masks_dir / f"{sid}.png" for sid in chunk]
-            pick_paths = [picks_dir / f"{sid}.json" for sid in chunk]
+            image_paths = [out_dir / "images" / f"{sid}.png" for sid in chunk]
+            mask_paths = [out_dir / "masks" / f"{sid}.png" for sid in chunk]
+            pick_paths = [out_dir / "mining" / f"{sid}.json" for sid in chunk]
             missing = [i for i, p in enumerate(image_paths) if not p.exists()]
             picks_missing = pick_noise is not None and not all(p.exists() for p in pick_paths)
             if missing or picks_missing or not all(p.exists() for p in mask_paths):
-                masks = [resize_mask(table.at[sid, "mask"], resolution) for sid in chunk]
-                for mask, mask_path in zip(masks, mask_paths):
-                    if not mask_path.exists():
-                        write_mask(mask_path, mask)
+                masks = _write_masks(table, chunk, mask_paths, resolution)
             if missing or picks_missing:
                 condition_images = load_conditions([table.at[sid, "condition"] for sid in chunk], resolution)
-                picks = [PickedNoise(own_seeds[sid]) for sid in chunk]
-                if pick_noise is not None:
-                    started = time.perf_counter()
-                    picks = list(pick_noise(condition_images, masks, [own_seeds[sid] for sid in chunk]))
-                    seconds["mining"] += time.perf_counter() - started
-                    if len(picks) != len(chunk):
-                        raise RuntimeError(f"noise picker returned {len(picks)} choices for {len(chunk)} samples")
-                    for pick, path in zip(picks, pick_paths):
-                        if not path.exists():
-                            write_json(path, {"seed": pick.seed, "candidate": pick.candidate,
-                                              "mining_score": pick.score})
-                # CPU generators: the same noise on any device, and independent of batch neighbours
-                generators = [torch.Generator("cpu").manual_seed(pick.seed) for pick in picks]
-                started = time.perf_counter()
-                images = np.asarray(render_batch(condition_images, generators, masks))
-                seconds["rendering"] += time.perf_counter() - started
-                expected = (len(chunk), resolution, resolution, 3)
-                if images.shape != expected or images.dtype != np.uint8:
-                    raise RuntimeError(f"renderer returned {images.dtype} {images.shape}, expected uint8 {expected}")
+                picks = _picked_noise(pick_noise, condition_images, masks, [own_seeds[sid] for sid in chunk],
+                                      pick_paths, seconds)
+                images = _render_chunk(render_batch, condition_images, picks, masks, resolution, seconds)
                 for i in missing:
                     write_image(image_paths[i], images[i])
                 rendered += len(chunk)
                 written += len(missing)
-            for sid, image_path, mask_path, pick_path in zip(chunk, image_paths, mask_paths, pick_paths):
-                row = {"sample_id": sid, "image": str(image_path), "mask": str(mask_path),
-                       "condition": str(table.at[sid, "condition"]), "variant": variant}
-                if pick_noise is None:
-                    row[SEED_COLUMN] = own_seeds[sid]
-                else:
-                    pick = _read_pick(pick_path)
-                    row |= {SEED_COLUMN: pick["seed"], "candidate": pick["candidate"],
-                            "mining_score": pick["mining_score"]}
-                rows.append(row)
+            rows += _chunk_rows(table, chunk, image_paths, mask_paths, pick_paths, variant, own_seeds,
+                                mined=pick_noise is not None)
             progress.update(len(chunk))
     log.info(
         "%s shard %d/%d: %d samples, %d rendered, %d images written, %d already present; wall seconds: "
@@ -195,6 +167,64 @@ def run_shard(
     )
     columns = MANIFEST_COLUMNS + [SEED_COLUMN] + (MINING_COLUMNS if pick_noise is not None else [])
     return pd.DataFrame(rows, columns=columns)
+
+
+def _write_masks(table: pd.DataFrame, chunk: list[str], mask_paths: list[Path], resolution: int) -> list[np.ndarray]:
+    """The chunk's masks at ``resolution`` (:func:`resize_mask`), the ones not on disk yet written."""
+    masks = [resize_mask(table.at[sid, "mask"], resolution) for sid in chunk]
+    for mask, mask_path in zip(masks, mask_paths):
+        if not mask_path.exists():
+            write_mask(mask_path, mask)
+    return masks
+
+
+def _picked_noise(pick_noise: PickNoise | None, condition_images: list[np.ndarray], masks: list[np.ndarray],
+                  own_seeds: list[int], pick_paths: list[Path], seconds: dict[str, float]) -> list[PickedNoise]:
+    """Each sample's initial noise: its own seed, or ``pick_noise``'s choice (written to ``pick_paths`` where absent;
+    its wall time added to ``seconds["mining"]``)."""
+    if pick_noise is None:
+        return [PickedNoise(s) for s in own_seeds]
+    started = time.perf_counter()
+    picks = list(pick_noise(condition_images, masks, own_seeds))
+    seconds["mining"] += time.perf_counter() - started
+    if len(picks) != len(own_seeds):
+        raise RuntimeError(f"noise picker returned {len(picks)} choices for {len(own_seeds)} samples")
+    for pick, path in zip(picks, pick_paths):
+        if not path.exists():
+            write_json(path, {"seed": pick.seed, "candidate": pick.candidate, "mining_score": pick.score})
+    return picks
+
+
+def _render_chunk(render_batch: RenderBatch, condition_images: list[np.ndarray], picks: list[PickedNoise],
+                  masks: list[np.ndarray], resolution: int, seconds: dict[str, float]) -> np.ndarray:
+    """(B, H, W, 3) uint8 images of the chunk from the picked noises, checked; wall time added to
+    ``seconds["rendering"]``."""
+    # CPU generators: the same noise on any device, and independent of batch neighbours
+    generators = [torch.Generator("cpu").manual_seed(pick.seed) for pick in picks]
+    started = time.perf_counter()
+    images = np.asarray(render_batch(condition_images, generators, masks))
+    seconds["rendering"] += time.perf_counter() - started
+    expected = (len(picks), resolution, resolution, 3)
+    if images.shape != expected or images.dtype != np.uint8:
+        raise RuntimeError(f"renderer returned {images.dtype} {images.shape}, expected uint8 {expected}")
+    return images
+
+
+def _chunk_rows(table: pd.DataFrame, chunk: list[str], image_paths: list[Path], mask_paths: list[Path],
+                pick_paths: list[Path], variant: str, own_seeds: dict[str, int], *,
+                mined: bool) -> list[dict[str, Any]]:
+    """The shard manifest's rows of a chunk (a mined sample's seed and score from its pick file)."""
+    rows = []
+    for sid, image_path, mask_path, pick_path in zip(chunk, image_paths, mask_paths, pick_paths):
+        row = {"sample_id": sid, "image": str(image_path), "mask": str(mask_path),
+               "condition": str(table.at[sid, "condition"]), "variant": variant}
+        if not mined:
+            row[SEED_COLUMN] = own_seeds[sid]
+        else:
+            pick = _read_pick(pick_path)
+            row |= {SEED_COLUMN: pick["seed"], "candidate": pick["candidate"], "mining_score": pick["mining_score"]}
+        rows.append(row)
+    return rows
 
 
 def _read_pick(path: Path) -> dict[str, Any]:
@@ -314,6 +344,56 @@ def pipeline_renderer(
     return render
 
 
+def _check_shard_arguments(resolution: int, variant: str, steps: int, device: str | torch.device | None,
+                           dtype: str | torch.dtype | None, mining: MiningSettings | None,
+                           guidance: GuidanceSettings | None, judge: Callable[[torch.device], ScoreFn] | None) -> None:
+    """Raise ValueError, naming the setting, on arguments :func:`generate_shard` cannot work with."""
+    if resolution < 8:
+        raise ValueError(f"model.resolution must be >= 8, got {resolution}")
+    if mining is not None and guidance is not None:
+        raise ValueError(f"variant {variant!r}: give mining or guidance settings, not both")
+    if (mining is not None or guidance is not None) and judge is None:
+        raise ValueError(f"variant {variant!r}: mining and guidance need a judge (the in-loss backbones)")
+    if mining is not None:
+        mining.check(steps)
+    if guidance is not None:
+        guidance.check()
+    check_generation_dtype(device, dtype)
+
+
+def _variant_renderer(
+    pipe: ControlLoraPipeline | ControlLoraXLPipeline, sampling: Sampling, mining: MiningSettings | None,
+    guidance: GuidanceSettings | None, judge: Callable[[torch.device], ScoreFn] | None, batch_size: int,
+) -> tuple[RenderBatch, PickNoise | None]:
+    """(renderer, noise picker) of a variant on a loaded pipeline: the plain pipeline renderer, with ``mining`` a
+    noise picker, with ``guidance`` the guided renderer instead (both scoring with ``judge(pipe.device)``)."""
+    render = pipeline_renderer(
+        pipe, prompt=sampling.prompt, resolution=sampling.resolution, steps=sampling.steps,
+        guidance_scale=sampling.guidance_scale, condition_scale=sampling.condition_scale,
+    )
+    if mining is None and guidance is None:
+        return render, None
+    from hardgen.generator import mining as mining_module
+
+    score = judge(pipe.device)
+    if mining is not None:
+        return render, mining_module.noise_picker(pipe, sampling, score, mining, batch_size=batch_size)
+    return mining_module.guided_renderer(pipe, sampling, score, guidance), None
+
+
+def _finished_shard_renderer(mining: MiningSettings | None) -> tuple[RenderBatch, PickNoise | None]:
+    """(renderer, noise picker) of a shard whose every image (and mining record) exists: both raise if called."""
+    def render(condition_images: list[np.ndarray], generators: list[torch.Generator],
+               masks: list[np.ndarray]) -> np.ndarray:
+        raise RuntimeError("internal: no image was missing, yet a batch was to be rendered")
+
+    def pick_noise(condition_images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]) -> list[PickedNoise]:
+        raise RuntimeError("internal: every mining record exists, yet a chunk was to be mined")
+
+    # a finished mined shard: its choices are read back from the records
+    return render, pick_noise if mining is not None else None
+
+
 def generate_shard(
     base: str | Path,
     lora_path: str | Path,
@@ -352,17 +432,7 @@ def generate_shard(
     latents while sampling (``guided``). Both score with ``judge(device)``, a differentiable
     ``(images01, masks) -> (B,)`` discrepancy built once per shard (:func:`hardgen.generator.mining.load_judge`).
     """
-    if resolution < 8:
-        raise ValueError(f"model.resolution must be >= 8, got {resolution}")
-    if mining is not None and guidance is not None:
-        raise ValueError(f"variant {variant!r}: give mining or guidance settings, not both")
-    if (mining is not None or guidance is not None) and judge is None:
-        raise ValueError(f"variant {variant!r}: mining and guidance need a judge (the in-loss backbones)")
-    if mining is not None:
-        mining.check(steps)
-    if guidance is not None:
-        guidance.check()
-    check_generation_dtype(device, dtype)
+    _check_shard_arguments(resolution, variant, steps, device, dtype, mining, guidance, judge)
     table = planned_samples(plan, conditions_df) if plan is not None else read_conditions(conditions_df)
     chunks = shard_chunks(table["sample_id"], batch_size, shard_index, n_shards)
     out_dir = Path(out_dir)
@@ -370,32 +440,14 @@ def generate_shard(
     needs_model = any(not (out_dir / "images" / f"{sid}.png").exists() for chunk in chunks for sid in chunk)
     if mining is not None:
         needs_model |= any(not (out_dir / "mining" / f"{sid}.json").exists() for chunk in chunks for sid in chunk)
-    pick_noise: PickNoise | None = None
     if needs_model:
         # the LoRA is fixed for the whole shard: fuse it once, unless a condition scale must act per layer call
         pipe = load_generation_pipeline(base, lora_path, family=family, device=device, dtype=dtype, vae=vae,
                                         fuse=condition_scale == 1.0)
         sampling = Sampling(prompt, resolution, steps, guidance_scale, condition_scale)
-        render = pipeline_renderer(
-            pipe, prompt=prompt, resolution=resolution, steps=steps,
-            guidance_scale=guidance_scale, condition_scale=condition_scale,
-        )
-        if mining is not None or guidance is not None:
-            from hardgen.generator import mining as mining_module
-            score = judge(pipe.device)
-            if mining is not None:
-                pick_noise = mining_module.noise_picker(pipe, sampling, score, mining, batch_size=batch_size)
-            else:
-                render = mining_module.guided_renderer(pipe, sampling, score, guidance)
+        render, pick_noise = _variant_renderer(pipe, sampling, mining, guidance, judge, batch_size)
     else:
-        def render(condition_images: list[np.ndarray], generators: list[torch.Generator],
-                   masks: list[np.ndarray]) -> np.ndarray:
-            raise RuntimeError("internal: no image was missing, yet a batch was to be rendered")
-
-        if mining is not None:  # a finished mined shard: its choices are read back from the records
-            def pick_noise(condition_images: list[np.ndarray], masks: list[np.ndarray],
-                           seeds: list[int]) -> list[PickedNoise]:
-                raise RuntimeError("internal: every mining record exists, yet a chunk was to be mined")
+        render, pick_noise = _finished_shard_renderer(mining)
     return run_shard(
         render, table, shard_index, n_shards, out_dir,
         resolution=resolution, variant=variant, seed=seed, batch_size=batch_size, pick_noise=pick_noise,
