@@ -12,7 +12,7 @@ from hardgen.core import registry
 from hardgen.report.tables import POLICY_ORDER, VARIANT_ORDER
 from hardgen.scoring.filter import HARD_POLICIES, POLICIES, VARIANT_POLICIES
 
-SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" /
+SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "src" / "hardgen" / "config" /
                          "config.schema.yaml").read_text())["properties"]
 
 
@@ -22,11 +22,10 @@ def test_the_schema_enums_are_the_registry():
 
 
 def test_every_key_a_variant_or_policy_reads_is_a_config_key():
-    generation, model = SCHEMA["generation"]["properties"], SCHEMA["model"]["properties"]
+    generation = SCHEMA["generation"]["properties"]
     for variant in registry.VARIANTS.values():
         assert set(variant.generation_keys) <= set(generation), variant.name
         assert variant.lora in registry.VARIANTS and registry.VARIANTS[variant.lora].trains
-    assert set(registry.MODEL_KEYS) <= set(model)
     for policy in registry.POLICIES.values():
         assert set(policy.keys) <= set(SCHEMA["filter"]["properties"]), policy.name
         assert policy.source is None or policy.source in registry.VARIANTS
@@ -46,27 +45,3 @@ def test_trained_loras_and_what_each_variant_samples():
     assert [v.name for v in registry.VARIANTS.values() if v.uses_backbones] == ["mined", "guided"]
     assert registry.VARIANTS["mined"].generation_keys[-2:] == ("candidates", "mining_steps")
     assert registry.ordered(["x", "guided", "plain"], registry.VARIANTS) == ["plain", "guided", "x"]
-
-
-def test_a_segmenter_job_is_given_every_segment_key_a_run_reads():
-    import re
-
-    from hardgen.segmentation.segment import ARCH_RECIPE_KEYS
-
-    common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
-    declared = re.search(r"SEGMENT_RUN_KEYS = \(([^)]*)\)", common).group(1)
-    keys = set(re.findall(r'"(\w+)"', declared))
-    assert keys == {"size", "augment", *ARCH_RECIPE_KEYS}
-
-
-def test_the_training_jobs_are_given_every_train_and_hard_key_and_no_other():
-    import re
-
-    from hardgen.generator.stages import FINETUNE_TRAIN_KEYS, PLAIN_TRAIN_KEYS
-
-    # the plain training reads every train.* key; a fine-tuning every one but train.steps (its own section's steps)
-    assert sorted(PLAIN_TRAIN_KEYS) == sorted(SCHEMA["train"]["properties"])
-    assert sorted(FINETUNE_TRAIN_KEYS) == sorted(set(SCHEMA["train"]["properties"]) - {"steps"})
-    common = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "common.smk").read_text()
-    declared = re.search(r"HARD_KEYS = \(([^)]*)\)", common).group(1)
-    assert sorted(re.findall(r'"(\w+)"', declared)) == sorted(SCHEMA["hard"]["properties"])

@@ -1,10 +1,10 @@
 """Every key of the config schema is read by some stage, and every key is described.
 
 A key nobody reads is a promise the workflow does not keep (a user sets it and nothing changes), so the
-schema is walked leaf by leaf and each leaf must be read in the workflow or the library: either as a
-subscript of its section (``config["model"]["vae"]``, ``model["vae"]``, or the section's local name in the
-code that receives it, such as ``finetune["steps"]`` for ``hard``/``feedback``), or through the explicit
-key list of the code that maps a whole section (``stages.TRAIN_KEYS``, ``features._SPEC_FIELDS``).
+schema is walked leaf by leaf and each leaf must be read in the workflow or the library: as a job's param (its
+settings field names the jobs that read it: hardgen.config.settings, ``read_by``), as an attribute of its settings
+section (``SETTINGS.model.vae``, ``finetune.steps``), or as a subscript of its section (``config["model"]["vae"]``,
+``model["vae"]``, or the section's local name in the code that receives it, such as ``demo["n_train"]``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hardgen.config import settings as st
+
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "src" / "hardgen" / "config" / "config.schema.yaml").read_text())
 
 #: The local names a section's mapping goes by where it is consumed (params, function arguments).
 ALIASES = {
@@ -67,33 +69,45 @@ def leaves(node: dict | None = None, path: tuple[str, ...] = ()) -> list[tuple[t
 
 def _code() -> str:
     files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk")),
-             *sorted((REPO / "workflow" / "scripts").glob("*.py")), *sorted((REPO / "src" / "hardgen").glob("*.py"))]
+             *sorted((REPO / "workflow" / "scripts").glob("*.py")), *sorted((REPO / "src" / "hardgen").rglob("*.py"))]
     return "\n".join(f.read_text() for f in files)
 
 
 CODE = _code()
 
 
-def _key_list(name: str) -> str:
-    """The text of a module-level tuple such as ``TRAIN_KEYS = (...)``."""
-    match = re.search(rf"^{name}\b[^=]*=\s*\((.*?)\)\n", CODE, re.S | re.M)
-    assert match, f"{name} not found"
-    return match.group(1)
+def settings_field(path: tuple[str, ...]):
+    """The settings field of a schema key (None when the settings have no such key)."""
+    cls: type[st.Section] = st.Settings
+    f = None
+    for part in path:
+        if part == "*":
+            continue
+        fields = cls.keys()
+        if part not in fields:
+            return None
+        f = fields[part]
+        cls = f.metadata["section"] or f.metadata["entries"] or cls
+    return f
 
 
 def is_read(path: tuple[str, ...]) -> bool:
     *parents, key = path
+    f = settings_field(path)
+    if f is not None and f.metadata["read_by"]:
+        return True  # a job's param: its rule's params derive from the field
     section = ".".join(parents) if "*" in parents else (parents[-1] if parents else "")
     quoted = rf"\[\s*[\"']{re.escape(key)}[\"']\s*\]"
     patterns = [rf"[\"']{re.escape(parents[-1])}[\"']\s*\]\s*{quoted}"] if parents and parents[-1] != "*" else []
     for alias in ALIASES[section]:
         patterns += [rf"\b{alias}\s*{quoted}", rf"\b{alias}\.get\(\s*[\"']{re.escape(key)}[\"']"]
-    if any(re.search(p, CODE) for p in patterns):
-        return True
-    lists = {"train": ["TRAIN_KEYS"], "backbones.*": ["_SPEC_FIELDS", "LOSS_FIELDS"],
-             # per-arch recipes: segment.* and segment.archs.<key>.* of the same names (segment.resolve_recipe)
-             "segment": ["ARCH_RECIPE_KEYS"], "segment.archs.*": ["ARCH_RECIPE_KEYS", "ARCH_KEYS"]}.get(section, [])
-    return any(re.search(rf"[\"']{re.escape(key)}[\"']", _key_list(name)) for name in lists)
+    if f is not None:
+        # a settings attribute: SETTINGS.<section>.<field>, or the section's local name in code (never its schema name,
+        # which prose such as "data.root" also spells)
+        owners = ["SETTINGS" + "".join(r"\[[^\]]+\]" if part == "*" else rf"\.{part}" for part in parents)]
+        owners += [rf"\b{alias}" for alias in ALIASES[section] if alias not in ("config", *parents)]
+        patterns += [rf"{owner}\.{re.escape(f.name)}\b" for owner in owners]
+    return any(re.search(p, CODE) for p in patterns)
 
 
 LEAVES = leaves()

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from hardgen.config.settings import UNREAD, Settings
 from hardgen.config.validation import load_config
 from hardgen.core.io import reset_if_changed
 from hardgen.generator import stages
@@ -22,32 +23,44 @@ def real(repo_root):
     return load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "sd15-polyp.yaml"])
 
 
-def settings_for(config, mode, tmp_path, **extra):
+def job_for(config, mode, *, loss_backbones=None):
+    """The LoraJob of a training rule, from the params workflow/rules/train.smk gives it."""
+    s = Settings.from_config(config)
+    params = dict(base="b", model=s.model.params("generator"), lora=s.lora.params("adapters"),
+                  train=s.train.params("plain" if mode == "plain" else "finetune"), seed=s.seed,
+                  condition_type=s.condition.type)
+    if mode == "hard":
+        keys = s.hard.loss_backbones if loss_backbones is None else loss_backbones
+        params.update(hard=s.hard.params("hard"), backbones={k: s.backbones[k].params("hard") for k in keys})
+    if mode == "feedback":
+        params.update(feedback=s.feedback.params("feedback"), crop_pad=s.hard.crop_pad,
+                      segmenter=s.segment.archs[s.feedback.segmenter].params("segmenter"),
+                      segment_size=s.segment.size)
+    return stages.LoraJob.from_params(mode, params)
+
+
+def files_for(tmp_path, mode, **extra):
+    return stages.TrainFiles(base="results/base_model", conditions_csv="c.csv", manifest_csv="m.csv",
+                             out_dir=str(tmp_path / mode), **extra)
+
+
+def settings_for(config, mode, tmp_path):
     init = tmp_path / "plain.safetensors"
     init.write_bytes(b"x")
-    common = dict(
-        base="results/base_model", conditions_csv="c.csv", manifest_csv="m.csv", out_dir=str(tmp_path / mode),
-        model=config["model"], lora=config["lora"], train=config["train"], seed=config["seed"],
-    )
     if mode == "plain":
-        return stages.train_settings("plain", **common)
+        return stages.train_settings(job_for(config, "plain"), files_for(tmp_path, mode))
     if mode == "hard":
         protos = {}
         for key in config["backbones"]:
             protos[key] = str(tmp_path / f"{key}.safetensors")
             (tmp_path / f"{key}.safetensors").write_bytes(b"x")
-        return stages.train_settings(
-            "hard", **common, init_lora=str(init), finetune=config["hard"], backbones=config["backbones"],
-            prototypes=protos, crop_pad=config["hard"]["crop_pad"],
-        )
+        # every backbone's entry given: only the in-loss ones reach the generator
+        job = job_for(config, "hard", loss_backbones=list(config["backbones"]))
+        return stages.train_settings(job, files_for(tmp_path, mode, init_lora=str(init), prototypes=protos))
     weights = tmp_path / "seg.safetensors"
     weights.write_bytes(b"x")
-    judge = config["feedback"]["segmenter"]
-    return stages.train_settings(
-        "feedback", **common, init_lora=str(init), finetune=config["feedback"],
-        segmenter=config["segment"]["archs"][judge], segmenter_weights=str(weights),
-        segment_size=config["segment"]["size"],
-    )
+    files = files_for(tmp_path, mode, init_lora=str(init), segmenter_weights=str(weights))
+    return stages.train_settings(job_for(config, "feedback"), files)
 
 
 def test_plain_settings_follow_the_config(demo, tmp_path):
@@ -80,14 +93,13 @@ def test_images_per_step_holds_on_any_gpu_count(real, tmp_path):
     assert real["train"]["images_per_step"] == 4 and real["train"]["batch_size"] == 1
     init = tmp_path / "plain.safetensors"
     init.write_bytes(b"x")
-    common = dict(base="b", conditions_csv="c.csv", manifest_csv="m.csv", out_dir=str(tmp_path / "o"),
-                  model=real["model"], lora=real["lora"], train=real["train"], seed=0)
+    job, files = job_for(real, "plain"), files_for(tmp_path, "o")
     for gpus, accumulation in ((1, 4), (2, 2), (4, 1)):
-        s = stages.train_settings("plain", **common, num_gpus=gpus)
+        s = stages.train_settings(job, files, num_gpus=gpus)
         assert s.gradient_accumulation_steps == accumulation
         assert s.batch_size * gpus * s.gradient_accumulation_steps == 4
     with pytest.raises(ValueError, match="train.images_per_step: 4 is not a multiple"):
-        stages.train_settings("plain", **common, num_gpus=3)
+        stages.train_settings(job, files, num_gpus=3)
 
 
 def test_unknown_loss_backbone_is_named(demo, tmp_path):
@@ -146,34 +158,41 @@ def test_generation_folder_reset_when_lora_changes(tmp_path):
 
 
 def test_hard_and_feedback_init_batch_and_seg_loss_reach_the_settings(real, tmp_path):
-    hard = {**real["hard"], "init": "fresh", "steps": 5000}
-    backbones = real["backbones"]
+    hard = job_for({**real, "hard": {**real["hard"], "init": "fresh", "steps": 5000}}, "hard")
     protos = {}
-    for key in backbones:
+    for key in real["backbones"]:
         protos[key] = str(tmp_path / f"{key}.safetensors")
         (tmp_path / f"{key}.safetensors").write_bytes(b"x")
-    common = dict(base="b", conditions_csv="c.csv", manifest_csv="m.csv", out_dir=str(tmp_path / "o"),
-                  model=real["model"], lora=real["lora"], train=real["train"], seed=0)
-    s = stages.train_settings("hard", **common, finetune=hard, backbones=backbones, prototypes=protos)
+    s = stages.train_settings(hard, files_for(tmp_path, "o", prototypes=protos))
     assert s.fresh_start and s.init_lora is None and s.steps == 5000 and s.rank == real["lora"]["rank"]
     with pytest.raises(ValueError, match="init_lora"):  # plain (the default) needs the plain LoRA
-        stages.train_settings("hard", **common, finetune=real["hard"], backbones=backbones, prototypes=protos)
+        stages.train_settings(job_for(real, "hard"), files_for(tmp_path, "o", prototypes=protos))
     weights = tmp_path / "seg.safetensors"
     weights.write_bytes(b"x")
     init = tmp_path / "plain.safetensors"
     init.write_bytes(b"x")
+    files = files_for(tmp_path, "o", init_lora=str(init), segmenter_weights=str(weights))
     feedback = {**real["feedback"], "seg_loss": "ce", "loss": "negated", "lambda": 0.01, "batch_size": 2,
                 "images_per_step": 8}
-    seg = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": None}
-    f = stages.train_settings("feedback", **common, init_lora=str(init), finetune=feedback, segmenter=seg,
-                              segmenter_weights=str(weights), segment_size=352, num_gpus=1)
+    f = stages.train_settings(job_for({**real, "feedback": feedback}, "feedback"), files, num_gpus=1)
     assert (f.seg_loss, f.feedback_loss, f.lambda_, f.batch_size) == ("ce", "negated", 0.01, 2)
     assert f.gradient_accumulation_steps == 4  # 8 images per step = 2 per GPU × 1 GPU × 4
-    default = stages.train_settings("feedback", **common, init_lora=str(init), finetune=real["feedback"],
-                                    segmenter=seg, segmenter_weights=str(weights), segment_size=352)
+    assert f.segmenter["encoder"] == "mit_b2" and f.segment_size == 352
+    default = stages.train_settings(job_for(real, "feedback"), files)
     assert (default.seg_loss, default.batch_size, default.fresh_start) == ("structure", 1, False)
     # images_per_step alone (train.batch_size 1): 8 images per step on 2 GPUs = accumulation 4, never ignored
-    alone = stages.train_settings("feedback", **common, init_lora=str(init), segmenter=seg, num_gpus=2,
-                                  finetune={**real["feedback"], "images_per_step": 8},
-                                  segmenter_weights=str(weights), segment_size=352)
+    alone = job_for({**real, "feedback": {**real["feedback"], "images_per_step": 8}}, "feedback")
+    alone = stages.train_settings(alone, files, num_gpus=2)
     assert alone.batch_size == 1 and alone.gradient_accumulation_steps == 4
+
+
+def test_a_job_reads_exactly_its_rule_params(demo):
+    params = dict(model={}, lora={}, train={}, seed=0, condition_type="mask")
+    with pytest.raises(ValueError, match="model: job 'generator' params hold"):
+        stages.LoraJob.from_params("plain", params)
+    with pytest.raises(ValueError, match="unknown training mode 'soft'"):
+        stages.LoraJob.from_params("soft", params)
+    plain = job_for(demo, "plain")
+    assert plain.train.steps == demo["train"]["steps"] and plain.finetune is None
+    hard = job_for(demo, "hard")
+    assert hard.train.steps is UNREAD and hard.crop_pad == demo["hard"]["crop_pad"]

@@ -18,13 +18,15 @@ if Path(SRC, "hardgen").is_dir():
         os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 import hardgen.config.validation as hgconfig
-from hardgen.config.validation import BACKBONE_LOSS_FIELDS
+from hardgen.config.settings import Settings
 from hardgen.core.io import segmenter_key
-from hardgen.generator.stages import FINETUNE_TRAIN_KEYS, PLAIN_TRAIN_KEYS
 from hardgen.core.layout import path as layout_path
-from hardgen.core.registry import MODEL_KEYS, POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
+from hardgen.core.registry import POLICIES as POLICY_REGISTRY, VARIANTS as VARIANT_REGISTRY, trained_loras
 
-hgconfig.validate_config(config, hgconfig.load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
+# the schema shipped in the package (hardgen.config.validation.SCHEMA_PATH): defaults filled in, then checked
+hgconfig.validate_config(config)
+#: the validated config as typed settings (hardgen.config.settings): the rules read every value from here
+SETTINGS = Settings.from_config(config)
 
 
 onstart:
@@ -67,10 +69,10 @@ def BENCH(name):
     return f"{L('benchmarks')}/{name}"
 
 
-TESTSETS = config["data"]["testsets"]
-BACKBONES = list(config["backbones"])
-LOSS_BACKBONES = list(config["hard"]["loss_backbones"])  # the rest are held-out judges of hardness
-VARIANTS = list(config["generation"]["variants"])
+TESTSETS = SETTINGS.data.testsets
+BACKBONES = list(SETTINGS.backbones)
+LOSS_BACKBONES = list(SETTINGS.hard.loss_backbones)  # the rest are held-out judges of hardness
+VARIANTS = list(SETTINGS.generation.variants)
 SCORED_VARIANTS = ["real"] + VARIANTS
 # hardgen.core.registry declares each variant: the Control-LoRA it samples (mined and guided: the plain one) and whether
 # its sampling reads the in-loss backbones' prototypes
@@ -78,27 +80,27 @@ VARIANT_LORA = {v: VARIANT_REGISTRY[v].lora for v in VARIANTS}
 TRAINING_FREE = [v for v in VARIANTS if VARIANT_REGISTRY[v].uses_backbones]
 # the trained LoRAs: hard and feedback start from plain, so it always trains
 LORAS = trained_loras(VARIANTS)
-POLICIES = list(config["segment"]["policies"])
+POLICIES = list(SETTINGS.segment.policies)
 # segment.synthetic_ratios as path labels (f"{r:g}": 0.5, 1, 2); the real policy is ratio 0. Each synthetic policy runs
 # at every ratio, real once: RUNS lists the (policy, ratio) pairs of the benchmark.
-RATIOS = [hgconfig.ratio_label(r) for r in config["segment"]["synthetic_ratios"]]
+RATIOS = [hgconfig.ratio_label(r) for r in SETTINGS.segment.synthetic_ratios]
 RUNS = [(p, "0") if p == "real" else (p, r) for p in POLICIES for r in (["0"] if p == "real" else RATIOS)]
 SYNTHETIC_RUNS = [(p, r) for p, r in RUNS if p != "real"]
 # segment.batch_runs: the synthetic runs of one (arch, seed) train in one job (train_segmenters)
-BATCH_RUNS = bool(config["segment"]["batch_runs"]) and bool(SYNTHETIC_RUNS)
-FIDELITY_BACKBONE = config["filter"]["fidelity_backbone"]
-ARCHS = list(config["segment"]["archs"])
-SEEDS = [str(s) for s in config["segment"]["seeds"]]
-SHARDS = [str(k) for k in range(config["generation"]["shards"])]
-DEMO = config["data"]["root"] is None
-TINY = config["model"]["base"] == "tiny"
+BATCH_RUNS = bool(SETTINGS.segment.batch_runs) and bool(SYNTHETIC_RUNS)
+FIDELITY_BACKBONE = SETTINGS.filter.fidelity_backbone
+ARCHS = list(SETTINGS.segment.archs)
+SEEDS = [str(s) for s in SETTINGS.segment.seeds]
+SHARDS = [str(k) for k in range(SETTINGS.generation.shards)]
+DEMO = SETTINGS.data.root is None
+TINY = SETTINGS.model.base == "tiny"
 
-DATA_ROOT = L("demo_data") if DEMO else config["data"]["root"]
-LAYOUT = config["data"]["layout"]
+DATA_ROOT = L("demo_data") if DEMO else SETTINGS.data.root
+LAYOUT = SETTINGS.data.layout
 # the dataset prepare_data reads: the root, or with the table layout the CSV (the ultrasound demo writes one)
 DATA_SOURCE = f"{DATA_ROOT}/dataset.csv" if DEMO and LAYOUT == "table" else DATA_ROOT
-PROTOCOL = config["evaluate"]["protocol"]  # evaluate.protocol: how test maps are saved and scored
-BASE_MODEL = L("base_model") if TINY else config["model"]["base"]
+PROTOCOL = SETTINGS.evaluate.protocol  # evaluate.protocol: how test maps are saved and scored
+BASE_MODEL = L("base_model") if TINY else SETTINGS.model.base
 # A local base folder (e.g. a cluster's SD1.5 copy) is tracked file by file, so a
 # new base (e.g. rebuilt by `make tiny-sd`) reruns training and generation; a hub id is not tracked.
 LOCAL_BASE = not TINY and Path(BASE_MODEL).is_dir()
@@ -108,84 +110,44 @@ SHIPPED_TINY = (
     LOCAL_BASE and Path(BASE_MODEL).resolve() == (Path(workflow.basedir) / "resources/tiny-sd-polyp").resolve()
 )
 # The feedback LoRA's judge: its own real-only segmenter (rule train_judge), never a benchmark run; its
-# training seed is offset from feedback.judge_seed (hardgen.segmentation.segment.JUDGE_SEED_OFFSET) so it differs from every
+# training seed is offset from feedback.judge_seed (hardgen.benchmark.runs.JUDGE_SEED_OFFSET) so it differs from every
 # benchmark seed even when judge_seed equals one of segment.seeds.
-JUDGE = config["feedback"]["segmenter"]
-JUDGE_SEED = str(config["feedback"]["judge_seed"])
+JUDGE = SETTINGS.feedback.segmenter
+JUDGE_SEED = str(SETTINGS.feedback.judge_seed)
 
 
 # ---- exact params: every rule's params hold exactly the config values its job reads, never a whole section, so a
-# knob reruns only the jobs that read it (Snakemake's default rerun triggers include params).
-def pick(section, keys):
-    """{key: section[key]} for the keys a job reads."""
-    return {key: section[key] for key in keys}
+# knob reruns only the jobs that read it (Snakemake's default rerun triggers include params). Which job reads a key is
+# declared on its settings field (hardgen.config.settings: read_by), so the params below are derived, never listed.
 
-
-#: model.* keys of training and sampling (hardgen.core.registry.MODEL_KEYS; base is a param of its own)
-MODEL = pick(config["model"], MODEL_KEYS)
+#: model.* keys of training and sampling (base is a param of its own)
+MODEL = SETTINGS.model.params("generator")
 #: lora.* keys of the adapters (init_weights is an input of the plain training, not a param)
-LORA_KEYS = ("preset", "rank", "conv_in_rank", "init")
-#: feedback.* keys of its fine-tuning (segmenter and judge_seed pick its judge, an input)
-FEEDBACK_KEYS = (
-    "steps",
-    "learning_rate",
-    "lambda",
-    "margin_factor",
-    "loss",
-    "calibration_samples",
-    "init",
-    "seg_loss",
-    "batch_size",
-    "images_per_step",
-)
-#: hard.* keys of the hardness fine-tuning (hardgen.generator.stages.train_settings; crop_pad also crops for its backbones)
-HARD_KEYS = (
-    "init",
-    "steps",
-    "learning_rate",
-    "loss_backbones",
-    "lambda",
-    "margin_factor",
-    "crop_pad",
-    "calibration_samples",
-)
+LORA = SETTINGS.lora.params("adapters")
 #: train.* keys of the plain training, and of a fine-tuning (hard / feedback), whose length is its own section's steps
-PLAIN_TRAIN = pick(config["train"], PLAIN_TRAIN_KEYS)
-FINETUNE_TRAIN = pick(config["train"], FINETUNE_TRAIN_KEYS)
+PLAIN_TRAIN = SETTINGS.train.params("plain")
+FINETUNE_TRAIN = SETTINGS.train.params("finetune")
+
+
+def backbone_specs(keys, job):
+    """backbones.<key> entries as ``job`` reads them: extractor (prototype, score, the mined/guided judge) without
+    the hardness loss's margin; hard (the hard LoRA) whole."""
+    return {key: SETTINGS.backbones[key].params(job) for key in keys}
 
 
 def extractor_specs(keys):
-    """backbones.<key> entries as a feature extractor reads them (prototype, score, the mined/guided judge): without
-    the hardness loss's fields (margin), which only the hard LoRA reads."""
-    return {
-        key: {field: value for field, value in config["backbones"][key].items() if field not in BACKBONE_LOSS_FIELDS}
-        for key in keys
-    }
-
-
-#: segment.* keys one segmenter run reads (in hardgen.benchmark.runs.train_run — size, augment and the recipe keys an arch
-#: may override, hardgen.segmentation.segment.ARCH_RECIPE_KEYS); pixel_filter only with a filter judge
-SEGMENT_RUN_KEYS = (
-    "size",
-    "augment",
-    "optimizer",
-    "learning_rate",
-    "weight_decay",
-    "lr_decay",
-    "batch_size",
-    "iterations",
-    "multi_scale",
-    "grad_clip",
-)
+    return backbone_specs(keys, "extractor")
 
 
 def segment_recipe(pixel_filter=False):
-    return pick(config["segment"], SEGMENT_RUN_KEYS + (("pixel_filter",) if pixel_filter else ()))
+    """segment.* keys one segmenter run reads (hardgen.benchmark.runs.train_run); pixel_filter only with a filter
+    judge."""
+    return SETTINGS.segment.params("filtered_run" if pixel_filter else "run")
 
 
 def arch_spec(arch):
     """segment.archs.<arch> as a job reads it: without `published` (the report's anchors name, never a model's)."""
-    return {k: v for k, v in config["segment"]["archs"][arch].items() if k != "published"}
+    return SETTINGS.segment.archs[arch].params("segmenter")
 
 
 def arch_specs(archs):
@@ -194,7 +156,7 @@ def arch_specs(archs):
 
 def generation_params(variant):
     """generation.* keys of one variant's sampling (hardgen.core.registry: the shared ones and its own)."""
-    return pick(config["generation"], VARIANT_REGISTRY[variant].generation_keys)
+    return SETTINGS.generation.values(VARIANT_REGISTRY[variant].generation_keys)
 
 
 def policy_sources(policies):
@@ -212,7 +174,7 @@ def policy_scored(policies):
 def filter_params(policies):
     """filter.* keys the pools of ``policies`` read (none for a variant's every-sample pool)."""
     keys = [k for p in policies for k in POLICY_REGISTRY[p].keys]
-    return pick(config["filter"], sorted(set(keys)))
+    return SETTINGS.filter.values(sorted(set(keys)))
 
 
 wildcard_constraints:
@@ -263,7 +225,7 @@ def run_paths(pattern):
 def generation_conditions_input(wildcards):
     # generation.condition_fit: crop samples the training conditions; squash its own refitted copy (rule
     # generation_conditions), so the knob never reruns the LoRA training
-    if config["generation"]["condition_fit"] == "squash":
+    if SETTINGS.generation.condition_fit == "squash":
         return L("squash_conditions", n_real=n_real(wildcards))
     return L("conditions", n_real=n_real(wildcards))
 
@@ -271,14 +233,14 @@ def generation_conditions_input(wildcards):
 def finetune_init_input(section):
     # hard.init / feedback.init: plain fine-tunes the plain LoRA (a tracked input); fresh starts new adapters
     def init(wildcards):
-        return [lora_path("plain", n_real(wildcards))] if config[section]["init"] == "plain" else []
+        return [lora_path("plain", n_real(wildcards))] if getattr(SETTINGS, section).init == "plain" else []
 
     return init
 
 
 def plain_init_input(wildcards):
     # lora.init_weights: the plain Control-LoRA fine-tunes this one (a tracked input); null: fresh adapters
-    init = config["lora"]["init_weights"]
+    init = SETTINGS.lora.init_weights
     return [init] if init else []
 
 
@@ -324,7 +286,7 @@ def judge_path(arch=JUDGE, seed=JUDGE_SEED, n=N_WILDCARD):
 def filter_judges(archs, n=N_WILDCARD):
     # segment.pixel_filter (FreeMask): a synthetic run ignores the synthetic pixels that the real-only judge of its own
     # arch (seed feedback.judge_seed) finds too hard; {arch: that judge's weights}, {} when the filter is off
-    if config["segment"]["pixel_filter"] is None:
+    if SETTINGS.segment.pixel_filter is None:
         return {}
     return {arch: judge_path(arch, n=n) for arch in archs}
 
@@ -347,7 +309,7 @@ def generation_prototypes(wildcards):
 def allocation_judges(wildcards):
     # generation.allocation hardness: every segment.archs entry's real-only judge (rule train_judge, seed
     # feedback.judge_seed), never a benchmark segmenter; uniform needs none.
-    if config["generation"]["allocation"] != "hardness":
+    if SETTINGS.generation.allocation != "hardness":
         return []
     return [judge_path(arch, n=n_real(wildcards)) for arch in ARCHS]
 
@@ -396,7 +358,7 @@ def eval_image_tables():
 
 def anchors_input():
     # report.anchors: the published numbers the report stands beside the run's (null: none)
-    anchors = config["report"]["anchors"]
+    anchors = SETTINGS.report.anchors
     return [anchors] if anchors else []
 
 
@@ -430,19 +392,19 @@ def run_description(wildcards):
     # the real training-set size is the job's own (its scarcity level, or data.train_subset)
     label = n_real(wildcards) or N_REALS[0]
     return {
-        "dataset": config["data"]["root"],
+        "dataset": SETTINGS.data.root,
         "layout": LAYOUT,
         "testsets": TESTSETS,
         "protocol": PROTOCOL,
-        "per_mask": config["generation"]["per_mask"],
-        "allocation": config["generation"]["allocation"],
+        "per_mask": SETTINGS.generation.per_mask,
+        "allocation": SETTINGS.generation.allocation,
         "variants": VARIANTS,
         "policies": POLICIES,
         "archs": ARCHS,
         "seeds": [int(s) for s in SEEDS],
-        "base": config["model"]["base"],
-        "resolution": config["model"]["resolution"],
-        "modality": config["data"]["demo"]["modality"] if DEMO else None,
+        "base": SETTINGS.model.base,
+        "resolution": SETTINGS.model.resolution,
+        "modality": SETTINGS.data.demo.modality if DEMO else None,
         "train_subset": hgconfig.train_subset_size(label),
     }
 

@@ -15,12 +15,12 @@ rule make_conditions:
     # the critical path to generation first (snakemake --cores N runs the highest-priority ready job)
     priority: 20
     params:
-        kind=config["condition"]["type"],
-        layouts_per_mask=config["condition"]["layouts_per_mask"],
-        size=config["model"]["resolution"],
-        low=config["condition"]["canny_low"],
-        high=config["condition"]["canny_high"],
-        seed=config["seed"],
+        kind=SETTINGS.condition.type,
+        layouts_per_mask=SETTINGS.condition.layouts_per_mask,
+        size=SETTINGS.model.resolution,
+        low=SETTINGS.condition.canny_low,
+        high=SETTINGS.condition.canny_high,
+        seed=SETTINGS.seed,
     threads: 1
     resources:
         mem_mb=2000,
@@ -47,11 +47,11 @@ rule generation_conditions:
         BENCH("generation_conditions.tsv")
     priority: 15
     params:
-        fit=config["generation"]["condition_fit"],
-        kind=config["condition"]["type"],
-        size=config["model"]["resolution"],
-        low=config["condition"]["canny_low"],
-        high=config["condition"]["canny_high"],
+        fit=SETTINGS.generation.condition_fit,
+        kind=SETTINGS.condition.type,
+        size=SETTINGS.model.resolution,
+        low=SETTINGS.condition.canny_low,
+        high=SETTINGS.condition.canny_high,
     threads: 1
     resources:
         mem_mb=2000,

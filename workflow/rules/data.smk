@@ -10,9 +10,9 @@ rule demo_data:
         "results/benchmarks/demo_data.tsv"
     params:
         testsets=TESTSETS,
-        train_splits=config["data"]["train_splits"],
-        demo=config["data"]["demo"],
-        seed=config["seed"],
+        train_splits=SETTINGS.data.train_splits,
+        demo=SETTINGS.data.value("demo"),
+        seed=SETTINGS.seed,
     threads: 1
     resources:
         mem_mb=1000,
@@ -39,18 +39,18 @@ rule prepare_data:
     params:
         root=DATA_SOURCE,
         layout=LAYOUT,
-        train_splits=config["data"]["train_splits"],
+        train_splits=SETTINGS.data.train_splits,
         testsets=TESTSETS,
-        expected_sizes=config["data"]["expected_sizes"],
-        foreground=config["data"]["foreground"],
-        window=config["data"]["window"],
-        volume=config["data"]["volume"],
+        expected_sizes=SETTINGS.data.expected_sizes,
+        foreground=SETTINGS.data.foreground,
+        window=SETTINGS.data.window,
+        volume=SETTINGS.data.value("volume"),
         # the one size of data.train_subset (or a one-entry data.train_subsets); the scarcity curve keeps every image
         # here and rule subset_manifest draws each size
         train_subset=None if SCARCITY else hgconfig.train_subset_size(N_REALS[0]),
         # at most this many pairs per test set (hardgen rehearse; null = all), after every pair is validated
-        test_subset=config["data"]["test_subset"],
-        seed=config["seed"],
+        test_subset=SETTINGS.data.test_subset,
+        seed=SETTINGS.seed,
     threads: 1
     resources:
         mem_mb=2000,
@@ -77,7 +77,7 @@ if SCARCITY:
             BENCH("subset_manifest.tsv")
         params:
             size=lambda wildcards: hgconfig.train_subset_size(wildcards.n_real),
-            seed=config["seed"],
+            seed=SETTINGS.seed,
         threads: 1
         resources:
             mem_mb=1000,

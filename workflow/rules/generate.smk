@@ -19,12 +19,12 @@ rule allocate:
     # every generate job waits for the plan
     priority: 15
     params:
-        per_mask=config["generation"]["per_mask"],
-        allocation=config["generation"]["allocation"],
-        seed=config["seed"],
+        per_mask=SETTINGS.generation.per_mask,
+        allocation=SETTINGS.generation.allocation,
+        seed=SETTINGS.seed,
         # the judges' archs (hardness allocation only: uniform loads none)
-        archs=arch_specs(ARCHS) if config["generation"]["allocation"] == "hardness" else {},
-        size=config["segment"]["size"] if config["generation"]["allocation"] == "hardness" else None,
+        archs=arch_specs(ARCHS) if SETTINGS.generation.allocation == "hardness" else {},
+        size=SETTINGS.segment.size if SETTINGS.generation.allocation == "hardness" else None,
     threads: 1
     resources:
         # on the CPU: the judges only run a forward pass over the real training images (minutes at 352 px)
@@ -58,10 +58,10 @@ rule generate:
         # only the generation.* keys of this variant's sampling (hardgen.core.registry), so a new variant, per_mask or
         # allocation (read by allocate) reruns no other variant's generation
         generation=lambda wildcards: generation_params(wildcards.variant),
-        seed=config["seed"],
+        seed=SETTINGS.seed,
         # the judge of the training-free variants (so only their jobs rerun when it changes)
         backbones=lambda wildcards: (extractor_specs(LOSS_BACKBONES) if wildcards.variant in TRAINING_FREE else {}),
-        pad=lambda wildcards: (config["hard"]["crop_pad"] if wildcards.variant in TRAINING_FREE else None),
+        pad=lambda wildcards: (SETTINGS.hard.crop_pad if wildcards.variant in TRAINING_FREE else None),
         out_dir=lambda wildcards: L(
             "shard_dir", variant=wildcards.variant, shard=wildcards.shard, n_real=n_real(wildcards)
         ),

@@ -12,8 +12,8 @@ if TINY:
         benchmark:
             "results/benchmarks/base_model.tsv"
         params:
-            config_dir=config["model"]["tiny_config"],
-            seed=config["seed"],
+            config_dir=SETTINGS.model.tiny_config,
+            seed=SETTINGS.seed,
         threads: 1
         resources:
             mem_mb=2000,
@@ -40,8 +40,8 @@ rule prototype:
     priority: 15
     params:
         backbones=extractor_specs(BACKBONES),
-        pad=config["hard"]["crop_pad"],
-        resolution=config["model"]["resolution"],
+        pad=SETTINGS.hard.crop_pad,
+        resolution=SETTINGS.model.resolution,
     threads: 1
     resources:
         mem_mb=8000,

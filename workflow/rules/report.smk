@@ -59,11 +59,11 @@ rule report:
     params:
         testsets=TESTSETS,
         # each arch's published model name (segment.archs.<k>.published) for the reproduction table
-        published={arch: spec.get("published") for arch, spec in config["segment"]["archs"].items()},
-        reproduce_tolerance=config["report"]["reproduce_tolerance"],
-        primary_contrast=config["report"]["primary_contrast"],
-        loss_backbones=config["hard"]["loss_backbones"],
-        min_fidelity=config["filter"]["min_fidelity"],
+        published={arch: spec.published for arch, spec in SETTINGS.segment.archs.items()},
+        reproduce_tolerance=SETTINGS.report.reproduce_tolerance,
+        primary_contrast=SETTINGS.report.value("primary_contrast"),
+        loss_backbones=SETTINGS.hard.loss_backbones,
+        min_fidelity=SETTINGS.filter.min_fidelity,
         judge_job=f"{JUDGE}/seed-{JUDGE_SEED}",  # the feedback judge's train_judge job, part of feedback's cost
         variants=VARIANTS,
         loras=LORAS,
@@ -99,11 +99,11 @@ rule mask_following:
     benchmark:
         BENCH("mask_following.tsv")
     params:
-        resolution=config["model"]["resolution"],
-        seed=config["seed"],  # the shuffled masks' derangement
+        resolution=SETTINGS.model.resolution,
+        seed=SETTINGS.seed,  # the shuffled masks' derangement
         # the arch of each judge, in order, and the size they predict at
         specs=arch_specs(ARCHS),
-        size=config["segment"]["size"],
+        size=SETTINGS.segment.size,
     threads: 1
     resources:
         mem_mb=8000,
@@ -148,7 +148,7 @@ if SCARCITY:
             labels=N_REALS,  # data.train_subsets as written, in the order of the inputs
             image_runs=[(n, *run) for n in N_REALS for run in RUN_ORDER],  # the keys of input.images, in order
             # the curve's metric: report.primary_contrast's (the run's question), else mIoU
-            metric=(config["report"]["primary_contrast"] or {}).get("metric", "mIoU"),
+            metric=SETTINGS.report.primary_contrast.metric if SETTINGS.report.primary_contrast else "mIoU",
             testsets=TESTSETS,
         threads: 1
         resources:

@@ -29,8 +29,8 @@ rule score:
         judges=lambda wildcards: ([] if wildcards.scored == "real" else guard_judges()),
         backbones=extractor_specs(BACKBONES),
         fidelity_backbone=FIDELITY_BACKBONE,
-        pad=config["hard"]["crop_pad"],
-        resolution=config["model"]["resolution"],
+        pad=SETTINGS.hard.crop_pad,
+        resolution=SETTINGS.model.resolution,
     threads: 1
     resources:
         mem_mb=8000,
@@ -76,8 +76,8 @@ rule filter:
         # the (policy, ratio) of each output, in output order
         runs=lambda wildcards: [(p, wildcards.ratio) for p in filter_policies(wildcards)],
         filter=lambda wildcards: filter_params(filter_policies(wildcards)),
-        on_short_pool=config["filter"]["on_short_pool"],
-        base_seed=config["seed"],
+        on_short_pool=SETTINGS.filter.on_short_pool,
+        base_seed=SETTINGS.seed,
     threads: 1
     resources:
         mem_mb=1000,

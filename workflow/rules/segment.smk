@@ -221,7 +221,7 @@ rule segmenter_loss:
     params:
         # the arch of each model and output, in order
         specs=arch_specs(ARCHS),
-        size=config["segment"]["size"],
+        size=SETTINGS.segment.size,
     threads: 1
     resources:
         mem_mb=8000,
@@ -252,7 +252,7 @@ rule judge_loss:
     params:
         # the arch of each model and output, in order
         specs=arch_specs(ARCHS),
-        size=config["segment"]["size"],
+        size=SETTINGS.segment.size,
     threads: 1
     resources:
         mem_mb=8000,

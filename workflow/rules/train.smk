@@ -26,10 +26,10 @@ rule train_control_lora:
     params:
         base=BASE_MODEL,
         model=MODEL,
-        lora=pick(config["lora"], LORA_KEYS),
+        lora=LORA,
         train=PLAIN_TRAIN,
-        seed=config["seed"],
-        condition_type=config["condition"]["type"],
+        seed=SETTINGS.seed,
+        condition_type=SETTINGS.condition.type,
     # one thread like every job: a 2-thread job on 2 cores waits until both are free at once, which a stream of
     # 1-thread jobs rarely leaves (measured: it started 35 s late)
     threads: 1
@@ -70,13 +70,13 @@ rule train_hard_lora:
     params:
         base=BASE_MODEL,
         model=MODEL,
-        lora=pick(config["lora"], LORA_KEYS),
+        lora=LORA,
         train=FINETUNE_TRAIN,
-        hard=pick(config["hard"], HARD_KEYS),
+        hard=SETTINGS.hard.params("hard"),
         # only the in-loss backbones reach the generator
-        backbones=pick(config["backbones"], LOSS_BACKBONES),
-        seed=config["seed"],
-        condition_type=config["condition"]["type"],
+        backbones=backbone_specs(LOSS_BACKBONES, "hard"),
+        seed=SETTINGS.seed,
+        condition_type=SETTINGS.condition.type,
     threads: 1
     resources:
         mem_mb=24000,
@@ -114,14 +114,14 @@ rule train_feedback_lora:
     params:
         base=BASE_MODEL,
         model=MODEL,
-        lora=pick(config["lora"], LORA_KEYS),
+        lora=LORA,
         train=FINETUNE_TRAIN,
-        feedback=pick(config["feedback"], FEEDBACK_KEYS),
-        crop_pad=config["hard"]["crop_pad"],
+        feedback=SETTINGS.feedback.params("feedback"),
+        crop_pad=SETTINGS.hard.crop_pad,
         segmenter=arch_spec(JUDGE),
-        segment_size=config["segment"]["size"],
-        seed=config["seed"],
-        condition_type=config["condition"]["type"],
+        segment_size=SETTINGS.segment.size,
+        seed=SETTINGS.seed,
+        condition_type=SETTINGS.condition.type,
     threads: 1
     resources:
         mem_mb=24000,

@@ -7,25 +7,25 @@ from hardgen.core.logging_utils import stage_logging
 
 gpus = snakemake.resources.get("gpu", 0)
 with stage_logging(snakemake.log[0]) as log, claim_gpus(gpus):
-    from hardgen.generator.stages import prepare_resume, run_training, train_settings
+    from hardgen.generator.stages import (
+        LoraJob,
+        TrainFiles,
+        prepare_resume,
+        run_training,
+        train_settings,
+    )
 
     configure_torch(snakemake.threads)
 
     p = snakemake.params
-    settings = train_settings(
-        "plain",
+    files = TrainFiles(
         base=p.base,
         conditions_csv=snakemake.input.conditions,
         manifest_csv=snakemake.input.manifest,
         out_dir=str(Path(snakemake.output.lora).parent),
-        model=p.model,
-        lora=p.lora,
-        train=p.train,
-        seed=p.seed,
-        num_gpus=gpus,
-        condition_type=p.condition_type,
         init_lora=snakemake.input.init_weights[0] if snakemake.input.init_weights else None,  # lora.init_weights
     )
+    settings = train_settings(LoraJob.from_params("plain", dict(p.items())), files, num_gpus=gpus)
     inputs = {"conditions": snakemake.input.conditions, "manifest": snakemake.input.manifest}
     if settings.init_lora:
         inputs["init_weights"] = settings.init_lora

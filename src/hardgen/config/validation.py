@@ -23,7 +23,8 @@ from jsonschema import Draft202012Validator
 
 from hardgen.core.registry import POLICIES as REGISTERED_POLICIES
 
-SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+#: The config schema, shipped in the package (package data): the one copy the workflow and the CLI validate with.
+SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")
 
 #: The generated variant each segmentation policy draws from (hardgen.core.registry).
 POLICY_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -41,11 +42,6 @@ REMOVED_POLICIES: dict[str, str] = {
               "entry, so 'plain' at that ratio is the size-matched random control of hard, feedback and mined "
               "(same size, the same conditions); drop 'random' from segment.policies and keep 'plain'.",
 }
-
-
-#: ``backbones.<key>`` fields that belong to the hardness loss, not to the feature extractor (read by
-#: ``hardgen.generator.stages`` for the hard LoRA only): the prototypes, scores and mined/guided judges never read them.
-BACKBONE_LOSS_FIELDS = ("margin",)
 
 
 def ratio_label(ratio: float) -> str:

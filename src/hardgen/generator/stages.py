@@ -1,7 +1,7 @@
 """Glue between the workflow config and the library for the GPU stages (training, generation).
 
-Keeps the Snakemake scripts thin and the mapping testable: config sections in, library settings out. Also owns
-how a stage resumes safely (fingerprinted work folders) and how training fans out over several GPUs.
+Keeps the Snakemake scripts thin and the mapping testable: a job's settings (its rule's params) in, library settings
+out. Also owns how a stage resumes safely (fingerprinted work folders) and how training fans out over several GPUs.
 """
 
 from __future__ import annotations
@@ -10,9 +10,19 @@ import logging
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hardgen.config.settings import (
+    BackboneConfig,
+    FeedbackConfig,
+    HardConfig,
+    LoraConfig,
+    ModelConfig,
+    SegmenterConfig,
+    TrainConfig,
+)
 from hardgen.core.io import file_digest, reset_if_changed
 
 log = logging.getLogger("hardgen.generator.stages")
@@ -24,111 +34,141 @@ _RESUME_NEUTRAL = (
 )
 
 
-#: ``train`` keys copied into TrainSettings as they are (the schema fills their defaults).
-TRAIN_KEYS = (
-    "batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "gradient_accumulation_steps",
-    "mixed_precision", "gradient_checkpointing", "loraplus_lr_ratio", "use_8bit_adam", "max_grad_norm",
-    "empty_prompt_prob", "prediction_type", "checkpointing_steps", "checkpoints_total_limit",
-    "validation_steps", "num_workers",
-)
-#: ``train`` keys a hard / feedback fine-tuning reads (its steps are its own section's).
-FINETUNE_TRAIN_KEYS = (*TRAIN_KEYS, "images_per_step")
-#: ``train`` keys the plain training reads.
-PLAIN_TRAIN_KEYS = ("steps", *FINETUNE_TRAIN_KEYS)
+@dataclass(frozen=True)
+class TrainFiles:
+    """The files of one Control-LoRA training job: its base, tables, output folder and what it starts from."""
+
+    base: str
+    conditions_csv: str
+    manifest_csv: str
+    out_dir: str
+    #: the LoRA it fine-tunes (hard / feedback init plain) or starts from (lora.init_weights); None: fresh adapters
+    init_lora: str | None = None
+    #: hard: the prototype file of each in-loss backbone
+    prototypes: Mapping[str, str] = field(default_factory=dict)
+    #: feedback: the real-only judge's weights
+    segmenter_weights: str | None = None
 
 
-def train_settings(
-    mode: str,
-    *,
-    base: str,
-    conditions_csv: str,
-    manifest_csv: str,
-    out_dir: str,
-    model: Mapping[str, Any],
-    lora: Mapping[str, Any],
-    train: Mapping[str, Any],
-    seed: int,
-    init_lora: str | None = None,
-    finetune: Mapping[str, Any] | None = None,
-    backbones: Mapping[str, Any] | None = None,
-    prototypes: Mapping[str, str] | None = None,
-    segmenter: Mapping[str, Any] | None = None,
-    segmenter_weights: str | None = None,
-    segment_size: int | None = None,
-    crop_pad: int = 10,
-    num_gpus: int = 1,
-    condition_type: str | None = None,
-):
-    """Build :class:`hardgen.generator.train_settings.TrainSettings` from validated config sections.
+@dataclass(frozen=True)
+class LoraJob:
+    """The settings one Control-LoRA training job reads: its rule's params (workflow/rules/train.smk) as job views
+    of the config's settings (:meth:`hardgen.config.settings.Section.from_params`)."""
 
-    ``finetune`` is the ``hard`` or ``feedback`` section. In hard mode ``backbones`` is the whole
-    ``backbones`` section: only the keys in ``hard.loss_backbones`` enter the loss (with their prototype
-    files from ``prototypes`` and their absolute ``margin`` where set); the others are held-out judges
-    that never reach the generator. ``num_gpus`` (the rule's GPUs) turns ``train.images_per_step`` into
-    gradient accumulation steps, so a run sees the same images per optimiser step on any GPU count.
+    mode: str
+    model: ModelConfig
+    lora: LoraConfig
+    train: TrainConfig
+    seed: int
+    condition_type: str | None
+    #: hard: the hard section; feedback: the feedback section; plain: None
+    finetune: HardConfig | FeedbackConfig | None = None
+    #: hard: the in-loss ``backbones.<key>`` entries
+    backbones: Mapping[str, BackboneConfig] = field(default_factory=dict)
+    #: feedback: the judge's ``segment.archs`` entry and the size it predicts at
+    segmenter: SegmenterConfig | None = None
+    segment_size: int | None = None
+    crop_pad: int = 10
+
+    @classmethod
+    def from_params(cls, mode: str, params: Mapping[str, Any]) -> LoraJob:
+        """The job of rule train_control_lora (plain), train_hard_lora (hard) or train_feedback_lora (feedback) from
+        its params."""
+        if mode not in MODES:
+            raise ValueError(f"unknown training mode {mode!r} (choose from {', '.join(MODES)})")
+        values: dict[str, Any] = dict(
+            mode=mode,
+            model=ModelConfig.from_params("generator", params["model"]),
+            lora=LoraConfig.from_params("adapters", params["lora"]),
+            train=TrainConfig.from_params("plain" if mode == "plain" else "finetune", params["train"]),
+            seed=params["seed"],
+            condition_type=params["condition_type"],
+        )
+        if mode == "hard":
+            hard = HardConfig.from_params("hard", params["hard"])
+            backbones = {key: BackboneConfig.from_params("hard", entry, f"backbones.{key}")
+                         for key, entry in params["backbones"].items()}
+            values.update(finetune=hard, backbones=backbones, crop_pad=hard.crop_pad)
+        if mode == "feedback":
+            values.update(finetune=FeedbackConfig.from_params("feedback", params["feedback"]),
+                          segmenter=SegmenterConfig.from_params("segmenter", params["segmenter"]),
+                          segment_size=params["segment_size"], crop_pad=params["crop_pad"])
+        return cls(**values)
+
+
+#: The Control-LoRA trainings: the plain one and the fine-tunings (hard, feedback).
+MODES = ("plain", "hard", "feedback")
+
+
+def train_settings(job: LoraJob, files: TrainFiles, num_gpus: int = 1):
+    """Build :class:`hardgen.generator.train_settings.TrainSettings` for a training job.
+
+    In hard mode only the in-loss backbones (``hard.loss_backbones``) enter the loss, with their prototype files and
+    their absolute ``margin`` where set; the feature extractor reads each entry without it. ``num_gpus`` (the rule's
+    GPUs) turns ``images_per_step`` into gradient accumulation steps, so a run sees the same images per optimiser
+    step on any GPU count.
     """
     from hardgen.generator.train_settings import TrainSettings
 
+    model, lora, train, finetune = job.model, job.lora, job.train, job.finetune
     values: dict[str, Any] = dict(
-        base=base,
-        conditions_csv=conditions_csv,
-        manifest_csv=manifest_csv,
-        out_dir=out_dir,
-        family=model["family"],
-        vae=model["vae"],
-        resolution=model["resolution"],
-        prompt=model["prompt"],
-        condition_type=condition_type,
-        mode=mode,
-        init_lora=init_lora,
-        preset=lora["preset"],
-        rank=lora["rank"],
-        conv_in_rank=lora["conv_in_rank"],
-        lora_init=lora["init"],
-        seed=seed,
+        base=files.base,
+        conditions_csv=files.conditions_csv,
+        manifest_csv=files.manifest_csv,
+        out_dir=files.out_dir,
+        family=model.family,
+        vae=model.vae,
+        resolution=model.resolution,
+        prompt=model.prompt,
+        condition_type=job.condition_type,
+        mode=job.mode,
+        init_lora=files.init_lora,
+        preset=lora.preset,
+        rank=lora.rank,
+        conv_in_rank=lora.conv_in_rank,
+        lora_init=lora.init,
+        seed=job.seed,
         resume_from_checkpoint="latest",
-        crop_pad=crop_pad,
+        crop_pad=job.crop_pad,
         # a fine-tuning run's length is its own section's (hard / feedback.steps): it never reads train.steps
-        steps=train["steps"] if finetune is None else finetune["steps"],
-        **{key: train[key] for key in TRAIN_KEYS},
+        steps=train.steps if finetune is None else finetune.steps,
+        **train.params("copied"),
     )
-    images_per_step, batch_size = train["images_per_step"], train["batch_size"]
-    if finetune is not None:
+    images_per_step, batch_size = train.images_per_step, train.batch_size
+    if isinstance(finetune, FeedbackConfig):
         # feedback.batch_size / images_per_step: the run's own batch (the authors' feedback run: 2 per GPU, 4 GPUs)
-        if finetune.get("batch_size") is not None:
-            batch_size = values["batch_size"] = finetune["batch_size"]
-        if finetune.get("images_per_step") is not None:
-            images_per_step = finetune["images_per_step"]
+        if finetune.batch_size is not None:
+            batch_size = values["batch_size"] = finetune.batch_size
+        if finetune.images_per_step is not None:
+            images_per_step = finetune.images_per_step
     if images_per_step is not None:
         values["gradient_accumulation_steps"] = accumulation_steps(images_per_step, batch_size, num_gpus)
     if finetune is not None:
         # hard.init / feedback.init: fresh = new adapters from the base (lora.*), as the plain run starts
-        values["fresh_start"] = finetune.get("init", "plain") == "fresh"
-        values["lambda_"] = finetune["lambda"]
-        values["margin_factor"] = finetune["margin_factor"]
-        values["calibration_samples"] = finetune["calibration_samples"]
-        if finetune["learning_rate"] is not None:
-            values["learning_rate"] = finetune["learning_rate"]
+        values["fresh_start"] = finetune.init == "fresh"
+        values["lambda_"] = finetune.lambda_
+        values["margin_factor"] = finetune.margin_factor
+        values["calibration_samples"] = finetune.calibration_samples
+        if finetune.learning_rate is not None:
+            values["learning_rate"] = finetune.learning_rate
         # A fine-tuning run checkpoints at most as often as it has steps.
-        values["checkpointing_steps"] = min(values["checkpointing_steps"] or finetune["steps"], finetune["steps"])
-    if mode == "hard":
-        if finetune is None or backbones is None:
-            raise ValueError("hard mode needs the hard section and the backbones section")
-        in_loss = list(finetune["loss_backbones"])
-        unknown = [key for key in in_loss if key not in backbones]
+        values["checkpointing_steps"] = min(values["checkpointing_steps"] or finetune.steps, finetune.steps)
+    if isinstance(finetune, HardConfig):
+        in_loss = list(finetune.loss_backbones)
+        unknown = [key for key in in_loss if key not in job.backbones]
         if unknown:
-            raise ValueError(f"hard.loss_backbones: {unknown} are not keys of backbones ({sorted(backbones)})")
-        prototypes = dict(prototypes or {})
-        values["backbones"] = {k: {f: v for f, v in backbones[k].items() if f != "margin"} for k in in_loss}
-        values["prototypes"] = {k: prototypes[k] for k in in_loss if k in prototypes}
-        values["margins"] = {k: float(backbones[k]["margin"]) for k in in_loss if backbones[k]["margin"] is not None}
-    if mode == "feedback":
-        values["feedback_loss"] = finetune["loss"]
-        values["seg_loss"] = finetune.get("seg_loss", "structure")
-    if segmenter is not None:
-        values["segmenter"] = dict(segmenter)
-        values["segmenter_weights"] = segmenter_weights
-        values["segment_size"] = segment_size
+            raise ValueError(f"hard.loss_backbones: {unknown} are not keys of backbones ({sorted(job.backbones)})")
+        values["backbones"] = {key: job.backbones[key].params("extractor") for key in in_loss}
+        values["prototypes"] = {key: files.prototypes[key] for key in in_loss if key in files.prototypes}
+        values["margins"] = {key: float(job.backbones[key].margin) for key in in_loss
+                             if job.backbones[key].margin is not None}
+    if isinstance(finetune, FeedbackConfig):
+        values["feedback_loss"] = finetune.loss
+        values["seg_loss"] = finetune.seg_loss
+    if job.segmenter is not None:
+        values["segmenter"] = job.segmenter.params("segmenter")
+        values["segmenter_weights"] = files.segmenter_weights
+        values["segment_size"] = job.segment_size
     settings = TrainSettings.from_dict(values, source="workflow config")
     settings.validate()
     return settings

@@ -36,7 +36,8 @@ from safetensors import safe_open
 from timm.layers import resample_abs_pos_embed
 from tqdm.auto import tqdm
 
-from hardgen.config.validation import BACKBONE_LOSS_FIELDS, timm_name_problem
+from hardgen.config.settings import BackboneConfig
+from hardgen.config.validation import timm_name_problem
 from hardgen.core import io
 from hardgen.core.io import DataError
 from hardgen.core.weights import load_state_dict, save_state_dict
@@ -46,12 +47,12 @@ log = logging.getLogger("hardgen.scoring.features")
 #: Seed of the weights a backbone gets when it is neither pretrained nor given a checkpoint.
 RANDOM_INIT_SEED = 0
 
-#: Spec fields accepted from a ``backbones.<key>`` config entry.
-_SPEC_FIELDS = ("name", "pretrained", "checkpoint", "input_size", "source", "resize_via", "config")
+#: Spec fields accepted from a ``backbones.<key>`` config entry: what a feature extractor reads of it.
+_SPEC_FIELDS = tuple(BackboneConfig.job_keys("extractor"))
 #: Where a backbone comes from (``backbones.<key>.source``).
 SOURCES = ("timm", "transformers")
 #: Entry fields that belong to the hardness loss, not to the feature extractor (read by ``hardgen.generator.stages``).
-LOSS_FIELDS = BACKBONE_LOSS_FIELDS
+LOSS_FIELDS = tuple(key for key in BackboneConfig.keys() if key not in _SPEC_FIELDS)
 
 
 @dataclass(frozen=True)
