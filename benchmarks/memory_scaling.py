@@ -44,7 +44,7 @@ generate_shard(f"{work}/base", f"{work}/lora", f"{work}/data-{n}/conditions.csv"
 import sys, pandas as pd, torch
 from hardgen.data.manifest import load_manifest
 from hardgen.segmentation.predict import evaluate_segmenter
-from hardgen.segmentation.segment import SegmenterSpec, build_segmenter
+from hardgen.segmentation.build import SegmenterSpec, build_segmenter
 torch.set_num_threads(1)
 work, n = sys.argv[1], int(sys.argv[2])
 manifest = load_manifest(f"{work}/data-{n}/manifest.csv")

@@ -117,7 +117,7 @@ def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any
                                   work / "proto-cnn.safetensors", batch_size=4, resolution=args.resolution)
         if args.feedback:
             from hardgen.core.weights import save_state_dict
-            from hardgen.segmentation.segment import SegmenterSpec, build_segmenter
+            from hardgen.segmentation.build import SegmenterSpec, build_segmenter
 
             model = build_segmenter(SegmenterSpec.from_config(dict(SEGMENTER), "cnn"))
             save_state_dict(work / "segmenter.safetensors", model.state_dict())

@@ -13,6 +13,7 @@ import torch
 
 from hardgen.core.io import DataError, sample_seed, write_image, write_mask
 from hardgen.generator import generate
+from hardgen.models.sampling import unit_to_uint8
 from hardgen.scoring import allocation
 
 
@@ -112,11 +113,8 @@ def test_layouts_take_their_sources_loss() -> None:
 
 def test_judge_losses_average_the_judges(tmp_path: Path) -> None:
     from hardgen.core.weights import save_state_dict
-    from hardgen.segmentation.segment import (
-        SegmenterSpec,
-        build_segmenter,
-        sample_losses,
-    )
+    from hardgen.segmentation.build import SegmenterSpec, build_segmenter
+    from hardgen.segmentation.measures import sample_losses
 
     rng = np.random.default_rng(0)
     rows = []
@@ -161,7 +159,7 @@ def _conditions(root: Path, n: int) -> Path:
 
 def noise_renderer(conditions, generators, masks) -> np.ndarray:
     noise = np.stack([torch.rand(RES, RES, 3, generator=g).numpy() for g in generators])
-    return generate.to_uint8((noise + np.stack(conditions) / 255.0) / 2)
+    return unit_to_uint8((noise + np.stack(conditions) / 255.0) / 2)
 
 
 def _digests(folder: Path) -> dict[str, str]:

@@ -15,17 +15,31 @@ import yaml
 from conftest import ellipse_pairs
 
 from hardgen.app.cli import main
+from hardgen.benchmark.records import write_run_record
 from hardgen.config.validation import ConfigError, load_config, validate_config
-from hardgen.core.weights import save_state_dict
+from hardgen.core.weights import load_state_dict, save_state_dict
 from hardgen.models.archs import (
     MultiMapSegmenter,
     map_count,
     output_maps,
     predict_logits,
 )
-from hardgen.report import report
-from hardgen.segmentation import segment
-from hardgen.segmentation.segment import SegmenterSpec
+from hardgen.report import run_records
+from hardgen.segmentation.build import SegmenterSpec, build_segmenter, load_segmenter
+from hardgen.segmentation.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SegmentationPairs,
+    train_transform,
+)
+from hardgen.segmentation.losses import (
+    maps_structure_loss,
+    structure_loss,
+    structure_loss_per_sample,
+)
+from hardgen.segmentation.measures import sample_losses
+from hardgen.segmentation.recipes import SegmentRecipe, resolve_recipe
+from hardgen.segmentation.training import train_segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_PVT = SegmenterSpec(arch="PolypPVT", encoder="pvt_v2_b0")
@@ -78,7 +92,7 @@ def test_segmenter_summary_merges_with_defaults_and_refuses_bad_entries(capsys, 
                                               (SegmenterSpec("HFSegformer", "mit-b0"), 1)])
 def test_maps_are_input_sized_and_counted(spec: SegmenterSpec, n_maps: int) -> None:
     torch.manual_seed(0)
-    model = segment.build_segmenter(spec).eval()
+    model = build_segmenter(spec).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         maps = output_maps(model, x)
@@ -91,7 +105,7 @@ def test_maps_are_input_sized_and_counted(spec: SegmenterSpec, n_maps: int) -> N
 def test_prediction_is_pranets_last_map_and_polyp_pvts_sum() -> None:
     torch.manual_seed(0)
     x = torch.randn(1, 3, 64, 64)
-    pranet, pvt = segment.build_segmenter(SMALL_PRANET).eval(), segment.build_segmenter(SMALL_PVT).eval()
+    pranet, pvt = build_segmenter(SMALL_PRANET).eval(), build_segmenter(SMALL_PVT).eval()
     with torch.no_grad():
         maps = output_maps(pranet, x)
         assert torch.equal(predict_logits(pranet, x), maps[-1])
@@ -103,7 +117,7 @@ def test_prediction_is_pranets_last_map_and_polyp_pvts_sum() -> None:
 
 def test_pranet_head_is_the_released_one_on_res2net50d() -> None:
     """The stride-8/16/32 levels of res2net50d feed the head with the released channels (512, 1024, 2048)."""
-    model = segment.build_segmenter(SegmenterSpec("PraNet", "res2net50d"))
+    model = build_segmenter(SegmenterSpec("PraNet", "res2net50d"))
     channels = [model.encoder.feature_info.channels()[i] for i in model.levels]
     assert channels == [512, 1024, 2048]
     assert sum(p.numel() for p in model.encoder.parameters()) == 23_669_352  # timm res2net50d without classifier
@@ -133,55 +147,55 @@ def test_loss_sums_over_maps_and_a_wrong_extra_map_costs() -> None:
     good = (mask * 2 - 1) * 8.0  # confident and right
     wrong = -good  # confident and wrong
     x = torch.zeros(1, 3, 32, 32)
-    both_good = segment.maps_structure_loss(output_maps(_FixedMaps([good, good]), x), mask)
-    extra_wrong = segment.maps_structure_loss(output_maps(_FixedMaps([wrong, good]), x), mask)
+    both_good = maps_structure_loss(output_maps(_FixedMaps([good, good]), x), mask)
+    extra_wrong = maps_structure_loss(output_maps(_FixedMaps([wrong, good]), x), mask)
     # the prediction (the last map) is the same, the loss is not: every map is supervised
     assert predict_logits(_FixedMaps([wrong, good]), x).equal(predict_logits(_FixedMaps([good, good]), x))
     assert extra_wrong > both_good + 1.0
-    expected = segment.structure_loss(wrong, mask) + segment.structure_loss(good, mask)
+    expected = structure_loss(wrong, mask) + structure_loss(good, mask)
     assert extra_wrong.item() == pytest.approx(expected.item(), rel=1e-6)
     # a map at a lower resolution is upsampled to the mask's size before its loss
     low = torch.nn.functional.interpolate(good, size=(8, 8), mode="bilinear", align_corners=False)
-    assert segment.maps_structure_loss([low], mask).item() == pytest.approx(
-        segment.structure_loss(torch.nn.functional.interpolate(low, size=(32, 32), mode="bilinear"), mask).item())
+    assert maps_structure_loss([low], mask).item() == pytest.approx(
+        structure_loss(torch.nn.functional.interpolate(low, size=(32, 32), mode="bilinear"), mask).item())
     # one map: exactly the structure loss (smp models train as before)
-    assert segment.maps_structure_loss([good], mask).equal(segment.structure_loss(good, mask))
+    assert maps_structure_loss([good], mask).equal(structure_loss(good, mask))
 
 
 # --------------------------------------------------------------------------------------- recipes
-SEGMENT = {"learning_rate": 1e-4, "batch_size": 16, "iterations": 1820, "grad_clip": 0.5,
+SEGMENT = {"size": 64, "learning_rate": 1e-4, "batch_size": 16, "iterations": 1820, "grad_clip": 0.5,
            "multi_scale": [0.75, 1.0, 1.25], "optimizer": "adam", "weight_decay": 0, "lr_decay": None,
            "augment": "pranet"}
 
 
 def test_arch_recipe_overrides_segment_defaults_per_arch() -> None:
-    pranet = segment.resolve_recipe(SEGMENT, {"arch": "PraNet", "optimizer": None, "iterations": None}, "pranet")
-    pvt = segment.resolve_recipe(SEGMENT, {"arch": "PolypPVT", "optimizer": "adamw", "weight_decay": 1e-4,
+    pranet = resolve_recipe(SEGMENT, {"arch": "PraNet", "optimizer": None, "iterations": None}, "pranet")
+    pvt = resolve_recipe(SEGMENT, {"arch": "PolypPVT", "optimizer": "adamw", "weight_decay": 1e-4,
                                            "iterations": 9100, "lr_decay": {"at": 0.5, "factor": 0.1}}, "polyp_pvt")
     assert (pranet.optimizer, pranet.iterations, pranet.weight_decay, pranet.lr_decay) == ("adam", 1820, 0.0, None)
     assert (pvt.optimizer, pvt.iterations, pvt.weight_decay, pvt.lr_decay) == ("adamw", 9100, 1e-4, (0.5, 0.1))
     assert pvt.multi_scale == pranet.multi_scale == (0.75, 1.0, 1.25) and pvt.augment == "pranet"
     assert pvt.record()["lr_decay_at"] == 0.5 and pranet.record()["lr_decay_factor"] is None
     with pytest.raises(ValueError, match=r"segment\.archs\.x\.optimizer.*sgd"):
-        segment.resolve_recipe(SEGMENT, {"optimizer": "sgd"}, "x")
+        resolve_recipe(SEGMENT, {"optimizer": "sgd"}, "x")
     with pytest.raises(ValueError, match=r"segment\.archs\.x\.lr_decay"):
-        segment.resolve_recipe(SEGMENT, {"lr_decay": {"at": 1.5, "factor": 0.1}}, "x")
+        resolve_recipe(SEGMENT, {"lr_decay": {"at": 1.5, "factor": 0.1}}, "x")
     with pytest.raises(ValueError, match=r"segment\.augment"):
-        segment.resolve_recipe({k: v for k, v in SEGMENT.items() if k != "augment"}, {}, "x")
+        resolve_recipe({k: v for k, v in SEGMENT.items() if k != "augment"}, {}, "x")
 
 
 def test_lr_decay_scales_the_late_steps(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
     """Two iterations with the lr × 1e-6 after the first end where one iteration ends; without decay they do not."""
     spec = SegmenterSpec("Segformer", "mit_b0")
-    common = {"size": 64, "batch_size": 3, "lr": 1e-2, "grad_clip": None, "multi_scale": (1.0,), "seed": 0,
+    common = {"size": 64, "batch_size": 3, "learning_rate": 1e-2, "grad_clip": None, "multi_scale": (1.0,),
               "optimizer": "adamw", "weight_decay": 1e-4}
-    one = segment.train_segmenter(pairs_df, spec, tmp_path / "one", iterations=1, **common)
-    decayed = segment.train_segmenter(pairs_df, spec, tmp_path / "decayed", iterations=2,
-                                      lr_decay={"at": 0.5, "factor": 1e-6}, **common)
-    constant = segment.train_segmenter(pairs_df, spec, tmp_path / "constant", iterations=2, **common)
+    one = train_segmenter(pairs_df, spec, tmp_path / "one", SegmentRecipe(iterations=1, **common), seed=0)
+    decayed = train_segmenter(pairs_df, spec, tmp_path / "decayed",
+                              SegmentRecipe(iterations=2, lr_decay={"at": 0.5, "factor": 1e-6}, **common), seed=0)
+    constant = train_segmenter(pairs_df, spec, tmp_path / "constant", SegmentRecipe(iterations=2, **common), seed=0)
     assert (decayed["lr_decay_at"], decayed["lr_decay_factor"], constant["lr_decay_at"]) == (0.5, 1e-6, None)
     assert decayed["optimizer"] == "adamw" and decayed["weight_decay"] == 1e-4
-    states = {name: segment.load_state_dict(tmp_path / name / "model.safetensors")
+    states = {name: load_state_dict(tmp_path / name / "model.safetensors")
               for name in ("one", "decayed", "constant")}
     key = next(k for k in states["one"] if k.endswith("weight") and states["one"][k].dim() == 4)
 
@@ -193,25 +207,25 @@ def test_lr_decay_scales_the_late_steps(pairs_df: pd.DataFrame, tmp_path: Path) 
 
 
 def test_field_arch_trains_records_its_recipe_and_predicts(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
-    summary = segment.train_segmenter(pairs_df, SMALL_PVT, tmp_path / "run", size=64, iterations=2, batch_size=3,
-                                      lr=1e-3, grad_clip=0.5, multi_scale=(0.75, 1.0), seed=0, optimizer="adamw",
-                                      weight_decay=1e-4, augment="pranet")
+    recipe = SegmentRecipe(size=64, iterations=2, batch_size=3, learning_rate=1e-3, grad_clip=0.5,
+                           multi_scale=(0.75, 1.0), optimizer="adamw", weight_decay=1e-4, augment="pranet")
+    summary = train_segmenter(pairs_df, SMALL_PVT, tmp_path / "run", recipe, seed=0)
     assert summary["maps"] == 2 and summary["steps"] == 4
     assert summary["multi_scale"] == [0.75, 1.0] and summary["augment"] == "pranet"
-    record = segment.write_run_record(tmp_path / "run.json", "transformer", "real", 0, summary)
+    record = write_run_record(tmp_path / "run.json", "transformer", "real", 0, summary)
     assert {k: record[k] for k in ("optimizer", "weight_decay", "grad_clip")} == {
         "optimizer": "adamw", "weight_decay": 1e-4, "grad_clip": 0.5}
-    runs = report.runs_table([tmp_path / "run.json"])
+    runs = run_records.runs_table([tmp_path / "run.json"])
     assert runs.loc[0, "optimizer"] == "adamw" and runs.loc[0, "multi_scale"] == "0.75/1"
-    model = segment.load_segmenter(SMALL_PVT, tmp_path / "run" / "model.safetensors")
-    losses = segment.sample_losses(model, pairs_df, size=64)
+    model = load_segmenter(SMALL_PVT, tmp_path / "run" / "model.safetensors")
+    losses = sample_losses(model, pairs_df, size=64)
     assert len(losses) == 6 and np.isfinite(losses["loss"]).all()
 
 
 def test_pranet_augmentation_is_resize_only(pairs_df: pd.DataFrame) -> None:
-    plain = segment.PairDataset(pairs_df, 64, augment=False)
-    pranet = segment.PairDataset(pairs_df, 64, augment=True, augmentation="pranet")
-    hardgen = segment.PairDataset(pairs_df, 64, augment=True, augmentation="hardgen")
+    plain = SegmentationPairs(pairs_df, 64, augment=False)
+    pranet = SegmentationPairs(pairs_df, 64, augment=True, augmentation="pranet")
+    hardgen = SegmentationPairs(pairs_df, 64, augment=True, augmentation="hardgen")
     differs = 0
     for seed in range(6):
         reference = plain[0][0]
@@ -219,22 +233,22 @@ def test_pranet_augmentation_is_resize_only(pairs_df: pd.DataFrame) -> None:
         differs += not torch.equal(hardgen[(0, seed)][0], reference)
     assert differs > 0
     with pytest.raises(ValueError, match="segment.augment"):
-        segment.train_transform(64, "flips")
+        train_transform(64, "flips")
 
 
 # ------------------------------------------------------------------------------------- checkpoints
 def test_field_arch_loads_a_whole_model_or_a_timm_backbone_export(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    source = segment.build_segmenter(SMALL_PVT)
+    source = build_segmenter(SMALL_PVT)
     save_state_dict(tmp_path / "whole.safetensors", source.state_dict())
     torch.manual_seed(2)
     backbone = timm.create_model("pvt_v2_b0", pretrained=False)  # a timm export, classifier head included
     save_state_dict(tmp_path / "backbone.safetensors", backbone.state_dict())
 
     torch.manual_seed(3)
-    whole = segment.build_segmenter(SegmenterSpec("PolypPVT", "pvt_v2_b0", checkpoint=str(tmp_path / "whole.safetensors")))
+    whole = build_segmenter(SegmenterSpec("PolypPVT", "pvt_v2_b0", checkpoint=str(tmp_path / "whole.safetensors")))
     assert all(torch.equal(whole.state_dict()[k], v) for k, v in source.state_dict().items())
-    enc = segment.build_segmenter(SegmenterSpec("PolypPVT", "pvt_v2_b0",
+    enc = build_segmenter(SegmenterSpec("PolypPVT", "pvt_v2_b0",
                                                 checkpoint=str(tmp_path / "backbone.safetensors")))
     timm_state = backbone.state_dict()
     for key, value in enc.encoder.state_dict().items():
@@ -244,14 +258,14 @@ def test_field_arch_loads_a_whole_model_or_a_timm_backbone_export(tmp_path: Path
 
 def test_hf_segformer_builds_offline_and_loads_a_local_folder(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = segment.build_segmenter(SegmenterSpec("HFSegformer", "mit_b0"))
+    model = build_segmenter(SegmenterSpec("HFSegformer", "mit_b0"))
     assert model.model.config.hidden_sizes == [32, 64, 160, 256] and model.model.config.num_labels == 1
     model.model.save_pretrained(tmp_path / "judge")
     torch.manual_seed(1)
-    loaded = segment.build_segmenter(SegmenterSpec("HFSegformer", "mit-b0", checkpoint=str(tmp_path / "judge")))
+    loaded = build_segmenter(SegmenterSpec("HFSegformer", "mit-b0", checkpoint=str(tmp_path / "judge")))
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match=r"segment\.archs\.judge\.encoder.*mit-b9"):
-        segment.build_segmenter(SegmenterSpec("HFSegformer", "mit-b9"), config_key="judge")
+        build_segmenter(SegmenterSpec("HFSegformer", "mit-b9"), config_key="judge")
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -283,16 +297,16 @@ def test_judges_and_maps_use_the_prediction_map(pairs_df: pd.DataFrame, tmp_path
     from hardgen.segmentation.predict import save_prediction_maps
 
     torch.manual_seed(0)
-    model = segment.build_segmenter(SMALL_PVT).eval()
+    model = build_segmenter(SMALL_PVT).eval()
     save_state_dict(tmp_path / "pvt.safetensors", model.state_dict())
-    images = torch.stack([segment.PairDataset(pairs_df, 64, augment=False)[i][0] for i in range(2)])
-    masks = torch.stack([segment.PairDataset(pairs_df, 64, augment=False)[i][1] for i in range(2)])
+    images = torch.stack([SegmentationPairs(pairs_df, 64, augment=False)[i][0] for i in range(2)])
+    masks = torch.stack([SegmentationPairs(pairs_df, 64, augment=False)[i][1] for i in range(2)])
     with torch.no_grad():
         p1, p2 = output_maps(model, images)
-    expected = segment.structure_loss_per_sample(p1 + p2, masks)
-    assert not torch.allclose(expected, segment.structure_loss_per_sample(p2, masks))  # the sum is a real choice
+    expected = structure_loss_per_sample(p1 + p2, masks)
+    assert not torch.allclose(expected, structure_loss_per_sample(p2, masks))  # the sum is a real choice
 
-    losses = segment.sample_losses(model, pairs_df.iloc[:2], size=64)
+    losses = sample_losses(model, pairs_df.iloc[:2], size=64)
     assert losses["loss"].to_numpy() == pytest.approx(expected.numpy(), rel=1e-5)
     pixel = [loss for _, loss, _ in judge_pixel_losses(model, pairs_df.iloc[:2], size=64)]
     assert np.stack(pixel) == pytest.approx(pixel_bce(p1 + p2, masks).numpy(), rel=1e-5, abs=1e-6)
@@ -300,8 +314,8 @@ def test_judges_and_maps_use_the_prediction_map(pairs_df: pd.DataFrame, tmp_path
     entry = {"arch": "PolypPVT", "encoder": "pvt_v2_b0", "optimizer": "adamw", "published": "Polyp-PVT"}
     judge = FeedbackJudge(SimpleNamespace(segmenter=entry, segmenter_weights=str(tmp_path / "pvt.safetensors"),
                                           segment_size=64, seg_loss="structure"), torch.device("cpu"))
-    mean = torch.tensor(segment.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(segment.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     images01 = (images * std + mean).requires_grad_(True)
     feedback = judge.losses(images01, masks)
     assert feedback.detach().numpy() == pytest.approx(expected.numpy(), rel=1e-4)

@@ -229,7 +229,7 @@ def test_report_keys_are_checked_against_the_benchmark(demo):
 
 
 def test_a_published_model_is_not_a_segmenter_setting():
-    from hardgen.segmentation.segment import SegmenterSpec
+    from hardgen.segmentation.build import SegmenterSpec
 
     spec = SegmenterSpec.from_config({"arch": "Unet", "encoder": "resnet18", "published": "PraNet"}, "cnn")
     assert (spec.arch, spec.encoder) == ("Unet", "resnet18")

@@ -16,7 +16,8 @@ from hardgen.core.io import DataError, write_image, write_mask
 from hardgen.evaluation import metrics
 from hardgen.scoring import fidelity
 from hardgen.scoring.features import BackboneSpec, load_backbone
-from hardgen.segmentation.segment import IMAGENET_MEAN, IMAGENET_STD, sample_losses
+from hardgen.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD
+from hardgen.segmentation.measures import sample_losses
 
 SIZE = 64
 
@@ -177,7 +178,7 @@ def guard_tree(tmp_path_factory) -> dict[str, object]:
                           "mask": str(root / f"gen/m{sid}.png"), "condition": "", "variant": "hard"})
     generated_csv = root / "generated.csv"
     pd.DataFrame(generated).to_csv(generated_csv, index=False)
-    # two real-only judge runs (the guard averages every arch's judge), graded through segment.sample_losses
+    # two real-only judge runs (the guard averages every arch's judge), graded through sample_losses
     losses = {}
     for name, offset in (("judge/cnn/seed-0", 90.0), ("judge/transformer/seed-0", 70.0)):
         table = sample_losses(RednessSegmenter(offset), pd.DataFrame(generated), size=SIZE).assign(variant="hard")

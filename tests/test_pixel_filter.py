@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,15 @@ import torch
 import torch.nn.functional as F
 from conftest import ellipse_pairs
 
+from hardgen.benchmark.records import write_run_record
 from hardgen.core.io import DataError
 from hardgen.scoring import pixel_filter
-from hardgen.segmentation import segment
-from hardgen.segmentation.segment import SegmenterSpec
+from hardgen.segmentation import losses as segmentation_losses
+from hardgen.segmentation.build import SegmenterSpec, build_segmenter
+from hardgen.segmentation.datasets import FilteredSegmentationPairs, SegmentationPairs
+from hardgen.segmentation.losses import structure_loss, structure_loss_per_sample
+from hardgen.segmentation.recipes import SegmentRecipe
+from hardgen.segmentation.training import train_segmenter
 
 FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")
 
@@ -93,48 +99,48 @@ def test_structure_loss_with_valid_pixels() -> None:
     logits = torch.randn(3, 1, 40, 40)
     mask = torch.zeros(3, 1, 40, 40)
     mask[..., 10:25, 12:30] = 1.0
-    reference = segment.structure_loss_per_sample(logits, mask)
+    reference = structure_loss_per_sample(logits, mask)
     # an all-valid mask is the original loss, bit for bit
-    assert torch.equal(segment.structure_loss_per_sample(logits, mask, torch.ones_like(mask)), reference)
-    assert torch.equal(segment.structure_loss(logits, mask, torch.ones_like(mask)),
-                       segment.structure_loss(logits, mask))
+    assert torch.equal(structure_loss_per_sample(logits, mask, torch.ones_like(mask)), reference)
+    assert torch.equal(structure_loss(logits, mask, torch.ones_like(mask)),
+                       structure_loss(logits, mask))
 
     # ignored pixels do not reach the loss: changing the logits there changes nothing, elsewhere it does
     valid = torch.ones_like(mask)
     valid[..., :20, :] = 0.0
-    masked = segment.structure_loss_per_sample(logits, mask, valid)
+    masked = structure_loss_per_sample(logits, mask, valid)
     poked = logits.clone()
     poked[..., :20, :] += 5.0
-    assert torch.allclose(segment.structure_loss_per_sample(poked, mask, valid), masked, atol=1e-6)
+    assert torch.allclose(structure_loss_per_sample(poked, mask, valid), masked, atol=1e-6)
     poked_valid = logits.clone()
     poked_valid[..., 30:, :] += 5.0
-    assert not torch.allclose(segment.structure_loss_per_sample(poked_valid, mask, valid), masked)
+    assert not torch.allclose(structure_loss_per_sample(poked_valid, mask, valid), masked)
 
     # hand-computed: empty mask, zero logits -> weight 1, BCE ln 2 on every valid pixel, IoU over the valid ones
     size, kept = 16, 16 * 10
     half = torch.zeros(1, 1, size, size)
     half[..., :10, :] = 1.0
-    value = segment.structure_loss(torch.zeros(1, 1, size, size), torch.zeros(1, 1, size, size), half).item()
+    value = structure_loss(torch.zeros(1, 1, size, size), torch.zeros(1, 1, size, size), half).item()
     assert value == pytest.approx(math.log(2.0) + 1.0 - 1.0 / (0.5 * kept + 1.0), rel=1e-6)
     # a sample with every pixel ignored contributes 0, not NaN
-    nothing = segment.structure_loss_per_sample(logits[:1], mask[:1], torch.zeros_like(mask[:1]))
+    nothing = structure_loss_per_sample(logits[:1], mask[:1], torch.zeros_like(mask[:1]))
     assert nothing.item() == 0.0
     with pytest.raises(ValueError, match="valid-pixel mask"):
-        segment.structure_loss(logits, mask, valid[..., :39])
+        structure_loss(logits, mask, valid[..., :39])
 
 
 # ------------------------------------------------------------------------------- through augmentation
 def _resized_mask(pairs_df: pd.DataFrame, row: int, size: int) -> np.ndarray:
-    return segment.PairDataset(pairs_df, size, augment=False)[row][1][0].numpy() > 0.5
+    return SegmentationPairs(pairs_df, size, augment=False)[row][1][0].numpy() > 0.5
 
 
 def test_ignore_maps_follow_the_augmentation_of_the_mask(pairs_df: pd.DataFrame) -> None:
     size = 64
-    plain = segment.PairDataset(pairs_df, size, augment=True)
-    nothing = segment.FilteredPairDataset(pairs_df, size, [None] * 6)
-    zeros = segment.FilteredPairDataset(pairs_df, size, [np.zeros((size, size), bool)] * 6)
+    plain = SegmentationPairs(pairs_df, size, augment=True)
+    nothing = FilteredSegmentationPairs(pairs_df, size, [None] * 6)
+    zeros = FilteredSegmentationPairs(pairs_df, size, [np.zeros((size, size), bool)] * 6)
     # the ignore map is the mask itself (at size, before augmentation): after any augmentation the two agree
-    as_mask = segment.FilteredPairDataset(pairs_df, size, [_resized_mask(pairs_df, r, size) for r in range(6)])
+    as_mask = FilteredSegmentationPairs(pairs_df, size, [_resized_mask(pairs_df, r, size) for r in range(6)])
     moved = 0
     for row in range(6):
         for seed in (1, 7, 123, 999):
@@ -150,24 +156,25 @@ def test_ignore_maps_follow_the_augmentation_of_the_mask(pairs_df: pd.DataFrame)
             moved += not np.array_equal(mask[0].numpy() > 0.5, _resized_mask(pairs_df, row, size))
     assert moved > 0  # the augmentation did move the masks (and the ignore maps with them)
     with pytest.raises(ValueError, match=r"expected \(64, 64\)"):
-        segment.FilteredPairDataset(pairs_df, size, [np.zeros((32, 32), bool)] * 6)
+        FilteredSegmentationPairs(pairs_df, size, [np.zeros((32, 32), bool)] * 6)
 
 
 def test_ignore_maps_reach_the_loss_at_every_scale(pairs_df: pd.DataFrame, tmp_path: Path, monkeypatch) -> None:
     size = 64
     seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    original = segment.structure_loss
+    original = structure_loss
 
     def recording(logits, mask, valid=None):
         seen.append((mask.detach().clone(), None if valid is None else valid.detach().clone()))
         return original(logits, mask, valid)
 
-    monkeypatch.setattr(segment, "structure_loss", recording)
+    monkeypatch.setattr(segmentation_losses, "structure_loss", recording)
     synthetic = pairs_df.iloc[2:].reset_index(drop=True)
     # ignore each synthetic polyp: at scale 1 the valid map must be exactly 1 - mask after augmentation
     maps = [_resized_mask(synthetic, r, size) for r in range(len(synthetic))]
-    summary = segment.train_segmenter(synthetic, FAST_SPEC, tmp_path / "a", size=size, iterations=3, batch_size=2,
-                                      lr=1e-3, grad_clip=0.5, multi_scale=(0.5, 1.0), seed=0, ignore_masks=maps)
+    recipe = SegmentRecipe(size=size, iterations=3, batch_size=2, learning_rate=1e-3, grad_clip=0.5,
+                           multi_scale=(0.5, 1.0))
+    summary = train_segmenter(synthetic, FAST_SPEC, tmp_path / "a", recipe, seed=0, ignore_masks=maps)
     assert len(seen) == 6
     for mask, valid in seen:
         assert valid is not None and valid.shape == mask.shape and set(valid.unique().tolist()) <= {0.0, 1.0}
@@ -182,30 +189,28 @@ def test_ignore_maps_reach_the_loss_at_every_scale(pairs_df: pd.DataFrame, tmp_p
     # background in the mask and 0 = "not ignored" in the map) still count
     seen.clear()
     everything = [np.ones((size, size), bool)] * len(synthetic)
-    summary = segment.train_segmenter(synthetic, FAST_SPEC, tmp_path / "b", size=size, iterations=2, batch_size=2,
-                                      lr=1e-3, grad_clip=0.5, multi_scale=(1.0,), seed=0, ignore_masks=everything)
+    recipe = SegmentRecipe(size=size, iterations=2, batch_size=2, learning_rate=1e-3, grad_clip=0.5)
+    summary = train_segmenter(synthetic, FAST_SPEC, tmp_path / "b", recipe, seed=0, ignore_masks=everything)
     assert summary["ignored_pixel_fraction"] == 1.0
     for mask, valid in seen:
         assert (mask[valid > 0] == 0).all() and valid.mean() < 0.3
 
     # unfiltered and all-kept runs train the same model, bit for bit; run.json records the fraction (null: off)
-    kept = segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path / "c", size=size, iterations=2, batch_size=2,
-                                   lr=1e-3, grad_clip=0.5, seed=0,
-                                   ignore_masks=[None, None] + [np.zeros((size, size), bool)] * 4)
-    off = segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path / "d", size=size, iterations=2, batch_size=2, lr=1e-3,
-                                  grad_clip=0.5, seed=0)
+    kept = train_segmenter(pairs_df, FAST_SPEC, tmp_path / "c", recipe, seed=0,
+                           ignore_masks=[None, None] + [np.zeros((size, size), bool)] * 4)
+    off = train_segmenter(pairs_df, FAST_SPEC, tmp_path / "d", recipe, seed=0)
     assert (kept["ignored_pixel_fraction"], off["ignored_pixel_fraction"]) == (0.0, None)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "c" / "train_log.csv"),
                                   pd.read_csv(tmp_path / "d" / "train_log.csv"))
-    record = segment.write_run_record(tmp_path / "run.json", "cnn", "hard", 0, kept)
+    record = write_run_record(tmp_path / "run.json", "cnn", "hard", 0, kept)
     assert json.loads((tmp_path / "run.json").read_text())["ignored_pixel_fraction"] == 0.0 == record[
         "ignored_pixel_fraction"]
-    segment.write_run_record(tmp_path / "off.json", "cnn", "real", 0, off)
+    write_run_record(tmp_path / "off.json", "cnn", "real", 0, off)
     assert json.loads((tmp_path / "off.json").read_text())["ignored_pixel_fraction"] is None
 
     with pytest.raises(ValueError, match="real pixels are never filtered"):
-        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path / "e", size=size, iterations=1, batch_size=2,
-                                lr=1e-3, grad_clip=0.5, ignore_masks=[np.zeros((size, size), bool)] * 6)
+        train_segmenter(pairs_df, FAST_SPEC, tmp_path / "e", replace(recipe, iterations=1),
+                        ignore_masks=[np.zeros((size, size), bool)] * 6)
     assert not (tmp_path / "e" / "model.safetensors").exists()
 
 
@@ -213,12 +218,12 @@ def test_ignore_maps_reach_the_loss_at_every_scale(pairs_df: pd.DataFrame, tmp_p
 def test_pixel_filter_masks_apply_the_real_class_means_to_the_synthetic_pixels(pairs_df: pd.DataFrame) -> None:
     size, factor = 64, 1.25
     torch.manual_seed(0)
-    judge = segment.build_segmenter(FAST_SPEC).eval()
+    judge = build_segmenter(FAST_SPEC).eval()
     result = pixel_filter.pixel_filter_masks(judge, pairs_df, size, factor, batch_size=4)
     assert result.ignore[:2] == [None, None]  # real rows: never filtered
 
     # the reference, independently: eval resize, per-pixel BCE, means over the real pixels of each class
-    dataset = segment.PairDataset(pairs_df, size, augment=False)
+    dataset = SegmentationPairs(pairs_df, size, augment=False)
     with torch.no_grad():
         items = [dataset[r] for r in range(6)]
         losses = [F.binary_cross_entropy_with_logits(judge(img[None]), m[None], reduction="none")[0, 0].numpy()
@@ -242,7 +247,7 @@ def test_class_means_cache_runs_the_real_images_once_and_changes_nothing(pairs_d
     """A job's runs share one judge: its real images' class means are computed once, the maps are the same."""
     size, factor = 64, 1.25
     torch.manual_seed(0)
-    judge = segment.build_segmenter(FAST_SPEC).eval()
+    judge = build_segmenter(FAST_SPEC).eval()
     images_seen: list[int] = []
     judge.register_forward_hook(lambda _m, inputs, _o: images_seen.append(len(inputs[0])))
     cache: dict = {}

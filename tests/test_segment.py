@@ -1,4 +1,5 @@
-"""Tests for hardgen.segmentation.segment: structure loss, segmenter building, PraNet-style training, sample losses."""
+"""Tests for hardgen.segmentation (build, losses, datasets, recipes, training, measures): structure loss, segmenter
+building, PraNet-style training, sample losses."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from hardgen.benchmark.records import write_run_record
 from hardgen.core.io import DataError, read_mask, write_image, write_mask
 from hardgen.core.weights import load_state_dict, save_state_dict
-from hardgen.report import report
-from hardgen.segmentation import segment
-from hardgen.segmentation.segment import SegmenterSpec
+from hardgen.report import run_records
+from hardgen.segmentation.build import SegmenterSpec, build_segmenter, load_segmenter
+from hardgen.segmentation.datasets import SeededEpochStream, SegmentationPairs
+from hardgen.segmentation.losses import structure_loss, structure_loss_per_sample
+from hardgen.segmentation.measures import foreground_fractions, sample_losses
+from hardgen.segmentation.recipes import SegmentRecipe, scaled_size
+from hardgen.segmentation.training import train_segmenter
 
 # Segformer/mit_b0 is the fastest family to train on CPU; Unet/resnet18 is checked for build + forward.
 FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")
@@ -55,7 +61,7 @@ def test_structure_loss_hand_computed_uniform_case() -> None:
     logits = torch.zeros(1, 1, size, size)
     mask = torch.zeros(1, 1, size, size)
     expected = math.log(2.0) + 1.0 - 1.0 / (0.5 * size * size + 1.0)
-    assert segment.structure_loss(logits, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert structure_loss(logits, mask).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_structure_loss_perfect_below_wrong_and_per_sample_mean() -> None:
@@ -63,14 +69,14 @@ def test_structure_loss_perfect_below_wrong_and_per_sample_mean() -> None:
     perfect = 12.0 * (2 * mask - 1)
     wrong = -perfect
     half = torch.zeros_like(mask)
-    per_sample = segment.structure_loss_per_sample(
+    per_sample = structure_loss_per_sample(
         torch.cat([perfect, half, wrong]), torch.cat([mask, mask, mask])
     )
     assert per_sample.shape == (3,)
     assert per_sample[0].item() < 1e-3
     assert per_sample[0] < per_sample[1] < per_sample[2]
     assert per_sample[2].item() > 5.0
-    scalar = segment.structure_loss(torch.cat([perfect, half, wrong]), torch.cat([mask, mask, mask]))
+    scalar = structure_loss(torch.cat([perfect, half, wrong]), torch.cat([mask, mask, mask]))
     assert scalar.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
 
 
@@ -81,21 +87,21 @@ def test_structure_loss_weights_errors_near_the_boundary_more() -> None:
     far_error[..., 0, 0] = 12.0  # false positive in a corner, far from the object: weight 1
     edge_error = perfect.clone()
     edge_error[..., 21, 30] = 12.0  # false positive just outside the object's edge: weight ~ 1 + 5 * 0.3
-    loss_far = segment.structure_loss(far_error, mask).item()
-    loss_edge = segment.structure_loss(edge_error, mask).item()
+    loss_far = structure_loss(far_error, mask).item()
+    loss_edge = structure_loss(edge_error, mask).item()
     assert loss_edge > 1.5 * loss_far > 0
 
 
 def test_structure_loss_rejects_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="equal"):
-        segment.structure_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
+        structure_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
 
 
 # ---------------------------------------------------------------------------------------- models
 @pytest.mark.parametrize(("arch", "encoder"), [("Unet", "resnet18"), ("Segformer", "mit_b0")])
 def test_both_families_build_and_forward_at_64(arch: str, encoder: str) -> None:
     torch.manual_seed(0)
-    model = segment.build_segmenter(SegmenterSpec(arch=arch, encoder=encoder)).eval()
+    model = build_segmenter(SegmenterSpec(arch=arch, encoder=encoder)).eval()
     with torch.no_grad():
         logits = model(torch.randn(2, 3, 64, 64))
     assert logits.shape == (2, 1, 64, 64)
@@ -104,11 +110,11 @@ def test_both_families_build_and_forward_at_64(arch: str, encoder: str) -> None:
 
 def test_unknown_arch_and_encoder_name_the_config_key() -> None:
     with pytest.raises(ValueError, match=r"segment\.archs\.cnn\.arch.*NoSuchNet"):
-        segment.build_segmenter(SegmenterSpec(arch="NoSuchNet", encoder="resnet18"), config_key="cnn")
+        build_segmenter(SegmenterSpec(arch="NoSuchNet", encoder="resnet18"), config_key="cnn")
     with pytest.raises(ValueError, match=r"segment\.archs\.transformer\.encoder.*mit_b99"):
-        segment.build_segmenter(SegmenterSpec(arch="Segformer", encoder="mit_b99"), config_key="transformer")
+        build_segmenter(SegmenterSpec(arch="Segformer", encoder="mit_b99"), config_key="transformer")
     with pytest.raises(ValueError, match=r"segment\.archs\.x\.encoder.*tu-not_a_timm_model"):
-        segment.build_segmenter(SegmenterSpec(arch="FPN", encoder="tu-not_a_timm_model"), config_key="x")
+        build_segmenter(SegmenterSpec(arch="FPN", encoder="tu-not_a_timm_model"), config_key="x")
 
 
 def test_spec_from_config_reads_entry_and_names_missing_keys() -> None:
@@ -122,7 +128,7 @@ def test_spec_from_config_reads_entry_and_names_missing_keys() -> None:
 
 def test_checkpoint_loads_whole_model_or_encoder_and_rejects_mismatch(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    source = segment.build_segmenter(FAST_SPEC)
+    source = build_segmenter(FAST_SPEC)
     save_state_dict(tmp_path / "whole.safetensors", source.state_dict())
     # A backbone export: encoder keys plus a classifier head the encoder does not have.
     encoder_only = dict(source.encoder.state_dict())
@@ -132,30 +138,29 @@ def test_checkpoint_loads_whole_model_or_encoder_and_rejects_mismatch(tmp_path: 
 
     torch.manual_seed(2)  # different random init, so equality below proves the load happened
     whole_spec = SegmenterSpec("Segformer", "mit_b0", checkpoint=str(tmp_path / "whole.safetensors"))
-    whole = segment.build_segmenter(whole_spec)
+    whole = build_segmenter(whole_spec)
     for key, value in source.state_dict().items():
         assert torch.equal(whole.state_dict()[key], value), key
 
     torch.manual_seed(3)
     encoder_spec = SegmenterSpec("Segformer", "mit_b0", checkpoint=str(tmp_path / "encoder.safetensors"))
-    enc = segment.build_segmenter(encoder_spec)
+    enc = build_segmenter(encoder_spec)
     for key, value in source.encoder.state_dict().items():
         assert torch.equal(enc.encoder.state_dict()[key], value), key
     head_key = next(k for k in source.state_dict() if k.startswith("segmentation_head") and k.endswith("weight"))
     assert not torch.equal(enc.state_dict()[head_key], source.state_dict()[head_key])  # decoder stays random
 
     with pytest.raises(ValueError, match=r"segment\.archs\.t\.checkpoint.*bad\.safetensors"):
-        segment.build_segmenter(
+        build_segmenter(
             SegmenterSpec("Segformer", "mit_b0", checkpoint=str(tmp_path / "bad.safetensors")), config_key="t"
         )
 
 
 # -------------------------------------------------------------------------------------- training
 def _train(pairs_df: pd.DataFrame, out_dir: Path, seed: int, spec: SegmenterSpec = FAST_SPEC) -> dict:
-    return segment.train_segmenter(
-        pairs_df, spec, out_dir, size=64, iterations=2, batch_size=3, lr=1e-3, grad_clip=0.5,
-        multi_scale=(0.5, 1.0), seed=seed,
-    )
+    recipe = SegmentRecipe(size=64, iterations=2, batch_size=3, learning_rate=1e-3, grad_clip=0.5,
+                           multi_scale=(0.5, 1.0))
+    return train_segmenter(pairs_df, spec, out_dir, recipe, seed=seed)
 
 
 def test_train_writes_files_and_is_deterministic(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
@@ -191,7 +196,7 @@ def test_train_writes_files_and_is_deterministic(pairs_df: pd.DataFrame, tmp_pat
     pd.testing.assert_frame_equal(log, pd.read_csv(tmp_path / "b" / "train_log.csv"))
 
     # Training changed the weights, and load_segmenter restores exactly what was saved.
-    model = segment.load_segmenter(FAST_SPEC, tmp_path / "a" / "model.safetensors")
+    model = load_segmenter(FAST_SPEC, tmp_path / "a" / "model.safetensors")
     assert not model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, weights_a[key]), key
@@ -200,21 +205,21 @@ def test_train_writes_files_and_is_deterministic(pairs_df: pd.DataFrame, tmp_pat
 
 def test_training_reduces_the_loss(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    before = segment.sample_losses(segment.build_segmenter(FAST_SPEC), pairs_df, size=64)["loss"].mean()
-    summary = segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, iterations=16, batch_size=3, lr=2e-3,
-                                      grad_clip=0.5, seed=0)
+    before = sample_losses(build_segmenter(FAST_SPEC), pairs_df, size=64)["loss"].mean()
+    recipe = SegmentRecipe(size=64, iterations=16, batch_size=3, learning_rate=2e-3, grad_clip=0.5)
+    summary = train_segmenter(pairs_df, FAST_SPEC, tmp_path, recipe, seed=0)
     log = pd.read_csv(tmp_path / "train_log.csv")
     pass_means = log.groupby((log["iteration"] - 1) // 2)["loss"].mean()  # 2 batches of 3 = one pass over 6 pairs
     assert summary["steps"] == 16 and len(pass_means) == 8
     assert pass_means.iloc[-1] < 0.8 * pass_means.iloc[0]
-    trained = segment.load_segmenter(FAST_SPEC, tmp_path / "model.safetensors")
-    after = segment.sample_losses(trained, pairs_df, size=64)["loss"].mean()
+    trained = load_segmenter(FAST_SPEC, tmp_path / "model.safetensors")
+    after = sample_losses(trained, pairs_df, size=64)["loss"].mean()
     assert after < before
 
 
 def test_train_non_finite_loss_raises_with_step_and_saves_nothing(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    broken = segment.build_segmenter(FAST_SPEC).state_dict()
+    broken = build_segmenter(FAST_SPEC).state_dict()
     head_key = next(k for k in broken if k.startswith("segmentation_head") and k.endswith("weight"))
     broken[head_key] = torch.full_like(broken[head_key], float("nan"))
     save_state_dict(tmp_path / "broken.safetensors", broken)
@@ -228,30 +233,34 @@ def test_train_non_finite_loss_raises_with_step_and_saves_nothing(pairs_df: pd.D
 
 def test_train_rejects_bad_settings_and_tables(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"segment\.size"):
-        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=60, iterations=1, batch_size=2, lr=1e-3,
-                                grad_clip=0.5)
+        SegmentRecipe(size=60, iterations=1, batch_size=2, learning_rate=1e-3, grad_clip=0.5)
     with pytest.raises(ValueError, match=r"segment\.learning_rate"):
-        segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, iterations=1, batch_size=2, lr=0.0,
-                                grad_clip=0.5)
-    for bad in (0, -3, 2.5):
+        SegmentRecipe(size=64, iterations=1, batch_size=2, learning_rate=0.0, grad_clip=0.5)
+    for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match=r"segment\.iterations"):
-            segment.train_segmenter(pairs_df, FAST_SPEC, tmp_path, size=64, iterations=bad, batch_size=2, lr=1e-3,
-                                    grad_clip=0.5)
+            SegmentRecipe(size=64, iterations=bad, batch_size=2, learning_rate=1e-3, grad_clip=0.5)
+    with pytest.raises(ValueError, match=r"segment\.batch_size"):
+        SegmentRecipe(size=64, iterations=1, batch_size=0, learning_rate=1e-3, grad_clip=0.5)
+    with pytest.raises(ValueError, match=r"segment\.multi_scale"):
+        SegmentRecipe(size=64, iterations=1, batch_size=2, learning_rate=1e-3, grad_clip=0.5, multi_scale=(1.0, 0))
+    with pytest.raises(ValueError, match=r"segment\.augment"):
+        SegmentRecipe(size=64, iterations=1, batch_size=2, learning_rate=1e-3, grad_clip=0.5, augment="heavy")
+    # grad_clip <= 0 disables clipping and is stored (and recorded) as None
+    assert SegmentRecipe(size=64, iterations=1, batch_size=2, learning_rate=1e-3, grad_clip=0).record()[
+        "grad_clip"] is None
+    recipe = SegmentRecipe(size=64, iterations=1, batch_size=2, learning_rate=1e-3, grad_clip=0.5)
     with pytest.raises(ValueError, match=r"missing column.*'mask'"):
-        segment.train_segmenter(pairs_df.drop(columns="mask"), FAST_SPEC, tmp_path, size=64, iterations=1,
-                                batch_size=2, lr=1e-3, grad_clip=0.5)
+        train_segmenter(pairs_df.drop(columns="mask"), FAST_SPEC, tmp_path, recipe)
     with pytest.raises(ValueError, match="no \\(image, mask\\) pairs"):
-        segment.train_segmenter(pairs_df.iloc[:0], FAST_SPEC, tmp_path, size=64, iterations=1, batch_size=2, lr=1e-3,
-                                grad_clip=0.5)
+        train_segmenter(pairs_df.iloc[:0], FAST_SPEC, tmp_path, recipe)
     unlabelled = pairs_df.assign(variant=[None, "hard", "hard", "hard", "hard", "hard"])
     with pytest.raises(ValueError, match="variant"):
-        segment.train_segmenter(unlabelled, FAST_SPEC, tmp_path, size=64, iterations=1, batch_size=2, lr=1e-3,
-                                grad_clip=0.5)
+        train_segmenter(unlabelled, FAST_SPEC, tmp_path, recipe)
     assert not list(tmp_path.glob("*.safetensors"))
 
 
 def test_training_augmentation_keeps_image_and_mask_aligned(pairs_df: pd.DataFrame) -> None:
-    dataset = segment.PairDataset(pairs_df, size=64, augment=True)
+    dataset = SegmentationPairs(pairs_df, size=64, augment=True)
     image_a, mask_a, sid = dataset[(0, 123)]
     image_b, mask_b, _ = dataset[(0, 123)]
     assert sid == "gen-0"
@@ -264,7 +273,7 @@ def test_training_augmentation_keeps_image_and_mask_aligned(pairs_df: pd.DataFra
 
 
 def test_epoch_stream_is_seeded_passes_cut_at_the_budget() -> None:
-    stream = segment.SeededEpochStream(5, 12, torch.Generator().manual_seed(3))
+    stream = SeededEpochStream(5, 12, torch.Generator().manual_seed(3))
     items = list(stream)
     assert len(stream) == len(items) == 12
     indices = [i for i, _ in items]
@@ -272,24 +281,24 @@ def test_epoch_stream_is_seeded_passes_cut_at_the_budget() -> None:
     assert sorted(indices[:5]) == list(range(5)) and sorted(indices[5:10]) == list(range(5))
     assert len(set(indices[10:])) == 2
     assert indices[:5] != indices[5:10]  # each pass is reshuffled
-    again = list(segment.SeededEpochStream(5, 12, torch.Generator().manual_seed(3)))
-    other = list(segment.SeededEpochStream(5, 12, torch.Generator().manual_seed(4)))
+    again = list(SeededEpochStream(5, 12, torch.Generator().manual_seed(3)))
+    other = list(SeededEpochStream(5, 12, torch.Generator().manual_seed(4)))
     assert again == items and other != items
     # a longer budget continues the same stream: truncation, not a different draw
-    longer = list(segment.SeededEpochStream(5, 20, torch.Generator().manual_seed(3)))
+    longer = list(SeededEpochStream(5, 20, torch.Generator().manual_seed(3)))
     assert longer[:12] == items
 
 
 def test_equal_budget_across_policies_of_different_sizes(pairs_df: pd.DataFrame, tmp_path: Path, monkeypatch) -> None:
     """Runs of one arch and seed take the same batches and see the same images, whatever the subset size."""
     loaded: list[int] = []
-    original = segment.PairDataset.__getitem__
+    original = SegmentationPairs.__getitem__
 
     def counting(self, key):
         loaded.append(key[0] if isinstance(key, tuple) else key)
         return original(self, key)
 
-    monkeypatch.setattr(segment.PairDataset, "__getitem__", counting)
+    monkeypatch.setattr(SegmentationPairs, "__getitem__", counting)
     real = pairs_df.iloc[:2].assign(variant="real")
     policies = {"real": real, "hard_band": pd.concat([real, pairs_df.iloc[2:3]]), "hard": pd.concat([real, pairs_df.iloc[2:]])}
     records, images_loaded = [], {}
@@ -297,19 +306,18 @@ def test_equal_budget_across_policies_of_different_sizes(pairs_df: pd.DataFrame,
         for policy, pairs in policies.items():
             loaded.clear()
             out = tmp_path / "segment" / "unet" / policy / f"seed-{seed}"
-            summary = segment.train_segmenter(
-                pairs, SegmenterSpec("Unet", "resnet18"), out, size=64, iterations=3, batch_size=2, lr=1e-3,
-                grad_clip=0.5, multi_scale=(1.0,), seed=seed,
-            )
+            recipe = SegmentRecipe(size=64, iterations=3, batch_size=2, learning_rate=1e-3, grad_clip=0.5,
+                                   multi_scale=(1.0,))
+            summary = train_segmenter(pairs, SegmenterSpec("Unet", "resnet18"), out, recipe, seed=seed)
             images_loaded[(policy, seed)] = len(loaded)
             assert len(pd.read_csv(out / "train_log.csv")) == 3  # one optimiser step per batch at one scale
             records.append(out / "run.json")
-            segment.write_run_record(records[-1], "unet", policy, seed, summary, ratio=None if policy == "real" else 1)
+            write_run_record(records[-1], "unet", policy, seed, summary, ratio=None if policy == "real" else 1)
     assert set(images_loaded.values()) == {6}  # 3 iterations x batch 2 loaded, for 2, 3 and 6 pairs alike
 
-    runs = report.runs_table(records)
+    runs = run_records.runs_table(records)
     assert list(runs.columns) == ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
-                                  "images_seen", *report.RUNS_RECIPE_COLUMNS]  # + the recipe each run used
+                                  "images_seen", *run_records.RUNS_RECIPE_COLUMNS]  # + the recipe each run used
     assert set(runs["optimizer"]) == {"adam"} and set(runs["multi_scale"]) == {"1"}
     assert len(runs) == 6 and runs.set_index("policy")["ratio"].to_dict() == {"real": 0.0, "hard_band": 1.0, "hard": 1.0}
     per_policy = runs[runs.seed == 0].set_index("policy")
@@ -322,11 +330,11 @@ def test_equal_budget_across_policies_of_different_sizes(pairs_df: pd.DataFrame,
     # a run with another budget is refused, naming the arch and seed
     bad = dict(json.loads(records[0].read_text()), policy="plain", iterations=4, images_seen=8)
     with pytest.raises(DataError, match=r"unequal training budgets.*'unet', seed 0"):
-        report.runs_table([*records, bad])
+        run_records.runs_table([*records, bad])
 
 
 def test_foreground_fractions_read_the_stored_masks(pairs_df: pd.DataFrame) -> None:
-    fractions = segment.foreground_fractions(pairs_df)
+    fractions = foreground_fractions(pairs_df)
     assert fractions["sample_id"].tolist() == [f"gen-{i}" for i in range(6)]
     expected = [read_mask(p).mean() for p in pairs_df["mask"]]
     assert np.allclose(fractions["fg_fraction"], expected)
@@ -336,25 +344,25 @@ def test_foreground_fractions_read_the_stored_masks(pairs_df: pd.DataFrame) -> N
 
 
 def test_scaled_size_follows_pranet_rounding() -> None:
-    assert segment.scaled_size(352, 0.75) == 256
-    assert segment.scaled_size(352, 1.25) == 448
-    assert segment.scaled_size(64, 0.1) == 32
+    assert scaled_size(352, 0.75) == 256
+    assert scaled_size(352, 1.25) == 448
+    assert scaled_size(64, 0.1) == 32
 
 
 # -------------------------------------------------------------------------------------- inference
 def test_sample_losses_match_the_structure_loss_per_sample(pairs_df: pd.DataFrame) -> None:
     torch.manual_seed(0)
-    model = segment.build_segmenter(FAST_SPEC)
-    losses = segment.sample_losses(model, pairs_df, size=64, batch_size=4)
+    model = build_segmenter(FAST_SPEC)
+    losses = sample_losses(model, pairs_df, size=64, batch_size=4)
     assert list(losses.columns) == ["sample_id", "loss", "dice"]
     assert losses["sample_id"].tolist() == [f"gen-{i}" for i in range(6)]
     assert np.isfinite(losses["loss"]).all() and (losses["loss"] > 0).all()
 
-    dataset = segment.PairDataset(pairs_df, size=64, augment=False)
+    dataset = SegmentationPairs(pairs_df, size=64, augment=False)
     image, mask, _ = dataset[3]
     with torch.no_grad():
         logits = model.eval()(image[None])
-        expected = segment.structure_loss(logits, mask[None]).item()
+        expected = structure_loss(logits, mask[None]).item()
     assert losses["loss"].iloc[3] == pytest.approx(expected, rel=1e-4)
     # Dice of the prediction (sigmoid >= 0.5) against the mask, both at size
     predicted, target = (logits[0, 0] >= 0).numpy(), mask[0].numpy() > 0.5
@@ -362,7 +370,7 @@ def test_sample_losses_match_the_structure_loss_per_sample(pairs_df: pd.DataFram
     assert losses["dice"].iloc[3] == pytest.approx(2 * (predicted & target).sum() / total if total else 1.0)
     assert losses["dice"].between(0, 1).all()
 
-    no_ids = segment.sample_losses(model, pairs_df.drop(columns="sample_id"), size=64)
+    no_ids = sample_losses(model, pairs_df.drop(columns="sample_id"), size=64)
     assert no_ids["sample_id"].tolist() == [f"img{i}" for i in range(6)]
     pd.testing.assert_series_equal(no_ids["loss"], losses["loss"], rtol=1e-5)
 
@@ -372,5 +380,5 @@ def test_mask_image_size_mismatch_names_the_file(pairs_df: pd.DataFrame, tmp_pat
     bad = pairs_df.copy()
     bad.loc[0, "mask"] = str(tmp_path / "small.png")
     with pytest.raises(ValueError, match="small.png"):
-        segment.sample_losses(segment.build_segmenter(FAST_SPEC), bad, size=64)
+        sample_losses(build_segmenter(FAST_SPEC), bad, size=64)
 

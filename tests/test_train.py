@@ -449,10 +449,10 @@ def test_hard_steps_move_x0_away_from_every_in_loss_prototype(plain_run, tiny_ba
 
 
 def test_feedback_steps_raise_the_judge_loss(plain_run, tiny_base, tiny_data, tmp_path):
-    from hardgen.segmentation import segment
+    from hardgen.segmentation.build import SegmenterSpec, build_segmenter
     spec = {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_weights": None}
     torch.manual_seed(0)
-    model = segment.build_segmenter(segment.SegmenterSpec.from_config(spec, "cnn"))
+    model = build_segmenter(SegmenterSpec.from_config(spec, "cnn"))
     save_state_dict(tmp_path / "seg.safetensors", model.state_dict())
     settings = make_settings(tiny_base, tiny_data, tmp_path / "fb", mode="feedback", steps=8, learning_rate=1e-2,
                              init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), segmenter=spec,
@@ -487,10 +487,10 @@ def test_fp16_hard_mode_decodes_x0_in_fp32(plain_run, tiny_base, tiny_data, tmp_
 
 
 def test_feedback_mode_runs_with_a_fixed_segmenter(plain_run, tiny_base, tiny_data, tmp_path):
-    from hardgen.segmentation import segment
+    from hardgen.segmentation.build import SegmenterSpec, build_segmenter
     spec = {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_weights": None}
     torch.manual_seed(0)
-    model = segment.build_segmenter(segment.SegmenterSpec.from_config(spec, "cnn"))
+    model = build_segmenter(SegmenterSpec.from_config(spec, "cnn"))
     save_state_dict(tmp_path / "seg.safetensors", model.state_dict())
     settings = make_settings(tiny_base, tiny_data, tmp_path / "fb", mode="feedback", steps=1,
                              init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), segmenter=spec,
@@ -631,11 +631,11 @@ def test_fresh_hard_run_starts_from_new_adapters_not_the_plain_lora(plain_run, t
 
 def test_feedback_judge_ce_is_the_cross_entropy_of_its_segmenter(tiny_base, tiny_data, tmp_path):
     from hardgen.generator.objectives import FeedbackJudge, segmentation_ce
-    from hardgen.segmentation import segment
+    from hardgen.segmentation.build import SegmenterSpec, build_segmenter
 
     spec = {"arch": "Unet", "encoder": "tu-test_resnet", "encoder_weights": None}
     torch.manual_seed(0)
-    model = segment.build_segmenter(segment.SegmenterSpec.from_config(spec, "cnn"))
+    model = build_segmenter(SegmenterSpec.from_config(spec, "cnn"))
     save_state_dict(tmp_path / "seg.safetensors", model.state_dict())
     settings = dict(mode="feedback", init_lora=None, fresh_start=True, segmenter=spec,
                     segmenter_weights=str(tmp_path / "seg.safetensors"), segment_size=32)

@@ -22,7 +22,7 @@ with stage_logging(snakemake.log[0]) as log:
     losses = None
     if p.allocation == "hardness":
         from hardgen.core.devices import configure_torch
-        from hardgen.segmentation.segment import SegmenterSpec
+        from hardgen.segmentation.build import SegmenterSpec
 
         # input.judges follows segment.archs (one real-only judge per arch, common.allocation_judges)
         judges = [(SegmenterSpec.from_config(dict(p.archs[arch]), arch), path, arch)

@@ -12,12 +12,8 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     import pandas as pd
 
     from hardgen.core.io import DataError, path_list, write_table
-    from hardgen.segmentation.segment import (
-        SegmenterSpec,
-        foreground_fractions,
-        load_segmenter,
-        sample_losses,
-    )
+    from hardgen.segmentation.build import SegmenterSpec, load_segmenter
+    from hardgen.segmentation.measures import foreground_fractions, sample_losses
 
     seed = int(snakemake.wildcards.seed)
     device = configure_torch(snakemake.threads)

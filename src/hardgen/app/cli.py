@@ -14,17 +14,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-#: Defaults mirror config/config.yaml's ``lora`` section.
-DEFAULT_PRESET, DEFAULT_RANK, DEFAULT_CONV_IN_RANK = "half_skip_attn", 16, 64
-
-
 def _add_lora_summary(parser: argparse.ArgumentParser) -> None:
     from hardgen.models.control_lora import PRESETS
 
     parser.add_argument("--unet-config", type=Path, help="UNet config.json (or its folder), e.g. resources/sd15-unet")
-    parser.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET, help="target-module preset")
-    parser.add_argument("--rank", type=int, default=DEFAULT_RANK, help="LoRA rank of every layer but conv_in")
-    parser.add_argument("--conv-in-rank", type=int, default=DEFAULT_CONV_IN_RANK, help="LoRA rank of conv_in")
+    parser.add_argument("--config", type=Path, nargs="+", default=[Path("config/config.yaml")],
+                        help="workflow config(s), merged in order: its lora section gives the adapter shape flags not "
+                        "given (default config/config.yaml)")
+    parser.add_argument("--preset", choices=PRESETS, default=None, help="target-module preset (default: lora.preset)")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="LoRA rank of every layer but conv_in (default: lora.rank)")
+    parser.add_argument("--conv-in-rank", type=int, default=None, help="LoRA rank of conv_in (default: lora.conv_in_rank)")
     parser.add_argument(
         "--load",
         type=Path,
@@ -42,9 +42,26 @@ def _run_lora_summary(args: argparse.Namespace) -> int:
     elif args.unet_config is None:
         raise ValueError("lora-summary: give --unet-config (or --load FILE)")
     else:
-        summary = lora_summary(args.unet_config, args.preset, args.rank, args.conv_in_rank)
+        summary = lora_summary(args.unet_config, *_lora_shape(args))
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+def _lora_shape(args: argparse.Namespace) -> tuple[str, int, int]:
+    """(preset, rank, conv_in_rank): the flags given, the others from the config's lora section (read only when a
+    flag is missing)."""
+    given = (args.preset, args.rank, args.conv_in_rank)
+    if None not in given:
+        return given
+    from hardgen.config.settings import Settings
+    from hardgen.config.validation import load_config, validate_config
+
+    config = load_config(args.config)
+    validate_config(config)
+    lora = Settings.from_config(config).lora
+    preset, rank, conv_in_rank = (flag if flag is not None else value
+                                  for flag, value in zip(given, (lora.preset, lora.rank, lora.conv_in_rank)))
+    return preset, rank, conv_in_rank
 
 
 def _add_build_tiny_sd(parser: argparse.ArgumentParser) -> None:
@@ -204,7 +221,7 @@ def _run_segmenter_summary(args: argparse.Namespace) -> int:
                 for key, entry in archs.items() for err in Draft202012Validator(entry_schema).iter_errors(entry)]
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    from hardgen.segmentation.segment import summarize_segmenter
+    from hardgen.segmentation.build import summarize_segmenter
 
     for key, entry in archs.items():
         print(json.dumps(summarize_segmenter(entry, key)))

@@ -15,20 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
+from hardgen.benchmark.records import write_run_record
 from hardgen.data.manifest import load_manifest
-from hardgen.segmentation.segment import (
-    JUDGE_SEED_OFFSET,
-    SegmenterSpec,
-    load_segmenter,
-    resolve_recipe,
-    train_segmenter,
-    write_run_record,
-)
+from hardgen.segmentation.build import SegmenterSpec, load_segmenter
+from hardgen.segmentation.recipes import SegmentRecipe, resolve_recipe
+from hardgen.segmentation.training import train_segmenter
 
-log = logging.getLogger("hardgen.segmentation.segment")
+log = logging.getLogger(__name__)
+
+#: The feedback judge (rule ``train_judge``) trains with seed ``JUDGE_SEED_OFFSET + feedback.judge_seed``.
+#: Benchmark seeds are below 2**31 (schema), so the judge's initialisation and data stream never equal a
+#: benchmark run's, even when ``feedback.judge_seed`` equals one of ``segment.seeds``.
+JUDGE_SEED_OFFSET = 2**31
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ def train_run(
 ) -> dict[str, Any]:
     """Train one segmenter on real + its subset for its arch's iterations; write model, run.json, maps.
 
-    The recipe is the arch's (:func:`hardgen.segmentation.segment.resolve_recipe`: ``segment.*`` with the arch entry's own
-    optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale and clip on top), so
+    The recipe is the arch's (:func:`hardgen.segmentation.recipes.resolve_recipe`: ``segment.*`` with the arch entry's
+    own optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale and clip on top), so
     every policy of one arch gets that arch's budget; run.json records it.
 
     ``judge``: the feedback judge's run (training seed ``JUDGE_SEED_OFFSET + seed``, no test maps).
@@ -121,47 +123,49 @@ def train_run(
     pairs = training_pairs(manifest, paths.subset)
     ignore_masks = None
     if filter_judge:
-        from hardgen.scoring.pixel_filter import pixel_filter_masks
-
-        cache = {} if judge_cache is None else judge_cache
-        key = (arch, str(filter_judge))
-        if key not in cache:  # the judge and the class means of its real images
-            cache[key] = (load_segmenter(spec, filter_judge, device=device), {})
-        judge_model, class_means = cache[key]
-        ignore_masks = pixel_filter_masks(judge_model, pairs, size=segment["size"], factor=segment["pixel_filter"],
-                                          batch_size=recipe.batch_size, device=device,
-                                          class_means_cache=class_means).ignore
-        del judge_model, class_means, cache  # without a caller's cache the judge is freed before training
-    summary = train_segmenter(
-        pairs,
-        spec,
-        out_dir=Path(paths.model).parent,
-        size=segment["size"],
-        iterations=recipe.iterations,
-        batch_size=recipe.batch_size,
-        lr=recipe.learning_rate,
-        grad_clip=recipe.grad_clip,
-        multi_scale=recipe.multi_scale,
-        optimizer=recipe.optimizer,
-        weight_decay=recipe.weight_decay,
-        lr_decay=recipe.lr_decay,
-        augment=recipe.augment,
-        seed=JUDGE_SEED_OFFSET + seed if judge else seed,
-        device=device,
-        config_key=arch,
-        ignore_masks=ignore_masks,
-    )
+        ignore_masks = pixel_filter_ignore_masks(spec, recipe, segment["pixel_filter"], pairs, arch, filter_judge,
+                                                 device, judge_cache)
+    summary = train_segmenter(pairs, spec, Path(paths.model).parent, recipe,
+                              seed=JUDGE_SEED_OFFSET + seed if judge else seed, device=device, config_key=arch,
+                              ignore_masks=ignore_masks)
     record = write_run_record(paths.run, arch, policy, seed, summary, ratio=ratio)
     if paths.predictions:
-        from hardgen.evaluation.metrics import MAP_MIN_MAX, check_protocol
-        from hardgen.segmentation.predict import save_prediction_maps
-
         if protocol is None:
             raise ValueError("train_run: test maps need evaluate.protocol (protocol=...)")
-        model = load_segmenter(spec, paths.model, device=device)
         test_rows = manifest[manifest["split"].isin(list(testsets))]
-        maps = save_prediction_maps(model, test_rows, size=segment["size"], out_root=paths.predictions, device=device,
-                                    min_max=MAP_MIN_MAX[check_protocol(protocol)])
-        log.info("%d prediction maps in %s", len(maps), paths.predictions)
+        save_test_maps(spec, paths.model, test_rows, recipe.size, paths.predictions, protocol, device)
     log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if judge else "", record)
     return record
+
+
+def pixel_filter_ignore_masks(spec: SegmenterSpec, recipe: SegmentRecipe, factor: float, pairs: pd.DataFrame,
+                              arch: str, filter_judge: str, device: torch.device,
+                              judge_cache: dict[tuple[str, str], Any] | None) -> list[np.ndarray | None]:
+    """The ignore maps of ``pairs`` under ``segment.pixel_filter`` (``factor``): the synthetic pixels the real-only
+    judge ``filter_judge`` (weights of ``spec``) finds too hard (:mod:`hardgen.scoring.pixel_filter`).
+
+    The judge and the class means of its real images are kept in ``judge_cache`` under ``(arch, filter_judge)``;
+    without a cache the judge is freed on return, before training.
+    """
+    from hardgen.scoring.pixel_filter import pixel_filter_masks
+
+    cache = {} if judge_cache is None else judge_cache
+    key = (arch, str(filter_judge))
+    if key not in cache:
+        cache[key] = (load_segmenter(spec, filter_judge, device=device), {})
+    judge_model, class_means = cache[key]
+    return pixel_filter_masks(judge_model, pairs, size=recipe.size, factor=factor, batch_size=recipe.batch_size,
+                              device=device, class_means_cache=class_means).ignore
+
+
+def save_test_maps(spec: SegmenterSpec, weights: str, test_rows: pd.DataFrame, size: int, out_root: str,
+                   protocol: str, device: torch.device) -> None:
+    """The trained model's PraNet-style maps of ``test_rows`` under ``out_root``, saved as ``protocol``
+    (``evaluate.protocol``) says: min-max normalised or the probability as it is."""
+    from hardgen.evaluation.metrics import MAP_MIN_MAX, check_protocol
+    from hardgen.segmentation.predict import save_prediction_maps
+
+    model = load_segmenter(spec, weights, device=device)
+    maps = save_prediction_maps(model, test_rows, size=size, out_root=out_root, device=device,
+                                min_max=MAP_MIN_MAX[check_protocol(protocol)])
+    log.info("%d prediction maps in %s", len(maps), out_root)

@@ -211,27 +211,31 @@ class FeedbackJudge:
     """A fixed real-trained segmenter; per-sample structure loss of its prediction on x̂0."""
 
     def __init__(self, settings: TrainSettings, device: torch.device) -> None:
-        from hardgen.segmentation import segment
-        self.segment = segment
-        spec = segment.SegmenterSpec.from_config(dict(settings.segmenter or {}), "feedback.segmenter")
-        self.model = segment.load_segmenter(spec, settings.segmenter_weights, device, config_key="feedback.segmenter")
+        from hardgen.segmentation.build import SegmenterSpec, load_segmenter
+        from hardgen.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+        spec = SegmenterSpec.from_config(dict(settings.segmenter or {}), "feedback.segmenter")
+        self.model = load_segmenter(spec, settings.segmenter_weights, device, config_key="feedback.segmenter")
         self.model.requires_grad_(False)
         self.size = settings.segment_size
         self.seg_loss = settings.seg_loss
-        self.mean = torch.tensor(segment.IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(segment.IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
     def losses(self, images01: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """The judge's loss per sample (B,), differentiable wrt the images: ``feedback.seg_loss`` structure
         (PraNet's) or ce (pixel-wise cross-entropy, the authors' SegFormer loss; binary, so BCE on the logits)."""
+        from hardgen.models.archs import predict_logits
+        from hardgen.segmentation.losses import structure_loss_per_sample
+
         size = (self.size, self.size)
         x = F.interpolate(images01.float(), size=size, mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         target = F.interpolate(masks.float(), size=size, mode="nearest")
-        logits = self.segment.predict_logits(self.model, x)  # the prediction map (PraNet: last; Polyp-PVT: P1 + P2)
+        logits = predict_logits(self.model, x)  # the prediction map (PraNet: last; Polyp-PVT: P1 + P2)
         if self.seg_loss == "ce":
             return segmentation_ce(logits, target)
-        return self.segment.structure_loss_per_sample(logits, target)
+        return structure_loss_per_sample(logits, target)
 
     def loss(self, images01: torch.Tensor, masks: torch.Tensor, margin: float | None,
              kind: str = "hinge") -> tuple[torch.Tensor, torch.Tensor]:

@@ -195,7 +195,8 @@ def judge_losses(
     image is averaged over them (each judge sees the image as in its evaluation: resized to ``size``).
     """
     # torch + smp: only the hardness allocation imports them
-    from hardgen.segmentation.segment import load_segmenter, sample_losses
+    from hardgen.segmentation.build import load_segmenter
+    from hardgen.segmentation.measures import sample_losses
 
     if not judges:
         raise ValueError("generation.allocation 'hardness' needs at least one judge (segment.archs)")

@@ -273,16 +273,18 @@ def judge_dice_pairs(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarr
 
 def judge_predictor(model: Any, size: int, device: Any = "cpu", batch_size: int = 16, name: str = "judge"
                     ) -> Predict:
-    """A trained segmenter (:func:`hardgen.segmentation.segment.load_segmenter`) as a :data:`Predict`: each image resized to
-    ``size`` and ImageNet-normalised (:func:`hardgen.segmentation.segment.eval_transform`, as the judge was evaluated), its logits
-    (:func:`hardgen.segmentation.segment.predict_logits`) upsampled bilinearly to the image's own size (as the benchmark's maps,
-    :mod:`hardgen.segmentation.predict`) and thresholded at sigmoid 0.5 (:data:`hardgen.evaluation.metrics.PREDICTION_THRESHOLD`)."""
+    """A trained segmenter (:func:`hardgen.segmentation.build.load_segmenter`) as a :data:`Predict`: each image
+    resized to ``size`` and ImageNet-normalised (:func:`hardgen.segmentation.datasets.eval_transform`, as the judge was
+    evaluated), its logits (:func:`hardgen.models.archs.predict_logits`) upsampled bilinearly to the image's own size
+    (as the benchmark's maps, :mod:`hardgen.segmentation.predict`) and thresholded at sigmoid 0.5
+    (:data:`hardgen.evaluation.metrics.PREDICTION_THRESHOLD`)."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
     from hardgen.evaluation.metrics import PREDICTION_THRESHOLD
-    from hardgen.segmentation.segment import eval_transform, predict_logits
+    from hardgen.models.archs import predict_logits
+    from hardgen.segmentation.datasets import eval_transform
 
     transform = eval_transform(size)
     threshold = math.log(PREDICTION_THRESHOLD / (1.0 - PREDICTION_THRESHOLD))
@@ -308,7 +310,7 @@ def load_judges(specs: Mapping[str, Mapping[str, Any]], weights: Sequence[str | 
                 device: Any = "cpu") -> dict[str, Predict]:
     """``{arch: Predict}`` of the real-only judges: ``specs`` are the ``segment.archs`` entries (in the order of
     ``weights``, each a ``model.safetensors`` of rule ``train_judge``), ``size`` is ``segment.size``. Imports torch."""
-    from hardgen.segmentation.segment import SegmenterSpec, load_segmenter
+    from hardgen.segmentation.build import SegmenterSpec, load_segmenter
 
     weights = [str(w) for w in weights]
     if len(specs) != len(weights):

@@ -11,10 +11,10 @@ real images, and every synthetic pixel is held to the bound of the class its mas
 hardgen does exactly that for binary polyp masks (classes: background = mask 0, polyp = mask 1), with the BCE part of
 PraNet's structure loss as the per-pixel loss, the real-only feedback judge of the same architecture
 (``results/judge/<arch>/seed-<feedback.judge_seed>``) as the real-trained model, images and masks at
-``segment.size`` (the resize of :func:`hardgen.segmentation.segment.eval_transform`, which is also the first step of training)
-and ``segment.pixel_filter`` as the margin. Ignored pixels get weight 0 in the structure loss
-(:func:`hardgen.segmentation.segment.structure_loss` with ``valid``); their maps follow each pair's augmentation
-(:class:`hardgen.segmentation.segment.FilteredPairDataset`). Real pixels are never filtered.
+``segment.size`` (the resize of :func:`hardgen.segmentation.datasets.eval_transform`, which is also the first step of
+training) and ``segment.pixel_filter`` as the margin. Ignored pixels get weight 0 in the structure loss
+(:func:`hardgen.segmentation.losses.structure_loss` with ``valid``); their maps follow each pair's augmentation
+(:class:`hardgen.segmentation.datasets.FilteredSegmentationPairs`). Real pixels are never filtered.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hardgen.core.io import DataError
-from hardgen.segmentation.segment import (
-    PairDataset,
-    _check_size,
+from hardgen.models.archs import predict_logits
+from hardgen.segmentation.datasets import (
+    SegmentationPairs,
+    check_size,
     count_real_synthetic,
-    predict_logits,
 )
 
-log = logging.getLogger("hardgen.scoring.pixel_filter")
+log = logging.getLogger(__name__)
 
 #: The two classes of a binary polyp mask, indexed by the mask value.
 CLASSES: tuple[str, str] = ("background", "polyp")
@@ -101,13 +101,13 @@ def judge_pixel_losses(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(row, loss, mask)`` for every pair: the model's per-pixel BCE (float32 (size, size)) and the bool mask.
 
-    Images and masks are resized to ``size`` as :func:`hardgen.segmentation.segment.eval_transform` does (the mask with
-    nearest: the very mask training sees before augmentation); the model runs in eval mode. ``row`` is the
+    Images and masks are resized to ``size`` as :func:`hardgen.segmentation.datasets.eval_transform` does (the mask
+    with nearest: the very mask training sees before augmentation); the model runs in eval mode. ``row`` is the
     position in ``pairs_df``.
     """
-    _check_size(size)
+    check_size(size)
     model = model.to(device).eval()
-    dataset = PairDataset(pairs_df, size, augment=False)
+    dataset = SegmentationPairs(pairs_df, size, augment=False)
     row = 0
     for images, masks, _ in DataLoader(dataset, batch_size=batch_size):
         losses = pixel_bce(predict_logits(model, images.to(device)).float(), masks.to(device)).cpu().numpy()
@@ -145,7 +145,8 @@ def pixel_filter_masks(
     """FreeMask's filter for one training table: class means on its real rows, ignore maps for its synthetic rows.
 
     ``pairs_df`` is the segmenter's training table (columns image, mask, variant [+ sample_id]; ``variant`` real
-    marks the real images, see :func:`hardgen.segmentation.segment.count_real_synthetic`); ``model`` the real-trained judge.
+    marks the real images, see :func:`hardgen.segmentation.datasets.count_real_synthetic`); ``model`` the real-trained
+    judge.
     The class-wise means come from the real rows (the judge's own training images, as in FreeMask), the bound of
     each synthetic pixel is ``factor`` × the mean of its class (:func:`ignore_mask`).
 

@@ -1,7 +1,7 @@
 """Prediction maps of a trained segmenter, saved as PraNet's test script saves them.
 
-Each test image is resized to ``size`` x ``size`` and ImageNet-normalised (:func:`hardgen.segmentation.segment.eval_transform`),
-the logits are upsampled bilinearly (``align_corners=False``) to the ground-truth mask's own size, passed through a
+Each test image is resized to ``size`` x ``size`` and ImageNet-normalised
+(:func:`hardgen.segmentation.datasets.eval_transform`), the logits are upsampled bilinearly (``align_corners=False``) to the ground-truth mask's own size, passed through a
 sigmoid, min-max normalised per image, ``(p - min) / (max - min + 1e-8)``, and written as an 8-bit PNG,
 ``round(255 p)``, at ``<root>/<testset>/<stem>.png`` (``stem`` = the GT file's stem). The maps are then scored by
 :mod:`hardgen.evaluation.metrics` (the polyp toolbox's definitions), which needs no model and no torch. Under the ``binary``
@@ -30,7 +30,8 @@ from hardgen.evaluation.metrics import (
     evaluate_table,
     prediction_table,
 )
-from hardgen.segmentation.segment import eval_transform, predict_logits
+from hardgen.models.archs import predict_logits
+from hardgen.segmentation.datasets import check_size, eval_transform
 
 
 class _TestImages(Dataset):
@@ -86,8 +87,7 @@ def save_prediction_maps(
     binary protocol's). Existing test-set folders of ``out_root`` are removed first, so no stale map is ever scored. Returns
     ``testset, stem, pred, gt`` (paths) in row order.
     """
-    if size <= 0 or size % 32:
-        raise ValueError(f"segment.size: {size} must be a positive multiple of 32 (smp encoders)")
+    check_size(size)
     out_root = Path(out_root)
     table = prediction_table(test_df, out_root)
     _clear_map_folders(out_root)

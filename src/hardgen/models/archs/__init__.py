@@ -50,7 +50,7 @@ def build_field_arch(arch: str, encoder: str, encoder_weights: str | None = None
                      checkpoint: str | None = None) -> nn.Module:
     """Build a field arch; random weights unless ``encoder_weights`` (``imagenet``: timm's / the hub's weights).
 
-    A ``checkpoint`` file is loaded by the caller (:func:`hardgen.segmentation.segment.build_segmenter`); HFSegformer also
+    A ``checkpoint`` file is loaded by the caller (:func:`hardgen.segmentation.build.build_segmenter`); HFSegformer also
     takes a local ``save_pretrained`` folder as ``checkpoint``.
     """
     key = arch.lower()

@@ -35,7 +35,7 @@ def timm_backbone(name: str, pretrained: bool, **kwargs: object) -> nn.Module:
     """A timm model as a feature pyramid (``features_only``): no classifier, random unless ``pretrained``.
 
     ``pretrained`` loads timm's weights for ``name`` (a download unless they are cached); a local checkpoint
-    is loaded by the caller instead (:func:`hardgen.segmentation.segment.build_segmenter`).
+    is loaded by the caller instead (:func:`hardgen.segmentation.build.build_segmenter`).
     """
     if not timm.is_model(name):
         raise ValueError(f"{name!r} is not a timm model name")
