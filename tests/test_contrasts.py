@@ -8,7 +8,7 @@ import pytest
 
 from hardgen.core.io import DataError
 from hardgen.evaluation import contrasts
-from hardgen.report import report
+from hardgen.report import markdown, summary
 
 TESTSETS = ["Site-A", "Site-B"]
 
@@ -130,18 +130,18 @@ def test_report_contrasts_from_eval_tables_with_one_custom_test_set(tmp_path) ->
         mean = float(np.mean(values))
         pd.DataFrame({"testset": ["Clinic-X", "overall"], "metric": "mIoU", "value": [mean, mean]}).to_csv(
             path, index=False)
-        images = path.with_name("seed-0" + report.IMAGES_SUFFIX)
+        images = path.with_name("seed-0" + summary.IMAGES_SUFFIX)
         _images({"Clinic-X": values}).to_csv(images, index=False)
         evals[(arch, policy, ratio, 0)] = path
         image_paths[(arch, policy, ratio, 0)] = images
-    long = report.benchmark_long(evals)
-    table = contrasts.contrast_table(report.paired_differences(long, testsets=["Clinic-X"]), ["Clinic-X"],
+    long = summary.benchmark_long(evals)
+    table = contrasts.contrast_table(summary.paired_differences(long, testsets=["Clinic-X"]), ["Clinic-X"],
                                      image_paths)
     hard_plain = table[(table.policy == "hard") & (table.versus == "plain") & (table.metric == "mIoU")].iloc[0]
     assert hard_plain["mean_diff"] == pytest.approx(np.mean([0.05, 0.04, 0.04, 0.05]))
     assert hard_plain["n"] == 4 and hard_plain["ci_low"] > 0  # every image better: the interval excludes 0
     assert set(zip(table.policy, table.versus)) == {("plain", "real"), ("hard", "real"), ("hard", "plain")}
-    md = report.benchmark_markdown(long, testsets=["Clinic-X"], contrasts=table,
+    md = markdown.markdown_report(long, testsets=["Clinic-X"], contrasts=table,
                                    primary={"policy": "hard", "versus": "plain", "ratio": 1, "metric": "mIoU"})
     assert "| arch | policy | ratio | seeds | Clinic-X | mean | overall |" in md
     assert md.index("## Primary contrast") < md.index("## Which differences") < md.index("## mIoU")

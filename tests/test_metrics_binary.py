@@ -200,7 +200,7 @@ def _empty_prediction_runs(root):
 
 def test_empty_predictions_leave_hd95_undefined_and_the_report_reads_it(tmp_path) -> None:
     from hardgen.evaluation import contrasts
-    from hardgen.report import report
+    from hardgen.report import markdown, summary
     evals, images, _ = _empty_prediction_runs(tmp_path)
     gt = _square(10, 10)
     own = {shift: metrics.score_binary_image(_square(10, 10 + shift), gt)["HD95"] for shift in (1, 2, 3)}
@@ -219,12 +219,12 @@ def test_empty_predictions_leave_hd95_undefined_and_the_report_reads_it(tmp_path
     assert sorted(undefined["image"]) == ["c", "d", "x", "y", "z"]
 
     # the report reads the NaN: the benchmark keeps it, the mean over test sets is NaN (not 0, not part's alone)
-    long = report.benchmark_long(evals)
-    summary = report.benchmark_summary(long, metrics=["HD95"], testsets=["part", "missed"]).set_index("policy")
-    assert np.isnan(summary.loc["real", "missed"]) and np.isnan(summary.loc["real", "mean"])
-    assert summary.loc["hard", "mean"] == pytest.approx(((own[2] + own[1]) / 2 + own[1]) / 2)
+    long = summary.benchmark_long(evals)
+    wide = summary.benchmark_summary(long, metrics=["HD95"], testsets=["part", "missed"]).set_index("policy")
+    assert np.isnan(wide.loc["real", "missed"]) and np.isnan(wide.loc["real", "mean"])
+    assert wide.loc["hard", "mean"] == pytest.approx(((own[2] + own[1]) / 2 + own[1]) / 2)
     # the paired bootstrap: only images defined in both runs; hard − real pairs part/a alone (missed: real has none)
-    diffs = report.paired_differences(long, metrics=["mDice", "HD95"], testsets=["part", "missed"])
+    diffs = summary.paired_differences(long, metrics=["mDice", "HD95"], testsets=["part", "missed"])
     table = contrasts.contrast_table(diffs, ["part", "missed"], images).set_index(["policy", "versus", "metric"])
     assert table.loc[("hard", "real", "HD95"), "n"] == 1
     assert table.loc[("hard", "real", "HD95"), "mean_diff"] == pytest.approx(own[2] - own[1])
@@ -234,7 +234,7 @@ def test_empty_predictions_leave_hd95_undefined_and_the_report_reads_it(tmp_path
     for metric in ("HD95", "HD95@overall"):
         row = table.loc[("hard", "plain", metric)]
         assert row["n"] == 0 and row[["mean_diff", "ci_low", "ci_high"]].isna().all()
-    md = report.benchmark_markdown(long, testsets=["part", "missed"])
+    md = markdown.markdown_report(long, testsets=["part", "missed"])
     assert "| cnn/real | 0 | 5 | 7 | missed |" in md
     assert "| cnn/hard ×1 | 0 | 4 | 7 | – |" in md
     assert "| cnn/plain ×1 | 0 | 7 | 7 | missed, part |" in md and "3 runs have undefined HD95s" in md

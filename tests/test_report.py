@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,20 @@ from scipy.stats import rankdata, spearmanr
 
 from hardgen.core.io import DataError, write_image, write_mask
 from hardgen.evaluation import reproduction as repro
-from hardgen.report import report
+from hardgen.report import (
+    hardness,
+    markdown,
+    plots,
+    run_records,
+    summary,
+    tables,
+)
+from hardgen.report.write_report import (
+    ReportInputs,
+    ReportOptions,
+    ReportSettings,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +45,7 @@ def _write_eval(path: Path, per_testset: dict[str, dict[str, float]]) -> Path:
 def _scores(base: float) -> dict[str, dict[str, float]]:
     """Test-set k scores mDice base + 0.1 k, mIoU base − 0.1; overall (image-weighted) is base + 0.05."""
     table = {t: {"mDice": base + 0.1 * k, "mIoU": base - 0.1, "MAE": 0.06} for k, t in enumerate(TESTSETS)}
-    table[report.OVERALL] = {"mDice": base + 0.05, "mIoU": base - 0.05, "MAE": 0.06}
+    table[summary.OVERALL] = {"mDice": base + 0.05, "mIoU": base - 0.05, "MAE": 0.06}
     return table
 
 
@@ -50,15 +64,15 @@ def _write_images(path: Path, per_testset: dict[str, dict[str, float]], base: fl
     test-set score, spread ± (0.01 + base / 20) (so paired differences vary from image to image)."""
     spread = 0.01 + base / 20
     rows = [{"testset": t, "image": f"{t}-{i}", "metric": m, "value": v + (i - 1) * spread}
-            for t, metrics in per_testset.items() if t != report.OVERALL
+            for t, metrics in per_testset.items() if t != summary.OVERALL
             for m, v in metrics.items() if m in ("mDice", "mIoU") for i in range(3)]
-    out = path.with_name(path.stem + report.IMAGES_SUFFIX)
+    out = path.with_name(path.stem + summary.IMAGES_SUFFIX)
     pd.DataFrame(rows).to_csv(out, index=False)
     return out
 
 
 def _image_paths(eval_tree: dict[tuple, Path]) -> dict[tuple, Path]:
-    return {key: p.with_name(p.stem + report.IMAGES_SUFFIX) for key, p in eval_tree.items()}
+    return {key: p.with_name(p.stem + summary.IMAGES_SUFFIX) for key, p in eval_tree.items()}
 
 
 @pytest.fixture()
@@ -76,7 +90,7 @@ def eval_tree(tmp_path: Path) -> dict[tuple, Path]:
 
 
 def test_benchmark_long_reads_scores_as_given(eval_tree: dict[tuple, Path]) -> None:
-    long = report.benchmark_long(eval_tree)
+    long = summary.benchmark_long(eval_tree)
     assert list(long.columns) == ["arch", "policy", "ratio", "seed", "testset", "metric", "value"]
     # 9 runs x (5 test sets + overall) x 3 metrics
     assert len(long) == 9 * 6 * 3
@@ -97,39 +111,39 @@ def test_benchmark_long_reads_scores_as_given(eval_tree: dict[tuple, Path]) -> N
 def test_benchmark_long_accepts_mapping_and_rejects_bad_tables(eval_tree: dict[tuple, Path], tmp_path: Path) -> None:
     # keys come with the tables (the workflow: each run record's), never from the paths
     with pytest.raises(TypeError, match="not read off paths"):
-        report.benchmark_long(list(eval_tree.values()))
+        summary.benchmark_long(list(eval_tree.values()))
     bad = tmp_path / "eval" / "cnn" / "real" / "ratio-0" / "seed-3.csv"
     bad.parent.mkdir(parents=True)
     pd.DataFrame({"testset": ["Kvasir"], "value": [0.5]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"seed-3\.csv.*metric"):
-        report.benchmark_long({("cnn", "real", 0.0, 3): bad})
+        summary.benchmark_long({("cnn", "real", 0.0, 3): bad})
     # the old per-image format is refused, not averaged
     pd.DataFrame({"testset": ["Kvasir"] * 2, "image": ["a.png", "b.png"], "metric": ["mDice"] * 2,
                   "value": [0.4, 0.6]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"seed-3\.csv.*extra \['image'\]"):
-        report.benchmark_long({("cnn", "real", 0.0, 3): bad})
+        summary.benchmark_long({("cnn", "real", 0.0, 3): bad})
     pd.DataFrame({"testset": ["Kvasir"] * 2, "metric": ["mDice"] * 2, "value": [0.4, 0.6]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"seed-3\.csv.*more than one row.*Kvasir"):
-        report.benchmark_long({("cnn", "real", 0.0, 3): bad})
+        summary.benchmark_long({("cnn", "real", 0.0, 3): bad})
 
 
 def test_benchmark_summary_means_over_testsets_without_overall(eval_tree: dict[tuple, Path]) -> None:
-    summary = report.benchmark_summary(report.benchmark_long(eval_tree))
-    row = summary[(summary.arch == "cnn") & (summary.policy == "real") & (summary.seed == 0) & (summary.metric == "mDice")]
+    wide = summary.benchmark_summary(summary.benchmark_long(eval_tree))
+    row = wide[(wide.arch == "cnn") & (wide.policy == "real") & (wide.seed == 0) & (wide.metric == "mDice")]
     assert row["ratio"].item() == 0.0
     assert row["mean"].item() == pytest.approx(0.6 + 0.2)  # 0.6 + 0.1 * mean(0..4); overall not averaged in
     assert row["overall"].item() == pytest.approx(0.65)
 
 
 def test_paired_differences_against_real_and_the_size_matched_control(eval_tree: dict[tuple, Path]) -> None:
-    diffs = report.paired_differences(report.benchmark_long(eval_tree))
+    diffs = summary.paired_differences(summary.benchmark_long(eval_tree))
     assert list(diffs.columns) == ["arch", "policy", "ratio", "reference", "seed", "metric", "d_mean", "d_overall"]
     band = diffs[(diffs.policy == "hard_band") & (diffs.metric == "mDice") & (diffs.ratio == 1.0)].set_index(
         ["reference", "seed"])
     assert band.loc[("real", 0), "d_mean"] == pytest.approx(0.05)
     assert band.loc[("real", 1), "d_mean"] == pytest.approx(0.10)
     # hard at the same ratio is hard_band's size-matched random control
-    assert report.CONTROLS["hard_band"] == report.CONTROLS["hard_faithful"] == "hard"
+    assert summary.CONTROLS["hard_band"] == summary.CONTROLS["hard_faithful"] == "hard"
     assert band.loc[("hard", 0), "d_mean"] == pytest.approx(0.05)
     assert band.loc[("hard", 1), "d_overall"] == pytest.approx(0.15)
     # hard_band at ratio 0.5 has no hard run at 0.5: it pairs with real only, never with hard at another ratio
@@ -142,9 +156,9 @@ def test_paired_differences_against_real_and_the_size_matched_control(eval_tree:
 
 
 def test_benchmark_markdown_tables_differences_protocol(eval_tree: dict[tuple, Path]) -> None:
-    long = report.benchmark_long(eval_tree)
+    long = summary.benchmark_long(eval_tree)
     anchors = repro.load_anchors(REPO / "resources" / "anchors" / "polyp.csv")
-    md = report.benchmark_markdown(long, testsets=TESTSETS, anchors=anchors)
+    md = markdown.markdown_report(long, testsets=TESTSETS, anchors=anchors)
     assert ("| arch | policy | ratio | seeds | CVC-300 | CVC-ClinicDB | CVC-ColonDB | ETIS-LaribPolypDB | Kvasir | mean | "
             "overall |" in md)
     cnn_real_dice = next(line for line in md.splitlines() if line.startswith("| cnn | real |"))
@@ -180,7 +194,7 @@ def test_benchmark_markdown_tables_differences_protocol(eval_tree: dict[tuple, P
     for phrase in ("GT > 128", "min-max", "256 thresholds", "meanDic", "same number of iterations", "not hardgen runs"):
         assert phrase in md[protocol:], phrase
     assert "noise by design" not in md
-    demo = report.benchmark_markdown(long, demo=True)
+    demo = markdown.markdown_report(long, demo=True)
     assert "noise by design" in demo and demo.index("noise by design") < demo.index("## mDice")
 
 
@@ -218,7 +232,7 @@ def _write_scores(tmp_path: Path) -> tuple[list[Path], pd.DataFrame]:
 
 def test_hardness_table(tmp_path: Path) -> None:
     paths, _ = _write_scores(tmp_path)
-    table = report.hardness_table(paths, loss_backbones=["vit"])
+    table = hardness.hardness_table(paths, loss_backbones=["vit"])
     assert list(table.columns) == ["variant", "backbone", "mean_discrepancy", "n", "in_loss"]
     assert list(table["variant"]) == ["real", "real", "plain", "plain", "hard", "hard"]
     hard_vit = table[(table.variant == "hard") & (table.backbone == "vit")]
@@ -226,10 +240,10 @@ def test_hardness_table(tmp_path: Path) -> None:
     assert (table["n"] == 10).all()
     assert table.set_index(["variant", "backbone"])["in_loss"].xs("cnn", level="backbone").tolist() == [False] * 3
     assert table.loc[table.backbone == "vit", "in_loss"].tolist() == [True] * 3
-    both = report.hardness_table(paths, loss_backbones=["cnn", "vit"])
+    both = hardness.hardness_table(paths, loss_backbones=["cnn", "vit"])
     assert both["in_loss"].all()
     with pytest.raises(ValueError, match=r"hard\.loss_backbones.*swin"):
-        report.hardness_table(paths, loss_backbones=["swin"])
+        hardness.hardness_table(paths, loss_backbones=["swin"])
 
 
 def test_partial_spearman_removes_what_foreground_explains() -> None:
@@ -239,12 +253,12 @@ def test_partial_spearman_removes_what_foreground_explains() -> None:
     # hardness and loss both follow the polyp size, and nothing else: spearman high, partial ~ 0
     distance = -fg + 0.15 * rng.normal(size=n)
     loss = -fg + 0.15 * rng.normal(size=n)
-    assert report._spearman(pd.Series(distance), pd.Series(loss)) > 0.8
-    assert abs(report.partial_spearman(distance, loss, fg)) < 0.06
+    assert tables.spearman(pd.Series(distance), pd.Series(loss)) > 0.8
+    assert abs(tables.partial_spearman(distance, loss, fg)) < 0.06
     # loss follows hardness beyond the size: partial stays high
     distance2 = rng.normal(size=n) - fg
     loss2 = distance2 + 0.3 * rng.normal(size=n)
-    assert report.partial_spearman(distance2, loss2, fg) > 0.85
+    assert tables.partial_spearman(distance2, loss2, fg) > 0.85
 
     # against the residual definition on ranks: regress the ranks of x and y on the ranks of z, correlate residuals
     def residual_partial(x, y, z):
@@ -256,27 +270,27 @@ def test_partial_spearman_removes_what_foreground_explains() -> None:
     small = rng.normal(size=(3, 25))
     small[1] += small[0]
     small[2] += 0.5 * small[0]
-    assert report.partial_spearman(*small) == pytest.approx(residual_partial(*small), abs=1e-10)
+    assert tables.partial_spearman(*small) == pytest.approx(residual_partial(*small), abs=1e-10)
     # by hand, 7 samples: ranks x = (1 2 3 5 7 6 4), y = (1 3 4 2 5 7 6), z = (1 .. 7) give r_xy = 9/14,
     # r_xz = 3/4, r_yz = 6/7 and r_xy − r_xz r_yz = 9/14 − 18/28 = 0: all of the association goes through z.
     # Monotone transforms of the values (exp, cube) leave the ranks and so the result unchanged.
     x_hand = np.exp([1, 2, 3, 5, 7, 6, 4])
     y_hand = np.array([1, 3, 4, 2, 5, 7, 6], dtype=float) ** 3
     z_hand = np.linspace(0.05, 0.35, 7)
-    assert report._spearman(pd.Series(x_hand), pd.Series(y_hand)) == pytest.approx(9 / 14)
-    assert report.partial_spearman(x_hand, y_hand, z_hand) == pytest.approx(0.0, abs=1e-12)
+    assert tables.spearman(pd.Series(x_hand), pd.Series(y_hand)) == pytest.approx(9 / 14)
+    assert tables.partial_spearman(x_hand, y_hand, z_hand) == pytest.approx(0.0, abs=1e-12)
     # ... and the same x, y with a z unrelated to both keep their association: partial ≈ spearman
     z_unrelated = np.array([4, 1, 7, 3, 2, 6, 5], dtype=float)
     r = np.corrcoef([rankdata(x_hand), rankdata(y_hand), z_unrelated])
     expected = (r[0, 1] - r[0, 2] * r[1, 2]) / np.sqrt((1 - r[0, 2] ** 2) * (1 - r[1, 2] ** 2))
-    assert report.partial_spearman(x_hand, y_hand, z_unrelated) == pytest.approx(expected)
-    assert report.partial_spearman(x_hand, y_hand, z_unrelated) > 0.6
+    assert tables.partial_spearman(x_hand, y_hand, z_unrelated) == pytest.approx(expected)
+    assert tables.partial_spearman(x_hand, y_hand, z_unrelated) > 0.6
     # x = y exactly: whatever z is, the partial correlation is 1
-    assert report.partial_spearman([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(1.0)
+    assert tables.partial_spearman([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(1.0)
     # undefined: too few samples, constant covariate, or a covariate that determines x
-    assert np.isnan(report.partial_spearman([1, 2, 3], [1, 2, 3], [3, 1, 2]))
-    assert np.isnan(report.partial_spearman([1, 2, 3, 4], [2, 1, 4, 3], [1, 1, 1, 1]))
-    assert np.isnan(report.partial_spearman([1, 2, 3, 4], [2, 1, 4, 3], [10, 20, 30, 40]))
+    assert np.isnan(tables.partial_spearman([1, 2, 3], [1, 2, 3], [3, 1, 2]))
+    assert np.isnan(tables.partial_spearman([1, 2, 3, 4], [2, 1, 4, 3], [1, 1, 1, 1]))
+    assert np.isnan(tables.partial_spearman([1, 2, 3, 4], [2, 1, 4, 3], [10, 20, 30, 40]))
 
 
 def test_hardness_transfer_spearman(tmp_path: Path) -> None:
@@ -299,7 +313,7 @@ def test_hardness_transfer_spearman(tmp_path: Path) -> None:
     for name, data in rows.items():
         loss_paths[name] = tmp_path / f"loss_{name.replace('/', '_')}.csv"
         pd.DataFrame(data).to_csv(loss_paths[name], index=False)
-    table = report.hardness_transfer(paths, loss_paths)
+    table = hardness.hardness_transfer(paths, loss_paths)
     assert list(table.columns) == ["backbone", "segmenter", "variant", "spearman", "partial_spearman", "n"]
     assert set(table["variant"]) == {"real", "plain", "hard", "all"}
     assert set(table["segmenter"]) == {"cnn/seed-0", "cnn/seed-1", "vit/seed-0"}
@@ -319,7 +333,7 @@ def test_hardness_transfer_spearman(tmp_path: Path) -> None:
     expected = spearmanr(np.r_[plain_d, hard_d], np.r_[plain_d, hard_d - 100.0]).statistic
     assert np.allclose(pooled["spearman"], expected) and (pooled["spearman"] < 0.5).all()
     fgs = np.r_[[fg_of[k] for k in range(10)], [fg_of[k] for k in range(10)]]
-    expected_partial = report.partial_spearman(np.r_[plain_d, hard_d], np.r_[plain_d, hard_d - 100.0], fgs)
+    expected_partial = tables.partial_spearman(np.r_[plain_d, hard_d], np.r_[plain_d, hard_d - 100.0], fgs)
     assert np.allclose(pooled["partial_spearman"], expected_partial)
 
 
@@ -328,11 +342,11 @@ def test_hardness_transfer_needs_the_foreground_fraction(tmp_path: Path) -> None
     dup = tmp_path / "dup.csv"
     pd.DataFrame({"sample_id": ["s1", "s1"], "loss": [0.1, 0.2], "fg_fraction": [0.1, 0.1]}).to_csv(dup, index=False)
     with pytest.raises(DataError, match="dup.csv.*duplicate"):
-        report.hardness_transfer(paths, {"seg": dup})
+        hardness.hardness_transfer(paths, {"seg": dup})
     no_fg = tmp_path / "nofg.csv"
     pd.DataFrame({"sample_id": ["s1"], "loss": [0.1]}).to_csv(no_fg, index=False)
     with pytest.raises(DataError, match=r"nofg\.csv.*fg_fraction"):
-        report.hardness_transfer(paths, {"seg": no_fg})
+        hardness.hardness_transfer(paths, {"seg": no_fg})
 
 
 def _run_records(eval_tree: dict[tuple, Path], iterations: int = 12) -> list[dict[str, object]]:
@@ -352,23 +366,23 @@ def test_runs_table_orders_checks_and_refuses_unequal_budgets(eval_tree: dict[tu
                      / f"seed-{record['seed']}.json")
         paths[-1].parent.mkdir(parents=True, exist_ok=True)
         paths[-1].write_text(json.dumps({**record, "training_seed": record["seed"], "batch_size": 8}))
-    runs = report.runs_table(paths)
-    assert list(runs.columns) == report.RUNS_COLUMNS
+    runs = run_records.runs_table(paths)
+    assert list(runs.columns) == run_records.RUNS_COLUMNS
     assert runs[["arch", "seed", "policy", "ratio"]].values.tolist()[:4] == [
         ["cnn", 0, "real", 0.0], ["cnn", 0, "hard", 1.0], ["cnn", 0, "hard_band", 0.5], ["cnn", 0, "hard_band", 1.0]]
     assert (runs["images_seen"] == 96).all()
     assert runs.set_index(["policy", "ratio"])["synthetic_images"].groupby(level=[0, 1]).first().to_dict() == {
         ("real", 0.0): 0, ("hard", 1.0): 24, ("hard_band", 0.5): 12, ("hard_band", 1.0): 24}
     with pytest.raises(DataError, match=r"lacks \['ratio'\]"):  # a synthetic run.json without its ratio
-        report.runs_table([{**records[2], "ratio": None}])
+        run_records.runs_table([{**records[2], "ratio": None}])
     with pytest.raises(DataError, match="duplicate runs"):
-        report.runs_table([*paths, paths[0]])
+        run_records.runs_table([*paths, paths[0]])
     with pytest.raises(DataError, match=r"unequal training budgets for arch 'transformer', seed 0"):
-        report.runs_table([*records[:-1], {**records[-1], "iterations": 13, "images_seen": 104}])
+        run_records.runs_table([*records[:-1], {**records[-1], "iterations": 13, "images_seen": 104}])
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"arch": "cnn"}))
     with pytest.raises(DataError, match=r"broken\.json.*lacks"):
-        report.runs_table([broken])
+        run_records.runs_table([broken])
 
 
 def _is_png(path: Path) -> bool:
@@ -401,7 +415,7 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: dict[tuple, Path]) ->
         manifests[variant] = tmp_path / f"generated/{variant}/manifest.csv"
         pd.DataFrame(rows).to_csv(manifests[variant], index=False)
 
-    shown = report.plot_grid(report.real_pairs_from(tmp_path / "conditions.csv", tmp_path / "manifest.csv"),
+    shown = plots.plot_grid(plots.real_pairs_from(tmp_path / "conditions.csv", tmp_path / "manifest.csv"),
                              manifests, tmp_path / "g.png", n=3)
     assert shown == ["s0", "s1", "s2"]
     assert _is_png(tmp_path / "g.png")
@@ -410,10 +424,11 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: dict[tuple, Path]) ->
     pd.DataFrame({"sample_id": [f"s{i}" for i in range(10)], "variant": "plain", "loss": np.arange(10.0),
                   "fg_fraction": np.linspace(0.1, 0.3, 10)[::-1]}).to_csv(loss, index=False)
     runs = _run_records(eval_tree)
-    written = report.write_report(eval_tree, score_paths, manifests, tmp_path / "manifest.csv", tmp_path / "tables",
-                                  tmp_path / "plots", loss_backbones=["vit"], run_records=runs,
-                                  sample_loss_csvs={"cnn/seed-0": loss}, conditions_csv=tmp_path / "conditions.csv",
-                                  demo=True, eval_images=_image_paths(eval_tree), testsets=TESTSETS)
+    inputs = ReportInputs(eval_tree, score_paths, manifests, tmp_path / "manifest.csv", run_records=runs,
+                          sample_loss_csvs={"cnn/seed-0": loss}, conditions_csv=tmp_path / "conditions.csv",
+                          eval_images=_image_paths(eval_tree))
+    written = write_report(ReportSettings(inputs, ReportOptions(loss_backbones=["vit"], demo=True, testsets=TESTSETS),
+                                          tmp_path / "tables", tmp_path / "plots"))
     for name in ("benchmark.csv", "benchmark.md", "runs.csv", "hardness.csv", "hardness_transfer.csv"):
         assert (tmp_path / "tables" / name).stat().st_size > 0
     for name in ("grid.png", "histograms.png", "benchmark.png", "ratio.png"):
@@ -425,7 +440,7 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: dict[tuple, Path]) ->
     assert list(matrix.columns)[:6] == ["source", "evaluator", "evaluator_kind", "spearman", "partial_spearman", "n"]
     assert _is_png(written["transfer_matrix_png"]) and _is_png(written["hardest_png"])
     bench = pd.read_csv(written["benchmark_csv"])
-    assert list(bench.columns) == report.BENCHMARK_COLUMNS
+    assert list(bench.columns) == summary.BENCHMARK_COLUMNS
     assert "overall" in set(bench["testset"])
     runs_csv = pd.read_csv(written["runs_csv"])
     assert list(runs_csv.columns) == ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
@@ -433,10 +448,10 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: dict[tuple, Path]) ->
     assert len(runs_csv) == len(eval_tree) and (runs_csv["iterations"] == 12).all()
     md = written["benchmark_md"].read_text()
     assert "noise by design" in md and "## Training budget" in md and "12 iterations, 96 images seen" in md
-    hardness = pd.read_csv(written["hardness_csv"])
-    assert hardness.groupby("backbone")["in_loss"].all().to_dict() == {"cnn": False, "vit": True}
+    hardness_df = pd.read_csv(written["hardness_csv"])
+    assert hardness_df.groupby("backbone")["in_loss"].all().to_dict() == {"cnn": False, "vit": True}
     transfer = pd.read_csv(written["hardness_transfer_csv"])
-    assert list(transfer.columns) == report.TRANSFER_COLUMNS
+    assert list(transfer.columns) == hardness.TRANSFER_COLUMNS
     assert set(transfer["segmenter"]) == {"cnn/seed-0"}
     plain = transfer.loc[transfer.variant == "plain"]
     assert plain["spearman"].tolist() == pytest.approx([1.0, 1.0])
@@ -454,9 +469,10 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: dict[tuple, Path]) ->
         frame = pd.DataFrame(rows).assign(mask=[r["mask"] for r in cond_rows[: len(rows)]],
                                           condition=[r["condition"] for r in cond_rows[: len(rows)]])
         frame.to_csv(manifests[variant], index=False)
-    again = report.write_report(eval_tree, score_paths, manifests, tmp_path / "manifest.csv",
-                                tmp_path / "tables2", tmp_path / "plots2", loss_backbones=["vit"], run_records=runs,
-                                sample_loss_csvs={"cnn/seed-0": loss_in_tree}, eval_images=_image_paths(eval_tree))
+    again = write_report(ReportSettings(
+        ReportInputs(eval_tree, score_paths, manifests, tmp_path / "manifest.csv", run_records=runs,
+                     sample_loss_csvs={"cnn/seed-0": loss_in_tree}, eval_images=_image_paths(eval_tree)),
+        ReportOptions(loss_backbones=["vit"]), tmp_path / "tables2", tmp_path / "plots2"))
     assert _is_png(again["grid_png"])
     pd.testing.assert_frame_equal(pd.read_csv(again["hardness_transfer_csv"]), transfer)
     assert "noise by design" not in again["benchmark_md"].read_text()
@@ -464,7 +480,7 @@ def test_plots_and_write_report(tmp_path: Path, eval_tree: dict[tuple, Path]) ->
 
 def test_plot_histograms_requires_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="distance"):
-        report.plot_histograms(pd.DataFrame({"variant": ["a"], "backbone": ["b"]}), tmp_path / "h.png")
+        plots.plot_histograms(pd.DataFrame({"variant": ["a"], "backbone": ["b"]}), tmp_path / "h.png")
 
 
 # ------------------------------------------------------------------------------------ training curves
@@ -479,10 +495,10 @@ def _train_log(path: Path, steps: int, extra: float) -> Path:
 def test_training_loss_plot_reads_every_variant_log(tmp_path: Path) -> None:
     logs = {v: _train_log(tmp_path / "lora" / v / "train_log.csv", steps, extra)
             for v, steps, extra in (("plain", 40, 0.0), ("hard", 20, 0.3), ("feedback", 20, 0.2))}
-    report.plot_training_loss(logs, tmp_path / "loss.png")
+    plots.plot_training_loss(logs, tmp_path / "loss.png")
     assert _is_png(tmp_path / "loss.png")
     # plain only (no fine-tuned variant): the right panel says so instead of failing
-    report.plot_training_loss({"plain": logs["plain"]}, tmp_path / "plain.png")
+    plots.plot_training_loss({"plain": logs["plain"]}, tmp_path / "plain.png")
     assert _is_png(tmp_path / "plain.png")
 
 
@@ -491,9 +507,9 @@ def test_training_loss_plot_names_bad_logs(tmp_path: Path) -> None:
     bad.parent.mkdir(parents=True)
     pd.DataFrame({"step": [1], "loss": [1.0]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match=r"train_log\.csv: training log \(hard\) table lacks columns"):
-        report.plot_training_loss({"hard": bad}, tmp_path / "x.png")
+        plots.plot_training_loss({"hard": bad}, tmp_path / "x.png")
     with pytest.raises(DataError, match="no training steps"):
-        report.plot_training_loss({}, tmp_path / "x.png")
+        plots.plot_training_loss({}, tmp_path / "x.png")
 
 
 def test_write_report_adds_the_training_loss_plot_from_log_paths(tmp_path: Path, eval_tree: dict[tuple, Path]) -> None:
@@ -509,28 +525,28 @@ def test_write_report_adds_the_training_loss_plot_from_log_paths(tmp_path: Path,
     pd.DataFrame([{"sample_id": "s0", "image": str(out), "mask": str(mask), "condition": str(mask)}]).to_csv(
         manifest, index=False)
     logs = [_train_log(tmp_path / "results/lora" / v / "train_log.csv", 10, e) for v, e in (("plain", 0), ("hard", 1))]
-    written = report.write_report(eval_tree, score_paths, {"plain": manifest}, tmp_path / "manifest.csv",
-                                  tmp_path / "tables", tmp_path / "plots", loss_backbones=["vit"],
-                                  run_records=_run_records(eval_tree), train_logs=dict(zip(("plain", "hard"), logs)),
-                                  eval_images=_image_paths(eval_tree))
+    inputs = ReportInputs(eval_tree, score_paths, {"plain": manifest}, tmp_path / "manifest.csv",
+                          run_records=_run_records(eval_tree), train_logs=dict(zip(("plain", "hard"), logs)),
+                          eval_images=_image_paths(eval_tree))
+    options = ReportOptions(loss_backbones=["vit"])
+    written = write_report(ReportSettings(inputs, options, tmp_path / "tables", tmp_path / "plots"))
     assert written["training_loss_png"] == tmp_path / "plots" / "training_loss.png"
     assert _is_png(written["training_loss_png"])
     with pytest.raises(TypeError, match="train logs: pass a"):  # names are never read off paths
-        report.write_report(eval_tree, score_paths, {"plain": manifest}, tmp_path / "manifest.csv", tmp_path / "t2",
-                            tmp_path / "p2", loss_backbones=["vit"], run_records=_run_records(eval_tree),
-                            train_logs=[tmp_path / "elsewhere.csv"], eval_images=_image_paths(eval_tree))
+        write_report(ReportSettings(replace(inputs, train_logs=[tmp_path / "elsewhere.csv"]), options,
+                                    tmp_path / "t2", tmp_path / "p2"))
 
 
 # ------------------------------------------------------------------------------ ratio and fidelity guard
 def test_ratio_plot_draws_score_against_ratio(tmp_path: Path, eval_tree: dict[tuple, Path]) -> None:
-    long = report.benchmark_long(eval_tree)
-    report.plot_ratio(long, tmp_path / "ratio.png")
+    long = summary.benchmark_long(eval_tree)
+    plots.plot_ratio(long, tmp_path / "ratio.png")
     assert _is_png(tmp_path / "ratio.png")
     # real-only rows alone (no synthetic ratio yet) still plot: the real line
-    report.plot_ratio(long[long.policy == "real"], tmp_path / "real.png")
+    plots.plot_ratio(long[long.policy == "real"], tmp_path / "real.png")
     assert _is_png(tmp_path / "real.png")
     with pytest.raises(DataError, match="no mDice/mIoU rows"):
-        report.plot_ratio(long[long.metric == "MAE"], tmp_path / "none.png")
+        plots.plot_ratio(long[long.metric == "MAE"], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
 
 
@@ -568,12 +584,13 @@ def test_write_report_writes_the_fidelity_table_and_the_ratio_plot(tmp_path: Pat
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"sample_id": [f"s{i}" for i in range(len(values))], "judges": judges}).to_csv(path, index=False)
         fidelity_csvs[variant] = path
-    common = {"loss_backbones": ["vit"], "run_records": _run_records(eval_tree), "eval_images": _image_paths(eval_tree)}
+    inputs = ReportInputs(eval_tree, [score_csv], manifests, tmp_path / "manifest.csv",
+                          run_records=_run_records(eval_tree), eval_images=_image_paths(eval_tree))
+    options = ReportOptions(loss_backbones=["vit"], min_fidelity=0.5)
     with pytest.raises(DataError, match="name the guard's judges"):
-        report.write_report(eval_tree, [score_csv], manifests, tmp_path / "manifest.csv", tmp_path / "t0",
-                            tmp_path / "p0", min_fidelity=0.5, **common)
-    written = report.write_report(eval_tree, [score_csv], manifests, tmp_path / "manifest.csv", tmp_path / "tables",
-                                  tmp_path / "plots", min_fidelity=0.5, fidelity_csvs=fidelity_csvs, **common)
+        write_report(ReportSettings(inputs, options, tmp_path / "t0", tmp_path / "p0"))
+    written = write_report(ReportSettings(replace(inputs, fidelity_csvs=fidelity_csvs), options, tmp_path / "tables",
+                                          tmp_path / "plots"))
     assert written["fidelity_csv"] == tmp_path / "tables" / "fidelity.csv"
     table = pd.read_csv(written["fidelity_csv"]).set_index("variant")
     assert list(table.reset_index().columns)[:4] == ["variant", "n", "mean_fidelity", "rejected"]
@@ -604,20 +621,20 @@ def test_skipped_runs_are_listed_as_infeasible_and_left_out_of_every_comparison(
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(columns=["testset", "metric", "value"]).to_csv(path, index=False)
         empty[a] = path
-    infeasible = report.infeasible_table([*records, *skipped])
-    assert list(infeasible.columns) == report.INFEASIBLE_COLUMNS
+    infeasible = run_records.infeasible_table([*records, *skipped])
+    assert list(infeasible.columns) == run_records.INFEASIBLE_COLUMNS
     assert infeasible[["policy", "ratio", "seed", "pool", "need", "archs"]].values.tolist() == [
         ["hard_faithful", 1.0, 0, 20, 24, "cnn transformer"]]
-    assert len(report.runs_table([*records, *skipped])) == len(records)  # skipped runs have no budget to compare
+    assert len(run_records.runs_table([*records, *skipped])) == len(records)  # skipped runs have no budget to compare
     keys = [("cnn", "hard_faithful", 1.0, 0), ("transformer", "hard_faithful", 1.0, 0)]
     keyed = {("cnn", "hard_faithful", 1.0, 0): empty["cnn"], ("transformer", "hard_faithful", 1.0, 0): empty["transformer"]}
-    long = report.benchmark_long({**eval_tree, **keyed}, skipped=keys)
+    long = summary.benchmark_long({**eval_tree, **keyed}, skipped=keys)
     assert "hard_faithful" not in set(long["policy"]) and len(long) == 9 * 6 * 3
     with pytest.raises(DataError, match="no rows"):  # an empty table of a run that was not skipped
-        report.benchmark_long({**eval_tree, **keyed}, skipped=keys[1:])
-    markdown = report.benchmark_markdown(long, infeasible_df=infeasible)
-    assert "## Subsets that could not be filled" in markdown and "| hard_faithful | 1 | 0 | 20 | 24 |" in markdown
-    assert "could not be filled" not in report.benchmark_markdown(long, infeasible_df=infeasible.head(0))
+        summary.benchmark_long({**eval_tree, **keyed}, skipped=keys[1:])
+    md = markdown.markdown_report(long, infeasible_df=infeasible)
+    assert "## Subsets that could not be filled" in md and "| hard_faithful | 1 | 0 | 20 | 24 |" in md
+    assert "could not be filled" not in markdown.markdown_report(long, infeasible_df=infeasible.head(0))
 
 
 # ------------------------------------------------------------- missing values (the binary protocol's HD95)
@@ -625,12 +642,12 @@ def test_benchmark_long_keeps_missing_values_and_names_a_non_numeric_one(tmp_pat
     path = tmp_path / "eval" / "seed-0.csv"
     path.parent.mkdir(parents=True)
     path.write_text("testset,metric,value\nA,mDice,0.5\nA,HD95,\nB,HD95,nan\nB,mDice,0.7\n")
-    long = report.benchmark_long({("cnn", "real", 0.0, 0): path}).set_index(["testset", "metric"])["value"]
+    long = summary.benchmark_long({("cnn", "real", 0.0, 0): path}).set_index(["testset", "metric"])["value"]
     assert long.isna().to_dict() == {("A", "HD95"): True, ("A", "mDice"): False, ("B", "HD95"): True,
                                      ("B", "mDice"): False}
     path.write_text("testset,metric,value\nA,mDice,0.5\nA,HD95,n/a px\n")
     with pytest.raises(DataError, match=r"seed-0\.csv: non-numeric entry 'n/a px'.*testset A, metric HD95"):
-        report.benchmark_long({("cnn", "real", 0.0, 0): path})
+        summary.benchmark_long({("cnn", "real", 0.0, 0): path})
 
 
 def _hd95_long() -> pd.DataFrame:
@@ -643,46 +660,46 @@ def _hd95_long() -> pd.DataFrame:
             rows += [("cnn", policy, ratio, seed, "A", "HD95", a), ("cnn", policy, ratio, seed, "B", "HD95", b),
                      ("cnn", policy, ratio, seed, "A", "mDice", 0.5 + seed / 10),
                      ("cnn", policy, ratio, seed, "B", "mDice", 0.6)]
-    return pd.DataFrame(rows, columns=report.BENCHMARK_COLUMNS)
+    return pd.DataFrame(rows, columns=summary.BENCHMARK_COLUMNS)
 
 
 def test_means_with_missing_values_are_nan_never_0_nor_over_the_other_testsets() -> None:
-    summary = report.benchmark_summary(_hd95_long(), metrics=["HD95"], testsets=["A", "B"])
-    cells = summary.set_index(["policy", "seed"])
-    assert list(summary.columns[-4:]) == ["A", "B", "mean", "overall"]  # B kept though all its values are missing
+    wide = summary.benchmark_summary(_hd95_long(), metrics=["HD95"], testsets=["A", "B"])
+    cells = wide.set_index(["policy", "seed"])
+    assert list(wide.columns[-4:]) == ["A", "B", "mean", "overall"]  # B kept though all its values are missing
     assert cells.loc[("real", 0), "A"] == 4.0 and np.isnan(cells.loc[("real", 0), "B"])
     assert np.isnan(cells.loc[("real", 0), "mean"])  # not 4.0 (A alone) and not 2.0 (B as 0)
     assert cells.loc[("hard", 0), "mean"] == pytest.approx(4.0)
     assert np.isnan(cells.loc[("hard", 1), "mean"])  # a run whose every value is missing keeps its row
     # the cells over seeds: the defined seeds, and how many of them; none defined: "–", never 0
-    assert report._mean_sd(pd.Series([4.0, 6.0])) == f"5.000 ± {np.std([4.0, 6.0], ddof=1):.3f}"
-    assert report._mean_sd(cells.loc["hard", "A"]) == "3.000 (1 of 2 seeds)"
-    assert report._mean_sd(cells.loc["real", "mean"]) == "–"
+    assert markdown._mean_sd(pd.Series([4.0, 6.0])) == f"5.000 ± {np.std([4.0, 6.0], ddof=1):.3f}"
+    assert markdown._mean_sd(cells.loc["hard", "A"]) == "3.000 (1 of 2 seeds)"
+    assert markdown._mean_sd(cells.loc["real", "mean"]) == "–"
 
 
 class _Saved:
     """Captures the figures a plot function saves (then saves them as it would)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.figures, original = [], report._save_figure
+        self.figures, original = [], tables.save_figure
 
         def save(figure, out_png):
             self.figures.append(figure)
             original(figure, out_png)
 
-        monkeypatch.setattr(report, "_save_figure", save)
+        monkeypatch.setattr(plots, "save_figure", save)
 
 
 def test_plots_skip_missing_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saved = _Saved(monkeypatch)
     long = _hd95_long()
     long.loc[(long.policy == "hard") & (long.metric == "mDice"), "value"] = np.nan  # hard: no defined mDice
-    report.plot_benchmark(long, tmp_path / "benchmark.png")
+    plots.plot_benchmark(long, tmp_path / "benchmark.png")
     assert _is_png(tmp_path / "benchmark.png")
     bars = [p.get_height() for p in saved.figures[-1].axes[0].patches]
     # real's bar alone: mean over seeds of (0.5 + 0.6) / 2 and (0.6 + 0.6) / 2; hard has none (not a bar of 0)
     assert bars == pytest.approx([(0.55 + 0.6) / 2])
-    report.plot_ratio(long, tmp_path / "ratio.png", metrics=["mDice", "HD95"])
+    plots.plot_ratio(long, tmp_path / "ratio.png", metrics=["mDice", "HD95"])
     assert _is_png(tmp_path / "ratio.png")
     drawn = [y for ax in saved.figures[-1].axes for line in ax.get_lines() for y in np.atleast_1d(line.get_ydata())]
     assert drawn and np.isfinite(drawn).all() and 0.0 not in drawn
@@ -704,7 +721,7 @@ def test_write_report_with_undefined_hd95(tmp_path: Path, eval_tree: dict[tuple,
                              ("n_images", n))]
         extra = pd.DataFrame(rows, columns=["testset", "metric", "value"])
         pd.concat([table, extra], ignore_index=True).to_csv(path, index=False)
-        images = path.with_name(path.stem + report.IMAGES_SUFFIX)
+        images = path.with_name(path.stem + summary.IMAGES_SUFFIX)
         per_image = pd.read_csv(images)
         hd95 = per_image[per_image.metric == "mDice"].assign(metric="HD95", value=np.nan)
         pd.concat([per_image, hd95], ignore_index=True).to_csv(images, index=False)
@@ -718,12 +735,12 @@ def test_write_report_with_undefined_hd95(tmp_path: Path, eval_tree: dict[tuple,
         pd.DataFrame([{"sample_id": "s0", "image": str(img), "mask": str(mask), "condition": str(mask)}]).to_csv(
             manifest, index=False)
     score_paths, _ = _write_scores(tmp_path)
-    written = report.write_report(eval_tree, score_paths, manifests, tmp_path / "manifest.csv",
-                                  tmp_path / "tables", tmp_path / "plots", loss_backbones=["vit"],
-                                  run_records=_run_records(eval_tree), eval_images=_image_paths(eval_tree),
-                                  testsets=TESTSETS)
+    inputs = ReportInputs(eval_tree, score_paths, manifests, tmp_path / "manifest.csv",
+                          run_records=_run_records(eval_tree), eval_images=_image_paths(eval_tree))
+    written = write_report(ReportSettings(inputs, ReportOptions(loss_backbones=["vit"], testsets=TESTSETS),
+                                          tmp_path / "tables", tmp_path / "plots"))
     bench = pd.read_csv(written["benchmark_csv"])
-    assert list(bench.columns) == report.BENCHMARK_COLUMNS
+    assert list(bench.columns) == summary.BENCHMARK_COLUMNS
     cell = bench[(bench.arch == "cnn") & (bench.policy == "real") & (bench.seed == 0) & (bench.metric == "HD95")]
     assert cell.set_index("testset")["value"].isna().to_dict() == {
         **dict.fromkeys(TESTSETS, False), "Kvasir": True}  # NaN in benchmark.csv, not 0

@@ -11,12 +11,12 @@ import pytest
 
 from hardgen.core.io import DataError
 from hardgen.evaluation import reproduction as repro
-from hardgen.report import report
+from hardgen.report import markdown, summary
 
 
 def _long(rows: list[tuple]) -> pd.DataFrame:
     """Benchmark long rows (arch, policy, ratio, seed, testset, metric, value)."""
-    return pd.DataFrame(rows, columns=report.BENCHMARK_COLUMNS)
+    return pd.DataFrame(rows, columns=summary.BENCHMARK_COLUMNS)
 
 
 def _anchors(rows: list[tuple]) -> pd.DataFrame:
@@ -118,7 +118,7 @@ def test_the_report_works_with_one_custom_test_set(tmp_path: Path) -> None:
     table = repro.reproduction_table(long, anchors, published, ["Site-Z"])
     assert table["testset"].tolist() == ["Site-Z", "Site-Z", "mean", "mean"]
     assert table["diff"].tolist() == pytest.approx([0.01, -0.01, 0.01, -0.01])
-    md = report.benchmark_markdown(long, testsets=["Site-Z"], anchors=anchors, reproduction=table,
+    md = markdown.markdown_report(long, testsets=["Site-Z"], anchors=anchors, reproduction=table,
                                    published=published)
     first = md.split("\n\n")[1]
     assert first.startswith("unet's real-only baseline reproduces SegNet-Z's published mDice / mIoU by +0.010 / "

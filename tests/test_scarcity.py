@@ -28,7 +28,7 @@ from hardgen.data.manifest import (
     train_subset,
     write_manifest,
 )
-from hardgen.report.report import BENCHMARK_COLUMNS, RUNS_COLUMNS
+from hardgen.report.run_records import RUNS_COLUMNS
 from hardgen.report.scarcity import (
     SINGLE_SEED,
     T_SEEDS,
@@ -36,6 +36,7 @@ from hardgen.report.scarcity import (
     with_n_real,
     write_scarcity,
 )
+from hardgen.report.summary import BENCHMARK_COLUMNS
 
 # ---- layout
 

@@ -36,7 +36,7 @@ def test_timings_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="benchmark folder not found"):
         timings_table(tmp_path / "nope")
     (tmp_path / "x.tsv").write_text("a\tb\n1\t2\n")
-    with pytest.raises(DataError, match=r"x\.tsv: not a Snakemake benchmark file"):
+    with pytest.raises(DataError, match=r"x\.tsv: Snakemake benchmark file lacks columns \['s', 'max_rss', 'cpu_time'\]"):
         timings_table(tmp_path)
 
 

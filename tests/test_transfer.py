@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hardgen.core.io import DataError
-from hardgen.report import report, transfer
+from hardgen.report import tables, transfer
 
 N = 12  # samples per variant; the variants share sample ids (one per condition)
 VARIANTS = ("plain", "hard")
@@ -113,7 +113,7 @@ def test_partial_spearman_controls_for_the_foreground_fraction() -> None:
     # the very value of the report's partial Spearman on the joined samples
     held_out = scores[(scores["backbone"] == "h") & (scores["variant"] != "real")]
     joined = held_out.merge(losses, on=["sample_id", "variant"])
-    assert partial == pytest.approx(report.partial_spearman(joined["z"], joined["loss"], joined["fg_fraction"]))
+    assert partial == pytest.approx(tables.partial_spearman(joined["z"], joined["loss"], joined["fg_fraction"]))
 
 
 def test_variants_sharing_ids_join_on_both_and_missing_samples_shrink_n(tmp_path: Path) -> None:

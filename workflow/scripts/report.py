@@ -4,13 +4,17 @@ from pathlib import Path
 
 from hardgen.core.io import read_keyed_losses, write_csv
 from hardgen.core.logging_utils import stage_logging
-from hardgen.report.report import write_report
+from hardgen.report.run_records import read_run_records
 from hardgen.report.run_text import RunDescription, undefined_notes
 from hardgen.report.timings import plot_timings, timings_table, variant_cost
+from hardgen.report.write_report import (
+    ReportInputs,
+    ReportOptions,
+    ReportSettings,
+    write_report,
+)
 
 with stage_logging(snakemake.log[0]) as log:
-    from hardgen.report.report import read_run_records
-
     inp, variants = snakemake.input, list(snakemake.params.variants)
     # every input is keyed by what the rule built it from, never parsed back from its path: the run records carry
     # their run's keys and come in the order of the evaluation tables (common.smk's run_paths builds both)
@@ -24,33 +28,35 @@ with stage_logging(snakemake.log[0]) as log:
     timings = timings_table(Path(snakemake.output.timings).parents[1] / "benchmarks")
     # what each variant cost to make: its training (plain LoRA + own fine-tuning) next to its generation
     costs = variant_cost(timings, list(snakemake.params.variants), judge_job=snakemake.params.judge_job)
-    written = write_report(
+    inputs = ReportInputs(
         eval_csvs=evals,
-        score_csvs=inp.scores,
+        score_csvs=list(inp.scores),
         generated_manifests=dict(zip(variants, inp.generated, strict=True)),
-        conditions_csv=inp.conditions,
         data_manifest_csv=inp.manifest,
-        tables_dir=Path(snakemake.output.benchmark).parent,
-        plots_dir=snakemake.output.plots,
-        loss_backbones=snakemake.params.loss_backbones,
         run_records=records,
         sample_loss_csvs=read_keyed_losses(inp.sample_losses),  # {<arch>/seed-<s>: every variant}
+        conditions_csv=inp.conditions,
         train_logs=dict(zip(snakemake.params.loras, inp.train_logs, strict=True)),
-        demo=bool(snakemake.params.demo),
-        min_fidelity=snakemake.params.min_fidelity,  # the fidelity guard's table (results/tables/fidelity.csv)
         judge_loss_csv=judge_losses,
         feature_files=dict(zip(["real", *variants], inp.features, strict=True)),
         fidelity_csvs=dict(zip(variants, inp.fidelity, strict=True)),  # fidelity.csv's judges column
-        testsets=list(snakemake.params.testsets),  # data.testsets: names and display order
         eval_images=eval_images,
         anchors_csv=inp.anchors[0] if inp.anchors else None,
+        mask_following_csv=inp.mask_following,
+    )
+    options = ReportOptions(
+        loss_backbones=list(snakemake.params.loss_backbones),
+        testsets=list(snakemake.params.testsets),  # data.testsets: names and display order
+        demo=bool(snakemake.params.demo),
+        min_fidelity=snakemake.params.min_fidelity,  # the fidelity guard's table (results/tables/fidelity.csv)
         published=dict(snakemake.params.published),
         reproduce_tolerance=snakemake.params.reproduce_tolerance,
         primary_contrast=snakemake.params.primary_contrast,
         run=RunDescription(**snakemake.params.run),
         notes=undefined_notes(variant_cost=costs),
-        mask_following_csv=inp.mask_following,
     )
+    written = write_report(ReportSettings(inputs, options, tables_dir=Path(snakemake.output.benchmark).parent,
+                                          plots_dir=Path(snakemake.output.plots)))
     log.info("wrote %s", sorted(str(p) for p in written.values()))
     write_csv(snakemake.output.timings, timings)
     plot_timings(timings, Path(snakemake.output.plots) / "timings.png")

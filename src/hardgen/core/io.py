@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,19 +303,46 @@ def write_table(path: str | Path, frame: Any, columns: Sequence[str], what: str 
     write_csv(path, frame[list(columns)])
 
 
-def table_or_csv(source: Any, what: str, dtype: dict[str, Any] | None = None) -> tuple[str, Any]:
-    """``(name, table)`` of a pandas DataFrame (a copy, named ``what``) or of a CSV file (named by its path).
+def read_csv_table(path: str | Path, required_columns: Iterable[str], what: str,
+                   dtype: dict[str, Any] | None = None, sep: str = ",") -> Any:
+    """The one CSV reader: the pandas DataFrame at ``path``, which must have ``required_columns`` (others may follow).
 
-    A missing file is a :class:`DataError` naming it and ``what``.
+    ``what`` names what the file holds (``"score table"``); ``sep``: ``"\t"`` for a TSV. A missing file, an unreadable
+    one (not CSV, empty, not text) or a missing column is a :class:`DataError` naming the file, ``what`` and the
+    missing columns.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        frame = pd.read_csv(path, dtype=dtype, sep=sep)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable {what} ({err})") from err
+    require_columns(frame, required_columns, f"{path}: {what}")
+    return frame
+
+
+def require_columns(table: Any, required_columns: Iterable[str], what: str) -> None:
+    """A :class:`DataError` when ``table`` lacks any of ``required_columns``; ``what`` names the table (its file, when
+    it has one)."""
+    missing = [c for c in required_columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{what} lacks columns {missing} (has {list(table.columns)})")
+
+
+def table_or_csv(source: Any, what: str, dtype: dict[str, Any] | None = None,
+                 required_columns: Iterable[str] = ()) -> tuple[str, Any]:
+    """``(name, table)`` of a pandas DataFrame (a copy, named ``what``) or of a CSV file (named by its path, read by
+    :func:`read_csv_table`); either must have ``required_columns``.
     """
     import pandas as pd
 
     if isinstance(source, pd.DataFrame):
+        require_columns(source, required_columns, what)
         return what, source.copy()
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} not found")
-    return str(path), pd.read_csv(path, dtype=dtype)
+    return str(source), read_csv_table(source, required_columns, what, dtype=dtype)
 
 
 def numbers_or_missing(column: Any) -> tuple[Any, Any]:
@@ -393,12 +420,8 @@ def read_keyed_losses(paths: Sequence[str | Path]) -> dict[str, Any]:
 
     frames: dict[str, list] = {}
     for path in path_list(list(paths)):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: sample loss table not found")
-        table = pd.read_csv(path, dtype={"sample_id": str})
-        missing = [c for c in ("arch", "seed") if c not in table.columns]
-        if missing:
-            raise DataError(f"{path}: sample loss table lacks key columns {missing} (rerun segmenter_loss)")
+        # the key columns: a table of an older segmenter_loss lacks them (rerun it)
+        table = read_csv_table(path, ("arch", "seed"), "sample loss table", dtype={"sample_id": str})
         for (arch, seed), rows in table.groupby(["arch", "seed"], sort=False):
             frames.setdefault(segmenter_key(arch, seed), []).append(rows)
     return {key: pd.concat(parts, ignore_index=True) for key, parts in frames.items()}

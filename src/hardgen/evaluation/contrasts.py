@@ -2,7 +2,7 @@
 
 A contrast is one policy minus a reference at one synthetic ratio, for one arch, paired by seed (the same
 initialisation seed and budget on both sides): every policy against ``real`` and against its size-matched control
-(the pairs of :func:`hardgen.report.report.paired_differences`, which benchmark.md tables). Each gets a 95 % interval:
+(the pairs of :func:`hardgen.report.summary.paired_differences`, which benchmark.md tables). Each gets a 95 % interval:
 
 - ``t_seeds`` — with n >= 2 seeds, Student's t-interval over the n per-seed differences:
   ``mean ± t(0.975, n − 1) · sd / sqrt(n)`` (sd with ddof = 1). It measures seed-to-seed variation, the noise that
@@ -38,7 +38,12 @@ import pandas as pd
 from scipy import stats
 
 from hardgen.config.validation import ratio_label
-from hardgen.core.io import DataError, numbers_or_missing
+from hardgen.core.io import (
+    DataError,
+    numbers_or_missing,
+    read_csv_table,
+    require_columns,
+)
 
 #: Columns of ``results/tables/contrasts.csv``.
 CONTRAST_COLUMNS: list[str] = ["arch", "policy", "ratio", "versus", "metric", "n", "mean_diff", "ci_low", "ci_high",
@@ -114,10 +119,8 @@ def pooled_mean(groups: Sequence[np.ndarray]) -> np.ndarray:
 def read_images(path: str | Path) -> pd.DataFrame:
     """A per-image table (:data:`IMAGE_COLUMNS`), checked: numeric or missing (empty / NaN) values, one row per
     (testset, image, metric)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: per-image table not found (rule evaluate writes it beside the evaluation table)")
-    table = pd.read_csv(path, dtype={"testset": str, "image": str, "metric": str})
+    # rule evaluate writes it beside the evaluation table
+    table = read_csv_table(path, IMAGE_COLUMNS, "per-image table", dtype={"testset": str, "image": str, "metric": str})
     return check_images(table, str(path))
 
 
@@ -127,9 +130,7 @@ def check_images(table: pd.DataFrame, where: str) -> pd.DataFrame:
     A missing value (empty or NaN: a measure undefined for that image) is kept as NaN; a value that is present but
     not a number is a :class:`DataError`.
     """
-    missing = [c for c in IMAGE_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{where}: per-image table lacks columns {missing}")
+    require_columns(table, IMAGE_COLUMNS, f"{where}: per-image table")
     values, bad = numbers_or_missing(table["value"])
     if bad.any():
         raise DataError(f"{where}: non-numeric per-image values, e.g. {table.loc[bad, 'value'].iloc[0]!r} "
@@ -180,7 +181,7 @@ def contrast_table(
 ) -> pd.DataFrame:
     """Every contrast of ``differences`` with its 95 % interval: :data:`CONTRAST_COLUMNS`.
 
-    ``differences``: :func:`hardgen.report.report.paired_differences` (``arch, policy, ratio, reference, seed, metric,
+    ``differences``: :func:`hardgen.report.summary.paired_differences` (``arch, policy, ratio, reference, seed, metric,
     d_mean, d_overall``; the reference is at ratio 0 for ``real``, else at the policy's ratio). Per (arch, policy,
     ratio, reference, metric) two rows: ``<metric>`` (``d_mean``, the mean over test sets) and
     ``<metric>@overall`` (``d_overall``). Seeds whose difference is undefined (NaN) are left out. With >= 2 seeds

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hardgen.core.io import DataError
+from hardgen.core.io import DataError, read_csv_table, require_columns
 
 #: Columns of an anchors file.
 ANCHOR_COLUMNS: list[str] = ["model", "testset", "metric", "value"]
@@ -40,13 +40,9 @@ def load_anchors(path: str | Path) -> pd.DataFrame:
 
     Errors (:class:`DataError`) name the file and the offending row.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: anchors file not found (config report.anchors)")
-    try:
-        table = pd.read_csv(path, dtype={"model": str, "testset": str, "metric": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable anchors file ({err})") from err
+    # no required columns: the file must have exactly ANCHOR_COLUMNS (checked next)
+    table = read_csv_table(path, (), "anchors file (config report.anchors)",
+                           dtype={"model": str, "testset": str, "metric": str})
     if list(table.columns) != ANCHOR_COLUMNS:
         raise DataError(f"{path}: anchors file must have exactly the columns {ANCHOR_COLUMNS}, has {list(table.columns)}")
     return check_anchors(table, str(path))
@@ -54,9 +50,7 @@ def load_anchors(path: str | Path) -> pd.DataFrame:
 
 def check_anchors(table: pd.DataFrame, where: str = "anchors") -> pd.DataFrame:
     """The checks of :func:`load_anchors` on a table already in memory; returns it with float values."""
-    missing = [c for c in ANCHOR_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{where}: anchors table lacks columns {missing}")
+    require_columns(table, ANCHOR_COLUMNS, f"{where}: anchors table")
     table = table[ANCHOR_COLUMNS].copy()
     if table[["model", "testset", "metric"]].isna().any(axis=None):
         raise DataError(f"{where}: empty model, testset or metric in rows "
@@ -94,7 +88,7 @@ def reproduction_table(
 ) -> pd.DataFrame:
     """``arch, testset, metric, ours, published, diff`` for every arch with a published model.
 
-    ``long_df``: the benchmark's long table (:func:`hardgen.report.report.benchmark_long`); ``anchors``:
+    ``long_df``: the benchmark's long table (:func:`hardgen.report.summary.benchmark_long`); ``anchors``:
     :func:`load_anchors`; ``published``: ``{arch: model or None}`` (``segment.archs.<arch>.published``);
     ``testsets``: ``data.testsets`` (row order). Rows: every test set the arch's real-only runs were scored on, in
     that order, per metric; ``published`` (and ``diff``) are NaN where the anchors lack that test set, ``ours`` (and

@@ -21,11 +21,13 @@ from matplotlib.figure import Figure
 from safetensors import safe_open
 from sklearn.decomposition import PCA
 
-from hardgen.core.io import DataError, read_gray, read_rgb
-from hardgen.report.tables import VARIANT_ORDER
-from hardgen.report.tables import ordered as _ordered
-from hardgen.report.tables import read_scores as _read_scores
-from hardgen.report.tables import save_figure as _save_figure
+from hardgen.core.io import DataError, read_gray, read_rgb, table_or_csv
+from hardgen.report.tables import (
+    VARIANT_ORDER,
+    in_display_order,
+    read_scores,
+    save_figure,
+)
 from hardgen.scoring.fidelity import passes
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ def sample_hardness(scores: pd.DataFrame | Sequence[str | Path], loss_backbones:
     ``fidelity`` is the score tables' ``fidelity`` column (the fidelity guard, 0..1), NaN where the tables have
     none; when a sample's rows disagree, its lowest value (the guard's worst reading of it).
     """
-    scores = _read_scores(scores)
+    scores = read_scores(scores)
     if "z" not in scores.columns:
         raise DataError(f"score tables lack column 'z' (have {list(scores.columns)})")
     generated = scores[scores["variant"].astype(str) != "real"].astype({"variant": str, "sample_id": str})
@@ -73,7 +75,7 @@ def hardest_and_rejected(hardness: pd.DataFrame, min_fidelity: float | None, k: 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     rows = []
-    for variant in _ordered(hardness["variant"], VARIANT_ORDER):
+    for variant in in_display_order(hardness["variant"], VARIANT_ORDER):
         samples = hardness[hardness["variant"] == variant].sort_values("sample_id")
         if min_fidelity is None or samples["fidelity"].isna().all():
             rejected = pd.Series(False, index=samples.index)
@@ -106,10 +108,8 @@ def plot_hardest(
     """
     manifests = {}
     for variant, source in generated.items():
-        table = source.copy() if isinstance(source, pd.DataFrame) else pd.read_csv(source, dtype={"sample_id": str})
-        missing = [c for c in ("sample_id", "image", "mask") if c not in table.columns]
-        if missing:
-            raise DataError(f"generated manifest ({variant}) lacks columns {missing}")
+        _, table = table_or_csv(source, f"generated manifest ({variant})", dtype={"sample_id": str},
+                                required_columns=("sample_id", "image", "mask"))
         manifests[variant] = table.astype({"sample_id": str}).drop_duplicates("sample_id").set_index("sample_id")
     unshown = sorted(set(hardness["variant"]) - set(manifests))
     if unshown:
@@ -120,7 +120,7 @@ def plot_hardest(
         log.warning("%s: %d scored samples have no image in their generated manifest: left out", out_png,
                     int((~has_image).sum()))
     shown = shown[has_image]
-    variants = _ordered(shown["variant"], VARIANT_ORDER)
+    variants = in_display_order(shown["variant"], VARIANT_ORDER)
     if not variants:
         raise DataError(f"{out_png}: no scored sample has an image in the generated manifests")
     selection = hardest_and_rejected(shown, min_fidelity, k)
@@ -157,7 +157,7 @@ def plot_hardest(
                 mask_ax.set_title(str(row.sample_id), fontsize=6)
     figure.suptitle(f"per variant: the {k} hardest samples the guard keeps, and the {k} it rejects ({guard}); "
                     "z = mean over the in-loss backbones", fontsize=9)
-    _save_figure(figure, out_png)
+    save_figure(figure, out_png)
     return selection
 
 
@@ -196,7 +196,7 @@ def plot_features(
     sets = {name: read_features(path) for name, path in feature_files.items()}
     if "real" not in sets:
         raise DataError(f"{out_png}: no real features (results/scores/real.features.safetensors) to compare with")
-    variants = [v for v in _ordered(sets, VARIANT_ORDER) if v != "real"]
+    variants = [v for v in in_display_order(sets, VARIANT_ORDER) if v != "real"]
     if not variants:
         raise DataError(f"{out_png}: no generated feature sets")
     backbones = list(sets["real"][2])
@@ -227,5 +227,5 @@ def plot_features(
             ax.set_ylabel(f"PC2 ({explained[backbone][1]:.0%})", fontsize=7)
             ax.tick_params(labelsize=6)
             ax.legend(fontsize=6, loc="best")
-    _save_figure(figure, out_png)
+    save_figure(figure, out_png)
     return explained

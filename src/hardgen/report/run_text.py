@@ -138,7 +138,7 @@ def undefined_notes(
     defined.
 
     ``contrasts``: :func:`hardgen.evaluation.contrasts.contrast_table` (a contrast with no image defined on both sides);
-    ``transfer`` / ``transfer_matrix``: :func:`hardgen.report.report.hardness_transfer` and
+    ``transfer`` / ``transfer_matrix``: :func:`hardgen.report.hardness.hardness_transfer` and
     :func:`hardgen.report.transfer.transfer_matrix` (a rank correlation needs >= 3 samples and two inputs that vary);
     ``variant_cost``: :func:`hardgen.report.timings.variant_cost` (a job without a benchmark file).
     """

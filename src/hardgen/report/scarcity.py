@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hardgen.config.validation import ratio_label
-from hardgen.core.io import DataError, write_csv
+from hardgen.core.io import DataError, read_csv_table, write_csv
 from hardgen.data.manifest import SUBSET_COLUMNS
 from hardgen.evaluation.contrasts import (
     BOOTSTRAP_IMAGES,
@@ -29,8 +29,9 @@ from hardgen.evaluation.contrasts import (
     read_images,
     t_interval,
 )
-from hardgen.report.report import BENCHMARK_COLUMNS, RUNS_COLUMNS, benchmark_summary
-from hardgen.report.tables import POLICY_ORDER, ordered, read_table, save_figure
+from hardgen.report.run_records import RUNS_COLUMNS
+from hardgen.report.summary import BENCHMARK_COLUMNS, benchmark_summary
+from hardgen.report.tables import POLICY_ORDER, in_display_order, save_figure
 
 #: The column naming a row's real training-set size (its count of real training images).
 N_REAL = "n_real"
@@ -49,7 +50,7 @@ UNDEFINED = "undefined"
 
 def subset_count(record_csv: str | Path) -> int:
     """The number of real training images a size keeps: the selected rows of its ``train_subset.csv``."""
-    record = read_table(record_csv, SUBSET_COLUMNS, "training subset record")
+    record = read_csv_table(record_csv, SUBSET_COLUMNS, "training subset record table")
     count = int(record["selected"].astype(str).str.lower().eq("true").sum())
     if count < 1:
         raise DataError(f"{record_csv}: no selected training image")
@@ -64,7 +65,7 @@ def with_n_real(tables: Mapping[str, str | Path], counts: Mapping[str, int], col
         raise DataError(f"{what}: no training-set count for sizes {missing}")
     frames = []
     for label in sorted(tables, key=lambda k: counts[k]):
-        frame = read_table(tables[label], columns, what)
+        frame = read_csv_table(tables[label], columns, f"{what} table")
         frame.insert(0, N_REAL, int(counts[label]))
         frames.append(frame)
     if len({counts[k] for k in tables}) != len(tables):
@@ -99,7 +100,7 @@ def image_interval(images: str | Path, metric: str, testsets: Sequence[str]) -> 
 def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | None = None,
                    images: Mapping[CurveKey, str | Path] | None = None) -> pd.DataFrame:
     """The curve: per arch, policy, ratio and ``n_real``, the mean over seeds of ``metric``'s mean over the test sets
-    (each seed's mean first, as :func:`hardgen.report.report.benchmark_summary`), with a t-interval over the seeds (two or
+    (each seed's mean first, as :func:`hardgen.report.summary.benchmark_summary`), with a t-interval over the seeds (two or
     more). With one seed the interval is the bootstrap over that run's test images (:func:`image_interval`) when
     ``images`` holds its per-image table, else none (``method`` says which). Seeds whose mean is missing (NaN) are
     left out; a point with no defined mean is kept, marked ``method`` :data:`UNDEFINED` with ``seeds`` 0 and NaN
@@ -129,7 +130,7 @@ def scarcity_table(long: pd.DataFrame, metric: str, testsets: Sequence[str] | No
     if not rows:
         raise DataError(f"scarcity curve: no {metric} rows in the benchmark")
     table = pd.DataFrame(rows, columns=SCARCITY_COLUMNS)
-    order = {p: i for i, p in enumerate(ordered(table["policy"], POLICY_ORDER))}
+    order = {p: i for i, p in enumerate(in_display_order(table["policy"], POLICY_ORDER))}
     return table.sort_values(["arch", "policy", "ratio", N_REAL], key=lambda c: c.map(order) if c.name == "policy"
                              else c, kind="stable").reset_index(drop=True)
 
@@ -140,7 +141,7 @@ def plot_scarcity(table: pd.DataFrame, out_png: str | Path) -> None:
     Undefined points (NaN mean) are left out, never drawn as 0; the line joins the defined ones."""
     if table.empty:
         raise DataError(f"{out_png}: no rows to plot")
-    archs = ordered(table["arch"], [])
+    archs = in_display_order(table["arch"], [])
     metric = str(table["metric"].iloc[0])
     sizes = sorted(table[N_REAL].unique())
     figure = Figure(figsize=(5.2 * len(archs), 3.6), layout="constrained")

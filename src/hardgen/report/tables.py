@@ -1,5 +1,5 @@
-"""Readers and helpers the report, the transfer study and the gallery share (below all three: they import it, it
-imports none of them): checked CSV readers, the registry's display order, rank correlations and figure saving."""
+"""Readers and helpers the report's modules share (below all of them: they import it, it imports none of them): the
+score and sample-loss readers, the registry's display order, rank correlations and figure saving."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import rankdata, spearmanr
 
-from hardgen.core.io import DataError, atomic_path
+from hardgen.core.io import (
+    DataError,
+    atomic_path,
+    read_csv_table,
+    require_columns,
+    table_or_csv,
+)
 from hardgen.core.registry import POLICIES, VARIANTS
 
 #: Display order of scored sets and of policies: the registry's (hardgen.core.registry), real first.
@@ -22,34 +28,19 @@ SCORE_COLUMNS: tuple[str, ...] = ("sample_id", "variant", "backbone", "distance"
 SAMPLE_LOSS_COLUMNS: tuple[str, ...] = ("sample_id", "loss", "fg_fraction")
 
 
-def read_table(path: str | Path, required: Iterable[str], what: str) -> pd.DataFrame:
-    """Read a CSV and check its columns; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: {what} table not found")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable {what} table ({err})") from err
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: {what} table lacks columns {missing} (has {list(frame.columns)})")
-    return frame
-
-
-def ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
+def in_display_order(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
+    """The distinct ``values``, those of ``preferred`` first in its order, then the others alphabetically."""
     present = list(dict.fromkeys(values))
     return [v for v in preferred if v in present] + sorted(v for v in present if v not in preferred)
 
 
 def read_scores(score_csvs: Iterable[str | Path] | pd.DataFrame) -> pd.DataFrame:
+    """The score tables in one (a table in memory as it is): :data:`SCORE_COLUMNS` at least, string sample ids and
+    numeric distances (a non-number is NaN)."""
     if isinstance(score_csvs, pd.DataFrame):
-        frame = score_csvs
-        missing = [c for c in SCORE_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(f"score table lacks columns {missing}")
-        return frame
-    frames = [read_table(p, SCORE_COLUMNS, "score") for p in score_csvs]
+        require_columns(score_csvs, SCORE_COLUMNS, "score table")
+        return score_csvs
+    frames = [read_csv_table(p, SCORE_COLUMNS, "score table") for p in score_csvs]
     if not frames:
         raise DataError("no score tables given")
     scores = pd.concat(frames, ignore_index=True)
@@ -59,14 +50,9 @@ def read_scores(score_csvs: Iterable[str | Path] | pd.DataFrame) -> pd.DataFrame
 
 
 def read_losses(name: str, path: str | Path | pd.DataFrame) -> pd.DataFrame:
-    if isinstance(path, pd.DataFrame):
-        missing = [c for c in SAMPLE_LOSS_COLUMNS if c not in path.columns]
-        if missing:
-            raise DataError(f"sample loss ({name}) lacks columns {missing}")
-        losses = path.copy()
-        path = f"sample loss ({name})"
-    else:
-        losses = read_table(path, SAMPLE_LOSS_COLUMNS, f"sample loss ({name})")
+    """Segmenter ``name``'s per-sample losses (in memory or its CSV): ``sample_id`` (and ``variant`` when the table has
+    it, generated variants share ids), ``loss``, ``fg_fraction``; one row per key."""
+    path, losses = table_or_csv(path, f"sample loss ({name}) table", required_columns=SAMPLE_LOSS_COLUMNS)
     losses["sample_id"] = losses["sample_id"].astype(str)
     for column in ("loss", "fg_fraction"):
         losses[column] = pd.to_numeric(losses[column], errors="coerce")

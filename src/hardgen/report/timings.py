@@ -11,19 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hardgen.core.io import DataError, atomic_path
+from hardgen.core.io import DataError, read_csv_table
+from hardgen.report.tables import save_figure
 
 TIMING_COLUMNS = ["rule", "job", "s", "cpu_time_s", "max_rss_mb"]
 
 
-def timings_table(benchmark_dir: str | Path, exclude: tuple[str, ...] = ("report",)) -> pd.DataFrame:
-    """One row per benchmark file: ``rule`` (first path part), ``job`` (the rest: wildcards), ``s``
-    (wall-clock seconds), ``cpu_time_s``, ``max_rss_mb``; sorted by rule then job. ``exclude``: rules left out
-    (the report cannot time itself while it runs)."""
-    root = Path(benchmark_dir)
+def timings_table(job_times_dir: str | Path, exclude: tuple[str, ...] = ("report",)) -> pd.DataFrame:
+    """One row per job-time file (Snakemake's ``benchmark:`` file of one job, under ``job_times_dir``, the run's
+    ``benchmarks/`` folder): ``rule`` (first path part), ``job`` (the rest: wildcards), ``s`` (wall-clock seconds),
+    ``cpu_time_s``, ``max_rss_mb``; sorted by rule then job. ``exclude``: rules left out (the report cannot time
+    itself while it runs)."""
+    root = Path(job_times_dir)
     if not root.is_dir():
         raise DataError(f"{root}: benchmark folder not found")
     rows = []
@@ -31,13 +32,9 @@ def timings_table(benchmark_dir: str | Path, exclude: tuple[str, ...] = ("report
         parts = path.relative_to(root).with_suffix("").parts
         if parts[0] in exclude:
             continue
-        try:
-            frame = pd.read_csv(path, sep="\t")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise DataError(f"{path}: unreadable benchmark file ({err})") from err
-        missing = [c for c in ("s", "max_rss", "cpu_time") if c not in frame.columns]
-        if missing or frame.empty:
-            raise DataError(f"{path}: not a Snakemake benchmark file (missing {missing or 'rows'})")
+        frame = read_csv_table(path, ("s", "max_rss", "cpu_time"), "Snakemake benchmark file", sep="\t")
+        if frame.empty:
+            raise DataError(f"{path}: Snakemake benchmark file has no rows")
         last = frame.iloc[-1]  # a rerun with --benchmark-repeats appends rows; the latest counts
         rows.append({"rule": parts[0], "job": "/".join(parts[1:]), "s": float(last["s"]),
                      "cpu_time_s": pd.to_numeric(last["cpu_time"], errors="coerce"),
@@ -55,9 +52,7 @@ def plot_timings(table: pd.DataFrame, out_png: str | Path) -> None:
     ax.barh([f"{rule} ({int(n)})" for rule, n in zip(per_rule.index, per_rule["count"])], per_rule["sum"])
     ax.set_xlabel("wall-clock seconds, summed over the rule's jobs (jobs)")
     ax.set_title(f"{table['s'].sum():.0f} s of job time in {len(table)} jobs", fontsize=9)
-    FigureCanvasAgg(figure)
-    with atomic_path(out_png) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    save_figure(figure, out_png)
 
 
 #: Columns of :func:`variant_cost` (the issue's four, then what the training figure sums, then whether the row is

@@ -12,7 +12,7 @@ segmenters as well as (or better than) the model-specific feedback judge's.
 
 Samples are pooled over variants: within one variant a few hundred samples span little of the hardness range, and the
 question is whether the judges agree on *which* samples are hard, whichever generator made them. ``hardness_transfer``
-in :mod:`hardgen.report.report` keeps the per-variant view (backbone × segmenter seed × variant).
+in :mod:`hardgen.report.hardness` keeps the per-variant view (backbone × segmenter seed × variant).
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from hardgen.core.io import DataError
-from hardgen.report.tables import partial_spearman
-from hardgen.report.tables import read_losses as _read_losses
-from hardgen.report.tables import read_scores as _read_scores
-from hardgen.report.tables import save_figure as _save_figure
-from hardgen.report.tables import spearman as _spearman
+from hardgen.core.io import DataError, require_columns
+from hardgen.report.tables import (
+    partial_spearman,
+    read_losses,
+    read_scores,
+    save_figure,
+    spearman,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,11 @@ def _z_table(scores: pd.DataFrame) -> pd.DataFrame:
 def _loss_table(name: str, source: str | Path | pd.DataFrame) -> pd.DataFrame:
     """A per-sample loss table indexed by (variant, sample_id): columns loss, fg_fraction."""
     if isinstance(source, pd.DataFrame):
-        table = source.copy()
-        missing = [c for c in ("sample_id", "variant", "loss", "fg_fraction") if c not in table.columns]
-        if missing:
-            raise DataError(f"sample loss ({name}) lacks columns {missing}")
-        table = table.astype({"sample_id": str})
+        require_columns(source, ("sample_id", "variant", "loss", "fg_fraction"), f"sample loss ({name})")
+        table = source.astype({"sample_id": str})
     else:
-        table = _read_losses(name, source)
-        if "variant" not in table.columns:  # then _read_losses keys on sample_id and has refused any shared id
+        table = read_losses(name, source)
+        if "variant" not in table.columns:  # then read_losses keys on sample_id and has refused any shared id
             raise DataError(f"{source}: sample loss table lacks column 'variant' (generated variants share ids)")
     table = table.astype({"variant": str})
     if table.duplicated(_KEYS).any():
@@ -112,7 +111,7 @@ def transfer_matrix(
     foreground fraction, from the loss tables; NaN without any), ``n`` (samples with both scores, and a foreground
     fraction when there is one). A backbone against itself is kept (rho 1 by construction; the heatmap marks it).
     """
-    scores = _read_scores(score_csvs)
+    scores = read_scores(score_csvs)
     z = _z_table(scores)
     backbones = [str(b) for b in z.columns]
     unknown = sorted(set(map(str, loss_backbones)) - set(backbones))
@@ -163,7 +162,7 @@ def transfer_matrix(
             x, y = pair[source], pair[evaluator]
             rows.append({
                 "source": source, "evaluator": evaluator, "evaluator_kind": evaluator_kind,
-                "spearman": _spearman(x, y),
+                "spearman": spearman(x, y),
                 "partial_spearman": partial_spearman(x, y, pair["fg_fraction"]) if has_fg else float("nan"),
                 "n": len(pair), "source_kind": source_kind,
             })
@@ -232,7 +231,7 @@ def plot_transfer_matrix(table: pd.DataFrame, out_png: str | Path) -> None:
     figure.colorbar(image, ax=list(axes), shrink=0.8, label="rank correlation")
     n_text = str(n_values[0]) if len(n_values) == 1 else f"{n_values[0]}–{n_values[-1]}"
     figure.suptitle(f"hardness transfer over the generated samples of every variant pooled (n = {n_text})", fontsize=9)
-    _save_figure(figure, out_png)
+    save_figure(figure, out_png)
 
 
 def _self_patch(x: float, y: float) -> Rectangle:
