@@ -293,7 +293,7 @@ def test_judges_and_maps_use_the_prediction_map(pairs_df: pd.DataFrame, tmp_path
     from types import SimpleNamespace
 
     from hardgen.generator.objectives import FeedbackJudge
-    from hardgen.scoring.pixel_filter import judge_pixel_losses, pixel_bce
+    from hardgen.scoring.pixel_filter import filter_judge_pixel_losses, pixel_bce
     from hardgen.segmentation.predict import save_prediction_maps
 
     torch.manual_seed(0)
@@ -308,7 +308,7 @@ def test_judges_and_maps_use_the_prediction_map(pairs_df: pd.DataFrame, tmp_path
 
     losses = sample_losses(model, pairs_df.iloc[:2], size=64)
     assert losses["loss"].to_numpy() == pytest.approx(expected.numpy(), rel=1e-5)
-    pixel = [loss for _, loss, _ in judge_pixel_losses(model, pairs_df.iloc[:2], size=64)]
+    pixel = [loss for _, loss, _ in filter_judge_pixel_losses(model, pairs_df.iloc[:2], size=64)]
     assert np.stack(pixel) == pytest.approx(pixel_bce(p1 + p2, masks).numpy(), rel=1e-5, abs=1e-6)
 
     entry = {"arch": "PolypPVT", "encoder": "pvt_v2_b0", "optimizer": "adamw", "published": "Polyp-PVT"}

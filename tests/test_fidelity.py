@@ -221,16 +221,16 @@ def test_the_reference_is_calibrated_to_real_images(guard_tree) -> None:
 def test_judge_dice_needs_every_sample_from_every_segmenter(guard_tree, tmp_path: Path) -> None:
     losses = guard_tree["losses"]
     tables = {name: pd.read_csv(path, dtype={"sample_id": str}) for name, path in losses.items()}
-    dice = fidelity.judge_dice(tables, "hard", ["match", "erased"]).set_index("sample_id")
+    dice = fidelity.guard_dice(tables, "hard", ["match", "erased"]).set_index("sample_id")
     per = pd.concat([t.set_index("sample_id")["dice"] for t in tables.values()], axis=1)
     assert dice["fidelity_dice"].to_numpy() == pytest.approx(per.loc[["match", "erased"]].mean(axis=1).to_numpy())
     short = dict(tables, **{"judge/cnn/seed-0": tables["judge/cnn/seed-0"].iloc[:1]})
     with pytest.raises(DataError, match=r"no Dice for 1 hard samples.*erased"):
-        fidelity.judge_dice(short, "hard", ["match", "erased"])
+        fidelity.guard_dice(short, "hard", ["match", "erased"])
     with pytest.raises(DataError, match=r"lacks columns \['dice'\].*segmenter_loss"):
-        fidelity.judge_dice({"judge/x/seed-0": tables["judge/cnn/seed-0"].drop(columns="dice")}, "hard", ["match"])
+        fidelity.guard_dice({"judge/x/seed-0": tables["judge/cnn/seed-0"].drop(columns="dice")}, "hard", ["match"])
     with pytest.raises(DataError, match="no real-only judge"):
-        fidelity.judge_dice({}, "hard", ["match"])
+        fidelity.guard_dice({}, "hard", ["match"])
 
 
 @pytest.mark.parametrize("benchmark_run", ["cnn/seed-0", "results/eval/cnn/seed-0/sample_loss.csv",
@@ -238,13 +238,13 @@ def test_judge_dice_needs_every_sample_from_every_segmenter(guard_tree, tmp_path
 def test_the_guard_refuses_benchmark_runs_as_judges(guard_tree, benchmark_run: str) -> None:
     """The guard's Dice comes from separate real-only judge runs, never from the benchmark's own runs (whose
     grades would choose hard_faithful's pool by the runs it is compared against)."""
-    assert fidelity.judge_name("results/judge/cnn/seed-3/sample_loss.csv") == "judge/cnn/seed-3"
-    assert fidelity.judge_name("judge/transformer/seed-0") == "judge/transformer/seed-0"
+    assert fidelity.judge_run_name("results/judge/cnn/seed-3/sample_loss.csv") == "judge/cnn/seed-3"
+    assert fidelity.judge_run_name("judge/transformer/seed-0") == "judge/transformer/seed-0"
     table = pd.read_csv(guard_tree["losses"]["judge/cnn/seed-0"], dtype={"sample_id": str})
     with pytest.raises(DataError, match="not a real-only judge run"):
-        fidelity.judge_dice({benchmark_run: table}, "hard", ["match"])
+        fidelity.guard_dice({benchmark_run: table}, "hard", ["match"])
     with pytest.raises(DataError, match="not a real-only judge run"):
-        fidelity.judge_name(benchmark_run)
+        fidelity.judge_run_name(benchmark_run)
 
 
 def test_scores_join_and_the_summary_count_rejections(guard_tree) -> None:

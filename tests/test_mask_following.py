@@ -348,14 +348,14 @@ def test_the_judge_predictor_resizes_predicts_and_upsamples(discs):
     """The workflow's judge path on a hand-made segmenter (R − G after ImageNet normalisation, a 1×1 conv): the red
     discs come back at the images' own size."""
     torch = pytest.importorskip("torch")
-    from hardgen.scoring.mask_following import judge_predictor
+    from hardgen.scoring.mask_following import segmenter_predictor
 
     images, masks = discs
     conv = torch.nn.Conv2d(3, 1, 1)
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([1.0, -1.0, 0.0]).view(1, 3, 1, 1))
         conv.bias.fill_(-1.5)
-    predictions = judge_predictor(conv, size=64, batch_size=3)(images)
+    predictions = segmenter_predictor(conv, size=64, batch_size=3)(images)
     assert len(predictions) == len(images) and all(p.shape == (SIZE, SIZE) and p.dtype == bool for p in predictions)
     own, shuffled = judge_dice_margins(predictions, masks)
     assert own > 0.9 and shuffled < 0.1

@@ -382,7 +382,7 @@ def guard_loss_tables(variants=VARIANTS, n=N_WILDCARD):
 
 
 def guard_judges():
-    # the names of the guard's judges (judge/<arch>/seed-<s>, hardgen.scoring.fidelity.judge_name), in the order of
+    # the names of the guard's judges (judge/<arch>/seed-<s>, hardgen.scoring.fidelity.judge_run_name), in the order of
     # guard_loss_tables' arch
     return [f"judge/{segmenter_key(arch, JUDGE_SEED)}" for arch in ARCHS]
 

@@ -10,14 +10,14 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     from hardgen.core.io import path_list, write_table
     from hardgen.scoring.mask_following import (
         COLUMNS,
-        load_judges,
+        load_judge_predictors,
         mask_following_from_files,
         mask_following_sentences,
     )
 
     inp, params = snakemake.input, snakemake.params
     device = configure_torch(snakemake.threads)
-    judges = load_judges(dict(params.specs), path_list(inp.judges), size=params.size, device=device)
+    judges = load_judge_predictors(dict(params.specs), path_list(inp.judges), size=params.size, device=device)
     table = mask_following_from_files(
         inp.conditions,
         inp.manifest,

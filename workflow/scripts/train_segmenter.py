@@ -33,7 +33,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         paths = RunPaths(model=models[k], run=run_records[k], subset=None if real else next(synthetic),
                          predictions=maps[k], subset_record=None if real else next(records))
         train_run(snakemake.input.manifest, snakemake.params.specs[arch], snakemake.params.segment, arch, policy,
-                  float(ratio), seed, paths, device, judge=snakemake.params.judge,
+                  float(ratio), seed, paths, device, feedback_judge=snakemake.params.judge,
                   filter_judge=None if real else filter_judges.get(arch), testsets=snakemake.params.get("testsets", ()),
-                  judge_cache=loaded_judges, protocol=snakemake.params.protocol if maps[k] else None)
+                  filter_judge_cache=loaded_judges, protocol=snakemake.params.protocol if maps[k] else None)
         log.info("run %d/%d done: %s %s ratio %s", k + 1, len(runs), arch, policy, ratio)

@@ -89,10 +89,10 @@ def train_run(
     seed: int,
     paths: RunPaths,
     device: torch.device,
-    judge: bool = False,
+    feedback_judge: bool = False,
     filter_judge: str | None = None,
     testsets: Sequence[str] = (),
-    judge_cache: dict[tuple[str, str], Any] | None = None,
+    filter_judge_cache: dict[tuple[str, str], Any] | None = None,
     protocol: str | None = None,
 ) -> dict[str, Any]:
     """Train one segmenter on real + its subset for its arch's iterations; write model, run.json, maps.
@@ -101,11 +101,11 @@ def train_run(
     own optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale and clip on top), so
     every policy of one arch gets that arch's budget; run.json records it.
 
-    ``judge``: the feedback judge's run (training seed ``JUDGE_SEED_OFFSET + seed``, no test maps).
+    ``feedback_judge``: the feedback judge's run (training seed ``JUDGE_SEED_OFFSET + seed``, no test maps).
     ``filter_judge``: the real-only judge's weights when ``segment.pixel_filter`` is on for this (synthetic) run:
     synthetic pixels it finds too hard are left out of the loss (:mod:`hardgen.scoring.pixel_filter`).
-    ``judge_cache``: a dict the caller keeps across the runs of one job: each judge is loaded once and the class
-    means of its real images computed once (the same model, record and maps as without it).
+    ``filter_judge_cache``: a dict the caller keeps across the runs of one job: each filter judge is loaded once and
+    the class means of its real images computed once (the same model, record and maps as without it).
     ``protocol``: ``evaluate.protocol``, which decides how the test maps are saved (min-max or the probability as it
     is); required when ``paths.predictions`` is set.
     ``paths.subset_record``: the subset's pool record; when it says infeasible the run is skipped
@@ -124,32 +124,32 @@ def train_run(
     ignore_masks = None
     if filter_judge:
         ignore_masks = pixel_filter_ignore_masks(spec, recipe, segment["pixel_filter"], pairs, arch, filter_judge,
-                                                 device, judge_cache)
+                                                 device, filter_judge_cache)
     summary = train_segmenter(pairs, spec, Path(paths.model).parent, recipe,
-                              seed=JUDGE_SEED_OFFSET + seed if judge else seed, device=device, config_key=arch,
-                              ignore_masks=ignore_masks)
+                              seed=JUDGE_SEED_OFFSET + seed if feedback_judge else seed, device=device,
+                              config_key=arch, ignore_masks=ignore_masks)
     record = write_run_record(paths.run, arch, policy, seed, summary, ratio=ratio)
     if paths.predictions:
         if protocol is None:
             raise ValueError("train_run: test maps need evaluate.protocol (protocol=...)")
         test_rows = manifest[manifest["split"].isin(list(testsets))]
         save_test_maps(spec, paths.model, test_rows, recipe.size, paths.predictions, protocol, device)
-    log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if judge else "", record)
+    log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if feedback_judge else "", record)
     return record
 
 
 def pixel_filter_ignore_masks(spec: SegmenterSpec, recipe: SegmentRecipe, factor: float, pairs: pd.DataFrame,
                               arch: str, filter_judge: str, device: torch.device,
-                              judge_cache: dict[tuple[str, str], Any] | None) -> list[np.ndarray | None]:
+                              filter_judge_cache: dict[tuple[str, str], Any] | None) -> list[np.ndarray | None]:
     """The ignore maps of ``pairs`` under ``segment.pixel_filter`` (``factor``): the synthetic pixels the real-only
     judge ``filter_judge`` (weights of ``spec``) finds too hard (:mod:`hardgen.scoring.pixel_filter`).
 
-    The judge and the class means of its real images are kept in ``judge_cache`` under ``(arch, filter_judge)``;
-    without a cache the judge is freed on return, before training.
+    The judge and the class means of its real images are kept in ``filter_judge_cache`` under
+    ``(arch, filter_judge)``; without a cache the judge is freed on return, before training.
     """
     from hardgen.scoring.pixel_filter import pixel_filter_masks
 
-    cache = {} if judge_cache is None else judge_cache
+    cache = {} if filter_judge_cache is None else filter_judge_cache
     key = (arch, str(filter_judge))
     if key not in cache:
         cache[key] = (load_segmenter(spec, filter_judge, device=device), {})

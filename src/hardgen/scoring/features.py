@@ -167,8 +167,10 @@ def _is_vit(model: torch.nn.Module) -> bool:
     return isinstance(model, timm.models.VisionTransformer)
 
 
-def _load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a local checkpoint into ``model`` (no classifier head), failing loudly on mismatches."""
+def load_backbone_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a local feature-backbone checkpoint (``backbones.<key>.checkpoint``) into the timm ``model`` built without
+    a classifier head: the file's ImageNet head is dropped and a ViT's position embeddings resampled to the model's
+    grid; a key or shape mismatch raises ValueError naming the file."""
     path = Path(path)
     state = load_state_dict(path)
     # The extractor is built with num_classes=0, so an ImageNet head in the file is expected and unused.
@@ -231,7 +233,7 @@ def load_backbone(
     if _is_vit(model) and model.global_pool != "token":
         model.reset_classifier(0, global_pool="token")  # the paper uses the CLS token
     if spec.checkpoint is not None:
-        _load_checkpoint(model, spec.checkpoint)
+        load_backbone_checkpoint(model, spec.checkpoint)
     return FeatureExtractor(model, spec.name, spec.input_size, resize_via=spec.resize_via).to(device)
 
 

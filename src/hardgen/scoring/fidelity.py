@@ -9,7 +9,7 @@ plain mucosa. The guard grades every generated sample on two views, each in [0, 
   ``segment.size`` (:func:`dice`; an empty mask against an empty prediction is a perfect 1). They are never
   benchmark runs (``results/segment/``): ``hard_faithful``'s pool is chosen by these grades, so grading with the
   benchmark's own ``real`` segmenters would let the guard pick samples by the very runs the policy is then
-  compared against (:func:`judge_name` refuses any other name). They are trained on real data only, so the guard
+  compared against (:func:`judge_run_name` refuses any other name). They are trained on real data only, so the guard
   never depends on synthetic data. The feedback LoRA's judge (``feedback.segmenter`` at that seed) is one of them:
   the feedback variant is partly graded by the model it was trained to make samples hard for, which can only
   lower its grades.
@@ -80,7 +80,7 @@ _JUDGE_NAME = re.compile(r"^judge/[A-Za-z0-9_]+/seed-\d+$")
 _JUDGE_PATH = re.compile(r"(?:^|/)(judge/[A-Za-z0-9_]+/seed-\d+)/sample_loss\.csv$")
 
 
-def judge_name(name_or_path: str | Path) -> str:
+def judge_run_name(name_or_path: str | Path) -> str:
     """The judge run's name ``judge/<arch>/seed-<s>`` of a name or of its ``.../judge/<arch>/seed-<s>/sample_loss.csv``.
 
     Anything else (a benchmark run, ``results/eval/<arch>/seed-<s>/...`` or ``results/segment/...``) is a
@@ -232,18 +232,18 @@ def image_separations(
 
 
 # ------------------------------------------------------------------------------------------- tables
-def judge_dice(sample_loss_tables: Mapping[str, str | Path | pd.DataFrame], variant: str,
+def guard_dice(sample_loss_tables: Mapping[str, str | Path | pd.DataFrame], variant: str,
                sample_ids: Sequence[str]) -> pd.DataFrame:
     """Mean Dice over the real-only judges for every sample of ``variant``: ``sample_id, fidelity_dice, judges``.
 
-    ``sample_loss_tables`` maps a judge run's name (``judge/<arch>/seed-<s>``, :func:`judge_name`) to its
+    ``sample_loss_tables`` maps a judge run's name (``judge/<arch>/seed-<s>``, :func:`judge_run_name`) to its
     ``sample_loss.csv`` (columns ``sample_id, variant, dice``, from rule ``judge_loss``). Every judge must have
     graded every sample in ``sample_ids`` exactly once (a missing grade is a :class:`DataError` naming the table).
     ``judges`` names them, joined by :data:`JUDGE_SEPARATOR`.
     """
     if not sample_loss_tables:
         raise DataError("fidelity guard: no real-only judge graded the samples (rule judge_loss)")
-    names = {judge_name(name): source for name, source in sample_loss_tables.items()}
+    names = {judge_run_name(name): source for name, source in sample_loss_tables.items()}
     wanted = pd.Index([str(s) for s in sample_ids])
     columns = {}
     for name, source in sorted(names.items()):
@@ -277,7 +277,7 @@ def fidelity_table(
 ) -> pd.DataFrame:
     """One row per generated sample: :data:`FIDELITY_COLUMNS`.
 
-    ``generated``: the variant's manifest (``sample_id, variant``); ``dice_table``: :func:`judge_dice`;
+    ``generated``: the variant's manifest (``sample_id, variant``); ``dice_table``: :func:`guard_dice`;
     ``separations``: :func:`image_separations` of the samples; ``reference``: the real training images'
     raw separations (:func:`calibrate_separation`).
     """
@@ -328,7 +328,7 @@ def fidelity_summary(scores: pd.DataFrame, min_fidelity: float, judges: Mapping[
     and each sample counts once (score tables repeat it per backbone). ``rejected`` = samples with
     ``fidelity < min_fidelity``: what ``hard_faithful`` drops from the hard pool, and what each other
     variant would lose. ``judges``: ``{variant: judge runs}`` (:func:`guard_judges`), each name checked by
-    :func:`judge_name`. A generated sample without a fidelity, or a variant without judges, is a
+    :func:`judge_run_name`. A generated sample without a fidelity, or a variant without judges, is a
     :class:`DataError`.
     """
     needed = ["sample_id", "variant", *SCORE_FIDELITY_COLUMNS]
@@ -357,7 +357,7 @@ def fidelity_summary(scores: pd.DataFrame, min_fidelity: float, judges: Mapping[
 def _checked_judges(judges: Mapping[str, str], variant: str) -> str:
     if variant not in judges or not str(judges[variant]):
         raise DataError(f"fidelity guard: no judge runs recorded for variant {variant!r} (results/fidelity/{variant}.csv)")
-    return JUDGE_SEPARATOR.join(judge_name(n) for n in str(judges[variant]).split(JUDGE_SEPARATOR))
+    return JUDGE_SEPARATOR.join(judge_run_name(n) for n in str(judges[variant]).split(JUDGE_SEPARATOR))
 
 
 def guard_judges(fidelity_tables: Mapping[str, str | Path | pd.DataFrame]) -> dict[str, str]:
@@ -427,7 +427,7 @@ def build_fidelity(
     reference = _read_csv(reference_csv, "fidelity reference")
     if "separation" not in reference.columns:
         raise DataError(f"{reference_csv}: fidelity reference lacks column 'separation'")
-    dice_table = judge_dice(sample_loss_csvs, variant, generated["sample_id"].astype(str).tolist())
+    dice_table = guard_dice(sample_loss_csvs, variant, generated["sample_id"].astype(str).tolist())
     separations = image_separations(backbone, generated, resolution, batch_size)
     table = fidelity_table(generated, dice_table, separations, reference["separation"].to_numpy(dtype=float))
     undefined = int(table["fidelity_separation"].isna().sum())

@@ -36,7 +36,7 @@ Used by rule ``mask_following`` (``results/tables/mask_following.csv``: per meas
 per variant; :func:`mask_following_sentences` says it in words for the report) for any base, tiny or SD1.5 on real
 data, and by the conditioning test of the training path and the pre-training model cards (the cue alone:
 :func:`mask_following_table` without judges, :func:`measure_rows`). The module imports no torch; the judges'
-loading (:func:`load_judges`) imports it when called.
+loading (:func:`load_judge_predictors`) imports it when called.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def judge_dice_pairs(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarr
     return np.asarray(own), np.asarray(shuffled)
 
 
-def judge_predictor(model: Any, size: int, device: Any = "cpu", batch_size: int = 16, name: str = "judge"
+def segmenter_predictor(model: Any, size: int, device: Any = "cpu", batch_size: int = 16, name: str = "judge"
                     ) -> Predict:
     """A trained segmenter (:func:`hardgen.segmentation.build.load_segmenter`) as a :data:`Predict`: each image
     resized to ``size`` and ImageNet-normalised (:func:`hardgen.segmentation.datasets.eval_transform`, as the judge was
@@ -306,7 +306,7 @@ def judge_predictor(model: Any, size: int, device: Any = "cpu", batch_size: int 
     return predict
 
 
-def load_judges(specs: Mapping[str, Mapping[str, Any]], weights: Sequence[str | Path], size: int,
+def load_judge_predictors(specs: Mapping[str, Mapping[str, Any]], weights: Sequence[str | Path], size: int,
                 device: Any = "cpu") -> dict[str, Predict]:
     """``{arch: Predict}`` of the real-only judges: ``specs`` are the ``segment.archs`` entries (in the order of
     ``weights``, each a ``model.safetensors`` of rule ``train_judge``), ``size`` is ``segment.size``. Imports torch."""
@@ -318,7 +318,7 @@ def load_judges(specs: Mapping[str, Mapping[str, Any]], weights: Sequence[str | 
     judges = {}
     for (arch, spec), path in zip(specs.items(), weights, strict=True):
         model = load_segmenter(SegmenterSpec.from_config(dict(spec), arch), path, device=device, config_key=arch)
-        judges[arch] = judge_predictor(model, size, device, name=f"judge {arch}")
+        judges[arch] = segmenter_predictor(model, size, device, name=f"judge {arch}")
         LOG.info("mask following: judge %s from %s", arch, path)
     return judges
 
@@ -447,7 +447,7 @@ def mask_following_table(real: Pairs, variants: Mapping[str, Pairs], seed: int =
     ``real`` and each variant are ``(images, masks)``: RGB uint8 ``(H, W, 3)`` images with their bool masks, every
     set at the same resolution (the generator's). The cue measure comes first: red chromaticity
     (``red_chromaticity``), or the grey level (``luma``) when every real image is grayscale (:func:`mask_cue`); then
-    one ``judge_dice:<arch>`` measure per entry of ``judges`` (``{arch: Predict}``, e.g. :func:`load_judges`; none:
+    one ``judge_dice:<arch>`` measure per entry of ``judges`` (``{arch: Predict}``, e.g. :func:`load_judge_predictors`; none:
     the cue alone, one row per set). ``dark_corners`` is on the cue's rows (NaN on the judges').
 
     A measure the real images do not validate (real gap ≤ 0 for red chromaticity and a judge's Dice, 0 for the grey
@@ -559,7 +559,7 @@ def mask_following_from_files(
     ``real``: the real training images of the conditions table (layouts without a real image are left out) at
     ``size`` with their conditions' masks, the images the judges were trained on; each variant: the images and
     masks of its generated manifest (``results/generated/<variant>/manifest.csv``); ``judges``: as
-    :func:`mask_following_table` (rule ``mask_following``: :func:`load_judges`).
+    :func:`mask_following_table` (rule ``mask_following``: :func:`load_judge_predictors`).
     """
     from hardgen.core.io import DataError
     from hardgen.data.train_data import load_training_pairs

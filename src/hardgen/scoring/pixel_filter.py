@@ -96,7 +96,7 @@ def ignore_mask(loss: np.ndarray, mask: np.ndarray, class_means: Sequence[float]
 
 
 @torch.inference_mode()
-def judge_pixel_losses(
+def filter_judge_pixel_losses(
     model: nn.Module, pairs_df: pd.DataFrame, size: int, batch_size: int = 8, device: str | torch.device = "cpu"
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(row, loss, mask)`` for every pair: the model's per-pixel BCE (float32 (size, size)) and the bool mask.
@@ -164,7 +164,7 @@ def pixel_filter_masks(
     class_means = None if class_means_cache is None else class_means_cache.get(key)
     if class_means is None:
         class_means = class_mean_losses((loss, mask) for _, loss, mask in
-                                        judge_pixel_losses(model, real_rows, size, batch_size, device))
+                                        filter_judge_pixel_losses(model, real_rows, size, batch_size, device))
         if class_means_cache is not None:
             class_means_cache[key] = class_means
     ignore: list[np.ndarray | None] = [None] * len(pairs_df)
@@ -173,7 +173,7 @@ def pixel_filter_masks(
     pixels = np.zeros(2, dtype=np.int64)
     if synthetic_images:
         synthetic_rows = pairs_df.iloc[positions].reset_index(drop=True)
-        for row, loss, mask in judge_pixel_losses(model, synthetic_rows, size, batch_size, device):
+        for row, loss, mask in filter_judge_pixel_losses(model, synthetic_rows, size, batch_size, device):
             ignored_here = ignore_mask(loss, mask, class_means, factor)
             ignore[positions[row]] = ignored_here
             ignored += (int((ignored_here & ~mask).sum()), int((ignored_here & mask).sum()))

@@ -227,19 +227,20 @@ def score_with_fidelity(
     if fidelity_key not in backbones:
         raise ValueError(f"filter.fidelity_backbone: {fidelity_key!r} is not one of the backbones {sorted(backbones)}")
     extractors = dict(extractors or {})
-    judge = (extractors[fidelity_key] if fidelity_key in extractors
-             else load_backbone(backbones[fidelity_key], device, config_key=fidelity_key))
+    fidelity_backbone = (extractors[fidelity_key] if fidelity_key in extractors
+                         else load_backbone(backbones[fidelity_key], device, config_key=fidelity_key))
     if variant == "real":
-        fidelity = build_reference(manifest_path, judge, fidelity_out, resolution=resolution, batch_size=batch_size)
+        fidelity = build_reference(manifest_path, fidelity_backbone, fidelity_out, resolution=resolution,
+                                   batch_size=batch_size)
     else:
         if sample_loss_csvs is None or reference_csv is None:
             raise ValueError(f"{variant}: grading generated samples needs the segmenters' sample losses and the "
                              "real images' fidelity reference")
-        fidelity = build_fidelity(manifest_path, sample_loss_csvs, reference_csv, judge, fidelity_out,
+        fidelity = build_fidelity(manifest_path, sample_loss_csvs, reference_csv, fidelity_backbone, fidelity_out,
                                   resolution=resolution, batch_size=batch_size)
     scores = score_variant(manifest_path, backbones, prototype_paths, variant, out_path, pad, batch_size, device,
                            resolution, features_path, fidelity_path=None if variant == "real" else fidelity_out,
-                           extractors={**extractors, fidelity_key: judge})
+                           extractors={**extractors, fidelity_key: fidelity_backbone})
     return scores, fidelity
 
 
