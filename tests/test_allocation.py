@@ -134,7 +134,7 @@ def test_judge_losses_average_the_judges(tmp_path: Path) -> None:
         judges.append((spec, tmp_path / f"judge{k}.safetensors", f"j{k}"))
         pairs = manifest[manifest.split == "train"].rename(columns={"id": "sample_id"})
         per_judge.append(sample_losses(model.eval(), pairs, size=32).set_index("sample_id")["loss"])
-    losses = allocation.judge_losses(manifest, judges, size=32)
+    losses = allocation.real_image_losses(manifest, judges, size=32)
     assert list(losses.index) == ["0", "1", "2"]
     assert np.allclose(losses, (per_judge[0] + per_judge[1]) / 2)
     assert not np.allclose(per_judge[0], per_judge[1])  # two different judges: the mean is not vacuous

@@ -11,7 +11,7 @@ with stage_logging(snakemake.log[0]) as log:
     from hardgen.data.manifest import load_manifest
     from hardgen.scoring.allocation import (
         condition_losses,
-        judge_losses,
+        real_image_losses,
         make_plan,
         plan_summary,
         write_plan,
@@ -27,7 +27,7 @@ with stage_logging(snakemake.log[0]) as log:
         # input.judges follows segment.archs (one real-only judge per arch, common.allocation_judges)
         judges = [(SegmenterSpec.from_config(dict(p.archs[arch]), arch), path, arch)
                   for arch, path in zip(p.archs, snakemake.input.judges, strict=True)]
-        real = judge_losses(load_manifest(snakemake.input.manifest), judges, size=p.size,
+        real = real_image_losses(load_manifest(snakemake.input.manifest), judges, size=p.size,
                             device=configure_torch(snakemake.threads))
         losses = condition_losses(conditions, real)
     plan = make_plan(conditions["sample_id"], p.per_mask, p.allocation, p.seed, losses)

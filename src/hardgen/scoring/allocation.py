@@ -182,7 +182,7 @@ def condition_losses(conditions: pd.DataFrame, real_losses: pd.Series) -> pd.Ser
     return pd.Series(losses[sources].to_numpy(), index=conditions["sample_id"].astype(str).to_numpy(), name="loss")
 
 
-def judge_losses(
+def real_image_losses(
     manifest: pd.DataFrame,
     judges: Sequence[tuple[object, str | Path, str]],
     size: int,
