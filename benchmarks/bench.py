@@ -398,7 +398,7 @@ def _segmenter(work: Path) -> Path:
     import torch
 
     from hardgen.core.weights import save_state_dict
-    from hardgen.segmentation.segment import SegmenterSpec, build_segmenter
+    from hardgen.segmentation.build import SegmenterSpec, build_segmenter
 
     out = work / "segmenter.safetensors"
     if not out.is_file():
