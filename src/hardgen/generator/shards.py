@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from hardgen.core.io import DataError, resolve_table_path, table_or_csv, write_csv
+from hardgen.core.io import (
+    DataError,
+    read_csv_table,
+    resolve_table_path,
+    table_or_csv,
+    write_csv,
+)
 
 CONDITION_COLUMNS: tuple[str, ...] = ("sample_id", "condition", "mask")
 MANIFEST_COLUMNS: list[str] = ["sample_id", "image", "mask", "condition", "variant"]
@@ -28,14 +34,11 @@ def read_conditions(conditions: pd.DataFrame | str | Path) -> pd.DataFrame:
     Sample ids must be unique and usable as file names; errors name the table. Relative paths in a
     CSV are resolved against the working directory, then against the CSV's folder (as in training).
     """
-    name, table = table_or_csv(conditions, "conditions table", dtype={"sample_id": str, "source_id": str})
+    name, table = table_or_csv(conditions, "conditions table", dtype={"sample_id": str, "source_id": str},
+                               required_columns=CONDITION_COLUMNS)
     if not isinstance(conditions, pd.DataFrame):
         for column in ("condition", "mask"):
-            if column in table.columns:
-                table[column] = [str(resolve_table_path(v, name, column)) for v in table[column]]
-    missing = [c for c in CONDITION_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{name}: lacks columns {missing} (has {list(table.columns)})")
+            table[column] = [str(resolve_table_path(v, name, column)) for v in table[column]]
     table["sample_id"] = table["sample_id"].astype(str)
     duplicated = table["sample_id"][table["sample_id"].duplicated()]
     if not duplicated.empty:
@@ -96,13 +99,7 @@ def merge_shards(
     """
     frames = []
     for path in shard_csvs:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: shard manifest not found")
-        frame = pd.read_csv(path, dtype={"sample_id": str})
-        missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path}: shard manifest lacks columns {missing}")
+        frame = read_csv_table(path, MANIFEST_COLUMNS, "shard manifest", dtype={"sample_id": str})
         frames.append(frame.assign(_shard=str(path)))
     if not frames:
         raise DataError(f"{out_csv}: no shard manifests to merge")

@@ -149,10 +149,8 @@ def write_plan(plan: pd.DataFrame, path: str | Path) -> None:
 
 def read_plan(plan: pd.DataFrame | str | Path) -> pd.DataFrame:
     """Read and check a plan (a table from :func:`make_plan` or its CSV); errors name the file."""
-    name, table = table_or_csv(plan, "generation plan", dtype={"sample_id": str, "condition_id": str})
-    missing = [c for c in ("sample_id", "condition_id", "seed") if c not in table.columns]
-    if missing:
-        raise DataError(f"{name}: lacks columns {missing} (has {list(table.columns)})")
+    name, table = table_or_csv(plan, "generation plan", dtype={"sample_id": str, "condition_id": str},
+                               required_columns=("sample_id", "condition_id", "seed"))
     if table.empty:
         raise DataError(f"{name}: the plan holds no samples")
     duplicated = table["sample_id"][table["sample_id"].duplicated()]

@@ -321,11 +321,7 @@ def write_subset(df: pd.DataFrame, path: str | Path) -> None:
 def real_count(manifest_csv: str | Path) -> int:
     """The number of real training images (rows of split ``train``) in the data manifest."""
     path = Path(manifest_csv)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: data manifest not found")
-    manifest = pd.read_csv(path)
-    if "split" not in manifest.columns:
-        raise DataError(f"{path}: data manifest lacks column 'split'")
+    manifest = io.read_csv_table(path, ("split",), "data manifest")
     count = int((manifest["split"] == "train").sum())
     if count < 1:
         raise DataError(f"{path}: no training images")
@@ -411,11 +407,8 @@ def _read_tables(score_csvs: Sequence[str | Path],
     """The score tables and the generated manifests, each concatenated (``sample_id`` read as text)."""
 
     def read_all(paths: Sequence[str | Path], what: str, columns: list[str]) -> pd.DataFrame:
-        frames = []
-        for path in paths:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{path}: {what} not found")
-            frames.append(pd.read_csv(path, dtype={"sample_id": str}))
+        # no required columns here: which ones a subset reads depends on its policy
+        frames = [io.read_csv_table(path, (), what, dtype={"sample_id": str}) for path in paths]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
     return (read_all(score_csvs, "score table", ["sample_id", "variant", "backbone", "distance", "z"]),
