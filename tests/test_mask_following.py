@@ -344,7 +344,7 @@ def test_the_sentences_name_the_undefined_measure_and_the_plain_ratio(matched, t
         mask_following_sentences(table.drop(columns="status"))
 
 
-def test_the_judge_predictor_resizes_predicts_and_upsamples(discs):
+def test_the_segmenter_predictor_resizes_predicts_and_upsamples(discs):
     """The workflow's judge path on a hand-made segmenter (R − G after ImageNet normalisation, a 1×1 conv): the red
     discs come back at the images' own size."""
     torch = pytest.importorskip("torch")

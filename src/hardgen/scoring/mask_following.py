@@ -447,8 +447,8 @@ def mask_following_table(real: Pairs, variants: Mapping[str, Pairs], seed: int =
     ``real`` and each variant are ``(images, masks)``: RGB uint8 ``(H, W, 3)`` images with their bool masks, every
     set at the same resolution (the generator's). The cue measure comes first: red chromaticity
     (``red_chromaticity``), or the grey level (``luma``) when every real image is grayscale (:func:`mask_cue`); then
-    one ``judge_dice:<arch>`` measure per entry of ``judges`` (``{arch: Predict}``, e.g. :func:`load_judge_predictors`; none:
-    the cue alone, one row per set). ``dark_corners`` is on the cue's rows (NaN on the judges').
+    one ``judge_dice:<arch>`` measure per entry of ``judges`` (``{arch: Predict}``, e.g.
+    :func:`load_judge_predictors`; none: the cue alone, one row per set). ``dark_corners`` is on the cue's rows (NaN on the judges').
 
     A measure the real images do not validate (real gap ≤ 0 for red chromaticity and a judge's Dice, 0 for the grey
     level, a gap whose 95 % bootstrap interval over the real images includes 0 (:func:`gap_interval`: chance), or
