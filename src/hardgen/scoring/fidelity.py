@@ -248,7 +248,8 @@ def guard_dice(sample_loss_tables: Mapping[str, str | Path | pd.DataFrame], vari
     columns = {}
     for name, source in sorted(names.items()):
         where = str(source) if not isinstance(source, pd.DataFrame) else f"sample losses ({name})"
-        table = source if isinstance(source, pd.DataFrame) else _read_csv(source, "sample loss")
+        table = source if isinstance(source, pd.DataFrame) else io.read_csv_table(
+            source, (), "sample loss table", dtype={"sample_id": str})
         missing = [c for c in ("sample_id", "variant", "dice") if c not in table.columns]
         if missing:
             raise DataError(f"{where}: sample loss table lacks columns {missing} (rerun segmenter_loss)")
@@ -365,23 +366,14 @@ def guard_judges(fidelity_tables: Mapping[str, str | Path | pd.DataFrame]) -> di
     column, one value for every sample). Errors name the table."""
     found = {}
     for variant, source in fidelity_tables.items():
-        table = source if isinstance(source, pd.DataFrame) else _read_csv(source, "fidelity")
+        table = source if isinstance(source, pd.DataFrame) else io.read_csv_table(
+            source, (), "fidelity table", dtype={"sample_id": str})
         values = table["judges"].dropna().astype(str).unique() if "judges" in table.columns else []
         if len(values) != 1:
             raise DataError(f"{source if not isinstance(source, pd.DataFrame) else variant}: expected one set of "
                             f"judges in column 'judges', found {list(values)} (rerun the score rule)")
         found[str(variant)] = values[0]
     return found
-
-
-def _read_csv(path: str | Path, what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} table not found")
-    try:
-        return pd.read_csv(path, dtype={"sample_id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable {what} table ({err})") from err
 
 
 # ------------------------------------------------------------------------------------- entry points
@@ -396,7 +388,7 @@ def build_reference(
     (``results/fidelity/real.csv``: ``sample_id, separation``), the guard's calibration."""
     from hardgen.scoring.features import real_training_pairs
 
-    pairs = real_training_pairs(_read_csv(manifest_csv, "data manifest"))
+    pairs = real_training_pairs(io.read_csv_table(manifest_csv, (), "data manifest", dtype={"sample_id": str}))
     if pairs.empty:
         raise DataError(f"{manifest_csv}: no training image with a polyp to calibrate the fidelity guard on")
     table = image_separations(backbone, pairs, resolution, batch_size)
@@ -415,18 +407,14 @@ def build_fidelity(
     batch_size: int = 16,
 ) -> pd.DataFrame:
     """Rule ``score``, a generated variant: every sample graded (``results/fidelity/<variant>.csv``)."""
-    generated = _read_csv(generated_csv, "generated manifest")
-    missing = [c for c in ("sample_id", "image", "mask", "variant") if c not in generated.columns]
-    if missing:
-        raise DataError(f"{generated_csv}: generated manifest lacks columns {missing}")
+    generated = io.read_csv_table(generated_csv, ("sample_id", "image", "mask", "variant"), "generated manifest",
+                                  dtype={"sample_id": str})
     generated = generated.assign(
         image=[io.resolve_table_path(v, generated_csv, "image") for v in generated["image"]],
         mask=[io.resolve_table_path(v, generated_csv, "mask") for v in generated["mask"]],
     )
     variant = str(generated["variant"].iloc[0]) if len(generated) else "?"
-    reference = _read_csv(reference_csv, "fidelity reference")
-    if "separation" not in reference.columns:
-        raise DataError(f"{reference_csv}: fidelity reference lacks column 'separation'")
+    reference = io.read_csv_table(reference_csv, ("separation",), "fidelity reference", dtype={"sample_id": str})
     dice_table = guard_dice(sample_loss_csvs, variant, generated["sample_id"].astype(str).tolist())
     separations = image_separations(backbone, generated, resolution, batch_size)
     table = fidelity_table(generated, dice_table, separations, reference["separation"].to_numpy(dtype=float))
