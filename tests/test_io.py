@@ -70,3 +70,49 @@ def test_folder_digests_key_every_file_by_its_relative_path(tmp_path):
     assert folder_digests(tmp_path, skip_names=("README.md",)) == {"unet/w.bin": digests["unet/w.bin"]}
     (tmp_path / "unet" / "w.bin").write_bytes(b"other")
     assert folder_digests(tmp_path)["unet/w.bin"] != digests["unet/w.bin"]
+
+
+def test_read_csv_table_errors_name_the_file_what_and_the_missing_columns(tmp_path):
+    import pandas as pd
+
+    from hardgen.core.io import DataError, read_csv_table, require_columns, table_or_csv
+
+    path = tmp_path / "scores.csv"
+    with pytest.raises(DataError, match=r"scores\.csv: score table not found"):
+        read_csv_table(path, ("sample_id",), "score table")
+    path.write_text("")
+    with pytest.raises(DataError, match=r"scores\.csv: unreadable score table"):
+        read_csv_table(path, ("sample_id",), "score table")
+    path.write_text("sample_id,distance\n007,1.5\n")
+    lacks = r"scores\.csv: score table lacks columns \['variant'\] \(has \['sample_id', 'distance'\]\)"
+    with pytest.raises(DataError, match=lacks):
+        read_csv_table(path, ("sample_id", "variant"), "score table")
+    table = read_csv_table(path, ("sample_id",), "score table", dtype={"sample_id": str})
+    assert table["sample_id"].tolist() == ["007"] and table["distance"].tolist() == [1.5]
+    (tmp_path / "times.tsv").write_text("s\tmax_rss\n2.5\t10\n")
+    assert read_csv_table(tmp_path / "times.tsv", ("s", "max_rss"), "benchmark file", sep="\t")["s"].tolist() == [2.5]
+    # a table in memory: the same check, named by what it is; table_or_csv reads a path through read_csv_table
+    with pytest.raises(DataError, match=r"^plan lacks columns \['seed'\]"):
+        require_columns(pd.DataFrame({"sample_id": ["a"]}), ("sample_id", "seed"), "plan")
+    name, read = table_or_csv(path, "score table", required_columns=("distance",))
+    assert name == str(path) and read["distance"].tolist() == [1.5]
+    with pytest.raises(DataError, match=r"^score table lacks columns \['z'\]"):
+        table_or_csv(read, "score table", required_columns=("z",))
+
+
+def test_read_json_record_errors_name_the_file_what_and_the_missing_keys(tmp_path):
+    from hardgen.core.io import DataError, read_json_record
+
+    path = tmp_path / "run.json"
+    with pytest.raises(DataError, match=r"run\.json: run record not found"):
+        read_json_record(path, (), "run record")
+    path.write_text("{")
+    with pytest.raises(DataError, match=r"run\.json: unreadable run record"):
+        read_json_record(path, (), "run record")
+    path.write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"run\.json: run record is not a JSON object"):
+        read_json_record(path, (), "run record")
+    path.write_text('{"policy": "hard"}')
+    with pytest.raises(DataError, match=r"run\.json: run record lacks \['ratio'\]"):
+        read_json_record(path, ("policy", "ratio"), "run record")
+    assert read_json_record(path, ("policy",), "run record") == {"policy": "hard"}

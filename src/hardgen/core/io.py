@@ -324,6 +324,25 @@ def read_csv_table(path: str | Path, required_columns: Iterable[str], what: str,
     return frame
 
 
+def read_json_record(path: str | Path, required_keys: Iterable[str], what: str) -> dict[str, Any]:
+    """The one reader of a JSON record (a run's ``run.json``, a subset's pool record): the object at ``path``, which
+    must have ``required_keys``. A missing file, unreadable JSON, a value that is not an object or a missing key is a
+    :class:`DataError` naming the file, ``what`` and the missing keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable {what} ({err})") from err
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: {what} is not a JSON object")
+    missing = [k for k in required_keys if k not in record]
+    if missing:
+        raise DataError(f"{path}: {what} lacks {missing}")
+    return record
+
+
 def require_columns(table: Any, required_columns: Iterable[str], what: str) -> None:
     """A :class:`DataError` when ``table`` lacks any of ``required_columns``; ``what`` names the table (its file, when
     it has one)."""

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from hardgen.core.io import DataError
+from hardgen.core.io import DataError, read_json_record
 from hardgen.report.tables import POLICY_ORDER, in_display_order
 
 RUNS_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "real_images", "synthetic_images", "iterations",
@@ -27,13 +26,7 @@ def read_run_records(run_records: Iterable[str | Path | Mapping[str, object]]) -
         where = "run record"
         if not isinstance(record, Mapping):
             where = str(record)
-            path = Path(record)
-            if not path.is_file():
-                raise DataError(f"{path}: run record not found")
-            try:
-                record = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: unreadable run record ({err})") from err
+            record = read_json_record(record, (), "run record")  # runs_table names the fields it lacks
         records.append({"_source": where, **record})
     return records
 

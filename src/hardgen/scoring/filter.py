@@ -294,20 +294,9 @@ def pool_record(policy: str, ratio: float, segmenter_seed: int, n_real: int, poo
 
 
 def read_pool_record(path: str | Path) -> dict:
-    """A subset's pool record (:func:`pool_record`); a missing or malformed one is an error naming the file."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: subset pool record not found (rerun filter)")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: unreadable pool record ({err})") from err
-    missing = [k for k in ("policy", "ratio", "seed", "pool", "need", "feasible") if k not in record]
-    if missing:
-        raise DataError(f"{path}: pool record lacks {missing}")
-    return record
+    """A subset's pool record (:func:`pool_record`, written by rule filter); a missing or malformed one is a
+    :class:`DataError` naming the file."""
+    return io.read_json_record(path, ("policy", "ratio", "seed", "pool", "need", "feasible"), "subset pool record")
 
 
 def write_subset(df: pd.DataFrame, path: str | Path) -> None:
