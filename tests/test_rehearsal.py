@@ -26,7 +26,7 @@ def _config(*overlays: str) -> dict:
 
 def test_the_overlay_shrinks_models_and_sizes_and_keeps_the_users_keys() -> None:
     config = _config("paper.yaml")
-    overlay = rehearsal.rehearsal_overlay(config, FIXED, REPO)
+    overlay = rehearsal.rehearsal_overlay(config, FIXED, REPO, REPO)
     # every backbone key kept, each a tiny random extractor of its kind; the loss's margin and resize_via untouched
     assert set(overlay["backbones"]) == set(config["backbones"]) == {"vit", "cnn", "heldout"}
     vit = overlay["backbones"]["vit"]  # transformers google/vit-large: a 2-layer random ViTConfig, same code path
@@ -56,13 +56,13 @@ def test_the_overlay_shrinks_models_and_sizes_and_keeps_the_users_keys() -> None
 def test_the_overlay_keeps_a_scarcity_curve_a_smaller_subset_and_the_random_tiny_base() -> None:
     config = _config()
     config["data"].update(train_subsets=[100, 400, "all"], train_subset=None)
-    overlay = rehearsal.rehearsal_overlay(config, FIXED, REPO)
+    overlay = rehearsal.rehearsal_overlay(config, FIXED, REPO, REPO)
     assert overlay["data"]["train_subsets"] == rehearsal.SCARCITY_SIZES and overlay["data"]["train_subset"] is None
     config = _config()
     config["data"]["train_subset"] = 5
-    assert rehearsal.rehearsal_overlay(config, FIXED, REPO)["data"]["train_subset"] == 5
+    assert rehearsal.rehearsal_overlay(config, FIXED, REPO, REPO)["data"]["train_subset"] == 5
     config["model"]["base"] = "tiny"
-    overlay = rehearsal.rehearsal_overlay(config, FIXED, REPO)
+    overlay = rehearsal.rehearsal_overlay(config, FIXED, REPO, REPO)
     assert overlay["model"]["base"] == "tiny" and overlay["lora"]["init_weights"] is None
 
 
@@ -70,10 +70,10 @@ def test_relative_paths_resolve_where_the_user_runs(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     config = _config()
     config["data"]["root"] = "data"
-    overlay = rehearsal.rehearsal_overlay(config, FIXED, tmp_path)
+    overlay = rehearsal.rehearsal_overlay(config, FIXED, tmp_path, REPO)
     assert overlay["data"]["root"] == str(tmp_path / "data")
     config["data"]["root"] = "/abs/elsewhere"
-    assert "root" not in rehearsal.rehearsal_overlay(config, FIXED, tmp_path)["data"]
+    assert "root" not in rehearsal.rehearsal_overlay(config, FIXED, tmp_path, REPO)["data"]
 
 
 def _rules(output: str) -> dict[str, int]:
@@ -134,3 +134,12 @@ def test_a_rehearsal_of_a_folders_dataset_reaches_the_report_in_its_own_folder(t
     markdown = (results / "tables" / "benchmark.md").read_text()
     assert "noise by design" in markdown and "2 test sets (`clinic-B`, `clinic-C`)" in markdown
     assert "`evaluate.protocol: binary`" in markdown
+
+
+def test_the_workflow_checkout_is_given_or_found_from_the_current_directory(tmp_path):
+    assert rehearsal.find_workflow(None, REPO / "config") == REPO  # a folder inside the checkout
+    assert rehearsal.find_workflow(REPO, tmp_path) == REPO
+    with pytest.raises(FileNotFoundError, match="neither it nor a parent folder is the workflow's checkout"):
+        rehearsal.find_workflow(None, tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"--workflow {tmp_path}: no Snakefile"):
+        rehearsal.find_workflow(tmp_path, REPO)

@@ -156,3 +156,21 @@ def test_a_job_view_holds_only_its_params(config):
 def test_a_config_that_is_not_validated_is_named():
     with pytest.raises(st.ConfigKeyError, match=r"'condition': unknown keys \['kind'\], missing keys \['type'\]"):
         st.ConditionConfig.from_config({"kind": "mask", "layouts_per_mask": 0, "canny_low": 1, "canny_high": 2})
+
+
+def test_lora_summary_takes_the_adapter_shape_it_is_not_given_from_the_config(repo_root, capsys):
+    import json
+
+    from hardgen.app.cli import main
+
+    unet = repo_root / "resources" / "sd15-unet" / "config.json"
+    # the demo's lora section: half_skip_attn, rank 16, conv_in rank 64
+    assert main(["lora-summary", "--unet-config", str(unet), "--config", str(repo_root / "config" / "config.yaml")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"modules": 66, "trainable_params": 5_447_168}
+    # every flag given: no config is read
+    argv = ["lora-summary", "--unet-config", str(unet), "--preset", "full", "--rank", "16", "--conv-in-rank", "64",
+            "--config", str(repo_root / "no-such.yaml")]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"modules": 282, "trainable_params": 16_950_848}
+    assert main(["lora-summary", "--unet-config", str(unet), "--config", str(repo_root / "no-such.yaml")]) == 1
+    assert "no-such.yaml" in capsys.readouterr().err

@@ -48,8 +48,6 @@ from hardgen.config.validation import (
     validate_config,
 )
 
-#: The workflow's checkout (src layout: src/hardgen/ -> the repository root).
-REPO = Path(__file__).resolve().parents[3]
 #: The rehearsal's fixed overlay (relative to the workflow's checkout).
 OVERLAY = Path("config") / "rehearsal.yaml"
 #: Where a rehearsal runs by default (relative to the current directory).
@@ -116,7 +114,7 @@ def tiny_backbone(entry: Mapping[str, Any], input_size: int) -> dict[str, Any]:
 
 
 def rehearsal_overlay(config: Mapping[str, Any], fixed: Mapping[str, Any], base: Path,
-                      workflow: Path = REPO) -> dict[str, Any]:
+                      workflow: Path) -> dict[str, Any]:
     """The whole overlay a rehearsal applies after the user's files: ``fixed`` (config/rehearsal.yaml) and what
     depends on the user's merged ``config`` (see the module docstring). Relative paths of ``config`` are resolved
     against ``base`` (where the user runs the workflow), then the ``workflow`` checkout; ``fixed``'s against the
@@ -159,8 +157,24 @@ def rehearsal_overlay(config: Mapping[str, Any], fixed: Mapping[str, Any], base:
     return overlay
 
 
-def prepare(configfiles: Sequence[str | Path], directory: str | Path = DEFAULT_DIR,
-            workflow: str | Path = REPO, cwd: str | Path | None = None) -> tuple[Path, list[str]]:
+def find_workflow(given: str | Path | None, cwd: str | Path | None = None) -> Path:
+    """The workflow's checkout: ``given`` (--workflow), else the current directory or the nearest of its parents that
+    holds one (a Snakefile beside workflow/rules/); an error naming where it looked otherwise."""
+    if given is not None:
+        given = Path(given).resolve()
+        if not (given / "Snakefile").is_file():
+            raise FileNotFoundError(f"--workflow {given}: no Snakefile there (give the workflow's checkout)")
+        return given
+    cwd = Path(cwd or Path.cwd()).resolve()
+    for folder in (cwd, *cwd.parents):
+        if (folder / "Snakefile").is_file() and (folder / "workflow" / "rules").is_dir():
+            return folder
+    raise FileNotFoundError(f"{cwd}: neither it nor a parent folder is the workflow's checkout (a Snakefile beside "
+                            "workflow/rules/); run hardgen rehearse from the checkout or give --workflow")
+
+
+def prepare(configfiles: Sequence[str | Path], workflow: str | Path, directory: str | Path = DEFAULT_DIR,
+            cwd: str | Path | None = None) -> tuple[Path, list[str]]:
     """Write the derived overlay into ``directory`` and return it with the ``--configfile`` list of the rehearsal:
     the workflow's config/config.yaml, the user's files (absolute) and the overlay, in that order (later files win,
     key by key, as snakemake merges them). Raises :class:`hardgen.config.validation.ConfigError` if the result is invalid."""
@@ -200,16 +214,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores (default 2)")
     parser.add_argument("--dry-run", "-n", action="store_true", help="list the jobs only (snakemake -n)")
     parser.add_argument("--workflow", type=Path, default=None,
-                        help="the workflow's checkout (default: the current directory if it holds a Snakefile, else "
-                        "the checkout hardgen is installed from)")
+                        help="the workflow's checkout (default: the current directory or the nearest parent that holds "
+                        "a Snakefile beside workflow/rules/)")
     parser.add_argument("--snakemake-args", default="",
                         help="more snakemake arguments, one string (e.g. \"--keep-going --sdm conda\")")
 
 
 def run(args: argparse.Namespace) -> int:
-    workflow = args.workflow or (Path.cwd() if (Path.cwd() / "Snakefile").is_file() else REPO)
+    workflow = find_workflow(args.workflow)
     extra = shlex.split(args.snakemake_args)
-    derived, files = prepare(args.configfiles, args.directory, workflow)
-    cmd = command(files, derived.parent, Path(workflow).resolve(), args.cores, args.dry_run, extra)
+    derived, files = prepare(args.configfiles, workflow, args.directory)
+    cmd = command(files, derived.parent, workflow, args.cores, args.dry_run, extra)
     print("rehearsal: " + shlex.join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd)

@@ -74,6 +74,8 @@ class LoraJob:
     def from_params(cls, mode: str, params: Mapping[str, Any]) -> LoraJob:
         """The job of rule train_control_lora (plain), train_hard_lora (hard) or train_feedback_lora (feedback) from
         its params."""
+        from hardgen.generator.train_settings import MODES
+
         if mode not in MODES:
             raise ValueError(f"unknown training mode {mode!r} (choose from {', '.join(MODES)})")
         values: dict[str, Any] = dict(
@@ -94,10 +96,6 @@ class LoraJob:
                           segmenter=SegmenterConfig.from_params("segmenter", params["segmenter"]),
                           segment_size=params["segment_size"], crop_pad=params["crop_pad"])
         return cls(**values)
-
-
-#: The Control-LoRA trainings: the plain one and the fine-tunings (hard, feedback).
-MODES = ("plain", "hard", "feedback")
 
 
 def train_settings(job: LoraJob, files: TrainFiles, num_gpus: int = 1):
