@@ -168,11 +168,8 @@ def generation(args: argparse.Namespace, work: Path, resolution: int) -> list[di
     )
     from PIL import Image
 
-    from hardgen.generator.generate import (
-        load_generation_pipeline,
-        pipeline_renderer,
-        to_uint8,
-    )
+    from hardgen.generator.generate import load_generation_pipeline, pipeline_renderer
+    from hardgen.models.sampling import unit_to_uint8
 
     base = _base(work, args.sd15)
     lora = _lora(work, base)
@@ -204,7 +201,7 @@ def generation(args: argparse.Namespace, work: Path, resolution: int) -> list[di
             out = cn_pipe(prompt=[PROMPT] * len(images), image=[Image.fromarray(c) for c in images],
                           num_inference_steps=args.steps, guidance_scale=1.0, generator=generators,
                           height=resolution, width=resolution, output_type="np")
-        return to_uint8(out.images)  # the same uint8 images as the Control-LoRA renderers return
+        return unit_to_uint8(out.images)  # the same uint8 images as the Control-LoRA renderers return
 
     renderers["controlnet"] = controlnet_render
     flops = _step_flops(renderers, cn_pipe, base, lora, args, resolution, dtype)

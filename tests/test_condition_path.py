@@ -142,13 +142,13 @@ def sample_margin(pipe) -> float:
     """The mask-following measure of *samples* (:mod:`hardgen.scoring.mask_following`, as the workflow's
     ``mask_following.csv``): one sample per held-out mask (UniPC 10 steps, guidance 1, as the demo samples), its red
     chromaticity margin own vs shuffled mask, as a share of the held-out painted images' own margin."""
-    from hardgen.models.sampling import Sampling, to_uint8
+    from hardgen.models.sampling import Sampling, unit_to_uint8
     from hardgen.scoring.mask_following import mask_following_table, measure_rows
 
     masks = _masks(N_HELDOUT, seed=1)
     conditions = [mask_to_condition(m, "mask") for m in masks]
     generators = [torch.Generator().manual_seed(i) for i in range(N_HELDOUT)]
-    samples = to_uint8(Sampling(PROMPT, SIZE, 10)(pipe, conditions, generators).images)
+    samples = unit_to_uint8(Sampling(PROMPT, SIZE, 10)(pipe, conditions, generators).images)
     table = mask_following_table(([_paint(m) for m in masks], masks), {"samples": (list(samples), masks)}, seed=0)
     return float(measure_rows(table).loc["samples", "margin_vs_real"])  # the red-chromaticity row
 

@@ -21,6 +21,7 @@ from hardgen.core.io import (
     write_mask,
 )
 from hardgen.generator import generate
+from hardgen.models.sampling import unit_to_uint8
 
 RESOLUTION = 32
 
@@ -52,7 +53,7 @@ def fake_renderer(calls: list[list[int]]) -> generate.RenderBatch:
         noise = np.stack([torch.rand(RESOLUTION, RESOLUTION, 3, generator=g).numpy() for g in generators])
         batch_term = np.mean([c.mean() for c in conditions]) / 255.0
         conds = np.stack(conditions).astype(np.float64) / 255.0
-        return generate.to_uint8((noise + conds + batch_term) / 3.0)
+        return unit_to_uint8((noise + conds + batch_term) / 3.0)
 
     return render
 

@@ -121,7 +121,8 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
             micro += 1
 
 
-def _loader(dataset: PairDataset, sampler: ResumableBatchSampler, num_workers: int, seed: int) -> Iterator[dict]:
+def pair_batches(dataset: PairDataset, sampler: ResumableBatchSampler, num_workers: int, seed: int) -> Iterator[dict]:
+    """The training batches: a DataLoader over ``dataset`` in ``sampler``'s order, as an iterator."""
     # A private generator keeps DataLoader's worker seeding off the global RNG, which accelerate
     # checkpoints; otherwise creating the iterator after a resume would shift the random stream.
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,

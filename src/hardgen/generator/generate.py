@@ -60,7 +60,7 @@ from hardgen.models.sampling import (  # noqa: F401 (re-exported)
     PickNoise,
     RenderBatch,
     Sampling,
-    to_uint8,
+    unit_to_uint8,
 )
 
 if TYPE_CHECKING:  # diffusers/transformers take seconds to import; shard planning and merging need neither
@@ -76,7 +76,8 @@ ADAPTER_NAME = "condition"
 
 # ---------------------------------------------------------------------------- image handling
 def load_condition(path: str | Path, resolution: int) -> np.ndarray:
-    """A condition image as ``resolution``² RGB uint8, brought to size exactly as training does (:func:`hardgen.core.io.fit_square`)."""
+    """A condition image as ``resolution``² RGB uint8, brought to size exactly as training does
+    (:func:`hardgen.core.io.fit_square`)."""
     image = read_rgb(path)
     if image.shape[:2] != (resolution, resolution):
         image = fit_square(image, resolution)
@@ -242,7 +243,9 @@ def resolve_device_dtype(
     device: str | torch.device | None, dtype: str | torch.dtype | None
 ) -> tuple[torch.device, torch.dtype]:
     """Defaults: CUDA when available, fp16 on CUDA and fp32 on CPU (fp16 matmuls are slow or missing on CPU)."""
-    resolved = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
     if dtype is None:
         return resolved, torch.float16 if resolved.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -339,7 +342,7 @@ def pipeline_renderer(
                masks: list[np.ndarray] | None = None) -> np.ndarray:
         with torch.inference_mode():
             result = sampling(pipe, condition_images, generators)
-        return to_uint8(result.images)
+        return unit_to_uint8(result.images)
 
     return render
 

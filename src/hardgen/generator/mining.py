@@ -27,10 +27,9 @@ report use. With one backbone, z ranks exactly as the distance does.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,13 @@ import numpy as np
 import torch
 
 from hardgen.core.io import sample_seed
+from hardgen.models.control_lora import decode_unit_images, vae_upcast
 from hardgen.models.sampling import (
     PickedNoise,
     PickNoise,
     RenderBatch,
     Sampling,
-    to_uint8,
+    unit_to_uint8,
 )
 
 log = logging.getLogger("hardgen.generator.mining")
@@ -105,7 +105,8 @@ def candidate_seed(seed: int, candidate: int) -> int:
 
 # -------------------------------------------------------------------------------------------- judge
 class DiscrepancyJudge:
-    """Mean z-score over the in-loss backbones of a :class:`~hardgen.generator.objectives.HardnessJudge` (see the module doc)."""
+    """Mean z-score over the in-loss backbones of a :class:`~hardgen.generator.objectives.HardnessJudge` (see the
+    module doc)."""
 
     def __init__(self, judge: Any) -> None:
         self.judge = judge
@@ -175,29 +176,6 @@ def scheduler_x0(scheduler: Any) -> torch.Tensor:
     return outputs[-1]
 
 
-def decode01(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> float32 images in [0, 1], decoded as the pipeline decodes (VAE outside autocast, fp16 upcast)."""
-    return (pipe._decode(latents, None).float() / 2 + 0.5).clamp(0, 1)
-
-
-@contextlib.contextmanager
-def vae_upcast_for_backward(pipe: Any) -> Iterator[None]:
-    """Keep an fp16 VAE that decodes in fp32 (``force_upcast``) in fp32 across a forward *and* its backward.
-
-    The pipeline's decode upcasts only for the forward call and casts back when it returns; a gradient taken
-    afterwards would meet fp16 weights under fp32 activations ("expected scalar type Float but found Half").
-    """
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    if upcast:
-        vae.to(torch.float32)
-    try:
-        yield
-    finally:
-        if upcast:
-            vae.to(torch.float16)
-
-
 def x0_after(pipe: Any, sampling: Sampling, condition_images: list[np.ndarray], generators: list[torch.Generator],
              steps_taken: int) -> torch.Tensor:
     """x̂0 after the first ``steps_taken`` of the ``sampling.steps`` sampler steps (the same schedule as the full
@@ -242,8 +220,8 @@ def candidate_scores(
         batch = items[start:start + batch_size]
         generators = [torch.Generator("cpu").manual_seed(candidate_seed(seeds[i], c)) for i, c in batch]
         x0 = x0_after(pipe, sampling, [condition_images[i] for i, _ in batch], generators, settings.mining_steps)
-        with torch.inference_mode():
-            values = score(decode01(pipe, x0), masks_tensor([masks[i] for i, _ in batch], device))
+        with torch.inference_mode(), vae_upcast(pipe.vae):
+            values = score(decode_unit_images(pipe.vae, x0), masks_tensor([masks[i] for i, _ in batch], device))
         values = values.detach().double().cpu().numpy()
         if values.shape != (len(batch),):
             raise RuntimeError(f"discrepancy returned shape {values.shape} for {len(batch)} images")
@@ -297,9 +275,11 @@ def guidance_callback(score: ScoreFn, masks: torch.Tensor, settings: GuidanceSet
     def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if settings.strength == 0 or not settings.active(step, steps):
             return {}
-        with vae_upcast_for_backward(pipe), torch.enable_grad():
+        # the VAE stays upcast across the forward *and* the backward (:func:`vae_upcast`)
+        with vae_upcast(pipe.vae), torch.enable_grad():
             x0 = scheduler_x0(pipe.scheduler).detach().float().requires_grad_(True)
-            total = score(decode01(pipe, x0), masks).sum()  # per-sample scores: each gradient is its own sample's
+            # per-sample scores: each gradient is its own sample's
+            total = score(decode_unit_images(pipe.vae, x0), masks).sum()
             (grad,) = torch.autograd.grad(total, x0)
         rms = grad.pow(2).mean(dim=tuple(range(1, grad.ndim)), keepdim=True).sqrt()
         delta = settings.strength * grad / rms.clamp_min(1e-12)
@@ -324,6 +304,6 @@ def guided_renderer(pipe: Any, sampling: Sampling, score: ScoreFn, settings: Gui
                masks: list[np.ndarray]) -> np.ndarray:
         callback = guidance_callback(score, masks_tensor(masks, pipe.device), settings, sampling.steps)
         result = sampling(pipe, condition_images, generators, callback_on_step_end=callback)
-        return to_uint8(result.images)
+        return unit_to_uint8(result.images)
 
     return render

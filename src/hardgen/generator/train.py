@@ -55,9 +55,9 @@ from hardgen.data.train_data import (
     PairDataset,
     PromptEmbeddings,
     ResumableBatchSampler,
-    _loader,
     encode_prompts,
     load_training_pairs,
+    pair_batches,
 )
 from hardgen.generator.objectives import (
     FeedbackJudge,
@@ -70,7 +70,6 @@ from hardgen.generator.objectives import (
     squared_hinge,
 )
 from hardgen.generator.train_settings import (
-    FAMILIES,
     FEEDBACK_LOSSES,
     MIXED_PRECISIONS,
     MODES,
@@ -80,7 +79,7 @@ from hardgen.generator.train_settings import (
 
 #: Re-exported: the training API lives here, its parts in train_settings, train_data and objectives.
 __all__ = [
-    "FAMILIES", "FEEDBACK_LOSSES", "LOG_COLUMNS", "LORA_WEIGHTS_NAME", "MIXED_PRECISIONS", "MODES",
+    "FEEDBACK_LOSSES", "LOG_COLUMNS", "LORA_WEIGHTS_NAME", "MIXED_PRECISIONS", "MODES",
     "PREDICTION_TYPES", "TRAINER_STATE_NAME", "FeedbackJudge", "HardnessJudge", "PairDataset", "PromptEmbeddings",
     "ResumableBatchSampler", "TrainSettings", "TrainingDivergedError", "dissimilarity_loss",
     "encode_prompts", "feedback_loss", "hardness_loss", "list_checkpoints", "load_training_pairs",
@@ -167,64 +166,8 @@ class _Trainer:
         set_seed(s.seed, device_specific=True)
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[s.mixed_precision]
 
-        components = base_model.load_components(s.base, family=s.family, dtype=torch.float32, vae=s.vae)
-        self.vae = components["vae"]
-        self.unet = components["unet"]
-        self.noise_scheduler = components["noise_scheduler"]
-        self.prediction_type = resolve_prediction_type(self.noise_scheduler.config, s.prediction_type, s.base)
-        for key in ("vae", "unet", "text_encoder", "text_encoder_2"):
-            if components.get(key) is not None:
-                components[key].requires_grad_(False)
-
-        # The SDXL VAE overflows in fp16, so it stays fp32 there (the condition is encoded with it). In hard /
-        # feedback mode the VAE also *decodes* x̂0 with gradients, where fp16 overflows first (x̂0 is far out of
-        # range at high t): a VAE whose config asks for upcasting (SD1.5's does) then decodes in fp32.
-        self.decode_in_fp32 = (
-            self.weight_dtype == torch.float16 and s.mode != "plain" and bool(self.vae.config.get("force_upcast", True))
-        )
-        fp32_vae = self.weight_dtype == torch.float16 and (s.family == "sdxl" or self.decode_in_fp32)
-        if self.decode_in_fp32:
-            logger.info("fp16 training: the VAE decodes x̂0 in fp32 (vae.config.force_upcast)")
-        vae_dtype = torch.float32 if fp32_vae else self.weight_dtype
-        _to(self.vae, acc.device, vae_dtype)
-        for key in ("text_encoder", "text_encoder_2"):
-            if components.get(key) is not None:
-                _to(components[key], acc.device, self.weight_dtype)
-        self.prompts = encode_prompts(components, s.prompt, s.family, acc.device)
-        for key in ("text_encoder", "text_encoder_2"):
-            components.pop(key, None)  # cached embeddings are all we need
-
-        control_lora.widen_conv_in(self.unet, num_conditions=1)
-        _to(self.unet, acc.device, self.weight_dtype)
-        if acc.device.type == "cuda":  # channels-last convolutions are faster on tensor cores (not on CPU)
-            self.unet.to(memory_format=torch.channels_last)
-        processors = sorted({type(p).__name__ for p in self.unet.attn_processors.values()})
-        logger.info("UNet attention processors: %s", processors)  # AttnProcessor2_0 = torch SDPA
-        if s.init_lora:
-            # Fine-tuning continues the given LoRA exactly: its own ranks, gaussian-shaped adapter (the
-            # base weights must stay the original ones), then its weights copied in.
-            init_state = control_lora.read_control_lora(s.init_lora)
-            rank, conv_in_rank = _ranks_of(init_state, s.init_lora)
-            if (rank, conv_in_rank) != (s.rank, s.conv_in_rank):
-                logger.info("init_lora %s has rank %d / conv_in rank %d; using those", s.init_lora, rank, conv_in_rank)
-            control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=rank,
-                                          conv_in_rank=conv_in_rank, init="gaussian")
-            control_lora.assign_lora_weights(self.unet, init_state, s.adapter_name,
-                                             origin=f"TrainSettings.init_lora {s.init_lora}")
-        else:
-            control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=s.rank,
-                                          conv_in_rank=s.conv_in_rank, init=s.lora_init)
-        if self.weight_dtype != torch.float32:
-            # fp32 master weights for the LoRA (the frozen base stays in weight_dtype; autocast does the
-            # compute): in fp16 small updates underflow, and in bf16 (8-bit mantissa) an Adam step of ~lr is
-            # below half an ulp of most LoRA weights, so at SD1.5's lr 1e-4 ~3/4 of lora_A never moved.
-            cast_training_params(self.unet, dtype=torch.float32)
-        if s.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-            if s.mode != "plain":
-                # decoding x̂0 with gradients is the dominant activation cost at 512 px
-                self.vae.enable_gradient_checkpointing()
-        self.unet.train()
+        self._load_models(base_model.load_components(s.base, family=s.family, dtype=torch.float32, vae=s.vae))
+        self._add_lora()
 
         self.pairs = load_training_pairs(s.conditions_csv, s.manifest_csv)
         self.dataset = PairDataset(self.pairs, s.resolution)
@@ -256,6 +199,73 @@ class _Trainer:
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.log_rows: list[dict[str, float]] = []
         self.global_step = 0
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _load_models(self, components: dict[str, Any]) -> None:
+        """Keep the frozen VAE, UNet and noise scheduler of the base's ``components`` on the device in their training
+        dtypes, and the prompts' embeddings (the text encoders are dropped once they are encoded)."""
+        s, acc = self.settings, self.accelerator
+        self.vae = components["vae"]
+        self.unet = components["unet"]
+        self.noise_scheduler = components["noise_scheduler"]
+        self.prediction_type = resolve_prediction_type(self.noise_scheduler.config, s.prediction_type, s.base)
+        for key in ("vae", "unet", "text_encoder", "text_encoder_2"):
+            if components.get(key) is not None:
+                components[key].requires_grad_(False)
+
+        # The SDXL VAE overflows in fp16, so it stays fp32 there (the condition is encoded with it). In hard /
+        # feedback mode the VAE also *decodes* x̂0 with gradients, where fp16 overflows first (x̂0 is far out of
+        # range at high t): a VAE whose config asks for upcasting (SD1.5's does) then decodes in fp32.
+        self.decode_in_fp32 = (
+            self.weight_dtype == torch.float16 and s.mode != "plain" and bool(self.vae.config.get("force_upcast", True))
+        )
+        fp32_vae = self.weight_dtype == torch.float16 and (s.family == "sdxl" or self.decode_in_fp32)
+        if self.decode_in_fp32:
+            logger.info("fp16 training: the VAE decodes x̂0 in fp32 (vae.config.force_upcast)")
+        vae_dtype = torch.float32 if fp32_vae else self.weight_dtype
+        _to(self.vae, acc.device, vae_dtype)
+        for key in ("text_encoder", "text_encoder_2"):
+            if components.get(key) is not None:
+                _to(components[key], acc.device, self.weight_dtype)
+        self.prompts = encode_prompts(components, s.prompt, s.family, acc.device)
+        for key in ("text_encoder", "text_encoder_2"):
+            components.pop(key, None)  # cached embeddings are all we need
+
+    def _add_lora(self) -> None:
+        """Widen ``conv_in`` and add the trainable Control-LoRA (fresh, or ``init_lora``'s weights and ranks) with fp32
+        master weights; the UNet goes to the device in training mode."""
+        s, acc, control_lora = self.settings, self.accelerator, self.control_lora
+        control_lora.widen_conv_in(self.unet, num_conditions=1)
+        _to(self.unet, acc.device, self.weight_dtype)
+        if acc.device.type == "cuda":  # channels-last convolutions are faster on tensor cores (not on CPU)
+            self.unet.to(memory_format=torch.channels_last)
+        processors = sorted({type(p).__name__ for p in self.unet.attn_processors.values()})
+        logger.info("UNet attention processors: %s", processors)  # AttnProcessor2_0 = torch SDPA
+        if s.init_lora:
+            # Fine-tuning continues the given LoRA exactly: its own ranks, gaussian-shaped adapter (the
+            # base weights must stay the original ones), then its weights copied in.
+            init_state = control_lora.read_control_lora(s.init_lora)
+            rank, conv_in_rank = _ranks_of(init_state, s.init_lora)
+            if (rank, conv_in_rank) != (s.rank, s.conv_in_rank):
+                logger.info("init_lora %s has rank %d / conv_in rank %d; using those", s.init_lora, rank, conv_in_rank)
+            control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=rank,
+                                          conv_in_rank=conv_in_rank, init="gaussian")
+            control_lora.assign_lora_weights(self.unet, init_state, s.adapter_name,
+                                             origin=f"TrainSettings.init_lora {s.init_lora}")
+        else:
+            control_lora.add_control_lora(self.unet, s.adapter_name, preset=s.preset, rank=s.rank,
+                                          conv_in_rank=s.conv_in_rank, init=s.lora_init)
+        if self.weight_dtype != torch.float32:
+            # fp32 master weights for the LoRA (the frozen base stays in weight_dtype; autocast does the
+            # compute): in fp16 small updates underflow, and in bf16 (8-bit mantissa) an Adam step of ~lr is
+            # below half an ulp of most LoRA weights, so at SD1.5's lr 1e-4 ~3/4 of lora_A never moved.
+            cast_training_params(self.unet, dtype=torch.float32)
+        if s.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if s.mode != "plain":
+                # decoding x̂0 with gradients is the dominant activation cost at 512 px
+                self.vae.enable_gradient_checkpointing()
+        self.unet.train()
 
     # -- optimiser -------------------------------------------------------------------------------
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -308,15 +318,6 @@ class _Trainer:
         time_ids = torch.tensor([r, r, 0, 0, r, r], device=hidden.device, dtype=self.weight_dtype)
         return hidden, {"text_embeds": pooled, "time_ids": time_ids.repeat(batch_size, 1)}
 
-    def _decode01(self, latents: torch.Tensor) -> torch.Tensor:
-        latents = (latents / self.scaling_factor).to(self.vae.dtype)
-        if self.decode_in_fp32:  # autocast would run the fp32 VAE's convolutions in fp16 again
-            with torch.autocast(device_type=latents.device.type, enabled=False):
-                images = self.vae.decode(latents).sample
-        else:
-            images = self.vae.decode(latents).sample
-        return (images.float() / 2 + 0.5).clamp(0, 1)
-
     def _forward(self, batch: dict[str, torch.Tensor], timesteps: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                      torch.Tensor]:
@@ -360,7 +361,8 @@ class _Trainer:
         in its own dtype (an fp32 VAE really in fp32). Kept on the CPU, moved per batch.
         """
         device = self.accelerator.device
-        for index in tqdm(range(len(self.dataset)), desc="encode pairs", disable=not self.accelerator.is_local_main_process):
+        for index in tqdm(range(len(self.dataset)), desc="encode pairs",
+                          disable=not self.accelerator.is_local_main_process):
             item = self.dataset[index]
             pixels = item["pixels"][None].to(device, dtype=self.vae.dtype)
             condition = item["condition"][None].to(device, dtype=self.vae.dtype)
@@ -378,8 +380,10 @@ class _Trainer:
         return moments, cond_latents
 
     def _x0_images(self, model_pred: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The decoded x̂0 in [0, 1]: an fp32-decoding VAE outside autocast (autocast would run its convolutions in
+        fp16 again), any other under the training's autocast."""
         x0 = predict_x0(noisy, model_pred, self.alphas_cumprod[timesteps], self.prediction_type)
-        return self._decode01(x0)
+        return self.control_lora.decode_unit_images(self.vae, x0, keep_autocast=not self.decode_in_fp32)
 
     def losses(self, batch: dict[str, torch.Tensor]) -> StepLosses:
         """Total loss = MSE (+ λ · hinge term in hard / feedback mode)."""
@@ -626,13 +630,7 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
 
     resume = _resolve_resume(s, trainer.checkpoint_dir)
     if resume is not None:
-        state = json.loads((resume / TRAINER_STATE_NAME).read_text())
-        acc.load_state(str(resume))
-        trainer.global_step = int(state["global_step"])
-        trainer.margins = {k: float(v) for k, v in state["margins"].items()}
-        trainer.probe_init = {k: float(v) for k, v in state.get("probe_init", {}).items()}
-        trainer.log_rows = list(state["log"])
-        logger.info("resumed from %s at step %d", resume, trainer.global_step)
+        _resume(trainer, resume)
     elif trainer.judge is not None:
         t0 = time.perf_counter()
         trainer.probe_init = trainer.probe()
@@ -640,10 +638,43 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
         trainer.margins = trainer.calibrate(trainer.probe_init)
         timings["calibration_s"] = time.perf_counter() - t0
 
+    timings["train_s"] = _train_steps(trainer)
+
+    acc.wait_for_everyone()
+    probe_final: dict[str, float] = {}
+    if trainer.judge is not None:
+        # same grid, noise and timesteps as probe_init: the change is the LoRA's doing
+        probe_final = trainer.probe()
+        logger.info("probe grid, init -> final LoRA: %s",
+                    {k: f"{trainer.probe_init.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in probe_final.items()})
+    summary: dict[str, Any] = {}
+    if acc.is_main_process:
+        summary = _write_results(trainer, resume, probe_final, timings, t_start)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return summary
+
+
+def _resume(trainer: _Trainer, checkpoint: Path) -> None:
+    """Load a checkpoint folder's accelerate state and the trainer's own (step, margins, probe, log so far)."""
+    state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    trainer.accelerator.load_state(str(checkpoint))
+    trainer.global_step = int(state["global_step"])
+    trainer.margins = {k: float(v) for k, v in state["margins"].items()}
+    trainer.probe_init = {k: float(v) for k, v in state.get("probe_init", {}).items()}
+    trainer.log_rows = list(state["log"])
+    logger.info("resumed from %s at step %d", checkpoint, trainer.global_step)
+
+
+def _train_steps(trainer: _Trainer) -> float:
+    """Optimizer steps from ``trainer.global_step`` to ``settings.steps``: a log row per step (the micro-batches'
+    means over processes), checkpoints every ``checkpointing_steps``, a validation grid every ``validation_steps``.
+    Returns the wall seconds of the steps."""
+    acc, s = trainer.accelerator, trainer.settings
     sampler = ResumableBatchSampler(len(trainer.dataset), s.batch_size, s.seed,
                                     trainer.global_step * s.gradient_accumulation_steps,
                                     acc.num_processes, acc.process_index)
-    batches = _loader(trainer.dataset, sampler, s.num_workers, s.seed)
+    batches = pair_batches(trainer.dataset, sampler, s.num_workers, s.seed)
     params = [p for p in trainer.unet.parameters() if p.requires_grad]
     progress = tqdm(range(s.steps), initial=trainer.global_step, desc=f"train {s.mode}",
                     disable=not acc.is_local_main_process)
@@ -681,50 +712,45 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
             _save_checkpoint(trainer)
         if (s.validation_steps and trainer.global_step % s.validation_steps == 0
                 and trainer.global_step < s.steps and acc.is_main_process):
-            _validation_grid(trainer, out_dir / "validation.png")
+            _validation_grid(trainer, trainer.out_dir / "validation.png")
     progress.close()
-    timings["train_s"] = time.perf_counter() - t_train
+    return time.perf_counter() - t_train
 
-    acc.wait_for_everyone()
-    probe_final: dict[str, float] = {}
-    if trainer.judge is not None:
-        # same grid, noise and timesteps as probe_init: the change is the LoRA's doing
-        probe_final = trainer.probe()
-        logger.info("probe grid, init -> final LoRA: %s",
-                    {k: f"{trainer.probe_init.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in probe_final.items()})
-    summary: dict[str, Any] = {}
-    if acc.is_main_process:
-        unet = acc.unwrap_model(trainer.unet)
-        t0 = time.perf_counter()
-        _validation_grid(trainer, out_dir / "validation.png")
-        timings["validation_s"] = time.perf_counter() - t0
-        write_csv(out_dir / "train_log.csv", pd.DataFrame(trainer.log_rows, columns=LOG_COLUMNS))
-        trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
-        tail = trainer.log_rows[-min(10, len(trainer.log_rows)):] if trainer.log_rows else []
-        timings["total_s"] = time.perf_counter() - t_start
-        summary = {
-            "settings": dataclasses.asdict(s),
-            "mode": s.mode,
-            "steps": trainer.global_step,
-            "resumed_from": str(resume) if resume is not None else None,
-            "margins": trainer.margins,
-            "prediction_type": trainer.prediction_type,
-            "probe_init": trainer.probe_init,
-            "probe_final": probe_final,
-            "timings": timings,
-            "final": {k: float(np.mean([r[k] for r in tail])) if tail else None
-                      for k in ("loss", "mse", "extra", "active_fraction")},
-            "trainable_parameters": int(trainable),
-            "num_training_pairs": len(trainer.dataset),
-            "num_processes": acc.num_processes,
-            "device": str(acc.device),
-            "weights": str(out_dir / LORA_WEIGHTS_NAME),
-        }
-        # weights last: their presence means the run finished
-        write_json(out_dir / "summary.json", summary)
-        trainer.save_lora(out_dir, unet, model_card=True)
-    acc.wait_for_everyone()
-    acc.end_training()
+
+def _write_results(trainer: _Trainer, resume: Path | None, probe_final: dict[str, float], timings: dict[str, float],
+                   t_start: float) -> dict[str, Any]:
+    """Main process: the final validation grid, ``train_log.csv``, ``summary.json`` and, last (their presence means
+    the run finished), the LoRA weights with their model card; returns the summary."""
+    acc, s, out_dir = trainer.accelerator, trainer.settings, trainer.out_dir
+    unet = acc.unwrap_model(trainer.unet)
+    t0 = time.perf_counter()
+    _validation_grid(trainer, out_dir / "validation.png")
+    timings["validation_s"] = time.perf_counter() - t0
+    write_csv(out_dir / "train_log.csv", pd.DataFrame(trainer.log_rows, columns=LOG_COLUMNS))
+    trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+    tail = trainer.log_rows[-min(10, len(trainer.log_rows)):] if trainer.log_rows else []
+    timings["total_s"] = time.perf_counter() - t_start
+    summary = {
+        "settings": dataclasses.asdict(s),
+        "mode": s.mode,
+        "steps": trainer.global_step,
+        "resumed_from": str(resume) if resume is not None else None,
+        "margins": trainer.margins,
+        "prediction_type": trainer.prediction_type,
+        "probe_init": trainer.probe_init,
+        "probe_final": probe_final,
+        "timings": timings,
+        "final": {k: float(np.mean([r[k] for r in tail])) if tail else None
+                  for k in ("loss", "mse", "extra", "active_fraction")},
+        "trainable_parameters": int(trainable),
+        "num_training_pairs": len(trainer.dataset),
+        "num_processes": acc.num_processes,
+        "device": str(acc.device),
+        "weights": str(out_dir / LORA_WEIGHTS_NAME),
+    }
+    # weights last: their presence means the run finished
+    write_json(out_dir / "summary.json", summary)
+    trainer.save_lora(out_dir, unet, model_card=True)
     return summary
 
 

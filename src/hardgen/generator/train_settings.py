@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hardgen.core.io import write_json
+from hardgen.models.base_model import FAMILIES
 
 MODES = ("plain", "hard", "feedback")
-FAMILIES = ("sd15", "sdxl")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 FEEDBACK_LOSSES = ("hinge", "negated")

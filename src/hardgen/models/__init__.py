@@ -1,1 +1,2 @@
-"""Layer 2, model definitions: the segmenter architectures, the Control-LoRA, the base Stable Diffusion, the pieces of a sampling call."""
+"""Layer 2, model definitions: the segmenter architectures, the Control-LoRA, the base Stable Diffusion, the pieces
+of a sampling call."""

@@ -1,6 +1,7 @@
-"""What a generation call is made of, shared by :mod:`hardgen.generator.generate` (the shard loop) and :mod:`hardgen.generator.mining`
-(the training-free variants): the sampling settings of one pipeline call, the renderer and noise-picker types and
-the one uint8 conversion. Below both, so neither imports the other to get them."""
+"""What a generation call is made of, shared by :mod:`hardgen.generator.generate` (the shard loop) and
+:mod:`hardgen.generator.mining` (the training-free variants): the sampling settings of one pipeline call, the renderer
+and noise-picker types and the conversion of its [0, 1] images to uint8. Below both, so neither imports the other to
+get them."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class PickedNoise:
 #: A noise picker (``mined``): (condition images, masks, the samples' own seeds) -> one :class:`PickedNoise` each.
 PickNoise = Callable[[list[np.ndarray], list[np.ndarray], list[int]], list[PickedNoise]]
 
-def to_uint8(images01: np.ndarray) -> np.ndarray:
+def unit_to_uint8(images01: np.ndarray) -> np.ndarray:
     """Pipeline output in [0, 1] (float, ``output_type="np"``) -> uint8, rounding once and only here."""
     return (np.clip(np.asarray(images01, dtype=np.float64), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 

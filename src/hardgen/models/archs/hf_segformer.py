@@ -28,7 +28,8 @@ MIT_PRESETS: dict[str, dict[str, Any]] = {
     "mit-b5": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 6, 40, 3], "decoder_hidden_size": 768},
 }
 #: shared by every preset
-MIT_COMMON: dict[str, Any] = {"num_attention_heads": [1, 2, 5, 8], "sr_ratios": [8, 4, 2, 1], "mlp_ratios": [4, 4, 4, 4]}
+MIT_COMMON: dict[str, Any] = {"num_attention_heads": [1, 2, 5, 8], "sr_ratios": [8, 4, 2, 1],
+                              "mlp_ratios": [4, 4, 4, 4]}
 
 
 def preset_name(encoder: str) -> str:

@@ -11,7 +11,8 @@ Parts:
   folder or hub id, loading into condition slots, in-place assignment, summaries;
 * :mod:`~hardgen.models.control_lora.adapters` — condition adapters vs other LoRAs, per-slot scales and guidance
   windows, fusing;
-* :mod:`~hardgen.models.control_lora.pipeline` — ``encode_condition`` and the SD1.5 / SDXL pipelines.
+* :mod:`~hardgen.models.control_lora.pipeline` — ``encode_condition``, ``decode_latents`` / ``decode_unit_images``
+  (``vae_upcast``) and the SD1.5 / SDXL pipelines.
 
 Channel bookkeeping (a deliberate fix of the original): control-lora-v3 reports ``config.in_channels = 4``
 while its ``conv_in`` has ``4·(1+N)`` inputs, by writing to diffusers' frozen config through a private
@@ -73,7 +74,10 @@ from hardgen.models.control_lora.pipeline import (
     ConditionImage,
     ControlLoraPipeline,
     ControlLoraXLPipeline,
+    decode_latents,
+    decode_unit_images,
     encode_condition,
+    vae_upcast,
 )
 
 __all__ = [
@@ -93,6 +97,8 @@ __all__ = [
     "condition_count",
     "condition_slots",
     "control_lora_state_dict",
+    "decode_latents",
+    "decode_unit_images",
     "encode_condition",
     "fuse_control_lora",
     "fused_adapters",
@@ -109,6 +115,7 @@ __all__ = [
     "set_condition_scales",
     "target_modules",
     "unfuse_control_lora",
+    "vae_upcast",
     "widen_conv_in",
     "write_model_card",
 ]

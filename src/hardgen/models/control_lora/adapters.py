@@ -41,7 +41,7 @@ def _known(unet: nn.Module) -> list[str]:
     return list(getattr(unet, "peft_config", {}) or {})
 
 
-def _active(unet: nn.Module) -> list[str]:
+def active_adapter_names(unet: nn.Module) -> list[str]:
     """The active adapters, in loading order (union over layers, so a half-switched UNet reports them all)."""
     known = _known(unet)
     seen = {name for layer in _tuner_layers(unet) for name in layer.active_adapters}
@@ -97,7 +97,7 @@ def condition_slots(unet: UNet2DConditionModel) -> dict[str, tuple[int, ...]]:
 def active_condition_adapters(unet: UNet2DConditionModel) -> list[str]:
     """Active condition adapters in slot order (then loading order); [] when there are none."""
     slots, known = condition_slots(unet), _known(unet)
-    active = [name for name in _active(unet) if name in slots]
+    active = [name for name in active_adapter_names(unet) if name in slots]
     return sorted(active, key=lambda name: (slots[name], known.index(name)))
 
 
@@ -175,7 +175,7 @@ def set_condition_scales(unet: UNet2DConditionModel, scales: Mapping[str, float]
         raise ValueError(
             f"set_condition_scales: fused condition adapter(s) {unfused_conditions} cannot be switched off"
         )
-    keep = [name for name in _active(unet) if name not in slots and name not in scales]
+    keep = [name for name in active_adapter_names(unet) if name not in slots and name not in scales]
     _set_active(unet, keep + names)
     for layer in _tuner_layers(unet):
         if isinstance(layer, LoraLayer):
@@ -213,7 +213,7 @@ def fuse_control_lora(
     layer with a fused one is refused (peft computes a merged layer as its base weight only and would skip
     it). Undo with :func:`unfuse_control_lora`.
     """
-    names = list(dict.fromkeys(adapter_names)) if adapter_names is not None else _active(unet)
+    names = list(dict.fromkeys(adapter_names)) if adapter_names is not None else active_adapter_names(unet)
     _check_names(unet, names, "fuse_control_lora")
     if not names:
         raise ValueError("fuse_control_lora: the UNet has no active adapter to fuse")
@@ -223,7 +223,7 @@ def fuse_control_lora(
         name: _slot_values(name, slots[name], [(s,) for s in scales], "condition_scale")[0]
         for name in names if name in slots and name not in fused
     }
-    left_out = [name for name in _active(unet) if name not in names and name not in fused]
+    left_out = [name for name in active_adapter_names(unet) if name not in names and name not in fused]
     conflicts = _shared_layer_conflicts(unet, names, left_out)
     if conflicts:
         raise ValueError(
@@ -277,7 +277,7 @@ class ConditionSchedule:
     ) -> None:
         self.unet = unet
         slots, known = condition_slots(unet), _known(unet)
-        active, fused = _active(unet), fused_adapters(unet)
+        active, fused = active_adapter_names(unet), fused_adapters(unet)
         if adapters is None:
             use = [name for name in known if name in slots and (name in active or name in fused)]
         else:

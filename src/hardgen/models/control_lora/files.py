@@ -37,7 +37,10 @@ from torch import nn
 
 from hardgen.core.io import write_text
 from hardgen.core.weights import load_state_dict, save_state_dict
-from hardgen.models.control_lora.adapters import _active, activate_condition_adapter
+from hardgen.models.control_lora.adapters import (
+    activate_condition_adapter,
+    active_adapter_names,
+)
 from hardgen.models.control_lora.model import (
     add_control_lora,
     condition_count,
@@ -486,7 +489,7 @@ def load_control_lora(
     if adapter_name in getattr(unet, "peft_config", {}):
         assign_lora_weights(unet, state, adapter_name, origin)
         return
-    previous_active = _active(unet)
+    previous_active = active_adapter_names(unet)
     alphas = {
         f"{UNET_PREFIX}.{k.removesuffix('.lora_A.weight')}.alpha": float(v.shape[0])
         for k, v in state.items()

@@ -12,7 +12,8 @@ condition slot, as diffusers' multi-ControlNet pipelines take them. Adapter hand
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,44 @@ def encode_condition(
         if upcast:
             vae.to(original_dtype)
     return (latents * vae.config.scaling_factor).to(original_dtype)
+
+
+@contextlib.contextmanager
+def vae_upcast(vae: nn.Module) -> Iterator[None]:
+    """Run an fp16 VAE whose config asks for it (``force_upcast``, as SD1.5's) in fp32 inside the block, a gradient
+    taken inside it included (fp16 weights under fp32 activations would fail); cast back to fp16 after."""
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
+def decode_latents(vae: nn.Module, latents: torch.Tensor, generator: torch.Generator | None = None, *,
+                   keep_autocast: bool = False) -> torch.Tensor:
+    """The VAE's images in [-1, 1] of (scaled) latents: unscaled by ``latents_mean`` / ``latents_std`` where the VAE
+    has them, else by ``scaling_factor``, and decoded in the VAE's own dtype, outside autocast unless
+    ``keep_autocast`` (training's decode of x̂0 under its mixed precision)."""
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, len(mean), 1, 1)
+        mean = torch.tensor(mean).view(shape).to(latents)
+        std = torch.tensor(std).view(shape).to(latents)
+        latents = latents * std / vae.config.scaling_factor + mean
+    else:
+        latents = latents / vae.config.scaling_factor
+    outside_autocast = torch.autocast(device_type=latents.device.type, enabled=False)
+    with contextlib.nullcontext() if keep_autocast else outside_autocast:
+        return vae.decode(latents.to(vae.dtype), return_dict=False, generator=generator)[0]
+
+
+def decode_unit_images(vae: nn.Module, latents: torch.Tensor, *, keep_autocast: bool = False) -> torch.Tensor:
+    """Latents (a predicted clean latent x̂0) -> float32 images in [0, 1] (:func:`decode_latents`): what the hardness
+    and feedback judges read, in training and in mining / guidance alike."""
+    return (decode_latents(vae, latents, keep_autocast=keep_autocast).float() / 2 + 0.5).clamp(0, 1)
 
 
 def _as_image_batch(image: Any) -> Any:
@@ -236,25 +275,8 @@ class _ControlLoraSampling:
 
     def _decode(self, latents: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """VAE decode outside autocast; an fp16 VAE that asks for it (``force_upcast``) decodes in fp32."""
-        vae = self.vae
-        upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-        original_dtype = vae.dtype
-        if upcast:
-            vae.to(torch.float32)
-        try:
-            mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-            if mean is not None and std is not None:
-                shape = (1, len(mean), 1, 1)
-                mean = torch.tensor(mean).view(shape).to(latents)
-                std = torch.tensor(std).view(shape).to(latents)
-                latents = latents * std / vae.config.scaling_factor + mean
-            else:
-                latents = latents / vae.config.scaling_factor
-            with torch.autocast(device_type=latents.device.type, enabled=False):
-                return vae.decode(latents.to(vae.dtype), return_dict=False, generator=generator)[0]
-        finally:
-            if upcast:
-                vae.to(original_dtype)
+        with vae_upcast(self.vae):
+            return decode_latents(self.vae, latents, generator)
 
 
 class ControlLoraPipeline(_ControlLoraSampling, StableDiffusionPipeline):
