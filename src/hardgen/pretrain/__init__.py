@@ -1,1 +1,2 @@
-"""Layer 10, the demo's tooling: pre-training the tiny Stable Diffusion, its decoder and its mask adapter shipped in resources/."""
+"""Layer 10, the demo's tooling: pre-training the tiny Stable Diffusion, its decoder and its mask adapter shipped in
+resources/."""

@@ -10,7 +10,8 @@ samples can be told apart by what the method changes, not by where the polyp lan
 The adapter is the demo's own (``lora.preset`` / ``rank`` / ``conv_in_rank``: the file loads as ``init_weights``
 with the same shapes), trained on the frozen base with the workflow's training path pieces: the condition is
 VAE-encoded (posterior samples, as control-lora-v3 trains) and concatenated to the noisy latent through the widened
-``conv_in`` (:func:`hardgen.models.control_lora.widen_conv_in` / :func:`~hardgen.models.control_lora.add_control_lora`); the
+``conv_in`` (:func:`hardgen.models.control_lora.widen_conv_in` /
+:func:`~hardgen.models.control_lora.add_control_lora`); the
 loss is the DDPM epsilon MSE. Three measured departures from a plain Control-LoRA recipe move the tiny model towards
 the layout within the CPU budget (docs/architecture.md has the runs):
 
@@ -53,12 +54,12 @@ from hardgen.pretrain.tiny_sd import (
 from hardgen.pretrain.tiny_sd import (
     Checkpoints,
     PretrainStopped,
-    _step,
     budget_sentence,
     check_run_arguments,
     config_settings,
     default_checkpoint_dir,
     latent_moments,
+    optimiser_step,
     posterior_sample,
     render_pool,
     settings_block,
@@ -71,8 +72,8 @@ ADAPTER = "condition"
 TIMESTEP_DRAWS = ("uniform", "cubic")
 LOSS_WEIGHTINGS = ("epsilon", "v")
 #: :class:`AdapterSettings` fields that come from the workflow config (their key paths; the CLI has no flag for them):
-#: the base's (:data:`hardgen.pretrain.tiny_sd.CONFIG_FIELDS`), the condition, the LoRA's shape, the plain training's prompt
-#: dropout and the sampler's steps.
+#: the base's (:data:`hardgen.pretrain.tiny_sd.CONFIG_FIELDS`), the condition, the LoRA's shape, the plain training's
+#: prompt dropout and the sampler's steps.
 CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     **BASE_CONFIG_FIELDS,
     "condition": ("condition", "type"),
@@ -279,7 +280,7 @@ def train_adapter(
         pred = unet(torch.cat([noisy, condition], dim=1), timesteps, encoder_hidden_states=hidden).sample
         loss = mask_weighted_mse(pred, noise, masks[index], s.mask_weight,
                                  timestep_weights(s.loss_weighting, timesteps, alphas_cumprod, s.weighting_cap))
-        _step(loss, unet, optimizer, schedule, s.max_grad_norm, "adapter", step)
+        optimiser_step(loss, unet, optimizer, schedule, s.max_grad_norm, "adapter", step)
         log.append(float(loss.detach()))
         if checkpoints is not None:
             checkpoints.tick(step + 1, snapshot)
@@ -288,13 +289,13 @@ def train_adapter(
 
 
 def measure_mask_following(base: str | Path, lora_dir: str | Path, settings: AdapterSettings) -> dict[str, float]:
-    """The mask-following row (:func:`hardgen.scoring.mask_following.mask_following_row`) of the base with the adapter on
-    ``settings.heldout`` held-out masks, sampled as the workflow samples (:func:`hardgen.generator.generate.
+    """The mask-following row (:func:`hardgen.scoring.mask_following.mask_following_row`) of the base with the adapter
+    on ``settings.heldout`` held-out masks, sampled as the workflow samples (:func:`hardgen.generator.generate.
     load_generation_pipeline`, :class:`hardgen.models.sampling.Sampling`, one seeded generator per image), against the
     held-out real images of the same masks: ``own, shuffled, margin_vs_real, dark_corners`` and the real row's."""
     from hardgen.data.demo import HELDOUT_STREAM
     from hardgen.generator.generate import load_generation_pipeline
-    from hardgen.models.sampling import Sampling, to_uint8
+    from hardgen.models.sampling import Sampling, unit_to_uint8
     from hardgen.scoring.mask_following import mask_following_table, measure_rows
 
     images, masks, conditions = render_pairs(settings, settings.heldout, HELDOUT_STREAM)
@@ -305,7 +306,7 @@ def measure_mask_following(base: str | Path, lora_dir: str | Path, settings: Ada
     for start in tqdm(range(0, len(conditions), 48), desc="measure", unit="batch"):
         batch = list(conditions[start:start + 48])
         generators = [torch.Generator().manual_seed(settings.seed * 100_003 + start + i) for i in range(len(batch))]
-        samples.append(to_uint8(sampling(pipe, batch, generators).images))
+        samples.append(unit_to_uint8(sampling(pipe, batch, generators).images))
     table = mask_following_table((list(images), list(masks)), {"adapter": (list(np.concatenate(samples)), list(masks))},
                                  seed=settings.seed)
     adapter, real = (measure_rows(table).loc[name] for name in ("adapter", "real"))  # the cue's rows
@@ -334,17 +335,8 @@ def pretrain_adapter(
     resuming and early stops as :func:`hardgen.pretrain.tiny_sd.pretrain_tiny_sd` (the checkpoint folder's fingerprint
     covers the settings and the base's files).
     """
-    from hardgen.core.io import atomic_folder, file_digest, folder_digests
-    from hardgen.data.demo import PRETRAIN_STREAM
-    from hardgen.data.train_data import encode_prompts
+    from hardgen.core.io import file_digest, folder_digests
     from hardgen.models.base_model import load_components
-    from hardgen.models.control_lora import (
-        add_control_lora,
-        assign_lora_weights,
-        read_control_lora,
-        save_control_lora,
-        widen_conv_in,
-    )
 
     settings.check()
     base = Path(base)
@@ -356,29 +348,13 @@ def pretrain_adapter(
     try:
         components = load_components(base, family="sd15", dtype=torch.float32)
         vae, unet = components["vae"].eval(), components["unet"]
-        fingerprint = {"settings": dataclasses.asdict(settings), "base": folder_digests(base, skip_names=("README.md",)),
+        fingerprint = {"settings": dataclasses.asdict(settings),
+                       "base": folder_digests(base, skip_names=("README.md",)),
                        "init_weights": file_digest(settings.init_weights) if settings.init_weights else None}
         checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
                                   every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
                                   stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
-        state = checkpoints.load()
-        images, masks, conditions = render_pairs(settings, settings.images, PRETRAIN_STREAM)
-        image_moments = latent_moments(vae, to_model_range(images))
-        condition_moments = latent_moments(vae, to_model_range(conditions))
-        latent_grid = image_moments.shape[-1]
-        with torch.no_grad():
-            prompts = encode_prompts({"tokenizer": components["tokenizer"],
-                                      "text_encoder": components["text_encoder"].eval()},
-                                     settings.prompt, "sd15", torch.device("cpu"))
-        widen_conv_in(unet, num_conditions=1)
-        torch.manual_seed(settings.seed + 505)  # peft draws lora_A from the global generator: seed it
-        add_control_lora(unet, ADAPTER, settings.preset, settings.rank, settings.conv_in_rank)
-        if settings.init_weights:  # continue a saved adapter (its shape must be this one's)
-            assign_lora_weights(unet, read_control_lora(settings.init_weights), ADAPTER,
-                                origin=f"pretrain-adapter init_weights {settings.init_weights}")
-        log = train_adapter(unet, image_moments, condition_moments, latent_masks(masks, latent_grid),
-                            vae.config.scaling_factor, prompts.prompt, prompts.empty, components["noise_scheduler"],
-                            settings, checkpoints, state)
+        log = _train_on_pool(components, vae, unet, settings, checkpoints)
     except PretrainStopped as stopped:
         LOG.info("%s", stopped)
         return {"out": str(out_dir), "complete": False, "step": checkpoints.last_step, "budget_steps": settings.steps,
@@ -386,12 +362,59 @@ def pretrain_adapter(
     finally:
         torch.set_num_threads(previous_threads)
 
+    summary = _save_adapter(out_dir, base, unet, log, settings, checkpoints, command)
+    checkpoints.clear()
+    LOG.info("condition adapter saved to %s: %s", out_dir, json.dumps(summary))
+    return summary
+
+
+def _train_on_pool(components: dict[str, Any], vae: torch.nn.Module, unet: torch.nn.Module, settings: AdapterSettings,
+                   checkpoints: Checkpoints) -> list[float]:
+    """Encode the pre-training pool, widen ``conv_in``, add the adapter (seeded; ``init_weights`` copied in) and train
+    it (resuming ``checkpoints``' state); the loss per step."""
+    from hardgen.data.demo import PRETRAIN_STREAM
+    from hardgen.data.train_data import encode_prompts
+    from hardgen.models.control_lora import (
+        add_control_lora,
+        assign_lora_weights,
+        read_control_lora,
+        widen_conv_in,
+    )
+
+    state = checkpoints.load()
+    images, masks, conditions = render_pairs(settings, settings.images, PRETRAIN_STREAM)
+    image_moments = latent_moments(vae, to_model_range(images))
+    condition_moments = latent_moments(vae, to_model_range(conditions))
+    latent_grid = image_moments.shape[-1]
+    with torch.no_grad():
+        prompts = encode_prompts({"tokenizer": components["tokenizer"],
+                                  "text_encoder": components["text_encoder"].eval()},
+                                 settings.prompt, "sd15", torch.device("cpu"))
+    widen_conv_in(unet, num_conditions=1)
+    torch.manual_seed(settings.seed + 505)  # peft draws lora_A from the global generator: seed it
+    add_control_lora(unet, ADAPTER, settings.preset, settings.rank, settings.conv_in_rank)
+    if settings.init_weights:  # continue a saved adapter (its shape must be this one's)
+        assign_lora_weights(unet, read_control_lora(settings.init_weights), ADAPTER,
+                            origin=f"pretrain-adapter init_weights {settings.init_weights}")
+    return train_adapter(unet, image_moments, condition_moments, latent_masks(masks, latent_grid),
+                         vae.config.scaling_factor, prompts.prompt, prompts.empty, components["noise_scheduler"],
+                         settings, checkpoints, state)
+
+
+def _save_adapter(out_dir: str | Path, base: Path, unet: torch.nn.Module, log: list[float], settings: AdapterSettings,
+                  checkpoints: Checkpoints, command: str | None) -> dict[str, Any]:
+    """Write the adapter and its card to ``out_dir`` atomically, measuring its mask following on the staged folder
+    (with ``settings.threads`` torch threads); the summary."""
+    from hardgen.core.io import atomic_folder
+    from hardgen.models.control_lora import save_control_lora
+
     seconds = checkpoints.seconds()
     tail = max(1, len(log) // 10)
     with atomic_folder(out_dir) as staging:
         save_control_lora(staging, unet, ADAPTER, base_model=base.as_posix(), preset=settings.preset,
                           condition_type=settings.condition, prediction_type="epsilon",
                           extra={"pretrained_by": "hardgen pretrain-adapter"})
+        previous_threads = torch.get_num_threads()
         torch.set_num_threads(settings.threads)
         try:
             measure = measure_mask_following(base, staging, settings)
@@ -405,8 +428,6 @@ def pretrain_adapter(
             "mask_following": measure, "device": "cpu",
         }
         (staging / "README.md").write_text(model_card(summary, command))
-    checkpoints.clear()
-    LOG.info("condition adapter saved to %s: %s", out_dir, json.dumps(summary))
     return summary
 
 
@@ -424,12 +445,14 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "",
         (f"Made by `{command or 'hardgen pretrain-adapter'}` (`make tiny-sd` runs both stages after the base) with "
         f"seed {s['seed']} and"),
-        f"{s['threads']} torch threads on the CPU; the same command, seed, base and thread count give the same weights.",
+        (f"{s['threads']} torch threads on the CPU; the same command, seed, base and thread count give the same "
+         "weights."),
         "",
         "## Training",
         (f"- Data: the base's pre-training pool ({s['images']} images of stream `[seed, 3, i]` with their masks), "
         f"{s['condition']} conditions"),
-        f"  ({s['canny_low']}/{s['canny_high']}) of the masks at {s['resolution']} px, VAE-encoded (posterior samples).",
+        (f"  ({s['canny_low']}/{s['canny_high']}) of the masks at {s['resolution']} px, VAE-encoded "
+         "(posterior samples)."),
         (f"- Adapter: preset `{s['preset']}`, rank {s['rank']}, conv_in rank {s['conv_in_rank']} "
         f"({summary['trainable_params']:,} parameters); the base frozen."),
         *([f"- Continued from `{s['init_weights']}` (the first stage, same shapes; its own card has its budget)."]

@@ -3,7 +3,8 @@
 
 Why: the base's VAE trains for 400 steps, enough for a good PSNR (29 dB held-out) but not for the polyp's tint, a
 ±10 % colour shift that the L1 loss learns late. Measured on held-out images, decode(encode(x)) kept only 0.18 of
-the real images' mask-following margin (:mod:`hardgen.scoring.mask_following`), while the UNet with the demo's mask adapter
+the real images' mask-following margin (:mod:`hardgen.scoring.mask_following`), while the UNet with the demo's mask
+adapter
 puts the tint where the mask says in its high-noise x̂0 (1.9 × the real margin at t = 999): the samples lost it in
 the decoder, not in the diffusion model.
 
@@ -39,12 +40,12 @@ from hardgen.pretrain.tiny_sd import (
 from hardgen.pretrain.tiny_sd import (
     Checkpoints,
     PretrainStopped,
-    _step,
     budget_sentence,
     check_run_arguments,
     config_settings,
     default_checkpoint_dir,
     latent_moments,
+    optimiser_step,
     posterior_sample,
     psnr,
     reconstructions,
@@ -144,7 +145,7 @@ def train_decoder(vae: torch.nn.Module, pixels: torch.Tensor, moments: torch.Ten
         index = torch.randint(0, len(pixels), (s.batch,), generator=generator)
         latents = posterior_sample(moments[index], generator)
         loss = (vae.decode(latents).sample - pixels[index]).abs().mean()
-        _step(loss, vae, optimizer, schedule, s.max_grad_norm, "decoder", step)
+        optimiser_step(loss, vae, optimizer, schedule, s.max_grad_norm, "decoder", step)
         log.append(float(loss.detach()))
         if checkpoints is not None:
             checkpoints.tick(step + 1, snapshot)
@@ -156,15 +157,47 @@ def train_decoder(vae: torch.nn.Module, pixels: torch.Tensor, moments: torch.Ten
 def reconstruction_measure(vae: torch.nn.Module, images: np.ndarray, masks: np.ndarray, seed: int) -> dict[str, float]:
     """Held-out PSNR and the mask-following row of ``decode(encode(x).mode())`` against the images themselves:
     how much of the real images' own-vs-shuffled margin (:mod:`hardgen.scoring.mask_following`) the VAE keeps."""
-    from hardgen.models.sampling import to_uint8
+    from hardgen.models.sampling import unit_to_uint8
     from hardgen.scoring.mask_following import mask_following_table, measure_rows
 
     recon = reconstructions(vae, images)
-    pixels = to_uint8(((recon + 1) / 2).permute(0, 2, 3, 1).numpy())
+    pixels = unit_to_uint8(((recon + 1) / 2).permute(0, 2, 3, 1).numpy())
     table = mask_following_table((list(images), list(masks)), {"recon": (list(pixels), list(masks))}, seed=seed)
     row = measure_rows(table).loc["recon"]  # the cue's row
     return {"psnr": float(psnr(images, recon).mean()), "margin_vs_real": float(row["margin_vs_real"]),
             "dark_corners": float(row["dark_corners"])}
+
+
+def _check_folders(base: Path, out_dir: Path) -> None:
+    """Raise unless ``base`` is a diffusers SD folder and ``out_dir`` lies outside it (and it outside ``out_dir``)."""
+    if not (base / "vae").is_dir() or not (base / "unet").is_dir():
+        raise FileNotFoundError(f"{base}: not a diffusers Stable Diffusion folder (unet/ and vae/ expected)")
+    if out_dir.resolve() == base.resolve():
+        raise ValueError(f"pretrain-decoder: --out {out_dir} is the base itself; write elsewhere (a rerun would "
+                         "fine-tune the fine-tuned decoder)")
+    if out_dir.resolve().is_relative_to(base.resolve()) or base.resolve().is_relative_to(out_dir.resolve()):
+        raise ValueError(f"pretrain-decoder: --out {out_dir} and --base {base} are inside one another; the output "
+                         "replaces its folder whole")
+
+
+def _base_card(base: Path) -> str:
+    """The base's ``README.md`` ("" without one)."""
+    return (base / "README.md").read_text() if (base / "README.md").is_file() else ""
+
+
+def _save_base_with_decoder(base: Path, out_dir: Path, vae: torch.nn.Module, card: str) -> None:
+    """Write ``out_dir`` atomically: every file of ``base`` but ``vae/`` and the card, ``vae`` with the base's VAE
+    config byte for byte, and ``card`` as ``README.md``."""
+    from hardgen.core.io import atomic_folder
+
+    with atomic_folder(out_dir) as staging:
+        shutil.copytree(base, staging, dirs_exist_ok=True,  # all but the top-level vae/ and card
+                        ignore=lambda folder, names: [n for n in names if Path(folder) == base
+                                                      and n in ("vae", "README.md")])
+        vae.save_pretrained(staging / "vae", safe_serialization=True)
+        # the decoder changes no setting: keep the base's config byte for byte (from_pretrained added its own path)
+        shutil.copyfile(base / "vae" / "config.json", staging / "vae" / "config.json")
+        (staging / "README.md").write_text(card)
 
 
 def pretrain_decoder(
@@ -185,30 +218,24 @@ def pretrain_decoder(
     ``out_dir`` (written atomically; it must not be ``base``: a rerun would fine-tune twice) gets every file of
     ``base`` but ``vae/`` unchanged, the new ``vae/`` weights (safetensors; its ``config.json`` is the base's) and
     ``README.md``: the base's card with a section on this stage. Checkpoints, resuming and early stops as
-    :func:`hardgen.pretrain.tiny_sd.pretrain_tiny_sd` (the fingerprint covers the settings and the base's files). Returns a
-    summary.
+    :func:`hardgen.pretrain.tiny_sd.pretrain_tiny_sd` (the fingerprint covers the settings and the base's files).
+    Returns a summary.
     """
     from diffusers import AutoencoderKL
 
-    from hardgen.core.io import atomic_folder, folder_digests
+    from hardgen.core.io import folder_digests
     from hardgen.data.demo import HELDOUT_STREAM, PRETRAIN_STREAM
 
     settings.check()
     base, out_dir = Path(base), Path(out_dir)
-    if not (base / "vae").is_dir() or not (base / "unet").is_dir():
-        raise FileNotFoundError(f"{base}: not a diffusers Stable Diffusion folder (unet/ and vae/ expected)")
-    if out_dir.resolve() == base.resolve():
-        raise ValueError(f"pretrain-decoder: --out {out_dir} is the base itself; write elsewhere (a rerun would "
-                         "fine-tune the fine-tuned decoder)")
-    if out_dir.resolve().is_relative_to(base.resolve()) or base.resolve().is_relative_to(out_dir.resolve()):
-        raise ValueError(f"pretrain-decoder: --out {out_dir} and --base {base} are inside one another; the output "
-                         "replaces its folder whole")
+    _check_folders(base, out_dir)
     check_run_arguments(checkpoint_minutes, checkpoint_every, stop_after_steps)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
         vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
-        fingerprint = {"settings": dataclasses.asdict(settings), "base": folder_digests(base, skip_names=("README.md",))}
+        fingerprint = {"settings": dataclasses.asdict(settings),
+                       "base": folder_digests(base, skip_names=("README.md",))}
         checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
                                   every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
                                   stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
@@ -236,15 +263,7 @@ def pretrain_decoder(
         "before": before, "after": after, "budget_steps": settings.steps, "wall_seconds": checkpoints.seconds(),
         "resumed": checkpoints.previous_seconds > 0, "device": "cpu",
     }
-    base_card = (base / "README.md").read_text() if (base / "README.md").is_file() else ""
-    with atomic_folder(out_dir) as staging:
-        shutil.copytree(base, staging, dirs_exist_ok=True,  # all but the top-level vae/ and card
-                        ignore=lambda folder, names: [n for n in names if Path(folder) == base
-                                                      and n in ("vae", "README.md")])
-        vae.save_pretrained(staging / "vae", safe_serialization=True)
-        # the decoder changes no setting: keep the base's config byte for byte (from_pretrained added its own path)
-        shutil.copyfile(base / "vae" / "config.json", staging / "vae" / "config.json")
-        (staging / "README.md").write_text(card_with_section(base_card, summary, command))
+    _save_base_with_decoder(base, out_dir, vae, card_with_section(_base_card(base), summary, command))
     checkpoints.clear()
     LOG.info("base with the fine-tuned decoder saved to %s: %s", out_dir, json.dumps(summary))
     return summary
@@ -260,7 +279,8 @@ def card_with_section(base_card: str, summary: dict[str, Any], command: str | No
         "",
         (f"Then `{command or 'hardgen pretrain-decoder'}` fine-tuned the VAE's decoder (and `post_quant_conv`, "
          f"{summary['trainable_params']:,} parameters)"),
-        "with the encoder frozen, as Stable Diffusion's sd-vae-ft-mse was: the latent space does not move, so the UNet,",
+        ("with the encoder frozen, as Stable Diffusion's sd-vae-ft-mse was: the latent space does not move, so the "
+         "UNet,"),
         "the scaling factor and any adapter trained on the latents keep their meaning. The base's VAE had learned the",
         "mucosa but not the polyp's faint tint, so its decoded samples lost the mask's colour.",
         "",

@@ -15,7 +15,8 @@ condition with this VAE (``control_lora.encode_condition``): the encoder must ke
 Everything is seeded: one ``torch.Generator`` per stage draws every batch, crop, noise and timestep, so the same
 settings and thread count give bit-identical weights on the CPU. The result is a normal diffusers
 ``StableDiffusionPipeline`` folder in safetensors with a ``README.md`` model card, written atomically
-(:func:`hardgen.models.base_model.save_sd_folder`), and loaded by :func:`hardgen.models.base_model.load_components` like any base.
+(:func:`hardgen.models.base_model.save_sd_folder`), and loaded by :func:`hardgen.models.base_model.load_components`
+like any base.
 
 Long runs are resumable (:class:`Checkpoints`): every ``checkpoint_minutes`` the stage's model, optimiser, schedule,
 generator state, EMA and loss log go to one ``torch.save`` file (tensors and plain values only, read back with
@@ -273,8 +274,8 @@ def check_run_arguments(checkpoint_minutes: float, checkpoint_every: int, stop_a
 def budget_sentence(summary: dict[str, Any]) -> str:
     """The adapter's and decoder's cards' budget line: optimiser steps and the measured wall time (summed over resumed
     sessions, which it then says)."""
-    return (f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall time on "
-            f"the CPU with {summary['settings']['threads']} torch threads"
+    return (f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall time "
+            f"on the CPU with {summary['settings']['threads']} torch threads"
             + (" (summed over resumed sessions)." if summary.get("resumed") else "."))
 
 
@@ -360,7 +361,7 @@ def train_vae(vae: torch.nn.Module, pixels: torch.Tensor, settings: PretrainSett
         l1 = (recon - x).abs().mean()
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
         loss = l1 + s.kl_weight * kl
-        _step(loss, vae, optimizer, schedule, s.max_grad_norm, "VAE", step)
+        optimiser_step(loss, vae, optimizer, schedule, s.max_grad_norm, "VAE", step)
         log.append({"l1": float(l1.detach()), "kl": float(kl.detach())})
         if checkpoints is not None:
             checkpoints.tick(step + 1, snapshot)
@@ -457,7 +458,7 @@ def train_unet(
         hidden = torch.where(drop.view(-1, 1, 1), empty_embeds, prompt_embeds)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps).contiguous(memory_format=torch.channels_last)
         loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=hidden).sample, noise)
-        _step(loss, unet, optimizer, schedule, s.max_grad_norm, "UNet", step)
+        optimiser_step(loss, unet, optimizer, schedule, s.max_grad_norm, "UNet", step)
         ema.step(unet.parameters())
         log.append(float(loss.detach()))
         if checkpoints is not None:
@@ -467,7 +468,7 @@ def train_unet(
     return log
 
 
-def _step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
+def optimiser_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
           max_grad_norm: float, stage: str, step: int) -> None:
     """One optimiser step on a finite loss: backward, clip the gradient norm, step the optimiser and the schedule."""
     if not torch.isfinite(loss):
@@ -510,8 +511,6 @@ def pretrain_tiny_sd(
     once ``out_dir`` is saved.
     """
     from hardgen.core.io import folder_digests
-    from hardgen.data.demo import HELDOUT_STREAM, PRETRAIN_STREAM
-    from hardgen.data.train_data import encode_prompts
     from hardgen.models.base_model import random_sd_pipeline, save_sd_folder
 
     settings.check()
@@ -527,34 +526,7 @@ def pretrain_tiny_sd(
         checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
                                   every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
                                   stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
-        state = checkpoints.load()
-        images, conditions = render_training_set(settings, settings.images, PRETRAIN_STREAM)
-        heldout, _ = render_training_set(dataclasses.replace(settings, condition_share=0.0), settings.heldout,
-                                         HELDOUT_STREAM)
-        if state is None:
-            checkpoints.carry["psnr_random"] = float(reconstruction_psnr(pipe.vae, heldout).mean())
-        psnr_random = float(checkpoints.carry["psnr_random"])
-
-        if state is None or state["stage"] == "vae":
-            vae_log = train_vae(pipe.vae, to_model_range(np.concatenate([images, conditions])), settings,
-                                checkpoints, state)
-            # the UNet stage's checkpoints carry the finished VAE and its losses
-            checkpoints.carry.update(vae=pipe.vae.state_dict(), vae_log=vae_log)
-            state = None
-        else:
-            pipe.vae.load_state_dict(checkpoints.carry["vae"])
-            pipe.vae.eval()
-            vae_log = [dict(row) for row in checkpoints.carry["vae_log"]]
-        heldout_psnr = float(reconstruction_psnr(pipe.vae, heldout).mean())
-        moments = latent_moments(pipe.vae, to_model_range(images))
-        scaling_factor = latent_scaling_factor(moments, settings.seed)
-        pipe.vae.register_to_config(scaling_factor=scaling_factor)
-
-        with torch.no_grad():
-            prompts = encode_prompts({"tokenizer": pipe.tokenizer, "text_encoder": pipe.text_encoder.eval()},
-                                     settings.prompt, "sd15", torch.device("cpu"))
-        unet_log = train_unet(pipe.unet, moments, scaling_factor, prompts.prompt, prompts.empty, pipe.scheduler,
-                              settings, checkpoints, state)
+        measures = _train_stages(pipe, settings, checkpoints)
     except PretrainStopped as stopped:
         LOG.info("%s", stopped)
         return {"out": str(out_dir), "complete": False, "step": checkpoints.last_step,
@@ -563,12 +535,52 @@ def pretrain_tiny_sd(
     finally:
         torch.set_num_threads(previous_threads)
 
+    summary = {"out": str(out_dir), "complete": True, "settings": dataclasses.asdict(settings), **measures,
+               "budget_steps": settings.vae_steps + settings.unet_steps, "wall_seconds": checkpoints.seconds(),
+               "resumed": checkpoints.previous_seconds > 0, "device": "cpu"}
+    save_sd_folder(pipe, out_dir, {"README.md": model_card(summary, command)})
+    checkpoints.clear()
+    LOG.info("pre-trained tiny SD saved to %s: %s", out_dir, json.dumps(summary))
+    return summary
+
+
+def _train_stages(pipe: Any, settings: PretrainSettings, checkpoints: Checkpoints) -> dict[str, Any]:
+    """Train the VAE (or restore it from a UNet-stage checkpoint), set its ``scaling_factor``, train the UNet; the
+    summary's measures (losses, held-out PSNR before and after, scaling factor, condition count) in its key order."""
+    from hardgen.data.demo import HELDOUT_STREAM, PRETRAIN_STREAM
+    from hardgen.data.train_data import encode_prompts
+
+    state = checkpoints.load()
+    images, conditions = render_training_set(settings, settings.images, PRETRAIN_STREAM)
+    heldout, _ = render_training_set(dataclasses.replace(settings, condition_share=0.0), settings.heldout,
+                                     HELDOUT_STREAM)
+    if state is None:
+        checkpoints.carry["psnr_random"] = float(reconstruction_psnr(pipe.vae, heldout).mean())
+    psnr_random = float(checkpoints.carry["psnr_random"])
+
+    if state is None or state["stage"] == "vae":
+        vae_log = train_vae(pipe.vae, to_model_range(np.concatenate([images, conditions])), settings,
+                            checkpoints, state)
+        # the UNet stage's checkpoints carry the finished VAE and its losses
+        checkpoints.carry.update(vae=pipe.vae.state_dict(), vae_log=vae_log)
+        state = None
+    else:
+        pipe.vae.load_state_dict(checkpoints.carry["vae"])
+        pipe.vae.eval()
+        vae_log = [dict(row) for row in checkpoints.carry["vae_log"]]
+    heldout_psnr = float(reconstruction_psnr(pipe.vae, heldout).mean())
+    moments = latent_moments(pipe.vae, to_model_range(images))
+    scaling_factor = latent_scaling_factor(moments, settings.seed)
+    pipe.vae.register_to_config(scaling_factor=scaling_factor)
+
+    with torch.no_grad():
+        prompts = encode_prompts({"tokenizer": pipe.tokenizer, "text_encoder": pipe.text_encoder.eval()},
+                                 settings.prompt, "sd15", torch.device("cpu"))
+    unet_log = train_unet(pipe.unet, moments, scaling_factor, prompts.prompt, prompts.empty, pipe.scheduler,
+                          settings, checkpoints, state)
     tail = max(1, len(unet_log) // 10)
     vae_tail = vae_log[-max(1, len(vae_log) // 10):]
-    summary = {
-        "out": str(out_dir),
-        "complete": True,
-        "settings": dataclasses.asdict(settings),
+    return {
         "vae_l1": float(np.mean([row["l1"] for row in vae_tail])),
         "vae_kl": float(np.mean([row["kl"] for row in vae_tail])),
         "unet_mse_first": float(np.mean(unet_log[:tail])),
@@ -577,15 +589,7 @@ def pretrain_tiny_sd(
         "heldout_psnr_random_vae": psnr_random,
         "scaling_factor": scaling_factor,
         "condition_images": len(conditions),
-        "budget_steps": settings.vae_steps + settings.unet_steps,
-        "wall_seconds": checkpoints.seconds(),
-        "resumed": checkpoints.previous_seconds > 0,
-        "device": "cpu",
     }
-    save_sd_folder(pipe, out_dir, {"README.md": model_card(summary, command)})
-    checkpoints.clear()
-    LOG.info("pre-trained tiny SD saved to %s: %s", out_dir, json.dumps(summary))
-    return summary
 
 
 def model_card(summary: dict[str, Any], command: str | None = None) -> str:
@@ -606,7 +610,8 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "## Data",
         f"{s['images']} images from the demo's own renderer (`hardgen.data.demo.render_demo_pool`, seed stream",
         "`[seed, 3, i]`, which the demo dataset never draws from), the five demo styles in equal shares, raw sides",
-        f"{s['min_size']}-{s['max_size']} px brought to {s['resolution']} px by `hardgen.core.io.fit_square`. The VAE also",
+        (f"{s['min_size']}-{s['max_size']} px brought to {s['resolution']} px by `hardgen.core.io.fit_square`. "
+         "The VAE also"),
         f"saw {summary['condition_images']} condition images (canny {s['canny_low']}/{s['canny_high']} edges and",
         "masks of the same polyps): Control-LoRA encodes its condition with this VAE.",
         "",
