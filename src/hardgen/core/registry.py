@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 #: ``generation.*`` keys every variant's sampling reads (``shards``: the job split; images do not depend on it).
 SAMPLING_KEYS: tuple[str, ...] = ("steps", "shards", "batch_size", "guidance_scale", "condition_scale", "dtype")
-#: ``model.*`` keys that training and sampling read (``base`` is its own param; ``tiny_config`` only builds the base).
-MODEL_KEYS: tuple[str, ...] = ("family", "vae", "resolution", "prompt")
 #: How a variant samples: its LoRA as is, or with the in-loss backbones' discrepancy (hardgen.generator.mining).
 SAMPLINGS: tuple[str, ...] = ("pipeline", "mined", "guided")
 #: How a policy picks its pool from its source variant's samples (hardgen.scoring.filter.pool), and the ``filter.*``
