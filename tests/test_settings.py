@@ -165,7 +165,8 @@ def test_lora_summary_takes_the_adapter_shape_it_is_not_given_from_the_config(re
 
     unet = repo_root / "resources" / "sd15-unet" / "config.json"
     # the demo's lora section: half_skip_attn, rank 16, conv_in rank 64
-    assert main(["lora-summary", "--unet-config", str(unet), "--config", str(repo_root / "config" / "config.yaml")]) == 0
+    demo = repo_root / "config" / "config.yaml"
+    assert main(["lora-summary", "--unet-config", str(unet), "--config", str(demo)]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"modules": 66, "trainable_params": 5_447_168}
     # every flag given: no config is read
     argv = ["lora-summary", "--unet-config", str(unet), "--preset", "full", "--rank", "16", "--conv-in-rank", "64",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+
 def _add_lora_summary(parser: argparse.ArgumentParser) -> None:
     from hardgen.models.control_lora import PRESETS
 
@@ -24,7 +25,8 @@ def _add_lora_summary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS, default=None, help="target-module preset (default: lora.preset)")
     parser.add_argument("--rank", type=int, default=None,
                         help="LoRA rank of every layer but conv_in (default: lora.rank)")
-    parser.add_argument("--conv-in-rank", type=int, default=None, help="LoRA rank of conv_in (default: lora.conv_in_rank)")
+    parser.add_argument("--conv-in-rank", type=int, default=None,
+                        help="LoRA rank of conv_in (default: lora.conv_in_rank)")
     parser.add_argument(
         "--load",
         type=Path,
@@ -181,7 +183,8 @@ def _run_pretrain_decoder(args: argparse.Namespace) -> int:
 
 def _add_validate_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("configs", type=Path, nargs="+", help="config files, merged in order (demo config first)")
-    parser.add_argument("--schema", type=Path, default=None, help="JSON-schema YAML (default: the workflow's)")
+    parser.add_argument("--schema", type=Path, default=None,
+                        help="JSON-schema YAML (default: the one shipped in the package)")
 
 
 def _run_validate_config(args: argparse.Namespace) -> int:
