@@ -100,6 +100,18 @@ def test_read_csv_table_errors_name_the_file_what_and_the_missing_columns(tmp_pa
         table_or_csv(read, "score table", required_columns=("z",))
 
 
+def test_read_csv_table_reads_every_column_as_given_strings_when_asked(tmp_path):
+    from hardgen.core.io import DataError, read_csv_table
+
+    path = tmp_path / "pairs.csv"
+    path.write_text("image,split,n\nNA.png,,007\n")
+    table = read_csv_table(path, ("image", "split"), "dataset table", dtype=str, keep_default_na=False)
+    assert table.iloc[0].tolist() == ["NA.png", "", "007"]  # names, empty cells and leading zeros as written
+    default = read_csv_table(path, ("image",), "dataset table")
+    assert default["split"].isna().all() and default["n"].tolist() == [7]
+    with pytest.raises(DataError, match=r"pairs\.csv: unreadable dataset table"):  # a value its dtype does not fit
+        read_csv_table(path, (), "dataset table", dtype={"image": int})
+
 def test_read_json_record_errors_name_the_file_what_and_the_missing_keys(tmp_path):
     from hardgen.core.io import DataError, read_json_record
 

@@ -304,12 +304,13 @@ def write_table(path: str | Path, frame: Any, columns: Sequence[str], what: str 
 
 
 def read_csv_table(path: str | Path, required_columns: Iterable[str], what: str,
-                   dtype: dict[str, Any] | None = None, sep: str = ",") -> Any:
+                   dtype: type | dict[str, Any] | None = None, sep: str = ",", keep_default_na: bool = True) -> Any:
     """The one CSV reader: the pandas DataFrame at ``path``, which must have ``required_columns`` (others may follow).
 
-    ``what`` names what the file holds (``"score table"``); ``sep``: ``"\t"`` for a TSV. A missing file, an unreadable
-    one (not CSV, empty, not text) or a missing column is a :class:`DataError` naming the file, ``what`` and the
-    missing columns.
+    ``what`` names what the file holds (``"score table"``); ``sep``: ``"\t"`` for a TSV; ``dtype``: pandas' (``str``
+    for every column, or by column); ``keep_default_na=False`` keeps empty cells and words such as ``NA`` as
+    strings (a user's file names). A missing file, an unreadable one (not CSV, empty, not text, a value its dtype
+    does not fit) or a missing column is a :class:`DataError` naming the file, ``what`` and the missing columns.
     """
     import pandas as pd
 
@@ -317,8 +318,8 @@ def read_csv_table(path: str | Path, required_columns: Iterable[str], what: str,
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
     try:
-        frame = pd.read_csv(path, dtype=dtype, sep=sep)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        frame = pd.read_csv(path, dtype=dtype, sep=sep, keep_default_na=keep_default_na)
+    except ValueError as err:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError, a dtype a value misfits
         raise DataError(f"{path}: unreadable {what} ({err})") from err
     require_columns(frame, required_columns, f"{path}: {what}")
     return frame
