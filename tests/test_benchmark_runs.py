@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hardgen.benchmark.runs import RunPaths, train_run, training_pairs
+from hardgen.core.io import DataError
 from hardgen.core.weights import load_state_dict
 from hardgen.data import manifest as data
 from hardgen.data.demo import make_demo_dataset
@@ -62,8 +63,14 @@ def test_training_pairs_adds_the_subset_and_names_a_missing_one(manifest_path: P
     manifest = data.load_manifest(manifest_path)
     real = training_pairs(manifest, None)
     assert len(real) == 4 and set(real["variant"]) == {"real"}
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(DataError, match=r"nope\.csv: subset table not found"):
         training_pairs(manifest, str(tmp_path / "nope.csv"))
+    pd.DataFrame({"sample_id": ["007"], "image": ["a.png"], "mask": ["m.png"]}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(DataError, match=r"s\.csv: subset table lacks columns \['variant'\]"):
+        training_pairs(manifest, str(tmp_path / "s.csv"))
+    pd.DataFrame({"sample_id": ["007"], "image": ["a.png"], "mask": ["m.png"], "variant": ["hard"]}).to_csv(
+        tmp_path / "s.csv", index=False)
+    assert training_pairs(manifest, str(tmp_path / "s.csv"))["sample_id"].tolist()[-1] == "007"  # an id, not 7
     assert np.all(real.columns == ["sample_id", "image", "mask", "variant"])
 
 

@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 from hardgen.benchmark.records import write_run_record
+from hardgen.core.io import read_csv_table
 from hardgen.data.manifest import load_manifest
+from hardgen.scoring.filter import SUBSET_COLUMNS
 from hardgen.segmentation.build import SegmenterSpec, load_segmenter
 from hardgen.segmentation.recipes import SegmentRecipe, resolve_recipe
 from hardgen.segmentation.training import train_segmenter
@@ -68,13 +70,12 @@ def skip_run(paths: RunPaths, arch: str, policy: str, ratio: float, seed: int, p
 
 
 def training_pairs(manifest: pd.DataFrame, subset_path: str | None) -> pd.DataFrame:
-    """The real training pairs (variant ``real``) plus the policy's synthetic subset table, if any."""
+    """The real training pairs (variant ``real``) plus the policy's synthetic subset table, if any (a missing file or
+    column: :class:`~hardgen.core.io.DataError` naming it)."""
     pairs = manifest.loc[manifest["split"] == "train", ["id", "image", "mask"]].rename(columns={"id": "sample_id"})
     pairs = pairs.assign(variant="real")
     if subset_path:
-        if not Path(subset_path).is_file():
-            raise FileNotFoundError(f"{subset_path}: subset table not found")
-        subset = pd.read_csv(subset_path, dtype={"sample_id": str})
+        subset = read_csv_table(subset_path, SUBSET_COLUMNS, "subset table", dtype={"sample_id": str})
         pairs = pd.concat([pairs, subset], ignore_index=True)
     return pairs
 
