@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata, spearmanr
 
+from hardgen.core import registry
 from hardgen.core.io import DataError, write_image, write_mask
 from hardgen.evaluation import reproduction as repro
 from hardgen.report import (
@@ -143,7 +144,7 @@ def test_paired_differences_against_real_and_the_size_matched_control(eval_tree:
     assert band.loc[("real", 0), "d_mean"] == pytest.approx(0.05)
     assert band.loc[("real", 1), "d_mean"] == pytest.approx(0.10)
     # hard at the same ratio is hard_band's size-matched random control
-    assert summary.CONTROLS["hard_band"] == summary.CONTROLS["hard_faithful"] == "hard"
+    assert registry.POLICIES["hard_band"].control == registry.POLICIES["hard_faithful"].control == "hard"
     assert band.loc[("hard", 0), "d_mean"] == pytest.approx(0.05)
     assert band.loc[("hard", 1), "d_overall"] == pytest.approx(0.15)
     # hard_band at ratio 0.5 has no hard run at 0.5: it pairs with real only, never with hard at another ratio

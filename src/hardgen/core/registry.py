@@ -86,12 +86,15 @@ VARIANTS: dict[str, Variant] = {
 @dataclass(frozen=True)
 class Policy:
     """One training subset of the benchmark: ``source`` is the variant its pool is drawn from (None: real only),
-    ``pool`` the rule that picks the pool from the source's samples (:data:`POOL_RULES`)."""
+    ``pool`` the rule that picks the pool from the source's samples (:data:`POOL_RULES`). ``control``: its
+    size-matched control, the policy the report compares it with at the same ratio (every synthetic policy trains
+    with round(ratio × real images) synthetic images, the same seeded draw); None: only ``real`` is its reference."""
 
     name: str
     source: str | None
     pool: str
     description: str = ""
+    control: str | None = None
 
     def __post_init__(self):
         if self.pool not in POOL_RULES:
@@ -100,6 +103,9 @@ class Policy:
         if (self.source is None) != (self.pool == "none"):
             raise ValueError(f"hardgen.core.registry: policy {self.name!r}: pool rule {self.pool!r} with source "
                              f"{self.source!r} (only rule 'none' has no source variant)")
+        if self.control is not None and (self.control == self.name or self.pool == "none"):
+            raise ValueError(f"hardgen.core.registry: policy {self.name!r}: control {self.control!r} (only a synthetic "
+                             "policy has a control, another policy)")
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -116,11 +122,23 @@ POLICIES: dict[str, Policy] = {
     p.name: p
     for p in (
         Policy("real", None, "none", "the real training images only (ratio 0)"),
-        *(Policy(v, v, "every", f"every {v} sample") for v in VARIANTS),
-        Policy("hard_band", "hard", "band", "hard samples within filter.band"),
-        Policy("hard_faithful", "hard", "fidelity", "hard samples passing the fidelity guard"),
+        # which generator: every variant's samples against plain's (the same conditions, the same size)
+        *(Policy(v, v, "every", f"every {v} sample", control=None if v == "plain" else "plain") for v in VARIANTS),
+        # which hard samples are kept: a selection against the uniform draw of the same variant, the same size
+        Policy("hard_band", "hard", "band", "hard samples within filter.band", control="hard"),
+        Policy("hard_faithful", "hard", "fidelity", "hard samples passing the fidelity guard", control="hard"),
     )
 }
+
+
+def _check_controls() -> None:
+    """Every declared control is a declared policy (when this module loads)."""
+    for entry in POLICIES.values():
+        if entry.control is not None and entry.control not in POLICIES:
+            raise ValueError(f"hardgen.core.registry: policy {entry.name!r}: control {entry.control!r} is not a policy")
+
+
+_check_controls()
 
 
 def variant(name: str) -> Variant:

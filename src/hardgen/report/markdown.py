@@ -195,9 +195,9 @@ def markdown_report(
     from noise. Per metric (mDice, mIoU): a table of rows arch × policy × ratio with each test set (``testsets``:
     ``data.testsets`` order), ``mean`` (over test sets, per seed: the paper's headline) and ``overall``
     (image-weighted, pooled); then the paired differences per seed against ``real`` and against the size-matched
-    control at the same ratio (:data:`hardgen.report.summary.CONTROLS`) with their intervals; then the training budget
-    (from ``runs_df``, :func:`hardgen.report.run_records.runs_table`), what the fidelity guard rejects per variant
-    (``fidelity_df``, :func:`hardgen.scoring.fidelity.fidelity_summary`), the published ``anchors``
+    control at the same ratio (the policy's registry entry's ``control``) with their intervals; then the training
+    budget (from ``runs_df``, :func:`hardgen.report.run_records.runs_table`), what the fidelity guard rejects per
+    variant (``fidelity_df``, :func:`hardgen.scoring.fidelity.fidelity_summary`), the published ``anchors``
     (:func:`hardgen.evaluation.reproduction.load_anchors`) and the protocol paragraph
     (:func:`hardgen.report.run_text.protocol_paragraph` of ``protocol``, ``evaluate.protocol``; ``run.protocol`` when
     ``run`` is given). With ``run`` (:class:`hardgen.report.run_text.RunDescription`) it opens with a paragraph on

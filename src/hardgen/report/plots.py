@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hardgen.config.validation import ratio_label
+from hardgen.core import registry
 from hardgen.core.io import DataError, read_csv_table, read_gray, read_rgb, table_or_csv
 from hardgen.report.summary import MARKDOWN_METRICS, benchmark_summary, run_label
 from hardgen.report.tables import (
@@ -203,8 +204,8 @@ def plot_ratio(long_df: pd.DataFrame, out_png: str | Path, metrics: Sequence[str
 #: Columns of a Control-LoRA training log (``hardgen.generator.train.LOG_COLUMNS``) that the loss plot reads.
 TRAIN_LOG_COLUMNS: tuple[str, ...] = ("step", "loss", "mse", "extra")
 
-#: Variants of the loss plot, in display order (others follow alphabetically).
-LORA_ORDER: tuple[str, ...] = ("plain", "hard", "feedback")
+#: Variants of the loss plot, in display order (others follow alphabetically): the registry's trained variants.
+LORA_ORDER: tuple[str, ...] = tuple(name for name, entry in registry.VARIANTS.items() if entry.trains)
 
 
 def _smooth(values: pd.Series, window: int) -> pd.Series:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from hardgen.config.validation import ratio_label
+from hardgen.core import registry
 from hardgen.core.io import DataError, numbers_or_missing, read_csv_table
 from hardgen.report.tables import in_display_order
 
@@ -22,14 +23,6 @@ OVERALL = "overall"
 #: Metrics shown in the markdown benchmark (the paper's headline metrics).
 MARKDOWN_METRICS: tuple[str, ...] = ("mDice", "mIoU")
 
-
-#: Size-matched controls: ``policy -> control``, compared at the same ratio (every synthetic policy trains with
-#: round(ratio × real images) synthetic images, drawn with the same seeded draw, :mod:`hardgen.scoring.filter`).
-#: ``hard_band − hard`` / ``hard_faithful − hard``: which hard samples are kept (same variant, same size, a
-#: selection vs the uniform draw); ``hard − plain`` (and feedback, mined, guided): which generator (same size,
-#: the same conditions). Every policy is also compared with ``real`` (ratio 0).
-CONTROLS: dict[str, str] = {"hard_band": "hard", "hard_faithful": "hard", "hard": "plain", "feedback": "plain",
-                            "mined": "plain", "guided": "plain"}
 
 BENCHMARK_COLUMNS: list[str] = ["arch", "policy", "ratio", "seed", "testset", "metric", "value"]
 EVAL_COLUMNS: tuple[str, ...] = ("testset", "metric", "value")
@@ -122,7 +115,9 @@ def benchmark_summary(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_M
 
 def paired_differences(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_METRICS,
                        testsets: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per seed and ratio, each policy minus ``real`` and minus its size-matched control (:data:`CONTROLS`).
+    """Per seed and ratio, each policy minus ``real`` and minus its size-matched control (its registry entry's
+    ``control``, :class:`hardgen.core.registry.Policy`: ``hard_band − hard`` / ``hard_faithful − hard``, which hard
+    samples are kept; ``hard − plain``, which generator).
 
     Pairs share arch and seed (the same initialisation seed and iteration budget), so the seed-to-seed
     spread of the difference is what decides whether a policy helps. A policy at ratio ``r`` is compared
@@ -135,8 +130,9 @@ def paired_differences(long_df: pd.DataFrame, metrics: Sequence[str] = MARKDOWN_
     rows = []
     for (arch, policy, ratio, seed, metric), row in summary.iterrows():
         references = [] if policy == "real" else [("real", 0.0)]
-        if policy in CONTROLS:
-            references.append((CONTROLS[policy], ratio))
+        control = registry.policy(policy).control
+        if control is not None:
+            references.append((control, ratio))
         for reference, reference_ratio in references:
             key = (arch, reference, reference_ratio, seed, metric)
             if key not in summary.index:
