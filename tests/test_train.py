@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hardgen.core.io import write_image, write_mask
+from hardgen.core.io import DataError, write_image, write_mask
 from hardgen.core.weights import load_state_dict, save_state_dict
 from hardgen.generator import train
 from hardgen.generator.train import (
@@ -219,8 +219,10 @@ def test_training_pairs_use_real_rows_and_name_bad_tables(tiny_data, tmp_path):
     assert all(Path(p).is_file() for p in pairs["image"])
     bad = tmp_path / "conditions.csv"
     pd.read_csv(tiny_data[0]).drop(columns=["mask"]).to_csv(bad, index=False)
-    with pytest.raises(ValueError, match=r"conditions\.csv.*mask"):
+    with pytest.raises(DataError, match=r"conditions\.csv: conditions table lacks columns \['mask'\]"):
         train.load_training_pairs(bad, tiny_data[1])
+    with pytest.raises(DataError, match=r"nope\.csv: data manifest not found"):
+        train.load_training_pairs(tiny_data[0], tmp_path / "nope.csv")
 
 
 # ------------------------------------------------------------------------------------------ training

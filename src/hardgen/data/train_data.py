@@ -14,6 +14,7 @@ import torch
 from hardgen.core.io import (
     DataError,
     fit_square,
+    read_csv_table,
     read_mask,
     read_rgb,
     resolve_table_path,
@@ -27,19 +28,13 @@ from hardgen.core.io import (
 def load_training_pairs(conditions_csv: str | Path, manifest_csv: str | Path) -> pd.DataFrame:
     """Real training rows as a table (sample_id, image, condition, mask) with resolved paths.
 
-    ``conditions_csv`` rows with ``kind == "real"`` are joined to the manifest on source_id == id.
+    ``conditions_csv`` rows with ``kind == "real"`` are joined to the manifest on source_id == id. A missing file or
+    column is a :class:`DataError` naming it.
     """
     conditions_csv, manifest_csv = Path(conditions_csv), Path(manifest_csv)
-    for table in (conditions_csv, manifest_csv):
-        if not table.is_file():
-            raise DataError(f"{table}: table not found")
-    conditions = pd.read_csv(conditions_csv)
-    manifest = pd.read_csv(manifest_csv)
-    for table, frame, cols in ((conditions_csv, conditions, {"sample_id", "source_id", "kind", "condition", "mask"}),
-                               (manifest_csv, manifest, {"id", "image"})):
-        missing = sorted(cols - set(frame.columns))
-        if missing:
-            raise DataError(f"{table}: missing columns {missing}")
+    conditions = read_csv_table(conditions_csv, ("sample_id", "source_id", "kind", "condition", "mask"),
+                                "conditions table")
+    manifest = read_csv_table(manifest_csv, ("id", "image"), "data manifest")
     real = conditions[conditions["kind"] == "real"]
     if real.empty:
         raise DataError(f"{conditions_csv}: no rows with kind == 'real'")
