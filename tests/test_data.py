@@ -188,8 +188,11 @@ def test_manifest_roundtrip_and_bad_manifest_files(demo_manifest: pd.DataFrame, 
     demo_manifest.drop(columns=["fg_fraction"]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError, match=r"bad\.csv.*fg_fraction"):
         data.load_manifest(tmp_path / "bad.csv")
-    with pytest.raises(DataError, match="missing.csv"):
+    with pytest.raises(DataError, match=r"missing\.csv: manifest not found"):
         data.load_manifest(tmp_path / "missing.csv")
+    named = demo_manifest.assign(id=["NA", "007", *demo_manifest["id"][2:]])  # ids are names, read as written
+    data.write_manifest(named, path)
+    assert data.load_manifest(path)["id"].tolist()[:2] == ["NA", "007"]
 
 
 def test_expected_sizes(demo: tuple[Path, float]) -> None:

@@ -150,7 +150,8 @@ def test_table_layout_matches_folders_and_rejects_leaks(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"case0\.png: listed in splits 'site-a' and 'held out'"):
         data.build_manifest(root / "leak.csv", ["held out"], converted=tmp_path / "c3", **kwargs)
     pd.DataFrame(rows).drop(columns="split").to_csv(root / "bad.csv", index=False)
-    with pytest.raises(DataError, match=r"bad\.csv: lacks column\(s\) \['split'\]"):
+    lacks = r"bad\.csv: dataset table \(data\.root, layout table\) lacks columns \['split'\]"
+    with pytest.raises(DataError, match=lacks):
         data.build_manifest(root / "bad.csv", ["held out"], converted=tmp_path / "c4", **kwargs)
     pd.DataFrame([{"image": "nowhere.png", "mask": "site-a/masks/case0.png", "split": "site-a"}]).to_csv(
         root / "missing.csv", index=False)

@@ -28,6 +28,7 @@ from hardgen.core.io import (
     IMAGE_SUFFIXES,
     DataError,
     binarize,
+    read_csv_table,
     read_gray,
     read_rgb,
     to_uint8,
@@ -147,17 +148,11 @@ def _folder_pairs(splits: Sequence[tuple[str, Path, Path]], problems: list[str],
 def _table_pairs(table: Path, splits: Sequence[str], problems: list[str],
                  log: logging.Logger) -> list[tuple[str, Path, Path, str]]:
     """(split, image, mask, stem) of the rows of a ``table`` layout CSV whose split is one of ``splits``."""
-    if not table.is_file():
-        problems.append(f"{table}: dataset table (data.root, layout table) not found")
-        return []
-    try:
-        frame = pd.read_csv(table, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        problems.append(f"{table}: not a readable CSV ({err})")
-        return []
-    missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
-    if missing:
-        problems.append(f"{table}: lacks column(s) {missing} (needs {list(TABLE_COLUMNS)})")
+    try:  # every cell a string as written: a file named "NA" is a name, an empty cell is empty
+        frame = read_csv_table(table, TABLE_COLUMNS, "dataset table (data.root, layout table)", dtype=str,
+                               keep_default_na=False)
+    except DataError as err:  # not found, unreadable or lacking a column: reported with the other problems
+        problems.append(str(err))
         return []
     pairs: list[tuple[str, Path, Path, str]] = []
     for split in splits:
@@ -514,19 +509,8 @@ def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
 def load_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest CSV written by :func:`write_manifest`; a wrong file raises DataError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: manifest not found")
-    try:
-        frame = pd.read_csv(
-            path,
-            dtype={"id": str, "split": str, "image": str, "mask": str},
-            keep_default_na=False,  # a stem such as "NA" is a name, not a missing value
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"{path}: not a readable manifest CSV ({err})") from err
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: manifest lacks columns {missing} (expected {list(MANIFEST_COLUMNS)})")
+    names = {"id": str, "split": str, "image": str, "mask": str}  # a stem such as "NA" is a name, not a missing value
+    frame = read_csv_table(path, MANIFEST_COLUMNS, "manifest", dtype=names, keep_default_na=False)
     try:
         frame["width"] = frame["width"].astype(int)
         frame["height"] = frame["height"].astype(int)
