@@ -158,8 +158,11 @@ def test_conditions_table_roundtrip_and_bad_arguments(manifest: pd.DataFrame, tm
     assert (table["kind"] == "real").all() and len(table) == 4
     cond.write_conditions_table(table, tmp_path / "conditions.csv")
     pd.testing.assert_frame_equal(cond.load_conditions_table(tmp_path / "conditions.csv"), table)
-    with pytest.raises(DataError, match="nope.csv"):
+    with pytest.raises(DataError, match=r"nope\.csv: conditions table not found"):
         cond.load_conditions_table(tmp_path / "nope.csv")
+    table.drop(columns="kind").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad\.csv: conditions table lacks columns \['kind'\]"):
+        cond.load_conditions_table(tmp_path / "bad.csv")
     with pytest.raises(ValueError, match="condition.type"):
         cond.make_conditions(manifest, tmp_path / "x", "edges", 1, SIZE, seed=0)
     with pytest.raises(ValueError, match="condition.layouts_per_mask"):

@@ -20,6 +20,7 @@ from hardgen.core.io import (
     DataError,
     fit_square,
     fit_to,
+    read_csv_table,
     read_mask,
     sample_seed,
     write_image,
@@ -234,11 +235,5 @@ def write_conditions_table(frame: pd.DataFrame, path: str | Path) -> None:
 
 def load_conditions_table(path: str | Path) -> pd.DataFrame:
     """Read a conditions table; a missing file or missing columns raise DataError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: conditions table not found")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in CONDITIONS_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: conditions table lacks columns {missing}")
+    frame = read_csv_table(path, CONDITIONS_COLUMNS, "conditions table", dtype=str, keep_default_na=False)
     return frame[list(CONDITIONS_COLUMNS)]
