@@ -302,6 +302,9 @@ def test_the_score_job_grades_and_scores_with_one_backbone_load(guard_tree, tmp_
                                    tmp_path / "separate.csv", pad=4, resolution=SIZE, fidelity_path=guard_tree["out"])
     pd.testing.assert_frame_equal(scores, separate)
     assert list(scores.columns)[-3:] == fidelity.SCORE_FIDELITY_COLUMNS
+    with pytest.raises(DataError, match=r"nope\.csv: fidelity table not found"):
+        score.score_variant(generated_csv, {"heldout": spec}, {"heldout": prototype}, "hard", tmp_path / "x.csv",
+                            pad=4, resolution=SIZE, fidelity_path=tmp_path / "nope.csv")
     with pytest.raises(ValueError, match="filter.fidelity_backbone: 'dino'"):
         score.score_with_fidelity(manifest, variant="real", out_path=tmp_path / "x.csv",
                                   fidelity_out=tmp_path / "y.csv", **{**common, "fidelity_key": "dino"})

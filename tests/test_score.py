@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import hardgen.core.io
+from hardgen.core.io import DataError
 from hardgen.scoring import features as features_mod
 from hardgen.scoring.features import (
     BackboneSpec,
@@ -133,8 +134,11 @@ def test_score_variant_writes_one_table_for_all_backbones(real, tmp_path):
     pd.testing.assert_frame_equal(table, written, check_dtype=False)
     with pytest.raises(ValueError, match=r"\['vit'\]: no prototype"):
         score_variant(manifest_path, {"cnn": CNN, "vit": VIT}, {"cnn": prototypes["cnn"]}, "real", out)
-    with pytest.raises(FileNotFoundError, match="missing.csv"):
+    with pytest.raises(DataError, match=r"missing\.csv: data manifest not found"):
         score_variant(tmp_path / "missing.csv", {"cnn": CNN}, prototypes, "real", out)
+    manifest.iloc[:5].drop(columns="mask").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad\.csv: data manifest lacks columns \['mask'\]"):
+        score_variant(tmp_path / "bad.csv", {"cnn": CNN}, prototypes, "real", out)
     # an extractor loaded once (rule score shares the held-out backbone with the fidelity guard): the same table
     shared = score_variant(manifest_path, {"cnn": CNN, "vit": VIT}, prototypes, "real", tmp_path / "shared.csv",
                            pad=5, batch_size=8, extractors={"vit": load_backbone(VIT)})

@@ -159,12 +159,12 @@ def score_variant(
     (:func:`save_features`: ``results/scores/<variant>.features.safetensors``). With ``fidelity_path`` (a
     generated variant's ``results/fidelity/<variant>.csv``) the fidelity guard's columns ``fidelity_dice,
     fidelity_separation, fidelity`` are joined by sample_id (:func:`hardgen.scoring.fidelity.join_fidelity`).
-    ``extractors``: backbones already loaded, by config key (the others are loaded one at a time).
+    ``extractors``: backbones already loaded, by config key (the others are loaded one at a time). A missing
+    manifest or fidelity table, or a column missing, is a :class:`DataError` naming the file.
     """
     manifest_path = Path(manifest_path)
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: manifest not found")
-    manifest = pd.read_csv(manifest_path)
+    what = "data manifest" if variant == "real" else "generated manifest"
+    manifest = io.read_csv_table(manifest_path, ("image", "mask"), what)
     missing = sorted(set(backbones) - set(prototype_paths))
     if missing:
         raise ValueError(f"backbones {missing}: no prototype file given")
@@ -185,9 +185,10 @@ def score_variant(
     if features_path is not None:
         save_features(features_path, variant, tables[0]["sample_id"].tolist(), features)
     if fidelity_path is not None:
-        from hardgen.scoring.fidelity import join_fidelity
+        from hardgen.scoring.fidelity import SCORE_FIDELITY_COLUMNS, join_fidelity
 
-        fidelity = pd.read_csv(fidelity_path, dtype={"sample_id": str})
+        fidelity = io.read_csv_table(fidelity_path, ("sample_id", *SCORE_FIDELITY_COLUMNS), "fidelity table",
+                                     dtype={"sample_id": str})
         scores = join_fidelity(scores, fidelity, where=str(fidelity_path))
     io.write_csv(out_path, scores)
     return scores
