@@ -22,14 +22,10 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from hardgen.core.registry import POLICIES as REGISTERED_POLICIES
+from hardgen.core.registry import VARIANTS as REGISTERED_VARIANTS
 
 #: The config schema, shipped in the package (package data): the one copy the workflow and the CLI validate with.
 SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")
-
-#: The generated variant each segmentation policy draws from (hardgen.core.registry).
-POLICY_VARIANTS: dict[str, tuple[str, ...]] = {
-    name: (p.source,) if p.source else () for name, p in REGISTERED_POLICIES.items()
-}
 
 #: Policies that no longer exist, and why: every synthetic policy now trains with round(r × n_real) images at
 #: each ratio r of segment.synthetic_ratios, so the benchmark's own policies are the size-matched controls.
@@ -109,8 +105,28 @@ def _key_path(parts: Iterable[Any]) -> str:
     return ".".join(str(p) for p in parts) or "<root>"
 
 
+#: The schema's enums of names that hardgen.core.registry declares: ``(section, key) -> registry table``, the enum
+#: of ``properties.<section>.properties.<key>.items`` (an array of those names), filled in by :func:`load_schema`.
+REGISTRY_ENUMS: dict[tuple[str, str], Mapping[str, object]] = {
+    ("generation", "variants"): REGISTERED_VARIANTS,
+    ("segment", "policies"): REGISTERED_POLICIES,
+}
+
+
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema at ``path``, its variant and policy enums filled from the registry (:data:`REGISTRY_ENUMS`,
+    read when called: an entry added at run time is in)."""
+    path = Path(path)
+    schema = yaml.safe_load(path.read_text())
+    for (section, key), table in REGISTRY_ENUMS.items():
+        try:
+            items = schema["properties"][section]["properties"][key]["items"]
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"{path}: no properties.{section}.properties.{key}.items (the registry's enum)") from err
+        if "enum" in items:
+            raise ConfigError(f"{path}: {section}.{key}'s enum comes from hardgen.core.registry; the schema lists none")
+        items["enum"] = list(table)
+    return schema
 
 
 def _resolve(node: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -245,16 +261,17 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
         problems.append(f"config key 'segment.synthetic_ratios': ratios {labels} coincide as path labels (f'{{r:g}}')")
     variants = set(config["generation"]["variants"])
     for policy in config["segment"]["policies"]:
-        for needed in POLICY_VARIANTS[policy]:
-            if needed not in variants:
-                problems.append(f"config key 'segment.policies': policy '{policy}' needs generation.variants to "
-                                f"include '{needed}'")
+        needed = REGISTERED_POLICIES[policy].source
+        if needed is not None and needed not in variants:
+            problems.append(f"config key 'segment.policies': policy '{policy}' needs generation.variants to "
+                            f"include '{needed}'")
     generation = config["generation"]
-    if "mined" in variants and generation["mining_steps"] >= generation["steps"]:
+    samplings = {REGISTERED_VARIANTS[v].sampling for v in variants}
+    if "mined" in samplings and generation["mining_steps"] >= generation["steps"]:
         problems.append(f"config key 'generation.mining_steps': {generation['mining_steps']} must be below "
                         f"generation.steps ({generation['steps']}): candidates are scored part-way through sampling")
     start, end = generation["guided"]["window"]
-    if "guided" in variants and not start < end:
+    if "guided" in samplings and not start < end:
         problems.append(f"config key 'generation.guided.window': need start < end, got [{start}, {end}]")
     for key in config["hard"]["loss_backbones"]:
         if key not in config["backbones"]:
