@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hardgen.core.io import write_image, write_mask
+from hardgen.core.io import DataError, write_image, write_mask
 from hardgen.scoring.mask_following import (
     COLUMNS,
     dark_corners,
@@ -141,6 +141,13 @@ def test_the_table_from_the_workflow_files(tmp_path, discs):
                                       {"plain": tmp_path / "plain.csv"}, size=SIZE).set_index("variant")
     assert table.loc["real", "own"] == pytest.approx(red_chromaticity_margin(images, masks), abs=1e-3)
     assert table.loc["plain", "margin_vs_real"] < 0.1
+    with pytest.raises(DataError, match=r"nope\.csv: generated manifest not found"):
+        mask_following_from_files(tmp_path / "conditions.csv", tmp_path / "manifest.csv",
+                                  {"plain": tmp_path / "nope.csv"}, size=SIZE)
+    pd.DataFrame(generated).drop(columns="mask").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad\.csv: generated manifest lacks columns \['mask'\]"):
+        mask_following_from_files(tmp_path / "conditions.csv", tmp_path / "manifest.csv",
+                                  {"plain": tmp_path / "bad.csv"}, size=SIZE)
 
 
 def test_grayscale_modalities_use_the_grey_level() -> None:
@@ -340,7 +347,7 @@ def test_the_sentences_name_the_undefined_measure_and_the_plain_ratio(matched, t
                   f"{red_chromaticity_margin(discs_images, masks):.3g} against a shuffled mask "
                   f"{shuffled_margin(discs_images, masks):.3g}); the plain samples follow their masks at 0.00 of "
                   "the real images' gap.")]
-    with pytest.raises(ValueError, match="lacks columns"):
+    with pytest.raises(DataError, match=r"^mask-following table lacks columns \['status'\]"):
         mask_following_sentences(table.drop(columns="status"))
 
 

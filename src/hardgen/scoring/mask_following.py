@@ -506,10 +506,7 @@ def mask_following_sentences(table: pd.DataFrame | str | Path, variant: str = "p
     (the plain samples') ratio to the real images' gap, or why it has none."""
     from hardgen.core.io import DataError, table_or_csv
 
-    name, frame = table_or_csv(table, "mask-following table")
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{name}: lacks columns {missing}")
+    name, frame = table_or_csv(table, "mask-following table", required_columns=COLUMNS)
     sentences = []
     for measure in frame["measure"].unique():
         rows = frame[frame["measure"] == measure].set_index("variant")
@@ -561,7 +558,7 @@ def mask_following_from_files(
     masks of its generated manifest (``results/generated/<variant>/manifest.csv``); ``judges``: as
     :func:`mask_following_table` (rule ``mask_following``: :func:`load_judge_predictors`).
     """
-    from hardgen.core.io import DataError
+    from hardgen.core.io import DataError, read_csv_table
     from hardgen.data.train_data import load_training_pairs
 
     pairs = load_training_pairs(conditions_csv, data_manifest_csv)  # kind == real rows: layouts have no real image
@@ -570,12 +567,7 @@ def mask_following_from_files(
     real = read_pairs(list(pairs["image"]), list(pairs["mask"]), size)
     variants = {}
     for name, manifest in generated.items():
-        if not Path(manifest).is_file():
-            raise DataError(f"{manifest}: generated manifest not found")
-        frame = pd.read_csv(manifest)
-        missing = [c for c in ("image", "mask") if c not in frame.columns]
-        if missing:
-            raise DataError(f"{manifest}: generated manifest lacks columns {missing}")
+        frame = read_csv_table(manifest, ("image", "mask"), "generated manifest")
         if frame.empty:
             raise DataError(f"{manifest}: generated manifest has no samples")
         variants[name] = read_pairs(list(frame["image"]), list(frame["mask"]), size)
