@@ -81,11 +81,19 @@ TRAINING_FREE = [v for v in VARIANTS if VARIANT_REGISTRY[v].uses_backbones]
 # the trained LoRAs: hard and feedback start from plain, so it always trains
 LORAS = trained_loras(VARIANTS)
 POLICIES = list(SETTINGS.segment.policies)
+
+
+def synthetic(policy):
+    # whether a policy adds synthetic images: its registry entry's pool rule picks some (rule none: real only)
+    return POLICY_REGISTRY[policy].pool != "none"
+
+
+SYNTHETIC_POLICIES = [p for p in POLICIES if synthetic(p)]
 # segment.synthetic_ratios as path labels (f"{r:g}": 0.5, 1, 2); the real policy is ratio 0. Each synthetic policy runs
 # at every ratio, real once: RUNS lists the (policy, ratio) pairs of the benchmark.
 RATIOS = [hgconfig.ratio_label(r) for r in SETTINGS.segment.synthetic_ratios]
-RUNS = [(p, "0") if p == "real" else (p, r) for p in POLICIES for r in (["0"] if p == "real" else RATIOS)]
-SYNTHETIC_RUNS = [(p, r) for p, r in RUNS if p != "real"]
+RUNS = [(p, r) for p in POLICIES for r in (RATIOS if synthetic(p) else ["0"])]
+SYNTHETIC_RUNS = [(p, r) for p, r in RUNS if synthetic(p)]
 # segment.batch_runs: the synthetic runs of one (arch, seed) train in one job (train_segmenters)
 BATCH_RUNS = bool(SETTINGS.segment.batch_runs) and bool(SYNTHETIC_RUNS)
 FIDELITY_BACKBONE = SETTINGS.filter.fidelity_backbone
@@ -247,7 +255,6 @@ def plain_init_input(wildcards):
 # segment.batch_runs: train_segmenters trains the synthetic runs of one ratio and seed, every arch (jobs of a size, so
 # the DAG's last jobs share the cores), train_real the real-only runs of one seed; evaluate_runs and filter take every
 # run of an (arch, seed) / every subset of a seed. Runs are (arch, policy, ratio label); "{ratio}" stays a wildcard.
-SYNTHETIC_POLICIES = [p for p in POLICIES if p != "real"]
 RATIO_RUNS = [(a, p, "{ratio}") for a in ARCHS for p in SYNTHETIC_POLICIES]
 REAL_RUNS = [(a, "real", "0") for a in ARCHS]
 
@@ -293,7 +300,7 @@ def filter_judges(archs, n=N_WILDCARD):
 
 def run_filter_judges(wildcards):
     # the pixel filter's judge of one train_segmenter run, as filter_judges; a real-only run trains on real pixels only
-    return {} if wildcards.policy == "real" else filter_judges([wildcards.arch], n_real(wildcards))
+    return filter_judges([wildcards.arch], n_real(wildcards)) if synthetic(wildcards.policy) else {}
 
 
 def generation_lora(wildcards):
@@ -338,7 +345,7 @@ def subset_input(wildcards, name="subset"):
     # Subsets are per ratio and segmenter seed (random draws follow it). The real-only policy reads no subset, so
     # the real-trained segmenters (the hardness transfer's evaluators; the separate judges) never depend on
     # filtering or synthetic data, and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
-    if wildcards.policy == "real":
+    if not synthetic(wildcards.policy):
         return []
     return L(name, policy=wildcards.policy, ratio=wildcards.ratio, seed=wildcards.seed, n_real=n_real(wildcards))
 
