@@ -175,3 +175,24 @@ def test_lora_summary_takes_the_adapter_shape_it_is_not_given_from_the_config(re
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"modules": 282, "trainable_params": 16_950_848}
     assert main(["lora-summary", "--unet-config", str(unet), "--config", str(repo_root / "no-such.yaml")]) == 1
     assert "no-such.yaml" in capsys.readouterr().err
+
+
+def test_the_key_lists_outside_the_config_package_are_settings_keys():
+    """segment.archs' keys and recipe keys are derived from the settings; the pretrain stages' config paths (their own
+    settings' names, some renamed: condition.type is ``condition``) each name a settings key."""
+    from hardgen.pretrain import adapter, decoder, tiny_sd
+    from hardgen.segmentation.build import ARCH_KEYS
+    from hardgen.segmentation.recipes import ARCH_RECIPE_KEYS, SHARED_RECIPE_KEYS
+
+    assert ARCH_RECIPE_KEYS == ("optimizer", "learning_rate", "weight_decay", "lr_decay", "batch_size", "iterations",
+                                "multi_scale", "grad_clip")
+    assert SHARED_RECIPE_KEYS == ("size", "augment")
+    assert set(ARCH_KEYS) == {"arch", "encoder", "encoder_weights", "checkpoint", "published", *ARCH_RECIPE_KEYS}
+    for module, settings in ((tiny_sd, tiny_sd.PretrainSettings), (adapter, adapter.AdapterSettings),
+                             (decoder, decoder.DecoderSettings)):
+        for name, path in module.CONFIG_FIELDS.items():
+            assert name in {f.name for f in dataclasses.fields(settings)}, (module.__name__, name)
+            section: type[st.Section] = st.Settings
+            for part in path[:-1]:
+                section = section.keys()[part].metadata["section"]
+            assert path[-1] in section.keys(), (module.__name__, name, path)

@@ -21,17 +21,21 @@ import timm
 import torch
 from torch import nn
 
+from hardgen.config.settings import SegmenterConfig
 from hardgen.core.weights import load_state_dict
-from hardgen.models.archs import build_field_arch, encoder_problem, is_field_arch, map_count
-from hardgen.segmentation.recipes import ARCH_RECIPE_KEYS
+from hardgen.models.archs import (
+    build_field_arch,
+    encoder_problem,
+    is_field_arch,
+    map_count,
+)
 
 log = logging.getLogger(__name__)
 
-#: ``segment.archs.<key>`` entries: what builds the model (:class:`SegmenterSpec`), the per-arch recipe keys that
-#: override ``segment.*`` (:func:`hardgen.segmentation.recipes.resolve_recipe`) and ``published`` (the anchors file's
-#: model name; the report's).
-SPEC_KEYS = ("arch", "encoder", "encoder_weights", "checkpoint")
-ARCH_KEYS = (*SPEC_KEYS, *ARCH_RECIPE_KEYS, "published")
+#: The keys of a ``segment.archs.<key>`` entry (hardgen.config.settings.SegmenterConfig): what builds the model
+#: (:class:`SegmenterSpec`), the per-arch recipe keys that override ``segment.*``
+#: (:func:`hardgen.segmentation.recipes.resolve_recipe`) and ``published`` (the anchors file's model name; the report's).
+ARCH_KEYS: tuple[str, ...] = tuple(SegmenterConfig.keys())
 
 
 @dataclass(frozen=True)

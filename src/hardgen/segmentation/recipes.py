@@ -16,13 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from hardgen.config.settings import SegmentConfig, SegmenterConfig
 from hardgen.segmentation.datasets import AUGMENTATIONS, SIZE_MULTIPLE, check_size
 
 OPTIMIZERS = ("adam", "adamw")
 
-#: ``segment.archs.<key>`` recipe keys that override the ``segment.*`` value of the same name (:func:`resolve_recipe`).
-ARCH_RECIPE_KEYS = ("optimizer", "learning_rate", "weight_decay", "lr_decay", "batch_size", "iterations",
-                    "multi_scale", "grad_clip")
+#: ``segment.archs.<key>`` recipe keys that override the ``segment.*`` value of the same name (:func:`resolve_recipe`):
+#: the arch entry's keys that are also ``segment.*`` keys (hardgen.config.settings).
+ARCH_RECIPE_KEYS: tuple[str, ...] = tuple(key for key in SegmenterConfig.keys() if key in SegmentConfig.keys())
+#: The ``segment.*`` recipe keys every arch shares (``size``, ``augment``): those a run reads that no arch overrides.
+SHARED_RECIPE_KEYS: tuple[str, ...] = tuple(key for key in SegmentConfig.job_keys("run") if key not in ARCH_RECIPE_KEYS)
 
 #: The training recipe of a run, recorded in ``run.json`` (and ``runs.csv``) beside
 #: :data:`hardgen.benchmark.records.RUN_FIELDS`.
@@ -125,7 +128,7 @@ def resolve_recipe(segment: Mapping[str, Any], entry: Mapping[str, Any], config_
             merged[key] = entry[key]
             where[key] = f"segment.archs.{config_key}.{key}"
     missing = [f"segment.{k}" for k in ARCH_RECIPE_KEYS if k not in merged]
-    missing += [f"segment.{k}" for k in ("size", "augment") if k not in segment]
+    missing += [f"segment.{k}" for k in SHARED_RECIPE_KEYS if k not in segment]
     if missing:
         raise ValueError(f"segment.archs.{config_key}: no value for {missing} (set it in segment or the arch entry)")
     optimizer = str(merged["optimizer"]).lower()
