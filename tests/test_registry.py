@@ -89,3 +89,20 @@ def test_trained_loras_and_what_each_variant_samples():
     assert [v.name for v in registry.VARIANTS.values() if v.uses_backbones] == ["mined", "guided"]
     assert registry.VARIANTS["mined"].generation_keys[-2:] == ("candidates", "mining_steps")
     assert registry.ordered(["x", "guided", "plain"], registry.VARIANTS) == ["plain", "guided", "x"]
+
+
+def test_the_primary_contrast_is_a_paired_difference_the_registry_declares():
+    """report.primary_contrast: a synthetic policy against real or against its entry's size-matched control."""
+    config = load_config([DEMO])
+    config["segment"]["policies"] = ["real", "plain", "hard", "hard_band"]
+    contrast = config["report"]["primary_contrast"]
+    for policy, versus in (("hard", "plain"), ("hard", "real"), ("hard_band", "hard"), ("hard_band", "real")):
+        validate_config(dict(config, report=dict(config["report"], primary_contrast=dict(contrast, policy=policy,
+                                                                                          versus=versus))))
+    contrast.update(policy="hard_band", versus="plain")
+    with pytest.raises(ConfigError, match=r"primary_contrast.versus': 'plain' is neither a real-only policy nor the "
+                                          r"size-matched control of hard_band \(hard;"):
+        validate_config(config)
+    contrast.update(policy="real", versus="hard")
+    with pytest.raises(ConfigError, match=r"primary_contrast.policy': 'real' must be a synthetic policy"):
+        validate_config(config)

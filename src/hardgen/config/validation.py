@@ -307,9 +307,15 @@ def _report_problems(config: Mapping[str, Any]) -> list[str]:
             if contrast[key] not in policies:
                 problems.append(f"config key 'report.primary_contrast.{key}': '{contrast[key]}' is not in "
                                 f"segment.policies ({', '.join(policies)})")
-        if contrast["policy"] in ("real", contrast["versus"]):
+        # a name that is no policy is not in segment.policies either: said above
+        policy, versus = (REGISTERED_POLICIES.get(contrast[key]) for key in ("policy", "versus"))
+        if policy is not None and (policy.pool == "none" or policy == versus):
             problems.append(f"config key 'report.primary_contrast.policy': '{contrast['policy']}' must be a synthetic "
                             "policy other than versus")
+        elif policy is not None and versus is not None and versus.pool != "none" and versus.name != policy.control:
+            problems.append(f"config key 'report.primary_contrast.versus': '{versus.name}' is neither a real-only "
+                            f"policy nor the size-matched control of {policy.name} ({policy.control}; "
+                            "hardgen.core.registry): the benchmark has no such paired difference")
         labels = [ratio_label(r) for r in config["segment"]["synthetic_ratios"]]
         if ratio_label(contrast["ratio"]) not in labels:
             problems.append(f"config key 'report.primary_contrast.ratio': {contrast['ratio']:g} is not in "
