@@ -87,8 +87,11 @@ def test_read_csv_table_errors_name_the_file_what_and_the_missing_columns(tmp_pa
     lacks = r"scores\.csv: score table lacks columns \['variant'\] \(has \['sample_id', 'distance'\]\)"
     with pytest.raises(DataError, match=lacks):
         read_csv_table(path, ("sample_id", "variant"), "score table")
-    table = read_csv_table(path, ("sample_id",), "score table", dtype={"sample_id": str})
-    assert table["sample_id"].tolist() == ["007"] and table["distance"].tolist() == [1.5]
+    table = read_csv_table(path, ("sample_id",), "score table")
+    assert table["sample_id"].tolist() == ["007"] and table["distance"].tolist() == [1.5]  # ids stay strings
+    (tmp_path / "plan.csv").write_text("id,source_id,condition_id,sample_id,k\n007,010,1,2,3\n")
+    assert read_csv_table(tmp_path / "plan.csv", (), "plan").iloc[0].tolist() == ["007", "010", "1", "2", 3]
+    assert read_csv_table(tmp_path / "plan.csv", (), "plan", dtype={"id": int})["id"].tolist() == [7]  # as asked
     (tmp_path / "times.tsv").write_text("s\tmax_rss\n2.5\t10\n")
     assert read_csv_table(tmp_path / "times.tsv", ("s", "max_rss"), "benchmark file", sep="\t")["s"].tolist() == [2.5]
     # a table in memory: the same check, named by what it is; table_or_csv reads a path through read_csv_table

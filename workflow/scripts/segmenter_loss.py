@@ -11,7 +11,7 @@ from hardgen.core.logging_utils import stage_logging
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     import pandas as pd
 
-    from hardgen.core.io import DataError, path_list, write_table
+    from hardgen.core.io import DataError, path_list, read_csv_table, write_table
     from hardgen.segmentation.build import SegmenterSpec, load_segmenter
     from hardgen.segmentation.measures import foreground_fractions, sample_losses
 
@@ -19,7 +19,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     device = configure_torch(snakemake.threads)
     generated = []
     for path in path_list(snakemake.input.generated):
-        table = pd.read_csv(path, dtype={"sample_id": str})
+        table = read_csv_table(path, ("sample_id", "image", "mask", "variant"), "generated manifest")
         variants = table["variant"].unique() if "variant" in table.columns else []
         if len(variants) != 1:
             raise DataError(f"{path}: a generated manifest must hold exactly one variant, found {list(variants)}")

@@ -303,13 +303,19 @@ def write_table(path: str | Path, frame: Any, columns: Sequence[str], what: str 
     write_csv(path, frame[list(columns)])
 
 
+#: Identifier columns of hardgen's tables: always read as strings, so an id such as ``007`` (a dataset of numbered
+#: files) stays itself and joins across tables.
+ID_COLUMNS: tuple[str, ...] = ("id", "sample_id", "source_id", "condition_id")
+
+
 def read_csv_table(path: str | Path, required_columns: Iterable[str], what: str,
                    dtype: type | dict[str, Any] | None = None, sep: str = ",", keep_default_na: bool = True) -> Any:
     """The one CSV reader: the pandas DataFrame at ``path``, which must have ``required_columns`` (others may follow).
 
     ``what`` names what the file holds (``"score table"``); ``sep``: ``"\t"`` for a TSV; ``dtype``: pandas' (``str``
     for every column, or by column); ``keep_default_na=False`` keeps empty cells and words such as ``NA`` as
-    strings (a user's file names). A missing file, an unreadable one (not CSV, empty, not text, a value its dtype
+    strings (a user's file names); the :data:`ID_COLUMNS` present are strings unless ``dtype`` says otherwise. A
+    missing file, an unreadable one (not CSV, empty, not text, a value its dtype
     does not fit) or a missing column is a :class:`DataError` naming the file, ``what`` and the missing columns.
     """
     import pandas as pd
@@ -317,6 +323,8 @@ def read_csv_table(path: str | Path, required_columns: Iterable[str], what: str,
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
+    if dtype is None or isinstance(dtype, dict):
+        dtype = {column: str for column in ID_COLUMNS} | (dtype or {})
     try:
         frame = pd.read_csv(path, dtype=dtype, sep=sep, keep_default_na=keep_default_na)
     except ValueError as err:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError, a dtype a value misfits

@@ -388,7 +388,7 @@ def build_reference(
     (``results/fidelity/real.csv``: ``sample_id, separation``), the guard's calibration."""
     from hardgen.scoring.features import real_training_pairs
 
-    pairs = real_training_pairs(io.read_csv_table(manifest_csv, (), "data manifest", dtype={"sample_id": str}))
+    pairs = real_training_pairs(io.read_csv_table(manifest_csv, ("split", "fg_fraction", "image", "mask"), "data manifest"))
     if pairs.empty:
         raise DataError(f"{manifest_csv}: no training image with a polyp to calibrate the fidelity guard on")
     table = image_separations(backbone, pairs, resolution, batch_size)
