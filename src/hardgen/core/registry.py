@@ -3,9 +3,11 @@
 A variant is a way of making synthetic images: which Control-LoRA it samples (its own, trained with an objective, or
 the plain one), how it samples (``sampling``: the pipeline as is, or with the in-loss backbones' discrepancy) and which
 ``generation.*`` keys that sampling reads. A policy is a training subset of the segmentation benchmark: which variant
-its pool comes from and which rule (``pool``) picks that pool. The schema's enums, the workflow's DAG and exact rule
-params, the filter, the report's order and the cost table all read these tables, so adding a variant or a policy is
-one entry here plus its config defaults and tests (README: "Adding a variant", "Adding a filtering policy"). A new
+its pool comes from, which rule (``pool``) picks that pool and which policy is its size-matched control. The schema's
+enums of names (filled in by hardgen.config.validation.load_schema), the config checks, the workflow's DAG and exact
+rule params, the filter, the report's order and paired differences and the cost table all read these tables, so
+adding a variant or a policy is one entry here plus its own config keys and tests (README: "Adding a variant",
+"Adding a filtering policy"). A new
 sampling strategy or pool rule is new code: its name here and its branch in workflow/scripts/generate.py or
 hardgen.scoring.filter.pool (an entry naming one that is not here is an error when this module loads).
 """
