@@ -13,7 +13,7 @@ VAE-encoded (posterior samples, as control-lora-v3 trains) and concatenated to t
 ``conv_in`` (:func:`hardgen.models.control_lora.widen_conv_in` /
 :func:`~hardgen.models.control_lora.add_control_lora`); the
 loss is the DDPM epsilon MSE. Three measured departures from a plain Control-LoRA recipe move the tiny model towards
-the layout within the CPU budget (docs/architecture.md has the runs):
+the layout within the CPU budget (docs/measurements.md has the runs):
 
 * ``timesteps: cubic``: t = (1 − u³)·T, T2I-Adapter's schedule, which draws most steps at high noise, where a
   sample's layout is decided (the uniform draw teaches the condition at low noise only);
