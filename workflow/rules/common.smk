@@ -81,19 +81,13 @@ TRAINING_FREE = [v for v in VARIANTS if VARIANT_REGISTRY[v].uses_backbones]
 # the trained LoRAs: hard and feedback start from plain, so it always trains
 LORAS = trained_loras(VARIANTS)
 POLICIES = list(SETTINGS.segment.policies)
-
-
-def synthetic(policy):
-    # whether a policy adds synthetic images: its registry entry's pool rule picks some (rule none: real only)
-    return POLICY_REGISTRY[policy].pool != "none"
-
-
-SYNTHETIC_POLICIES = [p for p in POLICIES if synthetic(p)]
+# the policies that add synthetic images: their registry entry's pool picks some (a real-only policy's pool is "none")
+SYNTHETIC_POLICIES = [p for p in POLICIES if POLICY_REGISTRY[p].pool != "none"]
 # segment.synthetic_ratios as path labels (f"{r:g}": 0.5, 1, 2); the real policy is ratio 0. Each synthetic policy runs
 # at every ratio, real once: RUNS lists the (policy, ratio) pairs of the benchmark.
 RATIOS = [hgconfig.ratio_label(r) for r in SETTINGS.segment.synthetic_ratios]
-RUNS = [(p, r) for p in POLICIES for r in (RATIOS if synthetic(p) else ["0"])]
-SYNTHETIC_RUNS = [(p, r) for p, r in RUNS if synthetic(p)]
+RUNS = [(p, r) for p in POLICIES for r in (RATIOS if p in SYNTHETIC_POLICIES else ["0"])]
+SYNTHETIC_RUNS = [(p, r) for p, r in RUNS if p in SYNTHETIC_POLICIES]
 # segment.batch_runs: the synthetic runs of one (arch, seed) train in one job (train_segmenters)
 BATCH_RUNS = bool(SETTINGS.segment.batch_runs) and bool(SYNTHETIC_RUNS)
 FIDELITY_BACKBONE = SETTINGS.filter.fidelity_backbone
@@ -300,7 +294,7 @@ def filter_judges(archs, n=N_WILDCARD):
 
 def run_filter_judges(wildcards):
     # the pixel filter's judge of one train_segmenter run, as filter_judges; a real-only run trains on real pixels only
-    return filter_judges([wildcards.arch], n_real(wildcards)) if synthetic(wildcards.policy) else {}
+    return filter_judges([wildcards.arch], n_real(wildcards)) if wildcards.policy in SYNTHETIC_POLICIES else {}
 
 
 def generation_lora(wildcards):
@@ -345,7 +339,7 @@ def subset_input(wildcards, name="subset"):
     # Subsets are per ratio and segmenter seed (random draws follow it). The real-only policy reads no subset, so
     # the real-trained segmenters (the hardness transfer's evaluators; the separate judges) never depend on
     # filtering or synthetic data, and forcing `filter` reruns only filter, train_segmenter, evaluate and report.
-    if not synthetic(wildcards.policy):
+    if wildcards.policy not in SYNTHETIC_POLICIES:
         return []
     return L(name, policy=wildcards.policy, ratio=wildcards.ratio, seed=wildcards.seed, n_real=n_real(wildcards))
 
