@@ -34,11 +34,13 @@ score_variant(f"{work}/data-{n}/manifest.csv", {"cnn": spec}, {"cnn": f"{work}/p
 """,
     "generate": """
 import sys, torch
-from hardgen.generator.generate import generate_shard
+from hardgen.generator.generate import GenerationSettings, GenerationShard, generate_shard
+from hardgen.models.sampling import Sampling
 torch.set_num_threads(1)
 work, n = sys.argv[1], int(sys.argv[2])
-generate_shard(f"{work}/base", f"{work}/lora", f"{work}/data-{n}/conditions.csv", 0, 1, f"{work}/gen-{n}",
-               resolution=64, prompt="polyp", steps=4, batch_size=8, device="cpu", variant="plain")
+generate_shard(GenerationShard(f"{work}/base", f"{work}/lora", f"{work}/data-{n}/conditions.csv", 0, 1,
+                               f"{work}/gen-{n}", "plain"),
+               GenerationSettings(Sampling("polyp", 64, 4), batch_size=8, device="cpu"))
 """,
     "evaluate": """
 import sys, pandas as pd, torch

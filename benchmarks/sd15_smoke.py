@@ -125,7 +125,13 @@ def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any
     if stage in ("plain", "hard", "feedback"):
         return _train(args, work, stage)
     if stage == "generate":
-        from hardgen.generator.generate import generate_shard, load_generation_pipeline
+        from hardgen.generator.generate import (
+            GenerationSettings,
+            GenerationShard,
+            generate_shard,
+            load_generation_pipeline,
+        )
+        from hardgen.models.sampling import Sampling
 
         variant = "hard" if (work / "lora" / "hard" / "pytorch_lora_weights.safetensors").is_file() else "plain"
         lora = work / "lora" / variant / "pytorch_lora_weights.safetensors"
@@ -141,9 +147,9 @@ def run_stage(stage: str, args: argparse.Namespace, work: Path) -> dict[str, Any
 
             shutil.rmtree(out_dir)  # a rerun must render again, not resume
         t0 = time.perf_counter()
-        table = generate_shard(work / "base", lora, work / "generate.csv", 0, 1, out_dir, resolution=args.resolution,
-                               prompt=PROMPT, steps=args.inference_steps, batch_size=args.batch, device=args.device,
-                               dtype=dtype, variant=variant)
+        table = generate_shard(GenerationShard(work / "base", lora, work / "generate.csv", 0, 1, out_dir, variant),
+                               GenerationSettings(Sampling(PROMPT, args.resolution, args.inference_steps),
+                                                  batch_size=args.batch, device=args.device, dtype=dtype))
         total_s = time.perf_counter() - t0
         from hardgen.core.io import read_rgb
 

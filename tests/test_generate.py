@@ -212,15 +212,19 @@ def test_resolve_device_dtype() -> None:
 
 # ------------------------------------------------------------------------------------ tiny SD model
 # (fixture tiny_model: tests/conftest.py)
-TINY_KW = dict(resolution=16, prompt="an endoscopic image of a colon polyp", steps=2, seed=3, device="cpu",
-               variant="plain")
+def _generate(base: Path, lora: Path, table: Path, k: int, n: int, out: Path, *, condition_scale: float = 1.0,
+              **settings: object) -> pd.DataFrame:
+    """generate_shard of plain shard ``k`` of ``n`` of the tiny model (16², 2 steps, seed 3, CPU)."""
+    sampling = generate.Sampling("an endoscopic image of a colon polyp", 16, 2, condition_scale=condition_scale)
+    return generate.generate_shard(generate.GenerationShard(base, lora, table, k, n, out, "plain"),
+                                   generate.GenerationSettings(sampling, seed=3, device="cpu", **settings))
 
 
 def test_generate_shard_tiny_sharding_resume_and_seeds(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
     base, lora = tiny_model
     table = _make_conditions(tmp_path, 5, duplicate_first=True)
-    one = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "one", batch_size=2, **TINY_KW)
-    three = pd.concat([generate.generate_shard(base, lora, table, k, 3, tmp_path / "three", batch_size=2, **TINY_KW)
+    one = _generate(base, lora, table, 0, 1, tmp_path / "one", batch_size=2)
+    three = pd.concat([_generate(base, lora, table, k, 3, tmp_path / "three", batch_size=2)
                        for k in range(3)])
     assert list(one.columns) == ["sample_id", "image", "mask", "condition", "variant", "seed"]
     assert sorted(three["sample_id"]) == list(one["sample_id"]) == [f"s{i:03d}" for i in range(5)]
@@ -237,7 +241,7 @@ def test_generate_shard_tiny_sharding_resume_and_seeds(tiny_model: tuple[Path, P
     for p in folder.glob("*.png"):
         os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     (folder / "s002.png").unlink()
-    generate.generate_shard(base, lora, table, 0, 1, tmp_path / "one", batch_size=2, **TINY_KW)
+    _generate(base, lora, table, 0, 1, tmp_path / "one", batch_size=2)
     assert _digests(folder) == reference
     rewritten = sorted(p.name for p in folder.glob("*.png") if p.stat().st_mtime_ns != 1_000_000_000)
     assert rewritten == ["s002.png"]
@@ -246,13 +250,13 @@ def test_generate_shard_tiny_sharding_resume_and_seeds(tiny_model: tuple[Path, P
 def test_generate_shard_lora_and_condition_matter(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
     base, lora = tiny_model
     table = _make_conditions(tmp_path, 2)
-    kwargs = {**TINY_KW, "batch_size": 2}
-    generate.generate_shard(base, lora, table, 0, 1, tmp_path / "on", **kwargs)
-    generate.generate_shard(base, lora, table, 0, 1, tmp_path / "off", **{**kwargs, "condition_scale": 0.0})
+    kwargs = {"batch_size": 2}
+    _generate(base, lora, table, 0, 1, tmp_path / "on", **kwargs)
+    _generate(base, lora, table, 0, 1, tmp_path / "off", **{**kwargs, "condition_scale": 0.0})
     # condition_scale 0 switches the adapter off, so the LoRA (and the condition it reads) changes the images
     assert _digests(tmp_path / "on" / "images") != _digests(tmp_path / "off" / "images")
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        generate.generate_shard(base, tmp_path / "missing.safetensors", table, 0, 1, tmp_path / "x", **kwargs)
+        _generate(base, tmp_path / "missing.safetensors", table, 0, 1, tmp_path / "x", **kwargs)
 
 
 def test_fused_generation_equals_the_unfused_pipeline(tiny_model: tuple[Path, Path], tmp_path: Path) -> None:

@@ -18,7 +18,16 @@ from hardgen.generator import generate, mining
 
 RES = 16
 STEPS = 3
-KW = {"resolution": RES, "prompt": "an endoscopic image of a colon polyp", "steps": STEPS, "seed": 3, "device": "cpu"}
+PROMPT = "an endoscopic image of a colon polyp"
+KW = {"seed": 3, "device": "cpu"}
+
+
+def _generate(base: Path, lora: Path, table: Path, k: int, n: int, out: Path, *, variant: str,
+              **settings: object) -> pd.DataFrame:
+    """generate_shard of shard ``k`` of ``n`` (PROMPT, RES, STEPS; KW and ``settings`` as generation settings)."""
+    sampling = generate.Sampling(PROMPT, RES, STEPS)
+    return generate.generate_shard(generate.GenerationShard(base, lora, table, k, n, out, variant),
+                                   generate.GenerationSettings(sampling, **{**KW, **settings}))
 
 
 # --------------------------------------------------------------------------------------------- fixtures
@@ -127,11 +136,11 @@ def test_generate_shard_checks_the_mining_config(tiny_model, tmp_path: Path) -> 
     base, lora = tiny_model
     table = _conditions(tmp_path, 2)
     with pytest.raises(ValueError, match="generation.mining_steps"):
-        generate.generate_shard(base, lora, table, 0, 1, tmp_path / "o", variant="mined", judge=lambda d: brightness,
-                                mining=mining.MiningSettings(2, STEPS), **KW)
+        _generate(base, lora, table, 0, 1, tmp_path / "o", variant="mined", judge=lambda d: brightness,
+                                mining=mining.MiningSettings(2, STEPS))
     with pytest.raises(ValueError, match="need a judge"):
-        generate.generate_shard(base, lora, table, 0, 1, tmp_path / "o", variant="mined",
-                                mining=mining.MiningSettings(2, 1), **KW)
+        _generate(base, lora, table, 0, 1, tmp_path / "o", variant="mined",
+                                mining=mining.MiningSettings(2, 1))
     assert not (tmp_path / "o").exists()  # nothing written before the check
 
 
@@ -141,8 +150,8 @@ def test_mined_keeps_the_argmax_candidate_and_renders_it_as_plain(tiny_model, pi
     table = _conditions(tmp_path, 3)
     candidates, batch = 3, 2
     score = Recording()
-    manifest = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "mined", variant="mined", batch_size=batch,
-                                       mining=mining.MiningSettings(candidates, 1), judge=lambda device: score, **KW)
+    manifest = _generate(base, lora, table, 0, 1, tmp_path / "mined", variant="mined", batch_size=batch,
+                                       mining=mining.MiningSettings(candidates, 1), judge=lambda device: score)
     assert list(manifest.columns) == [*generate.MANIFEST_COLUMNS, "seed", "candidate", "mining_score"]
     # every candidate of every sample was scored exactly once, sample-major within each chunk ([c00 c01] [c02])
     assert len(score.values) == 3 * candidates
@@ -155,7 +164,7 @@ def test_mined_keeps_the_argmax_candidate_and_renders_it_as_plain(tiny_model, pi
     assert list(manifest["seed"]) == [mining.candidate_seed(s, int(c)) for s, c in zip(own, best)]
 
     # the kept image is the plain pipeline's image of the kept noise, bit for bit (same chunks)
-    render = generate.pipeline_renderer(pipe, prompt=KW["prompt"], resolution=RES, steps=STEPS, guidance_scale=1.0,
+    render = generate.pipeline_renderer(pipe, prompt=PROMPT, resolution=RES, steps=STEPS, guidance_scale=1.0,
                                         condition_scale=1.0)
     rows = generate.read_conditions(table).set_index("sample_id")
     for chunk in generate.shard_chunks(rows.index, batch, 0, 1):
@@ -168,18 +177,18 @@ def test_mined_keeps_the_argmax_candidate_and_renders_it_as_plain(tiny_model, pi
     # the choice is recorded beside the image; a finished shard is reported from the records without the model
     record = json.loads((tmp_path / "mined" / "mining" / f"{manifest['sample_id'][0]}.json").read_text())
     assert record["candidate"] == best[0] and record["seed"] == manifest["seed"][0]
-    again = generate.generate_shard(base, tmp_path / "no-lora-needed.safetensors", table, 0, 1, tmp_path / "mined",
+    again = _generate(base, tmp_path / "no-lora-needed.safetensors", table, 0, 1, tmp_path / "mined",
                                     variant="mined", batch_size=batch, mining=mining.MiningSettings(candidates, 1),
-                                    judge=lambda device: score, **KW)
+                                    judge=lambda device: score)
     pd.testing.assert_frame_equal(again, manifest)
 
 
 def test_one_candidate_is_plain_bit_for_bit(tiny_model, tmp_path: Path) -> None:
     base, lora = tiny_model
     table = _conditions(tmp_path, 3)
-    plain = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "plain", variant="plain", batch_size=2, **KW)
-    mined = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "mined", variant="mined", batch_size=2,
-                                    mining=mining.MiningSettings(1, 2), judge=lambda device: brightness, **KW)
+    plain = _generate(base, lora, table, 0, 1, tmp_path / "plain", variant="plain", batch_size=2)
+    mined = _generate(base, lora, table, 0, 1, tmp_path / "mined", variant="mined", batch_size=2,
+                                    mining=mining.MiningSettings(1, 2), judge=lambda device: brightness)
     assert _digests(tmp_path / "plain" / "images") == _digests(tmp_path / "mined" / "images")
     assert (mined["candidate"] == 0).all() and list(mined["seed"]) == list(plain["seed"])
 
@@ -187,11 +196,11 @@ def test_one_candidate_is_plain_bit_for_bit(tiny_model, tmp_path: Path) -> None:
 def test_mined_resume_rewrites_only_the_missing_image(tiny_model, tmp_path: Path) -> None:
     base, lora = tiny_model
     table = _conditions(tmp_path, 3)
-    kwargs = dict(variant="mined", batch_size=2, mining=mining.MiningSettings(3, 1), judge=lambda d: brightness, **KW)
-    first = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "out", **kwargs)
+    kwargs = dict(variant="mined", batch_size=2, mining=mining.MiningSettings(3, 1), judge=lambda d: brightness)
+    first = _generate(base, lora, table, 0, 1, tmp_path / "out", **kwargs)
     reference = _digests(tmp_path / "out" / "images")
     (tmp_path / "out" / "images" / "c01.png").unlink()
-    again = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "out", **kwargs)
+    again = _generate(base, lora, table, 0, 1, tmp_path / "out", **kwargs)
     assert _digests(tmp_path / "out" / "images") == reference
     pd.testing.assert_frame_equal(again, first)
 
@@ -199,9 +208,9 @@ def test_mined_resume_rewrites_only_the_missing_image(tiny_model, tmp_path: Path
 def test_mined_samples_do_not_depend_on_the_shard_count(tiny_model, tmp_path: Path) -> None:
     base, lora = tiny_model
     table = _conditions(tmp_path, 5)
-    kwargs = dict(variant="mined", batch_size=2, mining=mining.MiningSettings(2, 1), judge=lambda d: brightness, **KW)
-    one = generate.generate_shard(base, lora, table, 0, 1, tmp_path / "one", **kwargs)
-    two = pd.concat([generate.generate_shard(base, lora, table, k, 2, tmp_path / "two", **kwargs) for k in range(2)])
+    kwargs = dict(variant="mined", batch_size=2, mining=mining.MiningSettings(2, 1), judge=lambda d: brightness)
+    one = _generate(base, lora, table, 0, 1, tmp_path / "one", **kwargs)
+    two = pd.concat([_generate(base, lora, table, k, 2, tmp_path / "two", **kwargs) for k in range(2)])
     assert _digests(tmp_path / "one" / "images") == _digests(tmp_path / "two" / "images")
     pd.testing.assert_frame_equal(
         one.drop(columns=["image", "mask"]),
@@ -253,7 +262,7 @@ def test_judge_is_the_hard_losss_distance_as_mean_z(judge_files) -> None:
 def test_guidance_raises_the_discrepancy_from_the_same_noise(pipe, judge_files) -> None:
     backbones, prototypes = judge_files
     judge = mining.load_judge(backbones, prototypes, resolution=RES, pad=2)
-    sampling = generate.Sampling(KW["prompt"], RES, 6)
+    sampling = generate.Sampling(PROMPT, RES, 6)
     masks, conditions = [], []
     for i in range(4):
         mask = np.zeros((RES, RES), bool)
@@ -265,7 +274,7 @@ def test_guidance_raises_the_discrepancy_from_the_same_noise(pipe, judge_files) 
     def noise() -> list[torch.Generator]:
         return [torch.Generator().manual_seed(100 + k) for k in range(4)]
 
-    plain = generate.pipeline_renderer(pipe, prompt=KW["prompt"], resolution=RES, steps=6, guidance_scale=1.0,
+    plain = generate.pipeline_renderer(pipe, prompt=PROMPT, resolution=RES, steps=6, guidance_scale=1.0,
                                        condition_scale=1.0)(conditions, noise())
     unguided = mining.guided_renderer(pipe, sampling, judge, mining.GuidanceSettings(0.0, (0.0, 0.5)))
     assert np.array_equal(unguided(conditions, noise(), masks), plain)  # strength 0 is the plain sampler
@@ -292,7 +301,7 @@ def test_guidance_through_an_upcast_fp16_vae(tiny_model) -> None:
         mask[3:12, 4:13] = True
     conditions = [np.repeat((m ^ np.pad(m[1:-1, 1:-1], 1))[..., None].astype(np.uint8) * 255, 3, axis=2)
                   for m in masks]
-    render = mining.guided_renderer(half, generate.Sampling(KW["prompt"], RES, 3), brightness,
+    render = mining.guided_renderer(half, generate.Sampling(PROMPT, RES, 3), brightness,
                                     mining.GuidanceSettings(1.0, (0.0, 1.0)))
     images = render(conditions, [torch.Generator().manual_seed(k) for k in range(2)], masks)
     assert images.shape == (2, RES, RES, 3) and half.vae.dtype == torch.float16  # restored after each step

@@ -99,8 +99,8 @@ def test_generate_samples_as_the_entry_says_not_by_the_name(tmp_path, monkeypatc
     monkeypatch.setitem(registry.VARIANTS, "twin", Variant("twin", "plain", None, sampling))
     called = {}
 
-    def generate_shard(*args, **kwargs):
-        called.update(kwargs)
+    def generate_shard(shard, settings):
+        called.update(variant=shard.variant, mining=settings.mining, guidance=settings.guidance, judge=settings.judge)
         return pd.DataFrame(columns=["sample_id"])
 
     monkeypatch.setattr(generate, "generate_shard", generate_shard)

@@ -12,8 +12,13 @@ from hardgen.core.logging_utils import stage_logging
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     from hardgen.core.io import reset_if_changed, write_csv
     from hardgen.core.registry import variant as registered
-    from hardgen.generator.generate import generate_shard
+    from hardgen.generator.generate import (
+        GenerationSettings,
+        GenerationShard,
+        generate_shard,
+    )
     from hardgen.generator.stages import generation_fingerprint
+    from hardgen.models.sampling import Sampling
 
     p, gen = snakemake.params, snakemake.params.generation
     shard, variant = int(snakemake.wildcards.shard), snakemake.wildcards.variant
@@ -48,29 +53,14 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     fingerprint = generation_fingerprint(snakemake.input.lora, p.base, settings)
     kept = reset_if_changed(p.out_dir, fingerprint)
     log.info("shard folder %s: %s", p.out_dir, "resuming" if kept else "fresh")
-    table = generate_shard(
-        p.base,
-        snakemake.input.lora,
-        snakemake.input.conditions,
-        shard,
-        gen["shards"],
-        p.out_dir,
-        family=p.model["family"],
-        resolution=p.model["resolution"],
-        prompt=p.model["prompt"],
-        steps=gen["steps"],
-        guidance_scale=gen["guidance_scale"],
-        condition_scale=gen["condition_scale"],
-        seed=p.seed,
-        batch_size=gen["batch_size"],
-        device=configure_torch(snakemake.threads),
-        dtype=None if gen["dtype"] == "auto" else gen["dtype"],
-        variant=variant,
-        vae=p.model["vae"],
-        plan=snakemake.input.plan,
-        mining=mining,
-        guidance=guidance,
-        judge=judge,
-    )
+    shard_job = GenerationShard(p.base, snakemake.input.lora, snakemake.input.conditions, shard, gen["shards"],
+                                p.out_dir, variant, plan=snakemake.input.plan, vae=p.model["vae"])
+    sampling = Sampling(p.model["prompt"], p.model["resolution"], gen["steps"], gen["guidance_scale"],
+                        gen["condition_scale"])
+    table = generate_shard(shard_job, GenerationSettings(
+        sampling, family=p.model["family"], seed=p.seed, batch_size=gen["batch_size"],
+        device=configure_torch(snakemake.threads), dtype=None if gen["dtype"] == "auto" else gen["dtype"],
+        mining=mining, guidance=guidance, judge=judge,
+    ))
     write_csv(snakemake.output[0], table)
     log.info("%s shard %d: %d images", variant, shard, len(table))

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -347,21 +348,53 @@ def pipeline_renderer(
     return render
 
 
-def _check_shard_arguments(resolution: int, variant: str, steps: int, device: str | torch.device | None,
-                           dtype: str | torch.dtype | None, mining: MiningSettings | None,
-                           guidance: GuidanceSettings | None, judge: Callable[[torch.device], ScoreFn] | None) -> None:
-    """Raise ValueError, naming the setting, on arguments :func:`generate_shard` cannot work with."""
-    if resolution < 8:
-        raise ValueError(f"model.resolution must be >= 8, got {resolution}")
+@dataclass(frozen=True)
+class GenerationShard:
+    """One shard of one variant's samples: the model files it samples (base, Control-LoRA, ``model.vae``), the samples
+    (condition rows, or the generation ``plan``'s rows over them), which shard of how many, and its output folder."""
+
+    base: str | Path
+    lora_path: str | Path
+    conditions: pd.DataFrame | str | Path
+    shard_index: int
+    n_shards: int
+    out_dir: str | Path
+    variant: str
+    plan: pd.DataFrame | str | Path | None = None
+    vae: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a variant's samples are rendered: the pipeline call (:class:`Sampling`), ``model.family``, the base seed of
+    samples without a planned seed, ``generation.batch_size``, device and dtype (None: :func:`resolve_device_dtype`'s
+    defaults) and, for the training-free variants, ``mining`` or ``guidance`` with the ``judge`` they score with."""
+
+    sampling: Sampling
+    family: str = "sd15"
+    seed: int = 0
+    batch_size: int = 16
+    device: str | torch.device | None = None
+    dtype: str | torch.dtype | None = None
+    mining: MiningSettings | None = None
+    guidance: GuidanceSettings | None = None
+    judge: Callable[[torch.device], ScoreFn] | None = None
+
+
+def _check_shard_arguments(settings: GenerationSettings, variant: str) -> None:
+    """Raise ValueError, naming the setting, on settings :func:`generate_shard` cannot work with."""
+    mining, guidance = settings.mining, settings.guidance
+    if settings.sampling.resolution < 8:
+        raise ValueError(f"model.resolution must be >= 8, got {settings.sampling.resolution}")
     if mining is not None and guidance is not None:
         raise ValueError(f"variant {variant!r}: give mining or guidance settings, not both")
-    if (mining is not None or guidance is not None) and judge is None:
+    if (mining is not None or guidance is not None) and settings.judge is None:
         raise ValueError(f"variant {variant!r}: mining and guidance need a judge (the in-loss backbones)")
     if mining is not None:
-        mining.check(steps)
+        mining.check(settings.sampling.steps)
     if guidance is not None:
         guidance.check()
-    check_generation_dtype(device, dtype)
+    check_generation_dtype(settings.device, settings.dtype)
 
 
 def _variant_renderer(
@@ -397,61 +430,39 @@ def _finished_shard_renderer(mining: MiningSettings | None) -> tuple[RenderBatch
     return render, pick_noise if mining is not None else None
 
 
-def generate_shard(
-    base: str | Path,
-    lora_path: str | Path,
-    conditions_df: pd.DataFrame | str | Path,
-    shard_index: int,
-    n_shards: int,
-    out_dir: str | Path,
-    *,
-    family: str = "sd15",
-    resolution: int,
-    prompt: str,
-    steps: int = 20,
-    guidance_scale: float = 1.0,
-    condition_scale: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    variant: str,
-    vae: str | Path | None = None,
-    plan: pd.DataFrame | str | Path | None = None,
-    mining: MiningSettings | None = None,
-    guidance: GuidanceSettings | None = None,
-    judge: Callable[[torch.device], ScoreFn] | None = None,
-) -> pd.DataFrame:
-    """Generate this shard's samples with the Control-LoRA at ``lora_path``.
+def generate_shard(shard: GenerationShard, settings: GenerationSettings) -> pd.DataFrame:
+    """Generate this shard's samples with the Control-LoRA at ``shard.lora_path``.
 
-    Samples: the rows of ``plan`` (:mod:`hardgen.scoring.allocation`; each names its condition and seed) or, without a
-    plan, one per condition row. Writes ``out_dir/images/<sample_id>.png`` (the generated RGB image,
+    Samples: the rows of ``shard.plan`` (:mod:`hardgen.scoring.allocation`; each names its condition and seed) or,
+    without a plan, one per condition row. Writes ``out_dir/images/<sample_id>.png`` (the generated RGB image,
     ``resolution``²) and ``out_dir/masks/<sample_id>.png`` (the paired mask resized with nearest neighbour,
     0/255), each atomically; existing files are kept (resume). Returns the shard manifest (columns as
     :func:`run_shard`); the caller writes it.
 
-    Training-free hardness (:mod:`hardgen.generator.mining`): with ``mining`` each sample's noise is the most discrepant
-    of ``mining.candidates`` seeded noises (``mined``), with ``guidance`` the discrepancy gradient steers the
-    latents while sampling (``guided``). Both score with ``judge(device)``, a differentiable
+    Training-free hardness (:mod:`hardgen.generator.mining`): with ``settings.mining`` each sample's noise is the most
+    discrepant of ``mining.candidates`` seeded noises (``mined``), with ``settings.guidance`` the discrepancy gradient
+    steers the latents while sampling (``guided``). Both score with ``judge(device)``, a differentiable
     ``(images01, masks) -> (B,)`` discrepancy built once per shard (:func:`hardgen.generator.mining.load_judge`).
     """
-    _check_shard_arguments(resolution, variant, steps, device, dtype, mining, guidance, judge)
-    table = planned_samples(plan, conditions_df) if plan is not None else read_conditions(conditions_df)
-    chunks = shard_chunks(table["sample_id"], batch_size, shard_index, n_shards)
-    out_dir = Path(out_dir)
+    _check_shard_arguments(settings, shard.variant)
+    sampling, mining = settings.sampling, settings.mining
+    table = (planned_samples(shard.plan, shard.conditions) if shard.plan is not None
+             else read_conditions(shard.conditions))
+    chunks = shard_chunks(table["sample_id"], settings.batch_size, shard.shard_index, shard.n_shards)
+    out_dir = Path(shard.out_dir)
     # loading the model is the slow part: skip it when a finished shard is rerun
     needs_model = any(not (out_dir / "images" / f"{sid}.png").exists() for chunk in chunks for sid in chunk)
     if mining is not None:
         needs_model |= any(not (out_dir / "mining" / f"{sid}.json").exists() for chunk in chunks for sid in chunk)
     if needs_model:
         # the LoRA is fixed for the whole shard: fuse it once, unless a condition scale must act per layer call
-        pipe = load_generation_pipeline(base, lora_path, family=family, device=device, dtype=dtype, vae=vae,
-                                        fuse=condition_scale == 1.0)
-        sampling = Sampling(prompt, resolution, steps, guidance_scale, condition_scale)
-        render, pick_noise = _variant_renderer(pipe, sampling, mining, guidance, judge, batch_size)
+        pipe = load_generation_pipeline(shard.base, shard.lora_path, family=settings.family, device=settings.device,
+                                        dtype=settings.dtype, vae=shard.vae, fuse=sampling.condition_scale == 1.0)
+        render, pick_noise = _variant_renderer(pipe, sampling, mining, settings.guidance, settings.judge,
+                                               settings.batch_size)
     else:
         render, pick_noise = _finished_shard_renderer(mining)
     return run_shard(
-        render, table, shard_index, n_shards, out_dir,
-        resolution=resolution, variant=variant, seed=seed, batch_size=batch_size, pick_noise=pick_noise,
+        render, table, shard.shard_index, shard.n_shards, out_dir, resolution=sampling.resolution,
+        variant=shard.variant, seed=settings.seed, batch_size=settings.batch_size, pick_noise=pick_noise,
     )
