@@ -3,6 +3,7 @@ erased polyp vs a matching one."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -285,16 +286,16 @@ def test_the_score_job_grades_and_scores_with_one_backbone_load(guard_tree, tmp_
     compute_prototype(pd.read_csv(manifest), spec, prototype, pad=4, resolution=SIZE)
     loads = []
     monkeypatch.setattr(score, "load_backbone", lambda *a, **k: loads.append(a) or load_backbone(*a, **k))
-    common = {"backbones": {"heldout": spec}, "prototype_paths": {"heldout": prototype}, "fidelity_key": "heldout",
-              "pad": 4, "resolution": SIZE}
-    real_scores, reference = score.score_with_fidelity(manifest, variant="real", out_path=tmp_path / "real.csv",
-                                                       fidelity_out=tmp_path / "fidelity_real.csv", **common)
+    setup = score.ScoringSetup({"heldout": spec}, {"heldout": prototype}, "heldout", pad=4, resolution=SIZE)
+    real_scores, reference = score.score_with_fidelity(
+        setup, score.ScoredSet(manifest, "real", out_path=tmp_path / "real.csv",
+                               fidelity_out=tmp_path / "fidelity_real.csv"))
     assert len(loads) == 1 and "fidelity" not in real_scores.columns
     pd.testing.assert_frame_equal(reference, guard_tree["reference"])
-    scores, graded = score.score_with_fidelity(generated_csv, variant="hard", out_path=tmp_path / "hard.csv",
-                                               fidelity_out=tmp_path / "fidelity_hard.csv",
-                                               sample_loss_csvs=guard_tree["losses"],
-                                               reference_csv=tmp_path / "fidelity_real.csv", **common)
+    scores, graded = score.score_with_fidelity(
+        setup, score.ScoredSet(generated_csv, "hard", out_path=tmp_path / "hard.csv",
+                               fidelity_out=tmp_path / "fidelity_hard.csv", sample_loss_csvs=guard_tree["losses"],
+                               reference_csv=tmp_path / "fidelity_real.csv"))
     assert len(loads) == 2  # one per job
     pd.testing.assert_frame_equal(graded, guard_tree["table"])
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "fidelity_hard.csv"), pd.read_csv(guard_tree["out"]))
@@ -306,9 +307,10 @@ def test_the_score_job_grades_and_scores_with_one_backbone_load(guard_tree, tmp_
         score.score_variant(generated_csv, {"heldout": spec}, {"heldout": prototype}, "hard", tmp_path / "x.csv",
                             pad=4, resolution=SIZE, fidelity_path=tmp_path / "nope.csv")
     with pytest.raises(ValueError, match="filter.fidelity_backbone: 'dino'"):
-        score.score_with_fidelity(manifest, variant="real", out_path=tmp_path / "x.csv",
-                                  fidelity_out=tmp_path / "y.csv", **{**common, "fidelity_key": "dino"})
+        score.score_with_fidelity(dataclasses.replace(setup, fidelity_key="dino"),
+                                  score.ScoredSet(manifest, "real", out_path=tmp_path / "x.csv",
+                                                  fidelity_out=tmp_path / "y.csv"))
     with pytest.raises(ValueError, match="sample losses"):
-        score.score_with_fidelity(generated_csv, variant="hard", out_path=tmp_path / "x.csv",
-                                  fidelity_out=tmp_path / "y.csv", **common)
+        score.score_with_fidelity(setup, score.ScoredSet(generated_csv, "hard", out_path=tmp_path / "x.csv",
+                                                         fidelity_out=tmp_path / "y.csv"))
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "y.csv").exists()

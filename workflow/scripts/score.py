@@ -8,7 +8,7 @@ from hardgen.core.logging_utils import stage_logging
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
     from hardgen.core.io import path_list
     from hardgen.scoring.features import BackboneSpec, load_backbone
-    from hardgen.scoring.score import score_with_fidelity
+    from hardgen.scoring.score import ScoredSet, ScoringSetup, score_with_fidelity
 
     sets = list(snakemake.params.sets)
     keys = list(snakemake.params.backbones)
@@ -17,29 +17,22 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     device = configure_torch(snakemake.threads)
     # one load per backbone for every set of the job (score_with_fidelity checks fidelity_key against the specs)
     extractors = {k: load_backbone(specs[k], device, config_key=k) for k in keys}
+    setup = ScoringSetup(specs, dict(zip(keys, snakemake.input.prototypes, strict=True)), fidelity_key,
+                         pad=snakemake.params.pad, device=device, resolution=snakemake.params.resolution,
+                         extractors=extractors)
     samples = path_list(snakemake.input.samples) if sets != ["real"] else [snakemake.input.manifest]
     outputs = [path_list(snakemake.output[name]) for name in ("scores", "features", "fidelity")]
     for variant, manifest, scores_out, features_out, fidelity_out in zip(sets, samples, *outputs, strict=True):
         real = variant == "real"
-        scores, fidelity = score_with_fidelity(
-            manifest,
-            backbones=specs,
-            prototype_paths=dict(zip(keys, snakemake.input.prototypes, strict=True)),
-            variant=variant,
-            out_path=scores_out,
-            fidelity_key=fidelity_key,
-            fidelity_out=fidelity_out,
+        scores, fidelity = score_with_fidelity(setup, ScoredSet(
+            manifest, variant, out_path=scores_out, fidelity_out=fidelity_out,
             # generated variants: the real-only judges' grades (name judge/<arch>/seed-<s>, in the order of the
             # rule's sample_losses) and the real calibration
             sample_loss_csvs=None if real else dict(
                 zip(snakemake.params.judges, path_list(snakemake.input.sample_losses), strict=True)),
             reference_csv=None if real else snakemake.input.reference,
-            pad=snakemake.params.pad,
-            device=device,
-            resolution=snakemake.params.resolution,
             features_path=features_out,
-            extractors=extractors,
-        )
+        ))
         if real:
             log.info("real training images: %d separations under %s, median %.4g", len(fidelity), fidelity_key,
                      fidelity["separation"].median())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -194,54 +195,70 @@ def score_variant(
     return scores
 
 
-def score_with_fidelity(
-    manifest_path: str | Path,
-    backbones: Mapping[str, BackboneSpec],
-    prototype_paths: Mapping[str, str | Path],
-    variant: str,
-    out_path: str | Path,
-    fidelity_key: str,
-    fidelity_out: str | Path,
-    sample_loss_csvs: Mapping[str, str | Path] | None = None,
-    reference_csv: str | Path | None = None,
-    pad: int = 10,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    resolution: int | None = None,
-    features_path: str | Path | None = None,
-    extractors: Mapping[str, FeatureExtractor] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+@dataclass(frozen=True)
+class ScoringSetup:
+    """What every set of a score job is scored with: the backbones and their prototypes (by config key), the held-out
+    backbone of the fidelity guard (``filter.fidelity_backbone``), the crop ``pad``, batch size, device, resolution
+    and the backbones already loaded (``extractors``, by config key; the others are loaded when needed)."""
+
+    backbones: Mapping[str, BackboneSpec]
+    prototype_paths: Mapping[str, str | Path]
+    fidelity_key: str
+    pad: int = 10
+    batch_size: int = 16
+    device: str | torch.device = "cpu"
+    resolution: int | None = None
+    extractors: Mapping[str, FeatureExtractor] | None = None
+
+
+@dataclass(frozen=True)
+class ScoredSet:
+    """One set a score job scores: its manifest and variant, where its scores, fidelity table and features go and, for
+    a generated variant, the real-only segmenters' sample losses (by judge name) and the real fidelity reference."""
+
+    manifest_path: str | Path
+    variant: str
+    out_path: str | Path
+    fidelity_out: str | Path
+    sample_loss_csvs: Mapping[str, str | Path] | None = None
+    reference_csv: str | Path | None = None
+    features_path: str | Path | None = None
+
+
+def score_with_fidelity(setup: ScoringSetup, scored: ScoredSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Workflow entry point (rules ``score``, ``score_variants``): the fidelity guard's table and the scores of one set.
 
-    The held-out backbone ``fidelity_key`` (``filter.fidelity_backbone``) is loaded once and used for both: its
+    The held-out backbone ``setup.fidelity_key`` (``filter.fidelity_backbone``) is loaded once and used for both: its
     spatial features of the whole images (the guard) and its pooled features of the mask crops (the scores).
-    ``variant == "real"``: ``manifest_path`` is the data manifest; ``fidelity_out`` gets the real training images'
-    raw separations (:func:`hardgen.scoring.fidelity.build_reference`, ``results/fidelity/real.csv``: the calibration) and
-    the score table no fidelity columns. A generated variant: every sample graded by ``sample_loss_csvs`` (the
-    real-only segmenters) and calibrated on ``reference_csv`` (:func:`hardgen.scoring.fidelity.build_fidelity`,
-    ``results/fidelity/<variant>.csv``), then joined into the score table (:func:`score_variant`).
-    ``extractors``: backbones already loaded, by config key (several sets scored in one job load them once); the
-    others, the held-out one included, are loaded here. Returns (scores, fidelity table).
+    ``scored.variant == "real"``: ``manifest_path`` is the data manifest; ``fidelity_out`` gets the real training
+    images' raw separations (:func:`hardgen.scoring.fidelity.build_reference`, ``results/fidelity/real.csv``: the
+    calibration) and the score table no fidelity columns. A generated variant: every sample graded by
+    ``sample_loss_csvs`` (the real-only segmenters) and calibrated on ``reference_csv``
+    (:func:`hardgen.scoring.fidelity.build_fidelity`, ``results/fidelity/<variant>.csv``), then joined into the score
+    table (:func:`score_variant`). ``setup.extractors``: backbones already loaded, by config key (several sets scored in
+    one job load them once); the others, the held-out one included, are loaded here. Returns (scores, fidelity table).
     """
     from hardgen.scoring.fidelity import build_fidelity, build_reference
 
-    if fidelity_key not in backbones:
-        raise ValueError(f"filter.fidelity_backbone: {fidelity_key!r} is not one of the backbones {sorted(backbones)}")
-    extractors = dict(extractors or {})
-    fidelity_backbone = (extractors[fidelity_key] if fidelity_key in extractors
-                         else load_backbone(backbones[fidelity_key], device, config_key=fidelity_key))
+    key, variant, manifest_path = setup.fidelity_key, scored.variant, scored.manifest_path
+    if key not in setup.backbones:
+        raise ValueError(f"filter.fidelity_backbone: {key!r} is not one of the backbones {sorted(setup.backbones)}")
+    extractors = dict(setup.extractors or {})
+    fidelity_backbone = (extractors[key] if key in extractors
+                         else load_backbone(setup.backbones[key], setup.device, config_key=key))
     if variant == "real":
-        fidelity = build_reference(manifest_path, fidelity_backbone, fidelity_out, resolution=resolution,
-                                   batch_size=batch_size)
+        fidelity = build_reference(manifest_path, fidelity_backbone, scored.fidelity_out, resolution=setup.resolution,
+                                   batch_size=setup.batch_size)
     else:
-        if sample_loss_csvs is None or reference_csv is None:
+        if scored.sample_loss_csvs is None or scored.reference_csv is None:
             raise ValueError(f"{variant}: grading generated samples needs the segmenters' sample losses and the "
                              "real images' fidelity reference")
-        fidelity = build_fidelity(manifest_path, sample_loss_csvs, reference_csv, fidelity_backbone, fidelity_out,
-                                  resolution=resolution, batch_size=batch_size)
-    scores = score_variant(manifest_path, backbones, prototype_paths, variant, out_path, pad, batch_size, device,
-                           resolution, features_path, fidelity_path=None if variant == "real" else fidelity_out,
-                           extractors={**extractors, fidelity_key: fidelity_backbone})
+        fidelity = build_fidelity(manifest_path, scored.sample_loss_csvs, scored.reference_csv, fidelity_backbone,
+                                  scored.fidelity_out, resolution=setup.resolution, batch_size=setup.batch_size)
+    scores = score_variant(manifest_path, setup.backbones, setup.prototype_paths, variant, scored.out_path, setup.pad,
+                           setup.batch_size, setup.device, setup.resolution, scored.features_path,
+                           fidelity_path=None if variant == "real" else scored.fidelity_out,
+                           extractors={**extractors, key: fidelity_backbone})
     return scores, fidelity
 
 
