@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from hardgen.benchmark.runs import RunPaths, train_run, training_pairs
+from hardgen.benchmark.runs import (
+    RunJob,
+    RunPaths,
+    SegmenterRun,
+    train_run,
+    training_pairs,
+)
 from hardgen.core.io import DataError
 from hardgen.core.weights import load_state_dict
 from hardgen.data import manifest as data
@@ -32,11 +38,14 @@ def manifest_path(tmp_path_factory) -> Path:
     return path
 
 
+def _job(manifest_path: Path) -> RunJob:
+    return RunJob(manifest_path, SEGMENT, torch.device("cpu"), testsets=TESTSETS, protocol="polyp_toolbox")
+
+
 def _run(manifest_path: Path, out: Path, subset: str | None, policy: str) -> tuple[dict, RunPaths]:
     paths = RunPaths(model=str(out / "model.safetensors"), run=str(out / "run.json"), subset=subset,
                      predictions=str(out / "maps"))
-    record = train_run(manifest_path, SPEC, SEGMENT, "cnn", policy, 0.5 if subset else 0.0, 0, paths,
-                       torch.device("cpu"), testsets=TESTSETS, protocol="polyp_toolbox")
+    record = train_run(_job(manifest_path), SegmenterRun("cnn", SPEC, policy, 0.5 if subset else 0.0, 0), paths)
     return record, paths
 
 
@@ -86,8 +95,7 @@ def test_an_infeasible_subset_skips_its_run_and_writes_its_declared_outputs(mani
     out = tmp_path / "run"
     paths = RunPaths(model=str(out / "model.safetensors"), run=str(out / "run.json"), subset=str(subset),
                      predictions=str(out / "maps"), subset_record=str(record))
-    result = train_run(manifest_path, SPEC, SEGMENT, "cnn", "hard_faithful", 1.0, 0, paths, torch.device("cpu"),
-                       testsets=TESTSETS, protocol="polyp_toolbox")
+    result = train_run(_job(manifest_path), SegmenterRun("cnn", SPEC, "hard_faithful", 1.0, 0), paths)
     assert result["skipped"] is True and (result["pool"], result["need"], result["reason"]) == (3, 4, "holds 3")
     assert json.loads(Path(paths.run).read_text()) == result
     assert load_state_dict(paths.model) == {}  # no training, an empty weights file
@@ -95,6 +103,5 @@ def test_an_infeasible_subset_skips_its_run_and_writes_its_declared_outputs(mani
     # a feasible record trains as usual
     write_json(record, pool_record("hard_faithful", 1.0, 0, 4, 5, 4))
     pd.DataFrame({"image": [], "mask": [], "sample_id": [], "variant": []}).to_csv(subset, index=False)
-    trained = train_run(manifest_path, SPEC, SEGMENT, "cnn", "hard_faithful", 1.0, 0, paths, torch.device("cpu"),
-                        testsets=TESTSETS, protocol="polyp_toolbox")
+    trained = train_run(_job(manifest_path), SegmenterRun("cnn", SPEC, "hard_faithful", 1.0, 0), paths)
     assert "skipped" not in trained and load_state_dict(paths.model)

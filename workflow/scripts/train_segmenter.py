@@ -13,7 +13,7 @@ from hardgen.core.devices import claim_gpus, configure_torch
 from hardgen.core.logging_utils import stage_logging
 
 with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get("gpu", 0)):
-    from hardgen.benchmark.runs import RunPaths, train_run
+    from hardgen.benchmark.runs import RunJob, RunPaths, SegmenterRun, train_run
     from hardgen.core.io import path_list
 
     device = configure_torch(snakemake.threads)
@@ -24,7 +24,11 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     synthetic = iter(path_list(snakemake.input.get("subset", [])))  # one subset per synthetic run, in run order
     records = iter(path_list(snakemake.input.get("record", [])))  # and its pool record (infeasible: the run is skipped)
     filter_judges = dict(snakemake.params.filter_judges)  # arch -> its real-only judge; {}: no pixel filter
-    loaded_judges: dict = {}  # each judge loaded, and its real images' class means computed, once per job
+    # filter_judge_cache: each judge loaded, and its real images' class means computed, once per job; train_judge has
+    # no test maps, so no testsets or protocol
+    job = RunJob(snakemake.input.manifest, snakemake.params.segment, device,
+                 testsets=snakemake.params.get("testsets", ()), protocol=snakemake.params.get("protocol"),
+                 filter_judge_cache={})
     if not len(runs) == len(models) == len(run_records) == len(maps):
         raise ValueError(f"{len(runs)} runs for {len(models)} models, {len(run_records)} records, {len(maps)} map "
                          "folders")
@@ -32,8 +36,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
         real = policy == "real"
         paths = RunPaths(model=models[k], run=run_records[k], subset=None if real else next(synthetic),
                          predictions=maps[k], subset_record=None if real else next(records))
-        train_run(snakemake.input.manifest, snakemake.params.specs[arch], snakemake.params.segment, arch, policy,
-                  float(ratio), seed, paths, device, feedback_judge=snakemake.params.judge,
-                  filter_judge=None if real else filter_judges.get(arch), testsets=snakemake.params.get("testsets", ()),
-                  filter_judge_cache=loaded_judges, protocol=snakemake.params.protocol if maps[k] else None)
+        train_run(job, SegmenterRun(arch, snakemake.params.specs[arch], policy, float(ratio), seed,
+                                    feedback_judge=snakemake.params.judge,
+                                    filter_judge=None if real else filter_judges.get(arch)), paths)
         log.info("run %d/%d done: %s %s ratio %s", k + 1, len(runs), arch, policy, ratio)

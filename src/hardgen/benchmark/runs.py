@@ -80,62 +80,72 @@ def training_pairs(manifest: pd.DataFrame, subset_path: str | None) -> pd.DataFr
     return pairs
 
 
-def train_run(
-    manifest_path: str | Path,
-    spec_config: Mapping[str, Any],
-    segment: Mapping[str, Any],
-    arch: str,
-    policy: str,
-    ratio: float,
-    seed: int,
-    paths: RunPaths,
-    device: torch.device,
-    feedback_judge: bool = False,
-    filter_judge: str | None = None,
-    testsets: Sequence[str] = (),
-    filter_judge_cache: dict[tuple[str, str], Any] | None = None,
-    protocol: str | None = None,
-) -> dict[str, Any]:
-    """Train one segmenter on real + its subset for its arch's iterations; write model, run.json, maps.
+@dataclass(frozen=True)
+class RunJob:
+    """What the runs of one segmenter job share: the data manifest, the ``segment.*`` settings, the device, the test
+    sets and ``evaluate.protocol`` of the test maps (required when a run writes maps) and ``filter_judge_cache``, a
+    dict kept across the job's runs: each pixel-filter judge is loaded once and the class means of its real images
+    computed once (the same model, record and maps as without it)."""
 
-    The recipe is the arch's (:func:`hardgen.segmentation.recipes.resolve_recipe`: ``segment.*`` with the arch entry's
-    own optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale and clip on top), so
-    every policy of one arch gets that arch's budget; run.json records it.
+    manifest_path: str | Path
+    segment: Mapping[str, Any]
+    device: torch.device
+    testsets: Sequence[str] = ()
+    protocol: str | None = None
+    filter_judge_cache: dict[tuple[str, str], Any] | None = None
+
+
+@dataclass(frozen=True)
+class SegmenterRun:
+    """Which run: its arch (``spec_config``: the arch's ``segment.archs`` entry), policy, ratio and seed.
 
     ``feedback_judge``: the feedback judge's run (training seed ``JUDGE_SEED_OFFSET + seed``, no test maps).
     ``filter_judge``: the real-only judge's weights when ``segment.pixel_filter`` is on for this (synthetic) run:
     synthetic pixels it finds too hard are left out of the loss (:mod:`hardgen.scoring.pixel_filter`).
-    ``filter_judge_cache``: a dict the caller keeps across the runs of one job: each filter judge is loaded once and
-    the class means of its real images computed once (the same model, record and maps as without it).
-    ``protocol``: ``evaluate.protocol``, which decides how the test maps are saved (min-max or the probability as it
-    is); required when ``paths.predictions`` is set.
-    ``paths.subset_record``: the subset's pool record; when it says infeasible the run is skipped
-    (:func:`skip_run`). Returns the run record.
     """
+
+    arch: str
+    spec_config: Mapping[str, Any]
+    policy: str
+    ratio: float
+    seed: int
+    feedback_judge: bool = False
+    filter_judge: str | None = None
+
+
+def train_run(job: RunJob, run: SegmenterRun, paths: RunPaths) -> dict[str, Any]:
+    """Train one segmenter on real + its subset for its arch's iterations; write model, run.json, maps.
+
+    The recipe is the arch's (:func:`hardgen.segmentation.recipes.resolve_recipe`: ``segment.*`` with the arch entry's
+    own optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale and clip on top), so
+    every policy of one arch gets that arch's budget; run.json records it. ``paths.subset_record``: the subset's pool
+    record; when it says infeasible the run is skipped (:func:`skip_run`). Returns the run record.
+    """
+    arch, seed, device = run.arch, run.seed, job.device
     if paths.subset_record:
         from hardgen.scoring.filter import read_pool_record
 
         pool = read_pool_record(paths.subset_record)
         if not pool["feasible"]:
-            return skip_run(paths, arch, policy, ratio, seed, pool)
-    spec = SegmenterSpec.from_config(dict(spec_config), arch)
-    recipe = resolve_recipe(segment, spec_config, arch)
-    manifest = load_manifest(manifest_path)
+            return skip_run(paths, arch, run.policy, run.ratio, seed, pool)
+    spec = SegmenterSpec.from_config(dict(run.spec_config), arch)
+    recipe = resolve_recipe(job.segment, run.spec_config, arch)
+    manifest = load_manifest(job.manifest_path)
     pairs = training_pairs(manifest, paths.subset)
     ignore_masks = None
-    if filter_judge:
-        ignore_masks = pixel_filter_ignore_masks(spec, recipe, segment["pixel_filter"], pairs, arch, filter_judge,
-                                                 device, filter_judge_cache)
+    if run.filter_judge:
+        ignore_masks = pixel_filter_ignore_masks(spec, recipe, job.segment["pixel_filter"], pairs, arch,
+                                                 run.filter_judge, device, job.filter_judge_cache)
     summary = train_segmenter(pairs, spec, Path(paths.model).parent, recipe,
-                              seed=JUDGE_SEED_OFFSET + seed if feedback_judge else seed, device=device,
+                              seed=JUDGE_SEED_OFFSET + seed if run.feedback_judge else seed, device=device,
                               config_key=arch, ignore_masks=ignore_masks)
-    record = write_run_record(paths.run, arch, policy, seed, summary, ratio=ratio)
+    record = write_run_record(paths.run, arch, run.policy, seed, summary, ratio=run.ratio)
     if paths.predictions:
-        if protocol is None:
-            raise ValueError("train_run: test maps need evaluate.protocol (protocol=...)")
-        test_rows = manifest[manifest["split"].isin(list(testsets))]
-        save_test_maps(spec, paths.model, test_rows, recipe.size, paths.predictions, protocol, device)
-    log.info("%s/%s/seed-%s%s: %s", arch, policy, seed, " (feedback judge)" if feedback_judge else "", record)
+        if job.protocol is None:
+            raise ValueError("train_run: test maps need evaluate.protocol (RunJob.protocol)")
+        test_rows = manifest[manifest["split"].isin(list(job.testsets))]
+        save_test_maps(spec, paths.model, test_rows, recipe.size, paths.predictions, job.protocol, device)
+    log.info("%s/%s/seed-%s%s: %s", arch, run.policy, seed, " (feedback judge)" if run.feedback_judge else "", record)
     return record
 
 
