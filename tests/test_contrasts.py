@@ -141,8 +141,8 @@ def test_report_contrasts_from_eval_tables_with_one_custom_test_set(tmp_path) ->
     assert hard_plain["mean_diff"] == pytest.approx(np.mean([0.05, 0.04, 0.04, 0.05]))
     assert hard_plain["n"] == 4 and hard_plain["ci_low"] > 0  # every image better: the interval excludes 0
     assert set(zip(table.policy, table.versus)) == {("plain", "real"), ("hard", "real"), ("hard", "plain")}
-    md = markdown.markdown_report(long, testsets=["Clinic-X"], contrasts=table,
-                                   primary={"policy": "hard", "versus": "plain", "ratio": 1, "metric": "mIoU"})
+    md = markdown.markdown_report(markdown.BenchmarkTables(long, contrasts=table), markdown.MarkdownOptions(
+        testsets=["Clinic-X"], primary={"policy": "hard", "versus": "plain", "ratio": 1, "metric": "mIoU"}))
     assert "| arch | policy | ratio | seeds | Clinic-X | mean | overall |" in md
     assert md.index("## Primary contrast") < md.index("## Which differences") < md.index("## mIoU")
     assert "| cnn | 4 | bootstrap_images | +0.045 |" in md

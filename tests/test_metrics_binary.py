@@ -234,7 +234,7 @@ def test_empty_predictions_leave_hd95_undefined_and_the_report_reads_it(tmp_path
     for metric in ("HD95", "HD95@overall"):
         row = table.loc[("hard", "plain", metric)]
         assert row["n"] == 0 and row[["mean_diff", "ci_low", "ci_high"]].isna().all()
-    md = markdown.markdown_report(long, testsets=["part", "missed"])
+    md = markdown.markdown_report(markdown.BenchmarkTables(long), markdown.MarkdownOptions(testsets=["part", "missed"]))
     assert "| cnn/real | 0 | 5 | 7 | missed |" in md
     assert "| cnn/hard ×1 | 0 | 4 | 7 | – |" in md
     assert "| cnn/plain ×1 | 0 | 7 | 7 | missed, part |" in md and "3 runs have undefined HD95s" in md

@@ -159,7 +159,8 @@ def test_paired_differences_against_real_and_the_size_matched_control(eval_tree:
 def test_benchmark_markdown_tables_differences_protocol(eval_tree: dict[tuple, Path]) -> None:
     long = summary.benchmark_long(eval_tree)
     anchors = repro.load_anchors(REPO / "resources" / "anchors" / "polyp.csv")
-    md = markdown.markdown_report(long, testsets=TESTSETS, anchors=anchors)
+    md = markdown.markdown_report(markdown.BenchmarkTables(long, anchors=anchors),
+                                  markdown.MarkdownOptions(testsets=TESTSETS))
     assert ("| arch | policy | ratio | seeds | CVC-300 | CVC-ClinicDB | CVC-ColonDB | ETIS-LaribPolypDB | Kvasir | mean | "
             "overall |" in md)
     cnn_real_dice = next(line for line in md.splitlines() if line.startswith("| cnn | real |"))
@@ -195,7 +196,7 @@ def test_benchmark_markdown_tables_differences_protocol(eval_tree: dict[tuple, P
     for phrase in ("GT > 128", "min-max", "256 thresholds", "meanDic", "same number of iterations", "not hardgen runs"):
         assert phrase in md[protocol:], phrase
     assert "noise by design" not in md
-    demo = markdown.markdown_report(long, demo=True)
+    demo = markdown.markdown_report(markdown.BenchmarkTables(long), markdown.MarkdownOptions(demo=True))
     assert "noise by design" in demo and demo.index("noise by design") < demo.index("## mDice")
 
 
@@ -633,9 +634,10 @@ def test_skipped_runs_are_listed_as_infeasible_and_left_out_of_every_comparison(
     assert "hard_faithful" not in set(long["policy"]) and len(long) == 9 * 6 * 3
     with pytest.raises(DataError, match="no rows"):  # an empty table of a run that was not skipped
         summary.benchmark_long({**eval_tree, **keyed}, skipped=keys[1:])
-    md = markdown.markdown_report(long, infeasible_df=infeasible)
+    md = markdown.markdown_report(markdown.BenchmarkTables(long, infeasible=infeasible))
     assert "## Subsets that could not be filled" in md and "| hard_faithful | 1 | 0 | 20 | 24 |" in md
-    assert "could not be filled" not in markdown.markdown_report(long, infeasible_df=infeasible.head(0))
+    none_infeasible = markdown.BenchmarkTables(long, infeasible=infeasible.head(0))
+    assert "could not be filled" not in markdown.markdown_report(none_infeasible)
 
 
 # ------------------------------------------------------------- missing values (the binary protocol's HD95)

@@ -118,8 +118,8 @@ def test_the_report_works_with_one_custom_test_set(tmp_path: Path) -> None:
     table = repro.reproduction_table(long, anchors, published, ["Site-Z"])
     assert table["testset"].tolist() == ["Site-Z", "Site-Z", "mean", "mean"]
     assert table["diff"].tolist() == pytest.approx([0.01, -0.01, 0.01, -0.01])
-    md = markdown.markdown_report(long, testsets=["Site-Z"], anchors=anchors, reproduction=table,
-                                   published=published)
+    md = markdown.markdown_report(markdown.BenchmarkTables(long, anchors=anchors, reproduction=table),
+                                  markdown.MarkdownOptions(testsets=["Site-Z"], published=published))
     first = md.split("\n\n")[1]
     assert first.startswith("unet's real-only baseline reproduces SegNet-Z's published mDice / mIoU by +0.010 / "
                             "-0.010 on average over 1 test set")

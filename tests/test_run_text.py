@@ -57,10 +57,12 @@ def test_protocol_paragraph_describes_the_protocol_that_scored_the_run() -> None
 def test_benchmark_markdown_opens_with_the_run_and_closes_with_its_protocol() -> None:
     long = pd.DataFrame({"arch": "cnn", "policy": "real", "ratio": 0.0, "seed": 0, "testset": ["test", "overall"],
                          "metric": "mDice", "value": [0.5, 0.5]})
-    md = markdown.markdown_report(long, run=_run(testsets=["test"], protocol="binary", dataset="/d", layout="folders"))
+    md = markdown.markdown_report(markdown.BenchmarkTables(long), markdown.MarkdownOptions(
+        run=_run(testsets=["test"], protocol="binary", dataset="/d", layout="folders")))
     assert md.index("**Run.**") < md.index("## mDice") < md.index("**Protocol.** `evaluate.protocol: binary`")
     assert "PraNet / Polyp-PVT" not in md and "## Measures not defined" not in md
-    noted = markdown.markdown_report(long, notes=["`x.csv`: 2 rows undefined."])
+    noted = markdown.markdown_report(markdown.BenchmarkTables(long),
+                                     markdown.MarkdownOptions(notes=["`x.csv`: 2 rows undefined."]))
     assert "## Measures not defined on this data\n\n- `x.csv`: 2 rows undefined." in noted
     assert "`evaluate.protocol: polyp_toolbox`" in noted  # without a run description: the default protocol
 
@@ -93,8 +95,8 @@ def test_benchmark_markdown_says_whether_the_samples_follow_their_masks(tmp_path
     sentences = mask_following_sentences(table)
     long = pd.DataFrame({"arch": "cnn", "policy": "real", "ratio": 0.0, "seed": 0, "testset": ["t", "overall"],
                          "metric": "mDice", "value": [0.5, 0.5]})
-    md = markdown.markdown_report(long, mask_following=sentences,
-                                   notes=[f"`mask_following.csv`: {sentences[0]}"])
+    md = markdown.markdown_report(markdown.BenchmarkTables(long), markdown.MarkdownOptions(
+        mask_following=sentences, notes=[f"`mask_following.csv`: {sentences[0]}"]))
     section = md[md.index("## Do the samples follow their masks?"):md.index("## Measures not defined")]
     assert "red chromaticity is undefined for every variant" in section and "at 0.50 of the real" in section
     assert "does not mark their masks" in md[md.index("## Measures not defined"):]

@@ -4,6 +4,7 @@ differences, training budget, fidelity guard, published anchors, mask following,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -166,66 +167,84 @@ def infeasible_lines(infeasible_df: pd.DataFrame | None) -> list[str]:
     return [*lines, ""]
 
 
-def markdown_report(
-    long_df: pd.DataFrame,
-    runs_df: pd.DataFrame | None = None,
-    demo: bool = False,
-    fidelity_df: pd.DataFrame | None = None,
-    *,
-    testsets: Sequence[str] | None = None,
-    anchors: pd.DataFrame | None = None,
-    reproduction: pd.DataFrame | None = None,
-    published: Mapping[str, str | None] | None = None,
-    tolerance: float = repro.DEFAULT_TOLERANCE,
-    contrasts: pd.DataFrame | None = None,
-    primary: Mapping[str, object] | None = None,
-    infeasible_df: pd.DataFrame | None = None,
-    run: RunDescription | None = None,
-    protocol: str = "polyp_toolbox",
-    notes: Sequence[str] = (),
-    mask_following: Sequence[str] = (),
-) -> str:
+@dataclass(frozen=True, eq=False)
+class BenchmarkTables:
+    """The tables ``benchmark.md`` is written from: ``long`` (``benchmark.csv``) and, each optional, the training
+    budget (``runs``: :func:`hardgen.report.run_records.runs_table`), what the fidelity guard rejects per variant
+    (``fidelity``: :func:`hardgen.scoring.fidelity.fidelity_summary`), the published ``anchors``
+    (:func:`hardgen.evaluation.reproduction.load_anchors`), ``reproduction``
+    (:func:`hardgen.evaluation.reproduction.reproduction_table`), ``contrasts``
+    (:func:`hardgen.evaluation.contrasts.contrast_table`) and the subsets that could not be filled (``infeasible``)."""
+
+    long: pd.DataFrame
+    runs: pd.DataFrame | None = None
+    fidelity: pd.DataFrame | None = None
+    anchors: pd.DataFrame | None = None
+    reproduction: pd.DataFrame | None = None
+    contrasts: pd.DataFrame | None = None
+    infeasible: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class MarkdownOptions:
+    """What ``benchmark.md`` says around its tables.
+
+    ``testsets``: the column order (``data.testsets``; None: sorted). ``demo``: a note that the numbers are noise by
+    design. ``published``: ``{arch: anchors model or None}``, whose real-only baselines are checked against the
+    anchors within ``tolerance``. ``primary``: ``report.primary_contrast``. ``run``
+    (:class:`hardgen.report.run_text.RunDescription`): the opening paragraph on what was run; its protocol replaces
+    ``protocol`` (``evaluate.protocol``). ``notes``: sentences on the measures this data leaves undefined
+    (:func:`hardgen.report.run_text.undefined_notes`). ``mask_following``: the sentences of
+    :func:`hardgen.scoring.mask_following.mask_following_sentences`.
+    """
+
+    testsets: Sequence[str] | None = None
+    demo: bool = False
+    published: Mapping[str, str | None] | None = None
+    tolerance: float = repro.DEFAULT_TOLERANCE
+    primary: Mapping[str, object] | None = None
+    run: RunDescription | None = None
+    protocol: str = "polyp_toolbox"
+    notes: Sequence[str] = ()
+    mask_following: Sequence[str] = ()
+
+
+def markdown_report(tables: BenchmarkTables, options: MarkdownOptions = MarkdownOptions()) -> str:
     """``benchmark.md``: the markdown report of the segmentation benchmark.
 
-    It opens with one sentence per arch of ``published`` (``{arch: anchors model or None}``): whether its real-only
-    baseline reproduces the published one (``reproduction``,
-    :func:`hardgen.evaluation.reproduction.reproduction_table`, within ``tolerance``). Then, with ``contrasts``
-    (:func:`hardgen.evaluation.contrasts.contrast_table`), the primary contrast (``primary``:
-    ``report.primary_contrast``) with its 95 % interval and sentences saying which differences are distinguishable
-    from noise. Per metric (mDice, mIoU): a table of rows arch × policy × ratio with each test set (``testsets``:
-    ``data.testsets`` order), ``mean`` (over test sets, per seed: the paper's headline) and ``overall``
-    (image-weighted, pooled); then the paired differences per seed against ``real`` and against the size-matched
-    control at the same ratio (the policy's registry entry's ``control``) with their intervals; then the training
-    budget (from ``runs_df``, :func:`hardgen.report.run_records.runs_table`), what the fidelity guard rejects per
-    variant (``fidelity_df``, :func:`hardgen.scoring.fidelity.fidelity_summary`), the published ``anchors``
-    (:func:`hardgen.evaluation.reproduction.load_anchors`) and the protocol paragraph
-    (:func:`hardgen.report.run_text.protocol_paragraph` of ``protocol``, ``evaluate.protocol``; ``run.protocol`` when
-    ``run`` is given). With ``run`` (:class:`hardgen.report.run_text.RunDescription`) it opens with a paragraph on
-    what was run (dataset, test sets, generation, variants, policies). With ``demo`` a note says the numbers are noise
-    by design. ``notes``: sentences on the measures that this data leaves undefined (rows marked in their tables,
-    :func:`hardgen.report.run_text.undefined_notes`), under their own heading. ``mask_following``: the sentences of
-    :func:`hardgen.scoring.mask_following.mask_following_sentences` (do the samples follow their masks, by which
-    measure).
+    It opens with the run paragraph (``options.run``) and one sentence per arch of ``options.published``: whether its
+    real-only baseline reproduces the published one. Then, with ``tables.contrasts``, the primary contrast with its 95 %
+    interval and sentences saying which differences are distinguishable from noise. Per metric (mDice, mIoU): a table
+    of rows arch × policy × ratio with each test set, ``mean`` (over test sets, per seed: the paper's headline) and
+    ``overall`` (image-weighted, pooled); then the paired differences per seed against ``real`` and against the
+    size-matched control at the same ratio (the policy's registry entry's ``control``) with their intervals; then the
+    training budget, the fidelity guard's rejections, the published anchors, whether the samples follow their masks,
+    the notes on undefined measures (under their own heading) and the protocol paragraph
+    (:func:`hardgen.report.run_text.protocol_paragraph`).
 
     Cells are ``mean ± sd`` over seeds with the sample standard deviation (ddof=1); with a single seed the sd is
     undefined and the cell shows the mean alone. Values are fractions (0–1), like the published anchors.
     """
+    long_df, anchors, contrasts = tables.long, tables.anchors, tables.contrasts
     missing = [c for c in BENCHMARK_COLUMNS if c not in long_df.columns]
     if missing:
         raise DataError(f"benchmark table lacks columns {missing}")
-    testsets = list(testsets) if testsets is not None else sorted(set(long_df["testset"]) - {OVERALL})
+    testsets = (list(options.testsets) if options.testsets is not None
+                else sorted(set(long_df["testset"]) - {OVERALL}))
+    protocol, notes = options.protocol, list(options.notes)
     lines = ["# Segmentation benchmark", ""]
-    if run is not None:
-        protocol = run.protocol
-        lines += [run_paragraph(run), ""]
-    if published is not None:
-        table = reproduction if reproduction is not None else pd.DataFrame(columns=repro.REPRODUCTION_COLUMNS)
-        lines += [" ".join(repro.reproduction_sentences(table, published, tolerance)), ""]
-    if demo:
+    if options.run is not None:
+        protocol = options.run.protocol
+        lines += [run_paragraph(options.run), ""]
+    if options.published is not None:
+        reproduction = (tables.reproduction if tables.reproduction is not None
+                        else pd.DataFrame(columns=repro.REPRODUCTION_COLUMNS))
+        lines += [" ".join(repro.reproduction_sentences(reproduction, options.published, options.tolerance)), ""]
+    if options.demo:
         lines += [DEMO_NOTE, ""]
-    lines += infeasible_lines(infeasible_df)
+    lines += infeasible_lines(tables.infeasible)
     if contrasts is not None:
-        lines += _contrast_lines(contrasts, primary)
+        lines += _contrast_lines(contrasts, options.primary)
     lines += _score_tables(long_df, testsets)
     undefined_hd95 = _hd95_undefined_rows(long_df)
     if undefined_hd95:
@@ -233,15 +252,15 @@ def markdown_report(
         notes = [*notes, f"HD95: undefined for some test images in {len(undefined_hd95)} run(s) (an empty "
                          "prediction or ground truth); the table under the mIoU table counts them."]
     lines += _paired_lines(paired_differences(long_df, testsets=testsets), _intervals_by_contrast(contrasts))
-    if runs_df is not None and not runs_df.empty:
-        lines += ["## Training budget", "", *_budget_lines(runs_df), ""]
-    lines += _fidelity_lines(fidelity_df)
+    if tables.runs is not None and not tables.runs.empty:
+        lines += ["## Training budget", "", *_budget_lines(tables.runs), ""]
+    lines += _fidelity_lines(tables.fidelity)
     if anchors is not None:
         lines += _anchor_lines(anchors, testsets)
-    if mask_following:
+    if options.mask_following:
         lines += ["## Do the samples follow their masks?", "",
-                  " ".join(mask_following) + " (`mask_following.csv`: each measure's ratio is the samples' gap between "
-                  "their own and a shuffled mask, relative to the real images' same gap.)", ""]
+                  " ".join(options.mask_following) + " (`mask_following.csv`: each measure's ratio is the samples' gap "
+                  "between their own and a shuffled mask, relative to the real images' same gap.)", ""]
     if notes:
         lines += ["## Measures not defined on this data", "", *[f"- {note}" for note in notes], ""]
     lines += [protocol_paragraph(protocol, anchors=anchors is not None), ""]

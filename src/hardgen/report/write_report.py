@@ -21,7 +21,7 @@ from hardgen.evaluation import contrasts as contrast_lib
 from hardgen.evaluation import reproduction as repro
 from hardgen.report import gallery, transfer
 from hardgen.report.hardness import hardness_table, hardness_transfer
-from hardgen.report.markdown import markdown_report
+from hardgen.report.markdown import BenchmarkTables, MarkdownOptions, markdown_report
 from hardgen.report.plots import (
     pairs_from_generated,
     plot_benchmark,
@@ -190,10 +190,11 @@ def write_report(settings: ReportSettings) -> dict[str, Path]:
     notes = [*options.notes, *undefined_notes(contrasts=contrasts, transfer=transfer_table, transfer_matrix=matrix)]
     following, following_notes = _mask_following(inputs.mask_following_csv)
     write_text(written["benchmark_md"], markdown_report(
-        long, runs, demo=options.demo, fidelity_df=fidelity, testsets=order, anchors=anchors,
-        reproduction=reproduction, published=published if published else None, tolerance=options.reproduce_tolerance,
-        contrasts=contrasts, primary=options.primary_contrast, infeasible_df=infeasible, run=options.run,
-        notes=[*notes, *following_notes], mask_following=following))
+        BenchmarkTables(long, runs, fidelity=fidelity, anchors=anchors, reproduction=reproduction,
+                        contrasts=contrasts, infeasible=infeasible),
+        MarkdownOptions(testsets=order, demo=options.demo, published=published if published else None,
+                        tolerance=options.reproduce_tolerance, primary=options.primary_contrast, run=options.run,
+                        notes=[*notes, *following_notes], mask_following=following)))
     transfer.plot_transfer_matrix(matrix, written["transfer_matrix_png"])
     written.update(_write_plots(settings, generated, scores, long))
     log.info("report written: %s", ", ".join(str(p) for p in written.values()))
