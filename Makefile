@@ -26,13 +26,15 @@ CONFIG ?= config/config.yaml
 rehearse: $(STAMP)
 	$(BIN)/hardgen rehearse $(CONFIG) --cores $(CORES)
 
-# The fast default: unit tests + one short workflow run (a shrunk demo config, every stage). CI runs this.
+# The fast default: unit tests + short workflow runs (shrunk demo configs, every stage). CI runs this. Two pytest-xdist
+# workers, one test file at a time each, the longest files first (tests/conftest.py): TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Slow checks too (tests marked `slow`: the full demo run, killed-and-resumed training, SDXL).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ""
+	$(BIN)/python -m pytest -q -m "" -n $(TEST_WORKERS) --dist loadfile
 
 # Generation / training / scoring throughput side by side (CPU, tiny models, a few minutes):
 # results/benchmarks/{generation,training,scoring}.csv and bench.png.

@@ -14,6 +14,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: The test files that run whole workflows or train for tens of seconds, longest first (measured on 2 cores). `make
+#: test` runs the suite on two pytest-xdist workers, one file at a time per worker (``--dist loadfile``: a file's
+#: module fixtures, e.g. a finished workflow run, are built once); these files are handed out first, so the two
+#: workers finish together instead of one starting a workflow run when the other is done (longest processing time
+#: first). The order changes when tests run, never what they check.
+LONGEST_FIRST = ("test_workflow.py", "test_workflow_datasets.py", "test_rehearsal.py", "test_pretrain_adapter.py",
+                 "test_rerun_triggers.py", "test_condition_path.py", "test_train.py", "test_pretrain.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: a file keeps its order
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

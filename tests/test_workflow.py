@@ -82,12 +82,17 @@ QUICK_TESTSETS = ["CVC-300", "Kvasir"]
 UNBATCHED = {"evaluate": "evaluate_runs", "train_segmenter": "train_real"}
 QUICK_POLICIES = ["real", "hard_band", "hard_faithful"]
 QUICK_RATIOS = [0.5, 1.0]  # 4 and 8 synthetic images for the 8 real ones
+QUICK_N_TEST, QUICK_EMPTY = 2, 1  # per test set: 2 frames, 1 of them lesion-free
 
 
 def quick_config(path: Path) -> list[str]:
     """Write the shrunk demo config (derived from config/config.yaml) and return the snakemake arguments using it."""
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["data"].update(testsets=QUICK_TESTSETS, demo={"n_train": 8, "n_test": 2, "min_size": 48, "max_size": 64})
+    # the colonoscopy hard cases of real data: polyps of the mucosa's colour (data.demo.lesion_colour: matched, so the
+    # red-chromaticity measure has nothing to measure) and one lesion-free frame of each test set's 2
+    cfg["data"].update(testsets=QUICK_TESTSETS, demo={"n_train": 8, "n_test": QUICK_N_TEST, "min_size": 48,
+                                                      "max_size": 64, "lesion_colour": "matched",
+                                                      "empty_test_fraction": QUICK_EMPTY / QUICK_N_TEST})
     cfg["model"]["resolution"] = 32
     cfg["train"].update(steps=4, batch_size=2, checkpointing_steps=2)
     cfg["hard"].update(steps=2, calibration_samples=8, loss_backbones=["cnn"])
@@ -219,6 +224,61 @@ def test_quick_run_runs_every_rule_and_writes_every_artifact(quick_run):
     plots = {p.name for p in (workdir / "results" / "plots").glob("*.png")}
     assert {"grid.png", "histograms.png", "benchmark.png", "training_loss.png", "ratio.png"} <= plots
     assert {"transfer_matrix.png", "hardest.png", "features.png"} <= plots
+
+
+def check_hard_case_report(workdir, protocol: str, testsets: list[str], n_test: int, n_empty: int, measure: str,
+                           variants: set[str], policies: set[str]) -> None:
+    """What every hard-case run must show: the report, the data's hard cases, and undefined values that say why."""
+    tables, results = workdir / "results" / "tables", workdir / "results"
+    for name in ("benchmark.md", "benchmark.csv", "contrasts.csv", "mask_following.csv"):
+        assert (tables / name).is_file(), name
+    assert any((results / "plots").glob("*.png"))
+    manifest = pd.read_csv(results / "data" / "manifest.csv")
+    assert (manifest.loc[manifest["split"] == "train", "fg_fraction"] > 0).all()  # training frames show a lesion
+    for testset in testsets:
+        rows = manifest[manifest["split"] == testset]
+        assert len(rows) == n_test and int((rows["fg_fraction"] == 0).sum()) == n_empty
+
+    # the colour-matched lesions: the colour measure is undefined for every variant, and says why
+    following = pd.read_csv(tables / "mask_following.csv", keep_default_na=False)
+    rows = following[following["measure"] == measure]
+    assert set(rows["variant"]) == {"real", *variants}
+    assert (rows["status"] != "ok").all() and (rows["reason"].str.len() > 0).all()
+    markdown = (tables / "benchmark.md").read_text()
+    label = {"red_chromaticity": "red chromaticity", "luma": "grey level"}[measure]
+    assert f"Mask following by {label} is undefined" in markdown
+
+    bench = pd.read_csv(tables / "benchmark.csv")
+    assert set(bench["testset"]) == {*testsets, "overall"} and set(bench["policy"]) == policies
+    scores = bench[bench["metric"].isin(["mDice", "mIoU"])]["value"]
+    assert scores.notna().all() and scores.between(0, 1).all()  # lesion-free frames score, they are not dropped
+    contrasts = pd.read_csv(tables / "contrasts.csv")
+    assert "n" in contrasts.columns and len(contrasts) > 0
+    defined = contrasts["n"] > 0
+    assert contrasts.loc[defined, "mean_diff"].notna().all() and contrasts.loc[~defined, "mean_diff"].isna().all()
+    if protocol == "binary":
+        # HD95 is undefined on every lesion-free frame (an empty ground truth), whatever the prediction: counted per
+        # test set, left out of the mean, and named in benchmark.md
+        counts = bench[bench["metric"].isin(["HD95_undefined", "n_images"]) & bench["testset"].isin(testsets)]
+        per_run = counts.pivot_table(index=["arch", "policy", "ratio", "seed", "testset"], columns="metric",
+                                     values="value")
+        assert (per_run["n_images"] == n_test).all() and (per_run["HD95_undefined"] >= n_empty).all()
+        hd95 = bench[bench["metric"] == "HD95"]
+        assert (hd95["value"].isna() | (hd95["value"] >= 0)).all()
+        assert any("HD95" in line and "undefined" in line for line in markdown.splitlines())
+        # every defined HD95 contrast pairs only the images defined in both runs: fewer than all of them
+        hd95_contrasts = contrasts[contrasts["metric"].str.startswith("HD95")]
+        if len(hd95_contrasts):
+            assert (hd95_contrasts["n"] <= len(testsets) * (n_test - n_empty)).all()
+    else:
+        assert "HD95" not in set(bench["metric"])
+
+
+@pytest.mark.workflow
+def test_colour_matched_polyps_with_lesion_free_frames_reach_the_report_under_the_polyp_toolbox(quick_run):
+    workdir, _ = quick_run
+    check_hard_case_report(workdir, "polyp_toolbox", QUICK_TESTSETS, QUICK_N_TEST, QUICK_EMPTY, "red_chromaticity",
+                           set(DEMO_CONFIG["generation"]["variants"]), set(QUICK_POLICIES))
 
 
 @pytest.mark.slow
