@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 
 from hardgen.app.cli import main
 from hardgen.pretrain.adapter import (
+    PRETRAINING,
     AdapterSettings,
     draw_timesteps,
     latent_masks,
     mask_weighted_mse,
     pretrain_adapter,
-    settings_from_config,
     timestep_weights,
 )
 
@@ -105,12 +105,12 @@ def test_settings_follow_the_workflow_config():
     from hardgen.config.validation import load_config
 
     config = load_config([REPO / "config" / "config.yaml"])
-    settings = settings_from_config(config)
+    settings = PRETRAINING.settings_from_config(config)
     assert (settings.condition, settings.preset, settings.rank, settings.conv_in_rank) == (
         config["condition"]["type"], config["lora"]["preset"], config["lora"]["rank"], config["lora"]["conv_in_rank"])
     assert settings.resolution == config["model"]["resolution"] and settings.prompt == config["model"]["prompt"]
     with pytest.raises(ValueError, match="unknown"):
-        settings_from_config(config, {"unet_steps": 3})
+        PRETRAINING.settings_from_config(config, {"unet_steps": 3})
 
 
 # ------------------------------------------------------------------------------------------------ the run

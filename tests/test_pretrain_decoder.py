@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from hardgen.app.cli import main
 from hardgen.pretrain.decoder import (
     CARD_SECTION,
+    PRETRAINING,
     DecoderSettings,
     card_with_section,
     decoder_parameters,
     pretrain_decoder,
-    settings_from_config,
     train_decoder,
 )
 
@@ -59,12 +59,12 @@ def test_settings_follow_the_workflow_config():
     from hardgen.config.validation import load_config
 
     config = load_config([REPO / "config" / "config.yaml"])
-    settings = settings_from_config(config)
+    settings = PRETRAINING.settings_from_config(config)
     assert settings.resolution == config["model"]["resolution"]
     assert (settings.min_size, settings.max_size) == (config["data"]["demo"]["min_size"],
                                                        config["data"]["demo"]["max_size"])
     with pytest.raises(ValueError, match="unknown"):
-        settings_from_config(config, {"unet_steps": 3})
+        PRETRAINING.settings_from_config(config, {"unet_steps": 3})
 
 
 def test_training_lowers_the_l1_and_moves_the_decoder_only():

@@ -12,7 +12,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hardgen.pretrain.tiny_sd import Pretraining
 
 
 def _add_lora_summary(parser: argparse.ArgumentParser) -> None:
@@ -80,14 +83,14 @@ def _run_build_tiny_sd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_settings_and_checkpoints(parser: argparse.ArgumentParser, defaults: Any, names: Sequence[str],
-                                  from_config: dict[str, tuple[str, ...]], also: str = "") -> None:
-    """One ``--name`` flag per settings field not read from the config (``from_config``: field -> key path), plus the
+def _add_settings_and_checkpoints(parser: argparse.ArgumentParser, pretraining: Pretraining, also: str = "") -> None:
+    """One ``--name`` flag per settings field not read from the config (``pretraining.config_fields``), plus the
     ``--config`` and checkpoint flags."""
+    defaults, from_config = pretraining.settings(), pretraining.config_fields
     read = ", ".join(".".join(path) for path in from_config.values()) + also
     parser.add_argument("--config", type=Path, nargs="+", default=[Path("config/config.yaml")],
                         help=f"workflow config(s), merged in order: {read} come from here")
-    for name in names:
+    for name in pretraining.setting_names():
         if name in from_config:
             continue
         default = getattr(defaults, name)
@@ -117,68 +120,66 @@ def _checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
-    from hardgen.pretrain.tiny_sd import CONFIG_FIELDS, PretrainSettings, setting_names
+    from hardgen.pretrain.tiny_sd import PRETRAINING
 
     parser.add_argument("--out", type=Path, required=True,
                         help="output diffusers folder (make tiny-sd: build/tiny-sd-polyp-base, then pretrain-decoder)")
     parser.add_argument("--config-dir", type=Path, default=None,
                         help="tiny-SD config folder (default: the config's model.tiny_config)")
-    _add_settings_and_checkpoints(parser, PretrainSettings(), setting_names(), CONFIG_FIELDS, " and model.tiny_config")
+    _add_settings_and_checkpoints(parser, PRETRAINING, " and model.tiny_config")
 
 
-def _run_pretraining(args: argparse.Namespace, module: Any, subcommand: str,
+def _run_pretraining(args: argparse.Namespace, pretraining: Pretraining,
                      first: Callable[[dict[str, Any]], Path], extra: list[str]) -> int:
     """Shared by ``pretrain-tiny``, ``pretrain-decoder`` and ``pretrain-adapter``: settings from the config and flags,
-    the command for the model card, the run (``module.run(first(config), out, settings, command=..., **checkpoints)``),
-    the summary printed as one JSON line."""
+    the command for the model card, the run (``pretraining.run(first(config), out, settings, command=...,
+    **checkpoints)``), the summary printed as one JSON line."""
     from hardgen.config.validation import load_config
 
     config = load_config(args.config)
-    names = module.setting_names()
-    settings = module.settings_from_config(config, {name: getattr(args, name, None) for name in names})
-    command = " ".join([f"hardgen {subcommand} --out", str(args.out), *extra, *_given_flags(args, names)])
-    summary = module.run(first(config), args.out, settings, command=command, **_checkpoint_kwargs(args))
+    names = pretraining.setting_names()
+    settings = pretraining.settings_from_config(config, {name: getattr(args, name, None) for name in names})
+    command = " ".join([f"hardgen {pretraining.name} --out", str(args.out), *extra, *_given_flags(args, names)])
+    summary = pretraining.run(first(config), args.out, settings, command=command, **_checkpoint_kwargs(args))
     print(json.dumps(summary, sort_keys=True))
     return 0
 
 
 def _run_pretrain_tiny(args: argparse.Namespace) -> int:
-    from hardgen.pretrain import tiny_sd as pretrain
-    return _run_pretraining(args, pretrain, "pretrain-tiny",
+    from hardgen.pretrain.tiny_sd import PRETRAINING
+    return _run_pretraining(args, PRETRAINING,
                             lambda config: args.config_dir or Path(config["model"]["tiny_config"]), [])
 
 
 def _add_pretrain_adapter(parser: argparse.ArgumentParser) -> None:
-    from hardgen.pretrain.adapter import CONFIG_FIELDS, AdapterSettings, setting_names
+    from hardgen.pretrain.adapter import PRETRAINING
 
     parser.add_argument("--base", type=Path, default=None,
                         help="the pre-trained base folder (default: the config's model.base)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output adapter folder (resources/tiny-sd-polyp-mask)")
-    _add_settings_and_checkpoints(parser, AdapterSettings(), setting_names(), CONFIG_FIELDS, " and model.base")
+    _add_settings_and_checkpoints(parser, PRETRAINING, " and model.base")
 
 
 def _run_pretrain_adapter(args: argparse.Namespace) -> int:
-    from hardgen.pretrain import adapter as pretrain_adapter
-    return _run_pretraining(args, pretrain_adapter, "pretrain-adapter",
-                            lambda config: args.base or Path(config["model"]["base"]),
+    from hardgen.pretrain.adapter import PRETRAINING
+    return _run_pretraining(args, PRETRAINING, lambda config: args.base or Path(config["model"]["base"]),
                             [f"--base {args.base}"] if args.base else [])
 
 
 def _add_pretrain_decoder(parser: argparse.ArgumentParser) -> None:
-    from hardgen.pretrain.decoder import CONFIG_FIELDS, DecoderSettings, setting_names
+    from hardgen.pretrain.decoder import PRETRAINING
 
     parser.add_argument("--base", type=Path, required=True,
                         help="the pre-trained base folder whose VAE decoder is fine-tuned (pretrain-tiny's --out)")
     parser.add_argument("--out", type=Path, required=True,
                         help="output diffusers folder: the base with the new decoder (resources/tiny-sd-polyp)")
-    _add_settings_and_checkpoints(parser, DecoderSettings(), setting_names(), CONFIG_FIELDS)
+    _add_settings_and_checkpoints(parser, PRETRAINING)
 
 
 def _run_pretrain_decoder(args: argparse.Namespace) -> int:
-    from hardgen.pretrain import decoder as pretrain_decoder
-    return _run_pretraining(args, pretrain_decoder, "pretrain-decoder", lambda config: args.base,
-                            [f"--base {args.base}"])
+    from hardgen.pretrain.decoder import PRETRAINING
+    return _run_pretraining(args, PRETRAINING, lambda config: args.base, [f"--base {args.base}"])
 
 
 def _add_validate_config(parser: argparse.ArgumentParser) -> None:

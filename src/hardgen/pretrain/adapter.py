@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +52,10 @@ from hardgen.pretrain.tiny_sd import (
 )
 from hardgen.pretrain.tiny_sd import (
     Checkpoints,
+    Pretraining,
     PretrainStopped,
     budget_sentence,
     check_run_arguments,
-    config_settings,
     default_checkpoint_dir,
     latent_moments,
     optimiser_step,
@@ -488,14 +487,5 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> AdapterSettings:
-    """Settings that match a workflow config (resolution, prompt, demo sizes, condition, the LoRA's shape)."""
-    return config_settings(config, AdapterSettings, "pretrain-adapter", CONFIG_FIELDS, overrides)
-
-
-def setting_names() -> Sequence[str]:
-    return [f.name for f in dataclasses.fields(AdapterSettings)]
-
-
-#: The CLI's entry point (``hardgen pretrain-adapter``): ``run(base, out_dir, settings, ...)``.
-run = pretrain_adapter
+#: ``hardgen pretrain-adapter``: ``run(base, out_dir, settings, ...)``.
+PRETRAINING = Pretraining("pretrain-adapter", AdapterSettings, CONFIG_FIELDS, pretrain_adapter)

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,10 @@ from hardgen.pretrain.tiny_sd import (
 )
 from hardgen.pretrain.tiny_sd import (
     Checkpoints,
+    Pretraining,
     PretrainStopped,
     budget_sentence,
     check_run_arguments,
-    config_settings,
     default_checkpoint_dir,
     latent_moments,
     optimiser_step,
@@ -305,15 +304,5 @@ def card_with_section(base_card: str, summary: dict[str, Any], command: str | No
     return "\n".join(lines)
 
 
-def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> DecoderSettings:
-    """Settings that match a workflow config (resolution and the demo's image sizes)."""
-    return config_settings(config, DecoderSettings, "pretrain-decoder", CONFIG_FIELDS, overrides)
-
-
-def setting_names() -> Sequence[str]:
-    """The names of :class:`DecoderSettings` fields (the CLI exposes each as ``--name-with-dashes``)."""
-    return [f.name for f in dataclasses.fields(DecoderSettings)]
-
-
-#: The CLI's entry point (``hardgen pretrain-decoder``): ``run(base, out_dir, settings, ...)``.
-run = pretrain_decoder
+#: ``hardgen pretrain-decoder``: ``run(base, out_dir, settings, ...)``.
+PRETRAINING = Pretraining("pretrain-decoder", DecoderSettings, CONFIG_FIELDS, pretrain_decoder)

@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +311,26 @@ def config_settings(config: dict[str, Any], cls: type, what: str, fields: dict[s
     if unknown:
         raise ValueError(f"{what} settings: unknown {unknown}")
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """One pretraining subcommand (``hardgen <name>``): its settings dataclass, the fields read from the workflow config
+    (field -> key path; the CLI has no flag for them) and its
+    ``run(first, out_dir, settings, command=..., **checkpoints)``."""
+
+    name: str
+    settings: type
+    config_fields: dict[str, tuple[str, ...]]
+    run: Callable[..., dict[str, Any]]
+
+    def settings_from_config(self, config: dict[str, Any], overrides: dict[str, Any] | None = None) -> Any:
+        """Settings that match a workflow config (the config fields), then the non-None ``overrides``."""
+        return config_settings(config, self.settings, self.name, self.config_fields, overrides)
+
+    def setting_names(self) -> list[str]:
+        """The names of the settings' fields (the CLI exposes each as ``--name-with-dashes``)."""
+        return [f.name for f in dataclasses.fields(self.settings)]
 
 
 def default_checkpoint_dir(out_dir: str | Path) -> Path:
@@ -652,15 +672,5 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def settings_from_config(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> PretrainSettings:
-    """Settings that match a workflow config (resolution, prompt, demo image sizes, canny thresholds)."""
-    return config_settings(config, PretrainSettings, "pretrain", CONFIG_FIELDS, overrides)
-
-
-def setting_names() -> Sequence[str]:
-    """The names of :class:`PretrainSettings` fields (the CLI exposes each as ``--name-with-dashes``)."""
-    return [f.name for f in dataclasses.fields(PretrainSettings)]
-
-
-#: The CLI's entry point (``hardgen pretrain-tiny``): ``run(config_dir, out_dir, settings, ...)``.
-run = pretrain_tiny_sd
+#: ``hardgen pretrain-tiny``: ``run(config_dir, out_dir, settings, ...)``.
+PRETRAINING = Pretraining("pretrain-tiny", PretrainSettings, CONFIG_FIELDS, pretrain_tiny_sd)
