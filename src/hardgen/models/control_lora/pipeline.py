@@ -141,6 +141,30 @@ class _ControlLoraSampling:
         scale = condition_scale if condition_scale is not None else controlnet_conditioning_scale
         return (condition if condition is not None else image), (1.0 if scale is None else scale)
 
+    def _call_conditions(self, condition: Any, image: Any, condition_scale: Any, controlnet_conditioning_scale: Any,
+                         guess_mode: bool, height: int | None, width: int | None
+                         ) -> tuple[list[Any], Any, int, int, int]:
+        """A call's condition images (one entry per slot), scale, slot count and height, width (see :meth:`_aliases`,
+        :meth:`_condition_images`, :meth:`_size`)."""
+        condition, scale = self._aliases(condition, image, condition_scale, controlnet_conditioning_scale, guess_mode)
+        n_slots = condition_count(self.unet)
+        images = self._condition_images(condition, n_slots)
+        height, width = self._size(images, height, width)
+        return images, scale, n_slots, height, width
+
+    def _begin_call(self, prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None, guidance_scale: float,
+                    guidance_rescale: float, clip_skip: int | None, cross_attention_kwargs: dict[str, Any] | None
+                    ) -> tuple[int, torch.device, float | None, dict | None]:
+        """Set the call's guidance state; return the prompt batch size, the device and the split LoRA scale (see
+        :meth:`_split_lora_scale`)."""
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = guidance_rescale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
+        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
+        return (batch_size, self._execution_device, *self._split_lora_scale(cross_attention_kwargs))
+
     def _condition_images(self, condition: Any, n_slots: int) -> list[Any]:
         """One entry per condition slot (each an image, a batch, or a list of images)."""
         if condition is None:
@@ -174,6 +198,26 @@ class _ControlLoraSampling:
                 raise ValueError(f"control_guidance_start/end: condition {index} has [{s}, {e}]; "
                                  f"need 0 <= start <= end <= 1")
         return ConditionSchedule(self.unet, scales, starts, ends, n_steps, adapters, other_scale)
+
+    def _timesteps_and_schedule(self, num_inference_steps: int, device: torch.device, timesteps: list[int] | None,
+                                sigmas: list[float] | None, scale: Any, start: Any, end: Any, n_slots: int,
+                                adapters: Sequence[str] | None, lora_scale: float | None
+                                ) -> tuple[torch.Tensor, int, ConditionSchedule]:
+        """The scheduler's timesteps and step count, and the condition schedule over the full timesteps."""
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps,
+                                                            sigmas)
+        schedule = self._schedule(scale, start, end, n_slots, len(timesteps), adapters,
+                                  1.0 if lora_scale is None else lora_scale)
+        return timesteps, num_inference_steps, schedule
+
+    def _timestep_cond(self, total: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """The guidance-scale embedding of a UNet with ``time_cond_proj_dim`` (None for any other UNet)."""
+        if self.unet.config.time_cond_proj_dim is None:
+            return None
+        guidance = torch.tensor(self.guidance_scale - 1).repeat(total)
+        return self.get_guidance_scale_embedding(
+            guidance, embedding_dim=self.unet.config.time_cond_proj_dim
+        ).to(device=device, dtype=dtype)
 
     @staticmethod
     def _split_lora_scale(cross_attention_kwargs: dict[str, Any] | None) -> tuple[float | None, dict | None]:
@@ -336,27 +380,17 @@ class ControlLoraPipeline(_ControlLoraSampling, StableDiffusionPipeline):
         arguments as in ``StableDiffusionPipeline``; ``callback_on_step_end_tensor_inputs`` may also name
         ``condition_latents`` (the encoded conditions, not doubled for CFG).
         """
-        condition, scale = self._aliases(condition, image, condition_scale, controlnet_conditioning_scale, guess_mode)
+        images, scale, n_slots, height, width = self._call_conditions(
+            condition, image, condition_scale, controlnet_conditioning_scale, guess_mode, height, width)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        n_slots = condition_count(self.unet)
-        images = self._condition_images(condition, n_slots)
-        height, width = self._size(images, height, width)
         self.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
                           None, None, callback_on_step_end_tensor_inputs)
-        self._guidance_scale = guidance_scale
-        self._guidance_rescale = guidance_rescale
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = cross_attention_kwargs
-        self._interrupt = False
-        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
-        device = self._execution_device
-        lora_scale, unet_attention_kwargs = self._split_lora_scale(cross_attention_kwargs)
-
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps,
-                                                            sigmas)
-        schedule = self._schedule(scale, control_guidance_start, control_guidance_end, n_slots, len(timesteps),
-                                  condition_adapters, 1.0 if lora_scale is None else lora_scale)
+        batch_size, device, lora_scale, unet_attention_kwargs = self._begin_call(
+            prompt, prompt_embeds, guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs)
+        timesteps, num_inference_steps, schedule = self._timesteps_and_schedule(
+            num_inference_steps, device, timesteps, sigmas, scale, control_guidance_start, control_guidance_end,
+            n_slots, condition_adapters, lora_scale)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, self.do_classifier_free_guidance, negative_prompt,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
@@ -370,12 +404,7 @@ class ControlLoraPipeline(_ControlLoraSampling, StableDiffusionPipeline):
         )
         condition_latents = self._condition_latents(images, height, width, batch_size, num_images_per_prompt,
                                                     prompt_embeds.dtype, device)
-        timestep_cond = None
-        if self.unet.config.time_cond_proj_dim is not None:
-            guidance = torch.tensor(self.guidance_scale - 1).repeat(batch_size * num_images_per_prompt)
-            timestep_cond = self.get_guidance_scale_embedding(
-                guidance, embedding_dim=self.unet.config.time_cond_proj_dim
-            ).to(device=device, dtype=latents.dtype)
+        timestep_cond = self._timestep_cond(batch_size * num_images_per_prompt, device, latents.dtype)
         self._static_unet_kwargs = {"timestep_cond": timestep_cond, "cross_attention_kwargs": unet_attention_kwargs}
         tensors = {"latents": latents, "prompt_embeds": prompt_embeds,
                    "negative_prompt_embeds": negative_prompt_embeds, "condition_latents": condition_latents}
@@ -453,32 +482,22 @@ class ControlLoraXLPipeline(_ControlLoraSampling, StableDiffusionXLPipeline):
     ) -> StableDiffusionXLPipelineOutput | tuple:
         """Generate SDXL images under Control-LoRA conditions; arguments as in :class:`ControlLoraPipeline`
         plus SDXL's ``prompt_2``, pooled embeds, ``denoising_end`` and (negative) micro-conditioning sizes."""
-        condition, scale = self._aliases(condition, image, condition_scale, controlnet_conditioning_scale, guess_mode)
+        images, scale, n_slots, height, width = self._call_conditions(
+            condition, image, condition_scale, controlnet_conditioning_scale, guess_mode, height, width)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        n_slots = condition_count(self.unet)
-        images = self._condition_images(condition, n_slots)
-        height, width = self._size(images, height, width)
         original_size = tuple(original_size or (height, width))
         target_size = tuple(target_size or (height, width))
         self.check_inputs(prompt, prompt_2, height, width, None, negative_prompt, negative_prompt_2, prompt_embeds,
                           negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, None, None,
                           callback_on_step_end_tensor_inputs)
-        self._guidance_scale = guidance_scale
-        self._guidance_rescale = guidance_rescale
-        self._clip_skip = clip_skip
-        self._cross_attention_kwargs = cross_attention_kwargs
         self._denoising_end = denoising_end
-        self._interrupt = False
-        batch_size = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None else prompt_embeds.shape[0]
-        device = self._execution_device
-        lora_scale, unet_attention_kwargs = self._split_lora_scale(cross_attention_kwargs)
-
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps,
-                                                            sigmas)
+        batch_size, device, lora_scale, unet_attention_kwargs = self._begin_call(
+            prompt, prompt_embeds, guidance_scale, guidance_rescale, clip_skip, cross_attention_kwargs)
         # windows refer to the full schedule, as in diffusers' SDXL ControlNet pipeline
-        schedule = self._schedule(scale, control_guidance_start, control_guidance_end, n_slots, len(timesteps),
-                                  condition_adapters, 1.0 if lora_scale is None else lora_scale)
+        timesteps, num_inference_steps, schedule = self._timesteps_and_schedule(
+            num_inference_steps, device, timesteps, sigmas, scale, control_guidance_start, control_guidance_end,
+            n_slots, condition_adapters, lora_scale)
         prompt_embeds, negative_prompt_embeds, pooled, negative_pooled = self.encode_prompt(
             prompt=prompt, prompt_2=prompt_2, device=device, num_images_per_prompt=num_images_per_prompt,
             do_classifier_free_guidance=self.do_classifier_free_guidance, negative_prompt=negative_prompt,
@@ -514,12 +533,7 @@ class ControlLoraXLPipeline(_ControlLoraSampling, StableDiffusionXLPipeline):
             cutoff = round(train_steps - self.denoising_end * train_steps)
             num_inference_steps = len([t for t in timesteps if t >= cutoff])
             timesteps = timesteps[:num_inference_steps]
-        timestep_cond = None
-        if self.unet.config.time_cond_proj_dim is not None:
-            guidance = torch.tensor(self.guidance_scale - 1).repeat(total)
-            timestep_cond = self.get_guidance_scale_embedding(
-                guidance, embedding_dim=self.unet.config.time_cond_proj_dim
-            ).to(device=device, dtype=latents.dtype)
+        timestep_cond = self._timestep_cond(total, device, latents.dtype)
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)
         self._static_unet_kwargs = {"timestep_cond": timestep_cond, "cross_attention_kwargs": unet_attention_kwargs}
