@@ -54,6 +54,7 @@ from hardgen.pretrain.tiny_sd import (
     Checkpoints,
     Pretraining,
     PretrainStopped,
+    TrainingState,
     budget_sentence,
     check_run_arguments,
     default_checkpoint_dir,
@@ -252,20 +253,9 @@ def train_adapter(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(s.warmup_steps, s.steps))
     n_timesteps = noise_scheduler.config.num_train_timesteps
     alphas_cumprod = noise_scheduler.alphas_cumprod
-    trainable = {name for name, p in unet.named_parameters() if p.requires_grad}
     unet.train()
-    log: list[float] = []
-    if state is not None:
-        unet.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        log = [float(x) for x in state["log"]]
-
-    def snapshot() -> dict[str, Any]:
-        return {"stage": "adapter", "model": {k: v for k, v in unet.state_dict().items() if k in trainable},
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "generator": generator.get_state(), "log": log}
+    training = TrainingState("adapter", unet, optimizer, schedule, generator, trainable_only=True)
+    log: list[float] = training.restore(state, float)
 
     for step in tqdm(range(len(log), s.steps), desc="adapter", unit="step", initial=len(log), total=s.steps):
         index = torch.randint(0, len(image_moments), (s.batch,), generator=generator)
@@ -282,7 +272,7 @@ def train_adapter(
         optimiser_step(loss, unet, optimizer, schedule, s.max_grad_norm, "adapter", step)
         log.append(float(loss.detach()))
         if checkpoints is not None:
-            checkpoints.tick(step + 1, snapshot)
+            checkpoints.tick(step + 1, lambda: training.snapshot(log))
     unet.eval()
     return log
 

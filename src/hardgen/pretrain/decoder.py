@@ -40,6 +40,7 @@ from hardgen.pretrain.tiny_sd import (
     Checkpoints,
     Pretraining,
     PretrainStopped,
+    TrainingState,
     budget_sentence,
     check_run_arguments,
     default_checkpoint_dir,
@@ -122,23 +123,12 @@ def train_decoder(vae: torch.nn.Module, pixels: torch.Tensor, moments: torch.Ten
     params = decoder_parameters(vae)
     for p in params:
         p.requires_grad_(True)
-    trainable = {name for name, p in vae.named_parameters() if p.requires_grad}
     generator = torch.Generator().manual_seed(s.seed + 606)
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.lr, total_steps=s.steps, pct_start=0.05)
     vae.train()
-    log: list[float] = []
-    if state is not None:
-        vae.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        log = [float(x) for x in state["log"]]
-
-    def snapshot() -> dict[str, Any]:
-        return {"stage": "decoder", "model": {k: v for k, v in vae.state_dict().items() if k in trainable},
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "generator": generator.get_state(), "log": log}
+    training = TrainingState("decoder", vae, optimizer, schedule, generator, trainable_only=True)
+    log: list[float] = training.restore(state, float)
 
     for step in tqdm(range(len(log), s.steps), desc="decoder", unit="step", initial=len(log), total=s.steps):
         index = torch.randint(0, len(pixels), (s.batch,), generator=generator)
@@ -147,7 +137,7 @@ def train_decoder(vae: torch.nn.Module, pixels: torch.Tensor, moments: torch.Ten
         optimiser_step(loss, vae, optimizer, schedule, s.max_grad_norm, "decoder", step)
         log.append(float(loss.detach()))
         if checkpoints is not None:
-            checkpoints.tick(step + 1, snapshot)
+            checkpoints.tick(step + 1, lambda: training.snapshot(log))
     vae.eval().requires_grad_(False)
     return log
 

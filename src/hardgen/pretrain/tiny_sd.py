@@ -333,6 +333,41 @@ class Pretraining:
         return [f.name for f in dataclasses.fields(self.settings)]
 
 
+class TrainingState:
+    """A stage's resumable state: the model (only its trainable parameters when ``trainable_only``), optimiser, LR
+    schedule, generator and the ``extra`` objects with a ``state_dict`` (the UNet's EMA), named ``stage``."""
+
+    def __init__(self, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
+                 generator: torch.Generator, *, trainable_only: bool = False, extra: dict[str, Any] | None = None):
+        self.stage, self.model, self.optimizer, self.schedule, self.generator = (stage, model, optimizer, schedule,
+                                                                                 generator)
+        self.trainable = ({name for name, p in model.named_parameters() if p.requires_grad} if trainable_only
+                          else None)
+        self.extra = extra or {}
+
+    def restore(self, state: dict[str, Any] | None, row: Callable[[Any], Any]) -> list[Any]:
+        """Load a checkpoint's ``state`` (None: a fresh start) into the live objects; return its log, each entry
+        through ``row`` (``[]`` for a fresh start)."""
+        if state is None:
+            return []
+        self.model.load_state_dict(state["model"], strict=self.trainable is None)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        for name, value in self.extra.items():
+            value.load_state_dict(state[name])
+        return [row(entry) for entry in state["log"]]
+
+    def snapshot(self, log: list[Any]) -> dict[str, Any]:
+        """The checkpoint of the state now, with the loss ``log`` so far."""
+        model = self.model.state_dict()
+        if self.trainable is not None:
+            model = {k: v for k, v in model.items() if k in self.trainable}
+        return {"stage": self.stage, "model": model, "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "generator": self.generator.get_state(),
+                **{name: value.state_dict() for name, value in self.extra.items()}, "log": log}
+
+
 def default_checkpoint_dir(out_dir: str | Path) -> Path:
     """``<parent>/.<name>.pretrain-checkpoint``: next to the output folder, git-ignored, removed when it is saved."""
     out_dir = Path(out_dir)
@@ -357,19 +392,10 @@ def train_vae(vae: torch.nn.Module, pixels: torch.Tensor, settings: PretrainSett
     optimizer = torch.optim.AdamW(vae.parameters(), lr=s.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, s.vae_lr, total_steps=s.vae_steps, pct_start=0.05)
     vae.to(memory_format=torch.channels_last).train()  # channels-last convolutions: ~30 % faster on the CPU
-    log: list[dict[str, float]] = []
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        log = [dict(row) for row in state["log"]]
+    training = TrainingState("vae", vae, optimizer, schedule, generator)
+    log: list[dict[str, float]] = training.restore(state, dict)
     crop = s.vae_crop or pixels.shape[-1]
     span = pixels.shape[-1] - crop + 1
-
-    def snapshot() -> dict[str, Any]:
-        return {"stage": "vae", "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "generator": generator.get_state(), "log": log}
 
     for step in tqdm(range(len(log), s.vae_steps), desc="VAE", unit="step", initial=len(log), total=s.vae_steps):
         index = torch.randint(0, len(pixels), (s.vae_batch,), generator=generator)
@@ -384,7 +410,7 @@ def train_vae(vae: torch.nn.Module, pixels: torch.Tensor, settings: PretrainSett
         optimiser_step(loss, vae, optimizer, schedule, s.max_grad_norm, "VAE", step)
         log.append({"l1": float(l1.detach()), "kl": float(kl.detach())})
         if checkpoints is not None:
-            checkpoints.tick(step + 1, snapshot)
+            checkpoints.tick(step + 1, lambda: training.snapshot(log))
     vae.to(memory_format=torch.contiguous_format).eval()  # safetensors stores contiguous tensors
     return log
 
@@ -455,19 +481,8 @@ def train_unet(
     ema = EMAModel(unet.parameters(), decay=s.ema_decay)
     n_timesteps = noise_scheduler.config.num_train_timesteps
     unet.to(memory_format=torch.channels_last).train()
-    log: list[float] = []
-    if state is not None:
-        unet.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        ema.load_state_dict(state["ema"])
-        log = [float(x) for x in state["log"]]
-
-    def snapshot() -> dict[str, Any]:
-        return {"stage": "unet", "model": unet.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "generator": generator.get_state(), "ema": ema.state_dict(),
-                "log": log}
+    training = TrainingState("unet", unet, optimizer, schedule, generator, extra={"ema": ema})
+    log: list[float] = training.restore(state, float)
 
     for step in tqdm(range(len(log), s.unet_steps), desc="UNet", unit="step", initial=len(log), total=s.unet_steps):
         index = torch.randint(0, len(moments), (s.unet_batch,), generator=generator)
@@ -482,7 +497,7 @@ def train_unet(
         ema.step(unet.parameters())
         log.append(float(loss.detach()))
         if checkpoints is not None:
-            checkpoints.tick(s.vae_steps + step + 1, snapshot)
+            checkpoints.tick(s.vae_steps + step + 1, lambda: training.snapshot(log))
     ema.copy_to(unet.parameters())
     unet.to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
     return log
