@@ -500,7 +500,7 @@ def scoring(args: argparse.Namespace, work: Path, resolution: int) -> list[dict[
     import pandas as pd
 
     from hardgen.scoring.features import BackboneSpec
-    from hardgen.scoring.score import score_samples
+    from hardgen.scoring.score import score_samples_with_features
 
     _, manifest_csv = _dataset(work, 64, resolution)
     pairs = pd.read_csv(manifest_csv).rename(columns={"id": "sample_id"})
@@ -509,9 +509,11 @@ def scoring(args: argparse.Namespace, work: Path, resolution: int) -> list[dict[
         spec = BackboneSpec(name=name, input_size=64 if not args.sd15 else 224)
         proto = work / f"proto-score-{key}.safetensors"
         _prototype_for(pairs, spec, proto, resolution)
-        score_samples(pairs.head(8), spec, proto, "bench", batch_size=16, device=args.device, resolution=resolution)
+        score_samples_with_features(pairs.head(8), spec, proto, "bench", batch_size=16, device=args.device,
+                                    resolution=resolution)
         start = time.perf_counter()
-        score_samples(pairs, spec, proto, "bench", batch_size=16, device=args.device, resolution=resolution)
+        score_samples_with_features(pairs, spec, proto, "bench", batch_size=16, device=args.device,
+                                    resolution=resolution)
         rows.append({"backbone": key, "images_per_s": len(pairs) / (time.perf_counter() - start)})
     return rows
 

@@ -17,11 +17,11 @@ from hardgen.scoring.features import (
     compute_prototype,
     load_backbone,
     load_prototype,
+    real_training_pairs,
 )
 from hardgen.scoring.score import (
     SCORE_COLUMNS,
-    score_real,
-    score_samples,
+    score_samples_with_features,
     score_variant,
 )
 
@@ -63,7 +63,8 @@ def real(tmp_path_factory):
 def test_real_scores_are_standardised_by_construction(real):
     manifest, prototypes = real
     for key, spec in (("cnn", CNN), ("vit", VIT)):
-        scores = score_real(manifest, spec, prototypes[key], pad=5, batch_size=4, backbone_key=key)
+        scores, _ = score_samples_with_features(real_training_pairs(manifest), spec, prototypes[key], "real", pad=5,
+                                                batch_size=4, backbone_key=key)
         assert list(scores.columns) == SCORE_COLUMNS
         assert len(scores) == 12 and set(scores["variant"]) == {"real"} and set(scores["backbone"]) == {key}
         assert scores["z"].mean() == pytest.approx(0.0, abs=1e-4)
@@ -75,7 +76,8 @@ def test_real_scores_are_standardised_by_construction(real):
 def test_generated_scores_use_the_real_spread_and_the_shared_distance(real, tmp_path):
     manifest, prototypes = real
     generated = make_pairs(tmp_path, 6, seed=3, prefix="g", bright=0).rename(columns={"id": "sample_id"})
-    scores = score_samples(generated, CNN, prototypes["cnn"], "hard", pad=5, batch_size=4, backbone_key="cnn")
+    scores, _ = score_samples_with_features(generated, CNN, prototypes["cnn"], "hard", pad=5, batch_size=4,
+                                            backbone_key="cnn")
     assert list(scores["sample_id"]) == list(generated["sample_id"])
     assert set(scores["variant"]) == {"hard"}
     proto = load_prototype(prototypes["cnn"])
@@ -90,7 +92,7 @@ def test_generated_scores_use_the_real_spread_and_the_shared_distance(real, tmp_
 def test_prototype_from_another_backbone_is_refused(real):
     manifest, prototypes = real
     with pytest.raises(ValueError, match="built with 'resnet18'"):
-        score_samples(manifest, VIT, prototypes["cnn"], "plain", backbone_key="vit")
+        score_samples_with_features(manifest, VIT, prototypes["cnn"], "plain", backbone_key="vit")
 
 
 def test_images_are_consumed_lazily_batch_by_batch(real, monkeypatch):
@@ -115,7 +117,7 @@ def test_score_peak_memory_does_not_grow_with_number_of_images(real, tmp_path):
     for n in (8, 32):
         pairs = make_pairs(tmp_path / f"n{n}", n, seed=n, size_range=(160, 160), prefix="m")
         tracemalloc.start()
-        score_samples(pairs, CNN, prototypes["cnn"], "plain", pad=5, batch_size=4, backbone_key="cnn")
+        score_samples_with_features(pairs, CNN, prototypes["cnn"], "plain", pad=5, batch_size=4, backbone_key="cnn")
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     # Holding all images would add 24 × 77 kB ≈ 1.8 MB; streaming keeps the peak flat.
@@ -175,7 +177,8 @@ def test_real_images_are_scored_at_the_generation_resolution(real, tmp_path):
     proto_path = tmp_path / "cnn32.safetensors"
     summary = compute_prototype(manifest, CNN, proto_path, pad=5, batch_size=5, resolution=32)
     assert summary["resolution"] == 32 and load_prototype(proto_path).resolution == 32
-    scores = score_real(manifest, CNN, proto_path, pad=5, batch_size=4, backbone_key="cnn", resolution=32)
+    scores, _ = score_samples_with_features(real_training_pairs(manifest), CNN, proto_path, "real", pad=5,
+                                            batch_size=4, backbone_key="cnn", resolution=32)
     fitted_rows = []
     for row in manifest.itertuples():
         image, mask = hardgen.core.io.read_pair(row.image, row.mask)
@@ -183,9 +186,10 @@ def test_real_images_are_scored_at_the_generation_resolution(real, tmp_path):
         hardgen.core.io.write_mask(tmp_path / f"{row.id}_m.png", hardgen.core.io.fit_square(mask, 32, is_mask=True))
         fitted_rows.append({"sample_id": row.id, "image": str(tmp_path / f"{row.id}.png"),
                             "mask": str(tmp_path / f"{row.id}_m.png")})
-    as_generated = score_samples(pd.DataFrame(fitted_rows), CNN, proto_path, "plain", pad=5, batch_size=4,
-                                 backbone_key="cnn", resolution=32)
+    as_generated, _ = score_samples_with_features(pd.DataFrame(fitted_rows), CNN, proto_path, "plain", pad=5,
+                                                  batch_size=4, backbone_key="cnn", resolution=32)
     np.testing.assert_allclose(scores["distance"], as_generated["distance"], rtol=1e-5)
     # the native-resolution prototype is not comparable: scoring at 32 px against it is refused
     with pytest.raises(ValueError, match="resolution native, scoring at 32"):
-        score_real(manifest, CNN, real[1]["cnn"], pad=5, backbone_key="cnn", resolution=32)
+        score_samples_with_features(real_training_pairs(manifest), CNN, real[1]["cnn"], "real", pad=5,
+                                    backbone_key="cnn", resolution=32)

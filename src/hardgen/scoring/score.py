@@ -34,25 +34,6 @@ log = logging.getLogger("hardgen.scoring.score")
 SCORE_COLUMNS = ["sample_id", "variant", "backbone", "distance", "z"]
 
 
-def score_samples(
-    pairs_df: pd.DataFrame,
-    backbone_spec: BackboneSpec,
-    prototype_path: str | Path,
-    variant: str,
-    pad: int = 10,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    backbone_key: str | None = None,
-    resolution: int | None = None,
-) -> pd.DataFrame:
-    """Score every image/mask pair (columns ``sample_id``/``id``, ``image``, ``mask``).
-
-    See :func:`score_samples_with_features` (this drops the features).
-    """
-    return score_samples_with_features(pairs_df, backbone_spec, prototype_path, variant, pad, batch_size, device,
-                                       backbone_key, resolution)[0]
-
-
 def score_samples_with_features(
     pairs_df: pd.DataFrame,
     backbone_spec: BackboneSpec,
@@ -118,23 +99,6 @@ def score_samples_with_features(
     frame["z"] = (frame["distance"] - prototype.real_mean) / prototype.real_std
     features = torch.cat(chunks) if chunks else torch.empty(0, backbone.feature_dim)
     return frame[SCORE_COLUMNS], features
-
-
-def score_real(
-    manifest_df: pd.DataFrame,
-    backbone_spec: BackboneSpec,
-    prototype_path: str | Path,
-    pad: int = 10,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    backbone_key: str | None = None,
-    resolution: int | None = None,
-) -> pd.DataFrame:
-    """Score the real training samples (the prototype's own set) as the reference, variant ``real``."""
-    return score_samples(
-        real_training_pairs(manifest_df), backbone_spec, prototype_path, "real", pad, batch_size, device, backbone_key,
-        resolution,
-    )
 
 
 def score_variant(
