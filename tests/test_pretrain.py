@@ -22,6 +22,7 @@ from hardgen.core.io import fit_square, read_rgb
 from hardgen.data.demo import DEMO_STYLES, make_demo_dataset, render_demo_pool
 from hardgen.models.base_model import load_components, random_sd_pipeline
 from hardgen.pretrain.tiny_sd import (
+    CheckpointOptions,
     PretrainSettings,
     pretrain_tiny_sd,
     reconstruction_psnr,
@@ -172,15 +173,16 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
     settings = PretrainSettings(**{**SMOKE, "vae_steps": 3, "unet_steps": 3})
     whole = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "whole", settings)
     checkpoint = tmp_path / "ckpt"
-    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings, checkpoint_dir=checkpoint,
-                               stop_after_steps=2)  # VAE step 2 of 3
+    stop_after_2 = CheckpointOptions(checkpoint_dir=checkpoint, stop_after_steps=2)
+    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings, checkpointing=stop_after_2)  # VAE 2 of 3
     assert stopped["complete"] is False and stopped["step"] == 2 and not (tmp_path / "resumed").exists()
     state = torch.load(checkpoint / "checkpoint.pt", weights_only=True)  # tensors and plain values only
     assert state["stage"] == "vae" and state["step"] == 2 and len(state["log"]) == 2
-    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings, checkpoint_dir=checkpoint,
-                               stop_after_steps=2)  # VAE step 3, UNet step 1
+    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings,
+                               checkpointing=stop_after_2)  # VAE step 3, UNet step 1
     assert stopped["step"] == 4 and torch.load(checkpoint / "checkpoint.pt", weights_only=True)["stage"] == "unet"
-    resumed = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings, checkpoint_dir=checkpoint)
+    resumed = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "resumed", settings,
+                               checkpointing=CheckpointOptions(checkpoint_dir=checkpoint))
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for key in ("vae_l1", "vae_kl", "unet_mse_first", "unet_mse", "heldout_psnr", "heldout_psnr_random_vae",
@@ -194,9 +196,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path):
 def test_a_checkpoint_of_other_settings_is_discarded(tmp_path, capsys):
     settings = PretrainSettings(**{**SMOKE, "vae_steps": 3})
     checkpoint = tmp_path / "ckpt"
-    pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", settings, checkpoint_dir=checkpoint, stop_after_steps=2)
+    pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", settings,
+                     checkpointing=CheckpointOptions(checkpoint_dir=checkpoint, stop_after_steps=2))
     other = PretrainSettings(**{**SMOKE, "vae_steps": 3, "vae_lr": 1e-3})
-    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", other, checkpoint_dir=checkpoint, stop_after_steps=1)
+    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", other,
+                               checkpointing=CheckpointOptions(checkpoint_dir=checkpoint, stop_after_steps=1))
     assert stopped["step"] == 1  # started over: the checkpoint at step 2 was made with another learning rate
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**SMOKE, "vae_steps": 3, "vae_lr": 1e-3}.items()]
     assert main(["pretrain-tiny", "--out", str(tmp_path / "out"), "--config", str(REPO / "config" / "config.yaml"),
@@ -204,5 +208,6 @@ def test_a_checkpoint_of_other_settings_is_discarded(tmp_path, capsys):
                  "--stop-after-steps", "1", "--no-resume"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["complete"] is False and printed["step"] == 1  # --no-resume starts over too
-    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", other, checkpoint_dir=checkpoint, stop_after_minutes=0)
+    stopped = pretrain_tiny_sd(TINY_CONFIG, tmp_path / "out", other,
+                               checkpointing=CheckpointOptions(checkpoint_dir=checkpoint, stop_after_minutes=0))
     assert stopped["step"] == 2  # resumed at step 1; a session of 0 minutes still takes one step

@@ -23,6 +23,7 @@ from hardgen.pretrain.adapter import (
     pretrain_adapter,
     timestep_weights,
 )
+from hardgen.pretrain.tiny_sd import CheckpointOptions
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "resources" / "tiny-sd-polyp"
@@ -118,12 +119,14 @@ def test_an_interrupted_run_resumes_to_the_same_adapter(tmp_path, capsys):
     settings = AdapterSettings(**SMOKE)
     whole = pretrain_adapter(BASE, tmp_path / "whole", settings)
     checkpoint = tmp_path / "ckpt"
-    stopped = pretrain_adapter(BASE, tmp_path / "resumed", settings, checkpoint_dir=checkpoint, stop_after_steps=2)
+    stopped = pretrain_adapter(BASE, tmp_path / "resumed", settings,
+                               checkpointing=CheckpointOptions(checkpoint_dir=checkpoint, stop_after_steps=2))
     assert stopped["complete"] is False and stopped["step"] == 2 and not (tmp_path / "resumed").exists()
     state = torch.load(checkpoint / "checkpoint.pt", weights_only=True)
     assert state["stage"] == "adapter" and len(state["log"]) == 2
     assert all("lora" in key or "conv_in" in key for key in state["model"])  # the trainable part only
-    resumed = pretrain_adapter(BASE, tmp_path / "resumed", settings, checkpoint_dir=checkpoint)
+    resumed = pretrain_adapter(BASE, tmp_path / "resumed", settings,
+                               checkpointing=CheckpointOptions(checkpoint_dir=checkpoint))
     a = load_file(tmp_path / "whole" / "pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "resumed" / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -23,6 +23,7 @@ from hardgen.pretrain.decoder import (
     pretrain_decoder,
     train_decoder,
 )
+from hardgen.pretrain.tiny_sd import CheckpointOptions
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "resources" / "tiny-sd-polyp"
@@ -112,12 +113,14 @@ def test_an_interrupted_run_resumes_to_the_same_folder(tmp_path, capsys):
     settings = DecoderSettings(**SMOKE)
     whole = pretrain_decoder(BASE, tmp_path / "whole", settings, command="hardgen pretrain-decoder --out x")
     checkpoint = tmp_path / "ckpt"
-    stopped = pretrain_decoder(BASE, tmp_path / "resumed", settings, checkpoint_dir=checkpoint, stop_after_steps=2)
+    stopped = pretrain_decoder(BASE, tmp_path / "resumed", settings,
+                               checkpointing=CheckpointOptions(checkpoint_dir=checkpoint, stop_after_steps=2))
     assert stopped["complete"] is False and stopped["step"] == 2 and not (tmp_path / "resumed").exists()
     state = torch.load(checkpoint / "checkpoint.pt", weights_only=True)
     assert state["stage"] == "decoder" and len(state["log"]) == 2
     assert all(key.startswith(("decoder.", "post_quant_conv.")) for key in state["model"])  # the trainable part only
-    resumed = pretrain_decoder(BASE, tmp_path / "resumed", settings, checkpoint_dir=checkpoint)
+    resumed = pretrain_decoder(BASE, tmp_path / "resumed", settings,
+                               checkpointing=CheckpointOptions(checkpoint_dir=checkpoint))
     a, b = _vae(tmp_path / "whole"), _vae(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # equal measures (NaN-aware: a handful of held-out images is too few to validate the real gap)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hardgen.pretrain.tiny_sd import Pretraining
+    from hardgen.pretrain.tiny_sd import CheckpointOptions, Pretraining
 
 
 def _add_lora_summary(parser: argparse.ArgumentParser) -> None:
@@ -113,10 +113,12 @@ def _given_flags(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
     return [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in names if getattr(args, name, None) is not None]
 
 
-def _checkpoint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"checkpoint_dir": args.checkpoint_dir, "checkpoint_minutes": args.checkpoint_minutes,
-            "resume": args.resume, "stop_after_steps": args.stop_after_steps,
-            "stop_after_minutes": args.stop_after_minutes}
+def _checkpointing(args: argparse.Namespace) -> CheckpointOptions:
+    from hardgen.pretrain.tiny_sd import CheckpointOptions
+
+    return CheckpointOptions(checkpoint_dir=args.checkpoint_dir, checkpoint_minutes=args.checkpoint_minutes,
+                             resume=args.resume, stop_after_steps=args.stop_after_steps,
+                             stop_after_minutes=args.stop_after_minutes)
 
 
 def _add_pretrain_tiny(parser: argparse.ArgumentParser) -> None:
@@ -133,14 +135,14 @@ def _run_pretraining(args: argparse.Namespace, pretraining: Pretraining,
                      first: Callable[[dict[str, Any]], Path], extra: list[str]) -> int:
     """Shared by ``pretrain-tiny``, ``pretrain-decoder`` and ``pretrain-adapter``: settings from the config and flags,
     the command for the model card, the run (``pretraining.run(first(config), out, settings, command=...,
-    **checkpoints)``), the summary printed as one JSON line."""
+    checkpointing=...)``), the summary printed as one JSON line."""
     from hardgen.config.validation import load_config
 
     config = load_config(args.config)
     names = pretraining.setting_names()
     settings = pretraining.settings_from_config(config, {name: getattr(args, name, None) for name in names})
     command = " ".join([f"hardgen {pretraining.name} --out", str(args.out), *extra, *_given_flags(args, names)])
-    summary = pretraining.run(first(config), args.out, settings, command=command, **_checkpoint_kwargs(args))
+    summary = pretraining.run(first(config), args.out, settings, command=command, checkpointing=_checkpointing(args))
     print(json.dumps(summary, sort_keys=True))
     return 0
 

@@ -51,13 +51,12 @@ from hardgen.pretrain.tiny_sd import (
     CONFIG_FIELDS as BASE_CONFIG_FIELDS,
 )
 from hardgen.pretrain.tiny_sd import (
+    CheckpointOptions,
     Checkpoints,
     Pretraining,
     PretrainStopped,
     TrainingState,
     budget_sentence,
-    check_run_arguments,
-    default_checkpoint_dir,
     latent_moments,
     optimiser_step,
     posterior_sample,
@@ -308,13 +307,7 @@ def pretrain_adapter(
     out_dir: str | Path,
     settings: AdapterSettings = AdapterSettings(),
     command: str | None = None,
-    *,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_minutes: float = 5.0,
-    checkpoint_every: int = 0,
-    resume: bool = True,
-    stop_after_steps: int | None = None,
-    stop_after_minutes: float | None = None,
+    checkpointing: CheckpointOptions = CheckpointOptions(),
 ) -> dict[str, Any]:
     """Train the condition adapter of ``base`` (a diffusers SD folder) and save it to ``out_dir``; return a summary.
 
@@ -331,7 +324,7 @@ def pretrain_adapter(
     base = Path(base)
     if not (base / "unet").is_dir() or not (base / "vae").is_dir():
         raise FileNotFoundError(f"{base}: not a diffusers Stable Diffusion folder (unet/ and vae/ expected)")
-    check_run_arguments(checkpoint_minutes, checkpoint_every, stop_after_steps)
+    checkpointing.check()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
@@ -340,9 +333,7 @@ def pretrain_adapter(
         fingerprint = {"settings": dataclasses.asdict(settings),
                        "base": folder_digests(base, skip_names=("README.md",)),
                        "init_weights": file_digest(settings.init_weights) if settings.init_weights else None}
-        checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
-                                  every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
-                                  stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
+        checkpoints = checkpointing.open(out_dir, fingerprint)
         log = _train_on_pool(components, vae, unet, settings, checkpoints)
     except PretrainStopped as stopped:
         LOG.info("%s", stopped)

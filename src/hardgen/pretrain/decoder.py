@@ -37,13 +37,12 @@ from hardgen.pretrain.tiny_sd import (
     CONFIG_FIELDS as BASE_CONFIG_FIELDS,
 )
 from hardgen.pretrain.tiny_sd import (
+    CheckpointOptions,
     Checkpoints,
     Pretraining,
     PretrainStopped,
     TrainingState,
     budget_sentence,
-    check_run_arguments,
-    default_checkpoint_dir,
     latent_moments,
     optimiser_step,
     posterior_sample,
@@ -194,13 +193,7 @@ def pretrain_decoder(
     out_dir: str | Path,
     settings: DecoderSettings = DecoderSettings(),
     command: str | None = None,
-    *,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_minutes: float = 5.0,
-    checkpoint_every: int = 0,
-    resume: bool = True,
-    stop_after_steps: int | None = None,
-    stop_after_minutes: float | None = None,
+    checkpointing: CheckpointOptions = CheckpointOptions(),
 ) -> dict[str, Any]:
     """Fine-tune the VAE decoder of ``base`` (a diffusers SD folder) and save the base with it to ``out_dir``.
 
@@ -218,16 +211,14 @@ def pretrain_decoder(
     settings.check()
     base, out_dir = Path(base), Path(out_dir)
     _check_folders(base, out_dir)
-    check_run_arguments(checkpoint_minutes, checkpoint_every, stop_after_steps)
+    checkpointing.check()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
         vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
         fingerprint = {"settings": dataclasses.asdict(settings),
                        "base": folder_digests(base, skip_names=("README.md",))}
-        checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
-                                  every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
-                                  stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
+        checkpoints = checkpointing.open(out_dir, fingerprint)
         state = checkpoints.load()
         images, _ = render_pool(settings, settings.images, PRETRAIN_STREAM)
         heldout, heldout_masks = render_pool(settings, settings.heldout, HELDOUT_STREAM)

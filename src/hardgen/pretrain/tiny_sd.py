@@ -262,13 +262,34 @@ class Checkpoints:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def check_run_arguments(checkpoint_minutes: float, checkpoint_every: int, stop_after_steps: int | None) -> None:
-    """The checkpoint arguments of a pre-training run (``ValueError`` naming the argument)."""
-    for name, value in (("checkpoint_minutes", checkpoint_minutes), ("checkpoint_every", checkpoint_every)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0 (got {value})")
-    if stop_after_steps is not None and stop_after_steps < 1:
-        raise ValueError(f"stop_after_steps must be >= 1 (got {stop_after_steps})")
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """How a pre-training run checkpoints (never changing the weights): to ``checkpoint_dir`` (None:
+    :func:`default_checkpoint_dir` of the output) every ``checkpoint_minutes`` (and every ``checkpoint_every`` steps,
+    0 = off); with ``resume`` a checkpoint of the same settings is resumed; ``stop_after_steps`` (steps of this
+    session) or ``stop_after_minutes`` end the session early with a checkpoint."""
+
+    checkpoint_dir: str | Path | None = None
+    checkpoint_minutes: float = 5.0
+    checkpoint_every: int = 0
+    resume: bool = True
+    stop_after_steps: int | None = None
+    stop_after_minutes: float | None = None
+
+    def check(self) -> None:
+        """``ValueError`` naming the option for a negative interval or a stop before the first step."""
+        for name, value in (("checkpoint_minutes", self.checkpoint_minutes),
+                            ("checkpoint_every", self.checkpoint_every)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (got {value})")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ValueError(f"stop_after_steps must be >= 1 (got {self.stop_after_steps})")
+
+    def open(self, out_dir: str | Path, fingerprint: dict[str, Any]) -> Checkpoints:
+        """The run's :class:`Checkpoints` for the output ``out_dir`` and the run's ``fingerprint``."""
+        return Checkpoints(self.checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
+                           every_steps=self.checkpoint_every, minutes=self.checkpoint_minutes, resume=self.resume,
+                           stop_after_steps=self.stop_after_steps, stop_after_minutes=self.stop_after_minutes)
 
 
 def budget_sentence(summary: dict[str, Any]) -> str:
@@ -317,7 +338,7 @@ def config_settings(config: dict[str, Any], cls: type, what: str, fields: dict[s
 class Pretraining:
     """One pretraining subcommand (``hardgen <name>``): its settings dataclass, the fields read from the workflow config
     (field -> key path; the CLI has no flag for them) and its
-    ``run(first, out_dir, settings, command=..., **checkpoints)``."""
+    ``run(first, out_dir, settings, command=..., checkpointing=...)``."""
 
     name: str
     settings: type
@@ -521,13 +542,7 @@ def pretrain_tiny_sd(
     out_dir: str | Path,
     settings: PretrainSettings = PretrainSettings(),
     command: str | None = None,
-    *,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_minutes: float = 5.0,
-    checkpoint_every: int = 0,
-    resume: bool = True,
-    stop_after_steps: int | None = None,
-    stop_after_minutes: float | None = None,
+    checkpointing: CheckpointOptions = CheckpointOptions(),
 ) -> dict[str, Any]:
     """Pre-train the tiny SD of ``config_dir`` (``model.tiny_config``) and save it to ``out_dir``; return a summary.
 
@@ -538,18 +553,16 @@ def pretrain_tiny_sd(
     ``ValueError`` before any work; the folder is written atomically, so a failed or interrupted run leaves the old
     ``out_dir`` as it was.
 
-    Checkpoints (:class:`Checkpoints`) go to ``checkpoint_dir`` (default :func:`default_checkpoint_dir`) every
-    ``checkpoint_minutes`` (and every ``checkpoint_every`` steps, 0 = off); with ``resume`` a checkpoint of the same
-    settings and config folder is resumed, bit-identically. ``stop_after_steps`` (steps of this session) or
-    ``stop_after_minutes`` end the session early with a checkpoint and return ``{"complete": False, ...}``
-    without writing ``out_dir`` (split a long budget over sessions; rerun to go on). The checkpoint folder is removed
-    once ``out_dir`` is saved.
+    Checkpoints (:class:`Checkpoints`) are made as ``checkpointing`` says (:class:`CheckpointOptions`); a checkpoint
+    of the same settings and config folder is resumed, bit-identically. A session stopped early returns
+    ``{"complete": False, ...}`` without writing ``out_dir`` (split a long budget over sessions; rerun to go on).
+    The checkpoint folder is removed once ``out_dir`` is saved.
     """
     from hardgen.core.io import folder_digests
     from hardgen.models.base_model import random_sd_pipeline, save_sd_folder
 
     settings.check()
-    check_run_arguments(checkpoint_minutes, checkpoint_every, stop_after_steps)
+    checkpointing.check()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
@@ -558,9 +571,7 @@ def pretrain_tiny_sd(
             "settings": dataclasses.asdict(settings),
             "config_dir": folder_digests(config_dir),
         }
-        checkpoints = Checkpoints(checkpoint_dir or default_checkpoint_dir(out_dir), fingerprint,
-                                  every_steps=checkpoint_every, minutes=checkpoint_minutes, resume=resume,
-                                  stop_after_steps=stop_after_steps, stop_after_minutes=stop_after_minutes)
+        checkpoints = checkpointing.open(out_dir, fingerprint)
         measures = _train_stages(pipe, settings, checkpoints)
     except PretrainStopped as stopped:
         LOG.info("%s", stopped)
