@@ -10,7 +10,6 @@ from hardgen.core.io import DataError
 from hardgen.scoring.filter import (
     POLICIES,
     SUBSET_COLUMNS,
-    build_subset,
     build_subsets,
     hardness,
     pool,
@@ -215,25 +214,26 @@ def test_write_and_build_subset_round_trip(tmp_path):
     n_real = real_count(manifest)
     assert n_real == 8
     out = tmp_path / "subsets" / "hard_band" / "ratio-1" / "seed-0.csv"
-    subset = build_subset("hard_band", score_paths, generated_paths, out, ratio=1.0, n_real=n_real, band=(0.25, 0.75))
+    [subset] = build_subsets([("hard_band", 1.0)], score_paths, generated_paths, [out], n_real=n_real,
+                             band=(0.25, 0.75))
     assert len(subset) == 8  # of the 10 band samples (quantiles of 0..19 at .25/.75 keep 5..14)
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype={"sample_id": str}), subset)
     assert sorted(p.name for p in out.parent.iterdir()) == ["seed-0.csv"]
     for seed in (0, 1):
-        drawn = build_subset("hard", score_paths, generated_paths,
-                             tmp_path / "subsets" / "hard" / "ratio-0.5" / f"seed-{seed}.csv", ratio=0.5,
-                             n_real=n_real, seed=subset_seed(0, seed))
+        [drawn] = build_subsets([("hard", 0.5)], score_paths, generated_paths,
+                                [tmp_path / "subsets" / "hard" / "ratio-0.5" / f"seed-{seed}.csv"],
+                                n_real=n_real, seed=subset_seed(0, seed))
         assert len(drawn) == 4 and set(drawn["variant"]) == {"hard"}
     seed_tables = [pd.read_csv(tmp_path / "subsets" / "hard" / "ratio-0.5" / f"seed-{s}.csv") for s in (0, 1)]
     assert set(seed_tables[0]["sample_id"]) != set(seed_tables[1]["sample_id"])
-    # rule filter (segment.batch_runs): every (policy, ratio) of one seed in one call, each file build_subset's
+    # rule filter (segment.batch_runs): every (policy, ratio) of one seed in one call, each file the one-run call's
     runs = [("hard_band", 1.0), ("hard", 0.5), ("plain", 1.0)]
     outs = [tmp_path / "batch" / p / f"ratio-{r:g}" / "seed-1.csv" for p, r in runs]
     batch = build_subsets(runs, score_paths, generated_paths, outs, n_real=n_real, band=(0.25, 0.75),
                           seed=subset_seed(0, 1))
     for (policy, ratio), out_path, subset in zip(runs, outs, batch, strict=True):
-        single = build_subset(policy, score_paths, generated_paths, tmp_path / "single.csv", ratio=ratio,
-                              n_real=n_real, band=(0.25, 0.75), seed=subset_seed(0, 1))
+        [single] = build_subsets([(policy, ratio)], score_paths, generated_paths, [tmp_path / "single.csv"],
+                                 n_real=n_real, band=(0.25, 0.75), seed=subset_seed(0, 1))
         pd.testing.assert_frame_equal(subset, single)
         pd.testing.assert_frame_equal(pd.read_csv(out_path, dtype={"sample_id": str}), single)
     pd.testing.assert_frame_equal(batch[1], pd.read_csv(tmp_path / "subsets" / "hard" / "ratio-0.5" / "seed-1.csv",

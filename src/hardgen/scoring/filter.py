@@ -57,9 +57,9 @@ POLICIES: tuple[str, ...] = tuple(REGISTRY)
 RANDOM_POLICIES: tuple[str, ...] = (*VARIANT_POLICIES, *HARD_POLICIES)
 SUBSET_COLUMNS = ["image", "mask", "sample_id", "variant"]
 
-__all__ = ["POLICIES", "REMOVED_POLICIES", "SHORT_POOL_ACTIONS", "SUBSET_COLUMNS", "ShortPool", "build_subset",
-           "build_subsets", "draw", "faithful_ids", "hardness", "pool", "pool_record", "ratio_label", "read_pool_record",
-           "real_count", "select_subset", "short_pool_message", "subset_seed", "synthetic_count", "write_subset"]
+__all__ = ["POLICIES", "REMOVED_POLICIES", "SHORT_POOL_ACTIONS", "SUBSET_COLUMNS", "ShortPool", "build_subsets",
+           "draw", "faithful_ids", "hardness", "pool", "pool_record", "ratio_label", "read_pool_record", "real_count",
+           "select_subset", "short_pool_message", "subset_seed", "synthetic_count", "write_subset"]
 
 
 def subset_seed(base_seed: int, segmenter_seed: int) -> int:
@@ -315,27 +315,6 @@ def real_count(manifest_csv: str | Path) -> int:
     if count < 1:
         raise DataError(f"{path}: no training images")
     return count
-
-
-def build_subset(
-    policy: str,
-    score_csvs: Sequence[str | Path],
-    generated_csvs: Sequence[str | Path],
-    out_path: str | Path,
-    ratio: float | None = None,
-    n_real: int | None = None,
-    band: Sequence[float] = (0.5, 0.95),
-    score_backbone: str = "all",
-    min_fidelity: float = 0.5,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Read score tables and generated manifests, select, write ``out_path``.
-
-    ``seed`` is the draw seed (:func:`subset_seed` of the config seed and the segmenter seed); ``n_real``
-    the real training images (:func:`real_count`).
-    """
-    return build_subsets([(policy, ratio)], score_csvs, generated_csvs, [out_path], n_real, band, score_backbone,
-                         min_fidelity, seed)[0]
 
 
 def build_subsets(
