@@ -56,10 +56,14 @@ from hardgen.pretrain.tiny_sd import (
     Pretraining,
     PretrainStopped,
     TrainingState,
+    bound_problems,
     budget_sentence,
+    image_problems,
     latent_moments,
     optimiser_step,
     posterior_sample,
+    prompt_problems,
+    raise_problems,
     render_pool,
     settings_block,
     to_model_range,
@@ -121,15 +125,14 @@ class AdapterSettings:
 
     def problems(self) -> list[str]:
         """Every invalid setting, named as its field (the CLI flag is the same name with dashes)."""
-        problems = []
-        positive = ("images", "heldout", "rank", "conv_in_rank", "steps", "batch", "sample_steps", "threads")
-        problems += [f"{name} must be >= 1 (got {getattr(self, name)})" for name in positive if getattr(self, name) < 1]
+        problems = bound_problems(
+            self, at_least_one=("images", "heldout", "rank", "conv_in_rank", "steps", "batch", "sample_steps",
+                                "threads"),
+            positive=("lr", "max_grad_norm"), non_negative=("mask_weight", "warmup_steps", "seed"),
+            below_one=("empty_prompt_prob",))
         if self.heldout < 2:
             problems.append(f"heldout must be >= 2 (got {self.heldout}): the measure compares against other masks")
-        if self.resolution < 16 or self.resolution % 8:
-            problems.append(f"resolution must be a multiple of 8 and >= 16 (got {self.resolution})")
-        if not 16 <= self.min_size <= self.max_size:
-            problems.append(f"min_size/max_size must satisfy 16 <= min <= max (got {self.min_size}, {self.max_size})")
+        problems += image_problems(self)
         if self.condition not in ("canny", "mask"):
             problems.append(f"condition must be canny or mask (got {self.condition!r})")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
@@ -140,25 +143,11 @@ class AdapterSettings:
             problems.append(f"init_weights: {self.init_weights} is not a file")
         if self.timesteps not in TIMESTEP_DRAWS:
             problems.append(f"timesteps must be one of {list(TIMESTEP_DRAWS)} (got {self.timesteps!r})")
-        for name in ("lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
-        for name in ("mask_weight", "warmup_steps", "seed"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
-        if not 0 <= self.empty_prompt_prob < 1:
-            problems.append(f"empty_prompt_prob must be in [0, 1) (got {self.empty_prompt_prob})")
-        if not 0 <= self.canny_low < self.canny_high <= 255:
-            problems.append(f"canny_low/canny_high must satisfy 0 <= low < high <= 255 (got {self.canny_low}, "
-                            f"{self.canny_high})")
-        if not self.prompt.strip():
-            problems.append("prompt must not be empty")
-        return problems
+        return problems + prompt_problems(self)
 
     def check(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ValueError("pretrain-adapter settings:\n  " + "\n  ".join(problems))
+        """Raise ``ValueError`` listing every problem (before any slow work starts)."""
+        raise_problems("pretrain-adapter", self.problems())
 
 
 # ------------------------------------------------------------------------------------------------- data

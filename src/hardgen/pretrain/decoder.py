@@ -42,11 +42,14 @@ from hardgen.pretrain.tiny_sd import (
     Pretraining,
     PretrainStopped,
     TrainingState,
+    bound_problems,
     budget_sentence,
+    image_problems,
     latent_moments,
     optimiser_step,
     posterior_sample,
     psnr,
+    raise_problems,
     reconstructions,
     render_pool,
     settings_block,
@@ -79,26 +82,15 @@ class DecoderSettings:
 
     def problems(self) -> list[str]:
         """Every invalid setting, named as its field (the CLI flag is the same name with dashes)."""
-        positive = ("images", "steps", "batch", "threads")
-        problems = [f"{name} must be >= 1 (got {getattr(self, name)})" for name in positive if getattr(self, name) < 1]
+        problems = bound_problems(self, at_least_one=("images", "steps", "batch", "threads"),
+                                  positive=("lr", "max_grad_norm"), non_negative=("seed",))
         if self.heldout < 2:
             problems.append(f"heldout must be >= 2 (got {self.heldout}): the measure compares against other masks")
-        if self.seed < 0:
-            problems.append(f"seed must be >= 0 (got {self.seed})")
-        if self.resolution < 16 or self.resolution % 8:
-            problems.append(f"resolution must be a multiple of 8 and >= 16 (got {self.resolution})")
-        if not 16 <= self.min_size <= self.max_size:
-            problems.append(f"min_size/max_size must satisfy 16 <= min <= max (got {self.min_size}, {self.max_size})")
-        for name in ("lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
-        return problems
+        return problems + image_problems(self)
 
     def check(self) -> None:
         """Raise ``ValueError`` listing every problem (before any slow work starts)."""
-        problems = self.problems()
-        if problems:
-            raise ValueError("pretrain-decoder settings:\n  " + "\n  ".join(problems))
+        raise_problems("pretrain-decoder", self.problems())
 
 
 def decoder_parameters(vae: torch.nn.Module) -> list[torch.nn.Parameter]:

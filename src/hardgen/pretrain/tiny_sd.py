@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,45 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 LOG = logging.getLogger("hardgen.pretrain.tiny_sd")
+
+
+def bound_problems(settings: Any, *, at_least_one: Sequence[str] = (), positive: Sequence[str] = (),
+                   non_negative: Sequence[str] = (), below_one: Sequence[str] = ()) -> list[str]:
+    """The numeric fields of ``settings`` out of bounds: ``at_least_one`` (>= 1), ``positive`` (> 0),
+    ``non_negative`` (>= 0), ``below_one`` (in [0, 1)); each named as its field."""
+    value = {name: getattr(settings, name) for name in (*at_least_one, *positive, *non_negative, *below_one)}
+    return ([f"{name} must be >= 1 (got {value[name]})" for name in at_least_one if value[name] < 1]
+            + [f"{name} must be > 0 (got {value[name]})" for name in positive if not value[name] > 0]
+            + [f"{name} must be >= 0 (got {value[name]})" for name in non_negative if value[name] < 0]
+            + [f"{name} must be in [0, 1) (got {value[name]})" for name in below_one if not 0 <= value[name] < 1])
+
+
+def image_problems(settings: Any) -> list[str]:
+    """The demo renderer's settings of every stage out of bounds: ``resolution``, ``min_size``/``max_size``."""
+    problems = []
+    if settings.resolution < 16 or settings.resolution % 8:
+        problems.append(f"resolution must be a multiple of 8 and >= 16 (got {settings.resolution})")
+    if not 16 <= settings.min_size <= settings.max_size:
+        problems.append(f"min_size/max_size must satisfy 16 <= min <= max (got {settings.min_size}, "
+                        f"{settings.max_size})")
+    return problems
+
+
+def prompt_problems(settings: Any) -> list[str]:
+    """The text and condition settings of the UNet stages out of bounds: the canny thresholds, the prompt."""
+    problems = []
+    if not 0 <= settings.canny_low < settings.canny_high <= 255:
+        problems.append(f"canny_low/canny_high must satisfy 0 <= low < high <= 255 (got {settings.canny_low}, "
+                        f"{settings.canny_high})")
+    if not settings.prompt.strip():
+        problems.append("prompt must not be empty")
+    return problems
+
+
+def raise_problems(what: str, problems: list[str]) -> None:
+    """``ValueError`` listing every one of ``problems`` of the ``what`` settings (none: nothing)."""
+    if problems:
+        raise ValueError(f"{what} settings:\n  " + "\n  ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -84,39 +123,20 @@ class PretrainSettings:
 
     def problems(self) -> list[str]:
         """Every invalid setting, named as its field (the CLI flag is the same name with dashes)."""
-        problems = []
-        positive = ("images", "heldout", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "threads")
-        problems += [f"{name} must be >= 1 (got {getattr(self, name)})" for name in positive if getattr(self, name) < 1]
-        if self.seed < 0:
-            problems.append(f"seed must be >= 0 (got {self.seed})")
-        if self.resolution < 16 or self.resolution % 8:
-            problems.append(f"resolution must be a multiple of 8 and >= 16 (got {self.resolution})")
-        if not 16 <= self.min_size <= self.max_size:
-            problems.append(f"min_size/max_size must satisfy 16 <= min <= max (got {self.min_size}, {self.max_size})")
+        problems = bound_problems(
+            self, at_least_one=("images", "heldout", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "threads"),
+            positive=("vae_lr", "unet_lr", "max_grad_norm"),
+            non_negative=("seed", "kl_weight", "condition_share", "warmup_steps"),
+            below_one=("empty_prompt_prob", "ema_decay"))
+        problems += image_problems(self)
         if self.vae_crop and (not 8 <= self.vae_crop <= self.resolution or self.vae_crop % 8):
             problems.append(f"vae_crop must be 0 (whole images) or a multiple of 8 in [8, resolution] "
                             f"(got {self.vae_crop})")
-        for name in ("vae_lr", "unet_lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
-        for name in ("kl_weight", "condition_share", "warmup_steps"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
-        for name in ("empty_prompt_prob", "ema_decay"):
-            if not 0 <= getattr(self, name) < 1:
-                problems.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
-        if not 0 <= self.canny_low < self.canny_high <= 255:
-            problems.append(f"canny_low/canny_high must satisfy 0 <= low < high <= 255 (got {self.canny_low}, "
-                            f"{self.canny_high})")
-        if not self.prompt.strip():
-            problems.append("prompt must not be empty")
-        return problems
+        return problems + prompt_problems(self)
 
     def check(self) -> None:
         """Raise ``ValueError`` listing every problem (before any slow work starts)."""
-        problems = self.problems()
-        if problems:
-            raise ValueError("pretrain settings:\n  " + "\n  ".join(problems))
+        raise_problems("pretrain", self.problems())
 
 
 # ------------------------------------------------------------------------------------------------- data
