@@ -67,6 +67,7 @@ from hardgen.pretrain.tiny_sd import (
     render_pool,
     settings_block,
     to_model_range,
+    torch_threads,
     warmup_cosine,
 )
 
@@ -314,22 +315,18 @@ def pretrain_adapter(
     if not (base / "unet").is_dir() or not (base / "vae").is_dir():
         raise FileNotFoundError(f"{base}: not a diffusers Stable Diffusion folder (unet/ and vae/ expected)")
     checkpointing.check()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
     try:
-        components = load_components(base, family="sd15", dtype=torch.float32)
-        vae, unet = components["vae"].eval(), components["unet"]
-        fingerprint = {"settings": dataclasses.asdict(settings),
-                       "base": folder_digests(base, skip_names=("README.md",)),
-                       "init_weights": file_digest(settings.init_weights) if settings.init_weights else None}
-        checkpoints = checkpointing.open(out_dir, fingerprint)
-        log = _train_on_pool(components, vae, unet, settings, checkpoints)
+        with torch_threads(settings.threads):
+            components = load_components(base, family="sd15", dtype=torch.float32)
+            vae, unet = components["vae"].eval(), components["unet"]
+            fingerprint = {"settings": dataclasses.asdict(settings),
+                           "base": folder_digests(base, skip_names=("README.md",)),
+                           "init_weights": file_digest(settings.init_weights) if settings.init_weights else None}
+            checkpoints = checkpointing.open(out_dir, fingerprint)
+            log = _train_on_pool(components, vae, unet, settings, checkpoints)
     except PretrainStopped as stopped:
         LOG.info("%s", stopped)
-        return {"out": str(out_dir), "complete": False, "step": checkpoints.last_step, "budget_steps": settings.steps,
-                "wall_seconds": checkpoints.seconds(), "checkpoint": str(checkpoints.path)}
-    finally:
-        torch.set_num_threads(previous_threads)
+        return checkpoints.stopped_summary(out_dir, settings.steps)
 
     summary = _save_adapter(out_dir, base, unet, log, settings, checkpoints, command)
     checkpoints.clear()
@@ -383,12 +380,8 @@ def _save_adapter(out_dir: str | Path, base: Path, unet: torch.nn.Module, log: l
         save_control_lora(staging, unet, ADAPTER, base_model=base.as_posix(), preset=settings.preset,
                           condition_type=settings.condition, prediction_type="epsilon",
                           extra={"pretrained_by": "hardgen pretrain-adapter"})
-        previous_threads = torch.get_num_threads()
-        torch.set_num_threads(settings.threads)
-        try:
+        with torch_threads(settings.threads):
             measure = measure_mask_following(base, staging, settings)
-        finally:
-            torch.set_num_threads(previous_threads)
         summary = {
             "out": str(out_dir), "complete": True, "base": base.as_posix(), "settings": dataclasses.asdict(settings),
             "loss_first": float(np.mean(log[:tail])), "loss": float(np.mean(log[-tail:])),

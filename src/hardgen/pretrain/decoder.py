@@ -54,6 +54,7 @@ from hardgen.pretrain.tiny_sd import (
     render_pool,
     settings_block,
     to_model_range,
+    torch_threads,
 )
 
 LOG = logging.getLogger("hardgen.pretrain.decoder")
@@ -204,28 +205,24 @@ def pretrain_decoder(
     base, out_dir = Path(base), Path(out_dir)
     _check_folders(base, out_dir)
     checkpointing.check()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
     try:
-        vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
-        fingerprint = {"settings": dataclasses.asdict(settings),
-                       "base": folder_digests(base, skip_names=("README.md",))}
-        checkpoints = checkpointing.open(out_dir, fingerprint)
-        state = checkpoints.load()
-        images, _ = render_pool(settings, settings.images, PRETRAIN_STREAM)
-        heldout, heldout_masks = render_pool(settings, settings.heldout, HELDOUT_STREAM)
-        before = reconstruction_measure(vae, heldout, heldout_masks, settings.seed)
-        pixels = to_model_range(images)
-        with torch.no_grad():
-            moments = latent_moments(vae, pixels)
-        log = train_decoder(vae, pixels, moments, settings, checkpoints, state)
-        after = reconstruction_measure(vae, heldout, heldout_masks, settings.seed)
+        with torch_threads(settings.threads):
+            vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
+            fingerprint = {"settings": dataclasses.asdict(settings),
+                           "base": folder_digests(base, skip_names=("README.md",))}
+            checkpoints = checkpointing.open(out_dir, fingerprint)
+            state = checkpoints.load()
+            images, _ = render_pool(settings, settings.images, PRETRAIN_STREAM)
+            heldout, heldout_masks = render_pool(settings, settings.heldout, HELDOUT_STREAM)
+            before = reconstruction_measure(vae, heldout, heldout_masks, settings.seed)
+            pixels = to_model_range(images)
+            with torch.no_grad():
+                moments = latent_moments(vae, pixels)
+            log = train_decoder(vae, pixels, moments, settings, checkpoints, state)
+            after = reconstruction_measure(vae, heldout, heldout_masks, settings.seed)
     except PretrainStopped as stopped:
         LOG.info("%s", stopped)
-        return {"out": str(out_dir), "complete": False, "step": checkpoints.last_step, "budget_steps": settings.steps,
-                "wall_seconds": checkpoints.seconds(), "checkpoint": str(checkpoints.path)}
-    finally:
-        torch.set_num_threads(previous_threads)
+        return checkpoints.stopped_summary(out_dir, settings.steps)
 
     tail = max(1, len(log) // 10)
     summary = {

@@ -32,7 +32,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,11 +276,27 @@ class Checkpoints:
         if stop:
             raise PretrainStopped(f"stopped after step {step}; rerun the same command to resume from {self.path}")
 
+    def stopped_summary(self, out_dir: str | Path, budget_steps: int) -> dict[str, Any]:
+        """A stopped session's summary: incomplete, the last checkpoint's step and path, the wall time so far."""
+        return {"out": str(out_dir), "complete": False, "step": self.last_step, "budget_steps": budget_steps,
+                "wall_seconds": self.seconds(), "checkpoint": str(self.path)}
+
     def clear(self) -> None:
         """Remove the folder (after the finished model is saved, or to start over)."""
         import shutil
 
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads; the previous count is restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
@@ -583,23 +600,18 @@ def pretrain_tiny_sd(
 
     settings.check()
     checkpointing.check()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
     try:
-        pipe = random_sd_pipeline(config_dir, settings.seed)
-        fingerprint = {
-            "settings": dataclasses.asdict(settings),
-            "config_dir": folder_digests(config_dir),
-        }
-        checkpoints = checkpointing.open(out_dir, fingerprint)
-        measures = _train_stages(pipe, settings, checkpoints)
+        with torch_threads(settings.threads):
+            pipe = random_sd_pipeline(config_dir, settings.seed)
+            fingerprint = {
+                "settings": dataclasses.asdict(settings),
+                "config_dir": folder_digests(config_dir),
+            }
+            checkpoints = checkpointing.open(out_dir, fingerprint)
+            measures = _train_stages(pipe, settings, checkpoints)
     except PretrainStopped as stopped:
         LOG.info("%s", stopped)
-        return {"out": str(out_dir), "complete": False, "step": checkpoints.last_step,
-                "budget_steps": settings.vae_steps + settings.unet_steps, "wall_seconds": checkpoints.seconds(),
-                "checkpoint": str(checkpoints.path)}
-    finally:
-        torch.set_num_threads(previous_threads)
+        return checkpoints.stopped_summary(out_dir, settings.vae_steps + settings.unet_steps)
 
     summary = {"out": str(out_dir), "complete": True, "settings": dataclasses.asdict(settings), **measures,
                "budget_steps": settings.vae_steps + settings.unet_steps, "wall_seconds": checkpoints.seconds(),
