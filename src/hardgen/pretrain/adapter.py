@@ -57,7 +57,7 @@ from hardgen.pretrain.tiny_sd import (
     PretrainStopped,
     TrainingState,
     bound_problems,
-    budget_sentence,
+    budget_and_settings,
     image_problems,
     latent_moments,
     optimiser_step,
@@ -65,7 +65,6 @@ from hardgen.pretrain.tiny_sd import (
     prompt_problems,
     raise_problems,
     render_pool,
-    settings_block,
     to_model_range,
     torch_threads,
     warmup_cosine,
@@ -443,9 +442,7 @@ def model_card(summary: dict[str, Any], command: str | None = None) -> str:
         "",
         (f"{'Mask- and v-weighted' if v_weighted else 'Mask-weighted'} epsilon MSE: "
          f"{summary['loss_first']:.4f} over the first 10 % of steps, {summary['loss']:.4f} over the last 10 %."),
-        budget_sentence(summary),
-        "",
-        *settings_block(s),
+        *budget_and_settings(summary),
     ]
     return "\n".join(lines)
 

@@ -43,7 +43,7 @@ from hardgen.pretrain.tiny_sd import (
     PretrainStopped,
     TrainingState,
     bound_problems,
-    budget_sentence,
+    budget_and_settings,
     image_problems,
     latent_moments,
     optimiser_step,
@@ -52,7 +52,6 @@ from hardgen.pretrain.tiny_sd import (
     raise_problems,
     reconstructions,
     render_pool,
-    settings_block,
     to_model_range,
     torch_threads,
 )
@@ -267,9 +266,7 @@ def card_with_section(base_card: str, summary: dict[str, Any], command: str | No
         (f"| fine-tuned | {after['psnr']:.2f} dB | {after['margin_vs_real']:.3f} | "
          f"{after['dark_corners']:.0%} |"),
         "",
-        budget_sentence(summary),
-        "",
-        *settings_block(s),
+        *budget_and_settings(summary),
     ]
     return "\n".join(lines)
 

@@ -329,12 +329,13 @@ class CheckpointOptions:
                            stop_after_steps=self.stop_after_steps, stop_after_minutes=self.stop_after_minutes)
 
 
-def budget_sentence(summary: dict[str, Any]) -> str:
-    """The adapter's and decoder's cards' budget line: optimiser steps and the measured wall time (summed over resumed
-    sessions, which it then says)."""
-    return (f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall time "
-            f"on the CPU with {summary['settings']['threads']} torch threads"
-            + (" (summed over resumed sessions)." if summary.get("resumed") else "."))
+def budget_and_settings(summary: dict[str, Any]) -> list[str]:
+    """The adapter's and decoder's cards' closing lines: the budget line (optimiser steps and the measured wall time,
+    summed over resumed sessions, which it then says), then :func:`settings_block`."""
+    budget = (f"{summary['budget_steps']} optimiser steps, measured {summary['wall_seconds'] / 60:.1f} min of wall "
+              f"time on the CPU with {summary['settings']['threads']} torch threads"
+              + (" (summed over resumed sessions)." if summary.get("resumed") else "."))
+    return [budget, "", *settings_block(summary["settings"])]
 
 
 def settings_block(settings: dict[str, Any]) -> list[str]:
