@@ -11,9 +11,9 @@ with stage_logging(snakemake.log[0]) as log:
     from hardgen.data.manifest import load_manifest
     from hardgen.scoring.allocation import (
         condition_losses,
-        real_image_losses,
         make_plan,
         plan_summary,
+        real_image_losses,
         write_plan,
     )
 

@@ -13,7 +13,12 @@ from tqdm.auto import tqdm
 
 from hardgen.core.io import read_mask
 from hardgen.models.archs import predict_logits
-from hardgen.segmentation.datasets import SegmentationPairs, check_pairs, check_size, sample_ids
+from hardgen.segmentation.datasets import (
+    SegmentationPairs,
+    check_pairs,
+    check_size,
+    sample_ids,
+)
 from hardgen.segmentation.losses import structure_loss_per_sample
 
 
