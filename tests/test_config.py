@@ -172,6 +172,9 @@ def test_schema_defaults_fill_the_config_in_one_place(repo_root):
     filled = apply_defaults(raw)
     assert filled["hard"]["crop_pad"] == 10 and filled["hard"]["calibration_samples"] == 64
     assert filled["backbones"]["x"]["pretrained"] is False and filled["backbones"]["x"]["margin"] is None
+    # a default written beside a $ref (per_mask: {$ref: posint, default: 1}) is a default too
+    generation = apply_defaults({"generation": {}})["generation"]
+    assert (generation["per_mask"], generation["candidates"], generation["mining_steps"]) == (1, 4, 2)
 
 
 def test_real_data_without_weights_is_refused_unless_allowed(demo):

@@ -16,9 +16,14 @@ import pytest
 import yaml
 
 from hardgen.config import settings as st
+from hardgen.config.validation import resolve_ref
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "src" / "hardgen" / "config" / "config.schema.yaml").read_text())
+
+
+def _ref(node: dict) -> dict:
+    return resolve_ref(node, SCHEMA)
 
 #: The local names a section's mapping goes by where it is consumed (params, function arguments).
 ALIASES = {
@@ -46,20 +51,11 @@ ALIASES = {
 }
 
 
-def _resolve(node: dict) -> dict:
-    while "$ref" in node:
-        target = SCHEMA
-        for part in node["$ref"][2:].split("/"):
-            target = target[part]
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
-
-
 def leaves(node: dict | None = None, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict]]:
-    node = _resolve(node if node is not None else SCHEMA)
+    node = _ref(node if node is not None else SCHEMA)
     props = node.get("properties")
     entry = node.get("additionalProperties")
-    entry = _resolve(entry) if isinstance(entry, dict) else None
+    entry = _ref(entry) if isinstance(entry, dict) else None
     if props:
         return [leaf for key, child in props.items() for leaf in leaves(child, (*path, key))]
     if entry is not None and entry.get("properties"):
@@ -132,11 +128,11 @@ def test_a_key_nobody_reads_is_caught():
 def test_optional_keys_have_their_default_in_the_schema():
     """Defaults live in the schema only: every key a section does not require has a default."""
     def check(node: dict, path: tuple[str, ...]) -> list[str]:
-        node = _resolve(node)
+        node = _ref(node)
         missing = []
         required = set(node.get("required", []))
         for key, child in node.get("properties", {}).items():
-            child_r = _resolve(child)
+            child_r = _ref(child)
             if key not in required and "default" not in child_r and "default" not in child:
                 missing.append(".".join((*path, key)))
             missing += check(child, (*path, key))

@@ -9,26 +9,21 @@ import dataclasses
 import pytest
 
 from hardgen.config import settings as st
-from hardgen.config.validation import load_config, load_schema
+from hardgen.config.validation import load_config, load_schema, resolve_ref
 
 SCHEMA = load_schema()
 
 
-def _deref(node: dict) -> dict:
-    while "$ref" in node:
-        target = SCHEMA
-        for part in node["$ref"][2:].split("/"):
-            target = target[part]
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
+def _ref(node: dict) -> dict:
+    return resolve_ref(node, SCHEMA)
 
 
 def _sections(cls: type[st.Section], node: dict, path: str):
     """(path, settings class, schema object) of every schema object with properties, from the top down."""
-    node = _deref(node)
+    node = _ref(node)
     yield path, cls, node
     for key, f in cls.keys().items():
-        child = _deref(node["properties"][key])
+        child = _ref(node["properties"][key])
         if f.metadata["section"] is not None:
             yield from _sections(f.metadata["section"], child, f"{path}.{key}".lstrip("."))
         if f.metadata["entries"] is not None:
@@ -46,7 +41,7 @@ def test_every_schema_key_has_exactly_one_field_and_every_field_one_key():
         assert sorted(fields) == sorted(node["properties"]), path
         assert len(set(fields)) == len(fields), path
         for key, f in cls.keys().items():
-            child = _deref(node["properties"][key])
+            child = _ref(node["properties"][key])
             # a schema object with keys is a settings class; a keyed mapping of such objects is entries of one
             nested = "properties" in child
             entries = isinstance(child.get("additionalProperties"), dict) and "$ref" in child["additionalProperties"]
@@ -56,11 +51,11 @@ def test_every_schema_key_has_exactly_one_field_and_every_field_one_key():
 
 def _filled(default, node: dict):
     """A schema default as the validated config holds it: an object's own keys' defaults filled in."""
-    node = _deref(node)
+    node = _ref(node)
     if isinstance(default, dict) and "properties" in node:
         default = copy.deepcopy(default)
         for key, child in node["properties"].items():
-            child = _deref(child)
+            child = _ref(child)
             if key not in default and "default" in child:
                 default[key] = _filled(child["default"], child)
     return default
@@ -70,7 +65,7 @@ def test_the_dataclass_defaults_are_the_schema_defaults():
     for path, cls, node in SECTIONS:
         required = set(node.get("required", []))
         for key, f in cls.keys().items():
-            child = _deref(node["properties"][key])
+            child = _ref(node["properties"][key])
             has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
             assert has_default == ("default" in child), f"{path}.{key}: a default in one of schema and settings"
             assert not (has_default and key in required), f"{path}.{key}"

@@ -31,6 +31,8 @@ from dataclasses import MISSING, dataclass, field
 from functools import cache
 from typing import Any, ClassVar, TypeVar
 
+from hardgen.config.validation import load_schema, resolve_ref
+
 S = TypeVar("S", bound="Section")
 
 
@@ -163,8 +165,6 @@ def _plain(value: Any) -> Any:
 
 @cache
 def _schema() -> dict[str, Any]:
-    from hardgen.config.validation import load_schema
-
     return load_schema()
 
 
@@ -173,20 +173,11 @@ def description(section: type[Section], name: str) -> str:
     schema = _schema()
     node: dict[str, Any] = schema
     for part in [p for p in section.PATH.split(".") if p]:
-        node = _deref(node, schema)
+        node = resolve_ref(node, schema)
         node = node["properties"][part] if part != "*" else node["additionalProperties"]
-    node = _deref(node, schema)
+    node = resolve_ref(node, schema)
     key = schema_key(next(f for f in dataclasses.fields(section) if f.name == name))
-    return " ".join(str(_deref(node["properties"][key], schema).get("description", "")).split())
-
-
-def _deref(node: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        target: Any = schema
-        for part in node["$ref"][2:].split("/"):
-            target = target[part]
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return node
+    return " ".join(str(resolve_ref(node["properties"][key], schema).get("description", "")).split())
 
 
 # ---- data

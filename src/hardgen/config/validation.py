@@ -129,8 +129,9 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     return schema
 
 
-def _resolve(node: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Follow a local ``$ref`` (``#/$defs/name``)."""
+def resolve_ref(node: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A schema node with its local ``$ref`` (``#/$defs/name``) followed: the target's keys, with the keys written
+    beside the ref on top (``per_mask: {$ref: posint, default: 1}`` keeps its default and its description)."""
     ref = node.get("$ref")
     if not ref:
         return node
@@ -139,7 +140,7 @@ def _resolve(node: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str,
     target: Any = schema
     for part in ref[2:].split("/"):
         target = target[part]
-    return _resolve(target, schema)
+    return {**resolve_ref(target, schema), **{key: value for key, value in node.items() if key != "$ref"}}
 
 
 def apply_defaults(config: dict[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -153,11 +154,11 @@ def apply_defaults(config: dict[str, Any], schema: Mapping[str, Any] | None = No
     drop_removed_archs(config)
 
     def fill(instance: Any, node: Mapping[str, Any]) -> None:
-        node = _resolve(node, schema)
+        node = resolve_ref(node, schema)
         if not isinstance(instance, dict):
             return
         for key, child in node.get("properties", {}).items():
-            child = _resolve(child, schema)
+            child = resolve_ref(child, schema)
             if key not in instance and "default" in child:
                 instance[key] = copy.deepcopy(child["default"])
             if key in instance:
