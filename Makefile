@@ -27,14 +27,15 @@ rehearse: $(STAMP)
 	$(BIN)/hardgen rehearse $(CONFIG) --cores $(CORES)
 
 # The fast default: unit tests + short workflow runs (shrunk demo configs, every stage). CI runs this. Two pytest-xdist
-# workers, one test file at a time each, the longest files first (tests/conftest.py): TEST_WORKERS=0 runs in-process.
+# workers, one test file at a time each, the longest files first (tests/conftest.py; --no-loadscope-reorder keeps that
+# order, which xdist would otherwise replace by the files' test counts): TEST_WORKERS=0 runs in-process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Slow checks too (tests marked `slow`: the full demo run, killed-and-resumed training, SDXL).
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -m "" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Generation / training / scoring throughput side by side (CPU, tiny models, a few minutes):
 # results/benchmarks/{generation,training,scoring}.csv and bench.png.

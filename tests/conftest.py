@@ -16,11 +16,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: The test files that run whole workflows or train for tens of seconds, longest first (measured on 2 cores). `make
 #: test` runs the suite on two pytest-xdist workers, one file at a time per worker (``--dist loadfile``: a file's
-#: module fixtures, e.g. a finished workflow run, are built once); these files are handed out first, so the two
+#: module fixtures, e.g. a finished workflow run, are built once; ``--no-loadscope-reorder``: in this order, not by
+#: test count); these files are handed out first, so the two
 #: workers finish together instead of one starting a workflow run when the other is done (longest processing time
 #: first). The order changes when tests run, never what they check.
-LONGEST_FIRST = ("test_workflow.py", "test_workflow_datasets.py", "test_rehearsal.py", "test_pretrain_adapter.py",
-                 "test_rerun_triggers.py", "test_condition_path.py", "test_train.py", "test_pretrain.py")
+LONGEST_FIRST = ("test_workflow.py", "test_workflow_datasets.py", "test_pretrain_adapter.py", "test_train.py",
+                 "test_rerun_triggers.py", "test_rehearsal.py", "test_condition_path.py", "test_config.py",
+                 "test_pretrain_decoder.py", "test_pretrain.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,6 +1,7 @@
 """`hardgen rehearse`: the user's config shrunk (config/rehearsal.yaml + the per-key shrinks of hardgen.app.rehearsal),
 run in its own folder. The rehearsal keeps every rule the real run has (dry runs of config/paper.yaml and
-config/demo-ultrasound.yaml), and a real rehearsal of a procedural dataset in the folders layout reaches the report."""
+config/demo-ultrasound.yaml); a real rehearsal of a user's dataset in the folders layout reaches the report in
+test_workflow_datasets.py, whose end-to-end checks share that run."""
 
 from __future__ import annotations
 
@@ -8,14 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from test_workflow import REPO, copy_workflow, planned_jobs, snakemake
 
 from hardgen.app import rehearsal
 from hardgen.config.validation import load_config
-from hardgen.data.demo import make_ultrasound_demo
 
 FIXED = yaml.safe_load((REPO / "config" / "rehearsal.yaml").read_text())
 
@@ -98,42 +97,6 @@ def test_the_rehearsal_dry_runs_every_rule_of_the_real_run(overlay: str, tmp_pat
     derived = yaml.safe_load((tmp_path / "rehearsal" / rehearsal.DERIVED).read_text())
     assert derived["data"]["test_subset"] == 3
     assert not (tmp_path / "results").exists() and not (REPO / "rehearsal").exists()  # only its own folder
-
-
-@pytest.mark.workflow
-def test_a_rehearsal_of_a_folders_dataset_reaches_the_report_in_its_own_folder(tmp_path: Path) -> None:
-    """A user's own dataset (procedural here: 16-bit grey images with 0/1 masks, isoechoic lesions, lesion-free test
-    frames) in the folders layout, two test sets, the binary protocol: 12 training and 6 + 5 test pairs, every one
-    validated (expected_sizes), 8 and 3 + 3 of them used; the report under the rehearsal's folder only."""
-    site = tmp_path / "site"
-    make_ultrasound_demo(site / "data", {"scans": 12, "clinic-B": 6, "clinic-C": 5}, 48, 64, 1,
-                         lesion_colour="matched", empty_fraction={"clinic-B": 0.34, "clinic-C": 0.34})
-    (site / "my-data.yaml").write_text(yaml.safe_dump({
-        "data": {"root": "data", "layout": "folders", "train_splits": ["scans"], "testsets": ["clinic-B", "clinic-C"],
-                 "expected_sizes": {"train": 12, "clinic-B": 6, "clinic-C": 5}},
-        "evaluate": {"protocol": "binary"},
-        "generation": {"variants": ["plain"]},  # the generators are not what a rehearsal of a dataset tests
-        "segment": {"policies": ["real", "plain"], "synthetic_ratios": [1.0], "archs": {"transformer": None}},
-        "report": {"primary_contrast": {"policy": "plain", "versus": "real", "ratio": 1, "metric": "mIoU"}},
-    }))
-    workflow = copy_workflow(tmp_path / "workflow")
-    result = subprocess.run(
-        [sys.executable, "-m", "hardgen.app.cli", "rehearse", "my-data.yaml", "--workflow", str(workflow)],
-        cwd=site, capture_output=True, text=True, timeout=1500, check=False)
-    assert result.returncode == 0, result.stderr[-6000:]
-    results = site / "rehearsal" / "results"
-    manifest = pd.read_csv(results / "data" / "manifest.csv")
-    assert manifest["split"].value_counts().to_dict() == {"train": 8, "clinic-B": 3, "clinic-C": 3}
-    for testset in ("clinic-B", "clinic-C"):  # the capped test sets keep a lesion-free frame
-        assert (manifest.loc[manifest["split"] == testset, "fg_fraction"] == 0).sum() >= 1
-    for name in ("benchmark.md", "benchmark.csv", "contrasts.csv", "mask_following.csv"):
-        assert (results / "tables" / name).is_file(), name
-    assert any((results / "plots").glob("*.png"))
-    assert not (site / "results").exists() and not (workflow / "results").exists()
-    # real data on the shipped tiny base: benchmark.md says the numbers are noise, and describes the user's run
-    markdown = (results / "tables" / "benchmark.md").read_text()
-    assert "noise by design" in markdown and "2 test sets (`clinic-B`, `clinic-C`)" in markdown
-    assert "`evaluate.protocol: binary`" in markdown
 
 
 def test_the_workflow_checkout_is_given_or_found_from_the_current_directory(tmp_path):

@@ -81,6 +81,9 @@ QUICK_TESTSETS = ["CVC-300", "Kvasir"]
 # segment.batch_runs: per-run rules whose jobs a batch rule runs instead (per-run rule -> its batch rule)
 UNBATCHED = {"evaluate": "evaluate_runs", "train_segmenter": "train_real"}
 QUICK_POLICIES = ["real", "hard_band", "hard_faithful"]
+# the demo's variants but mined, whose generate, score and judge_loss jobs the ultrasound rehearsal of
+# test_workflow_datasets runs (mined sampling of the plain LoRA, in two shards)
+QUICK_VARIANTS = [v for v in DEMO_CONFIG["generation"]["variants"] if v != "mined"]
 QUICK_RATIOS = [0.5, 1.0]  # 4 and 8 synthetic images for the 8 real ones
 QUICK_N_TEST, QUICK_EMPTY = 2, 1  # per test set: 2 frames, 1 of them lesion-free
 
@@ -98,7 +101,8 @@ def quick_config(path: Path) -> list[str]:
     cfg["hard"].update(steps=2, calibration_samples=8, loss_backbones=["cnn"])
     cfg["feedback"].update(steps=2)
     cfg["backbones"] = {key: {**spec, "input_size": 32} for key, spec in cfg["backbones"].items() if key != "vit"}
-    cfg["generation"].update(steps=2, shards=2, mining_steps=1, candidates=2)  # mined: 2 noises, scored after step 1
+    # one shard per variant (the demo's: several shards, merged, are the ultrasound rehearsal's)
+    cfg["generation"].update(variants=QUICK_VARIANTS, steps=2, shards=1)
     cfg["segment"].update(size=32, iterations=2, batch_size=4, policies=QUICK_POLICIES, synthetic_ratios=QUICK_RATIOS,
                           archs={"cnn": cfg["segment"]["archs"]["cnn"]})
     # 2-iteration segmenters grade fidelity at random: a guard at 0 keeps hard_faithful's pool >= 8 whatever they say;
@@ -215,7 +219,7 @@ def test_quick_run_runs_every_rule_and_writes_every_artifact(quick_run):
     assert list(following.columns) == ["variant", "measure", "own", "shuffled", "margin_vs_real", "dark_corners",
                                        "status", "reason"]
     assert list(following["measure"].unique()) == ["red_chromaticity", "judge_dice:cnn"]
-    assert list(following["variant"].unique()) == ["real", *DEMO_CONFIG["generation"]["variants"]]
+    assert list(following["variant"].unique()) == ["real", *QUICK_VARIANTS]
     assert set(following["status"]) <= {"ok", "undefined"} and following[["own", "shuffled"]].notna().all().all()
     undefined = following[following["status"] == "undefined"]
     assert undefined["margin_vs_real"].isna().all() and undefined["reason"].notna().all()
@@ -278,7 +282,7 @@ def check_hard_case_report(workdir, protocol: str, testsets: list[str], n_test: 
 def test_colour_matched_polyps_with_lesion_free_frames_reach_the_report_under_the_polyp_toolbox(quick_run):
     workdir, _ = quick_run
     check_hard_case_report(workdir, "polyp_toolbox", QUICK_TESTSETS, QUICK_N_TEST, QUICK_EMPTY, "red_chromaticity",
-                           set(DEMO_CONFIG["generation"]["variants"]), set(QUICK_POLICIES))
+                           set(QUICK_VARIANTS), set(QUICK_POLICIES))
 
 
 @pytest.mark.slow
@@ -426,11 +430,12 @@ def test_unbatched_rules_write_what_the_batch_jobs_wrote(quick_run, tmp_path):
     source, args = quick_run
     workdir = tmp_path / "wf"
     shutil.copytree(source, workdir, symlinks=True)
-    # one invocation per group: a forced model is newer than what was made from it, so later targets would rerun more
+    # one invocation per group: a forced model is newer than what was made from it, so a later target made from it
+    # would rerun more (the models come last, together: neither is made from the other)
     groups = [{"results/eval/cnn/real/ratio-0/seed-0.csv": "evaluate", "results/scores/hard.csv": "score",
                "results/fidelity/hard.csv": "score"},
-              {"results/segment/cnn/hard_band/ratio-0.5/seed-0/model.safetensors": "train_segmenter"},
-              {"results/segment/cnn/real/ratio-0/seed-0/model.safetensors": "train_segmenter"}]
+              {"results/segment/cnn/hard_band/ratio-0.5/seed-0/model.safetensors": "train_segmenter",
+               "results/segment/cnn/real/ratio-0/seed-0/model.safetensors": "train_segmenter"}]
     before = tmp_path / "before"
     for target in (target for group in groups for target in group):
         (before / target).parent.mkdir(parents=True, exist_ok=True)

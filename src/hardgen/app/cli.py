@@ -19,13 +19,15 @@ if TYPE_CHECKING:
 
 
 def _add_lora_summary(parser: argparse.ArgumentParser) -> None:
-    from hardgen.models.control_lora import PRESETS
+    # the presets as the config schema lists them (lora.preset), so that building the parser imports no torch
+    from hardgen.config.validation import load_schema
 
+    presets = load_schema()["properties"]["lora"]["properties"]["preset"]["enum"]
     parser.add_argument("--unet-config", type=Path, help="UNet config.json (or its folder), e.g. resources/sd15-unet")
     parser.add_argument("--config", type=Path, nargs="+", default=[Path("config/config.yaml")],
                         help="workflow config(s), merged in order: its lora section gives the adapter shape flags not "
                         "given (default config/config.yaml)")
-    parser.add_argument("--preset", choices=PRESETS, default=None, help="target-module preset (default: lora.preset)")
+    parser.add_argument("--preset", choices=presets, default=None, help="target-module preset (default: lora.preset)")
     parser.add_argument("--rank", type=int, default=None,
                         help="LoRA rank of every layer but conv_in (default: lora.rank)")
     parser.add_argument("--conv-in-rank", type=int, default=None,
@@ -294,18 +296,25 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser with one sub-parser per entry of :data:`SUBCOMMANDS`."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser with one sub-parser per entry of :data:`SUBCOMMANDS`; only ``command``'s (None: every
+    one's) gets its arguments. Some arguments come from settings classes whose modules import torch: a command
+    that needs no torch (``validate-config``, ``rehearse``) starts in a fraction of a second."""
     parser = argparse.ArgumentParser(prog="hardgen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        subparser = sub.add_parser(name, help=help_text, description=help_text)
+        if command is None or name == command:
+            add_arguments(subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hardgen`` script; returns the exit code (1 on bad input, with the reason on stderr)."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the command is the first argument not an option (the top-level parser has only -h)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in SUBCOMMANDS else None).parse_args(argv)
     _, _, run = SUBCOMMANDS[args.command]
     try:
         return run(args)

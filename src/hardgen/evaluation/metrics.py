@@ -78,7 +78,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import py_sod_metrics
 from tqdm.auto import tqdm
 
 from hardgen.core.io import DataError, read_gray, read_rgb
@@ -204,6 +203,8 @@ class MapScores:
 
 def _score_image(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
     """PySODMetrics on one 8-bit map and one 8-bit grey GT of the same size (toolbox preparation by the library)."""
+    import py_sod_metrics  # here: it imports scikit-learn and scikit-image, which the other protocols never need
+
     curves = py_sod_metrics.FmeasureV2(
         metric_handlers={
             "dice": py_sod_metrics.DICEHandler(with_dynamic=True, with_adaptive=False, with_binary=True),
