@@ -115,7 +115,7 @@ def test_the_training_jobs_read_every_train_and_hard_key(config):
     assert sorted(settings.feedback.params("feedback")) == sorted(
         set(SCHEMA["properties"]["feedback"]["properties"]) - {"segmenter", "judge_seed"})
     assert list(settings.model.params("generator")) == ["family", "vae", "resolution", "prompt"]
-    assert list(settings.lora.params("adapters")) == ["preset", "rank", "conv_in_rank", "init"]
+    assert list(settings.lora.params("adapters")) == ["preset", "rank", "conv_in_rank", "init", "condition_latent"]
 
 
 def test_a_segmenter_job_is_given_every_segment_key_a_run_reads(config):

@@ -11,7 +11,8 @@ params are compared by their repr: Snakemake's params rerun trigger). A whole ma
 ``segment.archs.<key>``) keeps the config's key order. The jobs:
 
 * ``generator``: ``model.*`` keys of every Control-LoRA training and sampling job (``base`` is a param of its own).
-* ``adapters``: ``lora.*`` keys of the adapters (``init_weights`` is an input of the plain training, not a param).
+* ``adapters``: ``lora.*`` keys of every LoRA training (plain, hard, feedback; ``init_weights`` is an input of the
+  plain training, not a param); generation reads none.
 * ``plain`` / ``finetune``: ``train.*`` keys of the plain training and of a hard / feedback fine-tuning (whose length
   is its own section's ``steps``); ``copied``: those copied into TrainSettings as they are.
 * ``hard`` / ``feedback``: ``hard.*`` / ``feedback.*`` keys of that fine-tuning; ``hard`` also the whole in-loss
@@ -262,7 +263,7 @@ class ModelConfig(Section):
 
 @dataclass(frozen=True, kw_only=True)
 class LoraConfig(Section):
-    """The shape of the Control-LoRA adapters."""
+    """The shape of the Control-LoRA adapters and the condition latent their training reads."""
 
     PATH = "lora"
     preset: str = setting(read_by=("adapters",))
@@ -270,6 +271,7 @@ class LoraConfig(Section):
     conv_in_rank: int = setting(read_by=("adapters",))
     init_weights: str | None = setting(default=None)
     init: str = setting(read_by=("adapters",))
+    condition_latent: str = setting(default="mode", read_by=("adapters",))
 
 
 _TRAIN = ("plain", "finetune", "copied")

@@ -125,6 +125,7 @@ def train_settings(job: LoraJob, files: TrainFiles, num_gpus: int = 1):
         rank=lora.rank,
         conv_in_rank=lora.conv_in_rank,
         lora_init=lora.init,
+        condition_latent=lora.condition_latent,
         seed=job.seed,
         resume_from_checkpoint="latest",
         crop_pad=job.crop_pad,

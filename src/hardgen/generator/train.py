@@ -171,9 +171,9 @@ class _Trainer:
 
         self.pairs = load_training_pairs(s.conditions_csv, s.manifest_csv)
         self.dataset = PairDataset(self.pairs, s.resolution)
-        #: per training pair (dataset index): the image's VAE posterior moments and its condition's latent.
-        #: The encoder is deterministic and the pairs are not augmented, so each pair is encoded once; drawing
-        #: from the cached posterior is exactly drawing from a fresh encode.
+        #: per training pair (dataset index): the VAE posterior moments of its image and of its condition. The
+        #: encoder is deterministic and the pairs are not augmented, so each pair is encoded once; drawing from
+        #: the cached posterior is exactly drawing from a fresh encode.
         self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.encode_pairs()  # first VAE work of the process, in dataset order: identical in a resumed run
 
@@ -323,14 +323,20 @@ class _Trainer:
                                                                      torch.Tensor]:
         """Noise, predict; returns (model_pred, target, noisy_latents, timesteps).
 
-        With ``timesteps`` given (a probe), the latents are the VAE posterior means and the noise comes
-        from ``generator``, so the same batch gives the same x̂0 for the same LoRA.
+        A training step draws the image latent from its VAE posterior, and the condition latent too with
+        ``condition_latent: sample`` (else the condition's posterior mode, as sampling feeds it); both draws use the
+        global RNG that ``set_seed`` seeds and checkpoints save, so a resumed run draws what an uninterrupted one
+        does. With ``timesteps`` given (a probe), both latents are the posterior modes and the noise comes from
+        ``generator``, so the same batch gives the same x̂0 for the same LoRA.
         """
         device = self.accelerator.device
-        moments, cond_latents = self._encoded(batch)
+        moments, cond_moments = self._encoded(batch)
         posterior = DiagonalGaussianDistribution(moments)
+        cond_posterior = DiagonalGaussianDistribution(cond_moments)
         latents = (posterior.sample() if timesteps is None else posterior.mode()) * self.scaling_factor
         latents = latents.to(self.weight_dtype)
+        draw_condition = timesteps is None and self.settings.condition_latent == "sample"
+        cond_latents = (cond_posterior.sample() if draw_condition else cond_posterior.mode()) * self.scaling_factor
         cond_latents = cond_latents.to(self.weight_dtype)
         bsz = latents.shape[0]
         if timesteps is None:
@@ -354,11 +360,13 @@ class _Trainer:
     def encode_pairs(self) -> None:
         """VAE-encode every training pair once, in dataset order, one pair per call.
 
-        The condition latent is the posterior mode (deterministic, as at inference); the image keeps its
-        posterior moments, so drawing from them is drawing from a fresh encode. Always the same calls in the
-        same order from the start of the process, so a resumed run holds bit-identical latents (batched, or
-        first-met-mid-run, encodes round differently). Runs outside autocast, like the decode: the VAE works
-        in its own dtype (an fp32 VAE really in fp32). Kept on the CPU, moved per batch.
+        Keeps the posterior moments of the image and of the condition (:meth:`_forward` takes the condition's
+        mode, as at inference, or draws from it: ``condition_latent``), so drawing from them is drawing from a
+        fresh encode. Always the same calls in the same order from the start of the process, so a resumed run
+        holds bit-identical latents (batched, or first-met-mid-run, encodes round differently). Runs outside
+        autocast, like the decode: the VAE works in its own dtype (an fp32 VAE really in fp32; the condition's
+        encoder runs an fp16 VAE in fp32, :func:`~hardgen.models.control_lora.condition_posterior`). Kept on the
+        CPU, moved per batch.
         """
         device = self.accelerator.device
         for index in tqdm(range(len(self.dataset)), desc="encode pairs",
@@ -368,16 +376,16 @@ class _Trainer:
             condition = item["condition"][None].to(device, dtype=self.vae.dtype)
             with torch.autocast(device_type=device.type, enabled=False):
                 moments = self.vae.encode(pixels).latent_dist.parameters
-                cond_latents = self.control_lora.encode_condition(self.vae, condition, mode="mode")
-            self._latent_cache[index] = (moments[0].cpu(), cond_latents[0].cpu())
+                cond_moments = self.control_lora.condition_posterior(self.vae, condition).parameters
+            self._latent_cache[index] = (moments[0].cpu(), cond_moments[0].cpu())
 
     def _encoded(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(posterior moments, condition latents) of the batch's pairs, from the cache :meth:`encode_pairs` fills."""
+        """(image, condition) posterior moments of the batch's pairs, from the cache :meth:`encode_pairs` fills."""
         device = self.accelerator.device
         indices = [int(i) for i in batch["index"]]
         moments = torch.stack([self._latent_cache[i][0] for i in indices]).to(device)
-        cond_latents = torch.stack([self._latent_cache[i][1] for i in indices]).to(device)
-        return moments, cond_latents
+        cond_moments = torch.stack([self._latent_cache[i][1] for i in indices]).to(device)
+        return moments, cond_moments
 
     def _x0_images(self, model_pred: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The decoded x̂0 in [0, 1]: an fp32-decoding VAE outside autocast (autocast would run its convolutions in

@@ -23,6 +23,9 @@ FEEDBACK_LOSSES = ("hinge", "negated")
 #: the judge's per-sample loss in the feedback term: PraNet's structure loss, or pixel-wise cross-entropy (the
 #: authors' SegFormer loss; binary: BCE on the logits)
 SEG_LOSSES = ("structure", "ce")
+#: the condition image's VAE latent in training (``lora.condition_latent``): the posterior mode (what sampling feeds
+#: the UNet) or a fresh posterior draw per step (the authors' control-lora-v3 training)
+CONDITION_LATENTS = ("mode", "sample")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -54,6 +57,8 @@ class TrainSettings:
     rank: int = 16
     conv_in_rank: int = 64
     lora_init: str = "gaussian"
+    #: ``mode``: every step reads the condition's posterior mode; ``sample``: a fresh posterior draw per step
+    condition_latent: str = "mode"
     # optimisation
     steps: int = 1000
     batch_size: int = 1
@@ -112,6 +117,7 @@ class TrainSettings:
             "mixed_precision": MIXED_PRECISIONS,
             "feedback_loss": FEEDBACK_LOSSES,
             "seg_loss": SEG_LOSSES,
+            "condition_latent": CONDITION_LATENTS,
         }
         if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
             raise bad("prediction_type", f"must be one of {PREDICTION_TYPES} or None (the scheduler's)")

@@ -11,8 +11,8 @@ Parts:
   folder or hub id, loading into condition slots, in-place assignment, summaries;
 * :mod:`~hardgen.models.control_lora.adapters` — condition adapters vs other LoRAs, per-slot scales and guidance
   windows, fusing;
-* :mod:`~hardgen.models.control_lora.pipeline` — ``encode_condition``, ``decode_latents`` / ``decode_unit_images``
-  (``vae_upcast``) and the SD1.5 / SDXL pipelines.
+* :mod:`~hardgen.models.control_lora.pipeline` — ``condition_posterior`` / ``encode_condition``, ``decode_latents`` /
+  ``decode_unit_images`` (``vae_upcast``) and the SD1.5 / SDXL pipelines.
 
 Channel bookkeeping (a deliberate fix of the original): control-lora-v3 reports ``config.in_channels = 4``
 while its ``conv_in`` has ``4·(1+N)`` inputs, by writing to diffusers' frozen config through a private
@@ -74,6 +74,7 @@ from hardgen.models.control_lora.pipeline import (
     ConditionImage,
     ControlLoraPipeline,
     ControlLoraXLPipeline,
+    condition_posterior,
     decode_latents,
     decode_unit_images,
     encode_condition,
@@ -95,6 +96,7 @@ __all__ = [
     "add_control_lora",
     "assign_lora_weights",
     "condition_count",
+    "condition_posterior",
     "condition_slots",
     "control_lora_state_dict",
     "decode_latents",

@@ -22,6 +22,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     rescale_noise_cfg,
@@ -37,31 +38,40 @@ ConditionImage = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[Any]
 StepCallback = Callable[..., dict[str, Any]] | PipelineCallback | MultiPipelineCallbacks
 
 
+def condition_posterior(vae: nn.Module, images_m11: torch.Tensor) -> DiagonalGaussianDistribution:
+    """The VAE posterior of condition images in [-1, 1] (unscaled latent space).
+
+    The encoder runs outside any autocast region, in the VAE's own dtype (an fp32 VAE stays fp32 under fp16/bf16
+    autocast); an fp16 VAE is run in fp32 for this call because its encoder overflows, and its posterior stays fp32.
+    """
+    upcast = vae.dtype == torch.float16
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        with torch.autocast(device_type=vae.device.type, enabled=False):
+            return vae.encode(images_m11.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
 def encode_condition(
     vae: nn.Module,
     images_m11: torch.Tensor,
     mode: str = "mode",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """VAE latents of condition images in [-1, 1], times ``scaling_factor`` (what conv_in's condition slot reads).
+    """VAE latents of condition images in [-1, 1], times ``scaling_factor`` (what conv_in's condition slot reads), in
+    the VAE's dtype.
 
-    ``mode="sample"`` draws from the posterior (training, as control-lora-v3); ``"mode"`` takes its mode
-    (inference). The encoder runs outside any autocast region, in the VAE's own dtype (an fp32 VAE stays
-    fp32 under fp16/bf16 autocast); an fp16 VAE is run in fp32 for this call because its encoder overflows.
+    ``mode="sample"`` draws from the posterior (:func:`condition_posterior`; the authors' training, as control-lora-v3);
+    ``"mode"`` takes its mode (inference, and hardgen's training by default: ``lora.condition_latent``).
     """
     if mode not in ("sample", "mode"):
         raise ValueError(f"encode_condition: mode must be 'sample' or 'mode', got {mode!r}")
     original_dtype = vae.dtype
-    upcast = original_dtype == torch.float16
-    if upcast:
-        vae.to(torch.float32)
-    try:
-        with torch.autocast(device_type=vae.device.type, enabled=False):
-            dist = vae.encode(images_m11.to(device=vae.device, dtype=vae.dtype)).latent_dist
-            latents = dist.sample(generator=generator) if mode == "sample" else dist.mode()
-    finally:
-        if upcast:
-            vae.to(original_dtype)
+    dist = condition_posterior(vae, images_m11)
+    latents = dist.sample(generator=generator) if mode == "sample" else dist.mode()
     return (latents * vae.config.scaling_factor).to(original_dtype)
 
 
