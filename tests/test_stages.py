@@ -186,6 +186,20 @@ def test_hard_and_feedback_init_batch_and_seg_loss_reach_the_settings(real, tmp_
     assert alone.batch_size == 1 and alone.gradient_accumulation_steps == 4
 
 
+def test_condition_latent_reaches_every_lora_training_and_paper_yaml_samples(demo, repo_root, tmp_path):
+    """lora.condition_latent: the mode by default (what sampling reads), a posterior sample in paper.yaml (the
+    authors' training); the plain, hard and feedback trainings all read it."""
+    paper = load_config([repo_root / "config" / "config.yaml", repo_root / "config" / "paper.yaml"])
+    assert demo["lora"]["condition_latent"] == "mode" and paper["lora"]["condition_latent"] == "sample"
+    for mode in ("plain", "hard", "feedback"):
+        assert settings_for(demo, mode, tmp_path).condition_latent == "mode"
+        sampled = {**demo, "lora": {**demo["lora"], "condition_latent": "sample"}}
+        assert settings_for(sampled, mode, tmp_path).condition_latent == "sample"
+    with pytest.raises(ValueError, match="TrainSettings.condition_latent"):
+        stages.train_settings(job_for({**demo, "lora": {**demo["lora"], "condition_latent": "mean"}}, "plain"),
+                              files_for(tmp_path, "plain"))
+
+
 def test_a_job_reads_exactly_its_rule_params(demo):
     params = dict(model={}, lora={}, train={}, seed=0, condition_type="mask")
     with pytest.raises(ValueError, match="model: job 'generator' params hold"):

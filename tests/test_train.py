@@ -211,6 +211,8 @@ def test_settings_json_round_trip_and_errors(tmp_path):
         TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", feedback_loss="abs").validate()
     with pytest.raises(ValueError, match="TrainSettings.resolution"):
         TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", resolution=30).validate()
+    with pytest.raises(ValueError, match="TrainSettings.condition_latent"):
+        TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", condition_latent="mean").validate()
 
 
 def test_training_pairs_use_real_rows_and_name_bad_tables(tiny_data, tmp_path):
@@ -292,8 +294,9 @@ def test_plain_training_writes_control_lora_v3_artifacts(plain_run):
     assert TrainSettings.from_dict(on_disk["settings"]).steps == 3
 
 
-def test_resume_matches_an_uninterrupted_run(tiny_base, tiny_data, tmp_path):
-    common = dict(steps=4, checkpointing_steps=2, learning_rate=5e-3)
+@pytest.mark.parametrize("condition_latent", ["mode", "sample"])
+def test_resume_matches_an_uninterrupted_run(tiny_base, tiny_data, tmp_path, condition_latent):
+    common = dict(steps=4, checkpointing_steps=2, learning_rate=5e-3, condition_latent=condition_latent)
     train_control_lora(make_settings(tiny_base, tiny_data, tmp_path / "full", **common))
     # "killed" after step 2: a 2-step run leaves checkpoint-2, then the resumed run continues to 4
     interrupted = tmp_path / "resumed"
@@ -554,7 +557,7 @@ def test_sdxl_family_trains_with_time_ids_and_pooled_embeds(tiny_data, tmp_path)
 
 
 def test_each_pair_is_vae_encoded_once_and_attention_uses_sdpa(tiny_base, tiny_data, tmp_path):
-    """Training caches each pair's posterior moments and condition latent: the VAE encoder runs once per pair,
+    """Training caches the posterior moments of each pair's image and condition: the VAE encoder runs once per pair,
     however many steps reuse it, and drawing from the cached posterior keeps the latents' randomness."""
     from unittest import mock
 
@@ -571,7 +574,59 @@ def test_each_pair_is_vae_encoded_once_and_attention_uses_sdpa(tiny_base, tiny_d
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     with torch.no_grad():  # the cache holds exactly what encoding the pair alone gives (whatever its batch)
         fresh = [trainer.vae.encode(batch["pixels"][k : k + 1]).latent_dist.parameters[0] for k in (0, 1)]
+        fresh_conditions = [trainer.control_lora.condition_posterior(trainer.vae, batch["condition"][k : k + 1])
+                            .parameters[0] for k in (0, 1)]
     assert all(torch.equal(first[0][k], fresh[k]) for k in (0, 1))
+    assert all(torch.equal(first[1][k], fresh_conditions[k]) for k in (0, 1))
+
+
+@pytest.mark.parametrize("condition_latent", ["mode", "sample"])
+def test_condition_latent_is_the_posterior_mode_or_a_fresh_draw_per_step(tiny_base, tiny_data, tmp_path,
+                                                                         condition_latent):
+    """lora.condition_latent: ``mode`` feeds every step the condition's posterior mode, exactly what sampling's
+    encode_condition gives; ``sample`` feeds a fresh draw mean + std·ε per step (ε the global RNG's, as the image
+    latent's). A probe (timesteps given) reads the mode either way."""
+    from unittest import mock
+
+    from diffusers.models.autoencoders import vae as vae_module
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    trainer = train._Trainer(make_settings(tiny_base, tiny_data, tmp_path, condition_latent=condition_latent))
+    items = [trainer.dataset[i] for i in (0, 1)]
+    batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+    fed: list[torch.Tensor] = []  # the condition channels of the UNet's input
+    hook = trainer.unet.register_forward_pre_hook(lambda module, args: fed.append(args[0][:, 4:].detach().clone()))
+    noise: list[torch.Tensor] = []  # every posterior draw's ε
+    randn_tensor = vae_module.randn_tensor
+
+    def recorded(*args, **kwargs):
+        noise.append(randn_tensor(*args, **kwargs))
+        return noise[-1]
+
+    try:
+        with torch.no_grad(), mock.patch.object(vae_module, "randn_tensor", recorded):
+            trainer._forward(batch)
+            trainer._forward(batch)
+            trainer._forward(batch, timesteps=torch.tensor([10, 500]), generator=torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    scale = trainer.vae.config.scaling_factor
+    with torch.no_grad():  # what sampling feeds the UNet for these conditions (one pair per call, as cached)
+        inference = torch.cat([trainer.control_lora.encode_condition(trainer.vae, batch["condition"][k : k + 1])
+                               for k in (0, 1)])
+    assert torch.equal(fed[2], inference)  # the probe: the mode
+    if condition_latent == "mode":
+        assert len(noise) == 2  # the image latent's draws only
+        assert torch.equal(fed[0], inference) and torch.equal(fed[1], inference)
+        return
+    posterior = DiagonalGaussianDistribution(trainer._encoded(batch)[1])
+    assert len(noise) == 4  # image and condition, per step
+    assert not torch.allclose(fed[0], fed[1])  # a fresh draw each step
+    assert (fed[0] - inference).abs().mean() > 0.1 * (posterior.std * scale).mean()
+    for step, latents in enumerate(fed[:2]):  # the draw is mean + std·ε of the recorded ε, around the mode
+        assert any(torch.allclose(latents, (posterior.mean + posterior.std * eps) * scale, atol=1e-6)
+                   for eps in noise[2 * step : 2 * step + 2])
+    torch.testing.assert_close(posterior.mean * scale, inference)
 
 
 def test_plain_training_can_fine_tune_a_given_control_lora(plain_run, tiny_base, tiny_data, tmp_path):
