@@ -164,9 +164,9 @@ def test_ignore_maps_reach_the_loss_at_every_scale(pairs_df: pd.DataFrame, tmp_p
     seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     original = structure_loss
 
-    def recording(logits, mask, valid=None):
+    def recording(logits, mask, valid=None, kind="structure"):
         seen.append((mask.detach().clone(), None if valid is None else valid.detach().clone()))
-        return original(logits, mask, valid)
+        return original(logits, mask, valid, kind)
 
     monkeypatch.setattr(segmentation_losses, "structure_loss", recording)
     synthetic = pairs_df.iloc[2:].reset_index(drop=True)

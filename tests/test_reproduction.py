@@ -19,8 +19,14 @@ def _long(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=summary.BENCHMARK_COLUMNS)
 
 
-def _anchors(rows: list[tuple]) -> pd.DataFrame:
-    return repro.check_anchors(pd.DataFrame(rows, columns=repro.ANCHOR_COLUMNS))
+def _anchors(rows: list[tuple], n_train: int = 100, selection: str = "final") -> pd.DataFrame:
+    """Anchor rows (model, testset, metric, value), every model trained on ``n_train`` real images."""
+    return repro.check_anchors(pd.DataFrame(rows, columns=repro.ANCHOR_COLUMNS[:4]).assign(
+        n_train=n_train, selection=selection))
+
+
+#: The real images every arch's real-only runs trained on (runs.csv's real_images), as many as the anchors'.
+N_REAL = {"cnn": 100, "transformer": 100, "unet": 100}
 
 
 #: cnn's real-only runs: seeds 0 and 1 on two test sets (B first in data.testsets); a synthetic run that must be
@@ -42,8 +48,11 @@ ANCHORS = _anchors([
 
 
 def test_reproduction_table_puts_the_real_only_mean_over_seeds_beside_the_published_value() -> None:
-    table = repro.reproduction_table(LONG, ANCHORS, {"cnn": "NetX", "transformer": None}, ["B", "A"])
-    assert list(table.columns) == ["arch", "testset", "metric", "ours", "published", "diff"]
+    table = repro.reproduction_table(LONG, ANCHORS, {"cnn": "NetX", "transformer": None}, ["B", "A"], N_REAL)
+    assert list(table.columns) == ["arch", "testset", "metric", "ours", "published", "diff", "n_real",
+                                   "published_n_train", "selection"]
+    assert set(table["n_real"]) == {100} and set(table["published_n_train"]) == {100}
+    assert set(table["selection"]) == {"final"}
     assert set(table["arch"]) == {"cnn"}  # no published model, no rows
     rows = table.set_index(["testset", "metric"])
     assert list(dict.fromkeys(table["testset"])) == ["B", "A", "mean"]  # data.testsets order, then the mean rows
@@ -53,7 +62,7 @@ def test_reproduction_table_puts_the_real_only_mean_over_seeds_beside_the_publis
     assert rows.loc[("mean", "mDice"), "ours"] == pytest.approx((0.85 + 0.60) / 2)
     assert rows.loc[("mean", "mDice"), "published"] == pytest.approx((0.86 + 0.59) / 2)
     # a model with one of the two test sets: NaN where there is no anchor, and no mean row
-    partial = repro.reproduction_table(LONG, ANCHORS, {"transformer": "NetY"}, ["A", "B"]).set_index(
+    partial = repro.reproduction_table(LONG, ANCHORS, {"transformer": "NetY"}, ["A", "B"], N_REAL).set_index(
         ["testset", "metric"])
     assert partial.loc[("A", "mIoU"), "diff"] == pytest.approx(0.40 - 0.85)
     assert pd.isna(partial.loc[("B", "mIoU"), "published"]) and "mean" not in partial.index.get_level_values(0)
@@ -61,16 +70,19 @@ def test_reproduction_table_puts_the_real_only_mean_over_seeds_beside_the_publis
 
 def test_reproduction_errors_name_the_config_key() -> None:
     with pytest.raises(DataError, match=r"segment.archs.cnn.published: 'PraNet' is not a model"):
-        repro.reproduction_table(LONG, ANCHORS, {"cnn": "PraNet"}, ["A", "B"])
+        repro.reproduction_table(LONG, ANCHORS, {"cnn": "PraNet"}, ["A", "B"], N_REAL)
     with pytest.raises(DataError, match="segment.archs.other.published.*no real-only result"):
-        repro.reproduction_table(LONG, ANCHORS, {"other": "NetX"}, ["A", "B"])
+        repro.reproduction_table(LONG, ANCHORS, {"other": "NetX"}, ["A", "B"], N_REAL)
     with pytest.raises(DataError, match="may not be called 'mean'"):
-        repro.reproduction_table(LONG, ANCHORS, {"cnn": "NetX"}, ["mean"])
+        repro.reproduction_table(LONG, ANCHORS, {"cnn": "NetX"}, ["mean"], N_REAL)
+    with pytest.raises(DataError, match=r"segment.archs.cnn.published.*runs.csv: real_images"):
+        repro.reproduction_table(LONG, ANCHORS, {"cnn": "NetX"}, ["A", "B"], {})
 
 
 def test_sentences_say_reproduces_or_misses_by_how_much() -> None:
     published = {"cnn": "NetX", "transformer": "NetY", "extra": None}
-    table = repro.reproduction_table(LONG, ANCHORS, {k: v for k, v in published.items() if k != "extra"}, ["A", "B"])
+    table = repro.reproduction_table(LONG, ANCHORS, {k: v for k, v in published.items() if k != "extra"}, ["A", "B"],
+                                     N_REAL)
     # cnn: |diff| mDice 0.01, 0.01 -> 0.01; mIoU 0.01, 0.01 -> 0.01: within 0.02
     verdicts = repro.reproduction_verdicts(table, 0.02).set_index("arch")
     assert verdicts.loc["cnn", "reproduces"] and not verdicts.loc["transformer", "reproduces"]
@@ -93,17 +105,31 @@ def test_sentences_say_reproduces_or_misses_by_how_much() -> None:
 
 def test_load_anchors_checks_the_file(tmp_path: Path) -> None:
     path = tmp_path / "anchors.csv"
-    path.write_text("model,testset,metric,value\nNetX,A,mDice,0.9\n")
-    assert repro.load_anchors(path)["value"].tolist() == [0.9]
-    path.write_text("model,testset,metric,value\nNetX,A,mDice,89.9\n")  # percent, not a fraction
+    header = "model,testset,metric,value,n_train,selection\n"
+    path.write_text(header + "NetX,A,mDice,0.9,1450,best_on_test\n")
+    loaded = repro.load_anchors(path)
+    assert loaded["value"].tolist() == [0.9] and loaded["n_train"].tolist() == [1450]
+    assert loaded["selection"].tolist() == ["best_on_test"]
+    path.write_text(header + "NetX,A,mDice,89.9,1450,final\n")  # percent, not a fraction
     with pytest.raises(DataError, match="fractions in \\[0, 1\\]"):
         repro.load_anchors(path)
-    path.write_text("model,testset,metric,value\nNetX,A,mDice,0.9\nNetX,A,mDice,0.8\n")
+    path.write_text(header + "NetX,A,mDice,0.9,1450,final\nNetX,A,mDice,0.8,1450,final\n")
     with pytest.raises(DataError, match="more than one value"):
         repro.load_anchors(path)
-    path.write_text("model,set,metric,value\nNetX,A,mDice,0.9\n")
+    path.write_text("model,set,metric,value,n_train,selection\nNetX,A,mDice,0.9,1450,final\n")
     with pytest.raises(DataError, match="exactly the columns"):
         repro.load_anchors(path)
+    # the older four columns: an error naming the two it lacks, never a silent "unknown"
+    path.write_text("model,testset,metric,value\nNetX,A,mDice,0.9\n")
+    with pytest.raises(DataError, match=r"anchors.csv: anchors file lacks columns \['n_train', 'selection'\]"):
+        repro.load_anchors(path)
+    for rows, column in ((["NetX,A,mDice,0.9,,final"], "n_train"), (["NetX,A,mDice,0.9,14.5,final"], "n_train"),
+                         (["NetX,A,mDice,0.9,0,final"], "n_train"), (["NetX,A,mDice,0.9,1450,best"], "selection"),
+                         (["NetX,A,mDice,0.9,1450,final", "NetX,A,mIoU,0.8,100,final"], "n_train"),
+                         (["NetX,A,mDice,0.9,1450,final", "NetX,A,mIoU,0.8,1450,best_on_test"], "selection")):
+        path.write_text(header + "\n".join(rows) + "\n")
+        with pytest.raises(DataError, match=f"anchors.csv: column {column}"):
+            repro.load_anchors(path)
     with pytest.raises(DataError, match="report.anchors"):
         repro.load_anchors(tmp_path / "missing.csv")
 
@@ -115,7 +141,7 @@ def test_the_report_works_with_one_custom_test_set(tmp_path: Path) -> None:
                                   ("overall", "mDice", base), ("overall", "mIoU", base - 0.1))])
     anchors = _anchors([("SegNet-Z", "Site-Z", "mDice", 0.74), ("SegNet-Z", "Site-Z", "mIoU", 0.66)])
     published = {"unet": "SegNet-Z"}
-    table = repro.reproduction_table(long, anchors, published, ["Site-Z"])
+    table = repro.reproduction_table(long, anchors, published, ["Site-Z"], N_REAL)
     assert table["testset"].tolist() == ["Site-Z", "Site-Z", "mean", "mean"]
     assert table["diff"].tolist() == pytest.approx([0.01, -0.01, 0.01, -0.01])
     md = markdown.markdown_report(markdown.BenchmarkTables(long, anchors=anchors, reproduction=table),
@@ -139,7 +165,8 @@ def test_missing_real_only_scores_are_marked_not_fatal() -> None:
         ("cnn", "real", 0.0, 0, "B", "mDice", nan), ("cnn", "real", 0.0, 1, "B", "mDice", nan),
         ("cnn", "real", 0.0, 0, "B", "mIoU", 0.50), ("cnn", "real", 0.0, 1, "B", "mIoU", 0.50),
     ])
-    table = repro.reproduction_table(long, ANCHORS, {"cnn": "NetX"}, ["A", "B"]).set_index(["testset", "metric"])
+    table = repro.reproduction_table(long, ANCHORS, {"cnn": "NetX"}, ["A", "B"], N_REAL).set_index(
+        ["testset", "metric"])
     assert table.loc[("A", "mDice"), "ours"] == pytest.approx(0.80)  # seed 1's NaN left out, not counted as 0
     assert pd.isna(table.loc[("B", "mDice"), "ours"]) and pd.isna(table.loc[("B", "mDice"), "diff"])
     assert pd.isna(table.loc[("mean", "mDice"), "ours"])  # a mean over test sets with one undefined is undefined
@@ -151,7 +178,69 @@ def test_missing_real_only_scores_are_marked_not_fatal() -> None:
     assert "(1 anchored test-set score left out: undefined for this arch)" in sentence
     # no defined mDice on any anchored test set: it cannot be checked, and the sentence says why
     none = long.assign(value=np.where(long["metric"] == "mDice", nan, long["value"]))
-    table = repro.reproduction_table(none, ANCHORS, {"cnn": "NetX"}, ["A", "B"])
+    table = repro.reproduction_table(none, ANCHORS, {"cnn": "NetX"}, ["A", "B"], N_REAL)
     assert repro.reproduction_sentences(table, {"cnn": "NetX"}, 0.02)[0].startswith(
         "cnn's real-only baseline cannot be checked against NetX on mDice: its own score is undefined (NaN) on every "
         "anchored test set (2 anchored test-set scores left out")
+
+
+def test_a_baseline_on_100_images_is_never_judged_against_numbers_trained_on_1450() -> None:
+    """PraNet's published numbers come from 1,450 training images: a baseline trained on 100 has no like-for-like
+    anchor, so the report refuses the comparison instead of saying it does not reproduce."""
+    full = _anchors(ANCHORS[ANCHORS["model"] == "NetX"][repro.ANCHOR_COLUMNS[:4]].values.tolist(), n_train=1450)
+    table = repro.reproduction_table(LONG, full, {"cnn": "NetX"}, ["A", "B"], {"cnn": 100})
+    assert set(table["n_real"]) == {100} and set(table["published_n_train"]) == {1450}
+    assert table["published"].notna().all() and table["ours"].notna().all()  # both sides shown
+    assert table["diff"].isna().all()  # never compared, the mean rows included
+    verdict = repro.reproduction_verdicts(table, 0.02).set_index("arch").loc["cnn"]
+    assert verdict["n_testsets"] == 0 and not verdict["reproduces"]
+    sentence = repro.reproduction_sentences(table, {"cnn": "NetX"}, 0.02)[0]
+    assert sentence == ("cnn's real-only baseline trained on 100 real images and NetX's published numbers on 1,450: "
+                        "no like-for-like comparison, so it is not checked against them.")
+    # the same baseline on 1,450 images is judged as before (cnn is within 0.010 of NetX on both metrics)
+    same = repro.reproduction_table(LONG, full, {"cnn": "NetX"}, ["A", "B"], {"cnn": 1450})
+    assert same["diff"].notna().all()
+    assert same.drop(columns=["n_real", "published_n_train"]).equals(
+        repro.reproduction_table(LONG, ANCHORS, {"cnn": "NetX"}, ["A", "B"], N_REAL).drop(
+            columns=["n_real", "published_n_train"]))
+    assert repro.reproduction_sentences(same, {"cnn": "NetX"}, 0.02)[0].startswith(
+        "cnn's real-only baseline reproduces NetX's published mDice / mIoU by ")
+
+
+def test_a_checkpoint_selected_on_test_is_named_in_the_table_and_the_sentence() -> None:
+    """Polyp-PVT's released Train.py keeps the checkpoint with the best test Dice: the sentence says so, and that
+    hardgen's side is the final weights; a ``final`` anchor adds nothing."""
+    best = _anchors(ANCHORS[ANCHORS["model"] == "NetX"][repro.ANCHOR_COLUMNS[:4]].values.tolist(),
+                    selection="best_on_test")
+    table = repro.reproduction_table(LONG, best, {"cnn": "NetX"}, ["A", "B"], N_REAL)
+    assert set(table["selection"]) == {"best_on_test"}
+    sentence = repro.reproduction_sentences(table, {"cnn": "NetX"}, 0.02)[0]
+    assert sentence.startswith("cnn's real-only baseline reproduces NetX's published mDice / mIoU by ")
+    assert sentence.endswith("(NetX's published numbers come from the checkpoint with the best test score: selected "
+                             "on the test sets; hardgen evaluates the final weights and never selects on test).")
+    refused = repro.reproduction_table(LONG, best, {"cnn": "NetX"}, ["A", "B"], {"cnn": 50})
+    assert "no like-for-like comparison" in (text := repro.reproduction_sentences(refused, {"cnn": "NetX"})[0])
+    assert "best test score" in text
+    final = repro.reproduction_table(LONG, ANCHORS, {"cnn": "NetX"}, ["A", "B"], N_REAL)
+    assert "checkpoint" not in repro.reproduction_sentences(final, {"cnn": "NetX"}, 0.02)[0]
+
+
+def test_real_only_sizes_come_from_the_runs_records() -> None:
+    runs = pd.DataFrame({"arch": ["cnn", "cnn", "cnn", "unet"], "policy": ["real", "real", "hard", "real"],
+                         "real_images": [100, 100, 100, 1450]})
+    assert repro.real_only_sizes(runs) == {"cnn": 100, "unet": 1450}
+    with pytest.raises(DataError, match=r"runs.csv: arch 'cnn'.*\[90, 100\]"):
+        repro.real_only_sizes(runs.assign(real_images=[90, 100, 100, 1450]))
+    with pytest.raises(DataError, match="runs table"):
+        repro.real_only_sizes(runs.drop(columns="real_images"))
+
+
+def test_the_polyp_anchors_say_what_each_model_was_trained_on() -> None:
+    """Every model of resources/anchors/polyp.csv: the PraNet training set (Kvasir 900 + ClinicDB 550), and which
+    checkpoint its authors' released code publishes."""
+    anchors = repro.load_anchors(Path(__file__).resolve().parents[1] / "resources" / "anchors" / "polyp.csv")
+    per_model = anchors.groupby("model")[["n_train", "selection"]].first()
+    assert per_model["n_train"].to_dict() == {"PraNet": 1450, "SANet": 1450, "Polyp-PVT": 1450,
+                                              "Wan et al. 2026": 1450}
+    assert per_model["selection"].to_dict() == {"PraNet": "final", "SANet": "final", "Polyp-PVT": "best_on_test",
+                                                "Wan et al. 2026": "unknown"}

@@ -43,7 +43,8 @@ def test_run_paragraph_follows_the_settings() -> None:
 def test_protocol_paragraph_describes_the_protocol_that_scored_the_run() -> None:
     toolbox = protocol_paragraph("polyp_toolbox")
     assert toolbox.startswith("**Protocol.**")
-    for phrase in ("GT > 128", "min-max", "256 thresholds", "meanDic", "not hardgen runs", "2000 seeded resamples"):
+    for phrase in ("GT > 128", "min-max", "256 thresholds", "meanDic", "not hardgen runs", "2000 seeded resamples",
+                   "as many real images as the published model"):
         assert phrase in toolbox, phrase
     binary = protocol_paragraph("binary", anchors=False)
     for phrase in ("HD95", "binarised at 128", "undefined where the prediction or the ground truth is empty",

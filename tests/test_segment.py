@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 
 from hardgen.benchmark.records import write_run_record
@@ -19,9 +21,13 @@ from hardgen.core.weights import load_state_dict, save_state_dict
 from hardgen.report import run_records
 from hardgen.segmentation.build import SegmenterSpec, build_segmenter, load_segmenter
 from hardgen.segmentation.datasets import SeededEpochStream, SegmentationPairs
-from hardgen.segmentation.losses import structure_loss, structure_loss_per_sample
+from hardgen.segmentation.losses import (
+    maps_structure_loss,
+    structure_loss,
+    structure_loss_per_sample,
+)
 from hardgen.segmentation.measures import foreground_fractions, sample_losses
-from hardgen.segmentation.recipes import SegmentRecipe, scaled_size
+from hardgen.segmentation.recipes import SegmentRecipe, resolve_recipe, scaled_size
 from hardgen.segmentation.training import train_segmenter
 
 # Segformer/mit_b0 is the fastest family to train on CPU; Unet/resnet18 is checked for build + forward.
@@ -95,6 +101,119 @@ def test_structure_loss_weights_errors_near_the_boundary_more() -> None:
 def test_structure_loss_rejects_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="equal"):
         structure_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
+
+
+def _released_structure_loss(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PraNet's MyTrain.py / Polyp-PVT's Train.py ``structure_loss``, verbatim (the legacy ``reduce='none'``: a true
+    value, so the BCE is the batch mean and the weighting line leaves that scalar as it is)."""
+    weit = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: size_average and reduce args will be deprecated
+        wbce = F.binary_cross_entropy_with_logits(pred, mask, reduce="none")
+    assert wbce.dim() == 0  # the legacy argument: reduction mean
+    wbce = (weit * wbce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
+    pred = torch.sigmoid(pred)
+    inter = ((pred * mask) * weit).sum(dim=(2, 3))
+    union = ((pred + mask) * weit).sum(dim=(2, 3))
+    wiou = 1 - (inter + 1) / (union - inter + 1)
+    return (wbce + wiou).mean()
+
+
+def _soft_masks(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Random blobs with soft (bilinear) edges, as the released loaders' resized masks."""
+    coarse = (torch.rand(batch, 1, 6, 7, generator=generator) > 0.5).float()
+    return F.interpolate(coarse, size=(48, 56), mode="bilinear", align_corners=False)
+
+
+def test_released_structure_loss_is_the_released_formula() -> None:
+    generator = torch.Generator().manual_seed(0)
+    mask = _soft_masks(4, generator)
+    logits = 3 * torch.randn(4, 1, 48, 56, generator=generator)
+    released = _released_structure_loss(logits, mask)
+    # written out: the plain mean BCE of the whole batch + the boundary-weighted IoU
+    weit = 1 + 5 * (F.avg_pool2d(mask, 31, 1, 15) - mask).abs()
+    prob = torch.sigmoid(logits)
+    inter, union = (prob * mask * weit).sum(dim=(2, 3)), ((prob + mask) * weit).sum(dim=(2, 3))
+    written = F.binary_cross_entropy_with_logits(logits, mask) + (1 - (inter + 1) / (union - inter + 1)).mean()
+    assert released.item() == pytest.approx(written.item(), abs=1e-6)
+    ours = structure_loss(logits, mask, kind="structure_released")
+    assert ours.item() == pytest.approx(released.item(), abs=1e-6)
+    # per sample: each sample's mean BCE, averaged over the batch = the batch mean (equal sizes), so exact
+    per_sample = structure_loss_per_sample(logits, mask, kind="structure_released")
+    assert per_sample.shape == (4,) and per_sample.mean().item() == pytest.approx(released.item(), abs=1e-6)
+    # hardgen's boundary-weighted BCE is another number
+    assert abs(structure_loss(logits, mask).item() - released.item()) > 1e-3
+    with pytest.raises(ValueError, match=r"segment\.loss: 'bce'"):
+        structure_loss(logits, mask, kind="bce")
+
+
+def test_deep_supervision_sums_the_chosen_loss_over_maps() -> None:
+    generator = torch.Generator().manual_seed(1)
+    mask = _soft_masks(2, generator)
+    full = 2 * torch.randn(2, 1, 48, 56, generator=generator)
+    low = 2 * torch.randn(2, 1, 12, 14, generator=generator)
+    upsampled = F.interpolate(low, size=(48, 56), mode="bilinear", align_corners=False)
+    released = maps_structure_loss([full, low], mask, kind="structure_released")
+    expected = _released_structure_loss(full, mask) + _released_structure_loss(upsampled, mask)
+    assert released.item() == pytest.approx(expected.item(), abs=1e-6)
+    weighted = maps_structure_loss([full, low], mask)
+    assert weighted.item() == pytest.approx((structure_loss(full, mask) + structure_loss(upsampled, mask)).item())
+    assert abs(weighted.item() - released.item()) > 1e-3
+
+
+def test_released_structure_loss_with_valid_pixels() -> None:
+    """segment.pixel_filter with the released loss: the BCE is the mean over each sample's kept pixels."""
+    generator = torch.Generator().manual_seed(2)
+    mask = _soft_masks(3, generator)
+    logits = 2 * torch.randn(3, 1, 48, 56, generator=generator)
+    plain = structure_loss_per_sample(logits, mask, kind="structure_released")
+    kept = structure_loss_per_sample(logits, mask, torch.ones_like(mask), kind="structure_released")
+    assert torch.allclose(kept, plain, atol=1e-6)
+    valid = torch.ones_like(mask)
+    valid[..., :, 30:] = 0
+    masked = structure_loss_per_sample(logits, mask, valid, kind="structure_released")
+    poked = logits.clone()
+    poked[..., :, 30:] = 50.0  # ignored pixels change nothing
+    assert torch.allclose(structure_loss_per_sample(poked, mask, valid, kind="structure_released"), masked, atol=1e-6)
+    bce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+    expected_bce = bce[..., :, :30].mean(dim=(1, 2, 3))
+    weight = (1 + 5 * (F.avg_pool2d(mask, 31, 1, 15) - mask).abs()) * valid
+    prob = torch.sigmoid(logits)
+    inter, union = (prob * mask * weight).sum(dim=(1, 2, 3)), ((prob + mask) * weight).sum(dim=(1, 2, 3))
+    assert torch.allclose(masked, expected_bce + 1 - (inter + 1) / (union - inter + 1), atol=1e-6)
+    nothing = structure_loss_per_sample(logits[:1], mask[:1], torch.zeros_like(mask[:1]), kind="structure_released")
+    assert nothing.item() == 0.0  # a fully ignored sample contributes 0
+
+
+def test_the_recipe_chooses_the_loss_per_arch_and_training_uses_it(pairs_df: pd.DataFrame, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from hardgen.segmentation import losses as segmentation_losses
+
+    segment = {"size": 64, "learning_rate": 1e-3, "batch_size": 3, "iterations": 1, "grad_clip": 0.5,
+               "multi_scale": [1.0], "optimizer": "adam", "weight_decay": 0, "lr_decay": None, "augment": "hardgen",
+               "loss": "structure"}
+    assert resolve_recipe(segment, {"loss": None}, "cnn").loss == "structure"
+    released = resolve_recipe(segment, {"loss": "structure_released"}, "pranet")
+    assert released.loss == "structure_released" and released.record()["loss"] == "structure_released"
+    with pytest.raises(ValueError, match=r"segment\.archs\.pranet\.loss: 'dice'"):
+        resolve_recipe(segment, {"loss": "dice"}, "pranet")
+    with pytest.raises(ValueError, match=r"segment\.loss"):
+        resolve_recipe({**segment, "loss": "dice"}, {}, "cnn")
+    with pytest.raises(ValueError, match=r"segment\.loss"):
+        SegmentRecipe(size=64, iterations=1, batch_size=2, learning_rate=1e-3, grad_clip=0.5, loss="dice")
+
+    kinds: list[str] = []
+    original = segmentation_losses.structure_loss
+
+    def recording(logits, mask, valid=None, kind="structure"):
+        kinds.append(kind)
+        return original(logits, mask, valid, kind)
+
+    monkeypatch.setattr(segmentation_losses, "structure_loss", recording)
+    summary = train_segmenter(pairs_df, FAST_SPEC, tmp_path / "run", released, seed=0)
+    assert kinds == ["structure_released"] and summary["loss"] == "structure_released"
+    record = write_run_record(tmp_path / "run.json", "pranet", "real", 0, summary)
+    assert record["loss"] == "structure_released"
 
 
 # ---------------------------------------------------------------------------------------- models

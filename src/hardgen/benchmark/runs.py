@@ -117,8 +117,8 @@ def train_run(job: RunJob, run: SegmenterRun, paths: RunPaths) -> dict[str, Any]
     """Train one segmenter on real + its subset for its arch's iterations; write model, run.json, maps.
 
     The recipe is the arch's (:func:`hardgen.segmentation.recipes.resolve_recipe`: ``segment.*`` with the arch entry's
-    own optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale and clip on top), so
-    every policy of one arch gets that arch's budget; run.json records it. ``paths.subset_record``: the subset's pool
+    own optimizer, learning rate, weight decay, lr decay, batch size, iterations, multi-scale, clip and loss on top),
+    so every policy of one arch gets that arch's budget; run.json records it. ``paths.subset_record``: the subset's pool
     record; when it says infeasible the run is skipped (:func:`skip_run`). Returns the run record.
     """
     arch, seed, device = run.arch, run.seed, job.device

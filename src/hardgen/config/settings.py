@@ -443,6 +443,7 @@ class SegmenterConfig(Section):
     iterations: int | None = setting(default=None, read_by=_SEGMENTER)
     multi_scale: list[float] | None = setting(default=None, read_by=_SEGMENTER)
     grad_clip: float | None = setting(default=None, read_by=_SEGMENTER)
+    loss: str | None = setting(default=None, read_by=_SEGMENTER)
 
 
 _RUN = ("run", "filtered_run")
@@ -463,6 +464,7 @@ class SegmentConfig(Section):
     iterations: int = setting(read_by=_RUN)
     multi_scale: list[float] = setting(factory=lambda: [1.0], read_by=_RUN)
     grad_clip: float | None = setting(default=0.5, read_by=_RUN)
+    loss: str = setting(default="structure", read_by=_RUN)
     pixel_filter: float | None = setting(default=None, read_by=("filtered_run",))
     seeds: list[int] = setting()
     batch_runs: bool = setting(default=False)

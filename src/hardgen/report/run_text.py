@@ -114,7 +114,8 @@ def protocol_paragraph(protocol: str, anchors: bool = True) -> str:
             "The published anchors (`report.anchors`) are other models trained on real data by their authors, with "
             "their own architectures and schedules: they show what real-data segmenters reach on these test sets, "
             "they are not hardgen runs and not baselines of the policies above; an arch that names one "
-            "(`segment.archs.<key>.published`) is checked against it in `reproduction.csv`.")
+            "(`segment.archs.<key>.published`) is checked against it in `reproduction.csv`, only when its real-only "
+            "runs trained on as many real images as the published model (the anchors' `n_train`).")
     parts.append(
         "Intervals (`contrasts.csv`) are 95 %: a t-interval over seeds of the paired differences when there are at "
         "least two seeds, otherwise a paired bootstrap over test images (2000 seeded resamples, images resampled "

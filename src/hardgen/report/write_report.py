@@ -129,8 +129,9 @@ def write_report(settings: ReportSettings) -> dict[str, Path]:
     real_images, synthetic_images, iterations, images_seen), ``infeasible.csv``, ``hardness.csv`` (variant, backbone,
     mean_discrepancy, n, in_loss), ``hardness_transfer.csv`` (backbone, segmenter, variant, spearman,
     partial_spearman, n; header only without sample losses), ``reproduction.csv`` (arch, testset, metric, ours,
-    published, diff: :func:`hardgen.evaluation.reproduction.reproduction_table` of the arches of ``published`` against
-    the anchors; header only without either), ``contrasts.csv`` (:func:`hardgen.evaluation.contrasts.contrast_table`)
+    published, diff, n_real, published_n_train, selection: :func:`hardgen.evaluation.reproduction.reproduction_table`
+    of the arches of ``published`` against the anchors, ``n_real`` from the runs' records; header only without
+    either), ``contrasts.csv`` (:func:`hardgen.evaluation.contrasts.contrast_table`)
     and, with ``min_fidelity``, ``fidelity.csv`` (:func:`hardgen.scoring.fidelity.fidelity_summary`; ``judges`` names
     the guard's judge runs). A measure this data leaves undefined is a marked row, never an error, and benchmark.md
     says so (:func:`hardgen.report.run_text.undefined_notes`); the mask-following table adds its sentences and its
@@ -175,7 +176,8 @@ def write_report(settings: ReportSettings) -> dict[str, Path]:
     anchors, published = _anchors(inputs.anchors_csv, options.published)
     order = list(options.testsets) if options.testsets is not None else sorted(set(long["testset"]) - {OVERALL})
     no_anchors = pd.DataFrame(columns=repro.ANCHOR_COLUMNS)
-    reproduction = repro.reproduction_table(long, anchors if anchors is not None else no_anchors, published, order)
+    reproduction = repro.reproduction_table(long, anchors if anchors is not None else no_anchors, published, order,
+                                            repro.real_only_sizes(runs))
     write_csv(written["reproduction_csv"], reproduction)
     contrasts = contrast_lib.contrast_table(paired_differences(long, testsets=order), order,
                                             eval_mapping(inputs.eval_images))

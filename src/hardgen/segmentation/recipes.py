@@ -1,9 +1,9 @@
 """How a segmenter trains: the per-arch recipe (``segment.*`` with the arch entry's own keys on top) and its parts.
 
 Each ``segment.archs`` entry may carry its own training recipe (optimizer, learning rate, weight decay, step decay,
-batch size, iterations, multi-scale, gradient clip), overriding the ``segment.*`` defaults of the same name for that
-arch only (:func:`resolve_recipe`), so archs with different released recipes share one run; every policy of one arch
-gets that arch's budget. PraNet's multi-scale training rescales each batch to :func:`scaled_size` of every scale.
+batch size, iterations, multi-scale, gradient clip, loss), overriding the ``segment.*`` defaults of the same name for
+that arch only (:func:`resolve_recipe`), so archs with different released recipes share one run; every policy of one
+arch gets that arch's budget. PraNet's multi-scale training rescales each batch to :func:`scaled_size` of every scale.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from hardgen.config.settings import SegmentConfig, SegmenterConfig
 from hardgen.segmentation.datasets import AUGMENTATIONS, SIZE_MULTIPLE, check_size
+from hardgen.segmentation.losses import STRUCTURE_LOSSES
 
 OPTIMIZERS = ("adam", "adamw")
 
@@ -31,7 +32,7 @@ SHARED_RECIPE_KEYS: tuple[str, ...] = tuple(key for key in SegmentConfig.job_key
 #: :data:`hardgen.benchmark.records.RUN_FIELDS`.
 RECIPE_FIELDS: tuple[str, ...] = (
     "optimizer", "learning_rate", "weight_decay", "lr_decay_at", "lr_decay_factor", "multi_scale", "grad_clip",
-    "augment",
+    "augment", "loss",
 )
 
 
@@ -63,8 +64,9 @@ class SegmentRecipe:
     learning rate is multiplied by ``factor`` after ``round(at × iterations)`` iterations (Polyp-PVT's released
     recipe: × 0.1 from half of the budget; a mapping with keys at, factor is accepted); None = constant.
     ``grad_clip``: PraNet's gradient value clipping; None or <= 0 disables it (stored as None). ``augment``:
-    ``segment.augment`` (:func:`hardgen.segmentation.datasets.train_transform`). Checked on construction: a bad
-    value raises ValueError naming its ``segment.*`` key.
+    ``segment.augment`` (:func:`hardgen.segmentation.datasets.train_transform`). ``loss``: the structure loss's kind
+    (``segment.loss``, :data:`hardgen.segmentation.losses.STRUCTURE_LOSSES`: hardgen's boundary-weighted BCE or the
+    released code's plain BCE). Checked on construction: a bad value raises ValueError naming its ``segment.*`` key.
     """
 
     size: int
@@ -77,6 +79,7 @@ class SegmentRecipe:
     lr_decay: tuple[float, float] | None = None
     multi_scale: tuple[float, ...] = (1.0,)
     augment: str = "hardgen"
+    loss: str = "structure"
 
     def __post_init__(self) -> None:
         check_size(self.size)
@@ -93,6 +96,8 @@ class SegmentRecipe:
             raise ValueError(f"segment.augment: {self.augment!r} is not one of {list(AUGMENTATIONS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"segment.optimizer: {self.optimizer!r} is not one of {list(OPTIMIZERS)}")
+        if self.loss not in STRUCTURE_LOSSES:
+            raise ValueError(f"segment.loss: {self.loss!r} is not one of {list(STRUCTURE_LOSSES)}")
         # normalised in place (frozen): one spelling of each value for the training loop and run.json
         object.__setattr__(self, "iterations", int(iterations))
         object.__setattr__(self, "multi_scale", tuple(self.multi_scale))
@@ -110,6 +115,7 @@ class SegmentRecipe:
             "multi_scale": [float(s) for s in self.multi_scale],
             "grad_clip": None if self.grad_clip is None else float(self.grad_clip),
             "augment": self.augment,
+            "loss": self.loss,
         }
 
 
@@ -137,6 +143,9 @@ def resolve_recipe(segment: Mapping[str, Any], entry: Mapping[str, Any], config_
     weight_decay = float(merged["weight_decay"])
     if weight_decay < 0:
         raise ValueError(f"{where['weight_decay']}: must be >= 0, got {weight_decay}")
+    loss = str(merged["loss"])
+    if loss not in STRUCTURE_LOSSES:
+        raise ValueError(f"{where['loss']}: {merged['loss']!r} is not one of {list(STRUCTURE_LOSSES)}")
     grad_clip = merged["grad_clip"]
     return SegmentRecipe(
         size=int(segment["size"]),
@@ -149,6 +158,7 @@ def resolve_recipe(segment: Mapping[str, Any], entry: Mapping[str, Any], config_
         multi_scale=tuple(float(x) for x in merged["multi_scale"]),
         grad_clip=None if grad_clip is None else float(grad_clip),
         augment=str(segment["augment"]),
+        loss=loss,
     )
 
 

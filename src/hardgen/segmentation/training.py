@@ -3,7 +3,8 @@
 Training follows PraNet: Adam (or Polyp-PVT's AdamW), multi-scale training (each batch is rescaled to
 ``round(size * s / 32) * 32`` for every ``s`` in ``multi_scale`` and each scale takes its own optimiser step),
 gradient *value* clipping (PraNet's ``clip_gradient`` clamps every gradient entry to ``[-grad_clip, grad_clip]``),
-and the structure loss (weighted BCE + weighted IoU) summed over the segmenter's maps.
+and the structure loss (weighted BCE, or the released code's plain BCE: ``segment.loss``, + weighted IoU) summed
+over the segmenter's maps.
 
 Budgets are fixed in **iterations** (batches), not epochs: every run of one architecture and seed takes the same
 number of batches and so sees the same number of images whatever the size of its training set, and a policy with
@@ -63,9 +64,9 @@ def train_segmenter(
 
     ``recipe`` (:class:`hardgen.segmentation.recipes.SegmentRecipe`; :func:`hardgen.segmentation.recipes.resolve_recipe`
     reads it from the config) says how: ``size``, ``optimizer`` with ``weight_decay``, ``learning_rate``, ``lr_decay``,
-    ``batch_size``, ``iterations``, ``multi_scale``, ``grad_clip`` and ``augment``. A multi-map segmenter's loss is
-    the structure loss summed over its maps (:func:`hardgen.segmentation.losses.maps_structure_loss`), each upsampled
-    to the mask size.
+    ``batch_size``, ``iterations``, ``multi_scale``, ``grad_clip``, ``augment`` and ``loss``. A multi-map segmenter's
+    loss is the structure loss of the recipe's kind summed over its maps
+    (:func:`hardgen.segmentation.losses.maps_structure_loss`), each upsampled to the mask size.
 
     The budget is ``iterations`` batches of ``batch_size`` pairs, whatever the number of pairs: the batches are cut
     from an endless seeded stream of shuffled passes over the pairs, so every run of one seed sees
@@ -99,11 +100,11 @@ def train_segmenter(
     stream = SeededEpochStream(len(dataset), recipe.iterations * recipe.batch_size, torch.Generator().manual_seed(seed))
     loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=stream, num_workers=num_workers)
     log.info("training %s/%s (%d maps) on %d pairs (%d real, %d synthetic), sizes %s, %d iterations of %d "
-             "(%.2f passes), %s lr %g wd %g decay %s, augment %s", spec.arch, spec.encoder, n_maps, len(dataset),
-             counts["real_images"], counts["synthetic_images"],
+             "(%.2f passes), %s lr %g wd %g decay %s, augment %s, loss %s", spec.arch, spec.encoder, n_maps,
+             len(dataset), counts["real_images"], counts["synthetic_images"],
              [scaled_size(recipe.size, s) for s in recipe.multi_scale],
              recipe.iterations, recipe.batch_size, recipe.iterations * recipe.batch_size / len(dataset),
-             recipe.optimizer, recipe.learning_rate, recipe.weight_decay, recipe.lr_decay, recipe.augment)
+             recipe.optimizer, recipe.learning_rate, recipe.weight_decay, recipe.lr_decay, recipe.augment, recipe.loss)
 
     start = time.perf_counter()
     train_log = _optimise(model, optim, loader, recipe, device, filtered=ignore_masks is not None, out_dir=out_dir)
@@ -166,7 +167,7 @@ def _optimise(model: nn.Module, optim: torch.optim.Optimizer, loader: DataLoader
             step += 1
             batch_images, batch_masks, batch_valid = _rescaled(images, masks, valid, recipe.size, train_size)
             optim.zero_grad(set_to_none=True)
-            loss = maps_structure_loss(output_maps(model, batch_images), batch_masks, batch_valid)
+            loss = maps_structure_loss(output_maps(model, batch_images), batch_masks, batch_valid, recipe.loss)
             if not torch.isfinite(loss):
                 raise RuntimeError(
                     f"non-finite segmentation loss ({loss.item()}) at step {step} (iteration {iteration}, "
