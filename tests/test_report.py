@@ -200,6 +200,69 @@ def test_benchmark_markdown_tables_differences_protocol(eval_tree: dict[tuple, P
     assert "noise by design" in demo and demo.index("noise by design") < demo.index("## mDice")
 
 
+def _noise_section(md: str) -> str:
+    """benchmark.md's section on which differences can be told from noise, up to the next heading."""
+    return md.split("## Which differences can be told from noise?\n")[1].split("\n## ")[0].strip()
+
+
+def test_the_noise_section_tables_the_primary_metric_largest_difference_first(eval_tree: dict[tuple, Path]) -> None:
+    """One table row per contrast on the primary metric, sorted by |Δ| (ties in display order), undefined rows last
+    with their reason; the other metrics only in contrasts.csv."""
+    long = summary.benchmark_long(eval_tree)
+    rows = [("cnn", "hard", "plain", "mIoU", 3, 0.03, 0.01, 0.05),
+            ("cnn", "hard", "real", "mIoU", 3, -0.08, -0.12, -0.04),
+            ("transformer", "hard", "plain", "mIoU", 3, 0.005, -0.02, 0.03),
+            ("transformer", "plain", "real", "mIoU", 3, 0.03, -0.01, 0.07),
+            ("cnn", "hard_band", "hard", "mIoU", 0, np.nan, np.nan, np.nan),
+            ("cnn", "hard", "plain", "mIoU@overall", 3, 0.2, 0.1, 0.3),
+            ("cnn", "hard", "plain", "mDice", 3, 0.5, 0.4, 0.6)]
+    table = pd.DataFrame([{"arch": a, "policy": p, "ratio": 1.0, "versus": v, "metric": m, "n": n, "mean_diff": d,
+                           "ci_low": lo, "ci_high": hi, "method": "t_seeds" if n else "bootstrap_images"}
+                          for a, p, v, m, n, d, lo, hi in rows])
+    primary = {"policy": "hard", "versus": "plain", "ratio": 1, "metric": "mIoU"}
+    md = markdown.markdown_report(markdown.BenchmarkTables(long, contrasts=table),
+                                  markdown.MarkdownOptions(primary=primary))
+    assert md.index("## Primary contrast") < md.index("## Which differences can be told from noise?")
+    section = _noise_section(md)
+    lines = section.splitlines()
+    header = lines.index("| arch | policy | vs | ratio | n | method | Δ | 95 % interval | excludes 0 |")
+    body = [line for line in lines[header + 2:] if line.startswith("|")]
+    assert body == ["| cnn | hard | real | 1 | 3 | t_seeds | -0.080 | [-0.120, -0.040] | yes |",
+                    "| cnn | hard | plain | 1 | 3 | t_seeds | +0.030 | [+0.010, +0.050] | yes |",
+                    "| transformer | plain | real | 1 | 3 | t_seeds | +0.030 | [-0.010, +0.070] | no |",
+                    "| transformer | hard | plain | 1 | 3 | t_seeds | +0.005 | [-0.020, +0.030] | no |",
+                    "| cnn | hard_band | hard | 1 | 0 | bootstrap_images | – | undefined | – |"]
+    assert "Every contrast on mIoU, the mean over the test sets (`report.primary_contrast.metric`)" in section
+    assert "told from seed noise when its 95 % interval excludes 0: 2 of 4 can." in section
+    assert "The full list, every metric (each also pooled over all test images: `@overall`), stays in " \
+           "`results/tables/contrasts.csv`." in section
+    assert "The last 1 row is undefined (n = 0): no test image has a value in both runs." in section
+    assert "+0.500" not in section and "+0.200" not in section and "mDice" not in section
+    assert "single seed" not in section  # t-intervals over seeds: no bootstrap caveat
+
+    # the primary contrast's metric picks the rows; without a primary contrast, mIoU
+    on_dice = _noise_section(markdown.markdown_report(markdown.BenchmarkTables(long, contrasts=table),
+                                                      markdown.MarkdownOptions(primary={**primary, "metric": "mDice"})))
+    assert [line for line in on_dice.splitlines() if line.startswith("| cnn")] == [
+        "| cnn | hard | plain | 1 | 3 | t_seeds | +0.500 | [+0.400, +0.600] | yes |"]
+    no_primary = markdown.markdown_report(markdown.BenchmarkTables(long, contrasts=table))
+    assert "## Primary contrast" not in no_primary
+    assert "Every contrast on mIoU, the mean over the test sets (mIoU: no `report.primary_contrast`)" in no_primary
+    # one seed: test-image noise, and the caveat that it is not seed noise
+    single = _noise_section(markdown.markdown_report(
+        markdown.BenchmarkTables(long, contrasts=table.assign(method="bootstrap_images"))))
+    assert "told from test-image sampling noise" in single and "not how much it varies between training seeds" in single
+    # no contrast, or none defined: the sentences, still pointing to contrasts.csv
+    none = _noise_section(markdown.markdown_report(markdown.BenchmarkTables(long, contrasts=table.head(0))))
+    assert none == "No contrasts: the benchmark has no `real` runs or controls paired by arch and seed."
+    assert "| arch |" not in none
+    undefined = table.assign(mean_diff=np.nan, ci_low=np.nan, ci_high=np.nan, n=0)
+    said = _noise_section(markdown.markdown_report(markdown.BenchmarkTables(long, contrasts=undefined)))
+    assert said.startswith("Every contrast is undefined") and "cnn: hard − real ×1, mIoU undefined" in said
+    assert said.endswith("stays in `results/tables/contrasts.csv`.")
+    assert "| arch |" not in said
+
+
 def test_the_polyp_anchors_file_is_complete() -> None:
     anchors = repro.load_anchors(REPO / "resources" / "anchors" / "polyp.csv")
     per_testset = anchors[anchors["testset"] != repro.MEAN]

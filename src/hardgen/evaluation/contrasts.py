@@ -273,6 +273,20 @@ def describe(row: Mapping[str, object] | pd.Series) -> str:
     return f"{name} {row['mean_diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] ({how})"
 
 
+#: What an interval of one seed (a paired bootstrap over test images) does not measure.
+BOOTSTRAP_CAVEAT = ("With a single seed the interval is a paired bootstrap over test images: it shows how much the "
+                    "difference depends on which test images were drawn, not how much it varies between training seeds "
+                    "(usually more), so a difference that excludes 0 here may still be seed noise; run more "
+                    "segment.seeds for t-intervals over seeds.")
+
+
+def noise_name(methods: set[str]) -> str:
+    """The noise that intervals of ``methods`` measure: ``seed noise`` (all :data:`T_SEEDS`), ``test-image sampling
+    noise`` (all :data:`BOOTSTRAP_IMAGES`), else ``noise``."""
+    return ("seed noise" if methods == {T_SEEDS} else "test-image sampling noise" if methods == {BOOTSTRAP_IMAGES}
+            else "noise")
+
+
 def noise_sentences(table: pd.DataFrame, metrics: Sequence[str] = ("mDice", "mIoU")) -> list[str]:
     """Plain sentences saying which contrasts (on ``metrics``, the means over test sets) are distinguishable from
     noise (their 95 % interval excludes 0) and which are not, and what noise the intervals measure. Undefined
@@ -287,8 +301,7 @@ def noise_sentences(table: pd.DataFrame, metrics: Sequence[str] = ("mDice", "mIo
     undefined_rows, rows = rows[missing], rows[~missing]
     distinct = excludes_zero(rows)
     methods = set(rows["method"])
-    noise = ("seed noise" if methods == {T_SEEDS} else "test-image sampling noise" if methods == {BOOTSTRAP_IMAGES}
-             else "noise")
+    noise = noise_name(methods)
     sentences = []
     if distinct.any():
         sentences.append(f"Distinguishable from {noise} (95 % interval excludes 0): "
@@ -303,8 +316,5 @@ def noise_sentences(table: pd.DataFrame, metrics: Sequence[str] = ("mDice", "mIo
         sentences.append("Undefined (no test image with a value in both runs, n = 0): "
                          + "; ".join(describe(r) for _, r in undefined_rows.iterrows()) + ".")
     if BOOTSTRAP_IMAGES in methods:
-        sentences.append("With a single seed the interval is a paired bootstrap over test images: it shows how much "
-                         "the difference depends on which test images were drawn, not how much it varies between "
-                         "training seeds (usually more), so a difference that excludes 0 here may still be seed "
-                         "noise; run more segment.seeds for t-intervals over seeds.")
+        sentences.append(BOOTSTRAP_CAVEAT)
     return sentences

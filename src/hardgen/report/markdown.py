@@ -214,13 +214,13 @@ def markdown_report(tables: BenchmarkTables, options: MarkdownOptions = Markdown
 
     It opens with the run paragraph (``options.run``) and one sentence per arch of ``options.published``: whether its
     real-only baseline reproduces the published one. Then, with ``tables.contrasts``, the primary contrast with its 95 %
-    interval and sentences saying which differences are distinguishable from noise. Per metric (mDice, mIoU): a table
-    of rows arch × policy × ratio with each test set, ``mean`` (over test sets, per seed: the paper's headline) and
-    ``overall`` (image-weighted, pooled); then the paired differences per seed against ``real`` and against the
-    size-matched control at the same ratio (the policy's registry entry's ``control``) with their intervals; then the
-    training budget, the fidelity guard's rejections, the published anchors, whether the samples follow their masks,
-    the notes on undefined measures (under their own heading) and the protocol paragraph
-    (:func:`hardgen.report.run_text.protocol_paragraph`).
+    interval and a table of every contrast on its metric (mIoU without one), largest difference first, saying which are
+    distinguishable from noise. Per metric (mDice, mIoU): a table of rows arch × policy × ratio with each test set,
+    ``mean`` (over test sets, per seed: the paper's headline) and ``overall`` (image-weighted, pooled); then the paired
+    differences per seed against ``real`` and against the size-matched control at the same ratio (the policy's
+    registry entry's ``control``) with their intervals; then the training budget, the fidelity guard's rejections, the
+    published anchors, whether the samples follow their masks, the notes on undefined measures (under their own
+    heading) and the protocol paragraph (:func:`hardgen.report.run_text.protocol_paragraph`).
 
     Cells are ``mean ± sd`` over seeds with the sample standard deviation (ddof=1); with a single seed the sd is
     undefined and the cell shows the mean alone. Values are fractions (0–1), like the published anchors.
@@ -275,8 +275,13 @@ def _intervals_by_contrast(contrasts: pd.DataFrame | None) -> dict[tuple, pd.Ser
             for _, row in contrasts.iterrows()}
 
 
+#: The metric of benchmark.md's table of contrasts without ``report.primary_contrast`` (the scarcity curve's too).
+NOISE_METRIC = "mIoU"
+
+
 def _contrast_lines(contrasts: pd.DataFrame, primary: Mapping[str, object] | None) -> list[str]:
-    """The primary contrast's table (with ``primary``) and the sentences on which differences are told from noise."""
+    """The primary contrast's table (with ``primary``) and the table of which differences are told from noise
+    (:func:`_noise_lines`, on the primary contrast's metric)."""
     lines: list[str] = []
     if primary:
         lines += ["## Primary contrast", ""]
@@ -292,7 +297,51 @@ def _contrast_lines(contrasts: pd.DataFrame, primary: Mapping[str, object] | Non
                          f"{_interval(row)} | {'yes' if excludes else 'no'} |")
         lines.append("")
     lines += ["## Which differences can be told from noise?", ""]
-    lines += [" ".join(contrast_lib.noise_sentences(contrasts, MARKDOWN_METRICS)), ""]
+    return [*lines, *_noise_lines(contrasts, str(primary["metric"]) if primary else NOISE_METRIC, bool(primary))]
+
+
+def _noise_lines(contrasts: pd.DataFrame, metric: str, from_primary: bool) -> list[str]:
+    """Every contrast on ``metric`` (the mean over the test sets; ``from_primary``: it is
+    ``report.primary_contrast.metric``, else :data:`NOISE_METRIC`) as one table row (arch, policy, vs, ratio, n, method,
+    Δ, 95 % interval, whether it excludes 0: told from noise), the largest |Δ| first (ties in display order), the
+    undefined contrasts (n 0, NaN) last with the reason below; then the sentence pointing to ``contrasts.csv`` for
+    every metric. Without a contrast on ``metric``, or with every one undefined, the sentences of
+    :func:`hardgen.evaluation.contrasts.noise_sentences` instead of the table (and no pointer without any contrast)."""
+    where = ("The full list, every metric (each also pooled over all test images: `@overall`), stays in "
+             "`results/tables/contrasts.csv`.")
+    rows = contrasts[contrasts["metric"] == metric]
+    if rows.empty or contrast_lib.undefined(rows).all():
+        return [" ".join([*contrast_lib.noise_sentences(contrasts, [metric]), *([] if contrasts.empty else [where])]),
+                ""]
+    policy_rank = {p: i for i, p in enumerate(in_display_order(rows["policy"], POLICY_ORDER))}
+    versus_rank = {p: i for i, p in enumerate(in_display_order(rows["versus"], POLICY_ORDER))}
+    rows = rows.assign(_policy=rows["policy"].map(policy_rank), _versus=rows["versus"].map(versus_rank))
+    rows = rows.sort_values(["arch", "_policy", "ratio", "_versus"], kind="stable")
+    missing = contrast_lib.undefined(rows)
+    defined = rows[~missing].assign(_size=rows.loc[~missing, "mean_diff"].abs())
+    defined = defined.sort_values("_size", ascending=False, kind="stable")
+    distinct = contrast_lib.excludes_zero(defined)
+    methods = set(defined["method"])
+    why = ("`report.primary_contrast.metric`" if from_primary
+           else f"{NOISE_METRIC}: no `report.primary_contrast`")
+    lines = [f"Every contrast on {metric}, the mean over the test sets ({why}): Δ = policy − vs, paired by arch and "
+             f"seed, the largest |Δ| first. It can be told from {contrast_lib.noise_name(methods)} when its 95 % "
+             f"interval excludes 0: {int(distinct.sum())} of {len(defined)} can. {where}", ""]
+    lines.append("| arch | policy | vs | ratio | n | method | Δ | 95 % interval | excludes 0 |")
+    lines.append("|---|---|---|---:|---:|---|---:|---|---|")
+    for (_, row), excludes in zip(defined.iterrows(), distinct):
+        lines.append(f"| {row['arch']} | {row['policy']} | {row['versus']} | {ratio_label(float(row['ratio']))} | "
+                     f"{row['n']} | {row['method']} | {row['mean_diff']:+.3f} | {_interval(row)} | "
+                     f"{'yes' if excludes else 'no'} |")
+    for _, row in rows[missing].iterrows():
+        lines.append(f"| {row['arch']} | {row['policy']} | {row['versus']} | {ratio_label(float(row['ratio']))} | "
+                     f"{row['n']} | {row['method']} | – | undefined | – |")
+    lines.append("")
+    if missing.any():
+        lines += [f"The last {int(missing.sum())} row{'s are' if missing.sum() != 1 else ' is'} undefined (n = 0): "
+                  "no test image has a value in both runs.", ""]
+    if contrast_lib.BOOTSTRAP_IMAGES in methods:
+        lines += [contrast_lib.BOOTSTRAP_CAVEAT, ""]
     return lines
 
 
