@@ -189,6 +189,8 @@ def test_benchmark_markdown_tables_differences_protocol(eval_tree: dict[tuple, P
     for model in ("PraNet", "SANet", "Polyp-PVT"):
         assert f"| {model} |" in md
     assert "0.937 / 0.889" in md and "0.628 / 0.567" in md
+    assert ("Trained on (real images, published checkpoint): PraNet 1,450, final; SANet 1,450, final; Polyp-PVT "
+            "1,450, best on test." in md)
     assert "86.84 % mean mIoU" in md  # the paper's headline, a testset-`mean` row of the anchors file
     # the protocol follows the anchors; the demo note only with demo=True
     protocol = md.index("**Protocol.**")

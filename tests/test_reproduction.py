@@ -151,6 +151,7 @@ def test_the_report_works_with_one_custom_test_set(tmp_path: Path) -> None:
                             "-0.010 on average over 1 test set")
     assert "| arch | policy | ratio | seeds | Site-Z | mean | overall |" in md
     assert "| model | Site-Z | mean |" in md and "| SegNet-Z | 0.740 / 0.660 | 0.740 / 0.660 |" in md
+    assert "Trained on (real images, published checkpoint): SegNet-Z 100, final." in md
     for polyp in ("Kvasir", "CVC-300", "| PraNet |", "SANet", "86.84"):  # no polyp test set or anchor from code
         assert polyp not in md
 

@@ -73,7 +73,8 @@ def _budget_lines(runs_df: pd.DataFrame) -> list[str]:
 
 def _anchor_lines(anchors: pd.DataFrame, testsets: Sequence[str]) -> list[str]:
     """The published anchors on the run's test sets (mDice / mIoU per cell, ``mean`` where a model has every test
-    set), then the published headlines (testset ``mean`` rows)."""
+    set) with each model's training-set size and published checkpoint, then the published headlines (testset
+    ``mean`` rows)."""
     shown = [t for t in testsets if t in set(anchors["testset"])]
     lines = ["## Published anchors (other models trained on real data only; mDice / mIoU)", ""]
     models = list(dict.fromkeys(anchors.loc[anchors["testset"].isin(shown), "model"]))
@@ -94,8 +95,13 @@ def _anchor_lines(anchors: pd.DataFrame, testsets: Sequence[str]) -> list[str]:
             cells.append(cell(lambda m: means.get((model, m))))
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         missing = [t for t in testsets if t not in shown]
+        trained = anchors.groupby("model", sort=False)[["n_train", "selection"]].first()
         lines += ["", f"`mean`: over the {len(shown)} test sets shown, where a model has all of them."
-                  + (f" No anchors for {', '.join(missing)}." if missing else ""), ""]
+                  + (f" No anchors for {', '.join(missing)}." if missing else "")
+                  + " Trained on (real images, published checkpoint): "
+                  + "; ".join(f"{model} {int(trained.at[model, 'n_train']):,}, "
+                              f"{str(trained.at[model, 'selection']).replace('_', ' ')}" for model in models)
+                  + ".", ""]
     headlines = anchors[anchors["testset"] == repro.MEAN]
     for _, row in headlines.iterrows():
         lines.append(f"Published headline: {row['model']}, {row['value'] * 100:.2f} % mean {row['metric']} over "
