@@ -313,7 +313,8 @@ def test_judges_and_maps_use_the_prediction_map(pairs_df: pd.DataFrame, tmp_path
 
     entry = {"arch": "PolypPVT", "encoder": "pvt_v2_b0", "optimizer": "adamw", "published": "Polyp-PVT"}
     judge = FeedbackJudge(SimpleNamespace(segmenter=entry, segmenter_weights=str(tmp_path / "pvt.safetensors"),
-                                          segment_size=64, seg_loss="structure"), torch.device("cpu"))
+                                          segment_size=64, seg_loss="structure", judge_input="segment_size"),
+                         torch.device("cpu"))
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     images01 = (images * std + mean).requires_grad_(True)

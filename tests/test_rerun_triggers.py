@@ -104,3 +104,24 @@ def test_a_loss_margin_retrains_the_hard_lora_and_rescores_nothing_else(finished
     jobs = plan_after(finished_demo, "margin", backbones={backbone: {**DEMO["backbones"][backbone], "margin": 5.0}})
     assert jobs["train_hard_lora"] == 1 and jobs["score"] == 1 and jobs["generate"] == DEMO["generation"]["shards"]
     assert not {"prototype", "train_control_lora", "train_feedback_lora", "allocate", "train_judge"} & set(jobs)
+
+
+def test_an_arch_loss_retrains_that_arch_and_trains_no_generator(finished_demo):
+    # segment.archs.<key>.loss is that arch's training recipe: its benchmark runs and its real-only judge retrain (the
+    # judges allocate and grade the samples); the other arch's runs, the LoRAs and the prototypes never read it
+    archs = DEMO["segment"]["archs"]
+    key = next(k for k in archs if k != DEMO["feedback"]["segmenter"])
+    jobs = plan_after(finished_demo, "arch-loss",
+                      segment={"archs": {**archs, key: {**archs[key], "loss": "structure_released"}}})
+    assert jobs["train_judge"] == 1 and jobs["train_real"] == 1 and "train_segmenters" in jobs
+    assert not {"train_control_lora", "train_hard_lora", "train_feedback_lora", "prototype", "make_conditions",
+                "prepare_data"} & set(jobs)
+
+
+def test_the_judge_input_retrains_only_the_feedback_lora(finished_demo):
+    # feedback.judge_input is read by the feedback LoRA's training alone: its samples are made and scored again; no
+    # other generator, judge, prototype or real-only segmenter
+    jobs = plan_after(finished_demo, "judge-input", feedback={"judge_input": "generated"})
+    assert jobs["train_feedback_lora"] == 1 and jobs["generate"] == DEMO["generation"]["shards"]
+    assert not {"train_control_lora", "train_hard_lora", "train_judge", "prototype", "allocate", "train_real",
+                "make_conditions"} & set(jobs)

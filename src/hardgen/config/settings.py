@@ -331,6 +331,7 @@ class FeedbackConfig(Section):
     calibration_samples: int = setting(default=64, read_by=("feedback",))
     init: str = setting(default="plain", read_by=("feedback",))
     seg_loss: str = setting(default="structure", read_by=("feedback",))
+    judge_input: str = setting(default="segment_size", read_by=("feedback",))
     batch_size: int | None = setting(default=None, read_by=("feedback",))
     images_per_step: int | None = setting(default=None, read_by=("feedback",))
     # the judge (an input of the job, not a param)

@@ -208,7 +208,12 @@ class HardnessJudge:
 
 
 class FeedbackJudge:
-    """A fixed real-trained segmenter; per-sample structure loss of its prediction on x̂0."""
+    """A fixed real-trained segmenter; per-sample structure loss of its prediction on x̂0.
+
+    ``feedback.judge_input``: ``segment_size`` resizes x̂0 (bilinear) to ``segment.size``, the size the judge was
+    trained at; ``generated`` feeds it as generated (``model.resolution``), as the authors feed their SegFormer the
+    512² x̂0 (train_feedback.py:1005, 1395-1396). The mask follows the image's size (nearest).
+    """
 
     def __init__(self, settings: TrainSettings, device: torch.device) -> None:
         from hardgen.segmentation.build import SegmenterSpec, load_segmenter
@@ -217,7 +222,8 @@ class FeedbackJudge:
         spec = SegmenterSpec.from_config(dict(settings.segmenter or {}), "feedback.segmenter")
         self.model = load_segmenter(spec, settings.segmenter_weights, device, config_key="feedback.segmenter")
         self.model.requires_grad_(False)
-        self.size = settings.segment_size
+        #: the side x̂0 is resized to before the judge; None = as generated (``feedback.judge_input``)
+        self.size: int | None = settings.segment_size if settings.judge_input == "segment_size" else None
         self.seg_loss = settings.seg_loss
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -228,10 +234,11 @@ class FeedbackJudge:
         from hardgen.models.archs import predict_logits
         from hardgen.segmentation.losses import structure_loss_per_sample
 
-        size = (self.size, self.size)
-        x = F.interpolate(images01.float(), size=size, mode="bilinear", align_corners=False)
+        x = images01.float()
+        if self.size is not None:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
-        target = F.interpolate(masks.float(), size=size, mode="nearest")
+        target = F.interpolate(masks.float(), size=x.shape[-2:], mode="nearest")
         logits = predict_logits(self.model, x)  # the prediction map (PraNet: last; Polyp-PVT: P1 + P2)
         if self.seg_loss == "ce":
             return segmentation_ce(logits, target)

@@ -164,6 +164,7 @@ def train_settings(job: LoraJob, files: TrainFiles, num_gpus: int = 1):
     if isinstance(finetune, FeedbackConfig):
         values["feedback_loss"] = finetune.loss
         values["seg_loss"] = finetune.seg_loss
+        values["judge_input"] = finetune.judge_input
     if job.segmenter is not None:
         values["segmenter"] = job.segmenter.params("segmenter")
         values["segmenter_weights"] = files.segmenter_weights

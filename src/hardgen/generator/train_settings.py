@@ -23,6 +23,9 @@ FEEDBACK_LOSSES = ("hinge", "negated")
 #: the judge's per-sample loss in the feedback term: PraNet's structure loss, or pixel-wise cross-entropy (the
 #: authors' SegFormer loss; binary: BCE on the logits)
 SEG_LOSSES = ("structure", "ce")
+#: what the judge sees (``feedback.judge_input``): x̂0 resized to ``segment.size`` (the size it was trained at) or as
+#: generated (``resolution``; the authors feed their SegFormer the 512² x̂0)
+JUDGE_INPUTS = ("segment_size", "generated")
 #: the condition image's VAE latent in training (``lora.condition_latent``): the posterior mode (what sampling feeds
 #: the UNet) or a fresh posterior draw per step (the authors' control-lora-v3 training)
 CONDITION_LATENTS = ("mode", "sample")
@@ -104,6 +107,8 @@ class TrainSettings:
     segmenter: dict[str, Any] | None = None
     segmenter_weights: str | None = None
     segment_size: int = 352
+    #: the judge's input (``feedback.judge_input``): ``segment_size`` or ``generated``
+    judge_input: str = "segment_size"
 
     def validate(self) -> None:
         """Raise ValueError naming the offending key when a setting is out of range or inconsistent."""
@@ -117,6 +122,7 @@ class TrainSettings:
             "mixed_precision": MIXED_PRECISIONS,
             "feedback_loss": FEEDBACK_LOSSES,
             "seg_loss": SEG_LOSSES,
+            "judge_input": JUDGE_INPUTS,
             "condition_latent": CONDITION_LATENTS,
         }
         if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
@@ -176,6 +182,9 @@ class TrainSettings:
                 raise bad("segmenter_weights", "feedback mode needs the real-trained segmenter's weight file")
             if self.segment_size <= 0 or self.segment_size % 32:
                 raise bad("segment_size", "must be a positive multiple of 32 (smp encoders downsample by 32)")
+            if self.judge_input == "generated" and self.resolution % 32:
+                raise bad("judge_input", f"generated: the judge sees x̂0 at resolution {self.resolution}, which must be "
+                                         "a multiple of 32 (smp encoders downsample by 32)")
 
     def to_json(self, path: str | Path) -> None:
         """Write the settings as JSON, atomically."""
