@@ -352,7 +352,6 @@ def test_demo_tables(demo_run):
     assert reproduction.loc[~like, "diff"].isna().all()
     assert not ((reproduction.loc[like, "diff"] - (reproduction["ours"] - reproduction["published"])[like]).abs()
                 >= 1e-12).any()  # NaN where a score is undefined
-    runs = pd.read_csv(tables / "runs.csv")
     real_images = runs[runs.policy == "real"].groupby("arch")["real_images"].first()
     assert (reproduction["n_real"] == reproduction["arch"].map(real_images)).all()  # what the runs recorded
     contrasts = pd.read_csv(tables / "contrasts.csv")
