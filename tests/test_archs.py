@@ -165,7 +165,7 @@ def test_loss_sums_over_maps_and_a_wrong_extra_map_costs() -> None:
 # --------------------------------------------------------------------------------------- recipes
 SEGMENT = {"size": 64, "learning_rate": 1e-4, "batch_size": 16, "iterations": 1820, "grad_clip": 0.5,
            "multi_scale": [0.75, 1.0, 1.25], "optimizer": "adam", "weight_decay": 0, "lr_decay": None,
-           "augment": "pranet", "loss": "structure"}
+           "augment": "pranet", "loss": "structure", "resize": "hardgen"}
 
 
 def test_arch_recipe_overrides_segment_defaults_per_arch() -> None:

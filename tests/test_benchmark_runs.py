@@ -26,7 +26,7 @@ TESTSETS = ["CVC-300", "Kvasir"]
 SPEC = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": None}
 SEGMENT = {"size": 32, "iterations": 2, "batch_size": 4, "learning_rate": 1e-3, "grad_clip": 0.5,
            "multi_scale": [1.0], "pixel_filter": None, "optimizer": "adam", "weight_decay": 0.0, "lr_decay": None,
-           "augment": "hardgen", "loss": "structure"}
+           "augment": "hardgen", "loss": "structure", "resize": "hardgen"}
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def test_the_recipe_chooses_the_loss_per_arch_and_training_uses_it(pairs_df: pd.
 
     segment = {"size": 64, "learning_rate": 1e-3, "batch_size": 3, "iterations": 1, "grad_clip": 0.5,
                "multi_scale": [1.0], "optimizer": "adam", "weight_decay": 0, "lr_decay": None, "augment": "hardgen",
-               "loss": "structure"}
+               "loss": "structure", "resize": "hardgen"}
     assert resolve_recipe(segment, {"loss": None}, "cnn").loss == "structure"
     released = resolve_recipe(segment, {"loss": "structure_released"}, "pranet")
     assert released.loss == "structure_released" and released.record()["loss"] == "structure_released"
@@ -389,6 +389,67 @@ def test_training_augmentation_keeps_image_and_mask_aligned(pairs_df: pd.DataFra
     # Red channel is bright exactly on the polyp, so it must still line up with the (augmented) mask.
     red = image_a[0]
     assert red[mask_a[0] > 0].mean() > red[mask_a[0] == 0].mean() + 1.0
+
+
+def test_released_resize_is_the_released_loaders_pil_bilinear_with_soft_masks(pairs_df: pd.DataFrame) -> None:
+    from PIL import Image
+    from torchvision import transforms
+
+    from hardgen.segmentation.datasets import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        FilteredSegmentationPairs,
+    )
+
+    size = 64  # the pairs are 72 x 80: a shrink, where PIL's bilinear antialiases
+    # PraNet / Polyp-PVT utils/dataloader.py PolypDataset, augmentations off: transforms.Resize on the PIL images
+    img_transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                                        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    gt_transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
+    released = SegmentationPairs(pairs_df, size, augment=True, augmentation="pranet", resize="released")
+    hardgen = SegmentationPairs(pairs_df, size, augment=True, augmentation="pranet")
+    for index in range(len(pairs_df)):
+        image, mask, _ = released[(index, 7)]
+        expected_mask = gt_transform(Image.open(pairs_df["mask"][index]).convert("L"))
+        expected_image = img_transform(Image.open(pairs_df["image"][index]).convert("RGB"))
+        assert torch.equal(mask, expected_mask)
+        assert torch.allclose(image, expected_image, atol=1e-5)
+        soft = mask[(mask > 0) & (mask < 1)]
+        assert soft.numel() > 0  # the boundary is soft, never binarised
+        assert mask.min() >= 0 and mask.max() <= 1
+        binary = hardgen[(index, 7)][1]
+        assert set(binary.unique().tolist()) <= {0.0, 1.0}  # the default stays binary
+        assert ((mask - binary).abs() > 0.5).float().mean() < 0.02  # the same polyp, only its edge differs
+    # hardgen's augmentation on top keeps the soft mask aligned with the image
+    augmented = SegmentationPairs(pairs_df, size, augment=True, augmentation="hardgen", resize="released")
+    image, mask, _ = augmented[(0, 123)]
+    assert ((mask > 0) & (mask < 1)).any() and image[0][mask[0] > 0.5].mean() > image[0][mask[0] < 0.5].mean() + 1.0
+    # a pixel-filter map leaves the released pair as it is
+    filtered = FilteredSegmentationPairs(pairs_df, size, [np.zeros((size, size), bool)] * 6, augmentation="pranet",
+                                         resize="released")
+    image_f, mask_f, ignore, _ = filtered[(2, 5)]
+    image_r, mask_r, _ = released[(2, 5)]
+    assert torch.equal(image_f, image_r) and torch.equal(mask_f, mask_r) and not ignore.any()
+    with pytest.raises(ValueError, match=r"segment\.resize: 'nearest'"):
+        SegmentationPairs(pairs_df, size, augment=True, resize="nearest")
+
+
+def test_the_recipe_chooses_the_resize_per_arch_and_training_uses_it(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
+    segment = {"size": 64, "learning_rate": 1e-3, "batch_size": 3, "iterations": 1, "grad_clip": 0.5,
+               "multi_scale": [1.0], "optimizer": "adam", "weight_decay": 0, "lr_decay": None, "augment": "pranet",
+               "loss": "structure", "resize": "hardgen"}
+    assert resolve_recipe(segment, {"resize": None}, "cnn").resize == "hardgen"
+    recipe = resolve_recipe(segment, {"resize": "released"}, "pranet")
+    assert recipe.resize == "released" and recipe.record()["resize"] == "released"
+    assert resolve_recipe({**segment, "resize": "released"}, {}, "cnn").resize == "released"
+    with pytest.raises(ValueError, match=r"segment\.archs\.pranet\.resize: 'nearest'"):
+        resolve_recipe(segment, {"resize": "nearest"}, "pranet")
+    with pytest.raises(ValueError, match=r"segment\.resize"):
+        SegmentRecipe(size=64, iterations=1, batch_size=2, learning_rate=1e-3, grad_clip=0.5, resize="nearest")
+    summary = train_segmenter(pairs_df, FAST_SPEC, tmp_path / "run", recipe, seed=0)
+    assert summary["resize"] == "released" and math.isfinite(summary["final_loss"])
+    record = write_run_record(tmp_path / "run.json", "pranet", "real", 0, summary)
+    assert record["resize"] == "released"
 
 
 def test_epoch_stream_is_seeded_passes_cut_at_the_budget() -> None:

@@ -180,7 +180,7 @@ def test_the_key_lists_outside_the_config_package_are_settings_keys():
     from hardgen.segmentation.recipes import ARCH_RECIPE_KEYS, SHARED_RECIPE_KEYS
 
     assert ARCH_RECIPE_KEYS == ("optimizer", "learning_rate", "weight_decay", "lr_decay", "batch_size", "iterations",
-                                "multi_scale", "grad_clip", "loss")
+                                "multi_scale", "grad_clip", "loss", "resize")
     assert SHARED_RECIPE_KEYS == ("size", "augment")
     assert set(ARCH_KEYS) == {"arch", "encoder", "encoder_weights", "checkpoint", "published", *ARCH_RECIPE_KEYS}
     for module, settings in ((tiny_sd, tiny_sd.PretrainSettings), (adapter, adapter.AdapterSettings),

@@ -445,6 +445,7 @@ class SegmenterConfig(Section):
     multi_scale: list[float] | None = setting(default=None, read_by=_SEGMENTER)
     grad_clip: float | None = setting(default=None, read_by=_SEGMENTER)
     loss: str | None = setting(default=None, read_by=_SEGMENTER)
+    resize: str | None = setting(default=None, read_by=_SEGMENTER)
 
 
 _RUN = ("run", "filtered_run")
@@ -466,6 +467,7 @@ class SegmentConfig(Section):
     multi_scale: list[float] = setting(factory=lambda: [1.0], read_by=_RUN)
     grad_clip: float | None = setting(default=0.5, read_by=_RUN)
     loss: str = setting(default="structure", read_by=_RUN)
+    resize: str = setting(default="hardgen", read_by=_RUN)
     pixel_filter: float | None = setting(default=None, read_by=("filtered_run",))
     seeds: list[int] = setting()
     batch_runs: bool = setting(default=False)

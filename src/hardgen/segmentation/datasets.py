@@ -2,7 +2,7 @@
 
 A pairs table has columns ``image`` and ``mask`` (paths) and optionally ``sample_id`` and ``variant`` (``real`` for
 real training images). :class:`SegmentationPairs` reads it at one size (augmented for training, resized only for
-evaluation), :class:`FilteredSegmentationPairs` adds each pair's ignore map (segment.pixel_filter), and
+evaluation; binary masks, or with ``segment.resize: released`` the released loaders' soft PIL-bilinear ones), :class:`FilteredSegmentationPairs` adds each pair's ignore map (segment.pixel_filter), and
 :class:`SeededEpochStream` addresses items as ``(index, augmentation_seed)`` so a run's batches and augmentations
 are a function of its seed alone.
 """
@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from hardgen.core.io import read_pair
+from hardgen.core.io import DataError, read_gray, read_pair, read_rgb
 
 #: ImageNet statistics: every smp/timm encoder expects inputs normalised this way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,6 +32,25 @@ SIZE_MULTIPLE = 32
 #: ``segment.augment``: the training augmentation (pranet: the released recipes' resize only, the multi-scale
 #: rescaling being the training loop's; hardgen: flips, a small affine and colour jitter on top).
 AUGMENTATIONS = ("pranet", "hardgen")
+
+#: ``segment.resize``: how training pairs reach the training size (hardgen: the mask binarised at 127 then resized
+#: nearest, the image with cv2 linear; released: the released PraNet / Polyp-PVT loaders' PIL bilinear on both, the
+#: grey mask unbinarised and kept soft in [0, 1]).
+RESIZES = ("hardgen", "released")
+
+
+def released_pair(image_path: str | Path, mask_path: str | Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask as the released PraNet / Polyp-PVT loaders make them (utils/dataloader.py PolypDataset:
+    ``transforms.Resize((size, size))`` on the PIL RGB image and the PIL ``L`` mask, then ``ToTensor``): both resized
+    with PIL bilinear (antialiased when shrinking); the image uint8 ``(size, size, 3)``, the mask float32
+    ``(size, size)`` = grey level / 255, soft at the boundary (never binarised). A size mismatch raises
+    :class:`DataError` naming both files."""
+    image, gray = read_rgb(image_path), read_gray(mask_path)
+    if image.shape[:2] != gray.shape:
+        raise DataError(f"{mask_path}: mask size {gray.shape} differs from image {image_path} size {image.shape[:2]}")
+    image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    gray = np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return image, gray.astype(np.float32) / 255.0
 
 
 def train_transform(size: int, augment: str = "hardgen") -> A.Compose:
@@ -82,28 +102,44 @@ def sample_ids(pairs_df: pd.DataFrame) -> list[str]:
 class SegmentationPairs(Dataset):
     """(image, mask) path pairs as normalised tensors: image (3, S, S) float, mask (1, S, S) in {0, 1}.
 
+    ``resize`` (``segment.resize``, :data:`RESIZES`): hardgen reads the mask binarised and lets the transform resize
+    the pair (cv2 linear image, nearest mask); released first resizes both with PIL bilinear to ``size``
+    (:func:`released_pair`; the transform's own resize is then the identity) and the mask stays soft, in [0, 1].
     With ``augment=True`` items are addressed as ``(index, augmentation_seed)`` (see
     :class:`SeededEpochStream`): re-seeding the augmentation per item makes every sample's
     augmentation a function of the run seed alone, independent of worker count and scheduling.
     """
 
-    def __init__(self, pairs_df: pd.DataFrame, size: int, augment: bool, augmentation: str = "hardgen") -> None:
+    def __init__(self, pairs_df: pd.DataFrame, size: int, augment: bool, augmentation: str = "hardgen",
+                 resize: str = "hardgen") -> None:
         check_pairs(pairs_df, "pairs table")
+        if resize not in RESIZES:
+            raise ValueError(f"segment.resize: {resize!r} is not one of {list(RESIZES)}")
         self.images = [str(p) for p in pairs_df["image"]]
         self.masks = [str(p) for p in pairs_df["mask"]]
         self.sample_ids = sample_ids(pairs_df)
         self.augment = augment
+        self.size = size
+        self.resize_kind = resize
         self.transform = train_transform(size, augmentation) if augment else eval_transform(size)
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair ``index`` as the transform takes it: hardgen: the image and its {0, 1} uint8 mask as read; released:
+        both at ``size`` by PIL bilinear, the mask float32 in [0, 1] (:func:`released_pair`)."""
+        if self.resize_kind == "released":
+            return released_pair(self.images[index], self.masks[index], self.size)
+        image, mask = read_pair(self.images[index], self.masks[index])
+        return image, mask.astype(np.uint8)
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
         index, aug_seed = key if isinstance(key, tuple) else (key, None)
-        image, mask = read_pair(self.images[index], self.masks[index])
+        image, mask = self.read(index)
         if self.augment:
             self.transform.set_random_seed(aug_seed)
-        out = self.transform(image=image, mask=mask.astype(np.uint8))
+        out = self.transform(image=image, mask=mask)
         return out["image"].float(), out["mask"].float().unsqueeze(0), self.sample_ids[index]
 
 
@@ -115,18 +151,17 @@ class FilteredSegmentationPairs(SegmentationPairs):
     augmentation (:func:`hardgen.scoring.pixel_filter.pixel_filter_masks` computes it on the resize of
     :func:`eval_transform`). Items return it as a (1, S, S) float tensor in {0, 1}. A row with a map is
     first resized to ``size`` (the transform's own first step, which is then the identity: same image
-    and mask as without a map, bit for bit) and the map then goes through the very augmentation of
+    and mask as without a map, bit for bit; with ``resize`` released the pair already is at ``size``) and the map then goes through the very augmentation of
     the mask (albumentations' mask target: nearest resampling; pixels shifted in from outside the
     image are filled with 0, "not ignored", like the mask's background). A row without a map is the
     parent's item plus an all-zero map.
     """
 
     def __init__(self, pairs_df: pd.DataFrame, size: int, ignore: Sequence[np.ndarray | None],
-                 augment: bool = True, augmentation: str = "hardgen") -> None:
-        super().__init__(pairs_df, size, augment, augmentation)
+                 augment: bool = True, augmentation: str = "hardgen", resize: str = "hardgen") -> None:
+        super().__init__(pairs_df, size, augment, augmentation, resize)
         if len(ignore) != len(self.images):
             raise ValueError(f"ignore maps: {len(ignore)} entries for {len(self.images)} pairs")
-        self.size = size
         self.resize = A.Resize(size, size)
         self.ignore: list[np.ndarray | None] = []  # bit-packed: 1/8 of the memory of bool maps
         for row, entry in enumerate(ignore):
@@ -148,8 +183,8 @@ class FilteredSegmentationPairs(SegmentationPairs):
         if ignore is None:
             image, mask, sample_id = super().__getitem__(key)
             return image, mask, torch.zeros_like(mask), sample_id
-        image, mask = read_pair(self.images[index], self.masks[index])
-        resized = self.resize(image=image, mask=mask.astype(np.uint8))
+        image, mask = self.read(index)
+        resized = self.resize(image=image, mask=mask)
         if self.augment:
             self.transform.set_random_seed(aug_seed)
         out = self.transform(image=resized["image"], mask=resized["mask"], masks=[ignore.astype(np.uint8)])

@@ -1,7 +1,7 @@
 """How a segmenter trains: the per-arch recipe (``segment.*`` with the arch entry's own keys on top) and its parts.
 
 Each ``segment.archs`` entry may carry its own training recipe (optimizer, learning rate, weight decay, step decay,
-batch size, iterations, multi-scale, gradient clip, loss), overriding the ``segment.*`` defaults of the same name for
+batch size, iterations, multi-scale, gradient clip, loss, resize), overriding the ``segment.*`` defaults of the same name for
 that arch only (:func:`resolve_recipe`), so archs with different released recipes share one run; every policy of one
 arch gets that arch's budget. PraNet's multi-scale training rescales each batch to :func:`scaled_size` of every scale.
 """
@@ -17,7 +17,12 @@ import numpy as np
 import torch
 
 from hardgen.config.settings import SegmentConfig, SegmenterConfig
-from hardgen.segmentation.datasets import AUGMENTATIONS, SIZE_MULTIPLE, check_size
+from hardgen.segmentation.datasets import (
+    AUGMENTATIONS,
+    RESIZES,
+    SIZE_MULTIPLE,
+    check_size,
+)
 from hardgen.segmentation.losses import STRUCTURE_LOSSES
 
 OPTIMIZERS = ("adam", "adamw")
@@ -32,7 +37,7 @@ SHARED_RECIPE_KEYS: tuple[str, ...] = tuple(key for key in SegmentConfig.job_key
 #: :data:`hardgen.benchmark.records.RUN_FIELDS`.
 RECIPE_FIELDS: tuple[str, ...] = (
     "optimizer", "learning_rate", "weight_decay", "lr_decay_at", "lr_decay_factor", "multi_scale", "grad_clip",
-    "augment", "loss",
+    "augment", "loss", "resize",
 )
 
 
@@ -66,7 +71,9 @@ class SegmentRecipe:
     ``grad_clip``: PraNet's gradient value clipping; None or <= 0 disables it (stored as None). ``augment``:
     ``segment.augment`` (:func:`hardgen.segmentation.datasets.train_transform`). ``loss``: the structure loss's kind
     (``segment.loss``, :data:`hardgen.segmentation.losses.STRUCTURE_LOSSES`: hardgen's boundary-weighted BCE or the
-    released code's plain BCE). Checked on construction: a bad value raises ValueError naming its ``segment.*`` key.
+    released code's plain BCE). ``resize``: how the training pairs reach ``size`` (``segment.resize``,
+    :data:`hardgen.segmentation.datasets.RESIZES`: hardgen's binary masks, or the released loaders' PIL bilinear with
+    soft masks). Checked on construction: a bad value raises ValueError naming its ``segment.*`` key.
     """
 
     size: int
@@ -80,6 +87,7 @@ class SegmentRecipe:
     multi_scale: tuple[float, ...] = (1.0,)
     augment: str = "hardgen"
     loss: str = "structure"
+    resize: str = "hardgen"
 
     def __post_init__(self) -> None:
         check_size(self.size)
@@ -98,6 +106,8 @@ class SegmentRecipe:
             raise ValueError(f"segment.optimizer: {self.optimizer!r} is not one of {list(OPTIMIZERS)}")
         if self.loss not in STRUCTURE_LOSSES:
             raise ValueError(f"segment.loss: {self.loss!r} is not one of {list(STRUCTURE_LOSSES)}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"segment.resize: {self.resize!r} is not one of {list(RESIZES)}")
         # normalised in place (frozen): one spelling of each value for the training loop and run.json
         object.__setattr__(self, "iterations", int(iterations))
         object.__setattr__(self, "multi_scale", tuple(self.multi_scale))
@@ -116,6 +126,7 @@ class SegmentRecipe:
             "grad_clip": None if self.grad_clip is None else float(self.grad_clip),
             "augment": self.augment,
             "loss": self.loss,
+            "resize": self.resize,
         }
 
 
@@ -146,6 +157,9 @@ def resolve_recipe(segment: Mapping[str, Any], entry: Mapping[str, Any], config_
     loss = str(merged["loss"])
     if loss not in STRUCTURE_LOSSES:
         raise ValueError(f"{where['loss']}: {merged['loss']!r} is not one of {list(STRUCTURE_LOSSES)}")
+    resize = str(merged["resize"])
+    if resize not in RESIZES:
+        raise ValueError(f"{where['resize']}: {merged['resize']!r} is not one of {list(RESIZES)}")
     grad_clip = merged["grad_clip"]
     return SegmentRecipe(
         size=int(segment["size"]),
@@ -159,6 +173,7 @@ def resolve_recipe(segment: Mapping[str, Any], entry: Mapping[str, Any], config_
         grad_clip=None if grad_clip is None else float(grad_clip),
         augment=str(segment["augment"]),
         loss=loss,
+        resize=resize,
     )
 
 

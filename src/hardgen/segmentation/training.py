@@ -64,7 +64,8 @@ def train_segmenter(
 
     ``recipe`` (:class:`hardgen.segmentation.recipes.SegmentRecipe`; :func:`hardgen.segmentation.recipes.resolve_recipe`
     reads it from the config) says how: ``size``, ``optimizer`` with ``weight_decay``, ``learning_rate``, ``lr_decay``,
-    ``batch_size``, ``iterations``, ``multi_scale``, ``grad_clip``, ``augment`` and ``loss``. A multi-map segmenter's
+    ``batch_size``, ``iterations``, ``multi_scale``, ``grad_clip``, ``augment``, ``loss`` and ``resize`` (the
+    released loaders' soft PIL-bilinear masks or hardgen's binary ones). A multi-map segmenter's
     loss is the structure loss of the recipe's kind summed over its maps
     (:func:`hardgen.segmentation.losses.maps_structure_loss`), each upsampled to the mask size.
 
@@ -100,11 +101,12 @@ def train_segmenter(
     stream = SeededEpochStream(len(dataset), recipe.iterations * recipe.batch_size, torch.Generator().manual_seed(seed))
     loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=stream, num_workers=num_workers)
     log.info("training %s/%s (%d maps) on %d pairs (%d real, %d synthetic), sizes %s, %d iterations of %d "
-             "(%.2f passes), %s lr %g wd %g decay %s, augment %s, loss %s", spec.arch, spec.encoder, n_maps,
+             "(%.2f passes), %s lr %g wd %g decay %s, augment %s, loss %s, resize %s", spec.arch, spec.encoder, n_maps,
              len(dataset), counts["real_images"], counts["synthetic_images"],
              [scaled_size(recipe.size, s) for s in recipe.multi_scale],
              recipe.iterations, recipe.batch_size, recipe.iterations * recipe.batch_size / len(dataset),
-             recipe.optimizer, recipe.learning_rate, recipe.weight_decay, recipe.lr_decay, recipe.augment, recipe.loss)
+             recipe.optimizer, recipe.learning_rate, recipe.weight_decay, recipe.lr_decay, recipe.augment, recipe.loss,
+             recipe.resize)
 
     start = time.perf_counter()
     train_log = _optimise(model, optim, loader, recipe, device, filtered=ignore_masks is not None, out_dir=out_dir)
@@ -137,8 +139,11 @@ def _training_set(pairs_df: pd.DataFrame, recipe: SegmentRecipe, ignore_masks: S
     real_images, synthetic_images = count_real_synthetic(pairs_df)
     counts = {"real_images": real_images, "synthetic_images": synthetic_images}
     if ignore_masks is None:
-        return SegmentationPairs(pairs_df, recipe.size, augment=True, augmentation=recipe.augment), counts, None
-    dataset = FilteredSegmentationPairs(pairs_df, recipe.size, ignore_masks, augment=True, augmentation=recipe.augment)
+        dataset = SegmentationPairs(pairs_df, recipe.size, augment=True, augmentation=recipe.augment,
+                                    resize=recipe.resize)
+        return dataset, counts, None
+    dataset = FilteredSegmentationPairs(pairs_df, recipe.size, ignore_masks, augment=True, augmentation=recipe.augment,
+                                        resize=recipe.resize)
     return dataset, counts, ignored_pixel_fraction(pairs_df, ignore_masks, recipe.size, synthetic_images)
 
 
