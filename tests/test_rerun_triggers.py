@@ -106,13 +106,15 @@ def test_a_loss_margin_retrains_the_hard_lora_and_rescores_nothing_else(finished
     assert not {"prototype", "train_control_lora", "train_feedback_lora", "allocate", "train_judge"} & set(jobs)
 
 
-def test_an_arch_loss_retrains_that_arch_and_trains_no_generator(finished_demo):
-    # segment.archs.<key>.loss is that arch's training recipe: its benchmark runs and its real-only judge retrain (the
-    # judges allocate and grade the samples); the other arch's runs, the LoRAs and the prototypes never read it
+@pytest.mark.parametrize(("setting", "value"), [("loss", "structure_released"), ("resize", "released")])
+def test_an_arch_recipe_key_retrains_that_arch_and_trains_no_generator(finished_demo, setting, value):
+    # segment.archs.<key>.loss / .resize are that arch's training recipe: its benchmark runs and its real-only judge
+    # retrain (the judges allocate and grade the samples); the other arch's runs, the LoRAs and the prototypes never
+    # read them
     archs = DEMO["segment"]["archs"]
     key = next(k for k in archs if k != DEMO["feedback"]["segmenter"])
-    jobs = plan_after(finished_demo, "arch-loss",
-                      segment={"archs": {**archs, key: {**archs[key], "loss": "structure_released"}}})
+    jobs = plan_after(finished_demo, f"arch-{setting}",
+                      segment={"archs": {**archs, key: {**archs[key], setting: value}}})
     assert jobs["train_judge"] == 1 and jobs["train_real"] == 1 and "train_segmenters" in jobs
     assert not {"train_control_lora", "train_hard_lora", "train_feedback_lora", "prototype", "make_conditions",
                 "prepare_data"} & set(jobs)
