@@ -427,8 +427,8 @@ def final_outputs():
         L("table", table="mask_following.csv"),
     ]
     if not SCARCITY:
-        return tables
-    return expand(tables, n_real=N_REALS) + scarcity_outputs()
+        return tables + [L("models_table")]
+    return expand(tables, n_real=N_REALS) + scarcity_outputs() + [L("models_table")]
 
 
 def scarcity_image_tables():

@@ -80,6 +80,31 @@ rule report:
         "../scripts/report.py"
 
 
+# Every model the run builds (the base's UNet, VAE and text encoder(s), each backbone, each segmenter) with its
+# parameter count and dtype, counted on the meta device from the configs (hardgen.report.models_table): no weights
+# are read, so it costs a few seconds of imports.
+rule models_table:
+    input:
+        base=base_model_input,
+    output:
+        report(L("models_table"), category="Run", caption="../report/models_table.rst"),
+    log:
+        "logs/models_table.log",
+    params:
+        base=BASE_MODEL,
+        tiny_config=SETTINGS.model.tiny_config if TINY else None,
+        backbones=extractor_specs(BACKBONES),
+        archs=arch_specs(ARCHS),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/models_table.py"
+
+
 # Do the samples follow their masks? Two measures, each against the real training crops' same gap: red chromaticity
 # (grayscale: the grey level) inside vs outside each sample's own mask against a shuffled mask, and the real-only
 # judges' Dice (every segment.archs entry's train_judge at feedback.judge_seed) against the own vs the shuffled mask;

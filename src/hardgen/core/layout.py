@@ -80,15 +80,19 @@ PATTERNS: dict[str, str] = {
     "table": "results/tables/{table}",
     "plots": "results/plots",
     "benchmarks": "results/benchmarks",
+    # every model the run builds, with its parameter count (rule models_table): one per run, like the base model
+    "models_table": "results/tables/models.csv",
     # the data-scarcity curve (rule scarcity): every size's tables in one, with n_real, and the curve
     "scarcity_table": "results/tables/{table}",
     "scarcity_plot": "results/plots/scarcity.png",
 }
 
 #: The artifacts downstream of the real training data: with ``data.train_subsets`` one copy per size, under
-#: :data:`N_DIR` (everything but the dataset, its full manifest, the base model and the cross-size summary).
+#: :data:`N_DIR` (everything but the dataset, its full manifest, the base model, the models table and the cross-size
+#: summary).
 PER_N: frozenset[str] = frozenset(PATTERNS) - {
-    "demo_data", "converted", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot"}
+    "demo_data", "converted", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot",
+    "models_table"}
 
 
 class _Keep(dict):
