@@ -198,13 +198,17 @@ def test_merging_shards_imports_no_torch() -> None:
     assert generate.merge_shards is shards.merge_shards and generate.read_conditions is shards.read_conditions
 
 
-def test_resolve_device_dtype() -> None:
+def test_resolve_device_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     assert generate.resolve_device_dtype("cpu", None) == (torch.device("cpu"), torch.float32)
     assert generate.resolve_device_dtype("cpu", "bf16")[1] == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         generate.resolve_device_dtype("cpu", "fp8")
-    with pytest.raises(ValueError, match="generation.dtype: float16 needs a GPU"):  # no silent fp32 fall-back
-        generate.check_generation_dtype("cpu", "float16")
+    assert generate.cpu_float16_supported()  # torch 2.x: fp16 sampling runs on the CPU (make paper-smoke does)
+    generate.check_generation_dtype("cpu", "float16")
+    with monkeypatch.context() as patch:  # a torch without the CPU kernels: an error, no silent fp32 fall-back
+        patch.setattr(generate, "cpu_float16_supported", lambda: False)
+        with pytest.raises(ValueError, match="generation.dtype: float16 needs a GPU"):
+            generate.check_generation_dtype("cpu", "float16")
     generate.check_generation_dtype("cpu", None)  # auto: fp32 on the CPU
     generate.check_generation_dtype("cuda", "float16")
     assert generate.resolve_device_dtype("cuda", None)[1] == torch.float16  # auto: fp16 on a GPU, as the authors

@@ -258,13 +258,26 @@ def resolve_device_dtype(
     return resolved, names[dtype]
 
 
+def cpu_float16_supported() -> bool:
+    """Whether this torch runs the float16 kernels sampling needs on the CPU (a convolution, a matmul, a softmax and
+    group norm: the UNet's and the VAE's ops); torch 2.x does."""
+    try:
+        x = torch.randn(1, 4, 8, 8).half()
+        y = torch.nn.functional.conv2d(x, torch.randn(4, 4, 3, 3).half(), padding=1)
+        y = torch.nn.functional.group_norm(y, 2)
+        z = torch.softmax(y.flatten(1) @ y.flatten(1).T, dim=-1)
+    except RuntimeError:
+        return False
+    return bool(z.dtype == torch.float16 and torch.isfinite(z).all())
+
+
 def check_generation_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None) -> None:
-    """``generation.dtype`` float16 on a CPU job is an error: fp16 kernels are missing or emulated there, and a
-    silent fall-back to fp32 would misreport the run (library callers may still load fp16 parts on the CPU)."""
+    """``generation.dtype`` float16 on a CPU job runs where torch has the CPU kernels (:func:`cpu_float16_supported`),
+    else is an error: never a silent fall-back to fp32, which would misreport the run."""
     resolved, resolved_dtype = resolve_device_dtype(device, dtype)
-    if dtype is not None and resolved_dtype == torch.float16 and resolved.type == "cpu":
-        raise ValueError("generation.dtype: float16 needs a GPU (this job runs on the CPU); use auto, float32 or "
-                         "bfloat16")
+    if dtype is not None and resolved_dtype == torch.float16 and resolved.type == "cpu" and not cpu_float16_supported():
+        raise ValueError(f"generation.dtype: float16 needs a GPU (torch {torch.__version__} lacks the CPU float16 "
+                         "kernels); use auto, float32 or bfloat16")
 
 
 def load_generation_pipeline(
