@@ -190,6 +190,6 @@ def test_real_images_are_scored_at_the_generation_resolution(real, tmp_path):
                                                   batch_size=4, backbone_key="cnn", resolution=32)
     np.testing.assert_allclose(scores["distance"], as_generated["distance"], rtol=1e-5)
     # the native-resolution prototype is not comparable: scoring at 32 px against it is refused
-    with pytest.raises(ValueError, match="resolution native, scoring at 32"):
+    with pytest.raises(ValueError, match="resolution native, used at 32"):
         score_samples_with_features(real_training_pairs(manifest), CNN, real[1]["cnn"], "real", pad=5,
                                     backbone_key="cnn", resolution=32)

@@ -131,10 +131,13 @@ def test_a_segmenter_job_is_given_every_segment_key_a_run_reads(config):
 
 def test_a_feature_extractor_never_reads_the_hardness_margin(config):
     settings = st.Settings.from_config(config)
+    prototype = ("prototype_crop", "prototype")  # the prototype job's recipe and a user's file: neither is trained on
     for key, backbone in settings.backbones.items():
         entry = config["backbones"][key]
-        assert backbone.params("hard") == entry and list(backbone.params("hard")) == list(entry)
-        assert backbone.params("extractor") == {k: v for k, v in entry.items() if k != "margin"}
+        hard = {k: v for k, v in entry.items() if k not in prototype}
+        assert backbone.params("hard") == hard and list(backbone.params("hard")) == list(hard)
+        assert backbone.params("extractor") == {k: v for k, v in hard.items() if k != "margin"}
+        assert backbone.params("prototype") == {"prototype_crop": entry["prototype_crop"]}
 
 
 def test_a_job_view_holds_only_its_params(config):

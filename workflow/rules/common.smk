@@ -72,6 +72,12 @@ def BENCH(name):
 TESTSETS = SETTINGS.data.testsets
 BACKBONES = list(SETTINGS.backbones)
 LOSS_BACKBONES = list(SETTINGS.hard.loss_backbones)  # the rest are held-out judges of hardness
+# backbones.<key>.prototype: a file of the user's replaces rule prototype's for that backbone (a tracked input)
+USER_PROTOTYPES = {key: SETTINGS.backbones[key].prototype for key in BACKBONES if SETTINGS.backbones[key].prototype}
+for _key, _file in USER_PROTOTYPES.items():
+    if not Path(_file).is_file():
+        raise ValueError(f"backbones.{_key}.prototype: {_file}: file not found")
+COMPUTED_PROTOTYPES = [key for key in BACKBONES if key not in USER_PROTOTYPES]  # rule prototype's outputs
 VARIANTS = list(SETTINGS.generation.variants)
 SCORED_VARIANTS = ["real"] + VARIANTS
 # hardgen.core.registry declares each variant: the Control-LoRA it samples (mined and guided: the plain one) and whether
@@ -133,7 +139,7 @@ FINETUNE_TRAIN = SETTINGS.train.params("finetune")
 
 def backbone_specs(keys, job):
     """backbones.<key> entries as ``job`` reads them: extractor (prototype, score, the mined/guided judge) without
-    the hardness loss's margin; hard (the hard LoRA) whole."""
+    the hardness loss's margin; hard (the hard LoRA) with it; neither with the prototype's recipe and file."""
     return {key: SETTINGS.backbones[key].params(job) for key in keys}
 
 
@@ -301,10 +307,16 @@ def generation_lora(wildcards):
     return lora_path(VARIANT_LORA[wildcards.variant], n_real(wildcards))
 
 
+def prototype_files(keys, n_real=N_WILDCARD):
+    """The prototype of each backbone in ``keys``, in order: the user's file (backbones.<key>.prototype) or rule
+    prototype's, at the scarcity level ``n_real`` (a wildcard when the curve is on)."""
+    return [USER_PROTOTYPES.get(key) or L("prototype", backbone=key, n_real=n_real) for key in keys]
+
+
 def generation_prototypes(wildcards):
     if wildcards.variant not in TRAINING_FREE:
         return []
-    return expand(L("prototype", n_real=n_real(wildcards)), backbone=LOSS_BACKBONES)
+    return prototype_files(LOSS_BACKBONES, n_real(wildcards))
 
 
 def allocation_judges(wildcards):

@@ -27,11 +27,13 @@ if TINY:
 rule prototype:
     # Every backbone's prototype in one job: a job's cost is mostly torch/timm start-up, not the few real crops.
     # Changing one backbone's spec reruns this job, so every prototype is rewritten; train_hard_lora already reruns
-    # on any backbones change (its params), and the training-free variants' generate jobs rerun with it.
+    # on any backbones change (its params), and the training-free variants' generate jobs rerun with it. A backbone
+    # with a prototype file of the user's (backbones.<key>.prototype) is not computed here; with every backbone's
+    # given, no job needs this rule.
     input:
         manifest=L("manifest"),
     output:
-        expand_n(L("prototype"), backbone=BACKBONES),
+        expand_n(L("prototype"), backbone=COMPUTED_PROTOTYPES),
     log:
         LOG("prototype.log"),
     benchmark:
@@ -39,7 +41,9 @@ rule prototype:
     # the hard LoRA (its margins) and the training-free variants wait for it: not behind the benchmark segmenters
     priority: 15
     params:
-        backbones=extractor_specs(BACKBONES),
+        backbones=extractor_specs(COMPUTED_PROTOTYPES),
+        # backbones.<key>.prototype_crop: how the real images are cropped (hardgen | native, the authors' script)
+        recipes={key: SETTINGS.backbones[key].params("prototype") for key in COMPUTED_PROTOTYPES},
         pad=SETTINGS.hard.crop_pad,
         resolution=SETTINGS.model.resolution,
     threads: 1

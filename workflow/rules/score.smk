@@ -10,7 +10,7 @@ rule score:
         unpack(fidelity_input),
         manifest=L("manifest"),
         samples=score_input,
-        prototypes=expand_n(L("prototype"), backbone=BACKBONES),
+        prototypes=prototype_files(BACKBONES),
     output:
         scores=L("scores"),
         # the samples' backbone features (rows as in the CSV), for the report's real-vs-generated PCA

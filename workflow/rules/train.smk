@@ -50,7 +50,7 @@ rule train_hard_lora:
         manifest=L("manifest"),
         init_lora=finetune_init_input("hard"),
         # only the in-loss backbones: the held-out ones never reach the generator
-        prototypes=expand_n(L("prototype"), backbone=LOSS_BACKBONES),
+        prototypes=prototype_files(LOSS_BACKBONES),
     output:
         lora=lora_path("hard"),
         train_log=L("train_log", variant="hard"),

@@ -14,8 +14,9 @@ shrinking only sizes, steps and models:
 * What a fixed overlay cannot name, derived here from your merged config (:func:`rehearsal_overlay`): every
   ``backbones`` entry becomes a tiny random extractor of its kind (timm: ``vit_tiny_patch16_224`` for a ViT,
   ``convnext_atto`` for a ConvNeXt, else ``resnet18``; transformers: a 2-layer ``ViTConfig``), keeping its key,
-  ``resize_via`` and ``margin``; every ``segment.archs`` entry keeps its arch and encoder with random weights (no
-  download, no checkpoint) and the rehearsal's ``iterations`` / ``batch_size`` where it overrides them;
+  ``resize_via``, ``margin`` and ``prototype_crop`` (a ``prototype`` file is dropped: rule prototype computes the
+  tiny one's); every ``segment.archs`` entry keeps its arch and encoder with random weights (no download, no
+  checkpoint) and the rehearsal's ``iterations`` / ``batch_size`` where it overrides them;
   ``data.train_subsets`` (the scarcity curve) becomes two small nested sizes; ``model.base: tiny`` stays the
   random-init build (rule ``base_model``); relative paths become absolute.
 
@@ -104,7 +105,8 @@ def _absolute(value: Any, bases: Sequence[Path]) -> Any:
 
 def tiny_backbone(entry: Mapping[str, Any], input_size: int) -> dict[str, Any]:
     """A ``backbones.<key>`` entry shrunk to a tiny random extractor of its kind (see the module docstring)."""
-    out: dict[str, Any] = {"pretrained": False, "checkpoint": None, "input_size": input_size}
+    # a prototype file of yours belongs to the real backbone: the rehearsal computes its tiny one's
+    out: dict[str, Any] = {"pretrained": False, "checkpoint": None, "input_size": input_size, "prototype": None}
     if entry.get("source", "timm") == "transformers":
         out.update(config=dict(TINY_VIT_CONFIG, image_size=input_size))
         return out  # the name (a hub id or a folder) is kept: without pretrained weights only its config is read

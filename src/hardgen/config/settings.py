@@ -15,10 +15,12 @@ params are compared by their repr: Snakemake's params rerun trigger). A whole ma
   plain training, not a param); generation reads none.
 * ``plain`` / ``finetune``: ``train.*`` keys of the plain training and of a hard / feedback fine-tuning (whose length
   is its own section's ``steps``); ``copied``: those copied into TrainSettings as they are.
-* ``hard`` / ``feedback``: ``hard.*`` / ``feedback.*`` keys of that fine-tuning; ``hard`` also the whole in-loss
-  ``backbones.<key>`` entries.
+* ``hard`` / ``feedback``: ``hard.*`` / ``feedback.*`` keys of that fine-tuning; ``hard`` also the in-loss
+  ``backbones.<key>`` entries (without the prototype's recipe and file: it reads the prototype file itself).
 * ``extractor``: ``backbones.<key>`` as a feature extractor reads it (prototype, score, the mined/guided judge):
   without the hardness loss's ``margin``, which only the hard LoRA reads.
+* ``prototype``: ``backbones.<key>.prototype_crop``, the prototype job's recipe (``prototype``, a file of the user's
+  that replaces the job for that backbone, is an input of the jobs that read prototypes, not a param).
 * ``segmenter``: ``segment.archs.<key>`` as a job reads it: without ``published`` (the report's anchors name).
 * ``run`` / ``filtered_run``: ``segment.*`` keys of one segmenter run (size, augment and the recipe keys an arch may
   override); ``filtered_run`` also ``pixel_filter``, read only with a filter judge.
@@ -357,6 +359,9 @@ class BackboneConfig(Section):
     input_size: int = setting(read_by=_EXTRACTOR)
     # the hardness loss's, not the extractor's
     margin: float | None = setting(default=None, read_by=("hard",))
+    # the prototype job's recipe; a file of the user's replaces the job (an input of its readers, not a param)
+    prototype_crop: str = setting(default="hardgen", read_by=("prototype",))
+    prototype: str | None = setting(default=None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -155,12 +155,7 @@ class HardnessJudge:
             spec = features.BackboneSpec.from_config(key, entry)
             self.backbones[key] = features.load_backbone(spec, device, config_key=key)
             proto = features.load_prototype(settings.prototypes[key])
-            if proto.backbone != spec.name:
-                raise ValueError(f"TrainSettings.prototypes[{key!r}]: {settings.prototypes[key]} was computed "
-                                 f"with {proto.backbone!r}, but backbones.{key} is {spec.name!r}")
-            if proto.resolution != settings.resolution:
-                raise ValueError(f"TrainSettings.prototypes[{key!r}]: {settings.prototypes[key]} was computed at "
-                                 f"resolution {proto.resolution or 'native'}, training runs at {settings.resolution}")
+            features.check_prototype(proto, settings.prototypes[key], self.backbones[key], settings.resolution, key)
             self.prototypes[key] = proto.prototype.to(device)
             self.sizes[key] = spec.input_size
             self.real_spread[key] = (proto.real_mean, proto.real_std)

@@ -14,6 +14,12 @@ Two sources (``backbones.<key>.source``): ``timm`` (default; normalised with the
 ``transformers`` (a ``ViTModel`` from a hub id or a local folder, never remote code; the CLS token of
 ``last_hidden_state``, normalised with the image processor's mean/std, 0.5 for google/vit-*: the authors'
 extractor). ``resize_via`` (the authors' 512) resizes each crop to that square first, then to ``input_size``.
+
+The prototype's recipe (``backbones.<key>.prototype_crop``, :data:`PROTOTYPE_CROPS`): ``hardgen`` crops the real
+images as the loss and the scores crop every sample (brought to ``model.resolution``, then ``resize_via``);
+``native`` is the authors' prototype script (``utils/compute_feature.py:26-30``): the box + ``pad`` px at the
+image's native resolution, resized straight to ``input_size``. The file records its recipe;
+:func:`check_prototype` is what every reader checks against.
 """
 
 from __future__ import annotations
@@ -51,8 +57,11 @@ RANDOM_INIT_SEED = 0
 _SPEC_FIELDS = tuple(BackboneConfig.job_keys("extractor"))
 #: Where a backbone comes from (``backbones.<key>.source``).
 SOURCES = ("timm", "transformers")
-#: Entry fields that belong to the hardness loss, not to the feature extractor (read by ``hardgen.generator.stages``).
-LOSS_FIELDS = tuple(key for key in BackboneConfig.keys() if key not in _SPEC_FIELDS)
+#: Entry fields that are not the feature extractor's: the hardness loss's margin, the prototype's recipe and file.
+_OTHER_FIELDS = tuple(key for key in BackboneConfig.keys() if key not in _SPEC_FIELDS)
+#: How rule prototype crops the real images (``backbones.<key>.prototype_crop``): as every sample is cropped
+#: (``hardgen``) or at their native resolution, straight to ``input_size`` (``native``, the authors' script).
+PROTOTYPE_CROPS = ("hardgen", "native")
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,7 @@ class BackboneSpec:
         """Build a spec from the ``backbones.<key>`` mapping, naming the key on bad values."""
         if not isinstance(entry, dict):
             raise ValueError(f"backbones.{key}: expected a mapping with {', '.join(_SPEC_FIELDS)}")
-        unknown = sorted(set(entry) - set(_SPEC_FIELDS) - set(LOSS_FIELDS))
+        unknown = sorted(set(entry) - set(_SPEC_FIELDS) - set(_OTHER_FIELDS))
         if unknown:
             raise ValueError(f"backbones.{key}: unknown keys {unknown}")
         if not isinstance(entry.get("name"), str) or not entry["name"]:
@@ -342,6 +351,7 @@ def iter_features(
     batch_size: int,
     size: int | None = None,
     resolution: int | None = None,
+    crop: str = "hardgen",
 ) -> Iterator[tuple[list[str], torch.Tensor]]:
     """Yield (ids, (b, D) features) batch by batch; only one batch of images is in memory at a time.
 
@@ -350,7 +360,15 @@ def iter_features(
     already that size, so real and generated samples are compared at the same scale. Images are then
     cropped one by one to the mask box, resized to ``size`` (default: the backbone's input size) and
     stacked. Runs without autograd.
+
+    ``crop`` (:data:`PROTOTYPE_CROPS`): ``native`` crops each image at its own size (no ``resolution``) and resizes
+    the crop straight to ``size``, without the backbone's ``resize_via`` (the authors' prototype recipe).
     """
+    if crop not in PROTOTYPE_CROPS:
+        raise ValueError(f"crop: expected one of {list(PROTOTYPE_CROPS)}, got {crop!r}")
+    if crop == "native" and resolution is not None:
+        raise ValueError(f"crop native: images keep their native size, got resolution {resolution}")
+    via = backbone.resize_via if crop == "hardgen" else None
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     id_col = _id_column(pairs)
@@ -373,7 +391,7 @@ def iter_features(
             if resolution is not None:
                 image, mask = io.fit_square(image, resolution), io.fit_square(mask, resolution, is_mask=True)
             image_t = torch.tensor(image).permute(2, 0, 1)[None].float().div_(255.0)
-            crops.append(crop_to_mask(image_t, torch.tensor(mask)[None], pad, size, via=backbone.resize_via))
+            crops.append(crop_to_mask(image_t, torch.tensor(mask)[None], pad, size, via=via))
         with torch.inference_mode():
             features = backbone(torch.cat(crops).to(device)).float().cpu()
         yield [str(i) for i in rows[id_col]], features
@@ -386,14 +404,16 @@ def extract_features(
     batch_size: int,
     size: int | None = None,
     resolution: int | None = None,
+    crop: str = "hardgen",
 ) -> tuple[list[str], torch.Tensor]:
     """Features of every image/mask pair in ``pairs`` (columns ``sample_id``/``id``, ``image``, ``mask``).
 
-    Returns (ids, (N, D) float32 tensor). Images are streamed in batches; only features are kept.
+    Returns (ids, (N, D) float32 tensor). Images are streamed in batches; only features are kept. ``crop``: see
+    :func:`iter_features`.
     """
     ids: list[str] = []
     chunks: list[torch.Tensor] = []
-    for batch_ids, features in iter_features(backbone, pairs, pad, batch_size, size, resolution):
+    for batch_ids, features in iter_features(backbone, pairs, pad, batch_size, size, resolution, crop):
         ids.extend(batch_ids)
         chunks.append(features)
     if not chunks:
@@ -424,6 +444,13 @@ class Prototype:
     n: int
     #: the resolution real images were brought to (None: their native size)
     resolution: int | None = None
+    #: how the real images were cropped (:data:`PROTOTYPE_CROPS`; files without the record: hardgen)
+    crop: str = "hardgen"
+    #: the backbone input size (None: not recorded)
+    input_size: int | None = None
+    #: the two-step resize the crops went through (None: straight), when the file records it (``records_resize``)
+    resize_via: int | None = None
+    records_resize: bool = False
 
 
 def compute_prototype(
@@ -435,21 +462,31 @@ def compute_prototype(
     device: str | torch.device = "cpu",
     config_key: str | None = None,
     resolution: int | None = None,
+    crop: str = "hardgen",
 ) -> dict[str, Any]:
     """Mean feature of the real training crops, saved to ``out_path`` (.safetensors).
 
-    ``resolution``: bring each real image to the generator's resolution first (see :func:`iter_features`),
-    so the prototype and the real spread describe images at the scale generated samples have.
+    ``crop`` (``backbones.<key>.prototype_crop``): ``hardgen`` brings each real image to ``resolution`` (the
+    generator's) first and resizes its crop through the backbone's ``resize_via`` (see :func:`iter_features`), so
+    the prototype and the real spread describe images at the scale and through the resize generated samples have;
+    ``native`` (the authors' prototype script) crops each image at its own size, ``pad`` native px around the mask
+    box, and resizes the crop straight to ``input_size`` (``resolution`` is then not used).
 
     Tensors: ``prototype`` (D,), ``real_distances`` (N,). Metadata: ``real_mean_distance``,
-    ``real_std_distance`` (sample sd), ``backbone``, ``n``, ``input_size``, ``pad``, ``sample_ids``
-    (JSON). Returns the metadata as a dict (numbers as numbers).
+    ``real_std_distance`` (sample sd), ``backbone``, ``n``, ``input_size``, ``pad``, ``resolution`` (``native``
+    with crop native), ``crop``, ``resize_via`` (``none``: straight), ``sample_ids`` (JSON). Returns the metadata as a
+    dict (numbers as numbers).
     """
+    if crop not in PROTOTYPE_CROPS:
+        raise ValueError(f"backbones.{config_key or '?'}.prototype_crop: expected one of {list(PROTOTYPE_CROPS)}, "
+                         f"got {crop!r}")
+    if crop == "native":
+        resolution = None
     pairs = real_training_pairs(manifest_df)
     if len(pairs) < 2:
         raise DataError(f"manifest: need >= 2 training samples with foreground for a prototype, found {len(pairs)}")
     backbone = load_backbone(spec, device, config_key=config_key)
-    ids, features = extract_features(backbone, pairs, pad, batch_size, resolution=resolution)
+    ids, features = extract_features(backbone, pairs, pad, batch_size, resolution=resolution, crop=crop)
     prototype = features.mean(dim=0)
     distances = prototype_distance(features, prototype)
     summary = {
@@ -460,25 +497,33 @@ def compute_prototype(
         "input_size": spec.input_size,
         "pad": pad,
         "resolution": resolution if resolution is not None else "native",
+        "crop": crop,
+        "resize_via": spec.resize_via if crop == "hardgen" and spec.resize_via is not None else "none",
     }
     if not summary["real_std_distance"] > 0:
         raise DataError(f"manifest: real distances to the prototype have zero spread ({len(ids)} samples)")
     metadata = {k: str(v) for k, v in summary.items()} | {"sample_ids": json.dumps(ids)}
     save_state_dict(out_path, {"prototype": prototype, "real_distances": distances}, metadata=metadata)
-    log.info("prototype %s: n=%d, real distance %.4g ± %.4g", spec.name, len(ids),
+    log.info("prototype %s (crop %s): n=%d, real distance %.4g ± %.4g", spec.name, crop, len(ids),
              summary["real_mean_distance"], summary["real_std_distance"])
     return summary
 
 
 def load_prototype(path: str | Path) -> Prototype:
-    """Read a prototype written by :func:`compute_prototype`; pickled files are refused."""
+    """Read a prototype written by :func:`compute_prototype` (rule prototype's, or a file of the user's:
+    ``backbones.<key>.prototype``); pickled files and bare vectors are refused."""
     path = Path(path)
     tensors = load_state_dict(path)  # refuses pickles before anything else is looked at
     if path.suffix != ".safetensors":
-        raise DataError(f"{path}: a prototype must be a .safetensors file written by compute_prototype")
+        # a bare vector (the authors' .npy / .pt) lacks the real distances' spread the z-scores and margins read
+        raise DataError(f"{path}: a prototype must be a .safetensors file written by compute_prototype (rule "
+                        "prototype): the vector with the real training features' distances to it")
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     needed = ("real_mean_distance", "real_std_distance", "backbone", "n")
+    crop = metadata.get("crop", "hardgen")  # files written before the record: every one was hardgen's crop
+    if crop not in PROTOTYPE_CROPS:
+        raise DataError(f"{path}: unknown prototype crop {crop!r} (expected one of {list(PROTOTYPE_CROPS)})")
     missing = [k for k in needed if k not in metadata] + [k for k in ("prototype",) if k not in tensors]
     if missing:
         raise DataError(f"{path}: not a hardgen prototype (missing {missing})")
@@ -489,4 +534,40 @@ def load_prototype(path: str | Path) -> Prototype:
         backbone=metadata["backbone"],
         n=int(metadata["n"]),
         resolution=None if metadata.get("resolution", "native") == "native" else int(metadata["resolution"]),
+        crop=crop,
+        input_size=int(metadata["input_size"]) if "input_size" in metadata else None,
+        resize_via=None if metadata.get("resize_via", "none") == "none" else int(metadata["resize_via"]),
+        records_resize="resize_via" in metadata,
     )
+
+
+def check_prototype(prototype: Prototype, path: str | Path, backbone: FeatureExtractor, resolution: int | None,
+                    config_key: str | None = None) -> None:
+    """Refuse a prototype that does not describe ``backbone``'s features of real images at ``resolution``.
+
+    Checked: the backbone name, the feature dimension, the input size (when recorded) and, for a ``hardgen`` crop,
+    the resolution the real images were brought to and the ``resize_via`` (when recorded): the loss and the scores
+    crop every sample that way. A ``native`` crop (the authors' recipe) is made at the images' own size by design,
+    so it fits any ``model.resolution``. Errors name ``backbones.<key>`` and the file.
+    """
+    where = f"backbones.{config_key or '?'}'s prototype {path}"
+    if prototype.backbone != backbone.name:
+        raise ValueError(f"{where}: built with {prototype.backbone!r}, but backbones.{config_key or '?'}.name is "
+                         f"{backbone.name!r}")
+    dim = prototype.prototype.shape[0] if prototype.prototype.ndim == 1 else None
+    if dim != backbone.feature_dim:
+        raise ValueError(f"{where}: a vector of shape {tuple(prototype.prototype.shape)}, but {backbone.name!r} "
+                         f"gives {backbone.feature_dim}-dimensional features")
+    if prototype.input_size is not None and prototype.input_size != backbone.input_size:
+        raise ValueError(f"{where}: computed at input_size {prototype.input_size}, but backbones."
+                         f"{config_key or '?'}.input_size is {backbone.input_size}")
+    if prototype.crop == "native":
+        if prototype.resolution is not None:
+            raise ValueError(f"{where}: crop native, yet made at resolution {prototype.resolution}")
+        return
+    if prototype.resolution != resolution:
+        raise ValueError(f"{where}: computed at resolution {prototype.resolution or 'native'}, used at "
+                         f"{resolution or 'native'} (model.resolution changed? rerun the prototype rule)")
+    if prototype.records_resize and prototype.resize_via != backbone.resize_via:
+        raise ValueError(f"{where}: its crops were resized via {prototype.resize_via or 'none'}, but backbones."
+                         f"{config_key or '?'}.resize_via is {backbone.resize_via}")

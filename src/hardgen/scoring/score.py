@@ -22,6 +22,7 @@ from hardgen.core.weights import save_state_dict
 from hardgen.scoring.features import (
     BackboneSpec,
     FeatureExtractor,
+    check_prototype,
     iter_features,
     load_backbone,
     load_prototype,
@@ -49,8 +50,8 @@ def score_samples_with_features(
     """Score every image/mask pair (columns ``sample_id``/``id``, ``image``, ``mask``); also return the features.
 
     ``resolution``: the generator's resolution; every image is first brought to it with the generator's
-    training transform (:func:`hardgen.core.io.fit_square`, a no-op for generated images), and it must be the
-    resolution the prototype was computed at.
+    training transform (:func:`hardgen.core.io.fit_square`, a no-op for generated images); the prototype must fit
+    it (:func:`hardgen.scoring.features.check_prototype`).
 
     Returns a DataFrame with columns ``sample_id, variant, backbone, distance, z``; ``backbone``
     holds ``backbone_key`` (the config key, e.g. ``cnn``), defaulting to the timm name. Images
@@ -59,26 +60,12 @@ def score_samples_with_features(
     already loaded (:func:`hardgen.scoring.features.load_backbone`; the same network, it is seeded), else it is loaded here.
     """
     prototype = load_prototype(prototype_path)
-    if prototype.backbone != backbone_spec.name:
-        raise ValueError(
-            f"{prototype_path}: prototype was built with {prototype.backbone!r}, "
-            f"but backbones.{backbone_key or '?'}.name is {backbone_spec.name!r}"
-        )
-    if prototype.resolution != resolution:
-        raise ValueError(
-            f"{prototype_path}: prototype computed at resolution {prototype.resolution or 'native'}, "
-            f"scoring at {resolution or 'native'} (model.resolution changed? rerun the prototype rule)"
-        )
     if backbone is None:
         backbone = load_backbone(backbone_spec, device, config_key=backbone_key)
     elif (backbone.name, backbone.input_size) != (backbone_spec.name, backbone_spec.input_size):
         raise ValueError(f"backbones.{backbone_key or '?'}: the loaded extractor is {backbone.name!r} at "
                          f"{backbone.input_size} px, the spec {backbone_spec.name!r} at {backbone_spec.input_size} px")
-    if backbone.feature_dim != prototype.prototype.shape[0]:
-        raise ValueError(
-            f"{prototype_path}: prototype has {prototype.prototype.shape[0]} dims, "
-            f"backbone gives {backbone.feature_dim}"
-        )
+    check_prototype(prototype, prototype_path, backbone, resolution, backbone_key)
     ids: list[str] = []
     distances: list[torch.Tensor] = []
     chunks: list[torch.Tensor] = []
