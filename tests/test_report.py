@@ -821,3 +821,56 @@ def test_write_report_with_undefined_hd95(tmp_path: Path, eval_tree: dict[tuple,
     assert len(contrasts) and contrasts["mean_diff"].notna().all()  # mDice / mIoU: defined for every image
     for name in ("benchmark_png", "ratio_png"):
         assert _is_png(written[name])
+
+
+def test_write_report_compares_the_full_data_baseline_like_for_like(tmp_path: Path,
+                                                                      eval_tree: dict[tuple, Path]) -> None:
+    """segment.full_data_baseline: transformer's real-only runs on every image (made-up scores, 1,450 images) stand in
+    for its 24-image benchmark baseline in reproduction.csv and benchmark.md; the benchmark tables never see them; cnn
+    (no full-data runs) keeps its own. The anchors' model trained on 1,450 images."""
+    img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
+    write_image(img, np.full((20, 24, 3), 90, np.uint8))
+    write_mask(mask, np.eye(20, 24, dtype=bool))
+    pd.DataFrame([{"id": "r0", "image": str(img), "mask": str(mask)}]).to_csv(tmp_path / "manifest.csv", index=False)
+    manifests = {v: tmp_path / "generated" / f"{v}.csv" for v in ("plain", "hard")}
+    manifests["plain"].parent.mkdir(parents=True)
+    for manifest in manifests.values():
+        pd.DataFrame([{"sample_id": "s0", "image": str(img), "mask": str(mask), "condition": str(mask)}]).to_csv(
+            manifest, index=False)
+    score_paths, _ = _write_scores(tmp_path)
+    # full-data scores: mDice 0.9 + 0.01 k on test set k, mIoU 0.85; the anchors: 0.01 below, 0.85
+    full = {t: {"mDice": 0.9 + 0.01 * k, "mIoU": 0.85} for k, t in enumerate(TESTSETS)}
+    full_evals = {("transformer", "real", 0.0, s): _write_eval(tmp_path / f"results/eval-full/transformer/seed-{s}.csv",
+                                                               full) for s in (0, 1)}
+    full_records = [{"arch": "transformer", "policy": "real", "ratio": 0.0, "seed": s, "real_images": 1450,
+                     "synthetic_images": 0, "iterations": 12, "images_seen": 96} for s in (0, 1)]
+    anchors = pd.DataFrame(
+        [{"model": model, "testset": t, "metric": m, "value": full[t][m] - (0.01 if m == "mDice" else 0.0),
+          "n_train": 1450, "selection": "final"}
+         for model in ("PVT", "UNet") for t in TESTSETS for m in ("mDice", "mIoU")])
+    anchors.to_csv(tmp_path / "anchors.csv", index=False)
+    inputs = ReportInputs(eval_tree, score_paths, manifests, tmp_path / "manifest.csv",
+                          run_records=_run_records(eval_tree), eval_images=_image_paths(eval_tree),
+                          anchors_csv=tmp_path / "anchors.csv", full_data_evals=full_evals,
+                          full_data_records=full_records)
+    published = {"cnn": "UNet", "transformer": "PVT"}
+    written = write_report(ReportSettings(inputs, ReportOptions(loss_backbones=["vit"], testsets=TESTSETS,
+                                                                published=published),
+                                          tmp_path / "tables", tmp_path / "plots"))
+    table = pd.read_csv(written["reproduction_csv"])
+    pvt = table[(table.arch == "transformer") & (table.testset != repro.MEAN)]
+    assert (pvt["n_real"] == 1450).all() and (pvt["published_n_train"] == 1450).all()
+    assert pvt.set_index(["testset", "metric"])["ours"].to_dict() == pytest.approx(
+        {(t, m): full[t][m] for t in TESTSETS for m in ("mDice", "mIoU")})
+    assert pvt.set_index(["testset", "metric"])["diff"].to_dict() == pytest.approx(
+        {(t, m): 0.01 if m == "mDice" else 0.0 for t in TESTSETS for m in ("mDice", "mIoU")})
+    cnn = table[table.arch == "cnn"]
+    assert (cnn["n_real"] == 24).all() and cnn["diff"].isna().all()  # its 24-image baseline: not like for like
+    md = written["benchmark_md"].read_text()
+    assert "transformer's real-only baseline reproduces PVT's published mDice / mIoU by +0.010 / +0.000" in md
+    assert "cnn's real-only baseline trained on 24 real images and UNet's published numbers on 1,450" in md
+    # the benchmark's own tables: the 24-image runs only
+    assert len(pd.read_csv(written["runs_csv"])) == len(eval_tree)
+    bench = pd.read_csv(written["benchmark_csv"])
+    assert set(map(tuple, bench[["arch", "policy", "ratio", "seed"]].drop_duplicates().values)) == {
+        (a, p, float(r), s) for a, p, r, s in eval_tree}

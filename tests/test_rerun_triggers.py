@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import UPSTREAM, copy_workflow, overlay, plan_after, snakemake
+from test_workflow import (
+    UPSTREAM,
+    copy_workflow,
+    overlay,
+    plan_after,
+    planned_jobs,
+    snakemake,
+)
 
 DEMO = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
 
@@ -127,3 +134,26 @@ def test_the_judge_input_retrains_only_the_feedback_lora(finished_demo):
     assert jobs["train_feedback_lora"] == 1 and jobs["generate"] == DEMO["generation"]["shards"]
     assert not {"train_control_lora", "train_hard_lora", "train_judge", "prototype", "allocate", "train_real",
                 "make_conditions"} & set(jobs)
+
+
+def test_the_full_data_baseline_adds_only_the_anchored_archs_real_only_runs(tmp_path):
+    # segment.full_data_baseline on a data.train_subset run: the full manifest, one real-only run and its evaluation per
+    # arch with a published anchor and seed, and the report (its reproduction table); nothing upstream, no benchmark run
+    workdir = copy_workflow(tmp_path / "wf")
+    data = {"train_subset": DEMO["data"]["demo"]["n_train"] // 2}
+    touched_run(workdir, overlay(workdir, "subset", data=data))
+    segment = DEMO["segment"]
+    anchored = [key for key, spec in segment["archs"].items() if spec.get("published")]
+    runs = len(anchored) * len(segment["seeds"])
+    assert runs
+    jobs = plan_after(workdir, "full", data=data, segment={"full_data_baseline": True})
+    assert jobs == {"full_data_manifest": 1, "train_full_baseline": runs, "evaluate_full_baseline": runs,
+                    "report": 1, "all": 1}
+    plan = snakemake(workdir, "-n", "--cores", "1", *overlay(workdir, "full", data=data,
+                                                             segment={"full_data_baseline": True})).stdout
+    for arch in anchored:
+        assert f"results/segment-full/{arch}/seed-{segment['seeds'][0]}/run.json" in plan
+    # without a subset every run already trains on every image: the key adds no job
+    plain = planned_jobs(snakemake(workdir, "-n", "--cores", "1", *overlay(
+        workdir, "all", data={"train_subset": None}, segment={"full_data_baseline": True})).stdout)
+    assert plain and not {"full_data_manifest", "train_full_baseline", "evaluate_full_baseline"} & set(plain)

@@ -350,3 +350,21 @@ def test_missing_values_make_undefined_points_that_say_so_and_the_plot_skips_the
     assert lines["real only"].tolist() == pytest.approx([curve.loc[("real", 4), "mean"]])  # n_real 10 left out
     drawn = np.concatenate(list(lines.values()))
     assert np.isfinite(drawn).all() and 0.0 not in drawn
+
+
+def test_the_full_data_baseline_runs_once_for_every_size(tmp_path):
+    # segment.full_data_baseline with the curve: the anchored archs' real-only runs read prepare_data's full manifest,
+    # once per (arch, seed) outside results/n-<size>/, and every size's report reads them
+    workdir = copy_workflow(tmp_path / "wf")
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["data"]["train_subsets"] = [8, "all"]
+    cfg["segment"]["full_data_baseline"] = True
+    (workdir / "sizes.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = snakemake(workdir, "-n", "--cores", "1", "--configfile", "sizes.yaml", "--replace-workflow-config")
+    jobs = planned_jobs(result.stdout + result.stderr)
+    anchored = [key for key, spec in cfg["segment"]["archs"].items() if spec.get("published")]
+    runs = len(anchored) * len(cfg["segment"]["seeds"])
+    assert runs and jobs["train_full_baseline"] == jobs["evaluate_full_baseline"] == runs
+    assert "full_data_manifest" not in jobs and jobs["prepare_data"] == 1
+    outputs = [line for rule, line in job_outputs(result.stdout) if rule == "train_full_baseline"]
+    assert outputs and all("results/segment-full/" in line and "/n-" not in line for line in outputs)

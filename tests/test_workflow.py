@@ -624,6 +624,13 @@ def test_paper_overlay_plans_the_authors_run(tmp_path):
     archs = [key for key, spec in (paper.get("segment") or PAPER_SEGMENT)["archs"].items() if spec is not None]
     assert jobs["train_hard_lora"] == 1 and jobs["train_feedback_lora"] == 1 and jobs["train_judge"] == len(archs)
     assert jobs["judge_loss"] == len(paper["generation"]["variants"])  # one job per variant, every arch's judge
+    # segment.full_data_baseline: each arch with a published anchor also trains a real-only run per seed on every
+    # training image (the 100-image benchmark's like-for-like reproduction baseline), evaluated apart
+    segment = paper.get("segment") or PAPER_SEGMENT
+    anchored = [key for key, spec in segment["archs"].items() if spec is not None and spec.get("published")]
+    assert paper["data"]["train_subset"] and segment["full_data_baseline"] and anchored
+    assert jobs["full_data_manifest"] == 1
+    assert jobs["train_full_baseline"] == jobs["evaluate_full_baseline"] == len(anchored) * len(segment["seeds"])
     # hard.init / feedback.init fresh: neither needs the plain LoRA
     for target in ("results/lora/hard/pytorch_lora_weights.safetensors",
                    "results/lora/feedback/pytorch_lora_weights.safetensors"):

@@ -379,6 +379,23 @@ def run_records():
     return run_paths(L("run"))
 
 
+# segment.full_data_baseline: each arch with a published anchor (segment.archs.<key>.published) also trains a real-only
+# run per seed on every training image, outside the benchmark's runs (results/segment-full/...): the reproduction
+# table's like-for-like baseline. Only when the benchmark's runs train on fewer (data.train_subset or the scarcity
+# curve): with data.train_subset null they already train on every image. The scarcity curve's full manifest is
+# prepare_data's; one size's is rule full_data_manifest's.
+FULL_ARCHS = [a for a in ARCHS if SETTINGS.segment.archs[a].published is not None]
+FULL_BASELINE = SETTINGS.segment.full_data_baseline and (SCARCITY or N_REALS[0] != hgconfig.ALL_TRAIN)
+FULL_MANIFEST = L("data_manifest") if SCARCITY else L("full_manifest")
+#: the full-data runs, (arch, seed), in full_baseline_paths' order
+FULL_ORDER = [(a, s) for a in FULL_ARCHS for s in SEEDS] if FULL_BASELINE else []
+
+
+def full_baseline_paths(name):
+    # one path per full-data run (artifact full_run, full_eval, ...); none with segment.full_data_baseline off
+    return [L(name, arch=a, seed=s) for a, s in FULL_ORDER]
+
+
 def sample_loss_tables():
     # Hardness transfer uses the benchmark's real-policy segmenters of every arch and seed (never a judge;
     # segment.policies must include real, hardgen.config.validation): one table per (arch, seed) of every variant's samples, read

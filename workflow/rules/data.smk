@@ -86,3 +86,40 @@ if SCARCITY:
             ENV
         script:
             "../scripts/subset_manifest.py"
+
+
+if FULL_BASELINE and not SCARCITY:
+
+    # segment.full_data_baseline: the manifest of every validated training image beside data.train_subset's (the same
+    # validation and test sets, prepare_data's script without the subset), read by the full-data baseline runs alone
+    rule full_data_manifest:
+        input:
+            demo_data_input,
+        output:
+            manifest=L("full_manifest"),
+            subset=L("full_train_subset"),
+            converted=directory(L("full_converted")),
+        log:
+            "logs/full_data_manifest.log",
+        benchmark:
+            "results/benchmarks/full_data_manifest.tsv"
+        params:
+            root=DATA_SOURCE,
+            layout=LAYOUT,
+            train_splits=SETTINGS.data.train_splits,
+            testsets=TESTSETS,
+            expected_sizes=SETTINGS.data.expected_sizes,
+            foreground=SETTINGS.data.foreground,
+            window=SETTINGS.data.window,
+            volume=SETTINGS.data.value("volume"),
+            train_subset=None,  # every training image
+            test_subset=SETTINGS.data.test_subset,
+            seed=SETTINGS.seed,
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        conda:
+            ENV
+        script:
+            "../scripts/prepare_data.py"

@@ -13,6 +13,10 @@ rule report:
         # the guard's grades of each generated variant: fidelity.csv names the judges that made them
         fidelity=expand_n(L("fidelity"), scored=VARIANTS),
         runs=run_records(),
+        # segment.full_data_baseline: the anchored archs' real-only runs on every training image (their records and
+        # scores, in full_baseline_paths' order): the reproduction table's baselines of those archs; empty when off
+        full_runs=full_baseline_paths("full_run"),
+        full_evals=full_baseline_paths("full_eval"),
         scores=expand_n(L("scores"), scored=SCORED_VARIANTS),
         features=expand_n(L("features"), scored=SCORED_VARIANTS),
         # the feedback judge's loss on every generated sample: the transfer matrix's model-specific source

@@ -262,3 +262,61 @@ rule judge_loss:
         ENV
     script:
         "../scripts/segmenter_loss.py"
+
+
+if FULL_BASELINE:
+
+    # segment.full_data_baseline: an anchored arch's real-only run on every training image, per seed, beside the
+    # benchmark's (the same recipe; not a policy: the benchmark tables and contrasts never see it), evaluated like
+    # them; the report's reproduction table compares it with the published numbers, like for like
+    rule train_full_baseline:
+        input:
+            manifest=FULL_MANIFEST,
+        output:
+            model=L("full_model"),
+            run=L("full_run"),
+            predictions=directory(L("full_predictions")),
+        log:
+            "logs/train_full_baseline/{arch}/seed-{seed}.log",
+        benchmark:
+            "results/benchmarks/train_full_baseline/{arch}/seed-{seed}.tsv"
+        params:
+            specs=lambda wildcards: arch_specs([wildcards.arch]),
+            segment=segment_recipe(),
+            runs=lambda wildcards: [(wildcards.arch, "real", "0")],
+            filter_judges={},
+            judge=False,
+            testsets=TESTSETS,
+            protocol=PROTOCOL,
+        threads: 1
+        resources:
+            mem_mb=8000,
+            runtime=720,
+            gpu=1,
+        conda:
+            ENV
+        script:
+            "../scripts/train_segmenter.py"
+
+    rule evaluate_full_baseline:
+        input:
+            manifest=FULL_MANIFEST,
+            predictions=L("full_predictions"),
+        output:
+            table=L("full_eval"),
+            images=L("full_eval_images"),
+        log:
+            "logs/evaluate_full_baseline/{arch}/seed-{seed}.log",
+        benchmark:
+            "results/benchmarks/evaluate_full_baseline/{arch}/seed-{seed}.tsv"
+        params:
+            testsets=TESTSETS,
+            protocol=PROTOCOL,
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=60,
+        conda:
+            ENV
+        script:
+            "../scripts/evaluate.py"

@@ -22,6 +22,10 @@ with stage_logging(snakemake.log[0]) as log:
     evals = {(r["arch"], r["policy"], float(r["ratio"]), int(r["seed"])): path
              for r, path in zip(records, inp.evals, strict=True)}
     eval_images = dict(zip(evals, inp.eval_images, strict=True))  # per-image tables, in the same run order
+    # segment.full_data_baseline: the anchored archs' real-only runs on every image, keyed by their own records
+    full_records = read_run_records(inp.full_runs)
+    full_evals = {(r["arch"], r["policy"], float(r["ratio"]), int(r["seed"])): path
+                  for r, path in zip(full_records, inp.full_evals, strict=True)}
     # the feedback judge's losses, one table per variant: {<arch>/seed-<s>: every variant} holds that one judge
     (judge_losses,) = read_keyed_losses(inp.judge_loss).values()
     # per-rule times of this run, from the benchmark files of every job upstream of the report
@@ -43,6 +47,8 @@ with stage_logging(snakemake.log[0]) as log:
         eval_images=eval_images,
         anchors_csv=inp.anchors[0] if inp.anchors else None,
         mask_following_csv=inp.mask_following,
+        full_data_evals=full_evals,
+        full_data_records=full_records,
     )
     options = ReportOptions(
         loss_backbones=list(snakemake.params.loss_backbones),

@@ -476,6 +476,8 @@ class SegmentConfig(Section):
     pixel_filter: float | None = setting(default=None, read_by=("filtered_run",))
     seeds: list[int] = setting()
     batch_runs: bool = setting(default=False)
+    # the anchored archs' real-only runs on every training image (rules train_full_baseline, evaluate_full_baseline)
+    full_data_baseline: bool = setting(default=False)
     synthetic_ratios: list[float] = setting(factory=lambda: [1.0])
     policies: list[str] = setting()
     archs: dict[str, SegmenterConfig] = setting(entries=SegmenterConfig)

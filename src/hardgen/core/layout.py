@@ -44,6 +44,10 @@ PATTERNS: dict[str, str] = {
     "manifest": "results/data/manifest.csv",
     "train_subset": "results/data/train_subset.csv",
     "converted": "results/data/converted",
+    # segment.full_data_baseline (rule full_data_manifest): every validated training image beside data.train_subset's
+    "full_manifest": "results/data/full/manifest.csv",
+    "full_train_subset": "results/data/full/train_subset.csv",
+    "full_converted": "results/data/full/converted",
     "conditions": "results/conditions/conditions.csv",
     "squash_conditions": "results/conditions/squash/conditions.csv",
     "squash_images": "results/conditions/squash/images",
@@ -76,6 +80,13 @@ PATTERNS: dict[str, str] = {
     "judge": "results/judge/{arch}/seed-{seed}/model.safetensors",
     "judge_run": "results/judge/{arch}/seed-{seed}/run.json",
     "judge_loss": "results/judge/{arch}/seed-{seed}/sample_loss/{variant}.csv",
+    # segment.full_data_baseline: an anchored arch's real-only run on every training image (rules train_full_baseline,
+    # evaluate_full_baseline), outside the benchmark's runs: the reproduction table's like-for-like baseline
+    "full_model": "results/segment-full/{arch}/seed-{seed}/model.safetensors",
+    "full_run": "results/segment-full/{arch}/seed-{seed}/run.json",
+    "full_predictions": "results/predictions-full/{arch}/seed-{seed}",
+    "full_eval": "results/eval-full/{arch}/seed-{seed}.csv",
+    "full_eval_images": "results/eval-full/{arch}/seed-{seed}.images.csv",
     # report
     "table": "results/tables/{table}",
     "plots": "results/plots",
@@ -87,10 +98,14 @@ PATTERNS: dict[str, str] = {
     "scarcity_plot": "results/plots/scarcity.png",
 }
 
+#: segment.full_data_baseline's artifacts: the full manifest and the anchored archs' real-only runs on it, one copy per
+#: run (never per size: they train on every image).
+FULL_DATA: frozenset[str] = frozenset(name for name in PATTERNS if name.startswith("full_"))
+
 #: The artifacts downstream of the real training data: with ``data.train_subsets`` one copy per size, under
 #: :data:`N_DIR` (everything but the dataset, its full manifest, the base model, the models table and the cross-size
 #: summary).
-PER_N: frozenset[str] = frozenset(PATTERNS) - {
+PER_N: frozenset[str] = frozenset(PATTERNS) - FULL_DATA - {
     "demo_data", "converted", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot",
     "models_table"}
 

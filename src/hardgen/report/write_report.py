@@ -60,7 +60,10 @@ class ReportInputs:
     source of the transfer matrix); ``feature_files``: ``{scored set: path}``, ``real`` included (``features.png``);
     ``fidelity_csvs``: each generated variant's ``results/fidelity/<variant>.csv`` (names the guard's judges);
     ``eval_images``: the per-image tables, keyed like ``eval_csvs`` (single-seed contrasts); ``anchors_csv``: the
-    published anchors (config ``report.anchors``); ``mask_following_csv``: ``mask_following.csv``.
+    published anchors (config ``report.anchors``); ``mask_following_csv``: ``mask_following.csv``;
+    ``full_data_evals`` / ``full_data_records``: ``segment.full_data_baseline``'s real-only runs on every training
+    image (evaluation CSVs keyed like ``eval_csvs``, and their ``run.json`` records): the reproduction table's baseline
+    of their archs, never a benchmark run.
     """
 
     eval_csvs: Mapping[EvalKey, str | Path]
@@ -77,6 +80,8 @@ class ReportInputs:
     eval_images: Mapping[EvalKey, str | Path] = field(default_factory=dict)
     anchors_csv: str | Path | None = None
     mask_following_csv: str | Path | pd.DataFrame | None = None
+    full_data_evals: Mapping[EvalKey, str | Path] = field(default_factory=dict)
+    full_data_records: Sequence[str | Path | Mapping[str, object]] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,25 @@ def keyed_paths(paths: Mapping[str, str | Path | pd.DataFrame], what: str) -> di
     return {str(k): v if isinstance(v, pd.DataFrame) else Path(v) for k, v in paths.items()}
 
 
+def _reproduction_baselines(long: pd.DataFrame, runs: pd.DataFrame,
+                             inputs: ReportInputs) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The real-only scores and training-set sizes the reproduction table compares: the benchmark's (``long``,
+    ``runs``), an arch with full-data baseline runs (``segment.full_data_baseline``) replaced by those."""
+    sizes = repro.real_only_sizes(runs)
+    if not inputs.full_data_evals:
+        return long, sizes
+    records = read_run_records(inputs.full_data_records)
+    full_long = benchmark_long(inputs.full_data_evals)
+    if set(full_long["policy"]) != {"real"}:
+        raise DataError(f"full-data baseline runs must be real-only, found policies {sorted(set(full_long['policy']))}")
+    full_sizes = repro.real_only_sizes(runs_table(records))
+    if set(full_sizes) != set(full_long["arch"]):
+        raise DataError(f"full-data baseline runs: records of archs {sorted(full_sizes)}, scores of archs "
+                        f"{sorted(set(full_long['arch']))}")
+    kept = long[~long["arch"].isin(full_sizes)]
+    return pd.concat([kept, full_long], ignore_index=True), {**sizes, **full_sizes}
+
+
 def write_report(settings: ReportSettings) -> dict[str, Path]:
     """Write every table and plot of the run; returns ``{name: path}`` of what was written.
 
@@ -130,8 +154,9 @@ def write_report(settings: ReportSettings) -> dict[str, Path]:
     mean_discrepancy, n, in_loss), ``hardness_transfer.csv`` (backbone, segmenter, variant, spearman,
     partial_spearman, n; header only without sample losses), ``reproduction.csv`` (arch, testset, metric, ours,
     published, diff, n_real, published_n_train, selection: :func:`hardgen.evaluation.reproduction.reproduction_table`
-    of the arches of ``published`` against the anchors, ``n_real`` from the runs' records; header only without
-    either), ``contrasts.csv`` (:func:`hardgen.evaluation.contrasts.contrast_table`)
+    of the arches of ``published`` against the anchors, ``n_real`` from the runs' records; an arch with full-data
+    baseline runs (``inputs.full_data_evals``) is compared through those, the others through their benchmark real-only
+    runs; header only without either), ``contrasts.csv`` (:func:`hardgen.evaluation.contrasts.contrast_table`)
     and, with ``min_fidelity``, ``fidelity.csv`` (:func:`hardgen.scoring.fidelity.fidelity_summary`; ``judges`` names
     the guard's judge runs). A measure this data leaves undefined is a marked row, never an error, and benchmark.md
     says so (:func:`hardgen.report.run_text.undefined_notes`); the mask-following table adds its sentences and its
@@ -176,8 +201,9 @@ def write_report(settings: ReportSettings) -> dict[str, Path]:
     anchors, published = _anchors(inputs.anchors_csv, options.published)
     order = list(options.testsets) if options.testsets is not None else sorted(set(long["testset"]) - {OVERALL})
     no_anchors = pd.DataFrame(columns=repro.ANCHOR_COLUMNS)
-    reproduction = repro.reproduction_table(long, anchors if anchors is not None else no_anchors, published, order,
-                                            repro.real_only_sizes(runs))
+    baseline_long, baseline_sizes = _reproduction_baselines(long, runs, inputs)
+    reproduction = repro.reproduction_table(baseline_long, anchors if anchors is not None else no_anchors, published,
+                                            order, baseline_sizes)
     write_csv(written["reproduction_csv"], reproduction)
     contrasts = contrast_lib.contrast_table(paired_differences(long, testsets=order), order,
                                             eval_mapping(inputs.eval_images))
