@@ -438,7 +438,7 @@ def test_hard_steps_move_x0_away_from_every_in_loss_prototype(plain_run, tiny_ba
     ViT whose distance scales differ. The random-init tiny decoder barely responds to its latents, so the
     distances move by a fraction of a percent; the comparison is exact (same inputs, deterministic CPU)."""
     backbones, prototypes = _test_backbones(tmp_path)
-    settings = make_settings(tiny_base, tiny_data, tmp_path / "hard", mode="hard", steps=8, learning_rate=1e-2,
+    settings = make_settings(tiny_base, tiny_data, tmp_path / "hard", mode="hard", steps=16, learning_rate=1e-2,
                              init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), backbones=backbones,
                              prototypes=prototypes, crop_pad=2, calibration_samples=16, margin_factor=2.0,
                              empty_prompt_prob=0.0, lambda_=10.0)
@@ -569,7 +569,7 @@ def test_each_pair_is_vae_encoded_once_and_attention_uses_sdpa(tiny_base, tiny_d
     with mock.patch.object(trainer.vae, "encode", wraps=trainer.vae.encode) as encode:
         first = trainer._encoded(batch)
         second = trainer._encoded(batch)
-        trainer.losses(batch)
+        trainer.losses(batch, [0, 1])
     assert encode.call_count == 0  # steps read the cache; the encoder never runs again
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     with torch.no_grad():  # the cache holds exactly what encoding the pair alone gives (whatever its batch)
@@ -584,11 +584,8 @@ def test_each_pair_is_vae_encoded_once_and_attention_uses_sdpa(tiny_base, tiny_d
 def test_condition_latent_is_the_posterior_mode_or_a_fresh_draw_per_step(tiny_base, tiny_data, tmp_path,
                                                                          condition_latent):
     """lora.condition_latent: ``mode`` feeds every step the condition's posterior mode, exactly what sampling's
-    encode_condition gives; ``sample`` feeds a fresh draw mean + std·ε per step (ε the global RNG's, as the image
-    latent's). A probe (timesteps given) reads the mode either way."""
-    from unittest import mock
-
-    from diffusers.models.autoencoders import vae as vae_module
+    encode_condition gives; ``sample`` feeds a fresh draw mean + std·ε per step (ε the sample's own draw, as the image
+    latent's). A probe (no eps drawn) reads the mode either way."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     trainer = train._Trainer(make_settings(tiny_base, tiny_data, tmp_path, condition_latent=condition_latent))
@@ -596,18 +593,14 @@ def test_condition_latent_is_the_posterior_mode_or_a_fresh_draw_per_step(tiny_ba
     batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
     fed: list[torch.Tensor] = []  # the condition channels of the UNet's input
     hook = trainer.unet.register_forward_pre_hook(lambda module, args: fed.append(args[0][:, 4:].detach().clone()))
-    noise: list[torch.Tensor] = []  # every posterior draw's ε
-    randn_tensor = vae_module.randn_tensor
-
-    def recorded(*args, **kwargs):
-        noise.append(randn_tensor(*args, **kwargs))
-        return noise[-1]
-
+    steps = ([0, 1], [2, 3])  # the same pairs at two stream positions each: two steps
+    probe = train.SampleDraws(torch.tensor([10, 500]), torch.zeros(2, dtype=torch.bool), trainer.draws([0, 1]).noise,
+                              None, None)
     try:
-        with torch.no_grad(), mock.patch.object(vae_module, "randn_tensor", recorded):
-            trainer._forward(batch)
-            trainer._forward(batch)
-            trainer._forward(batch, timesteps=torch.tensor([10, 500]), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            for positions in steps:
+                trainer._forward(batch, trainer.draws(positions))
+            trainer._forward(batch, probe)
     finally:
         hook.remove()
     scale = trainer.vae.config.scaling_factor
@@ -616,16 +609,15 @@ def test_condition_latent_is_the_posterior_mode_or_a_fresh_draw_per_step(tiny_ba
                                for k in (0, 1)])
     assert torch.equal(fed[2], inference)  # the probe: the mode
     if condition_latent == "mode":
-        assert len(noise) == 2  # the image latent's draws only
+        assert trainer.draws([0, 1]).condition_eps is None  # the image latent's draws only
         assert torch.equal(fed[0], inference) and torch.equal(fed[1], inference)
         return
     posterior = DiagonalGaussianDistribution(trainer._encoded(batch)[1])
-    assert len(noise) == 4  # image and condition, per step
     assert not torch.allclose(fed[0], fed[1])  # a fresh draw each step
     assert (fed[0] - inference).abs().mean() > 0.1 * (posterior.std * scale).mean()
-    for step, latents in enumerate(fed[:2]):  # the draw is mean + std·ε of the recorded ε, around the mode
-        assert any(torch.allclose(latents, (posterior.mean + posterior.std * eps) * scale, atol=1e-6)
-                   for eps in noise[2 * step : 2 * step + 2])
+    for latents, positions in zip(fed[:2], steps):  # the draw is mean + std·ε of the samples' ε, around the mode
+        eps = trainer.draws(positions).condition_eps
+        torch.testing.assert_close(latents, (posterior.mean + posterior.std * eps) * scale, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(posterior.mean * scale, inference)
 
 

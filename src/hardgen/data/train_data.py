@@ -97,12 +97,16 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _epoch(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.n_items, generator=torch.Generator().manual_seed(self.seed + epoch))
 
+    def positions(self, micro_step: int) -> range:
+        """The global stream positions of one micro-batch for this process."""
+        first = (micro_step * self.num_processes + self.process_index) * self.batch_size
+        return range(first, first + self.batch_size)
+
     def batch(self, micro_step: int) -> list[int]:
         """The indices of one micro-batch for this process."""
-        first = (micro_step * self.num_processes + self.process_index) * self.batch_size
         out: list[int] = []
         cached: dict[int, torch.Tensor] = {}
-        for pos in range(first, first + self.batch_size):
+        for pos in self.positions(micro_step):
             epoch = pos // self.n_items
             if epoch not in cached:
                 cached[epoch] = self._epoch(epoch)

@@ -20,6 +20,11 @@ fixed *probe grid* (``calibration_samples`` training pairs × timesteps spread e
 range, fixed noise). The same grid is probed again after training, so ``summary.json`` records whether
 the LoRA moved in the intended direction (``probe_init`` → ``probe_final``).
 
+Every random draw of a training sample (timestep, empty-prompt drop, noise, the image's and the condition's posterior
+draws) comes from a generator seeded by (seed, the sample's position in the run's global sample stream), and the
+stream's order is global too: N processes × batch B and 1 process × N accumulation steps see the same images with
+the same draws, so the process count never changes the run (:func:`sample_draws`).
+
 Entry points: :func:`train_control_lora` (a :class:`TrainSettings`), and :func:`main` for
 ``[accelerate launch] python -m hardgen.generator.train --settings FILE.json``.
 """
@@ -82,8 +87,9 @@ __all__ = [
     "FEEDBACK_LOSSES", "LOG_COLUMNS", "LORA_WEIGHTS_NAME", "MIXED_PRECISIONS", "MODES",
     "PREDICTION_TYPES", "TRAINER_STATE_NAME", "FeedbackJudge", "HardnessJudge", "PairDataset", "PromptEmbeddings",
     "ResumableBatchSampler", "TrainSettings", "TrainingDivergedError", "dissimilarity_loss",
-    "encode_prompts", "feedback_loss", "hardness_loss", "list_checkpoints", "load_training_pairs",
-    "lora_param_groups", "main", "predict_x0", "resolve_prediction_type", "squared_hinge", "train_control_lora",
+    "SampleDraws", "encode_prompts", "feedback_loss", "hardness_loss", "list_checkpoints", "load_training_pairs",
+    "lora_param_groups", "main", "predict_x0", "resolve_prediction_type", "sample_draws", "sample_generator",
+    "squared_hinge", "train_control_lora",
 ]
 
 logger = logging.getLogger("hardgen.generator.train")
@@ -92,6 +98,8 @@ LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 #: Extra per-checkpoint state (step, calibrated margins, log so far) written next to accelerate's files.
 TRAINER_STATE_NAME = "hardgen_trainer_state.json"
 LOG_COLUMNS = ["step", "loss", "mse", "extra", "active_fraction", "lr"]
+#: the per-sample generators' streams: training samples (by stream position) and the probe grid (by grid index)
+TRAIN_STREAM, PROBE_STREAM = 0, 1
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -116,6 +124,52 @@ def lora_param_groups(model: torch.nn.Module, learning_rate: float, loraplus_lr_
         {"params": a_params, "lr": learning_rate},
         {"params": b_params, "lr": learning_rate * loraplus_lr_ratio},
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-sample random draws
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleDraws:
+    """The random inputs of a batch's samples (CPU tensors, batch first); ``None`` eps = the posterior's mode."""
+
+    timesteps: torch.Tensor  # (B,) long
+    drop_prompt: torch.Tensor  # (B,) bool: the empty prompt instead of the prompt
+    noise: torch.Tensor  # (B, C, h, w)
+    image_eps: torch.Tensor | None  # the image latent = mean + std · eps
+    condition_eps: torch.Tensor | None  # the condition latent = mean + std · eps
+
+
+def sample_generator(seed: int, position: int, stream: int = TRAIN_STREAM) -> torch.Generator:
+    """A CPU generator of its own for one sample, seeded by a hash of (seed, stream, position)."""
+    if seed < 0 or position < 0:
+        raise ValueError(f"sample_generator: seed ({seed}) and position ({position}) must be >= 0")
+    state = np.random.SeedSequence([seed, stream, position]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]))
+
+
+def sample_draws(seed: int, positions: Sequence[int], latent_shape: Sequence[int], num_train_timesteps: int,
+                 empty_prompt_prob: float, draw_condition: bool) -> SampleDraws:
+    """The draws of the training samples at ``positions`` of the run's global sample stream.
+
+    Each sample draws, from :func:`sample_generator` of its position, in this order: its timestep, its empty-prompt
+    drop, its noise, its image-posterior eps and (``draw_condition``) its condition-posterior eps. A sample's draws
+    depend on (seed, position) alone, never on the batch, process or accumulation step that holds it.
+    """
+    shape = tuple(latent_shape)
+    timesteps, drops, noises, images, conditions = [], [], [], [], []
+    for position in positions:
+        generator = sample_generator(seed, int(position))
+        timesteps.append(torch.randint(0, num_train_timesteps, (1,), generator=generator))
+        drops.append(torch.rand(1, generator=generator) < empty_prompt_prob)
+        noises.append(torch.randn(shape, generator=generator))
+        images.append(torch.randn(shape, generator=generator))
+        if draw_condition:
+            conditions.append(torch.randn(shape, generator=generator))
+    return SampleDraws(torch.cat(timesteps).long(), torch.cat(drops), torch.stack(noises), torch.stack(images),
+                       torch.stack(conditions) if draw_condition else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,8 +216,8 @@ class _Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.out_dir)),
         )
         acc = self.accelerator
-        # device_specific: each process draws its own noise; still reproducible per process.
-        set_seed(s.seed, device_specific=True)
+        # the same seed in every process (fresh LoRA weights); a sample's draws have generators of their own
+        set_seed(s.seed)
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[s.mixed_precision]
 
         self._load_models(base_model.load_components(s.base, family=s.family, dtype=torch.float32, vae=s.vae))
@@ -303,12 +357,11 @@ class _Trainer:
                                                   self.settings.adapter_name, origin=str(path))
 
     # -- one forward ------------------------------------------------------------------------------
-    def _text(self, batch_size: int, drop_prompt: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    def _text(self, drop: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """The text conditioning of a batch whose ``drop`` samples get the empty prompt."""
         s, p = self.settings, self.prompts
-        if drop_prompt:
-            drop = torch.rand(batch_size, device=self.accelerator.device) < s.empty_prompt_prob
-        else:
-            drop = torch.zeros(batch_size, dtype=torch.bool, device=self.accelerator.device)
+        batch_size = drop.shape[0]
+        drop = drop.to(self.accelerator.device)
         hidden = torch.where(drop.view(-1, 1, 1), p.empty, p.prompt).to(self.weight_dtype)
         if s.family != "sdxl":
             return hidden, None
@@ -318,35 +371,35 @@ class _Trainer:
         time_ids = torch.tensor([r, r, 0, 0, r, r], device=hidden.device, dtype=self.weight_dtype)
         return hidden, {"text_embeds": pooled, "time_ids": time_ids.repeat(batch_size, 1)}
 
-    def _forward(self, batch: dict[str, torch.Tensor], timesteps: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor]:
+    def draws(self, positions: Sequence[int]) -> SampleDraws:
+        """The training draws of the samples at ``positions`` of the global sample stream (:func:`sample_draws`)."""
+        s = self.settings
+        moments = self._latent_cache[0][0]
+        return sample_draws(s.seed, positions, (moments.shape[0] // 2, *moments.shape[1:]),
+                            self.noise_scheduler.config.num_train_timesteps, s.empty_prompt_prob,
+                            draw_condition=s.condition_latent == "sample")
+
+    def _forward(self, batch: dict[str, torch.Tensor], draws: SampleDraws) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                     torch.Tensor, torch.Tensor]:
         """Noise, predict; returns (model_pred, target, noisy_latents, timesteps).
 
-        A training step draws the image latent from its VAE posterior, and the condition latent too with
-        ``condition_latent: sample`` (else the condition's posterior mode, as sampling feeds it); both draws use the
-        global RNG that ``set_seed`` seeds and checkpoints save, so a resumed run draws what an uninterrupted one
-        does. With ``timesteps`` given (a probe), both latents are the posterior modes and the noise comes from
-        ``generator``, so the same batch gives the same x̂0 for the same LoRA.
+        The image latent is its VAE posterior's mean + std · ``draws.image_eps`` (the mode when None), the condition
+        latent likewise with ``draws.condition_eps`` (None unless ``condition_latent: sample``: the mode, as sampling
+        feeds it); timesteps, noise and the empty-prompt drop are the draws' too. A training step's draws are
+        :meth:`draws` of its samples' stream positions; a probe's are fixed (modes, no drop).
         """
         device = self.accelerator.device
         moments, cond_moments = self._encoded(batch)
-        posterior = DiagonalGaussianDistribution(moments)
-        cond_posterior = DiagonalGaussianDistribution(cond_moments)
-        latents = (posterior.sample() if timesteps is None else posterior.mode()) * self.scaling_factor
-        latents = latents.to(self.weight_dtype)
-        draw_condition = timesteps is None and self.settings.condition_latent == "sample"
-        cond_latents = (cond_posterior.sample() if draw_condition else cond_posterior.mode()) * self.scaling_factor
-        cond_latents = cond_latents.to(self.weight_dtype)
-        bsz = latents.shape[0]
-        if timesteps is None:
-            noise = torch.randn_like(latents)
-            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device).long()
-            hidden, added = self._text(bsz)
-        else:  # a fixed probe: given timesteps, noise from `generator`, always the prompt (no dropout)
-            noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
-            timesteps = timesteps.to(device).long()
-            hidden, added = self._text(bsz, drop_prompt=False)
+
+        def latent(distribution: DiagonalGaussianDistribution, eps: torch.Tensor | None) -> torch.Tensor:
+            drawn = distribution.mode() if eps is None else distribution.mean + distribution.std * eps.to(moments)
+            return (drawn * self.scaling_factor).to(self.weight_dtype)
+
+        latents = latent(DiagonalGaussianDistribution(moments), draws.image_eps)
+        cond_latents = latent(DiagonalGaussianDistribution(cond_moments), draws.condition_eps)
+        noise = draws.noise.to(latents)
+        timesteps = draws.timesteps.to(device).long()
+        hidden, added = self._text(draws.drop_prompt)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         model_pred = self.unet(torch.cat([noisy, cond_latents], dim=1), timesteps, encoder_hidden_states=hidden,
                                added_cond_kwargs=added).sample
@@ -393,10 +446,10 @@ class _Trainer:
         x0 = predict_x0(noisy, model_pred, self.alphas_cumprod[timesteps], self.prediction_type)
         return self.control_lora.decode_unit_images(self.vae, x0, keep_autocast=not self.decode_in_fp32)
 
-    def losses(self, batch: dict[str, torch.Tensor]) -> StepLosses:
-        """Total loss = MSE (+ λ · hinge term in hard / feedback mode)."""
+    def losses(self, batch: dict[str, torch.Tensor], positions: Sequence[int]) -> StepLosses:
+        """Total loss = MSE (+ λ · hinge term in hard / feedback mode) of the batch at stream ``positions``."""
         with self.accelerator.autocast():
-            model_pred, target, noisy, timesteps = self._forward(batch)
+            model_pred, target, noisy, timesteps = self._forward(batch, self.draws(positions))
             mse = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
             zero = torch.zeros((), device=mse.device)
             if self.judge is None:
@@ -411,8 +464,8 @@ class _Trainer:
         return StepLosses(mse + self.settings.lambda_ * extra, mse, extra.detach(), active)
 
     # -- the fixed probe grid: calibration and direction checks ---------------------------------------
-    def probe_grid(self) -> list[tuple[list[int], torch.Tensor]]:
-        """This process's share of the fixed grid: (dataset indices, timesteps) per micro-batch.
+    def probe_grid(self) -> list[tuple[list[int], list[int], torch.Tensor]]:
+        """This process's share of the fixed grid: (grid indices, dataset indices, timesteps) per micro-batch.
 
         ``calibration_samples`` samples: sample i takes training pair ``i mod N`` and timestep
         ``round(i · (T−1)/(n−1))`` of a grid spread evenly over the whole training range, paired through a
@@ -428,7 +481,7 @@ class _Trainer:
         chunks = []
         for start in range(0, len(mine), s.batch_size):
             ids = mine[start:start + s.batch_size]
-            chunks.append(([i % n_items for i in ids], grid[ids]))
+            chunks.append((ids, [i % n_items for i in ids], grid[ids]))
         return chunks
 
     @torch.no_grad()
@@ -436,22 +489,28 @@ class _Trainer:
         """Mean judge value over the fixed grid with the current LoRA: per in-loss backbone the x̂0 distance
         to its prototype (hard), or the judge segmenter's loss on x̂0 (``segmenter``, feedback).
 
-        Fixed images, timesteps and noise (seeded by ``settings.seed``): two LoRAs probed with the same
-        settings see exactly the same inputs, so a larger value means harder samples, not other noise.
+        Fixed images, timesteps and noise (grid sample i's from :func:`sample_generator` (seed, i, the probe stream),
+        whichever process probes it): two LoRAs probed with the same settings see exactly the same inputs, so a larger
+        value means harder samples, not other noise.
         """
         s, acc = self.settings, self.accelerator
         if self.judge is None:
             raise ValueError("probe: plain mode has no judge")
-        generator = torch.Generator().manual_seed(s.seed + 104729 + acc.process_index)
+        moments = self._latent_cache[0][0]
+        shape = (moments.shape[0] // 2, *moments.shape[1:])
         values: dict[str, list[torch.Tensor]] = {}
         was_training = self.unet.training
         self.unet.eval()
         try:
-            for indices, timesteps in tqdm(self.probe_grid(), desc="probe x̂0", disable=not acc.is_local_main_process):
+            for ids, indices, timesteps in tqdm(self.probe_grid(), desc="probe x̂0",
+                                                disable=not acc.is_local_main_process):
                 items = [self.dataset[i] for i in indices]
                 batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+                noise = torch.stack([torch.randn(shape, generator=sample_generator(s.seed, i, PROBE_STREAM))
+                                     for i in ids])
+                draws = SampleDraws(timesteps, torch.zeros(len(ids), dtype=torch.bool), noise, None, None)
                 with acc.autocast():
-                    model_pred, _, noisy, t = self._forward(batch, timesteps=timesteps, generator=generator)
+                    model_pred, _, noisy, t = self._forward(batch, draws)
                     images01 = self._x0_images(model_pred, noisy, t)
                     masks = batch["mask"].to(images01.device)
                     if isinstance(self.judge, HardnessJudge):
@@ -463,12 +522,14 @@ class _Trainer:
         finally:
             self.unet.train(was_training)
         out = {}
+        probed = [i for ids, _, _ in self.probe_grid() for i in ids]
         for key, chunks in sorted(values.items()):
             local = torch.cat(chunks)
-            # sum and count over processes (shares may differ by one sample), then the grid mean
-            totals = acc.reduce(torch.stack([local.sum(), torch.tensor(float(local.numel()), device=local.device)]),
-                                reduction="sum")
-            out[key] = float(totals[0] / totals[1])
+            # the whole grid in grid order (each value from the one process that probed it; adding zeros is exact),
+            # then its mean: the same sum on any process count
+            grid = torch.zeros(s.calibration_samples, dtype=local.dtype, device=local.device)
+            grid[torch.tensor(probed, device=local.device)] = local
+            out[key] = float(acc.reduce(grid, reduction="sum").mean())
         return out
 
     def calibrate(self, means: dict[str, float]) -> dict[str, float]:
@@ -679,8 +740,8 @@ def _train_steps(trainer: _Trainer) -> float:
     means over processes), checkpoints every ``checkpointing_steps``, a validation grid every ``validation_steps``.
     Returns the wall seconds of the steps."""
     acc, s = trainer.accelerator, trainer.settings
-    sampler = ResumableBatchSampler(len(trainer.dataset), s.batch_size, s.seed,
-                                    trainer.global_step * s.gradient_accumulation_steps,
+    micro_step = trainer.global_step * s.gradient_accumulation_steps
+    sampler = ResumableBatchSampler(len(trainer.dataset), s.batch_size, s.seed, micro_step,
                                     acc.num_processes, acc.process_index)
     batches = pair_batches(trainer.dataset, sampler, s.num_workers, s.seed)
     params = [p for p in trainer.unet.parameters() if p.requires_grad]
@@ -691,8 +752,10 @@ def _train_steps(trainer: _Trainer) -> float:
     micro = 0
     while trainer.global_step < s.steps:
         batch = next(batches)
+        positions = sampler.positions(micro_step)  # the batch's places in the global sample stream
+        micro_step += 1
         with acc.accumulate(trainer.unet):
-            losses = trainer.losses(batch)
+            losses = trainer.losses(batch, positions)
             _check_finite(acc, losses.total, "loss", trainer.global_step + 1)
             acc.backward(losses.total)
             step_lr = trainer.lr_scheduler.get_last_lr()[0]  # the rate this update uses

@@ -136,7 +136,7 @@ class TrainSettings:
             if int(getattr(self, key)) < 1:
                 raise bad(key, "must be >= 1")
         for key in ("lr_warmup_steps", "checkpointing_steps", "validation_steps", "num_workers", "crop_pad",
-                    "validation_samples", "validation_inference_steps"):
+                    "validation_samples", "validation_inference_steps", "seed"):  # seed: hashed per sample, >= 0
             if int(getattr(self, key)) < 0:
                 raise bad(key, "must be >= 0")
         if not self.learning_rate > 0:
