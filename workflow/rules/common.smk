@@ -432,7 +432,8 @@ def run_description(wildcards):
         "policies": POLICIES,
         "archs": ARCHS,
         "seeds": [int(s) for s in SEEDS],
-        "base": SETTINGS.model.base,
+        # model.base: tiny is random-init at model.tiny_config's sizes (the paper smoke's: SD1.5's), named as such
+        "base": f"tiny ({SETTINGS.model.tiny_config}, random init)" if TINY else SETTINGS.model.base,
         "resolution": SETTINGS.model.resolution,
         "modality": SETTINGS.data.demo.modality if DEMO else None,
         "train_subset": hgconfig.train_subset_size(label),

@@ -42,10 +42,11 @@ def _mean_sd(values: pd.Series, signed: bool = False) -> str:
 
 
 DEMO_NOTE = (
-    "**Demo run: these numbers are noise by design.** It trains tiny segmenters for a few iterations at a small "
-    "size, with samples of a tiny diffusion model pre-trained for minutes on procedural polyp-like images (the "
-    "demo's data, or a handful of your own images in a rehearsal); the tables show that every stage runs end to "
-    "end, not whether hard samples help."
+    "**Demo run: these numbers are noise by design.** It trains its segmenters for a few iterations at a small "
+    "size, with samples of a diffusion model that is either tiny and pre-trained for minutes on procedural "
+    "polyp-like images (the demo's data, or a handful of your own images in a rehearsal) or random-init "
+    "(model.base: tiny, built from model.tiny_config: the tests, and `make paper-smoke` at SD1.5's size); the "
+    "tables show that every stage runs end to end, not whether hard samples help."
 )
 
 
