@@ -29,7 +29,7 @@ rehearse: $(STAMP)
 # config/paper.yaml at its real architectures (SD1.5, ViT-L/16, PraNet, Polyp-PVT, the SegFormer MiT-B2 judge) with
 # random weights, shrunk in counts and sizes only (config/paper-smoke.yaml), through every rule to the report in
 # paper-smoke/ (never results/); rule base_model builds the random SD1.5 there first. paper-smoke/resources links the
-# checkout's resources/ so paper.yaml's relative paths resolve. About 8 minutes on 2 CPU cores (README "Paper smoke").
+# checkout's resources/ so paper.yaml's relative paths resolve. 10 to 20 minutes on 2 CPU cores (README "Paper smoke").
 PAPER_SMOKE ?= paper-smoke
 paper-smoke: $(STAMP)
 	mkdir -p "$(PAPER_SMOKE)" && ln -sfn "$(CURDIR)/resources" "$(PAPER_SMOKE)/resources"
