@@ -776,6 +776,21 @@ def test_plots_skip_missing_points(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert np.ravel(hd95.get_lines()[0].get_ydata()).tolist() == [4.0]  # hard seed 0 only (seed 1: no mean)
 
 
+def _one_sample_manifests(tmp_path: Path) -> dict[str, Path]:
+    """manifest.csv with one real image (r0) and the plain and hard manifests of the scores' generated sample s0, drawn
+    as the real image: the inputs write_report reads beside the scores."""
+    img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
+    write_image(img, np.full((20, 24, 3), 90, np.uint8))
+    write_mask(mask, np.eye(20, 24, dtype=bool))
+    pd.DataFrame([{"id": "r0", "image": str(img), "mask": str(mask)}]).to_csv(tmp_path / "manifest.csv", index=False)
+    manifests = {v: tmp_path / "generated" / f"{v}.csv" for v in ("plain", "hard")}
+    manifests["plain"].parent.mkdir(parents=True)
+    for manifest in manifests.values():
+        pd.DataFrame([{"sample_id": "s0", "image": str(img), "mask": str(mask), "condition": str(mask)}]).to_csv(
+            manifest, index=False)
+    return manifests
+
+
 def test_write_report_with_undefined_hd95(tmp_path: Path, eval_tree: dict[tuple, Path]) -> None:
     """Binary-protocol tables: HD95 with undefined images beside mDice / mIoU; cnn real seed 0 has none defined on
     Kvasir, and its per-image table holds the NaN. Every table and plot is written; benchmark.csv keeps the NaN."""
@@ -793,15 +808,7 @@ def test_write_report_with_undefined_hd95(tmp_path: Path, eval_tree: dict[tuple,
         per_image = pd.read_csv(images)
         hd95 = per_image[per_image.metric == "mDice"].assign(metric="HD95", value=np.nan)
         pd.concat([per_image, hd95], ignore_index=True).to_csv(images, index=False)
-    img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
-    write_image(img, np.full((20, 24, 3), 90, np.uint8))
-    write_mask(mask, np.eye(20, 24, dtype=bool))
-    pd.DataFrame([{"id": "r0", "image": str(img), "mask": str(mask)}]).to_csv(tmp_path / "manifest.csv", index=False)
-    manifests = {v: tmp_path / "generated" / f"{v}.csv" for v in ("plain", "hard")}
-    manifests["plain"].parent.mkdir(parents=True)
-    for manifest in manifests.values():  # the scores' generated sample s0, drawn as the real image
-        pd.DataFrame([{"sample_id": "s0", "image": str(img), "mask": str(mask), "condition": str(mask)}]).to_csv(
-            manifest, index=False)
+    manifests = _one_sample_manifests(tmp_path)
     score_paths, _ = _write_scores(tmp_path)
     inputs = ReportInputs(eval_tree, score_paths, manifests, tmp_path / "manifest.csv",
                           run_records=_run_records(eval_tree), eval_images=_image_paths(eval_tree))
@@ -828,15 +835,7 @@ def test_write_report_compares_the_full_data_baseline_like_for_like(tmp_path: Pa
     """segment.full_data_baseline: transformer's real-only runs on every image (made-up scores, 1,450 images) stand in
     for its 24-image benchmark baseline in reproduction.csv and benchmark.md; the benchmark tables never see them; cnn
     (no full-data runs) keeps its own. The anchors' model trained on 1,450 images."""
-    img, mask = tmp_path / "real/0.png", tmp_path / "real/m0.png"
-    write_image(img, np.full((20, 24, 3), 90, np.uint8))
-    write_mask(mask, np.eye(20, 24, dtype=bool))
-    pd.DataFrame([{"id": "r0", "image": str(img), "mask": str(mask)}]).to_csv(tmp_path / "manifest.csv", index=False)
-    manifests = {v: tmp_path / "generated" / f"{v}.csv" for v in ("plain", "hard")}
-    manifests["plain"].parent.mkdir(parents=True)
-    for manifest in manifests.values():
-        pd.DataFrame([{"sample_id": "s0", "image": str(img), "mask": str(mask), "condition": str(mask)}]).to_csv(
-            manifest, index=False)
+    manifests = _one_sample_manifests(tmp_path)
     score_paths, _ = _write_scores(tmp_path)
     # full-data scores: mDice 0.9 + 0.01 k on test set k, mIoU 0.85; the anchors: 0.01 below, 0.85
     full = {t: {"mDice": 0.9 + 0.01 * k, "mIoU": 0.85} for k, t in enumerate(TESTSETS)}

@@ -34,6 +34,12 @@ from hardgen.segmentation.training import train_segmenter
 FAST_SPEC = SegmenterSpec(arch="Segformer", encoder="mit_b0")
 
 
+#: a segment section as resolve_recipe reads it (the recipe tests override one key at a time)
+SEGMENT = {"size": 64, "learning_rate": 1e-3, "batch_size": 3, "iterations": 1, "grad_clip": 0.5, "multi_scale": [1.0],
+           "optimizer": "adam", "weight_decay": 0, "lr_decay": None, "augment": "hardgen", "loss": "structure",
+           "resize": "hardgen"}
+
+
 def _square_mask(size: int = 64, lo: int = 22, hi: int = 42) -> torch.Tensor:
     mask = torch.zeros(1, 1, size, size)
     mask[..., lo:hi, lo:hi] = 1.0
@@ -189,9 +195,7 @@ def test_the_recipe_chooses_the_loss_per_arch_and_training_uses_it(pairs_df: pd.
                                                                   monkeypatch) -> None:
     from hardgen.segmentation import losses as segmentation_losses
 
-    segment = {"size": 64, "learning_rate": 1e-3, "batch_size": 3, "iterations": 1, "grad_clip": 0.5,
-               "multi_scale": [1.0], "optimizer": "adam", "weight_decay": 0, "lr_decay": None, "augment": "hardgen",
-               "loss": "structure", "resize": "hardgen"}
+    segment = {**SEGMENT, "augment": "hardgen"}
     assert resolve_recipe(segment, {"loss": None}, "cnn").loss == "structure"
     released = resolve_recipe(segment, {"loss": "structure_released"}, "pranet")
     assert released.loss == "structure_released" and released.record()["loss"] == "structure_released"
@@ -435,9 +439,7 @@ def test_released_resize_is_the_released_loaders_pil_bilinear_with_soft_masks(pa
 
 
 def test_the_recipe_chooses_the_resize_per_arch_and_training_uses_it(pairs_df: pd.DataFrame, tmp_path: Path) -> None:
-    segment = {"size": 64, "learning_rate": 1e-3, "batch_size": 3, "iterations": 1, "grad_clip": 0.5,
-               "multi_scale": [1.0], "optimizer": "adam", "weight_decay": 0, "lr_decay": None, "augment": "pranet",
-               "loss": "structure", "resize": "hardgen"}
+    segment = {**SEGMENT, "augment": "pranet"}
     assert resolve_recipe(segment, {"resize": None}, "cnn").resize == "hardgen"
     recipe = resolve_recipe(segment, {"resize": "released"}, "pranet")
     assert recipe.resize == "released" and recipe.record()["resize"] == "released"
