@@ -1,5 +1,5 @@
 """`make paper-smoke`: config/paper.yaml at its real architectures (random weights, counts and sizes shrunk by
-config/paper-smoke.yaml) through every rule to the report, in its own folder. Slow (about 8 minutes on 2 CPU cores,
+config/paper-smoke.yaml) through every rule to the report, in its own folder. Slow (about 11 minutes on 2 CPU cores,
 README "Paper smoke"): not in `make test`."""
 
 from __future__ import annotations
