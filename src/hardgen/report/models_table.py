@@ -99,13 +99,12 @@ def backbone_row(key: str, entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def segmenter_row(key: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The row of ``segment.archs.<key>``, built as :func:`build_segmenter` builds it with random weights (its
+    """The row of ``segment.archs.<key>``, built with random weights (:func:`build_random_segmenter`: its
     encoder_weights and checkpoint name the source only) on the meta device."""
-    from hardgen.segmentation.build import SegmenterSpec, build_segmenter
+    from hardgen.segmentation.build import build_random_segmenter
 
-    spec = SegmenterSpec.from_config(dict(entry), key)
     with torch.device("meta"):
-        model = build_segmenter(SegmenterSpec(arch=spec.arch, encoder=spec.encoder), key)
+        spec, model = build_random_segmenter(entry, key)
     weights = spec.checkpoint or (f"encoder {spec.encoder_weights}" if spec.encoder_weights else "random init")
     return {"component": f"segment.archs.{key}", "class": type(model).__name__,
             "source": f"{spec.arch} / {spec.encoder} ({weights})", "params": _count(model), "dtype": _dtype(model)}

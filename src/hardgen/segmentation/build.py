@@ -135,13 +135,19 @@ def build_segmenter(spec: SegmenterSpec, config_key: str | None = None) -> nn.Mo
     return model
 
 
+def build_random_segmenter(entry: Mapping[str, Any], config_key: str) -> tuple[SegmenterSpec, nn.Module]:
+    """The spec of one ``segment.archs`` entry and its model as hardgen builds it, with random weights (its
+    ``encoder_weights`` and ``checkpoint`` are ignored: nothing is downloaded or read; built on the current default
+    device, e.g. inside ``torch.device("meta")``)."""
+    spec = SegmenterSpec.from_config(dict(entry), config_key)
+    return spec, build_segmenter(SegmenterSpec(arch=spec.arch, encoder=spec.encoder), config_key)
+
+
 def summarize_segmenter(entry: Mapping[str, Any], config_key: str) -> dict[str, Any]:
     """``{"arch": config_key, "params": N, "maps": M}`` of one ``segment.archs`` entry, built with random weights
-    (its ``encoder_weights`` and ``checkpoint`` are ignored: nothing is downloaded or read). ``params`` counts every
-    parameter of the model as hardgen builds it (for PraNet without the backbone's unused ImageNet classifier),
-    ``maps`` the maps its loss is summed over."""
-    spec = SegmenterSpec.from_config(dict(entry), config_key)
-    model = build_segmenter(SegmenterSpec(arch=spec.arch, encoder=spec.encoder), config_key)
+    (:func:`build_random_segmenter`). ``params`` counts every parameter of the model as hardgen builds it (for PraNet
+    without the backbone's unused ImageNet classifier), ``maps`` the maps its loss is summed over."""
+    _, model = build_random_segmenter(entry, config_key)
     return {"arch": config_key, "params": int(sum(p.numel() for p in model.parameters())), "maps": map_count(model)}
 
 
