@@ -3,7 +3,8 @@ lesion set in the folders / table layouts, both written deterministically from a
 
 :func:`make_demo_dataset` writes the polyp demo, :func:`make_ultrasound_demo` the ultrasound one (both with their
 ``dataset.csv`` table); :func:`render_demo_pool` draws the polyp renderer's images in memory, on seed streams the
-demo dataset never uses (pre-training). :mod:`hardgen.data.manifest` reads either tree like any real dataset.
+demo dataset never uses (pre-training); :func:`make_background_frames` writes lesion-free frames for the inpainting
+variants' placement ``frames``. :mod:`hardgen.data.manifest` reads either tree like any real dataset.
 """
 
 from __future__ import annotations
@@ -544,3 +545,41 @@ def render_demo_pool(
         image, mask = _render_demo_sample(rng, DEMO_STYLES[name], min_size, max_size)
         pool.append((name, image, mask))
     return pool
+
+
+#: Seed stream of :func:`make_background_frames`: none of the demo dataset's (1, 2), the pre-training pools' (3, 4) or
+#: the ultrasound demo's (5), so no background frame is a demo image.
+BACKGROUND_STREAM = 6
+
+
+def make_background_frames(root: str | Path, n: int, min_size: int, max_size: int, seed: int,
+                           modality: str = "polyp", lesion_colour: str = "distinct") -> list[Path]:
+    """Write ``n`` procedural lesion-free frames under ``root`` (``frame_<i>.png``): the demo's renderer of
+    ``modality`` without its lesion (as ``data.demo.empty_test_fraction`` renders a test set's lesion-free frames),
+    what the inpainting variants' placement ``frames`` draws into when ``data.background_frames`` is null.
+
+    Polyp: the training styles (Kvasir- and ClinicDB-like, alternating), RGB; ultrasound: 16-bit grey, as the demo's
+    images. Frame ``i`` has its own generator ``[seed, BACKGROUND_STREAM, i]`` (a larger ``n`` keeps every frame of a
+    smaller one). Written in a staging sibling and moved into place; returns the files in order.
+    """
+    if n < 1:
+        raise ValueError(f"background frames: n must be >= 1 (got {n})")
+    if seed < 0:
+        raise ValueError(f"background frames: seed must be >= 0 (got {seed})")
+    if modality not in DEMO_MODALITIES:
+        raise ValueError(f"data.demo.modality must be one of {list(DEMO_MODALITIES)} (got {modality!r})")
+    names = []
+    with atomic_folder(root) as staging:
+        for i in range(n):
+            rng = np.random.default_rng([seed, BACKGROUND_STREAM, i])
+            name = f"frame_{i:04d}.png"
+            if modality == "polyp":
+                style = DEMO_STYLES["Kvasir" if i % 2 == 0 else "CVC-ClinicDB"]
+                image, _ = _render_demo_sample(rng, style, min_size, max_size, lesion_colour, lesion=False)
+                write_image(staging / name, image)
+            else:
+                image, _ = _render_ultrasound_sample(rng, min_size, max_size, lesion_colour, lesion=False)
+                Image.fromarray(image).save(staging / name)  # 16-bit grey PNG, as the demo's scans
+            names.append(name)
+    LOG.info("background frames: %d lesion-free %s frames under %s", n, modality, root)
+    return [Path(root) / name for name in names]

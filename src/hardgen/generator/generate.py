@@ -15,7 +15,8 @@ Which samples exist is the generation plan's business (:mod:`hardgen.scoring.all
 samples per condition, allocated uniformly or by hardness; each with its own id and seed). Without a plan,
 every condition row is one sample seeded by its own id. The training-free variants plug in here
 (:mod:`hardgen.generator.mining`): ``mined`` picks each sample's initial noise among candidates before rendering, and
-``guided`` renders with a discrepancy gradient on the latents.
+``guided`` renders with a discrepancy gradient on the latents; the inpainting ones (:mod:`hardgen.generator.inpaint`,
+:mod:`hardgen.models.inpainting`) draw each sample's lesion into a real frame (its scene) and keep the frame outside it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from hardgen.core.io import (
 )
 from hardgen.generator.shards import (  # noqa: F401
     CONDITION_COLUMNS,
+    INPAINT_COLUMNS,
     MANIFEST_COLUMNS,
     MINING_COLUMNS,
     SEED_COLUMN,
@@ -60,11 +62,13 @@ from hardgen.models.sampling import (  # noqa: F401 (re-exported)
     PickedNoise,
     PickNoise,
     RenderBatch,
+    RenderInto,
     Sampling,
     unit_to_uint8,
 )
 
 if TYPE_CHECKING:  # diffusers/transformers take seconds to import; shard planning and merging need neither
+    from hardgen.generator.inpaint import InpaintScene, InpaintSettings
     from hardgen.generator.mining import GuidanceSettings, MiningSettings, ScoreFn
     from hardgen.models.control_lora import ControlLoraPipeline, ControlLoraXLPipeline
 
@@ -73,6 +77,18 @@ log = logging.getLogger("hardgen.generator.generate")
 
 #: Adapter name under which the Control-LoRA file is loaded (training's default; files store no names).
 ADAPTER_NAME = "condition"
+
+#: The scenes of a chunk's samples (``inpaint``): (sample ids, their seeds) -> one scene each.
+PlanScenes = Callable[[list[str], list[int]], "list[InpaintScene]"]
+
+
+@dataclass(frozen=True)
+class Inpainting:
+    """An inpainting shard's halves: each sample's scene (``scenes``) and the renderer that draws into the frames
+    (``render``; None for a shard whose every file exists: calling it is then an error)."""
+
+    scenes: PlanScenes | None
+    render: RenderInto | None
 
 
 # ---------------------------------------------------------------------------- image handling
@@ -114,6 +130,7 @@ def run_shard(
     seed: int = 0,
     batch_size: int = 16,
     pick_noise: PickNoise | None = None,
+    inpaint: Inpainting | None = None,
 ) -> pd.DataFrame:
     """Generate this shard's missing images with ``render_batch`` and copy their masks; return the manifest.
 
@@ -126,8 +143,14 @@ def run_shard(
     ``pick_noise`` (``mined``) chooses each sample's initial noise before rendering; its choice is written to
     ``out_dir/mining/<sample_id>.json`` before the image, so a resumed shard reports it without mining again.
 
+    ``inpaint`` (the inpainting variants; ``render_batch`` is then unused): each sample's scene is planned
+    (``inpaint.scenes``) and recorded in ``out_dir/scenes/<sample_id>.json`` (placement and frame) before the image;
+    the mask written is the scene's label, ``frames/`` and ``regions/`` hold the frame drawn into and the region
+    redrawn, and ``inpaint.render`` draws the lesion into the frame (:func:`_inpaint_chunk`).
+
     Manifest columns: ``sample_id, image, mask, condition, variant, seed`` (+ ``candidate, mining_score`` with
-    ``pick_noise``), one row per sample of the shard. Wall seconds spent mining and rendering are logged.
+    ``pick_noise``, + ``placement, frame_id, frame, region`` with ``inpaint``), one row per sample of the shard. Wall
+    seconds spent mining and rendering are logged.
     """
     table = read_conditions(conditions).set_index("sample_id")
     out_dir = Path(out_dir)
@@ -142,6 +165,13 @@ def run_shard(
     )
     with progress:
         for chunk in chunks:
+            if inpaint is not None:
+                chunk_rows, drawn = _inpaint_chunk(inpaint, table, chunk, out_dir, variant, own_seeds, seconds)
+                rows += chunk_rows
+                rendered += len(chunk) if drawn else 0
+                written += drawn
+                progress.update(len(chunk))
+                continue
             image_paths = [out_dir / "images" / f"{sid}.png" for sid in chunk]
             mask_paths = [out_dir / "masks" / f"{sid}.png" for sid in chunk]
             pick_paths = [out_dir / "mining" / f"{sid}.json" for sid in chunk]
@@ -167,8 +197,67 @@ def run_shard(
         variant, shard_index, n_shards, len(rows), rendered, written, len(rows) - written, seconds["mining"],
         seconds["rendering"], (seconds["mining"] + seconds["rendering"]) / rendered if rendered else 0.0,
     )
-    columns = MANIFEST_COLUMNS + [SEED_COLUMN] + (MINING_COLUMNS if pick_noise is not None else [])
+    columns = (MANIFEST_COLUMNS + [SEED_COLUMN] + (MINING_COLUMNS if pick_noise is not None else [])
+               + (INPAINT_COLUMNS if inpaint is not None else []))
     return pd.DataFrame(rows, columns=columns)
+
+
+def _inpaint_chunk(inpaint: Inpainting, table: pd.DataFrame, chunk: list[str], out_dir: Path, variant: str,
+                   own_seeds: dict[str, int], seconds: dict[str, float]) -> tuple[list[dict[str, Any]], int]:
+    """An inpainting chunk: where any of its files is missing, its scenes planned and the missing files written
+    (the scene record, the label as the mask, the frame, the region, then the image drawn by ``inpaint.render``, the
+    whole chunk rendered as in :func:`run_shard`); its manifest rows and the count of images written."""
+    kinds = ("images", "masks", "frames", "regions")
+    paths = {kind: [out_dir / kind / f"{sid}.png" for sid in chunk] for kind in kinds}
+    records = [out_dir / "scenes" / f"{sid}.json" for sid in chunk]
+    missing = [i for i, path in enumerate(paths["images"]) if not path.exists()]
+    drawn = 0
+    if missing or not all(p.exists() for p in [*records, *paths["masks"], *paths["frames"], *paths["regions"]]):
+        if inpaint.scenes is None:
+            raise RuntimeError("internal: every scene file exists, yet a chunk was to be planned")
+        scenes = inpaint.scenes(chunk, [own_seeds[sid] for sid in chunk])
+        for i, item in enumerate(scenes):
+            scene = item.scene
+            if not records[i].exists():
+                write_json(records[i], {"placement": scene.placement, "frame_id": scene.frame_id})
+            for kind, array in (("masks", scene.label), ("regions", scene.region)):
+                if not paths[kind][i].exists():
+                    write_mask(paths[kind][i], array)
+            if not paths["frames"][i].exists():
+                write_image(paths["frames"][i], scene.frame)
+        if missing:
+            if inpaint.render is None:
+                raise RuntimeError("internal: no image was missing, yet a batch was to be rendered")
+            generators = [torch.Generator("cpu").manual_seed(own_seeds[sid]) for sid in chunk]
+            started = time.perf_counter()
+            images = np.asarray(inpaint.render([s.condition for s in scenes], generators,
+                                               [s.scene.frame for s in scenes], [s.scene.region for s in scenes],
+                                               [s.scene.lesion for s in scenes]))
+            seconds["rendering"] += time.perf_counter() - started
+            size = scenes[0].scene.frame.shape
+            if images.shape != (len(chunk), *size) or images.dtype != np.uint8:
+                raise RuntimeError(f"inpainting renderer returned {images.dtype} {images.shape}, expected uint8 "
+                                   f"{(len(chunk), *size)}")
+            for i in missing:
+                write_image(paths["images"][i], images[i])
+            drawn = len(missing)
+    rows = []
+    for i, sid in enumerate(chunk):
+        record = _read_scene(records[i])
+        rows.append({"sample_id": sid, "image": str(paths["images"][i]), "mask": str(paths["masks"][i]),
+                     "condition": str(table.at[sid, "condition"]), "variant": variant, SEED_COLUMN: own_seeds[sid],
+                     "placement": record["placement"], "frame_id": record["frame_id"],
+                     "frame": str(paths["frames"][i]), "region": str(paths["regions"][i])})
+    return rows, drawn
+
+
+def _read_scene(path: Path) -> dict[str, str]:
+    """A sample's recorded scene (``placement, frame_id``); errors name the file."""
+    try:
+        record = json.loads(path.read_text())
+        return {"placement": str(record["placement"]), "frame_id": str(record["frame_id"])}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: unreadable scene record ({err}); delete it to plan the sample again") from err
 
 
 def _write_masks(table: pd.DataFrame, chunk: list[str], mask_paths: list[Path], resolution: int) -> list[np.ndarray]:
@@ -364,7 +453,8 @@ def pipeline_renderer(
 @dataclass(frozen=True)
 class GenerationShard:
     """One shard of one variant's samples: the model files it samples (base, Control-LoRA, ``model.vae``), the samples
-    (condition rows, or the generation ``plan``'s rows over them), which shard of how many, and its output folder."""
+    (condition rows, or the generation ``plan``'s rows over them), which shard of how many, its output folder and, for
+    an inpainting variant, the frames it draws into (the data ``manifest``'s training images, the ``backgrounds``)."""
 
     base: str | Path
     lora_path: str | Path
@@ -375,13 +465,17 @@ class GenerationShard:
     variant: str
     plan: pd.DataFrame | str | Path | None = None
     vae: str | Path | None = None
+    #: the inpainting variants: the data manifest (the training frames) and data.background_frames' folder (or None)
+    manifest: str | Path | None = None
+    backgrounds: str | Path | None = None
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
     """How a variant's samples are rendered: the pipeline call (:class:`Sampling`), ``model.family``, the base seed of
     samples without a planned seed, ``generation.batch_size``, device and dtype (None: :func:`resolve_device_dtype`'s
-    defaults) and, for the training-free variants, ``mining`` or ``guidance`` with the ``judge`` they score with."""
+    defaults) and, for the training-free variants, ``mining`` or ``guidance`` with the ``judge`` they score with, or
+    ``inpaint`` (the inpainting variants: :class:`hardgen.generator.inpaint.InpaintSettings`)."""
 
     sampling: Sampling
     family: str = "sd15"
@@ -392,6 +486,7 @@ class GenerationSettings:
     mining: MiningSettings | None = None
     guidance: GuidanceSettings | None = None
     judge: Callable[[torch.device], ScoreFn] | None = None
+    inpaint: InpaintSettings | None = None
 
 
 def _check_shard_arguments(settings: GenerationSettings, variant: str) -> None:
@@ -399,8 +494,10 @@ def _check_shard_arguments(settings: GenerationSettings, variant: str) -> None:
     mining, guidance = settings.mining, settings.guidance
     if settings.sampling.resolution < 8:
         raise ValueError(f"model.resolution must be >= 8, got {settings.sampling.resolution}")
-    if mining is not None and guidance is not None:
-        raise ValueError(f"variant {variant!r}: give mining or guidance settings, not both")
+    if sum(x is not None for x in (mining, guidance, settings.inpaint)) > 1:
+        raise ValueError(f"variant {variant!r}: give mining, guidance or inpaint settings, not more than one")
+    if settings.inpaint is not None:
+        settings.inpaint.check()
     if (mining is not None or guidance is not None) and settings.judge is None:
         raise ValueError(f"variant {variant!r}: mining and guidance need a judge (the in-loss backbones)")
     if mining is not None:
@@ -456,6 +553,8 @@ def generate_shard(shard: GenerationShard, settings: GenerationSettings) -> pd.D
     discrepant of ``mining.candidates`` seeded noises (``mined``), with ``settings.guidance`` the discrepancy gradient
     steers the latents while sampling (``guided``). Both score with ``judge(device)``, a differentiable
     ``(images01, masks) -> (B,)`` discrepancy built once per shard (:func:`hardgen.generator.mining.load_judge`).
+    With ``settings.inpaint`` (``inpaint``, ``hard_inpaint``) each sample's lesion is drawn into a real frame
+    (``shard.conditions`` must then be the training conditions, whose real rows are the frames; :func:`run_shard`).
     """
     _check_shard_arguments(settings, shard.variant)
     sampling, mining = settings.sampling, settings.mining
@@ -465,17 +564,37 @@ def generate_shard(shard: GenerationShard, settings: GenerationSettings) -> pd.D
     out_dir = Path(shard.out_dir)
     # loading the model is the slow part: skip it when a finished shard is rerun
     needs_model = any(not (out_dir / "images" / f"{sid}.png").exists() for chunk in chunks for sid in chunk)
-    if mining is not None:
-        needs_model |= any(not (out_dir / "mining" / f"{sid}.json").exists() for chunk in chunks for sid in chunk)
+    records = "mining" if mining is not None else "scenes" if settings.inpaint is not None else None
+    if records is not None:
+        needs_model |= any(not (out_dir / records / f"{sid}.json").exists() for chunk in chunks for sid in chunk)
+    inpaint = None
     if needs_model:
         # the LoRA is fixed for the whole shard: fuse it once, unless a condition scale must act per layer call
         pipe = load_generation_pipeline(shard.base, shard.lora_path, family=settings.family, device=settings.device,
                                         dtype=settings.dtype, vae=shard.vae, fuse=sampling.condition_scale == 1.0)
         render, pick_noise = _variant_renderer(pipe, sampling, mining, settings.guidance, settings.judge,
                                                settings.batch_size)
+        if settings.inpaint is not None:
+            inpaint = _inpainting(pipe, sampling, table, shard, settings.inpaint)
     else:
         render, pick_noise = _finished_shard_renderer(mining)
+        if settings.inpaint is not None:
+            inpaint = Inpainting(None, None)
     return run_shard(
         render, table, shard.shard_index, shard.n_shards, out_dir, resolution=sampling.resolution,
         variant=shard.variant, seed=settings.seed, batch_size=settings.batch_size, pick_noise=pick_noise,
+        inpaint=inpaint,
     )
+
+
+def _inpainting(pipe: ControlLoraPipeline | ControlLoraXLPipeline, sampling: Sampling, table: pd.DataFrame,
+                shard: GenerationShard, settings: InpaintSettings) -> Inpainting:
+    """The scenes and the renderer of an inpainting shard (:mod:`hardgen.generator.inpaint`,
+    :func:`hardgen.models.inpainting.inpaint_renderer`)."""
+    from hardgen.generator.inpaint import ScenePlanner
+    from hardgen.models.inpainting import inpaint_renderer
+
+    if shard.manifest is None:
+        raise ValueError(f"variant {shard.variant!r}: inpainting needs the data manifest (its training frames)")
+    planner = ScenePlanner(table, shard.conditions, shard.manifest, shard.backgrounds, settings, sampling.resolution)
+    return Inpainting(planner, inpaint_renderer(pipe, sampling, settings.feather))

@@ -25,6 +25,9 @@ MANIFEST_COLUMNS: list[str] = ["sample_id", "image", "mask", "condition", "varia
 #: Extra columns of a shard manifest: every sample's seed; ``mined`` adds the kept candidate and its score.
 SEED_COLUMN = "seed"
 MINING_COLUMNS: list[str] = ["candidate", "mining_score"]
+#: ``inpaint`` / ``hard_inpaint`` add each sample's placement, the id of the frame drawn into, that frame and the region
+#: redrawn (PNG paths; outside the region the image is the frame).
+INPAINT_COLUMNS: list[str] = ["placement", "frame_id", "frame", "region"]
 
 
 # --------------------------------------------------------------------------------- planning
@@ -95,7 +98,8 @@ def merge_shards(
     Raises :class:`DataError` for a sample id in two shards, an image or mask file that does not exist, or
     a planned sample id (``plan``'s, else ``conditions``') that no shard generated or a generated id that is
     not planned. Rows are sorted by sample id; columns are :data:`MANIFEST_COLUMNS` followed by the shards'
-    extra columns (``seed``; ``candidate, mining_score`` for ``mined``).
+    extra columns (``seed``; ``candidate, mining_score`` for ``mined``; ``placement, frame_id, frame, region`` for the
+    inpainting variants).
     """
     frames = []
     for path in shard_csvs:

@@ -1,7 +1,7 @@
-"""What a generation call is made of, shared by :mod:`hardgen.generator.generate` (the shard loop) and
-:mod:`hardgen.generator.mining` (the training-free variants): the sampling settings of one pipeline call, the renderer
-and noise-picker types and the conversion of its [0, 1] images to uint8. Below both, so neither imports the other to
-get them."""
+"""What a generation call is made of, shared by :mod:`hardgen.generator.generate` (the shard loop),
+:mod:`hardgen.generator.mining` and :mod:`hardgen.models.inpainting` (the training-free variants): the sampling
+settings of one pipeline call, the renderer and noise-picker types and the conversion of its [0, 1] images to uint8.
+Below them, so none imports another to get them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ from PIL import Image
 #: A batch renderer: (condition images HxWx3 uint8, one generator per image, masks HxW bool at the generation
 #: resolution) -> (B, H, W, 3) uint8. Plain rendering ignores the masks; ``guided`` crops to them.
 RenderBatch = Callable[[list[np.ndarray], list[torch.Generator], list[np.ndarray]], np.ndarray]
+
+#: An inpainting renderer (``inpaint``, :mod:`hardgen.models.inpainting`): (condition images, one generator per
+#: image, the real frames HxWx3 uint8, the regions redrawn HxW bool, the lesions HxW bool) -> (B, H, W, 3) uint8,
+#: each the frame outside its region.
+RenderInto = Callable[[list[np.ndarray], list[torch.Generator], list[np.ndarray], list[np.ndarray], list[np.ndarray]],
+                      np.ndarray]
 
 @dataclass(frozen=True)
 class PickedNoise:

@@ -78,6 +78,7 @@ from hardgen.models.control_lora.pipeline import (
     decode_latents,
     decode_unit_images,
     encode_condition,
+    encode_latents,
     vae_upcast,
 )
 
@@ -102,6 +103,7 @@ __all__ = [
     "decode_latents",
     "decode_unit_images",
     "encode_condition",
+    "encode_latents",
     "fuse_control_lora",
     "fused_adapters",
     "latent_channels",

@@ -107,6 +107,23 @@ def decode_latents(vae: nn.Module, latents: torch.Tensor, generator: torch.Gener
         return vae.decode(latents.to(vae.dtype), return_dict=False, generator=generator)[0]
 
 
+def encode_latents(vae: nn.Module, images_m11: torch.Tensor) -> torch.Tensor:
+    """The (scaled) latents of images in [-1, 1], as the denoising loop holds them: the posterior's mode
+    (:func:`condition_posterior`) scaled by ``latents_mean`` / ``latents_std`` where the VAE has them, else by
+    ``scaling_factor`` (what :func:`decode_latents` undoes), in the VAE's dtype."""
+    original_dtype = vae.dtype
+    latents = condition_posterior(vae, images_m11).mode()
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, len(mean), 1, 1)
+        mean = torch.tensor(mean).view(shape).to(latents)
+        std = torch.tensor(std).view(shape).to(latents)
+        latents = (latents - mean) * vae.config.scaling_factor / std
+    else:
+        latents = latents * vae.config.scaling_factor
+    return latents.to(original_dtype)
+
+
 def decode_unit_images(vae: nn.Module, latents: torch.Tensor, *, keep_autocast: bool = False) -> torch.Tensor:
     """Latents (a predicted clean latent x̂0) -> float32 images in [0, 1] (:func:`decode_latents`): what the hardness
     and feedback judges read, in training and in mining / guidance alike."""

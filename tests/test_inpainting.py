@@ -1,0 +1,219 @@
+"""Lesions in real frames (issue 33): the composite keeps the frame outside the region, relocation stays in the field
+of view and off the frame's own lesion with the union as label, the known-region blending on the tiny model, an
+inpainting shard end to end, and the measures of results/tables/inpainting.csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from hardgen.core.io import read_mask, read_rgb, write_image, write_mask
+from hardgen.data.placement import (
+    Frame,
+    area_range,
+    assign_placements,
+    dilate_mask,
+    field_of_view,
+    lesion_region,
+    plan_scene,
+)
+from hardgen.models.inpainting import composite, feathered_alpha
+
+R = 32
+
+
+def octagon_frame(seed: int, size: int = R, lesion: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RGB uint8 frame, its lesion, its field of view): textured mucosa inside an octagon, black corners outside,
+    a dark lumen in the middle (dark but inside the field of view) and a red disc (the lesion) at a seeded spot."""
+    rng = np.random.default_rng(seed)
+    cut = size // 4
+    points = np.array([(cut, 0), (size - 1 - cut, 0), (size - 1, cut), (size - 1, size - 1 - cut),
+                       (size - 1 - cut, size - 1), (cut, size - 1), (0, size - 1 - cut), (0, cut)], np.int32)
+    fov = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(fov, [points], 1)
+    fov = fov.astype(bool)
+    image = np.clip(rng.normal((190, 100, 80), 12, (size, size, 3)), 0, 255)
+    yy, xx = np.mgrid[:size, :size]
+    image[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 10) ** 2] = (8, 4, 4)  # the lumen: dark, inside
+    mask = np.zeros((size, size), bool)
+    if lesion:
+        cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < (size / 8) ** 2) & fov
+        image[mask] = (220, 60, 50)
+    image[~fov] = rng.integers(0, 6)
+    return image.round().astype(np.uint8), mask, fov
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+def test_the_composite_is_the_frame_outside_the_region_and_the_sample_on_the_lesion():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (R, R, 3), dtype=np.uint8)
+    generated = rng.integers(0, 256, (R, R, 3), dtype=np.uint8)
+    lesion = np.zeros((R, R), bool)
+    lesion[10:18, 12:20] = True
+    region = dilate_mask(lesion, 4)
+    for feather in (0, 2, 4):
+        alpha = feathered_alpha(region, lesion, feather)
+        out = composite(generated, frame, alpha)
+        assert np.array_equal(out[~region], frame[~region])  # byte for byte
+        assert np.array_equal(out[lesion], generated[lesion])
+        assert alpha[~region].max() == 0 and alpha[lesion].min() == 1 and 0 <= alpha.min() <= alpha.max() <= 1
+    # the ramp: a pixel d px inside the border weighs min(1, d / feather)
+    ramp = feathered_alpha(region, lesion, 4)
+    edge = region & ~cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert np.all(ramp[edge] <= 0.5) and np.all(ramp[edge] > 0)
+    with pytest.raises(ValueError, match="feather must be >= 0"):
+        feathered_alpha(region, lesion, -1)
+
+
+# ---------------------------------------------------------------------------------------------- placement
+def test_the_field_of_view_excludes_the_black_corners_not_a_dark_lumen():
+    image, _, fov = octagon_frame(0)
+    found = field_of_view(image)
+    assert np.array_equal(found, fov)  # the lumen (dark, not touching the border) stays inside
+    assert not found[0, 0] and not found[-1, -1]
+
+
+def test_relocation_stays_in_the_field_of_view_off_the_frames_lesion_with_the_union_label():
+    frames = []
+    for i in range(6):
+        image, lesion, fov = octagon_frame(i)
+        frames.append(Frame(f"c{i}", f"r{i}", image, lesion))
+        assert np.array_equal(frames[-1].fov, fov)
+    areas = area_range([f.lesion for f in frames])
+    backgrounds = [Frame("bg", "bg", octagon_frame(9, lesion=False)[0], np.zeros((R, R), bool))]
+    by_id = {f.id: f for f in [*frames, *backgrounds]}
+    for seed in range(40):
+        own = frames[seed % 6]
+        for placement in ("relocated", "frames"):
+            scene = plan_scene(placement, own.lesion, own, frames, backgrounds, seed, 2, areas, f"s{seed}")
+            target = by_id[scene.frame_id]
+            assert scene.placement == placement and (placement == "frames") == (target.id == "bg")
+            assert target.source != own.source  # never its own frame
+            assert np.array_equal(scene.frame, target.image)
+            assert not (scene.region & dilate_mask(target.lesion, 1)).any()  # off the frame's own lesion
+            assert not (scene.region & ~target.fov).any()  # never in the black corners
+            assert np.array_equal(scene.label, scene.lesion | target.lesion)  # the union
+            assert areas[0] <= scene.lesion.sum() <= areas[1]  # a real lesion's scale
+            assert np.array_equal(scene.region, lesion_region(scene.lesion, target.fov, 2))
+    scene = plan_scene("in_place", frames[0].lesion, frames[0], frames, [], 0, 2, areas)
+    assert scene.frame_id == "c0" and np.array_equal(scene.label, frames[0].lesion)
+    # the same seed, the same scene (inpaint and hard_inpaint draw into the same frames)
+    one, two = (plan_scene("relocated", frames[1].lesion, frames[1], frames, [], 7, 2, areas) for _ in range(2))
+    assert one.frame_id == two.frame_id and np.array_equal(one.lesion, two.lesion)
+
+
+def test_placements_are_taken_in_turn_and_a_layout_passes_in_place_on():
+    ids = [f"s{i}" for i in range(6)]
+    assert list(assign_placements(ids, [], ["in_place", "relocated", "frames"]).values()) == [
+        "in_place", "relocated", "frames"] * 2
+    assert assign_placements(ids, ["s3"], ["in_place", "relocated"])["s2"] == "in_place"
+    assert assign_placements(["s0"], ["s0"], ["in_place", "frames"]) == {"s0": "frames"}
+    with pytest.raises(ValueError, match="only in_place"):
+        assign_placements(ids, ["s1"], ["in_place"])
+    with pytest.raises(ValueError, match="choose from"):
+        assign_placements(ids, [], ["beside"])
+
+
+# ---------------------------------------------------------------------------------------------- the tiny model
+def test_blending_keeps_the_known_latents_and_the_frame_outside_the_region(tiny_model):
+    import torch
+
+    from hardgen.generator.generate import load_generation_pipeline
+    from hardgen.models.inpainting import (
+        blending_callback,
+        frame_latents,
+        inpaint_renderer,
+        latent_mask,
+    )
+    from hardgen.models.sampling import Sampling
+
+    base, lora = tiny_model
+    pipe = load_generation_pipeline(base, lora, device="cpu")
+    sampling = Sampling("a polyp", 16, 3)
+    frames, lesions, regions, conditions = [], [], [], []
+    for i in range(2):
+        image, lesion, fov = octagon_frame(i, size=16)
+        lesions.append(lesion)
+        regions.append(lesion_region(lesion, fov, 1))
+        frames.append(image)
+        conditions.append(np.repeat((lesion * 255).astype(np.uint8)[..., None], 3, axis=2))
+    # one blending step: outside the latent mask, the known latents noised to the next timestep
+    known = frame_latents(pipe.vae, frames, pipe.device, torch.float32)
+    noise = torch.randn(known.shape, generator=torch.Generator().manual_seed(0))
+    mask = latent_mask(regions, known.shape[-2:], pipe.device, torch.float32)
+    assert 0 < mask.sum() < mask.numel()
+    pipe.scheduler.set_timesteps(3)
+    latents = torch.randn(known.shape, generator=torch.Generator().manual_seed(1))
+    out = blending_callback(known, noise, mask)(pipe, 0, pipe.scheduler.timesteps[0], {"latents": latents})["latents"]
+    expected = pipe.scheduler.add_noise(known, noise, pipe.scheduler.timesteps[1:2])
+    assert torch.equal(out[mask.expand_as(out) == 0], expected[mask.expand_as(out) == 0])
+    assert torch.equal(out[mask.expand_as(out) == 1], latents[mask.expand_as(out) == 1])
+    last = blending_callback(known, noise, mask)(pipe, 2, pipe.scheduler.timesteps[2], {"latents": latents})
+    assert torch.equal(last["latents"][mask.expand_as(out) == 0], known[mask.expand_as(out) == 0])
+    # a full render: the frame outside each region, byte for byte; the lesion drawn
+    render = inpaint_renderer(pipe, sampling, feather=1)
+    generators = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    images = render(conditions, generators, frames, regions, lesions)
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+    for image, frame, region, lesion in zip(images, frames, regions, lesions):
+        assert np.array_equal(image[~region], frame[~region])
+        assert not np.array_equal(image[lesion], frame[lesion])
+
+
+def inpainting_data(root: Path, n: int = 4, size: int = 24) -> tuple[Path, Path, Path]:
+    """(conditions CSV, data manifest CSV, background folder) of ``n`` octagon frames with their lesions (the
+    conditions at ``size`` px, as make_conditions writes them) and two lesion-free frames."""
+    conditions, manifest = [], []
+    for i in range(n):
+        image, lesion, _ = octagon_frame(i, size=size)
+        write_image(root / "data" / f"r{i}.png", image)
+        write_mask(root / "conditions" / "masks" / f"c{i}.png", lesion)
+        write_image(root / "conditions" / "images" / f"c{i}.png",
+                    np.repeat((lesion * 255).astype(np.uint8)[..., None], 3, axis=2))
+        conditions.append({"sample_id": f"c{i}", "source_id": f"r{i}", "kind": "real",
+                           "condition": str(root / "conditions" / "images" / f"c{i}.png"),
+                           "mask": str(root / "conditions" / "masks" / f"c{i}.png")})
+        manifest.append({"id": f"r{i}", "image": str(root / "data" / f"r{i}.png"), "split": "train"})
+    for i in range(2):
+        write_image(root / "backgrounds" / f"bg{i}.png", octagon_frame(10 + i, size=size, lesion=False)[0])
+    pd.DataFrame(conditions).to_csv(root / "conditions.csv", index=False)
+    pd.DataFrame(manifest).to_csv(root / "manifest.csv", index=False)
+    return root / "conditions.csv", root / "manifest.csv", root / "backgrounds"
+
+
+def test_an_inpainting_shard_records_its_scenes_and_resumes(tiny_model, tmp_path, monkeypatch):
+    import hardgen.generator.generate as generate
+    from hardgen.generator.inpaint import InpaintSettings
+
+    base, lora = tiny_model
+    conditions, manifest, backgrounds = inpainting_data(tmp_path)
+    settings = generate.GenerationSettings(generate.Sampling("a polyp", 24, 2), seed=3, device="cpu", batch_size=2,
+                                           inpaint=InpaintSettings(2, 1, ("in_place", "relocated", "frames")))
+
+    def run() -> pd.DataFrame:
+        return generate.generate_shard(generate.GenerationShard(base, lora, conditions, 0, 1, tmp_path / "out",
+                                                                "inpaint", manifest=manifest, backgrounds=backgrounds),
+                                       settings)
+
+    table = run()
+    assert list(table.columns) == [*generate.MANIFEST_COLUMNS, "seed", *generate.INPAINT_COLUMNS]
+    assert list(table["placement"]) == ["in_place", "relocated", "frames", "in_place"]
+    assert table.loc[0, "frame_id"] == "c0" and table.loc[2, "frame_id"].startswith("bg")
+    for row in table.itertuples():
+        image, frame, region = read_rgb(row.image), read_rgb(row.frame), read_mask(row.region)
+        assert np.array_equal(image[~region], frame[~region])  # the sample is the frame outside the region
+        label = read_mask(row.mask)  # what the segmenter trains on
+        if row.placement == "relocated":
+            own = read_mask(tmp_path / "conditions" / "masks" / f"{row.frame_id}.png")
+            assert own.any() and (label & own).sum() == own.sum() and (label & region).any()
+    digests = {p.name: p.read_bytes() for p in (tmp_path / "out" / "images").glob("*.png")}
+    (tmp_path / "out" / "images" / "c1.png").unlink()
+    assert run().equals(table)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "images").glob("*.png")} == digests
+    monkeypatch.setattr(generate, "load_generation_pipeline", lambda *a, **k: pytest.fail("a finished shard"))
+    assert run().equals(table)
