@@ -15,7 +15,9 @@ from hardgen.scoring.mask_following import (
     mask_following_from_files,
     mask_following_sentences,
     mask_following_table,
+    margin_vs_reference,
     measure_rows,
+    real_reference,
     red_chromaticity,
     red_chromaticity_margin,
     shuffled_margin,
@@ -117,6 +119,20 @@ def test_the_table_scales_each_variant_by_the_real_margin(discs):
         mask_following_table((images[:1], masks[:1]), {})
     with pytest.raises(ValueError, match="follows: 8 images but 7 masks"):
         mask_following_table((images, masks), {"follows": (images, masks[:7])})
+
+
+def test_the_training_validation_margin_is_the_tables(discs):
+    # a reference computed once, then a few samples against it: the table's margin_vs_real, NaN and why otherwise
+    images, masks = discs
+    samples = ([_scene(_disc(16, 16, 4)) if k % 2 else images[k].copy() for k in range(4)], masks[:4])
+    reference = real_reference((images, masks))
+    assert reference.measure == "red_chromaticity" and reference.reason is None and reference.gap > 0
+    table = mask_following_table((images, masks), {"samples": samples}).set_index("variant")
+    margin, why = margin_vs_reference(reference, *samples)
+    assert why is None and margin == pytest.approx(table.loc["samples", "margin_vs_real"])
+    assert np.isnan(margin_vs_reference(reference, samples[0][:1], samples[1][:1])[0])
+    undefined = real_reference((images[:3], masks[:3]))  # too few real images to tell the gap from chance
+    assert "at least 5" in undefined.reason and margin_vs_reference(undefined, *samples)[1] == undefined.reason
 
 
 def test_the_table_from_the_workflow_files(tmp_path, discs):

@@ -93,6 +93,15 @@ def plain_run(tiny_base, tiny_data, tmp_path_factory) -> tuple[Path, dict]:
     return out, train_control_lora(settings)
 
 
+def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar curve of a TensorBoard folder as (step, value) pairs, read back with tensorboard's event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 # ------------------------------------------------------------------------------------------ losses
 def test_dissimilarity_loss_hand_values():
     prototype = torch.zeros(2)
@@ -174,6 +183,28 @@ def test_lora_plus_groups():
 
 
 # ------------------------------------------------------------------------------------------ data order
+def test_validation_runs_at_the_steps_asked_on_a_seeded_set_and_an_absent_tracker_is_named(tmp_path):
+    import importlib.util
+
+    from hardgen.core.tracking import check_tracker
+
+    settings = TrainSettings(base="b", conditions_csv="c", manifest_csv="m", out_dir="o", steps=5, validation_steps=2)
+    assert [k for k in range(6) if train._validation_due(settings, k)] == [0, 2, 4, 5]  # and the last step
+    settings.validation_steps = 0
+    assert not any(train._validation_due(settings, k) for k in range(6))
+    chosen = train.validation_indices(24, 4, seed=0)
+    assert chosen == train.validation_indices(24, 4, seed=0) == sorted(set(chosen)) and len(chosen) == 4
+    assert chosen != train.validation_indices(24, 4, seed=1) and train.validation_indices(3, 4, 0) == [0, 1, 2]
+    for name in ("wandb", "mlflow"):
+        if importlib.util.find_spec(name) is None:  # never required: chosen but absent, the key is named
+            with pytest.raises(ValueError, match=rf"hard.report_to: {name} is not installed"):
+                check_tracker(name, "hard.report_to")
+    with pytest.raises(ValueError, match="TrainSettings.report_to: unknown tracker 'comet'"):
+        dataclasses.replace(settings, report_to="comet").validate()
+    with pytest.raises(ValueError, match="TrainSettings.validation_samples"):
+        dataclasses.replace(settings, validation_steps=1, validation_samples=1).validate()
+
+
 def test_resumable_sampler_is_a_pure_function_of_the_step():
     full = ResumableBatchSampler(10, 3, seed=5)
     stream = iter(full)
@@ -289,6 +320,13 @@ def test_plain_training_writes_control_lora_v3_artifacts(plain_run):
     assert not list((out / "checkpoints" / "checkpoint-3").glob("model*"))  # no full UNet in checkpoints
     grid = cv2.imread(str(out / "validation.png"))
     assert grid.shape[0] == 2 * RESOLUTION and grid.shape[1] % RESOLUTION == 0
+    # validation_steps 0: the end grid alone, no validation rows, grids or curves; the step scalars in TensorBoard
+    assert pd.read_csv(out / "validation.csv").empty and not (out / "validation").exists()
+    scalars = tensorboard_scalars(out / "tensorboard")
+    assert set(scalars) == {"train/loss", "train/mse", "train/lr", "train/grad_norm", "train/images_per_s"}
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3]
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], log["loss"], rtol=1e-6)
+    assert all(v > 0 for _, v in scalars["train/images_per_s"] + scalars["train/grad_norm"])
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["steps"] == summary["steps"] == 3 and on_disk["settings"]["mode"] == "plain"
     assert TrainSettings.from_dict(on_disk["settings"]).steps == 3
@@ -297,11 +335,13 @@ def test_plain_training_writes_control_lora_v3_artifacts(plain_run):
 @pytest.mark.parametrize("condition_latent", ["mode", "sample"])
 def test_resume_matches_an_uninterrupted_run(tiny_base, tiny_data, tmp_path, condition_latent):
     common = dict(steps=4, checkpointing_steps=2, learning_rate=5e-3, condition_latent=condition_latent)
-    train_control_lora(make_settings(tiny_base, tiny_data, tmp_path / "full", **common))
-    # "killed" after step 2: a 2-step run leaves checkpoint-2, then the resumed run continues to 4
+    train_control_lora(make_settings(tiny_base, tiny_data, tmp_path / "full", **common, report_to="none"))
+    # "killed" after step 2: a 2-step run leaves checkpoint-2, then the resumed run continues to 4; both validate
+    # every 2 steps, which must leave the weights as the uninterrupted run's without validation
     interrupted = tmp_path / "resumed"
-    train_control_lora(make_settings(tiny_base, tiny_data, interrupted, **{**common, "steps": 2}))
-    summary = train_control_lora(make_settings(tiny_base, tiny_data, interrupted, **common,
+    validating = dict(validation_steps=2, validation_inference_steps=1)
+    train_control_lora(make_settings(tiny_base, tiny_data, interrupted, **{**common, "steps": 2}, **validating))
+    summary = train_control_lora(make_settings(tiny_base, tiny_data, interrupted, **common, **validating,
                                                resume_from_checkpoint="latest"))
     assert summary["resumed_from"].endswith("checkpoint-2")
     full = load_state_dict(tmp_path / "full" / LORA_WEIGHTS_NAME)
@@ -315,6 +355,13 @@ def test_resume_matches_an_uninterrupted_run(tiny_base, tiny_data, tmp_path, con
     log_resumed = pd.read_csv(interrupted / "train_log.csv")
     assert list(log_resumed["step"]) == [1, 2, 3, 4]
     np.testing.assert_allclose(log_resumed["loss"], log_full["loss"], rtol=1e-6)
+    # the curves continue: validation at 0 and 2 before the interruption, 4 after; one TensorBoard curve of steps 1-4
+    validation = pd.read_csv(interrupted / "validation.csv")
+    assert sorted(set(validation["step"])) == [0, 2, 4] == summary["validation"]["steps"]
+    scalars = tensorboard_scalars(interrupted / "tensorboard")
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+    np.testing.assert_allclose([value for _, value in scalars["train/loss"]], log_full["loss"], rtol=1e-5)
+    assert [step for step, _ in scalars["validation/mask_following_margin"]] == [0, 2, 4]
 
 
 def test_non_finite_loss_stops_without_writing_weights(tiny_base, tiny_data, tmp_path):
@@ -403,9 +450,22 @@ def test_hard_mode_calibrates_margins_and_the_hinge_is_active(tiny_base_v, tiny_
     settings = make_settings(tiny_base_v, tiny_data, tmp_path / "hard", mode="hard",
                              init_lora=str(tmp_path / "plain" / LORA_WEIGHTS_NAME), backbones=backbones,
                              prototypes=prototypes, crop_pad=2, calibration_samples=8, margin_factor=1.5,
-                             margins={"vit": 1e3})
+                             margins={"vit": 1e3}, validation_steps=1, validation_inference_steps=1)
     summary = train_control_lora(settings)
     assert summary["margins"]["vit"] == 1e3  # absolute
+    # the tracker holds each loss term per in-loss backbone; validation measures the distance to each prototype
+    scalars = tensorboard_scalars(tmp_path / "hard" / "tensorboard")
+    assert {"train/loss", "train/mse", "train/l_dis/cnn", "train/l_dis/vit", "train/hinge_active", "train/lr",
+            "train/grad_norm", "train/images_per_s"} <= set(scalars)
+    validation = pd.read_csv(tmp_path / "hard" / "validation.csv")
+    assert list(validation.columns) == ["stage", "step", "metric", "value"] and set(validation["stage"]) == {"hard"}
+    assert set(validation["metric"]) == {"mask_following_margin", "prototype_distance/cnn", "prototype_distance/vit"}
+    distances = validation[validation["metric"] == "prototype_distance/cnn"]
+    assert list(distances["step"]) == [0, 1, 2] and (distances["value"] > 0).all()
+    assert [s for s, _ in scalars["validation/prototype_distance/vit"]] == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "hard" / "validation").iterdir()) == [
+        "step-0.png", "step-1.png", "step-2.png"]
+    settings.validation_steps = 0
     assert summary["margins"]["cnn"] == pytest.approx(1.5 * summary["probe_init"]["cnn"])  # relative
     log = pd.read_csv(tmp_path / "hard" / "train_log.csv")
     assert log.loc[0, "extra"] > 0 and log.loc[0, "active_fraction"] > 0
@@ -500,9 +560,13 @@ def test_feedback_mode_runs_with_a_fixed_segmenter(plain_run, tiny_base, tiny_da
     settings = make_settings(tiny_base, tiny_data, tmp_path / "fb", mode="feedback", steps=1,
                              init_lora=str(plain_run[0] / LORA_WEIGHTS_NAME), segmenter=spec,
                              segmenter_weights=str(tmp_path / "seg.safetensors"), segment_size=32,
-                             calibration_samples=4)
+                             calibration_samples=4, validation_steps=1, validation_inference_steps=1)
     summary = train_control_lora(settings)
     assert summary["margins"]["segmenter"] > 0
+    assert {"train/feedback", "train/hinge_active"} <= set(tensorboard_scalars(tmp_path / "fb" / "tensorboard"))
+    validation = pd.read_csv(tmp_path / "fb" / "validation.csv")
+    judge = validation[validation["metric"] == "judge_loss"]
+    assert list(judge["step"]) == [0, 1] and (judge["value"] > 0).all()
     log = pd.read_csv(tmp_path / "fb" / "train_log.csv")
     assert log.loc[0, "extra"] > 0 and 0 < log.loc[0, "active_fraction"] <= 1
 

@@ -56,6 +56,7 @@ from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
 from hardgen.core.io import write_csv, write_image, write_json
+from hardgen.core.tracking import log_image, tracker_init
 from hardgen.data.train_data import (
     PairDataset,
     PromptEmbeddings,
@@ -98,8 +99,15 @@ LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 #: Extra per-checkpoint state (step, calibrated margins, log so far) written next to accelerate's files.
 TRAINER_STATE_NAME = "hardgen_trainer_state.json"
 LOG_COLUMNS = ["step", "loss", "mse", "extra", "active_fraction", "lr"]
-#: the per-sample generators' streams: training samples (by stream position) and the probe grid (by grid index)
-TRAIN_STREAM, PROBE_STREAM = 0, 1
+#: ``validation.csv``: one row per validation step and metric
+VALIDATION_COLUMNS = ["stage", "step", "metric", "value"]
+#: the folder of the validation grids (``step-<N>.png``) in the LoRA's folder
+VALIDATION_DIR = "validation"
+#: the per-sample generators' streams: training samples (by stream position) and the probe grid (by grid index); the
+#: validation set's draw
+TRAIN_STREAM, PROBE_STREAM, VALIDATION_STREAM = 0, 1, 2
+#: at most this many training pairs (seeded) make the real images' mask-following reference of the validation margin
+REFERENCE_PAIRS = 256
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -179,10 +187,14 @@ def sample_draws(seed: int, positions: Sequence[int], latent_shape: Sequence[int
 
 @dataclass
 class StepLosses:
+    """A micro-batch's losses: the total, its MSE, the λ-free extra term, the fraction of samples whose hinge is
+    active, and each loss term by its tracker name (``l_dis/<backbone>`` per in-loss backbone, ``feedback``)."""
+
     total: torch.Tensor
     mse: torch.Tensor
     extra: torch.Tensor
     active_fraction: torch.Tensor
+    terms: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def _ranks_of(state: dict[str, torch.Tensor], origin: str) -> tuple[int, int]:
@@ -213,7 +225,9 @@ class _Trainer:
         self.accelerator = Accelerator(
             gradient_accumulation_steps=s.gradient_accumulation_steps,
             mixed_precision=s.mixed_precision,
-            project_config=ProjectConfiguration(project_dir=str(self.out_dir)),
+            # report_to: accelerate's tracker, logging into the run's folder (hardgen.core.tracking)
+            log_with=None if s.report_to == "none" else s.report_to,
+            project_config=ProjectConfiguration(project_dir=str(self.out_dir), logging_dir=str(self.out_dir)),
         )
         acc = self.accelerator
         # the same seed in every process (fresh LoRA weights); a sample's draws have generators of their own
@@ -252,7 +266,12 @@ class _Trainer:
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(acc.device)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.log_rows: list[dict[str, float]] = []
+        #: validation.csv's rows so far (checkpoints keep them: a resumed run continues the curve)
+        self.validation_rows: list[dict[str, Any]] = []
         self.global_step = 0
+        #: the validation set: dataset indices of seeded training masks, fixed for the run (recorded in summary.json)
+        self.validation_indices = validation_indices(len(self.dataset), s.validation_samples, s.seed)
+        self._reference = None  # the real images' mask-following reference, computed at the first validation
 
     # -- setup -------------------------------------------------------------------------------------
     def _load_models(self, components: dict[str, Any]) -> None:
@@ -457,11 +476,15 @@ class _Trainer:
             images01 = self._x0_images(model_pred, noisy, timesteps)
             masks = batch["mask"].to(images01.device)
             if isinstance(self.judge, HardnessJudge):
-                extra, active = self.judge.loss(images01, masks, self.margins)
+                distances = self.judge.distances(images01, masks)
+                extra, active = hardness_loss(distances, self.margins)
+                terms = {f"l_dis/{key}": squared_hinge(d, self.margins[key])[0].detach()
+                         for key, d in distances.items()}
             else:
                 extra, active = self.judge.loss(images01, masks, self.margins.get("segmenter"),
                                                 self.settings.feedback_loss)
-        return StepLosses(mse + self.settings.lambda_ * extra, mse, extra.detach(), active)
+                terms = {"feedback": extra.detach()}
+        return StepLosses(mse + self.settings.lambda_ * extra, mse, extra.detach(), active, terms)
 
     # -- the fixed probe grid: calibration and direction checks ---------------------------------------
     def probe_grid(self) -> list[tuple[list[int], list[int], torch.Tensor]]:
@@ -602,7 +625,8 @@ def _save_checkpoint(trainer: _Trainer) -> Path:
     acc.wait_for_everyone()
     if acc.is_main_process:
         write_json(tmp / TRAINER_STATE_NAME, {"global_step": trainer.global_step, "margins": trainer.margins,
-                                              "probe_init": trainer.probe_init, "log": trainer.log_rows})
+                                              "probe_init": trainer.probe_init, "log": trainer.log_rows,
+                                              "validation": trainer.validation_rows})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         if s.checkpoints_total_limit is not None:
@@ -614,24 +638,36 @@ def _save_checkpoint(trainer: _Trainer) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation grid
+# Validation
 # --------------------------------------------------------------------------------------------------
 
 
-def _validation_grid(trainer: _Trainer, path: Path) -> None:
-    """Condition row over sample row for the first ``validation_samples`` training conditions, written to ``path``.
+def validation_indices(n_pairs: int, n_samples: int, seed: int) -> list[int]:
+    """The validation set: ``min(n_samples, n_pairs)`` dataset indices drawn without replacement by a generator of
+    (seed, the validation stream), sorted; never the training's random state."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, VALIDATION_STREAM]))
+    return sorted(int(i) for i in rng.choice(n_pairs, size=min(n_samples, n_pairs), replace=False))
 
-    The pipeline is built around the training UNet and the cached prompt embeddings, so no text
-    encoder is kept in memory.
+
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) image in [-1, 1] as RGB uint8 (H, W, 3)."""
+    return ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+
+
+def _sample(trainer: _Trainer, indices: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The conditions of dataset ``indices`` (RGB uint8) and one sample of each with the current LoRA (float in
+    [0, 1], (n, H, W, 3)): the validation inference steps of UniPC, noise seeded by the run's seed alone, so every
+    validation step samples the same noise and the change is the LoRA's.
+
+    The pipeline is built around the training UNet and the cached prompt embeddings, so no text encoder is kept in
+    memory. fork_rng: sampling never moves the global RNG state that checkpoints save and restore.
     """
     from diffusers import UniPCMultistepScheduler
     from PIL import Image
 
     s, p = trainer.settings, trainer.prompts
     unet = trainer.accelerator.unwrap_model(trainer.unet)
-    rows = [trainer.dataset[i] for i in range(min(s.validation_samples, len(trainer.dataset)))]
-    conditions = [((r["condition"].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-                  for r in rows]
+    conditions = [_to_uint8(trainer.dataset[i]["condition"]) for i in indices]
     n = len(conditions)
     scheduler = UniPCMultistepScheduler.from_config(trainer.noise_scheduler.config)
     common = dict(vae=trainer.vae, unet=unet, scheduler=scheduler, text_encoder=None, tokenizer=None)
@@ -650,17 +686,94 @@ def _validation_grid(trainer: _Trainer, path: Path) -> None:
     pipe.set_progress_bar_config(disable=True)
     was_training = unet.training
     unet.eval()
-    # fork_rng: validation must not move the global RNG state that checkpoints save and restore. autocast is for
-    # the UNet (fp16/bf16 base, fp32 LoRA); the pipeline VAE-encodes and decodes outside it, as training does.
+    # autocast is for the UNet (fp16/bf16 base, fp32 LoRA); the pipeline VAE-encodes and decodes outside it, as
+    # training does
     devices = [trainer.accelerator.device] if trainer.accelerator.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), trainer.accelerator.autocast():
             samples = pipe(**call).images
     finally:
         unet.train(was_training)
-    samples = (np.asarray(samples) * 255).round().clip(0, 255).astype(np.uint8)
-    grid = np.concatenate([np.concatenate(conditions, axis=1), np.concatenate(list(samples), axis=1)], axis=0)
+    return conditions, np.asarray(samples, dtype=np.float32)
+
+
+def _grid(conditions: Sequence[np.ndarray], samples: np.ndarray) -> np.ndarray:
+    """Condition row over sample row, RGB uint8."""
+    images = (samples * 255).round().clip(0, 255).astype(np.uint8)
+    return np.concatenate([np.concatenate(list(conditions), axis=1), np.concatenate(list(images), axis=1)], axis=0)
+
+
+def _validation_grid(trainer: _Trainer, path: Path) -> None:
+    """The end-of-run grid alone (``validation_steps: 0``): the validation set's conditions over their samples."""
+    write_image(path, _grid(*_sample(trainer, trainer.validation_indices)))
+
+
+def _reference(trainer: _Trainer):
+    """The real images' mask-following reference (at most :data:`REFERENCE_PAIRS` seeded training pairs, their
+    crops at the training resolution, as the LoRA sees them), computed once."""
+    from hardgen.scoring.mask_following import real_reference
+
+    if trainer._reference is None:
+        n = len(trainer.dataset)
+        indices = validation_indices(n, REFERENCE_PAIRS, trainer.settings.seed) if n > REFERENCE_PAIRS else range(n)
+        items = [trainer.dataset[i] for i in indices]
+        trainer._reference = real_reference(([_to_uint8(item["pixels"]) for item in items],
+                                             [item["mask"][0].numpy() > 0.5 for item in items]),
+                                            seed=trainer.settings.seed)
+        if trainer._reference.reason:
+            logger.warning("validation: the mask-following margin is undefined: %s", trainer._reference.reason)
+    return trainer._reference
+
+
+@torch.no_grad()
+def _validation_metrics(trainer: _Trainer, samples: np.ndarray) -> dict[str, float]:
+    """The validation set's metrics: the mask-following margin against the real images' (every stage), the mean
+    distance of the samples to each in-loss prototype (hard) and the judge's mean loss on them (feedback)."""
+    from hardgen.scoring.mask_following import margin_vs_reference
+
+    masks = [trainer.dataset[i]["mask"] for i in trainer.validation_indices]
+    images = [(sample * 255).round().clip(0, 255).astype(np.uint8) for sample in samples]
+    margin, why = margin_vs_reference(_reference(trainer), images, [m[0].numpy() > 0.5 for m in masks],
+                                      seed=trainer.settings.seed)
+    if why and trainer.global_step == 0:
+        logger.info("validation: mask-following margin undefined on the validation set: %s", why)
+    metrics = {"mask_following_margin": margin}
+    if trainer.judge is None:
+        return metrics
+    device = trainer.accelerator.device
+    images01 = torch.from_numpy(samples).permute(0, 3, 1, 2).to(device)
+    mask_batch = torch.stack(masks).to(device)
+    if isinstance(trainer.judge, HardnessJudge):
+        for key, values in trainer.judge.distances(images01, mask_batch).items():
+            metrics[f"prototype_distance/{key}"] = float(values.mean())
+    else:
+        metrics["judge_loss"] = float(trainer.judge.losses(images01, mask_batch).mean())
+    return metrics
+
+
+def _validate(trainer: _Trainer) -> Path:
+    """Main process: sample the validation set at the current step, write its grid (``validation/step-N.png``) and
+    ``validation.csv``, send both to the tracker; returns the grid's path."""
+    acc, s, step = trainer.accelerator, trainer.settings, trainer.global_step
+    conditions, samples = _sample(trainer, trainer.validation_indices)
+    grid = _grid(conditions, samples)
+    path = trainer.out_dir / VALIDATION_DIR / f"step-{step}.png"
     write_image(path, grid)
+    metrics = _validation_metrics(trainer, samples)
+    trainer.validation_rows += [{"stage": s.mode, "step": step, "metric": name, "value": value}
+                                for name, value in metrics.items()]
+    write_csv(trainer.out_dir / "validation.csv", pd.DataFrame(trainer.validation_rows, columns=VALIDATION_COLUMNS))
+    if acc.trackers:
+        acc.log({f"validation/{name}": value for name, value in metrics.items()}, step=step)
+        for tracker in acc.trackers:
+            log_image(tracker, "validation/grid", grid, step, path)
+    return path
+
+
+def _validation_due(settings: TrainSettings, step: int) -> bool:
+    """Whether a run validates at ``step``: step 0, every ``validation_steps`` and the last step (never with 0)."""
+    every = settings.validation_steps
+    return bool(every) and (step % every == 0 or step == settings.steps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -681,8 +794,11 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
     """Train (or fine-tune) a Control-LoRA; returns the summary also written to ``summary.json``.
 
     Writes under ``settings.out_dir``: ``pytorch_lora_weights.safetensors`` (control-lora-v3 format),
-    ``train_log.csv`` (step, loss, mse, extra, active_fraction, lr), ``summary.json``,
-    ``validation.png`` and ``checkpoints/checkpoint-N`` every ``checkpointing_steps``.
+    ``train_log.csv`` (step, loss, mse, extra, active_fraction, lr), ``summary.json``, ``validation.png`` (the last
+    step's grid), ``validation.csv`` (:data:`VALIDATION_COLUMNS`; no rows with ``validation_steps`` 0) with each
+    validation's grid in ``validation/step-N.png``, the tracker's files (``report_to`` tensorboard: ``tensorboard/``)
+    and ``checkpoints/checkpoint-N`` every ``checkpointing_steps``. Validation samples under ``fork_rng`` and its set
+    is drawn by a generator of its own, so the weights are the same with any ``validation_steps``.
     """
     settings.validate()
     t_start = time.perf_counter()
@@ -707,7 +823,20 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
         trainer.margins = trainer.calibrate(trainer.probe_init)
         timings["calibration_s"] = time.perf_counter() - t0
 
-    timings["train_s"] = _train_steps(trainer)
+    _init_trackers(trainer)
+    validation = {"seconds": 0.0, "steps": []}
+    if acc.is_main_process and trainer.global_step == 0 and _validation_due(s, 0):
+        _timed_validation(trainer, validation, step_s=None)
+    timings["train_s"], step_s = _train_steps(trainer, validation)
+    if acc.is_main_process and _validation_due(s, trainer.global_step) and not any(
+            row["step"] == trainer.global_step for row in trainer.validation_rows):
+        _timed_validation(trainer, validation, step_s or None)  # resumed at the last step from a checkpoint without it
+    timings["validation_s"] = validation["seconds"]
+    if s.validation_steps and acc.is_main_process:
+        logger.info("validation: %d runs at steps %s, %.1f s in all = %.1f %% of the %.1f s of training steps "
+                    "(one validation ≈ %.1f training steps)", len(validation["steps"]), validation["steps"],
+                    validation["seconds"], 100 * validation["seconds"] / max(timings["train_s"], 1e-9),
+                    timings["train_s"], validation["seconds"] / max(len(validation["steps"]), 1) / max(step_s, 1e-9))
 
     acc.wait_for_everyone()
     probe_final: dict[str, float] = {}
@@ -732,13 +861,40 @@ def _resume(trainer: _Trainer, checkpoint: Path) -> None:
     trainer.margins = {k: float(v) for k, v in state["margins"].items()}
     trainer.probe_init = {k: float(v) for k, v in state.get("probe_init", {}).items()}
     trainer.log_rows = list(state["log"])
+    # a checkpoint written before validation.csv existed holds no validation rows
+    trainer.validation_rows = list(state.get("validation", []))
     logger.info("resumed from %s at step %d", checkpoint, trainer.global_step)
 
 
-def _train_steps(trainer: _Trainer) -> float:
+def _init_trackers(trainer: _Trainer) -> None:
+    """Start the run's tracker (``report_to``) once its first step is known: a resumed run's curves continue from its
+    checkpoint's step (:func:`hardgen.core.tracking.tracker_init`)."""
+    s, acc = trainer.settings, trainer.accelerator
+    if s.report_to == "none":
+        return
+    project, init_kwargs = tracker_init(s.report_to, f"lora-{s.mode}", trainer.out_dir,
+                                        first_step=trainer.global_step + 1 if trainer.global_step else 0)
+    config = None if s.report_to == "tensorboard" else dataclasses.asdict(s)  # summary.json holds them for TensorBoard
+    acc.init_trackers(project, config=config, init_kwargs=init_kwargs)
+
+
+def _timed_validation(trainer: _Trainer, validation: dict[str, Any], step_s: float | None) -> None:
+    """:func:`_validate` at the current step, its time added to ``validation`` and logged against ``step_s`` (the
+    mean training step's seconds so far; None before the first)."""
+    t0 = time.perf_counter()
+    _validate(trainer)
+    seconds = time.perf_counter() - t0
+    validation["seconds"] += seconds
+    validation["steps"].append(trainer.global_step)
+    against = f" = {seconds / step_s:.1f} training steps of {step_s:.3f} s" if step_s else ""
+    logger.info("validation at step %d: %.2f s%s", trainer.global_step, seconds, against)
+
+
+def _train_steps(trainer: _Trainer, validation: dict[str, Any]) -> tuple[float, float]:
     """Optimizer steps from ``trainer.global_step`` to ``settings.steps``: a log row per step (the micro-batches'
-    means over processes), checkpoints every ``checkpointing_steps``, a validation grid every ``validation_steps``.
-    Returns the wall seconds of the steps."""
+    means over processes) and the tracker's scalars, checkpoints every ``checkpointing_steps``, a validation every
+    ``validation_steps`` and at the last step (before that step's checkpoint, which keeps its rows).
+    Returns the wall seconds of the steps (validation and checkpoints left out) and of the mean step."""
     acc, s = trainer.accelerator, trainer.settings
     micro_step = trainer.global_step * s.gradient_accumulation_steps
     sampler = ResumableBatchSampler(len(trainer.dataset), s.batch_size, s.seed, micro_step,
@@ -747,9 +903,11 @@ def _train_steps(trainer: _Trainer) -> float:
     params = [p for p in trainer.unet.parameters() if p.requires_grad]
     progress = tqdm(range(s.steps), initial=trainer.global_step, desc=f"train {s.mode}",
                     disable=not acc.is_local_main_process)
-    t_train = time.perf_counter()
+    images_per_step = s.batch_size * s.gradient_accumulation_steps * acc.num_processes
     sums = {"loss": 0.0, "mse": 0.0, "extra": 0.0, "active_fraction": 0.0}
-    micro = 0
+    terms: dict[str, float] = {}
+    micro, train_s, steps_run = 0, 0.0, 0
+    t_step = time.perf_counter()
     while trainer.global_step < s.steps:
         batch = next(batches)
         positions = sampler.positions(micro_step)  # the batch's places in the global sample stream
@@ -759,8 +917,12 @@ def _train_steps(trainer: _Trainer) -> float:
             _check_finite(acc, losses.total, "loss", trainer.global_step + 1)
             acc.backward(losses.total)
             step_lr = trainer.lr_scheduler.get_last_lr()[0]  # the rate this update uses
-            if acc.sync_gradients and s.max_grad_norm > 0:
-                grad_norm = acc.clip_grad_norm_(params, s.max_grad_norm)
+            if acc.sync_gradients:
+                if s.max_grad_norm > 0:
+                    grad_norm = acc.clip_grad_norm_(params, s.max_grad_norm)  # the norm before clipping
+                else:
+                    grad_norm = torch.linalg.vector_norm(torch.stack(
+                        [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]))
                 _check_finite(acc, torch.as_tensor(grad_norm), "gradient norm", trainer.global_step + 1)
             trainer.optimizer.step()
             trainer.lr_scheduler.step()
@@ -768,6 +930,8 @@ def _train_steps(trainer: _Trainer) -> float:
         for key, value in (("loss", losses.total), ("mse", losses.mse), ("extra", losses.extra),
                            ("active_fraction", losses.active_fraction)):
             sums[key] += float(acc.reduce(value.detach().float().reshape(1), reduction="mean"))
+        for key, value in losses.terms.items():
+            terms[key] = terms.get(key, 0.0) + float(acc.reduce(value.detach().float().reshape(1), reduction="mean"))
         micro += 1
         if not acc.sync_gradients:
             continue
@@ -775,17 +939,34 @@ def _train_steps(trainer: _Trainer) -> float:
         row = {"step": trainer.global_step, **{k: v / micro for k, v in sums.items()},
                "lr": step_lr}
         trainer.log_rows.append(row)
-        sums = dict.fromkeys(sums, 0.0)
+        seconds = time.perf_counter() - t_step
+        train_s, steps_run = train_s + seconds, steps_run + 1
+        if acc.trackers:
+            acc.log(_step_scalars(trainer, row, {k: v / micro for k, v in terms.items()}, float(grad_norm),
+                                  images_per_step / seconds), step=trainer.global_step)
+        sums, terms = dict.fromkeys(sums, 0.0), {}
         micro = 0
         progress.update(1)
         progress.set_postfix(loss=f"{row['loss']:.4g}", extra=f"{row['extra']:.3g}")
+        if acc.is_main_process and _validation_due(s, trainer.global_step):
+            _timed_validation(trainer, validation, train_s / steps_run)
         if s.checkpointing_steps and trainer.global_step % s.checkpointing_steps == 0:
             _save_checkpoint(trainer)
-        if (s.validation_steps and trainer.global_step % s.validation_steps == 0
-                and trainer.global_step < s.steps and acc.is_main_process):
-            _validation_grid(trainer, trainer.out_dir / "validation.png")
+        t_step = time.perf_counter()
     progress.close()
-    return time.perf_counter() - t_train
+    return train_s, train_s / max(steps_run, 1)
+
+
+def _step_scalars(trainer: _Trainer, row: dict[str, float], terms: dict[str, float], grad_norm: float,
+                  images_per_s: float) -> dict[str, float]:
+    """The tracker's scalars of one optimizer step: the loss, its MSE and each loss term (``l_dis/<backbone>``,
+    ``feedback``), the fraction of samples whose hinge is active (hard, feedback), the learning rate, the gradient
+    norm (before clipping) and the images per second of the step."""
+    values = {"train/loss": row["loss"], "train/mse": row["mse"], **{f"train/{k}": v for k, v in terms.items()}}
+    if trainer.judge is not None:
+        values["train/hinge_active"] = row["active_fraction"]
+    values.update({"train/lr": row["lr"], "train/grad_norm": grad_norm, "train/images_per_s": images_per_s})
+    return values
 
 
 def _write_results(trainer: _Trainer, resume: Path | None, probe_final: dict[str, float], timings: dict[str, float],
@@ -794,9 +975,13 @@ def _write_results(trainer: _Trainer, resume: Path | None, probe_final: dict[str
     the run finished), the LoRA weights with their model card; returns the summary."""
     acc, s, out_dir = trainer.accelerator, trainer.settings, trainer.out_dir
     unet = acc.unwrap_model(trainer.unet)
-    t0 = time.perf_counter()
-    _validation_grid(trainer, out_dir / "validation.png")
-    timings["validation_s"] = time.perf_counter() - t0
+    if s.validation_steps:
+        shutil.copyfile(out_dir / VALIDATION_DIR / f"step-{trainer.global_step}.png", out_dir / "validation.png")
+    else:
+        t0 = time.perf_counter()
+        _validation_grid(trainer, out_dir / "validation.png")
+        timings["validation_s"] = time.perf_counter() - t0
+    write_csv(out_dir / "validation.csv", pd.DataFrame(trainer.validation_rows, columns=VALIDATION_COLUMNS))
     write_csv(out_dir / "train_log.csv", pd.DataFrame(trainer.log_rows, columns=LOG_COLUMNS))
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     tail = trainer.log_rows[-min(10, len(trainer.log_rows)):] if trainer.log_rows else []
@@ -813,6 +998,9 @@ def _write_results(trainer: _Trainer, resume: Path | None, probe_final: dict[str
         "timings": timings,
         "final": {k: float(np.mean([r[k] for r in tail])) if tail else None
                   for k in ("loss", "mse", "extra", "active_fraction")},
+        "validation": {"sample_ids": [str(trainer.pairs.iloc[i]["sample_id"]) for i in trainer.validation_indices],
+                       "steps": sorted({int(row["step"]) for row in trainer.validation_rows}),
+                       "every": s.validation_steps},
         "trainable_parameters": int(trainable),
         "num_training_pairs": len(trainer.dataset),
         "num_processes": acc.num_processes,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hardgen.core.io import write_json
+from hardgen.core.tracking import check_tracker
 from hardgen.models.base_model import FAMILIES
 
 MODES = ("plain", "hard", "feedback")
@@ -81,9 +82,13 @@ class TrainSettings:
     checkpointing_steps: int = 0
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
+    #: validate at step 0, every this many steps and at the last (0: the end-of-run grid alone, no metrics)
     validation_steps: int = 0
+    #: training masks of the validation set (seeded, recorded in summary.json)
     validation_samples: int = 4
     validation_inference_steps: int = 20
+    #: the tracker of the curves and validation (hardgen.core.tracking.TRACKERS)
+    report_to: str = "tensorboard"
     seed: int = 0
     num_workers: int = 0
     adapter_name: str = "condition"
@@ -145,6 +150,9 @@ class TrainSettings:
             raise bad("loraplus_lr_ratio", "must be > 0")
         if not 0.0 <= self.empty_prompt_prob <= 1.0:
             raise bad("empty_prompt_prob", "must be in [0, 1]")
+        if self.validation_steps > 0 and self.validation_samples < 2:
+            raise bad("validation_samples", "validation needs at least 2 (the margin shuffles masks between samples)")
+        check_tracker(self.report_to, "TrainSettings.report_to")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise bad("checkpoints_total_limit", "must be >= 1 or null")
         if self.init_lora and not Path(self.init_lora).exists():

@@ -34,9 +34,10 @@ property of a set of images, written on the cue's rows and NaN on the judges' ro
 
 Used by rule ``mask_following`` (``results/tables/mask_following.csv``: per measure, the ``real`` row then one row
 per variant; :func:`mask_following_sentences` says it in words for the report) for any base, tiny or SD1.5 on real
-data, and by the conditioning test of the training path and the pre-training model cards (the cue alone:
-:func:`mask_following_table` without judges, :func:`measure_rows`). The module imports no torch; the judges'
-loading (:func:`load_judge_predictors`) imports it when called.
+data, by the conditioning test of the training path and the pre-training model cards (the cue alone:
+:func:`mask_following_table` without judges, :func:`measure_rows`), and by the LoRA training's validation (the cue's
+margin of a few samples against a reference computed once: :func:`real_reference`, :func:`margin_vs_reference`).
+The module imports no torch; the judges' loading (:func:`load_judge_predictors`) imports it when called.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -477,6 +479,43 @@ def mask_following_table(real: Pairs, variants: Mapping[str, Pairs], seed: int =
         values = {name: _judge_values(predict, *pairs, seed) for name, pairs in sets.items()}
         rows += _measure_rows(f"{JUDGE_PREFIX}{arch}", values, None, seed)
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The real images' cue gap that :func:`margin_vs_reference` divides by, computed once (the table's ``real`` row
+    of the cue measure): ``reason`` says why it is no reference (then every margin is NaN)."""
+
+    measure: str
+    cue: str
+    gap: float
+    reason: str | None
+
+
+def real_reference(real: Pairs, seed: int = 0) -> Reference:
+    """The cue measure's real gap of ``real`` (images, masks) and whether the real images validate it, as
+    :func:`mask_following_table` decides both (its cue choice, pairing and bootstrap)."""
+    images, masks = real
+    _check_pairs(images, masks)
+    cue = "luma" if is_grayscale(images) else "red"
+    own, shuffled, why, paired = _cue_values(images, masks, seed, cue)
+    gap = own - shuffled
+    measure = CUE_MEASURES[cue]
+    reason = f"the real images' gap is undefined: {why}" if why else _invalid_reference(measure, gap, paired, seed)
+    return Reference(measure, cue, gap, reason)
+
+
+def margin_vs_reference(reference: Reference, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                        seed: int = 0) -> tuple[float, str | None]:
+    """``(margin_vs_real, reason)`` of one set of samples against a :func:`real_reference`: the table's
+    ``(own − shuffled) / real gap``, or NaN and why (the reference's reason, or the set's: one image or one mask,
+    every mask empty or full)."""
+    if reference.reason:
+        return math.nan, reference.reason
+    own, shuffled, why, _ = _cue_values(images, masks, seed, reference.cue)
+    if why:
+        return math.nan, why
+    return (own - shuffled) / reference.gap, None
 
 
 def measure_rows(table: pd.DataFrame, measure: str | None = None) -> pd.DataFrame:
