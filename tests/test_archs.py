@@ -191,7 +191,8 @@ def test_lr_decay_scales_the_late_steps(pairs_df: pd.DataFrame, tmp_path: Path) 
               "optimizer": "adamw", "weight_decay": 1e-4}
     one = train_segmenter(pairs_df, spec, tmp_path / "one", SegmentRecipe(iterations=1, **common), seed=0)
     decayed = train_segmenter(pairs_df, spec, tmp_path / "decayed",
-                              SegmentRecipe(iterations=2, lr_decay={"at": 0.5, "factor": 1e-6}, **common), seed=0)
+                              SegmentRecipe(iterations=2, lr_decay={"at": 0.5, "factor": 1e-6}, **common), seed=0,
+                              report_to="tensorboard", run_name="segment/mit/real/0/seed-0")
     constant = train_segmenter(pairs_df, spec, tmp_path / "constant", SegmentRecipe(iterations=2, **common), seed=0)
     assert (decayed["lr_decay_at"], decayed["lr_decay_factor"], constant["lr_decay_at"]) == (0.5, 1e-6, None)
     assert decayed["optimizer"] == "adamw" and decayed["weight_decay"] == 1e-4
@@ -203,6 +204,14 @@ def test_lr_decay_scales_the_late_steps(pairs_df: pd.DataFrame, tmp_path: Path) 
         return float((states[a][key] - states[b][key]).abs().max())
 
     assert moved("decayed", "one") < 1e-5 < moved("constant", "one")
+    # the training curve in the tracker (segment.report_to): each step's loss and learning rate, nothing else
+    from test_train import tensorboard_scalars
+
+    curves = tensorboard_scalars(tmp_path / "decayed" / "tensorboard")
+    assert set(curves) == {"train/loss", "train/lr"}
+    assert [(s, pytest.approx(v)) for s, v in curves["train/lr"]] == [(1, 1e-2), (2, 1e-8)]
+    logged = pd.read_csv(tmp_path / "decayed" / "train_log.csv")["loss"]
+    assert [v for _, v in curves["train/loss"]] == pytest.approx(list(logged), rel=1e-6)
     assert one["maps"] == 1
 
 

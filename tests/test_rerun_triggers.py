@@ -157,3 +157,15 @@ def test_the_full_data_baseline_adds_only_the_anchored_archs_real_only_runs(tmp_
     plain = planned_jobs(snakemake(workdir, "-n", "--cores", "1", *overlay(
         workdir, "all", data={"train_subset": None}, segment={"full_data_baseline": True})).stdout)
     assert plain and not {"full_data_manifest", "train_full_baseline", "evaluate_full_baseline"} & set(plain)
+
+
+def test_a_tracking_key_reruns_only_the_training_that_reads_it(finished_demo):
+    # hard.validation_steps of its own: the hard LoRA alone among the trainings (and what its weights feed)
+    jobs = plan_after(finished_demo, "validation", hard={"validation_steps": 5})
+    assert jobs["train_hard_lora"] == 1
+    assert not {"train_control_lora", "train_feedback_lora", "train_judge", "train_real"} & set(jobs)
+    # train.report_to reaches the stages that inherit it (plain, feedback), never those with their own key
+    jobs = plan_after(finished_demo, "tracker", train={"report_to": "none"}, hard={"report_to": "tensorboard"},
+                      segment={"report_to": "tensorboard"})
+    assert jobs["train_control_lora"] == jobs["train_feedback_lora"] == 1
+    assert not {"train_judge", "train_real", "prototype"} & set(jobs)

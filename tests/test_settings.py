@@ -107,13 +107,20 @@ def test_settings_hold_the_validated_config_in_its_order(config):
 def test_the_training_jobs_read_every_train_and_hard_key(config):
     settings = st.Settings.from_config(config)
     train = list(SCHEMA["properties"]["train"]["properties"])
+    # the stage's tracker and validation cadence reach each job resolved (its own key or train's: tracking), never raw
+    tracked = {"report_to", "validation_steps"}
     # the plain training reads every train.* key; a fine-tuning every one but train.steps (its own section's steps)
-    assert sorted(settings.train.params("plain")) == sorted(train)
-    assert sorted(settings.train.params("finetune")) == sorted(set(train) - {"steps"})
-    assert sorted(settings.hard.params("hard")) == sorted(SCHEMA["properties"]["hard"]["properties"])
+    assert sorted(settings.train.params("plain")) == sorted(set(train) - tracked)
+    assert sorted(settings.train.params("finetune")) == sorted(set(train) - {"steps"} - tracked)
+    assert sorted(settings.hard.params("hard")) == sorted(set(SCHEMA["properties"]["hard"]["properties"]) - tracked)
     # the judge's segmenter and seed are the feedback job's input, not params
     assert sorted(settings.feedback.params("feedback")) == sorted(
-        set(SCHEMA["properties"]["feedback"]["properties"]) - {"segmenter", "judge_seed"})
+        set(SCHEMA["properties"]["feedback"]["properties"]) - {"segmenter", "judge_seed"} - tracked)
+    assert settings.tracking("plain") == {"report_to": "tensorboard", "validation_steps": config["train"][
+        "validation_steps"]}
+    own = st.Settings.from_config({**config, "hard": {**config["hard"], "report_to": "none", "validation_steps": 7}})
+    assert own.tracking("hard") == {"report_to": "none", "validation_steps": 7}
+    assert own.tracking("feedback") == own.tracking("plain") and own.report_to("segment") == "tensorboard"
     assert list(settings.model.params("generator")) == ["family", "vae", "resolution", "prompt"]
     assert list(settings.lora.params("adapters")) == ["preset", "rank", "conv_in_rank", "init", "condition_latent"]
 

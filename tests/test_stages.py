@@ -27,8 +27,8 @@ def job_for(config, mode, *, loss_backbones=None):
     """The LoraJob of a training rule, from the params workflow/rules/train.smk gives it."""
     s = Settings.from_config(config)
     params = dict(base="b", model=s.model.params("generator"), lora=s.lora.params("adapters"),
-                  train=s.train.params("plain" if mode == "plain" else "finetune"), seed=s.seed,
-                  condition_type=s.condition.type)
+                  train=s.train.params("plain" if mode == "plain" else "finetune"), tracking=s.tracking(mode),
+                  seed=s.seed, condition_type=s.condition.type)
     if mode == "hard":
         keys = s.hard.loss_backbones if loss_backbones is None else loss_backbones
         params.update(hard=s.hard.params("hard"), backbones={k: s.backbones[k].params("hard") for k in keys})
@@ -201,7 +201,7 @@ def test_condition_latent_reaches_every_lora_training_and_paper_yaml_samples(dem
 
 
 def test_a_job_reads_exactly_its_rule_params(demo):
-    params = dict(model={}, lora={}, train={}, seed=0, condition_type="mask")
+    params = dict(model={}, lora={}, train={}, tracking={}, seed=0, condition_type="mask")
     with pytest.raises(ValueError, match="model: job 'generator' params hold"):
         stages.LoraJob.from_params("plain", params)
     with pytest.raises(ValueError, match="unknown training mode 'soft'"):

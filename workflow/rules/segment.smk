@@ -29,6 +29,8 @@ rule train_segmenter:
         runs=lambda wildcards: [(wildcards.arch, wildcards.policy, wildcards.ratio)],
         filter_judges=run_filter_judges,
         judge=False,
+        # segment.report_to (null: train.report_to): the training curve's tracker
+        report_to=SETTINGS.report_to("segment"),
         testsets=TESTSETS,
         protocol=PROTOCOL,
     threads: 1
@@ -60,6 +62,7 @@ rule train_judge:
         runs=lambda wildcards: [(wildcards.arch, "real", "0")],
         filter_judges={},
         judge=True,
+        report_to=SETTINGS.report_to("segment"),
     threads: 1
     resources:
         mem_mb=8000,
@@ -111,6 +114,7 @@ if BATCH_RUNS:
             runs=ratio_runs,
             filter_judges=lambda wildcards: filter_judges(ARCHS, n_real(wildcards)),
             judge=False,
+            report_to=SETTINGS.report_to("segment"),
             testsets=TESTSETS,
             protocol=PROTOCOL,
         threads: 1
@@ -142,6 +146,7 @@ if BATCH_RUNS:
             runs=REAL_RUNS,
             filter_judges={},
             judge=False,
+            report_to=SETTINGS.report_to("segment"),
             testsets=TESTSETS,
             protocol=PROTOCOL,
         threads: 1
@@ -286,6 +291,7 @@ if FULL_BASELINE:
             runs=lambda wildcards: [(wildcards.arch, "real", "0")],
             filter_judges={},
             judge=False,
+            report_to=SETTINGS.report_to("segment"),
             testsets=TESTSETS,
             protocol=PROTOCOL,
         threads: 1

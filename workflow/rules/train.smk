@@ -17,6 +17,7 @@ rule train_control_lora:
             subcategory="plain",
             caption="../report/validation.rst",
         ),
+        validation_metrics=L("validation_metrics", variant="plain"),
     log:
         LOG("train_control_lora.log"),
     benchmark:
@@ -28,6 +29,8 @@ rule train_control_lora:
         model=MODEL,
         lora=LORA,
         train=PLAIN_TRAIN,
+        # train.report_to and train.validation_steps (hardgen.config.settings.Settings.tracking)
+        tracking=SETTINGS.tracking("plain"),
         seed=SETTINGS.seed,
         condition_type=SETTINGS.condition.type,
     # one thread like every job: a 2-thread job on 2 cores waits until both are free at once, which a stream of
@@ -60,6 +63,7 @@ rule train_hard_lora:
             subcategory="hard",
             caption="../report/validation.rst",
         ),
+        validation_metrics=L("validation_metrics", variant="hard"),
     log:
         LOG("train_hard_lora.log"),
     benchmark:
@@ -73,6 +77,8 @@ rule train_hard_lora:
         lora=LORA,
         train=FINETUNE_TRAIN,
         hard=SETTINGS.hard.params("hard"),
+        # hard.report_to / validation_steps, or train's where null: only a change of what it uses reruns it
+        tracking=SETTINGS.tracking("hard"),
         # only the in-loss backbones reach the generator
         backbones=backbone_specs(LOSS_BACKBONES, "hard"),
         seed=SETTINGS.seed,
@@ -104,6 +110,7 @@ rule train_feedback_lora:
             subcategory="feedback",
             caption="../report/validation.rst",
         ),
+        validation_metrics=L("validation_metrics", variant="feedback"),
     log:
         LOG("train_feedback_lora.log"),
     benchmark:
@@ -117,6 +124,7 @@ rule train_feedback_lora:
         lora=LORA,
         train=FINETUNE_TRAIN,
         feedback=SETTINGS.feedback.params("feedback"),
+        tracking=SETTINGS.tracking("feedback"),
         crop_pad=SETTINGS.hard.crop_pad,
         segmenter=arch_spec(JUDGE),
         segment_size=SETTINGS.segment.size,

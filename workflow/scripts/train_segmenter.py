@@ -28,7 +28,7 @@ with stage_logging(snakemake.log[0]) as log, claim_gpus(snakemake.resources.get(
     # no test maps, so no testsets or protocol
     job = RunJob(snakemake.input.manifest, snakemake.params.segment, device,
                  testsets=snakemake.params.get("testsets", ()), protocol=snakemake.params.get("protocol"),
-                 filter_judge_cache={})
+                 filter_judge_cache={}, report_to=snakemake.params.report_to)
     if not len(runs) == len(models) == len(run_records) == len(maps):
         raise ValueError(f"{len(runs)} runs for {len(models)} models, {len(run_records)} records, {len(maps)} map "
                          "folders")

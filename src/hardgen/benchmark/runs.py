@@ -93,6 +93,8 @@ class RunJob:
     testsets: Sequence[str] = ()
     protocol: str | None = None
     filter_judge_cache: dict[tuple[str, str], Any] | None = None
+    #: the tracker of each run's training curve (``segment.report_to``, null: ``train.report_to``)
+    report_to: str = "none"
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,10 @@ def train_run(job: RunJob, run: SegmenterRun, paths: RunPaths) -> dict[str, Any]
     if run.filter_judge:
         ignore_masks = pixel_filter_ignore_masks(spec, recipe, job.segment["pixel_filter"], pairs, arch,
                                                  run.filter_judge, device, job.filter_judge_cache)
+    name = f"judge/{arch}/seed-{seed}" if run.feedback_judge else f"segment/{arch}/{run.policy}/{run.ratio}/seed-{seed}"
     summary = train_segmenter(pairs, spec, Path(paths.model).parent, recipe,
                               seed=JUDGE_SEED_OFFSET + seed if run.feedback_judge else seed, device=device,
-                              config_key=arch, ignore_masks=ignore_masks)
+                              config_key=arch, ignore_masks=ignore_masks, report_to=job.report_to, run_name=name)
     record = write_run_record(paths.run, arch, run.policy, seed, summary, ratio=run.ratio)
     if paths.predictions:
         if job.protocol is None:

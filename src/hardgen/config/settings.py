@@ -24,6 +24,10 @@ params are compared by their repr: Snakemake's params rerun trigger). A whole ma
 * ``segmenter``: ``segment.archs.<key>`` as a job reads it: without ``published`` (the report's anchors name).
 * ``run`` / ``filtered_run``: ``segment.*`` keys of one segmenter run (size, augment and the recipe keys an arch may
   override); ``filtered_run`` also ``pixel_filter``, read only with a filter judge.
+
+A stage key that inherits train's when null (``hard.validation_steps``, ``feedback.report_to``, ``segment.report_to``)
+reaches its job resolved (:meth:`Settings.tracking`, :meth:`Settings.report_to`), never as the two raw keys, so
+setting it reruns that stage alone and a change of train's reruns only the stages that inherit it.
 """
 
 from __future__ import annotations
@@ -299,7 +303,10 @@ class TrainConfig(Section):
     prediction_type: str | None = setting(default=None, read_by=_TRAIN)
     checkpointing_steps: int = setting(default=500, read_by=_TRAIN)
     checkpoints_total_limit: int | None = setting(default=None, read_by=_TRAIN)
-    validation_steps: int = setting(default=0, read_by=_TRAIN)
+    # the stage's tracking keys reach each training job resolved (Settings.validation_steps / report_to): not copied
+    validation_steps: int = setting(default=0)
+    validation_samples: int = setting(default=4, read_by=_TRAIN)
+    report_to: str = setting(default="tensorboard")
     num_workers: int = setting(default=0, read_by=_TRAIN)
     # a gradient accumulation once the job's GPUs are known (hardgen.generator.stages), not copied
     images_per_step: int | None = setting(default=None, read_by=("plain", "finetune"))
@@ -318,6 +325,9 @@ class HardConfig(Section):
     margin_factor: float = setting(read_by=("hard",))
     crop_pad: int = setting(default=10, read_by=("hard",))
     calibration_samples: int = setting(default=64, read_by=("hard",))
+    # null = train's: resolved for the job (Settings.validation_steps / report_to), never a param of their own
+    validation_steps: int | None = setting(default=None)
+    report_to: str | None = setting(default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,6 +341,8 @@ class FeedbackConfig(Section):
     margin_factor: float = setting(read_by=("feedback",))
     loss: str = setting(default="hinge", read_by=("feedback",))
     calibration_samples: int = setting(default=64, read_by=("feedback",))
+    validation_steps: int | None = setting(default=None)
+    report_to: str | None = setting(default=None)
     init: str = setting(default="plain", read_by=("feedback",))
     seg_loss: str = setting(default="structure", read_by=("feedback",))
     judge_input: str = setting(default="segment_size", read_by=("feedback",))
@@ -476,6 +488,8 @@ class SegmentConfig(Section):
     pixel_filter: float | None = setting(default=None, read_by=("filtered_run",))
     seeds: list[int] = setting()
     batch_runs: bool = setting(default=False)
+    # null = train.report_to: resolved for the job (Settings.report_to)
+    report_to: str | None = setting(default=None)
     # the anchored archs' real-only runs on every training image (rules train_full_baseline, evaluate_full_baseline)
     full_data_baseline: bool = setting(default=False)
     synthetic_ratios: list[float] = setting(factory=lambda: [1.0])
@@ -529,3 +543,25 @@ class Settings(Section):
     filter: FilterConfig = setting(section=FilterConfig)
     segment: SegmentConfig = setting(section=SegmentConfig)
     report: ReportConfig = setting(factory=ReportConfig, section=ReportConfig)
+
+    def validation_steps(self, stage: str) -> int:
+        """The validation cadence of a LoRA training stage (plain, hard, feedback): its own key, or
+        ``train.validation_steps`` where that is null."""
+        own = {"plain": None, "hard": self.hard.validation_steps, "feedback": self.feedback.validation_steps}
+        if stage not in own:
+            raise ConfigKeyError(f"validation_steps: no LoRA training stage {stage!r} (plain, hard, feedback)")
+        return self.train.validation_steps if own[stage] is None else own[stage]
+
+    def report_to(self, stage: str) -> str:
+        """The tracker of a training stage (plain, hard, feedback, segment): its own key, or ``train.report_to`` where
+        that is null."""
+        own = {"plain": None, "hard": self.hard.report_to, "feedback": self.feedback.report_to,
+               "segment": self.segment.report_to}
+        if stage not in own:
+            raise ConfigKeyError(f"report_to: no training stage {stage!r} (plain, hard, feedback, segment)")
+        return self.train.report_to if own[stage] is None else own[stage]
+
+    def tracking(self, stage: str) -> dict[str, Any]:
+        """What a LoRA training job of ``stage`` tracks (its rule's ``tracking`` param): the resolved ``report_to`` and
+        ``validation_steps``, so a stage's own key, or train's that it inherits, reruns that stage alone."""
+        return {"report_to": self.report_to(stage), "validation_steps": self.validation_steps(stage)}

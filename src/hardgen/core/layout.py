@@ -59,6 +59,9 @@ PATTERNS: dict[str, str] = {
     "lora": "results/lora/{variant}/pytorch_lora_weights.safetensors",
     "train_log": "results/lora/{variant}/train_log.csv",
     "validation": "results/lora/{variant}/validation.png",
+    # the validation metrics (stage, step, metric, value; rows with train.validation_steps > 0); the grids of each
+    # validation step beside it (validation/step-<N>.png) and the tracker's files (tensorboard/) are not outputs
+    "validation_metrics": "results/lora/{variant}/validation.csv",
     "plan": "results/generated/plan.csv",
     "shard": "results/generated/{variant}/shard-{shard}.csv",
     "shard_dir": "results/generated/{variant}/shard-{shard}",

@@ -48,10 +48,11 @@ def tracker_init(name: str, run_name: str, out_dir: str | Path, first_step: int 
     raise ValueError(f"tracker_init: no tracker for {name!r}")
 
 
-def open_tracker(name: str, run_name: str, out_dir: str | Path, config: dict[str, Any] | None = None) -> Any:
+def open_tracker(name: str, run_name: str, out_dir: str | Path, config: dict[str, Any] | None = None,
+                 key: str = "report_to") -> Any:
     """A started accelerate tracker (``accelerate.tracking``) for a loop without an Accelerator, or None for ``none``;
-    ``config`` goes to wandb / mlflow as the run's parameters."""
-    check_tracker(name, "report_to")
+    ``config`` goes to wandb / mlflow as the run's parameters; ``key`` names the setting in errors."""
+    check_tracker(name, key)
     if name == "none":
         return None
     from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker

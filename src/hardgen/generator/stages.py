@@ -30,7 +30,7 @@ log = logging.getLogger("hardgen.generator.stages")
 #: TrainSettings fields that may change without invalidating checkpoints (they do not affect the weights).
 _RESUME_NEUTRAL = (
     "resume_from_checkpoint", "validation_steps", "validation_samples", "validation_inference_steps",
-    "num_workers", "checkpoints_total_limit",
+    "num_workers", "checkpoints_total_limit", "report_to",
 )
 
 
@@ -61,6 +61,9 @@ class LoraJob:
     train: TrainConfig
     seed: int
     condition_type: str | None
+    #: the stage's tracker and validation cadence, resolved (its own key or train's: Settings.tracking)
+    report_to: str
+    validation_steps: int
     #: hard: the hard section; feedback: the feedback section; plain: None
     finetune: HardConfig | FeedbackConfig | None = None
     #: hard: the in-loss ``backbones.<key>`` entries
@@ -85,6 +88,8 @@ class LoraJob:
             train=TrainConfig.from_params("plain" if mode == "plain" else "finetune", params["train"]),
             seed=params["seed"],
             condition_type=params["condition_type"],
+            report_to=params["tracking"]["report_to"],
+            validation_steps=params["tracking"]["validation_steps"],
         )
         if mode == "hard":
             hard = HardConfig.from_params("hard", params["hard"])
@@ -106,8 +111,11 @@ def train_settings(job: LoraJob, files: TrainFiles, num_gpus: int = 1):
     GPUs) turns ``images_per_step`` into gradient accumulation steps, so a run sees the same images per optimiser
     step on any GPU count.
     """
+    from hardgen.core.tracking import check_tracker
     from hardgen.generator.train_settings import TrainSettings
 
+    check_tracker(job.report_to, "train.report_to" if job.mode == "plain" else
+                  f"{job.mode}.report_to (null: train.report_to)")
     model, lora, train, finetune = job.model, job.lora, job.train, job.finetune
     values: dict[str, Any] = dict(
         base=files.base,
@@ -129,6 +137,8 @@ def train_settings(job: LoraJob, files: TrainFiles, num_gpus: int = 1):
         seed=job.seed,
         resume_from_checkpoint="latest",
         crop_pad=job.crop_pad,
+        report_to=job.report_to,
+        validation_steps=job.validation_steps,
         # a fine-tuning run's length is its own section's (hard / feedback.steps): it never reads train.steps
         steps=train.steps if finetune is None else finetune.steps,
         **train.params("copied"),

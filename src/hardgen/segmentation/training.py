@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hardgen.core.io import write_csv
+from hardgen.core.tracking import open_tracker
 from hardgen.core.weights import save_state_dict
 from hardgen.models.archs import map_count, output_maps
 from hardgen.segmentation.build import SegmenterSpec, build_segmenter
@@ -59,6 +60,8 @@ def train_segmenter(
     num_workers: int = 0,
     config_key: str | None = None,
     ignore_masks: Sequence[np.ndarray | None] | None = None,
+    report_to: str = "none",
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Train a segmenter on ``pairs_df`` (columns image, mask [+ sample_id, variant]) the PraNet way.
 
@@ -90,6 +93,10 @@ def train_segmenter(
     loss; the maps follow each pair's augmentation and multi-scale resizing (nearest). Real rows must have None (real
     pixels are never filtered). The summary's ``ignored_pixel_fraction`` is the fraction of all synthetic pixels (at
     ``size``, before augmentation) that the maps ignore; None without maps.
+
+    ``report_to`` (``segment.report_to``; :mod:`hardgen.core.tracking`) sends the training curve, the loss and learning
+    rate of every optimiser step, to a tracker as ``run_name`` (tensorboard: ``out_dir/tensorboard``). Training
+    loss only: no test set is ever evaluated during training.
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -109,7 +116,15 @@ def train_segmenter(
              recipe.resize)
 
     start = time.perf_counter()
-    train_log = _optimise(model, optim, loader, recipe, device, filtered=ignore_masks is not None, out_dir=out_dir)
+    tracker = open_tracker(report_to, run_name or str(out_dir), out_dir,
+                           config={"arch": spec.arch, "encoder": spec.encoder, "seed": int(seed), **recipe.record()},
+                           key="segment.report_to")
+    try:
+        train_log = _optimise(model, optim, loader, recipe, device, filtered=ignore_masks is not None,
+                              out_dir=out_dir, tracker=tracker)
+    finally:
+        if tracker is not None:
+            tracker.finish()
     seconds = time.perf_counter() - start
     _save_run(out_dir, model, train_log, spec, recipe, seed, counts, ignored_fraction)
     last = min(recipe.iterations, math.ceil(len(dataset) / recipe.batch_size))
@@ -148,9 +163,10 @@ def _training_set(pairs_df: pd.DataFrame, recipe: SegmentRecipe, ignore_masks: S
 
 
 def _optimise(model: nn.Module, optim: torch.optim.Optimizer, loader: DataLoader, recipe: SegmentRecipe,
-              device: torch.device, filtered: bool, out_dir: Path) -> pd.DataFrame:
+              device: torch.device, filtered: bool, out_dir: Path, tracker: Any = None) -> pd.DataFrame:
     """The training loop: every batch of ``loader`` at every scale of ``recipe.multi_scale``, one optimiser step
-    each, with the recipe's step decay and gradient clipping; the train log (:data:`TRAIN_LOG_COLUMNS`).
+    each, with the recipe's step decay and gradient clipping; the train log (:data:`TRAIN_LOG_COLUMNS`), each step's
+    loss and learning rate also to ``tracker`` (an accelerate tracker, or None).
 
     ``filtered``: the batches carry ignore maps (:class:`hardgen.segmentation.datasets.FilteredSegmentationPairs`).
     Raises RuntimeError on a non-finite loss (naming the step and ``out_dir``) or a stream of the wrong length.
@@ -183,6 +199,8 @@ def _optimise(model: nn.Module, optim: torch.optim.Optimizer, loader: DataLoader
                 nn.utils.clip_grad_value_(model.parameters(), recipe.grad_clip)
             optim.step()
             rows.append({"iteration": iteration, "step": step, "scale": float(scale), "loss": float(loss.item())})
+            if tracker is not None:
+                tracker.log({"train/loss": rows[-1]["loss"], "train/lr": float(optim.param_groups[0]["lr"])}, step=step)
             progress.set_postfix(loss=f"{loss.item():.4f}")
     if step != recipe.iterations * len(recipe.multi_scale):  # the stream is exactly iterations full batches
         raise RuntimeError(f"segmenter training ran {step} steps, "
