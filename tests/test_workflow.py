@@ -217,6 +217,15 @@ def test_quick_run_runs_every_rule_and_writes_every_artifact(quick_run):
         lora = workdir / "results" / "lora" / variant
         assert (lora / "validation.png").stat().st_size > 500
         assert len(pd.read_csv(lora / "train_log.csv")) == (4 if variant == "plain" else 2)
+        assert list((lora / "tensorboard").glob("events.out.tfevents.*"))  # train.report_to: tensorboard
+    # validation (the demo's cadence, inherited): at step 0 and each stage's last step, merged by the report
+    validation = pd.read_csv(tables / "validation.csv")
+    assert list(validation.columns) == ["stage", "step", "metric", "value"]
+    assert validation.groupby("stage")["step"].apply(lambda s: sorted(set(s))).to_dict() == {
+        "plain": [0, 4], "hard": [0, 2], "feedback": [0, 2]}
+    assert {"mask_following_margin", "prototype_distance/cnn", "judge_loss"} <= set(validation["metric"])
+    assert (workdir / "results" / "plots" / "validation_grids.png").is_file()
+    assert list((workdir / "results" / "segment" / "cnn" / "real").rglob("events.out.tfevents.*"))
     # mask following: the cue's rows and the judge's, per variant; an undefined row says why (the quick judge trains
     # for 2 iterations and may not have learned the masks)
     following = pd.read_csv(tables / "mask_following.csv")
@@ -658,8 +667,9 @@ def test_html_report_captions_every_table_and_plot(quick_run):
     captions = {path: entry["caption"] for path, entry in results.items()}
     tables = {f"results/tables/{name}" for name in ("benchmark.csv", "benchmark.md", "runs.csv", "hardness.csv",
                                                      "hardness_transfer.csv", "fidelity.csv", "reproduction.csv",
-                                                     "contrasts.csv")}
-    plots = {f"results/plots/{name}.png" for name in ("grid", "histograms", "benchmark", "training_loss", "ratio")}
+                                                     "contrasts.csv", "validation.csv")}
+    plots = {f"results/plots/{name}.png" for name in ("grid", "histograms", "benchmark", "training_loss", "ratio",
+                                                      "validation_curves", "validation_grids")}
     grids = {f"results/lora/{variant}/validation.png" for variant in ("plain", "hard", "feedback")}
     assert tables | plots | grids <= set(captions)
     empty = [path for path, caption in captions.items() if len(caption) < 150]

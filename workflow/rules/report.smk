@@ -24,6 +24,8 @@ rule report:
         sample_losses=sample_loss_tables(),
         generated=expand_n(L("generated"), variant=VARIANTS),
         train_logs=expand_n(L("train_log"), variant=LORAS),
+        # each LoRA's validation during training (its grids beside it): validation.csv and its plots
+        validation=expand_n(L("validation_metrics"), variant=LORAS),
         # do the samples follow their masks (and by which measure): sentences in benchmark.md
         mask_following=L("table", table="mask_following.csv"),
     output:
@@ -45,6 +47,9 @@ rule report:
             L("table", table="transfer_matrix.csv"), category="Hardness", caption="../report/transfer_matrix.rst"
         ),
         fidelity=report(L("table", table="fidelity.csv"), category="Hardness", caption="../report/fidelity.rst"),
+        validation=report(
+            L("table", table="validation.csv"), category="Generators", caption="../report/validation_metrics.rst"
+        ),
         # every job but the report has finished when it runs, so its benchmark file is there
         timings=report(L("table", table="timings.csv"), category="Timings", caption="../report/timings.rst"),
         variant_cost=report(

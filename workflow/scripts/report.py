@@ -49,6 +49,7 @@ with stage_logging(snakemake.log[0]) as log:
         mask_following_csv=inp.mask_following,
         full_data_evals=full_evals,
         full_data_records=full_records,
+        validation_csvs=dict(zip(snakemake.params.loras, inp.validation, strict=True)),
     )
     options = ReportOptions(
         loss_backbones=list(snakemake.params.loss_backbones),

@@ -306,6 +306,7 @@ class TrainConfig(Section):
     # the stage's tracking keys reach each training job resolved (Settings.validation_steps / report_to): not copied
     validation_steps: int = setting(default=0)
     validation_samples: int = setting(default=4, read_by=_TRAIN)
+    validation_inference_steps: int = setting(default=20, read_by=_TRAIN)
     report_to: str = setting(default="tensorboard")
     num_workers: int = setting(default=0, read_by=_TRAIN)
     # a gradient accumulation once the job's GPUs are known (hardgen.generator.stages), not copied

@@ -63,7 +63,8 @@ class ReportInputs:
     published anchors (config ``report.anchors``); ``mask_following_csv``: ``mask_following.csv``;
     ``full_data_evals`` / ``full_data_records``: ``segment.full_data_baseline``'s real-only runs on every training
     image (evaluation CSVs keyed like ``eval_csvs``, and their ``run.json`` records): the reproduction table's baseline
-    of their archs, never a benchmark run.
+    of their archs, never a benchmark run; ``validation_csvs``: each LoRA's ``validation.csv`` (``{variant: path}``,
+    its validation grids beside it: :mod:`hardgen.report.validation`).
     """
 
     eval_csvs: Mapping[EvalKey, str | Path]
@@ -82,6 +83,7 @@ class ReportInputs:
     mask_following_csv: str | Path | pd.DataFrame | None = None
     full_data_evals: Mapping[EvalKey, str | Path] = field(default_factory=dict)
     full_data_records: Sequence[str | Path | Mapping[str, object]] = ()
+    validation_csvs: Mapping[str, str | Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,9 @@ def write_report(settings: ReportSettings) -> dict[str, Path]:
     Plots (``settings.plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``, ``ratio.png``
     (:mod:`hardgen.report.plots`), ``training_loss.png`` with training logs; the transfer study and the sample views
     (:mod:`hardgen.report.transfer`, :mod:`hardgen.report.gallery`): ``transfer_matrix.csv`` / ``.png``,
-    ``hardest.png`` and, with feature files, ``features.png``.
+    ``hardest.png`` and, with feature files, ``features.png``. With validation tables, ``validation.csv`` (every
+    LoRA's, merged: stage, step, metric, value) and, when they have rows, ``validation_curves.png`` and
+    ``validation_grids.png`` (:mod:`hardgen.report.validation`).
     """
     inputs, options = settings.inputs, settings.options
     tables_dir, plots_dir = Path(settings.tables_dir), Path(settings.plots_dir)
@@ -225,7 +229,28 @@ def write_report(settings: ReportSettings) -> dict[str, Path]:
                         notes=[*notes, *following_notes], mask_following=following)))
     transfer.plot_transfer_matrix(matrix, written["transfer_matrix_png"])
     written.update(_write_plots(settings, generated, scores, long))
+    written.update(_write_validation(inputs.validation_csvs, tables_dir, plots_dir))
     log.info("report written: %s", ", ".join(str(p) for p in written.values()))
+    return written
+
+
+def _write_validation(validation_csvs: Mapping[str, str | Path], tables_dir: Path,
+                      plots_dir: Path) -> dict[str, Path]:
+    """The LoRAs' validation merged into ``validation.csv`` and, when it has rows, its curves and first / last grids;
+    nothing without validation tables."""
+    if not validation_csvs:
+        return {}
+    from hardgen.report import validation
+
+    csvs = keyed_paths(validation_csvs, "validation tables")
+    table = validation.merge_validation(csvs)
+    written = {"validation_csv": tables_dir / "validation.csv"}
+    write_csv(written["validation_csv"], table)
+    if not table.empty:
+        written["validation_curves_png"] = plots_dir / "validation_curves.png"
+        validation.plot_validation_curves(table, written["validation_curves_png"])
+        written["validation_grids_png"] = plots_dir / "validation_grids.png"
+        validation.plot_validation_grids(table, csvs, written["validation_grids_png"])
     return written
 
 
