@@ -92,18 +92,6 @@ def test_generation_knob_of_one_variant_regenerates_only_it(finished_demo):
     assert not {"train_control_lora", "train_hard_lora", "train_feedback_lora", "allocate", "train_judge"} & set(jobs)
 
 
-def test_min_fidelity_retrains_only_the_faithful_runs_unbatched(tmp_path):
-    # the overlay's job shape: one job per subset and per run
-    workdir = copy_workflow(tmp_path / "wf")
-    touched_run(workdir, overlay(workdir, "unbatched", segment={"batch_runs": False}))
-    segment = DEMO["segment"]
-    runs = len(segment["synthetic_ratios"]) * len(segment["seeds"])
-    jobs = plan_after(workdir, "fidelity", segment={"batch_runs": False},
-                      filter={"min_fidelity": DEMO["filter"]["min_fidelity"] + 0.1})
-    archs = len(segment["archs"])
-    assert jobs == {"filter": runs, "train_segmenter": runs * archs, "evaluate": runs * archs, "report": 1, "all": 1}
-
-
 def test_a_loss_margin_retrains_the_hard_lora_and_rescores_nothing_else(finished_demo):
     # backbones.<k>.margin belongs to the hardness loss: the prototypes, the other variants' scores and the
     # mined judge never read it
@@ -136,26 +124,50 @@ def test_the_judge_input_retrains_only_the_feedback_lora(finished_demo):
                 "make_conditions"} & set(jobs)
 
 
-def test_the_full_data_baseline_adds_only_the_anchored_archs_real_only_runs(tmp_path):
+#: The second touched demo: the overlay's job shape (one job per subset and per run) on a data.train_subset run, so
+#: that min_fidelity's per-run rules and the full-data baseline (which needs a subset) share one finished DAG.
+SUBSET_UNBATCHED = {"data": {"train_subset": DEMO["data"]["demo"]["n_train"] // 2}, "segment": {"batch_runs": False}}
+
+
+def subset_unbatched(**sections) -> dict[str, dict]:
+    """:data:`SUBSET_UNBATCHED` with ``sections`` merged into its sections."""
+    return {name: {**SUBSET_UNBATCHED.get(name, {}), **sections.get(name, {})}
+            for name in {*SUBSET_UNBATCHED, *sections}}
+
+
+@pytest.fixture(scope="module")
+def finished_subset_unbatched(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("touched-subset"))
+    touched_run(workdir, overlay(workdir, "subset-unbatched", **SUBSET_UNBATCHED))
+    return workdir
+
+
+def test_min_fidelity_retrains_only_the_faithful_runs_unbatched(finished_subset_unbatched):
+    segment = DEMO["segment"]
+    runs = len(segment["synthetic_ratios"]) * len(segment["seeds"])
+    jobs = plan_after(finished_subset_unbatched, "fidelity",
+                      **subset_unbatched(filter={"min_fidelity": DEMO["filter"]["min_fidelity"] + 0.1}))
+    archs = len(segment["archs"])
+    assert jobs == {"filter": runs, "train_segmenter": runs * archs, "evaluate": runs * archs, "report": 1, "all": 1}
+
+
+def test_the_full_data_baseline_adds_only_the_anchored_archs_real_only_runs(finished_subset_unbatched):
     # segment.full_data_baseline on a data.train_subset run: the full manifest, one real-only run and its evaluation per
     # arch with a published anchor and seed, and the report (its reproduction table); nothing upstream, no benchmark run
-    workdir = copy_workflow(tmp_path / "wf")
-    data = {"train_subset": DEMO["data"]["demo"]["n_train"] // 2}
-    touched_run(workdir, overlay(workdir, "subset", data=data))
+    workdir = finished_subset_unbatched
     segment = DEMO["segment"]
     anchored = [key for key, spec in segment["archs"].items() if spec.get("published")]
     runs = len(anchored) * len(segment["seeds"])
     assert runs
-    jobs = plan_after(workdir, "full", data=data, segment={"full_data_baseline": True})
-    assert jobs == {"full_data_manifest": 1, "train_full_baseline": runs, "evaluate_full_baseline": runs,
-                    "report": 1, "all": 1}
-    plan = snakemake(workdir, "-n", "--cores", "1", *overlay(workdir, "full", data=data,
-                                                             segment={"full_data_baseline": True})).stdout
+    result = snakemake(workdir, "-n", "--cores", "1",
+                       *overlay(workdir, "full", **subset_unbatched(segment={"full_data_baseline": True})))
+    assert planned_jobs(result.stdout + result.stderr) == {"full_data_manifest": 1, "train_full_baseline": runs,
+                                                           "evaluate_full_baseline": runs, "report": 1, "all": 1}
     for arch in anchored:
-        assert f"results/segment-full/{arch}/seed-{segment['seeds'][0]}/run.json" in plan
+        assert f"results/segment-full/{arch}/seed-{segment['seeds'][0]}/run.json" in result.stdout
     # without a subset every run already trains on every image: the key adds no job
     plain = planned_jobs(snakemake(workdir, "-n", "--cores", "1", *overlay(
-        workdir, "all", data={"train_subset": None}, segment={"full_data_baseline": True})).stdout)
+        workdir, "all", **subset_unbatched(data={"train_subset": None}, segment={"full_data_baseline": True}))).stdout)
     assert plain and not {"full_data_manifest", "train_full_baseline", "evaluate_full_baseline"} & set(plain)
 
 
