@@ -34,8 +34,10 @@ def test_demo_and_real_overlay_validate(demo, repo_root):
     validate_config(real)
     assert real["model"]["resolution"] == 512 and real["lora"]["rank"] == 128
     assert real["segment"]["archs"]["cnn"]["encoder"] == "tu-res2net50_26w_4s"
-    # the overlay keeps demo keys it does not mention
-    assert real["generation"]["variants"] == demo["generation"]["variants"]
+    # the overlay keeps demo keys it does not mention (its variants are its own: no inpainting one, which would need
+    # data.background_frames for the demo's placement frames)
+    assert real["generation"]["inpaint"] == demo["generation"]["inpaint"]
+    assert not {"inpaint", "hard_inpaint"} & set(real["generation"]["variants"])
 
 
 @pytest.mark.parametrize(
@@ -180,6 +182,7 @@ def test_schema_defaults_fill_the_config_in_one_place(repo_root):
 def test_real_data_without_weights_is_refused_unless_allowed(demo):
     real_data = copy.deepcopy(demo)
     real_data["data"]["root"] = "/data/polyp"
+    real_data["data"]["background_frames"] = "/data/polyp-normal"  # the demo's placement frames (test below)
     message = errors_for(real_data)
     for key in ("backbones.cnn", "backbones.vit", "backbones.heldout", "segment.archs.cnn",
                 "segment.archs.transformer"):
@@ -190,6 +193,17 @@ def test_real_data_without_weights_is_refused_unless_allowed(demo):
     real_data["allow_random_weights"] = True
     validate_config(real_data)
     validate_config(copy.deepcopy(demo))  # the demo (data.root: null) needs no flag
+
+
+def test_inpainting_into_lesion_free_frames_on_real_data_needs_them(demo):
+    config = copy.deepcopy(demo)
+    config.update(allow_random_weights=True)
+    config["data"]["root"] = "/data/polyp"
+    assert "'generation.inpaint.placements': 'frames' needs data.background_frames" in errors_for(config)
+    config["generation"]["inpaint"]["placements"] = ["in_place", "relocated"]
+    validate_config(copy.deepcopy(config))
+    config["generation"]["inpaint"].update(dilate=2, feather=3)
+    assert "'generation.inpaint.feather': 3 exceeds generation.inpaint.dilate (2)" in errors_for(config)
 
 
 def test_loss_backbones_must_be_backbones(demo):

@@ -217,3 +217,62 @@ def test_an_inpainting_shard_records_its_scenes_and_resumes(tiny_model, tmp_path
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "images").glob("*.png")} == digests
     monkeypatch.setattr(generate, "load_generation_pipeline", lambda *a, **k: pytest.fail("a finished shard"))
     assert run().equals(table)
+
+
+# ---------------------------------------------------------------------------------------------- the measures
+def test_the_inpainting_measures_and_their_undefined_rows():
+    from hardgen.scoring.inpainting import COLUMNS, InpaintedSet, inpainting_table, outside_psnr, seam_ratio
+
+    frames, labels, regions = [], [], []
+    for i in range(6):
+        image, lesion, fov = octagon_frame(i)
+        frames.append(image)
+        labels.append(lesion)
+        regions.append(lesion_region(lesion, fov, 2))
+    real = (frames, labels)
+    # the frame itself: exact outside, no seam (ratio 1), the real images' own margin
+    same = InpaintedSet(frames, labels, frames, regions)
+    assert outside_psnr(frames, frames, regions) == (float("inf"), None)
+    assert seam_ratio(frames, frames, regions, 2) == (1.0, None)
+    # a sample one grey level off outside its region: 48.1 dB; a hard-edged grey disc in the region: a visible seam
+    shifted = [np.where(r[..., None], f, f.astype(int) + 1).clip(0, 255).astype(np.uint8) for f, r in
+               zip(frames, regions)]
+    assert 48 < outside_psnr(shifted, frames, regions)[0] < 48.2
+    flat = [np.where(r[..., None], 40, f).astype(np.uint8) for f, r in zip(frames, regions)]
+    assert seam_ratio(flat, frames, regions, 2)[0] > 1.5
+    whole = [np.ones_like(r) for r in regions]
+    table, notes = inpainting_table(real, {("inpaint", "in_place"): same,
+                                           ("hard_inpaint", "frames"): InpaintedSet(flat, labels, frames, whole)},
+                                    {("inpaint", "in_place"): 0.5}, resolution=R)
+    assert list(table.columns) == list(COLUMNS) and len(table) == 2
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["outside_psnr"] == float("inf") and first["seam_ratio"] == 1.0
+    assert first["margin_vs_real"] == pytest.approx(1.0) and first["hardness"] == 0.5
+    # a region covering the whole image: no pixel outside, no seam; no hardness given: NaN, each with its note
+    assert np.isnan(second[["outside_psnr", "seam_ratio", "hardness"]].astype(float)).all()
+    assert len(notes) == 3 and all(note.startswith("hard_inpaint frames: ") for note in notes)
+    assert "no pixel outside" in notes[0] and "no seam" in notes[1] and "no in-loss score" in notes[2]
+
+
+def test_a_sets_hardness_is_its_mean_in_loss_z():
+    from hardgen.scoring.inpainting import set_hardness
+
+    scores = pd.DataFrame({"sample_id": ["a", "a", "a", "b", "b", "b"], "backbone": ["cnn", "vit", "held"] * 2,
+                           "z": [1.0, 3.0, 100.0, 0.0, 2.0, 100.0]})
+    assert set_hardness(scores, ["a", "b"], ["cnn", "vit"]) == 1.5  # (2 + 1) / 2; the held-out backbone left out
+    assert np.isnan(set_hardness(scores, ["a", "c"], ["cnn"]))  # a sample without a score
+
+
+def test_the_demo_background_frames_are_lesion_free_endoscope_frames(tmp_path):
+    from hardgen.data.demo import make_background_frames
+
+    files = make_background_frames(tmp_path / "bg", 2, 48, 64, seed=0)
+    assert [f.name for f in files] == ["frame_0000.png", "frame_0001.png"]
+    frames = [read_rgb(f) for f in files]
+    again = make_background_frames(tmp_path / "again", 3, 48, 64, seed=0)  # a larger set keeps the smaller's frames
+    assert all(np.array_equal(a, read_rgb(b)) for a, b in zip(frames, again))
+    for frame in frames:
+        fov = field_of_view(frame)
+        assert 0.5 < fov.mean() < 1 and not fov[0, 0]  # the octagonal field of view, its black corners outside
+    grey = make_background_frames(tmp_path / "us", 1, 48, 64, seed=0, modality="ultrasound")
+    assert read_rgb(grey[0]).shape[2] == 3

@@ -74,19 +74,23 @@ def test_every_key_a_variant_or_policy_reads_is_a_config_key():
 
 def test_the_filter_config_and_report_read_the_registry():
     assert POLICIES == tuple(registry.POLICIES) == POLICY_ORDER
-    assert VARIANT_POLICIES == ("plain", "hard", "feedback", "mined", "guided")
+    assert VARIANT_POLICIES == ("plain", "hard", "feedback", "mined", "guided", "inpaint", "hard_inpaint")
     assert HARD_POLICIES == ("hard_band", "hard_faithful")
     assert VARIANT_ORDER == ("real", *registry.VARIANTS)
     assert LORA_ORDER == ("plain", "hard", "feedback")
+    # a lesion in a real frame against the whole image of the same LoRA (the registry's versus)
     assert {p.name: p.control for p in registry.POLICIES.values() if p.control} == {
-        "hard": "plain", "feedback": "plain", "mined": "plain", "guided": "plain", "hard_band": "hard",
-        "hard_faithful": "hard"}
+        "hard": "plain", "feedback": "plain", "mined": "plain", "guided": "plain", "inpaint": "plain",
+        "hard_inpaint": "hard", "hard_band": "hard", "hard_faithful": "hard"}
 
 
 def test_trained_loras_and_what_each_variant_samples():
     assert registry.trained_loras(["plain", "mined"]) == ["plain"]
     assert registry.trained_loras(["guided", "feedback", "hard"]) == ["plain", "hard", "feedback"]
     assert [v.name for v in registry.VARIANTS.values() if v.uses_backbones] == ["mined", "guided"]
+    assert [v.name for v in registry.VARIANTS.values() if v.inpaints] == ["inpaint", "hard_inpaint"]
+    assert registry.trained_loras(["inpaint"]) == ["plain"] and registry.trained_loras(["hard_inpaint"]) == [
+        "plain", "hard"]  # hard_inpaint samples the hard LoRA, which then trains
     assert registry.VARIANTS["mined"].generation_keys[-2:] == ("candidates", "mining_steps")
     assert registry.ordered(["x", "guided", "plain"], registry.VARIANTS) == ["plain", "guided", "x"]
 

@@ -22,6 +22,7 @@ import yaml
 from hardgen.config.validation import SCHEMA_PATH
 from hardgen.core import layout, registry
 from hardgen.core.registry import Policy, Variant
+from hardgen.generator.inpaint import InpaintSettings
 from hardgen.scoring.filter import ShortPool, pool, select_subset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def test_an_unknown_rule_or_sampling_is_an_error(monkeypatch):
         pool("plain_diverse", scores, generated)
 
 
-@pytest.mark.parametrize("sampling", ["mined", "guided", "pipeline"])
+@pytest.mark.parametrize("sampling", ["mined", "guided", "pipeline", "inpaint"])
 def test_generate_samples_as_the_entry_says_not_by_the_name(tmp_path, monkeypatch, sampling):
     import hardgen.core.devices as devices
     import hardgen.generator.generate as generate
@@ -100,7 +101,8 @@ def test_generate_samples_as_the_entry_says_not_by_the_name(tmp_path, monkeypatc
     called = {}
 
     def generate_shard(shard, settings):
-        called.update(variant=shard.variant, mining=settings.mining, guidance=settings.guidance, judge=settings.judge)
+        called.update(variant=shard.variant, mining=settings.mining, guidance=settings.guidance, judge=settings.judge,
+                      inpaint=settings.inpaint, frames=(shard.manifest, shard.backgrounds))
         return pd.DataFrame(columns=["sample_id"])
 
     monkeypatch.setattr(generate, "generate_shard", generate_shard)
@@ -109,22 +111,28 @@ def test_generate_samples_as_the_entry_says_not_by_the_name(tmp_path, monkeypatc
     for name in ("lora.safetensors", "cnn.safetensors"):
         (tmp_path / name).write_bytes(b"x")
     gen = {"shards": 1, "steps": 2, "guidance_scale": 1.0, "condition_scale": 1.0, "batch_size": 1, "dtype": "auto",
-           "candidates": 3, "mining_steps": 1, "guided": {"strength": 0.5, "window": [0.0, 0.5]}}
-    uses = sampling != "pipeline"
+           "candidates": 3, "mining_steps": 1, "guided": {"strength": 0.5, "window": [0.0, 0.5]},
+           "inpaint": {"dilate": 4, "feather": 2, "placements": ["relocated"]}}
+    draws = sampling == "inpaint"
+    uses = sampling in ("mined", "guided")  # the samplings that read the in-loss backbones
     snakemake = SimpleNamespace(
         log=[str(tmp_path / "log.txt")], resources={}, threads=1, output=[str(tmp_path / "shard.csv")],
         wildcards=SimpleNamespace(variant="twin", shard="0"),
         input=SimpleNamespace(lora=str(tmp_path / "lora.safetensors"), conditions="c.csv", plan="p.csv",
-                              prototypes=[str(tmp_path / "cnn.safetensors")] if uses else []),
+                              prototypes=[str(tmp_path / "cnn.safetensors")] if uses else [],
+                              manifest="m.csv" if draws else [], backgrounds=[]),
         params=SimpleNamespace(generation=gen, base="base", seed=0, out_dir=str(tmp_path / "shard"),
                                model={"family": "sd15", "resolution": 32, "prompt": "p", "vae": None},
-                               backbones={"cnn": {}} if uses else {}, pad=4 if uses else None),
+                               backbones={"cnn": {}} if uses else {}, pad=4 if uses else None,
+                               condition={"type": "mask", "canny_low": 100, "canny_high": 200} if draws else None),
     )
     runpy.run_path(str(REPO / "workflow" / "scripts" / "generate.py"), init_globals={"snakemake": snakemake})
     assert called["variant"] == "twin"
     assert called["mining"] == (mining.MiningSettings(candidates=3, mining_steps=1) if sampling == "mined" else None)
     assert called["guidance"] == (mining.GuidanceSettings(0.5, (0.0, 0.5)) if sampling == "guided" else None)
     assert callable(called["judge"]) is uses
+    assert called["inpaint"] == (InpaintSettings(4, 2, ("relocated",)) if draws else None)
+    assert called["frames"] == (("m.csv", None) if draws else (None, None))
 
 
 def dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:

@@ -22,6 +22,8 @@ from test_workflow import (
     snakemake,
 )
 
+from hardgen.core import registry
+
 DEMO = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
 
 def touched_run(workdir: Path, args: list[str]) -> None:
@@ -94,10 +96,12 @@ def test_generation_knob_of_one_variant_regenerates_only_it(finished_demo):
 
 def test_a_loss_margin_retrains_the_hard_lora_and_rescores_nothing_else(finished_demo):
     # backbones.<k>.margin belongs to the hardness loss: the prototypes, the other variants' scores and the
-    # mined judge never read it
+    # mined judge never read it; the variants sampling the hard LoRA (hard, hard_inpaint) are made and scored again
     backbone = DEMO["hard"]["loss_backbones"][0]
     jobs = plan_after(finished_demo, "margin", backbones={backbone: {**DEMO["backbones"][backbone], "margin": 5.0}})
-    assert jobs["train_hard_lora"] == 1 and jobs["score"] == 1 and jobs["generate"] == DEMO["generation"]["shards"]
+    hard = [v for v in DEMO["generation"]["variants"] if registry.VARIANTS[v].lora == "hard"]
+    assert jobs["train_hard_lora"] == 1 and jobs["score"] == len(hard) == 2
+    assert jobs["generate"] == DEMO["generation"]["shards"] * len(hard)
     assert not {"prototype", "train_control_lora", "train_feedback_lora", "allocate", "train_judge"} & set(jobs)
 
 

@@ -42,6 +42,7 @@ ALIASES = {
     "backbones.*": ["entry", "spec", r"backbones\[\w+\]"],
     "generation": ["generation", "gen"],
     "guided": ["guided"],
+    "inpaint": ["inpaint"],
     "filter": ["filter"],
     "segment": ["segment", "cfg", r"self\.segment"],
     "segment.archs.*": ["entry", "spec"],

@@ -82,8 +82,9 @@ QUICK_TESTSETS = ["CVC-300", "Kvasir"]
 UNBATCHED = {"evaluate": "evaluate_runs", "train_segmenter": "train_real"}
 QUICK_POLICIES = ["real", "hard_band", "hard_faithful"]
 # the demo's variants but mined, whose generate, score and judge_loss jobs the ultrasound rehearsal of
-# test_workflow_datasets runs (mined sampling of the plain LoRA, in two shards)
-QUICK_VARIANTS = [v for v in DEMO_CONFIG["generation"]["variants"] if v != "mined"]
+# test_workflow_datasets runs (mined sampling of the plain LoRA, in two shards), and the inpainting ones, which the slow
+# demo run covers with their rules (background_frames, inpainting; tests/test_inpainting.py their library)
+QUICK_VARIANTS = [v for v in DEMO_CONFIG["generation"]["variants"] if v not in ("mined", "inpaint", "hard_inpaint")]
 QUICK_RATIOS = [0.5, 1.0]  # 4 and 8 synthetic images for the 8 real ones
 QUICK_N_TEST, QUICK_EMPTY = 2, 1  # per test set: 2 frames, 1 of them lesion-free
 

@@ -84,6 +84,9 @@ SCORED_VARIANTS = ["real"] + VARIANTS
 # its sampling reads the in-loss backbones' prototypes
 VARIANT_LORA = {v: VARIANT_REGISTRY[v].lora for v in VARIANTS}
 TRAINING_FREE = [v for v in VARIANTS if VARIANT_REGISTRY[v].uses_backbones]
+# the inpainting variants (sampling inpaint): they draw into the real training frames (and, with the placement frames,
+# into data.background_frames' lesion-free ones, or the demo's: rule background_frames), measured by rule inpainting
+INPAINT_VARIANTS = [v for v in VARIANTS if VARIANT_REGISTRY[v].inpaints]
 # the trained LoRAs: hard and feedback start from plain, so it always trains
 LORAS = trained_loras(VARIANTS)
 POLICIES = list(SETTINGS.segment.policies)
@@ -104,6 +107,11 @@ DEMO = SETTINGS.data.root is None
 TINY = SETTINGS.model.base == "tiny"
 
 DATA_ROOT = L("demo_data") if DEMO else SETTINGS.data.root
+# the lesion-free frames of the inpainting placement frames: the user's folder, else the demo's (rule background_frames)
+BACKGROUNDS_NEEDED = bool(INPAINT_VARIANTS) and "frames" in SETTINGS.generation.inpaint.placements
+BACKGROUND_FRAMES = SETTINGS.data.background_frames or (L("background_frames") if DEMO else None)
+if BACKGROUNDS_NEEDED and SETTINGS.data.background_frames and not Path(BACKGROUND_FRAMES).is_dir():
+    raise ValueError(f"data.background_frames: {BACKGROUND_FRAMES}: folder not found")
 LAYOUT = SETTINGS.data.layout
 # the dataset prepare_data reads: the root, or with the table layout the CSV (the ultrasound demo writes one)
 DATA_SOURCE = f"{DATA_ROOT}/dataset.csv" if DEMO and LAYOUT == "table" else DATA_ROOT
@@ -232,8 +240,9 @@ def run_paths(pattern):
 
 def generation_conditions_input(wildcards):
     # generation.condition_fit: crop samples the training conditions; squash its own refitted copy (rule
-    # generation_conditions), so the knob never reruns the LoRA training
-    if SETTINGS.generation.condition_fit == "squash":
+    # generation_conditions), so the knob never reruns the LoRA training. The inpainting variants draw into the
+    # training frames, which the crop brought to the resolution: they read the training conditions whatever the fit
+    if SETTINGS.generation.condition_fit == "squash" and wildcards.variant not in INPAINT_VARIANTS:
         return L("squash_conditions", n_real=n_real(wildcards))
     return L("conditions", n_real=n_real(wildcards))
 
@@ -311,6 +320,21 @@ def prototype_files(keys, n_real=N_WILDCARD):
     """The prototype of each backbone in ``keys``, in order: the user's file (backbones.<key>.prototype) or rule
     prototype's, at the scarcity level ``n_real`` (a wildcard when the curve is on)."""
     return [USER_PROTOTYPES.get(key) or L("prototype", backbone=key, n_real=n_real) for key in keys]
+
+
+def generation_frames(wildcards):
+    # an inpainting variant's frames: the data manifest (the training images) and the lesion-free frames' folder
+    if wildcards.variant not in INPAINT_VARIANTS:
+        return {"manifest": [], "backgrounds": []}
+    return {"manifest": L("manifest", n_real=n_real(wildcards)),
+            "backgrounds": BACKGROUND_FRAMES if BACKGROUNDS_NEEDED else []}
+
+
+def inpaint_condition(wildcards):
+    # the condition.* keys an inpainting variant's job makes its condition images with (from each sample's label)
+    if wildcards.variant not in INPAINT_VARIANTS:
+        return None
+    return SETTINGS.condition.values(["type", "canny_low", "canny_high"])
 
 
 def generation_prototypes(wildcards):
@@ -455,7 +479,7 @@ def final_outputs():
         L("table", table="variant_cost.csv"),
         L("table", table="fidelity.csv"),
         L("table", table="mask_following.csv"),
-    ]
+    ] + ([L("table", table="inpainting.csv")] if INPAINT_VARIANTS else [])
     if not SCARCITY:
         return tables + [L("models_table")]
     return expand(tables, n_real=N_REALS) + scarcity_outputs() + [L("models_table")]

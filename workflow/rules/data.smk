@@ -23,6 +23,30 @@ rule demo_data:
         "../scripts/demo_data.py"
 
 
+if BACKGROUNDS_NEEDED and DEMO and not SETTINGS.data.background_frames:
+
+    # The demo's lesion-free frames for the inpainting placement frames (data.background_frames null): the demo's
+    # renderer without its lesion, data.demo.n_train frames on a seed stream of their own (hardgen.data.demo)
+    rule background_frames:
+        output:
+            directory(L("background_frames")),
+        log:
+            "logs/background_frames.log",
+        benchmark:
+            "results/benchmarks/background_frames.tsv"
+        params:
+            demo=SETTINGS.data.demo.values(["modality", "n_train", "min_size", "max_size", "lesion_colour"]),
+            seed=SETTINGS.seed,
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        conda:
+            ENV
+        script:
+            "../scripts/background_frames.py"
+
+
 rule prepare_data:
     input:
         demo_data_input,

@@ -1,8 +1,9 @@
 # The generation plan (generation.per_mask samples per condition, allocated uniformly or by the real-trained judges'
 # loss), then batched generation of the planned samples, split into generation.shards jobs that can run on
 # different GPUs. Images are named by sample id and seeded from it, so they do not depend on the shard count; every
-# variant generates the same sample ids. mined and guided sample the plain LoRA (no training job of their own);
-# each variant's shards are separate generate jobs, so results/benchmarks/generate/<variant>/ holds its cost.
+# variant generates the same sample ids. mined, guided and inpaint sample the plain LoRA, hard_inpaint the hard one (no
+# training job of their own); each variant's shards are separate generate jobs, so results/benchmarks/generate/<variant>/
+# holds its cost.
 
 
 rule allocate:
@@ -38,6 +39,8 @@ rule allocate:
 
 rule generate:
     input:
+        # the inpainting variants' frames (the data manifest, the lesion-free frames' folder); empty for the others
+        unpack(generation_frames),
         base=base_model_input,
         lora=generation_lora,
         conditions=generation_conditions_input,
@@ -62,6 +65,8 @@ rule generate:
         # the judge of the training-free variants (so only their jobs rerun when it changes)
         backbones=lambda wildcards: (extractor_specs(LOSS_BACKBONES) if wildcards.variant in TRAINING_FREE else {}),
         pad=lambda wildcards: (SETTINGS.hard.crop_pad if wildcards.variant in TRAINING_FREE else None),
+        # the inpainting variants make each sample's condition image from its label (condition.type, Canny thresholds)
+        condition=inpaint_condition,
         out_dir=lambda wildcards: L(
             "shard_dir", variant=wildcards.variant, shard=wildcards.shard, n_real=n_real(wildcards)
         ),

@@ -149,6 +149,40 @@ rule mask_following:
         "../scripts/mask_following.py"
 
 
+if INPAINT_VARIANTS:
+
+    # Lesions in real frames, measured (hardgen.scoring.inpainting): per inpainting variant and placement, the frame
+    # kept outside the region redrawn (PSNR), the seam, the lesion following its mask against the real images' gap
+    # (the cue of rule mask_following) and the hardness (the score table's in-loss z). Reads only what the generated
+    # manifests record (placement, frame, region) and the score tables.
+    rule inpainting:
+        input:
+            manifest=L("manifest"),
+            conditions=L("conditions"),
+            # in the order of params.variants
+            generated=expand_n(L("generated"), variant=INPAINT_VARIANTS),
+            scores=expand_n(L("scores"), scored=INPAINT_VARIANTS),
+        output:
+            report(L("table", table="inpainting.csv"), category="Hardness", caption="../report/inpainting.rst"),
+        log:
+            LOG("inpainting.log"),
+        benchmark:
+            BENCH("inpainting.tsv")
+        params:
+            variants=INPAINT_VARIANTS,
+            resolution=SETTINGS.model.resolution,
+            seed=SETTINGS.seed,  # the shuffled masks' derangement
+            loss_backbones=LOSS_BACKBONES,
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        conda:
+            ENV
+        script:
+            "../scripts/inpainting.py"
+
+
 if SCARCITY:
 
     # The data-scarcity curve (data.train_subsets): every size's benchmark and runs in one table with n_real, and

@@ -229,6 +229,7 @@ class DataConfig(Section):
     train_subset: int | None = setting(default=None)
     test_subset: int | None = setting(default=None)
     train_subsets: list[int | str] | None = setting(default=None)
+    background_frames: str | None = setting(default=None)
     demo: DemoConfig = setting(factory=DemoConfig, section=DemoConfig)
 
 
@@ -387,6 +388,16 @@ class GuidedConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class InpaintConfig(Section):
+    """inpaint / hard_inpaint: the lesion drawn into a real frame, the frame kept outside the dilated mask."""
+
+    PATH = "generation.inpaint"
+    dilate: int = setting(default=8)
+    feather: int = setting(default=8)
+    placements: list[str] = setting(factory=lambda: ["in_place", "relocated"])
+
+
+@dataclass(frozen=True, kw_only=True)
 class GenerationConfig(Section):
     """Sampling the planned samples from each generator variant (a variant's keys: hardgen.core.registry)."""
 
@@ -404,6 +415,7 @@ class GenerationConfig(Section):
     candidates: int = setting(default=4)
     mining_steps: int = setting(default=2)
     guided: GuidedConfig = setting(factory=GuidedConfig, section=GuidedConfig)
+    inpaint: InpaintConfig = setting(factory=InpaintConfig, section=InpaintConfig)
 
 
 # ---- pools, segmenters, report

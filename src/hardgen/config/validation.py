@@ -274,6 +274,14 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     start, end = generation["guided"]["window"]
     if "guided" in samplings and not start < end:
         problems.append(f"config key 'generation.guided.window': need start < end, got [{start}, {end}]")
+    inpaint = generation["inpaint"]
+    if inpaint["feather"] > inpaint["dilate"]:
+        problems.append(f"config key 'generation.inpaint.feather': {inpaint['feather']} exceeds "
+                        f"generation.inpaint.dilate ({inpaint['dilate']}): the mask itself must be fully generated")
+    if ("inpaint" in samplings and "frames" in inpaint["placements"] and data["root"] is not None
+            and data["background_frames"] is None):
+        problems.append("config key 'generation.inpaint.placements': 'frames' needs data.background_frames (a folder "
+                        "of lesion-free frames; only the demo renders its own)")
     for key in config["hard"]["loss_backbones"]:
         if key not in config["backbones"]:
             problems.append(f"config key 'hard.loss_backbones': '{key}' is not a backbones key "

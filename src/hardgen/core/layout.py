@@ -36,6 +36,8 @@ N_DIR = "n-{n_real}"
 PATTERNS: dict[str, str] = {
     # data and conditions
     "demo_data": "results/data/demo",
+    # the demo's lesion-free frames (rule background_frames): the inpainting placement `frames` draws into them
+    "background_frames": "results/data/background",
     # rule prepare_data: the dataset's manifest (with data.train_subset: only its images) and the subset's record;
     # with data.train_subsets (the scarcity curve) every training image, and each size's manifest is "manifest"
     "data_manifest": "results/data/manifest.csv",
@@ -106,10 +108,11 @@ PATTERNS: dict[str, str] = {
 FULL_DATA: frozenset[str] = frozenset(name for name in PATTERNS if name.startswith("full_"))
 
 #: The artifacts downstream of the real training data: with ``data.train_subsets`` one copy per size, under
-#: :data:`N_DIR` (everything but the dataset, its full manifest, the base model, the models table and the cross-size
-#: summary).
+#: :data:`N_DIR` (everything but the dataset, the demo's background frames, its full manifest, the base model, the
+#: models table and the cross-size summary).
 PER_N: frozenset[str] = frozenset(PATTERNS) - FULL_DATA - {
-    "demo_data", "converted", "data_manifest", "data_train_subset", "base_model", "scarcity_table", "scarcity_plot",
+    "demo_data", "background_frames", "converted", "data_manifest", "data_train_subset", "base_model",
+    "scarcity_table", "scarcity_plot",
     "models_table"}
 
 

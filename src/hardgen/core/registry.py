@@ -18,8 +18,11 @@ from dataclasses import dataclass
 
 #: ``generation.*`` keys every variant's sampling reads (``shards``: the job split; images do not depend on it).
 SAMPLING_KEYS: tuple[str, ...] = ("steps", "shards", "batch_size", "guidance_scale", "condition_scale", "dtype")
-#: How a variant samples: its LoRA as is, or with the in-loss backbones' discrepancy (hardgen.generator.mining).
-SAMPLINGS: tuple[str, ...] = ("pipeline", "mined", "guided")
+#: How a variant samples: its LoRA as is, with the in-loss backbones' discrepancy (hardgen.generator.mining), or
+#: drawing the lesion into a real frame (``inpaint``: hardgen.models.inpainting, hardgen.data.placement).
+SAMPLINGS: tuple[str, ...] = ("pipeline", "mined", "guided", "inpaint")
+#: The samplings that read the in-loss backbones and their prototypes.
+JUDGED_SAMPLINGS: tuple[str, ...] = ("mined", "guided")
 #: How a policy picks its pool from its source variant's samples (hardgen.scoring.filter.pool), and the ``filter.*``
 #: keys each rule reads: ``none`` no synthetic images (real only), ``every`` every sample, ``band`` the samples whose
 #: hardness lies within the ``filter.band`` quantiles, ``fidelity`` those passing the fidelity guard.
@@ -39,9 +42,11 @@ class Variant:
 
     ``lora``: the Control-LoRA it samples (its own name when it trains one). ``objective``: what its LoRA's training
     optimises (None: training-free, it samples another variant's LoRA). ``sampling``: ``pipeline`` (the LoRA as is),
-    ``mined`` (best of several noises under the in-loss backbones) or ``guided`` (the discrepancy gradient while
-    sampling); the latter two read the in-loss backbones' prototypes. ``keys``: the ``generation.*`` keys of its own
-    sampling, beyond :data:`SAMPLING_KEYS`. ``rule``: the training rule of its LoRA (None: no training job).
+    ``mined`` (best of several noises under the in-loss backbones), ``guided`` (the discrepancy gradient while
+    sampling; these two read the in-loss backbones' prototypes) or ``inpaint`` (the lesion drawn into a real frame,
+    the frame kept outside the dilated mask). ``keys``: the ``generation.*`` keys of its own sampling, beyond
+    :data:`SAMPLING_KEYS`. ``rule``: the training rule of its LoRA (None: no training job). ``versus``: the variant
+    whose every-sample policy is its every-sample policy's size-matched control (None: plain's, which has none).
     """
 
     name: str
@@ -52,6 +57,7 @@ class Variant:
     rule: str | None = None
     #: whether its training steers by the real-only feedback judge (rule train_judge; its cost is the variant's)
     judge: bool = False
+    versus: str | None = "plain"
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
@@ -65,7 +71,13 @@ class Variant:
     @property
     def uses_backbones(self) -> bool:
         """Whether sampling reads the in-loss backbones and their prototypes (``hard.loss_backbones``)."""
-        return self.sampling != "pipeline"
+        return self.sampling in JUDGED_SAMPLINGS
+
+    @property
+    def inpaints(self) -> bool:
+        """Whether it draws into real frames (``sampling: inpaint``): its generate jobs read the training frames (and
+        ``data.background_frames``) and its samples are measured in ``results/tables/inpainting.csv``."""
+        return self.sampling == "inpaint"
 
     @property
     def generation_keys(self) -> tuple[str, ...]:
@@ -75,12 +87,16 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("plain", "plain", "denoising (control-lora-v3)", "pipeline", rule="train_control_lora"),
+        Variant("plain", "plain", "denoising (control-lora-v3)", "pipeline", rule="train_control_lora", versus=None),
         Variant("hard", "hard", "denoising + prototype discrepancy (hard.*)", "pipeline", rule="train_hard_lora"),
         Variant("feedback", "feedback", "denoising + the real-only judge's segmentation loss (feedback.*)",
                 "pipeline", rule="train_feedback_lora", judge=True),
         Variant("mined", "plain", None, "mined", keys=("candidates", "mining_steps")),
         Variant("guided", "plain", None, "guided", keys=("guided",)),
+        # a lesion drawn into a real frame (generation.inpaint): against the whole image of the same LoRA, at equal
+        # count (does a real background help more than a generated one, plainly and hard?)
+        Variant("inpaint", "plain", None, "inpaint", keys=("inpaint",)),
+        Variant("hard_inpaint", "hard", None, "inpaint", keys=("inpaint",), versus="hard"),
     )
 }
 
@@ -124,8 +140,9 @@ POLICIES: dict[str, Policy] = {
     p.name: p
     for p in (
         Policy("real", None, "none", "the real training images only (ratio 0)"),
-        # which generator: every variant's samples against plain's (the same conditions, the same size)
-        *(Policy(v, v, "every", f"every {v} sample", control=None if v == "plain" else "plain") for v in VARIANTS),
+        # which generator: every variant's samples against its versus's (plain's; the inpainting ones against the whole
+        # images of their LoRA), the same conditions, the same size
+        *(Policy(v.name, v.name, "every", f"every {v.name} sample", control=v.versus) for v in VARIANTS.values()),
         # which hard samples are kept: a selection against the uniform draw of the same variant, the same size
         Policy("hard_band", "hard", "band", "hard samples within filter.band", control="hard"),
         Policy("hard_faithful", "hard", "fidelity", "hard samples passing the fidelity guard", control="hard"),
@@ -134,7 +151,10 @@ POLICIES: dict[str, Policy] = {
 
 
 def _check_controls() -> None:
-    """Every declared control is a declared policy (when this module loads)."""
+    """Every declared control is a declared policy, every variant's ``versus`` a variant (when this module loads)."""
+    for v in VARIANTS.values():
+        if v.versus is not None and (v.versus not in VARIANTS or v.versus == v.name):
+            raise ValueError(f"hardgen.core.registry: variant {v.name!r}: versus {v.versus!r} is not another variant")
     for entry in POLICIES.values():
         if entry.control is not None and entry.control not in POLICIES:
             raise ValueError(f"hardgen.core.registry: policy {entry.name!r}: control {entry.control!r} is not a policy")

@@ -3,6 +3,7 @@
 ``hardest.png``: per variant, the ``k`` samples with the highest fused hardness (mean z over ``hard.loss_backbones``,
 the score the hard generator was trained on) among those the fidelity guard keeps, and the ``k`` it rejects
 (``fidelity < filter.min_fidelity``, lowest fidelity first), each image beside its mask with its hardness and fidelity.
+``inpainting.png``: the inpainting variants' samples beside their real frame and mask, per placement.
 ``features.png``: a PCA of the backbone features of the real training images (grey) and of each variant's samples,
 one panel per variant and backbone, as in the paper's analysis (which used t-SNE; PCA is deterministic and keeps
 distances along its axes comparable between panels: one projection per backbone, fitted on every set together).
@@ -159,6 +160,54 @@ def plot_hardest(
                     "z = mean over the in-loss backbones", fontsize=9)
     save_figure(figure, out_png)
     return selection
+
+
+# ----------------------------------------------------------------------------------------------- inpainting
+def plot_inpainting(generated: Mapping[str, str | Path | pd.DataFrame], out_png: str | Path, k: int = 2
+                    ) -> pd.DataFrame:
+    """Lesions in real frames side by side: per placement, ``k`` samples (the first sample ids every variant has), each
+    row the real frame, the label with the region redrawn outlined, then each inpainting variant's image (columns
+    frame, mask, inpaint, hard_inpaint: the same scene for every variant, drawn by its LoRA).
+
+    ``generated``: ``{variant: manifest}`` of the inpainting variants (``sample_id, image, mask, placement, frame,
+    region``). Returns the rows shown (``placement, sample_id``)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    manifests = {}
+    for variant, source in generated.items():
+        _, table = table_or_csv(source, f"generated manifest ({variant})", dtype={"sample_id": str},
+                                required_columns=("sample_id", "image", "mask", "placement", "frame", "region"))
+        manifests[variant] = table.astype({"sample_id": str}).set_index("sample_id")
+    if not manifests:
+        raise DataError(f"{out_png}: no inpainting variant's manifest")
+    variants = in_display_order(manifests, VARIANT_ORDER)
+    first = manifests[variants[0]]
+    common = sorted(set.intersection(*(set(m.index) for m in manifests.values())))
+    shown = (first.loc[common].reset_index().groupby("placement", sort=False).head(k)[["placement", "sample_id"]]
+             .reset_index(drop=True))
+    if shown.empty:
+        raise DataError(f"{out_png}: the inpainting variants' manifests share no sample")
+    figure = Figure(figsize=(1.6 * (2 + len(variants)), 1.7 * len(shown) + 0.4))
+    axes = figure.subplots(len(shown), 2 + len(variants), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for r, row in enumerate(shown.itertuples(index=False)):
+        entry = first.loc[row.sample_id]
+        label, region = read_gray(entry["mask"]) > 127, read_gray(entry["region"]) > 127
+        outline = np.repeat(label[..., None] * 255, 3, axis=2).astype(np.uint8)
+        edge = region & ~np.pad(region, 1, mode="edge")[2:, 1:-1] | region & ~np.pad(region, 1, mode="edge")[1:-1, 2:]
+        outline[edge] = (255, 160, 0)
+        images = [read_rgb(entry["frame"]), outline, *(read_rgb(manifests[v].loc[row.sample_id, "image"])
+                                                       for v in variants)]
+        for c, image in enumerate(images):
+            axes[r, c].imshow(image)
+        axes[r, 0].set_ylabel(f"{row.placement}\n{row.sample_id}", fontsize=6)
+    for c, title in enumerate(["frame", "mask (region outlined)", *variants]):
+        axes[0, c].set_title(title, fontsize=8)
+    figure.suptitle("lesions drawn into real frames: outside the region the sample is the frame", fontsize=9)
+    save_figure(figure, out_png)
+    return shown
 
 
 # ------------------------------------------------------------------------------------------------- features

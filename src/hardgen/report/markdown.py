@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from hardgen.config.validation import ratio_label
+from hardgen.core import registry
 from hardgen.core.io import DataError
 from hardgen.evaluation import contrasts as contrast_lib
 from hardgen.evaluation import reproduction as repro
@@ -221,9 +222,11 @@ def markdown_report(tables: BenchmarkTables, options: MarkdownOptions = Markdown
 
     It opens with the run paragraph (``options.run``) and one sentence per arch of ``options.published``: whether its
     real-only baseline reproduces the published one. Then, with ``tables.contrasts``, the primary contrast with its 95 %
-    interval and a table of every contrast on its metric (mIoU without one), largest difference first, saying which are
-    distinguishable from noise. Per metric (mDice, mIoU): a table of rows arch × policy × ratio with each test set,
-    ``mean`` (over test sets, per seed: the paper's headline) and ``overall`` (image-weighted, pooled); then the paired
+    interval, with inpainting variants a line on whether a lesion in a real frame helps more than a whole image
+    (:func:`_inpainting_lines`), and a table of every contrast on its metric (mIoU without one), largest difference
+    first, saying which are distinguishable from noise. Per metric (mDice, mIoU): a table of rows arch × policy ×
+    ratio with each test set, ``mean`` (over test sets, per seed: the paper's headline) and ``overall``
+    (image-weighted, pooled); then the paired
     differences per seed against ``real`` and against the size-matched control at the same ratio (the policy's
     registry entry's ``control``) with their intervals; then the training budget, the fidelity guard's rejections, the
     published anchors, whether the samples follow their masks, the notes on undefined measures (under their own
@@ -303,8 +306,38 @@ def _contrast_lines(contrasts: pd.DataFrame, primary: Mapping[str, object] | Non
             lines.append(f"| {row['arch']} | {row['n']} | {row['method']} | {row['mean_diff']:+.3f} | "
                          f"{_interval(row)} | {'yes' if excludes else 'no'} |")
         lines.append("")
+    metric = str(primary["metric"]) if primary else NOISE_METRIC
+    lines += _inpainting_lines(contrasts, metric)
     lines += ["## Which differences can be told from noise?", ""]
-    return [*lines, *_noise_lines(contrasts, str(primary["metric"]) if primary else NOISE_METRIC, bool(primary))]
+    return [*lines, *_noise_lines(contrasts, metric, bool(primary))]
+
+
+def _inpainting_lines(contrasts: pd.DataFrame, metric: str) -> list[str]:
+    """The inpainting variants' question, one line: each every-sample policy of a variant that draws into real frames
+    against its registry control, the whole images of the same LoRA at the same count (``hard_inpaint`` − ``hard``,
+    ``inpaint`` − ``plain``), on ``metric``, with its interval and what it says; none without such a contrast."""
+    pairs = {(p.name, p.control) for p in registry.POLICIES.values()
+             if p.pool == "every" and p.control is not None and registry.variant(p.source).inpaints}
+    rows = contrasts[(contrasts["metric"] == metric)
+                     & np.array([(p, v) in pairs for p, v in zip(contrasts["policy"], contrasts["versus"])], bool)]
+    if rows.empty:
+        return []
+    rank = {p: i for i, p in enumerate(in_display_order(rows["policy"], POLICY_ORDER))}
+    rows = rows.assign(_rank=rows["policy"].map(rank)).sort_values(["_rank", "arch", "ratio"], kind="stable")
+
+    def verdict(row: pd.Series) -> str:
+        if contrast_lib.undefined(row.to_frame().T).iloc[0]:
+            return "undefined"
+        if row["ci_low"] > 0:
+            return "the real frame helps more"
+        if row["ci_high"] < 0:
+            return "the whole image helps more"
+        return "not told from noise"
+
+    told = "; ".join(f"{contrast_lib.describe(row)}: {verdict(row)}" for _, row in rows.iterrows())
+    return ["## Lesions in real frames", "",
+            f"Does a hard lesion in a real frame help more than a hard whole image? Each inpainting policy against the "
+            f"whole images of its LoRA at the same count, {metric} as the mean over the test sets: {told}.", ""]
 
 
 def _noise_lines(contrasts: pd.DataFrame, metric: str, from_primary: bool) -> list[str]:

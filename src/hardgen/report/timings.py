@@ -69,7 +69,8 @@ def variant_cost(table: pd.DataFrame, variants: list[str], judge_job: str | None
     ``training_s``: the plain Control-LoRA (``train_control_lora``) plus the variant's own fine-tuning rule
     ``train_<variant>_lora`` when it has one (hard, feedback), and for ``feedback`` its real-only judge
     (``train_judge`` job ``judge_job``, e.g. ``cnn/seed-0``), which exists only to steer it. A variant without a
-    training rule of its own (plain; mined, which generates with the plain LoRA) costs the plain LoRA alone.
+    training rule of its own costs that of the LoRA it samples (mined, guided, inpaint: the plain LoRA alone;
+    hard_inpaint: the hard one's).
     ``generation_s``: its ``generate/<variant>/shard-*`` jobs summed. ``fine_tuning_s`` = training beyond the plain
     LoRA, so a variant that spends its extra effort at generation (mined) compares with one that spends it in
     fine-tuning (hard) on the same row layout. ``training_rules`` lists the jobs summed. Seconds are wall-clock on
@@ -85,10 +86,12 @@ def variant_cost(table: pd.DataFrame, variants: list[str], judge_job: str | None
     rows = []
     for variant in variants:
         jobs = [(PLAIN_LORA_RULE, "")]
-        own = registered(variant).rule  # the registry names each variant's training rule (None: trains nothing)
+        # the registry names the training rule of the LoRA each variant samples (its own, or plain's, or hard's)
+        lora = registered(registered(variant).lora)
+        own = lora.rule
         if own not in (None, PLAIN_LORA_RULE):
             jobs.append((own, ""))
-        if registered(variant).judge:
+        if lora.judge:
             if judge_job is None:
                 raise ValueError(f"variant_cost: the {variant} variant is steered by a judge; pass its judge_job")
             jobs.append(("train_judge", judge_job))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hardgen.core import registry
 from hardgen.core.io import DataError, table_or_csv, write_csv, write_text
 from hardgen.evaluation import contrasts as contrast_lib
 from hardgen.evaluation import reproduction as repro
@@ -167,9 +168,9 @@ def write_report(settings: ReportSettings) -> dict[str, Path]:
     Plots (``settings.plots_dir``): ``grid.png``, ``histograms.png``, ``benchmark.png``, ``ratio.png``
     (:mod:`hardgen.report.plots`), ``training_loss.png`` with training logs; the transfer study and the sample views
     (:mod:`hardgen.report.transfer`, :mod:`hardgen.report.gallery`): ``transfer_matrix.csv`` / ``.png``,
-    ``hardest.png`` and, with feature files, ``features.png``. With validation tables, ``validation.csv`` (every
-    LoRA's, merged: stage, step, metric, value) and, when they have rows, ``validation_curves.png`` and
-    ``validation_grids.png`` (:mod:`hardgen.report.validation`).
+    ``hardest.png``, with inpainting variants ``inpainting.png`` and, with feature files, ``features.png``. With
+    validation tables, ``validation.csv`` (every LoRA's, merged: stage, step, metric, value) and, when they have rows,
+    ``validation_curves.png`` and ``validation_grids.png`` (:mod:`hardgen.report.validation`).
     """
     inputs, options = settings.inputs, settings.options
     tables_dir, plots_dir = Path(settings.tables_dir), Path(settings.plots_dir)
@@ -306,6 +307,10 @@ def _write_plots(settings: ReportSettings, generated: Mapping[str, Path | pd.Dat
     written = {"hardest_png": plots_dir / "hardest.png"}
     gallery.plot_hardest(gallery.sample_hardness(scores, options.loss_backbones), generated, written["hardest_png"],
                          options.min_fidelity)
+    inpainting = [v for v in generated if v in registry.VARIANTS and registry.VARIANTS[v].inpaints]
+    if inpainting:  # the lesions drawn into real frames beside their frame and mask
+        written["inpainting_png"] = plots_dir / "inpainting.png"
+        gallery.plot_inpainting({v: generated[v] for v in inpainting}, written["inpainting_png"])
     if inputs.feature_files:
         written["features_png"] = plots_dir / "features.png"
         gallery.plot_features(keyed_paths(inputs.feature_files, "feature files"), options.loss_backbones,
