@@ -102,6 +102,13 @@ def test_relocation_stays_in_the_field_of_view_off_the_frames_lesion_with_the_un
             assert np.array_equal(scene.region, lesion_region(scene.lesion, target.fov, 2))
     scene = plan_scene("in_place", frames[0].lesion, frames[0], frames, [], 0, 2, areas)
     assert scene.frame_id == "c0" and np.array_equal(scene.label, frames[0].lesion)
+    # a lesion too large for the room any other frame leaves is drawn in place (so recorded); a layout cannot be
+    huge = np.zeros((R, R), bool)
+    huge[4:28, 4:28] = True
+    fallback = plan_scene("relocated", huge, frames[0], frames, [], 0, 2, (500, 600), "s")
+    assert fallback.placement == "in_place" and fallback.frame_id == "c0"
+    with pytest.raises(ValueError, match="'s': its mask fits no relocated frame.*a layout"):
+        plan_scene("relocated", huge, None, frames, [], 0, 2, (500, 600), "s")
     # the same seed, the same scene (inpaint and hard_inpaint draw into the same frames)
     one, two = (plan_scene("relocated", frames[1].lesion, frames[1], frames, [], 7, 2, areas) for _ in range(2))
     assert one.frame_id == two.frame_id and np.array_equal(one.lesion, two.lesion)
@@ -276,3 +283,93 @@ def test_the_demo_background_frames_are_lesion_free_endoscope_frames(tmp_path):
         assert 0.5 < fov.mean() < 1 and not fov[0, 0]  # the octagonal field of view, its black corners outside
     grey = make_background_frames(tmp_path / "us", 1, 48, 64, seed=0, modality="ultrasound")
     assert read_rgb(grey[0]).shape[2] == 3
+
+
+# ---------------------------------------------------------------------------------------------- the report
+def test_benchmark_md_says_whether_a_lesion_in_a_real_frame_helps_more():
+    from hardgen.report.markdown import _inpainting_lines
+
+    def row(policy, versus, ratio, mean, low, high):
+        return {"arch": "cnn", "policy": policy, "ratio": ratio, "versus": versus, "metric": "mIoU", "n": 30,
+                "mean_diff": mean, "ci_low": low, "ci_high": high, "method": "bootstrap_images"}
+
+    contrasts = pd.DataFrame([row("hard", "plain", 1.0, 0.1, 0.05, 0.15),
+                              row("hard_inpaint", "hard", 1.0, 0.02, 0.01, 0.03),
+                              row("inpaint", "plain", 1.0, -0.01, -0.03, 0.01),
+                              row("inpaint", "real", 1.0, 0.2, 0.1, 0.3),
+                              row("hard_inpaint", "hard", 0.5, -0.02, -0.03, -0.01)])
+    lines = _inpainting_lines(contrasts, "mIoU")
+    assert lines[0] == "## Lesions in real frames"
+    text = lines[2]
+    assert "inpaint − plain ×1, mIoU -0.010 [-0.030, +0.010]" in text and "not told from noise" in text
+    assert "hard_inpaint − hard ×1, mIoU +0.020 [+0.010, +0.030] (bootstrap over 30 test images of one seed): the " \
+           "real frame helps more" in text
+    assert "hard_inpaint − hard ×0.5" in text and "the whole image helps more" in text
+    assert "hard − plain" not in text and "− real" not in text  # only the inpainting policies against their controls
+    assert _inpainting_lines(contrasts[contrasts.policy == "hard"], "mIoU") == []
+
+
+def test_the_gallery_shows_frame_mask_and_each_inpainting_variant(tmp_path):
+    from hardgen.report.gallery import plot_inpainting
+
+    manifests = {}
+    for variant in ("hard_inpaint", "inpaint"):
+        rows = []
+        for i, placement in enumerate(["in_place", "relocated", "in_place", "frames"]):
+            image, lesion, fov = octagon_frame(i)
+            paths = {kind: tmp_path / variant / kind / f"s{i}.png" for kind in ("images", "masks", "frames", "regions")}
+            write_image(paths["images"], image[::-1] if variant == "hard_inpaint" else image)
+            write_mask(paths["masks"], lesion)
+            write_image(paths["frames"], image)
+            write_mask(paths["regions"], lesion_region(lesion, fov, 2))
+            rows.append({"sample_id": f"s{i}", "image": paths["images"], "mask": paths["masks"], "placement": placement,
+                         "frame": paths["frames"], "region": paths["regions"]})
+        manifests[variant] = pd.DataFrame(rows)
+    shown = plot_inpainting(manifests, tmp_path / "inpainting.png", k=1)
+    assert list(zip(shown["placement"], shown["sample_id"])) == [("in_place", "s0"), ("relocated", "s1"),
+                                                                ("frames", "s3")]
+    assert (tmp_path / "inpainting.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------- the workflow
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_both_inpainting_variants_run_through_the_workflow(tmp_path):
+    """The shrunk demo (test_workflow's quick config: 8 images at 32 px, colour-matched polyps) with inpaint and
+    hard_inpaint (the demo runs inpaint alone, for its 2-core time budget) into every placement, to the report."""
+    import yaml
+    from test_workflow import copy_workflow, quick_config, snakemake
+
+    workdir = copy_workflow(tmp_path / "wf")
+    args = quick_config(workdir / "quick.yaml")
+    cfg = yaml.safe_load((workdir / "quick.yaml").read_text())
+    cfg["generation"].update(variants=["plain", "hard", "inpaint", "hard_inpaint"],
+                             inpaint={"dilate": 3, "feather": 3, "placements": ["in_place", "relocated", "frames"]})
+    cfg["segment"]["policies"] = ["real", "plain", "hard", "inpaint", "hard_inpaint"]
+    cfg["report"]["primary_contrast"] = {"policy": "hard_inpaint", "versus": "hard", "ratio": 1, "metric": "mIoU"}
+    (workdir / "quick.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    snakemake(workdir, "--cores", "2", *args)
+    results = workdir / "results"
+    table = pd.read_csv(results / "tables" / "inpainting.csv")
+    assert list(table.columns) == ["variant", "placement", "outside_psnr", "seam_ratio", "margin_vs_real", "hardness"]
+    assert list(table["variant"].unique()) == ["inpaint", "hard_inpaint"] and len(table) >= 4
+    assert (table["outside_psnr"] >= 60).all() and table["seam_ratio"].notna().all() and table["hardness"].notna().all()
+    # colour-matched polyps: the real images' red chromaticity does not mark their masks, so no margin, and the log
+    # says why
+    assert table["margin_vs_real"].isna().all() and "margin_vs_real undefined" in (
+        workdir / "logs" / "inpainting.log").read_text()
+    for variant in ("inpaint", "hard_inpaint"):
+        manifest = pd.read_csv(results / "generated" / variant / "manifest.csv")
+        # at 32 px the 8 demo frames' polyps (17-54 % of a frame) leave little room: a lesion that fits no other frame
+        # is drawn in place, so recorded
+        assert {"in_place", "frames"} <= set(manifest["placement"]) <= {"in_place", "relocated", "frames"}
+        for row in manifest.itertuples():
+            image, frame = read_rgb(workdir / row.image), read_rgb(workdir / row.frame)
+            region = read_mask(workdir / row.region)
+            assert np.array_equal(image[~region], frame[~region])
+    contrasts = pd.read_csv(results / "tables" / "contrasts.csv")
+    assert {("inpaint", "plain"), ("hard_inpaint", "hard")} <= set(zip(contrasts["policy"], contrasts["versus"]))
+    assert "## Lesions in real frames" in (results / "tables" / "benchmark.md").read_text()
+    assert (results / "plots" / "inpainting.png").stat().st_size > 1000
+    cost = pd.read_csv(results / "tables" / "variant_cost.csv").set_index("variant")
+    assert "train_hard_lora" in cost.loc["hard_inpaint", "training_rules"]

@@ -96,11 +96,12 @@ def test_generation_knob_of_one_variant_regenerates_only_it(finished_demo):
 
 def test_a_loss_margin_retrains_the_hard_lora_and_rescores_nothing_else(finished_demo):
     # backbones.<k>.margin belongs to the hardness loss: the prototypes, the other variants' scores and the
-    # mined judge never read it; the variants sampling the hard LoRA (hard, hard_inpaint) are made and scored again
+    # mined judge never read it; the variants sampling the hard LoRA (hard; hard_inpaint when run) are made and
+    # scored again
     backbone = DEMO["hard"]["loss_backbones"][0]
     jobs = plan_after(finished_demo, "margin", backbones={backbone: {**DEMO["backbones"][backbone], "margin": 5.0}})
     hard = [v for v in DEMO["generation"]["variants"] if registry.VARIANTS[v].lora == "hard"]
-    assert jobs["train_hard_lora"] == 1 and jobs["score"] == len(hard) == 2
+    assert jobs["train_hard_lora"] == 1 and jobs["score"] == len(hard) >= 1
     assert jobs["generate"] == DEMO["generation"]["shards"] * len(hard)
     assert not {"prototype", "train_control_lora", "train_feedback_lora", "allocate", "train_judge"} & set(jobs)
 

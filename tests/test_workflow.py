@@ -412,8 +412,18 @@ def test_demo_tables(demo_run):
     assert following.loc["plain", "status"] == "ok" and following.loc["plain", "margin_vs_real"] >= 0.5
     assert following.loc["plain", "dark_corners"] >= 0.8 * following.loc["real", "dark_corners"]
 
+    # lesions in real frames (inpaint, issue 33): the frame kept outside the region redrawn, byte for byte, and no
+    # visible seam, in every placement; the contrast with plain at equal count in contrasts.csv and benchmark.md
+    inpainting = pd.read_csv(tables / "inpainting.csv")
+    placements = DEMO_CONFIG["generation"]["inpaint"]["placements"]
+    assert list(zip(inpainting["variant"], inpainting["placement"])) == [("inpaint", p) for p in placements]
+    assert (inpainting["outside_psnr"] >= 60).all() and inpainting["seam_ratio"].between(0.67, 1.5).all()
+    assert ((contrasts.policy == "inpaint") & (contrasts.versus == "plain")).any()
+    assert "## Lesions in real frames" in markdown
+
     plots = sorted(p.name for p in (workdir / "results" / "plots").glob("*.png"))
     assert plots and all((workdir / "results" / "plots" / p).stat().st_size > 1000 for p in plots)
+    assert "inpainting.png" in plots
 
 
 @pytest.mark.slow

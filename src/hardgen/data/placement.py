@@ -193,7 +193,11 @@ def plan_scene(placement: str, mask: np.ndarray, own: Frame | None, frames: Sequ
                sample_id: str = "?") -> Scene:
     """One sample's :class:`Scene` (see the module doc). ``mask``: its condition's mask at the frames' size; ``own``:
     its training frame (None for a layout condition); ``frames``: the training frames, ``backgrounds`` the lesion-free
-    ones; every draw from ``seed``. A mask that fits no frame is a :class:`DataError` naming the sample."""
+    ones; every draw from ``seed``.
+
+    A lesion too large for the room any frame of its placement leaves (at the smallest real lesion's scale) is drawn
+    in place instead: the scene's ``placement`` says ``in_place`` (the manifest records it) and the caller logs it; a
+    layout, which has no frame of its own, then is a :class:`DataError` naming the sample."""
     mask = np.asarray(mask, dtype=bool)
     if placement == "in_place":
         if own is None:
@@ -214,8 +218,11 @@ def plan_scene(placement: str, mask: np.ndarray, own: Frame | None, frames: Sequ
         if placed is not None:
             return Scene(placement, frame.id, frame.image, placed, placed | frame.lesion,
                          lesion_region(placed, frame.fov, dilate))
-    raise DataError(f"sample {sample_id!r}: its mask fits no {placement} frame's field of view off the frame's own "
-                    f"lesion at any real lesion scale (generation.inpaint.dilate {dilate} px)")
+    if own is None:
+        raise DataError(f"sample {sample_id!r}: its mask fits no {placement} frame's field of view off the frame's own "
+                        f"lesion at any real lesion scale (generation.inpaint.dilate {dilate} px), and its condition "
+                        "is a layout, which has no frame of its own to draw it in")
+    return plan_scene("in_place", mask, own, frames, backgrounds, seed, dilate, areas, sample_id)
 
 
 def background_files(folder: str | Path) -> list[Path]:

@@ -12,6 +12,7 @@ for ``relocated`` the placed mask and the frame's own. The pixels are drawn by :
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from hardgen.data.placement import (
     plan_scene,
 )
 from hardgen.data.train_data import load_training_pairs
+
+log = logging.getLogger("hardgen.generator.inpaint")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,9 @@ class ScenePlanner:
             own = self.own_frame(self.condition_of[sid])
             scene = plan_scene(self.placement_of[sid], mask, own, frames, self.backgrounds, int(seed),
                                self.settings.dilate, self.areas, sid)
+            if scene.placement != self.placement_of[sid]:
+                log.warning("sample %s: its lesion fits no %s frame (at a real lesion's scale, off the frame's own "
+                            "lesion): drawn in place, so recorded", sid, self.placement_of[sid])
             condition = mask_to_condition(scene.label, self.settings.condition, self.settings.canny_low,
                                           self.settings.canny_high)
             out.append(InpaintScene(scene, condition))

@@ -336,8 +336,9 @@ def _inpainting_lines(contrasts: pd.DataFrame, metric: str) -> list[str]:
 
     told = "; ".join(f"{contrast_lib.describe(row)}: {verdict(row)}" for _, row in rows.iterrows())
     return ["## Lesions in real frames", "",
-            f"Does a hard lesion in a real frame help more than a hard whole image? Each inpainting policy against the "
-            f"whole images of its LoRA at the same count, {metric} as the mean over the test sets: {told}.", ""]
+            f"Does a lesion drawn into a real frame help more than a whole generated image of the same LoRA, at the "
+            f"same count (`hard_inpaint` − `hard`: a hard lesion; `inpaint` − `plain`: a plain one)? {metric} as the "
+            f"mean over the test sets: {told}.", ""]
 
 
 def _noise_lines(contrasts: pd.DataFrame, metric: str, from_primary: bool) -> list[str]:
