@@ -196,8 +196,9 @@ def plot_inpainting(generated: Mapping[str, str | Path | pd.DataFrame], out_png:
         entry = first.loc[row.sample_id]
         label, region = read_gray(entry["mask"]) > 127, read_gray(entry["region"]) > 127
         outline = np.repeat(label[..., None] * 255, 3, axis=2).astype(np.uint8)
-        edge = region & ~np.pad(region, 1, mode="edge")[2:, 1:-1] | region & ~np.pad(region, 1, mode="edge")[1:-1, 2:]
-        outline[edge] = (255, 160, 0)
+        padded = np.pad(region, 1, mode="edge")
+        inside = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        outline[region & ~inside] = (255, 160, 0)  # the region's border: outside it the sample is the frame
         images = [read_rgb(entry["frame"]), outline, *(read_rgb(manifests[v].loc[row.sample_id, "image"])
                                                        for v in variants)]
         for c, image in enumerate(images):
