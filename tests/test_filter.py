@@ -246,8 +246,8 @@ def test_write_and_build_subset_round_trip(tmp_path):
     pd.DataFrame({"id": ["a"], "split": ["Kvasir"]}).to_csv(tmp_path / "empty.csv", index=False)
     with pytest.raises(DataError, match="no training images"):
         real_count(tmp_path / "empty.csv")
-    assert set(POLICIES) == {"real", "plain", "hard", "feedback", "mined", "guided", "hard_band",
-                            "hard_faithful"}
+    assert set(POLICIES) == {"real", "plain", "hard", "feedback", "mined", "guided", "inpaint", "hard_inpaint",
+                             "hard_band", "hard_faithful"}
 
 
 def test_a_short_pool_is_recorded_and_skipped_or_stops_the_job(tmp_path):

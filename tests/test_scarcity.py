@@ -219,7 +219,8 @@ def test_two_sizes_plan_every_downstream_job_per_size_and_one_curve(tmp_path):
     one = planned_jobs(snakemake(workdir, "-n", "--cores", "1").stdout)
     result = snakemake(workdir, "-n", "--cores", "1", *sized_overlay(workdir, [8, "all"]))
     two = planned_jobs(result.stdout + result.stderr)
-    shared = {"demo_data", "prepare_data", "all"}
+    # the dataset, the demo's lesion-free frames (inpainting) and the target: one each, never per size
+    shared = {"demo_data", "background_frames", "prepare_data", "all"}
     for rule in ("train_control_lora", "train_hard_lora", "train_feedback_lora", "train_judge", "judge_loss",
                  "generate", "score", "filter", "train_segmenters", "train_real", "evaluate_runs", "prototype",
                  "make_conditions", "report"):

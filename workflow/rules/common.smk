@@ -326,8 +326,10 @@ def generation_frames(wildcards):
     # an inpainting variant's frames: the data manifest (the training images) and the lesion-free frames' folder
     if wildcards.variant not in INPAINT_VARIANTS:
         return {"manifest": [], "backgrounds": []}
-    return {"manifest": L("manifest", n_real=n_real(wildcards)),
-            "backgrounds": BACKGROUND_FRAMES if BACKGROUNDS_NEEDED else []}
+    return {
+        "manifest": L("manifest", n_real=n_real(wildcards)),
+        "backgrounds": BACKGROUND_FRAMES if BACKGROUNDS_NEEDED else [],
+    }
 
 
 def inpaint_condition(wildcards):
