@@ -198,11 +198,25 @@ def test_shipped_adapter_is_small_and_made_for_the_shipped_base():
 
 
 def test_shipped_base_and_adapter_follow_held_out_masks():
-    """The issue's target on held-out masks, measured live as the model card measured it (seeded: the same numbers):
-    the base with the adapter puts the polyp's tint on its own mask at >= 0.5 of the real images' own-vs-shuffled
-    margin, and shows the dark endoscope corners >= 0.8 x as often as the real images (card: 0.91 and 60 % vs 62.5 %;
-    0.16 and 40 % through the base's decoder before it was fine-tuned). ~40 s on the suite's one torch thread (the
-    card's 2 threads give the same numbers; 2 threads beside another busy test worker cost ~2.5x the CPU)."""
+    """The issue's target on held-out masks, on the first 48 of the model card's 144 (one sampling batch, the same
+    masks and seeds; ~18 CPU-s on the suite's one torch thread): the base with the adapter puts the polyp's tint on
+    its own mask at >= 0.5 of the real images' own-vs-shuffled margin (measured: 1.06; the card's 144: 0.91), and
+    shows the dark endoscope corners >= 0.8 x as often as the real images (67 % vs 58 %). The card's own numbers are
+    reproduced by the slow test below."""
+    import dataclasses
+
+    from hardgen.pretrain.adapter import measure_mask_following
+
+    measure = measure_mask_following(BASE, ADAPTER, dataclasses.replace(AdapterSettings(), heldout=48))
+    assert measure["margin_vs_real"] >= 0.5
+    assert measure["dark_corners"] >= 0.8 * measure["real_dark_corners"]
+
+
+@pytest.mark.slow
+def test_the_adapter_card_measure_is_reproduced():
+    """The model card's measure, live on its 144 held-out masks (seeded: the same numbers; card: 0.91 and 60 % vs
+    62.5 %, 0.16 and 40 % through the base's decoder before it was fine-tuned). ~40 s on one torch thread (the card's
+    2 threads give the same numbers)."""
     from hardgen.pretrain.adapter import measure_mask_following
 
     measure = measure_mask_following(BASE, ADAPTER, AdapterSettings())
