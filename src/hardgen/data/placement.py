@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hardgen.core.io import DataError
+from hardgen.core.io import IMAGE_SUFFIXES, DataError
 
 #: ``generation.inpaint.placements`` values, in the schema's order.
 PLACEMENTS: tuple[str, ...] = ("in_place", "relocated", "frames")
@@ -43,8 +43,6 @@ SCALE_RANGE = (0.8, 1.2)
 SCALE_STEP = 0.85
 #: Pixels between a relocated lesion's redrawn region and the frame's own lesion, at least.
 LESION_GAP = 2
-#: Image file suffixes of a background-frames folder.
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def dilate_mask(mask: np.ndarray, px: int) -> np.ndarray:
@@ -112,13 +110,17 @@ class Scene:
     region: np.ndarray
 
 
+def check_placements(placements: Sequence[str]) -> None:
+    """Raise ValueError naming ``generation.inpaint.placements`` when it is empty or lists an unknown placement."""
+    if not placements or any(p not in PLACEMENTS for p in placements):
+        raise ValueError(f"generation.inpaint.placements: {list(placements)} (choose from {', '.join(PLACEMENTS)})")
+
+
 def assign_placements(sample_ids: Sequence[str], layouts: Sequence[str], placements: Sequence[str]
                       ) -> dict[str, str]:
     """``{sample id: placement}``: the sorted ids take ``placements`` in turn; a sample of a layout condition
     (``layouts``: its ids; no frame of its own) given ``in_place`` takes the next placement listed instead."""
-    unknown = [p for p in placements if p not in PLACEMENTS]
-    if unknown or not placements:
-        raise ValueError(f"generation.inpaint.placements: {list(placements)} (choose from {', '.join(PLACEMENTS)})")
+    check_placements(placements)
     others = [p for p in placements if p != "in_place"]
     layout_ids = set(layouts)
     out = {}
@@ -226,12 +228,12 @@ def plan_scene(placement: str, mask: np.ndarray, own: Frame | None, frames: Sequ
 
 
 def background_files(folder: str | Path) -> list[Path]:
-    """The image files of a background-frames folder (:data:`FRAME_SUFFIXES`), sorted by name; an error naming
+    """The image files of a background-frames folder (:data:`hardgen.core.io.IMAGE_SUFFIXES`), sorted by name; an error naming
     ``data.background_frames`` when it holds none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"data.background_frames: {folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"data.background_frames: {folder}: no image files ({', '.join(FRAME_SUFFIXES)})")
+        raise DataError(f"data.background_frames: {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files

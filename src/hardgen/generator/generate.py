@@ -166,7 +166,8 @@ def run_shard(
     with progress:
         for chunk in chunks:
             if inpaint is not None:
-                chunk_rows, drawn = _inpaint_chunk(inpaint, table, chunk, out_dir, variant, own_seeds, seconds)
+                chunk_rows, drawn = _inpaint_chunk(inpaint, table, chunk, out_dir, variant, own_seeds, resolution,
+                                                   seconds)
                 rows += chunk_rows
                 rendered += len(chunk) if drawn else 0
                 written += drawn
@@ -202,17 +203,23 @@ def run_shard(
     return pd.DataFrame(rows, columns=columns)
 
 
+def _inpaint_files(out_dir: Path, chunk: list[str]) -> dict[str, list[Path]]:
+    """An inpainting chunk's files, per sample: ``images, masks, frames, regions`` (PNG) and ``scenes`` (the records)."""
+    paths = {kind: [out_dir / kind / f"{sid}.png" for sid in chunk] for kind in ("images", "masks", "frames", "regions")}
+    return paths | {"scenes": [out_dir / "scenes" / f"{sid}.json" for sid in chunk]}
+
+
 def _inpaint_chunk(inpaint: Inpainting, table: pd.DataFrame, chunk: list[str], out_dir: Path, variant: str,
-                   own_seeds: dict[str, int], seconds: dict[str, float]) -> tuple[list[dict[str, Any]], int]:
+                   own_seeds: dict[str, int], resolution: int, seconds: dict[str, float]
+                   ) -> tuple[list[dict[str, Any]], int]:
     """An inpainting chunk: where any of its files is missing, its scenes planned and the missing files written
     (the scene record, the label as the mask, the frame, the region, then the image drawn by ``inpaint.render``, the
     whole chunk rendered as in :func:`run_shard`); its manifest rows and the count of images written."""
-    kinds = ("images", "masks", "frames", "regions")
-    paths = {kind: [out_dir / kind / f"{sid}.png" for sid in chunk] for kind in kinds}
-    records = [out_dir / "scenes" / f"{sid}.json" for sid in chunk]
+    paths = _inpaint_files(out_dir, chunk)
+    records = paths["scenes"]
     missing = [i for i, path in enumerate(paths["images"]) if not path.exists()]
     drawn = 0
-    if missing or not all(p.exists() for p in [*records, *paths["masks"], *paths["frames"], *paths["regions"]]):
+    if not all(path.exists() for files in paths.values() for path in files):
         if inpaint.scenes is None:
             raise RuntimeError("internal: every scene file exists, yet a chunk was to be planned")
         scenes = inpaint.scenes(chunk, [own_seeds[sid] for sid in chunk])
@@ -228,26 +235,22 @@ def _inpaint_chunk(inpaint: Inpainting, table: pd.DataFrame, chunk: list[str], o
         if missing:
             if inpaint.render is None:
                 raise RuntimeError("internal: no image was missing, yet a batch was to be rendered")
-            generators = [torch.Generator("cpu").manual_seed(own_seeds[sid]) for sid in chunk]
-            started = time.perf_counter()
-            images = np.asarray(inpaint.render([s.condition for s in scenes], generators,
-                                               [s.scene.frame for s in scenes], [s.scene.region for s in scenes],
-                                               [s.scene.lesion for s in scenes]))
-            seconds["rendering"] += time.perf_counter() - started
-            size = scenes[0].scene.frame.shape
-            if images.shape != (len(chunk), *size) or images.dtype != np.uint8:
-                raise RuntimeError(f"inpainting renderer returned {images.dtype} {images.shape}, expected uint8 "
-                                   f"{(len(chunk), *size)}")
+            render = inpaint.render
+
+            def render_batch(condition_images: list[np.ndarray], generators: list[torch.Generator],
+                             masks: list[np.ndarray]) -> np.ndarray:
+                return render(condition_images, generators, [s.scene.frame for s in scenes],
+                              [s.scene.region for s in scenes], masks)
+
+            images = _render_chunk(render_batch, [s.condition for s in scenes],
+                                   [PickedNoise(own_seeds[sid]) for sid in chunk], [s.scene.lesion for s in scenes],
+                                   resolution, seconds)
             for i in missing:
                 write_image(paths["images"][i], images[i])
             drawn = len(missing)
-    rows = []
-    for i, sid in enumerate(chunk):
-        record = _read_scene(records[i])
-        rows.append({"sample_id": sid, "image": str(paths["images"][i]), "mask": str(paths["masks"][i]),
-                     "condition": str(table.at[sid, "condition"]), "variant": variant, SEED_COLUMN: own_seeds[sid],
-                     "placement": record["placement"], "frame_id": record["frame_id"],
-                     "frame": str(paths["frames"][i]), "region": str(paths["regions"][i])})
+    rows = _chunk_rows(table, chunk, paths["images"], paths["masks"], records, variant, own_seeds, mined=False)
+    for row, record, frame, region in zip(rows, records, paths["frames"], paths["regions"], strict=True):
+        row |= _read_scene(record) | {"frame": str(frame), "region": str(region)}
     return rows, drawn
 
 
@@ -564,9 +567,11 @@ def generate_shard(shard: GenerationShard, settings: GenerationSettings) -> pd.D
     out_dir = Path(shard.out_dir)
     # loading the model is the slow part: skip it when a finished shard is rerun
     needs_model = any(not (out_dir / "images" / f"{sid}.png").exists() for chunk in chunks for sid in chunk)
-    records = "mining" if mining is not None else "scenes" if settings.inpaint is not None else None
-    if records is not None:
-        needs_model |= any(not (out_dir / records / f"{sid}.json").exists() for chunk in chunks for sid in chunk)
+    if mining is not None:
+        needs_model |= any(not (out_dir / "mining" / f"{sid}.json").exists() for chunk in chunks for sid in chunk)
+    if settings.inpaint is not None:  # a chunk missing any of its files is planned again (:func:`_inpaint_chunk`)
+        needs_model |= any(not path.exists() for chunk in chunks
+                           for files in _inpaint_files(out_dir, chunk).values() for path in files)
     inpaint = None
     if needs_model:
         # the LoRA is fixed for the whole shard: fuse it once, unless a condition scale must act per layer call

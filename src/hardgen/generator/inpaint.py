@@ -22,12 +22,12 @@ import pandas as pd
 from hardgen.core.io import DataError, fit_square, read_mask, read_rgb, table_or_csv
 from hardgen.data.conditioning import mask_to_condition
 from hardgen.data.placement import (
-    PLACEMENTS,
     Frame,
     Scene,
     area_range,
     assign_placements,
     background_files,
+    check_placements,
     plan_scene,
 )
 from hardgen.data.train_data import load_training_pairs
@@ -54,10 +54,7 @@ class InpaintSettings:
         if self.feather > self.dilate:
             raise ValueError(f"generation.inpaint.feather ({self.feather}) must not exceed generation.inpaint.dilate "
                              f"({self.dilate}): the mask itself must be fully generated")
-        unknown = [p for p in self.placements if p not in PLACEMENTS]
-        if unknown or not self.placements:
-            raise ValueError(f"generation.inpaint.placements: {list(self.placements)} (choose from "
-                             f"{', '.join(PLACEMENTS)})")
+        check_placements(self.placements)
 
 
 @dataclass(frozen=True)
