@@ -82,6 +82,7 @@ from hardgen.generator.train_settings import (
     PREDICTION_TYPES,
     TrainSettings,
 )
+from hardgen.models.sampling import unit_to_uint8
 
 #: Re-exported: the training API lives here, its parts in train_settings, train_data and objectives.
 __all__ = [
@@ -244,6 +245,9 @@ class _Trainer:
         #: the cached posterior is exactly drawing from a fresh encode.
         self._latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.encode_pairs()  # first VAE work of the process, in dataset order: identical in a resumed run
+        moments = self._latent_cache[0][0]
+        #: a sample's latent shape (C, h, w): the image posterior's moments hold its mean and log-variance
+        self.latent_shape = (moments.shape[0] // 2, *moments.shape[1:])
 
         self.judge: HardnessJudge | FeedbackJudge | None = None
         if s.mode == "hard":
@@ -393,10 +397,8 @@ class _Trainer:
     def draws(self, positions: Sequence[int]) -> SampleDraws:
         """The training draws of the samples at ``positions`` of the global sample stream (:func:`sample_draws`)."""
         s = self.settings
-        moments = self._latent_cache[0][0]
-        return sample_draws(s.seed, positions, (moments.shape[0] // 2, *moments.shape[1:]),
-                            self.noise_scheduler.config.num_train_timesteps, s.empty_prompt_prob,
-                            draw_condition=s.condition_latent == "sample")
+        return sample_draws(s.seed, positions, self.latent_shape, self.noise_scheduler.config.num_train_timesteps,
+                            s.empty_prompt_prob, draw_condition=s.condition_latent == "sample")
 
     def _forward(self, batch: dict[str, torch.Tensor], draws: SampleDraws) -> tuple[torch.Tensor, torch.Tensor,
                                                                                      torch.Tensor, torch.Tensor]:
@@ -519,8 +521,6 @@ class _Trainer:
         s, acc = self.settings, self.accelerator
         if self.judge is None:
             raise ValueError("probe: plain mode has no judge")
-        moments = self._latent_cache[0][0]
-        shape = (moments.shape[0] // 2, *moments.shape[1:])
         values: dict[str, list[torch.Tensor]] = {}
         was_training = self.unet.training
         self.unet.eval()
@@ -529,8 +529,8 @@ class _Trainer:
                                                 disable=not acc.is_local_main_process):
                 items = [self.dataset[i] for i in indices]
                 batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
-                noise = torch.stack([torch.randn(shape, generator=sample_generator(s.seed, i, PROBE_STREAM))
-                                     for i in ids])
+                noise = torch.stack([torch.randn(self.latent_shape,
+                                                 generator=sample_generator(s.seed, i, PROBE_STREAM)) for i in ids])
                 draws = SampleDraws(timesteps, torch.zeros(len(ids), dtype=torch.bool), noise, None, None)
                 with acc.autocast():
                     model_pred, _, noisy, t = self._forward(batch, draws)
@@ -654,10 +654,16 @@ def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
 
 
-def _sample(trainer: _Trainer, indices: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
-    """The conditions of dataset ``indices`` (RGB uint8) and one sample of each with the current LoRA (float in
-    [0, 1], (n, H, W, 3)): the validation inference steps of UniPC, noise seeded by the run's seed alone, so every
-    validation step samples the same noise and the change is the LoRA's.
+def _validation_set(trainer: _Trainer) -> tuple[list[np.ndarray], torch.Tensor]:
+    """The validation set's conditions (RGB uint8) and masks ((n, 1, H, W) in {0, 1}), each pair read once."""
+    items = [trainer.dataset[i] for i in trainer.validation_indices]
+    return [_to_uint8(item["condition"]) for item in items], torch.stack([item["mask"] for item in items])
+
+
+def _sample(trainer: _Trainer, conditions: Sequence[np.ndarray]) -> np.ndarray:
+    """One sample of each condition (RGB uint8) with the current LoRA (float in [0, 1], (n, H, W, 3)): the
+    validation inference steps of UniPC, noise seeded by the run's seed alone, so every validation step samples the
+    same noise and the change is the LoRA's.
 
     The pipeline is built around the training UNet and the cached prompt embeddings, so no text encoder is kept in
     memory. fork_rng: sampling never moves the global RNG state that checkpoints save and restore.
@@ -667,7 +673,6 @@ def _sample(trainer: _Trainer, indices: Sequence[int]) -> tuple[list[np.ndarray]
 
     s, p = trainer.settings, trainer.prompts
     unet = trainer.accelerator.unwrap_model(trainer.unet)
-    conditions = [_to_uint8(trainer.dataset[i]["condition"]) for i in indices]
     n = len(conditions)
     scheduler = UniPCMultistepScheduler.from_config(trainer.noise_scheduler.config)
     common = dict(vae=trainer.vae, unet=unet, scheduler=scheduler, text_encoder=None, tokenizer=None)
@@ -694,18 +699,18 @@ def _sample(trainer: _Trainer, indices: Sequence[int]) -> tuple[list[np.ndarray]
             samples = pipe(**call).images
     finally:
         unet.train(was_training)
-    return conditions, np.asarray(samples, dtype=np.float32)
+    return np.asarray(samples, dtype=np.float32)
 
 
-def _grid(conditions: Sequence[np.ndarray], samples: np.ndarray) -> np.ndarray:
+def _grid(conditions: Sequence[np.ndarray], images: np.ndarray) -> np.ndarray:
     """Condition row over sample row, RGB uint8."""
-    images = (samples * 255).round().clip(0, 255).astype(np.uint8)
     return np.concatenate([np.concatenate(list(conditions), axis=1), np.concatenate(list(images), axis=1)], axis=0)
 
 
 def _validation_grid(trainer: _Trainer, path: Path) -> None:
     """The end-of-run grid alone (``validation_steps: 0``): the validation set's conditions over their samples."""
-    write_image(path, _grid(*_sample(trainer, trainer.validation_indices)))
+    conditions, _ = _validation_set(trainer)
+    write_image(path, _grid(conditions, unit_to_uint8(_sample(trainer, conditions))))
 
 
 def _reference(trainer: _Trainer):
@@ -714,9 +719,9 @@ def _reference(trainer: _Trainer):
     from hardgen.scoring.mask_following import real_reference
 
     if trainer._reference is None:
-        n = len(trainer.dataset)
-        indices = validation_indices(n, REFERENCE_PAIRS, trainer.settings.seed) if n > REFERENCE_PAIRS else range(n)
-        items = [trainer.dataset[i] for i in indices]
+        # every pair where the training set has at most REFERENCE_PAIRS
+        items = [trainer.dataset[i] for i in validation_indices(len(trainer.dataset), REFERENCE_PAIRS,
+                                                                 trainer.settings.seed)]
         trainer._reference = real_reference(([_to_uint8(item["pixels"]) for item in items],
                                              [item["mask"][0].numpy() > 0.5 for item in items]),
                                             seed=trainer.settings.seed)
@@ -726,13 +731,13 @@ def _reference(trainer: _Trainer):
 
 
 @torch.no_grad()
-def _validation_metrics(trainer: _Trainer, samples: np.ndarray) -> dict[str, float]:
-    """The validation set's metrics: the mask-following margin against the real images' (every stage), the mean
+def _validation_metrics(trainer: _Trainer, samples: np.ndarray, images: np.ndarray,
+                        masks: torch.Tensor) -> dict[str, float]:
+    """The validation set's metrics from its ``samples`` (float in [0, 1]), the same as uint8 ``images`` and its
+    ``masks`` (:func:`_validation_set`): the mask-following margin against the real images' (every stage), the mean
     distance of the samples to each in-loss prototype (hard) and the judge's mean loss on them (feedback)."""
     from hardgen.scoring.mask_following import margin_vs_reference
 
-    masks = [trainer.dataset[i]["mask"] for i in trainer.validation_indices]
-    images = [(sample * 255).round().clip(0, 255).astype(np.uint8) for sample in samples]
     margin, why = margin_vs_reference(_reference(trainer), images, [m[0].numpy() > 0.5 for m in masks],
                                       seed=trainer.settings.seed)
     if why and trainer.global_step == 0:
@@ -742,7 +747,7 @@ def _validation_metrics(trainer: _Trainer, samples: np.ndarray) -> dict[str, flo
         return metrics
     device = trainer.accelerator.device
     images01 = torch.from_numpy(samples).permute(0, 3, 1, 2).to(device)
-    mask_batch = torch.stack(masks).to(device)
+    mask_batch = masks.to(device)
     if isinstance(trainer.judge, HardnessJudge):
         for key, values in trainer.judge.distances(images01, mask_batch).items():
             metrics[f"prototype_distance/{key}"] = float(values.mean())
@@ -755,11 +760,13 @@ def _validate(trainer: _Trainer) -> Path:
     """Main process: sample the validation set at the current step, write its grid (``validation/step-N.png``) and
     ``validation.csv``, send both to the tracker; returns the grid's path."""
     acc, s, step = trainer.accelerator, trainer.settings, trainer.global_step
-    conditions, samples = _sample(trainer, trainer.validation_indices)
-    grid = _grid(conditions, samples)
+    conditions, masks = _validation_set(trainer)
+    samples = _sample(trainer, conditions)
+    images = unit_to_uint8(samples)  # the grid's and the margin's pixels
+    grid = _grid(conditions, images)
     path = trainer.out_dir / VALIDATION_DIR / f"step-{step}.png"
     write_image(path, grid)
-    metrics = _validation_metrics(trainer, samples)
+    metrics = _validation_metrics(trainer, samples, images, masks)
     trainer.validation_rows += [{"stage": s.mode, "step": step, "metric": name, "value": value}
                                 for name, value in metrics.items()]
     write_csv(trainer.out_dir / "validation.csv", pd.DataFrame(trainer.validation_rows, columns=VALIDATION_COLUMNS))
@@ -918,11 +925,8 @@ def _train_steps(trainer: _Trainer, validation: dict[str, Any]) -> tuple[float, 
             acc.backward(losses.total)
             step_lr = trainer.lr_scheduler.get_last_lr()[0]  # the rate this update uses
             if acc.sync_gradients:
-                if s.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(params, s.max_grad_norm)  # the norm before clipping
-                else:
-                    grad_norm = torch.linalg.vector_norm(torch.stack(
-                        [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]))
+                # the norm before clipping, of the unscaled gradients (fp16); max_grad_norm 0: no bound, the norm alone
+                grad_norm = acc.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
                 _check_finite(acc, torch.as_tensor(grad_norm), "gradient norm", trainer.global_step + 1)
             trainer.optimizer.step()
             trainer.lr_scheduler.step()

@@ -417,13 +417,18 @@ def _invalid_reference(measure: str, gap: float, paired: np.ndarray, seed: int =
     return f"the real images' {cue} does not mark their masks beyond chance ({where})"
 
 
+def _real_gap(measure: str, real: Values, seed: int = 0) -> tuple[float, str | None]:
+    """The real images' gap of ``measure`` from their :data:`Values`, and why it is no reference (None: it is)."""
+    own, shuffled, why, paired = real
+    gap = own - shuffled
+    return gap, (f"the real images' gap is undefined: {why}" if why else _invalid_reference(measure, gap, paired, seed))
+
+
 def _measure_rows(measure: str, values: Mapping[str, Values], corners: Mapping[str, float] | None,
                   seed: int = 0) -> list[dict[str, Any]]:
     """One measure's rows (``real`` first): margins over the real gap, or NaN with the reason."""
-    real_own, real_shuffled, real_why, real_paired = values["real"]
-    gap = real_own - real_shuffled
-    invalid = (f"the real images' gap is undefined: {real_why}" if real_why
-               else _invalid_reference(measure, gap, real_paired, seed))
+    real_own, real_shuffled, _, _ = values["real"]
+    gap, invalid = _real_gap(measure, values["real"], seed)
     if invalid:
         LOG.warning("mask following: %s is undefined: %s", measure, invalid)
     else:
@@ -498,10 +503,8 @@ def real_reference(real: Pairs, seed: int = 0) -> Reference:
     images, masks = real
     _check_pairs(images, masks)
     cue = "luma" if is_grayscale(images) else "red"
-    own, shuffled, why, paired = _cue_values(images, masks, seed, cue)
-    gap = own - shuffled
     measure = CUE_MEASURES[cue]
-    reason = f"the real images' gap is undefined: {why}" if why else _invalid_reference(measure, gap, paired, seed)
+    gap, reason = _real_gap(measure, _cue_values(images, masks, seed, cue), seed)
     return Reference(measure, cue, gap, reason)
 
 
