@@ -34,6 +34,9 @@ MASK_THRESHOLD = 127
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
+#: Rec. 601 luma weights (R, G, B).
+LUMA = np.array([0.299, 0.587, 0.114])
+
 #: PIL modes of more than 8 bits per sample (read as grayscale, converted by :func:`to_uint8`).
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 

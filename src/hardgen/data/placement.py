@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hardgen.core.io import IMAGE_SUFFIXES, DataError
+from hardgen.core.io import IMAGE_SUFFIXES, LUMA, DataError
 
 #: ``generation.inpaint.placements`` values, in the schema's order.
 PLACEMENTS: tuple[str, ...] = ("in_place", "relocated", "frames")
@@ -35,8 +35,6 @@ PLACEMENTS: tuple[str, ...] = ("in_place", "relocated", "frames")
 #: view: the endoscope's black border (the demo's is 0-6; real borders stay below ~15, a dark lumen inside the field
 #: is not connected to the border through dark pixels).
 FOV_LUMA = 20.0
-#: Rec. 601 luma weights (R, G, B).
-LUMA = np.array([0.299, 0.587, 0.114])
 #: The first scale of a placed mask is drawn in this range (times its own size), then shrunk by
 #: :data:`SCALE_STEP` until it fits, never outside the real lesions' range of areas.
 SCALE_RANGE = (0.8, 1.2)

@@ -32,9 +32,21 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from hardgen.core.io import DataError, fit_square, read_csv_table, read_mask, read_rgb
-from hardgen.data.placement import LUMA, dilate_mask, erode_mask, field_of_view
-from hardgen.scoring.mask_following import Pairs, mask_following_table, measure_rows, read_pairs
+from hardgen.core.io import (
+    LUMA,
+    DataError,
+    fit_square,
+    read_csv_table,
+    read_mask,
+    read_rgb,
+)
+from hardgen.data.placement import dilate_mask, erode_mask, field_of_view
+from hardgen.scoring.mask_following import (
+    Pairs,
+    mask_following_table,
+    measure_rows,
+    read_pairs,
+)
 
 LOG = logging.getLogger("hardgen.scoring.inpainting")
 

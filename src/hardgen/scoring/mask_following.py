@@ -52,6 +52,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hardgen.core.io import LUMA
+
 LOG = logging.getLogger("hardgen.scoring.mask_following")
 
 #: The table's columns, in order (``results/tables/mask_following.csv``).
@@ -68,8 +70,6 @@ CORNER_FRACTION = 1 / 16
 #: images at 64 px: 67 % of them have four dark corners (the octagonal endoscope mask cuts 10-18 % of the short
 #: side off each corner; centre crops of wide frames lose some of it).
 DARK_LUMA = 40.0
-#: Rec. 601 luma weights (R, G, B).
-LUMA = np.array([0.299, 0.587, 0.114])
 #: :func:`is_grayscale`: a pixel carries colour when its channels are more than this many grey levels apart, an image
 #: is grayscale when at most this fraction of its pixels do, and a set when at least this share of its images are.
 GRAY_SPREAD, GRAY_FRACTION, GRAY_SHARE = 8, 0.1, 0.9
