@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from hardgen.core.io import DataError, read_rgb, write_image
+from hardgen.core.layout import VALIDATION_COLUMNS, validation_grid
 from hardgen.report import validation
 
 
@@ -17,9 +18,9 @@ def _stage(root, stage: str, steps: list[int], metrics: dict[str, list[float]]):
     rows = [{"stage": stage, "step": step, "metric": name, "value": values[k]}
             for k, step in enumerate(steps) for name, values in metrics.items()]
     folder.mkdir(parents=True)
-    pd.DataFrame(rows, columns=list(validation.COLUMNS)).to_csv(folder / "validation.csv", index=False)
+    pd.DataFrame(rows, columns=list(VALIDATION_COLUMNS)).to_csv(folder / "validation.csv", index=False)
     for k, step in enumerate(steps):
-        write_image(validation.grid_path(folder / "validation.csv", step), np.full((16, 32, 3), 40 * k, np.uint8))
+        write_image(validation_grid(folder, step), np.full((16, 32, 3), 40 * k, np.uint8))
     return folder / "validation.csv"
 
 
@@ -38,7 +39,7 @@ def test_the_report_merges_every_stage_and_draws_its_curves_and_first_and_last_g
         validation.plot_validation_grids(table, csvs, tmp_path / "grids.png")
     # validation off: an empty table, no plot
     (tmp_path / "off").mkdir()
-    pd.DataFrame(columns=list(validation.COLUMNS)).to_csv(tmp_path / "off" / "validation.csv", index=False)
+    pd.DataFrame(columns=list(VALIDATION_COLUMNS)).to_csv(tmp_path / "off" / "validation.csv", index=False)
     empty = validation.merge_validation({"plain": tmp_path / "off" / "validation.csv"})
     assert empty.empty
     with pytest.raises(DataError, match="no validation rows"):

@@ -19,6 +19,7 @@ config, ``24`` or ``all``, or the wildcard ``"{n_real}"``), so with the dimensio
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 #: The keys of one benchmark run, in path order (ratio as :func:`hardgen.config.validation.ratio_label`; the real policy is 0).
 RUN_KEYS: tuple[str, ...] = ("arch", "policy", "ratio", "seed")
@@ -114,6 +115,15 @@ PER_N: frozenset[str] = frozenset(PATTERNS) - FULL_DATA - {
     "demo_data", "background_frames", "converted", "data_manifest", "data_train_subset", "base_model",
     "scarcity_table", "scarcity_plot",
     "models_table"}
+
+
+#: a LoRA's ``validation.csv`` (the pattern ``validation_metrics``): one row per validation step and metric
+VALIDATION_COLUMNS = ("stage", "step", "metric", "value")
+
+
+def validation_grid(lora_dir: str | Path, step: int) -> Path:
+    """The grid a LoRA's training writes at validation ``step``, in its folder beside ``validation.csv``."""
+    return Path(lora_dir) / "validation" / f"step-{int(step)}.png"
 
 
 class _Keep(dict):

@@ -56,6 +56,7 @@ from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
 from hardgen.core.io import write_csv, write_image, write_json
+from hardgen.core.layout import VALIDATION_COLUMNS, validation_grid
 from hardgen.core.tracking import log_image, tracker_init
 from hardgen.data.train_data import (
     PairDataset,
@@ -100,10 +101,6 @@ LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 #: Extra per-checkpoint state (step, calibrated margins, log so far) written next to accelerate's files.
 TRAINER_STATE_NAME = "hardgen_trainer_state.json"
 LOG_COLUMNS = ["step", "loss", "mse", "extra", "active_fraction", "lr"]
-#: ``validation.csv``: one row per validation step and metric
-VALIDATION_COLUMNS = ["stage", "step", "metric", "value"]
-#: the folder of the validation grids (``step-<N>.png``) in the LoRA's folder
-VALIDATION_DIR = "validation"
 #: the per-sample generators' streams: training samples (by stream position) and the probe grid (by grid index); the
 #: validation set's draw
 TRAIN_STREAM, PROBE_STREAM, VALIDATION_STREAM = 0, 1, 2
@@ -764,12 +761,12 @@ def _validate(trainer: _Trainer) -> Path:
     samples = _sample(trainer, conditions)
     images = unit_to_uint8(samples)  # the grid's and the margin's pixels
     grid = _grid(conditions, images)
-    path = trainer.out_dir / VALIDATION_DIR / f"step-{step}.png"
+    path = validation_grid(trainer.out_dir, step)
     write_image(path, grid)
     metrics = _validation_metrics(trainer, samples, images, masks)
     trainer.validation_rows += [{"stage": s.mode, "step": step, "metric": name, "value": value}
                                 for name, value in metrics.items()]
-    write_csv(trainer.out_dir / "validation.csv", pd.DataFrame(trainer.validation_rows, columns=VALIDATION_COLUMNS))
+    write_csv(trainer.out_dir / "validation.csv", pd.DataFrame(trainer.validation_rows, columns=list(VALIDATION_COLUMNS)))
     if acc.trackers:
         acc.log({f"validation/{name}": value for name, value in metrics.items()}, step=step)
         for tracker in acc.trackers:
@@ -802,7 +799,7 @@ def train_control_lora(settings: TrainSettings) -> dict[str, Any]:
 
     Writes under ``settings.out_dir``: ``pytorch_lora_weights.safetensors`` (control-lora-v3 format),
     ``train_log.csv`` (step, loss, mse, extra, active_fraction, lr), ``summary.json``, ``validation.png`` (the last
-    step's grid), ``validation.csv`` (:data:`VALIDATION_COLUMNS`; no rows with ``validation_steps`` 0) with each
+    step's grid), ``validation.csv`` (:data:`hardgen.core.layout.VALIDATION_COLUMNS`; no rows with ``validation_steps`` 0) with each
     validation's grid in ``validation/step-N.png``, the tracker's files (``report_to`` tensorboard: ``tensorboard/``)
     and ``checkpoints/checkpoint-N`` every ``checkpointing_steps``. Validation samples under ``fork_rng`` and its set
     is drawn by a generator of its own, so the weights are the same with any ``validation_steps``.
@@ -980,12 +977,12 @@ def _write_results(trainer: _Trainer, resume: Path | None, probe_final: dict[str
     acc, s, out_dir = trainer.accelerator, trainer.settings, trainer.out_dir
     unet = acc.unwrap_model(trainer.unet)
     if s.validation_steps:
-        shutil.copyfile(out_dir / VALIDATION_DIR / f"step-{trainer.global_step}.png", out_dir / "validation.png")
+        shutil.copyfile(validation_grid(out_dir, trainer.global_step), out_dir / "validation.png")
     else:
         t0 = time.perf_counter()
         _validation_grid(trainer, out_dir / "validation.png")
         timings["validation_s"] = time.perf_counter() - t0
-    write_csv(out_dir / "validation.csv", pd.DataFrame(trainer.validation_rows, columns=VALIDATION_COLUMNS))
+    write_csv(out_dir / "validation.csv", pd.DataFrame(trainer.validation_rows, columns=list(VALIDATION_COLUMNS)))
     write_csv(out_dir / "train_log.csv", pd.DataFrame(trainer.log_rows, columns=LOG_COLUMNS))
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     tail = trainer.log_rows[-min(10, len(trainer.log_rows)):] if trainer.log_rows else []

@@ -2,7 +2,7 @@
 ``validation.csv`` merged), ``validation_curves.png`` (each metric against the step, one line per stage) and
 ``validation_grids.png`` (each stage's first and last validation grid).
 
-A LoRA's ``validation.csv`` (``stage, step, metric, value``: :data:`hardgen.generator.train.VALIDATION_COLUMNS`) is
+A LoRA's ``validation.csv`` (``stage, step, metric, value``: :data:`hardgen.core.layout.VALIDATION_COLUMNS`) is
 written by its training job with the grids beside it (``validation/step-<N>.png``, named by the steps of its rows);
 with ``train.validation_steps: 0`` it has no rows and the report draws neither plot.
 """
@@ -17,11 +17,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from hardgen.core.io import DataError, read_rgb, table_or_csv
+from hardgen.core.layout import VALIDATION_COLUMNS, validation_grid
 from hardgen.report.plots import LORA_ORDER
 from hardgen.report.tables import in_display_order, save_figure
 
-#: the columns of a LoRA's validation.csv and of the merged table
-COLUMNS = ("stage", "step", "metric", "value")
 #: what each metric is, for the plots' titles
 TITLES = {
     "mask_following_margin": "mask-following margin (1 = as the real images, 0 = ignores the masks)",
@@ -34,13 +33,14 @@ def merge_validation(validation_csvs: Mapping[str, str | Path | pd.DataFrame]) -
     ``stage`` column names another variant than its key is a :class:`DataError`."""
     tables = []
     for variant in in_display_order(validation_csvs, LORA_ORDER):
-        _, table = table_or_csv(validation_csvs[variant], f"validation table ({variant})", required_columns=COLUMNS)
+        _, table = table_or_csv(validation_csvs[variant], f"validation table ({variant})",
+                                required_columns=VALIDATION_COLUMNS)
         stages = set(table["stage"].astype(str))
         if stages - {variant}:
             raise DataError(f"validation table ({variant}): rows of stage(s) {sorted(stages - {variant})}")
-        tables.append(table[list(COLUMNS)])
+        tables.append(table[list(VALIDATION_COLUMNS)])
     if not tables:
-        return pd.DataFrame(columns=list(COLUMNS))
+        return pd.DataFrame(columns=list(VALIDATION_COLUMNS))
     return pd.concat(tables, ignore_index=True).astype({"step": int, "value": float})
 
 
@@ -71,11 +71,6 @@ def plot_validation_curves(table: pd.DataFrame, out_png: str | Path) -> None:
     save_figure(figure, out_png)
 
 
-def grid_path(validation_csv: str | Path, step: int) -> Path:
-    """The grid a LoRA's training wrote beside its ``validation.csv`` at ``step``."""
-    return Path(validation_csv).parent / "validation" / f"step-{int(step)}.png"
-
-
 def plot_validation_grids(table: pd.DataFrame, validation_csvs: Mapping[str, str | Path], out_png: str | Path) -> None:
     """Per stage (a row), its first and last validation grid (conditions over samples), captioned with the step; a
     grid missing beside its ``validation.csv`` is a :class:`DataError` naming the file."""
@@ -89,7 +84,7 @@ def plot_validation_grids(table: pd.DataFrame, validation_csvs: Mapping[str, str
     for row, stage in enumerate(stages):
         steps = sorted(set(table.loc[table["stage"] == stage, "step"].astype(int)))
         for col, (step, when) in enumerate(((steps[0], "first"), (steps[-1], "last"))):
-            path = grid_path(validation_csvs[stage], step)
+            path = validation_grid(Path(validation_csvs[stage]).parent, step)
             if not path.is_file():
                 raise DataError(f"{path}: the {stage} LoRA's validation grid of step {step} is missing")
             ax = axes[row, col]
